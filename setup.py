@@ -1,0 +1,49 @@
+"""ament_python package `adaptive_perception` (src layout); also installable with pip."""
+from glob import glob
+
+from setuptools import find_packages, setup
+
+PACKAGE = "adaptive_perception"
+
+setup(
+    name=PACKAGE,
+    version="0.1.0",
+    description="Onboard perception router over three preloaded YOLOv8 detectors",
+    license="Apache-2.0",
+    python_requires=">=3.10",
+    # training/ is the optional offline side, importable as adaptive_perception.training
+    package_dir={"": "src", f"{PACKAGE}.training": "training"},
+    packages=find_packages("src") + [f"{PACKAGE}.training"],
+    data_files=[
+        ("share/ament_index/resource_index/packages", [f"resource/{PACKAGE}"]),
+        (f"share/{PACKAGE}", ["package.xml"]),
+        (f"share/{PACKAGE}/launch", glob("launch/*.py")),
+        (f"share/{PACKAGE}/config", glob("config/*.yaml")),
+    ],
+    install_requires=[
+        "numpy>=1.24",
+        "opencv-python-headless>=4.8",
+        "onnxruntime>=1.17",
+        "rosbags>=0.10",
+        "pyyaml>=6",
+    ],
+    extras_require={
+        # Offline training and export only. Ultralytics is AGPL-3.0; the runtime never imports it.
+        # onnx/onnxslim are pinned so Ultralytics finds them and never pip-installs at run time.
+        "train": [
+            "torch==2.14.1",
+            "torchvision==0.29.1",
+            "ultralytics==8.4.190",
+            "onnx==1.23.2",
+            "onnxslim==0.1.98",
+        ],
+        "test": ["pytest>=8", "pytest-timeout>=2.3"],
+    },
+    entry_points={
+        "console_scripts": [
+            "adaptive-perception = adaptive_perception.cli:main",
+            "perception_node = adaptive_perception.ros.node:main",
+        ],
+    },
+    zip_safe=True,
+)

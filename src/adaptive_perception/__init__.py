@@ -1,0 +1,1 @@
+"""Onboard perception router over three preloaded YOLOv8 detectors."""

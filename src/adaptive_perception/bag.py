@@ -1,0 +1,110 @@
+"""Read and write rosbag2 image recordings (MCAP or sqlite3) with `rosbags`; no ROS installation needed."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+from pathlib import Path
+from typing import Iterable, Iterator, Sequence
+
+import numpy as np
+from rosbags.highlevel import AnyReader
+from rosbags.rosbag2 import StoragePlugin, Writer
+from rosbags.typesys import Stores, get_typestore
+
+from adaptive_perception.errors import BagError
+
+IMAGE_TYPE = "sensor_msgs/msg/Image"
+COMPRESSED_TYPE = "sensor_msgs/msg/CompressedImage"
+IMAGE_TYPES = (IMAGE_TYPE, COMPRESSED_TYPE)
+TYPESTORE = get_typestore(Stores.ROS2_JAZZY)
+
+
+class Storage(Enum):
+    """rosbag2 storage plugins."""
+
+    MCAP = "mcap"
+    SQLITE3 = "sqlite3"
+
+
+@dataclass(frozen=True)
+class BagImage:
+    """One recorded image message: its topic, type, CDR bytes as recorded and header stamp."""
+
+    topic: str
+    msgtype: str
+    bag_time_ns: int
+    cdr: bytes
+    stamp_sec: int
+    stamp_nanosec: int
+    frame_id: str
+
+
+def image_topics(path: str | Path) -> dict[str, str]:
+    """Image and CompressedImage topics of a bag, topic -> message type."""
+    with _open(path) as reader:
+        return {c.topic: c.msgtype for c in reader.connections if c.msgtype in IMAGE_TYPES}
+
+
+def read_images(path: str | Path, topics: Sequence[str] | None = None) -> Iterator[BagImage]:
+    """Image messages of a bag in recorded order, restricted to `topics` when given."""
+    with _open(path) as reader:
+        available = {c.topic for c in reader.connections if c.msgtype in IMAGE_TYPES}
+        if not available:
+            raise BagError(f"bag '{path}' has no sensor_msgs/Image or CompressedImage topic; "
+                           f"it holds {sorted({c.topic for c in reader.connections})}")
+        wanted = set(topics) if topics else available
+        missing = wanted - available
+        if missing:
+            raise BagError(f"bag '{path}' has no image topic {sorted(missing)}; its image topics are {sorted(available)}")
+        connections = [c for c in reader.connections if c.topic in wanted and c.msgtype in IMAGE_TYPES]
+        for conn, timestamp, raw in reader.messages(connections=connections):
+            header = reader.deserialize(raw, conn.msgtype).header
+            yield BagImage(conn.topic, conn.msgtype, timestamp, bytes(raw),
+                           header.stamp.sec, header.stamp.nanosec, header.frame_id)
+
+
+def _open(path: str | Path) -> AnyReader:
+    bag = Path(path)
+    if not bag.exists():
+        raise BagError(f"bag '{bag}' does not exist")
+    try:
+        reader = AnyReader([bag], default_typestore=TYPESTORE)
+        reader.open()
+    except Exception as exc:  # rosbags raises several reader error types
+        raise BagError(f"bag '{bag}' cannot be read as a rosbag2 recording ({exc}); "
+                       "pass the bag folder (with metadata.yaml) or its .mcap/.db3 file") from exc
+    return reader
+
+
+def image_message(rgb: np.ndarray, stamp_ns: int, frame_id: str, encoding: str = "rgb8") -> object:
+    """A rosbags sensor_msgs/Image holding an HxWx3 uint8 RGB frame (rgb8 or bgr8)."""
+    from rosbags.typesys.stores.ros2_jazzy import builtin_interfaces__msg__Time as Time
+    from rosbags.typesys.stores.ros2_jazzy import sensor_msgs__msg__Image as Image
+    from rosbags.typesys.stores.ros2_jazzy import std_msgs__msg__Header as Header
+
+    if encoding not in ("rgb8", "bgr8"):
+        raise ValueError(f"encoding '{encoding}' must be rgb8 or bgr8")
+    pixels = rgb if encoding == "rgb8" else rgb[:, :, ::-1]
+    height, width = rgb.shape[:2]
+    header = Header(stamp=Time(sec=stamp_ns // 1_000_000_000, nanosec=stamp_ns % 1_000_000_000), frame_id=frame_id)
+    return Image(header=header, height=height, width=width, encoding=encoding, is_bigendian=0,
+                 step=width * 3, data=np.ascontiguousarray(pixels).reshape(-1))
+
+
+def write_image_bag(
+    path: str | Path,
+    frames: Iterable[tuple[int, np.ndarray]],
+    topic: str = "/camera/image_raw",
+    frame_id: str = "camera",
+    storage: Storage = Storage.MCAP,
+) -> int:
+    """Write (stamp_ns, HxWx3 RGB) frames as sensor_msgs/Image to a new bag folder; returns the count."""
+    plugin = StoragePlugin.MCAP if storage is Storage.MCAP else StoragePlugin.SQLITE3
+    count = 0
+    with Writer(Path(path), version=9, storage_plugin=plugin) as writer:
+        conn = writer.add_connection(topic, IMAGE_TYPE, typestore=TYPESTORE)
+        for stamp_ns, rgb in frames:
+            msg = image_message(rgb, stamp_ns, frame_id)
+            writer.write(conn, stamp_ns, TYPESTORE.serialize_cdr(msg, IMAGE_TYPE))
+            count += 1
+    return count

@@ -1,0 +1,263 @@
+"""One YOLOv8 detection runtime for every tier: ONNX metadata, letterbox, onnxruntime, decode, NMS."""
+from __future__ import annotations
+
+import ast
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import cv2
+import numpy as np
+
+from adaptive_perception.errors import ModelFileError
+
+LOG = logging.getLogger(__name__)
+
+TIERS: tuple[str, ...] = ("nano", "small", "large")
+DEFAULT_PROVIDERS: tuple[str, ...] = (
+    "TensorrtExecutionProvider",
+    "CUDAExecutionProvider",
+    "CPUExecutionProvider",
+)
+PAD_VALUE = 114  # grey used by Ultralytics for letterbox borders
+MAX_NMS_CANDIDATES = 30000  # highest-scoring candidates kept before NMS
+MAX_WH = 7680  # class offset for class-aware NMS in one pass
+
+
+@dataclass(frozen=True)
+class Detections:
+    """Boxes of one frame in source-image pixels (xyxy), with scores in [0, 1] and class indices."""
+
+    boxes: np.ndarray  # (N, 4) float32, x1 y1 x2 y2
+    scores: np.ndarray  # (N,) float32
+    class_ids: np.ndarray  # (N,) int64
+    class_names: tuple[str, ...] = field(repr=False, default=())
+
+    def __len__(self) -> int:
+        return int(self.scores.shape[0])
+
+    def names(self) -> list[str]:
+        """Class name of each box (the index as text where the model has no name for it)."""
+        return [self.class_names[i] if i < len(self.class_names) else str(i) for i in self.class_ids.tolist()]
+
+    @staticmethod
+    def empty(class_names: tuple[str, ...] = ()) -> "Detections":
+        return Detections(
+            np.zeros((0, 4), np.float32), np.zeros((0,), np.float32), np.zeros((0,), np.int64), class_names
+        )
+
+
+@dataclass(frozen=True)
+class Letterbox:
+    """How a source image was resized and padded into the network input."""
+
+    scale: float
+    pad_x: int
+    pad_y: int
+    source_shape: tuple[int, int]  # (height, width)
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What the ONNX file says about itself."""
+
+    path: str
+    input_name: str
+    input_size: tuple[int, int]  # (height, width)
+    stride: int
+    class_names: tuple[str, ...]
+    num_anchors: int
+    file_bytes: int
+
+
+def letterbox(image: np.ndarray, size: tuple[int, int]) -> tuple[np.ndarray, Letterbox]:
+    """Resize keeping the aspect ratio and pad with grey to `size` (height, width), centred."""
+    height, width = image.shape[:2]
+    target_h, target_w = size
+    scale = min(target_h / height, target_w / width)
+    new_w, new_h = int(round(width * scale)), int(round(height * scale))
+    pad_w, pad_h = (target_w - new_w) / 2, (target_h - new_h) / 2
+    if (new_w, new_h) != (width, height):
+        image = cv2.resize(image, (new_w, new_h), interpolation=cv2.INTER_LINEAR)
+    top, bottom = int(round(pad_h - 0.1)), int(round(pad_h + 0.1))
+    left, right = int(round(pad_w - 0.1)), int(round(pad_w + 0.1))
+    padded = cv2.copyMakeBorder(image, top, bottom, left, right, cv2.BORDER_CONSTANT, value=(PAD_VALUE,) * 3)
+    return padded, Letterbox(scale, left, top, (height, width))
+
+
+def nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float) -> np.ndarray:
+    """Greedy non-maximum suppression; returns kept indices in descending score order."""
+    order = np.argsort(-scores, kind="stable")
+    x1, y1, x2, y2 = boxes[:, 0], boxes[:, 1], boxes[:, 2], boxes[:, 3]
+    areas = np.clip(x2 - x1, 0, None) * np.clip(y2 - y1, 0, None)
+    keep: list[int] = []
+    while order.size:
+        best = order[0]
+        keep.append(int(best))
+        rest = order[1:]
+        w = np.clip(np.minimum(x2[best], x2[rest]) - np.maximum(x1[best], x1[rest]), 0, None)
+        h = np.clip(np.minimum(y2[best], y2[rest]) - np.maximum(y1[best], y1[rest]), 0, None)
+        inter = w * h
+        iou = inter / (areas[best] + areas[rest] - inter + 1e-9)
+        order = rest[iou <= iou_threshold]
+    return np.asarray(keep, dtype=np.int64)
+
+
+def _parse_metadata(path: Path, meta: dict[str, str], input_shape: Sequence[object]) -> tuple[tuple[int, int], int, tuple[str, ...]]:
+    if meta.get("task", "detect") != "detect":
+        raise ModelFileError(
+            path, f"its metadata says task '{meta['task']}', not 'detect'", "export a YOLOv8 detection model"
+        )
+    try:
+        raw_names = ast.literal_eval(meta["names"]) if "names" in meta else {}
+    except (ValueError, SyntaxError) as exc:
+        raise ModelFileError(path, f"metadata 'names' is not a dict literal ({exc})") from exc
+    if isinstance(raw_names, dict):
+        names = tuple(str(raw_names[k]) for k in sorted(raw_names))
+    else:
+        names = tuple(str(n) for n in raw_names)
+    stride = int(ast.literal_eval(meta["stride"])) if "stride" in meta else 32
+    size: tuple[int, int] | None = None
+    if "imgsz" in meta:
+        imgsz = ast.literal_eval(meta["imgsz"])
+        size = (int(imgsz[0]), int(imgsz[1])) if isinstance(imgsz, (list, tuple)) else (int(imgsz), int(imgsz))
+    height, width = input_shape[2], input_shape[3]
+    if isinstance(height, int) and isinstance(width, int):
+        size = (height, width)
+    if size is None:
+        raise ModelFileError(path, "input height/width are dynamic and metadata has no 'imgsz'",
+                             "export with a fixed imgsz")
+    return size, stride, names
+
+
+class DetectorTier:
+    """A YOLOv8 detection ONNX export behind an onnxruntime session; one class serves every tier."""
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        providers: Sequence[str] = ("CPUExecutionProvider",),
+        conf_threshold: float = 0.25,
+        iou_threshold: float = 0.7,
+        max_detections: int = 300,
+        intra_op_threads: int = 0,
+        name: str = "",
+    ) -> None:
+        import onnxruntime as ort
+
+        if not 0.0 <= conf_threshold <= 1.0 or not 0.0 <= iou_threshold <= 1.0:
+            raise ValueError(f"conf_threshold {conf_threshold} and iou_threshold {iou_threshold} must lie in [0, 1]")
+        self.path = Path(path)
+        self.name = name or self.path.stem
+        self.conf_threshold = float(conf_threshold)
+        self.iou_threshold = float(iou_threshold)
+        self.max_detections = int(max_detections)
+        if not self.path.is_file():
+            raise ModelFileError(self.path, "does not exist", "check the model path parameter")
+        options = ort.SessionOptions()
+        if intra_op_threads > 0:
+            options.intra_op_num_threads = intra_op_threads
+        options.log_severity_level = 3
+        chosen = select_providers(providers, ort.get_available_providers())
+        try:
+            self.session = ort.InferenceSession(str(self.path), sess_options=options, providers=chosen)
+        except Exception as exc:  # onnxruntime raises several private exception types
+            raise ModelFileError(self.path, f"is not a loadable ONNX model ({str(exc).splitlines()[0]})") from exc
+        self.providers = tuple(self.session.get_providers())
+        if self.providers[0] != chosen[0]:
+            LOG.warning("%s: %s could not start; running on %s", self.path, chosen[0], self.providers[0])
+        self.info = self._inspect()
+
+    def _inspect(self) -> ModelInfo:
+        inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
+        if len(inputs) != 1:
+            raise ModelFileError(self.path, f"has {len(inputs)} inputs; a YOLOv8 export has exactly one image input")
+        shape = inputs[0].shape
+        if len(shape) != 4:
+            raise ModelFileError(self.path, f"input '{inputs[0].name}' has rank {len(shape)} (shape {shape}); "
+                                 "expected 4 (batch, 3, height, width)")
+        if isinstance(shape[1], int) and shape[1] != 3:
+            raise ModelFileError(self.path, f"input has {shape[1]} channels; expected 3 (RGB)")
+        out_shape = outputs[0].shape
+        meta = self.session.get_modelmeta().custom_metadata_map
+        size, stride, names = _parse_metadata(self.path, meta, shape)
+        if len(out_shape) != 3 or not isinstance(out_shape[1], int) or out_shape[1] < 5:
+            raise ModelFileError(self.path, f"output '{outputs[0].name}' has shape {out_shape}; a YOLOv8 detect "
+                                 "head gives [1, 4 + classes, anchors]",
+                                 "export a detection model (not segment/pose/end-to-end NMS)")
+        num_classes = out_shape[1] - 4
+        if names and len(names) != num_classes:
+            raise ModelFileError(self.path, f"metadata names {len(names)} classes but the head outputs {num_classes}")
+        if not names:
+            names = tuple(str(i) for i in range(num_classes))
+        anchors = out_shape[2] if isinstance(out_shape[2], int) else -1
+        return ModelInfo(str(self.path), inputs[0].name, size, stride, names, anchors, self.path.stat().st_size)
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        return self.info.class_names
+
+    def preprocess(self, image_rgb: np.ndarray) -> tuple[np.ndarray, Letterbox]:
+        """HxWx3 uint8 RGB -> (1, 3, H, W) float32 in [0, 1], and the letterbox applied."""
+        if image_rgb.ndim != 3 or image_rgb.shape[2] != 3 or image_rgb.dtype != np.uint8:
+            raise ValueError(f"expected an HxWx3 uint8 RGB image, got shape {image_rgb.shape} {image_rgb.dtype}")
+        padded, box = letterbox(image_rgb, self.info.input_size)
+        tensor = padded.transpose(2, 0, 1)[None].astype(np.float32) * (1.0 / 255.0)
+        return np.ascontiguousarray(tensor), box
+
+    def infer(self, tensor: np.ndarray) -> np.ndarray:
+        """Raw head output (4 + classes, anchors) for one preprocessed image."""
+        return self.session.run(None, {self.info.input_name: tensor})[0][0]
+
+    def candidates(self, raw: np.ndarray, conf_threshold: float | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Decoded pre-NMS candidates above the threshold: xyxy boxes in network pixels, scores, classes."""
+        threshold = self.conf_threshold if conf_threshold is None else conf_threshold
+        scores_all = raw[4:]
+        class_ids = scores_all.argmax(axis=0)
+        scores = scores_all[class_ids, np.arange(scores_all.shape[1])]
+        keep = scores > threshold
+        if keep.sum() > MAX_NMS_CANDIDATES:
+            keep &= scores >= np.partition(scores[keep], -MAX_NMS_CANDIDATES)[-MAX_NMS_CANDIDATES]
+        cx, cy, w, h = raw[0, keep], raw[1, keep], raw[2, keep], raw[3, keep]
+        boxes = np.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], axis=1).astype(np.float32)
+        return boxes, scores[keep].astype(np.float32), class_ids[keep].astype(np.int64)
+
+    def postprocess(self, raw: np.ndarray, box: Letterbox) -> Detections:
+        """Class-aware NMS and mapping back to source-image pixels."""
+        boxes, scores, class_ids = self.candidates(raw)
+        if scores.size == 0:
+            return Detections.empty(self.class_names)
+        keep = nms(boxes + (class_ids[:, None] * MAX_WH).astype(np.float32), scores, self.iou_threshold)
+        keep = keep[: self.max_detections]
+        boxes, scores, class_ids = boxes[keep], scores[keep], class_ids[keep]
+        boxes[:, [0, 2]] -= box.pad_x
+        boxes[:, [1, 3]] -= box.pad_y
+        boxes /= box.scale
+        height, width = box.source_shape
+        boxes[:, 0::2] = np.clip(boxes[:, 0::2], 0, width)
+        boxes[:, 1::2] = np.clip(boxes[:, 1::2], 0, height)
+        return Detections(boxes, scores, class_ids, self.class_names)
+
+    def detect(self, image_rgb: np.ndarray) -> Detections:
+        """Detect objects in an HxWx3 uint8 RGB image; boxes come back in its pixels."""
+        tensor, box = self.preprocess(image_rgb)
+        return self.postprocess(self.infer(tensor), box)
+
+    def warmup(self, runs: int = 2) -> None:
+        """Run the session on grey frames so the first real frame pays no start-up cost."""
+        height, width = self.info.input_size
+        frame = np.full((height, width, 3), PAD_VALUE, np.uint8)
+        for _ in range(runs):
+            self.detect(frame)
+
+
+def select_providers(requested: Sequence[str], available: Sequence[str]) -> list[str]:
+    """Keep the requested execution providers this onnxruntime build has, in order; CPU always last."""
+    unknown = [p for p in requested if p not in available]
+    if unknown:
+        LOG.warning("execution providers %s are not available in this onnxruntime build (has %s); falling back",
+                    unknown, list(available))
+    chosen = [p for p in requested if p in available and p != "CPUExecutionProvider"]
+    return chosen + ["CPUExecutionProvider"]

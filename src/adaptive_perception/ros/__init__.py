@@ -1,0 +1,1 @@
+"""ROS 2 adapters: the lifecycle node, message conversion, bag replay and recording."""

@@ -1,0 +1,35 @@
+"""Conversion between ROS messages and the core's numpy types."""
+from __future__ import annotations
+
+import numpy as np
+from sensor_msgs.msg import CompressedImage, Image
+from std_msgs.msg import Header
+from vision_msgs.msg import Detection2D, Detection2DArray, ObjectHypothesisWithPose
+
+from adaptive_perception.detector import Detections
+from adaptive_perception.image import decode_compressed, decode_raw
+
+
+def image_to_rgb(msg: Image | CompressedImage) -> np.ndarray:
+    """HxWx3 uint8 RGB pixels of an Image or CompressedImage message."""
+    if isinstance(msg, CompressedImage):
+        return decode_compressed(msg.data, msg.format)
+    return decode_raw(msg.data, msg.width, msg.height, msg.encoding, msg.step, bool(msg.is_bigendian))
+
+
+def detections_to_msg(detections: Detections, header: Header) -> Detection2DArray:
+    """Detection2DArray with the source header; bbox centre/size in source pixels, class name in class_id."""
+    out = Detection2DArray(header=header)
+    names = detections.names()
+    for (x1, y1, x2, y2), score, name in zip(detections.boxes.tolist(), detections.scores.tolist(), names):
+        det = Detection2D(header=header)
+        det.bbox.center.position.x = (x1 + x2) / 2.0
+        det.bbox.center.position.y = (y1 + y2) / 2.0
+        det.bbox.size_x = x2 - x1
+        det.bbox.size_y = y2 - y1
+        hypothesis = ObjectHypothesisWithPose()
+        hypothesis.hypothesis.class_id = name
+        hypothesis.hypothesis.score = float(score)
+        det.results.append(hypothesis)
+        out.detections.append(det)
+    return out

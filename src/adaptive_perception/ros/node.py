@@ -1,0 +1,247 @@
+"""The `perception_node` lifecycle node: thin glue between ROS topics and the core detector runtime."""
+from __future__ import annotations
+
+import sys
+import threading
+import time
+from dataclasses import dataclass
+
+import rclpy
+from adaptive_perception_msgs.msg import RoutingDecision
+from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
+from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
+from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
+from sensor_msgs.msg import CompressedImage, Image
+from vision_msgs.msg import Detection2DArray
+
+from adaptive_perception.config import NodeConfig
+from adaptive_perception.detector import TIERS, DetectorTier
+from adaptive_perception.frames import LatestFrameSlot
+from adaptive_perception.ros.convert import detections_to_msg, image_to_rgb
+
+NODE_NAME = "perception_node"
+_WORKER_POLL_S = 0.1
+
+
+def _describe(text: str, **ranges: object) -> ParameterDescriptor:
+    return ParameterDescriptor(description=text, **ranges)
+
+
+# name -> (default, descriptor); defaults come from NodeConfig so code and YAML agree
+_DEFAULTS = NodeConfig()
+PARAMETERS: dict[str, tuple[object, ParameterDescriptor]] = {
+    "image_topics": (list(_DEFAULTS.image_topics), _describe(
+        "Camera topics to subscribe to; a name ending in 'compressed' is read as sensor_msgs/CompressedImage, "
+        "any other as sensor_msgs/Image. Outputs of all cameras share the output topics (header identifies the camera).")),
+    "routing_mode": (_DEFAULTS.routing_mode, _describe("How each frame picks a tier: fixed:nano | fixed:small | fixed:large.")),
+    **{f"models.{tier}": ("", _describe(f"Path of the {tier} tier's YOLOv8 detection ONNX file; empty = not loaded."))
+       for tier in TIERS},
+    "providers": (list(_DEFAULTS.providers), _describe(
+        "onnxruntime execution providers in order of preference; unavailable ones are skipped with a warning "
+        "and CPUExecutionProvider is always the last resort.")),
+    "conf_threshold": (_DEFAULTS.conf_threshold, _describe(
+        "Minimum class score of a detection.", floating_point_range=[FloatingPointRange(from_value=0.0, to_value=1.0)])),
+    "iou_threshold": (_DEFAULTS.iou_threshold, _describe(
+        "IoU above which NMS suppresses a box of the same class.",
+        floating_point_range=[FloatingPointRange(from_value=0.0, to_value=1.0)])),
+    "max_detections": (_DEFAULTS.max_detections, _describe(
+        "Most boxes published per frame.", integer_range=[IntegerRange(from_value=1, to_value=10000, step=1)])),
+    "intra_op_threads": (_DEFAULTS.intra_op_threads, _describe(
+        "onnxruntime intra-op threads per session; 0 = onnxruntime's default.",
+        integer_range=[IntegerRange(from_value=0, to_value=256, step=1)])),
+    "warmup_runs": (_DEFAULTS.warmup_runs, _describe(
+        "Inferences on a grey frame per tier during configure.", integer_range=[IntegerRange(from_value=0, to_value=100, step=1)])),
+    "qos.reliability": (_DEFAULTS.qos_reliability, _describe("Image subscription reliability: best_effort | reliable.")),
+    "qos.depth": (_DEFAULTS.qos_depth, _describe(
+        "Image subscription queue depth.", integer_range=[IntegerRange(from_value=1, to_value=100, step=1)])),
+    "autostart": (False, _describe("Configure and activate on start-up (for `ros2 run` without a lifecycle manager).")),
+}
+
+
+@dataclass
+class NodeStats:
+    """Counters since configure."""
+
+    frames_received: int = 0
+    frames_processed: int = 0
+    frames_failed: int = 0
+
+
+class PerceptionNode(LifecycleNode):
+    """Subscribes to camera images, runs the chosen detector tier, publishes detections and routing decisions."""
+
+    def __init__(self, **kwargs: object) -> None:
+        super().__init__(NODE_NAME, **kwargs)
+        for name, (default, descriptor) in PARAMETERS.items():
+            self.declare_parameter(name, default, descriptor)
+        self.config: NodeConfig | None = None
+        self.detectors: dict[str, DetectorTier] = {}
+        self.stats = NodeStats()
+        self._slot: LatestFrameSlot[Image | CompressedImage] | None = None
+        self._worker: threading.Thread | None = None
+        self._subscriptions: list[object] = []
+        self._det_pub = None
+        self._routing_pub = None
+
+    # ---- lifecycle -------------------------------------------------------------------------
+    def read_config(self) -> NodeConfig:
+        p = self.get_parameter
+        return NodeConfig(
+            image_topics=tuple(p("image_topics").value),
+            routing_mode=p("routing_mode").value,
+            models={tier: p(f"models.{tier}").value for tier in TIERS},
+            providers=tuple(p("providers").value),
+            conf_threshold=p("conf_threshold").value,
+            iou_threshold=p("iou_threshold").value,
+            max_detections=p("max_detections").value,
+            intra_op_threads=p("intra_op_threads").value,
+            warmup_runs=p("warmup_runs").value,
+            qos_reliability=p("qos.reliability").value,
+            qos_depth=p("qos.depth").value,
+        ).validate()
+
+    def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
+        try:
+            config = self.read_config()
+            detectors = {}
+            for tier, path in config.models.items():
+                if not path:
+                    continue
+                started = time.perf_counter()
+                detector = DetectorTier(path, config.providers, config.conf_threshold, config.iou_threshold,
+                                        config.max_detections, config.intra_op_threads, name=tier)
+                detector.warmup(config.warmup_runs)
+                detectors[tier] = detector
+                self.get_logger().info(
+                    f"tier {tier}: {path} ({detector.info.input_size[1]}x{detector.info.input_size[0]}, "
+                    f"{len(detector.class_names)} classes, {detector.providers[0]}) loaded and warm in "
+                    f"{(time.perf_counter() - started) * 1e3:.0f} ms")
+        except Exception as exc:  # a failed configure must report, never raise
+            self.get_logger().error(f"configure failed: {exc}")
+            return TransitionCallbackReturn.FAILURE
+        self.config, self.detectors, self.stats = config, detectors, NodeStats()
+        self._det_pub = self.create_lifecycle_publisher(Detection2DArray, "detections", 10)
+        self._routing_pub = self.create_lifecycle_publisher(RoutingDecision, "routing", 10)
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        assert self.config is not None
+        qos = QoSProfile(
+            history=HistoryPolicy.KEEP_LAST,
+            depth=self.config.qos_depth,
+            reliability=ReliabilityPolicy.BEST_EFFORT if self.config.qos_reliability == "best_effort"
+            else ReliabilityPolicy.RELIABLE,
+        )
+        result = super().on_activate(state)  # lifecycle publishers first, so no output is dropped
+        self._slot = LatestFrameSlot()
+        for topic in self.config.image_topics:
+            msg_type = CompressedImage if topic.rstrip("/").endswith("compressed") else Image
+            self._subscriptions.append(self.create_subscription(
+                msg_type, topic, lambda msg, camera=topic: self._on_image(camera, msg), qos))
+        self._worker = threading.Thread(target=self._work, args=(self._slot,), name="perception-worker", daemon=True)
+        self._worker.start()
+        self.get_logger().info(f"active: {self.config.routing_mode} on {list(self.config.image_topics)}")
+        return result
+
+    def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._stop_processing()
+        return super().on_deactivate(state)
+
+    def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._release()
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._stop_processing()
+        self._release()
+        return TransitionCallbackReturn.SUCCESS
+
+    def _stop_processing(self) -> None:
+        for sub in self._subscriptions:
+            self.destroy_subscription(sub)
+        self._subscriptions = []
+        if self._slot is not None:
+            self._slot.close()
+        if self._worker is not None:
+            self._worker.join()
+        self._slot, self._worker = None, None
+
+    def _release(self) -> None:
+        for pub in (self._det_pub, self._routing_pub):
+            if pub is not None:
+                self.destroy_lifecycle_publisher(pub)
+        self._det_pub = self._routing_pub = None
+        self.detectors = {}  # drops the onnxruntime sessions
+        self.config = None
+
+    # ---- per frame -------------------------------------------------------------------------
+    @property
+    def frames_dropped(self) -> int:
+        return self._slot.dropped if self._slot is not None else 0
+
+    def _on_image(self, camera: str, msg: Image | CompressedImage) -> None:
+        self.stats.frames_received += 1
+        if self._slot is not None:
+            self._slot.put(camera, msg)
+
+    def _work(self, slot: LatestFrameSlot[Image | CompressedImage]) -> None:
+        while True:
+            item = slot.take(timeout=_WORKER_POLL_S)
+            if item is None:
+                if slot.closed:
+                    return
+                continue
+            camera, msg = item
+            try:
+                self._process(msg)
+            except Exception as exc:  # a bad frame is logged and skipped; the node keeps running
+                self.stats.frames_failed += 1
+                self.get_logger().warning(f"frame from '{camera}' skipped: {exc}", throttle_duration_sec=5.0)
+
+    def _process(self, msg: Image | CompressedImage) -> None:
+        assert self.config is not None
+        started = time.perf_counter()
+        rgb = image_to_rgb(msg)
+        tier = self.config.fixed_tier
+        inference_start = time.perf_counter()
+        detections = self.detectors[tier].detect(rgb)
+        done = time.perf_counter()
+        self._det_pub.publish(detections_to_msg(detections, msg.header))
+        decision = RoutingDecision(header=msg.header, tier=TIERS.index(tier), tier_name=tier,
+                                   mode=self.config.routing_mode, policy_id="")
+        decision.probabilities[TIERS.index(tier)] = 1.0
+        decision.inference_ms = (done - inference_start) * 1e3
+        decision.total_ms = (done - started) * 1e3
+        decision.drift_score = float("nan")
+        self._routing_pub.publish(decision)
+        self.stats.frames_processed += 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the node until interrupted; with parameter autostart:=true it configures and activates itself."""
+    rclpy.init(args=argv if argv is not None else sys.argv)
+    node = PerceptionNode()
+    executor = rclpy.executors.MultiThreadedExecutor(num_threads=2)
+    executor.add_node(node)
+    status = 0
+    try:
+        if node.get_parameter("autostart").value:
+            if node.trigger_configure() != TransitionCallbackReturn.SUCCESS:
+                node.get_logger().fatal("autostart: configure failed; see the error above")
+                status = 1
+            else:
+                node.trigger_activate()
+        if status == 0:
+            executor.spin()
+    except (KeyboardInterrupt, rclpy.executors.ExternalShutdownException):
+        pass
+    finally:
+        node._stop_processing()
+        node.destroy_node()
+        if rclpy.ok():
+            rclpy.shutdown()
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())

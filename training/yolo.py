@@ -1,0 +1,61 @@
+"""YOLOv8 graphs built and exported with Ultralytics (AGPL-3.0), offline: no hub, no downloads."""
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+VARIANTS = ("n", "s", "m", "l", "x")
+
+
+def _offline_ultralytics() -> None:
+    os.environ.setdefault("YOLO_OFFLINE", "true")
+    os.environ.setdefault("YOLO_AUTOINSTALL", "false")
+    if "YOLO_CONFIG_DIR" not in os.environ:
+        os.environ["YOLO_CONFIG_DIR"] = str(Path(tempfile.gettempdir()) / "adaptive_perception_yolo")
+
+
+def export_random_yolov8(out: str | Path, variant: str = "n", imgsz: int = 320, seed: int = 0,
+                         score_spread: float = 0.0) -> Path:
+    """Build YOLOv8<variant> from its architecture yaml with random weights and export it to ONNX.
+
+    Real graph, real latency, meaningless boxes. A freshly initialised network scores every anchor
+    almost the same; `score_spread` > 0 first sets the batch-norm statistics from random images (so
+    activations reach the head), then re-draws the classification layer with that weight std, so
+    scores vary between anchors and NMS and thresholds become observable (the runtime's peer test).
+    """
+    if variant not in VARIANTS:
+        raise ValueError(f"variant '{variant}' must be one of {VARIANTS}")
+    _offline_ultralytics()
+    import torch
+    from ultralytics import YOLO
+
+    torch.manual_seed(seed)
+    model = YOLO(f"yolov8{variant}.yaml")
+    if score_spread > 0:
+        net = model.model
+        net.train()
+        for module in net.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.momentum = None  # cumulative average over the calibration batches
+        with torch.no_grad():
+            for _ in range(8):
+                net(torch.rand(4, 3, imgsz, imgsz))
+        net.eval()
+        head = net.model[-1]
+        for branch in head.cv3:  # per-scale classification branches; the last conv emits class logits
+            final = branch[-1]
+            torch.nn.init.normal_(final.weight, std=score_spread)
+            torch.nn.init.uniform_(final.bias, -9.0, -4.0)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        cwd = os.getcwd()
+        os.chdir(tmp)  # Ultralytics writes the export next to the (yaml) model name
+        try:
+            exported = Path(model.export(format="onnx", imgsz=imgsz, simplify=True, verbose=False))
+        finally:
+            os.chdir(cwd)
+        shutil.move(str(Path(tmp) / exported), out)
+    return out
