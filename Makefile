@@ -19,28 +19,28 @@ $(STAMPS)/venv: ros2_ws/requirements-ros.txt setup.py
 	_ROS_WHEELS_BOOTSTRAP_COMPLETE=1 $(VENV)/bin/pip install -q -r ros2_ws/requirements-ros.txt -e '.[test]'
 	@touch $@
 
-# The ROS wheels' CMake files name these two include paths; point them at this venv's Python and numpy.
-$(STAMPS)/include-links: $(STAMPS)/venv
-	@pyinc=$$($(VENV)/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["include"])'); \
-	npinc=$$(_ROS_WHEELS_BOOTSTRAP_COMPLETE=1 $(VENV)/bin/python -c 'import numpy; print(numpy.get_include())'); \
+# The ROS wheels' CMake files name two include paths under /opt/python/cp311-cp311; each build
+# points them at this venv's Python and numpy headers first (needs root, as on this machine and CI).
+INCLUDE_LINKS = pyinc=$$(python -c 'import sysconfig; print(sysconfig.get_paths()["include"])') && \
+	npinc=$$(python -c 'import numpy; print(numpy.get_include())') && \
 	mkdir -p /opt/python/cp311-cp311/include /opt/python/cp311-cp311/lib/python3.11/site-packages/numpy/_core && \
 	ln -sfn $$pyinc /opt/python/cp311-cp311/include/python3.11 && \
-	ln -sfn $$npinc /opt/python/cp311-cp311/lib/python3.11/site-packages/numpy/_core/include || \
-	{ echo "cannot create /opt/python/cp311-cp311 include links (needs root once)"; exit 1; }
-	@touch $@
+	ln -sfn $$npinc /opt/python/cp311-cp311/lib/python3.11/site-packages/numpy/_core/include
 
-COLCON = colcon --log-base build/colcon/log build --merge-install --event-handlers console_direct- \
-	--cmake-args -DBUILD_TESTING=OFF -DPython3_EXECUTABLE=$(CURDIR)/$(VENV)/bin/python --
+COLCON = colcon --log-base build/colcon/log build --event-handlers console_direct-
+CMAKE_ARGS = --cmake-args -DBUILD_TESTING=OFF -DPython3_EXECUTABLE=$(CURDIR)/$(VENV)/bin/python
 
-# Interfaces of this project (ros2_ws/src), built by colcon.
-$(STAMPS)/msgs: $(STAMPS)/include-links $(shell find ros2_ws/src -type f)
-	$(ENV) && $(COLCON) --base-paths ros2_ws/src --build-base build/colcon/build --install-base build/colcon/install
+# ros2_ws: this project's interfaces and (through the link ros2_ws/src/adaptive_perception) this package,
+# as on a robot. The venv itself uses the editable install of the package and the interfaces' prefix.
+$(STAMPS)/msgs: $(STAMPS)/venv $(shell find ros2_ws/src/adaptive_perception_msgs -type f) package.xml setup.py
+	$(ENV) && $(INCLUDE_LINKS) && $(COLCON) --base-paths ros2_ws/src \
+		--build-base build/colcon/build --install-base build/colcon/install $(CMAKE_ARGS)
 	@touch $@
 
 # Test-only stand-in for vision_msgs, in its own prefix (never installed, never in ros2_ws/src).
-$(STAMPS)/test-msgs: $(STAMPS)/include-links $(shell find tests/ros_interfaces -type f)
-	$(ENV) && $(COLCON) --base-paths tests/ros_interfaces --build-base build/test_interfaces/build \
-		--install-base build/test_interfaces/install
+$(STAMPS)/test-msgs: $(STAMPS)/venv $(shell find tests/ros_interfaces -type f)
+	$(ENV) && $(INCLUDE_LINKS) && $(COLCON) --merge-install --base-paths tests/ros_interfaces \
+		--build-base build/test_interfaces/build --install-base build/test_interfaces/install $(CMAKE_ARGS)
 	@touch $@
 
 # Offline training/export side: torch, torchvision, ultralytics (about 6 GB, about 2 minutes here).

@@ -5,7 +5,7 @@ _ap_root="$(cd "$(dirname "${BASH_SOURCE[0]:-$0}")/.." && pwd)"
 export AP_ROOT="$_ap_root"
 export AP_VENV="$_ap_root/.venv"
 _ap_site="$AP_VENV/lib/python3.11/site-packages"
-_ap_msgs="$_ap_root/build/colcon/install"
+_ap_msgs="$_ap_root/build/colcon/install/adaptive_perception_msgs"
 _ap_test="$_ap_root/build/test_interfaces/install"
 
 # The ROS wheels re-execute Python once to set LD_LIBRARY_PATH; set it here so they need not.

@@ -1,0 +1,99 @@
+"""A real rclpy graph for tests: the node under test plus a driver node, spun in a background thread."""
+from __future__ import annotations
+
+import threading
+import time
+from typing import Callable
+
+import numpy as np
+import rclpy
+from lifecycle_msgs.msg import Transition
+from lifecycle_msgs.srv import ChangeState, GetState
+from rcl_interfaces.msg import Log
+from rclpy.executors import MultiThreadedExecutor
+from rclpy.node import Node
+from rclpy.parameter import Parameter
+from rclpy.qos import QoSProfile, ReliabilityPolicy
+from sensor_msgs.msg import CompressedImage, Image
+from vision_msgs.msg import Detection2DArray
+
+from adaptive_perception.ros.node import NODE_NAME, PerceptionNode
+from adaptive_perception_msgs.msg import RoutingDecision
+
+TRANSITIONS = {
+    "configure": Transition.TRANSITION_CONFIGURE,
+    "activate": Transition.TRANSITION_ACTIVATE,
+    "deactivate": Transition.TRANSITION_DEACTIVATE,
+    "cleanup": Transition.TRANSITION_CLEANUP,
+}
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.01)
+    return predicate()
+
+
+def image_msg(rgb: np.ndarray, sec: int, nanosec: int = 0, frame_id: str = "cam") -> Image:
+    msg = Image(height=rgb.shape[0], width=rgb.shape[1], encoding="rgb8", step=rgb.shape[1] * 3)
+    msg.header.stamp.sec, msg.header.stamp.nanosec, msg.header.frame_id = sec, nanosec, frame_id
+    msg.data = rgb.tobytes()
+    return msg
+
+
+class Graph:
+    """PerceptionNode + driver on one executor; the driver calls lifecycle services and records outputs."""
+
+    def __init__(self, context: rclpy.context.Context, parameters: dict[str, object]) -> None:
+        self.node = PerceptionNode(
+            context=context, parameter_overrides=[Parameter(k, value=v) for k, v in parameters.items()])
+        self.driver = Node("test_driver", context=context)
+        self.detections: list[Detection2DArray] = []
+        self.routing: list[RoutingDecision] = []
+        self.logs: list[Log] = []
+        reliable = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE)
+        self.driver.create_subscription(Detection2DArray, "detections", self.detections.append, reliable)
+        self.driver.create_subscription(RoutingDecision, "routing", self.routing.append, reliable)
+        self.driver.create_subscription(Log, "/rosout", self.logs.append, QoSProfile(depth=1000))
+        self.image_pub = self.driver.create_publisher(Image, "image", reliable)
+        self.compressed_pub = self.driver.create_publisher(CompressedImage, "image/compressed", reliable)
+        self._change = self.driver.create_client(ChangeState, f"/{NODE_NAME}/change_state")
+        self._get = self.driver.create_client(GetState, f"/{NODE_NAME}/get_state")
+        self.executor = MultiThreadedExecutor(num_threads=4, context=context)
+        self.executor.add_node(self.node)
+        self.executor.add_node(self.driver)
+        self._thread = threading.Thread(target=self.executor.spin, daemon=True)
+        self._thread.start()
+        assert self._change.wait_for_service(timeout_sec=10) and self._get.wait_for_service(timeout_sec=10)
+
+    def transition(self, name: str) -> bool:
+        """Request a lifecycle transition through the node's change_state service; True on success."""
+        future = self._change.call_async(ChangeState.Request(transition=Transition(id=TRANSITIONS[name])))
+        assert wait_until(future.done, 60), f"change_state({name}) did not answer"
+        return future.result().success
+
+    def state(self) -> str:
+        future = self._get.call_async(GetState.Request())
+        assert wait_until(future.done, 10)
+        return future.result().current_state.label
+
+    def wait_for_image_subscriber(self, publisher=None) -> None:
+        publisher = publisher or self.image_pub
+        assert wait_until(lambda: publisher.get_subscription_count() > 0, 10), "node did not subscribe"
+
+    def send_lockstep(self, msg: Image | CompressedImage, publisher=None, timeout: float = 20.0) -> bool:
+        """Publish one frame and wait for its Detection2DArray (matched by header); True if it came."""
+        key = (msg.header.stamp.sec, msg.header.stamp.nanosec, msg.header.frame_id)
+        (publisher or self.image_pub).publish(msg)
+        return wait_until(lambda: any(
+            (d.header.stamp.sec, d.header.stamp.nanosec, d.header.frame_id) == key for d in self.detections), timeout)
+
+    def close(self) -> None:
+        self.executor.shutdown(timeout_sec=5)
+        self.node._stop_processing()
+        self.node.destroy_node()
+        self.driver.destroy_node()
+        self._thread.join(timeout=5)

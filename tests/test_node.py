@@ -1,0 +1,118 @@
+"""perception_node on a real rclpy graph on localhost, driven through its lifecycle services in lock-step."""
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+import rclpy
+
+from adaptive_perception.detector import DetectorTier
+from rosgraph import Graph, image_msg, wait_until
+
+
+@pytest.fixture(scope="module")
+def context():
+    ctx = rclpy.context.Context()
+    rclpy.init(context=ctx)
+    yield ctx
+    rclpy.shutdown(context=ctx)
+
+
+@pytest.fixture
+def graph(context, peer_model):
+    g = Graph(context, {"models.nano": str(peer_model), "providers": ["CPUExecutionProvider"],
+                        "image_topics": ["image", "image/compressed"], "warmup_runs": 1})
+    yield g
+    g.close()
+
+
+def _noise(seed: int, shape=(480, 640, 3)) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, shape, dtype=np.uint8)
+
+
+def test_one_detection_array_per_frame_with_the_image_header(graph, peer_model):
+    assert graph.state() == "unconfigured"
+    assert graph.transition("configure") and graph.state() == "inactive"
+    assert graph.transition("activate") and graph.state() == "active"
+    graph.wait_for_image_subscriber()
+    reference = DetectorTier(peer_model)
+    frames = [_noise(seed) for seed in range(5)]
+    for i, rgb in enumerate(frames):
+        assert graph.send_lockstep(image_msg(rgb, sec=100 + i, nanosec=1000 * i, frame_id="cam_front"))
+    assert not wait_until(lambda: len(graph.detections) > 5, 0.5), "more outputs than frames"
+    assert [(d.header.stamp.sec, d.header.stamp.nanosec, d.header.frame_id) for d in graph.detections] == \
+        [(100 + i, 1000 * i, "cam_front") for i in range(5)]
+    for msg, rgb in zip(graph.detections, frames):
+        expected = reference.detect(rgb)
+        assert len(msg.detections) == len(expected) > 0
+        centres = np.array([[d.bbox.center.position.x, d.bbox.center.position.y] for d in msg.detections])
+        sizes = np.array([[d.bbox.size_x, d.bbox.size_y] for d in msg.detections])
+        np.testing.assert_allclose(centres, (expected.boxes[:, :2] + expected.boxes[:, 2:]) / 2, atol=1e-3)
+        np.testing.assert_allclose(sizes, expected.boxes[:, 2:] - expected.boxes[:, :2], atol=1e-3)
+        assert [d.results[0].hypothesis.class_id for d in msg.detections] == expected.names()
+        assert all(0.25 < d.results[0].hypothesis.score <= 1.0 for d in msg.detections)
+    assert wait_until(lambda: len(graph.routing) == 5, 5)
+    for decision in graph.routing:
+        assert decision.tier_name == "nano" and decision.mode == "fixed:nano"
+        assert list(decision.probabilities) == [1.0, 0.0, 0.0]
+        assert decision.total_ms >= decision.inference_ms > 0
+
+
+def test_deactivate_stops_output_and_cleanup_frees_sessions(graph):
+    assert graph.transition("configure") and graph.transition("activate")
+    graph.wait_for_image_subscriber()
+    assert graph.send_lockstep(image_msg(_noise(1), sec=1))
+    assert graph.transition("deactivate") and graph.state() == "inactive"
+    graph.image_pub.publish(image_msg(_noise(2), sec=2))
+    assert not wait_until(lambda: len(graph.detections) > 1, 1.5), "an inactive node published"
+    assert set(graph.node.detectors) == {"nano"}
+    assert graph.transition("cleanup") and graph.state() == "unconfigured"
+    assert graph.node.detectors == {} and graph.node.config is None
+
+
+def test_bad_model_path_fails_configure_with_reason_then_good_path_succeeds(graph, peer_model, tmp_path):
+    missing = tmp_path / "no_such_model.onnx"
+    graph.node.set_parameters([rclpy.parameter.Parameter("models.nano", value=str(missing))])
+    assert not graph.transition("configure")
+    assert graph.state() == "unconfigured"
+    assert wait_until(lambda: any(str(missing) in log.msg and "does not exist" in log.msg for log in graph.logs), 5)
+    graph.node.set_parameters([rclpy.parameter.Parameter("models.nano", value=str(peer_model))])
+    assert graph.transition("configure") and graph.state() == "inactive"
+
+
+def test_not_an_onnx_file_fails_configure_naming_the_file(graph, tmp_path):
+    bogus = tmp_path / "weights.onnx"
+    bogus.write_bytes(b"this is not a protobuf")
+    graph.node.set_parameters([rclpy.parameter.Parameter("models.nano", value=str(bogus))])
+    assert not graph.transition("configure")
+    assert wait_until(lambda: any(str(bogus) in log.msg and "not a loadable ONNX" in log.msg for log in graph.logs), 5)
+
+
+def test_compressed_jpeg_and_png_frames_are_detected(graph, peer_model):
+    from sensor_msgs.msg import CompressedImage
+
+    assert graph.transition("configure") and graph.transition("activate")
+    graph.wait_for_image_subscriber(graph.compressed_pub)
+    rgb = _noise(3)
+    for i, (fmt, ext) in enumerate((("jpeg", ".jpg"), ("png", ".png"))):
+        msg = CompressedImage(format=fmt, data=cv2.imencode(ext, rgb[:, :, ::-1])[1].tobytes())
+        msg.header.stamp.sec, msg.header.frame_id = 50 + i, "cam"
+        assert graph.send_lockstep(msg, graph.compressed_pub)
+    png_boxes = len(graph.detections[1].detections)
+    assert png_boxes == len(DetectorTier(peer_model).detect(rgb)), "png is lossless: same boxes as raw pixels"
+
+
+def test_bad_frame_is_skipped_and_the_node_keeps_running(graph):
+    assert graph.transition("configure") and graph.transition("activate")
+    graph.wait_for_image_subscriber()
+    bad = image_msg(_noise(4), sec=7)
+    bad.encoding = "32FC7"
+    graph.image_pub.publish(bad)
+    assert wait_until(lambda: any("32FC7" in log.msg and "skipped" in log.msg for log in graph.logs), 5)
+    truncated = image_msg(_noise(4), sec=8)
+    truncated.data = truncated.data[:1000]
+    graph.image_pub.publish(truncated)
+    assert wait_until(lambda: graph.node.stats.frames_failed == 2, 5)  # warnings are throttled: count instead
+    assert graph.send_lockstep(image_msg(_noise(5), sec=9))
+    assert [d.header.stamp.sec for d in graph.detections] == [9]
+    assert graph.node.stats.frames_processed == 1 and graph.state() == "active"
