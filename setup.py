@@ -26,6 +26,7 @@ setup(
         "onnxruntime>=1.17",
         "rosbags>=0.10",
         "pyyaml>=6",
+        "tqdm>=4.60",
     ],
     extras_require={
         # Offline training and export only. Ultralytics is AGPL-3.0; the runtime never imports it.

@@ -6,6 +6,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
+import numpy as np
+
 VARIANTS = ("n", "s", "m", "l", "x")
 
 
@@ -17,13 +19,15 @@ def _offline_ultralytics() -> None:
 
 
 def export_random_yolov8(out: str | Path, variant: str = "n", imgsz: int = 320, seed: int = 0,
-                         score_spread: float = 0.0) -> Path:
+                         score_spread: float = 0.0, calibration: "np.ndarray | None" = None) -> Path:
     """Build YOLOv8<variant> from its architecture yaml with random weights and export it to ONNX.
 
     Real graph, real latency, meaningless boxes. A freshly initialised network scores every anchor
     almost the same; `score_spread` > 0 first sets the batch-norm statistics from random images (so
     activations reach the head), then re-draws the classification layer with that weight std, so
     scores vary between anchors and NMS and thresholds become observable (the runtime's peer test).
+    `calibration` (N x H x W x 3 uint8 RGB frames) replaces the random calibration images, so scores
+    spread on frames like those rather than on noise.
     """
     if variant not in VARIANTS:
         raise ValueError(f"variant '{variant}' must be one of {VARIANTS}")
@@ -40,8 +44,15 @@ def export_random_yolov8(out: str | Path, variant: str = "n", imgsz: int = 320, 
             if isinstance(module, torch.nn.BatchNorm2d):
                 module.momentum = None  # cumulative average over the calibration batches
         with torch.no_grad():
-            for _ in range(8):
-                net(torch.rand(4, 3, imgsz, imgsz))
+            if calibration is None:
+                batches = [torch.rand(4, 3, imgsz, imgsz) for _ in range(8)]
+            else:
+                import cv2
+
+                images = np.stack([cv2.resize(f, (imgsz, imgsz)) for f in calibration])
+                batches = [torch.from_numpy(images.transpose(0, 3, 1, 2).astype(np.float32) / 255.0)]
+            for batch in batches:
+                net(batch)
         net.eval()
         head = net.model[-1]
         for branch in head.cv3:  # per-scale classification branches; the last conv emits class logits

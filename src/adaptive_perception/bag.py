@@ -1,6 +1,7 @@
 """Read and write rosbag2 image recordings (MCAP or sqlite3) with `rosbags`; no ROS installation needed."""
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
@@ -63,7 +64,8 @@ def read_images(path: str | Path, topics: Sequence[str] | None = None) -> Iterat
                            header.stamp.sec, header.stamp.nanosec, header.frame_id)
 
 
-def _open(path: str | Path) -> AnyReader:
+@contextmanager
+def _open(path: str | Path) -> Iterator[AnyReader]:
     bag = Path(path)
     if not bag.exists():
         raise BagError(f"bag '{bag}' does not exist")
@@ -73,7 +75,10 @@ def _open(path: str | Path) -> AnyReader:
     except Exception as exc:  # rosbags raises several reader error types
         raise BagError(f"bag '{bag}' cannot be read as a rosbag2 recording ({exc}); "
                        "pass the bag folder (with metadata.yaml) or its .mcap/.db3 file") from exc
-    return reader
+    try:
+        yield reader
+    finally:
+        reader.close()
 
 
 def image_message(rgb: np.ndarray, stamp_ns: int, frame_id: str, encoding: str = "rgb8") -> object:

@@ -1,0 +1,94 @@
+"""`adaptive-perception`: one command with subcommands (node, replay, demo)."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from adaptive_perception.errors import AdaptivePerceptionError
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="adaptive-perception", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    node = sub.add_parser("node", help="run perception_node (lifecycle node)")
+    node.add_argument("--autostart", action="store_true", help="configure and activate on start-up")
+    node.add_argument("--params-file", type=Path, help="ROS parameter YAML (e.g. config/perception.yaml)")
+    node.add_argument("ros_args", nargs=argparse.REMAINDER,
+                      help="anything after `--ros-args` is passed to ROS (e.g. -p models.nano:=/path.onnx)")
+
+    replay = sub.add_parser("replay", help="publish a bag's image topics to a running node")
+    replay.add_argument("bag", type=Path, help="rosbag2 folder or .mcap/.db3 file")
+    replay.add_argument("--mode", choices=[m.value for m in _modes()], default="lockstep",
+                        help="lockstep (default: next frame after the previous output), recorded (bag timing "
+                             "scaled by --rate) or fast (back to back; the node drops what it cannot keep up with)")
+    replay.add_argument("--rate", type=float, default=1.0, help="speed factor for --mode recorded")
+    replay.add_argument("--topic", action="append", dest="topics", help="image topic to replay (repeatable; default all)")
+    replay.add_argument("--remap", action="append", default=[], metavar="BAG_TOPIC:=TOPIC",
+                        help="publish a bag topic under another name (repeatable)")
+    replay.add_argument("--output-topic", default="detections", help="Detection2DArray topic to wait for")
+    replay.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for each output in lock-step")
+    replay.add_argument("--json", type=Path, help="also write the summary to this JSON file")
+
+    demo = sub.add_parser("demo", help="end-to-end demo on generated frames, no downloads")
+    demo.add_argument("--frames", type=int, default=60, help="frames in the generated bag")
+    demo.add_argument("--out", type=Path, default=Path("build/demo"), help="working folder")
+    demo.add_argument("--model", type=Path, help="YOLOv8 ONNX to use instead of the generated random-weight yolov8n")
+    return parser
+
+
+def _modes():
+    from adaptive_perception.ros.replay import ReplayMode
+
+    return list(ReplayMode)
+
+
+def _parse_remaps(items: list[str]) -> dict[str, str]:
+    remaps = {}
+    for item in items:
+        if ":=" not in item:
+            raise AdaptivePerceptionError(f"--remap '{item}' must look like BAG_TOPIC:=TOPIC")
+        source, target = item.split(":=", 1)
+        remaps[source] = target
+    return remaps
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "node":
+            from adaptive_perception.ros.node import main as node_main
+
+            ros_args = [a for a in args.ros_args if a != "--ros-args"]
+            extra = ["--params-file", str(args.params_file)] if args.params_file else []
+            if args.autostart:
+                extra += ["-p", "autostart:=true"]
+            return node_main(["perception_node", "--ros-args", *extra, *ros_args])
+        if args.command == "replay":
+            from adaptive_perception.ros.replay import ReplayMode, replay_bag
+            from adaptive_perception.ros.session import spun_node
+
+            with spun_node("adaptive_perception_replay") as node:
+                report = replay_bag(node, args.bag, ReplayMode(args.mode), args.rate, args.topics,
+                                    _parse_remaps(args.remap), args.output_topic, args.timeout)
+            summary = report.summary()
+            for key, value in summary.items():
+                print(f"{key:>18}: {value:.2f}" if isinstance(value, float) else f"{key:>18}: {value}")
+            if args.json:
+                args.json.write_text(json.dumps(summary, indent=2))
+            return 0 if report.timeouts == 0 else 1
+        if args.command == "demo":
+            from adaptive_perception.ros.demo import run_demo
+
+            summary = run_demo(args.out, args.frames, args.model)
+            return 0 if summary["outputs_received"] == summary["frames_published"] else 1
+    except AdaptivePerceptionError as exc:
+        print(f"adaptive-perception {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,65 @@
+"""Helpers for command-line tools that talk to a running graph: a spun helper node and a node subprocess."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator, Mapping
+
+import rclpy
+from rclpy.executors import SingleThreadedExecutor
+from rclpy.node import Node
+
+
+@contextmanager
+def spun_node(name: str) -> Iterator[Node]:
+    """A plain rclpy node spinning in a background thread, in a context of its own."""
+    context = rclpy.context.Context()
+    rclpy.init(args=[], context=context)
+    node = Node(name, context=context)
+    executor = SingleThreadedExecutor(context=context)
+    executor.add_node(node)
+    thread = threading.Thread(target=executor.spin, daemon=True)
+    thread.start()
+    try:
+        yield node
+    finally:
+        executor.shutdown(timeout_sec=2)
+        node.destroy_node()
+        rclpy.shutdown(context=context)
+        thread.join(timeout=2)
+
+
+def _ros_value(value: object) -> str:
+    if isinstance(value, (list, tuple)):
+        return "[" + ",".join(_ros_value(v) for v in value) + "]"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+@contextmanager
+def node_process(parameters: Mapping[str, object], log_path: Path, params_file: Path | None = None) -> Iterator[subprocess.Popen]:
+    """Run perception_node in its own process (autostart on), stderr/stdout to `log_path`; SIGINT on exit."""
+    args = [sys.executable, "-m", "adaptive_perception.ros.node", "--ros-args"]
+    if params_file is not None:
+        args += ["--params-file", str(params_file)]
+    for name, value in {"autostart": True, **parameters}.items():
+        args += ["-p", f"{name}:={_ros_value(value)}"]
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "w") as log:
+        process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ))
+        try:
+            yield process
+        finally:
+            if process.poll() is None:
+                process.send_signal(signal.SIGINT)
+                try:
+                    process.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    process.wait()

@@ -1,0 +1,133 @@
+"""Every supported raw encoding and compressed format decodes to the same RGB pixels."""
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+
+from adaptive_perception.errors import ImageDecodeError
+from adaptive_perception.image import SUPPORTED_ENCODINGS, decode_compressed, decode_raw
+
+H, W = 37, 53  # odd sizes catch row/stride mistakes
+
+
+@pytest.fixture(scope="module")
+def rgb() -> np.ndarray:
+    return np.random.default_rng(3).integers(0, 256, (H, W, 3), dtype=np.uint8)
+
+
+def _padded(rows: np.ndarray, pad: int) -> tuple[bytes, int]:
+    """Payload with `pad` junk bytes after every row, and the resulting step."""
+    flat = rows.reshape(rows.shape[0], -1)
+    junk = np.full((flat.shape[0], pad), 0xAB, np.uint8)
+    return np.hstack([flat, junk]).tobytes(), flat.shape[1] + pad
+
+
+@pytest.mark.parametrize("pad", [0, 7])
+@pytest.mark.parametrize("encoding,make", [
+    ("rgb8", lambda x: x),
+    ("bgr8", lambda x: x[:, :, ::-1]),
+    ("8UC3", lambda x: x[:, :, ::-1]),
+    ("rgba8", lambda x: np.dstack([x, np.full(x.shape[:2], 9, np.uint8)])),
+    ("bgra8", lambda x: np.dstack([x[:, :, ::-1], np.full(x.shape[:2], 9, np.uint8)])),
+    ("8UC4", lambda x: np.dstack([x[:, :, ::-1], np.full(x.shape[:2], 9, np.uint8)])),
+])
+def test_colour_encodings_give_the_same_rgb(rgb, encoding, make, pad):
+    data, step = _padded(np.ascontiguousarray(make(rgb)), pad)
+    out = decode_raw(data, W, H, encoding, step)
+    assert out.shape == (H, W, 3) and out.dtype == np.uint8 and out.flags["C_CONTIGUOUS"]
+    np.testing.assert_array_equal(out, rgb)
+
+
+@pytest.mark.parametrize("encoding", ["mono8", "8UC1"])
+def test_mono8_replicates_grey_into_three_channels(rgb, encoding):
+    grey = rgb[:, :, 0]
+    data, step = _padded(grey, 3)
+    out = decode_raw(data, W, H, encoding, step)
+    np.testing.assert_array_equal(out, np.dstack([grey] * 3))
+
+
+@pytest.mark.parametrize("bigendian", [False, True])
+@pytest.mark.parametrize("encoding", ["mono16", "16UC1"])
+def test_16_bit_mono_keeps_the_high_byte_in_either_byte_order(rgb, encoding, bigendian):
+    grey16 = rgb[:, :, 1].astype(np.uint16) * 256 + 3  # high byte == original value
+    rows = grey16.astype(">u2" if bigendian else "<u2").view(np.uint8).reshape(H, W * 2)
+    data, step = _padded(rows, 4)
+    out = decode_raw(data, W, H, encoding, step, is_bigendian=bigendian)
+    np.testing.assert_array_equal(out[:, :, 0], rgb[:, :, 1])
+
+
+def test_rgb16_and_bgr16(rgb):
+    wide = rgb.astype(np.uint16) * 257
+    np.testing.assert_array_equal(decode_raw(wide.astype("<u2").tobytes(), W, H, "rgb16", W * 6), rgb)
+    np.testing.assert_array_equal(decode_raw(wide[:, :, ::-1].astype("<u2").tobytes(), W, H, "bgr16", W * 6), rgb)
+
+
+@pytest.mark.parametrize("encoding,offsets", [
+    ("bayer_rggb8", {"r": (0, 0), "g1": (0, 1), "g2": (1, 0), "b": (1, 1)}),
+    ("bayer_bggr8", {"b": (0, 0), "g1": (0, 1), "g2": (1, 0), "r": (1, 1)}),
+    ("bayer_gbrg8", {"g1": (0, 0), "b": (0, 1), "r": (1, 0), "g2": (1, 1)}),
+    ("bayer_grbg8", {"g1": (0, 0), "r": (0, 1), "b": (1, 0), "g2": (1, 1)}),
+])
+def test_bayer_mosaic_of_a_flat_colour_demosaics_to_that_colour(encoding, offsets):
+    colour = {"r": 200, "g1": 120, "g2": 120, "b": 40}
+    mosaic = np.zeros((16, 20), np.uint8)
+    for name, (dy, dx) in offsets.items():
+        mosaic[dy::2, dx::2] = colour[name]
+    out = decode_raw(mosaic.tobytes(), 20, 16, encoding, 20)
+    np.testing.assert_allclose(out[4:-4, 4:-4].reshape(-1, 3).mean(0), [200, 120, 40], atol=2)
+
+
+@pytest.mark.parametrize("encoding", ["uyvy", "yuyv"])
+def test_packed_yuv422_of_a_flat_colour(encoding):
+    r, g, b = 180, 90, 30  # BT.601 video range, as cameras send it
+    y = round(16 + 0.257 * r + 0.504 * g + 0.098 * b)
+    u = round(128 - 0.148 * r - 0.291 * g + 0.439 * b)
+    v = round(128 + 0.439 * r - 0.368 * g - 0.071 * b)
+    pair = [u, y, v, y] if encoding == "uyvy" else [y, u, y, v]
+    data = np.tile(np.array(pair, np.uint8), 8 * 6)  # 8 rows of 12 pixels (6 pairs)
+    out = decode_raw(data.tobytes(), 12, 8, encoding, 24)
+    np.testing.assert_allclose(out.reshape(-1, 3).mean(0), [180, 90, 30], atol=4)
+
+
+def test_every_listed_encoding_decodes():
+    for encoding in SUPPORTED_ENCODINGS:
+        channels = {"mono8": 1, "8UC1": 1, "mono16": 2, "16UC1": 2, "rgb16": 6, "bgr16": 6,
+                    "rgba8": 4, "bgra8": 4, "8UC4": 4, "uyvy": 2, "yuv422": 2, "yuyv": 2,
+                    "yuv422_yuy2": 2}.get(encoding, 3 if "bayer" not in encoding else 1)
+        out = decode_raw(bytes(8 * 6 * channels), 6, 8, encoding, 6 * channels)
+        assert out.shape == (8, 6, 3)
+
+
+@pytest.mark.parametrize("ext", [".png", ".jpg"])
+def test_compressed_matches_the_raw_pixels(scene_rgb, ext):
+    rgb = scene_rgb  # smooth content: jpeg error stays small, a channel swap does not
+    encoded = cv2.imencode(ext, rgb[:, :, ::-1], [cv2.IMWRITE_JPEG_QUALITY, 95])[1].tobytes()
+    out = decode_compressed(encoded, "rgb8; jpeg compressed bgr8" if ext == ".jpg" else "png")
+    assert out.shape == rgb.shape
+    if ext == ".png":
+        np.testing.assert_array_equal(out, rgb)
+    else:  # lossy, but channel order must be right: the mean error stays small
+        assert np.abs(out.astype(int) - rgb.astype(int)).mean() < 3
+        swapped = np.abs(out[:, :, ::-1].astype(int) - rgb.astype(int)).mean()
+        assert swapped > 3 * np.abs(out.astype(int) - rgb.astype(int)).mean()
+
+
+@pytest.mark.parametrize("kwargs,needle", [
+    (dict(encoding="32FC1"), "'32FC1' is not supported"),
+    (dict(step=10), "step 10 is smaller"),
+    (dict(data=bytes(100)), "truncated"),
+    (dict(width=0), "empty"),
+])
+def test_bad_raw_images_raise_naming_the_field(rgb, kwargs, needle):
+    args = dict(data=rgb.tobytes(), width=W, height=H, encoding="rgb8", step=W * 3)
+    args.update(kwargs)
+    with pytest.raises(ImageDecodeError, match=needle):
+        decode_raw(**args)
+
+
+def test_garbage_compressed_data_raises():
+    with pytest.raises(ImageDecodeError, match="could not be decoded"):
+        decode_compressed(b"\x00\x01not an image", "jpeg")
+    with pytest.raises(ImageDecodeError, match="no data"):
+        decode_compressed(b"", "png")
