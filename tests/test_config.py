@@ -1,0 +1,67 @@
+"""Configuration: YAML defaults equal the node's declared defaults; bad values fail with the fix."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from adaptive_perception.config import NodeConfig
+from adaptive_perception.errors import ConfigError
+from adaptive_perception.frames import LatestFrameSlot
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _flatten(tree: dict, prefix: str = "") -> dict:
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def test_config_yaml_lists_every_declared_parameter_with_its_default():
+    from adaptive_perception.ros.node import PARAMETERS
+
+    params = _flatten(yaml.safe_load((ROOT / "config" / "perception.yaml").read_text())["perception_node"]["ros__parameters"])
+    assert set(params) == set(PARAMETERS)
+    for name, (default, _descriptor) in PARAMETERS.items():
+        assert params[name] == default, name
+
+
+@pytest.mark.parametrize("changes,needle", [
+    (dict(routing_mode="learned"), "routing_mode 'learned' is not supported"),
+    (dict(models={"nano": ""}), "models.nano is empty"),
+    (dict(models={"nano": "/does/not/exist.onnx"}), "models.nano = '/does/not/exist.onnx' does not exist"),
+    (dict(image_topics=()), "image_topics"),
+    (dict(qos_reliability="sometimes"), "qos.reliability 'sometimes'"),
+    (dict(conf_threshold=1.5), "conf_threshold"),
+])
+def test_bad_values_name_the_parameter(changes, needle, peer_model):
+    base = dict(models={"nano": str(peer_model)})
+    base.update(changes)
+    with pytest.raises(ConfigError, match=needle.replace(".", r"\.").replace("(", r"\(")):
+        NodeConfig(**base).validate()
+
+
+def test_good_config_validates(peer_model):
+    config = NodeConfig(models={"nano": str(peer_model), "small": "", "large": ""}).validate()
+    assert config.fixed_tier == "nano"
+
+
+def test_slot_keeps_only_the_newest_frame_per_camera_and_serves_cameras_in_turn():
+    slot: LatestFrameSlot[int] = LatestFrameSlot()
+    assert slot.put("front", 1) is False
+    assert slot.put("front", 2) is True
+    slot.put("rear", 10)
+    slot.put("front", 3)
+    assert slot.dropped == 2
+    assert slot.take(0) == ("front", 3)
+    assert slot.take(0) == ("rear", 10)
+    assert slot.take(0.01) is None
+    slot.put("rear", 11)
+    slot.close()
+    assert slot.take(0) is None and slot.closed

@@ -1,0 +1,104 @@
+"""Model files are validated on load with errors that name the file and the problem."""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper
+
+from adaptive_perception.detector import DetectorTier, Detections, letterbox, nms, select_providers
+from adaptive_perception.errors import ModelFileError
+
+
+def _identity_model(path, in_shape, out_shape, metadata=None):
+    """A tiny ONNX graph with the given input/output shapes (a Reshape of the input)."""
+    inp = helper.make_tensor_value_info("images", TensorProto.FLOAT, in_shape)
+    out = helper.make_tensor_value_info("output0", TensorProto.FLOAT, out_shape)
+    shape = helper.make_tensor("shape", TensorProto.INT64, [len(out_shape)], [d if isinstance(d, int) else -1 for d in out_shape])
+    node = helper.make_node("Reshape", ["images", "shape"], ["output0"])
+    graph = helper.make_graph([node], "g", [inp], [out], initializer=[shape])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    for key, value in (metadata or {}).items():
+        model.metadata_props.append(onnx.StringStringEntryProto(key=key, value=value))
+    onnx.save(model, path)
+    return path
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(ModelFileError, match=r"nope\.onnx' : does not exist|nope\.onnx': does not exist"):
+        DetectorTier(tmp_path / "nope.onnx")
+
+
+def test_not_onnx(tmp_path):
+    bad = tmp_path / "model.onnx"
+    bad.write_text("hello")
+    with pytest.raises(ModelFileError, match="model.onnx': is not a loadable ONNX model"):
+        DetectorTier(bad)
+
+
+def test_wrong_input_rank(tmp_path):
+    path = _identity_model(tmp_path / "rank3.onnx", [3, 32, 32], [1, 8, 384])
+    with pytest.raises(ModelFileError, match="rank 3"):
+        DetectorTier(path)
+
+
+def test_not_a_detect_head(tmp_path):
+    path = _identity_model(tmp_path / "cls.onnx", [1, 3, 32, 32], [1, 3072], {"task": "detect"})
+    with pytest.raises(ModelFileError, match=r"cls\.onnx.*YOLOv8 detect head"):
+        DetectorTier(path)
+
+
+def test_other_task_in_metadata(tmp_path):
+    path = _identity_model(tmp_path / "seg.onnx", [1, 3, 32, 32], [1, 12, 256], {"task": "segment"})
+    with pytest.raises(ModelFileError, match="task 'segment'"):
+        DetectorTier(path)
+
+
+def test_metadata_names_must_match_head(tmp_path):
+    path = _identity_model(tmp_path / "n.onnx", [1, 3, 32, 32], [1, 8, 384],
+                           {"task": "detect", "names": "{0: 'a', 1: 'b'}", "stride": "32"})
+    with pytest.raises(ModelFileError, match="names 2 classes but the head outputs 4"):
+        DetectorTier(path)
+
+
+def test_reads_size_stride_and_names_from_metadata(tmp_path):
+    path = _identity_model(tmp_path / "ok.onnx", [1, 3, 32, 32], [1, 6, 512],
+                           {"task": "detect", "names": "{0: 'car', 1: 'person'}", "stride": "16", "imgsz": "[32, 32]"})
+    det = DetectorTier(path)
+    assert det.info.input_size == (32, 32) and det.info.stride == 16
+    assert det.class_names == ("car", "person") and det.info.num_anchors == 512
+
+
+def test_real_yolov8_export_metadata(peer_model):
+    det = DetectorTier(peer_model)
+    assert det.info.input_size == (320, 320) and det.info.stride == 32
+    assert det.class_names == tuple(str(i) for i in range(80))  # a yaml-built model names classes by index
+    assert det.info.num_anchors == 2100  # 40*40 + 20*20 + 10*10
+
+
+def test_unavailable_providers_fall_back_to_cpu_in_order():
+    available = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    assert select_providers(["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"],
+                            available) == ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    assert select_providers(["TensorrtExecutionProvider"], ["CPUExecutionProvider"]) == ["CPUExecutionProvider"]
+
+
+def test_letterbox_centres_and_records_the_mapping():
+    image = np.zeros((480, 640, 3), np.uint8)
+    padded, box = letterbox(image, (320, 320))
+    assert padded.shape == (320, 320, 3)
+    assert box.scale == 0.5 and (box.pad_x, box.pad_y) == (0, 40)
+    assert (padded[:40] == 114).all() and (padded[280:] == 114).all() and (padded[40:280] == 0).all()
+
+
+def test_nms_suppresses_only_overlaps_above_threshold():
+    boxes = np.array([[0, 0, 10, 10], [1, 1, 11, 11], [20, 20, 30, 30], [0, 0, 10, 10.5]], np.float32)
+    scores = np.array([0.9, 0.8, 0.7, 0.95], np.float32)
+    assert nms(boxes, scores, 0.5).tolist() == [3, 2]
+    assert nms(boxes, scores, 0.99).tolist() == [3, 0, 1, 2]
+
+
+def test_detections_names_fall_back_to_index():
+    det = Detections(np.zeros((2, 4), np.float32), np.ones(2, np.float32), np.array([1, 5]), ("a", "b"))
+    assert det.names() == ["b", "5"] and len(det) == 2
