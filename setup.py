@@ -38,6 +38,8 @@ setup(
             "onnx==1.23.2",
             "onnxslim==0.1.98",
         ],
+        # scene generator: sample photographs bundled in the scikit-image wheel; COCO evaluation
+        "scenes": ["scikit-image==0.26.0", "pycocotools==2.0.11"],
         "test": ["pytest>=8", "pytest-timeout>=2.3"],
     },
     entry_points={

@@ -1,4 +1,4 @@
-"""`adaptive-perception`: one command with subcommands (node, replay, demo)."""
+"""`adaptive-perception`: one command with subcommands (node, replay, scenes, demo)."""
 from __future__ import annotations
 
 import argparse
@@ -32,6 +32,20 @@ def _parser() -> argparse.ArgumentParser:
     replay.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for each output in lock-step")
     replay.add_argument("--json", type=Path, help="also write the summary to this JSON file")
 
+    scenes = sub.add_parser("scenes", help="the project's synthetic scene benchmark")
+    scenes_sub = scenes.add_subparsers(dest="scenes_command", required=True)
+    generate = scenes_sub.add_parser("generate", help="YOLO dataset + COCO ground truth + MCAP bags + contact sheet")
+    generate.add_argument("--out", type=Path, default=Path("build/benchmark"), help="output folder")
+    generate.add_argument("--preset", choices=["benchmark", "tiny"], default="benchmark",
+                          help="benchmark: the frozen evaluation benchmark; tiny: a 4-sequence smoke set")
+    generate.add_argument("--drift", choices=["none", "night", "fog", "new_domain", "small_objects"], default="none",
+                          help="render a drift variant (different seed, never in training)")
+    generate.add_argument("--bags", choices=["none", "eval", "all"], help="which splits get MCAP bags (preset default)")
+    generate.add_argument("--workers", type=int, default=2, help="parallel sequence renderers")
+    check = scenes_sub.add_parser("check", help="verify a generated benchmark against the frozen manifest")
+    check.add_argument("--out", type=Path, default=Path("build/benchmark"))
+    check.add_argument("--manifest", type=Path, default=Path("training/benchmark/manifest.json"))
+
     demo = sub.add_parser("demo", help="end-to-end demo on generated frames, no downloads")
     demo.add_argument("--frames", type=int, default=60, help="frames in the generated bag")
     demo.add_argument("--out", type=Path, default=Path("build/demo"), help="working folder")
@@ -53,6 +67,30 @@ def _parse_remaps(items: list[str]) -> dict[str, str]:
         source, target = item.split(":=", 1)
         remaps[source] = target
     return remaps
+
+
+def _scenes(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from adaptive_perception.scenes import benchmark
+    from adaptive_perception.scenes.sequence import Drift
+
+    if args.scenes_command == "check":
+        benchmark.check_against(args.out, args.manifest)
+        print(f"{args.out}: test split matches the frozen manifest {args.manifest}")
+        return 0
+    config = benchmark.PRESETS[args.preset]
+    if args.drift != "none":
+        config = benchmark.with_drift(config, Drift(args.drift))
+    if args.bags:
+        config = replace(config, bags=args.bags)
+    manifest = benchmark.generate(config, args.out, args.workers)
+    for split, summary in manifest["splits"].items():
+        mix = ", ".join(f"{k} {v:.0%}" for k, v in summary["regime_mix"].items())
+        print(f"{split:>5}: {summary['frames']} frames ({mix}), {summary['objects']} objects, "
+              f"{summary['ignore_regions']} ignore regions")
+    print(f"wrote {args.out} (manifest.json, data.yaml, coco/, images/, labels/, bags/, contact_sheet.png)")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -79,6 +117,8 @@ def main(argv: list[str] | None = None) -> int:
             if args.json:
                 args.json.write_text(json.dumps(summary, indent=2))
             return 0 if report.timeouts == 0 else 1
+        if args.command == "scenes":
+            return _scenes(args)
         if args.command == "demo":
             from adaptive_perception.ros.demo import run_demo
 

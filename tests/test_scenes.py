@@ -1,0 +1,117 @@
+"""Scene benchmark generator: deterministic, right labels, ignore regions, split by sequence, frozen by hash."""
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from adaptive_perception.scenes import benchmark
+from adaptive_perception.scenes.render import CLASSES, SceneObject, paint_object, visible_truth
+from adaptive_perception.scenes.sequence import Regime, SequenceSpec, render_sequence
+
+
+def _object(**kwargs) -> SceneObject:
+    base = dict(object_id=0, class_id=CLASSES.index("crate"), x=200.0, y=150.0, size=60.0, aspect=1.0, angle=0.0,
+                colour=(200, 40, 40), shade_angle=0.0, texture=-1)
+    base.update(kwargs)
+    return SceneObject(**base)
+
+
+def _paint(objects: list[SceneObject]):
+    frame = np.zeros((480, 640, 3), np.uint8)
+    owner = np.full((480, 640), -1, np.int32)
+    areas = [paint_object(frame, owner, obj, i) for i, obj in enumerate(objects)]
+    return frame, visible_truth(owner, objects, areas)
+
+
+def test_an_axis_aligned_crate_gets_its_exact_box():
+    frame, truths = _paint([_object()])
+    (truth,) = truths
+    assert truth.box == pytest.approx((170, 120, 230, 180), abs=1.0)
+    assert truth.visible_fraction == pytest.approx(1.0, abs=0.05) and not truth.ignore
+    assert frame[150, 200, 0] > 100 and frame[100, 100].sum() == 0
+
+
+def test_a_half_hidden_object_gets_its_visible_extent():
+    back = _object(object_id=0, x=200.0, size=60.0)
+    front = _object(object_id=1, x=230.0, size=60.0, colour=(40, 200, 40))  # covers the right half of `back`
+    _, truths = _paint([back, front])
+    by_id = {t.object_id: t for t in truths}
+    assert by_id[0].box == pytest.approx((170, 120, 200, 180), abs=1.0)
+    assert by_id[0].visible_fraction == pytest.approx(0.5, abs=0.05) and not by_id[0].ignore
+
+
+def test_a_mostly_occluded_object_becomes_an_ignore_region():
+    back = _object(object_id=0, x=200.0, size=60.0)
+    front = _object(object_id=1, x=215.0, size=60.0)  # leaves a 15 px strip: 25 % visible
+    _, truths = _paint([back, front])
+    hidden = next(t for t in truths if t.object_id == 0)
+    assert hidden.visible_fraction < 0.3 and hidden.ignore
+
+
+def test_a_tiny_object_is_an_ignore_region_and_a_clipped_one_counts_what_is_visible():
+    _, (tiny,) = _paint([_object(size=2.0)])
+    assert tiny.ignore and tiny.area < 16
+    _, (edge,) = _paint([_object(x=10.0, size=60.0)])  # 40 of 60 px inside the frame
+    assert edge.box[0] == 0 and edge.box[2] == pytest.approx(40, abs=1)
+    assert edge.visible_fraction == pytest.approx(40 / 60, abs=0.05)
+
+
+def test_sequences_are_deterministic_for_a_seed_and_differ_across_seeds():
+    a = list(render_sequence(SequenceSpec(seed=5, index=1, frames=6)))
+    b = list(render_sequence(SequenceSpec(seed=5, index=1, frames=6)))
+    c = list(render_sequence(SequenceSpec(seed=6, index=1, frames=6)))
+    assert all(np.array_equal(x.rgb, y.rgb) and x.truths == y.truths for x, y in zip(a, b))
+    assert not np.array_equal(a[0].rgb, c[0].rgb)
+
+
+def test_regimes_follow_the_valid_object_count():
+    assert [Regime.of(n) for n in (0, 2, 3, 7, 8, 30)] == [Regime.SPARSE] * 2 + [Regime.MODERATE] * 2 + [Regime.DENSE] * 2
+
+
+def test_complexity_moves_in_segments_not_frame_by_frame_noise():
+    frames = list(render_sequence(SequenceSpec(seed=3, index=0, frames=150)))
+    counts = np.array([len(f.valid) for f in frames])
+    assert counts.max() - counts.min() >= 6, "a sequence moves between regimes"
+    assert np.abs(np.diff(counts)).mean() < 1.0, "counts change gradually"
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    out = tmp_path_factory.mktemp("tiny")
+    return out, benchmark.generate(benchmark.PRESETS["tiny"], out, workers=2)
+
+
+def test_generated_outputs_are_consistent(tiny):
+    out, manifest = tiny
+    records = json.loads((out / "frames.json").read_text())
+    seqs = {split: {r["sequence"] for r in records[split]} for split in benchmark.SPLITS}
+    assert not (seqs["train"] & seqs["test"]) and not (seqs["train"] & seqs["val"]) and not (seqs["val"] & seqs["test"])
+    assert sorted(seqs["test"]) == manifest["sequence_ids"]["test"]
+    coco = json.loads((out / "coco" / "test.json").read_text())
+    assert len(coco["images"]) == 30 and {c["name"] for c in coco["categories"]} == set(CLASSES)
+    crowd = sum(a["iscrowd"] for a in coco["annotations"])
+    assert crowd == manifest["splits"]["test"]["ignore_regions"]
+    first = sorted((out / "labels" / "test").iterdir())[0].read_text().split()
+    valid = [o for o in records["test"][0]["objects"] if not o["ignore"]]
+    assert len(first) == 5 * len(valid)
+    gt = json.loads((out / "bags" / "test" / "seq003" / "ground_truth.json").read_text())
+    from adaptive_perception.bag import read_images
+
+    stamps = [m.stamp_sec * 10**9 + m.stamp_nanosec for m in read_images(out / "bags" / "test" / "seq003")]
+    assert stamps == sorted(int(s) for s in gt["frames"]) and len(stamps) == 30
+    assert (out / "contact_sheet.png").stat().st_size > 10_000
+
+
+def test_manifest_check_passes_on_the_same_output_and_fails_when_it_changes(tiny, tmp_path):
+    out, manifest = tiny
+    frozen = tmp_path / "manifest.json"
+    frozen.write_text(json.dumps(manifest))
+    benchmark.check_against(out, frozen)
+    changed = replace(benchmark.PRESETS["tiny"], seed=8)
+    other = tmp_path / "other"
+    benchmark.generate(changed, other, workers=2)
+    with pytest.raises(benchmark.ManifestMismatch, match="content hash"):
+        benchmark.check_against(other, frozen)
