@@ -59,14 +59,32 @@ def export_random_yolov8(out: str | Path, variant: str = "n", imgsz: int = 320, 
             final = branch[-1]
             torch.nn.init.normal_(final.weight, std=score_spread)
             torch.nn.init.uniform_(final.bias, -9.0, -4.0)
-    out = Path(out)
+    return export_onnx(model, imgsz, out)
+
+
+def export_onnx(model: object, imgsz: int | tuple[int, int], out: str | Path) -> Path:
+    """Export an Ultralytics YOLO model to ONNX at `imgsz` (int or (height, width)) and move it to `out`."""
+    out = Path(out).resolve()
     out.parent.mkdir(parents=True, exist_ok=True)
+    size = list(imgsz) if isinstance(imgsz, (tuple, list)) else imgsz
     with tempfile.TemporaryDirectory() as tmp:
         cwd = os.getcwd()
-        os.chdir(tmp)  # Ultralytics writes the export next to the (yaml) model name
+        os.chdir(tmp)  # a yaml-built model exports next to its yaml name, i.e. into the cwd
         try:
-            exported = Path(model.export(format="onnx", imgsz=imgsz, simplify=True, verbose=False))
+            exported = Path(model.export(format="onnx", imgsz=size, simplify=True, verbose=False)).resolve()
         finally:
             os.chdir(cwd)
-        shutil.move(str(Path(tmp) / exported), out)
+        shutil.move(str(exported), out)
     return out
+
+
+def export_pretrained(weights: str, imgsz: int | tuple[int, int], out: str | Path) -> Path:
+    """Export Ultralytics weights to ONNX: a local .pt file, or a name such as yolov8n.pt that Ultralytics
+    downloads (connected machines only), or an architecture yaml (offline: random weights)."""
+    _offline_ultralytics()
+    from ultralytics import YOLO
+
+    if Path(weights).suffix == ".pt" and not Path(weights).exists() and os.environ.get("YOLO_OFFLINE") == "true":
+        raise FileNotFoundError(f"weights '{weights}' are not on this machine and YOLO_OFFLINE=true forbids "
+                                "downloading them; copy the .pt file here or run on a connected machine")
+    return export_onnx(YOLO(weights), imgsz, out)

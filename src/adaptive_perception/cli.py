@@ -1,4 +1,4 @@
-"""`adaptive-perception`: one command with subcommands (node, replay, scenes, demo)."""
+"""`adaptive-perception`: one command with subcommands (node, replay, scenes, models, demo)."""
 from __future__ import annotations
 
 import argparse
@@ -45,6 +45,28 @@ def _parser() -> argparse.ArgumentParser:
     check = scenes_sub.add_parser("check", help="verify a generated benchmark against the frozen manifest")
     check.add_argument("--out", type=Path, default=Path("build/benchmark"))
     check.add_argument("--manifest", type=Path, default=Path("training/benchmark/manifest.json"))
+
+    models = sub.add_parser("models", help="detector tiers: export Ultralytics weights, train/evaluate the embedded tiers")
+    models_sub = models.add_subparsers(dest="models_command", required=True)
+    export = models_sub.add_parser("export", help="Ultralytics weights -> YOLOv8 ONNX for any tier (train extra)")
+    export.add_argument("--weights", required=True,
+                        help="a .pt file, a name like yolov8l.pt (downloaded by Ultralytics: connected machines "
+                             "only) or an architecture yaml like yolov8n.yaml (offline, random weights)")
+    export.add_argument("--imgsz", type=int, nargs="+", default=[640], help="input size: S or H W")
+    export.add_argument("--out", type=Path, required=True, help="ONNX file to write")
+    train_tiers = models_sub.add_parser("train-tiers", help="train the embedded tier network on the benchmark")
+    train_tiers.add_argument("--benchmark", type=Path, default=Path("build/benchmark"))
+    train_tiers.add_argument("--out", type=Path, default=Path("build/tiers"), help="Ultralytics run folder")
+    train_tiers.add_argument("--epochs", type=int, default=13)
+    train_tiers.add_argument("--batch", type=int, default=16)
+    export_tiers = models_sub.add_parser("export-tiers", help="export the trained network at the tiers' input sizes")
+    export_tiers.add_argument("--weights", type=Path, default=Path("build/tiers/base/weights/best.pt"))
+    export_tiers.add_argument("--out", type=Path, default=Path("src/adaptive_perception/models"))
+    evaluate = models_sub.add_parser("evaluate", help="mAP per regime + latency of the tiers on the frozen test split")
+    evaluate.add_argument("--benchmark", type=Path, default=Path("build/benchmark"))
+    evaluate.add_argument("--models", type=Path, default=Path("src/adaptive_perception/models"))
+    evaluate.add_argument("--manifest", type=Path, default=Path("training/benchmark/manifest.json"))
+    evaluate.add_argument("--report", type=Path, default=Path("training/reports/tiers.json"))
 
     demo = sub.add_parser("demo", help="end-to-end demo on generated frames, no downloads")
     demo.add_argument("--frames", type=int, default=60, help="frames in the generated bag")
@@ -93,6 +115,28 @@ def _scenes(args: argparse.Namespace) -> int:
     return 0
 
 
+def _models(args: argparse.Namespace) -> int:
+    if args.models_command == "export":
+        from adaptive_perception.training.yolo import export_pretrained
+
+        imgsz = args.imgsz[0] if len(args.imgsz) == 1 else tuple(args.imgsz[:2])
+        print(f"wrote {export_pretrained(args.weights, imgsz, args.out)}")
+        return 0
+    from adaptive_perception.training import tiers
+
+    if args.models_command == "train-tiers":
+        print(f"best weights: {tiers.train(args.benchmark / 'data.yaml', args.out, args.epochs, args.batch)}")
+    elif args.models_command == "export-tiers":
+        for tier, path in tiers.export_tiers(args.weights, args.out).items():
+            print(f"{tier}: {path}")
+    elif args.models_command == "evaluate":
+        models = {t: args.models / f"{t}.onnx" for t in ("nano", "small", "large")}
+        report = tiers.evaluate(models, args.benchmark, args.manifest, args.report)
+        print(tiers.report_table(report))
+        print(f"wrote {args.report}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
@@ -119,12 +163,14 @@ def main(argv: list[str] | None = None) -> int:
             return 0 if report.timeouts == 0 else 1
         if args.command == "scenes":
             return _scenes(args)
+        if args.command == "models":
+            return _models(args)
         if args.command == "demo":
             from adaptive_perception.ros.demo import run_demo
 
             summary = run_demo(args.out, args.frames, args.model)
             return 0 if summary["outputs_received"] == summary["frames_published"] else 1
-    except AdaptivePerceptionError as exc:
+    except (AdaptivePerceptionError, FileNotFoundError) as exc:
         print(f"adaptive-perception {args.command}: error: {exc}", file=sys.stderr)
         return 2
     return 0

@@ -37,7 +37,7 @@ class BenchmarkConfig:
     """What to generate. Sequences are split by sequence, never by frame."""
 
     seed: int = 2026
-    sequences: tuple[int, int, int] = (40, 6, 10)  # train, val, test
+    sequences: tuple[int, int, int] = (40, 6, 14)  # train, val, test
     frames_per_sequence: int = 150
     train_stride: int = 3  # every n-th train frame goes into the YOLO training set
     val_stride: int = 3

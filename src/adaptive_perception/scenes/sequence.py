@@ -53,9 +53,9 @@ class SequenceSpec:
     seed: int
     index: int
     frames: int = 150
-    # segment regime probabilities; entering/leaving objects make the realised frame mix about 42/35/23
-    regime_mix: tuple[float, float, float] = (0.32, 0.30, 0.38)
-    segment_frames: tuple[int, int] = (30, 75)
+    # segment regime probabilities (sparse, moderate, dense); the realised frame mix is in the manifest
+    regime_mix: tuple[float, float, float] = (0.40, 0.35, 0.25)
+    segment_frames: tuple[int, int] = (20, 50)
     drift: Drift = Drift.NONE
 
 
@@ -224,16 +224,20 @@ def render_sequence(spec: SequenceSpec) -> Iterator[Frame]:
             if rng.random() < 0.8:
                 movers.append(_new_object(rng, next_id, regime, spec.drift, entering=rng.random() < 0.7))
                 next_id += 1
-        for mover in active[: max(0, min(2, len(active) - target))]:
-            if rng.random() < 0.5:
+        for mover in active[: max(0, min(3, len(active) - target))]:  # and leave as briskly
+            if rng.random() < 0.8:  # towards the nearest edge, as when the camera turns away
                 mover.leaving = True
+                x, y = mover.obj.x, mover.obj.y
+                exits = [(-x, 0.0), (WIDTH - x, 0.0), (0.0, -y), (0.0, HEIGHT - y)]
+                dx, dy = min(exits, key=lambda e: abs(e[0]) + abs(e[1]))
+                norm = max(np.hypot(dx, dy), 1.0)
+                mover.vx, mover.vy = 14.0 * dx / norm, 14.0 * dy / norm
         # camera and object motion
         step = pan + rng.normal(0, pan_jitter, 2)
         offset = (offset + step) % [WIDTH, HEIGHT]
         for mover in movers:
-            boost = 3.0 if mover.leaving else 1.0
             obj = mover.obj
-            mover.obj = replace(obj, x=obj.x + mover.vx * boost - step[0] * 0.5, y=obj.y + mover.vy * boost - step[1] * 0.5,
+            mover.obj = replace(obj, x=obj.x + mover.vx - step[0] * 0.5, y=obj.y + mover.vy - step[1] * 0.5,
                                 angle=obj.angle + mover.spin)
         margin = MAX_SIZE
         movers = [m for m in movers if -margin < m.obj.x < WIDTH + margin and -margin < m.obj.y < HEIGHT + margin

@@ -1,0 +1,172 @@
+"""Train, export and evaluate the embedded detector tiers (nano, small, large) on the scene benchmark.
+
+The family is one YOLOv8n-architecture network (5 classes) trained from scratch on the benchmark's
+train split, exported at three input sizes: on this 2-core machine input resolution is what separates
+the tiers (dense scenes need pixels, sparse ones do not), and one training run fits the CPU budget.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+
+from adaptive_perception.training.yolo import _offline_ultralytics, export_onnx
+
+# tier -> (height, width) of the exported network input; 4:3 like the 640x480 camera, multiples of 32
+TIER_INPUTS: dict[str, tuple[int, int]] = {"nano": (192, 256), "small": (320, 416), "large": (480, 640)}
+TRAIN_IMGSZ = 320
+ARCHITECTURE = "yolov8n.yaml"
+
+
+def train(data_yaml: Path, out_dir: Path, epochs: int = 12, batch: int = 16, seed: int = 0,
+          imgsz: int = TRAIN_IMGSZ, fraction: float = 1.0) -> Path:
+    """Train (or resume) the tier network with Ultralytics' default recipe; returns best.pt."""
+    _offline_ultralytics()
+    from ultralytics import YOLO
+
+    run = Path(out_dir) / "base"
+    last = run / "weights" / "last.pt"
+    if last.exists() and not (run / "weights" / "done").exists():
+        print(f"resuming from {last}")
+        YOLO(str(last)).train(resume=True)
+    elif not last.exists():
+        YOLO(ARCHITECTURE).train(
+            data=str(data_yaml), imgsz=imgsz, epochs=epochs, batch=batch, workers=2, device="cpu",
+            project=str(Path(out_dir).resolve()), name="base", exist_ok=True, seed=seed, deterministic=False,
+            cache="ram", plots=True, fraction=fraction, patience=0, verbose=True)
+    (run / "weights" / "done").write_text("training finished\n")
+    return run / "weights" / "best.pt"
+
+
+def export_tiers(weights: Path, out_dir: Path, inputs: dict[str, tuple[int, int]] = TIER_INPUTS) -> dict[str, Path]:
+    """Export the trained network once per tier input size to `out_dir/<tier>.onnx` (names in metadata)."""
+    _offline_ultralytics()
+    from ultralytics import YOLO
+
+    return {tier: export_onnx(YOLO(str(weights)), size, Path(out_dir) / f"{tier}.onnx") for tier, size in inputs.items()}
+
+
+def _coco_eval(gt: dict, detections: list[dict], image_ids: list[int]) -> tuple[float, float]:
+    """(mAP50-95, mAP50) in percent over `image_ids` with pycocotools."""
+    import contextlib
+    import io
+
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    if not image_ids:
+        return float("nan"), float("nan")
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco_gt = COCO()
+        coco_gt.dataset = gt
+        coco_gt.createIndex()
+        chosen = [d for d in detections if d["image_id"] in set(image_ids)]
+        if not chosen:
+            return 0.0, 0.0
+        coco_dt = coco_gt.loadRes(chosen)
+        evaluator = COCOeval(coco_gt, coco_dt, "bbox")
+        evaluator.params.imgIds = image_ids
+        evaluator.evaluate()
+        evaluator.accumulate()
+        evaluator.summarize()
+    return float(evaluator.stats[0] * 100), float(evaluator.stats[1] * 100)
+
+
+def detect_split(model: Path, image_dir: Path, gt: dict, conf: float = 0.001, progress: bool = True) -> list[dict]:
+    """COCO-format detections of one model over every image of a ground-truth file."""
+    import cv2
+    from tqdm import tqdm
+
+    from adaptive_perception.detector import DetectorTier
+
+    detector = DetectorTier(model, ("CPUExecutionProvider",), conf_threshold=conf, iou_threshold=0.7)
+    results = []
+    for image in tqdm(gt["images"], desc=f"detect {model.stem}", unit="frame", disable=not progress):
+        rgb = cv2.cvtColor(cv2.imread(str(image_dir / image["file_name"])), cv2.COLOR_BGR2RGB)
+        found = detector.detect(rgb)
+        for (x0, y0, x1, y1), score, cls in zip(found.boxes.tolist(), found.scores.tolist(), found.class_ids.tolist()):
+            results.append({"image_id": image["id"], "category_id": int(cls), "bbox": [x0, y0, x1 - x0, y1 - y0],
+                            "score": float(score)})
+    return results
+
+
+def measure_latency(models: dict[str, Path], frames: list[np.ndarray], repeats: int = 3) -> dict[str, dict[str, float]]:
+    """detect() latency per tier (ms, p50/p95), tiers interleaved frame by frame so load hits all alike."""
+    from adaptive_perception.detector import DetectorTier
+
+    detectors = {tier: DetectorTier(path, ("CPUExecutionProvider",)) for tier, path in models.items()}
+    for detector in detectors.values():
+        detector.warmup(3)
+    times: dict[str, list[float]] = {tier: [] for tier in models}
+    for _ in range(repeats):
+        for frame in frames:
+            for tier, detector in detectors.items():
+                start = time.perf_counter()
+                detector.detect(frame)
+                times[tier].append((time.perf_counter() - start) * 1e3)
+    return {tier: {"p50_ms": float(np.percentile(t, 50)), "p95_ms": float(np.percentile(t, 95))}
+            for tier, t in times.items()}
+
+
+def evaluate(models: dict[str, Path], benchmark_dir: Path, manifest: Path, report: Path,
+             latency_frames: int = 60) -> dict:
+    """mAP (all / sparse / moderate / dense) and latency per tier on the frozen test split -> JSON report."""
+    import cv2
+
+    from adaptive_perception.scenes.benchmark import check_against
+
+    check_against(benchmark_dir, manifest)
+    gt = json.loads((Path(benchmark_dir) / "coco" / "test.json").read_text())
+    image_dir = Path(benchmark_dir) / "images" / "test"
+    by_regime = {regime: [im["id"] for im in gt["images"] if im["regime"] == regime]
+                 for regime in ("sparse", "moderate", "dense")}
+    frames = [cv2.cvtColor(cv2.imread(str(image_dir / im["file_name"])), cv2.COLOR_BGR2RGB)
+              for im in gt["images"][:: max(len(gt["images"]) // latency_frames, 1)][:latency_frames]]
+    latency = measure_latency(models, frames)
+    result = {"benchmark_manifest": str(manifest), "test_frames": len(gt["images"]),
+              "regime_frames": {k: len(v) for k, v in by_regime.items()},
+              "device": f"onnxruntime CPU ({os.cpu_count()} cores), batch 1", "tiers": {}}
+    for tier, path in models.items():
+        detections = detect_split(path, image_dir, gt)
+        row = {"input_hw": list(TIER_INPUTS.get(tier, ())), "file_mb": round(Path(path).stat().st_size / 2**20, 2),
+               "latency_p50_ms": latency[tier]["p50_ms"], "latency_p95_ms": latency[tier]["p95_ms"]}
+        for name, ids in [("all", [im["id"] for im in gt["images"]]), *by_regime.items()]:
+            row[f"map50_95_{name}"], row[f"map50_{name}"] = _coco_eval(gt, detections, ids)
+        result["tiers"][tier] = row
+    report = Path(report)
+    report.parent.mkdir(parents=True, exist_ok=True)
+    report.write_text(json.dumps(result, indent=2))
+    return result
+
+
+def report_table(report: dict) -> str:
+    """Markdown table of a tiers report."""
+    lines = ["| tier | input (HxW) | mAP50-95 all | mAP50 all | mAP50 sparse | mAP50 moderate | mAP50 dense "
+             "| mAP50-95 dense | latency p50 / p95 (ms) | file (MB) |", "|" + "---|" * 10]
+    for tier, row in report["tiers"].items():
+        lines.append(f"| {tier} | {row['input_hw'][0]}x{row['input_hw'][1]} | {row['map50_95_all']:.1f} | "
+                     f"{row['map50_all']:.1f} | {row['map50_sparse']:.1f} | {row['map50_moderate']:.1f} | "
+                     f"{row['map50_dense']:.1f} | {row['map50_95_dense']:.1f} | "
+                     f"{row['latency_p50_ms']:.1f} / {row['latency_p95_ms']:.1f} | {row['file_mb']:.1f} |")
+    return "\n".join(lines)
+
+
+def pilot(weights: Path, benchmark_dir: Path, report: Path) -> dict:
+    """Early-checkpoint check on the validation split: does quality rise nano < small < large?"""
+    import tempfile
+
+    gt = json.loads((Path(benchmark_dir) / "coco" / "val.json").read_text())
+    image_dir = Path(benchmark_dir) / "images" / "val"
+    ids = [im["id"] for im in gt["images"]]
+    result = {"weights": str(weights), "split": "val", "frames": len(ids), "tiers": {}}
+    with tempfile.TemporaryDirectory() as tmp:
+        for tier, path in export_tiers(weights, Path(tmp)).items():
+            detections = detect_split(path, image_dir, gt)
+            map50_95, map50 = _coco_eval(gt, detections, ids)
+            result["tiers"][tier] = {"input_hw": list(TIER_INPUTS[tier]), "map50_95": map50_95, "map50": map50}
+    Path(report).parent.mkdir(parents=True, exist_ok=True)
+    Path(report).write_text(json.dumps(result, indent=2))
+    return result
