@@ -14,6 +14,7 @@ setup(
     # training/ is the optional offline side, importable as adaptive_perception.training
     package_dir={"": "src", f"{PACKAGE}.training": "training"},
     packages=find_packages("src") + [f"{PACKAGE}.training"],
+    package_data={PACKAGE: ["models/*.onnx", "models/*.md"]},
     data_files=[
         ("share/ament_index/resource_index/packages", [f"resource/{PACKAGE}"]),
         (f"share/{PACKAGE}", ["package.xml"]),

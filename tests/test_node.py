@@ -20,7 +20,7 @@ def context():
 
 @pytest.fixture
 def graph(context, peer_model):
-    g = Graph(context, {"models.nano": str(peer_model), "providers": ["CPUExecutionProvider"],
+    g = Graph(context, {"models.nano": str(peer_model), "models.small": "", "models.large": "", "providers": ["CPUExecutionProvider"],
                         "image_topics": ["image", "image/compressed"], "warmup_runs": 1})
     yield g
     g.close()

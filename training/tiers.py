@@ -42,7 +42,9 @@ def train(data_yaml: Path, out_dir: Path, epochs: int = 12, batch: int = 16, see
 
 
 def export_tiers(weights: Path, out_dir: Path, inputs: dict[str, tuple[int, int]] = TIER_INPUTS) -> dict[str, Path]:
-    """Export the trained network once per tier input size to `out_dir/<tier>.onnx` (names in metadata)."""
+    """Export the trained network once per tier input size to `out_dir/<tier>.onnx` (names in metadata).
+
+    The exports are written next to `weights` first, then moved."""
     _offline_ultralytics()
     from ultralytics import YOLO
 
@@ -162,11 +164,59 @@ def pilot(weights: Path, benchmark_dir: Path, report: Path) -> dict:
     image_dir = Path(benchmark_dir) / "images" / "val"
     ids = [im["id"] for im in gt["images"]]
     result = {"weights": str(weights), "split": "val", "frames": len(ids), "tiers": {}}
+    import shutil
+
     with tempfile.TemporaryDirectory() as tmp:
-        for tier, path in export_tiers(weights, Path(tmp)).items():
+        snapshot = Path(tmp) / "checkpoint.pt"  # training may rewrite the checkpoint meanwhile
+        shutil.copy(weights, snapshot)
+        for tier, path in export_tiers(snapshot, Path(tmp)).items():
             detections = detect_split(path, image_dir, gt)
             map50_95, map50 = _coco_eval(gt, detections, ids)
             result["tiers"][tier] = {"input_hw": list(TIER_INPUTS[tier]), "map50_95": map50_95, "map50": map50}
     Path(report).parent.mkdir(parents=True, exist_ok=True)
     Path(report).write_text(json.dumps(result, indent=2))
     return result
+
+
+def write_model_card(report: dict, manifest: Path, run_dir: Path, out: Path) -> Path:
+    """MODEL_CARD.md beside the embedded tiers: what they are, what they were trained on, how good and fast."""
+    import ultralytics
+
+    frozen = json.loads(Path(manifest).read_text())
+    args = {}
+    args_file = Path(run_dir) / "args.yaml"
+    if args_file.exists():
+        import yaml
+
+        args = yaml.safe_load(args_file.read_text())
+    text = f"""# Embedded detector tiers (nano, small, large)
+
+**What they are.** One YOLOv8n-architecture network ({ARCHITECTURE}, 5 classes, about 3.0 M parameters),
+trained from scratch by this project with Ultralytics {ultralytics.__version__} on the project's own
+synthetic scene benchmark, exported to ONNX three times at different input sizes (height x width):
+{", ".join(f"{t} {h}x{w}" for t, (h, w) in TIER_INPUTS.items())}. On the 2-core development machine the input
+resolution is what separates the tiers: dense scenes of small objects need pixels, sparse ones much less.
+They detect the benchmark's classes ({", ".join(frozen["classes"])}), not COCO; for real cameras export
+the COCO YOLOv8 n/s/l with `adaptive-perception models export` on a connected machine.
+
+**Training data.** Scene benchmark generator {frozen["generator_version"]}, seed {frozen["config"]["seed"]},
+train split {frozen["config"]["sequences"]["train"]} sequences (every {frozen["config"]["train_stride"]}rd frame),
+validation {frozen["config"]["sequences"]["val"]} sequences. Frozen manifest `training/benchmark/manifest.json`,
+test-split content hash `{frozen["content_hash"]["test"][:16]}`.
+
+**Recipe.** Ultralytics defaults (SGD/auto optimiser, mosaic, HSV and scale augmentation) at
+imgsz {args.get("imgsz", TRAIN_IMGSZ)}, batch {args.get("batch", "?")}, {args.get("epochs", "?")} epochs, seed
+{args.get("seed", "?")}, CPU (2 cores). Reproduce: `adaptive-perception models train-tiers` then
+`adaptive-perception models export-tiers` (needs the `train` extra).
+
+**Quality and cost** on the frozen test split ({report["test_frames"]} frames; {report["device"]}),
+measured by `adaptive-perception models evaluate` (pycocotools, ignore regions as crowd):
+
+{report_table(report)}
+
+**Licence.** The weights were produced with Ultralytics (AGPL-3.0) from its YOLOv8 architecture
+definition; treat these ONNX files as AGPL-3.0. The project's own code is Apache-2.0, and the runtime
+loads the files with onnxruntime only.
+"""
+    Path(out).write_text(text)
+    return Path(out)

@@ -57,7 +57,7 @@ def _parser() -> argparse.ArgumentParser:
     train_tiers = models_sub.add_parser("train-tiers", help="train the embedded tier network on the benchmark")
     train_tiers.add_argument("--benchmark", type=Path, default=Path("build/benchmark"))
     train_tiers.add_argument("--out", type=Path, default=Path("build/tiers"), help="Ultralytics run folder")
-    train_tiers.add_argument("--epochs", type=int, default=13)
+    train_tiers.add_argument("--epochs", type=int, default=22)
     train_tiers.add_argument("--batch", type=int, default=16)
     export_tiers = models_sub.add_parser("export-tiers", help="export the trained network at the tiers' input sizes")
     export_tiers.add_argument("--weights", type=Path, default=Path("build/tiers/base/weights/best.pt"))
@@ -67,11 +67,16 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--models", type=Path, default=Path("src/adaptive_perception/models"))
     evaluate.add_argument("--manifest", type=Path, default=Path("training/benchmark/manifest.json"))
     evaluate.add_argument("--report", type=Path, default=Path("training/reports/tiers.json"))
+    evaluate.add_argument("--run", type=Path, default=Path("build/tiers/base"), help="training run (for the model card)")
+    pilot = models_sub.add_parser("pilot", help="early checkpoint at the three tier sizes on the validation split")
+    pilot.add_argument("--weights", type=Path, default=Path("build/tiers/base/weights/last.pt"))
+    pilot.add_argument("--benchmark", type=Path, default=Path("build/benchmark"))
+    pilot.add_argument("--report", type=Path, default=Path("training/reports/pilot.json"))
 
     demo = sub.add_parser("demo", help="end-to-end demo on generated frames, no downloads")
-    demo.add_argument("--frames", type=int, default=60, help="frames in the generated bag")
+    demo.add_argument("--frames", type=int, default=90, help="frames in the generated sequence (30 Hz)")
     demo.add_argument("--out", type=Path, default=Path("build/demo"), help="working folder")
-    demo.add_argument("--model", type=Path, help="YOLOv8 ONNX to use instead of the generated random-weight yolov8n")
+    demo.add_argument("--tiers", default="nano,small,large", help="comma-separated tiers to run, each as a fixed tier")
     return parser
 
 
@@ -129,11 +134,15 @@ def _models(args: argparse.Namespace) -> int:
     elif args.models_command == "export-tiers":
         for tier, path in tiers.export_tiers(args.weights, args.out).items():
             print(f"{tier}: {path}")
+    elif args.models_command == "pilot":
+        for tier, row in tiers.pilot(args.weights, args.benchmark, args.report)["tiers"].items():
+            print(f"{tier:>6} {row['input_hw']}: mAP50-95 {row['map50_95']:.1f}  mAP50 {row['map50']:.1f}")
     elif args.models_command == "evaluate":
         models = {t: args.models / f"{t}.onnx" for t in ("nano", "small", "large")}
         report = tiers.evaluate(models, args.benchmark, args.manifest, args.report)
         print(tiers.report_table(report))
-        print(f"wrote {args.report}")
+        card = tiers.write_model_card(report, args.manifest, args.run, args.models / "MODEL_CARD.md")
+        print(f"wrote {args.report} and {card}")
     return 0
 
 
@@ -168,8 +177,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "demo":
             from adaptive_perception.ros.demo import run_demo
 
-            summary = run_demo(args.out, args.frames, args.model)
-            return 0 if summary["outputs_received"] == summary["frames_published"] else 1
+            summary = run_demo(args.out, args.frames, tuple(args.tiers.split(",")))
+            return 0 if all(r["outputs_received"] == r["frames_published"] for r in summary["tiers"].values()) else 1
     except (AdaptivePerceptionError, FileNotFoundError) as exc:
         print(f"adaptive-perception {args.command}: error: {exc}", file=sys.stderr)
         return 2

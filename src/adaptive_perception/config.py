@@ -8,6 +8,15 @@ from adaptive_perception.detector import DEFAULT_PROVIDERS, TIERS
 from adaptive_perception.errors import ConfigError
 
 RELIABILITIES = ("best_effort", "reliable")
+EMBEDDED_PREFIX = "embedded:"
+EMBEDDED_DIR = Path(__file__).resolve().parent / "models"
+
+
+def resolve_model(value: str) -> str:
+    """A model parameter's file path: `embedded:<tier>` names a tier shipped with the package."""
+    if value.startswith(EMBEDDED_PREFIX):
+        return str(EMBEDDED_DIR / f"{value[len(EMBEDDED_PREFIX):]}.onnx")
+    return value
 
 
 @dataclass(frozen=True)
@@ -16,7 +25,7 @@ class NodeConfig:
 
     image_topics: tuple[str, ...] = ("image",)
     routing_mode: str = "fixed:nano"
-    models: dict[str, str] = field(default_factory=lambda: {tier: "" for tier in TIERS})
+    models: dict[str, str] = field(default_factory=lambda: {tier: f"{EMBEDDED_PREFIX}{tier}" for tier in TIERS})
     providers: tuple[str, ...] = DEFAULT_PROVIDERS
     conf_threshold: float = 0.25
     iou_threshold: float = 0.7
@@ -29,6 +38,10 @@ class NodeConfig:
     @property
     def fixed_tier(self) -> str:
         return self.routing_mode.split(":", 1)[1]
+
+    def model_paths(self) -> dict[str, str]:
+        """Resolved file path per loaded tier (tiers with an empty parameter are left out)."""
+        return {tier: resolve_model(value) for tier, value in self.models.items() if value}
 
     def validate(self) -> "NodeConfig":
         """Return self, or raise ConfigError naming the parameter and the fix."""
@@ -44,9 +57,13 @@ class NodeConfig:
                 f"models.{self.fixed_tier} is empty but routing_mode is '{self.routing_mode}'; "
                 f"set models.{self.fixed_tier} to a YOLOv8 detection ONNX file"
             )
-        for tier, path in self.models.items():
+        for tier, value in self.models.items():
+            path = resolve_model(value)
+            if value.startswith(EMBEDDED_PREFIX) and not Path(path).is_file():
+                raise ConfigError(f"models.{tier} = '{value}': there is no embedded tier file {path}; "
+                                  f"use embedded:nano, embedded:small or embedded:large, or a file path")
             if path and not Path(path).is_file():
-                raise ConfigError(f"models.{tier} = '{path}' does not exist; point it at a YOLOv8 detection ONNX file")
+                raise ConfigError(f"models.{tier} = '{value}' does not exist; point it at a YOLOv8 detection ONNX file")
         if not 0.0 <= self.conf_threshold <= 1.0 or not 0.0 <= self.iou_threshold <= 1.0:
             raise ConfigError("conf_threshold and iou_threshold must lie in [0, 1]")
         if self.qos_reliability not in RELIABILITIES:

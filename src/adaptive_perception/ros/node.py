@@ -34,8 +34,9 @@ PARAMETERS: dict[str, tuple[object, ParameterDescriptor]] = {
         "Camera topics to subscribe to; a name ending in 'compressed' is read as sensor_msgs/CompressedImage, "
         "any other as sensor_msgs/Image. Outputs of all cameras share the output topics (header identifies the camera).")),
     "routing_mode": (_DEFAULTS.routing_mode, _describe("How each frame picks a tier: fixed:nano | fixed:small | fixed:large.")),
-    **{f"models.{tier}": ("", _describe(f"Path of the {tier} tier's YOLOv8 detection ONNX file; empty = not loaded."))
-       for tier in TIERS},
+    **{f"models.{tier}": (_DEFAULTS.models[tier], _describe(
+        f"The {tier} tier's YOLOv8 detection ONNX: embedded:<tier> (shipped with the package), a file path, "
+        "or empty = not loaded.")) for tier in TIERS},
     "providers": (list(_DEFAULTS.providers), _describe(
         "onnxruntime execution providers in order of preference; unavailable ones are skipped with a warning "
         "and CPUExecutionProvider is always the last resort.")),
@@ -104,9 +105,7 @@ class PerceptionNode(LifecycleNode):
         try:
             config = self.read_config()
             detectors = {}
-            for tier, path in config.models.items():
-                if not path:
-                    continue
+            for tier, path in config.model_paths().items():
                 started = time.perf_counter()
                 detector = DetectorTier(path, config.providers, config.conf_threshold, config.iou_threshold,
                                         config.max_detections, config.intra_op_threads, name=tier)

@@ -1,0 +1,77 @@
+"""The embedded tiers: load through the runtime, find objects, and the evaluation scores what it should."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from adaptive_perception.config import EMBEDDED_DIR
+from adaptive_perception.detector import TIERS, DetectorTier
+from adaptive_perception.ros.demo import recall_at_50
+from adaptive_perception.scenes.render import CLASSES
+from adaptive_perception.scenes.sequence import Regime, SequenceSpec, render_sequence
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def dense_frames():
+    """Dense frames from a sequence that is not in the benchmark (seed 31337)."""
+    frames = [f for f in render_sequence(SequenceSpec(31337, 0, 150)) if f.regime is Regime.DENSE]
+    assert len(frames) >= 10
+    return frames[::max(len(frames) // 8, 1)][:8]
+
+
+def test_embedded_tiers_load_with_benchmark_classes_and_rising_input_size():
+    sizes = []
+    for tier in TIERS:
+        detector = DetectorTier(EMBEDDED_DIR / f"{tier}.onnx")
+        assert detector.class_names == CLASSES
+        sizes.append(detector.info.input_size[0] * detector.info.input_size[1])
+    assert sizes == sorted(sizes) and sizes[0] < sizes[-1]
+    total = sum((EMBEDDED_DIR / f"{t}.onnx").stat().st_size for t in TIERS)
+    assert total < 40 * 2**20
+
+
+def test_large_tier_finds_most_objects_on_dense_frames_and_more_than_nano(dense_frames):
+    recall = {}
+    for tier in ("nano", "large"):
+        detector = DetectorTier(EMBEDDED_DIR / f"{tier}.onnx", conf_threshold=0.25)
+        found = total = 0
+        for frame in dense_frames:
+            hit, count = recall_at_50(frame.valid, detector.detect(frame.rgb).boxes)
+            found, total = found + hit, total + count
+        recall[tier] = found / total
+    assert recall["large"] >= 0.5, recall
+    assert recall["large"] > recall["nano"], recall
+
+
+def test_model_card_names_the_frozen_benchmark():
+    card = (EMBEDDED_DIR / "MODEL_CARD.md").read_text()
+    manifest = json.loads((ROOT / "training" / "benchmark" / "manifest.json").read_text())
+    assert manifest["content_hash"]["test"][:16] in card
+    assert "AGPL-3.0" in card
+
+
+def test_coco_evaluation_gives_100_for_ground_truth_and_less_for_shifted_boxes(tmp_path):
+    from adaptive_perception.scenes import benchmark
+    from adaptive_perception.training.tiers import _coco_eval
+
+    records = [{"file": "a.jpg", "sequence": 0, "frame": i, "stamp_ns": i, "regime": "sparse", "in_dataset": True,
+                "objects": [{"id": 0, "class_id": 1, "box": [10 + i, 20, 60 + i, 90], "visible": 1.0, "ignore": False},
+                            {"id": 1, "class_id": 2, "box": [200, 200, 204, 203], "visible": 1.0, "ignore": True}]}
+               for i in range(4)]
+    gt = benchmark.coco_ground_truth(records)
+    ids = [im["id"] for im in gt["images"]]
+    perfect = [{"image_id": a["image_id"], "category_id": a["category_id"], "bbox": a["bbox"], "score": 0.9}
+               for a in gt["annotations"] if not a["iscrowd"]]
+    assert _coco_eval(gt, perfect, ids) == pytest.approx((100.0, 100.0))
+    # a detection on an ignore region is neither a hit nor a false positive
+    on_ignore = perfect + [{"image_id": 0, "category_id": 2, "bbox": [200, 200, 4, 3], "score": 0.95}]
+    assert _coco_eval(gt, on_ignore, ids) == pytest.approx((100.0, 100.0))
+    shifted = [dict(d, bbox=[d["bbox"][0] + 12, *d["bbox"][1:]]) for d in perfect]  # IoU 0.6
+    map50_95, map50 = _coco_eval(gt, shifted, ids)
+    assert map50 == pytest.approx(100.0) and 10 < map50_95 < 40
+    assert _coco_eval(gt, [], ids) == (0.0, 0.0)
