@@ -16,6 +16,17 @@ def peer_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
                                 variant="n", imgsz=320, seed=0, score_spread=0.05)
 
 
+@pytest.fixture(scope="module")
+def context():
+    """An rclpy context of its own per test module (nodes in it talk over the real localhost graph)."""
+    import rclpy
+
+    ctx = rclpy.context.Context()
+    rclpy.init(context=ctx)
+    yield ctx
+    rclpy.shutdown(context=ctx)
+
+
 @pytest.fixture(scope="session")
 def scene_rgb() -> np.ndarray:
     """A 640x480 RGB frame with a few filled shapes on a gradient (deterministic)."""

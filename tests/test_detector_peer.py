@@ -39,6 +39,14 @@ def _images() -> list[np.ndarray]:
     return [rng.integers(0, 256, shape, dtype=np.uint8) for shape in ((480, 640, 3), (361, 500, 3), (640, 480, 3))]
 
 
+def _scene_images() -> list[np.ndarray]:
+    """Generated camera frames (a sequence outside the benchmark) for the trained tiers."""
+    from adaptive_perception.scenes.sequence import SequenceSpec, render_sequence
+
+    frames = list(render_sequence(SequenceSpec(777, 0, 60)))
+    return [max(frames, key=lambda f: len(f.valid)).rgb, frames[0].rgb, frames[30].rgb]
+
+
 @pytest.fixture(scope="module")
 def both(peer_model):
     from ultralytics import YOLO
@@ -46,23 +54,41 @@ def both(peer_model):
     return DetectorTier(peer_model, conf_threshold=CONF, iou_threshold=0.7), YOLO(str(peer_model), task="detect")
 
 
+def _compare(ours_det: DetectorTier, theirs, image: np.ndarray, conf: float, min_boxes: int) -> None:
+    ours = ours_det.detect(image)
+    height, width = ours_det.info.input_size
+    result = theirs.predict(np.ascontiguousarray(image[:, :, ::-1]), imgsz=[height, width], conf=conf, iou=0.7,
+                            max_det=300, verbose=False)[0]
+    boxes, scores = result.boxes.xyxy.numpy(), result.boxes.conf.numpy()
+    classes = result.boxes.cls.numpy().astype(int)
+    assert len(ours) >= min_boxes
+    assert len(ours) == len(boxes)
+    # class-aware NMS keeps overlapping boxes of different classes: match within a class
+    iou = np.where(ours.class_ids[:, None] == classes[None, :], _iou_matrix(ours.boxes, boxes), -1.0)
+    match = _one_to_one(iou - np.abs(ours.scores[:, None] - scores[None, :]))  # score breaks IoU ties
+    assert iou[np.arange(len(ours)), match].min() >= 0.99
+    assert np.array_equal(ours.class_ids, classes[match])
+    assert np.all(np.abs(ours.scores - scores[match]) <= 1e-3 * ours.scores)
+    assert ours.boxes[:, 0::2].max() <= image.shape[1] and ours.boxes[:, 1::2].max() <= image.shape[0]
+
+
 def test_final_boxes_match_ultralytics_one_to_one(both):
     ours_det, theirs = both
     for image in _images():
-        ours = ours_det.detect(image)
-        result = theirs.predict(np.ascontiguousarray(image[:, :, ::-1]), imgsz=320, conf=CONF, iou=0.7,
-                                max_det=300, verbose=False)[0]
-        boxes, scores = result.boxes.xyxy.numpy(), result.boxes.conf.numpy()
-        classes = result.boxes.cls.numpy().astype(int)
-        assert len(ours) >= 5
-        assert len(ours) == len(boxes)
-        # class-aware NMS keeps overlapping boxes of different classes: match within a class
-        iou = np.where(ours.class_ids[:, None] == classes[None, :], _iou_matrix(ours.boxes, boxes), -1.0)
-        match = _one_to_one(iou - np.abs(ours.scores[:, None] - scores[None, :]))  # score breaks IoU ties
-        assert iou[np.arange(len(ours)), match].min() >= 0.99
-        assert np.array_equal(ours.class_ids, classes[match])
-        assert np.all(np.abs(ours.scores - scores[match]) <= 1e-3 * ours.scores)
-        assert ours.boxes[:, 0::2].max() <= image.shape[1] and ours.boxes[:, 1::2].max() <= image.shape[0]
+        _compare(ours_det, theirs, image, CONF, min_boxes=5)
+
+
+@pytest.mark.parametrize("tier", ["nano", "large"])
+def test_embedded_tiers_match_ultralytics_on_camera_frames(tier):
+    from ultralytics import YOLO
+
+    from adaptive_perception.config import EMBEDDED_DIR
+
+    path = EMBEDDED_DIR / f"{tier}.onnx"
+    ours_det = DetectorTier(path, conf_threshold=0.05, iou_threshold=0.7)
+    theirs = YOLO(str(path), task="detect")
+    for image in _scene_images():
+        _compare(ours_det, theirs, image, 0.05, min_boxes=3)
 
 
 def test_pre_nms_candidates_match_ultralytics_decoding(both):

@@ -10,14 +10,6 @@ from adaptive_perception.detector import DetectorTier
 from rosgraph import Graph, image_msg, wait_until
 
 
-@pytest.fixture(scope="module")
-def context():
-    ctx = rclpy.context.Context()
-    rclpy.init(context=ctx)
-    yield ctx
-    rclpy.shutdown(context=ctx)
-
-
 @pytest.fixture
 def graph(context, peer_model):
     g = Graph(context, {"models.nano": str(peer_model), "models.small": "", "models.large": "", "providers": ["CPUExecutionProvider"],

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import rclpy
 
 from adaptive_perception.bag import Storage, image_topics, read_images, write_image_bag
 from adaptive_perception.errors import BagError
@@ -19,14 +18,6 @@ from rosgraph import Graph
 def _frames(count: int) -> list[tuple[int, np.ndarray]]:
     rng = np.random.default_rng(11)
     return [(1_000_000_000 + i * 33_333_333, rng.integers(0, 256, (240, 320, 3), dtype=np.uint8)) for i in range(count)]
-
-
-@pytest.fixture(scope="module")
-def context():
-    ctx = rclpy.context.Context()
-    rclpy.init(context=ctx)
-    yield ctx
-    rclpy.shutdown(context=ctx)
 
 
 @pytest.mark.parametrize("storage", [Storage.MCAP, Storage.SQLITE3])

@@ -25,7 +25,10 @@ def train(data_yaml: Path, out_dir: Path, epochs: int = 12, batch: int = 16, see
           imgsz: int = TRAIN_IMGSZ, fraction: float = 1.0) -> Path:
     """Train (or resume) the tier network with Ultralytics' default recipe; returns best.pt."""
     _offline_ultralytics()
+    import ultralytics.utils.torch_utils as torch_utils
     from ultralytics import YOLO
+
+    torch_utils.NUM_THREADS = os.cpu_count() or 1  # Ultralytics leaves one core idle; on 2 cores that halves speed
 
     run = Path(out_dir) / "base"
     last = run / "weights" / "last.pt"

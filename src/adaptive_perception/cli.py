@@ -57,7 +57,7 @@ def _parser() -> argparse.ArgumentParser:
     train_tiers = models_sub.add_parser("train-tiers", help="train the embedded tier network on the benchmark")
     train_tiers.add_argument("--benchmark", type=Path, default=Path("build/benchmark"))
     train_tiers.add_argument("--out", type=Path, default=Path("build/tiers"), help="Ultralytics run folder")
-    train_tiers.add_argument("--epochs", type=int, default=22)
+    train_tiers.add_argument("--epochs", type=int, default=20)
     train_tiers.add_argument("--batch", type=int, default=16)
     export_tiers = models_sub.add_parser("export-tiers", help="export the trained network at the tiers' input sizes")
     export_tiers.add_argument("--weights", type=Path, default=Path("build/tiers/base/weights/best.pt"))

@@ -69,7 +69,6 @@ class ModelInfo:
     stride: int
     class_names: tuple[str, ...]
     num_anchors: int
-    file_bytes: int
 
 
 def letterbox(image: np.ndarray, size: tuple[int, int]) -> tuple[np.ndarray, Letterbox]:
@@ -193,7 +192,7 @@ class DetectorTier:
         if not names:
             names = tuple(str(i) for i in range(num_classes))
         anchors = out_shape[2] if isinstance(out_shape[2], int) else -1
-        return ModelInfo(str(self.path), inputs[0].name, size, stride, names, anchors, self.path.stat().st_size)
+        return ModelInfo(str(self.path), inputs[0].name, size, stride, names, anchors)
 
     @property
     def class_names(self) -> tuple[str, ...]:

@@ -1,7 +1,7 @@
 """Procedural camera sequences whose scene complexity moves between regimes the way a flight does."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from enum import Enum
 from typing import Iterator
 
@@ -99,10 +99,9 @@ class _Clutter:
     colour: tuple[int, int, int]
     photo: int
     foreground: bool
-    extra: dict = field(default_factory=dict)
 
 
-def _background(rng: np.random.Generator, drift: Drift) -> tuple[np.ndarray, float, bool]:
+def _background(rng: np.random.Generator, drift: Drift) -> np.ndarray:
     """A world canvas twice the frame size: textured ground (and sky above a horizon unless aerial)."""
     names = GROUND_TEXTURES["new_domain" if drift is Drift.NEW_DOMAIN else "train"]
     texture = photo(names[int(rng.integers(len(names)))])
@@ -123,7 +122,7 @@ def _background(rng: np.random.Generator, drift: Drift) -> tuple[np.ndarray, flo
         sky = sky + 40 * clouds[..., None]
         rows = np.arange(2 * HEIGHT)[:, None, None] < horizon
         ground = np.where(rows, np.broadcast_to(sky, ground.shape), ground)
-    return np.clip(ground, 0, 255).astype(np.uint8), horizon, aerial
+    return np.clip(ground, 0, 255).astype(np.uint8)
 
 
 def _new_object(rng: np.random.Generator, object_id: int, regime: Regime, drift: Drift, entering: bool) -> _Mover:
@@ -190,7 +189,7 @@ def _draw_clutter(frame: np.ndarray, owner: np.ndarray, items: list[_Clutter], o
 def render_sequence(spec: SequenceSpec) -> Iterator[Frame]:
     """Frames of one sequence, deterministic for its spec."""
     rng = np.random.default_rng([spec.seed, spec.index])
-    world, _horizon, _aerial = _background(rng, spec.drift)
+    world = _background(rng, spec.drift)
     clutter = _clutter_items(rng, int(rng.integers(0, 41)))
     pan = np.array([rng.uniform(-6, 6), rng.uniform(-2.5, 2.5)])
     pan_jitter = rng.uniform(0.0, 1.2)
