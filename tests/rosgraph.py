@@ -1,6 +1,7 @@
 """A real rclpy graph for tests: the node under test plus a driver node, spun in a background thread."""
 from __future__ import annotations
 
+import itertools
 import threading
 import time
 from typing import Callable
@@ -13,7 +14,7 @@ from rcl_interfaces.msg import Log
 from rclpy.executors import MultiThreadedExecutor
 from rclpy.node import Node
 from rclpy.parameter import Parameter
-from rclpy.qos import QoSProfile, ReliabilityPolicy
+from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CompressedImage, Image
 from vision_msgs.msg import Detection2DArray
 
@@ -45,11 +46,18 @@ def image_msg(rgb: np.ndarray, sec: int, nanosec: int = 0, frame_id: str = "cam"
 
 
 class Graph:
-    """PerceptionNode + driver on one executor; the driver calls lifecycle services and records outputs."""
+    """PerceptionNode + driver on one executor; the driver calls lifecycle services and records outputs.
+
+    Every graph renames its node (perception_node_<n>): rcl keeps one /rosout publisher per node name,
+    so a same-named node from an earlier test could swallow this one's log messages."""
+
+    _count = itertools.count()
 
     def __init__(self, context: rclpy.context.Context, parameters: dict[str, object]) -> None:
+        self.name = f"{NODE_NAME}_{next(Graph._count)}"
         self.node = PerceptionNode(
-            context=context, parameter_overrides=[Parameter(k, value=v) for k, v in parameters.items()])
+            context=context, cli_args=["--ros-args", "-r", f"__node:={self.name}"],
+            parameter_overrides=[Parameter(k, value=v) for k, v in parameters.items()])
         self.driver = Node("test_driver", context=context)
         self.detections: list[Detection2DArray] = []
         self.routing: list[RoutingDecision] = []
@@ -57,11 +65,13 @@ class Graph:
         reliable = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE)
         self.driver.create_subscription(Detection2DArray, "detections", self.detections.append, reliable)
         self.driver.create_subscription(RoutingDecision, "routing", self.routing.append, reliable)
-        self.driver.create_subscription(Log, "/rosout", self.logs.append, QoSProfile(depth=1000))
+        # /rosout keeps a transient-local history: a late match still receives what was logged before it
+        self.driver.create_subscription(Log, "/rosout", self.logs.append, QoSProfile(
+            depth=1000, durability=DurabilityPolicy.TRANSIENT_LOCAL))
         self.image_pub = self.driver.create_publisher(Image, "image", reliable)
         self.compressed_pub = self.driver.create_publisher(CompressedImage, "image/compressed", reliable)
-        self._change = self.driver.create_client(ChangeState, f"/{NODE_NAME}/change_state")
-        self._get = self.driver.create_client(GetState, f"/{NODE_NAME}/get_state")
+        self._change = self.driver.create_client(ChangeState, f"/{self.name}/change_state")
+        self._get = self.driver.create_client(GetState, f"/{self.name}/get_state")
         self.executor = MultiThreadedExecutor(num_threads=4, context=context)
         self.executor.add_node(self.node)
         self.executor.add_node(self.driver)

@@ -26,7 +26,7 @@ def _flatten(tree: dict, prefix: str = "") -> dict:
 def test_config_yaml_lists_every_declared_parameter_with_its_default():
     from adaptive_perception.ros.node import PARAMETERS
 
-    params = _flatten(yaml.safe_load((ROOT / "config" / "perception.yaml").read_text())["perception_node"]["ros__parameters"])
+    params = _flatten(yaml.safe_load((ROOT / "config" / "perception.yaml").read_text())["/**/perception_node"]["ros__parameters"])
     assert set(params) == set(PARAMETERS)
     for name, (default, _descriptor) in PARAMETERS.items():
         assert params[name] == default, name

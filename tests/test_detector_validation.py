@@ -10,10 +10,10 @@ from adaptive_perception.detector import DetectorTier, Detections, letterbox, nm
 from adaptive_perception.errors import ModelFileError
 
 
-def _identity_model(path, in_shape, out_shape, metadata=None):
+def _identity_model(path, in_shape, out_shape, metadata=None, dtype=TensorProto.FLOAT):
     """A tiny ONNX graph with the given input/output shapes (a Reshape of the input)."""
-    inp = helper.make_tensor_value_info("images", TensorProto.FLOAT, in_shape)
-    out = helper.make_tensor_value_info("output0", TensorProto.FLOAT, out_shape)
+    inp = helper.make_tensor_value_info("images", dtype, in_shape)
+    out = helper.make_tensor_value_info("output0", dtype, out_shape)
     shape = helper.make_tensor("shape", TensorProto.INT64, [len(out_shape)], [d if isinstance(d, int) else -1 for d in out_shape])
     node = helper.make_node("Reshape", ["images", "shape"], ["output0"])
     graph = helper.make_graph([node], "g", [inp], [out], initializer=[shape])
@@ -47,6 +47,15 @@ def test_not_a_detect_head(tmp_path):
     path = _identity_model(tmp_path / "cls.onnx", [1, 3, 32, 32], [1, 3072], {"task": "detect"})
     with pytest.raises(ModelFileError, match=r"cls\.onnx.*YOLOv8 detect head"):
         DetectorTier(path)
+
+
+def test_fixed_batch_half_precision_and_end_to_end_exports_are_refused(tmp_path):
+    with pytest.raises(ModelFileError, match="batch is fixed to 2"):
+        DetectorTier(_identity_model(tmp_path / "b2.onnx", [2, 3, 32, 32], [2, 8, 384]))
+    with pytest.raises(ModelFileError, match=r"tensor\(float16\).*half=True"):
+        DetectorTier(_identity_model(tmp_path / "fp16.onnx", [1, 3, 32, 32], [1, 8, 384], dtype=TensorProto.FLOAT16))
+    with pytest.raises(ModelFileError, match="end-to-end export.*nms=False"):
+        DetectorTier(_identity_model(tmp_path / "e2e.onnx", [1, 3, 30, 20], [1, 300, 6], {"end2end": "True"}))
 
 
 def test_other_task_in_metadata(tmp_path):

@@ -108,3 +108,30 @@ def test_bad_frame_is_skipped_and_the_node_keeps_running(graph):
     assert graph.send_lockstep(image_msg(_noise(5), sec=9))
     assert [d.header.stamp.sec for d in graph.detections] == [9]
     assert graph.node.stats.frames_processed == 1 and graph.state() == "active"
+
+
+def test_a_remapped_compressed_topic_is_subscribed_as_compressed(context, peer_model):
+    from sensor_msgs.msg import CompressedImage
+
+    from adaptive_perception.ros.node import PerceptionNode
+
+    node = PerceptionNode(context=context, cli_args=["--ros-args", "-r", "image:=/cam/image_raw/compressed"],
+                          parameter_overrides=[rclpy.parameter.Parameter("models.nano", value=str(peer_model)),
+                                               rclpy.parameter.Parameter("models.small", value=""),
+                                               rclpy.parameter.Parameter("models.large", value=""),
+                                               rclpy.parameter.Parameter("warmup_runs", value=0)])
+    try:
+        assert node.trigger_configure().name == "SUCCESS" and node.trigger_activate().name == "SUCCESS"
+        types = dict(node.get_topic_names_and_types())
+        assert types["/cam/image_raw/compressed"] == ["sensor_msgs/msg/CompressedImage"]
+    finally:
+        node._stop_processing()
+        node.destroy_node()
+
+
+def test_an_invalid_topic_name_fails_activate_with_the_reason(graph):
+    graph.node.set_parameters([rclpy.parameter.Parameter("image_topics", value=["bad topic name!"])])
+    assert graph.transition("configure")
+    assert not graph.transition("activate")
+    assert wait_until(lambda: any("activate failed" in log.msg and "bad topic name!" in log.msg for log in graph.logs), 5), [l.msg for l in graph.logs]
+    assert graph.state() == "inactive"

@@ -100,3 +100,16 @@ def test_replay_cli_against_a_node_process(peer_model, tmp_path):
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["frames_published"] == summary["outputs_received"] == 6 and summary["timeouts"] == 0
     assert "outputs_received: 6" in out.stdout
+
+
+def test_lockstep_refuses_a_bag_with_repeated_stamps(context, peer_model, tmp_path):
+    frame = _frames(1)[0][1]
+    write_image_bag(tmp_path / "bag", [(5, frame), (5, frame)], "/cam/image_raw")
+    graph = Graph(context, {"models.nano": str(peer_model), "models.small": "", "models.large": "",
+                            "image_topics": ["image"], "warmup_runs": 0, "providers": ["CPUExecutionProvider"]})
+    try:
+        assert graph.transition("configure") and graph.transition("activate")
+        with pytest.raises(BagError, match="repeats header stamp.*--mode fast"):
+            replay_bag(graph.driver, tmp_path / "bag", remap={"/cam/image_raw": "image"})
+    finally:
+        graph.close()

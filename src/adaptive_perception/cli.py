@@ -16,8 +16,8 @@ def _parser() -> argparse.ArgumentParser:
     node = sub.add_parser("node", help="run perception_node (lifecycle node)")
     node.add_argument("--autostart", action="store_true", help="configure and activate on start-up")
     node.add_argument("--params-file", type=Path, help="ROS parameter YAML (e.g. config/perception.yaml)")
-    node.add_argument("ros_args", nargs=argparse.REMAINDER,
-                      help="anything after `--ros-args` is passed to ROS (e.g. -p models.nano:=/path.onnx)")
+    node.epilog = ("Everything after --ros-args goes to ROS, e.g. "
+                   "--ros-args -p routing_mode:=fixed:large -r image:=/camera/image_raw")
 
     replay = sub.add_parser("replay", help="publish a bag's image topics to a running node")
     replay.add_argument("bag", type=Path, help="rosbag2 folder or .mcap/.db3 file")
@@ -147,12 +147,16 @@ def _models(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    ros_args: list[str] = []
+    if "--ros-args" in argv:  # ROS arguments are not ours to parse
+        ros_args = argv[argv.index("--ros-args") + 1:]
+        argv = argv[:argv.index("--ros-args")]
     args = _parser().parse_args(argv)
     try:
         if args.command == "node":
             from adaptive_perception.ros.node import main as node_main
 
-            ros_args = [a for a in args.ros_args if a != "--ros-args"]
             extra = ["--params-file", str(args.params_file)] if args.params_file else []
             if args.autostart:
                 extra += ["-p", "autostart:=true"]
@@ -177,9 +181,13 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "demo":
             from adaptive_perception.ros.demo import run_demo
 
+            unknown = set(args.tiers.split(",")) - {"nano", "small", "large"}
+            if unknown or args.frames < 1:
+                raise AdaptivePerceptionError(f"--tiers takes nano,small,large (got {sorted(unknown)}) and "
+                                              f"--frames a positive count (got {args.frames})")
             summary = run_demo(args.out, args.frames, tuple(args.tiers.split(",")))
             return 0 if all(r["outputs_received"] == r["frames_published"] for r in summary["tiers"].values()) else 1
-    except (AdaptivePerceptionError, FileNotFoundError) as exc:
+    except (AdaptivePerceptionError, FileNotFoundError, RuntimeError) as exc:
         print(f"adaptive-perception {args.command}: error: {exc}", file=sys.stderr)
         return 2
     return 0

@@ -46,7 +46,8 @@ class NodeConfig:
     def validate(self) -> "NodeConfig":
         """Return self, or raise ConfigError naming the parameter and the fix."""
         if not self.image_topics or any(not t for t in self.image_topics):
-            raise ConfigError(f"image_topics {list(self.image_topics)} must list at least one non-empty topic")
+            raise ConfigError(f"image_topics {list(self.image_topics)} must list at least one non-empty topic, "
+                              "e.g. image_topics:=[/camera/image_raw]")
         if not self.routing_mode.startswith("fixed:") or self.fixed_tier not in TIERS:
             raise ConfigError(
                 f"routing_mode '{self.routing_mode}' is not supported; use one of "
@@ -60,8 +61,9 @@ class NodeConfig:
         for tier, value in self.models.items():
             path = resolve_model(value)
             if value.startswith(EMBEDDED_PREFIX) and not Path(path).is_file():
-                raise ConfigError(f"models.{tier} = '{value}': there is no embedded tier file {path}; "
-                                  f"use embedded:nano, embedded:small or embedded:large, or a file path")
+                raise ConfigError(f"models.{tier} = '{value}': the embedded tier file {path} is missing; names are "
+                                  "embedded:nano|small|large, and a source checkout builds the files with "
+                                  "`adaptive-perception models export-tiers` (or point the parameter at an ONNX file)")
             if path and not Path(path).is_file():
                 raise ConfigError(f"models.{tier} = '{value}' does not exist; point it at a YOLOv8 detection ONNX file")
         if not 0.0 <= self.conf_threshold <= 1.0 or not 0.0 <= self.iou_threshold <= 1.0:

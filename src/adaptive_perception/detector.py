@@ -179,8 +179,17 @@ class DetectorTier:
                                  "expected 4 (batch, 3, height, width)")
         if isinstance(shape[1], int) and shape[1] != 3:
             raise ModelFileError(self.path, f"input has {shape[1]} channels; expected 3 (RGB)")
+        if isinstance(shape[0], int) and shape[0] != 1:
+            raise ModelFileError(self.path, f"input batch is fixed to {shape[0]}; the runtime sends one frame",
+                                 "export with batch=1 or a dynamic batch")
+        if inputs[0].type != "tensor(float)":
+            raise ModelFileError(self.path, f"input type is {inputs[0].type}; the runtime sends float32",
+                                 "export without half=True / int8")
         out_shape = outputs[0].shape
         meta = self.session.get_modelmeta().custom_metadata_map
+        if meta.get("end2end", "False") == "True" or meta.get("nms", "False") == "True":
+            raise ModelFileError(self.path, "is an end-to-end export with NMS inside ([1, N, 6] output)",
+                                 "export with nms=False; the runtime runs its own NMS")
         size, stride, names = _parse_metadata(self.path, meta, shape)
         if len(out_shape) != 3 or not isinstance(out_shape[1], int) or out_shape[1] < 5:
             raise ModelFileError(self.path, f"output '{outputs[0].name}' has shape {out_shape}; a YOLOv8 detect "

@@ -41,6 +41,13 @@ def recall_at_50(truths: list[Truth], boxes: np.ndarray) -> tuple[int, int]:
 
 def run_demo(out_dir: Path, frames: int = 90, tiers: tuple[str, ...] = TIERS) -> dict[str, object]:
     """Replay one generated sequence through perception_node once per fixed tier and compare them."""
+    from adaptive_perception.config import EMBEDDED_DIR
+    from adaptive_perception.errors import AdaptivePerceptionError
+
+    missing = [t for t in tiers if not (EMBEDDED_DIR / f"{t}.onnx").is_file()]
+    if missing:
+        raise AdaptivePerceptionError(f"embedded tier files {missing} are missing from {EMBEDDED_DIR}; a source "
+                                      "checkout builds them with `adaptive-perception models export-tiers`")
     out_dir.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     sequence = list(tqdm(render_sequence(SequenceSpec(DEMO_SEED, 0, frames)), total=frames, desc="rendering", unit="frame"))

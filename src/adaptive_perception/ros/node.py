@@ -133,13 +133,21 @@ class PerceptionNode(LifecycleNode):
         )
         result = super().on_activate(state)  # lifecycle publishers first, so no output is dropped
         self._slot = LatestFrameSlot()
-        for topic in self.config.image_topics:
-            msg_type = CompressedImage if topic.rstrip("/").endswith("compressed") else Image
-            self._subscriptions.append(self.create_subscription(
-                msg_type, topic, lambda msg, camera=topic: self._on_image(camera, msg), qos))
+        try:
+            for topic in self.config.image_topics:
+                resolved = self.resolve_topic_name(topic)  # after remapping: image:=.../compressed counts
+                msg_type = CompressedImage if resolved.rstrip("/").endswith("compressed") else Image
+                self._subscriptions.append(self.create_subscription(
+                    msg_type, topic, lambda msg, camera=topic: self._on_image(camera, msg), qos))
+        except Exception as exc:  # e.g. an invalid topic name: report, never raise out of a callback
+            self.get_logger().error(f"activate failed: image_topics {list(self.config.image_topics)}: {exc}")
+            self._stop_processing()
+            super().on_deactivate(state)
+            return TransitionCallbackReturn.FAILURE
         self._worker = threading.Thread(target=self._work, args=(self._slot,), name="perception-worker", daemon=True)
         self._worker.start()
-        self.get_logger().info(f"active: {self.config.routing_mode} on {list(self.config.image_topics)}")
+        self.get_logger().info(f"active: {self.config.routing_mode} on "
+                               f"{[self.resolve_topic_name(t) for t in self.config.image_topics]}")
         return result
 
     def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
@@ -151,6 +159,12 @@ class PerceptionNode(LifecycleNode):
         return TransitionCallbackReturn.SUCCESS
 
     def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._stop_processing()
+        self._release()
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_error(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self.get_logger().error(f"error while in state '{state.label}': releasing everything")
         self._stop_processing()
         self._release()
         return TransitionCallbackReturn.SUCCESS
@@ -219,17 +233,23 @@ class PerceptionNode(LifecycleNode):
 def main(argv: list[str] | None = None) -> int:
     """Run the node until interrupted; with parameter autostart:=true it configures and activates itself."""
     rclpy.init(args=argv if argv is not None else sys.argv)
-    node = PerceptionNode()
+    try:
+        node = PerceptionNode()
+    except Exception as exc:  # bad --params-file or parameter override: say which, without a traceback
+        print(f"perception_node: error: {exc}. Check the -p overrides and the --params-file against "
+              "config/perception.yaml (types matter: conf_threshold:=1.0, not 1)", file=sys.stderr)
+        rclpy.shutdown()
+        return 2
     executor = rclpy.executors.MultiThreadedExecutor(num_threads=2)
     executor.add_node(node)
     status = 0
     try:
         if node.get_parameter("autostart").value:
-            if node.trigger_configure() != TransitionCallbackReturn.SUCCESS:
-                node.get_logger().fatal("autostart: configure failed; see the error above")
-                status = 1
-            else:
-                node.trigger_activate()
+            for transition in (node.trigger_configure, node.trigger_activate):
+                if transition() != TransitionCallbackReturn.SUCCESS:
+                    node.get_logger().fatal(f"autostart: {transition.__name__[8:]} failed; see the error above")
+                    status = 1
+                    break
         if status == 0:
             executor.spin()
     except (KeyboardInterrupt, rclpy.executors.ExternalShutdownException):

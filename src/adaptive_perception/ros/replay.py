@@ -16,7 +16,7 @@ from sensor_msgs.msg import CompressedImage, Image
 from vision_msgs.msg import Detection2DArray
 
 from adaptive_perception.bag import IMAGE_TYPE, image_topics, read_images
-from adaptive_perception.errors import AdaptivePerceptionError
+from adaptive_perception.errors import AdaptivePerceptionError, BagError
 
 
 class ReplayMode(Enum):
@@ -108,6 +108,10 @@ def replay_bag(
         first_bag_ns = first.bag_time_ns if first else 0
         for index, frame in enumerate(itertools.chain([first] if first else [], frames)):
             key = (frame.stamp_sec, frame.stamp_nanosec, frame.frame_id)
+            if key in sent_at and mode is ReplayMode.LOCKSTEP:
+                raise BagError(f"bag '{bag}': frame {index} on '{frame.topic}' repeats header stamp {key[0]}.{key[1]:09d} "
+                               f"(frame_id '{key[2]}'); lock-step pairs outputs with frames by stamp, so it needs "
+                               "unique stamps: use --mode fast or recorded for this bag")
             if mode is ReplayMode.RECORDED:
                 delay = (frame.bag_time_ns - first_bag_ns) / 1e9 / rate - (time.perf_counter() - started)
                 if delay > 0:
@@ -122,6 +126,8 @@ def replay_bag(
                 with cond:
                     if not cond.wait_for(lambda: key in answered, timeout_s):
                         report.timeouts += 1
+        if report.frames_published == 0:
+            raise BagError(f"bag '{bag}' has no messages on {chosen}")
         if mode is not ReplayMode.LOCKSTEP:  # collect late outputs
             with cond:
                 cond.wait_for(lambda: len(answered) >= len(sent_at), timeout_s)
