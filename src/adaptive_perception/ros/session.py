@@ -39,6 +39,8 @@ def _ros_value(value: object) -> str:
         return "[" + ",".join(_ros_value(v) for v in value) + "]"
     if isinstance(value, bool):
         return "true" if value else "false"
+    if value == "":
+        return "''"  # YAML empty string; a bare `name:=` does not parse
     return str(value)
 
 
