@@ -51,6 +51,7 @@ def export_tiers(weights: Path, out_dir: Path, inputs: dict[str, tuple[int, int]
     _offline_ultralytics()
     from ultralytics import YOLO
 
+    weights = Path(weights).resolve()  # export_onnx works in a temporary directory
     return {tier: export_onnx(YOLO(str(weights)), size, Path(out_dir) / f"{tier}.onnx") for tier, size in inputs.items()}
 
 

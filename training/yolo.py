@@ -87,4 +87,6 @@ def export_pretrained(weights: str, imgsz: int | tuple[int, int], out: str | Pat
     if Path(weights).suffix == ".pt" and not Path(weights).exists() and os.environ.get("YOLO_OFFLINE") == "true":
         raise FileNotFoundError(f"weights '{weights}' are not on this machine and YOLO_OFFLINE=true forbids "
                                 "downloading them; copy the .pt file here or run on a connected machine")
+    if Path(weights).exists():
+        weights = str(Path(weights).resolve())  # export_onnx works in a temporary directory
     return export_onnx(YOLO(weights), imgsz, out)
