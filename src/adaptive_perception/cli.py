@@ -74,7 +74,7 @@ def _parser() -> argparse.ArgumentParser:
     pilot.add_argument("--report", type=Path, default=Path("training/reports/pilot.json"))
 
     demo = sub.add_parser("demo", help="end-to-end demo on generated frames, no downloads")
-    demo.add_argument("--frames", type=int, default=90, help="frames in the generated sequence (30 Hz)")
+    demo.add_argument("--frames", type=int, default=120, help="frames in the generated sequence (30 Hz)")
     demo.add_argument("--out", type=Path, default=Path("build/demo"), help="working folder")
     demo.add_argument("--tiers", default="nano,small,large", help="comma-separated tiers to run, each as a fixed tier")
     return parser
