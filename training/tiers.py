@@ -21,7 +21,7 @@ TRAIN_IMGSZ = 320
 ARCHITECTURE = "yolov8n.yaml"
 
 
-def train(data_yaml: Path, out_dir: Path, epochs: int = 12, batch: int = 16, seed: int = 0,
+def train(data_yaml: Path, out_dir: Path, epochs: int = 20, batch: int = 16, seed: int = 0,
           imgsz: int = TRAIN_IMGSZ, fraction: float = 1.0) -> Path:
     """Train (or resume) the tier network with Ultralytics' default recipe; returns best.pt."""
     _offline_ultralytics()
