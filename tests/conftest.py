@@ -38,3 +38,22 @@ def scene_rgb() -> np.ndarray:
     cv2.circle(frame, (420, 300), 70, (30, 200, 60), -1)
     cv2.rectangle(frame, (480, 40), (600, 120), (20, 20, 220), -1)
     return frame
+
+
+@pytest.fixture(scope="session")
+def regime_frames() -> dict[str, np.ndarray]:
+    """A dense (10 objects) and a sparse (no object) 640x480 frame of the demo's generated sequence."""
+    from adaptive_perception.ros.demo import DEMO_SEED
+    from adaptive_perception.scenes.sequence import Regime, SequenceSpec, render_sequence
+
+    frames = {f.index: f for f in render_sequence(SequenceSpec(DEMO_SEED, 0, 101)) if f.index in (40, 100)}
+    assert frames[40].regime is Regime.DENSE and frames[100].regime is Regime.SPARSE
+    return {"dense": frames[40].rgb, "sparse": frames[100].rgb}
+
+
+@pytest.fixture(scope="session")
+def regime_policy(regime_frames, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A policy built to send the dense frame to large and the sparse frame to nano."""
+    from policies import two_frame_policy
+
+    return two_frame_policy(tmp_path_factory.mktemp("policies") / "dense_large.onnx", regime_frames, "dense-to-large")

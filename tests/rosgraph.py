@@ -90,6 +90,17 @@ class Graph:
         assert wait_until(future.done, 10)
         return future.result().current_state.label
 
+    def call(self, service_type, name: str, request):
+        """Call one of the node's own services (~/name) and return the response."""
+        client = self.driver.create_client(service_type, f"/{self.name}/{name}")
+        try:
+            assert client.wait_for_service(timeout_sec=10), f"service {name} not offered"
+            future = client.call_async(request)
+            assert wait_until(future.done, 30), f"{name} did not answer"
+            return future.result()
+        finally:
+            self.driver.destroy_client(client)
+
     def wait_for_image_subscriber(self, publisher=None) -> None:
         publisher = publisher or self.image_pub
         assert wait_until(lambda: publisher.get_subscription_count() > 0, 10), "node did not subscribe"

@@ -9,6 +9,7 @@ import yaml
 from adaptive_perception.config import NodeConfig
 from adaptive_perception.errors import ConfigError
 from adaptive_perception.frames import LatestFrameSlot
+from adaptive_perception.router import RouterSettings
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -33,23 +34,30 @@ def test_config_yaml_lists_every_declared_parameter_with_its_default():
 
 
 @pytest.mark.parametrize("changes,needle", [
-    (dict(routing_mode="learned"), "routing_mode 'learned' is not supported"),
-    (dict(models={"nano": ""}), "models.nano is empty"),
+    (dict(routing_mode="smart"), "routing mode 'smart' is unknown; use one of learned, heuristic"),
+    (dict(models={"nano": ""}), "models.nano is empty but routing_mode 'fixed:nano'"),
+    (dict(routing_mode="heuristic"), "models.small is empty but routing_mode 'heuristic' may route to it"),
+    (dict(routing_mode="learned", policy="", models={t: f"embedded:{t}" for t in ("nano", "small", "large")}),
+     "policy is empty but routing_mode is 'learned'"),
+    (dict(policy="/no/policy.onnx"), "policy = '/no/policy.onnx' does not exist; point it at a routing policy"),
+    (dict(router=RouterSettings(random_mix=(1.0, -1.0, 1.0))), "routing.random_mix"),
     (dict(models={"nano": "/does/not/exist.onnx"}), "models.nano = '/does/not/exist.onnx' does not exist"),
     (dict(image_topics=()), "image_topics"),
     (dict(qos_reliability="sometimes"), "qos.reliability 'sometimes'"),
     (dict(conf_threshold=1.5), "conf_threshold"),
 ])
 def test_bad_values_name_the_parameter(changes, needle, peer_model):
-    base = dict(models={"nano": str(peer_model)})
+    base = dict(routing_mode="fixed:nano", models={"nano": str(peer_model), "small": "", "large": ""})
     base.update(changes)
     with pytest.raises(ConfigError, match=needle.replace(".", r"\.").replace("(", r"\(")):
         NodeConfig(**base).validate()
 
 
 def test_good_config_validates(peer_model):
-    config = NodeConfig(models={"nano": str(peer_model), "small": "", "large": ""}).validate()
-    assert config.fixed_tier == "nano"
+    config = NodeConfig(routing_mode="fixed:nano", models={"nano": str(peer_model), "small": "", "large": ""}).validate()
+    assert config.model_paths() == {"nano": str(peer_model)}
+    default = NodeConfig().validate()  # learned routing over the embedded tiers and policy
+    assert default.routing_mode == "learned" and default.policy == "embedded:policy" and len(default.model_paths()) == 3
 
 
 def test_slot_keeps_only_the_newest_frame_per_camera_and_serves_cameras_in_turn():

@@ -23,18 +23,43 @@ def test_features_are_1028_finite_float32_and_deterministic(image):
     assert np.isfinite(a).all() and np.array_equal(a, b)
 
 
-def test_flat_frames_have_no_gradient_energy_and_noise_has_plenty():
-    assert not image_features(np.zeros((480, 640, 3), np.uint8)).any()
-    assert not image_features(np.full((480, 640, 3), 200, np.uint8)).any()
+def _d_cells_above(features: np.ndarray, threshold_bin: int) -> float:
+    """Cells whose colour distance from the frame's median exceeds threshold_bin/128 (from D's histogram)."""
+    hist = np.expm1(features[512 + 64:512 + 128].astype(np.float64))
+    return float(hist[threshold_bin:].sum())
+
+
+def test_flat_frames_put_every_cell_in_the_first_bin_and_noise_spreads():
+    for value in (0, 200):
+        features = image_features(np.full((480, 640, 3), value, np.uint8))
+        assert not features[:512].any()  # no edges, no colour distance, no saturation, no chroma
+        first_bins = [512, 576, 640, 704, 768]  # E, D, S, K histograms, then the joint D x E histogram
+        np.testing.assert_allclose(features[first_bins], np.log1p(1024), rtol=1e-6)
+        assert np.count_nonzero(features) == len(first_bins)
     noise = image_features(np.random.default_rng(2).integers(0, 256, (480, 640, 3), dtype=np.uint8))
-    assert (noise > 0.01).mean() > 0.95
+    assert (noise[:128] > 0.01).mean() > 0.95  # gradient energy quantiles
+    assert np.count_nonzero(noise[512:576]) > 5  # energy spread over many histogram bins
 
 
-def test_energy_lands_in_the_cell_of_the_edge():
-    frame = np.zeros((480, 640, 3), np.uint8)
-    frame[:, 320:] = 255  # one vertical edge in the middle
-    grid = image_features(frame).reshape(32, 32)
-    assert grid[:, 15:17].min() > 0.1 and grid[:, :14].max() == 0 and grid[:, 18:].max() == 0
+def _scene(squares: list[tuple[int, int]], colours=((220, 30, 30), (30, 200, 40), (240, 220, 20))) -> np.ndarray:
+    """Grey frame with 40x30 px coloured squares at cell-aligned (row, col) positions of the 32x32 grid."""
+    frame = np.full((480, 640, 3), 110, np.uint8)
+    for index, (row, col) in enumerate(squares):
+        frame[row * 15:row * 15 + 30, col * 20:col * 20 + 40] = colours[index % len(colours)]
+    return frame
+
+
+def test_image_features_do_not_depend_on_where_objects_are():
+    here = image_features(_scene([(3, 4)]))
+    there = image_features(_scene([(24, 25)]))
+    np.testing.assert_array_equal(here, there)
+
+
+def test_more_objects_move_more_cells_away_from_the_background_colour():
+    positions = [(r, c) for r in range(2, 30, 5) for c in range(2, 30, 5)]
+    counts = [_d_cells_above(image_features(_scene(positions[:n])), 16) for n in (1, 4, 12, 30)]
+    assert counts == sorted(counts) and len(set(counts)) == 4, counts
+    assert counts[0] >= 4  # one 2x2-cell square
 
 
 def test_context_follows_the_previous_routed_output():

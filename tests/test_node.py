@@ -12,7 +12,7 @@ from rosgraph import Graph, image_msg, wait_until
 
 @pytest.fixture
 def graph(context, peer_model):
-    g = Graph(context, {"models.nano": str(peer_model), "models.small": "", "models.large": "", "providers": ["CPUExecutionProvider"],
+    g = Graph(context, {"models.nano": str(peer_model), "models.small": "", "models.large": "", "routing_mode": "fixed:nano", "providers": ["CPUExecutionProvider"],
                         "image_topics": ["image", "image/compressed"], "warmup_runs": 1})
     yield g
     g.close()
@@ -119,6 +119,7 @@ def test_a_remapped_compressed_topic_is_subscribed_as_compressed(context, peer_m
                           parameter_overrides=[rclpy.parameter.Parameter("models.nano", value=str(peer_model)),
                                                rclpy.parameter.Parameter("models.small", value=""),
                                                rclpy.parameter.Parameter("models.large", value=""),
+                                               rclpy.parameter.Parameter("routing_mode", value="fixed:nano"),
                                                rclpy.parameter.Parameter("warmup_runs", value=0)])
     try:
         assert node.trigger_configure().name == "SUCCESS" and node.trigger_activate().name == "SUCCESS"

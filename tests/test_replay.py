@@ -46,7 +46,7 @@ def test_bag_errors_name_the_bag_and_the_fix(tmp_path):
 def test_lockstep_replay_gets_one_output_per_frame(context, peer_model, tmp_path, storage):
     frames = _frames(12)
     write_image_bag(tmp_path / "bag", frames, "/cam/image_raw", "cam", storage)
-    graph = Graph(context, {"models.nano": str(peer_model), "models.small": "", "models.large": "", "image_topics": ["image"], "warmup_runs": 0,
+    graph = Graph(context, {"models.nano": str(peer_model), "models.small": "", "models.large": "", "routing_mode": "fixed:nano", "image_topics": ["image"], "warmup_runs": 0,
                             "providers": ["CPUExecutionProvider"]})
     try:
         assert graph.transition("configure") and graph.transition("activate")
@@ -63,7 +63,7 @@ def test_lockstep_replay_gets_one_output_per_frame(context, peer_model, tmp_path
 def test_fast_replay_drops_stale_frames_instead_of_queueing(context, peer_model, tmp_path):
     frames = _frames(40)
     write_image_bag(tmp_path / "bag", frames, "/cam/image_raw")
-    graph = Graph(context, {"models.nano": str(peer_model), "models.small": "", "models.large": "", "image_topics": ["image"], "warmup_runs": 0,
+    graph = Graph(context, {"models.nano": str(peer_model), "models.small": "", "models.large": "", "routing_mode": "fixed:nano", "image_topics": ["image"], "warmup_runs": 0,
                             "qos.reliability": "reliable", "providers": ["CPUExecutionProvider"]})
     try:
         assert graph.transition("configure") and graph.transition("activate")
@@ -87,7 +87,7 @@ def test_replay_without_subscriber_explains_what_to_do(tmp_path):
 
 def test_replay_cli_against_a_node_process(peer_model, tmp_path):
     write_image_bag(tmp_path / "bag", _frames(6), "/camera/image_raw")
-    params = {"models.nano": str(peer_model), "models.small": "", "models.large": "", "image_topics": ["/camera/image_raw"], "qos.reliability": "reliable",
+    params = {"models.nano": str(peer_model), "models.small": "", "models.large": "", "routing_mode": "fixed:nano", "image_topics": ["/camera/image_raw"], "qos.reliability": "reliable",
               "providers": ["CPUExecutionProvider"]}
     config_yaml = Path(__file__).resolve().parents[1] / "config" / "perception.yaml"
     with node_process(params, tmp_path / "node.log", params_file=config_yaml):
@@ -105,7 +105,7 @@ def test_replay_cli_against_a_node_process(peer_model, tmp_path):
 def test_lockstep_refuses_a_bag_with_repeated_stamps(context, peer_model, tmp_path):
     frame = _frames(1)[0][1]
     write_image_bag(tmp_path / "bag", [(5, frame), (5, frame)], "/cam/image_raw")
-    graph = Graph(context, {"models.nano": str(peer_model), "models.small": "", "models.large": "",
+    graph = Graph(context, {"models.nano": str(peer_model), "models.small": "", "models.large": "", "routing_mode": "fixed:nano",
                             "image_topics": ["image"], "warmup_runs": 0, "providers": ["CPUExecutionProvider"]})
     try:
         assert graph.transition("configure") and graph.transition("activate")

@@ -1,4 +1,4 @@
-"""`adaptive-perception`: one command with subcommands (node, replay, scenes, models, demo)."""
+"""`adaptive-perception`: one command with subcommands (node, replay, scenes, models, policy, bench, demo)."""
 from __future__ import annotations
 
 import argparse
@@ -73,6 +73,23 @@ def _parser() -> argparse.ArgumentParser:
     pilot.add_argument("--benchmark", type=Path, default=Path("build/benchmark"))
     pilot.add_argument("--report", type=Path, default=Path("training/reports/pilot.json"))
 
+    policy = sub.add_parser("policy", help="routing policies: inspect a file, fit the interim regime policy")
+    policy_sub = policy.add_subparsers(dest="policy_command", required=True)
+    inspect = policy_sub.add_parser("inspect", help="validate a policy ONNX and print its metadata")
+    inspect.add_argument("path", help="policy ONNX file or embedded:policy")
+    fit = policy_sub.add_parser("fit-regime", help="fit the interim policy (linear regime classifier) and write "
+                                "the features' signal report (train extra)")
+    fit.add_argument("--benchmark", type=Path, default=Path("build/benchmark"))
+    fit.add_argument("--out", type=Path, default=Path("src/adaptive_perception/models/policy.onnx"))
+    fit.add_argument("--report", type=Path, default=Path("training/reports/regime_signal.json"))
+
+    bench = sub.add_parser("bench", help="benchmarks that print a table and write JSON")
+    bench_sub = bench.add_subparsers(dest="bench_command", required=True)
+    overhead = bench_sub.add_parser("overhead", help="router overhead: feature extraction + policy, p50/p95")
+    overhead.add_argument("--policy", default="embedded:policy", help="policy ONNX file or embedded:policy")
+    overhead.add_argument("--iterations", type=int, default=2000, help="timed calls per resolution")
+    overhead.add_argument("--report", type=Path, default=Path("training/reports/overhead.json"))
+
     demo = sub.add_parser("demo", help="end-to-end demo on generated frames, no downloads")
     demo.add_argument("--frames", type=int, default=120, help="frames in the generated sequence (30 Hz)")
     demo.add_argument("--out", type=Path, default=Path("build/demo"), help="working folder")
@@ -146,6 +163,26 @@ def _models(args: argparse.Namespace) -> int:
     return 0
 
 
+def _policy(args: argparse.Namespace) -> int:
+    from adaptive_perception.config import resolve_model
+
+    if args.policy_command == "inspect":
+        from adaptive_perception.policy import Policy
+
+        info = Policy(resolve_model(args.path)).info
+        print(f"{info.path}: policy_id {info.policy_id}, tiers {list(info.tiers)}\n{info.description}")
+        return 0
+    from adaptive_perception.training.regime import fit_regime_policy
+
+    report = fit_regime_policy(args.benchmark, args.out, args.report)
+    test, base = report["test"], report["majority_baseline"]
+    print(f"test split ({report['frames']['test']} frames): balanced accuracy {test['balanced_accuracy']:.3f} "
+          f"(majority '{base['regime']}': {base['balanced_accuracy']:.3f}), accuracy {test['accuracy']:.3f} "
+          f"(majority: {base['accuracy']:.3f})")
+    print(f"wrote {args.out} (policy_id {report['policy_id']}) and {args.report}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     ros_args: list[str] = []
@@ -178,6 +215,12 @@ def main(argv: list[str] | None = None) -> int:
             return _scenes(args)
         if args.command == "models":
             return _models(args)
+        if args.command == "policy":
+            return _policy(args)
+        if args.command == "bench":
+            from adaptive_perception.training.overhead import run_overhead
+
+            return run_overhead(args.policy, args.iterations, args.report)
         if args.command == "demo":
             from adaptive_perception.ros.demo import run_demo
 

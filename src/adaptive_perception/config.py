@@ -6,6 +6,7 @@ from pathlib import Path
 
 from adaptive_perception.detector import DEFAULT_PROVIDERS, TIERS
 from adaptive_perception.errors import ConfigError
+from adaptive_perception.router import RouterSettings, check_mode, tiers_needed
 
 RELIABILITIES = ("best_effort", "reliable")
 EMBEDDED_PREFIX = "embedded:"
@@ -13,7 +14,8 @@ EMBEDDED_DIR = Path(__file__).resolve().parent / "models"
 
 
 def resolve_model(value: str) -> str:
-    """A model parameter's file path: `embedded:<tier>` names a tier shipped with the package."""
+    """A model or policy parameter's file path: `embedded:<name>` names a file shipped with the package
+    (embedded:nano|small|large for the tiers, embedded:policy for the routing policy)."""
     if value.startswith(EMBEDDED_PREFIX):
         return str(EMBEDDED_DIR / f"{value[len(EMBEDDED_PREFIX):]}.onnx")
     return value
@@ -24,7 +26,9 @@ class NodeConfig:
     """Everything `on_configure` needs; defaults match config/perception.yaml."""
 
     image_topics: tuple[str, ...] = ("image",)
-    routing_mode: str = "fixed:nano"
+    routing_mode: str = "learned"
+    policy: str = f"{EMBEDDED_PREFIX}policy"
+    router: RouterSettings = RouterSettings()
     models: dict[str, str] = field(default_factory=lambda: {tier: f"{EMBEDDED_PREFIX}{tier}" for tier in TIERS})
     providers: tuple[str, ...] = DEFAULT_PROVIDERS
     conf_threshold: float = 0.25
@@ -35,10 +39,6 @@ class NodeConfig:
     qos_reliability: str = "best_effort"
     qos_depth: int = 1
 
-    @property
-    def fixed_tier(self) -> str:
-        return self.routing_mode.split(":", 1)[1]
-
     def model_paths(self) -> dict[str, str]:
         """Resolved file path per loaded tier (tiers with an empty parameter are left out)."""
         return {tier: resolve_model(value) for tier, value in self.models.items() if value}
@@ -48,24 +48,24 @@ class NodeConfig:
         if not self.image_topics or any(not t for t in self.image_topics):
             raise ConfigError(f"image_topics {list(self.image_topics)} must list at least one non-empty topic, "
                               "e.g. image_topics:=[/camera/image_raw]")
-        if not self.routing_mode.startswith("fixed:") or self.fixed_tier not in TIERS:
-            raise ConfigError(
-                f"routing_mode '{self.routing_mode}' is not supported; use one of "
-                + ", ".join(f"fixed:{t}" for t in TIERS)
-            )
-        if not self.models.get(self.fixed_tier):
-            raise ConfigError(
-                f"models.{self.fixed_tier} is empty but routing_mode is '{self.routing_mode}'; "
-                f"set models.{self.fixed_tier} to a YOLOv8 detection ONNX file"
-            )
-        for tier, value in self.models.items():
+        check_mode(self.routing_mode)
+        self.router.validate()
+        for tier in tiers_needed(self.routing_mode):
+            if not self.models.get(tier):
+                raise ConfigError(f"models.{tier} is empty but routing_mode '{self.routing_mode}' may route to it; "
+                                  f"set models.{tier} to a YOLOv8 detection ONNX file (or use a fixed:<tier> mode)")
+        if self.routing_mode == "learned" and not self.policy:
+            raise ConfigError("policy is empty but routing_mode is 'learned'; set policy to embedded:policy or a "
+                              "policy ONNX file, or pick another routing_mode")
+        files = {f"models.{tier}": value for tier, value in self.models.items()} | {"policy": self.policy}
+        for name, value in files.items():
             path = resolve_model(value)
+            kind = "routing policy ONNX" if name == "policy" else "YOLOv8 detection ONNX"
             if value.startswith(EMBEDDED_PREFIX) and not Path(path).is_file():
-                raise ConfigError(f"models.{tier} = '{value}': the embedded tier file {path} is missing; names are "
-                                  "embedded:nano|small|large, and a source checkout builds the files with "
-                                  "`adaptive-perception models export-tiers` (or point the parameter at an ONNX file)")
+                raise ConfigError(f"{name} = '{value}': the embedded file {path} is missing; names are "
+                                  "embedded:nano|small|large|policy (or point the parameter at a " + kind + " file)")
             if path and not Path(path).is_file():
-                raise ConfigError(f"models.{tier} = '{value}' does not exist; point it at a YOLOv8 detection ONNX file")
+                raise ConfigError(f"{name} = '{value}' does not exist; point it at a {kind} file")
         if not 0.0 <= self.conf_threshold <= 1.0 or not 0.0 <= self.iou_threshold <= 1.0:
             raise ConfigError("conf_threshold and iou_threshold must lie in [0, 1]")
         if self.qos_reliability not in RELIABILITIES:

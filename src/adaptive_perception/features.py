@@ -1,4 +1,15 @@
-"""Routing features: 1024 image statistics + 4 context values from the camera's previous routed output."""
+"""Routing features: 1024 image statistics + 4 context values from the camera's previous routed output.
+
+Every value, in order (all float32; the maps E, D, S, K over 32x32 cells are described in image_features):
+  0..511     128 quantiles of each map (E, D, S, K in turn): the sorted 1024 cell values, every 8th from the 4th
+  512..767   log1p(cell count) of a 64-bin histogram of each map (E, D, K: bins of 1/128; S: bins of 1/64)
+  768..1023  log1p(cell count) of the joint 16x16 histogram of D (rows) and E (columns), bins of 1/32
+  1024       log1p(number of detections published for this camera's previous frame)
+  1025       their mean score (0 when there were none or before the first frame)
+  1026       (previous tier index + 1) / 3: 0 before the first frame, 1/3 nano, 2/3 small, 1 large
+  1027       seconds between the previous and this frame's header stamps, clipped to [0, 1] (0 on the first)
+Nothing depends on machine load or wall-clock time, so training recomputes them exactly from stored frames.
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -6,12 +17,24 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-GRID = 32  # image statistics on a GRID x GRID map
+GRID = 32  # image statistics over GRID x GRID cells
 IMAGE_FEATURES = GRID * GRID  # 1024
 CONTEXT_FEATURES = 4
 FEATURE_SIZE = IMAGE_FEATURES + CONTEXT_FEATURES  # 1028
-_WORK_SIZE = 2 * GRID  # the frame is reduced to 64x64 grey before gradients
+# Stored in every policy file; a policy trained on another version is refused. Change it with the features.
+FEATURE_VERSION = "edge-colour-stats+ctx4/1"
+_WORK_SIZE = 2 * GRID  # the frame is reduced to 64x64 before gradients
 MAX_DT_S = 1.0  # time since the previous frame is clipped here
+_QUANTILE_STEP = 8  # every 8th of the 1024 sorted cell values: 128 quantiles per map
+_HIST_BINS = 64
+_HIST_SCALE = np.array([[128.0], [128.0], [64.0], [128.0]], np.float32)  # bins of 1/128 (E, D, K), 1/64 (S)
+_HIST_OFFSETS = np.arange(4)[:, None] * _HIST_BINS
+_HIST_SIZE = 4 * _HIST_BINS + 256
+_MEDIAN_INDEX = GRID * GRID // 2  # the upper median of the 1024 cells
+# RGB in [0, 255] -> opponent colours intensity, red-green, yellow-blue: an exact integer matrix (grey has exactly
+# zero chroma), then a per-row scale to [0, 1] for intensity and [-1, 1] for the colour axes
+_OPPONENT = np.array([[1, 1, 1], [2, -2, 0], [1, 1, -2]], np.float32)
+_OPPONENT_SCALE = np.array([[1 / 765], [1 / 510], [1 / 510]], np.float32)
 
 
 @dataclass(frozen=True)
@@ -36,23 +59,38 @@ def next_context(scores: np.ndarray, tier: int, stamp_ns: int, previous_stamp_ns
 
 
 def image_features(rgb: np.ndarray) -> np.ndarray:
-    """1024 float32 values: log1p of the mean gradient magnitude on a 32x32 grid of the frame.
+    """1024 float32 statistics of clutter and object density, independent of where things are in the frame.
 
-    Gradient energy per cell measures clutter and object edges, cheaply: the frame is reduced to
-    64x64 grey before the gradients, so the cost hardly depends on the camera resolution."""
+    The frame is sampled to 64x64 (bilinear) and averaged to 32x32 cells. Four
+    maps of 1024 cells each: E gradient energy (grey, central differences, 2x2 pooled), D colour distance
+    from the frame's median colour (opponent colour space: intensity, red-green, yellow-blue), S saturation
+    (HSV), K chroma (length of the two opponent colour axes). Objects are edges and colours that
+    differ from the background, so their number moves these maps' distributions; a position-specific map
+    would make a policy learn every object position separately. All maps lie in [0, ~1.7]."""
     if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8 or rgb.size == 0:
         raise ValueError(f"expected an HxWx3 uint8 RGB image, got shape {rgb.shape} {rgb.dtype}")
-    # bilinear to 128x128 (cheap at any resolution), then an exact 2x2 area mean to 64x64 grey; both run
-    # in OpenCV's fixed-point uint8 paths, so the result is bit-identical wherever the buffers sit
-    small = cv2.resize(rgb, (2 * _WORK_SIZE, 2 * _WORK_SIZE), interpolation=cv2.INTER_LINEAR)
-    small = cv2.resize(cv2.cvtColor(small, cv2.COLOR_RGB2GRAY), (_WORK_SIZE, _WORK_SIZE), interpolation=cv2.INTER_AREA)
-    # gradients and pooling in numpy: OpenCV's float SIMD paths can round differently with alignment
-    grey = np.pad(small.astype(np.float32) * (1.0 / 255.0), 1, mode="edge")
+    # resizing and colour conversions stay in OpenCV's fixed-point uint8 paths and the float work in
+    # numpy, so the result is bit-identical wherever the buffers sit (OpenCV's float SIMD is not)
+    small = cv2.resize(rgb, (_WORK_SIZE, _WORK_SIZE), interpolation=cv2.INTER_LINEAR)  # reads ~64 rows only
+    cells = cv2.resize(small, (GRID, GRID), interpolation=cv2.INTER_AREA)
+    grey = cv2.copyMakeBorder(cv2.cvtColor(small, cv2.COLOR_RGB2GRAY), 1, 1, 1, 1, cv2.BORDER_REPLICATE)
+    grey = grey.astype(np.float32) * (1.0 / 255.0)
     gx = grey[1:-1, 2:] - grey[1:-1, :-2]
     gy = grey[2:, 1:-1] - grey[:-2, 1:-1]
     energy = np.sqrt(gx * gx + gy * gy)
-    pooled = energy.reshape(GRID, 2, GRID, 2).mean(axis=(1, 3))
-    return np.log1p(pooled).reshape(IMAGE_FEATURES).astype(np.float32)
+    maps = np.empty((4, GRID * GRID), np.float32)
+    maps[0] = ((energy[0::2, 0::2] + energy[1::2, 0::2] + energy[0::2, 1::2] + energy[1::2, 1::2]) * 0.25).ravel()
+    opponent = (_OPPONENT @ cells.reshape(-1, 3).T.astype(np.float32)) * _OPPONENT_SCALE  # 3 x 1024
+    median = np.partition(opponent, _MEDIAN_INDEX, axis=1)[:, _MEDIAN_INDEX:_MEDIAN_INDEX + 1]  # np.median is slower
+    diff = opponent - median
+    maps[1] = np.sqrt((diff * diff).sum(axis=0))
+    maps[2] = cv2.cvtColor(cells, cv2.COLOR_RGB2HSV).reshape(-1, 3)[:, 1] * (1.0 / 255.0)
+    maps[3] = np.sqrt(opponent[1] * opponent[1] + opponent[2] * opponent[2])
+    quantiles = np.sort(maps, axis=1)[:, _QUANTILE_STEP // 2::_QUANTILE_STEP]  # 4 x 128
+    bins = np.minimum((maps * _HIST_SCALE).astype(np.int64), _HIST_BINS - 1)  # 4 x 1024 bin indices
+    joint = 4 * _HIST_BINS + (bins[1] >> 2) * 16 + (bins[0] >> 2)  # D x E, 16 x 16
+    counts = np.bincount(np.concatenate([(bins + _HIST_OFFSETS).ravel(), joint]), minlength=_HIST_SIZE)
+    return np.concatenate([quantiles.ravel(), np.log1p(counts.astype(np.float32))])
 
 
 def routing_features(rgb: np.ndarray, context: RoutingContext) -> np.ndarray:

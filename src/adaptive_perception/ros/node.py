@@ -8,15 +8,21 @@ from dataclasses import dataclass
 
 import rclpy
 from adaptive_perception_msgs.msg import RoutingDecision
+from adaptive_perception_msgs.srv import LoadPolicy, SetRoutingMode
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
+from rclpy.parameter import Parameter
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CompressedImage, Image
 from vision_msgs.msg import Detection2DArray
 
-from adaptive_perception.config import NodeConfig
+from adaptive_perception.config import NodeConfig, resolve_model
 from adaptive_perception.detector import TIERS, DetectorTier
+from adaptive_perception.errors import AdaptivePerceptionError
+from adaptive_perception.features import RoutingContext, next_context, routing_features
 from adaptive_perception.frames import LatestFrameSlot
+from adaptive_perception.policy import Policy
+from adaptive_perception.router import Router, RouterSettings, check_mode, tiers_needed
 from adaptive_perception.ros.convert import detections_to_msg, image_to_rgb
 
 NODE_NAME = "perception_node"
@@ -33,7 +39,21 @@ PARAMETERS: dict[str, tuple[object, ParameterDescriptor]] = {
     "image_topics": (list(_DEFAULTS.image_topics), _describe(
         "Camera topics to subscribe to; a name ending in 'compressed' is read as sensor_msgs/CompressedImage, "
         "any other as sensor_msgs/Image. Outputs of all cameras share the output topics (header identifies the camera).")),
-    "routing_mode": (_DEFAULTS.routing_mode, _describe("How each frame picks a tier: fixed:nano | fixed:small | fixed:large.")),
+    "routing_mode": (_DEFAULTS.routing_mode, _describe(
+        "How each frame picks a tier: learned (the policy) | heuristic (previous frame's detection count) | random "
+        "(seeded, routing.random_mix) | fixed:nano | fixed:small | fixed:large. Switch live with set_routing_mode.")),
+    "policy": (_DEFAULTS.policy, _describe(
+        "Routing policy ONNX: embedded:policy (shipped with the package), a file path, or empty (then only the "
+        "rule-based modes work). Replace live with the load_policy service.")),
+    "routing.heuristic_thresholds": (list(_DEFAULTS.router.heuristic_thresholds), _describe(
+        "[low, high] detection counts of the heuristic mode: previous count < low -> nano, < high -> small, "
+        "else large.")),
+    "routing.random_mix": (list(_DEFAULTS.router.random_mix), _describe(
+        "Weights of nano, small, large in the random mode (normalised).")),
+    "routing.random_seed": (_DEFAULTS.router.random_seed, _describe("Seed of the random mode's draws.")),
+    "routing.hysteresis": (_DEFAULTS.router.hysteresis, _describe(
+        "Learned mode: stay on the previous tier unless the best tier's probability beats it by more than this "
+        "(0 = off).", floating_point_range=[FloatingPointRange(from_value=0.0, to_value=0.99)])),
     **{f"models.{tier}": (_DEFAULTS.models[tier], _describe(
         f"The {tier} tier's YOLOv8 detection ONNX: embedded:<tier> (shipped with the package), a file path, "
         "or empty = not loaded.")) for tier in TIERS},
@@ -77,12 +97,16 @@ class PerceptionNode(LifecycleNode):
             self.declare_parameter(name, default, descriptor)
         self.config: NodeConfig | None = None
         self.detectors: dict[str, DetectorTier] = {}
+        self.router: Router | None = None
+        self._contexts: dict[str, tuple[RoutingContext, int]] = {}  # camera -> (context, previous stamp ns)
         self.stats = NodeStats()
         self._slot: LatestFrameSlot[Image | CompressedImage] | None = None
         self._worker: threading.Thread | None = None
         self._subscriptions: list[object] = []
         self._det_pub = None
         self._routing_pub = None
+        self._routing_services = [self.create_service(SetRoutingMode, "~/set_routing_mode", self._on_set_routing_mode),
+                          self.create_service(LoadPolicy, "~/load_policy", self._on_load_policy)]
 
     # ---- lifecycle -------------------------------------------------------------------------
     def read_config(self) -> NodeConfig:
@@ -90,6 +114,9 @@ class PerceptionNode(LifecycleNode):
         return NodeConfig(
             image_topics=tuple(p("image_topics").value),
             routing_mode=p("routing_mode").value,
+            policy=p("policy").value,
+            router=RouterSettings(tuple(p("routing.heuristic_thresholds").value), tuple(p("routing.random_mix").value),
+                                  p("routing.random_seed").value, p("routing.hysteresis").value),
             models={tier: p(f"models.{tier}").value for tier in TIERS},
             providers=tuple(p("providers").value),
             conf_threshold=p("conf_threshold").value,
@@ -115,10 +142,15 @@ class PerceptionNode(LifecycleNode):
                     f"tier {tier}: {path} ({detector.info.input_size[1]}x{detector.info.input_size[0]}, "
                     f"{len(detector.class_names)} classes, {detector.providers[0]}) loaded and warm in "
                     f"{(time.perf_counter() - started) * 1e3:.0f} ms")
+            policy = Policy(resolve_model(config.policy)) if config.policy else None
+            router = Router(config.routing_mode, policy, config.router)
+            if policy is not None:
+                self.get_logger().info(f"policy '{policy.policy_id}' loaded from {policy.path}")
         except Exception as exc:  # a failed configure must report, never raise
             self.get_logger().error(f"configure failed: {exc}")
             return TransitionCallbackReturn.FAILURE
-        self.config, self.detectors, self.stats = config, detectors, NodeStats()
+        self.config, self.detectors, self.router, self.stats = config, detectors, router, NodeStats()
+        self._contexts = {}
         self._det_pub = self.create_lifecycle_publisher(Detection2DArray, "detections", 10)
         self._routing_pub = self.create_lifecycle_publisher(RoutingDecision, "routing", 10)
         return TransitionCallbackReturn.SUCCESS
@@ -133,6 +165,7 @@ class PerceptionNode(LifecycleNode):
         )
         result = super().on_activate(state)  # lifecycle publishers first, so no output is dropped
         self._slot = LatestFrameSlot()
+        self._contexts = {}  # the previous output of an earlier activation says nothing about this one
         try:
             for topic in self.config.image_topics:
                 resolved = self.resolve_topic_name(topic)  # after remapping: image:=.../compressed counts
@@ -146,7 +179,7 @@ class PerceptionNode(LifecycleNode):
             return TransitionCallbackReturn.FAILURE
         self._worker = threading.Thread(target=self._work, args=(self._slot,), name="perception-worker", daemon=True)
         self._worker.start()
-        self.get_logger().info(f"active: {self.config.routing_mode} on "
+        self.get_logger().info(f"active: {self.router.mode} on "
                                f"{[self.resolve_topic_name(t) for t in self.config.image_topics]}")
         return result
 
@@ -185,6 +218,7 @@ class PerceptionNode(LifecycleNode):
                 self.destroy_lifecycle_publisher(pub)
         self._det_pub = self._routing_pub = None
         self.detectors = {}  # drops the onnxruntime sessions
+        self.router = None
         self.config = None
 
     # ---- per frame -------------------------------------------------------------------------
@@ -206,28 +240,70 @@ class PerceptionNode(LifecycleNode):
                 continue
             camera, msg = item
             try:
-                self._process(msg)
+                self._process(camera, msg)
             except Exception as exc:  # a bad frame is logged and skipped; the node keeps running
                 self.stats.frames_failed += 1
                 self.get_logger().warning(f"frame from '{camera}' skipped: {exc}", throttle_duration_sec=5.0)
 
-    def _process(self, msg: Image | CompressedImage) -> None:
-        assert self.config is not None
+    def _process(self, camera: str, msg: Image | CompressedImage) -> None:
+        assert self.config is not None and self.router is not None
         started = time.perf_counter()
         rgb = image_to_rgb(msg)
-        tier = self.config.fixed_tier
+        context, previous_stamp = self._contexts.get(camera, (RoutingContext(), None))
+        feature_start = time.perf_counter()
+        features = routing_features(rgb, context)
+        policy_start = time.perf_counter()
+        decision = self.router.decide(features, context)
         inference_start = time.perf_counter()
-        detections = self.detectors[tier].detect(rgb)
+        detections = self.detectors[decision.tier_name].detect(rgb)
         done = time.perf_counter()
+        stamp = msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
+        self._contexts[camera] = (next_context(detections.scores, decision.tier, stamp, previous_stamp), stamp)
         self._det_pub.publish(detections_to_msg(detections, msg.header))
-        decision = RoutingDecision(header=msg.header, tier=TIERS.index(tier), tier_name=tier,
-                                   mode=self.config.routing_mode, policy_id="")
-        decision.probabilities[TIERS.index(tier)] = 1.0
-        decision.inference_ms = (done - inference_start) * 1e3
-        decision.total_ms = (done - started) * 1e3
-        decision.drift_score = float("nan")
-        self._routing_pub.publish(decision)
+        out = RoutingDecision(header=msg.header, tier=decision.tier, tier_name=decision.tier_name,
+                              mode=decision.mode, policy_id=decision.policy_id)
+        out.probabilities = decision.probabilities.tolist()
+        out.feature_ms = (policy_start - feature_start) * 1e3
+        out.policy_ms = (inference_start - policy_start) * 1e3
+        out.inference_ms = (done - inference_start) * 1e3
+        out.total_ms = (done - started) * 1e3
+        out.drift_score = float("nan")
+        self._routing_pub.publish(out)
         self.stats.frames_processed += 1
+
+    # ---- services --------------------------------------------------------------------------
+    def _on_set_routing_mode(self, request: SetRoutingMode.Request, response: SetRoutingMode.Response):
+        """Validate, then switch between two frames; refused modes leave the running one in force."""
+        try:
+            mode = check_mode(request.mode.strip())
+            if self.router is not None:
+                missing = [t for t in tiers_needed(mode) if t not in self.detectors]
+                if missing:
+                    raise AdaptivePerceptionError(f"tiers {missing} are not loaded (models.<tier> is empty)")
+                self.router.set_mode(mode)
+            self.set_parameters([Parameter("routing_mode", value=mode)])  # the next configure keeps it
+        except AdaptivePerceptionError as exc:
+            response.success, response.message = False, f"mode '{request.mode}' refused: {exc}"
+            self.get_logger().warning(response.message)
+            return response
+        response.success, response.message = True, f"routing mode is now '{mode}'"
+        self.get_logger().info(response.message)
+        return response
+
+    def _on_load_policy(self, request: LoadPolicy.Request, response: LoadPolicy.Response):
+        """Load and validate the file completely, then swap it in between two frames; on failure keep the old one."""
+        try:
+            policy = Policy(resolve_model(request.path.strip()))
+        except Exception as exc:  # PolicyFileError, or anything else a hostile file provokes
+            response.success, response.message = False, f"{exc}; the running policy stays"
+            self.get_logger().error(response.message)
+            return response
+        if self.router is not None:
+            self.router.set_policy(policy)
+        self.set_parameters([Parameter("policy", value=request.path.strip())])
+        response.success, response.message = True, policy.policy_id
+        self.get_logger().info(f"policy '{policy.policy_id}' loaded from {policy.path}")
+        return response
 
 
 def main(argv: list[str] | None = None) -> int:

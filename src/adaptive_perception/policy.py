@@ -1,0 +1,134 @@
+"""The routing policy runtime: an ONNX MLP from the 1028 routing features to one logit per tier.
+
+A policy file carries everything needed to run it in its ONNX metadata (never in code):
+
+| key | value |
+|---|---|
+| `adaptive_perception.kind` | `routing_policy` |
+| `adaptive_perception.policy_id` | a non-empty id, published in every RoutingDecision |
+| `adaptive_perception.feature_version` | must equal `features.FEATURE_VERSION` (the node's feature extractor) |
+| `adaptive_perception.tiers` | JSON list of the tiers in logit order, e.g. `["nano", "small", "large"]` |
+| `adaptive_perception.feature_mean` / `feature_std` | JSON lists of 1028 floats; the input is (x - mean) / std |
+| `adaptive_perception.description` | optional free text (how it was made) |
+
+The graph has one float32 input of shape (N or 1, 1028) and one float32 output of shape (N or 1, 3).
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from adaptive_perception.detector import TIERS
+from adaptive_perception.errors import AdaptivePerceptionError
+from adaptive_perception.features import FEATURE_SIZE, FEATURE_VERSION
+
+META_PREFIX = "adaptive_perception."
+POLICY_KIND = "routing_policy"
+REQUIRED_KEYS = ("kind", "policy_id", "feature_version", "tiers", "feature_mean", "feature_std")
+
+
+class PolicyFileError(AdaptivePerceptionError):
+    """A policy file is missing, unreadable or not a routing policy for these features and tiers."""
+
+    def __init__(self, path: object, problem: str, fix: str = "") -> None:
+        message = f"policy file '{path}': {problem}"
+        super().__init__(message + (f" ({fix})" if fix else ""))
+
+
+@dataclass(frozen=True)
+class PolicyInfo:
+    """What the policy file says about itself."""
+
+    path: str
+    policy_id: str
+    tiers: tuple[str, ...]
+    description: str
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = np.exp(logits - logits.max())
+    return shifted / shifted.sum()  # float32 in, float32 out
+
+
+class Policy:
+    """A loaded, validated routing policy. `probabilities(features)` takes one frame's 1028 features."""
+
+    def __init__(self, path: str | Path) -> None:
+        import onnxruntime as ort
+
+        self.path = str(path)
+        if not Path(path).is_file():
+            raise PolicyFileError(path, "does not exist", "give the path of a policy ONNX written by "
+                                  "`adaptive-perception policy fit-regime` or the training pipeline")
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = 1  # a tiny MLP: threads only add latency
+        options.inter_op_num_threads = 1
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        options.log_severity_level = 3
+        try:
+            self._session = ort.InferenceSession(self.path, options, providers=["CPUExecutionProvider"])
+        except Exception as exc:
+            raise PolicyFileError(path, f"onnxruntime cannot load it ({str(exc).splitlines()[0][:200]})",
+                                  "is it a complete ONNX file?") from None
+        meta = {k[len(META_PREFIX):]: v for k, v in self._session.get_modelmeta().custom_metadata_map.items()
+                if k.startswith(META_PREFIX)}
+        missing = [k for k in REQUIRED_KEYS if k not in meta]
+        if missing:
+            raise PolicyFileError(path, f"metadata lacks {[META_PREFIX + k for k in missing]}",
+                                  "a detector or a plain ONNX MLP is not a routing policy; export policies with "
+                                  "the project's policy writer")
+        if meta["kind"] != POLICY_KIND:
+            raise PolicyFileError(path, f"metadata kind is '{meta['kind']}', not '{POLICY_KIND}'")
+        if meta["feature_version"] != FEATURE_VERSION:
+            raise PolicyFileError(path, f"was trained on features '{meta['feature_version']}' but this node computes "
+                                  f"'{FEATURE_VERSION}'", "retrain or re-export the policy for this version")
+        try:
+            tiers = tuple(json.loads(meta["tiers"]))
+            mean = np.asarray(json.loads(meta["feature_mean"]), np.float32)
+            std = np.asarray(json.loads(meta["feature_std"]), np.float32)
+        except (ValueError, TypeError) as exc:
+            raise PolicyFileError(path, f"metadata is not valid JSON ({exc})") from None
+        if tiers != TIERS:
+            raise PolicyFileError(path, f"routes to tiers {list(tiers)}, expected {list(TIERS)} in that order")
+        if mean.shape != (FEATURE_SIZE,) or std.shape != (FEATURE_SIZE,):
+            raise PolicyFileError(path, f"feature_mean/feature_std have shapes {mean.shape}/{std.shape}, "
+                                  f"expected ({FEATURE_SIZE},)")
+        if not (np.isfinite(mean).all() and np.isfinite(std).all() and (std > 0).all()):
+            raise PolicyFileError(path, "feature_mean/feature_std must be finite with std > 0")
+        if not meta["policy_id"].strip():
+            raise PolicyFileError(path, "policy_id is empty")
+        inputs, outputs = self._session.get_inputs(), self._session.get_outputs()
+        if len(inputs) != 1 or len(outputs) != 1:
+            raise PolicyFileError(path, f"has {len(inputs)} inputs and {len(outputs)} outputs, expected 1 and 1")
+        shape = inputs[0].shape
+        if len(shape) != 2 or shape[1] != FEATURE_SIZE or inputs[0].type != "tensor(float)":
+            raise PolicyFileError(path, f"input '{inputs[0].name}' is {inputs[0].type} {shape}, "
+                                  f"expected float32 [N, {FEATURE_SIZE}]")
+        self._input = inputs[0].name
+        self._scale = (1.0 / std).astype(np.float32)
+        self._offset = (-mean / std).astype(np.float32)
+        self.info = PolicyInfo(self.path, meta["policy_id"], tiers, meta.get("description", ""))
+        probe = self._run(np.zeros(FEATURE_SIZE, np.float32))  # also catches a wrong output shape now, not per frame
+        if probe.shape != (len(TIERS),) or not np.isfinite(probe).all():
+            raise PolicyFileError(path, f"output is {probe.shape} (finite: {bool(np.isfinite(probe).all())}) "
+                                  f"for a zero input, expected {len(TIERS)} finite logits")
+
+    @property
+    def policy_id(self) -> str:
+        return self.info.policy_id
+
+    def _run(self, features: np.ndarray) -> np.ndarray:
+        x = (features * self._scale + self._offset).reshape(1, FEATURE_SIZE)
+        return self._session.run(None, {self._input: x})[0].reshape(-1)
+
+    def logits(self, features: np.ndarray) -> np.ndarray:
+        if features.shape != (FEATURE_SIZE,):
+            raise ValueError(f"expected {FEATURE_SIZE} features, got shape {features.shape}")
+        return self._run(features.astype(np.float32, copy=False))
+
+    def probabilities(self, features: np.ndarray) -> np.ndarray:
+        """Softmax over the tiers' logits for one frame."""
+        return _softmax(self.logits(features))

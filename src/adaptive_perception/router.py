@@ -1,0 +1,133 @@
+"""The router: one tier per frame from the routing features, by one of four modes.
+
+| mode | rule |
+|---|---|
+| `learned` | the policy's most probable tier (with hysteresis: stay on the previous tier unless the best tier's probability beats it by more than `hysteresis`) |
+| `fixed:<tier>` | always that tier |
+| `heuristic` | the previous routed frame's detection count n: n < low -> nano, n < high -> small, else large; the first frame of a camera goes to large |
+| `random` | a seeded draw from a given tier mix (the baseline for "is the policy better than chance at its mix?") |
+
+All three tiers stay loaded, so switching costs nothing. The router keeps no per-camera state: what it
+needs about the previous frame (count, tier) comes in the RoutingContext.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from adaptive_perception.detector import TIERS
+from adaptive_perception.errors import ConfigError
+from adaptive_perception.features import RoutingContext
+from adaptive_perception.policy import Policy
+
+FIXED_PREFIX = "fixed:"
+MODES: tuple[str, ...] = ("learned", "heuristic", "random", *(FIXED_PREFIX + t for t in TIERS))
+
+
+def check_mode(mode: str) -> str:
+    if mode not in MODES:
+        raise ConfigError(f"routing mode '{mode}' is unknown; use one of {', '.join(MODES)}")
+    return mode
+
+
+def tiers_needed(mode: str) -> tuple[str, ...]:
+    """The tiers a mode may pick (all three except in a fixed mode)."""
+    return (mode[len(FIXED_PREFIX):],) if mode.startswith(FIXED_PREFIX) else TIERS
+
+
+@dataclass(frozen=True)
+class RouterSettings:
+    """Parameters of the rule-based modes and of the learned mode's hysteresis."""
+
+    heuristic_thresholds: tuple[int, int] = (3, 8)  # (low, high) detection counts
+    random_mix: tuple[float, float, float] = (1.0, 1.0, 1.0)  # weights of nano, small, large (normalised)
+    random_seed: int = 0
+    hysteresis: float = 0.0  # probability margin a new tier needs over the previous one; 0 = off
+
+    def validate(self) -> "RouterSettings":
+        low, high = self.heuristic_thresholds
+        if not 0 <= low <= high:
+            raise ConfigError(f"routing.heuristic_thresholds {list(self.heuristic_thresholds)} must be "
+                              "[low, high] with 0 <= low <= high, e.g. [3, 8]")
+        mix = np.asarray(self.random_mix, np.float64)
+        if mix.shape != (len(TIERS),) or not np.isfinite(mix).all() or (mix < 0).any() or mix.sum() <= 0:
+            raise ConfigError(f"routing.random_mix {list(self.random_mix)} must be {len(TIERS)} non-negative "
+                              "weights for nano, small, large with a positive sum, e.g. [0.5, 0.3, 0.2]")
+        if not 0.0 <= self.hysteresis < 1.0:
+            raise ConfigError(f"routing.hysteresis {self.hysteresis} must lie in [0, 1)")
+        return self
+
+
+@dataclass(frozen=True)
+class Decision:
+    tier: int  # index into TIERS
+    probabilities: np.ndarray  # (3,) float32: the policy's, the random mix, or one-hot for rules
+    mode: str
+    policy_id: str  # empty unless a policy decided
+
+    @property
+    def tier_name(self) -> str:
+        return TIERS[self.tier]
+
+
+def _one_hot(tier: int) -> np.ndarray:
+    out = np.zeros(len(TIERS), np.float32)
+    out[tier] = 1.0
+    return out
+
+
+class Router:
+    """Mode and policy swap atomically: a decision reads both from one immutable pair."""
+
+    def __init__(self, mode: str, policy: Policy | None, settings: RouterSettings = RouterSettings()) -> None:
+        self.settings = settings.validate()
+        mix = np.asarray(settings.random_mix, np.float64)
+        self._mix = mix / mix.sum()
+        self._rng = np.random.default_rng(settings.random_seed)
+        self._state: tuple[str, Policy | None] = ("", None)
+        self._state = self._checked(check_mode(mode), policy)
+
+    @property
+    def mode(self) -> str:
+        return self._state[0]
+
+    @property
+    def policy(self) -> Policy | None:
+        return self._state[1]
+
+    @staticmethod
+    def _checked(mode: str, policy: Policy | None) -> tuple[str, Policy | None]:
+        if mode == "learned" and policy is None:
+            raise ConfigError("routing mode 'learned' needs a policy; set the `policy` parameter (default "
+                              "embedded:policy) or load one with the load_policy service")
+        return mode, policy
+
+    def set_mode(self, mode: str) -> None:
+        self._state = self._checked(check_mode(mode), self.policy)
+
+    def set_policy(self, policy: Policy) -> None:
+        self._state = (self.mode, policy)
+
+    def decide(self, features: np.ndarray, context: RoutingContext) -> Decision:
+        mode, policy = self._state
+        if mode == "learned":
+            assert policy is not None
+            probabilities = policy.probabilities(features)
+            tier = int(np.argmax(probabilities))
+            previous = context.prev_tier
+            if 0 <= previous < len(TIERS) and probabilities[tier] - probabilities[previous] <= self.settings.hysteresis:
+                tier = previous
+            return Decision(tier, probabilities, mode, policy.policy_id)
+        if mode == "heuristic":
+            low, high = self.settings.heuristic_thresholds
+            if context.prev_tier < 0:
+                tier = len(TIERS) - 1
+            else:
+                tier = 0 if context.prev_count < low else 1 if context.prev_count < high else 2
+            return Decision(tier, _one_hot(tier), mode, "")
+        if mode == "random":
+            tier = int(self._rng.choice(len(TIERS), p=self._mix))
+            return Decision(tier, self._mix.astype(np.float32), mode, "")
+        tier = TIERS.index(mode[len(FIXED_PREFIX):])
+        return Decision(tier, _one_hot(tier), mode, "")

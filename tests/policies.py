@@ -1,0 +1,26 @@
+"""Routing policies built for tests with the project's policy writer (real ONNX files)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from adaptive_perception.features import FEATURE_SIZE, RoutingContext, routing_features
+from adaptive_perception.training.policy_export import write_policy
+
+
+def two_frame_policy(path: Path, frames: dict[str, np.ndarray], policy_id: str, reverse: bool = False) -> Path:
+    """Linear policy along the line from the sparse to the dense frame's features: past the midpoint
+    (stored as the normalisation mean) large wins, before it nano; `reverse` swaps the two."""
+    dense, sparse = (routing_features(frames[k], RoutingContext()) for k in ("dense", "sparse"))
+    direction = (dense - sparse) / np.linalg.norm(dense - sparse)
+    weight = np.zeros((FEATURE_SIZE, 3), np.float32)
+    weight[:, 2], weight[:, 0] = (-direction, direction) if reverse else (direction, -direction)
+    return write_policy(path, [(weight, np.zeros(3, np.float32))], (dense + sparse) / 2, np.ones(FEATURE_SIZE),
+                        policy_id, "test policy")
+
+
+def constant_policy(path: Path, probabilities: tuple[float, float, float], policy_id: str = "constant") -> Path:
+    """Ignores its input: the softmax of its logits is `probabilities`."""
+    return write_policy(path, [(np.zeros((FEATURE_SIZE, 3), np.float32), np.log(np.asarray(probabilities, np.float32)))],
+                        np.zeros(FEATURE_SIZE), np.ones(FEATURE_SIZE), policy_id)

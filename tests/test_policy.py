@@ -1,0 +1,155 @@
+"""Policy runtime (real ONNX files through onnxruntime) and the router's four modes."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from adaptive_perception.config import resolve_model
+from adaptive_perception.errors import ConfigError
+from adaptive_perception.features import FEATURE_SIZE, RoutingContext, routing_features
+from adaptive_perception.policy import Policy, PolicyFileError
+from adaptive_perception.router import Router, RouterSettings
+from adaptive_perception.training.policy_export import write_policy
+from policies import constant_policy, two_frame_policy
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_policy_output_is_the_mlp_on_normalised_features(tmp_path):
+    rng = np.random.default_rng(3)
+    layers = [(rng.normal(0, 0.05, (FEATURE_SIZE, 16)).astype(np.float32), rng.normal(0, 0.1, 16).astype(np.float32)),
+              (rng.normal(0, 0.5, (16, 3)).astype(np.float32), rng.normal(0, 0.1, 3).astype(np.float32))]
+    mean, std = rng.normal(0, 1, FEATURE_SIZE), rng.uniform(0.5, 2.0, FEATURE_SIZE)
+    policy = Policy(write_policy(tmp_path / "mlp.onnx", layers, mean, std, "mlp-7", "two layers"))
+    assert policy.policy_id == "mlp-7" and policy.info.description == "two layers"
+    x = rng.normal(0, 1, FEATURE_SIZE).astype(np.float32)
+    hidden = np.maximum(((x - mean) / std).astype(np.float32) @ layers[0][0] + layers[0][1], 0)
+    expected = hidden @ layers[1][0] + layers[1][1]
+    np.testing.assert_allclose(policy.logits(x), expected, rtol=1e-4, atol=1e-5)
+    probabilities = policy.probabilities(x)
+    assert probabilities.dtype == np.float32 and probabilities.sum() == pytest.approx(1.0, abs=1e-6)
+    assert int(np.argmax(probabilities)) == int(np.argmax(expected))
+
+
+def _edit_metadata(path: Path, key: str, value: str | None) -> Path:
+    import onnx
+
+    model = onnx.load(path)
+    entries = {e.key: e.value for e in model.metadata_props}
+    if value is None:
+        entries.pop(f"adaptive_perception.{key}")
+    else:
+        entries[f"adaptive_perception.{key}"] = value
+    del model.metadata_props[:]
+    for k, v in entries.items():
+        model.metadata_props.add(key=k, value=v)
+    onnx.save(model, path)
+    return path
+
+
+@pytest.mark.parametrize("damage,needle", [
+    ("missing", "does not exist"),
+    ("garbage", "onnxruntime cannot load it"),
+    ("truncated", "onnxruntime cannot load it"),
+    ("detector", "metadata lacks"),
+    ("version", "was trained on features 'grad32-log1p+ctx4/1'"),
+    ("tiers", "routes to tiers ['large', 'small', 'nano']"),
+    ("std", "std > 0"),
+    ("mean", "shapes (5,)"),
+    ("id", "policy_id is empty"),
+])
+def test_bad_policy_files_are_refused_naming_the_file_and_the_problem(damage, needle, tmp_path, peer_model):
+    path = constant_policy(tmp_path / "policy.onnx", (0.2, 0.3, 0.5))
+    if damage == "missing":
+        path = tmp_path / "nope.onnx"
+    elif damage == "garbage":
+        path.write_bytes(b"\x00not an onnx file at all")
+    elif damage == "truncated":
+        path.write_bytes(path.read_bytes()[:200])
+    elif damage == "detector":
+        path = peer_model
+    elif damage == "version":
+        _edit_metadata(path, "feature_version", "grad32-log1p+ctx4/1")
+    elif damage == "tiers":
+        _edit_metadata(path, "tiers", json.dumps(["large", "small", "nano"]))
+    elif damage == "std":
+        _edit_metadata(path, "feature_std", json.dumps([0.0] * FEATURE_SIZE))
+    elif damage == "mean":
+        _edit_metadata(path, "feature_mean", json.dumps([0.0] * 5))
+    elif damage == "id":
+        _edit_metadata(path, "policy_id", " ")
+    with pytest.raises(PolicyFileError) as error:
+        Policy(path)
+    assert str(path) in str(error.value) and needle in str(error.value)
+
+
+def test_learned_mode_sends_a_dense_and_a_sparse_frame_to_different_tiers(regime_frames, regime_policy, tmp_path):
+    router = Router("learned", Policy(regime_policy))
+    decide = {k: router.decide(routing_features(rgb, RoutingContext()), RoutingContext()) for k, rgb in regime_frames.items()}
+    assert (decide["dense"].tier_name, decide["sparse"].tier_name) == ("large", "nano")
+    assert decide["dense"].policy_id == "dense-to-large" and decide["dense"].mode == "learned"
+    assert decide["dense"].probabilities[2] > 0.5 > decide["sparse"].probabilities[2]
+    router.set_policy(Policy(two_frame_policy(tmp_path / "reverse.onnx", regime_frames, "reverse", reverse=True)))
+    flipped = router.decide(routing_features(regime_frames["dense"], RoutingContext()), RoutingContext())
+    assert (flipped.tier_name, flipped.policy_id) == ("nano", "reverse")
+
+
+def test_hysteresis_keeps_the_previous_tier_unless_the_margin_is_beaten(tmp_path):
+    policy = Policy(constant_policy(tmp_path / "c.onnx", (0.30, 0.45, 0.25)))
+    x = np.zeros(FEATURE_SIZE, np.float32)
+    from_nano = RoutingContext(prev_count=1, prev_tier=0)
+    assert Router("learned", policy).decide(x, from_nano).tier_name == "small"
+    assert Router("learned", policy, RouterSettings(hysteresis=0.1)).decide(x, from_nano).tier_name == "small"
+    assert Router("learned", policy, RouterSettings(hysteresis=0.2)).decide(x, from_nano).tier_name == "nano"
+    # no previous tier on a camera's first frame: nothing to stick to
+    assert Router("learned", policy, RouterSettings(hysteresis=0.2)).decide(x, RoutingContext()).tier_name == "small"
+
+
+def test_heuristic_follows_the_previous_routed_count():
+    router = Router("heuristic", None, RouterSettings(heuristic_thresholds=(3, 8)))
+    x = np.zeros(FEATURE_SIZE, np.float32)
+    assert router.decide(x, RoutingContext()).tier_name == "large"  # first frame of a camera
+    tiers = [router.decide(x, RoutingContext(prev_count=n, prev_tier=1)).tier_name for n in (0, 2, 3, 7, 8, 40)]
+    assert tiers == ["nano", "nano", "small", "small", "large", "large"]
+    decision = router.decide(x, RoutingContext(prev_count=5, prev_tier=0))
+    assert decision.probabilities.tolist() == [0.0, 1.0, 0.0] and decision.policy_id == ""
+
+
+def test_random_mode_is_seeded_and_draws_the_given_mix():
+    x, context = np.zeros(FEATURE_SIZE, np.float32), RoutingContext()
+    settings = RouterSettings(random_mix=(6.0, 3.0, 1.0), random_seed=11)
+    router_a, router_b = Router("random", None, settings), Router("random", None, settings)
+    draws = [router_a.decide(x, context).tier for _ in range(4000)]
+    assert draws == [router_b.decide(x, context).tier for _ in range(4000)]
+    np.testing.assert_allclose(np.bincount(draws, minlength=3) / 4000, [0.6, 0.3, 0.1], atol=0.025)
+    assert router_a.decide(x, context).probabilities.tolist() == pytest.approx([0.6, 0.3, 0.1])
+    other = Router("random", None, RouterSettings(random_mix=(6.0, 3.0, 1.0), random_seed=12))
+    assert [other.decide(x, context).tier for _ in range(4000)] != draws
+
+
+def test_fixed_modes_and_refused_modes(tmp_path):
+    x, context = np.zeros(FEATURE_SIZE, np.float32), RoutingContext(prev_count=30, prev_tier=2)
+    router = Router("fixed:small", None)
+    assert router.decide(x, context).tier_name == "small"
+    with pytest.raises(ConfigError, match="needs a policy"):
+        router.set_mode("learned")
+    assert router.mode == "fixed:small"
+    with pytest.raises(ConfigError, match="'fixed:huge' is unknown; use one of learned, heuristic, random, fixed:nano"):
+        router.set_mode("fixed:huge")
+    router.set_policy(Policy(constant_policy(tmp_path / "c.onnx", (0.1, 0.1, 0.8))))
+    router.set_mode("learned")
+    assert router.decide(x, context).tier_name == "large"
+    with pytest.raises(ConfigError, match="random_mix"):
+        RouterSettings(random_mix=(0.0, 0.0, 0.0)).validate()
+    with pytest.raises(ConfigError, match="heuristic_thresholds"):
+        RouterSettings(heuristic_thresholds=(8, 3)).validate()
+
+
+def test_embedded_policy_is_the_one_the_regime_report_describes():
+    policy = Policy(resolve_model("embedded:policy"))
+    report = json.loads((ROOT / "training" / "reports" / "regime_signal.json").read_text())
+    assert policy.policy_id == report["policy_id"]
+    assert report["test"]["balanced_accuracy"] > report["majority_baseline"]["balanced_accuracy"]

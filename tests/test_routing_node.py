@@ -1,0 +1,91 @@
+"""The router inside perception_node on a real rclpy graph: RoutingDecision per frame, live mode and policy swaps."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from adaptive_perception_msgs.srv import LoadPolicy, SetRoutingMode
+from policies import two_frame_policy
+from rosgraph import Graph, image_msg, wait_until
+
+
+@pytest.fixture
+def graph(context, peer_model, regime_policy):
+    # the same real detector graph serves as all three tiers: routing is what is under test here
+    g = Graph(context, {**{f"models.{t}": str(peer_model) for t in ("nano", "small", "large")},
+                        "policy": str(regime_policy), "routing_mode": "learned",
+                        "providers": ["CPUExecutionProvider"], "image_topics": ["image"], "warmup_runs": 0})
+    assert g.transition("configure") and g.transition("activate")
+    g.wait_for_image_subscriber()
+    yield g
+    g.close()
+
+
+def _route(graph: Graph, rgb: np.ndarray, sec: int):
+    """Send one frame in lock-step and return its RoutingDecision."""
+    assert graph.send_lockstep(image_msg(rgb, sec=sec))
+    assert wait_until(lambda: any(d.header.stamp.sec == sec for d in graph.routing), 5)
+    return next(d for d in graph.routing if d.header.stamp.sec == sec)
+
+
+def test_learned_routing_publishes_one_decision_per_frame_with_timings(graph, regime_frames):
+    dense, sparse = _route(graph, regime_frames["dense"], 1), _route(graph, regime_frames["sparse"], 2)
+    assert (dense.tier_name, dense.tier, sparse.tier_name, sparse.tier) == ("large", 2, "nano", 0)
+    for decision in (dense, sparse):
+        assert decision.mode == "learned" and decision.policy_id == "dense-to-large"
+        assert sum(decision.probabilities) == pytest.approx(1.0, abs=1e-5)
+        assert decision.feature_ms > 0 and decision.policy_ms > 0 and decision.inference_ms > 0
+        assert decision.total_ms >= decision.feature_ms + decision.policy_ms + decision.inference_ms
+        assert np.isnan(decision.drift_score) and not decision.audited
+    assert len(graph.routing) == len(graph.detections) == 2
+
+
+def test_a_corrupt_policy_is_refused_and_the_old_one_keeps_routing(graph, regime_frames, tmp_path):
+    corrupt = tmp_path / "corrupt.onnx"
+    corrupt.write_bytes(b"\x08\x07garbage")
+    response = graph.call(LoadPolicy, "load_policy", LoadPolicy.Request(path=str(corrupt)))
+    assert not response.success and str(corrupt) in response.message and "running policy stays" in response.message
+    after = [_route(graph, regime_frames[k], sec) for k, sec in (("dense", 10), ("sparse", 11))]
+    assert [(d.tier_name, d.policy_id) for d in after] == [("large", "dense-to-large"), ("nano", "dense-to-large")]
+    assert graph.node.get_parameter("policy").value != str(corrupt)
+
+
+def test_load_policy_swaps_between_frames(graph, regime_frames, tmp_path):
+    reverse = two_frame_policy(tmp_path / "reverse.onnx", regime_frames, "reverse", reverse=True)
+    assert _route(graph, regime_frames["dense"], 20).tier_name == "large"
+    response = graph.call(LoadPolicy, "load_policy", LoadPolicy.Request(path=str(reverse)))
+    assert response.success and response.message == "reverse"
+    decision = _route(graph, regime_frames["dense"], 21)
+    assert (decision.tier_name, decision.policy_id) == ("nano", "reverse")
+    assert graph.node.get_parameter("policy").value == str(reverse)  # a reconfigure keeps the new policy
+
+
+def test_set_routing_mode_switches_live_and_refuses_unknown_modes(graph, regime_frames):
+    response = graph.call(SetRoutingMode, "set_routing_mode", SetRoutingMode.Request(mode="fixed:small"))
+    assert response.success
+    decision = _route(graph, regime_frames["dense"], 30)
+    assert (decision.tier_name, decision.mode, decision.policy_id) == ("small", "fixed:small", "")
+    assert list(decision.probabilities) == [0.0, 1.0, 0.0]
+    refused = graph.call(SetRoutingMode, "set_routing_mode", SetRoutingMode.Request(mode="fastest"))
+    assert not refused.success and "fastest" in refused.message and "fixed:large" in refused.message
+    assert _route(graph, regime_frames["dense"], 31).mode == "fixed:small"
+    # heuristic: the previous routed frame's detection count decides
+    assert graph.call(SetRoutingMode, "set_routing_mode", SetRoutingMode.Request(mode="heuristic")).success
+    assert graph.node.get_parameter("routing_mode").value == "heuristic"
+    previous = graph.detections[-1]
+    decision = _route(graph, regime_frames["dense"], 32)
+    count = len(previous.detections)
+    assert decision.mode == "heuristic"
+    assert decision.tier_name == ("nano" if count < 3 else "small" if count < 8 else "large")
+
+
+def test_configure_fails_on_a_bad_policy_file_naming_it(context, peer_model, tmp_path):
+    bad = tmp_path / "policy.onnx"
+    bad.write_bytes(b"not onnx")
+    g = Graph(context, {**{f"models.{t}": str(peer_model) for t in ("nano", "small", "large")},
+                        "policy": str(bad), "providers": ["CPUExecutionProvider"], "warmup_runs": 0})
+    try:
+        assert not g.transition("configure") and g.state() == "unconfigured"
+        assert wait_until(lambda: any(str(bad) in log.msg and "policy file" in log.msg for log in g.logs), 5)
+    finally:
+        g.close()

@@ -1,0 +1,63 @@
+"""Write routing policy ONNX files (an MLP given as numpy weights) in the format `adaptive_perception.policy` reads.
+
+One writer for every policy the project makes (the interim regime classifier, BC, BC + PPO), so the
+metadata contract lives in one place. Needs the `onnx` package (the `train` extra); the runtime only reads.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from adaptive_perception.detector import TIERS
+from adaptive_perception.features import FEATURE_SIZE, FEATURE_VERSION
+from adaptive_perception.policy import META_PREFIX, POLICY_KIND
+
+OPSET = 17
+
+
+def write_policy(path: str | Path, layers: Sequence[tuple[np.ndarray, np.ndarray]], mean: np.ndarray,
+                 std: np.ndarray, policy_id: str, description: str = "") -> Path:
+    """An MLP: x -> (x - mean) / std (done by the runtime) -> [W_i x + b_i, ReLU between layers] -> 3 logits.
+
+    Each layer is (W of shape (inputs, outputs), b of shape (outputs,)); the first takes FEATURE_SIZE
+    inputs and the last gives one logit per tier."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    if not layers or layers[0][0].shape[0] != FEATURE_SIZE or layers[-1][0].shape[1] != len(TIERS):
+        raise ValueError(f"layers must map {FEATURE_SIZE} features to {len(TIERS)} logits")
+    nodes, initializers, current = [], [], "features"
+    for index, (weight, bias) in enumerate(layers):
+        w_name, b_name, out = f"W{index}", f"b{index}", f"h{index}"
+        initializers += [numpy_helper.from_array(np.asarray(weight, np.float32), w_name),
+                         numpy_helper.from_array(np.asarray(bias, np.float32).reshape(-1), b_name)]
+        last = index == len(layers) - 1
+        nodes.append(helper.make_node("Gemm", [current, w_name, b_name], ["logits" if last else out]))
+        if not last:
+            nodes.append(helper.make_node("Relu", [out], [f"{out}_relu"]))
+            current = f"{out}_relu"
+    graph = helper.make_graph(
+        nodes, "routing_policy",
+        [helper.make_tensor_value_info("features", TensorProto.FLOAT, ["batch", FEATURE_SIZE])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", len(TIERS)])],
+        initializers)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)],
+                              producer_name="adaptive_perception")
+    model.ir_version = 9  # readable by onnxruntime >= 1.17
+    metadata = {
+        "kind": POLICY_KIND, "policy_id": policy_id, "feature_version": FEATURE_VERSION, "tiers": json.dumps(TIERS),
+        "feature_mean": json.dumps([float(v) for v in np.asarray(mean, np.float32)]),
+        "feature_std": json.dumps([float(v) for v in np.asarray(std, np.float32)]),
+        "description": description,
+    }
+    for key, value in metadata.items():
+        entry = model.metadata_props.add()
+        entry.key, entry.value = META_PREFIX + key, value
+    onnx.checker.check_model(model)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, path)
+    return path
