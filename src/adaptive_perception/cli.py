@@ -91,9 +91,12 @@ def _parser() -> argparse.ArgumentParser:
     overhead.add_argument("--report", type=Path, default=Path("training/reports/overhead.json"))
 
     demo = sub.add_parser("demo", help="end-to-end demo on generated frames, no downloads")
-    demo.add_argument("--frames", type=int, default=120, help="frames in the generated sequence (30 Hz)")
+    demo.add_argument("--sequence", type=int, default=49, help="frozen benchmark test sequence to replay (46-59)")
+    demo.add_argument("--frames", type=int, default=150,
+                      help="frames to render (150 = the whole sequence, identical to the benchmark's bag)")
     demo.add_argument("--out", type=Path, default=Path("build/demo"), help="working folder")
-    demo.add_argument("--tiers", default="nano,small,large", help="comma-separated tiers to run, each as a fixed tier")
+    demo.add_argument("--modes", default="learned,heuristic,fixed:nano,fixed:large",
+                      help="comma-separated routing modes, one node process and replay each")
     return parser
 
 
@@ -224,12 +227,15 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "demo":
             from adaptive_perception.ros.demo import run_demo
 
-            unknown = set(args.tiers.split(",")) - {"nano", "small", "large"}
-            if unknown or args.frames < 1:
-                raise AdaptivePerceptionError(f"--tiers takes nano,small,large (got {sorted(unknown)}) and "
-                                              f"--frames a positive count (got {args.frames})")
-            summary = run_demo(args.out, args.frames, tuple(args.tiers.split(",")))
-            return 0 if all(r["outputs_received"] == r["frames_published"] for r in summary["tiers"].values()) else 1
+            from adaptive_perception.router import MODES
+
+            modes = tuple(args.modes.split(","))
+            unknown = set(modes) - set(MODES)
+            if unknown or not 1 <= args.frames <= 150:
+                raise AdaptivePerceptionError(f"--modes takes {','.join(MODES)} (got {sorted(unknown)}) and "
+                                              f"--frames a count from 1 to 150 (got {args.frames})")
+            summary = run_demo(args.out, args.frames, modes, args.sequence)
+            return 0 if all(r["outputs_received"] == r["frames_published"] for r in summary["modes"].values()) else 1
     except (AdaptivePerceptionError, FileNotFoundError, RuntimeError) as exc:
         print(f"adaptive-perception {args.command}: error: {exc}", file=sys.stderr)
         return 2

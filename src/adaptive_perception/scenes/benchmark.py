@@ -25,6 +25,7 @@ SPLITS = ("train", "val", "test")
 SIZE_BINS = (0, 8, 16, 32, 64, 128, 256, 100000)  # sqrt(visible box area), px
 JPEG_QUALITY = 92
 STAMP_BASE_NS = 1_700_000_000_000_000_000
+BAG_TOPIC = "/camera/image_raw"
 SEQUENCE_STRIDE_NS = 1_000_000_000_000  # 1000 s between sequences' clocks
 
 
@@ -102,14 +103,30 @@ def _render_one(job: tuple[SequenceSpec, str, int, str, bool]) -> list[dict]:
             bag_frames.append((record["stamp_ns"], pixels))
         records.append(record)
     if write_bag:
-        from adaptive_perception.bag import write_image_bag
+        _write_bag(root / "bags" / split / f"seq{spec.index:03d}", bag_frames, records)
+    return records
 
-        bag = root / "bags" / split / f"seq{spec.index:03d}"
-        if bag.exists():
-            shutil.rmtree(bag)
-        write_image_bag(bag, bag_frames, "/camera/image_raw", "camera")
-        (bag / "ground_truth.json").write_text(json.dumps(
-            {"classes": list(CLASSES), "frames": {str(r["stamp_ns"]): r for r in records}}))
+
+def _write_bag(bag: Path, frames: list[tuple[int, np.ndarray]], records: list[dict]) -> None:
+    """The sequence's camera frames as a rosbag2 MCAP, with ground_truth.json (records by stamp) beside it."""
+    from adaptive_perception.bag import write_image_bag
+
+    if bag.exists():
+        shutil.rmtree(bag)
+    write_image_bag(bag, frames, BAG_TOPIC, "camera")
+    (bag / "ground_truth.json").write_text(json.dumps(
+        {"classes": list(CLASSES), "frames": {str(r["stamp_ns"]): r for r in records}}))
+
+
+def sequence_bag(spec: SequenceSpec, bag: Path, progress: str = "") -> list[dict]:
+    """Render one sequence to a bag exactly as `generate` writes its bags (same pixels, stamps and ground truth)."""
+    records, frames = [], []
+    for frame in tqdm(render_sequence(spec), total=spec.frames, desc=progress or f"rendering seq{spec.index:03d}",
+                      unit="frame"):
+        _, pixels = _as_camera_jpeg(frame.rgb)
+        records.append(_frame_record(frame, f"seq{spec.index:03d}_{frame.index:04d}.jpg"))
+        frames.append((records[-1]["stamp_ns"], pixels))
+    _write_bag(bag, frames, records)
     return records
 
 
