@@ -38,6 +38,11 @@ setup(
             "ultralytics==8.4.190",
             "onnx==1.23.2",
             "onnxslim==0.1.98",
+            # the routing policy's training pipeline: BC (torch), PPO, tracking, report plots
+            "stable-baselines3==2.9.2",
+            "gymnasium==1.4.0",
+            "mlflow==3.17.2",
+            "matplotlib==3.11.2",
         ],
         # scene generator: sample photographs bundled in the scikit-image wheel; COCO evaluation
         "scenes": ["scikit-image==0.26.0", "pycocotools==2.0.11"],

@@ -113,3 +113,13 @@ def write_image_bag(
             writer.write(conn, stamp_ns, TYPESTORE.serialize_cdr(msg, IMAGE_TYPE))
             count += 1
     return count
+
+
+def bag_image_rgb(image: BagImage) -> np.ndarray:
+    """The HxWx3 uint8 RGB pixels of a recorded Image or CompressedImage (the node's decoder)."""
+    from adaptive_perception.image import decode_compressed, decode_raw
+
+    msg = TYPESTORE.deserialize_cdr(image.cdr, image.msgtype)
+    if image.msgtype == COMPRESSED_TYPE:
+        return decode_compressed(msg.data, msg.format)
+    return decode_raw(msg.data, msg.width, msg.height, msg.encoding, msg.step, bool(msg.is_bigendian))

@@ -1,4 +1,4 @@
-"""`adaptive-perception`: one command with subcommands (node, replay, scenes, models, policy, bench, demo)."""
+"""`adaptive-perception`: one command with subcommands (node, replay, scenes, models, policy, train, bench, demo)."""
 from __future__ import annotations
 
 import argparse
@@ -36,8 +36,9 @@ def _parser() -> argparse.ArgumentParser:
     scenes_sub = scenes.add_subparsers(dest="scenes_command", required=True)
     generate = scenes_sub.add_parser("generate", help="YOLO dataset + COCO ground truth + MCAP bags + contact sheet")
     generate.add_argument("--out", type=Path, default=Path("build/benchmark"), help="output folder")
-    generate.add_argument("--preset", choices=["benchmark", "tiny"], default="benchmark",
-                          help="benchmark: the frozen evaluation benchmark; tiny: a 4-sequence smoke set")
+    generate.add_argument("--preset", choices=["benchmark", "tiny", "ci"], default="benchmark",
+                          help="benchmark: the frozen evaluation benchmark; tiny: a 4-sequence smoke set; ci: the "
+                               "routing pipeline's 8-sequence test set")
     generate.add_argument("--drift", choices=["none", "night", "fog", "new_domain", "small_objects"], default="none",
                           help="render a drift variant (different seed, never in training)")
     generate.add_argument("--bags", choices=["none", "eval", "all"], help="which splits get MCAP bags (preset default)")
@@ -82,6 +83,33 @@ def _parser() -> argparse.ArgumentParser:
     fit.add_argument("--benchmark", type=Path, default=Path("build/benchmark"))
     fit.add_argument("--out", type=Path, default=Path("src/adaptive_perception/models/policy.onnx"))
     fit.add_argument("--report", type=Path, default=Path("training/reports/regime_signal.json"))
+
+    train = sub.add_parser("train", help="train a routing policy from recordings: profile -> labels -> BC -> PPO -> "
+                           "export -> evaluate (train extra)")
+    train.add_argument("stage", choices=["profile", "labels", "bc", "ppo", "export", "evaluate", "all"])
+    train.add_argument("--preset", choices=["full", "small"], default="full",
+                       help="full: the report's settings; small: a few-minute run (CI)")
+    train.add_argument("--benchmark", type=Path, help="generated benchmark folder (default build/benchmark)")
+    train.add_argument("--source", choices=["dataset", "bags"], help="dataset: the benchmark's images per split "
+                       "(default); bags: every bag under <benchmark>/bags/<split>/")
+    train.add_argument("--truth", choices=["sidecar", "reference", "topic"],
+                       help="sidecar (default: the recording's ground_truth.json / records), reference (agreement with "
+                            "the large tier or --teacher, for unlabelled recordings)")
+    train.add_argument("--teacher", help="teacher detector ONNX for --truth reference (default: the large tier)")
+    train.add_argument("--latency", type=Path, help="device latency JSON {device, tiers_ms: {nano, small, large}} "
+                       "(default: this machine, measured while profiling)")
+    train.add_argument("--work", type=Path, help="work folder for the stages' outputs (default build/train)")
+    train.add_argument("--reports", type=Path, help="report folder (default training/reports)")
+    train.add_argument("--policy-out", type=Path, help="also copy the BC + PPO policy (seed 0) here")
+    train.add_argument("--tracking-uri", help="MLflow tracking URI (default sqlite:///<work>/mlflow.db)")
+    train.add_argument("--seeds", type=int, help="training seeds (default 3)")
+    train.add_argument("--lambda", dest="lam", type=float, help="operating point; default: chosen on validation")
+    train.add_argument("--lambdas", type=float, nargs="+", help="lambda sweep")
+    train.add_argument("--ppo-steps", type=int, help="PPO environment steps per seed")
+    train.add_argument("--bc-loss", choices=["balanced", "regret"], help="class-balanced CE or expected regret")
+    train.add_argument("--switch-penalty", type=float, help="PPO reward penalty per tier switch (default 0)")
+    train.add_argument("--resamples", type=int, help="bootstrap resamples for the intervals")
+    train.add_argument("--force", action="store_true", help="rerun stages even when their output is cached")
 
     bench = sub.add_parser("bench", help="benchmarks that print a table and write JSON")
     bench_sub = bench.add_subparsers(dest="bench_command", required=True)
@@ -220,6 +248,11 @@ def main(argv: list[str] | None = None) -> int:
             return _models(args)
         if args.command == "policy":
             return _policy(args)
+        if args.command == "train":
+            from adaptive_perception.training.pipeline import run, settings_from
+
+            run(args.stage, settings_from(args))
+            return 0
         if args.command == "bench":
             from adaptive_perception.training.overhead import run_overhead
 

@@ -232,13 +232,14 @@ class DetectorTier:
         boxes = np.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], axis=1).astype(np.float32)
         return boxes, scores[keep].astype(np.float32), class_ids[keep].astype(np.int64)
 
-    def postprocess(self, raw: np.ndarray, box: Letterbox) -> Detections:
-        """Class-aware NMS and mapping back to source-image pixels."""
-        boxes, scores, class_ids = self.candidates(raw)
+    def postprocess(self, raw: np.ndarray, box: Letterbox, conf_threshold: float | None = None,
+                    max_detections: int | None = None) -> Detections:
+        """Class-aware NMS and mapping back to source-image pixels (thresholds default to the tier's own)."""
+        boxes, scores, class_ids = self.candidates(raw, conf_threshold)
         if scores.size == 0:
             return Detections.empty(self.class_names)
         keep = nms(boxes + (class_ids[:, None] * MAX_WH).astype(np.float32), scores, self.iou_threshold)
-        keep = keep[: self.max_detections]
+        keep = keep[: self.max_detections if max_detections is None else max_detections]
         boxes, scores, class_ids = boxes[keep], scores[keep], class_ids[keep]
         boxes[:, [0, 2]] -= box.pad_x
         boxes[:, [1, 3]] -= box.pad_y

@@ -1,0 +1,120 @@
+"""`adaptive-perception train all` end to end on a generated 8-sequence benchmark (the `small` preset):
+real tiers, real PyTorch BC, real stable-baselines3 PPO, a real MLflow SQLite store, real pycocotools."""
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from adaptive_perception.features import RoutingContext, routing_features
+from adaptive_perception.policy import Policy
+
+ROWS = ["always-nano", "always-small", "always-large", "BC only", "BC + PPO", "random (BC + PPO mix)",
+        "heuristic (tuned, matched cost)", "per-frame oracle", "budget oracle (BC + PPO cost)"]
+COLUMNS = ["map50_95", "map50", "mean_cost_ms", "p95_latency_ms", "p99_latency_ms", "router_overhead_ms", "mix",
+           "gap_recovered", "switches_per_100_frames"]
+
+
+def _cli(*args: str, timeout: int = 1800) -> subprocess.CompletedProcess:
+    return subprocess.run(["adaptive-perception", *args], capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def pipeline(tmp_path_factory) -> dict:
+    root = tmp_path_factory.mktemp("pipeline")
+    generated = _cli("scenes", "generate", "--preset", "ci", "--out", str(root / "ci"), timeout=600)
+    assert generated.returncode == 0, generated.stderr[-3000:]
+    run = _cli("train", "all", "--preset", "small", "--benchmark", str(root / "ci"), "--work", str(root / "work"),
+               "--reports", str(root / "reports"), "--policy-out", str(root / "policy.onnx"))
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    return {"root": root, "stdout": run.stdout, "report": json.loads((root / "reports" / "routing.json").read_text())}
+
+
+def test_report_holds_every_row_and_column_in_both_settings(pipeline):
+    report = pipeline["report"]
+    assert set(report["settings"]) == {"per_frame", "streaming"}
+    for rows in report["settings"].values():
+        assert list(rows) == ROWS
+        for row in rows.values():
+            assert all(column in row for column in COLUMNS)
+            assert 0 <= row["map50_95"] <= row["map50"] <= 100 and row["mean_cost_ms"] > 0
+        assert rows["BC + PPO"]["kl_from_bc"] >= 0 and rows["BC + PPO"]["seeds"] == 3
+        assert rows["BC + PPO"]["map50_95_ci"][0] <= rows["BC + PPO"]["map50_95_ci"][1]
+    assert (pipeline["root"] / "reports" / "routing_curve.png").stat().st_size > 10_000
+    markdown = (pipeline["root"] / "reports" / "routing.md").read_text()
+    assert "| BC + PPO |" in markdown and "## Bars" in markdown and "sidecar" in markdown
+
+
+def test_report_values_are_consistent(pipeline):
+    rows = pipeline["report"]["settings"]["per_frame"]
+    assert rows["always-large"]["map50_95"] > rows["always-nano"]["map50_95"]
+    assert rows["always-large"]["mean_cost_ms"] > rows["always-small"]["mean_cost_ms"] > rows["always-nano"]["mean_cost_ms"]
+    oracle = rows["per-frame oracle"]["utility"]
+    assert all(oracle >= row["utility"] - 1e-9 for row in rows.values())
+    for tier in ("nano", "small", "large"):
+        assert abs(rows["random (BC + PPO mix)"]["mix"][tier] - rows["BC + PPO"]["mix"][tier]) <= 0.03
+    nano, large = rows["always-nano"]["map50_95"], rows["always-large"]["map50_95"]
+    for row in rows.values():
+        assert row["gap_recovered"] == pytest.approx((row["map50_95"] - nano) / (large - nano))
+    assert rows["budget oracle (BC + PPO cost)"]["mean_cost_ms"] <= rows["BC + PPO"]["mean_cost_ms"] + 1e-6
+    assert rows["always-large"]["gap_recovered"] == pytest.approx(1.0)
+
+
+def test_exported_policy_routes_a_dense_and_a_sparse_frame_differently(pipeline, regime_frames):
+    policy = Policy(pipeline["root"] / "policy.onnx")
+    assert policy.policy_id.startswith("bc-ppo-")
+    dense = policy.probabilities(routing_features(regime_frames["dense"], RoutingContext(10, 0.6, 1, 1 / 30)))
+    sparse = policy.probabilities(routing_features(regime_frames["sparse"], RoutingContext(0, 0.0, 1, 1 / 30)))
+    assert int(np.argmax(dense)) != int(np.argmax(sparse)), (dense, sparse)
+
+
+def test_mlflow_store_holds_every_stage_with_its_artifacts(pipeline):
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{pipeline['root'] / 'work' / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("adaptive_perception.routing")
+    runs = {r.info.run_name: r for r in client.search_runs([experiment.experiment_id])}
+    assert {"all", "profile", "labels", "bc", "ppo", "export", "evaluate"} <= set(runs)
+    evaluate = runs["evaluate"]
+    assert {a.path for a in client.list_artifacts(evaluate.info.run_id)} >= {"routing.json", "routing.md",
+                                                                             "routing_curve.png"}
+    assert evaluate.data.metrics["per_frame.always-large.map50_95"] == pytest.approx(
+        pipeline["report"]["settings"]["per_frame"]["always-large"]["map50_95"])
+    policies = {a.path for a in client.list_artifacts(runs["export"].info.run_id, "policies")}
+    assert "policies/ppo_seed0.onnx" in policies
+    assert float(runs["bc"].data.params["chosen_lambda"]) == pipeline["report"]["lambda"]
+
+
+def test_a_finished_stage_is_not_rerun(pipeline):
+    again = _cli("train", "labels", "--preset", "small", "--benchmark", str(pipeline["root"] / "ci"),
+                 "--work", str(pipeline["root"] / "work"), timeout=300)
+    assert again.returncode == 0 and "[labels] cached" in again.stdout
+
+
+def test_truth_reference_runs_on_bags_without_labels(pipeline, tmp_path):
+    from adaptive_perception.bag import bag_image_rgb, read_images
+    from adaptive_perception.config import resolve_model
+    from adaptive_perception.detector import DetectorTier
+    from adaptive_perception.training.profile import Profile
+
+    source = pipeline["root"] / "ci" / "bags"
+    for split in ("train", "val", "test"):
+        bag = sorted((source / split).iterdir())[0]
+        shutil.copytree(bag, tmp_path / "unlabelled" / "bags" / split / bag.name,
+                        ignore=shutil.ignore_patterns("ground_truth.json"))
+    common = ["--benchmark", str(tmp_path / "unlabelled"), "--source", "bags", "--work", str(tmp_path / "work")]
+    refused = _cli("train", "profile", *common, "--truth", "sidecar", timeout=300)
+    assert refused.returncode == 2 and "no ground_truth.json sidecar" in refused.stderr
+    run = _cli("train", "all", "--preset", "small", *common, "--truth", "reference", "--seeds", "1",
+               "--resamples", "5", "--reports", str(tmp_path / "reports"))
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    report = json.loads((tmp_path / "reports" / "routing.json").read_text())
+    assert report["truth"] == "reference (large tier)"
+    profile = Profile.load(tmp_path / "work" / "profile_test.npz")
+    first = bag_image_rgb(next(read_images(sorted((tmp_path / "unlabelled" / "bags" / "test").iterdir())[0])))
+    published = DetectorTier(resolve_model("embedded:large")).detect(first)
+    np.testing.assert_allclose(profile.frame_truth()[0][:, :4], published.boxes, atol=1e-3)

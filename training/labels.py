@@ -1,0 +1,154 @@
+"""Stages 2-3, costs and labels: per-frame quality of each tier, tier costs per device, optimal tiers.
+
+Quality of detections on a frame = F1 averaged over IoU thresholds 0.50:0.05:0.95 (what mAP50-95
+rewards), on the detections the node publishes (score >= its conf_threshold), matched greedily by
+score within a class; a detection on an ignore region counts neither way; a frame with no objects and
+no detections scores 1. `stale_quality[f, t, k]` scores tier t's detections of frame f against the
+truth of frame f + k (k = 0 is the frame itself): what a frame dropped while a slow tier runs gets.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from adaptive_perception.detector import TIERS
+from adaptive_perception.errors import AdaptivePerceptionError
+from adaptive_perception.training.profile import PUBLISH_CONF, Profile
+
+IOU_THRESHOLDS = np.linspace(0.5, 0.95, 10)
+MAX_STALE = 6  # frames after f that tier t's output of f can cover; more is treated as the last
+
+
+def _iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """IoU matrix of xyxy boxes a (A, 4) and b (B, 4)."""
+    x0 = np.maximum(a[:, None, 0], b[None, :, 0])
+    y0 = np.maximum(a[:, None, 1], b[None, :, 1])
+    x1 = np.minimum(a[:, None, 2], b[None, :, 2])
+    y1 = np.minimum(a[:, None, 3], b[None, :, 3])
+    inter = np.clip(x1 - x0, 0, None) * np.clip(y1 - y0, 0, None)
+    area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
+    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
+    return inter / np.maximum(area_a[:, None] + area_b[None, :] - inter, 1e-9)
+
+
+def frame_f1(detections: np.ndarray, truth: np.ndarray) -> float:
+    """Mean F1 over IoU 0.50:0.95 of (K, 6) detections x0 y0 x1 y1 score class against (G, 6) truth."""
+    valid = truth[truth[:, 5] == 0]
+    ignore = truth[truth[:, 5] != 0]
+    if len(detections) == 0:
+        return 1.0 if len(valid) == 0 else 0.0
+    detections = detections[np.argsort(-detections[:, 4], kind="stable")]
+    same_class = detections[:, None, 5] == valid[None, :, 4]
+    iou = np.where(same_class, _iou(detections[:, :4], valid[:, :4]), 0.0) if len(valid) else np.zeros((len(detections), 0))
+    on_ignore = np.zeros((len(detections), len(IOU_THRESHOLDS)), bool)
+    if len(ignore):
+        ignored_iou = np.where(detections[:, None, 5] == ignore[None, :, 4], _iou(detections[:, :4], ignore[:, :4]), 0.0)
+        on_ignore = ignored_iou.max(axis=1)[:, None] >= IOU_THRESHOLDS[None, :]
+    f1 = []
+    for t, threshold in enumerate(IOU_THRESHOLDS):
+        taken = np.zeros(len(valid), bool)
+        tp = fp = 0
+        for d in range(len(detections)):
+            candidates = np.where(taken, -1.0, iou[d]) if len(valid) else iou[d]
+            best = int(np.argmax(candidates)) if len(valid) else -1
+            if best >= 0 and candidates[best] >= threshold:
+                taken[best] = True
+                tp += 1
+            elif not on_ignore[d, t]:
+                fp += 1
+        fn = len(valid) - tp
+        f1.append(1.0 if tp + fp + fn == 0 else 2 * tp / (2 * tp + fp + fn))
+    return float(np.mean(f1))
+
+
+def stale_quality(profile: Profile, max_stale: int = MAX_STALE) -> np.ndarray:
+    """(N, 3, max_stale + 1) F1 of tier t's published detections of frame f on the truth of frame f + k
+    (the same sequence; past a sequence's end the last frame's value is repeated, and never used)."""
+    truth = profile.frame_truth()
+    out = np.zeros((len(profile), len(TIERS), max_stale + 1), np.float32)
+    for tier in range(len(TIERS)):
+        detections = profile.tier_detections(tier, PUBLISH_CONF)
+        for frames in tqdm(profile.sequences(), desc=f"quality, {TIERS[tier]}", unit="sequence"):
+            for i, f in enumerate(frames):
+                for k in range(max_stale + 1):
+                    target = frames[min(i + k, len(frames) - 1)]
+                    out[f, tier, k] = frame_f1(detections[f], truth[target])
+    return out
+
+
+@dataclass(frozen=True)
+class Costs:
+    """Mean milliseconds per inference of each tier on a named device."""
+
+    device: str
+    ms: np.ndarray  # (3,)
+
+    @staticmethod
+    def measured(profiles: list[Profile]) -> "Costs":
+        latency = np.concatenate([p.latency_ms for p in profiles])
+        return Costs(f"{profiles[0].meta['device']}, measured while profiling", latency.mean(axis=0))
+
+    @staticmethod
+    def load(path: Path) -> "Costs":
+        try:
+            data = json.loads(Path(path).read_text())
+            ms = np.asarray([float(data["tiers_ms"][t]) for t in TIERS])
+            device = str(data["device"])
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise AdaptivePerceptionError(f"latency file '{path}': {exc!r}; expected JSON like "
+                                          '{"device": "Jetson Orin NX, TensorRT FP16", "tiers_ms": {"nano": 4.1, '
+                                          '"small": 7.9, "large": 21.5}}') from None
+        if not (np.isfinite(ms).all() and (ms > 0).all()):
+            raise AdaptivePerceptionError(f"latency file '{path}': tier latencies must be positive, got {ms.tolist()}")
+        return Costs(device, ms)
+
+    def save(self, path: Path) -> Path:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"device": self.device, "tiers_ms": dict(zip(TIERS, self.ms.round(3).tolist())),
+                                    "host_cores": os.cpu_count()}, indent=2) + "\n")
+        return path
+
+    @property
+    def relative(self) -> np.ndarray:
+        """Costs as a fraction of the large tier's."""
+        return self.ms / self.ms[-1]
+
+
+def optimal_tiers(quality: np.ndarray, costs: Costs, lam: float) -> np.ndarray:
+    """Per frame, argmax over tiers of quality - lam * cost / cost(large) (ties go to the cheaper tier)."""
+    return np.argmax(quality - lam * costs.relative[None, :] + 1e-9 * np.arange(len(TIERS))[::-1], axis=1)
+
+
+def budget_oracle(quality: np.ndarray, costs: Costs, budget_ms: float) -> np.ndarray:
+    """Per-frame tiers with the highest total quality whose mean cost stays within `budget_ms`: the Lagrangian
+    relaxation of this multiple-choice knapsack (the smallest lam whose optimal tiers fit), then the budget it
+    leaves is spent greedily on the upgrades with the best quality gain per millisecond."""
+    tiers = optimal_tiers(quality, costs, 0.0)
+    if costs.ms[tiers].mean() > budget_ms:
+        low, high = 0.0, 1.0
+        while costs.ms[optimal_tiers(quality, costs, high)].mean() > budget_ms and high < 1e6:
+            high *= 2
+        for _ in range(60):
+            middle = (low + high) / 2
+            if costs.ms[optimal_tiers(quality, costs, middle)].mean() > budget_ms:
+                low = middle
+            else:
+                high = middle
+        tiers = optimal_tiers(quality, costs, high)
+    frames = np.arange(len(quality))
+    spare = budget_ms * len(quality) - costs.ms[tiers].sum()
+    while True:
+        gain = quality - quality[frames, tiers][:, None]
+        extra = costs.ms[None, :] - costs.ms[tiers][:, None]
+        ok = (gain > 1e-12) & (extra <= spare + 1e-9)
+        if not ok.any():
+            return tiers
+        rate = np.where(ok, gain / np.maximum(extra, 1e-9), -np.inf)
+        f, t = np.unravel_index(np.argmax(rate), rate.shape)
+        spare -= extra[f, t]
+        tiers[f] = t

@@ -1,0 +1,239 @@
+"""Stages 4-6: behavioural cloning (PyTorch MLP), PPO fine-tuning (stable-baselines3), export to ONNX.
+
+BC learns the per-frame optimal tier at the operating point lambda from examples whose context comes
+from the labels' own previous choices. PPO then fine-tunes the same network in a streaming environment
+where the context comes from the agent's choices and slow tiers make later frames drop (their stale
+detections are scored), so a choice has consequences beyond its frame.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from adaptive_perception.detector import TIERS
+from adaptive_perception.features import FEATURE_SIZE
+from adaptive_perception.training.labels import Costs, optimal_tiers
+from adaptive_perception.training.simulate import Split, Stream, rollout
+
+HIDDEN = (128, 64)
+
+
+@dataclass
+class Network:
+    """An MLP policy as numpy arrays: layers (W (in, out), b) with ReLU between, and the input normalisation."""
+
+    layers: list[tuple[np.ndarray, np.ndarray]]
+    mean: np.ndarray
+    std: np.ndarray
+
+    def logits(self, x: np.ndarray) -> np.ndarray:
+        h = (x - self.mean) / self.std
+        for i, (w, b) in enumerate(self.layers):
+            h = h @ w + b
+            if i < len(self.layers) - 1:
+                h = np.maximum(h, 0)
+        return h
+
+    def save(self, path: Path) -> Path:
+        arrays = {"mean": self.mean, "std": self.std}
+        for i, (w, b) in enumerate(self.layers):
+            arrays[f"w{i}"], arrays[f"b{i}"] = w, b
+        path.parent.mkdir(parents=True, exist_ok=True)
+        np.savez(path, **arrays)
+        return path
+
+    @staticmethod
+    def load(path: Path) -> "Network":
+        data = np.load(path)
+        count = sum(1 for k in data.files if k.startswith("w"))
+        return Network([(data[f"w{i}"], data[f"b{i}"]) for i in range(count)], data["mean"], data["std"])
+
+
+def expert_dataset(split: Split, costs: Costs, lam: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(observations, optimal tiers, utilities) along the per-frame optimal routing (its context included)."""
+    utility = split.quality[:, :, 0] - lam * costs.relative[None, :]
+    labels = optimal_tiers(split.quality[:, :, 0], costs, lam)
+    observations = np.zeros((len(split.profile), FEATURE_SIZE), np.float32)
+
+    def expert(frame: int, observation: np.ndarray, _context) -> int:
+        observations[frame] = observation
+        return int(labels[frame])
+
+    rollout(split, costs, expert, streaming=False)
+    return observations, labels, utility.astype(np.float32)
+
+
+def normalisation(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and std per feature; a feature constant in training gets std 1 (so it cannot blow up later)."""
+    std = x.std(axis=0)
+    return x.mean(axis=0).astype(np.float32), np.where(std < 1e-3, 1.0, std).astype(np.float32)
+
+
+def _torch_mlp(seed: int):
+    import torch
+    from torch import nn
+
+    torch.manual_seed(seed)
+    sizes = (FEATURE_SIZE, *HIDDEN, len(TIERS))
+    layers: list[nn.Module] = []
+    for i in range(len(sizes) - 1):
+        layers.append(nn.Linear(sizes[i], sizes[i + 1]))
+        if i < len(sizes) - 2:
+            layers.append(nn.ReLU())
+    return nn.Sequential(*layers)
+
+
+def _to_network(model, mean: np.ndarray, std: np.ndarray) -> Network:
+    from torch import nn
+
+    linears = [m for m in model if isinstance(m, nn.Linear)]
+    return Network([(m.weight.detach().numpy().T.copy(), m.bias.detach().numpy().copy()) for m in linears], mean, std)
+
+
+def train_bc(train: tuple[np.ndarray, np.ndarray, np.ndarray], val: tuple[np.ndarray, np.ndarray, np.ndarray],
+             seed: int, loss: str = "balanced", max_epochs: int = 200, patience: int = 15,
+             progress: bool = True) -> tuple[Network, dict]:
+    """Fit the MLP on (x, label, utility); `balanced`: class-balanced cross-entropy, `regret`: expected
+    utility lost against the best tier (cost-sensitive). Early stopping on the validation loss."""
+    import torch
+    from tqdm import tqdm
+
+    x_train, y_train, u_train = train
+    x_val, y_val, u_val = val
+    mean, std = normalisation(x_train)
+    model = _torch_mlp(seed)
+    counts = np.bincount(y_train, minlength=len(TIERS)).astype(np.float32)
+    weights = torch.tensor(len(y_train) / (len(TIERS) * np.maximum(counts, 1)))
+
+    def tensors(x, y, u):
+        return (torch.tensor((x - mean) / std), torch.tensor(y, dtype=torch.long),
+                torch.tensor(u.max(axis=1, keepdims=True) - u))
+
+    def objective(logits, y, regret):
+        if loss == "regret":
+            return (torch.softmax(logits, dim=1) * regret).sum(dim=1).mean()
+        return torch.nn.functional.cross_entropy(logits, y, weight=weights)
+
+    xt, yt, rt = tensors(x_train, y_train, u_train)
+    xv, yv, rv = tensors(x_val, y_val, u_val)
+    optimiser = torch.optim.Adam(model.parameters(), lr=1e-3, weight_decay=1e-4)
+    generator = torch.Generator().manual_seed(seed)
+    best, best_state, waited, history = float("inf"), None, 0, []
+    for epoch in tqdm(range(max_epochs), desc=f"BC seed {seed}", unit="epoch", disable=not progress):
+        model.train()
+        for batch in torch.randperm(len(xt), generator=generator).split(256):
+            optimiser.zero_grad()
+            objective(model(xt[batch]), yt[batch], rt[batch]).backward()
+            optimiser.step()
+        model.eval()
+        with torch.no_grad():
+            val_loss = float(objective(model(xv), yv, rv))
+            val_acc = float((model(xv).argmax(dim=1) == yv).float().mean())
+        history.append({"epoch": epoch, "val_loss": val_loss, "val_accuracy": val_acc})
+        if val_loss < best - 1e-5:
+            best, waited = val_loss, 0
+            best_state = {k: v.clone() for k, v in model.state_dict().items()}
+        else:
+            waited += 1
+            if waited >= patience:
+                break
+    model.load_state_dict(best_state)
+    return _to_network(model, mean, std), {"epochs": len(history), "best_val_loss": best, "history": history}
+
+
+def make_env(split: Split, costs: Costs, lam: float, network: Network, switch_penalty: float = 0.0):
+    """A gymnasium environment over the split's sequences (one episode = one sequence, streaming at 30 Hz)."""
+    import gymnasium as gym
+
+    class RoutingEnv(gym.Env):
+        metadata = {"render_modes": []}
+
+        def __init__(self) -> None:
+            self.observation_space = gym.spaces.Box(-np.inf, np.inf, (FEATURE_SIZE,), np.float32)
+            self.action_space = gym.spaces.Discrete(len(TIERS))
+            self.sequences = split.profile.sequences()
+            self.stream: Stream | None = None
+            self.previous = -1
+
+        def _observe(self) -> np.ndarray:
+            return ((self.stream.observation() - network.mean) / network.std).astype(np.float32)
+
+        def reset(self, *, seed=None, options=None):
+            super().reset(seed=seed)
+            frames = self.sequences[int(self.np_random.integers(len(self.sequences)))]
+            self.stream, self.previous = Stream(split, frames, costs, streaming=True), -1
+            return self._observe(), {}
+
+        def step(self, action):
+            tier = int(action)
+            covered, quality = self.stream.step(tier)
+            reward = quality - lam * costs.relative[tier] - switch_penalty * float(0 <= self.previous != tier)
+            self.previous = tier
+            done = self.stream.done
+            observation = np.zeros(FEATURE_SIZE, np.float32) if done else self._observe()
+            return observation, float(reward), done, False, {"frames": len(covered)}
+
+    return RoutingEnv()
+
+
+def train_ppo(split: Split, costs: Costs, lam: float, bc: Network, seed: int, steps: int,
+              switch_penalty: float = 0.0) -> tuple[Network, dict]:
+    """stable-baselines3 PPO whose actor starts as the BC network (same layers, same normalisation)."""
+    import torch
+    from stable_baselines3 import PPO
+    from stable_baselines3.common.callbacks import BaseCallback
+    from tqdm import tqdm
+
+    env = make_env(split, costs, lam, bc, switch_penalty)
+    model = PPO("MlpPolicy", env, seed=seed, n_steps=1024, batch_size=256, n_epochs=4, learning_rate=1e-4,
+                clip_range=0.1, gamma=0.99, ent_coef=0.0, verbose=0, device="cpu",
+                policy_kwargs={"net_arch": {"pi": list(HIDDEN), "vf": list(HIDDEN)}, "activation_fn": torch.nn.ReLU})
+    actor = [m for m in model.policy.mlp_extractor.policy_net if isinstance(m, torch.nn.Linear)] + [model.policy.action_net]
+    with torch.no_grad():
+        for module, (w, b) in zip(actor, bc.layers):
+            module.weight.copy_(torch.tensor(w.T))
+            module.bias.copy_(torch.tensor(b))
+
+    class Progress(BaseCallback):
+        def __init__(self) -> None:
+            super().__init__()
+            self.bar = tqdm(total=steps, desc=f"PPO seed {seed}", unit="step")
+
+        def _on_step(self) -> bool:
+            self.bar.update(1)
+            return True
+
+        def _on_training_end(self) -> None:
+            self.bar.close()
+
+    model.learn(total_timesteps=steps, callback=Progress())
+    network = Network([(m.weight.detach().numpy().T.copy(), m.bias.detach().numpy().copy()) for m in actor],
+                      bc.mean, bc.std)
+    return network, {"steps": steps}
+
+
+def export(network: Network, path: Path, policy_id: str, description: str) -> Path:
+    """Write the network as a policy ONNX and check onnxruntime's logits against PyTorch's within 1e-5."""
+    import torch
+
+    from adaptive_perception.errors import AdaptivePerceptionError
+    from adaptive_perception.policy import Policy
+    from adaptive_perception.training.policy_export import write_policy
+
+    write_policy(path, network.layers, network.mean, network.std, policy_id, description)
+    policy = Policy(path)
+    probe = np.random.default_rng(0).normal(network.mean, network.std, (64, FEATURE_SIZE)).astype(np.float32)
+    deployed = np.stack([policy.logits(x) for x in probe])
+    model = _torch_mlp(0)
+    linears = [m for m in model if isinstance(m, torch.nn.Linear)]
+    with torch.no_grad():
+        for module, (w, b) in zip(linears, network.layers):
+            module.weight.copy_(torch.tensor(w.T))
+            module.bias.copy_(torch.tensor(b))
+        reference = model(torch.tensor((probe - network.mean) / network.std)).numpy()
+    error = float(np.abs(deployed - reference).max() / max(1.0, np.abs(reference).max()))
+    if error > 1e-5:
+        raise AdaptivePerceptionError(f"exported policy {path} disagrees with the trained network ({error:.2e} > 1e-5)")
+    return path

@@ -1,0 +1,339 @@
+"""`adaptive-perception train profile|labels|bc|ppo|export|evaluate|all`: from recordings to a policy and its report.
+
+Every stage writes its output under the work folder, skips itself when that output exists for the same
+settings (`--force` reruns it), shows progress and logs to MLflow (parameters, metrics, artifacts).
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import re
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+
+from adaptive_perception.detector import TIERS
+from adaptive_perception.errors import AdaptivePerceptionError
+
+SPLITS = ("train", "val", "test")
+STAGES = ("profile", "labels", "bc", "ppo", "export", "evaluate")
+EXPERIMENT = "adaptive_perception.routing"
+
+
+@dataclass(frozen=True)
+class Settings:
+    benchmark: Path = Path("build/benchmark")
+    source: str = "dataset"  # dataset (the benchmark's images) | bags (benchmark/bags/<split>/*)
+    truth: str = "sidecar"  # sidecar | reference | topic
+    teacher: str | None = None
+    models: dict = field(default_factory=lambda: {t: f"embedded:{t}" for t in TIERS})
+    latency: Path | None = None  # device latency JSON; default: this machine's profile measurements
+    work: Path = Path("build/train")
+    reports: Path = Path("training/reports")
+    policy_out: Path | None = None  # where the chosen BC + PPO policy (seed 0) is copied
+    tracking_uri: str = ""  # default sqlite:///<work>/mlflow.db
+    seeds: int = 3
+    lambdas: tuple[float, ...] = (0.0, 0.1, 0.2, 0.3, 0.5, 0.8)
+    lam: float | None = None  # fixed operating point; default: chosen on validation
+    cost_bar: float = 0.4  # the operating point's cost target, fraction of always-large (chosen on validation)
+    bc_loss: str = "balanced"
+    ppo_steps: int = 30000
+    switch_penalty: float = 0.0
+    resamples: int = 200
+    force: bool = False
+
+    def uri(self) -> str:
+        return self.tracking_uri or f"sqlite:///{(self.work / 'mlflow.db').resolve()}"
+
+
+PRESETS = {
+    "full": Settings(),
+    "small": Settings(seeds=3, lambdas=(0.0, 0.3), ppo_steps=2048, resamples=20),
+}
+
+
+# ---- MLflow and caching ---------------------------------------------------------------------------------
+@contextlib.contextmanager
+def tracked(settings: Settings, stage: str, params: dict):
+    """An MLflow run for one stage (nested under an open parent run), yielding a logger."""
+    import mlflow
+
+    mlflow.set_tracking_uri(settings.uri())
+    experiment = mlflow.get_experiment_by_name(EXPERIMENT)
+    if experiment is None:
+        artifacts = (settings.work / "mlartifacts").resolve()
+        mlflow.create_experiment(EXPERIMENT, artifact_location=artifacts.as_uri())
+    mlflow.set_experiment(EXPERIMENT)
+    with mlflow.start_run(run_name=stage, nested=mlflow.active_run() is not None) as run:
+        mlflow.log_params({k: (str(v)[:500]) for k, v in params.items()})
+        yield mlflow
+        print(f"[{stage}] logged to MLflow run {run.info.run_id} ({settings.uri()})")
+
+
+def _fingerprint(params: dict) -> str:
+    return hashlib.sha256(json.dumps(params, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _cached(settings: Settings, stage: str, params: dict, outputs: list[Path]) -> bool:
+    stamp = settings.work / f"{stage}.done.json"
+    if settings.force or not stamp.is_file() or not all(p.exists() for p in outputs):
+        return False
+    return json.loads(stamp.read_text()).get("fingerprint") == _fingerprint(params)
+
+
+def _done(settings: Settings, stage: str, params: dict) -> None:
+    (settings.work / f"{stage}.done.json").write_text(json.dumps({"fingerprint": _fingerprint(params),
+                                                                   "params": params}, default=str, indent=2))
+
+
+# ---- stages ---------------------------------------------------------------------------------------------
+def _profile_path(settings: Settings, split: str) -> Path:
+    return settings.work / f"profile_{split}.npz"
+
+
+def stage_profile(settings: Settings) -> None:
+    from adaptive_perception.training.profile import bag_frames, benchmark_frames, profile
+
+    params = {"benchmark": str(settings.benchmark.resolve()), "source": settings.source, "truth": settings.truth,
+              "teacher": settings.teacher, "models": settings.models}
+    outputs = [_profile_path(settings, s) for s in SPLITS]
+    if _cached(settings, "profile", params, outputs):
+        print("[profile] cached: " + ", ".join(map(str, outputs)))
+        return
+    settings.work.mkdir(parents=True, exist_ok=True)
+    with tracked(settings, "profile", params) as mlflow:
+        for split in SPLITS:
+            if settings.source == "dataset":
+                records = json.loads((settings.benchmark / "frames.json").read_text())[split] \
+                    if (settings.benchmark / "frames.json").is_file() else []
+                total = sum(1 for r in records if r.get("in_dataset"))
+                frames = benchmark_frames(settings.benchmark, split)
+            elif settings.source == "bags":
+                bags = sorted(p for p in (settings.benchmark / "bags" / split).glob("*") if p.is_dir())
+                if not bags:
+                    raise AdaptivePerceptionError(f"no bags under {settings.benchmark / 'bags' / split}; record or "
+                                                  f"generate them (scenes generate --bags all)")
+                total, frames = None, bag_frames(bags, None, settings.truth == "sidecar")
+            else:
+                raise AdaptivePerceptionError(f"--source {settings.source}: use dataset or bags")
+            result = profile(frames, total, settings.truth, settings.models, settings.teacher, desc=f"profile {split}")
+            result.save(_profile_path(settings, split))
+            mlflow.log_metrics({f"{split}_frames": len(result),
+                                **{f"{split}_{t}_latency_ms": float(result.latency_ms[:, i].mean())
+                                   for i, t in enumerate(TIERS)}})
+            print(f"[profile] {split}: {len(result)} frames, truth {result.meta['truth']}, mean latency "
+                  + ", ".join(f"{t} {result.latency_ms[:, i].mean():.1f} ms" for i, t in enumerate(TIERS)))
+    _done(settings, "profile", params)
+
+
+def _costs(settings: Settings):
+    from adaptive_perception.training.labels import Costs
+    from adaptive_perception.training.profile import Profile
+
+    if settings.latency is not None:
+        return Costs.load(settings.latency)
+    return Costs.measured([Profile.load(_profile_path(settings, s)) for s in SPLITS])
+
+
+def stage_labels(settings: Settings) -> None:
+    from adaptive_perception.training.labels import optimal_tiers
+    from adaptive_perception.training.profile import Profile
+    from adaptive_perception.training.simulate import Split
+
+    params = {"profile": _fingerprint({"p": str(settings.work)}), "latency": str(settings.latency)}
+    outputs = [settings.work / f"quality_{s}.npy" for s in SPLITS] + [settings.work / "costs.json"]
+    if _cached(settings, "labels", params, outputs):
+        print("[labels] cached")
+        return
+    with tracked(settings, "labels", params) as mlflow:
+        costs = _costs(settings)
+        costs.save(settings.work / "costs.json")
+        for split in SPLITS:
+            table = Split.build(Profile.load(_profile_path(settings, split)))
+            np.save(settings.work / f"quality_{split}.npy", table.quality)
+            for lam in settings.lambdas:
+                mix = np.bincount(optimal_tiers(table.quality[:, :, 0], costs, lam), minlength=3) / len(table.profile)
+                mlflow.log_metrics({f"{split}_label_mix_{t}_lambda{lam}": float(m) for t, m in zip(TIERS, mix)})
+            mlflow.log_metrics({f"{split}_quality_{t}": float(table.quality[:, i, 0].mean()) for i, t in enumerate(TIERS)})
+        mlflow.log_artifact(str(settings.work / "costs.json"))
+        print(f"[labels] costs on {costs.device}: " + ", ".join(f"{t} {m:.1f} ms" for t, m in zip(TIERS, costs.ms)))
+    _done(settings, "labels", params)
+
+
+def load_split(settings: Settings, split: str):
+    from adaptive_perception.training.profile import Profile
+    from adaptive_perception.training.simulate import Split
+
+    path = settings.work / f"quality_{split}.npy"
+    if not path.is_file():
+        raise AdaptivePerceptionError(f"{path} is missing; run `adaptive-perception train labels` first")
+    return Split(Profile.load(_profile_path(settings, split)), np.load(path))
+
+
+def _load_costs(settings: Settings):
+    from adaptive_perception.training.labels import Costs
+
+    return Costs.load(settings.work / "costs.json")
+
+
+def _quick_map(split, trace) -> float:
+    from adaptive_perception.training.evaluate import Scorer
+
+    return Scorer(split).score(trace)["map50_95"]
+
+
+def stage_bc(settings: Settings) -> None:
+    from adaptive_perception.training.learn import expert_dataset, train_bc
+    from adaptive_perception.training.simulate import rollout
+
+    params = {"lambdas": settings.lambdas, "lam": settings.lam, "seeds": settings.seeds, "loss": settings.bc_loss,
+              "cost_bar": settings.cost_bar}
+    outputs = [settings.work / "bc" / f"seed{s}.npz" for s in range(settings.seeds)] + [settings.work / "bc" / "lambda.json"]
+    if _cached(settings, "bc", params, outputs):
+        print("[bc] cached")
+        return
+    costs = _load_costs(settings)
+    train, val = load_split(settings, "train"), load_split(settings, "val")
+    with tracked(settings, "bc", params) as mlflow:
+        sweep = []
+        (settings.work / "bc").mkdir(parents=True, exist_ok=True)
+        candidates = [settings.lam] if settings.lam is not None else list(settings.lambdas)
+        large_cost = float(costs.ms[-1])
+        for lam in candidates:
+            network, info = train_bc(expert_dataset(train, costs, lam), expert_dataset(val, costs, lam), seed=0,
+                                     loss=settings.bc_loss)
+            network.save(settings.work / "bc" / f"sweep_lambda{lam:g}.npz")
+            trace = rollout(val, costs, _network_chooser(network), streaming=False)
+            cost = float(costs.ms[np.asarray(trace.processed_tiers)].sum() / len(val.profile))
+            sweep.append({"lambda": lam, "val_map50_95": _quick_map(val, trace), "val_cost_ms": cost,
+                          "val_cost_share": cost / large_cost, "epochs": info["epochs"]})
+            mlflow.log_metrics({"val_map50_95": sweep[-1]["val_map50_95"], "val_cost_share": cost / large_cost},
+                               step=int(lam * 1000))
+        feasible = [s for s in sweep if s["val_cost_share"] <= settings.cost_bar]
+        chosen = max(feasible, key=lambda s: s["val_map50_95"]) if feasible else min(sweep, key=lambda s: s["val_cost_ms"])
+        lam = chosen["lambda"]
+        print(f"[bc] operating point lambda = {lam} (validation: mAP50-95 {chosen['val_map50_95']:.1f}, cost "
+              f"{chosen['val_cost_share']:.0%} of always-large; rule: best validation mAP50-95 at <= "
+              f"{settings.cost_bar:.0%} of large's cost{'' if feasible else ', none met it: the cheapest'})")
+        (settings.work / "bc").mkdir(parents=True, exist_ok=True)
+        (settings.work / "bc" / "lambda.json").write_text(json.dumps({"lambda": lam, "sweep": sweep,
+                                                                       "cost_bar": settings.cost_bar}, indent=2))
+        data_train, data_val = expert_dataset(train, costs, lam), expert_dataset(val, costs, lam)
+        for seed in range(settings.seeds):
+            network, info = train_bc(data_train, data_val, seed=seed, loss=settings.bc_loss)
+            network.save(settings.work / "bc" / f"seed{seed}.npz")
+            mlflow.log_metrics({f"seed{seed}_best_val_loss": info["best_val_loss"], f"seed{seed}_epochs": info["epochs"]})
+        mlflow.log_param("chosen_lambda", lam)
+        mlflow.log_artifact(str(settings.work / "bc" / "lambda.json"))
+    _done(settings, "bc", params)
+
+
+def _network_chooser(network):
+    def choose(_frame, observation, _context) -> int:
+        return int(np.argmax(network.logits(observation[None, :].astype(np.float64))[0]))
+    return choose
+
+
+def _lambda(settings: Settings) -> float:
+    path = settings.work / "bc" / "lambda.json"
+    if not path.is_file():
+        raise AdaptivePerceptionError(f"{path} is missing; run `adaptive-perception train bc` first")
+    return float(json.loads(path.read_text())["lambda"])
+
+
+def stage_ppo(settings: Settings) -> None:
+    from gymnasium.utils.env_checker import check_env
+
+    from adaptive_perception.training.learn import Network, make_env, train_ppo
+
+    lam = _lambda(settings)
+    params = {"lambda": lam, "seeds": settings.seeds, "steps": settings.ppo_steps, "switch_penalty": settings.switch_penalty,
+              "bc": _fingerprint({"bc": [str((settings.work / "bc" / f"seed{s}.npz").stat().st_mtime_ns)
+                                         for s in range(settings.seeds)]})}
+    outputs = [settings.work / "ppo" / f"seed{s}.npz" for s in range(settings.seeds)]
+    if _cached(settings, "ppo", params, outputs):
+        print("[ppo] cached")
+        return
+    costs, train = _load_costs(settings), load_split(settings, "train")
+    with tracked(settings, "ppo", params) as mlflow:
+        check_env(make_env(train, costs, lam, Network.load(settings.work / "bc" / "seed0.npz")), skip_render_check=True)
+        (settings.work / "ppo").mkdir(parents=True, exist_ok=True)
+        for seed in range(settings.seeds):
+            bc = Network.load(settings.work / "bc" / f"seed{seed}.npz")
+            started = time.perf_counter()
+            network, _ = train_ppo(train, costs, lam, bc, seed, settings.ppo_steps, settings.switch_penalty)
+            network.save(settings.work / "ppo" / f"seed{seed}.npz")
+            mlflow.log_metrics({f"seed{seed}_train_s": time.perf_counter() - started})
+    _done(settings, "ppo", params)
+
+
+def _policy_path(settings: Settings, kind: str, seed: int) -> Path:
+    return settings.work / "policies" / f"{kind}_seed{seed}.onnx"
+
+
+def stage_export(settings: Settings) -> None:
+    from adaptive_perception.training.learn import Network, export
+
+    lam = _lambda(settings)
+    with tracked(settings, "export", {"lambda": lam, "seeds": settings.seeds}) as mlflow:
+        for kind in ("bc", "ppo"):
+            for seed in range(settings.seeds):
+                network = Network.load(settings.work / kind / f"seed{seed}.npz")
+                digest = hashlib.sha256(b"".join(w.tobytes() + b.tobytes() for w, b in network.layers)).hexdigest()[:8]
+                name = "bc" if kind == "bc" else "bc-ppo"
+                path = export(network, _policy_path(settings, kind, seed), f"{name}-l{lam:g}-s{seed}-{digest}",
+                              f"{name} routing policy (lambda {lam:g}, seed {seed}) trained by `adaptive-perception "
+                              f"train` on {settings.benchmark} ({settings.source}, truth {settings.truth})")
+                mlflow.log_artifact(str(path), artifact_path="policies")
+        if settings.policy_out is not None:
+            settings.policy_out.parent.mkdir(parents=True, exist_ok=True)
+            settings.policy_out.write_bytes(_policy_path(settings, "ppo", 0).read_bytes())
+            print(f"[export] {settings.policy_out} <- BC + PPO seed 0")
+    print(f"[export] ONNX policies agree with PyTorch within 1e-5: {settings.work / 'policies'}")
+
+
+def stage_evaluate(settings: Settings) -> dict:
+    from adaptive_perception.training import report as reporting
+
+    with tracked(settings, "evaluate", {"lambda": _lambda(settings), "seeds": settings.seeds,
+                                        "resamples": settings.resamples}) as mlflow:
+        result = reporting.evaluate_all(settings, load_split, _load_costs(settings), _lambda(settings), _policy_path)
+        paths = reporting.write(result, settings.reports)
+        for path in paths:
+            mlflow.log_artifact(str(path))
+        for setting, rows in result["settings"].items():
+            for name, row in rows.items():
+                mlflow.log_metrics({re.sub(r"[^A-Za-z0-9_. -]", "_", f"{setting}.{name}.{k}"): float(v) for k, v in row.items()
+                                    if isinstance(v, (int, float)) and np.isfinite(v)})
+    return result
+
+
+def run(stage: str, settings: Settings) -> None:
+    stages = STAGES if stage == "all" else (stage,)
+    if stage == "all":
+        import mlflow
+
+        mlflow.set_tracking_uri(settings.uri())
+        with tracked(settings, "all", asdict(settings)):
+            for name in stages:
+                globals()[f"stage_{name}"](settings)
+        return
+    globals()[f"stage_{stages[0]}"](settings)
+
+
+def settings_from(args) -> Settings:
+    base = PRESETS[args.preset]
+    changes = {k: v for k, v in {
+        "benchmark": args.benchmark, "source": args.source, "truth": args.truth, "teacher": args.teacher,
+        "latency": args.latency, "work": args.work, "reports": args.reports, "policy_out": args.policy_out,
+        "tracking_uri": args.tracking_uri, "seeds": args.seeds, "lam": args.lam, "ppo_steps": args.ppo_steps,
+        "resamples": args.resamples, "bc_loss": args.bc_loss, "switch_penalty": args.switch_penalty,
+    }.items() if v is not None}
+    changes["force"] = args.force
+    if args.lambdas:
+        changes["lambdas"] = tuple(args.lambdas)
+    return replace(base, **changes)
+

@@ -1,0 +1,173 @@
+"""Stage 1, profile: every frame through the node's decode and feature code and all three tiers.
+
+Per frame it stores the 1024 image features, each tier's detections (score >= PROFILE_CONF, enough
+for COCO mAP; the node publishes those >= its conf_threshold) and each tier's measured latency (with
+the node's thresholds: preprocess, inference, decode and NMS of what it publishes), plus
+the ground truth: `sidecar` (the benchmark's records or a bag's ground_truth.json), or `reference`
+(the large tier's or a teacher ONNX's published detections, for recordings without labels).
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import cv2
+import numpy as np
+from tqdm import tqdm
+
+from adaptive_perception.bag import bag_image_rgb, read_images
+from adaptive_perception.config import NodeConfig, resolve_model
+from adaptive_perception.detector import TIERS, DetectorTier
+from adaptive_perception.errors import AdaptivePerceptionError
+from adaptive_perception.features import image_features
+from adaptive_perception.scenes.sequence import Regime
+
+PROFILE_CONF = 0.01  # detections kept for mAP
+PUBLISH_CONF = NodeConfig().conf_threshold  # what the node publishes: context features and per-frame F1 use these
+MAX_DETECTIONS = 100
+TRUTH_MODES = ("sidecar", "reference", "topic")
+
+
+@dataclass
+class Profile:
+    """One split's profile. Frames are ordered by (sequence, frame)."""
+
+    features: np.ndarray  # (N, 1024) float32
+    latency_ms: np.ndarray  # (N, 3) float32, measured detect() time per tier
+    sequence: np.ndarray  # (N,) int64
+    stamp_ns: np.ndarray  # (N,) int64
+    regime: np.ndarray  # (N,) int64 index into Regime (from the truth's valid object count)
+    detections: np.ndarray  # (M, 8) float32: frame, tier, x0, y0, x1, y1, score, class
+    truth: np.ndarray  # (G, 7) float32: frame, x0, y0, x1, y1, class, ignore
+    meta: dict
+
+    def __len__(self) -> int:
+        return int(self.features.shape[0])
+
+    def save(self, path: Path) -> Path:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        np.savez_compressed(path, features=self.features, latency_ms=self.latency_ms, sequence=self.sequence,
+                            stamp_ns=self.stamp_ns, regime=self.regime, detections=self.detections, truth=self.truth,
+                            meta=np.array(json.dumps(self.meta)))
+        return path
+
+    @staticmethod
+    def load(path: Path) -> "Profile":
+        if not Path(path).is_file():
+            raise AdaptivePerceptionError(f"profile '{path}' does not exist; run `adaptive-perception train profile`")
+        data = np.load(path)
+        return Profile(**{k: data[k] for k in ("features", "latency_ms", "sequence", "stamp_ns", "regime", "detections",
+                                                "truth")}, meta=json.loads(str(data["meta"])))
+
+    def tier_detections(self, tier: int, min_score: float = 0.0) -> list[np.ndarray]:
+        """Per frame, that tier's (K, 6) boxes x0 y0 x1 y1 score class with score >= min_score."""
+        rows = self.detections[(self.detections[:, 1] == tier) & (self.detections[:, 6] >= min_score)]
+        return _split_by_frame(rows[:, [0, 2, 3, 4, 5, 6, 7]], len(self))
+
+    def frame_truth(self) -> list[np.ndarray]:
+        """Per frame, (G, 6) ground truth x0 y0 x1 y1 class ignore."""
+        return _split_by_frame(self.truth, len(self))
+
+    def sequences(self) -> list[np.ndarray]:
+        """Frame indices of each sequence, in order."""
+        return [np.flatnonzero(self.sequence == s) for s in np.unique(self.sequence)]
+
+
+def _split_by_frame(rows: np.ndarray, frames: int) -> list[np.ndarray]:
+    order = np.argsort(rows[:, 0], kind="stable")
+    rows = rows[order]
+    bounds = np.searchsorted(rows[:, 0], np.arange(frames + 1))
+    return [rows[bounds[i]:bounds[i + 1], 1:] for i in range(frames)]
+
+
+# ---- sources: (rgb, sequence id, stamp_ns, truth objects or None) in order --------------------------------------
+def benchmark_frames(benchmark: Path, split: str) -> Iterator[tuple[np.ndarray, int, int, list[dict] | None]]:
+    """The generated dataset's images of a split (the benchmark's JPEG pixels) with their records' truth."""
+    frames_path = Path(benchmark) / "frames.json"
+    if not frames_path.is_file():
+        raise AdaptivePerceptionError(f"'{benchmark}' holds no generated benchmark (frames.json missing); run "
+                                      f"`adaptive-perception scenes generate --out {benchmark}`")
+    records = [r for r in json.loads(frames_path.read_text())[split] if r.get("in_dataset")]
+    for record in sorted(records, key=lambda r: (r["sequence"], r["frame"])):
+        bgr = cv2.imread(str(Path(benchmark) / "images" / split / record["file"]), cv2.IMREAD_COLOR)
+        if bgr is None:
+            raise AdaptivePerceptionError(f"cannot read image {record['file']} of {benchmark}; regenerate it")
+        yield cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), record["sequence"], record["stamp_ns"], record["objects"]
+
+
+def bag_frames(bags: list[Path], topic: str | None, need_sidecar: bool
+               ) -> Iterator[tuple[np.ndarray, int, int, list[dict] | None]]:
+    """Every image of each bag (one sequence per bag) through the node's decoder, with the sidecar truth."""
+    for index, bag in enumerate(bags):
+        truth = None
+        sidecar = Path(bag) / "ground_truth.json"
+        if need_sidecar:
+            if not sidecar.is_file():
+                raise AdaptivePerceptionError(f"bag '{bag}' has no ground_truth.json sidecar; use --truth reference "
+                                              "(score tiers against the large tier) for recordings without labels")
+            truth = json.loads(sidecar.read_text())["frames"]
+        for image in read_images(bag, [topic] if topic else None):
+            stamp = image.stamp_sec * 1_000_000_000 + image.stamp_nanosec
+            objects = None
+            if truth is not None:
+                if str(stamp) not in truth:
+                    raise AdaptivePerceptionError(f"bag '{bag}': no ground truth for the frame stamped {stamp} in "
+                                                  f"{sidecar}")
+                objects = truth[str(stamp)]["objects"]
+            yield bag_image_rgb(image), index, stamp, objects
+
+
+def profile(frames: Iterator[tuple[np.ndarray, int, int, list[dict] | None]], total: int | None, truth_mode: str,
+            models: dict[str, str], teacher: str | None = None, desc: str = "profile") -> Profile:
+    """Run the features and all tiers over `frames`; ground truth by `truth_mode`."""
+    if truth_mode not in ("sidecar", "reference"):
+        raise AdaptivePerceptionError(f"--truth {truth_mode}: use sidecar or reference ('topic' needs a "
+                                      "vision_msgs/Detection2DArray ground-truth topic, which no supported recording "
+                                      "holds yet)")
+    # deployed settings (the node's defaults), so the measured latency is the node's
+    detectors = [DetectorTier(resolve_model(models[t]), ("CPUExecutionProvider",), name=t) for t in TIERS]
+    for detector in detectors:
+        detector.warmup(2)
+    reference = None
+    if truth_mode == "reference" and teacher:
+        reference = DetectorTier(resolve_model(teacher), ("CPUExecutionProvider",), conf_threshold=PUBLISH_CONF,
+                                 name="teacher")
+    features, latency, sequences, stamps, regimes, dets, truth = [], [], [], [], [], [], []
+    for index, (rgb, sequence, stamp, objects) in enumerate(tqdm(frames, total=total, desc=desc, unit="frame")):
+        features.append(image_features(rgb))
+        row = []
+        for tier, detector in enumerate(detectors):
+            start = time.perf_counter()
+            tensor, box = detector.preprocess(rgb)
+            raw = detector.infer(tensor)
+            published = detector.postprocess(raw, box)
+            row.append((time.perf_counter() - start) * 1e3)
+            found = detector.postprocess(raw, box, PROFILE_CONF, MAX_DETECTIONS)  # the same inference, for mAP
+            dets += [[index, tier, *box, score, cls] for box, score, cls in
+                     zip(found.boxes.tolist(), found.scores.tolist(), found.class_ids.tolist())]
+            if truth_mode == "reference" and reference is None and tier == len(TIERS) - 1:
+                objects = [{"box": b, "class_id": int(c), "ignore": False}
+                           for b, c in zip(published.boxes.tolist(), published.class_ids.tolist())]
+        if reference is not None:
+            found = reference.detect(rgb)
+            objects = [{"box": b, "class_id": int(c), "ignore": False}
+                       for b, c in zip(found.boxes.tolist(), found.class_ids.tolist())]
+        latency.append(row)
+        sequences.append(sequence)
+        stamps.append(stamp)
+        truth += [[index, *o["box"], o["class_id"], float(o["ignore"])] for o in objects]
+        regimes.append(list(Regime).index(Regime.of(sum(1 for o in objects if not o["ignore"]))))
+    if not features:
+        raise AdaptivePerceptionError("the profile source yielded no frames")
+    return Profile(
+        features=np.stack(features).astype(np.float32), latency_ms=np.asarray(latency, np.float32),
+        sequence=np.asarray(sequences, np.int64), stamp_ns=np.asarray(stamps, np.int64),
+        regime=np.asarray(regimes, np.int64), detections=np.asarray(dets, np.float32).reshape(-1, 8),
+        truth=np.asarray(truth, np.float32).reshape(-1, 7),
+        meta={"truth": truth_mode if truth_mode == "sidecar" else f"reference ({teacher or 'large tier'})",
+              "models": {t: resolve_model(models[t]) for t in TIERS}, "profile_conf": PROFILE_CONF,
+              "device": f"onnxruntime CPU, {os.cpu_count()} cores, batch 1 (this machine)"})

@@ -1,0 +1,325 @@
+"""The routing report: every row on the frozen test split, per frame and streaming, with the bars checked.
+
+Written to `routing.json` (per setting, one object per row keyed by row name, the columns as keys),
+`routing.md` and `routing_curve.png` (cost against mAP50-95 over the lambda sweep).
+"""
+from __future__ import annotations
+
+import itertools
+import json
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from adaptive_perception.detector import TIERS
+from adaptive_perception.policy import Policy
+from adaptive_perception.router import Router, RouterSettings
+from adaptive_perception.scenes.sequence import Regime
+from adaptive_perception.training.evaluate import Scorer, cost_columns, interval
+from adaptive_perception.training.labels import budget_oracle, optimal_tiers
+from adaptive_perception.training.learn import Network, expert_dataset
+from adaptive_perception.training.simulate import rollout
+
+HEURISTIC_GRID = [(low, high) for low in range(0, 7) for high in range(low, 16, 2)]
+BARS = {"keep_share": 0.95, "cost_share": 0.40, "gap_share": 0.70, "beat_random_points": 3.0}
+
+
+def _router_chooser(router: Router):
+    return lambda _frame, observation, context: router.decide(observation, context).tier
+
+
+def _fixed(tier: int):
+    return lambda *_: tier
+
+
+def _table_chooser(tiers: np.ndarray):
+    return lambda frame, *_: int(tiers[frame])
+
+
+def _overhead_ms(reports: Path) -> float | None:
+    """Features + policy p50 at 640x480 from `bench overhead` (this report folder's, else the committed one)."""
+    for path in (reports / "overhead.json", Path(__file__).resolve().parent / "reports" / "overhead.json"):
+        if path.is_file():
+            return float(json.loads(path.read_text())["routing"]["640x480"]["features_plus_policy"]["p50_ms"])
+    return None
+
+
+def _exact_mix_chooser(mix: dict, frames: int, seed: int):
+    """Random tiers in a shuffled order holding the mix exactly (largest remainder), one per decision."""
+    shares = np.asarray([mix[t] for t in TIERS]) * frames
+    counts = np.floor(shares).astype(int)
+    counts[np.argsort(counts - shares)[: frames - counts.sum()]] += 1
+    order = np.random.default_rng(seed).permutation(np.repeat(np.arange(len(TIERS)), counts))
+    decisions = iter(order.tolist())
+    return lambda *_: next(decisions)
+
+
+def _row(scorer: Scorer, split, costs, traces: list, resamples: int) -> dict:
+    """Mean over seeds (one trace per seed) with bootstrap intervals of the seed mean."""
+    scored = [scorer.score(t, resamples, seed=0) for t in traces]  # same resamples for every seed: paired
+    columns = [cost_columns(split, t, costs) for t in traces]
+    row = {"map50_95": float(np.mean([s["map50_95"] for s in scored])),
+           "map50": float(np.mean([s["map50"] for s in scored])),
+           "mean_cost_ms": float(np.mean([c["mean_cost_ms"] for c in columns])),
+           "p95_latency_ms": float(np.mean([c["p95_latency_ms"] for c in columns])),
+           "p99_latency_ms": float(np.mean([c["p99_latency_ms"] for c in columns])),
+           "mix": {t: float(np.mean([c["mix"][t] for c in columns])) for t in TIERS},
+           "switches_per_100_frames": float(np.mean([c["switches_per_100_frames"] for c in columns])),
+           "seeds": len(traces)}
+    if resamples:
+        replicates = np.mean([np.asarray(s["replicates"]) for s in scored], axis=0)  # (resamples, 2)
+        row["map50_95_ci"] = interval(replicates[:, 0].tolist())
+        row["map50_ci"] = interval(replicates[:, 1].tolist())
+        row["_replicates"] = replicates[:, 0]
+    return row
+
+
+def _tune_heuristic(val, costs, streaming: bool, budget_ms: float) -> tuple[int, int]:
+    """Thresholds with the best validation quality at a mean cost within the learned policy's."""
+    best, best_key = None, None
+    for low, high in HEURISTIC_GRID:
+        router = Router("heuristic", None, RouterSettings(heuristic_thresholds=(low, high)))
+        trace = rollout(val, costs, _router_chooser(router), streaming)
+        cost = costs.ms[np.asarray(trace.processed_tiers)].sum() / len(val.profile)
+        key = (cost <= budget_ms * 1.02, trace.quality.mean() if cost <= budget_ms * 1.02 else -cost)
+        if best_key is None or key > best_key:
+            best, best_key = (low, high), key
+    return best
+
+
+def _kl(ppo: Network, bc: Network, observations: np.ndarray) -> float:
+    def probabilities(network):
+        logits = network.logits(observations.astype(np.float64))
+        p = np.exp(logits - logits.max(axis=1, keepdims=True))
+        return p / p.sum(axis=1, keepdims=True)
+    p, q = probabilities(ppo), probabilities(bc)
+    return float(np.mean(np.sum(p * (np.log(p + 1e-12) - np.log(q + 1e-12)), axis=1)))
+
+
+def evaluate_all(settings, load_split, costs, lam: float, policy_path) -> dict:
+    test, val, train = load_split(settings, "test"), load_split(settings, "val"), load_split(settings, "train")
+    scorer = Scorer(test)
+    seeds = range(settings.seeds)
+    policies = {kind: [Policy(policy_path(settings, kind, s)) for s in seeds] for kind in ("bc", "ppo")}
+    result = {"lambda": lam, "device": costs.device, "tier_cost_ms": dict(zip(TIERS, costs.ms.round(3).tolist())),
+              "truth": test.profile.meta["truth"], "test_frames": len(test.profile),
+              "test_sequences": len(test.profile.sequences()), "seeds": settings.seeds, "settings": {}}
+    overhead = _overhead_ms(settings.reports)
+    for setting, streaming in (("per_frame", False), ("streaming", True)):
+        rows, raw = {}, {}
+
+        def add(name: str, traces: list) -> None:
+            raw[name] = traces
+            rows[name] = _row(scorer, test, costs, traces, settings.resamples)
+
+        with tqdm(total=9, desc=f"evaluate, {setting}", unit="row") as bar:
+            for tier, name in enumerate(TIERS):
+                add(f"always-{name}", [rollout(test, costs, _fixed(tier), streaming)])
+                bar.update()
+            observations = {}
+            for kind, name in (("bc", "BC only"), ("ppo", "BC + PPO")):
+                traces = []
+                for seed, policy in zip(seeds, policies[kind]):
+                    seen = []
+                    router = Router("learned", policy)
+
+                    def choose(frame, observation, context, router=router, seen=seen):
+                        seen.append(observation)
+                        return router.decide(observation, context).tier
+                    traces.append(rollout(test, costs, choose, streaming))
+                    observations[(kind, seed)] = np.asarray(seen)
+                add(name, traces)
+                bar.update()
+            learned = rows["BC + PPO"]
+            add("random (BC + PPO mix)", [rollout(test, costs, _exact_mix_chooser(learned["mix"], len(test.profile), 100 + s),
+                                                  streaming) for s in seeds])
+            bar.update()
+            val_budget = np.mean([costs.ms[np.asarray(rollout(val, costs, _router_chooser(Router("learned", p)),
+                                                              streaming).processed_tiers)].sum() / len(val.profile)
+                                  for p in policies["ppo"]])
+            thresholds = _tune_heuristic(val, costs, streaming, val_budget)
+            add("heuristic (tuned, matched cost)", [rollout(test, costs, _router_chooser(Router(
+                "heuristic", None, RouterSettings(heuristic_thresholds=thresholds))), streaming)])
+            rows["heuristic (tuned, matched cost)"]["thresholds"] = list(thresholds)
+            bar.update()
+            oracle = optimal_tiers(test.quality[:, :, 0], costs, lam)
+            add("per-frame oracle", [rollout(test, costs, _table_chooser(oracle), streaming)])
+            bar.update()
+            budget = budget_oracle(test.quality[:, :, 0], costs, learned["mean_cost_ms"])
+            add("budget oracle (BC + PPO cost)", [rollout(test, costs, _table_chooser(budget), streaming)])
+            bar.update()
+        nano, large = rows["always-nano"]["map50_95"], rows["always-large"]["map50_95"]
+        for name, row in rows.items():
+            row["gap_recovered"] = (row["map50_95"] - nano) / (large - nano) if large != nano else float("nan")
+            row["cost_share_of_large"] = row["mean_cost_ms"] / rows["always-large"]["mean_cost_ms"]
+            row["utility"] = float(np.mean([t.quality.mean() for t in raw[name]])) - lam * row["mean_cost_ms"] / costs.ms[-1]
+            row["router_overhead_ms"] = overhead if name in ("BC only", "BC + PPO") else None
+        rows["BC + PPO"]["kl_from_bc"] = float(np.mean([_kl(Network.load(settings.work / "ppo" / f"seed{s}.npz"),
+                                                            Network.load(settings.work / "bc" / f"seed{s}.npz"),
+                                                            observations[("ppo", s)]) for s in seeds]))
+        result["settings"][setting] = rows
+        result.setdefault("_raw", {})[setting] = raw
+    result["routing_by_regime"] = _by_regime(test, result["_raw"]["per_frame"]["BC + PPO"][0])
+    result["classifier"] = _classifier(settings, train, test, costs, lam)
+    result["sweep"] = _sweep(settings, test, costs, scorer)
+    result["bars"] = _bars(result)
+    return result
+
+
+def _by_regime(test, trace) -> dict:
+    counts = {r.value: np.zeros(len(TIERS), int) for r in Regime}
+    for frame, tier in zip(trace.processed_frames, trace.processed_tiers):
+        counts[list(Regime)[test.profile.regime[frame]].value][tier] += 1
+    return {k: dict(zip(TIERS, v.tolist())) for k, v in counts.items()}
+
+
+def _classifier(settings, train, test, costs, lam) -> dict:
+    x, labels, _ = expert_dataset(test, costs, lam)
+    _, train_labels, _ = expert_dataset(train, costs, lam)
+    prior_train = np.bincount(train_labels, minlength=3) / len(train_labels)
+    prior_test = np.bincount(labels, minlength=3) / len(labels)
+    accuracy = [float((np.argmax(Network.load(settings.work / "bc" / f"seed{s}.npz").logits(x.astype(np.float64)),
+                                 axis=1) == labels).mean()) for s in range(settings.seeds)]
+    return {"bc_accuracy": float(np.mean(accuracy)), "majority_class_accuracy": float(prior_test[np.argmax(prior_train)]),
+            "prior_matched_random_accuracy": float(np.sum(prior_train * prior_test)),
+            "label_mix_test": dict(zip(TIERS, prior_test.round(4).tolist()))}
+
+
+def _sweep(settings, test, costs, scorer) -> list[dict]:
+    """Cost and mAP50-95 of the per-frame oracle and of BC (seed 0) at every lambda of the sweep (per frame)."""
+    points = []
+    for lam in settings.lambdas:
+        oracle = rollout(test, costs, _table_chooser(optimal_tiers(test.quality[:, :, 0], costs, lam)), False)
+        points.append({"row": "per-frame oracle", "lambda": lam, "map50_95": scorer.score(oracle)["map50_95"],
+                       "mean_cost_ms": cost_columns(test, oracle, costs)["mean_cost_ms"]})
+        path = settings.work / "bc" / f"sweep_lambda{lam:g}.npz"
+        if path.is_file():
+            network = Network.load(path)
+            trace = rollout(test, costs, lambda _f, o, _c: int(np.argmax(network.logits(o[None].astype(np.float64)))), False)
+            points.append({"row": "BC only", "lambda": lam, "map50_95": scorer.score(trace)["map50_95"],
+                           "mean_cost_ms": cost_columns(test, trace, costs)["mean_cost_ms"]})
+    return points
+
+
+def _bars(result: dict) -> dict:
+    per_frame, streaming = result["settings"]["per_frame"], result["settings"]["streaming"]
+    learned, large = per_frame["BC + PPO"], per_frame["always-large"]
+    keep = learned["map50_95"] / large["map50_95"]
+    bars = {
+        "keeps_95pct_of_large_at_40pct_cost": {"map_share": keep, "cost_share": learned["cost_share_of_large"],
+                                               "met": bool(keep >= BARS["keep_share"] and
+                                                           learned["cost_share_of_large"] <= BARS["cost_share"])},
+        "recovers_70pct_of_gap": {"gap_recovered": learned["gap_recovered"],
+                                  "met": bool(learned["gap_recovered"] >= BARS["gap_share"])},
+        "beats_random_by_3_points": {"difference": learned["map50_95"] - per_frame["random (BC + PPO mix)"]["map50_95"],
+                                     "met": bool(learned["map50_95"] - per_frame["random (BC + PPO mix)"]["map50_95"]
+                                                 >= BARS["beat_random_points"])},
+        "beats_tuned_heuristic_at_matched_cost": {
+            "difference": learned["map50_95"] - per_frame["heuristic (tuned, matched cost)"]["map50_95"],
+            "heuristic_cost_ms": per_frame["heuristic (tuned, matched cost)"]["mean_cost_ms"],
+            "learned_cost_ms": learned["mean_cost_ms"],
+            "met": bool(learned["map50_95"] > per_frame["heuristic (tuned, matched cost)"]["map50_95"])},
+    }
+    if "_replicates" in streaming["BC + PPO"]:
+        difference = streaming["BC + PPO"]["_replicates"] - streaming["BC only"]["_replicates"]
+        low, high = interval(difference.tolist())
+        bars["ppo_beats_bc_streaming"] = {"difference": streaming["BC + PPO"]["map50_95"] - streaming["BC only"]["map50_95"],
+                                          "difference_ci": [low, high], "met": bool(low > 0)}
+    return bars
+
+
+def _clean(value):
+    if isinstance(value, dict):
+        return {k: _clean(v) for k, v in value.items() if not k.startswith("_")}
+    if isinstance(value, (list, tuple)):
+        return [_clean(v) for v in value]
+    if isinstance(value, (np.floating, np.integer)):
+        return value.item()
+    return value
+
+
+COLUMNS = [("map50_95", "mAP50-95"), ("map50", "mAP50"), ("mean_cost_ms", "mean cost (ms)"),
+           ("p95_latency_ms", "p95 (ms)"), ("p99_latency_ms", "p99 (ms)"), ("router_overhead_ms", "router overhead (ms)"),
+           ("mix", "mix nano / small / large"), ("gap_recovered", "gap recovered"),
+           ("switches_per_100_frames", "switches / 100 frames"), ("kl_from_bc", "KL from BC")]
+
+
+def _cell(key: str, row: dict) -> str:
+    value = row.get(key)
+    if value is None:
+        return "-"
+    if key == "mix":
+        return " / ".join(f"{100 * value[t]:.0f}%" for t in TIERS)
+    if key == "gap_recovered":
+        return f"{100 * value:.0f}%"
+    if key == "map50_95" and "map50_95_ci" in row:
+        return f"{value:.1f} [{row['map50_95_ci'][0]:.1f}, {row['map50_95_ci'][1]:.1f}]"
+    return f"{value:.2f}" if key in ("router_overhead_ms", "kl_from_bc") else f"{value:.1f}"
+
+
+def markdown(result: dict) -> str:
+    lines = [f"# Routing report", "",
+             f"Frozen test split: {result['test_frames']} frames in {result['test_sequences']} sequences; truth: "
+             f"{result['truth']}. Costs: {result['device']} (" + ", ".join(f"{t} {m:.1f} ms" for t, m in
+                                                                             result["tier_cost_ms"].items()) +
+             f"). Operating point lambda = {result['lambda']:g} (chosen on validation). Learned rows and random: mean "
+             f"of {result['seeds']} seeds; [95% bootstrap interval over sequences].", ""]
+    for setting, rows in result["settings"].items():
+        lines += [f"## {'Per frame' if setting == 'per_frame' else 'Streaming (30 Hz, dropped frames keep stale detections)'}",
+                  "", "| row | " + " | ".join(label for _, label in COLUMNS) + " |",
+                  "|---" * (len(COLUMNS) + 1) + "|"]
+        for name, row in rows.items():
+            lines.append(f"| {name} | " + " | ".join(_cell(key, row) for key, _ in COLUMNS) + " |")
+        lines.append("")
+    lines += ["## Bars", ""]
+    for name, bar in result["bars"].items():
+        detail = ", ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in bar.items() if k != "met")
+        lines.append(f"- {name}: **{'met' if bar['met'] else 'NOT met'}** ({detail})")
+    lines += ["", "## BC + PPO routing by scene complexity (seed 0, per frame)", "",
+              "| scene (objects) | frames | nano % | small % | large % |", "|---|---|---|---|---|"]
+    for regime, counts in result["routing_by_regime"].items():
+        n = sum(counts.values())
+        lines.append(f"| {regime} | {n} | " + " | ".join(f"{100 * counts[t] / max(n, 1):.0f}" for t in TIERS) + " |")
+    c = result["classifier"]
+    lines += ["", f"Classifier (BC) accuracy against the per-frame optimal tiers on test: {c['bc_accuracy']:.3f}; "
+              f"majority class {c['majority_class_accuracy']:.3f}; prior-matched random {c['prior_matched_random_accuracy']:.3f}.",
+              "", "![cost against accuracy](routing_curve.png)", ""]
+    return "\n".join(lines)
+
+
+def plot(result: dict, path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(7, 4.5))
+    for row in ("per-frame oracle", "BC only"):
+        points = sorted((p["mean_cost_ms"], p["map50_95"]) for p in result["sweep"] if p["row"] == row)
+        if points:
+            axis.plot(*zip(*points), marker="o", label=f"{row} (lambda sweep)")
+    markers = itertools.cycle("s^vDPX*h")
+    for name, row in result["settings"]["per_frame"].items():
+        axis.scatter(row["mean_cost_ms"], row["map50_95"], marker=next(markers), s=60, label=name, zorder=3)
+    axis.set_xlabel(f"mean cost per frame (ms, {result['device'][:40]})")
+    axis.set_ylabel("mAP50-95 (test split)")
+    axis.set_title("Cost against accuracy, per frame")
+    axis.grid(alpha=0.3)
+    axis.legend(fontsize=7, loc="lower right")
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return path
+
+
+def write(result: dict, reports: Path) -> list[Path]:
+    reports.mkdir(parents=True, exist_ok=True)
+    clean = _clean(result)
+    json_path = reports / "routing.json"
+    json_path.write_text(json.dumps(clean, indent=2) + "\n")
+    md_path = reports / "routing.md"
+    md_path.write_text(markdown(clean))
+    png_path = plot(clean, reports / "routing_curve.png")
+    print(md_path.read_text())
+    return [json_path, md_path, png_path]
