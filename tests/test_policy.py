@@ -148,8 +148,9 @@ def test_fixed_modes_and_refused_modes(tmp_path):
         RouterSettings(heuristic_thresholds=(8, 3)).validate()
 
 
-def test_embedded_policy_is_the_one_the_regime_report_describes():
+def test_embedded_policy_is_the_one_the_routing_report_evaluates():
     policy = Policy(resolve_model("embedded:policy"))
-    report = json.loads((ROOT / "training" / "reports" / "regime_signal.json").read_text())
-    assert policy.policy_id == report["policy_id"]
-    assert report["test"]["balanced_accuracy"] > report["majority_baseline"]["balanced_accuracy"]
+    report = json.loads((ROOT / "training" / "reports" / "routing.json").read_text())
+    assert policy.policy_id == report["policies"]["ppo"][0] and policy.policy_id.startswith("bc-ppo-")
+    signal = json.loads((ROOT / "training" / "reports" / "regime_signal.json").read_text())
+    assert signal["test"]["balanced_accuracy"] > signal["majority_baseline"]["balanced_accuracy"]

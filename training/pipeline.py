@@ -77,6 +77,10 @@ def _fingerprint(params: dict) -> str:
     return hashlib.sha256(json.dumps(params, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+def _mtimes(paths: list[Path]) -> str:
+    return _fingerprint({str(p): p.stat().st_mtime_ns if p.exists() else None for p in paths})
+
+
 def _cached(settings: Settings, stage: str, params: dict, outputs: list[Path]) -> bool:
     stamp = settings.work / f"{stage}.done.json"
     if settings.force or not stamp.is_file() or not all(p.exists() for p in outputs):
@@ -143,7 +147,7 @@ def stage_labels(settings: Settings) -> None:
     from adaptive_perception.training.profile import Profile
     from adaptive_perception.training.simulate import Split
 
-    params = {"profile": _fingerprint({"p": str(settings.work)}), "latency": str(settings.latency)}
+    params = {"profiles": _mtimes([_profile_path(settings, s) for s in SPLITS]), "latency": str(settings.latency)}
     outputs = [settings.work / f"quality_{s}.npy" for s in SPLITS] + [settings.work / "costs.json"]
     if _cached(settings, "labels", params, outputs):
         print("[labels] cached")
@@ -190,7 +194,7 @@ def stage_bc(settings: Settings) -> None:
     from adaptive_perception.training.simulate import rollout
 
     params = {"lambdas": settings.lambdas, "lam": settings.lam, "seeds": settings.seeds, "loss": settings.bc_loss,
-              "cost_bar": settings.cost_bar}
+              "cost_bar": settings.cost_bar, "labels": _mtimes([settings.work / f"quality_{s}.npy" for s in SPLITS])}
     outputs = [settings.work / "bc" / f"seed{s}.npz" for s in range(settings.seeds)] + [settings.work / "bc" / "lambda.json"]
     if _cached(settings, "bc", params, outputs):
         print("[bc] cached")
@@ -251,8 +255,7 @@ def stage_ppo(settings: Settings) -> None:
 
     lam = _lambda(settings)
     params = {"lambda": lam, "seeds": settings.seeds, "steps": settings.ppo_steps, "switch_penalty": settings.switch_penalty,
-              "bc": _fingerprint({"bc": [str((settings.work / "bc" / f"seed{s}.npz").stat().st_mtime_ns)
-                                         for s in range(settings.seeds)]})}
+              "bc": _mtimes([settings.work / "bc" / f"seed{s}.npz" for s in range(settings.seeds)])}
     outputs = [settings.work / "ppo" / f"seed{s}.npz" for s in range(settings.seeds)]
     if _cached(settings, "ppo", params, outputs):
         print("[ppo] cached")
@@ -278,7 +281,14 @@ def stage_export(settings: Settings) -> None:
     from adaptive_perception.training.learn import Network, export
 
     lam = _lambda(settings)
-    with tracked(settings, "export", {"lambda": lam, "seeds": settings.seeds}) as mlflow:
+    networks = [settings.work / kind / f"seed{s}.npz" for kind in ("bc", "ppo") for s in range(settings.seeds)]
+    params = {"lambda": lam, "seeds": settings.seeds, "networks": _mtimes(networks),
+              "policy_out": str(settings.policy_out)}
+    outputs = [_policy_path(settings, kind, s) for kind in ("bc", "ppo") for s in range(settings.seeds)]
+    if _cached(settings, "export", params, outputs + ([settings.policy_out] if settings.policy_out else [])):
+        print("[export] cached")
+        return
+    with tracked(settings, "export", params) as mlflow:
         for kind in ("bc", "ppo"):
             for seed in range(settings.seeds):
                 network = Network.load(settings.work / kind / f"seed{seed}.npz")
@@ -293,13 +303,20 @@ def stage_export(settings: Settings) -> None:
             settings.policy_out.write_bytes(_policy_path(settings, "ppo", 0).read_bytes())
             print(f"[export] {settings.policy_out} <- BC + PPO seed 0")
     print(f"[export] ONNX policies agree with PyTorch within 1e-5: {settings.work / 'policies'}")
+    _done(settings, "export", params)
 
 
-def stage_evaluate(settings: Settings) -> dict:
+def stage_evaluate(settings: Settings) -> None:
     from adaptive_perception.training import report as reporting
 
-    with tracked(settings, "evaluate", {"lambda": _lambda(settings), "seeds": settings.seeds,
-                                        "resamples": settings.resamples}) as mlflow:
+    policies = [_policy_path(settings, kind, s) for kind in ("bc", "ppo") for s in range(settings.seeds)]
+    params = {"lambda": _lambda(settings), "seeds": settings.seeds, "resamples": settings.resamples,
+              "policies": _mtimes(policies), "reports": str(settings.reports.resolve())}
+    outputs = [settings.reports / name for name in ("routing.json", "routing.md", "routing_curve.png")]
+    if _cached(settings, "evaluate", params, outputs):
+        print(f"[evaluate] cached: {settings.reports / 'routing.md'}")
+        return
+    with tracked(settings, "evaluate", params) as mlflow:
         result = reporting.evaluate_all(settings, load_split, _load_costs(settings), _lambda(settings), _policy_path)
         paths = reporting.write(result, settings.reports)
         for path in paths:
@@ -308,7 +325,7 @@ def stage_evaluate(settings: Settings) -> dict:
             for name, row in rows.items():
                 mlflow.log_metrics({re.sub(r"[^A-Za-z0-9_. -]", "_", f"{setting}.{name}.{k}"): float(v) for k, v in row.items()
                                     if isinstance(v, (int, float)) and np.isfinite(v)})
-    return result
+    _done(settings, "evaluate", params)
 
 
 def run(stage: str, settings: Settings) -> None:
@@ -333,6 +350,14 @@ def settings_from(args) -> Settings:
         "resamples": args.resamples, "bc_loss": args.bc_loss, "switch_penalty": args.switch_penalty,
     }.items() if v is not None}
     changes["force"] = args.force
+    if args.model:
+        models = dict(base.models)
+        for item in args.model:
+            tier, _, path = item.partition("=")
+            if tier not in TIERS or not path:
+                raise AdaptivePerceptionError(f"--model '{item}' must look like nano=PATH, small=PATH or large=PATH")
+            models[tier] = path
+        changes["models"] = models
     if args.lambdas:
         changes["lambdas"] = tuple(args.lambdas)
     return replace(base, **changes)

@@ -1,6 +1,6 @@
 """Write routing policy ONNX files (an MLP given as numpy weights) in the format `adaptive_perception.policy` reads.
 
-One writer for every policy the project makes (the interim regime classifier, BC, BC + PPO), so the
+One writer for every policy the project makes (the regime classifier, BC, BC + PPO), so the
 metadata contract lives in one place. Needs the `onnx` package (the `train` extra); the runtime only reads.
 """
 from __future__ import annotations

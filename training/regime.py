@@ -1,4 +1,4 @@
-"""Interim routing policy and the features' signal check: a linear classifier of scene regime.
+"""The features' signal check: a linear classifier of scene regime (it was the interim routing policy).
 
 `adaptive-perception policy fit-regime` fits a class-balanced softmax regression from the 1024 image
 features to the frame's regime (sparse <= 2 valid objects, moderate 3-7, dense >= 8) on the benchmark's
@@ -6,11 +6,10 @@ train split, picks the L2 strength on the validation split, scores the frozen te
 
 - the report (`training/reports/regime_signal.json`): balanced accuracy and accuracy next to the
   majority-regime baseline, per-regime recall and the confusion matrix;
-- the embedded policy (`src/adaptive_perception/models/policy.onnx`): the same classifier read as a
-  router, sparse -> nano, moderate -> small, dense -> large. Its 4 context weights are zero.
-
-This policy stands in until the trained one (profiling, labels, BC, PPO) replaces it: it routes by how
-busy the scene looks, not by what each tier costs or gains.
+- the same classifier as a policy file (default `build/regime_policy.onnx`), read as a router: sparse ->
+  nano, moderate -> small, dense -> large; its 4 context weights are zero. It was the embedded policy
+  until the trained one (`adaptive-perception train all`) replaced it; it routes by how busy the scene
+  looks, not by what each tier costs or gains.
 """
 from __future__ import annotations
 
@@ -121,7 +120,7 @@ def fit_regime_policy(benchmark: Path, policy_out: Path, report_out: Path) -> di
     digest = hashlib.sha256(weight.tobytes() + params[1].astype(np.float32).tobytes()).hexdigest()[:8]
     policy_id = f"regime-linear-{digest}"
     write_policy(policy_out, [(weight, params[1])], full_mean, full_std, policy_id,
-                 "interim policy: linear regime classifier on the image features (sparse->nano, moderate->small, "
+                 "linear regime classifier on the image features (sparse->nano, moderate->small, "
                  "dense->large), fitted by `adaptive-perception policy fit-regime` on the scene benchmark's train "
                  "split; context weights are zero")
     report["policy_id"] = policy_id

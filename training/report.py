@@ -104,7 +104,8 @@ def evaluate_all(settings, load_split, costs, lam: float, policy_path) -> dict:
     policies = {kind: [Policy(policy_path(settings, kind, s)) for s in seeds] for kind in ("bc", "ppo")}
     result = {"lambda": lam, "device": costs.device, "tier_cost_ms": dict(zip(TIERS, costs.ms.round(3).tolist())),
               "truth": test.profile.meta["truth"], "test_frames": len(test.profile),
-              "test_sequences": len(test.profile.sequences()), "seeds": settings.seeds, "settings": {}}
+              "test_sequences": len(test.profile.sequences()), "seeds": settings.seeds,
+              "policies": {kind: [p.policy_id for p in policies[kind]] for kind in policies}, "settings": {}}
     overhead = _overhead_ms(settings.reports)
     for setting, streaming in (("per_frame", False), ("streaming", True)):
         rows, raw = {}, {}
@@ -302,7 +303,7 @@ def plot(result: dict, path: Path) -> Path:
     markers = itertools.cycle("s^vDPX*h")
     for name, row in result["settings"]["per_frame"].items():
         axis.scatter(row["mean_cost_ms"], row["map50_95"], marker=next(markers), s=60, label=name, zorder=3)
-    axis.set_xlabel(f"mean cost per frame (ms, {result['device'][:40]})")
+    axis.set_xlabel(f"mean cost per frame (ms)\n{result['device']}", fontsize=8)
     axis.set_ylabel("mAP50-95 (test split)")
     axis.set_title("Cost against accuracy, per frame")
     axis.grid(alpha=0.3)

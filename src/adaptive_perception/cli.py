@@ -74,14 +74,16 @@ def _parser() -> argparse.ArgumentParser:
     pilot.add_argument("--benchmark", type=Path, default=Path("build/benchmark"))
     pilot.add_argument("--report", type=Path, default=Path("training/reports/pilot.json"))
 
-    policy = sub.add_parser("policy", help="routing policies: inspect a file, fit the interim regime policy")
+    policy = sub.add_parser("policy", help="routing policies: inspect a file; the regime classifier (features' signal check)")
     policy_sub = policy.add_subparsers(dest="policy_command", required=True)
     inspect = policy_sub.add_parser("inspect", help="validate a policy ONNX and print its metadata")
     inspect.add_argument("path", help="policy ONNX file or embedded:policy")
-    fit = policy_sub.add_parser("fit-regime", help="fit the interim policy (linear regime classifier) and write "
-                                "the features' signal report (train extra)")
+    fit = policy_sub.add_parser("fit-regime", help="the features' signal report: a linear regime classifier "
+                                "(train extra); also written as a policy")
     fit.add_argument("--benchmark", type=Path, default=Path("build/benchmark"))
-    fit.add_argument("--out", type=Path, default=Path("src/adaptive_perception/models/policy.onnx"))
+    fit.add_argument("--out", type=Path, default=Path("build/regime_policy.onnx"),
+                     help="where to write the regime classifier as a policy (it was the embedded policy until the "
+                          "trained one replaced it)")
     fit.add_argument("--report", type=Path, default=Path("training/reports/regime_signal.json"))
 
     train = sub.add_parser("train", help="train a routing policy from recordings: profile -> labels -> BC -> PPO -> "
@@ -95,6 +97,8 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--truth", choices=["sidecar", "reference", "topic"],
                        help="sidecar (default: the recording's ground_truth.json / records), reference (agreement with "
                             "the large tier or --teacher, for unlabelled recordings)")
+    train.add_argument("--model", action="append", default=[], metavar="TIER=ONNX",
+                       help="a tier's detector (repeatable; default embedded:<tier>), e.g. large=/models/yolov8l.onnx")
     train.add_argument("--teacher", help="teacher detector ONNX for --truth reference (default: the large tier)")
     train.add_argument("--latency", type=Path, help="device latency JSON {device, tiers_ms: {nano, small, large}} "
                        "(default: this machine, measured while profiling)")

@@ -158,6 +158,5 @@ def print_summary(summary: dict) -> None:
                   f"{row['total_mean_ms']:.1f} vs {large['total_mean_ms']:.1f} ms per frame "
                   f"({row['total_mean_ms'] / large['total_mean_ms']:.0%}), throughput {row['fps']:.1f} vs "
                   f"{large['fps']:.1f} fps (lock-step replay, round trip included).")
-    print("\nThe policy is the interim regime classifier (`adaptive-perception policy fit-regime`): it routes by how "
-          "busy a frame looks, not yet by what each tier costs and gains (that policy comes from the training "
-          "pipeline).\n")
+    print("\nThe learned mode runs the embedded policy: BC + PPO from `adaptive-perception train all` on the scene "
+          "benchmark's train split (report: training/reports/routing.md).\n")
