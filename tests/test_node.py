@@ -111,8 +111,6 @@ def test_bad_frame_is_skipped_and_the_node_keeps_running(graph):
 
 
 def test_a_remapped_compressed_topic_is_subscribed_as_compressed(context, peer_model):
-    from sensor_msgs.msg import CompressedImage
-
     from adaptive_perception.ros.node import PerceptionNode
 
     node = PerceptionNode(context=context, cli_args=["--ros-args", "-r", "image:=/cam/image_raw/compressed"],

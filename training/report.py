@@ -260,7 +260,7 @@ def _cell(key: str, row: dict) -> str:
 
 
 def markdown(result: dict) -> str:
-    lines = [f"# Routing report", "",
+    lines = ["# Routing report", "",
              f"Frozen test split: {result['test_frames']} frames in {result['test_sequences']} sequences; truth: "
              f"{result['truth']}. Costs: {result['device']} (" + ", ".join(f"{t} {m:.1f} ms" for t, m in
                                                                              result["tier_cost_ms"].items()) +
