@@ -43,6 +43,8 @@ setup(
             "gymnasium==1.4.0",
             "mlflow==3.17.2",
             "matplotlib==3.11.2",
+            # keep the venv's colcon working (colcon-core needs setuptools < 80; torch needs >= 77.0.3)
+            "setuptools>=77.0.3,<80",
         ],
         # scene generator: sample photographs bundled in the scikit-image wheel; COCO evaluation
         "scenes": ["scikit-image==0.26.0", "pycocotools==2.0.11"],
