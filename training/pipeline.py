@@ -173,14 +173,19 @@ def load_split(settings: Settings, split: str):
 
     path = settings.work / f"quality_{split}.npy"
     if not path.is_file():
-        raise AdaptivePerceptionError(f"{path} is missing; run `adaptive-perception train labels` first")
+        raise AdaptivePerceptionError(f"{path} is missing; run `adaptive-perception train labels --work {settings.work}` "
+                                      "first (or `train all`)")
     return Split(Profile.load(_profile_path(settings, split)), np.load(path))
 
 
 def _load_costs(settings: Settings):
     from adaptive_perception.training.labels import Costs
 
-    return Costs.load(settings.work / "costs.json")
+    path = settings.work / "costs.json"
+    if not path.is_file():
+        raise AdaptivePerceptionError(f"{path} is missing; run `adaptive-perception train labels --work {settings.work}` "
+                                      "first (or `train all`)")
+    return Costs.load(path)
 
 
 def _quick_map(split, trace) -> float:
@@ -244,7 +249,8 @@ def _network_chooser(network):
 def _lambda(settings: Settings) -> float:
     path = settings.work / "bc" / "lambda.json"
     if not path.is_file():
-        raise AdaptivePerceptionError(f"{path} is missing; run `adaptive-perception train bc` first")
+        raise AdaptivePerceptionError(f"{path} is missing; run `adaptive-perception train bc --work {settings.work}` "
+                                      "first (or `train all`)")
     return float(json.loads(path.read_text())["lambda"])
 
 
@@ -343,6 +349,8 @@ def run(stage: str, settings: Settings) -> None:
 
 def settings_from(args) -> Settings:
     base = PRESETS[args.preset]
+    if args.seeds is not None and args.seeds < 1:
+        raise AdaptivePerceptionError(f"--seeds {args.seeds}: train at least one seed")
     changes = {k: v for k, v in {
         "benchmark": args.benchmark, "source": args.source, "truth": args.truth, "teacher": args.teacher,
         "latency": args.latency, "work": args.work, "reports": args.reports, "policy_out": args.policy_out,

@@ -58,7 +58,8 @@ class Profile:
     @staticmethod
     def load(path: Path) -> "Profile":
         if not Path(path).is_file():
-            raise AdaptivePerceptionError(f"profile '{path}' does not exist; run `adaptive-perception train profile`")
+            raise AdaptivePerceptionError(f"profile '{path}' does not exist; run `adaptive-perception train profile "
+                                          f"--work {Path(path).parent}` first (or `train all`)")
         data = np.load(path)
         return Profile(**{k: data[k] for k in ("features", "latency_ms", "sequence", "stamp_ns", "regime", "detections",
                                                 "truth")}, meta=json.loads(str(data["meta"])))

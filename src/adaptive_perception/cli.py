@@ -88,7 +88,8 @@ def _parser() -> argparse.ArgumentParser:
 
     train = sub.add_parser("train", help="train a routing policy from recordings: profile -> labels -> BC -> PPO -> "
                            "export -> evaluate (train extra)")
-    train.add_argument("stage", choices=["profile", "labels", "bc", "ppo", "export", "evaluate", "all"])
+    train.add_argument("stage", choices=["profile", "labels", "bc", "ppo", "export", "evaluate", "all"],
+                       help="one stage (its inputs must exist) or all of them in order; finished stages are skipped")
     train.add_argument("--preset", choices=["full", "small"], default="full",
                        help="full: the report's settings; small: a few-minute run (CI)")
     train.add_argument("--benchmark", type=Path, help="generated benchmark folder (default build/benchmark)")
@@ -108,11 +109,12 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--tracking-uri", help="MLflow tracking URI (default sqlite:///<work>/mlflow.db)")
     train.add_argument("--seeds", type=int, help="training seeds (default 3)")
     train.add_argument("--lambda", dest="lam", type=float, help="operating point; default: chosen on validation")
-    train.add_argument("--lambdas", type=float, nargs="+", help="lambda sweep")
-    train.add_argument("--ppo-steps", type=int, help="PPO environment steps per seed")
+    train.add_argument("--lambdas", type=float, nargs="+",
+                       help="lambda sweep (full: 0 0.1 0.2 0.3 0.5 0.8; small: 0 0.3)")
+    train.add_argument("--ppo-steps", type=int, help="PPO environment steps per seed (full 30000, small 2048)")
     train.add_argument("--bc-loss", choices=["balanced", "regret"], help="class-balanced CE or expected regret")
     train.add_argument("--switch-penalty", type=float, help="PPO reward penalty per tier switch (default 0)")
-    train.add_argument("--resamples", type=int, help="bootstrap resamples for the intervals")
+    train.add_argument("--resamples", type=int, help="bootstrap resamples for the intervals (full 200, small 20)")
     train.add_argument("--force", action="store_true", help="rerun stages even when their output is cached")
 
     bench = sub.add_parser("bench", help="benchmarks that print a table and write JSON")
@@ -120,7 +122,8 @@ def _parser() -> argparse.ArgumentParser:
     overhead = bench_sub.add_parser("overhead", help="router overhead: feature extraction + policy, p50/p95")
     overhead.add_argument("--policy", default="embedded:policy", help="policy ONNX file or embedded:policy")
     overhead.add_argument("--iterations", type=int, default=2000, help="timed calls per resolution")
-    overhead.add_argument("--report", type=Path, default=Path("training/reports/overhead.json"))
+    overhead.add_argument("--report", type=Path, default=Path("training/reports/overhead.json"),
+                          help="JSON to write (default: the committed report the README quotes)")
 
     demo = sub.add_parser("demo", help="end-to-end demo on generated frames, no downloads")
     demo.add_argument("--sequence", type=int, default=49, help="frozen benchmark test sequence to replay (46-59)")
@@ -267,10 +270,13 @@ def main(argv: list[str] | None = None) -> int:
             from adaptive_perception.router import MODES
 
             modes = tuple(args.modes.split(","))
-            unknown = set(modes) - set(MODES)
-            if unknown or not 1 <= args.frames <= 150:
-                raise AdaptivePerceptionError(f"--modes takes {','.join(MODES)} (got {sorted(unknown)}) and "
-                                              f"--frames a count from 1 to 150 (got {args.frames})")
+            unknown = sorted(set(modes) - set(MODES))
+            if unknown:
+                raise AdaptivePerceptionError(f"--modes: unknown {unknown}; use a comma-separated list of "
+                                              f"{', '.join(MODES)}")
+            if not 1 <= args.frames <= 150:
+                raise AdaptivePerceptionError(f"--frames {args.frames}: use a count from 1 to 150 (a benchmark "
+                                              "sequence has 150 frames)")
             summary = run_demo(args.out, args.frames, modes, args.sequence)
             return 0 if all(r["outputs_received"] == r["frames_published"] for r in summary["modes"].values()) else 1
     except (AdaptivePerceptionError, FileNotFoundError, RuntimeError) as exc:

@@ -61,8 +61,9 @@ class Policy:
 
         self.path = str(path)
         if not Path(path).is_file():
-            raise PolicyFileError(path, "does not exist", "give the path of a policy ONNX written by "
-                                  "`adaptive-perception policy fit-regime` or the training pipeline")
+            raise PolicyFileError(path, "is a directory, not a file" if Path(path).is_dir() else "does not exist",
+                                  "give a policy ONNX written by `adaptive-perception train export` (or train all), "
+                                  "or embedded:policy")
         options = ort.SessionOptions()
         options.intra_op_num_threads = 1  # a tiny MLP: threads only add latency
         options.inter_op_num_threads = 1

@@ -122,11 +122,11 @@ def _replay_mode(mode: str, bag: Path, frames: int, truth: dict[int, dict], out_
         **report.summary(),
         "decisions": len(routing),
         "policy_id": routing[0].policy_id if routing else "",
-        "inference_mean_ms": float(np.mean([r.inference_ms for r in routing])) if routing else float("nan"),
-        "routing_mean_ms": float(np.mean([r.feature_ms + r.policy_ms for r in routing])) if routing else float("nan"),
-        "total_mean_ms": float(np.mean([r.total_ms for r in routing])) if routing else float("nan"),
+        "inference_mean_ms": float(np.mean([r.inference_ms for r in routing])) if routing else None,
+        "routing_mean_ms": float(np.mean([r.feature_ms + r.policy_ms for r in routing])) if routing else None,
+        "total_mean_ms": float(np.mean([r.total_ms for r in routing])) if routing else None,
         "boxes_per_frame": report.detections / max(report.outputs_received, 1),
-        "recall50": {k: (v[0] / v[1] if v[1] else float("nan")) for k, v in found.items()},
+        "recall50": {k: (v[0] / v[1] if v[1] else None) for k, v in found.items()},  # None: no such frames
         "routing_by_regime": {k: dict(zip(TIERS, v.astype(int).tolist())) for k, v in by_regime.items()},
     }
 
@@ -147,13 +147,16 @@ def print_summary(summary: dict) -> None:
           "| round trip p50 (ms) | throughput (fps) | recall@0.5 sparse / moderate / dense |")
     print("|---|---|---|---|---|---|---|---|")
     for mode, row in summary["modes"].items():
-        recall = " / ".join(f"{row['recall50'][r.value]:.2f}" for r in Regime)
-        print(f"| {mode} | {row['frames_published']} / {row['outputs_received']} | {row['inference_mean_ms']:.1f} | "
-              f"{row['routing_mean_ms']:.2f} | {row['total_mean_ms']:.1f} | {row['latency_p50_ms']:.1f} | "
+        recall = " / ".join("-" if row["recall50"][r.value] is None else f"{row['recall50'][r.value]:.2f}"
+                            for r in Regime)
+        ms = {k: "-" if row[k] is None else f"{row[k]:.{digits}f}"
+              for k, digits in (("inference_mean_ms", 1), ("routing_mean_ms", 2), ("total_mean_ms", 1))}
+        print(f"| {mode} | {row['frames_published']} / {row['outputs_received']} | {ms['inference_mean_ms']} | "
+              f"{ms['routing_mean_ms']} | {ms['total_mean_ms']} | {row['latency_p50_ms']:.1f} | "
               f"{row['fps']:.1f} | {recall} |")
     large = summary["modes"].get("fixed:large")
     for mode, row in summary["modes"].items():
-        if large is not None and not mode.startswith("fixed:"):
+        if large is not None and not mode.startswith("fixed:") and row["total_mean_ms"] and large["total_mean_ms"]:
             print(f"\n{mode} against always-large on the same {summary['frames']} frames: node time "
                   f"{row['total_mean_ms']:.1f} vs {large['total_mean_ms']:.1f} ms per frame "
                   f"({row['total_mean_ms'] / large['total_mean_ms']:.0%}), throughput {row['fps']:.1f} vs "
