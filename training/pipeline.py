@@ -107,6 +107,15 @@ def stage_profile(settings: Settings) -> None:
     if _cached(settings, "profile", params, outputs):
         print("[profile] cached: " + ", ".join(map(str, outputs)))
         return
+    for split in SPLITS:  # check the inputs before anything is written
+        if settings.source == "dataset" and not (settings.benchmark / "frames.json").is_file():
+            raise AdaptivePerceptionError(f"'{settings.benchmark}' holds no generated benchmark (frames.json missing); "
+                                          f"run `adaptive-perception scenes generate --out {settings.benchmark}`, or "
+                                          "use --source bags for recordings")
+        if settings.source == "bags" and not any(p.is_dir() for p in (settings.benchmark / "bags" / split).glob("*")):
+            raise AdaptivePerceptionError(f"no bags under {settings.benchmark / 'bags' / split}; put each split's "
+                                          "recordings in <benchmark>/bags/{train,val,test}/ (scenes generate --bags all "
+                                          "writes them)")
     settings.work.mkdir(parents=True, exist_ok=True)
     with tracked(settings, "profile", params) as mlflow:
         for split in SPLITS:
@@ -117,9 +126,6 @@ def stage_profile(settings: Settings) -> None:
                 frames = benchmark_frames(settings.benchmark, split)
             elif settings.source == "bags":
                 bags = sorted(p for p in (settings.benchmark / "bags" / split).glob("*") if p.is_dir())
-                if not bags:
-                    raise AdaptivePerceptionError(f"no bags under {settings.benchmark / 'bags' / split}; record or "
-                                                  f"generate them (scenes generate --bags all)")
                 total, frames = None, bag_frames(bags, None, settings.truth == "sidecar")
             else:
                 raise AdaptivePerceptionError(f"--source {settings.source}: use dataset or bags")
@@ -152,8 +158,8 @@ def stage_labels(settings: Settings) -> None:
     if _cached(settings, "labels", params, outputs):
         print("[labels] cached")
         return
+    costs = _costs(settings)  # a bad --latency file fails here, before anything is written
     with tracked(settings, "labels", params) as mlflow:
-        costs = _costs(settings)
         costs.save(settings.work / "costs.json")
         for split in SPLITS:
             table = Split.build(Profile.load(_profile_path(settings, split)))
