@@ -95,14 +95,21 @@ class Costs:
 
     @staticmethod
     def load(path: Path) -> "Costs":
+        example = ('expected JSON like {"device": "Jetson Orin NX, TensorRT FP16", "tiers_ms": {"nano": 4.1, '
+                   '"small": 7.9, "large": 21.5}}')
         try:
             data = json.loads(Path(path).read_text())
+        except OSError as exc:
+            raise AdaptivePerceptionError(f"latency file '{path}' cannot be read ({exc.strerror})") from None
+        except ValueError as exc:
+            raise AdaptivePerceptionError(f"latency file '{path}' is not JSON (line {exc.lineno}: {exc.msg}); "
+                                          f"{example}") from None
+        try:
             ms = np.asarray([float(data["tiers_ms"][t]) for t in TIERS])
             device = str(data["device"])
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise AdaptivePerceptionError(f"latency file '{path}': {exc!r}; expected JSON like "
-                                          '{"device": "Jetson Orin NX, TensorRT FP16", "tiers_ms": {"nano": 4.1, '
-                                          '"small": 7.9, "large": 21.5}}') from None
+        except (KeyError, TypeError, ValueError, AttributeError):
+            raise AdaptivePerceptionError(f"latency file '{path}' needs a device name and tiers_ms with a number for "
+                                          f"each of {', '.join(TIERS)}; {example}") from None
         if not (np.isfinite(ms).all() and (ms > 0).all()):
             raise AdaptivePerceptionError(f"latency file '{path}': tier latencies must be positive, got {ms.tolist()}")
         return Costs(device, ms)
