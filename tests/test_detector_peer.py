@@ -4,22 +4,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from adaptive_perception.detector import DetectorTier
+from adaptive_perception.detector import DetectorTier, box_iou
 
 ultralytics = pytest.importorskip("ultralytics", reason="peer test needs the train extra (make test installs it)")
 
 CONF = 0.25
-
-
-def _iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    x1 = np.maximum(a[:, None, 0], b[None, :, 0])
-    y1 = np.maximum(a[:, None, 1], b[None, :, 1])
-    x2 = np.minimum(a[:, None, 2], b[None, :, 2])
-    y2 = np.minimum(a[:, None, 3], b[None, :, 3])
-    inter = np.clip(x2 - x1, 0, None) * np.clip(y2 - y1, 0, None)
-    area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
-    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
-    return inter / (area_a[:, None] + area_b[None, :] - inter)
 
 
 def _one_to_one(iou: np.ndarray) -> np.ndarray:
@@ -64,7 +53,7 @@ def _compare(ours_det: DetectorTier, theirs, image: np.ndarray, conf: float, min
     assert len(ours) >= min_boxes
     assert len(ours) == len(boxes)
     # class-aware NMS keeps overlapping boxes of different classes: match within a class
-    iou = np.where(ours.class_ids[:, None] == classes[None, :], _iou_matrix(ours.boxes, boxes), -1.0)
+    iou = np.where(ours.class_ids[:, None] == classes[None, :], box_iou(ours.boxes, boxes), -1.0)
     match = _one_to_one(iou - np.abs(ours.scores[:, None] - scores[None, :]))  # score breaks IoU ties
     assert iou[np.arange(len(ours)), match].min() >= 0.99
     assert np.array_equal(ours.class_ids, classes[match])

@@ -16,24 +16,12 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from adaptive_perception.detector import TIERS
+from adaptive_perception.detector import TIERS, box_iou
 from adaptive_perception.errors import AdaptivePerceptionError
 from adaptive_perception.training.profile import PUBLISH_CONF, Profile
 
 IOU_THRESHOLDS = np.linspace(0.5, 0.95, 10)
 MAX_STALE = 6  # frames after f that tier t's output of f can cover; more is treated as the last
-
-
-def _iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """IoU matrix of xyxy boxes a (A, 4) and b (B, 4)."""
-    x0 = np.maximum(a[:, None, 0], b[None, :, 0])
-    y0 = np.maximum(a[:, None, 1], b[None, :, 1])
-    x1 = np.minimum(a[:, None, 2], b[None, :, 2])
-    y1 = np.minimum(a[:, None, 3], b[None, :, 3])
-    inter = np.clip(x1 - x0, 0, None) * np.clip(y1 - y0, 0, None)
-    area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
-    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
-    return inter / np.maximum(area_a[:, None] + area_b[None, :] - inter, 1e-9)
 
 
 def frame_f1(detections: np.ndarray, truth: np.ndarray) -> float:
@@ -44,10 +32,10 @@ def frame_f1(detections: np.ndarray, truth: np.ndarray) -> float:
         return 1.0 if len(valid) == 0 else 0.0
     detections = detections[np.argsort(-detections[:, 4], kind="stable")]
     same_class = detections[:, None, 5] == valid[None, :, 4]
-    iou = np.where(same_class, _iou(detections[:, :4], valid[:, :4]), 0.0) if len(valid) else np.zeros((len(detections), 0))
+    iou = np.where(same_class, box_iou(detections[:, :4], valid[:, :4]), 0.0) if len(valid) else np.zeros((len(detections), 0))
     on_ignore = np.zeros((len(detections), len(IOU_THRESHOLDS)), bool)
     if len(ignore):
-        ignored_iou = np.where(detections[:, None, 5] == ignore[None, :, 4], _iou(detections[:, :4], ignore[:, :4]), 0.0)
+        ignored_iou = np.where(detections[:, None, 5] == ignore[None, :, 4], box_iou(detections[:, :4], ignore[:, :4]), 0.0)
         on_ignore = ignored_iou.max(axis=1)[:, None] >= IOU_THRESHOLDS[None, :]
     f1 = []
     for t, threshold in enumerate(IOU_THRESHOLDS):

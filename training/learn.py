@@ -36,6 +36,10 @@ class Network:
                 h = np.maximum(h, 0)
         return h
 
+    def choose(self, _frame: int, observation: np.ndarray, _context) -> int:
+        """A simulator chooser: the most probable tier for one observation."""
+        return int(np.argmax(self.logits(observation[None, :].astype(np.float64))[0]))
+
     def save(self, path: Path) -> Path:
         arrays = {"mean": self.mean, "std": self.std}
         for i, (w, b) in enumerate(self.layers):
@@ -85,11 +89,25 @@ def _torch_mlp(seed: int):
     return nn.Sequential(*layers)
 
 
-def _to_network(model, mean: np.ndarray, std: np.ndarray) -> Network:
+def _linears(model) -> list:
     from torch import nn
 
-    linears = [m for m in model if isinstance(m, nn.Linear)]
+    return [m for m in model if isinstance(m, nn.Linear)]
+
+
+def _to_network(linears: list, mean: np.ndarray, std: np.ndarray) -> Network:
+    """torch Linear layers (weight (out, in)) -> Network layers (W (in, out), b)."""
     return Network([(m.weight.detach().numpy().T.copy(), m.bias.detach().numpy().copy()) for m in linears], mean, std)
+
+
+def _load_layers(linears: list, layers: list[tuple[np.ndarray, np.ndarray]]) -> None:
+    """Network layers -> torch Linear layers, in place."""
+    import torch
+
+    with torch.no_grad():
+        for module, (w, b) in zip(linears, layers):
+            module.weight.copy_(torch.tensor(w.T))
+            module.bias.copy_(torch.tensor(b))
 
 
 def train_bc(train: tuple[np.ndarray, np.ndarray, np.ndarray], val: tuple[np.ndarray, np.ndarray, np.ndarray],
@@ -140,7 +158,7 @@ def train_bc(train: tuple[np.ndarray, np.ndarray, np.ndarray], val: tuple[np.nda
             if waited >= patience:
                 break
     model.load_state_dict(best_state)
-    return _to_network(model, mean, std), {"epochs": len(history), "best_val_loss": best, "history": history}
+    return _to_network(_linears(model), mean, std), {"epochs": len(history), "best_val_loss": best, "history": history}
 
 
 def make_env(split: Split, costs: Costs, lam: float, network: Network, switch_penalty: float = 0.0):
@@ -190,11 +208,8 @@ def train_ppo(split: Split, costs: Costs, lam: float, bc: Network, seed: int, st
     model = PPO("MlpPolicy", env, seed=seed, n_steps=1024, batch_size=256, n_epochs=4, learning_rate=1e-4,
                 clip_range=0.1, gamma=0.99, ent_coef=0.0, verbose=0, device="cpu",
                 policy_kwargs={"net_arch": {"pi": list(HIDDEN), "vf": list(HIDDEN)}, "activation_fn": torch.nn.ReLU})
-    actor = [m for m in model.policy.mlp_extractor.policy_net if isinstance(m, torch.nn.Linear)] + [model.policy.action_net]
-    with torch.no_grad():
-        for module, (w, b) in zip(actor, bc.layers):
-            module.weight.copy_(torch.tensor(w.T))
-            module.bias.copy_(torch.tensor(b))
+    actor = _linears(model.policy.mlp_extractor.policy_net) + [model.policy.action_net]
+    _load_layers(actor, bc.layers)
 
     class Progress(BaseCallback):
         def __init__(self) -> None:
@@ -209,9 +224,7 @@ def train_ppo(split: Split, costs: Costs, lam: float, bc: Network, seed: int, st
             self.bar.close()
 
     model.learn(total_timesteps=steps, callback=Progress())
-    network = Network([(m.weight.detach().numpy().T.copy(), m.bias.detach().numpy().copy()) for m in actor],
-                      bc.mean, bc.std)
-    return network, {"steps": steps}
+    return _to_network(actor, bc.mean, bc.std), {"steps": steps}
 
 
 def export(network: Network, path: Path, policy_id: str, description: str) -> Path:
@@ -227,11 +240,8 @@ def export(network: Network, path: Path, policy_id: str, description: str) -> Pa
     probe = np.random.default_rng(0).normal(network.mean, network.std, (64, FEATURE_SIZE)).astype(np.float32)
     deployed = np.stack([policy.logits(x) for x in probe])
     model = _torch_mlp(0)
-    linears = [m for m in model if isinstance(m, torch.nn.Linear)]
+    _load_layers(_linears(model), network.layers)
     with torch.no_grad():
-        for module, (w, b) in zip(linears, network.layers):
-            module.weight.copy_(torch.tensor(w.T))
-            module.bias.copy_(torch.tensor(b))
         reference = model(torch.tensor((probe - network.mean) / network.std)).numpy()
     error = float(np.abs(deployed - reference).max() / max(1.0, np.abs(reference).max()))
     if error > 1e-5:

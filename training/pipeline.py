@@ -99,7 +99,7 @@ def _profile_path(settings: Settings, split: str) -> Path:
 
 
 def stage_profile(settings: Settings) -> None:
-    from adaptive_perception.training.profile import bag_frames, benchmark_frames, profile
+    from adaptive_perception.training.profile import bag_frames, benchmark_frames, dataset_records, profile
 
     params = {"benchmark": str(settings.benchmark.resolve()), "source": settings.source, "truth": settings.truth,
               "teacher": settings.teacher, "models": settings.models}
@@ -120,10 +120,8 @@ def stage_profile(settings: Settings) -> None:
     with tracked(settings, "profile", params) as mlflow:
         for split in SPLITS:
             if settings.source == "dataset":
-                records = json.loads((settings.benchmark / "frames.json").read_text())[split] \
-                    if (settings.benchmark / "frames.json").is_file() else []
-                total = sum(1 for r in records if r.get("in_dataset"))
-                frames = benchmark_frames(settings.benchmark, split)
+                records = dataset_records(settings.benchmark, split)
+                total, frames = len(records), benchmark_frames(settings.benchmark, split, records)
             elif settings.source == "bags":
                 bags = sorted(p for p in (settings.benchmark / "bags" / split).glob("*") if p.is_dir())
                 total, frames = None, bag_frames(bags, None, settings.truth == "sidecar")
@@ -194,13 +192,8 @@ def _load_costs(settings: Settings):
     return Costs.load(path)
 
 
-def _quick_map(split, trace) -> float:
-    from adaptive_perception.training.evaluate import Scorer
-
-    return Scorer(split).score(trace)["map50_95"]
-
-
 def stage_bc(settings: Settings) -> None:
+    from adaptive_perception.training.evaluate import Scorer
     from adaptive_perception.training.learn import expert_dataset, train_bc
     from adaptive_perception.training.simulate import rollout
 
@@ -213,17 +206,17 @@ def stage_bc(settings: Settings) -> None:
     costs = _load_costs(settings)
     train, val = load_split(settings, "train"), load_split(settings, "val")
     with tracked(settings, "bc", params) as mlflow:
-        sweep = []
+        sweep, datasets, val_scorer = [], {}, Scorer(val)
         (settings.work / "bc").mkdir(parents=True, exist_ok=True)
         candidates = [settings.lam] if settings.lam is not None else list(settings.lambdas)
         large_cost = float(costs.ms[-1])
         for lam in candidates:
-            network, info = train_bc(expert_dataset(train, costs, lam), expert_dataset(val, costs, lam), seed=0,
-                                     loss=settings.bc_loss)
+            datasets[lam] = expert_dataset(train, costs, lam), expert_dataset(val, costs, lam)
+            network, info = train_bc(*datasets[lam], seed=0, loss=settings.bc_loss)
             network.save(settings.work / "bc" / f"sweep_lambda{lam:g}.npz")
-            trace = rollout(val, costs, _network_chooser(network), streaming=False)
+            trace = rollout(val, costs, network.choose, streaming=False)
             cost = float(costs.ms[np.asarray(trace.processed_tiers)].sum() / len(val.profile))
-            sweep.append({"lambda": lam, "val_map50_95": _quick_map(val, trace), "val_cost_ms": cost,
+            sweep.append({"lambda": lam, "val_map50_95": val_scorer.score(trace)["map50_95"], "val_cost_ms": cost,
                           "val_cost_share": cost / large_cost, "epochs": info["epochs"]})
             mlflow.log_metrics({"val_map50_95": sweep[-1]["val_map50_95"], "val_cost_share": cost / large_cost},
                                step=int(lam * 1000))
@@ -233,23 +226,15 @@ def stage_bc(settings: Settings) -> None:
         print(f"[bc] operating point lambda = {lam} (validation: mAP50-95 {chosen['val_map50_95']:.1f}, cost "
               f"{chosen['val_cost_share']:.0%} of always-large; rule: best validation mAP50-95 at <= "
               f"{settings.cost_bar:.0%} of large's cost{'' if feasible else ', none met it: the cheapest'})")
-        (settings.work / "bc").mkdir(parents=True, exist_ok=True)
         (settings.work / "bc" / "lambda.json").write_text(json.dumps({"lambda": lam, "sweep": sweep,
                                                                        "cost_bar": settings.cost_bar}, indent=2))
-        data_train, data_val = expert_dataset(train, costs, lam), expert_dataset(val, costs, lam)
         for seed in range(settings.seeds):
-            network, info = train_bc(data_train, data_val, seed=seed, loss=settings.bc_loss)
+            network, info = train_bc(*datasets[lam], seed=seed, loss=settings.bc_loss)
             network.save(settings.work / "bc" / f"seed{seed}.npz")
             mlflow.log_metrics({f"seed{seed}_best_val_loss": info["best_val_loss"], f"seed{seed}_epochs": info["epochs"]})
         mlflow.log_param("chosen_lambda", lam)
         mlflow.log_artifact(str(settings.work / "bc" / "lambda.json"))
     _done(settings, "bc", params)
-
-
-def _network_chooser(network):
-    def choose(_frame, observation, _context) -> int:
-        return int(np.argmax(network.logits(observation[None, :].astype(np.float64))[0]))
-    return choose
 
 
 def _lambda(settings: Settings) -> float:

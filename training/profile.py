@@ -86,18 +86,30 @@ def _split_by_frame(rows: np.ndarray, frames: int) -> list[np.ndarray]:
 
 
 # ---- sources: (rgb, sequence id, stamp_ns, truth objects or None) in order --------------------------------------
-def benchmark_frames(benchmark: Path, split: str) -> Iterator[tuple[np.ndarray, int, int, list[dict] | None]]:
-    """The generated dataset's images of a split (the benchmark's JPEG pixels) with their records' truth."""
+def dataset_records(benchmark: Path, split: str) -> list[dict]:
+    """The records of a split's dataset frames (those with an image file), by (sequence, frame)."""
     frames_path = Path(benchmark) / "frames.json"
     if not frames_path.is_file():
         raise AdaptivePerceptionError(f"'{benchmark}' holds no generated benchmark (frames.json missing); run "
                                       f"`adaptive-perception scenes generate --out {benchmark}`")
     records = [r for r in json.loads(frames_path.read_text())[split] if r.get("in_dataset")]
-    for record in sorted(records, key=lambda r: (r["sequence"], r["frame"])):
+    return sorted(records, key=lambda r: (r["sequence"], r["frame"]))
+
+
+def dataset_images(benchmark: Path, split: str, records: list[dict]) -> Iterator[tuple[dict, np.ndarray]]:
+    """Each record with its image's RGB pixels (the benchmark's decoded JPEG)."""
+    for record in records:
         bgr = cv2.imread(str(Path(benchmark) / "images" / split / record["file"]), cv2.IMREAD_COLOR)
         if bgr is None:
             raise AdaptivePerceptionError(f"cannot read image {record['file']} of {benchmark}; regenerate it")
-        yield cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), record["sequence"], record["stamp_ns"], record["objects"]
+        yield record, cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
+
+def benchmark_frames(benchmark: Path, split: str, records: list[dict]
+                     ) -> Iterator[tuple[np.ndarray, int, int, list[dict] | None]]:
+    """The generated dataset's images of a split with their records' truth (records from dataset_records)."""
+    for record, rgb in dataset_images(benchmark, split, records):
+        yield rgb, record["sequence"], record["stamp_ns"], record["objects"]
 
 
 def bag_frames(bags: list[Path], topic: str | None, need_sidecar: bool

@@ -17,11 +17,9 @@ import hashlib
 import json
 from pathlib import Path
 
-import cv2
 import numpy as np
 from tqdm import tqdm
 
-from adaptive_perception.errors import AdaptivePerceptionError
 from adaptive_perception.features import FEATURE_SIZE, IMAGE_FEATURES, image_features
 from adaptive_perception.scenes.sequence import Regime
 
@@ -32,18 +30,13 @@ STEPS = 400
 
 def split_features(benchmark: Path, split: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Image features, regime index and sequence id of every frame of a split that has an image file."""
-    frames_path = benchmark / "frames.json"
-    if not frames_path.is_file():
-        raise AdaptivePerceptionError(f"'{benchmark}' holds no generated benchmark (frames.json missing); run "
-                                      f"`adaptive-perception scenes generate --out {benchmark}`")
-    records = [r for r in json.loads(frames_path.read_text())[split] if r.get("in_dataset")]
+    from adaptive_perception.training.profile import dataset_images, dataset_records
+
+    records = dataset_records(benchmark, split)
     features, regimes, sequences = [], [], []
-    for record in tqdm(records, desc=f"features, {split}", unit="frame"):
-        bgr = cv2.imread(str(benchmark / "images" / split / record["file"]), cv2.IMREAD_COLOR)
-        if bgr is None:
-            raise AdaptivePerceptionError(f"cannot read {benchmark / 'images' / split / record['file']}; "
-                                          "regenerate the benchmark")
-        features.append(image_features(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)))
+    for record, rgb in tqdm(dataset_images(benchmark, split, records), total=len(records),
+                            desc=f"features, {split}", unit="frame"):
+        features.append(image_features(rgb))
         regimes.append(REGIMES.index(record["regime"]))
         sequences.append(record["sequence"])
     return np.stack(features), np.array(regimes), np.array(sequences)

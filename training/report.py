@@ -200,7 +200,7 @@ def _sweep(settings, test, costs, scorer) -> list[dict]:
         path = settings.work / "bc" / f"sweep_lambda{lam:g}.npz"
         if path.is_file():
             network = Network.load(path)
-            trace = rollout(test, costs, lambda _f, o, _c: int(np.argmax(network.logits(o[None].astype(np.float64)))), False)
+            trace = rollout(test, costs, network.choose, False)
             points.append({"row": "BC only", "lambda": lam, "map50_95": scorer.score(trace)["map50_95"],
                            "mean_cost_ms": cost_columns(test, trace, costs)["mean_cost_ms"]})
     return points

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from adaptive_perception.detector import TIERS
+from adaptive_perception.detector import TIERS, box_iou
 from adaptive_perception.ros.replay import ReplayMode, replay_bag
 from adaptive_perception.ros.session import node_process, spun_node
 from adaptive_perception.scenes.benchmark import BAG_TOPIC, PRESETS, sequence_bag
@@ -21,21 +21,11 @@ SEQUENCE_FRAMES = 150
 DEMO_MODES = ("learned", "heuristic", "fixed:nano", "fixed:large")
 
 
-def _iou(box: tuple[float, float, float, float], boxes: np.ndarray) -> np.ndarray:
-    if boxes.size == 0:
-        return np.zeros(0)
-    x0 = np.maximum(box[0], boxes[:, 0])
-    y0 = np.maximum(box[1], boxes[:, 1])
-    x1 = np.minimum(box[2], boxes[:, 2])
-    y1 = np.minimum(box[3], boxes[:, 3])
-    inter = np.clip(x1 - x0, 0, None) * np.clip(y1 - y0, 0, None)
-    area = (box[2] - box[0]) * (box[3] - box[1])
-    return inter / (area + (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]) - inter)
-
-
 def recall_at_50(truths: list[tuple[float, float, float, float]], boxes: np.ndarray) -> tuple[int, int]:
     """(found, total) ground-truth boxes (x0, y0, x1, y1) that some detection overlaps with IoU >= 0.5."""
-    found = sum(1 for box in truths if (_iou(box, boxes) >= 0.5).any())
+    if not truths:
+        return 0, 0
+    found = int((box_iou(np.asarray(truths, np.float64), boxes) >= 0.5).any(axis=1).sum())
     return found, len(truths)
 
 
