@@ -42,6 +42,9 @@ def _parser() -> argparse.ArgumentParser:
     generate.add_argument("--drift", choices=["none", "night", "fog", "new_domain", "small_objects"], default="none",
                           help="render a drift variant (different seed, never in training)")
     generate.add_argument("--bags", choices=["none", "eval", "all"], help="which splits get MCAP bags (preset default)")
+    generate.add_argument("--generator-version", choices=["1.0.0", "2.0.0"], default="1.0.0",
+                          help="1.0.0: the first benchmark (training/benchmark/manifest.json); 2.0.0: the product's "
+                               "world, near objects in simple scenes (training/benchmark/v2/)")
     generate.add_argument("--workers", type=int, default=2, help="parallel sequence renderers")
     check = scenes_sub.add_parser("check", help="verify a generated benchmark against the frozen manifest")
     check.add_argument("--out", type=Path, default=Path("build/benchmark"))
@@ -60,6 +63,11 @@ def _parser() -> argparse.ArgumentParser:
     train_tiers.add_argument("--out", type=Path, default=Path("build/tiers"), help="Ultralytics run folder")
     train_tiers.add_argument("--epochs", type=int, default=20)
     train_tiers.add_argument("--batch", type=int, default=16)
+    train_tiers.add_argument("--network", choices=["base", "narrow"],
+                             help="tier family 2 (generator 2.0.0): train one network on crops at its tiers' scales "
+                                  "into OUT/<network>, resuming from --keep; without it, the family-1 network")
+    train_tiers.add_argument("--keep", type=Path, help="checkpoint folder (last.pt, results.csv) updated after every "
+                                                       "epoch and resumed from; commit it at the end of a working block")
     export_tiers = models_sub.add_parser("export-tiers", help="export the trained network at the tiers' input sizes")
     export_tiers.add_argument("--weights", type=Path, default=Path("build/tiers/base/weights/best.pt"))
     export_tiers.add_argument("--out", type=Path, default=Path("src/adaptive_perception/models"))
@@ -166,6 +174,7 @@ def _scenes(args: argparse.Namespace) -> int:
         config = benchmark.with_drift(config, Drift(args.drift))
     if args.bags:
         config = replace(config, bags=args.bags)
+    config = replace(config, version=args.generator_version)
     manifest = benchmark.generate(config, args.out, args.workers)
     for split, summary in manifest["splits"].items():
         mix = ", ".join(f"{k} {v:.0%}" for k, v in summary["regime_mix"].items())
@@ -184,7 +193,11 @@ def _models(args: argparse.Namespace) -> int:
         return 0
     from adaptive_perception.training import tiers
 
-    if args.models_command == "train-tiers":
+    if args.models_command == "train-tiers" and args.network:
+        best = tiers.train_network(tiers.NETWORKS[args.network], args.benchmark, args.out, args.epochs, args.batch,
+                                   keep=args.keep)
+        print(f"best weights: {best}")
+    elif args.models_command == "train-tiers":
         print(f"best weights: {tiers.train(args.benchmark / 'data.yaml', args.out, args.epochs, args.batch)}")
     elif args.models_command == "export-tiers":
         for tier, path in tiers.export_tiers(args.weights, args.out).items():

@@ -17,10 +17,9 @@ from tqdm import tqdm
 from adaptive_perception.errors import AdaptivePerceptionError
 from adaptive_perception.scenes.render import CLASSES
 from adaptive_perception.scenes.sequence import (
-    FRAME_RATE_HZ, HEIGHT, WIDTH, Drift, Frame, Regime, SequenceSpec, render_sequence,
+    FRAME_RATE_HZ, HEIGHT, WIDTH, WORLDS, Drift, Frame, Regime, SequenceSpec, render_sequence,
 )
 
-GENERATOR_VERSION = "1.0.0"
 SPLITS = ("train", "val", "test")
 SIZE_BINS = (0, 8, 16, 32, 64, 128, 256, 100000)  # sqrt(visible box area), px
 JPEG_QUALITY = 92
@@ -45,12 +44,13 @@ class BenchmarkConfig:
     val_stride: int = 3
     drift: Drift = Drift.NONE
     bags: str = "eval"  # none | eval (val+test) | all
+    version: str = "1.0.0"  # generator version (scenes.sequence.WORLDS); frozen manifests in training/benchmark/
 
     def specs(self) -> dict[str, list[SequenceSpec]]:
         out, start = {}, 0
         for split, count in zip(SPLITS, self.sequences):
-            out[split] = [SequenceSpec(self.seed, start + i, self.frames_per_sequence, drift=self.drift)
-                          for i in range(count)]
+            out[split] = [SequenceSpec(self.seed, start + i, self.frames_per_sequence, drift=self.drift,
+                                       version=self.version) for i in range(count)]
             start += count
         return out
 
@@ -207,7 +207,7 @@ def generate(config: BenchmarkConfig, out: Path, workers: int = 2) -> dict:
         f"path: {out.resolve()}\ntrain: images/train\nval: images/val\ntest: images/test\n"
         f"names:\n" + "".join(f"  {i}: {n}\n" for i, n in enumerate(CLASSES)))
     manifest = {
-        "generator_version": GENERATOR_VERSION,
+        "generator_version": config.version,
         "config": {"seed": config.seed, "sequences": dict(zip(SPLITS, config.sequences)),
                    "frames_per_sequence": config.frames_per_sequence, "train_stride": config.train_stride,
                    "val_stride": config.val_stride, "drift": config.drift.value},

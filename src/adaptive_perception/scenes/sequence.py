@@ -31,9 +31,30 @@ class Regime(Enum):
         return Regime.SPARSE if count <= 2 else Regime.MODERATE if count <= 7 else Regime.DENSE
 
 
-REGIME_TARGETS = {Regime.SPARSE: (0, 2), Regime.MODERATE: (3, 7), Regime.DENSE: (10, 32)}
-# Median object size (px) per regime: crowded scenes are seen from farther away.
-REGIME_SIZE_MEDIAN = {Regime.SPARSE: 44.0, Regime.MODERATE: 34.0, Regime.DENSE: 24.0}
+@dataclass(frozen=True)
+class World:
+    """The object distributions of one generator version, per regime (thresholds and classes are shared)."""
+
+    targets: dict[Regime, tuple[int, int]]  # object count drawn uniformly per segment
+    size_median: dict[Regime, float]  # px, log-normal
+    size_sigma: dict[Regime, float]  # log-space spread of the size
+    crowding: dict[Regime, float]  # chance that an object placed inside the frame stands next to another one
+
+
+# 1.0.0: crowded scenes hold somewhat smaller objects. 2.0.0, the product's world (training/benchmark/v2/SPEC.md):
+# simple frames hold few, near (large) objects; busy frames many small, far objects that crowd and occlude.
+WORLDS = {
+    "1.0.0": World(
+        targets={Regime.SPARSE: (0, 2), Regime.MODERATE: (3, 7), Regime.DENSE: (10, 32)},
+        size_median={Regime.SPARSE: 44.0, Regime.MODERATE: 34.0, Regime.DENSE: 24.0},
+        size_sigma={Regime.SPARSE: 0.7, Regime.MODERATE: 0.7, Regime.DENSE: 0.7},
+        crowding={Regime.SPARSE: 0.0, Regime.MODERATE: 0.0, Regime.DENSE: 0.0}),
+    "2.0.0": World(
+        targets={Regime.SPARSE: (0, 2), Regime.MODERATE: (3, 7), Regime.DENSE: (10, 32)},
+        size_median={Regime.SPARSE: 96.0, Regime.MODERATE: 52.0, Regime.DENSE: 24.0},
+        size_sigma={Regime.SPARSE: 0.4, Regime.MODERATE: 0.5, Regime.DENSE: 0.6},
+        crowding={Regime.SPARSE: 0.0, Regime.MODERATE: 0.15, Regime.DENSE: 0.4}),
+}
 
 
 class Drift(Enum):
@@ -57,6 +78,7 @@ class SequenceSpec:
     regime_mix: tuple[float, float, float] = (0.40, 0.35, 0.25)
     segment_frames: tuple[int, int] = (20, 50)
     drift: Drift = Drift.NONE
+    version: str = "1.0.0"  # generator version: a key of WORLDS
 
 
 @dataclass(frozen=True)
@@ -125,9 +147,10 @@ def _background(rng: np.random.Generator, drift: Drift) -> np.ndarray:
     return np.clip(ground, 0, 255).astype(np.uint8)
 
 
-def _new_object(rng: np.random.Generator, object_id: int, regime: Regime, drift: Drift, entering: bool) -> _Mover:
-    median = REGIME_SIZE_MEDIAN[regime] / (2.5 if drift is Drift.SMALL_OBJECTS else 1.0)
-    size = float(np.clip(median * np.exp(rng.normal(0, 0.7)), MIN_SIZE, MAX_SIZE))
+def _new_object(rng: np.random.Generator, object_id: int, regime: Regime, drift: Drift, entering: bool,
+                world: World, others: list[_Mover]) -> _Mover:
+    median = world.size_median[regime] / (2.5 if drift is Drift.SMALL_OBJECTS else 1.0)
+    size = float(np.clip(median * np.exp(rng.normal(0, world.size_sigma[regime])), MIN_SIZE, MAX_SIZE))
     speed = rng.uniform(0.3, 4.0)
     heading = rng.uniform(0, 2 * np.pi)
     if entering:  # start just outside an edge, moving inwards
@@ -137,6 +160,10 @@ def _new_object(rng: np.random.Generator, object_id: int, regime: Regime, drift:
         heading = np.arctan2(HEIGHT / 2 - y, WIDTH / 2 - x) + rng.uniform(-0.6, 0.6)
     else:
         x, y = rng.uniform(0, WIDTH), rng.uniform(0, HEIGHT)
+        if world.crowding[regime] > 0 and others and rng.random() < world.crowding[regime]:
+            # next to an object already there: part of a group, overlapping it now and then
+            near = others[int(rng.integers(len(others)))].obj
+            x, y = near.x + rng.normal(0, 0.6 * (near.size + size) / 2), near.y + rng.normal(0, 0.6 * (near.size + size) / 2)
     colour = tuple(int(c) for c in rng.integers(30, 256, 3))
     obj = SceneObject(object_id, int(rng.integers(len(CLASSES))), float(x), float(y), size,
                       float(rng.uniform(0.6, 1.4)), float(rng.uniform(0, 360)), colour,
@@ -188,6 +215,9 @@ def _draw_clutter(frame: np.ndarray, owner: np.ndarray, items: list[_Clutter], o
 
 def render_sequence(spec: SequenceSpec) -> Iterator[Frame]:
     """Frames of one sequence, deterministic for its spec."""
+    if spec.version not in WORLDS:
+        raise ValueError(f"generator version '{spec.version}' is unknown; known: {', '.join(WORLDS)}")
+    objects_of = WORLDS[spec.version]
     rng = np.random.default_rng([spec.seed, spec.index])
     world = _background(rng, spec.drift)
     clutter = _clutter_items(rng, int(rng.integers(0, 41)))
@@ -206,14 +236,14 @@ def render_sequence(spec: SequenceSpec) -> Iterator[Frame]:
     schedule: list[tuple[Regime, int]] = []
     while len(schedule) < spec.frames:
         regime = list(Regime)[int(rng.choice(3, p=spec.regime_mix))]
-        low, high = REGIME_TARGETS[regime]
+        low, high = objects_of.targets[regime]
         target = int(rng.integers(low, high + 1))
         schedule += [(regime, target)] * int(rng.integers(spec.segment_frames[0], spec.segment_frames[1] + 1))
     movers: list[_Mover] = []
     next_id = 0
     regime0, target0 = schedule[0]
     for _ in range(target0):
-        movers.append(_new_object(rng, next_id, regime0, spec.drift, entering=False))
+        movers.append(_new_object(rng, next_id, regime0, spec.drift, False, objects_of, movers))
         next_id += 1
 
     for index in range(spec.frames):
@@ -221,7 +251,7 @@ def render_sequence(spec: SequenceSpec) -> Iterator[Frame]:
         active = [m for m in movers if not m.leaving]
         for _ in range(min(3, target - len(active))):  # objects enter over a few frames, not at once
             if rng.random() < 0.8:
-                movers.append(_new_object(rng, next_id, regime, spec.drift, entering=rng.random() < 0.7))
+                movers.append(_new_object(rng, next_id, regime, spec.drift, rng.random() < 0.7, objects_of, active))
                 next_id += 1
         for mover in active[: max(0, min(3, len(active) - target))]:  # and leave as briskly
             if rng.random() < 0.8:  # towards the nearest edge, as when the camera turns away
