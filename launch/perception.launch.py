@@ -7,9 +7,9 @@ Needs launch and launch_ros from a ROS 2 distribution (not available as wheels o
 machine, where `adaptive-perception node --autostart` does the same job).
 """
 from launch import LaunchDescription
-from launch.actions import DeclareLaunchArgument, EmitEvent, RegisterEventHandler
+from launch.actions import DeclareLaunchArgument, EmitEvent, RegisterEventHandler, SetEnvironmentVariable
 from launch.events import matches_action
-from launch.substitutions import LaunchConfiguration, PathJoinSubstitution
+from launch.substitutions import EnvironmentVariable, LaunchConfiguration, PathJoinSubstitution
 from launch_ros.actions import LifecycleNode
 from launch_ros.event_handlers import OnStateTransition
 from launch_ros.events.lifecycle import ChangeState
@@ -19,6 +19,9 @@ from lifecycle_msgs.msg import Transition
 
 def generate_launch_description() -> LaunchDescription:
     default_params = PathJoinSubstitution([FindPackageShare("adaptive_perception"), "config", "perception.yaml"])
+    # camera frames through shared memory; an already exported FASTRTPS_DEFAULT_PROFILES_FILE wins
+    default_profile = EnvironmentVariable("FASTRTPS_DEFAULT_PROFILES_FILE", default_value=PathJoinSubstitution(
+        [FindPackageShare("adaptive_perception"), "config", "fastdds.xml"]))
     node = LifecycleNode(
         package="adaptive_perception",
         executable="perception_node",
@@ -38,6 +41,9 @@ def generate_launch_description() -> LaunchDescription:
         DeclareLaunchArgument("image", default_value="/camera/image_raw", description="camera topic to route"),
         DeclareLaunchArgument("params_file", default_value=default_params, description="node parameter YAML"),
         DeclareLaunchArgument("namespace", default_value="", description="node namespace"),
+        DeclareLaunchArgument("dds_profile", default_value=default_profile,
+                              description="Fast DDS XML profile (the camera driver needs the same one: README, Transport)"),
+        SetEnvironmentVariable("FASTRTPS_DEFAULT_PROFILES_FILE", LaunchConfiguration("dds_profile")),
         node,
         activate_when_configured,
         configure,

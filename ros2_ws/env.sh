@@ -18,6 +18,10 @@ export CMAKE_PREFIX_PATH="$AP_VENV"
 export PYTHONPATH="$_ap_test/lib/python3.11/site-packages:$_ap_msgs/lib/python3.11/site-packages${PYTHONPATH:+:$PYTHONPATH}"
 export PATH="$AP_VENV/bin:$PATH"
 export RMW_IMPLEMENTATION=rmw_fastrtps_cpp
+# Camera frames travel through a shared-memory segment that holds them (config/fastdds.xml; README, Transport).
+if [ -z "${FASTRTPS_DEFAULT_PROFILES_FILE:-}" ] && [ "$RMW_IMPLEMENTATION" = rmw_fastrtps_cpp ]; then
+  export FASTRTPS_DEFAULT_PROFILES_FILE="$_ap_root/config/fastdds.xml"
+fi
 # Discovery stays on this machine unless the caller chose otherwise.
 export ROS_AUTOMATIC_DISCOVERY_RANGE="${ROS_AUTOMATIC_DISCOVERY_RANGE:-LOCALHOST}"
 # Ultralytics (train extra only): never download or pip-install anything at run time.

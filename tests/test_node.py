@@ -104,10 +104,10 @@ def test_bad_frame_is_skipped_and_the_node_keeps_running(graph):
     truncated = image_msg(_noise(4), sec=8)
     truncated.data = truncated.data[:1000]
     graph.image_pub.publish(truncated)
-    assert wait_until(lambda: graph.node.stats.frames_failed == 2, 5)  # warnings are throttled: count instead
+    assert wait_until(lambda: graph.node.totals().failed == 2, 5)  # warnings are throttled: count instead
     assert graph.send_lockstep(image_msg(_noise(5), sec=9))
     assert [d.header.stamp.sec for d in graph.detections] == [9]
-    assert graph.node.stats.frames_processed == 1 and graph.state() == "active"
+    assert graph.node.totals().processed == 1 and graph.state() == "active"
 
 
 def test_a_remapped_compressed_topic_is_subscribed_as_compressed(context, peer_model):

@@ -52,7 +52,8 @@ def test_lockstep_replay_gets_one_output_per_frame(context, peer_model, tmp_path
         assert graph.transition("configure") and graph.transition("activate")
         report = replay_bag(graph.driver, tmp_path / "bag", ReplayMode.LOCKSTEP, remap={"/cam/image_raw": "image"})
         assert report.frames_published == report.outputs_received == 12 and report.timeouts == 0
-        assert graph.node.frames_dropped == 0
+        totals = graph.node.totals()
+        assert (totals.received, totals.processed, totals.dropped, totals.lost_before_node) == (12, 12, 0, 0)
         stamps = [d.header.stamp.sec * 10**9 + d.header.stamp.nanosec for d in graph.detections]
         assert stamps == [t for t, _ in frames]
         assert report.detections == sum(len(d.detections) for d in graph.detections) > 0
@@ -70,9 +71,12 @@ def test_fast_replay_drops_stale_frames_instead_of_queueing(context, peer_model,
         report = replay_bag(graph.driver, tmp_path / "bag", ReplayMode.FAST, remap={"/cam/image_raw": "image"},
                             timeout_s=3.0)
         assert report.frames_published == 40
-        stats = graph.node.stats
-        assert stats.frames_processed == report.outputs_received < 40  # older frames were dropped, not queued
-        assert stats.frames_received == stats.frames_processed + graph.node.frames_dropped
+        totals = graph.node.totals()
+        assert totals.processed == report.outputs_received < 40  # older frames were dropped, not queued
+        # every frame is accounted for: dropped by the newest-frame rule, or overwritten in the depth-1 reader queue
+        assert totals.received == totals.processed + totals.dropped
+        first = graph.node.counters["image"].first_sequence  # losses are counted from the first delivered frame on
+        assert totals.received + totals.lost_before_node == 40 - (first - 1)
         last = graph.detections[-1].header.stamp
         assert last.sec * 10**9 + last.nanosec == frames[-1][0], "the newest frame is always processed"
     finally:

@@ -8,17 +8,113 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from adaptive_perception.training import crops
+from adaptive_perception.training.crops import CropPlan
 from adaptive_perception.training.yolo import _offline_ultralytics, export_onnx
 
 # tier -> (height, width) of the exported network input; 4:3 like the 640x480 camera, multiples of 32
 TIER_INPUTS: dict[str, tuple[int, int]] = {"nano": (192, 256), "small": (320, 416), "large": (480, 640)}
 TRAIN_IMGSZ = 320
 ARCHITECTURE = "yolov8n.yaml"
+
+
+@dataclass(frozen=True)
+class Network:
+    """One network of the tier family: YOLOv8's architecture at a width and depth, trained on crops."""
+
+    name: str
+    depth: float  # Ultralytics depth multiple (yolov8n: 0.33)
+    width: float  # Ultralytics width multiple (yolov8n: 0.25, yolov8s: 0.50)
+    crops: CropPlan
+
+
+# Tier family 2: `base` (yolov8n's width) trained on crops at the scales of all three tier inputs (256, 416 and
+# 640 px wide = 0.4, 0.65 and 1.0 of the frame), and `narrow` (half yolov8n's width) at nano's scale only.
+NETWORKS = {
+    "base": Network("base", 0.33, 0.25, CropPlan(scales=(0.4, 0.65, 1.0), size=320)),
+    "narrow": Network("narrow", 0.33, 0.125, CropPlan(scales=(0.4,), size=256)),
+}
+
+
+def architecture(network: Network, folder: Path) -> Path:
+    """Write YOLOv8's architecture (from the installed Ultralytics) at the network's scale; returns the yaml."""
+    import yaml
+    from ultralytics.nn.tasks import yaml_model_load
+
+    cfg = yaml_model_load(ARCHITECTURE)
+    cfg.pop("yaml_file", None)
+    cfg["scales"] = {"n": [network.depth, network.width, 1024]}
+    path = Path(folder) / f"yolov8n-{network.name}.yaml"  # the name tells Ultralytics to use scale "n"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return path
+
+
+def _checkpoint_to(run: Path, keep: Path) -> None:
+    """Copy last.pt and results.csv to `keep` after every saved epoch (atomic), so a killed run loses at most one."""
+    keep.mkdir(parents=True, exist_ok=True)
+    for source, name in ((run / "weights" / "last.pt", "last.pt"), (run / "results.csv", "results.csv")):
+        if source.exists():
+            shutil.copy(source, keep / f".{name}.tmp")
+            os.replace(keep / f".{name}.tmp", keep / name)
+
+
+def _relocate(checkpoint: Path, run: Path, data_yaml: Path) -> None:
+    """Point a committed checkpoint's stored paths at this checkout, so Ultralytics resumes here."""
+    import torch
+
+    ckpt = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    args = ckpt["train_args"]
+    args.update(data=str(data_yaml.resolve()), project=str(run.parent.resolve()), name=run.name,
+                save_dir=str(run.resolve()), model=str((run / "weights" / "last.pt").resolve()))
+    (run / "weights").mkdir(parents=True, exist_ok=True)
+    torch.save(ckpt, run / "weights" / "last.pt")
+
+
+def train_network(network: Network, benchmark_dir: Path, out_dir: Path, epochs: int = 80, batch: int = 16,
+                  seed: int = 0, keep: Path | None = None) -> Path:
+    """Train (or resume) one network of the family; returns best.pt.
+
+    Resumes from `out_dir/<name>/run/weights/last.pt`, else from `keep/last.pt` (a committed checkpoint),
+    else starts fresh. After every epoch last.pt and results.csv are copied to `keep`."""
+    _offline_ultralytics()
+    import ultralytics.utils.torch_utils as torch_utils
+    from ultralytics import YOLO
+
+    torch_utils.NUM_THREADS = os.cpu_count() or 1  # Ultralytics leaves one core idle; on 2 cores that halves speed
+    home = Path(out_dir) / network.name
+    data_yaml = home / "crops" / "data.yaml"
+    if not data_yaml.exists():
+        print(f"{network.name}: cutting training crops {network.crops}")
+        crops.build(benchmark_dir, home / "crops", network.crops)
+    run = home / "run"
+    last = run / "weights" / "last.pt"
+    if not last.exists() and keep is not None and (Path(keep) / "last.pt").exists():
+        print(f"{network.name}: continuing from the committed checkpoint {Path(keep) / 'last.pt'}")
+        _relocate(Path(keep) / "last.pt", run, data_yaml)
+        if (Path(keep) / "results.csv").exists():
+            shutil.copy(Path(keep) / "results.csv", run / "results.csv")
+    if (run / "weights" / "done").exists():
+        return run / "weights" / "best.pt"
+    model = YOLO(str(last)) if last.exists() else YOLO(str(architecture(network, home)))
+    if keep is not None:
+        model.add_callback("on_model_save", lambda trainer: _checkpoint_to(run, Path(keep)))
+    if last.exists():
+        print(f"{network.name}: resuming from {last}")
+        model.train(resume=True)
+    else:
+        model.train(data=str(data_yaml), imgsz=network.crops.size, epochs=epochs, batch=batch, workers=2,
+                    device="cpu", project=str(home.resolve()), name="run", exist_ok=True, seed=seed,
+                    deterministic=False, cache="ram", plots=True, patience=0, scale=0.25, verbose=True)
+    (run / "weights" / "done").write_text("training finished\n")
+    return run / "weights" / "best.pt"
 
 
 def train(data_yaml: Path, out_dir: Path, epochs: int = 20, batch: int = 16, seed: int = 0,
@@ -168,8 +264,6 @@ def pilot(weights: Path, benchmark_dir: Path, report: Path) -> dict:
     image_dir = Path(benchmark_dir) / "images" / "val"
     ids = [im["id"] for im in gt["images"]]
     result = {"weights": str(weights), "split": "val", "frames": len(ids), "tiers": {}}
-    import shutil
-
     with tempfile.TemporaryDirectory() as tmp:
         snapshot = Path(tmp) / "checkpoint.pt"  # training may rewrite the checkpoint meanwhile
         shutil.copy(weights, snapshot)

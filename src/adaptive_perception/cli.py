@@ -235,6 +235,9 @@ def _policy(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from adaptive_perception.transport import apply_defaults
+
+    apply_defaults()  # before any ROS context: camera frames through shared memory (config/fastdds.xml)
     argv = list(sys.argv[1:] if argv is None else argv)
     ros_args: list[str] = []
     if "--ros-args" in argv:  # ROS arguments are not ours to parse

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import threading
+from dataclasses import dataclass, field
 from typing import Generic, Hashable, TypeVar
 
 T = TypeVar("T")
@@ -50,3 +51,32 @@ class LatestFrameSlot(Generic[T]):
             self._pending.clear()
             self._order.clear()
             self._cond.notify_all()
+
+
+@dataclass
+class CameraCounters:
+    """Where each frame of one camera went: a frame is processed, dropped by the newest-frame rule, failed,
+    or lost before the node (published but never delivered: the transport or a full reader queue)."""
+
+    received: int = 0
+    lost_before_node: int = 0
+    dropped: int = 0  # replaced in the LatestFrameSlot before the worker took it
+    processed: int = 0
+    failed: int = 0
+    first_sequence: int | None = None  # publisher sequence number of the first frame delivered (losses count after it)
+    _last_sequence: int | None = field(default=None, repr=False)
+
+    def arrived(self, sequence: int | None) -> None:
+        """Count a delivered frame; `sequence` is its publisher's sequence number (gaps are losses).
+
+        A sequence number at or below the last one (a restarted or second publisher) starts a new count."""
+        self.received += 1
+        if self.first_sequence is None:
+            self.first_sequence = sequence
+        if sequence is not None and self._last_sequence is not None and sequence > self._last_sequence:
+            self.lost_before_node += sequence - self._last_sequence - 1
+        self._last_sequence = sequence
+
+    def as_dict(self) -> dict[str, int]:
+        return {"received": self.received, "lost_before_node": self.lost_before_node, "dropped": self.dropped,
+                "processed": self.processed, "failed": self.failed}

@@ -4,7 +4,6 @@ from __future__ import annotations
 import sys
 import threading
 import time
-from dataclasses import dataclass
 
 import rclpy
 from adaptive_perception_msgs.msg import RoutingDecision
@@ -12,6 +11,7 @@ from adaptive_perception_msgs.srv import LoadPolicy, SetRoutingMode
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
 from rclpy.parameter import Parameter
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CompressedImage, Image
 from vision_msgs.msg import Detection2DArray
@@ -20,10 +20,11 @@ from adaptive_perception.config import NodeConfig, resolve_model
 from adaptive_perception.detector import TIERS, DetectorTier
 from adaptive_perception.errors import AdaptivePerceptionError
 from adaptive_perception.features import RoutingContext, next_context, routing_features
-from adaptive_perception.frames import LatestFrameSlot
+from adaptive_perception.frames import CameraCounters, LatestFrameSlot
 from adaptive_perception.policy import Policy
 from adaptive_perception.router import Router, RouterSettings, check_mode, tiers_needed
 from adaptive_perception.ros.convert import detections_to_msg, image_to_rgb
+from adaptive_perception.transport import apply_defaults as apply_transport_defaults
 
 NODE_NAME = "perception_node"
 _WORKER_POLL_S = 0.1
@@ -79,15 +80,6 @@ PARAMETERS: dict[str, tuple[object, ParameterDescriptor]] = {
 }
 
 
-@dataclass
-class NodeStats:
-    """Counters since configure."""
-
-    frames_received: int = 0
-    frames_processed: int = 0
-    frames_failed: int = 0
-
-
 class PerceptionNode(LifecycleNode):
     """Subscribes to camera images, runs the chosen detector tier, publishes detections and routing decisions."""
 
@@ -99,12 +91,15 @@ class PerceptionNode(LifecycleNode):
         self.detectors: dict[str, DetectorTier] = {}
         self.router: Router | None = None
         self._contexts: dict[str, tuple[RoutingContext, int]] = {}  # camera -> (context, previous stamp ns)
-        self.stats = NodeStats()
+        self.counters: dict[str, CameraCounters] = {}  # per camera topic, since configure
+        self._reported_losses: dict[str, int] = {}
         self._slot: LatestFrameSlot[Image | CompressedImage] | None = None
         self._worker: threading.Thread | None = None
         self._subscriptions: list[object] = []
         self._det_pub = None
         self._routing_pub = None
+        self._diag_pub = None
+        self._diag_timer = None
         self._routing_services = [self.create_service(SetRoutingMode, "~/set_routing_mode", self._on_set_routing_mode),
                           self.create_service(LoadPolicy, "~/load_policy", self._on_load_policy)]
 
@@ -149,10 +144,14 @@ class PerceptionNode(LifecycleNode):
         except Exception as exc:  # a failed configure must report, never raise
             self.get_logger().error(f"configure failed: {exc}")
             return TransitionCallbackReturn.FAILURE
-        self.config, self.detectors, self.router, self.stats = config, detectors, router, NodeStats()
+        self.config, self.detectors, self.router = config, detectors, router
+        self.counters = {topic: CameraCounters() for topic in config.image_topics}
+        self._reported_losses = {}
         self._contexts = {}
         self._det_pub = self.create_lifecycle_publisher(Detection2DArray, "detections", 10)
         self._routing_pub = self.create_lifecycle_publisher(RoutingDecision, "routing", 10)
+        self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+        self._diag_timer = self.create_timer(1.0, self._publish_diagnostics)
         return TransitionCallbackReturn.SUCCESS
 
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
@@ -171,7 +170,7 @@ class PerceptionNode(LifecycleNode):
                 resolved = self.resolve_topic_name(topic)  # after remapping: image:=.../compressed counts
                 msg_type = CompressedImage if resolved.rstrip("/").endswith("compressed") else Image
                 self._subscriptions.append(self.create_subscription(
-                    msg_type, topic, lambda msg, camera=topic: self._on_image(camera, msg), qos))
+                    msg_type, topic, lambda msg, info, camera=topic: self._on_image(camera, msg, info), qos))
         except Exception as exc:  # e.g. an invalid topic name: report, never raise out of a callback
             self.get_logger().error(f"activate failed: image_topics {list(self.config.image_topics)}: {exc}")
             self._stop_processing()
@@ -216,20 +215,48 @@ class PerceptionNode(LifecycleNode):
         for pub in (self._det_pub, self._routing_pub):
             if pub is not None:
                 self.destroy_lifecycle_publisher(pub)
-        self._det_pub = self._routing_pub = None
+        if self._diag_timer is not None:
+            self.destroy_timer(self._diag_timer)
+            self.destroy_publisher(self._diag_pub)
+        self._det_pub = self._routing_pub = self._diag_pub = self._diag_timer = None
         self.detectors = {}  # drops the onnxruntime sessions
         self.router = None
         self.config = None
 
     # ---- per frame -------------------------------------------------------------------------
-    @property
-    def frames_dropped(self) -> int:
-        return self._slot.dropped if self._slot is not None else 0
+    def totals(self) -> CameraCounters:
+        """The per-camera counters added up."""
+        total = CameraCounters()
+        for counters in list(self.counters.values()):
+            for name, value in counters.as_dict().items():
+                setattr(total, name, getattr(total, name) + value)
+        return total
 
-    def _on_image(self, camera: str, msg: Image | CompressedImage) -> None:
-        self.stats.frames_received += 1
-        if self._slot is not None:
-            self._slot.put(camera, msg)
+    def _on_image(self, camera: str, msg: Image | CompressedImage, info: dict) -> None:
+        counters = self.counters[camera]
+        counters.arrived(info.get("publication_sequence_number"))
+        if self._slot is not None and self._slot.put(camera, msg):
+            counters.dropped += 1
+
+    def _publish_diagnostics(self) -> None:
+        """One status per camera: where its frames went. WARN while frames are lost before reaching the node."""
+        array = DiagnosticArray()
+        array.header.stamp = self.get_clock().now().to_msg()
+        for camera, counters in list(self.counters.items()):
+            values = counters.as_dict()
+            newly_lost = values["lost_before_node"] - self._reported_losses.get(camera, 0)
+            self._reported_losses[camera] = values["lost_before_node"]
+            status = DiagnosticStatus(name=f"{self.get_fully_qualified_name()}: camera {self.resolve_topic_name(camera)}",
+                                      hardware_id=self.get_fully_qualified_name())
+            if newly_lost > 0:
+                status.level = DiagnosticStatus.WARN
+                status.message = (f"{newly_lost} frames lost before the node in the last second: check the camera "
+                                  "driver's DDS profile (README, Transport)")
+            else:
+                status.level, status.message = DiagnosticStatus.OK, "frames arriving" if values["received"] else "no frames yet"
+            status.values = [KeyValue(key=f"frames_{key}", value=str(value)) for key, value in values.items()]
+            array.status.append(status)
+        self._diag_pub.publish(array)
 
     def _work(self, slot: LatestFrameSlot[Image | CompressedImage]) -> None:
         while True:
@@ -242,7 +269,7 @@ class PerceptionNode(LifecycleNode):
             try:
                 self._process(camera, msg)
             except Exception as exc:  # a bad frame is logged and skipped; the node keeps running
-                self.stats.frames_failed += 1
+                self.counters[camera].failed += 1
                 self.get_logger().warning(f"frame from '{camera}' skipped: {exc}", throttle_duration_sec=5.0)
 
     def _process(self, camera: str, msg: Image | CompressedImage) -> None:
@@ -269,7 +296,7 @@ class PerceptionNode(LifecycleNode):
         out.total_ms = (done - started) * 1e3
         out.drift_score = float("nan")
         self._routing_pub.publish(out)
-        self.stats.frames_processed += 1
+        self.counters[camera].processed += 1
 
     # ---- services --------------------------------------------------------------------------
     def _on_set_routing_mode(self, request: SetRoutingMode.Request, response: SetRoutingMode.Response):
@@ -308,6 +335,7 @@ class PerceptionNode(LifecycleNode):
 
 def main(argv: list[str] | None = None) -> int:
     """Run the node until interrupted; with parameter autostart:=true it configures and activates itself."""
+    apply_transport_defaults()
     rclpy.init(args=argv if argv is not None else sys.argv)
     try:
         node = PerceptionNode()
