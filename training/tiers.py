@@ -88,7 +88,10 @@ def train_network(network: Network, benchmark_dir: Path, out_dir: Path, epochs: 
     import ultralytics.utils.torch_utils as torch_utils
     from ultralytics import YOLO
 
+    from ultralytics.utils import SETTINGS
+
     torch_utils.NUM_THREADS = os.cpu_count() or 1  # Ultralytics leaves one core idle; on 2 cores that halves speed
+    SETTINGS.update({"mlflow": False})  # its callback would write mlflow.db into the working directory
     home = Path(out_dir) / network.name
     data_yaml = home / "crops" / "data.yaml"
     if not data_yaml.exists():

@@ -132,6 +132,14 @@ def _parser() -> argparse.ArgumentParser:
     overhead.add_argument("--iterations", type=int, default=2000, help="timed calls per resolution")
     overhead.add_argument("--report", type=Path, default=Path("training/reports/overhead.json"),
                           help="JSON to write (default: the committed report the README quotes)")
+    transport = bench_sub.add_parser("transport", help="frames delivered across processes at 30 Hz, Fast DDS "
+                                                       "defaults against the shipped profile, bare and through the node")
+    transport.add_argument("--seconds", type=float, default=60.0, help="frames per bare-subscriber pass, in seconds")
+    transport.add_argument("--node-seconds", type=float, default=20.0, help="frames per node pass, in seconds")
+    transport.add_argument("--rate", type=float, default=30.0, help="frames per second per camera")
+    transport.add_argument("--quick", action="store_true", help="raw 640x480 only (skip 1280x720 and jpeg)")
+    transport.add_argument("--report", type=Path, default=Path("training/reports/transport.json"),
+                           help="JSON to write (default: the committed report the README quotes)")
 
     demo = sub.add_parser("demo", help="end-to-end demo on generated frames, no downloads")
     demo.add_argument("--sequence", type=int, default=49, help="frozen benchmark test sequence to replay (46-59)")
@@ -276,6 +284,10 @@ def main(argv: list[str] | None = None) -> int:
 
             run(args.stage, settings_from(args))
             return 0
+        if args.command == "bench" and args.bench_command == "transport":
+            from adaptive_perception.training.transport import run_transport
+
+            return run_transport(args.seconds, args.node_seconds, args.rate, args.quick, args.report)
         if args.command == "bench":
             from adaptive_perception.training.overhead import run_overhead
 
