@@ -3,30 +3,35 @@ the PPO environment and the bootstrap's re-accumulation of COCOeval."""
 from __future__ import annotations
 
 import json
+from fractions import Fraction
 
 import numpy as np
 import pytest
 
 from adaptive_perception.features import IMAGE_FEATURES
-from adaptive_perception.training.labels import Costs, budget_oracle, frame_f1, optimal_tiers
+from adaptive_perception.training.labels import Costs, budget_oracle, frame_value, optimal_tiers
 from adaptive_perception.training.profile import Profile
-from adaptive_perception.training.simulate import FRAME_PERIOD_S, Split, Stream, rollout
+from adaptive_perception.training.evaluate import cost_columns
+from adaptive_perception.training.simulate import FRAME_PERIOD_S, Split, Stream, WorkerClock, rollout
 
 BOX = [10.0, 10.0, 50.0, 50.0]
 
 
-def test_frame_f1_averages_over_iou_thresholds_and_skips_ignore_regions():
+def test_frame_value_counts_true_and_false_positives_over_iou_thresholds():
     truth = np.array([[*BOX, 1, 0]])
-    assert frame_f1(np.array([[*BOX, 0.9, 1]]), truth) == 1.0
-    assert frame_f1(np.array([[*BOX, 0.9, 2]]), truth) == 0.0  # wrong class: one FP and one FN
-    shifted = np.array([[10.0, 10.0, 50.0, 58.0, 0.9, 1]])  # IoU 40*40 / (40*48) = 0.833: matched up to 0.80
-    assert frame_f1(shifted, truth) == pytest.approx(0.7)
-    assert frame_f1(np.zeros((0, 6)), np.zeros((0, 6))) == 1.0
-    assert frame_f1(np.zeros((0, 6)), truth) == 0.0
+    assert frame_value(np.array([[*BOX, 0.9, 1]]), truth) == 1.0
+    assert frame_value(np.array([[*BOX, 0.9, 2]]), truth) == pytest.approx(-0.3)  # wrong class: a false positive
+    shifted = np.array([[10.0, 10.0, 50.0, 58.0, 0.9, 1]])  # IoU 40*40 / (40*48) = 0.833: a TP at 0.50-0.80 (7 of 10)
+    assert frame_value(shifted, truth) == pytest.approx(0.7 - 0.3 * 0.3)
+    assert frame_value(np.zeros((0, 6)), np.zeros((0, 6))) == 0.0
+    assert frame_value(np.zeros((0, 6)), truth) == 0.0
     with_ignore = np.array([[*BOX, 1, 0], [100.0, 100.0, 140.0, 140.0, 1, 1]])
     two = np.array([[*BOX, 0.9, 1], [100.0, 100.0, 140.0, 140.0, 0.8, 1]])
-    assert frame_f1(two, with_ignore) == 1.0  # the detection on the ignore region counts neither way
-    assert frame_f1(two, truth) == pytest.approx(2 / 3)  # without it, that detection is a false positive
+    assert frame_value(two, with_ignore) == 1.0  # the detection on the ignore region counts neither way
+    assert frame_value(two, truth) == pytest.approx(0.7)  # without it, that detection is a false positive
+    crowd = np.array([[x, 10.0, x + 40.0, 50.0, 1, 0] for x in (0.0, 100.0, 200.0)])
+    found = np.array([[x, 10.0, x + 40.0, 50.0, 0.8, 1] for x in (0.0, 100.0, 200.0)])
+    assert frame_value(found, crowd) == 3.0  # pooled like mAP: three objects found weigh three times one
 
 
 def _profile(frames: int, sequences: int = 1) -> Profile:
@@ -59,30 +64,65 @@ def test_oracles_pick_the_best_tier_per_frame_and_respect_the_budget():
                     assert quality[np.arange(4), swapped].sum() <= quality[np.arange(4), tiers].sum() + 1e-9
 
 
-def test_streaming_drops_frames_while_a_slow_tier_runs_and_scores_them_stale():
-    split = Split.build(_profile(9))
-    costs = Costs("test", np.array([10.0, 40.0, 100.0]))  # at 30 Hz: nano 1 frame, small 1, large 3
-    stream = Stream(split, np.arange(9), costs, streaming=True)
-    covered, quality = stream.step(2)
-    assert [c[0] for c in covered] == [0, 1, 2] and all(c[1:] == (0, 2) for c in covered)
-    assert quality == pytest.approx(split.quality[0, 2, 0] + split.quality[0, 2, 1] + split.quality[0, 2, 2])
-    assert stream.frame == 3 and stream.context.prev_tier == 2
-    assert stream.context.dt_s == pytest.approx(3 * FRAME_PERIOD_S) and stream.context.prev_count == 1
+def _processed(cost_ms: float, frames: int) -> list[int]:
+    clock = WorkerClock(frames)
+    processed = []
+    while not clock.done:
+        processed.append(clock.run(Fraction(str(cost_ms)) / 1000)[0])
+    return processed
+
+
+# Worked by hand on a 30 Hz clock (frame i arrives at i x 33.33 ms; the worker takes the newest frame arrived
+# by the end of its job, a frame arriving exactly then included, or waits for the next one).
+HAND_SCHEDULES = {
+    20.0: list(range(13)),  # done before the next frame arrives: every frame
+    # 0-40, 1: 40-80, 2: 80-120, 3: 120-160, 4: 160-200; frame 6 arrives at 200 exactly and replaces 5
+    40.0: [0, 1, 2, 3, 4, 6, 7, 8, 9, 10, 12],
+    # 0-46, 1: 46-92, 2: 92-138, 4: 138-184 (3 replaced at 133.3), 5: 184-230, 6: 230-276, 8: 276-322, ...
+    46.0: [0, 1, 2, 4, 5, 6, 8, 9, 11, 12, 13, 15, 16, 17, 19],
+    # job k ends at 101.5 k ms: 3 frames on, but the 1.5 ms a job carries add up; by 2334.5 ms (k = 23)
+    # frame 70 (2333.3 ms) has arrived, so 67-69 are all skipped: 66 -> 70, not 66 -> 69
+    101.5: [0, 3, 6, 9, 12, 15, 18, 21, 24, 27, 30, 33, 36, 39, 42, 45, 48, 51, 54, 57, 60, 63, 66, 70, 73, 76],
+}
+
+
+@pytest.mark.parametrize("cost_ms", sorted(HAND_SCHEDULES))
+def test_worker_clock_matches_hand_computed_schedules(cost_ms):
+    expected = HAND_SCHEDULES[cost_ms]
+    assert _processed(cost_ms, expected[-1] + 1) == expected
+
+
+def test_streaming_shows_the_output_standing_at_each_frame_and_never_exceeds_a_full_duty_cycle():
+    split = Split.build(_profile(12))
+    costs = Costs("test", np.array([10.0, 46.0, 101.5]))
+    trace = rollout(split, costs, lambda *_: 1, streaming=True)
+    assert trace.processed_frames == [0, 1, 2, 4, 5, 6, 8, 9, 11]
+    # outputs published at 46 (frame 0), 92 (1), 138 (2), 184 (4), 230 (5), 276 (6), 322 (8), 368 (9):
+    # frames 0 and 1 arrive before the first output; frame 8 (266.7) still shows frame 5's output
+    assert trace.shown[:, 0].tolist() == [-1, -1, 0, 1, 1, 2, 4, 5, 5, 6, 8, 8]
+    stale = [None, None, 2, 2, 3, 3, 2, 2, 3, 3, 2, 3]
+    for frame, k in enumerate(stale):
+        expected = split.empty[frame] if k is None else split.quality[trace.shown[frame, 0], 1, k]
+        assert trace.quality[frame] == pytest.approx(expected)
+    large = rollout(split, costs, lambda *_: 2, streaming=True)
+    assert large.processed_frames == [0, 3, 6, 9]
+    assert large.busy_ms == pytest.approx(400.0)  # 4 x 101.5 ms, the last job cut at the clip's end (400 ms)
+    assert cost_columns(split, large, costs)["mean_cost_ms"] == pytest.approx(400.0 / 12)  # 100 % duty cycle
     per_frame = rollout(split, costs, lambda *_: 2, streaming=False)
-    streaming = rollout(split, costs, lambda *_: 2, streaming=True)
-    assert len(per_frame.processed_tiers) == 9 and len(streaming.processed_tiers) == 3
-    assert streaming.shown[:, 0].tolist() == [0, 0, 0, 3, 3, 3, 6, 6, 6]
+    assert per_frame.shown[:, 0].tolist() == list(range(12)) and per_frame.busy_ms == pytest.approx(12 * 101.5)
 
 
-def test_context_in_the_observation_follows_the_chosen_tier():
-    split = Split.build(_profile(6))
-    costs = Costs("test", np.array([10.0, 20.0, 30.0]))
-    contexts = []
-    rollout(split, costs, lambda f, obs, ctx: contexts.append(obs[IMAGE_FEATURES:].copy()) or f % 3, streaming=False)
-    # frame f routed to tier f % 3 publishes the detections of tiers >= f % 3 made for it: exactly one
-    assert contexts[0].tolist() == [0.0, 0.0, 0.0, 0.0]
-    assert contexts[1][2] == pytest.approx(1 / 3) and contexts[2][2] == pytest.approx(2 / 3)
-    assert contexts[1][0] == pytest.approx(np.log1p(1)) and contexts[1][3] == pytest.approx(FRAME_PERIOD_S)
+def test_stream_step_returns_the_frames_its_predecessor_covered():
+    split = Split.build(_profile(9))
+    costs = Costs("test", np.array([10.0, 40.0, 100.0]))
+    stream = Stream(split, np.arange(9), costs, streaming=True)
+    covered, quality = stream.step(2)  # frame 0 on large: published at 100 ms, when frame 3 arrives
+    assert covered == [(0, -1, -1), (1, -1, -1), (2, -1, -1)]
+    assert quality == pytest.approx(float(split.empty[:3].sum()))
+    assert stream.frame == 3 and stream.context.prev_tier == 2 and stream.context.dt_s == 0.0
+    covered, _ = stream.step(0)  # frame 3 on nano: 100-110 ms; frame 3 showed frame 0's output
+    assert covered == [(3, 0, 2)] and stream.frame == 4
+    assert stream.context.dt_s == pytest.approx(3 * FRAME_PERIOD_S) and stream.context.prev_count == 1
 
 
 def test_routing_env_passes_the_gymnasium_checker_and_is_sequential():
@@ -98,8 +138,9 @@ def test_routing_env_passes_the_gymnasium_checker_and_is_sequential():
     check_env(env, skip_render_check=True)
     observation, _ = env.reset(seed=3)
     _, reward, done, _, info = env.step(2)
+    # large publishes at 100 ms: the first three frames showed nothing, and the step is charged large's cost
     assert info["frames"] == 3 and not done
-    assert reward == pytest.approx(sum(split.quality[env.stream.frames[0], 2, :3]) - 0.2)
+    assert reward == pytest.approx(float(split.empty[env.stream.frames[:3]].sum()) - 0.2)
     next_observation, *_ = env.step(0)
     assert observation[1026] == 0.0 and env.stream.context.prev_tier == 0
 

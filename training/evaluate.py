@@ -47,6 +47,8 @@ class Scorer:
 
         results = []
         for target, (source, tier) in enumerate(trace.shown.tolist()):
+            if source < 0:  # nothing shown yet (a stream's first frames)
+                continue
             for x0, y0, x1, y1, score, cls in self.detections[tier][source].tolist():
                 results.append({"image_id": target, "category_id": int(cls), "bbox": [x0, y0, x1 - x0, y1 - y0],
                                 "score": score})
@@ -138,7 +140,7 @@ def cost_columns(split: Split, trace: Trace, costs: Costs) -> dict:
     frames = np.asarray(trace.processed_frames)
     latency = split.profile.latency_ms[frames, tiers] * (costs.ms[tiers] / measured_mean[tiers])
     n = len(split.profile)
-    return {"mean_cost_ms": float(costs.ms[tiers].sum() / n), "p95_latency_ms": float(np.percentile(latency, 95)),
+    return {"mean_cost_ms": float(trace.busy_ms / n), "p95_latency_ms": float(np.percentile(latency, 95)),
             "p99_latency_ms": float(np.percentile(latency, 99)),
             "mix": dict(zip(TIERS, np.round(trace.mix(), 4).tolist())),
             "switches_per_100_frames": 100.0 * trace.switches / n, "processed_frames": int(len(tiers))}

@@ -1,10 +1,13 @@
 """Stages 2-3, costs and labels: per-frame quality of each tier, tier costs per device, optimal tiers.
 
-Quality of detections on a frame = F1 averaged over IoU thresholds 0.50:0.05:0.95 (what mAP50-95
-rewards), on the detections the node publishes (score >= its conf_threshold), matched greedily by
-score within a class; a detection on an ignore region counts neither way; a frame with no objects and
-no detections scores 1. `stale_quality[f, t, k]` scores tier t's detections of frame f against the
-truth of frame f + k (k = 0 is the frame itself): what a frame dropped while a slow tier runs gets.
+Quality of detections on a frame pools the way COCO mAP pools: true positives minus 0.3 x false positives,
+each averaged over IoU thresholds 0.50:0.05:0.95, on the detections the node publishes (score >= its
+conf_threshold), matched greedily by score within a class; a detection on an ignore region counts neither
+way. Counts, not a per-frame ratio: finding twelve objects on a dense frame is worth twelve times finding
+one on a sparse frame, as in the split's mAP (a per-frame F1 weighed them alike, and its own budget oracle
+lost to the detection-count heuristic). Values are in units of the split's mean objects per frame.
+`stale_quality[f, t, k]` scores tier t's detections of frame f against the truth of frame f + k (k = 0 is
+the frame itself): what a frame shows while a slower tier works on a later one.
 """
 from __future__ import annotations
 
@@ -21,15 +24,20 @@ from adaptive_perception.errors import AdaptivePerceptionError
 from adaptive_perception.training.profile import PUBLISH_CONF, Profile
 
 IOU_THRESHOLDS = np.linspace(0.5, 0.95, 10)
+FP_WEIGHT = 0.3  # a false positive costs 0.3 of a true positive: below-threshold noise lowers mAP, but less than a miss
 MAX_STALE = 6  # frames after f that tier t's output of f can cover; more is treated as the last
 
 
-def frame_f1(detections: np.ndarray, truth: np.ndarray) -> float:
-    """Mean F1 over IoU 0.50:0.95 of (K, 6) detections x0 y0 x1 y1 score class against (G, 6) truth."""
+def match_counts(detections: np.ndarray, truth: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """True and false positives per IoU threshold 0.50:0.05:0.95 of (K, 6) detections x0 y0 x1 y1 score class
+    against (G, 6) truth x0 y0 x1 y1 class ignore, matched greedily by score within a class as COCO does; a
+    detection matching only an ignore region counts neither way."""
     valid = truth[truth[:, 5] == 0]
     ignore = truth[truth[:, 5] != 0]
+    tp = np.zeros(len(IOU_THRESHOLDS))
+    fp = np.zeros(len(IOU_THRESHOLDS))
     if len(detections) == 0:
-        return 1.0 if len(valid) == 0 else 0.0
+        return tp, fp
     detections = detections[np.argsort(-detections[:, 4], kind="stable")]
     same_class = detections[:, None, 5] == valid[None, :, 4]
     iou = np.where(same_class, box_iou(detections[:, :4], valid[:, :4]), 0.0) if len(valid) else np.zeros((len(detections), 0))
@@ -37,27 +45,46 @@ def frame_f1(detections: np.ndarray, truth: np.ndarray) -> float:
     if len(ignore):
         ignored_iou = np.where(detections[:, None, 5] == ignore[None, :, 4], box_iou(detections[:, :4], ignore[:, :4]), 0.0)
         on_ignore = ignored_iou.max(axis=1)[:, None] >= IOU_THRESHOLDS[None, :]
-    f1 = []
     for t, threshold in enumerate(IOU_THRESHOLDS):
         taken = np.zeros(len(valid), bool)
-        tp = fp = 0
         for d in range(len(detections)):
             candidates = np.where(taken, -1.0, iou[d]) if len(valid) else iou[d]
             best = int(np.argmax(candidates)) if len(valid) else -1
             if best >= 0 and candidates[best] >= threshold:
                 taken[best] = True
-                tp += 1
+                tp[t] += 1
             elif not on_ignore[d, t]:
-                fp += 1
-        fn = len(valid) - tp
-        f1.append(1.0 if tp + fp + fn == 0 else 2 * tp / (2 * tp + fp + fn))
-    return float(np.mean(f1))
+                fp[t] += 1
+    return tp, fp
+
+
+def frame_value(detections: np.ndarray, truth: np.ndarray) -> float:
+    """What a frame's published detections add to split-level mAP50-95: true positives minus FP_WEIGHT x false
+    positives, each averaged over IoU 0.50:0.95. Counts pool over frames as COCO pools objects (a twelve-object
+    frame weighs twelve times a one-object frame); showing nothing is worth 0."""
+    tp, fp = match_counts(detections, truth)
+    return float(tp.mean() - FP_WEIGHT * fp.mean())
+
+
+def empty_quality(profile: Profile) -> np.ndarray:
+    """(N,) quality of showing no detections on each frame (a stream's frames before its first output)."""
+    empty = np.zeros((0, 6), np.float32)
+    return np.array([frame_value(empty, truth) / _objects_per_frame(profile) for truth in profile.frame_truth()],
+                    np.float32)
+
+
+def _objects_per_frame(profile: Profile) -> float:
+    """The split's mean count of valid objects per frame: the unit of quality (a split-level constant)."""
+    truth = profile.frame_truth()
+    return max(float(np.mean([(t[:, 5] == 0).sum() for t in truth])), 1e-6) if len(truth) else 1.0
 
 
 def stale_quality(profile: Profile, max_stale: int = MAX_STALE) -> np.ndarray:
-    """(N, 3, max_stale + 1) F1 of tier t's published detections of frame f on the truth of frame f + k
-    (the same sequence; past a sequence's end the last frame's value is repeated, and never used)."""
+    """(N, 3, max_stale + 1) value (`frame_value`, in units of the split's mean objects per frame) of tier t's
+    published detections of frame f on the truth of frame f + k (the same sequence; past a sequence's end the
+    last frame's value is repeated, and never used)."""
     truth = profile.frame_truth()
+    unit = _objects_per_frame(profile)
     out = np.zeros((len(profile), len(TIERS), max_stale + 1), np.float32)
     for tier in range(len(TIERS)):
         detections = profile.tier_detections(tier, PUBLISH_CONF)
@@ -65,7 +92,7 @@ def stale_quality(profile: Profile, max_stale: int = MAX_STALE) -> np.ndarray:
             for i, f in enumerate(frames):
                 for k in range(max_stale + 1):
                     target = frames[min(i + k, len(frames) - 1)]
-                    out[f, tier, k] = frame_f1(detections[f], truth[target])
+                    out[f, tier, k] = frame_value(detections[f], truth[target]) / unit
     return out
 
 

@@ -172,6 +172,7 @@ def stage_labels(settings: Settings) -> None:
 
 
 def load_split(settings: Settings, split: str):
+    from adaptive_perception.training.labels import empty_quality
     from adaptive_perception.training.profile import Profile
     from adaptive_perception.training.simulate import Split
 
@@ -179,7 +180,8 @@ def load_split(settings: Settings, split: str):
     if not path.is_file():
         raise AdaptivePerceptionError(f"{path} is missing; run `adaptive-perception train labels --work {settings.work}` "
                                       "first (or `train all`)")
-    return Split(Profile.load(_profile_path(settings, split)), np.load(path))
+    profile = Profile.load(_profile_path(settings, split))
+    return Split(profile, np.load(path), empty_quality(profile))
 
 
 def _load_costs(settings: Settings):

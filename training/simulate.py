@@ -4,24 +4,28 @@ the PPO environment and the evaluation.
 The context features come from the simulated router's own previous output (the detections the node would
 have published for the tier it chose), exactly as `features.next_context` builds them. Two settings:
 
-- per-frame: every frame is processed by the chosen tier;
-- streaming: frames arrive on a 30 Hz clock; while the chosen tier runs (its cost on the named device),
-  frames that arrive are dropped except the newest, which is processed next (the node's latest-frame
-  slot); each dropped frame is scored with the stale detections of the last processed frame.
+- per-frame: every frame is processed by the chosen tier and shown its own detections;
+- streaming: the node's semantics on a carried clock (`WorkerClock`). Frames arrive at 30 Hz; one worker;
+  a frame that arrives while the worker is busy replaces the waiting one (the LatestFrameSlot); an output
+  is published when its inference ends and stands until the next output; every frame is scored, at its
+  arrival, with the output standing at that moment (nothing before the first output). Cost is busy time
+  over wall time, so no routing exceeds a 100 % duty cycle.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from fractions import Fraction
 from typing import Callable
 
 import numpy as np
 
 from adaptive_perception.detector import TIERS
 from adaptive_perception.features import FEATURE_SIZE, IMAGE_FEATURES, RoutingContext
-from adaptive_perception.training.labels import MAX_STALE, Costs, stale_quality
+from adaptive_perception.training.labels import MAX_STALE, Costs, empty_quality, stale_quality
 from adaptive_perception.training.profile import PUBLISH_CONF, Profile
 
-FRAME_PERIOD_S = 1 / 30
+FRAME_RATE_HZ = 30
+FRAME_PERIOD_S = 1 / FRAME_RATE_HZ
 
 
 @dataclass
@@ -30,6 +34,7 @@ class Split:
 
     profile: Profile
     quality: np.ndarray  # (N, 3, MAX_STALE + 1)
+    empty: np.ndarray  # (N,) quality of showing nothing on the frame (before a stream's first output)
     counts: np.ndarray = field(init=False)  # (N, 3) published detections
     mean_scores: np.ndarray = field(init=False)  # (N, 3)
 
@@ -44,7 +49,7 @@ class Split:
 
     @staticmethod
     def build(profile: Profile) -> "Split":
-        return Split(profile, stale_quality(profile))
+        return Split(profile, stale_quality(profile), empty_quality(profile))
 
     def observation(self, frame: int, context: RoutingContext) -> np.ndarray:
         """The 1028 routing features the node would compute for this frame in this context."""
@@ -53,9 +58,45 @@ class Split:
         out[IMAGE_FEATURES:] = context.vector()
         return out
 
-    def context_after(self, frame: int, tier: int, gap_frames: int) -> RoutingContext:
-        return RoutingContext(int(self.counts[frame, tier]), float(self.mean_scores[frame, tier]), tier,
-                              gap_frames * FRAME_PERIOD_S)
+    def context_after(self, frame: int, tier: int, previous: int | None) -> RoutingContext:
+        """The node's context after processing `frame` with `tier` (dt: since the previous processed frame)."""
+        dt = 0.0 if previous is None else (frame - previous) * FRAME_PERIOD_S
+        return RoutingContext(int(self.counts[frame, tier]), float(self.mean_scores[frame, tier]), tier, dt)
+
+
+def _seconds(ms: float) -> Fraction:
+    return Fraction(str(round(float(ms), 6))) / 1000
+
+
+class WorkerClock:
+    """The node's one worker on a fixed-rate frame clock, carried exactly (no rounding to whole frames).
+
+    Frame i arrives at i / rate. `run(cost)` processes the frame waiting now, from when both it and the worker
+    are there, for `cost` seconds; meanwhile arriving frames replace each other, so the next frame is the newest
+    one arrived by the end (a frame arriving exactly then counts), or, if none arrived, the next to arrive."""
+
+    def __init__(self, frames: int, rate_hz: float = FRAME_RATE_HZ) -> None:
+        self.frames = frames
+        self.period = Fraction(1) / Fraction(str(rate_hz))
+        self.next_frame = 0
+        self.free_at = Fraction(0)
+
+    @property
+    def done(self) -> bool:
+        return self.next_frame >= self.frames
+
+    def arrival(self, frame: int) -> Fraction:
+        return frame * self.period
+
+    def run(self, cost_s: Fraction | float) -> tuple[int, Fraction, Fraction]:
+        """(frame, start, end) of the next job; the output is published at `end`."""
+        frame = self.next_frame
+        start = max(self.free_at, self.arrival(frame))
+        end = start + Fraction(cost_s)
+        self.free_at = end
+        newest = int(end / self.period)  # floor: the last frame arrived by `end`
+        self.next_frame = newest if newest > frame else frame + 1
+        return frame, start, end
 
 
 class Stream:
@@ -63,12 +104,20 @@ class Stream:
 
     def __init__(self, split: Split, frames: np.ndarray, costs: Costs, streaming: bool) -> None:
         self.split, self.frames, self.costs, self.streaming = split, frames, costs, streaming
-        self.position = 0
+        self.clock = WorkerClock(len(frames))
         self.context = RoutingContext()
+        self.busy_s = Fraction(0)  # inference time inside the sequence's wall time
+        self._previous: int | None = None  # position of the previous processed frame
+        self._standing: tuple[int, int, Fraction] | None = None  # (position, tier, publish time) of the last output
+        self._settled = 0  # positions before this one have their shown output fixed
+
+    @property
+    def position(self) -> int:
+        return self.clock.next_frame
 
     @property
     def done(self) -> bool:
-        return self.position >= len(self.frames)
+        return self.clock.done
 
     @property
     def frame(self) -> int:
@@ -77,21 +126,56 @@ class Stream:
     def observation(self) -> np.ndarray:
         return self.split.observation(self.frame, self.context)
 
-    def advance_for(self, tier: int) -> int:
-        """Frames the clock moves on while `tier` runs: the next processed frame is the newest arrived one."""
-        if not self.streaming:
-            return 1
-        return max(1, int(self.costs.ms[tier] / 1000.0 / FRAME_PERIOD_S))
+    def _show_until(self, until: int) -> list[tuple[int, int, int]]:
+        """Settle positions [settled, until): each shows the standing output (source frame, tier) or nothing (-1, -1)."""
+        covered = []
+        for position in range(self._settled, min(until, len(self.frames))):
+            if self._standing is None:
+                covered.append((int(self.frames[position]), -1, -1))
+            else:
+                source, tier, _ = self._standing
+                covered.append((int(self.frames[position]), int(self.frames[source]), tier))
+        self._settled = max(self._settled, min(until, len(self.frames)))
+        return covered
 
-    def step(self, tier: int) -> tuple[list[tuple[int, int, int]], float]:
-        """Route the current frame to `tier`. Returns the frames it covers as (frame, source frame, tier)
-        and their summed quality; the cost is the caller's (one inference of `tier`)."""
-        frame = self.frame
-        advance = min(self.advance_for(tier), len(self.frames) - self.position)
-        covered = [(int(self.frames[self.position + k]), frame, tier) for k in range(advance)]
-        quality = float(sum(self.split.quality[frame, tier, min(k, MAX_STALE)] for k in range(advance)))
-        self.position += advance
-        self.context = self.split.context_after(frame, tier, advance)
+    def _quality(self, covered: list[tuple[int, int, int]]) -> float:
+        total = 0.0
+        for target, source, tier in covered:
+            if tier < 0:
+                total += float(self.split.empty[target])
+            else:
+                stale = int(np.searchsorted(self.frames, target) - np.searchsorted(self.frames, source))
+                total += float(self.split.quality[source, tier, min(stale, MAX_STALE)])
+        return total
+
+    def step(self, tier: int, cost_ms: float | None = None) -> tuple[list[tuple[int, int, int]], float]:
+        """Route the current frame to `tier` (its cost: `cost_ms`, else the tier's cost on the named device).
+
+        Returns the frames whose shown output became fixed by this step, as (frame, source frame, tier) with
+        source -1 for nothing shown, and their summed quality. Per frame that is the frame itself. Streaming it
+        is the frames that arrived while the previous output stood, and, when the sequence ends, the rest."""
+        position = self.position
+        cost = self.costs.ms[tier] if cost_ms is None else cost_ms
+        if not self.streaming:
+            self.clock.next_frame += 1
+            covered = [(int(self.frames[position]), int(self.frames[position]), tier)]
+            self._settled = position + 1
+            quality = float(self.split.quality[self.frames[position], tier, 0])
+            self.busy_s += _seconds(cost)
+        else:
+            _, start, end = self.clock.run(_seconds(cost))
+            wall_end = self.clock.arrival(len(self.frames))
+            self.busy_s += max(Fraction(0), min(end, wall_end) - start)
+            # frames arriving before this output's publication show the output standing until then
+            covered = self._show_until(int(np.ceil(end / self.clock.period)) if end < wall_end else len(self.frames))
+            self._standing = (position, tier, end)
+            if self.done:
+                covered += self._show_until(len(self.frames))
+            quality = self._quality(covered)
+        frame = int(self.frames[position])
+        previous = None if self._previous is None else int(self.frames[self._previous])
+        self.context = self.split.context_after(frame, tier, previous)
+        self._previous = position
         return covered, quality
 
 
@@ -103,11 +187,12 @@ Chooser = Callable[[int, np.ndarray, RoutingContext], int]
 class Trace:
     """One routing row on a split: who showed what on every frame, and what it cost."""
 
-    shown: np.ndarray  # (N, 2) per frame: source frame and tier of the detections shown for it
+    shown: np.ndarray  # (N, 2) per frame: source frame and tier of the detections shown for it (-1, -1: nothing)
     processed_tiers: list[int]  # tier of every inference run, in order
     processed_frames: list[int]
     switches: int
     quality: np.ndarray  # (N,) quality of what was shown on each frame
+    busy_ms: float  # inference time inside the split's wall time (streaming) or in all (per frame)
 
     def mix(self) -> np.ndarray:
         counts = np.bincount(self.processed_tiers, minlength=len(TIERS))
@@ -118,7 +203,7 @@ def rollout(split: Split, costs: Costs, chooser: Chooser, streaming: bool) -> Tr
     n = len(split.profile)
     shown = np.full((n, 2), -1, np.int64)
     quality = np.zeros(n, np.float32)
-    tiers, processed, switches = [], [], 0
+    tiers, processed, switches, busy = [], [], 0, Fraction(0)
     for frames in split.profile.sequences():
         stream = Stream(split, frames, costs, streaming)
         previous = None
@@ -126,11 +211,12 @@ def rollout(split: Split, costs: Costs, chooser: Chooser, streaming: bool) -> Tr
             frame, context = stream.frame, stream.context
             tier = int(chooser(frame, stream.observation(), context))
             covered, _ = stream.step(tier)
-            for k, (target, source, used) in enumerate(covered):
+            for target, source, used in covered:
                 shown[target] = (source, used)
-                quality[target] = split.quality[source, used, min(k, MAX_STALE)]
+                quality[target] = stream._quality([(target, source, used)])
             tiers.append(tier)
             processed.append(frame)
             switches += int(previous is not None and tier != previous)
             previous = tier
-    return Trace(shown, tiers, processed, switches, quality)
+        busy += stream.busy_s
+    return Trace(shown, tiers, processed, switches, quality, float(busy * 1000))
