@@ -321,3 +321,51 @@ loads the files with onnxruntime only.
 """
     Path(out).write_text(text)
     return Path(out)
+
+
+PLATEAU_EPOCHS = 10
+PLATEAU_GAIN = 0.5  # mAP50-95 points: less gained over the last PLATEAU_EPOCHS epochs means a plateau
+
+
+def validation_curve(results_csv: Path) -> tuple[np.ndarray, np.ndarray]:
+    """(epochs, validation mAP50-95 in %) from an Ultralytics results.csv."""
+    import csv
+
+    with open(results_csv) as handle:
+        rows = [{k.strip(): v for k, v in row.items()} for row in csv.DictReader(handle)]
+    return (np.array([int(r["epoch"]) for r in rows]),
+            np.array([100 * float(r["metrics/mAP50-95(B)"]) for r in rows]))
+
+
+def plateau(curve: np.ndarray, epochs: int = PLATEAU_EPOCHS, gain: float = PLATEAU_GAIN) -> dict:
+    """Has the curve gained less than `gain` points over its last `epochs` epochs? (best so far, against the best
+    `epochs` earlier, so one noisy epoch neither ends nor extends training)."""
+    if len(curve) <= epochs:
+        return {"reached": False, "epochs": int(len(curve)), "gain_last_epochs": None}
+    recent = float(np.max(curve) - np.max(curve[:-epochs]))
+    return {"reached": bool(recent < gain), "epochs": int(len(curve)), "gain_last_epochs": recent}
+
+
+def plot_curves(runs: dict[str, Path], out: Path) -> dict:
+    """Validation mAP50-95 per epoch of each network (results.csv per name) as a PNG; returns the plateau checks."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(7, 4))
+    checks = {}
+    for name, csv_path in runs.items():
+        epochs, curve = validation_curve(csv_path)
+        checks[name] = plateau(curve)
+        axis.plot(epochs, curve, marker="o", markersize=3, label=f"{name} (best {curve.max():.1f})")
+    axis.set_xlabel("epoch")
+    axis.set_ylabel("validation mAP50-95 (%), crops at the tiers' scales")
+    axis.set_title(f"Tier training; plateau = < {PLATEAU_GAIN} points over {PLATEAU_EPOCHS} epochs")
+    axis.grid(alpha=0.3)
+    axis.legend()
+    figure.tight_layout()
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(out, dpi=110)
+    plt.close(figure)
+    return checks

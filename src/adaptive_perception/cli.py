@@ -68,6 +68,11 @@ def _parser() -> argparse.ArgumentParser:
                                   "into OUT/<network>, resuming from --keep; without it, the family-1 network")
     train_tiers.add_argument("--keep", type=Path, help="checkpoint folder (last.pt, results.csv) updated after every "
                                                        "epoch and resumed from; commit it at the end of a working block")
+    curve = models_sub.add_parser("curve", help="validation mAP50-95 per epoch of the tier networks (PNG) and the "
+                                                "plateau check (< 0.5 points over 10 epochs)")
+    curve.add_argument("--keep", type=Path, default=Path("training/checkpoints/tiers-v2"),
+                       help="folder with one <network>/results.csv per network")
+    curve.add_argument("--out", type=Path, default=Path("training/reports/tiers_v2_curve.png"))
     export_tiers = models_sub.add_parser("export-tiers", help="export the trained network at the tiers' input sizes")
     export_tiers.add_argument("--weights", type=Path, default=Path("build/tiers/base/weights/best.pt"))
     export_tiers.add_argument("--out", type=Path, default=Path("src/adaptive_perception/models"))
@@ -207,6 +212,16 @@ def _models(args: argparse.Namespace) -> int:
         print(f"best weights: {best}")
     elif args.models_command == "train-tiers":
         print(f"best weights: {tiers.train(args.benchmark / 'data.yaml', args.out, args.epochs, args.batch)}")
+    elif args.models_command == "curve":
+        runs = {p.parent.name: p for p in sorted(args.keep.glob("*/results.csv"))}
+        if not runs:
+            raise AdaptivePerceptionError(f"no <network>/results.csv under '{args.keep}'; train with "
+                                          "`models train-tiers --network base --keep <folder>/base` first")
+        for name, check in tiers.plot_curves(runs, args.out).items():
+            gain = "n/a" if check["gain_last_epochs"] is None else f"{check['gain_last_epochs']:+.2f}"
+            print(f"{name}: {check['epochs']} epochs, gain over the last 10: {gain} -> "
+                  f"{'plateau' if check['reached'] else 'still rising'}")
+        print(f"wrote {args.out}")
     elif args.models_command == "export-tiers":
         for tier, path in tiers.export_tiers(args.weights, args.out).items():
             print(f"{tier}: {path}")

@@ -1,0 +1,49 @@
+"""Tier family 2: training crops at the tiers' scales and the plateau rule (no training here: hand-made inputs)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from adaptive_perception.training.crops import PAD_VALUE, crop_labels, cut
+from adaptive_perception.training.tiers import plateau
+
+
+def test_crop_labels_scale_clip_and_drop_boxes_cut_by_the_window():
+    boxes = np.array([[100.0, 100.0, 200.0, 150.0],   # scale 0.5 -> (50, 50, 100, 75)
+                      [300.0, 20.0, 340.0, 60.0],     # -> (150, 10, 170, 30): 20 px wide, half outside x >= 160
+                      [600.0, 400.0, 640.0, 480.0]])  # -> (300, 200, 320, 240): wholly outside the window
+    classes = np.array([3, 1, 4])
+    kept, kept_classes = crop_labels(boxes, classes, 0.5, (60, 0, 160, 100))
+    # box 0 keeps (100 - 60) / 50 = 80 % of its width: shifted by the window origin; box 1 keeps 50 %;
+    # box 2 keeps nothing and is dropped
+    np.testing.assert_allclose(kept, [[0.0, 50.0, 40.0, 75.0], [90.0, 10.0, 100.0, 30.0]])
+    assert kept_classes.tolist() == [3, 1]
+    sliver, _ = crop_labels(np.array([[0.0, 0.0, 100.0, 100.0]]), np.array([0]), 1.0, (75, 0, 375, 300))
+    assert len(sliver) == 0  # 25 % of the box inside: below the 30 % rule
+
+
+def test_cut_resizes_to_the_tier_scale_and_pads_small_frames():
+    frame = np.zeros((480, 640, 3), np.uint8)
+    frame[:, 320:] = 200
+    rng = np.random.default_rng(0)
+    nano, window = cut(frame, 0.4, 320, rng)  # 256 x 192 < 320: whole frame, padded right and below
+    assert window == (0, 0, 256, 192) and nano.shape == (320, 320, 3)
+    assert (nano[:192, :120] == 0).all() and (nano[:192, 136:256] == 200).all()
+    assert (nano[192:] == PAD_VALUE).all() and (nano[:, 256:] == PAD_VALUE).all()
+    native, window = cut(frame, 1.0, 320, rng)  # large: a native-resolution window
+    x0, y0, x1, y1 = window
+    assert (x1 - x0, y1 - y0) == (320, 320) and 0 <= x0 <= 320 and 0 <= y0 <= 160
+    np.testing.assert_array_equal(native, frame[y0:y1, x0:x1])
+
+
+@pytest.mark.parametrize("curve, reached, gain", [
+    (list(range(20)), False, 10.0),  # one point per epoch: far from a plateau
+    # best 20.1 ten epochs ago, 20.5 now: +0.4
+    ([10.0] * 3 + [20.0, 20.1] + [20.2, 20.1, 20.3, 20.4, 20.2, 20.1, 20.3, 20.4, 20.5, 20.4], True, 0.4),
+    ([10.0] * 3 + [20.0] * 11 + [20.6], False, 0.6),  # the last epoch still adds 0.6
+    ([1.0] * 10, False, None),  # ten epochs are not enough to tell
+])
+def test_plateau_is_less_than_half_a_point_over_ten_epochs(curve, reached, gain):
+    check = plateau(np.array(curve, float))
+    assert check["reached"] is reached
+    assert check["gain_last_epochs"] == (None if gain is None else pytest.approx(gain))
