@@ -59,6 +59,12 @@ def test_report_ranks_the_tiers_and_caps_streaming_cost_at_one_worker(pipeline):
     assert settings["streaming"]["always-large"]["mean_cost_ms"] == pytest.approx(1000 / 30, rel=0.02)
 
 
+def test_the_heuristic_is_compared_at_the_learned_policys_cost(pipeline):
+    for setting, rows in pipeline["report"]["settings"].items():
+        learned, heuristic = rows["BC + PPO"]["mean_cost_ms"], rows["heuristic (tuned, matched cost)"]["mean_cost_ms"]
+        assert abs(heuristic - learned) <= 0.05 * learned, (setting, heuristic, learned)
+
+
 def test_the_labels_budget_oracle_beats_the_tuned_heuristic_at_matched_cost(pipeline):
     """Labels that pool like mAP: spending the heuristic's budget by them gives more mAP than the heuristic."""
     report = pipeline["report"]
