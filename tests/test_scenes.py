@@ -115,3 +115,23 @@ def test_manifest_check_passes_on_the_same_output_and_fails_when_it_changes(tiny
     benchmark.generate(changed, other, workers=2)
     with pytest.raises(benchmark.ManifestMismatch, match="content hash"):
         benchmark.check_against(other, frozen)
+
+
+def _sizes_by_regime(version: str) -> dict[Regime, list[float]]:
+    sizes: dict[Regime, list[float]] = {r: [] for r in Regime}
+    for index in (46, 47):  # two frozen test sequences, 90 frames each
+        for frame in render_sequence(SequenceSpec(2026, index, 90, version=version)):
+            sizes[frame.regime] += [np.sqrt(t.area) for t in frame.valid]
+    return sizes
+
+
+def test_generator_2_shows_near_objects_in_simple_scenes_and_small_ones_in_busy_scenes():
+    v1, v2 = _sizes_by_regime("1.0.0"), _sizes_by_regime("2.0.0")
+    assert np.median(v2[Regime.SPARSE]) > 1.5 * np.median(v1[Regime.SPARSE])  # SPEC: median 96 px against 44
+    assert np.median(v2[Regime.SPARSE]) > 2 * np.median(v2[Regime.DENSE])
+    assert np.median(v2[Regime.DENSE]) < 32  # busy scenes: small, far objects
+
+
+def test_an_unknown_generator_version_is_refused_with_the_known_ones():
+    with pytest.raises(ValueError, match="'3.0.0' is unknown; known: 1.0.0, 2.0.0"):
+        next(render_sequence(SequenceSpec(2026, 0, 1, version="3.0.0")))
