@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from adaptive_perception.config import NodeConfig
 from adaptive_perception.errors import ConfigError
 from adaptive_perception.transport import PROFILE_VARIABLES, shipped_profile
 
@@ -303,7 +304,7 @@ def _collect(args: argparse.Namespace, node, arrivals: dict[str, list[float]]) -
 
 
 def _subscribe(args: argparse.Namespace) -> None:
-    """A bare subscriber (the node's QoS: KEEP_LAST 1): arrival times per topic to --out."""
+    """A bare subscriber with the node's default QoS depth: arrival times per topic to --out."""
     import rclpy
 
     rclpy.init()
@@ -311,7 +312,8 @@ def _subscribe(args: argparse.Namespace) -> None:
     arrivals: dict[str, list[float]] = {topic: [] for topic in args.topics}
     for topic in args.topics:
         node.create_subscription(_message_type(args.payload), topic,
-                                 lambda msg, t=topic: arrivals[t].append(time.perf_counter()), _qos(args.reliability, 1))
+                                 lambda msg, t=topic: arrivals[t].append(time.perf_counter()),
+                                 _qos(args.reliability, NodeConfig().qos_depth))
     _collect(args, node, arrivals)
     Path(args.out).write_text(json.dumps({"arrivals": arrivals}))
 

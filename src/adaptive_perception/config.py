@@ -37,7 +37,7 @@ class NodeConfig:
     intra_op_threads: int = 0
     warmup_runs: int = 2
     qos_reliability: str = "best_effort"
-    qos_depth: int = 1
+    qos_depth: int = 2  # one frame of slack for the executor; the worker still takes only the newest
 
     def model_paths(self) -> dict[str, str]:
         """Resolved file path per loaded tier (tiers with an empty parameter are left out)."""

@@ -75,7 +75,9 @@ PARAMETERS: dict[str, tuple[object, ParameterDescriptor]] = {
         "Inferences on a grey frame per tier during configure.", integer_range=[IntegerRange(from_value=0, to_value=100, step=1)])),
     "qos.reliability": (_DEFAULTS.qos_reliability, _describe("Image subscription reliability: best_effort | reliable.")),
     "qos.depth": (_DEFAULTS.qos_depth, _describe(
-        "Image subscription queue depth.", integer_range=[IntegerRange(from_value=1, to_value=100, step=1)])),
+        "Image subscription (DDS reader) queue depth. The node still processes only the newest frame per camera and "
+        "counts the rest as dropped; 2 gives the executor one frame of slack (with 1, frames overwritten before it "
+        "took them were lost unseen).", integer_range=[IntegerRange(from_value=1, to_value=100, step=1)])),
     "autostart": (False, _describe("Configure and activate on start-up (for `ros2 run` without a lifecycle manager).")),
 }
 
