@@ -17,10 +17,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
 from adaptive_perception.detector import TIERS, box_iou
 from adaptive_perception.errors import AdaptivePerceptionError
+from adaptive_perception.progress import progress
 from adaptive_perception.training.profile import PUBLISH_CONF, Profile
 
 IOU_THRESHOLDS = np.linspace(0.5, 0.95, 10)
@@ -88,7 +88,7 @@ def stale_quality(profile: Profile, max_stale: int = MAX_STALE) -> np.ndarray:
     out = np.zeros((len(profile), len(TIERS), max_stale + 1), np.float32)
     for tier in range(len(TIERS)):
         detections = profile.tier_detections(tier, PUBLISH_CONF)
-        for frames in tqdm(profile.sequences(), desc=f"quality, {TIERS[tier]}", unit="sequence"):
+        for frames in progress(profile.sequences(), desc=f"quality, {TIERS[tier]}", unit="sequence"):
             for i, f in enumerate(frames):
                 for k in range(max_stale + 1):
                     target = frames[min(i + k, len(frames) - 1)]

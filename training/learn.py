@@ -14,6 +14,7 @@ import numpy as np
 
 from adaptive_perception.detector import TIERS
 from adaptive_perception.features import FEATURE_SIZE
+from adaptive_perception.progress import progress as progress_bar
 from adaptive_perception.training.labels import Costs, optimal_tiers
 from adaptive_perception.training.simulate import Split, Stream, rollout
 
@@ -116,8 +117,7 @@ def train_bc(train: tuple[np.ndarray, np.ndarray, np.ndarray], val: tuple[np.nda
     """Fit the MLP on (x, label, utility); `balanced`: class-balanced cross-entropy, `regret`: expected
     utility lost against the best tier (cost-sensitive). Early stopping on the validation loss."""
     import torch
-    from tqdm import tqdm
-
+    
     x_train, y_train, u_train = train
     x_val, y_val, u_val = val
     mean, std = normalisation(x_train)
@@ -139,7 +139,7 @@ def train_bc(train: tuple[np.ndarray, np.ndarray, np.ndarray], val: tuple[np.nda
     optimiser = torch.optim.Adam(model.parameters(), lr=1e-3, weight_decay=1e-4)
     generator = torch.Generator().manual_seed(seed)
     best, best_state, waited, history = float("inf"), None, 0, []
-    for epoch in tqdm(range(max_epochs), desc=f"BC seed {seed}", unit="epoch", disable=not progress):
+    for epoch in progress_bar(range(max_epochs), desc=f"BC seed {seed}", unit="epoch", enabled=progress):
         model.train()
         for batch in torch.randperm(len(xt), generator=generator).split(256):
             optimiser.zero_grad()
@@ -202,8 +202,7 @@ def train_ppo(split: Split, costs: Costs, lam: float, bc: Network, seed: int, st
     import torch
     from stable_baselines3 import PPO
     from stable_baselines3.common.callbacks import BaseCallback
-    from tqdm import tqdm
-
+    
     env = make_env(split, costs, lam, bc, switch_penalty)
     model = PPO("MlpPolicy", env, seed=seed, n_steps=1024, batch_size=256, n_epochs=4, learning_rate=1e-4,
                 clip_range=0.1, gamma=0.99, ent_coef=0.0, verbose=0, device="cpu",
@@ -214,7 +213,7 @@ def train_ppo(split: Split, costs: Costs, lam: float, bc: Network, seed: int, st
     class Progress(BaseCallback):
         def __init__(self) -> None:
             super().__init__()
-            self.bar = tqdm(total=steps, desc=f"PPO seed {seed}", unit="step")
+            self.bar = progress_bar(total=steps, desc=f"PPO seed {seed}", unit="step")
 
         def _on_step(self) -> bool:
             self.bar.update(1)
@@ -230,10 +229,10 @@ def train_ppo(split: Split, costs: Costs, lam: float, bc: Network, seed: int, st
 def export(network: Network, path: Path, policy_id: str, description: str) -> Path:
     """Write the network as a policy ONNX and check onnxruntime's logits against PyTorch's within 1e-5."""
     import torch
+    from adaptive_perception.training.policy_export import write_policy
 
     from adaptive_perception.errors import AdaptivePerceptionError
     from adaptive_perception.policy import Policy
-    from adaptive_perception.training.policy_export import write_policy
 
     write_policy(path, network.layers, network.mean, network.std, policy_id, description)
     policy = Policy(path)

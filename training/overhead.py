@@ -15,13 +15,13 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-from tqdm import tqdm
 
 from adaptive_perception.config import resolve_model
 from adaptive_perception.detector import DetectorTier
 from adaptive_perception.errors import ConfigError
 from adaptive_perception.features import RoutingContext, routing_features
 from adaptive_perception.policy import Policy
+from adaptive_perception.progress import progress
 from adaptive_perception.router import Router
 
 BUDGET_P95_MS = 0.5  # features + policy at 640x480
@@ -53,7 +53,7 @@ def measure(policy_path: str, iterations: int) -> dict:
         for frame in frames[:2]:  # warm-up
             router.decide(routing_features(frame, context), context)
         feature_s, policy_s, both_s = [], [], []
-        for i in tqdm(range(iterations), desc=f"routing overhead {width}x{height}", unit="frame"):
+        for i in progress(range(iterations), desc=f"routing overhead {width}x{height}", unit="frame"):
             frame = frames[i % len(frames)]
             start = time.perf_counter()
             features = routing_features(frame, context)
@@ -71,7 +71,7 @@ def measure(policy_path: str, iterations: int) -> dict:
         detector = DetectorTier(resolve_model(f"embedded:{tier}"), ("CPUExecutionProvider",), name=tier)
         detector.warmup(2)
         samples = []
-        for i in tqdm(range(count), desc=f"{tier} inference 640x480", unit="frame"):
+        for i in progress(range(count), desc=f"{tier} inference 640x480", unit="frame"):
             start = time.perf_counter()
             detector.detect(frames[i % len(frames)])
             samples.append(time.perf_counter() - start)

@@ -17,13 +17,13 @@ from typing import Iterator
 
 import cv2
 import numpy as np
-from tqdm import tqdm
 
 from adaptive_perception.bag import bag_image_rgb, read_images
 from adaptive_perception.config import NodeConfig, resolve_model
 from adaptive_perception.detector import TIERS, DetectorTier
 from adaptive_perception.errors import AdaptivePerceptionError
 from adaptive_perception.features import image_features
+from adaptive_perception.progress import progress
 from adaptive_perception.scenes.sequence import Regime
 
 PROFILE_CONF = 0.01  # detections kept for mAP
@@ -150,7 +150,7 @@ def profile(frames: Iterator[tuple[np.ndarray, int, int, list[dict] | None]], to
         reference = DetectorTier(resolve_model(teacher), ("CPUExecutionProvider",), conf_threshold=PUBLISH_CONF,
                                  name="teacher")
     features, latency, sequences, stamps, regimes, dets, truth = [], [], [], [], [], [], []
-    for index, (rgb, sequence, stamp, objects) in enumerate(tqdm(frames, total=total, desc=desc, unit="frame")):
+    for index, (rgb, sequence, stamp, objects) in enumerate(progress(frames, total=total, desc=desc, unit="frame")):
         features.append(image_features(rgb))
         row = []
         for tier, detector in enumerate(detectors):

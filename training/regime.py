@@ -18,9 +18,9 @@ import json
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
 from adaptive_perception.features import FEATURE_SIZE, IMAGE_FEATURES, image_features
+from adaptive_perception.progress import progress
 from adaptive_perception.scenes.sequence import Regime
 
 REGIMES = tuple(r.value for r in Regime)  # sparse, moderate, dense = nano, small, large
@@ -34,7 +34,7 @@ def split_features(benchmark: Path, split: str) -> tuple[np.ndarray, np.ndarray,
 
     records = dataset_records(benchmark, split)
     features, regimes, sequences = [], [], []
-    for record, rgb in tqdm(dataset_images(benchmark, split, records), total=len(records),
+    for record, rgb in progress(dataset_images(benchmark, split, records), total=len(records),
                             desc=f"features, {split}", unit="frame"):
         features.append(image_features(rgb))
         regimes.append(REGIMES.index(record["regime"]))
@@ -88,7 +88,7 @@ def fit_regime_policy(benchmark: Path, policy_out: Path, report_out: Path) -> di
         return np.argmax(x @ params[0] + params[1], axis=1)
 
     search = {}
-    for l2 in tqdm(L2_GRID, desc="L2 on validation", unit="fit"):
+    for l2 in progress(L2_GRID, desc="L2 on validation", unit="fit"):
         params = fit_softmax(*standard["train"], l2)
         search[l2] = (scores(standard["val"][1], predict(params, standard["val"][0]))["balanced_accuracy"], params)
     best_l2 = max(search, key=lambda l2: search[l2][0])

@@ -10,10 +10,10 @@ import json
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
 from adaptive_perception.detector import TIERS
 from adaptive_perception.policy import Policy
+from adaptive_perception.progress import progress
 from adaptive_perception.router import Router, RouterSettings
 from adaptive_perception.scenes.sequence import Regime
 from adaptive_perception.training.evaluate import Scorer, cost_columns, interval
@@ -166,7 +166,7 @@ def evaluate_all(settings, load_split, costs, lam: float, policy_path) -> dict:
             raw[name] = traces
             rows[name] = _row(scorer, test, costs, traces, settings.resamples)
 
-        with tqdm(total=9, desc=f"evaluate, {setting}", unit="row") as bar:
+        with progress(total=9, desc=f"evaluate, {setting}", unit="row") as bar:
             for tier, name in enumerate(TIERS):
                 add(f"always-{name}", [rollout(test, costs, _fixed(tier), streaming)])
                 bar.update()

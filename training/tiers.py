@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from adaptive_perception.progress import progress as progress_bar
 from adaptive_perception.training import crops
 from adaptive_perception.training.crops import CropPlan
 from adaptive_perception.training.yolo import _offline_ultralytics, export_onnx
@@ -87,7 +88,6 @@ def train_network(network: Network, benchmark_dir: Path, out_dir: Path, epochs: 
     _offline_ultralytics()
     import ultralytics.utils.torch_utils as torch_utils
     from ultralytics import YOLO
-
     from ultralytics.utils import SETTINGS
 
     torch_utils.NUM_THREADS = os.cpu_count() or 1  # Ultralytics leaves one core idle; on 2 cores that halves speed
@@ -183,13 +183,12 @@ def _coco_eval(gt: dict, detections: list[dict], image_ids: list[int]) -> tuple[
 def detect_split(model: Path, image_dir: Path, gt: dict, conf: float = 0.001, progress: bool = True) -> list[dict]:
     """COCO-format detections of one model over every image of a ground-truth file."""
     import cv2
-    from tqdm import tqdm
-
+    
     from adaptive_perception.detector import DetectorTier
 
     detector = DetectorTier(model, ("CPUExecutionProvider",), conf_threshold=conf, iou_threshold=0.7)
     results = []
-    for image in tqdm(gt["images"], desc=f"detect {model.stem}", unit="frame", disable=not progress):
+    for image in progress_bar(gt["images"], desc=f"detect {model.stem}", unit="frame", enabled=progress):
         rgb = cv2.cvtColor(cv2.imread(str(image_dir / image["file_name"])), cv2.COLOR_BGR2RGB)
         found = detector.detect(rgb)
         for (x0, y0, x1, y1), score, cls in zip(found.boxes.tolist(), found.scores.tolist(), found.class_ids.tolist()):

@@ -21,10 +21,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
 from adaptive_perception.config import NodeConfig
 from adaptive_perception.errors import ConfigError
+from adaptive_perception.progress import progress
 from adaptive_perception.transport import PROFILE_VARIABLES, shipped_profile
 
 PAYLOADS = {  # name -> (width, height, encoding)
@@ -211,7 +211,7 @@ def run_transport(seconds: float, node_seconds: float, rate: float, quick: bool,
     rows = []
     interactive = sys.stderr.isatty()
     with tempfile.TemporaryDirectory() as tmp:
-        for index, spec in enumerate(tqdm(passes, desc="transport passes", unit="pass", disable=not interactive)):
+        for index, spec in enumerate(progress(passes, desc="transport passes", unit="pass")):
             if not interactive:
                 print(f"[{index + 1}/{len(passes)}] {spec.target}, {spec.payload}, {spec.cameras} camera(s), "
                       f"{spec.reliability}, {spec.profile}", flush=True)

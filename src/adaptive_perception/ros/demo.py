@@ -7,9 +7,9 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
 from adaptive_perception.detector import TIERS, box_iou
+from adaptive_perception.progress import progress
 from adaptive_perception.ros.replay import ReplayMode, replay_bag
 from adaptive_perception.ros.session import node_process, spun_node
 from adaptive_perception.scenes.benchmark import BAG_TOPIC, PRESETS, sequence_bag
@@ -80,7 +80,7 @@ def _replay_mode(mode: str, bag: Path, frames: int, truth: dict[int, dict], out_
     log_path = out_dir / f"node_{mode.replace(':', '_')}.log"
     with node_process(parameters, log_path) as process, spun_node("demo_replay") as helper:
         helper.create_subscription(RoutingDecision, "routing", routing.append, 100)
-        with tqdm(total=frames, desc=f"replaying, {mode}", unit="frame") as bar:
+        with progress(total=frames, desc=f"replaying, {mode}", unit="frame") as bar:
             try:
                 report = replay_bag(helper, bag, ReplayMode.LOCKSTEP, timeout_s=30.0, wait_for_subscriber_s=60.0,
                                     on_output=outputs.append, on_frame=lambda _: bar.update())

@@ -12,12 +12,19 @@ from typing import Iterable
 
 import cv2
 import numpy as np
-from tqdm import tqdm
 
 from adaptive_perception.errors import AdaptivePerceptionError
+from adaptive_perception.progress import progress
 from adaptive_perception.scenes.render import CLASSES
 from adaptive_perception.scenes.sequence import (
-    FRAME_RATE_HZ, HEIGHT, WIDTH, WORLDS, Drift, Frame, Regime, SequenceSpec, render_sequence,
+    FRAME_RATE_HZ,
+    HEIGHT,
+    WIDTH,
+    Drift,
+    Frame,
+    Regime,
+    SequenceSpec,
+    render_sequence,
 )
 
 SPLITS = ("train", "val", "test")
@@ -125,7 +132,7 @@ def _write_bag(bag: Path, frames: list[tuple[int, np.ndarray]], records: list[di
 def sequence_bag(spec: SequenceSpec, bag: Path, progress: str = "") -> list[dict]:
     """Render one sequence to a bag exactly as `generate` writes its bags (same pixels, stamps and ground truth)."""
     records, frames = [], []
-    for frame in tqdm(render_sequence(spec), total=spec.frames, desc=progress or f"rendering seq{spec.index:03d}",
+    for frame in progress(render_sequence(spec), total=spec.frames, desc=progress or f"rendering seq{spec.index:03d}",
                       unit="frame"):
         _, pixels = _as_camera_jpeg(frame.rgb)
         records.append(_frame_record(frame, f"seq{spec.index:03d}_{frame.index:04d}.jpg"))
@@ -198,7 +205,7 @@ def generate(config: BenchmarkConfig, out: Path, workers: int = 2) -> dict:
     jobs = [(spec, split, strides[split], str(out), split in bag_splits) for split in SPLITS for spec in specs[split]]
     records: dict[str, list[dict]] = {split: [] for split in SPLITS}
     with multiprocessing.get_context("spawn").Pool(max(1, workers)) as pool:
-        for job, result in zip(jobs, tqdm(pool.imap(_render_one, jobs), total=len(jobs), desc="sequences", unit="seq")):
+        for job, result in zip(jobs, progress(pool.imap(_render_one, jobs), total=len(jobs), desc="sequences", unit="seq")):
             records[job[1]].extend(result)
     for split in SPLITS:
         (out / "coco" / f"{split}.json").write_text(json.dumps(coco_ground_truth(records[split], only_dataset=True)))
