@@ -129,10 +129,10 @@ def _write_bag(bag: Path, frames: list[tuple[int, np.ndarray]], records: list[di
         {"classes": list(CLASSES), "frames": {str(r["stamp_ns"]): r for r in records}}))
 
 
-def sequence_bag(spec: SequenceSpec, bag: Path, progress: str = "") -> list[dict]:
+def sequence_bag(spec: SequenceSpec, bag: Path, desc: str = "") -> list[dict]:
     """Render one sequence to a bag exactly as `generate` writes its bags (same pixels, stamps and ground truth)."""
     records, frames = [], []
-    for frame in progress(render_sequence(spec), total=spec.frames, desc=progress or f"rendering seq{spec.index:03d}",
+    for frame in progress(render_sequence(spec), total=spec.frames, desc=desc or f"rendering seq{spec.index:03d}",
                       unit="frame"):
         _, pixels = _as_camera_jpeg(frame.rgb)
         records.append(_frame_record(frame, f"seq{spec.index:03d}_{frame.index:04d}.jpg"))
