@@ -120,7 +120,7 @@ def run_pass(spec: Pass, workdir: Path, domain: int) -> dict:
 def summarise(spec: Pass, published: dict, received: dict) -> dict:
     """Delivery per pass: the worst camera decides (a starved camera is not averaged away)."""
     row = {**asdict(spec), "published": published["published"], "cameras_detail": {},
-           "node_p50_ms": received.get("node_p50_ms")}
+           "node_p50_ms": received.get("node_p50_ms"), "node_p95_ms": received.get("node_p95_ms")}
     shares, gaps = [], []
     for topic, sent in published["published"].items():
         got = received["arrivals"].get(topic, [])
@@ -193,11 +193,13 @@ def bars(report: dict) -> list[str]:
         details = list(row["cameras_detail"].values())
         unaccounted = sum(int(d.get("unaccounted") or 0) for d in details)
         lost = sum(int(d.get("node_lost_before_node") or 0) for d in details)
-        fast_enough = row.get("node_p50_ms") is not None and row["node_p50_ms"] < 1e3 / row["rate_hz"]
+        # a tier "below the frame period" finishes 95 % of its frames within it; slower ones drop frames by design
+        fast_enough = row.get("node_p95_ms") is not None and row["node_p95_ms"] < 1e3 / row["rate_hz"]
         verdict = (row["delivered_share"] >= DELIVERY_BAR["node"]) if fast_enough else (unaccounted == 0 and lost == 0)
         need = (f">= {DELIVERY_BAR['node']:.0%} answered" if fast_enough
                 else "every frame answered or counted as dropped, none lost unseen")
-        out.append(f"{row['target']} ({row['reliability']}, node p50 {row.get('node_p50_ms', float('nan')):.1f} ms): {need}: "
+        out.append(f"{row['target']} ({row['reliability']}, node time p50 / p95 {row.get('node_p50_ms') or float('nan'):.1f} / "
+                   f"{row.get('node_p95_ms') or float('nan'):.1f} ms): {need}: "
                    f"{'met' if verdict else 'NOT met'} ({row['delivered_share']:.1%} answered, {unaccounted} unaccounted, "
                    f"{lost} lost before the node)")
     return out
@@ -348,7 +350,8 @@ def _listen(args: argparse.Namespace) -> None:
     while time.monotonic() < deadline:
         rclpy.spin_once(node, timeout_sec=0.05)
     Path(args.out).write_text(json.dumps({"arrivals": arrivals, "counters": counters,
-                                          "node_p50_ms": float(np.median(node_ms)) if node_ms else None}))
+                                          "node_p50_ms": float(np.median(node_ms)) if node_ms else None,
+                                          "node_p95_ms": float(np.percentile(node_ms, 95)) if node_ms else None}))
 
 
 def _worker_main(argv: list[str]) -> None:
