@@ -47,3 +47,24 @@ def test_plateau_is_less_than_half_a_point_over_ten_epochs(curve, reached, gain)
     check = plateau(np.array(curve, float))
     assert check["reached"] is reached
     assert check["gain_last_epochs"] == (None if gain is None else pytest.approx(gain))
+
+
+def test_a_committed_checkpoint_is_compact_and_resumes_in_this_checkout(tmp_path):
+    import torch
+
+    from adaptive_perception.training.tiers import _relocate, compact_checkpoint
+
+    moments = torch.tensor([1e-12, 3.0e-8, 0.5, 2.0])  # Adam's second moments can be tiny: bfloat16 keeps them
+    ckpt = {"ema": None, "optimizer": {"state": {0: {"step": torch.tensor(7.0), "exp_avg_sq": moments.clone()}}},
+            "train_args": {"data": "/elsewhere/data.yaml", "project": "/elsewhere", "name": "run",
+                           "save_dir": "/elsewhere/run", "model": "/elsewhere/run/weights/last.pt"}}
+    torch.save(ckpt, tmp_path / "last.pt")
+    compact_checkpoint(tmp_path / "last.pt", tmp_path / "kept.pt")
+    kept = torch.load(tmp_path / "kept.pt", weights_only=False)["optimizer"]["state"][0]
+    assert kept["exp_avg_sq"].dtype == torch.bfloat16 and (kept["exp_avg_sq"] > 0).all()
+    run, data = tmp_path / "home" / "run", tmp_path / "home" / "crops" / "data.yaml"
+    _relocate(tmp_path / "kept.pt", run, data)
+    resumed = torch.load(run / "weights" / "last.pt", weights_only=False)
+    state = resumed["optimizer"]["state"][0]["exp_avg_sq"]
+    assert state.dtype == torch.float32 and torch.allclose(state, moments, rtol=1e-2)
+    assert resumed["train_args"]["data"] == str(data.resolve()) and resumed["train_args"]["save_dir"] == str(run.resolve())
