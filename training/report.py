@@ -21,7 +21,9 @@ from adaptive_perception.training.labels import budget_oracle, optimal_tiers
 from adaptive_perception.training.learn import Network, expert_dataset
 from adaptive_perception.training.simulate import rollout
 
-HEURISTIC_GRID = [(low, high) for low in range(0, 7) for high in range(low, 16, 2)]
+# count thresholds (nano below low, small below high, else large); (1000, 1000) is always-nano, so the curve
+# spans every cost from nano's to large's and can be read at any learned policy's cost
+HEURISTIC_GRID = [(low, high) for low in range(0, 7) for high in range(low, 16, 2)] + [(1000, 1000)]
 BARS = {"keep_share": 0.95, "cost_share": 0.40, "gap_share": 0.70, "beat_random_points": 3.0}
 
 
