@@ -48,6 +48,9 @@ class ReplayReport:
             "latency_p50_ms": float(np.percentile(lat, 50)),
             "latency_p95_ms": float(np.percentile(lat, 95)),
             "fps": self.outputs_received / self.wall_s if self.wall_s > 0 else 0.0,
+            # lock-step: frames per second of round trips after the first (which also pays one-time warm-up)
+            "steady_fps": (1e3 * (len(self.latencies_ms) - 1) / sum(self.latencies_ms[1:])
+                           if len(self.latencies_ms) > 1 else 0.0),
             "wall_s": self.wall_s,
         }
 
