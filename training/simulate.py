@@ -13,6 +13,7 @@ have published for the tier it chose), exactly as `features.next_context` builds
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Callable
@@ -108,7 +109,7 @@ class Stream:
         self.context = RoutingContext()
         self.busy_s = Fraction(0)  # inference time inside the sequence's wall time
         self._previous: int | None = None  # position of the previous processed frame
-        self._standing: tuple[int, int, Fraction] | None = None  # (position, tier, publish time) of the last output
+        self._standing: tuple[int, int] | None = None  # (position, tier) of the output published last
         self._settled = 0  # positions before this one have their shown output fixed
 
     @property
@@ -133,7 +134,7 @@ class Stream:
             if self._standing is None:
                 covered.append((int(self.frames[position]), -1, -1))
             else:
-                source, tier, _ = self._standing
+                source, tier = self._standing
                 covered.append((int(self.frames[position]), int(self.frames[source]), tier))
         self._settled = max(self._settled, min(until, len(self.frames)))
         return covered
@@ -167,8 +168,8 @@ class Stream:
             wall_end = self.clock.arrival(len(self.frames))
             self.busy_s += max(Fraction(0), min(end, wall_end) - start)
             # frames arriving before this output's publication show the output standing until then
-            covered = self._show_until(int(np.ceil(end / self.clock.period)) if end < wall_end else len(self.frames))
-            self._standing = (position, tier, end)
+            covered = self._show_until(math.ceil(end / self.clock.period) if end < wall_end else len(self.frames))
+            self._standing = (position, tier)
             if self.done:
                 covered += self._show_until(len(self.frames))
             quality = self._quality(covered)
