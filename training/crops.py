@@ -10,12 +10,13 @@ a small input while the objects keep the sizes they have at serving time.
 from __future__ import annotations
 
 import json
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
 import numpy as np
+
+from adaptive_perception.scenes.benchmark import fresh_dataset_folders
 
 PAD_VALUE = 114  # Ultralytics' letterbox grey: padding looks the same in training and at run time
 MIN_KEPT_FRACTION = 0.30  # an object cut by the window keeps its label only if this much of its box remains
@@ -72,11 +73,7 @@ def build(benchmark_dir: Path, out_dir: Path, plan: CropPlan, splits: tuple[str,
     records = json.loads((benchmark_dir / "frames.json").read_text())
     classes = json.loads((benchmark_dir / "coco" / "train.json").read_text())["categories"]
     for split in splits:
-        for kind in ("images", "labels"):
-            folder = out_dir / kind / split
-            if folder.exists():
-                shutil.rmtree(folder)
-            folder.mkdir(parents=True)
+        fresh_dataset_folders(out_dir, split)
         rng = np.random.default_rng([plan.seed, splits.index(split)])
         chosen = [r for r in records[split] if r.get("in_dataset")]
         for index, record in enumerate(chosen):

@@ -69,8 +69,8 @@ def frame_value(detections: np.ndarray, truth: np.ndarray) -> float:
 def empty_quality(profile: Profile) -> np.ndarray:
     """(N,) quality of showing no detections on each frame (a stream's frames before its first output)."""
     empty = np.zeros((0, 6), np.float32)
-    return np.array([frame_value(empty, truth) / _objects_per_frame(profile) for truth in profile.frame_truth()],
-                    np.float32)
+    unit = _objects_per_frame(profile)
+    return np.array([frame_value(empty, truth) / unit for truth in profile.frame_truth()], np.float32)
 
 
 def _objects_per_frame(profile: Profile) -> float:

@@ -139,15 +139,12 @@ class Stream:
         self._settled = max(self._settled, min(until, len(self.frames)))
         return covered
 
-    def _quality(self, covered: list[tuple[int, int, int]]) -> float:
-        total = 0.0
-        for target, source, tier in covered:
-            if tier < 0:
-                total += float(self.split.empty[target])
-            else:
-                stale = int(np.searchsorted(self.frames, target) - np.searchsorted(self.frames, source))
-                total += float(self.split.quality[source, tier, min(stale, MAX_STALE)])
-        return total
+    def shown_quality(self, target: int, source: int, tier: int) -> float:
+        """Quality of frame `target` showing `tier`'s output of frame `source` (tier -1: nothing shown)."""
+        if tier < 0:
+            return float(self.split.empty[target])
+        stale = int(np.searchsorted(self.frames, target) - np.searchsorted(self.frames, source))
+        return float(self.split.quality[source, tier, min(stale, MAX_STALE)])
 
     def step(self, tier: int, cost_ms: float | None = None) -> tuple[list[tuple[int, int, int]], float]:
         """Route the current frame to `tier` (its cost: `cost_ms`, else the tier's cost on the named device).
@@ -172,7 +169,7 @@ class Stream:
             self._standing = (position, tier)
             if self.done:
                 covered += self._show_until(len(self.frames))
-            quality = self._quality(covered)
+            quality = sum(self.shown_quality(*shown) for shown in covered)
         frame = int(self.frames[position])
         previous = None if self._previous is None else int(self.frames[self._previous])
         self.context = self.split.context_after(frame, tier, previous)
@@ -214,7 +211,7 @@ def rollout(split: Split, costs: Costs, chooser: Chooser, streaming: bool) -> Tr
             covered, _ = stream.step(tier)
             for target, source, used in covered:
                 shown[target] = (source, used)
-                quality[target] = stream._quality([(target, source, used)])
+                quality[target] = stream.shown_quality(target, source, used)
             tiers.append(tier)
             processed.append(frame)
             switches += int(previous is not None and tier != previous)

@@ -189,15 +189,20 @@ def content_hash(records: list[dict]) -> str:
     return digest.hexdigest()
 
 
+def fresh_dataset_folders(root: Path, split: str) -> None:
+    """Empty (or create) a YOLO dataset's images/<split> and labels/<split> under `root`."""
+    for kind in ("images", "labels"):
+        folder = Path(root) / kind / split
+        if folder.exists():
+            shutil.rmtree(folder)
+        folder.mkdir(parents=True)
+
+
 def generate(config: BenchmarkConfig, out: Path, workers: int = 2) -> dict:
     """Generate everything under `out`; returns the manifest (also written to out/manifest.json)."""
     out = Path(out)
     for split in SPLITS:
-        for kind in ("images", "labels"):
-            folder = out / kind / split
-            if folder.exists():
-                shutil.rmtree(folder)
-            folder.mkdir(parents=True)
+        fresh_dataset_folders(out, split)
     (out / "coco").mkdir(parents=True, exist_ok=True)
     specs = config.specs()
     strides = {"train": config.train_stride, "val": config.val_stride, "test": 1}
