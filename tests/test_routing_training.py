@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from adaptive_perception.features import IMAGE_FEATURES
-from adaptive_perception.training.labels import Costs, budget_oracle, frame_value, optimal_tiers
+from adaptive_perception.training.labels import Costs, budget_oracle, frame_value, optimal_tiers, streaming_labels
 from adaptive_perception.training.profile import Profile
 from adaptive_perception.training.evaluate import cost_columns
 from adaptive_perception.training.simulate import FRAME_PERIOD_S, Split, Stream, WorkerClock, rollout
@@ -62,6 +62,19 @@ def test_oracles_pick_the_best_tier_per_frame_and_respect_the_budget():
                 swapped[f] = t
                 if costs.ms[swapped].mean() <= budget:
                     assert quality[np.arange(4), swapped].sum() <= quality[np.arange(4), tiers].sum() + 1e-9
+
+
+def test_streaming_labels_score_each_tier_on_the_frame_its_output_lands_on():
+    # quality[f, t, k] = 100 t + k: the label tells which staleness k was read for tier t
+    quality = np.tile(100.0 * np.arange(3)[:, None] + np.arange(7)[None, :], (2, 1, 1))
+    costs = Costs("test device", np.array([16.5, 33.4, 100.0]))
+    # at 30 Hz (33.33 ms): 16.5 ms lands before frame f + 1, 33.4 ms just after it (frame f + 2), 100 ms exactly
+    # as frame f + 3 arrives, which then shows it
+    assert streaming_labels(quality, costs, 30.0)[0].tolist() == [1.0, 102.0, 203.0]
+    # at 12 Hz (83.33 ms): 16.5 and 33.4 ms land before frame f + 1, 100 ms before frame f + 2
+    assert streaming_labels(quality, costs, 12.0)[0].tolist() == [1.0, 101.0, 202.0]
+    # slower than the stored staleness: the last stored column (what the simulator also uses)
+    assert streaming_labels(quality, Costs("slow", np.array([16.5, 33.4, 400.0])), 30.0)[0, 2] == 206.0
 
 
 def _processed(cost_ms: float, frames: int) -> list[int]:

@@ -12,8 +12,10 @@ the frame itself): what a frame shows while a slower tier works on a later one.
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
@@ -139,6 +141,20 @@ class Costs:
     def relative(self) -> np.ndarray:
         """Costs as a fraction of the large tier's."""
         return self.ms / self.ms[-1]
+
+
+def exact_seconds(ms: float) -> Fraction:
+    """Milliseconds as exact seconds (to the microsecond), for clocks that must not drift by rounding."""
+    return Fraction(str(round(float(ms), 6))) / 1000
+
+
+def streaming_labels(quality: np.ndarray, costs: Costs, rate_hz: float = 30.0) -> np.ndarray:
+    """(N, 3) per-frame labels for streaming at `rate_hz`: tier t's output of frame f scored on the first frame
+    it is shown on, ceil(cost_t x rate) frames later (the node publishes when inference ends; a frame arriving
+    exactly then shows it). A slow tier's accuracy is worth what it is worth when it lands."""
+    period = Fraction(1) / Fraction(str(rate_hz))
+    lag = [min(math.ceil(exact_seconds(ms) / period), quality.shape[2] - 1) for ms in costs.ms]
+    return np.stack([quality[:, t, lag[t]] for t in range(len(TIERS))], axis=1)
 
 
 def optimal_tiers(quality: np.ndarray, costs: Costs, lam: float) -> np.ndarray:

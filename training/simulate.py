@@ -22,7 +22,7 @@ import numpy as np
 
 from adaptive_perception.detector import TIERS
 from adaptive_perception.features import FEATURE_SIZE, IMAGE_FEATURES, RoutingContext
-from adaptive_perception.training.labels import MAX_STALE, Costs, empty_quality, stale_quality
+from adaptive_perception.training.labels import MAX_STALE, Costs, empty_quality, exact_seconds, stale_quality
 from adaptive_perception.training.profile import PUBLISH_CONF, Profile
 
 FRAME_RATE_HZ = 30
@@ -63,10 +63,6 @@ class Split:
         """The node's context after processing `frame` with `tier` (dt: since the previous processed frame)."""
         dt = 0.0 if previous is None else (frame - previous) * FRAME_PERIOD_S
         return RoutingContext(int(self.counts[frame, tier]), float(self.mean_scores[frame, tier]), tier, dt)
-
-
-def _seconds(ms: float) -> Fraction:
-    return Fraction(str(round(float(ms), 6))) / 1000
 
 
 class WorkerClock:
@@ -159,9 +155,9 @@ class Stream:
             covered = [(int(self.frames[position]), int(self.frames[position]), tier)]
             self._settled = position + 1
             quality = float(self.split.quality[self.frames[position], tier, 0])
-            self.busy_s += _seconds(cost)
+            self.busy_s += exact_seconds(cost)
         else:
-            _, start, end = self.clock.run(_seconds(cost))
+            _, start, end = self.clock.run(exact_seconds(cost))
             wall_end = self.clock.arrival(len(self.frames))
             self.busy_s += max(Fraction(0), min(end, wall_end) - start)
             # frames arriving before this output's publication show the output standing until then
