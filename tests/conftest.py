@@ -1,6 +1,7 @@
 """Shared fixtures: real YOLOv8 ONNX graphs exported offline, real rclpy contexts."""
 from __future__ import annotations
 
+import ast
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +15,24 @@ def peer_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     return export_random_yolov8(tmp_path_factory.mktemp("models") / "yolov8n_spread_320.onnx",
                                 variant="n", imgsz=320, seed=0, score_spread=0.05)
+
+
+@pytest.fixture(scope="session")
+def tier_models(peer_model, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Three different tier files: the peer graph with each tier's name in its class names ("nano-0", ...), so a
+    detection tells which tier produced it, and the files' digests differ."""
+    import onnx
+
+    folder = tmp_path_factory.mktemp("tiers")
+    out = {}
+    for tier in ("nano", "small", "large"):
+        model = onnx.load(str(peer_model))
+        entry = next(e for e in model.metadata_props if e.key == "names")
+        count = len(ast.literal_eval(entry.value))
+        entry.value = repr({i: f"{tier}-{i}" for i in range(count)})
+        out[tier] = folder / f"{tier}.onnx"
+        onnx.save(model, str(out[tier]))
+    return out
 
 
 @pytest.fixture(scope="module")

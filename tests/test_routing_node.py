@@ -10,9 +10,9 @@ from rosgraph import Graph, image_msg, wait_until
 
 
 @pytest.fixture
-def graph(context, peer_model, regime_policy):
-    # the same real detector graph serves as all three tiers: routing is what is under test here
-    g = Graph(context, {**{f"models.{t}": str(peer_model) for t in ("nano", "small", "large")},
+def graph(context, tier_models, regime_policy):
+    # three tier files whose class names carry the tier's name: each frame's detections tell which tier ran
+    g = Graph(context, {**{f"models.{t}": str(path) for t, path in tier_models.items()},
                         "policy": str(regime_policy), "routing_mode": "learned",
                         "providers": ["CPUExecutionProvider"], "image_topics": ["image"], "warmup_runs": 0})
     assert g.transition("configure") and g.transition("activate")
@@ -22,10 +22,16 @@ def graph(context, peer_model, regime_policy):
 
 
 def _route(graph: Graph, rgb: np.ndarray, sec: int):
-    """Send one frame in lock-step and return its RoutingDecision."""
+    """Send one frame in lock-step and return its RoutingDecision, after checking from the frame's detections
+    (class names "<tier>-<id>") that the tier the decision names is the tier that ran."""
     assert graph.send_lockstep(image_msg(rgb, sec=sec))
-    assert wait_until(lambda: any(d.header.stamp.sec == sec for d in graph.routing), 5)
-    return next(d for d in graph.routing if d.header.stamp.sec == sec)
+    assert wait_until(lambda: any(d.header.stamp.sec == sec for d in graph.routing)
+                      and any(d.header.stamp.sec == sec for d in graph.detections), 5)
+    decision = next(d for d in graph.routing if d.header.stamp.sec == sec)
+    detections = next(d for d in graph.detections if d.header.stamp.sec == sec)
+    ran = {r.hypothesis.class_id.split("-")[0] for det in detections.detections for r in det.results}
+    assert ran == {decision.tier_name}, (ran, decision.tier_name)
+    return decision
 
 
 def test_learned_routing_publishes_one_decision_per_frame_with_timings(graph, regime_frames):
