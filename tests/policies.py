@@ -20,7 +20,8 @@ def two_frame_policy(path: Path, frames: dict[str, np.ndarray], policy_id: str, 
                         policy_id, "test policy")
 
 
-def constant_policy(path: Path, probabilities: tuple[float, float, float], policy_id: str = "constant") -> Path:
+def constant_policy(path: Path, probabilities: tuple[float, float, float], policy_id: str = "constant",
+                    tier_digests: dict[str, str] | None = None) -> Path:
     """Ignores its input: the softmax of its logits is `probabilities`."""
     return write_policy(path, [(np.zeros((FEATURE_SIZE, 3), np.float32), np.log(np.asarray(probabilities, np.float32)))],
-                        np.zeros(FEATURE_SIZE), np.ones(FEATURE_SIZE), policy_id)
+                        np.zeros(FEATURE_SIZE), np.ones(FEATURE_SIZE), policy_id, tier_digests=tier_digests)

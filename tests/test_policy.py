@@ -34,6 +34,27 @@ def test_policy_output_is_the_mlp_on_normalised_features(tmp_path):
     assert int(np.argmax(probabilities)) == int(np.argmax(expected))
 
 
+def test_a_policy_names_the_tier_files_it_was_trained_with(tmp_path, tier_models):
+    from adaptive_perception.detector import file_digest
+
+    digests = {t: file_digest(p) for t, p in tier_models.items()}
+    assert len(set(digests.values())) == 3 and all(len(d) == 16 for d in digests.values())
+    policy = Policy(constant_policy(tmp_path / "p.onnx", (0.2, 0.3, 0.5), "trained-here", digests))
+    assert policy.info.tier_digests == digests
+    loaded = {t: (digests[t], str(p)) for t, p in tier_models.items()}
+    assert policy.tier_mismatches(loaded) == []
+    # the small tier swapped for the large file: one warning naming the tier, both digests and the file
+    loaded["small"] = (digests["large"], str(tier_models["large"]))
+    [warning] = policy.tier_mismatches(loaded)
+    assert "small tier" in warning and digests["small"] in warning and digests["large"] in warning
+    assert str(tier_models["large"]) in warning and "trained-here" in warning
+    # a policy that names no tiers cannot be checked, and says so by naming none
+    assert Policy(constant_policy(tmp_path / "old.onnx", (0.2, 0.3, 0.5))).tier_mismatches(loaded) == []
+    bad = _edit_metadata(tmp_path / "p.onnx", "tier_digests", "[1, 2]")
+    with pytest.raises(PolicyFileError, match="tier_digests"):
+        Policy(bad)
+
+
 def _edit_metadata(path: Path, key: str, value: str | None) -> Path:
     import onnx
 

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from adaptive_perception_msgs.srv import LoadPolicy, SetRoutingMode
-from policies import two_frame_policy
+from policies import constant_policy, two_frame_policy
 from rosgraph import Graph, image_msg, wait_until
 
 
@@ -95,3 +95,27 @@ def test_configure_fails_on_a_bad_policy_file_naming_it(context, peer_model, tmp
         assert wait_until(lambda: any(str(bad) in log.msg and "policy file" in log.msg for log in g.logs), 5)
     finally:
         g.close()
+
+
+def test_loading_a_policy_trained_on_other_tiers_warns_naming_both_files(graph, tier_models, tmp_path, capfd):
+    from adaptive_perception.detector import file_digest
+
+    digests = {t: file_digest(p) for t, p in tier_models.items()}
+    matching = constant_policy(tmp_path / "matching.onnx", (0.2, 0.3, 0.5), "matching", digests)
+    other = constant_policy(tmp_path / "other.onnx", (0.2, 0.3, 0.5), "other-tiers",
+                            {**digests, "large": "0123456789abcdef"})
+    capfd.readouterr()
+    assert graph.call(LoadPolicy, "load_policy", LoadPolicy.Request(path=str(matching))).success
+    assert wait_until(lambda: "'matching' loaded" in capfd.readouterr().err, 5)
+    assert graph.call(LoadPolicy, "load_policy", LoadPolicy.Request(path=str(other))).success  # a warning, not a refusal
+    logged = ""
+
+    def warned() -> bool:
+        nonlocal logged
+        logged += capfd.readouterr().err
+        return "0123456789abcdef" in logged
+
+    assert wait_until(warned, 5), logged
+    warning = next(line for line in logged.splitlines() if "0123456789abcdef" in line)
+    assert "WARN" in warning and "large tier" in warning and digests["large"] in warning
+    assert str(tier_models["large"]) in warning and "nano tier" not in warning

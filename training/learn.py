@@ -226,7 +226,8 @@ def train_ppo(split: Split, costs: Costs, lam: float, bc: Network, seed: int, st
     return _to_network(actor, bc.mean, bc.std), {"steps": steps}
 
 
-def export(network: Network, path: Path, policy_id: str, description: str) -> Path:
+def export(network: Network, path: Path, policy_id: str, description: str,
+           tier_digests: dict[str, str] | None = None) -> Path:
     """Write the network as a policy ONNX and check onnxruntime's logits against PyTorch's within 1e-5."""
     import torch
     from adaptive_perception.training.policy_export import write_policy
@@ -234,7 +235,7 @@ def export(network: Network, path: Path, policy_id: str, description: str) -> Pa
     from adaptive_perception.errors import AdaptivePerceptionError
     from adaptive_perception.policy import Policy
 
-    write_policy(path, network.layers, network.mean, network.std, policy_id, description)
+    write_policy(path, network.layers, network.mean, network.std, policy_id, description, tier_digests)
     policy = Policy(path)
     probe = np.random.default_rng(0).normal(network.mean, network.std, (64, FEATURE_SIZE)).astype(np.float32)
     deployed = np.stack([policy.logits(x) for x in probe])

@@ -19,11 +19,12 @@ OPSET = 17
 
 
 def write_policy(path: str | Path, layers: Sequence[tuple[np.ndarray, np.ndarray]], mean: np.ndarray,
-                 std: np.ndarray, policy_id: str, description: str = "") -> Path:
+                 std: np.ndarray, policy_id: str, description: str = "", tier_digests: dict[str, str] | None = None) -> Path:
     """An MLP: x -> (x - mean) / std (done by the runtime) -> [W_i x + b_i, ReLU between layers] -> 3 logits.
 
     Each layer is (W of shape (inputs, outputs), b of shape (outputs,)); the first takes FEATURE_SIZE
-    inputs and the last gives one logit per tier."""
+    inputs and the last gives one logit per tier. `tier_digests` ({tier: `detector.file_digest`}) names the tier
+    files the policy was trained with; the node warns when it runs with others."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
@@ -53,6 +54,8 @@ def write_policy(path: str | Path, layers: Sequence[tuple[np.ndarray, np.ndarray
         "feature_std": json.dumps([float(v) for v in np.asarray(std, np.float32)]),
         "description": description,
     }
+    if tier_digests:
+        metadata["tier_digests"] = json.dumps(dict(tier_digests))
     for key, value in metadata.items():
         entry = model.metadata_props.add()
         entry.key, entry.value = META_PREFIX + key, value

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import ast
+import hashlib
 import logging
 import os
 from dataclasses import dataclass, field
@@ -143,6 +144,15 @@ def _parse_metadata(path: Path, meta: dict[str, str], input_shape: Sequence[obje
     return size, stride, names
 
 
+def file_digest(path: str | os.PathLike[str]) -> str:
+    """The first 16 hex digits of a file's SHA-256: how a policy names the tier files it was trained with."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()[:16]
+
+
 class DetectorTier:
     """A YOLOv8 detection ONNX export behind an onnxruntime session; one class serves every tier."""
 
@@ -177,6 +187,7 @@ class DetectorTier:
         except Exception as exc:  # onnxruntime raises several private exception types
             raise ModelFileError(self.path, f"is not a loadable ONNX model ({str(exc).splitlines()[0]})") from exc
         self.providers = tuple(self.session.get_providers())
+        self.digest = file_digest(self.path)
         if self.providers[0] != chosen[0]:
             LOG.warning("%s: %s could not start; running on %s", self.path, chosen[0], self.providers[0])
         self.info = self._inspect()

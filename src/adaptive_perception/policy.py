@@ -10,6 +10,7 @@ A policy file carries everything needed to run it in its ONNX metadata (never in
 | `adaptive_perception.tiers` | JSON list of the tiers in logit order, e.g. `["nano", "small", "large"]` |
 | `adaptive_perception.feature_mean` / `feature_std` | JSON lists of 1028 floats; the input is (x - mean) / std |
 | `adaptive_perception.description` | optional free text (how it was made) |
+| `adaptive_perception.tier_digests` | optional JSON {tier: first 16 hex digits of the SHA-256 of the tier ONNX it was trained with}; the node warns when a loaded tier differs |
 
 The graph has one float32 input of shape (N or 1, 1028) and one float32 output of shape (N or 1, 3).
 """
@@ -46,6 +47,7 @@ class PolicyInfo:
     policy_id: str
     tiers: tuple[str, ...]
     description: str
+    tier_digests: dict[str, str]  # empty when the file names none (policies written before they were recorded)
 
 
 def _softmax(logits: np.ndarray) -> np.ndarray:
@@ -87,6 +89,9 @@ class Policy:
             raise PolicyFileError(path, f"was trained on features '{meta['feature_version']}' but this node computes "
                                   f"'{FEATURE_VERSION}'", "retrain or re-export the policy for this version")
         try:
+            tier_digests = json.loads(meta.get("tier_digests", "{}"))
+            if not isinstance(tier_digests, dict) or not all(isinstance(v, str) for v in tier_digests.values()):
+                raise ValueError("tier_digests must map tier names to hex digests")
             tiers = tuple(json.loads(meta["tiers"]))
             mean = np.asarray(json.loads(meta["feature_mean"]), np.float32)
             std = np.asarray(json.loads(meta["feature_std"]), np.float32)
@@ -111,7 +116,7 @@ class Policy:
         self._input = inputs[0].name
         self._scale = (1.0 / std).astype(np.float32)
         self._offset = (-mean / std).astype(np.float32)
-        self.info = PolicyInfo(self.path, meta["policy_id"], tiers, meta.get("description", ""))
+        self.info = PolicyInfo(self.path, meta["policy_id"], tiers, meta.get("description", ""), tier_digests)
         probe = self._run(np.zeros(FEATURE_SIZE, np.float32))  # also catches a wrong output shape now, not per frame
         if probe.shape != (len(TIERS),) or not np.isfinite(probe).all():
             raise PolicyFileError(path, f"output is {probe.shape} (finite: {bool(np.isfinite(probe).all())}) "
@@ -120,6 +125,15 @@ class Policy:
     @property
     def policy_id(self) -> str:
         return self.info.policy_id
+
+    def tier_mismatches(self, loaded: dict[str, tuple[str, str]]) -> list[str]:
+        """One warning per loaded tier ({tier: (digest, path)}) that is not the file this policy was trained with."""
+        expected = self.info.tier_digests
+        return [f"policy '{self.policy_id}' was trained with a {tier} tier of digest {expected[tier]}, but the loaded "
+                f"{tier} tier {path} has digest {digest}: the policy learned when that tier is good enough for other "
+                f"detectors; load the tiers it was trained with, or retrain it on these (`adaptive-perception train "
+                f"all --models ...`)"
+                for tier, (digest, path) in loaded.items() if tier in expected and expected[tier] != digest]
 
     def _run(self, features: np.ndarray) -> np.ndarray:
         x = (features * self._scale + self._offset).reshape(1, FEATURE_SIZE)

@@ -143,6 +143,7 @@ class PerceptionNode(LifecycleNode):
             router = Router(config.routing_mode, policy, config.router)
             if policy is not None:
                 self.get_logger().info(f"policy '{policy.policy_id}' loaded from {policy.path}")
+                self._check_policy_tiers(policy, detectors)
         except Exception as exc:  # a failed configure must report, never raise
             self.get_logger().error(f"configure failed: {exc}")
             return TransitionCallbackReturn.FAILURE
@@ -332,7 +333,16 @@ class PerceptionNode(LifecycleNode):
         self.set_parameters([Parameter("policy", value=request.path.strip())])
         response.success, response.message = True, policy.policy_id
         self.get_logger().info(f"policy '{policy.policy_id}' loaded from {policy.path}")
+        self._check_policy_tiers(policy, self.detectors)
         return response
+
+    def _check_policy_tiers(self, policy: Policy, detectors: dict[str, DetectorTier]) -> None:
+        """Warn, naming both files' digests, for every loaded tier the policy was not trained with."""
+        if not policy.info.tier_digests:
+            self.get_logger().info(f"policy '{policy.policy_id}' does not name the tier files it was trained with, "
+                                   "so they cannot be checked")
+        for warning in policy.tier_mismatches({t: (d.digest, str(d.path)) for t, d in detectors.items()}):
+            self.get_logger().warning(warning)
 
 
 def main(argv: list[str] | None = None) -> int:
