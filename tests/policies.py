@@ -25,3 +25,13 @@ def constant_policy(path: Path, probabilities: tuple[float, float, float], polic
     """Ignores its input: the softmax of its logits is `probabilities`."""
     return write_policy(path, [(np.zeros((FEATURE_SIZE, 3), np.float32), np.log(np.asarray(probabilities, np.float32)))],
                         np.zeros(FEATURE_SIZE), np.ones(FEATURE_SIZE), policy_id, tier_digests=tier_digests)
+
+
+def value_policy(path: Path, values: tuple[float, float, float], tier_cost: tuple[float, float, float],
+                 cost_weight: float, policy_id: str = "values", temperature: float = 0.1) -> Path:
+    """A tier_values policy that ignores its input: every frame's predicted tier values are `values`."""
+    from adaptive_perception.policy import ValueHead
+
+    return write_policy(path, [(np.zeros((FEATURE_SIZE, 3), np.float32), np.asarray(values, np.float32))],
+                        np.zeros(FEATURE_SIZE), np.ones(FEATURE_SIZE), policy_id,
+                        value_head=ValueHead(np.asarray(tier_cost, np.float32), cost_weight, temperature))

@@ -13,7 +13,7 @@ from adaptive_perception.features import FEATURE_SIZE, RoutingContext, routing_f
 from adaptive_perception.policy import Policy, PolicyFileError
 from adaptive_perception.router import Router, RouterSettings
 from adaptive_perception.training.policy_export import write_policy
-from policies import constant_policy, two_frame_policy
+from policies import constant_policy, two_frame_policy, value_policy
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -53,6 +53,30 @@ def test_a_policy_names_the_tier_files_it_was_trained_with(tmp_path, tier_models
     bad = _edit_metadata(tmp_path / "p.onnx", "tier_digests", "[1, 2]")
     with pytest.raises(PolicyFileError, match="tier_digests"):
         Policy(bad)
+
+
+def test_a_tier_values_policy_trades_predicted_value_against_cost_by_its_weight(tmp_path):
+    # values 0 / 0.5 / 0.8 at relative costs 0.2 / 0.5 / 1: weight 0 -> large (0.8), 1 -> small (0.5 - 0.5 = 0 beats
+    # 0.8 - 1 = -0.2 and 0 - 0.2), 3 -> nano (-0.6 beats -1.0 and -2.2)
+    policy = Policy(value_policy(tmp_path / "v.onnx", (0.0, 0.5, 0.8), (0.2, 0.5, 1.0), cost_weight=1.0,
+                                 temperature=0.5))
+    x = np.zeros(FEATURE_SIZE, np.float32)
+    np.testing.assert_allclose(policy.logits(x), [0.0, 0.5, 0.8], atol=1e-6)
+    np.testing.assert_allclose(policy.scores(x), [-0.4, 0.0, -0.4], atol=1e-6)  # the policy's own weight, / 0.5
+    routed = {w: Router("learned", policy, RouterSettings(cost_weight=w)).decide(x, RoutingContext()).tier_name
+              for w in (0.0, 1.0, 3.0, -1.0)}
+    assert routed == {0.0: "large", 1.0: "small", 3.0: "nano", -1.0: "small"}
+    probabilities = policy.probabilities(x, 3.0)
+    np.testing.assert_allclose(probabilities, np.exp([-1.2, -2.0, -4.4]) / np.exp([-1.2, -2.0, -4.4]).sum(), rtol=1e-5)
+    router = Router("learned", policy)
+    router.set_cost_weight(0.0)
+    assert router.decide(x, RoutingContext()).tier_name == "large"
+    with pytest.raises(ConfigError, match="cost_weight"):
+        router.set_cost_weight(float("nan"))
+    for key, value, needle in (("output", "votes", "output 'votes' is unknown"), ("temperature", "0", "temperature"),
+                               ("tier_cost", "[1, 2]", "tier_cost"), ("cost_weight", None, "needs tier_cost")):
+        with pytest.raises(PolicyFileError, match=needle):
+            Policy(_edit_metadata(value_policy(tmp_path / f"{key}.onnx", (0, 0.5, 0.8), (0.2, 0.5, 1), 1.0), key, value))
 
 
 def _edit_metadata(path: Path, key: str, value: str | None) -> Path:

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from adaptive_perception_msgs.srv import LoadPolicy, SetRoutingMode
-from policies import constant_policy, two_frame_policy
+from policies import constant_policy, two_frame_policy, value_policy
 from rosgraph import Graph, image_msg, wait_until
 
 
@@ -119,3 +119,19 @@ def test_loading_a_policy_trained_on_other_tiers_warns_naming_both_files(graph, 
     warning = next(line for line in logged.splitlines() if "0123456789abcdef" in line)
     assert "WARN" in warning and "large tier" in warning and digests["large"] in warning
     assert str(tier_models["large"]) in warning and "nano tier" not in warning
+
+
+def test_the_cost_weight_moves_a_value_policys_operating_point_on_a_running_node(graph, regime_frames, tmp_path):
+    from rclpy.parameter import Parameter
+
+    # values 0 / 0.5 / 0.8 at costs 0.2 / 0.5 / 1: weight 0 -> large, 1 (the policy's own) -> small, 3 -> nano
+    policy = value_policy(tmp_path / "values.onnx", (0.0, 0.5, 0.8), (0.2, 0.5, 1.0), cost_weight=1.0)
+    assert graph.call(LoadPolicy, "load_policy", LoadPolicy.Request(path=str(policy))).success
+    routed = {}
+    for sec, weight in enumerate((3.0, 0.0, -1.0), start=40):
+        assert graph.node.set_parameters([Parameter("routing.cost_weight", value=weight)])[0].successful
+        routed[weight] = _route(graph, regime_frames["dense"], sec).tier_name
+    assert routed == {3.0: "nano", 0.0: "large", -1.0: "small"}
+    refused = graph.node.set_parameters([Parameter("routing.cost_weight", value=float("inf"))])[0]
+    assert not refused.successful and "routing.cost_weight" in refused.reason
+    assert _route(graph, regime_frames["dense"], 50).tier_name == "small"

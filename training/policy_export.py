@@ -13,18 +13,20 @@ import numpy as np
 
 from adaptive_perception.detector import TIERS
 from adaptive_perception.features import FEATURE_SIZE, FEATURE_VERSION
-from adaptive_perception.policy import META_PREFIX, POLICY_KIND
+from adaptive_perception.policy import META_PREFIX, POLICY_KIND, ValueHead
 
 OPSET = 17
 
 
 def write_policy(path: str | Path, layers: Sequence[tuple[np.ndarray, np.ndarray]], mean: np.ndarray,
-                 std: np.ndarray, policy_id: str, description: str = "", tier_digests: dict[str, str] | None = None) -> Path:
+                 std: np.ndarray, policy_id: str, description: str = "", tier_digests: dict[str, str] | None = None,
+                 value_head: ValueHead | None = None) -> Path:
     """An MLP: x -> (x - mean) / std (done by the runtime) -> [W_i x + b_i, ReLU between layers] -> 3 logits.
 
     Each layer is (W of shape (inputs, outputs), b of shape (outputs,)); the first takes FEATURE_SIZE
     inputs and the last gives one logit per tier. `tier_digests` ({tier: `detector.file_digest`}) names the tier
-    files the policy was trained with; the node warns when it runs with others."""
+    files the policy was trained with; the node warns when it runs with others. With `value_head` the outputs are
+    tier values (`output: tier_values`), chosen by argmax(values - cost_weight x tier_cost)."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
@@ -56,6 +58,9 @@ def write_policy(path: str | Path, layers: Sequence[tuple[np.ndarray, np.ndarray
     }
     if tier_digests:
         metadata["tier_digests"] = json.dumps(dict(tier_digests))
+    if value_head is not None:
+        metadata.update(output="tier_values", tier_cost=json.dumps([float(c) for c in value_head.tier_cost]),
+                        cost_weight=repr(float(value_head.cost_weight)), temperature=repr(float(value_head.temperature)))
     for key, value in metadata.items():
         entry = model.metadata_props.add()
         entry.key, entry.value = META_PREFIX + key, value

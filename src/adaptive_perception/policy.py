@@ -10,6 +10,8 @@ A policy file carries everything needed to run it in its ONNX metadata (never in
 | `adaptive_perception.tiers` | JSON list of the tiers in logit order, e.g. `["nano", "small", "large"]` |
 | `adaptive_perception.feature_mean` / `feature_std` | JSON lists of 1028 floats; the input is (x - mean) / std |
 | `adaptive_perception.description` | optional free text (how it was made) |
+| `adaptive_perception.output` | optional: `logits` (default; the policy's choice is the largest) or `tier_values` (each tier's predicted value on this frame; the choice is the largest value - cost_weight x tier_cost, so the cost weight moves the operating point without retraining) |
+| `adaptive_perception.tier_cost` / `cost_weight` / `temperature` | `tier_values` only: JSON list of 3 relative tier costs, the calibrated default weight (>= 0), and the temperature of the published probabilities (> 0) |
 | `adaptive_perception.tier_digests` | optional JSON {tier: first 16 hex digits of the SHA-256 of the tier ONNX it was trained with}; the node warns when a loaded tier differs |
 
 The graph has one float32 input of shape (N or 1, 1028) and one float32 output of shape (N or 1, 3).
@@ -37,6 +39,18 @@ class PolicyFileError(AdaptivePerceptionError):
     def __init__(self, path: object, problem: str, fix: str = "") -> None:
         message = f"policy file '{path}': {problem}"
         super().__init__(message + (f" ({fix})" if fix else ""))
+
+
+OUTPUTS = ("logits", "tier_values")
+
+
+@dataclass(frozen=True)
+class ValueHead:
+    """How a `tier_values` policy turns its outputs into a choice: argmax(values - weight x tier_cost)."""
+
+    tier_cost: np.ndarray  # (3,) costs relative to the large tier
+    cost_weight: float  # the weight calibrated at training time (its operating point)
+    temperature: float  # probabilities = softmax((values - weight x tier_cost) / temperature)
 
 
 @dataclass(frozen=True)
@@ -113,6 +127,7 @@ class Policy:
         if len(shape) != 2 or shape[1] != FEATURE_SIZE or inputs[0].type != "tensor(float)":
             raise PolicyFileError(path, f"input '{inputs[0].name}' is {inputs[0].type} {shape}, "
                                   f"expected float32 [N, {FEATURE_SIZE}]")
+        self.value_head = self._value_head(path, meta)
         self._input = inputs[0].name
         self._scale = (1.0 / std).astype(np.float32)
         self._offset = (-mean / std).astype(np.float32)
@@ -121,6 +136,24 @@ class Policy:
         if probe.shape != (len(TIERS),) or not np.isfinite(probe).all():
             raise PolicyFileError(path, f"output is {probe.shape} (finite: {bool(np.isfinite(probe).all())}) "
                                   f"for a zero input, expected {len(TIERS)} finite logits")
+
+    @staticmethod
+    def _value_head(path: object, meta: dict[str, str]) -> ValueHead | None:
+        output = meta.get("output", "logits")
+        if output not in OUTPUTS:
+            raise PolicyFileError(path, f"output '{output}' is unknown", f"use one of {', '.join(OUTPUTS)}")
+        if output == "logits":
+            return None
+        try:
+            cost = np.asarray(json.loads(meta["tier_cost"]), np.float32)
+            weight, temperature = float(meta["cost_weight"]), float(meta["temperature"])
+        except (KeyError, ValueError, TypeError) as exc:
+            raise PolicyFileError(path, f"a tier_values policy needs tier_cost, cost_weight and temperature ({exc})") from None
+        if cost.shape != (len(TIERS),) or not np.isfinite(cost).all() or (cost < 0).any():
+            raise PolicyFileError(path, f"tier_cost {cost.tolist()} must be {len(TIERS)} non-negative numbers")
+        if not (np.isfinite(weight) and weight >= 0 and np.isfinite(temperature) and temperature > 0):
+            raise PolicyFileError(path, f"cost_weight {weight} must be >= 0 and temperature {temperature} > 0")
+        return ValueHead(cost, weight, temperature)
 
     @property
     def policy_id(self) -> str:
@@ -144,6 +177,16 @@ class Policy:
             raise ValueError(f"expected {FEATURE_SIZE} features, got shape {features.shape}")
         return self._run(features.astype(np.float32, copy=False))
 
-    def probabilities(self, features: np.ndarray) -> np.ndarray:
-        """Softmax over the tiers' logits for one frame."""
-        return _softmax(self.logits(features))
+    def scores(self, features: np.ndarray, cost_weight: float | None = None) -> np.ndarray:
+        """One frame's per-tier scores, largest = chosen: the logits, or for a `tier_values` policy
+        (values - weight x tier_cost) / temperature with `cost_weight` (None: the policy's calibrated weight)."""
+        out = self.logits(features)
+        head = self.value_head
+        if head is None:
+            return out
+        weight = head.cost_weight if cost_weight is None else cost_weight
+        return ((out - np.float32(weight) * head.tier_cost) / np.float32(head.temperature)).astype(np.float32)
+
+    def probabilities(self, features: np.ndarray, cost_weight: float | None = None) -> np.ndarray:
+        """Softmax over the tiers' scores for one frame."""
+        return _softmax(self.scores(features, cost_weight))

@@ -2,7 +2,7 @@
 
 | mode | rule |
 |---|---|
-| `learned` | the policy's most probable tier (with hysteresis: stay on the previous tier unless the best tier's probability beats it by more than `hysteresis`) |
+| `learned` | the policy's most probable tier (with hysteresis: stay on the previous tier unless the best tier's probability beats it by more than `hysteresis`); a `tier_values` policy's choice is its largest value - `cost_weight` x tier cost |
 | `fixed:<tier>` | always that tier |
 | `heuristic` | the previous routed frame's detection count n: n < low -> nano, n < high -> small, else large; the first frame of a camera goes to large |
 | `random` | a seeded draw from a given tier mix (the baseline for "is the policy better than chance at its mix?") |
@@ -12,7 +12,7 @@ needs about the previous frame (count, tier) comes in the RoutingContext.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -44,6 +44,7 @@ class RouterSettings:
     random_mix: tuple[float, float, float] = (1.0, 1.0, 1.0)  # weights of nano, small, large (normalised)
     random_seed: int = 0
     hysteresis: float = 0.0  # probability margin a new tier needs over the previous one; 0 = off
+    cost_weight: float = -1.0  # tier_values policies: weight of a tier's cost against its value; < 0 = the policy's own
 
     def validate(self) -> "RouterSettings":
         low, high = self.heuristic_thresholds
@@ -56,6 +57,8 @@ class RouterSettings:
                               "weights for nano, small, large with a positive sum, e.g. [0.5, 0.3, 0.2]")
         if not 0.0 <= self.hysteresis < 1.0:
             raise ConfigError(f"routing.hysteresis {self.hysteresis} must lie in [0, 1)")
+        if not np.isfinite(self.cost_weight):
+            raise ConfigError(f"routing.cost_weight {self.cost_weight} must be a number (negative: the policy's own)")
         return self
 
 
@@ -106,6 +109,10 @@ class Router:
     def set_mode(self, mode: str) -> None:
         self._state = self._checked(check_mode(mode), self.policy)
 
+    def set_cost_weight(self, weight: float) -> None:
+        """Move a tier_values policy's operating point (negative: the policy's own weight), between two frames."""
+        self.settings = replace(self.settings, cost_weight=float(weight)).validate()
+
     def set_policy(self, policy: Policy) -> None:
         self._state = (self.mode, policy)
 
@@ -113,7 +120,8 @@ class Router:
         mode, policy = self._state
         if mode == "learned":
             assert policy is not None
-            probabilities = policy.probabilities(features)
+            weight = self.settings.cost_weight
+            probabilities = policy.probabilities(features, None if weight < 0 else weight)
             tier = int(np.argmax(probabilities))
             previous = context.prev_tier
             if 0 <= previous < len(TIERS) and probabilities[tier] - probabilities[previous] <= self.settings.hysteresis:

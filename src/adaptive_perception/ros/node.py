@@ -1,6 +1,7 @@
 """The `perception_node` lifecycle node: thin glue between ROS topics and the core detector runtime."""
 from __future__ import annotations
 
+import math
 import sys
 import threading
 import time
@@ -9,7 +10,7 @@ import rclpy
 from adaptive_perception_msgs.msg import RoutingDecision
 from adaptive_perception_msgs.srv import LoadPolicy, SetRoutingMode
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
-from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
+from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor, SetParametersResult
 from rclpy.parameter import Parameter
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
@@ -55,6 +56,10 @@ PARAMETERS: dict[str, tuple[object, ParameterDescriptor]] = {
     "routing.hysteresis": (_DEFAULTS.router.hysteresis, _describe(
         "Learned mode: stay on the previous tier unless the best tier's probability beats it by more than this "
         "(0 = off).", floating_point_range=[FloatingPointRange(from_value=0.0, to_value=0.99)])),
+    "routing.cost_weight": (_DEFAULTS.router.cost_weight, _describe(
+        "Learned mode with a tier_values policy: how much a tier's cost weighs against its predicted value (higher = "
+        "cheaper routing); negative = the weight the policy was calibrated with. Takes effect from the next frame "
+        "when set on a running node.")),
     **{f"models.{tier}": (_DEFAULTS.models[tier], _describe(
         f"The {tier} tier's YOLOv8 detection ONNX: embedded:<tier> (shipped with the package), a file path, "
         "or empty = not loaded.")) for tier in TIERS},
@@ -102,6 +107,7 @@ class PerceptionNode(LifecycleNode):
         self._routing_pub = None
         self._diag_pub = None
         self._diag_timer = None
+        self.add_on_set_parameters_callback(self._on_set_parameters)
         self._routing_services = [self.create_service(SetRoutingMode, "~/set_routing_mode", self._on_set_routing_mode),
                           self.create_service(LoadPolicy, "~/load_policy", self._on_load_policy)]
 
@@ -113,7 +119,8 @@ class PerceptionNode(LifecycleNode):
             routing_mode=p("routing_mode").value,
             policy=p("policy").value,
             router=RouterSettings(tuple(p("routing.heuristic_thresholds").value), tuple(p("routing.random_mix").value),
-                                  p("routing.random_seed").value, p("routing.hysteresis").value),
+                                  p("routing.random_seed").value, p("routing.hysteresis").value,
+                                  p("routing.cost_weight").value),
             models={tier: p(f"models.{tier}").value for tier in TIERS},
             providers=tuple(p("providers").value),
             conf_threshold=p("conf_threshold").value,
@@ -335,6 +342,18 @@ class PerceptionNode(LifecycleNode):
         self.get_logger().info(f"policy '{policy.policy_id}' loaded from {policy.path}")
         self._check_policy_tiers(policy, self.detectors)
         return response
+
+    def _on_set_parameters(self, parameters: list[Parameter]) -> SetParametersResult:
+        """routing.cost_weight applies to a configured node at once (between two frames); others at configure."""
+        for parameter in parameters:
+            if parameter.name == "routing.cost_weight":
+                value = parameter.value
+                if not isinstance(value, float) or not math.isfinite(value):
+                    return SetParametersResult(successful=False, reason=f"routing.cost_weight {value!r} must be a "
+                                               "finite float (negative: the policy's own weight)")
+                if self.router is not None:
+                    self.router.set_cost_weight(value)
+        return SetParametersResult(successful=True)
 
     def _check_policy_tiers(self, policy: Policy, detectors: dict[str, DetectorTier]) -> None:
         """Warn, naming both files' digests, for every loaded tier the policy was not trained with."""
