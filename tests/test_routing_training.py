@@ -183,3 +183,25 @@ def test_latency_file_is_validated(tmp_path):
     bad.write_text(json.dumps({"device": "x", "tiers_ms": {"nano": 4.0}}))
     with pytest.raises(Exception, match="latency file .*bad.json.*tiers_ms"):
         Costs.load(bad)
+
+
+def test_a_tier_value_network_is_calibrated_to_a_budget_and_survives_the_trip_through_ppos_logits():
+    from adaptive_perception.training.learn import Network, _as_logits, _from_logits, calibrate_cost_weight
+
+    split = Split.build(_profile(12))
+    costs = Costs("test", np.array([10.0, 40.0, 100.0]))  # relative 0.1 / 0.4 / 1
+    # constant values 0 / 0.5 / 0.8: large while w < 0.5 (0.8 - w > 0.5 - 0.4 w), small until w = 5/3
+    # (0.5 - 0.4 w > -0.1 w), then nano
+    network = Network([(np.zeros((1028, 3), np.float32), np.array([0.0, 0.5, 0.8], np.float32))],
+                      np.zeros(1028, np.float32), np.ones(1028, np.float32))
+    for budget, weight, tier in ((200.0, 0.0, 2), (50.0, 0.5, 1), (39.9, 5 / 3, 0)):
+        calibrated = calibrate_cost_weight(network, split, costs, budget)
+        assert calibrated.head.cost_weight == pytest.approx(weight, abs=1e-4), budget
+        assert calibrated.choose(0, np.zeros(1028, np.float32), None) == tier
+    calibrated = calibrate_cost_weight(network, split, costs, 50.0)
+    logits = _as_logits(calibrated)
+    # PPO samples softmax(logits): the same choice, and the way back restores the values
+    assert int(np.argmax(logits[-1][1])) == calibrated.choose(0, np.zeros(1028, np.float32), None)
+    back = _from_logits(logits, calibrated)
+    np.testing.assert_allclose(back.layers[-1][1], [0.0, 0.5, 0.8], atol=1e-6)
+    np.testing.assert_allclose(back.layers[-1][0], network.layers[-1][0])

@@ -1,6 +1,7 @@
 """Scene benchmark generator: deterministic, right labels, ignore regions, split by sequence, frozen by hash."""
 from __future__ import annotations
 
+import itertools
 import json
 from dataclasses import replace
 
@@ -88,8 +89,12 @@ def test_generated_outputs_are_consistent(tiny):
     out, manifest = tiny
     records = json.loads((out / "frames.json").read_text())
     seqs = {split: {r["sequence"] for r in records[split]} for split in benchmark.SPLITS}
-    assert not (seqs["train"] & seqs["test"]) and not (seqs["train"] & seqs["val"]) and not (seqs["val"] & seqs["test"])
+    for a, b in itertools.combinations(benchmark.SPLITS, 2):  # split by sequence: no sequence in two splits
+        assert seqs[a] and not (seqs[a] & seqs[b]), (a, b)
     assert sorted(seqs["test"]) == manifest["sequence_ids"]["test"]
+    # the router's split comes after the others' sequences (adding it changed none) and every frame is an image
+    assert min(seqs["router"]) > max(seqs["train"] | seqs["val"] | seqs["test"])
+    assert len(list((out / "images" / "router").iterdir())) == len(records["router"]) == 30
     coco = json.loads((out / "coco" / "test.json").read_text())
     assert len(coco["images"]) == 30 and {c["name"] for c in coco["categories"]} == set(CLASSES)
     crowd = sum(a["iscrowd"] for a in coco["annotations"])

@@ -7,27 +7,36 @@ detections are scored), so a choice has consequences beyond its frame.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
 from adaptive_perception.detector import TIERS
 from adaptive_perception.features import FEATURE_SIZE
+from adaptive_perception.policy import ValueHead
 from adaptive_perception.progress import progress as progress_bar
 from adaptive_perception.training.labels import Costs, optimal_tiers
 from adaptive_perception.training.simulate import Split, Stream, rollout
 
 HIDDEN = (128, 64)
+VALUE_TEMPERATURE = 0.05  # tier_values policies: softmax temperature of the scores (label units) PPO samples from
 
 
 @dataclass
 class Network:
-    """An MLP policy as numpy arrays: layers (W (in, out), b) with ReLU between, and the input normalisation."""
+    """An MLP policy as numpy arrays: layers (W (in, out), b) with ReLU between, and the input normalisation.
+    With a `head` the outputs are tier values and the choice is argmax(values - head.cost_weight x head.tier_cost)."""
 
     layers: list[tuple[np.ndarray, np.ndarray]]
     mean: np.ndarray
     std: np.ndarray
+    head: ValueHead | None = None
+
+    def scores(self, x: np.ndarray) -> np.ndarray:
+        """(N, 3) what the choice maximises: the logits, or values - cost_weight x tier_cost."""
+        out = self.logits(x)
+        return out if self.head is None else out - self.head.cost_weight * self.head.tier_cost[None, :]
 
     def logits(self, x: np.ndarray) -> np.ndarray:
         h = (x - self.mean) / self.std
@@ -39,10 +48,16 @@ class Network:
 
     def choose(self, _frame: int, observation: np.ndarray, _context) -> int:
         """A simulator chooser: the most probable tier for one observation."""
-        return int(np.argmax(self.logits(observation[None, :].astype(np.float64))[0]))
+        return int(np.argmax(self.scores(observation[None, :].astype(np.float64))[0]))
+
+    def with_weight(self, cost_weight: float) -> "Network":
+        assert self.head is not None
+        return replace(self, head=replace(self.head, cost_weight=float(cost_weight)))
 
     def save(self, path: Path) -> Path:
         arrays = {"mean": self.mean, "std": self.std}
+        if self.head is not None:
+            arrays.update(tier_cost=self.head.tier_cost, head=np.array([self.head.cost_weight, self.head.temperature]))
         for i, (w, b) in enumerate(self.layers):
             arrays[f"w{i}"], arrays[f"b{i}"] = w, b
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -53,7 +68,8 @@ class Network:
     def load(path: Path) -> "Network":
         data = np.load(path)
         count = sum(1 for k in data.files if k.startswith("w"))
-        return Network([(data[f"w{i}"], data[f"b{i}"]) for i in range(count)], data["mean"], data["std"])
+        head = ValueHead(data["tier_cost"], float(data["head"][0]), float(data["head"][1])) if "head" in data.files else None
+        return Network([(data[f"w{i}"], data[f"b{i}"]) for i in range(count)], data["mean"], data["std"], head)
 
 
 def expert_dataset(split: Split, costs: Costs, lam: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -115,7 +131,9 @@ def train_bc(train: tuple[np.ndarray, np.ndarray, np.ndarray], val: tuple[np.nda
              seed: int, loss: str = "balanced", max_epochs: int = 200, patience: int = 15,
              progress: bool = True) -> tuple[Network, dict]:
     """Fit the MLP on (x, label, utility); `balanced`: class-balanced cross-entropy, `regret`: expected
-    utility lost against the best tier (cost-sensitive). Early stopping on the validation loss."""
+    utility lost against the best tier (cost-sensitive), `values`: mean squared error of each tier's value
+    gain over nano (utility - utility of nano; give utilities at lambda 0, the cost weight is calibrated after).
+    Early stopping on the validation loss."""
     import torch
     
     x_train, y_train, u_train = train
@@ -126,10 +144,12 @@ def train_bc(train: tuple[np.ndarray, np.ndarray, np.ndarray], val: tuple[np.nda
     weights = torch.tensor(len(y_train) / (len(TIERS) * np.maximum(counts, 1)))
 
     def tensors(x, y, u):
-        return (torch.tensor((x - mean) / std), torch.tensor(y, dtype=torch.long),
-                torch.tensor(u.max(axis=1, keepdims=True) - u))
+        target = u - u[:, :1] if loss == "values" else u.max(axis=1, keepdims=True) - u
+        return torch.tensor((x - mean) / std), torch.tensor(y, dtype=torch.long), torch.tensor(target)
 
-    def objective(logits, y, regret):
+    def objective(logits, y, target):
+        if loss == "values":
+            return torch.nn.functional.mse_loss(logits, target)
         if loss == "regret":
             return (torch.softmax(logits, dim=1) * regret).sum(dim=1).mean()
         return torch.nn.functional.cross_entropy(logits, y, weight=weights)
@@ -148,7 +168,7 @@ def train_bc(train: tuple[np.ndarray, np.ndarray, np.ndarray], val: tuple[np.nda
         model.eval()
         with torch.no_grad():
             val_loss = float(objective(model(xv), yv, rv))
-            val_acc = float((model(xv).argmax(dim=1) == yv).float().mean())
+            val_acc = float((model(xv).argmax(dim=1) == yv).float().mean())  # values: the cost-free choice
         history.append({"epoch": epoch, "val_loss": val_loss, "val_accuracy": val_acc})
         if val_loss < best - 1e-5:
             best, waited = val_loss, 0
@@ -158,7 +178,28 @@ def train_bc(train: tuple[np.ndarray, np.ndarray, np.ndarray], val: tuple[np.nda
             if waited >= patience:
                 break
     model.load_state_dict(best_state)
-    return _to_network(_linears(model), mean, std), {"epochs": len(history), "best_val_loss": best, "history": history}
+    network = _to_network(_linears(model), mean, std)
+    return network, {"epochs": len(history), "best_val_loss": best, "history": history}
+
+
+def calibrate_cost_weight(network: Network, split: Split, costs: Costs, budget_ms: float, steps: int = 20) -> Network:
+    """The tier-value network at the smallest cost weight whose per-frame routing of `split` costs at most
+    `budget_ms` per frame (bisection; the cost falls as the weight rises)."""
+    head = ValueHead(costs.relative.astype(np.float32), 0.0, VALUE_TEMPERATURE)
+    network = replace(network, head=head)
+
+    def cost(weight: float) -> float:
+        return rollout(split, costs, network.with_weight(weight).choose, streaming=False).busy_ms / len(split.profile)
+
+    low, high = 0.0, 1.0
+    if cost(low) <= budget_ms:
+        return network
+    while cost(high) > budget_ms and high < 1e4:
+        high *= 2
+    for _ in range(steps):
+        middle = (low + high) / 2
+        low, high = (middle, high) if cost(middle) > budget_ms else (low, middle)
+    return network.with_weight(high)
 
 
 def make_env(split: Split, costs: Costs, lam: float, network: Network, switch_penalty: float = 0.0):
@@ -196,19 +237,40 @@ def make_env(split: Split, costs: Costs, lam: float, network: Network, switch_pe
     return RoutingEnv()
 
 
+def _as_logits(network: Network) -> list[tuple[np.ndarray, np.ndarray]]:
+    """A tier-value network's layers rewritten so its outputs are its scores / temperature (PPO's logits)."""
+    if network.head is None:
+        return network.layers
+    h = network.head
+    w, b = network.layers[-1]
+    return [*network.layers[:-1], (w / h.temperature, (b - h.cost_weight * h.tier_cost) / h.temperature)]
+
+
+def _from_logits(layers: list[tuple[np.ndarray, np.ndarray]], like: Network) -> Network:
+    """The inverse of `_as_logits`: PPO's actor back as a network of the same kind as `like`."""
+    h = like.head
+    if h is None:
+        return replace(like, layers=layers)
+    w, b = layers[-1]
+    return replace(like, layers=[*layers[:-1], (w * h.temperature, b * h.temperature + h.cost_weight * h.tier_cost)])
+
+
 def train_ppo(split: Split, costs: Costs, lam: float, bc: Network, seed: int, steps: int,
               switch_penalty: float = 0.0) -> tuple[Network, dict]:
-    """stable-baselines3 PPO whose actor starts as the BC network (same layers, same normalisation)."""
+    """stable-baselines3 PPO whose actor starts as the BC network (same layers, same normalisation; a tier-value
+    network's scores / temperature are the logits, and the reward's cost weight is its own)."""
     import torch
     from stable_baselines3 import PPO
     from stable_baselines3.common.callbacks import BaseCallback
     
+    if bc.head is not None:
+        lam = bc.head.cost_weight
     env = make_env(split, costs, lam, bc, switch_penalty)
     model = PPO("MlpPolicy", env, seed=seed, n_steps=1024, batch_size=256, n_epochs=4, learning_rate=1e-4,
                 clip_range=0.1, gamma=0.99, ent_coef=0.0, verbose=0, device="cpu",
                 policy_kwargs={"net_arch": {"pi": list(HIDDEN), "vf": list(HIDDEN)}, "activation_fn": torch.nn.ReLU})
     actor = _linears(model.policy.mlp_extractor.policy_net) + [model.policy.action_net]
-    _load_layers(actor, bc.layers)
+    _load_layers(actor, _as_logits(bc))
 
     class Progress(BaseCallback):
         def __init__(self) -> None:
@@ -223,7 +285,7 @@ def train_ppo(split: Split, costs: Costs, lam: float, bc: Network, seed: int, st
             self.bar.close()
 
     model.learn(total_timesteps=steps, callback=Progress())
-    return _to_network(actor, bc.mean, bc.std), {"steps": steps}
+    return _from_logits(_to_network(actor, bc.mean, bc.std).layers, bc), {"steps": steps}
 
 
 def export(network: Network, path: Path, policy_id: str, description: str,
@@ -235,7 +297,7 @@ def export(network: Network, path: Path, policy_id: str, description: str,
     from adaptive_perception.errors import AdaptivePerceptionError
     from adaptive_perception.policy import Policy
 
-    write_policy(path, network.layers, network.mean, network.std, policy_id, description, tier_digests)
+    write_policy(path, network.layers, network.mean, network.std, policy_id, description, tier_digests, network.head)
     policy = Policy(path)
     probe = np.random.default_rng(0).normal(network.mean, network.std, (64, FEATURE_SIZE)).astype(np.float32)
     deployed = np.stack([policy.logits(x) for x in probe])

@@ -18,7 +18,10 @@ import numpy as np
 from adaptive_perception.detector import TIERS
 from adaptive_perception.errors import AdaptivePerceptionError
 
-SPLITS = ("train", "val", "test")
+# the router trains on the benchmark's router split: sequences the detector tiers never saw (their own training
+# frames would teach it how good the tiers are on memorised images)
+TRAIN_SPLIT = "router"
+SPLITS = (TRAIN_SPLIT, "val", "test")
 STAGES = ("profile", "labels", "bc", "ppo", "export", "evaluate")
 EXPERIMENT = "adaptive_perception.routing"
 
@@ -114,7 +117,7 @@ def stage_profile(settings: Settings) -> None:
                                           "use --source bags for recordings")
         if settings.source == "bags" and not any(p.is_dir() for p in (settings.benchmark / "bags" / split).glob("*")):
             raise AdaptivePerceptionError(f"no bags under {settings.benchmark / 'bags' / split}; put each split's "
-                                          "recordings in <benchmark>/bags/{train,val,test}/ (scenes generate --bags all "
+                                          "recordings in <benchmark>/bags/{router,val,test}/ (scenes generate --bags all "
                                           "writes them)")
     settings.work.mkdir(parents=True, exist_ok=True)
     with tracked(settings, "profile", params) as mlflow:
@@ -206,7 +209,9 @@ def stage_bc(settings: Settings) -> None:
         print("[bc] cached")
         return
     costs = _load_costs(settings)
-    train, val = load_split(settings, "train"), load_split(settings, "val")
+    train, val = load_split(settings, TRAIN_SPLIT), load_split(settings, "val")
+    if settings.bc_loss == "values":
+        return _bc_values(settings, params, costs, train, val)
     with tracked(settings, "bc", params) as mlflow:
         sweep, datasets, val_scorer = [], {}, Scorer(val)
         (settings.work / "bc").mkdir(parents=True, exist_ok=True)
@@ -239,6 +244,39 @@ def stage_bc(settings: Settings) -> None:
     _done(settings, "bc", params)
 
 
+def _bc_values(settings: Settings, params: dict, costs, train, val) -> None:
+    """BC as regression of each tier's value gain over nano; every seed's cost weight is calibrated on validation
+    to the cost bar (its operating point), so no lambda sweep is needed: the weight is the operating point."""
+    from adaptive_perception.training.evaluate import Scorer
+    from adaptive_perception.training.learn import calibrate_cost_weight, expert_dataset, train_bc
+    from adaptive_perception.training.simulate import rollout
+
+    budget = settings.cost_bar * float(costs.ms[-1])
+    data = expert_dataset(train, costs, 0.0), expert_dataset(val, costs, 0.0)
+    (settings.work / "bc").mkdir(parents=True, exist_ok=True)
+    seeds, val_scorer = [], Scorer(val)
+    with tracked(settings, "bc", params) as mlflow:
+        for seed in range(settings.seeds):
+            network, info = train_bc(*data, seed=seed, loss="values")
+            network = calibrate_cost_weight(network, val, costs, budget)
+            network.save(settings.work / "bc" / f"seed{seed}.npz")
+            trace = rollout(val, costs, network.choose, streaming=False)
+            seeds.append({"seed": seed, "cost_weight": network.head.cost_weight, "epochs": info["epochs"],
+                          "val_map50_95": val_scorer.score(trace)["map50_95"],
+                          "val_cost_share": trace.busy_ms / len(val.profile) / float(costs.ms[-1])})
+            mlflow.log_metrics({f"seed{seed}_best_val_loss": info["best_val_loss"], f"seed{seed}_epochs": info["epochs"],
+                                f"seed{seed}_cost_weight": network.head.cost_weight})
+        print("[bc] tier values; cost weights calibrated on validation to <= "
+              f"{settings.cost_bar:.0%} of always-large's cost: " + ", ".join(
+                  f"seed {s['seed']} {s['cost_weight']:.3f} (validation mAP50-95 {s['val_map50_95']:.1f} at "
+                  f"{s['val_cost_share']:.0%})" for s in seeds))
+        (settings.work / "bc" / "lambda.json").write_text(json.dumps({"lambda": 0.0, "kind": "values", "seeds": seeds,
+                                                                       "cost_bar": settings.cost_bar}, indent=2))
+        mlflow.log_param("chosen_lambda", 0.0)
+        mlflow.log_artifact(str(settings.work / "bc" / "lambda.json"))
+    _done(settings, "bc", params)
+
+
 def _lambda(settings: Settings) -> float:
     path = settings.work / "bc" / "lambda.json"
     if not path.is_file():
@@ -259,7 +297,7 @@ def stage_ppo(settings: Settings) -> None:
     if _cached(settings, "ppo", params, outputs):
         print("[ppo] cached")
         return
-    costs, train = _load_costs(settings), load_split(settings, "train")
+    costs, train = _load_costs(settings), load_split(settings, TRAIN_SPLIT)
     with tracked(settings, "ppo", params) as mlflow:
         check_env(make_env(train, costs, lam, Network.load(settings.work / "bc" / "seed0.npz")), skip_render_check=True)
         (settings.work / "ppo").mkdir(parents=True, exist_ok=True)
@@ -277,11 +315,14 @@ def _policy_path(settings: Settings, kind: str, seed: int) -> Path:
 
 
 def stage_export(settings: Settings) -> None:
+    from adaptive_perception.config import resolve_model
+    from adaptive_perception.detector import file_digest
     from adaptive_perception.training.learn import Network, export
 
     lam = _lambda(settings)
+    digests = {tier: file_digest(resolve_model(spec)) for tier, spec in settings.models.items()}
     networks = [settings.work / kind / f"seed{s}.npz" for kind in ("bc", "ppo") for s in range(settings.seeds)]
-    params = {"lambda": lam, "seeds": settings.seeds, "networks": _mtimes(networks),
+    params = {"lambda": lam, "seeds": settings.seeds, "networks": _mtimes(networks), "tiers": digests,
               "policy_out": str(settings.policy_out)}
     outputs = [_policy_path(settings, kind, s) for kind in ("bc", "ppo") for s in range(settings.seeds)]
     if _cached(settings, "export", params, outputs + ([settings.policy_out] if settings.policy_out else [])):
@@ -295,7 +336,7 @@ def stage_export(settings: Settings) -> None:
                 name = "bc" if kind == "bc" else "bc-ppo"
                 path = export(network, _policy_path(settings, kind, seed), f"{name}-l{lam:g}-s{seed}-{digest}",
                               f"{name} routing policy (lambda {lam:g}, seed {seed}) trained by `adaptive-perception "
-                              f"train` on {settings.benchmark} ({settings.source}, truth {settings.truth})")
+                              f"train` on {settings.benchmark} ({settings.source}, truth {settings.truth})", digests)
                 mlflow.log_artifact(str(path), artifact_path="policies")
         if settings.policy_out is not None:
             settings.policy_out.parent.mkdir(parents=True, exist_ok=True)

@@ -92,7 +92,12 @@ def dataset_records(benchmark: Path, split: str) -> list[dict]:
     if not frames_path.is_file():
         raise AdaptivePerceptionError(f"'{benchmark}' holds no generated benchmark (frames.json missing); run "
                                       f"`adaptive-perception scenes generate --out {benchmark}`")
-    records = [r for r in json.loads(frames_path.read_text())[split] if r.get("in_dataset")]
+    splits = json.loads(frames_path.read_text())
+    if split not in splits:
+        raise AdaptivePerceptionError(f"'{benchmark}' has no {split} split (generated before it existed); regenerate it "
+                                      f"with `adaptive-perception scenes generate --out {benchmark}` (the other splits "
+                                      "come out identical)")
+    records = [r for r in splits[split] if r.get("in_dataset")]
     return sorted(records, key=lambda r: (r["sequence"], r["frame"]))
 
 

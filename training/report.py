@@ -19,6 +19,7 @@ from adaptive_perception.scenes.sequence import Regime
 from adaptive_perception.training.evaluate import Scorer, cost_columns, interval
 from adaptive_perception.training.labels import budget_oracle, optimal_tiers, streaming_labels
 from adaptive_perception.training.learn import Network, expert_dataset
+from adaptive_perception.training.pipeline import TRAIN_SPLIT
 from adaptive_perception.training.simulate import FRAME_RATE_HZ, rollout
 
 # count thresholds (nano below low, small below high, else large); (1000, 1000) is always-nano, so the curve
@@ -156,7 +157,7 @@ def _kl(ppo: Network, bc: Network, observations: np.ndarray) -> float:
 
 
 def evaluate_all(settings, load_split, costs, lam: float, policy_path) -> dict:
-    test, val, train = load_split(settings, "test"), load_split(settings, "val"), load_split(settings, "train")
+    test, val, train = load_split(settings, "test"), load_split(settings, "val"), load_split(settings, TRAIN_SPLIT)
     scorer = Scorer(test)
     seeds = range(settings.seeds)
     policies = {kind: [Policy(policy_path(settings, kind, s)) for s in seeds] for kind in ("bc", "ppo")}
@@ -394,8 +395,8 @@ def markdown(result: dict) -> str:
         lines.append(f"| {regime} | {n} | " + " | ".join(f"{100 * counts[t] / max(n, 1):.0f}" for t in TIERS) + " |")
     c = result["classifier"]
     lines += ["", f"Classifier (BC) accuracy against the per-frame optimal tiers on test: {c['bc_accuracy']:.3f}; "
-              f"always the train split's majority class ({c.get('majority_class', '?')}): "
-              f"{c['majority_class_accuracy']:.3f}; random at the train split's label prior: "
+              f"always the router split's majority class ({c.get('majority_class', '?')}): "
+              f"{c['majority_class_accuracy']:.3f}; random at the router split's label prior: "
               f"{c['prior_matched_random_accuracy']:.3f}.",
               "", "![cost against accuracy](routing_curve.png)", ""]
     return "\n".join(lines)

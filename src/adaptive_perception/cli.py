@@ -37,8 +37,8 @@ def _parser() -> argparse.ArgumentParser:
     generate = scenes_sub.add_parser("generate", help="YOLO dataset + COCO ground truth + MCAP bags + contact sheet")
     generate.add_argument("--out", type=Path, default=Path("build/benchmark"), help="output folder")
     generate.add_argument("--preset", choices=["benchmark", "tiny", "ci"], default="benchmark",
-                          help="benchmark: the frozen evaluation benchmark; tiny: a 4-sequence smoke set; ci: the "
-                               "routing pipeline's 8-sequence test set")
+                          help="benchmark: the frozen evaluation benchmark; tiny: a 5-sequence smoke set; ci: the "
+                               "routing pipeline's 18-sequence test set")
     generate.add_argument("--drift", choices=["none", "night", "fog", "new_domain", "small_objects"], default="none",
                           help="render a drift variant (different seed, never in training)")
     generate.add_argument("--bags", choices=["none", "eval", "all"], help="which splits get MCAP bags (preset default)")
@@ -107,7 +107,7 @@ def _parser() -> argparse.ArgumentParser:
                        help="full: the report's settings; small: a few-minute run (CI)")
     train.add_argument("--benchmark", type=Path, help="generated benchmark folder (default build/benchmark)")
     train.add_argument("--source", choices=["dataset", "bags"], help="dataset: the benchmark's images per split "
-                       "(default); bags: every bag under <benchmark>/bags/<split>/")
+                       "(default); bags: every bag under <benchmark>/bags/<split>/ for the splits router (training), val and test")
     train.add_argument("--truth", choices=["sidecar", "reference", "topic"],
                        help="sidecar (default: the recording's ground_truth.json / records), reference (agreement with "
                             "the large tier or --teacher, for unlabelled recordings)")
@@ -125,7 +125,9 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--lambdas", type=float, nargs="+",
                        help="lambda sweep (full: 0 0.1 0.2 0.3 0.5 0.8; small: 0 0.3)")
     train.add_argument("--ppo-steps", type=int, help="PPO environment steps per seed (full 30000, small 2048)")
-    train.add_argument("--bc-loss", choices=["balanced", "regret"], help="class-balanced CE or expected regret")
+    train.add_argument("--bc-loss", choices=["balanced", "regret", "values"],
+                       help="class-balanced CE, expected regret, or values: regress each tier's value and calibrate "
+                            "a cost weight on validation (the policy's operating point, movable at run time)")
     train.add_argument("--switch-penalty", type=float, help="PPO reward penalty per tier switch (default 0)")
     train.add_argument("--resamples", type=int, help="bootstrap resamples for the intervals (full 200, small 20)")
     train.add_argument("--force", action="store_true", help="rerun stages even when their output is cached")

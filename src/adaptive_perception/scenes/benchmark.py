@@ -27,7 +27,10 @@ from adaptive_perception.scenes.sequence import (
     render_sequence,
 )
 
-SPLITS = ("train", "val", "test")
+# train: the detector tiers' training set; val, test: evaluation; router: the routing policy's training split,
+# sequences the tiers never saw (a router trained on the tiers' own training frames learns how good they are on
+# memorised images, not on the world). Sequence indices run in this order, so adding a split changes no earlier one.
+SPLITS = ("train", "val", "test", "router")
 SIZE_BINS = (0, 8, 16, 32, 64, 128, 256, 100000)  # sqrt(visible box area), px
 JPEG_QUALITY = 92
 STAMP_BASE_NS = 1_700_000_000_000_000_000
@@ -45,7 +48,7 @@ class BenchmarkConfig:
     """What to generate. Sequences are split by sequence, never by frame."""
 
     seed: int = 2026
-    sequences: tuple[int, int, int] = (40, 6, 14)  # train, val, test
+    sequences: tuple[int, int, int, int] = (40, 6, 14, 20)  # train, val, test, router
     frames_per_sequence: int = 150
     train_stride: int = 3  # every n-th train frame goes into the YOLO training set
     val_stride: int = 3
@@ -64,9 +67,9 @@ class BenchmarkConfig:
 
 PRESETS = {
     "benchmark": BenchmarkConfig(),
-    "tiny": BenchmarkConfig(seed=7, sequences=(2, 1, 1), frames_per_sequence=30, train_stride=1, val_stride=1, bags="all"),
+    "tiny": BenchmarkConfig(seed=7, sequences=(2, 1, 1, 1), frames_per_sequence=30, train_stride=1, val_stride=1, bags="all"),
     # the routing pipeline's CI run: every split holds sparse and dense frames
-    "ci": BenchmarkConfig(seed=SEED_CI, sequences=(4, 2, 2), frames_per_sequence=45, train_stride=1, val_stride=1,
+    "ci": BenchmarkConfig(seed=SEED_CI, sequences=(4, 2, 4, 8), frames_per_sequence=45, train_stride=1, val_stride=1,
                           bags="all"),
 }
 
@@ -205,7 +208,7 @@ def generate(config: BenchmarkConfig, out: Path, workers: int = 2) -> dict:
         fresh_dataset_folders(out, split)
     (out / "coco").mkdir(parents=True, exist_ok=True)
     specs = config.specs()
-    strides = {"train": config.train_stride, "val": config.val_stride, "test": 1}
+    strides = {"train": config.train_stride, "val": config.val_stride, "test": 1, "router": 1}
     bag_splits = {"none": (), "eval": ("val", "test"), "all": SPLITS}[config.bags]
     jobs = [(spec, split, strides[split], str(out), split in bag_splits) for split in SPLITS for spec in specs[split]]
     records: dict[str, list[dict]] = {split: [] for split in SPLITS}
