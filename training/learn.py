@@ -151,7 +151,7 @@ def train_bc(train: tuple[np.ndarray, np.ndarray, np.ndarray], val: tuple[np.nda
         if loss == "values":
             return torch.nn.functional.mse_loss(logits, target)
         if loss == "regret":
-            return (torch.softmax(logits, dim=1) * regret).sum(dim=1).mean()
+            return (torch.softmax(logits, dim=1) * target).sum(dim=1).mean()
         return torch.nn.functional.cross_entropy(logits, y, weight=weights)
 
     xt, yt, rt = tensors(x_train, y_train, u_train)
