@@ -153,4 +153,4 @@ def print_summary(summary: dict) -> None:
                   f"{large['steady_fps']:.1f} fps (lock-step replay, round trip included, first frame's warm-up "
                   "excluded).")
     print("\nThe learned mode runs the embedded policy: BC + PPO from `adaptive-perception train all` on the scene "
-          "benchmark's train split (report: training/reports/routing.md).\n")
+          "benchmark's router split, sequences the tiers never saw (report: training/reports/routing.md).\n")
