@@ -205,3 +205,23 @@ def test_a_tier_value_network_is_calibrated_to_a_budget_and_survives_the_trip_th
     back = _from_logits(logits, calibrated)
     np.testing.assert_allclose(back.layers[-1][1], [0.0, 0.5, 0.8], atol=1e-6)
     np.testing.assert_allclose(back.layers[-1][0], network.layers[-1][0])
+
+
+@pytest.mark.parametrize("loss", ["balanced", "regret", "values"])
+def test_every_bc_loss_learns_which_frames_are_worth_large(loss):
+    from adaptive_perception.training.learn import train_bc
+
+    # busy frames (the first 64 features shifted up) are worth 1 more on large, the rest 1 less: every loss must
+    # learn to tell them apart (a broken objective, e.g. a sign error, ends up far below 80 %)
+    rng = np.random.default_rng(1)
+    busy = rng.random(400) < 0.5
+    x = rng.normal(size=(400, 1028)).astype(np.float32)
+    x[:, :64] += np.where(busy, 1.0, -1.0)[:, None]
+    utility = np.zeros((400, 3), np.float32)
+    utility[:, 1] = -0.5  # small is never worth its cost here
+    utility[:, 2] = np.where(busy, 1.0, -1.0)
+    labels = np.where(busy, 2, 0)
+    network, info = train_bc((x[:300], labels[:300], utility[:300]), (x[300:], labels[300:], utility[300:]),
+                             seed=0, loss=loss, max_epochs=30, progress=False)
+    chosen = np.argmax(network.logits(x[300:].astype(np.float64)), axis=1)
+    assert (chosen == labels[300:]).mean() > 0.8, (loss, info["epochs"])
