@@ -178,8 +178,7 @@ def train_bc(train: tuple[np.ndarray, np.ndarray, np.ndarray], val: tuple[np.nda
             if waited >= patience:
                 break
     model.load_state_dict(best_state)
-    network = _to_network(_linears(model), mean, std)
-    return network, {"epochs": len(history), "best_val_loss": best, "history": history}
+    return _to_network(_linears(model), mean, std), {"epochs": len(history), "best_val_loss": best, "history": history}
 
 
 def calibrate_cost_weight(network: Network, split: Split, costs: Costs, budget_ms: float, steps: int = 20) -> Network:
