@@ -49,6 +49,13 @@ $(STAMPS)/train: $(STAMPS)/venv
 	@mkdir -p build/yolo_config
 	@touch $@
 
+# Prometheus server and promtool for the metrics tests: Debian's package (needs root and apt, as here and on CI).
+$(STAMPS)/prometheus:
+	@mkdir -p $(STAMPS)
+	command -v prometheus >/dev/null && command -v promtool >/dev/null || { apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null; }
+	@touch $@
+
 msgs: $(STAMPS)/msgs
 test-msgs: $(STAMPS)/test-msgs
 train-deps: $(STAMPS)/train
@@ -56,7 +63,7 @@ train-deps: $(STAMPS)/train
 demo: setup $(STAMPS)/test-msgs
 	$(ENV) && adaptive-perception demo
 
-test: setup $(STAMPS)/test-msgs $(STAMPS)/train
+test: setup $(STAMPS)/test-msgs $(STAMPS)/train $(STAMPS)/prometheus
 	$(ENV) && ROS_DOMAIN_ID=$(TEST_DOMAIN) python -m pytest -q -p no:cacheprovider tests $(PYTEST_ARGS)
 
 clean:

@@ -28,6 +28,7 @@ setup(
         "rosbags>=0.10",
         "pyyaml>=6",
         "tqdm>=4.60",
+        "prometheus-client>=0.17",  # the metrics endpoint (start_http_server returns its server)
     ],
     extras_require={
         # Offline training and export only. Ultralytics is AGPL-3.0; the runtime never imports it.

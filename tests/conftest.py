@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import ast
+import socket
 from pathlib import Path
 
 import numpy as np
@@ -76,3 +77,15 @@ def regime_policy(regime_frames, tmp_path_factory: pytest.TempPathFactory) -> Pa
     from policies import two_frame_policy
 
     return two_frame_policy(tmp_path_factory.mktemp("policies") / "dense_large.onnx", regime_frames, "dense-to-large")
+
+
+def unused_port() -> int:
+    """A localhost TCP port nobody listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+def free_port() -> int:
+    return unused_port()

@@ -10,6 +10,7 @@ import numpy as np
 import rclpy
 from lifecycle_msgs.msg import Transition
 from lifecycle_msgs.srv import ChangeState, GetState
+from diagnostic_msgs.msg import DiagnosticArray
 from rcl_interfaces.msg import Log
 from rclpy.executors import MultiThreadedExecutor
 from rclpy.node import Node
@@ -47,6 +48,7 @@ def image_msg(rgb: np.ndarray, sec: int, nanosec: int = 0, frame_id: str = "cam"
 
 class Graph:
     """PerceptionNode + driver on one executor; the driver calls lifecycle services and records outputs.
+    Metrics are off (metrics.port 0) unless the parameters name a port, so parallel runs never collide.
 
     Every graph renames its node (perception_node_<n>): rcl keeps one /rosout publisher per node name,
     so a same-named node from an earlier test could swallow this one's log messages."""
@@ -57,17 +59,19 @@ class Graph:
         self.name = f"{NODE_NAME}_{next(Graph._count)}"
         self.node = PerceptionNode(
             context=context, cli_args=["--ros-args", "-r", f"__node:={self.name}"],
-            parameter_overrides=[Parameter(k, value=v) for k, v in parameters.items()])
+            parameter_overrides=[Parameter(k, value=v) for k, v in {"metrics.port": 0, **parameters}.items()])
         self.driver = Node("test_driver", context=context)
         self.detections: list[Detection2DArray] = []
         self.routing: list[RoutingDecision] = []
         self.logs: list[Log] = []
+        self.diagnostics: list[DiagnosticArray] = []
         reliable = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE)
         self.driver.create_subscription(Detection2DArray, "detections", self.detections.append, reliable)
         self.driver.create_subscription(RoutingDecision, "routing", self.routing.append, reliable)
         # /rosout keeps a transient-local history: a late match still receives what was logged before it
         self.driver.create_subscription(Log, "/rosout", self.logs.append, QoSProfile(
             depth=1000, durability=DurabilityPolicy.TRANSIENT_LOCAL))
+        self.driver.create_subscription(DiagnosticArray, "/diagnostics", self.diagnostics.append, reliable)
         self.image_pub = self.driver.create_publisher(Image, "image", reliable)
         self.compressed_pub = self.driver.create_publisher(CompressedImage, "image/compressed", reliable)
         self._change = self.driver.create_client(ChangeState, f"/{self.name}/change_state")
@@ -111,6 +115,20 @@ class Graph:
         (publisher or self.image_pub).publish(msg)
         return wait_until(lambda: any(
             (d.header.stamp.sec, d.header.stamp.nanosec, d.header.frame_id) == key for d in self.detections), timeout)
+
+    def status(self, suffix: str, predicate: Callable[[dict[str, str]], bool] = lambda values: True,
+               timeout: float = 5.0):
+        """The newest DiagnosticStatus of this node whose name ends with `suffix` (e.g. "camera /image",
+        "tier nano", "routing") and whose values satisfy `predicate`; waits for the 1 Hz publication."""
+        def find():
+            for array in reversed(list(self.diagnostics)):
+                for status in array.status:
+                    if status.name == f"/{self.name}: {suffix}" and predicate({kv.key: kv.value for kv in status.values}):
+                        return status
+            return None
+
+        assert wait_until(lambda: find() is not None, timeout), f"no status '{suffix}' as expected"
+        return find()
 
     def close(self) -> None:
         self.executor.shutdown(timeout_sec=5)

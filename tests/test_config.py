@@ -1,6 +1,8 @@
 """Configuration: YAML defaults equal the node's declared defaults; bad values fail with the fix."""
 from __future__ import annotations
 
+import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -73,3 +75,40 @@ def test_slot_keeps_only_the_newest_frame_per_camera_and_serves_cameras_in_turn(
     slot.put("rear", 11)
     slot.close()
     assert slot.take(0) is None and slot.closed
+
+
+def _readme_table(heading: str) -> list[str]:
+    """First cells of the table under a README heading."""
+    text = (ROOT / "README.md").read_text().split(f"\n## {heading}", 1)[1].split("\n## ", 1)[0]
+    rows = [line for line in text.splitlines() if line.startswith("| ") and not line.startswith("| ---")]
+    return [row.split(" | ")[0].removeprefix("| ") for row in rows[1:]]
+
+
+def test_the_readme_parameter_table_lists_exactly_the_declared_parameters():
+    from adaptive_perception.ros.node import PARAMETERS
+
+    listed = set()
+    for cell in _readme_table("Parameters"):
+        names = re.findall(r"`([^`]+)`", cell)
+        prefix = names[0].rsplit(".", 1)[0]
+        listed |= {prefix + name if name.startswith(".") else name for name in names}
+    assert listed == set(PARAMETERS)
+
+
+def test_the_launch_file_passes_only_what_the_node_has():
+    """launch_ros cannot run here: read the launch file's arguments, remapping and parameter file instead."""
+    from adaptive_perception.ros.node import PARAMETERS
+
+    tree = ast.parse((ROOT / "launch" / "perception.launch.py").read_text())
+    calls = [n for n in ast.walk(tree) if isinstance(n, ast.Call) and isinstance(n.func, ast.Name)]
+    declared = {c.args[0].value for c in calls if c.func.id == "DeclareLaunchArgument"}
+    used = {c.args[0].value for c in calls if c.func.id == "LaunchConfiguration"}
+    assert declared == used == {"image", "params_file", "namespace", "dds_profile"}
+    node = next(c for c in calls if c.func.id == "LifecycleNode")
+    keywords = {k.arg: k.value for k in node.keywords}
+    assert keywords["executable"].value == "perception_node" and keywords["name"].value == "perception_node"
+    remapped = [pair.elts[0].value for pair in keywords["remappings"].elts]
+    assert remapped == ["image"] == list(PARAMETERS["image_topics"][0])  # the node's default camera topic
+    default_params = next(c for c in calls if c.func.id == "PathJoinSubstitution" and
+                          any(isinstance(e, ast.Constant) and e.value == "perception.yaml" for e in c.args[0].elts))
+    assert default_params is not None  # and perception.yaml holds exactly the declared parameters (above)

@@ -5,7 +5,9 @@ import cv2
 import numpy as np
 import pytest
 
+from adaptive_perception.detector import DetectorTier
 from adaptive_perception.errors import ImageDecodeError
+from adaptive_perception.features import RoutingContext, routing_features
 from adaptive_perception.image import SUPPORTED_ENCODINGS, decode_compressed, decode_raw
 
 H, W = 37, 53  # odd sizes catch row/stride mistakes
@@ -113,21 +115,33 @@ def test_compressed_matches_the_raw_pixels(scene_rgb, ext):
         assert swapped > 3 * np.abs(out.astype(int) - rgb.astype(int)).mean()
 
 
-@pytest.mark.parametrize("kwargs,needle", [
-    (dict(encoding="32FC1"), "'32FC1' is not supported"),
-    (dict(step=10), "step 10 is smaller"),
-    (dict(data=bytes(100)), "truncated"),
-    (dict(width=0), "empty"),
+@pytest.mark.parametrize("kwargs,needle,kind", [
+    (dict(encoding="32FC1"), "'32FC1' is not supported", "unknown_encoding"),
+    (dict(step=10), "step 10 is smaller", "bad_step"),
+    (dict(data=bytes(100)), "truncated", "truncated"),
+    (dict(width=0), "empty", "bad_size"),
+    (dict(width=100000, height=1, step=300000, data=bytes(300000)), "larger than 16384 pixels", "bad_size"),
+    (dict(width=10000, height=100, step=30000, data=bytes(3000000)), "aspect ratio beyond 64:1", "bad_size"),
 ])
-def test_bad_raw_images_raise_naming_the_field(rgb, kwargs, needle):
+def test_bad_raw_images_raise_naming_the_field(rgb, kwargs, needle, kind):
     args = dict(data=rgb.tobytes(), width=W, height=H, encoding="rgb8", step=W * 3)
     args.update(kwargs)
-    with pytest.raises(ImageDecodeError, match=needle):
+    with pytest.raises(ImageDecodeError, match=needle) as raised:
         decode_raw(**args)
+    assert raised.value.kind == kind
+
+
+@pytest.mark.parametrize("width,height", [(64, 1), (1, 64), (4096, 64)])
+def test_thin_frames_within_the_limits_run_through_features_and_a_tier(width, height, peer_model):
+    rgb = decode_raw(np.full((height, width, 3), 120, np.uint8).tobytes(), width, height, "rgb8", width * 3)
+    assert routing_features(rgb, RoutingContext()).shape == (1028,)
+    detections = DetectorTier(peer_model).detect(rgb)
+    assert len(detections.boxes) == len(detections.scores)
 
 
 def test_garbage_compressed_data_raises():
-    with pytest.raises(ImageDecodeError, match="could not be decoded"):
+    with pytest.raises(ImageDecodeError, match="could not be decoded") as raised:
         decode_compressed(b"\x00\x01not an image", "jpeg")
+    assert raised.value.kind == "corrupt_compressed"
     with pytest.raises(ImageDecodeError, match="no data"):
         decode_compressed(b"", "png")

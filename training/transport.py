@@ -341,7 +341,8 @@ def _listen(args: argparse.Namespace) -> None:
         for status in msg.status:
             for topic in args.topics:
                 if status.name.endswith(f"camera {topic}"):
-                    counters[topic] = {kv.key.removeprefix("frames_"): int(kv.value) for kv in status.values}
+                    counters[topic] = {kv.key.removeprefix("frames_"): int(kv.value) for kv in status.values
+                                       if kv.key.startswith("frames_")}
 
     node.create_subscription(RoutingDecision, "/routing", routed, _qos("reliable", 100))
     node.create_subscription(DiagnosticArray, "/diagnostics", diagnostics, _qos("reliable", 10))

@@ -7,6 +7,7 @@ from pathlib import Path
 from adaptive_perception.detector import DEFAULT_PROVIDERS, TIERS
 from adaptive_perception.errors import ConfigError
 from adaptive_perception.router import RouterSettings, check_mode, tiers_needed
+from adaptive_perception.telemetry import HealthSettings
 
 RELIABILITIES = ("best_effort", "reliable")
 EMBEDDED_PREFIX = "embedded:"
@@ -38,6 +39,9 @@ class NodeConfig:
     warmup_runs: int = 2
     qos_reliability: str = "best_effort"
     qos_depth: int = 2  # one frame of slack for the executor; the worker still takes only the newest
+    health: HealthSettings = HealthSettings()
+    metrics_port: int = 9464  # Prometheus exporter; 0 = off
+    metrics_bind: str = "127.0.0.1"
 
     def model_paths(self) -> dict[str, str]:
         """Resolved file path per loaded tier (tiers with an empty parameter are left out)."""
@@ -72,4 +76,7 @@ class NodeConfig:
             raise ConfigError(f"qos.reliability '{self.qos_reliability}' must be one of {RELIABILITIES}")
         if self.qos_depth < 1 or self.max_detections < 1:
             raise ConfigError("qos.depth and max_detections must be >= 1")
+        self.health.validate()
+        if not 0 <= self.metrics_port <= 65535:
+            raise ConfigError(f"metrics.port {self.metrics_port} must be a TCP port (1-65535), or 0 to turn metrics off")
         return self

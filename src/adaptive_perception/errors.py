@@ -7,7 +7,20 @@ class AdaptivePerceptionError(Exception):
 
 
 class ImageDecodeError(AdaptivePerceptionError, ValueError):
-    """An image message cannot be turned into an HxWx3 uint8 array."""
+    """An image message cannot be turned into an HxWx3 uint8 array; `kind` names the problem for counting
+    (unknown_encoding, bad_size, bad_step, truncated, corrupt_compressed)."""
+
+    def __init__(self, message: str, kind: str = "undecodable") -> None:
+        super().__init__(message)
+        self.kind = kind
+
+
+class TierFailure(AdaptivePerceptionError):
+    """A detector tier raised while running on a frame (the frame itself decoded fine)."""
+
+    def __init__(self, tier: str, cause: Exception) -> None:
+        super().__init__(f"tier '{tier}' failed: {type(cause).__name__}: {cause}")
+        self.tier = tier
 
 
 class ModelFileError(AdaptivePerceptionError):

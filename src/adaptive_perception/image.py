@@ -32,6 +32,22 @@ _RAW_LAYOUTS: dict[str, tuple[int, str, int | None]] = {
 }
 
 SUPPORTED_ENCODINGS: tuple[str, ...] = tuple(_RAW_LAYOUTS)
+MAX_SIDE = 16384  # pixels; larger frames are a publisher bug, not a camera
+MAX_ASPECT = 64  # longer side / shorter side; beyond it a letterboxed frame has no rows left at the tiers' sizes
+
+
+def check_size(width: int, height: int, what: str = "image") -> None:
+    """Raise ImageDecodeError (kind bad_size) for sizes no tier can run on, in plain words."""
+    if width <= 0 or height <= 0:
+        problem = "is empty: width and height must be > 0"
+    elif max(width, height) > MAX_SIDE:
+        problem = f"is larger than {MAX_SIDE} pixels on a side"
+    elif max(width, height) > MAX_ASPECT * min(width, height):
+        problem = f"has an aspect ratio beyond {MAX_ASPECT}:1, so nothing of it is left after resizing to a tier's input"
+    else:
+        return
+    raise ImageDecodeError(f"{what} size {width}x{height} {problem}; check the publisher's width and height fields",
+                           "bad_size")
 
 
 def decode_raw(
@@ -50,25 +66,21 @@ def decode_raw(
     if layout is None:
         raise ImageDecodeError(
             f"image encoding '{encoding}' is not supported; publish one of: "
-            + ", ".join(SUPPORTED_ENCODINGS)
-        )
+            + ", ".join(SUPPORTED_ENCODINGS), "unknown_encoding")
     channels, kind, conversion = layout
-    if width <= 0 or height <= 0:
-        raise ImageDecodeError(f"image size {width}x{height} is empty; width and height must be > 0")
+    check_size(width, height, f"'{encoding}' image")
     itemsize = 2 if kind == "u2" else 1
     row_bytes = width * channels * itemsize
     if step < row_bytes:
         raise ImageDecodeError(
             f"image step {step} is smaller than width*bytes_per_pixel = {row_bytes} "
-            f"for a {width}x{height} '{encoding}' image; fix the publisher's step field"
-        )
+            f"for a {width}x{height} '{encoding}' image; fix the publisher's step field", "bad_step")
     buffer = np.frombuffer(data, dtype=np.uint8) if not isinstance(data, np.ndarray) else data.view(np.uint8).ravel()
     needed = step * (height - 1) + row_bytes
     if buffer.size < needed:
         raise ImageDecodeError(
             f"image data has {buffer.size} bytes but a {width}x{height} '{encoding}' image with "
-            f"step {step} needs at least {needed}; the message is truncated or its fields are wrong"
-        )
+            f"step {step} needs at least {needed}; the message is truncated or its fields are wrong", "truncated")
     if buffer.size >= step * height:
         rows = buffer[: step * height].reshape(height, step)
     else:  # the last row may legally omit its padding
@@ -90,11 +102,11 @@ def decode_compressed(data: bytes | bytearray | memoryview | np.ndarray, format:
     """Return the pixels of a sensor_msgs/CompressedImage payload (jpeg, png, ...) as HxWx3 uint8 RGB."""
     buffer = np.frombuffer(data, dtype=np.uint8) if not isinstance(data, np.ndarray) else data.view(np.uint8).ravel()
     if buffer.size == 0:
-        raise ImageDecodeError(f"compressed image (format '{format}') has no data")
+        raise ImageDecodeError(f"compressed image (format '{format}') has no data", "truncated")
     decoded = cv2.imdecode(buffer, cv2.IMREAD_COLOR)
     if decoded is None:
         raise ImageDecodeError(
             f"compressed image (format '{format}', {buffer.size} bytes) could not be decoded; "
-            "publish jpeg or png data"
-        )
+            "publish jpeg or png data", "corrupt_compressed")
+    check_size(decoded.shape[1], decoded.shape[0], f"'{format}' compressed image")
     return cv2.cvtColor(decoded, cv2.COLOR_BGR2RGB)

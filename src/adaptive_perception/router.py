@@ -99,6 +99,12 @@ class Router:
     def policy(self) -> Policy | None:
         return self._state[1]
 
+    @property
+    def policy_id(self) -> str:
+        """The policy's id, or empty without a policy."""
+        policy = self.policy
+        return policy.policy_id if policy is not None else ""
+
     @staticmethod
     def _checked(mode: str, policy: Policy | None) -> tuple[str, Policy | None]:
         if mode == "learned" and policy is None:

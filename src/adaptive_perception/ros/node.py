@@ -13,18 +13,21 @@ from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor, SetParametersResult
 from rclpy.parameter import Parameter
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
+from rclpy.event_handler import SubscriptionEventCallbacks
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CompressedImage, Image
 from vision_msgs.msg import Detection2DArray
 
 from adaptive_perception.config import NodeConfig, resolve_model
 from adaptive_perception.detector import TIERS, DetectorTier
-from adaptive_perception.errors import AdaptivePerceptionError
+from adaptive_perception.errors import AdaptivePerceptionError, ImageDecodeError, TierFailure
 from adaptive_perception.features import RoutingContext, next_context, routing_features
 from adaptive_perception.frames import CameraCounters, LatestFrameSlot
+from adaptive_perception.metrics import PrometheusMetrics
 from adaptive_perception.policy import Policy
 from adaptive_perception.router import Router, RouterSettings, check_mode, tiers_needed
 from adaptive_perception.ros.convert import detections_to_msg, image_to_rgb
+from adaptive_perception.telemetry import OK, TIER_FAILURE, WARN, ErrorLog, HealthSettings, Telemetry, key_values
 from adaptive_perception.transport import apply_defaults as apply_transport_defaults
 
 NODE_NAME = "perception_node"
@@ -83,6 +86,20 @@ PARAMETERS: dict[str, tuple[object, ParameterDescriptor]] = {
         "Image subscription (DDS reader) queue depth. The node still processes only the newest frame per camera and "
         "counts the rest as dropped; 2 gives the executor one frame of slack (with 1, frames overwritten before it "
         "took them were lost unseen).", integer_range=[IntegerRange(from_value=1, to_value=100, step=1)])),
+    "diagnostics.frame_budget_ms": (_DEFAULTS.health.frame_budget_ms, _describe(
+        "/diagnostics: a camera is WARN while its node-time p95 over diagnostics.window_s exceeds this (33.3 = 30 Hz).")),
+    "diagnostics.max_drop_share": (_DEFAULTS.health.max_drop_share, _describe(
+        "/diagnostics: a camera is WARN while more than this share of its frames is dropped or lost.",
+        floating_point_range=[FloatingPointRange(from_value=0.0, to_value=1.0)])),
+    "diagnostics.stall_s": (_DEFAULTS.health.stall_s, _describe(
+        "/diagnostics: a camera is ERROR when its frames arrive but none was processed for this many seconds.")),
+    "diagnostics.window_s": (_DEFAULTS.health.window_s, _describe(
+        "Seconds of recent frames behind the rates, shares and percentiles on /diagnostics.")),
+    "metrics.port": (_DEFAULTS.metrics_port, _describe(
+        "Prometheus exporter port (http://<metrics.bind>:<port>/metrics); 0 = off.",
+        integer_range=[IntegerRange(from_value=0, to_value=65535, step=1)])),
+    "metrics.bind": (_DEFAULTS.metrics_bind, _describe(
+        "Address the Prometheus exporter listens on: 127.0.0.1 (this machine only) or 0.0.0.0 (every interface).")),
     "autostart": (False, _describe("Configure and activate on start-up (for `ros2 run` without a lifecycle manager).")),
 }
 
@@ -98,8 +115,11 @@ class PerceptionNode(LifecycleNode):
         self.detectors: dict[str, DetectorTier] = {}
         self.router: Router | None = None
         self._contexts: dict[str, tuple[RoutingContext, int]] = {}  # camera -> (context, previous stamp ns)
-        self.counters: dict[str, CameraCounters] = {}  # per camera topic, since configure
-        self._reported_losses: dict[str, int] = {}
+        self.telemetry: Telemetry | None = None  # per camera and tier, since configure
+        self.metrics: PrometheusMetrics | None = None
+        self._metrics_state = "off"
+        self._error_log = ErrorLog()
+        self._qos_incompatible: dict[str, int] = {}
         self._slot: LatestFrameSlot[Image | CompressedImage] | None = None
         self._worker: threading.Thread | None = None
         self._subscriptions: list[object] = []
@@ -130,6 +150,10 @@ class PerceptionNode(LifecycleNode):
             warmup_runs=p("warmup_runs").value,
             qos_reliability=p("qos.reliability").value,
             qos_depth=p("qos.depth").value,
+            health=HealthSettings(p("diagnostics.frame_budget_ms").value, p("diagnostics.max_drop_share").value,
+                                  p("diagnostics.stall_s").value, p("diagnostics.window_s").value),
+            metrics_port=p("metrics.port").value,
+            metrics_bind=p("metrics.bind").value,
         ).validate()
 
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
@@ -155,14 +179,35 @@ class PerceptionNode(LifecycleNode):
             self.get_logger().error(f"configure failed: {exc}")
             return TransitionCallbackReturn.FAILURE
         self.config, self.detectors, self.router = config, detectors, router
-        self.counters = {topic: CameraCounters() for topic in config.image_topics}
-        self._reported_losses = {}
+        self._start_metrics(config)
+        self.telemetry = Telemetry(config.image_topics, tuple(detectors), config.health, sink=self.metrics)
+        self._error_log = ErrorLog()
+        self._qos_incompatible = {topic: 0 for topic in config.image_topics}
         self._contexts = {}
         self._det_pub = self.create_lifecycle_publisher(Detection2DArray, "detections", 10)
         self._routing_pub = self.create_lifecycle_publisher(RoutingDecision, "routing", 10)
         self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
         self._diag_timer = self.create_timer(1.0, self._publish_diagnostics)
         return TransitionCallbackReturn.SUCCESS
+
+    def _start_metrics(self, config: NodeConfig) -> None:
+        """Serve Prometheus metrics; a port that cannot be bound costs the metrics, never the perception."""
+        self.metrics, self._metrics_state = None, "off (metrics.port 0)"
+        if not config.metrics_port:
+            return
+        metrics = PrometheusMetrics()
+        try:
+            metrics.serve(config.metrics_port, config.metrics_bind)
+        except OSError as exc:
+            self._metrics_state = f"not served: {config.metrics_bind}:{config.metrics_port}: {exc.strerror or exc}"
+            self.get_logger().error(f"metrics {self._metrics_state}; set metrics.port to a free port (0 = off)")
+            return
+        metrics.prepare(config.image_topics, tuple(self.detectors))
+        if self.router is not None:
+            metrics.policy_changed(self.router.policy_id, self.router.mode)
+        self.metrics = metrics
+        self._metrics_state = f"http://{config.metrics_bind}:{config.metrics_port}/metrics"
+        self.get_logger().info(f"metrics on {self._metrics_state}")
 
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
         assert self.config is not None
@@ -179,8 +224,11 @@ class PerceptionNode(LifecycleNode):
             for topic in self.config.image_topics:
                 resolved = self.resolve_topic_name(topic)  # after remapping: image:=.../compressed counts
                 msg_type = CompressedImage if resolved.rstrip("/").endswith("compressed") else Image
+                events = SubscriptionEventCallbacks(
+                    incompatible_qos=lambda event, camera=topic: self._on_incompatible_qos(camera, event))
                 self._subscriptions.append(self.create_subscription(
-                    msg_type, topic, lambda msg, info, camera=topic: self._on_image(camera, msg, info), qos))
+                    msg_type, topic, lambda msg, info, camera=topic: self._on_image(camera, msg, info), qos,
+                    event_callbacks=events))
         except Exception as exc:  # e.g. an invalid topic name: report, never raise out of a callback
             self.get_logger().error(f"activate failed: image_topics {list(self.config.image_topics)}: {exc}")
             self._stop_processing()
@@ -211,6 +259,12 @@ class PerceptionNode(LifecycleNode):
         self._release()
         return TransitionCallbackReturn.SUCCESS
 
+    def destroy_node(self) -> None:
+        if self.metrics is not None:  # frees the port even when the node goes without a cleanup transition
+            self.metrics.close()
+            self.metrics = None
+        super().destroy_node()
+
     def _stop_processing(self) -> None:
         for sub in self._subscriptions:
             self.destroy_subscription(sub)
@@ -229,43 +283,61 @@ class PerceptionNode(LifecycleNode):
             self.destroy_timer(self._diag_timer)
             self.destroy_publisher(self._diag_pub)
         self._det_pub = self._routing_pub = self._diag_pub = self._diag_timer = None
+        if self.metrics is not None:
+            self.metrics.close()
+        self.metrics, self.telemetry = None, None
         self.detectors = {}  # drops the onnxruntime sessions
         self.router = None
         self.config = None
 
     # ---- per frame -------------------------------------------------------------------------
+    @property
+    def counters(self) -> dict[str, CameraCounters]:
+        """Per camera topic: where its frames went since configure."""
+        return {camera: stats.counters for camera, stats in self.telemetry.cameras.items()} if self.telemetry else {}
+
     def totals(self) -> CameraCounters:
         """The per-camera counters added up."""
         total = CameraCounters()
-        for counters in list(self.counters.values()):
+        for counters in self.counters.values():
             for name, value in counters.as_dict().items():
                 setattr(total, name, getattr(total, name) + value)
         return total
 
     def _on_image(self, camera: str, msg: Image | CompressedImage, info: dict) -> None:
-        counters = self.counters[camera]
-        counters.arrived(info.get("publication_sequence_number"))
+        self.telemetry.arrived(camera, info.get("publication_sequence_number"))
         if self._slot is not None and self._slot.put(camera, msg):
-            counters.dropped += 1
+            self.telemetry.dropped(camera)
+
+    def _on_incompatible_qos(self, camera: str, event: object) -> None:
+        self._qos_incompatible[camera] = self._qos_incompatible.get(camera, 0) + 1
+        if self.metrics is not None:
+            self.metrics.qos_incompatible.labels(camera).inc()
+        policy = getattr(event, "last_policy_kind", None)
+        self.get_logger().warning(
+            f"a publisher on '{self.resolve_topic_name(camera)}' offers a QoS this node's subscription cannot accept "
+            f"({getattr(policy, 'name', policy)}; node: qos.reliability={self.config.qos_reliability}): its frames never "
+            "arrive. Match the publisher's QoS or set qos.reliability to best_effort")
 
     def _publish_diagnostics(self) -> None:
-        """One status per camera: where its frames went. WARN while frames are lost before reaching the node."""
+        """One status per camera and per tier, levels from `telemetry`, and one for the node (policy, metrics)."""
+        telemetry, router = self.telemetry, self.router
+        if telemetry is None or router is None:
+            return
         array = DiagnosticArray()
         array.header.stamp = self.get_clock().now().to_msg()
-        for camera, counters in list(self.counters.items()):
-            values = counters.as_dict()
-            newly_lost = values["lost_before_node"] - self._reported_losses.get(camera, 0)
-            self._reported_losses[camera] = values["lost_before_node"]
-            status = DiagnosticStatus(name=f"{self.get_fully_qualified_name()}: camera {self.resolve_topic_name(camera)}",
-                                      hardware_id=self.get_fully_qualified_name())
-            if newly_lost > 0:
-                status.level = DiagnosticStatus.WARN
-                status.message = (f"{newly_lost} frames lost before the node in the last second: check the camera "
-                                  "driver's DDS profile (README, Transport)")
-            else:
-                status.level, status.message = DiagnosticStatus.OK, "frames arriving" if values["received"] else "no frames yet"
-            status.values = [KeyValue(key=f"frames_{key}", value=str(value)) for key, value in values.items()]
-            array.status.append(status)
+        node = self.get_fully_qualified_name()
+        for camera in telemetry.cameras:
+            report = telemetry.camera_report(camera)
+            report["qos_incompatible"] = self._qos_incompatible.get(camera, 0)
+            array.status.append(_status(f"{node}: camera {self.resolve_topic_name(camera)}", node, report))
+        for tier, detector in self.detectors.items():
+            report = telemetry.tier_report(tier) | {"provider": detector.providers[0], "model": str(detector.path)}
+            array.status.append(_status(f"{node}: tier {tier}", node, report))
+        array.status.append(_status(f"{node}: routing", node, {
+            "level": WARN if self._metrics_state.startswith("not served") else OK,
+            "message": f"{router.mode}" + (f", policy {router.policy_id}" if router.policy_id else ""),
+            "mode": router.mode, "policy_id": router.policy_id, "drift_state": "unknown", "metrics": self._metrics_state}))
         self._diag_pub.publish(array)
 
     def _work(self, slot: LatestFrameSlot[Image | CompressedImage]) -> None:
@@ -279,8 +351,14 @@ class PerceptionNode(LifecycleNode):
             try:
                 self._process(camera, msg)
             except Exception as exc:  # a bad frame is logged and skipped; the node keeps running
-                self.counters[camera].failed += 1
-                self.get_logger().warning(f"frame from '{camera}' skipped: {exc}", throttle_duration_sec=5.0)
+                kind = exc.kind if isinstance(exc, ImageDecodeError) else (
+                    TIER_FAILURE if isinstance(exc, TierFailure) else f"error:{type(exc).__name__}")
+                self.telemetry.failed(camera, kind, getattr(exc, "tier", None))
+                suppressed = self._error_log.admit(camera, f"{kind}:{getattr(exc, 'tier', '')}")
+                if suppressed is not None:
+                    more = f" ({suppressed} more like it since the last report)" if suppressed else ""
+                    self.get_logger().warning(f"frame from camera '{self.resolve_topic_name(camera)}' skipped "
+                                              f"({kind}): {exc}{more}")
 
     def _process(self, camera: str, msg: Image | CompressedImage) -> None:
         assert self.config is not None and self.router is not None
@@ -292,7 +370,10 @@ class PerceptionNode(LifecycleNode):
         policy_start = time.perf_counter()
         decision = self.router.decide(features, context)
         inference_start = time.perf_counter()
-        detections = self.detectors[decision.tier_name].detect(rgb)
+        try:
+            detections = self.detectors[decision.tier_name].detect(rgb)
+        except Exception as exc:
+            raise TierFailure(decision.tier_name, exc) from exc
         done = time.perf_counter()
         stamp = msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
         self._contexts[camera] = (next_context(detections.scores, decision.tier, stamp, previous_stamp), stamp)
@@ -304,9 +385,11 @@ class PerceptionNode(LifecycleNode):
         out.policy_ms = (inference_start - policy_start) * 1e3
         out.inference_ms = (done - inference_start) * 1e3
         out.total_ms = (done - started) * 1e3
-        out.drift_score = float("nan")
+        out.drift_state, out.drift_score = RoutingDecision.DRIFT_UNKNOWN, float("nan")
+        out.frame_age_ms = (self.get_clock().now().nanoseconds - stamp) / 1e6
         self._routing_pub.publish(out)
-        self.counters[camera].processed += 1
+        self.telemetry.processed(camera, decision.tier_name, out.total_ms, out.feature_ms + out.policy_ms,
+                                 out.frame_age_ms)
 
     # ---- services --------------------------------------------------------------------------
     def _on_set_routing_mode(self, request: SetRoutingMode.Request, response: SetRoutingMode.Response):
@@ -318,6 +401,8 @@ class PerceptionNode(LifecycleNode):
                 if missing:
                     raise AdaptivePerceptionError(f"tiers {missing} are not loaded (models.<tier> is empty)")
                 self.router.set_mode(mode)
+                if self.metrics is not None:
+                    self.metrics.policy_changed(self.router.policy_id, self.router.mode)
             self.set_parameters([Parameter("routing_mode", value=mode)])  # the next configure keeps it
         except AdaptivePerceptionError as exc:
             response.success, response.message = False, f"mode '{request.mode}' refused: {exc}"
@@ -337,6 +422,8 @@ class PerceptionNode(LifecycleNode):
             return response
         if self.router is not None:
             self.router.set_policy(policy)
+            if self.metrics is not None:
+                self.metrics.policy_changed(self.router.policy_id, self.router.mode)
         self.set_parameters([Parameter("policy", value=request.path.strip())])
         response.success, response.message = True, policy.policy_id
         self.get_logger().info(f"policy '{policy.policy_id}' loaded from {policy.path}")
@@ -362,6 +449,12 @@ class PerceptionNode(LifecycleNode):
                                    "so they cannot be checked")
         for warning in policy.tier_mismatches({t: (d.digest, str(d.path)) for t, d in detectors.items()}):
             self.get_logger().warning(warning)
+
+
+def _status(name: str, hardware_id: str, report: dict[str, object]) -> DiagnosticStatus:
+    values = [KeyValue(key=k, value=v) for k, v in key_values(report)]
+    return DiagnosticStatus(level=bytes([report["level"]]), name=name, message=report["message"],
+                            hardware_id=hardware_id, values=values)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,93 @@
+"""Prometheus exporter of the node's telemetry (ROS-free; prometheus-client, its own registry).
+
+Names and labels (all prefixed `adaptive_perception_`):
+
+| metric | type | labels |
+|---|---|---|
+| `frames_received_total` | counter | camera |
+| `frames_lost_before_node_total` | counter | camera (gaps in the publisher's sequence numbers) |
+| `frames_dropped_total` | counter | camera (replaced by a newer frame before the worker took it) |
+| `frames_processed_total` | counter | camera, tier |
+| `frames_failed_total` | counter | camera, kind (bad_size, truncated, ..., tier_failed:<tier>) |
+| `node_seconds` | histogram | camera, tier (decode to detections, per processed frame) |
+| `router_overhead_seconds` | histogram | camera (features + policy) |
+| `frame_age_seconds` | histogram | camera (header stamp to publication) |
+| `qos_incompatible_total` | counter | topic (publishers whose QoS cannot reach this node) |
+| `policy_info` | info | policy_id, mode |
+"""
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, Info, start_http_server
+
+PREFIX = "adaptive_perception"
+_NODE_BUCKETS = (0.005, 0.01, 0.02, 0.0333, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5)
+_OVERHEAD_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025)
+_AGE_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+class PrometheusMetrics:
+    """Counters and histograms fed by `Telemetry`; `serve` exposes them over HTTP."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.received = Counter(f"{PREFIX}_frames_received", "Frames delivered to the node", ["camera"], registry=r)
+        self.lost = Counter(f"{PREFIX}_frames_lost_before_node", "Frames published but never delivered",
+                            ["camera"], registry=r)
+        self.dropped_frames = Counter(f"{PREFIX}_frames_dropped", "Frames replaced by a newer one before processing",
+                                      ["camera"], registry=r)
+        self.processed_frames = Counter(f"{PREFIX}_frames_processed", "Frames routed and detected",
+                                        ["camera", "tier"], registry=r)
+        self.failed_frames = Counter(f"{PREFIX}_frames_failed", "Frames that produced no output",
+                                     ["camera", "kind"], registry=r)
+        self.node_seconds = Histogram(f"{PREFIX}_node_seconds", "Node time per processed frame",
+                                      ["camera", "tier"], buckets=_NODE_BUCKETS, registry=r)
+        self.overhead_seconds = Histogram(f"{PREFIX}_router_overhead_seconds", "Features + policy time per frame",
+                                          ["camera"], buckets=_OVERHEAD_BUCKETS, registry=r)
+        self.frame_age_seconds = Histogram(f"{PREFIX}_frame_age_seconds", "Header stamp to publication",
+                                           ["camera"], buckets=_AGE_BUCKETS, registry=r)
+        self.qos_incompatible = Counter(f"{PREFIX}_qos_incompatible", "Publishers whose QoS cannot reach the node",
+                                        ["topic"], registry=r)
+        self.policy = Info(f"{PREFIX}_policy", "Routing policy and mode in force", registry=r)
+        self._server = None
+
+    def prepare(self, cameras: list[str] | tuple[str, ...], tiers: list[str] | tuple[str, ...]) -> None:
+        """Create every camera/tier series at zero, so a rate query works before the first event."""
+        for camera in cameras:
+            for metric in (self.received, self.lost, self.dropped_frames):
+                metric.labels(camera)
+            for tier in tiers:
+                self.processed_frames.labels(camera, tier)
+
+    # ---- the Telemetry sink interface ---------------------------------------------------------
+    def arrived(self, camera: str, lost: int) -> None:
+        self.received.labels(camera).inc()
+        if lost:
+            self.lost.labels(camera).inc(lost)
+
+    def dropped(self, camera: str) -> None:
+        self.dropped_frames.labels(camera).inc()
+
+    def processed(self, camera: str, tier: str, node_ms: float, overhead_ms: float, frame_age_ms: float) -> None:
+        self.processed_frames.labels(camera, tier).inc()
+        self.node_seconds.labels(camera, tier).observe(node_ms / 1e3)
+        self.overhead_seconds.labels(camera).observe(overhead_ms / 1e3)
+        if frame_age_ms >= 0:  # a publisher clock ahead of ours gives a negative age: not an age
+            self.frame_age_seconds.labels(camera).observe(frame_age_ms / 1e3)
+
+    def failed(self, camera: str, kind: str) -> None:
+        self.failed_frames.labels(camera, kind).inc()
+
+    def policy_changed(self, policy_id: str, mode: str) -> None:
+        self.policy.info({"policy_id": policy_id, "mode": mode})
+
+    # ---- HTTP -----------------------------------------------------------------------------------
+    def serve(self, port: int, bind: str = "127.0.0.1") -> None:
+        """Serve the metrics over HTTP on bind:port (any path; Prometheus scrapes /metrics)."""
+        self._server, _ = start_http_server(port, addr=bind, registry=self.registry)
+
+    def close(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None

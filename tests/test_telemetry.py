@@ -1,0 +1,152 @@
+"""Telemetry, health levels, the error log and the Prometheus exporter, without ROS (values by hand)."""
+from __future__ import annotations
+
+import math
+import urllib.request
+
+import pytest
+
+from adaptive_perception.errors import ConfigError
+from adaptive_perception.metrics import PrometheusMetrics
+from adaptive_perception.telemetry import ERROR, OK, TIER_FAILURE, WARN, ErrorLog, HealthSettings, Telemetry
+
+TIERS = ("nano", "small", "large")
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.t = 0.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def test_camera_report_counts_shares_percentiles_and_warns_past_the_frame_budget() -> None:
+    clock = Clock()
+    telemetry = Telemetry(["a", "b"], TIERS, clock=clock)
+    for i in range(10):
+        clock.t = i * 0.1
+        telemetry.arrived("a", i + 1)
+    for ms in (10, 12, 14, 16, 18, 20):
+        telemetry.processed("a", "nano", ms, 0.3, 40.0)
+    for ms in (90, 110):
+        telemetry.processed("a", "large", ms, 0.5, 150.0)
+    telemetry.dropped("a")
+    telemetry.dropped("a")
+    clock.t = 1.0
+    report = telemetry.camera_report("a")
+    assert (report["frames_received"], report["frames_processed"], report["frames_dropped"]) == (10, 8, 2)
+    assert report["fps"] == pytest.approx(8.0)  # 8 frames over the 1 s since start
+    assert report["nano_share"] == 0.75 and report["large_share"] == 0.25 and report["small_share"] == 0.0
+    assert report["nano_ms_p50"] == pytest.approx(15.0) and report["large_ms_p50"] == pytest.approx(100.0)
+    assert math.isnan(report["small_ms_p50"])
+    # sorted [10 12 14 16 18 20 90 110]: p95 at rank 0.95 * 7 = 6.65 -> 90 + 0.65 * 20
+    assert report["node_ms_p95"] == pytest.approx(103.0)
+    assert report["frame_age_ms_p50"] == pytest.approx(40.0)
+    assert report["drop_share"] == pytest.approx(0.2)  # 2 of 10: at the limit, not past it
+    assert report["level"] == WARN
+    assert report["message"] == "node time p95 103.0 ms exceeds the frame budget 33.3 ms"
+    assert telemetry.camera_report("b")["level"] == OK and telemetry.camera_report("b")["message"] == "no frames yet"
+
+
+def test_old_events_leave_the_window_and_a_stall_while_frames_arrive_is_an_error() -> None:
+    clock = Clock()
+    telemetry = Telemetry(["a"], TIERS, HealthSettings(stall_s=3.0, window_s=10.0), clock=clock)
+    telemetry.arrived("a", 1)
+    telemetry.processed("a", "large", 200.0, 0.4, 0.0)
+    clock.t = 2.0
+    telemetry.arrived("a", 2)  # arriving, the last output 2 s ago: not yet a stall
+    assert telemetry.camera_report("a")["level"] == WARN  # only the 200 ms p95
+    clock.t = 12.5
+    telemetry.arrived("a", 3)
+    report = telemetry.camera_report("a")
+    assert math.isnan(report["node_ms_p95"]) and report["fps"] == 0.0  # the processed frame left the window
+    assert report["frames_processed"] == 1  # totals stay
+    assert report["level"] == ERROR
+    assert report["message"] == "frames arrive but none was processed for 12.5 s"
+    clock.t = 16.0  # nothing arrives any more: idle, not an error
+    assert telemetry.camera_report("a")["level"] == OK
+
+
+def test_frames_that_never_get_processed_stall_from_the_first_arrival() -> None:
+    clock = Clock()
+    telemetry = Telemetry(["a"], TIERS, HealthSettings(stall_s=3.0), clock=clock)
+    clock.t = 1.0
+    telemetry.arrived("a", 1)
+    clock.t = 3.9
+    telemetry.arrived("a", 2)
+    assert telemetry.camera_report("a")["level"] == OK
+    clock.t = 4.1
+    assert telemetry.camera_report("a")["level"] == ERROR
+
+
+def test_losses_drops_bad_frames_and_tier_failures_set_levels_and_kinds() -> None:
+    clock = Clock()
+    telemetry = Telemetry(["a"], TIERS, clock=clock)
+    for sequence in (1, 2, 5):  # 3 and 4 were lost before the node
+        telemetry.arrived("a", sequence)
+    telemetry.processed("a", "nano", 10.0, 0.2, 5.0)
+    telemetry.failed("a", "truncated")
+    report = telemetry.camera_report("a")
+    assert report["frames_lost_before_node"] == 2
+    assert report["drop_share"] == pytest.approx(2 / 5)
+    assert report["level"] == WARN
+    assert report["message"] == ("40% of frames dropped or lost (limit 20%); 2 frames lost before the node: check the "
+                                 "camera driver's DDS profile (README, Transport); bad frames (truncated)")
+    telemetry.failed("a", TIER_FAILURE, tier="small")
+    report = telemetry.camera_report("a")
+    assert report["level"] == ERROR and report["message"].startswith("tier small failed on recent frames")
+    assert report["failures_by_kind"] == {"truncated": 1, "tier_failed:small": 1}
+    assert telemetry.tier_report("small")["level"] == ERROR and telemetry.tier_report("small")["failures"] == 1
+    nano = telemetry.tier_report("nano")
+    assert (nano["level"], nano["frames"], nano["node_ms_p50"]) == (OK, 1, 10.0)
+
+
+def test_health_settings_are_validated() -> None:
+    with pytest.raises(ConfigError, match="frame_budget_ms"):
+        Telemetry(["a"], TIERS, HealthSettings(frame_budget_ms=0.0))
+    with pytest.raises(ConfigError, match="stall_s"):
+        HealthSettings(stall_s=-1.0).validate()
+
+
+def test_error_log_admits_each_new_kind_at_once_and_throttles_repeats() -> None:
+    clock = Clock()
+    log = ErrorLog(interval_s=5.0, clock=clock)
+    assert log.admit("a", "truncated") == 0
+    clock.t = 1.0
+    assert log.admit("a", "truncated") is None
+    assert log.admit("a", "truncated") is None
+    assert log.admit("a", "bad_size") == 0  # a new kind is never hidden by the throttle
+    assert log.admit("b", "truncated") == 0  # nor the same kind on another camera
+    clock.t = 5.5
+    assert log.admit("a", "truncated") == 2  # the two suppressed since the last log
+
+
+def test_prometheus_exporter_receives_every_event_and_serves_them_over_http(free_port: int) -> None:
+    metrics = PrometheusMetrics()
+    metrics.prepare(["cam"], TIERS)
+    telemetry = Telemetry(["cam"], TIERS, sink=metrics)
+    for sequence in (1, 2, 4):
+        telemetry.arrived("cam", sequence)
+    telemetry.dropped("cam")
+    telemetry.processed("cam", "small", 30.0, 0.4, 120.0)
+    telemetry.processed("cam", "small", 60.0, 0.4, -5.0)  # negative age: not observed
+    telemetry.failed("cam", TIER_FAILURE, tier="large")
+    metrics.policy_changed("p-1", "learned")
+    value = metrics.registry.get_sample_value
+    assert value("adaptive_perception_frames_received_total", {"camera": "cam"}) == 3
+    assert value("adaptive_perception_frames_lost_before_node_total", {"camera": "cam"}) == 1
+    assert value("adaptive_perception_frames_dropped_total", {"camera": "cam"}) == 1
+    assert value("adaptive_perception_frames_processed_total", {"camera": "cam", "tier": "small"}) == 2
+    assert value("adaptive_perception_frames_processed_total", {"camera": "cam", "tier": "nano"}) == 0
+    assert value("adaptive_perception_frames_failed_total", {"camera": "cam", "kind": "tier_failed:large"}) == 1
+    assert value("adaptive_perception_node_seconds_bucket", {"camera": "cam", "tier": "small", "le": "0.0333"}) == 1
+    assert value("adaptive_perception_node_seconds_sum", {"camera": "cam", "tier": "small"}) == pytest.approx(0.09)
+    assert value("adaptive_perception_frame_age_seconds_count", {"camera": "cam"}) == 1
+    metrics.serve(free_port)
+    try:
+        text = urllib.request.urlopen(f"http://127.0.0.1:{free_port}/metrics", timeout=5).read().decode()
+    finally:
+        metrics.close()
+    assert 'adaptive_perception_frames_processed_total{camera="cam",tier="small"} 2.0' in text
+    assert 'adaptive_perception_policy_info{mode="learned",policy_id="p-1"} 1.0' in text
