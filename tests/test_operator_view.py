@@ -13,6 +13,7 @@ import onnxruntime as ort
 import pytest
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CompressedImage, Image
+from vision_msgs.msg import Detection2DArray
 
 from adaptive_perception_msgs.msg import RoutingDecision
 from adaptive_perception_msgs.srv import SetRoutingMode
@@ -29,7 +30,8 @@ def _graph(context, tier_models, **parameters) -> Graph:
     graph = Graph(context, {**{f"models.{t}": str(p) for t, p in tier_models.items()}, "routing_mode": "fixed:small",
                             "policy": "", "providers": ["CPUExecutionProvider"], "warmup_runs": 0, **parameters})
     assert graph.transition("configure") and graph.transition("activate")
-    graph.wait_for_image_subscriber()
+    if "image" in parameters.get("image_topics", ["image"]):
+        graph.wait_for_image_subscriber()
     return graph
 
 
@@ -228,10 +230,81 @@ def test_the_readme_topic_table_names_every_publisher_subscription_and_service_o
         own_services = {s for s in services if not s.endswith("parameters") and "parameter" not in s
                         and s not in ("get_available_states", "get_available_transitions", "get_transition_graph",
                                       "get_type_description")}
-        assert publishers == {"/detections", "/routing", "/diagnostics"}
-        assert {"detections", "routing", "/diagnostics"} <= listed
+        assert publishers == {"/detections", "/routing", "/diagnostics", f"/{name}/debug_image",
+                              f"/{name}/debug_image/compressed"}
+        assert {"detections", "routing", "/diagnostics", "~/debug_image", "~/debug_image/compressed"} <= listed
         assert subscriptions == {"/image"} and "image" in listed
         assert own_services == {"change_state", "get_state", "set_routing_mode", "load_policy"}
         assert {f"~/{s}" for s in own_services} <= listed
+    finally:
+        graph.close()
+
+
+def test_the_debug_image_is_drawn_only_while_someone_subscribes(context, tier_models, regime_frames):
+    from adaptive_perception.drawing import TIER_COLOURS
+
+    graph = _graph(context, tier_models, routing_mode="fixed:large")
+    try:
+        assert graph.send_lockstep(image_msg(_noise(1, (240, 320, 3)), sec=1))
+        time.sleep(0.3)
+        assert graph.node.debug_rendered == 0  # nobody listens: nothing drawn
+        raw, jpeg = [], []
+        reliable = QoSProfile(depth=5, reliability=ReliabilityPolicy.RELIABLE)
+        graph.driver.create_subscription(Image, f"/{graph.name}/debug_image", raw.append, reliable)
+        graph.driver.create_subscription(CompressedImage, f"/{graph.name}/debug_image/compressed", jpeg.append, reliable)
+        pubs = graph.node._debug_pubs
+        assert wait_until(lambda: all(p.get_subscription_count() for p in pubs), 10)
+        frame = regime_frames["dense"]
+        height, width = frame.shape[:2]
+        assert graph.send_lockstep(image_msg(frame, sec=2))
+        assert wait_until(lambda: raw and jpeg, 5)
+        picture = np.frombuffer(bytes(raw[0].data), np.uint8).reshape(height, width, 3)
+        assert (raw[0].header.stamp.sec, raw[0].encoding, jpeg[0].header.stamp.sec, jpeg[0].format) == (2, "rgb8", 2, "jpeg")
+        boxes = graph.detections[-1].detections
+        assert boxes, "the large tier finds objects on the dense frame"
+        # the middle of each box's left edge is drawn in large's colour (unless another box's label covers it)
+        edges = [tuple(picture[int(round(b.bbox.center.position.y)), int(round(b.bbox.center.position.x - b.bbox.size_x / 2))])
+                 for b in boxes]
+        assert np.mean([edge == TIER_COLOURS["large"] for edge in edges]) >= 0.7, edges
+        changed = (picture != frame).any(axis=2)
+        assert 0.005 < changed[30:].mean() < 0.5  # outlines and labels, the rest is the frame
+        decoded = cv2.imdecode(np.frombuffer(bytes(jpeg[0].data), np.uint8), cv2.IMREAD_COLOR)[:, :, ::-1]
+        assert np.abs(decoded.astype(int) - picture.astype(int)).mean() < 12  # the same picture, jpeg-compressed
+        assert graph.node.debug_rendered == 1
+    finally:
+        graph.close()
+
+
+def test_two_cameras_at_different_rates_get_their_own_topics_and_neither_starves(context, tier_models):
+    graph = _graph(context, tier_models, routing_mode="fixed:nano", image_topics=["front/image_raw", "rear/image_raw"])
+    try:
+        reliable = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE)
+        outputs = {cam: {"detections": [], "routing": []} for cam in ("front", "rear")}
+        for cam, topics in outputs.items():
+            for kind, msg_type in (("detections", Detection2DArray), ("routing", RoutingDecision)):
+                graph.driver.create_subscription(msg_type, f"/{graph.name}/{cam}/image_raw/{kind}", topics[kind].append,
+                                                 reliable)
+        publishers = {cam: graph.driver.create_publisher(Image, f"{cam}/image_raw", reliable) for cam in outputs}
+        assert wait_until(lambda: all(p.get_subscription_count() for p in publishers.values()), 10)
+        assert wait_until(lambda: all(graph.node._camera_pubs[f"{c}/image_raw"][0].get_subscription_count()
+                                      for c in outputs), 10)
+        sent = {"front": 0, "rear": 0}
+        start = time.monotonic()
+        for step in range(60):  # 3 s: front at 20 Hz, rear at 5 Hz
+            for cam, every in (("front", 1), ("rear", 4)):
+                if step % every == 0:
+                    publishers[cam].publish(image_msg(_noise(step), sec=step, frame_id=cam))
+                    sent[cam] += 1
+            time.sleep(max(0.0, start + (step + 1) * 0.05 - time.monotonic()))
+        assert sent == {"front": 60, "rear": 15}
+        assert wait_until(lambda: graph.node.totals().processed + graph.node.totals().dropped == 75, 10)
+        assert wait_until(lambda: all(len(outputs[c][k]) == graph.node.counters[f"{c}/image_raw"].processed
+                                      for c in outputs for k in ("detections", "routing")), 5)
+        for cam, share in (("front", 0.75), ("rear", 0.9)):  # the slow camera is never starved by the fast one
+            got, counters = outputs[cam], graph.node.counters[f"{cam}/image_raw"]
+            assert {d.header.frame_id for d in got["detections"]} == {cam} == {r.header.frame_id for r in got["routing"]}
+            assert len(got["detections"]) == len(got["routing"]) == counters.processed >= share * sent[cam], (cam, counters)
+            assert counters.processed + counters.dropped == sent[cam]
+        assert len(graph.detections) == sum(len(o["detections"]) for o in outputs.values())  # combined topic: both
     finally:
         graph.close()

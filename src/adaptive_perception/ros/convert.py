@@ -1,6 +1,7 @@
 """Conversion between ROS messages and the core's numpy types."""
 from __future__ import annotations
 
+import cv2
 import numpy as np
 from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Header
@@ -15,6 +16,21 @@ def image_to_rgb(msg: Image | CompressedImage) -> np.ndarray:
     if isinstance(msg, CompressedImage):
         return decode_compressed(msg.data, msg.format)
     return decode_raw(msg.data, msg.width, msg.height, msg.encoding, msg.step, bool(msg.is_bigendian))
+
+
+def rgb_to_msg(rgb: np.ndarray, header: Header) -> Image:
+    """An rgb8 Image message of HxWx3 uint8 pixels."""
+    msg = Image(header=header, height=rgb.shape[0], width=rgb.shape[1], encoding="rgb8", step=rgb.shape[1] * 3)
+    msg.data = np.ascontiguousarray(rgb).tobytes()
+    return msg
+
+
+def rgb_to_compressed(rgb: np.ndarray, header: Header, quality: int = 85) -> CompressedImage:
+    """A jpeg CompressedImage message of HxWx3 uint8 RGB pixels."""
+    ok, jpeg = cv2.imencode(".jpg", np.ascontiguousarray(rgb[:, :, ::-1]), [cv2.IMWRITE_JPEG_QUALITY, quality])
+    msg = CompressedImage(header=header, format="jpeg")
+    msg.data = jpeg.tobytes()
+    return msg
 
 
 def detections_to_msg(detections: Detections, header: Header) -> Detection2DArray:

@@ -19,14 +19,15 @@ from sensor_msgs.msg import CompressedImage, Image
 from vision_msgs.msg import Detection2DArray
 
 from adaptive_perception.config import NodeConfig, resolve_model
-from adaptive_perception.detector import TIERS, DetectorTier
+from adaptive_perception.detector import TIERS, Detections, DetectorTier
+from adaptive_perception.drawing import draw_routed
 from adaptive_perception.errors import AdaptivePerceptionError, ImageDecodeError, TierFailure
 from adaptive_perception.features import RoutingContext, next_context, routing_features
 from adaptive_perception.frames import CameraCounters, LatestFrameSlot
 from adaptive_perception.metrics import PrometheusMetrics
 from adaptive_perception.policy import Policy
 from adaptive_perception.router import Router, RouterSettings, check_mode, tiers_needed
-from adaptive_perception.ros.convert import detections_to_msg, image_to_rgb
+from adaptive_perception.ros.convert import detections_to_msg, image_to_rgb, rgb_to_compressed, rgb_to_msg
 from adaptive_perception.telemetry import OK, TIER_FAILURE, WARN, ErrorLog, HealthSettings, Telemetry, key_values
 from adaptive_perception.transport import apply_defaults as apply_transport_defaults
 
@@ -43,7 +44,8 @@ _DEFAULTS = NodeConfig()
 PARAMETERS: dict[str, tuple[object, ParameterDescriptor]] = {
     "image_topics": (list(_DEFAULTS.image_topics), _describe(
         "Camera topics to subscribe to; a name ending in 'compressed' is read as sensor_msgs/CompressedImage, "
-        "any other as sensor_msgs/Image. Outputs of all cameras share the output topics (header identifies the camera).")),
+        "any other as sensor_msgs/Image. Outputs of all cameras share the output topics (header identifies the camera); "
+        "with several cameras each also gets ~/<camera topic>/detections and ~/<camera topic>/routing.")),
     "routing_mode": (_DEFAULTS.routing_mode, _describe(
         "How each frame picks a tier: learned (the policy) | heuristic (previous frame's detection count) | random "
         "(seeded, routing.random_mix) | fixed:nano | fixed:small | fixed:large. Switch live with set_routing_mode.")),
@@ -125,6 +127,11 @@ class PerceptionNode(LifecycleNode):
         self._subscriptions: list[object] = []
         self._det_pub = None
         self._routing_pub = None
+        self._camera_pubs: dict[str, tuple[object, object]] = {}  # camera -> (detections, routing), several cameras
+        self._debug_pubs: tuple[object, object] | None = None  # (Image, CompressedImage)
+        self._debug_slot: LatestFrameSlot | None = None
+        self._renderer: threading.Thread | None = None
+        self.debug_rendered = 0  # debug images drawn since configure (none while nobody subscribes)
         self._diag_pub = None
         self._diag_timer = None
         self.add_on_set_parameters_callback(self._on_set_parameters)
@@ -186,6 +193,14 @@ class PerceptionNode(LifecycleNode):
         self._contexts = {}
         self._det_pub = self.create_lifecycle_publisher(Detection2DArray, "detections", 10)
         self._routing_pub = self.create_lifecycle_publisher(RoutingDecision, "routing", 10)
+        if len(config.image_topics) > 1:
+            self._camera_pubs = {camera: (
+                self.create_lifecycle_publisher(Detection2DArray, f"{camera_namespace(self, camera)}/detections", 10),
+                self.create_lifecycle_publisher(RoutingDecision, f"{camera_namespace(self, camera)}/routing", 10))
+                for camera in config.image_topics}
+        self._debug_pubs = (self.create_lifecycle_publisher(Image, "~/debug_image", 1),
+                            self.create_lifecycle_publisher(CompressedImage, "~/debug_image/compressed", 1))
+        self.debug_rendered = 0
         self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
         self._diag_timer = self.create_timer(1.0, self._publish_diagnostics)
         return TransitionCallbackReturn.SUCCESS
@@ -236,6 +251,9 @@ class PerceptionNode(LifecycleNode):
             return TransitionCallbackReturn.FAILURE
         self._worker = threading.Thread(target=self._work, args=(self._slot,), name="perception-worker", daemon=True)
         self._worker.start()
+        self._debug_slot = LatestFrameSlot()
+        self._renderer = threading.Thread(target=self._render, args=(self._debug_slot,), name="debug-image", daemon=True)
+        self._renderer.start()
         self.get_logger().info(f"active: {self.router.mode} on "
                                f"{[self.resolve_topic_name(t) for t in self.config.image_topics]}")
         return result
@@ -269,16 +287,19 @@ class PerceptionNode(LifecycleNode):
         for sub in self._subscriptions:
             self.destroy_subscription(sub)
         self._subscriptions = []
-        if self._slot is not None:
-            self._slot.close()
-        if self._worker is not None:
-            self._worker.join()
-        self._slot, self._worker = None, None
+        for slot, thread in ((self._slot, self._worker), (self._debug_slot, self._renderer)):
+            if slot is not None:
+                slot.close()
+            if thread is not None:
+                thread.join()
+        self._slot, self._worker, self._debug_slot, self._renderer = None, None, None, None
 
     def _release(self) -> None:
-        for pub in (self._det_pub, self._routing_pub):
+        extra = [pub for pair in [*self._camera_pubs.values(), self._debug_pubs or ()] for pub in pair]
+        for pub in (self._det_pub, self._routing_pub, *extra):
             if pub is not None:
                 self.destroy_lifecycle_publisher(pub)
+        self._camera_pubs, self._debug_pubs = {}, None
         if self._diag_timer is not None:
             self.destroy_timer(self._diag_timer)
             self.destroy_publisher(self._diag_pub)
@@ -377,7 +398,8 @@ class PerceptionNode(LifecycleNode):
         done = time.perf_counter()
         stamp = msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
         self._contexts[camera] = (next_context(detections.scores, decision.tier, stamp, previous_stamp), stamp)
-        self._det_pub.publish(detections_to_msg(detections, msg.header))
+        detections_msg = detections_to_msg(detections, msg.header)
+        self._det_pub.publish(detections_msg)
         out = RoutingDecision(header=msg.header, tier=decision.tier, tier_name=decision.tier_name,
                               mode=decision.mode, policy_id=decision.policy_id)
         out.probabilities = decision.probabilities.tolist()
@@ -388,8 +410,38 @@ class PerceptionNode(LifecycleNode):
         out.drift_state, out.drift_score = RoutingDecision.DRIFT_UNKNOWN, float("nan")
         out.frame_age_ms = (self.get_clock().now().nanoseconds - stamp) / 1e6
         self._routing_pub.publish(out)
+        if camera in self._camera_pubs:
+            camera_detections, camera_routing = self._camera_pubs[camera]
+            camera_detections.publish(detections_msg)
+            camera_routing.publish(out)
+        debug_slot, debug_pubs = self._debug_slot, self._debug_pubs
+        if debug_slot is not None and any(pub.get_subscription_count() for pub in debug_pubs):
+            debug_slot.put("debug", (rgb, detections, decision.tier_name, out.total_ms, msg.header))
         self.telemetry.processed(camera, decision.tier_name, out.total_ms, out.feature_ms + out.policy_ms,
                                  out.frame_age_ms)
+
+    def _render(self, slot: LatestFrameSlot) -> None:
+        """Draw and publish the newest routed frame for the debug image subscribers, off the processing path."""
+        while True:
+            item = slot.take(timeout=_WORKER_POLL_S)
+            if item is None:
+                if slot.closed:
+                    return
+                continue
+            rgb, detections, tier, total_ms, header = item[1]
+            try:
+                self._publish_debug(rgb, detections, tier, total_ms, header)
+            except Exception as exc:  # drawing must never take the node down
+                self.get_logger().warning(f"debug image not published: {exc}", throttle_duration_sec=5.0)
+
+    def _publish_debug(self, rgb, detections: Detections, tier: str, total_ms: float, header) -> None:
+        raw, compressed = self._debug_pubs
+        picture = draw_routed(rgb, detections, tier, f"{total_ms:.1f} ms")
+        if raw.get_subscription_count():
+            raw.publish(rgb_to_msg(picture, header))
+        if compressed.get_subscription_count():
+            compressed.publish(rgb_to_compressed(picture, header))
+        self.debug_rendered += 1
 
     # ---- services --------------------------------------------------------------------------
     def _on_set_routing_mode(self, request: SetRoutingMode.Request, response: SetRoutingMode.Response):
@@ -449,6 +501,12 @@ class PerceptionNode(LifecycleNode):
                                    "so they cannot be checked")
         for warning in policy.tier_mismatches({t: (d.digest, str(d.path)) for t, d in detectors.items()}):
             self.get_logger().warning(warning)
+
+
+def camera_namespace(node: PerceptionNode, camera: str) -> str:
+    """Private namespace of one camera's outputs: ~/ plus its image topic after remapping, without the leading
+    slash (image topic /front/image_raw -> ~/front/image_raw/detections and ~/front/image_raw/routing)."""
+    return "~/" + node.resolve_topic_name(camera).strip("/")
 
 
 def _status(name: str, hardware_id: str, report: dict[str, object]) -> DiagnosticStatus:
