@@ -4,6 +4,7 @@ from glob import glob
 from setuptools import find_packages, setup
 
 PACKAGE = "adaptive_perception"
+MLFLOW_CLIENT = ["mlflow-skinny==3.17.2", "sqlalchemy>=2.0", "alembic>=1.13"]
 
 setup(
     name=PACKAGE,
@@ -47,6 +48,11 @@ setup(
             # keep the venv's colcon working (colcon-core needs setuptools < 80; torch needs >= 77.0.3)
             "setuptools>=77.0.3,<80",
         ],
+        # the node's MLflow run per session (mlflow.tracking_uri): the light client, and the drivers of a local
+        # sqlite:/// store. The training extra brings the full MLflow.
+        "mlflow": MLFLOW_CLIENT,
+        # `make demo`: the node's MLflow runs and the demo's plot
+        "demo": [*MLFLOW_CLIENT, "matplotlib==3.11.2"],
         # scene generator: sample photographs bundled in the scikit-image wheel; COCO evaluation
         "scenes": ["scikit-image==0.26.0", "pycocotools==2.0.11"],
         "test": ["pytest>=8", "pytest-timeout>=2.3"],

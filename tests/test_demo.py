@@ -4,6 +4,12 @@ from __future__ import annotations
 import json
 import subprocess
 
+import cv2
+import numpy as np
+from mlflow.tracking import MlflowClient
+
+from adaptive_perception.drawing import TIER_COLOURS
+
 from adaptive_perception.config import resolve_model
 from adaptive_perception.policy import Policy
 
@@ -31,6 +37,19 @@ def test_demo_replays_a_benchmark_sequence_through_a_node_process_per_mode(tmp_p
     assert "learned against always-large on the same 15 frames" in out.stdout
     assert "policy '" + learned["policy_id"] in (tmp_path / "node_learned.log").read_text()
     assert (tmp_path / "demo_bag" / "metadata.yaml").exists() and (tmp_path / "demo_bag" / "ground_truth.json").exists()
+    # the pictures: a strip of routed frames (3 tiles of 320x240 a row) whose banners carry the chosen tier's colour
+    strip = cv2.imread(str(tmp_path / "routed_strip.png"))[:, :, ::-1]
+    assert strip.shape[1] == 960 and strip.shape[0] in (240, 480)
+    banners = [np.median(strip[y + 2:y + 9, x + 200:x + 315].reshape(-1, 3), 0)
+               for y in range(0, strip.shape[0], 240) for x in (0, 320, 640) if strip[y:y + 240, x:x + 320].any()]
+    shown = [min(TIER_COLOURS, key=lambda t: np.abs(b - 0.65 * np.array(TIER_COLOURS[t])).sum()) for b in banners]
+    assert shown == summary["strip_tiers"] and len(shown) >= 2
+    assert cv2.imread(str(tmp_path / "node_time.png")) is not None
+    # one MLflow run per mode, ended, with the node's own count of the frames it processed
+    client = MlflowClient(summary["mlflow"])
+    runs = client.search_runs([client.get_experiment_by_name("demo").experiment_id])
+    assert sorted(r.data.params["routing_mode"] for r in runs) == sorted(summary["modes"])
+    assert all(r.info.status == "FINISHED" and r.data.metrics["final.camera_image_raw.frames_processed"] == 15 for r in runs)
 
 
 def test_demo_rejects_unknown_modes_and_sequences(tmp_path):

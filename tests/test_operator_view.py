@@ -58,7 +58,7 @@ def test_diagnostics_give_counts_shares_and_latency_per_camera_and_tier(context,
         assert tiers["small"]["provider"] == "CPUExecutionProvider" and tiers["large"]["model"] == str(tier_models["large"])
         routing = {kv.key: kv.value for kv in graph.status("routing").values}
         assert routing == {"mode": "fixed:large", "policy_id": "", "drift_state": "unknown",
-                           "metrics": "off (metrics.port 0)"}
+                           "metrics": "off (metrics.port 0)", "mlflow_run": "off"}
     finally:
         graph.close()
 
@@ -306,5 +306,47 @@ def test_two_cameras_at_different_rates_get_their_own_topics_and_neither_starves
             assert len(got["detections"]) == len(got["routing"]) == counters.processed >= share * sent[cam], (cam, counters)
             assert counters.processed + counters.dropped == sent[cam]
         assert len(graph.detections) == sum(len(o["detections"]) for o in outputs.values())  # combined topic: both
+    finally:
+        graph.close()
+
+
+def test_each_node_session_is_an_mlflow_run_with_parameters_snapshots_and_a_summary(context, tier_models, tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    graph = _graph(context, tier_models, **{"mlflow.tracking_uri": uri, "mlflow.experiment": "robot-7",
+                                            "mlflow.interval_s": 0.5})
+    try:
+        assert graph.node.run.wait_started(60) and graph.node.run.error is None
+        for sec in (1, 2, 3):
+            assert graph.send_lockstep(image_msg(_noise(sec), sec=sec))
+        _mode(graph, "fixed:nano")
+        assert graph.send_lockstep(image_msg(_noise(4), sec=4))
+        run_id = graph.node.run.run_id
+        client = MlflowClient(uri)
+        assert wait_until(lambda: any(m.value == 4 for m in client.get_metric_history(run_id, "image.frames_processed")),
+                          20)
+        assert graph.status("routing", lambda v: v["mlflow_run"] == run_id)
+        assert graph.transition("deactivate") and graph.transition("cleanup")  # ends the run
+    finally:
+        graph.close()
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED" and run.info.experiment_id == client.get_experiment_by_name("robot-7").experiment_id
+    assert run.data.params["routing_mode"] == "fixed:small" and run.data.params["models.large"] == str(tier_models["large"])
+    assert run.data.tags["node"] == f"/{graph.name}"
+    final = {k: v for k, v in run.data.metrics.items() if k.startswith("final.")}
+    assert final["final.image.frames_processed"] == 4 and final["final.image.frames_received"] == 4
+    assert final["final.image.small_share"] == 0.75 and final["final.image.nano_share"] == 0.25
+    steps = [m.step for m in client.get_metric_history(run_id, "image.frames_processed")]
+    assert len(steps) >= 2 and steps == sorted(steps)  # snapshots over time
+
+
+def test_an_unwritable_mlflow_store_costs_the_run_not_the_perception(context, tier_models):
+    graph = _graph(context, tier_models, **{"mlflow.tracking_uri": "sqlite:////proc/no-such-dir/mlflow.db"})
+    try:
+        assert graph.node.run.wait_started(60)
+        assert "MLflow run not started" in graph.node.run.error
+        assert graph.send_lockstep(image_msg(_noise(1), sec=1))
+        assert "MLflow run not started" in {kv.key: kv.value for kv in graph.status("routing").values}["mlflow_run"]
     finally:
         graph.close()

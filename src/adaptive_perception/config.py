@@ -42,6 +42,9 @@ class NodeConfig:
     health: HealthSettings = HealthSettings()
     metrics_port: int = 9464  # Prometheus exporter; 0 = off
     metrics_bind: str = "127.0.0.1"
+    mlflow_uri: str = ""  # one MLflow run per node session; empty = off
+    mlflow_experiment: str = "perception_node"
+    mlflow_interval_s: float = 10.0
 
     def model_paths(self) -> dict[str, str]:
         """Resolved file path per loaded tier (tiers with an empty parameter are left out)."""
@@ -77,6 +80,8 @@ class NodeConfig:
         if self.qos_depth < 1 or self.max_detections < 1:
             raise ConfigError("qos.depth and max_detections must be >= 1")
         self.health.validate()
+        if self.mlflow_uri and (not self.mlflow_interval_s > 0 or not self.mlflow_experiment):
+            raise ConfigError(f"mlflow.interval_s {self.mlflow_interval_s} must be > 0 and mlflow.experiment non-empty")
         if not 0 <= self.metrics_port <= 65535:
             raise ConfigError(f"metrics.port {self.metrics_port} must be a TCP port (1-65535), or 0 to turn metrics off")
         return self

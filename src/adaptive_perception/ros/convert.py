@@ -33,6 +33,18 @@ def rgb_to_compressed(rgb: np.ndarray, header: Header, quality: int = 85) -> Com
     return msg
 
 
+def msg_to_detections(msg: Detection2DArray) -> Detections:
+    """The boxes (xyxy source pixels), scores and class names of a Detection2DArray."""
+    names = [d.results[0].hypothesis.class_id if d.results else "" for d in msg.detections]
+    classes = tuple(dict.fromkeys(names))
+    boxes = [[d.bbox.center.position.x - d.bbox.size_x / 2, d.bbox.center.position.y - d.bbox.size_y / 2,
+              d.bbox.center.position.x + d.bbox.size_x / 2, d.bbox.center.position.y + d.bbox.size_y / 2]
+             for d in msg.detections]
+    scores = [d.results[0].hypothesis.score if d.results else 0.0 for d in msg.detections]
+    return Detections(np.asarray(boxes, np.float32).reshape(-1, 4), np.asarray(scores, np.float32),
+                      np.asarray([classes.index(n) for n in names], np.int64), classes)
+
+
 def detections_to_msg(detections: Detections, header: Header) -> Detection2DArray:
     """Detection2DArray with the source header; bbox centre/size in source pixels, class name in class_id."""
     out = Detection2DArray(header=header)

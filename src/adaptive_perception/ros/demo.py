@@ -55,28 +55,109 @@ def run_demo(out_dir: Path, frames: int = SEQUENCE_FRAMES, modes: tuple[str, ...
           f"sparse {regimes['sparse']}, moderate {regimes['moderate']}, dense {regimes['dense']})"
           + ("" if frames == SEQUENCE_FRAMES else f"; a shortened render, not the {SEQUENCE_FRAMES}-frame benchmark bag"))
 
-    rows = {}
+    rows, outputs = {}, {}
     for mode in modes:
-        rows[mode] = _replay_mode(mode, bag, frames, truth, out_dir)
+        rows[mode], outputs[mode] = _replay_mode(mode, bag, frames, truth, out_dir)
+    pictures, strip_tiers = write_pictures(out_dir, bag, outputs, truth)
     summary = {"sequence": sequence, "frames": frames, "regime_frames": regimes, "modes": rows,
+               "pictures": [str(p) for p in pictures], "strip_tiers": strip_tiers, "mlflow": _mlflow_uri(out_dir),
                "demo_wall_s": time.perf_counter() - started}
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     print_summary(summary)
     print(f"node logs: {out_dir}/node_<mode>.log   summary: {out_dir / 'summary.json'}")
+    print(f"pictures: {', '.join(str(p) for p in pictures)}")
+    print(f"MLflow: one run per mode (experiment 'demo'): mlflow ui --backend-store-uri {summary['mlflow']}")
     return summary
+
+
+def _mlflow_uri(out_dir: Path) -> str:
+    return f"sqlite:///{(out_dir / 'mlflow.db').resolve()}"
+
+
+STRIP_FRAMES = 6  # routed frames in the strip: two per scene regime where the sequence has them
+
+
+def write_pictures(out_dir: Path, bag: Path, outputs: dict[str, dict],
+                   truth: dict[int, dict]) -> tuple[list[Path], list[str]]:
+    """`routed_strip.png`: frames of the first routed (non-fixed) mode with its boxes and chosen tier (returned
+    in the strip's order, row by row);
+    `node_time.png`: per-frame node time of every mode over the sequence, the routed mode's points coloured
+    by the tier it chose."""
+    import cv2
+
+    from adaptive_perception.bag import bag_image_rgb, read_images
+    from adaptive_perception.drawing import draw_routed
+    from adaptive_perception.ros.convert import msg_to_detections
+
+    routed = next((m for m in outputs if not m.startswith("fixed:")), next(iter(outputs)))
+    detections, decisions = outputs[routed]["detections"], outputs[routed]["routing"]
+    chosen = []
+    for regime in Regime:
+        stamps = [s for s in sorted(decisions) if truth.get(s, {}).get("regime") == regime.value and s in detections]
+        chosen += stamps[len(stamps) // 4::max(len(stamps) // 2, 1)][:2]
+    tiles, tiers = [], []
+    for image in read_images(bag):
+        stamp = image.stamp_sec * 1_000_000_000 + image.stamp_nanosec
+        if stamp in chosen:
+            decision = decisions[stamp]
+            regime = truth[stamp]["regime"]
+            picture = draw_routed(bag_image_rgb(image), msg_to_detections(detections[stamp]), decision.tier_name,
+                                  f"{decision.total_ms:.0f} ms, {regime}")
+            tiles.append(cv2.resize(picture, (320, 240), interpolation=cv2.INTER_AREA))
+            tiers.append(decision.tier_name)
+    paths = []
+    if tiles:
+        tiles += [np.zeros_like(tiles[0])] * (-len(tiles) % 3)
+        strip = np.vstack([np.hstack(tiles[i:i + 3]) for i in range(0, len(tiles), 3)])
+        paths.append(out_dir / "routed_strip.png")
+        cv2.imwrite(str(paths[-1]), strip[:, :, ::-1])
+    paths.append(_plot_node_time(out_dir / "node_time.png", outputs, routed))
+    return paths, tiers
+
+
+def _plot_node_time(path: Path, outputs: dict[str, dict], routed: str) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from adaptive_perception.drawing import tier_colour
+
+    fig, ax = plt.subplots(figsize=(9, 3.6), dpi=110)
+    for mode, out in outputs.items():
+        stamps = sorted(out["routing"])
+        times = [out["routing"][s].total_ms for s in stamps]
+        if mode == routed:
+            ax.plot(range(len(times)), times, color="0.6", lw=0.8, zorder=1)
+            for tier in TIERS:
+                index = [i for i, s in enumerate(stamps) if out["routing"][s].tier_name == tier]
+                ax.scatter(index, [times[i] for i in index], s=12, zorder=2, label=f"{mode}: {tier}",
+                           color=np.array(tier_colour(tier)) / 255)
+        else:
+            ax.plot(range(len(times)), times, lw=1.0, label=mode, alpha=0.8)
+    ax.axhline(1000 / FRAME_RATE_HZ, color="k", ls="--", lw=0.8, label=f"{FRAME_RATE_HZ} Hz frame budget")
+    ax.set_xlabel("frame of the sequence")
+    ax.set_ylabel("node time (ms)")
+    ax.set_title("Per-frame node time: the routed mode's points coloured by the tier it chose")
+    ax.legend(fontsize=7, ncol=3, loc="upper right")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
 
 
 def _stamp_ns(header) -> int:
     return header.stamp.sec * 1_000_000_000 + header.stamp.nanosec
 
 
-def _replay_mode(mode: str, bag: Path, frames: int, truth: dict[int, dict], out_dir: Path) -> dict:
+def _replay_mode(mode: str, bag: Path, frames: int, truth: dict[int, dict], out_dir: Path) -> tuple[dict, dict]:
     """One node process in `mode`, the bag in lock-step, outputs scored against the ground truth."""
     from adaptive_perception_msgs.msg import RoutingDecision
 
     outputs, routing = [], []
     parameters = {"image_topics": [BAG_TOPIC], "routing_mode": mode, "providers": ["CPUExecutionProvider"],
-                  "qos.reliability": "reliable"}
+                  "qos.reliability": "reliable", "mlflow.tracking_uri": _mlflow_uri(out_dir),
+                  "mlflow.experiment": "demo", "mlflow.interval_s": 2.0}
     log_path = out_dir / f"node_{mode.replace(':', '_')}.log"
     with node_process(parameters, log_path) as process, spun_node("demo_replay") as helper:
         helper.create_subscription(RoutingDecision, "routing", routing.append, 100)
@@ -108,6 +189,7 @@ def _replay_mode(mode: str, bag: Path, frames: int, truth: dict[int, dict], out_
         record = truth.get(_stamp_ns(decision.header))
         if record is not None:
             by_regime[record["regime"]][decision.tier] += 1
+    kept = {"detections": {_stamp_ns(m.header): m for m in outputs}, "routing": {_stamp_ns(r.header): r for r in routing}}
     return {
         **report.summary(),
         "decisions": len(routing),
@@ -118,7 +200,7 @@ def _replay_mode(mode: str, bag: Path, frames: int, truth: dict[int, dict], out_
         "boxes_per_frame": report.detections / max(report.outputs_received, 1),
         "recall50": {k: (v[0] / v[1] if v[1] else None) for k, v in found.items()},  # None: no such frames
         "routing_by_regime": {k: dict(zip(TIERS, v.astype(int).tolist())) for k, v in by_regime.items()},
-    }
+    }, kept
 
 
 def print_summary(summary: dict) -> None:

@@ -26,6 +26,7 @@ from adaptive_perception.features import RoutingContext, next_context, routing_f
 from adaptive_perception.frames import CameraCounters, LatestFrameSlot
 from adaptive_perception.metrics import PrometheusMetrics
 from adaptive_perception.policy import Policy
+from adaptive_perception.runlog import NodeRun, snapshot_metrics
 from adaptive_perception.router import Router, RouterSettings, check_mode, tiers_needed
 from adaptive_perception.ros.convert import detections_to_msg, image_to_rgb, rgb_to_compressed, rgb_to_msg
 from adaptive_perception.telemetry import OK, TIER_FAILURE, WARN, ErrorLog, HealthSettings, Telemetry, key_values
@@ -102,6 +103,12 @@ PARAMETERS: dict[str, tuple[object, ParameterDescriptor]] = {
         integer_range=[IntegerRange(from_value=0, to_value=65535, step=1)])),
     "metrics.bind": (_DEFAULTS.metrics_bind, _describe(
         "Address the Prometheus exporter listens on: 127.0.0.1 (this machine only) or 0.0.0.0 (every interface).")),
+    "mlflow.tracking_uri": (_DEFAULTS.mlflow_uri, _describe(
+        "Log each node session as an MLflow run (parameters, per-camera figures every mlflow.interval_s, a final "
+        "summary), from a background thread: e.g. sqlite:///runs/mlflow.db or http://mlflow:5000; empty = off. "
+        "Needs the mlflow extra (mlflow-skinny).")),
+    "mlflow.experiment": (_DEFAULTS.mlflow_experiment, _describe("MLflow experiment of the node's runs.")),
+    "mlflow.interval_s": (_DEFAULTS.mlflow_interval_s, _describe("Seconds between two MLflow snapshots.")),
     "autostart": (False, _describe("Configure and activate on start-up (for `ros2 run` without a lifecycle manager).")),
 }
 
@@ -120,6 +127,9 @@ class PerceptionNode(LifecycleNode):
         self.telemetry: Telemetry | None = None  # per camera and tier, since configure
         self.metrics: PrometheusMetrics | None = None
         self._metrics_state = "off"
+        self.run: NodeRun | None = None
+        self._run_timer = None
+        self._configured_at = 0.0
         self._error_log = ErrorLog()
         self._qos_incompatible: dict[str, int] = {}
         self._slot: LatestFrameSlot[Image | CompressedImage] | None = None
@@ -161,6 +171,9 @@ class PerceptionNode(LifecycleNode):
                                   p("diagnostics.stall_s").value, p("diagnostics.window_s").value),
             metrics_port=p("metrics.port").value,
             metrics_bind=p("metrics.bind").value,
+            mlflow_uri=p("mlflow.tracking_uri").value,
+            mlflow_experiment=p("mlflow.experiment").value,
+            mlflow_interval_s=p("mlflow.interval_s").value,
         ).validate()
 
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
@@ -190,6 +203,8 @@ class PerceptionNode(LifecycleNode):
         self.telemetry = Telemetry(config.image_topics, tuple(detectors), config.health, sink=self.metrics)
         self._error_log = ErrorLog()
         self._qos_incompatible = {topic: 0 for topic in config.image_topics}
+        self._configured_at = time.monotonic()
+        self._start_run(config)
         self._contexts = {}
         self._det_pub = self.create_lifecycle_publisher(Detection2DArray, "detections", 10)
         self._routing_pub = self.create_lifecycle_publisher(RoutingDecision, "routing", 10)
@@ -223,6 +238,43 @@ class PerceptionNode(LifecycleNode):
         self.metrics = metrics
         self._metrics_state = f"http://{config.metrics_bind}:{config.metrics_port}/metrics"
         self.get_logger().info(f"metrics on {self._metrics_state}")
+
+    def _start_run(self, config: NodeConfig) -> None:
+        """One MLflow run per configured session, if mlflow.tracking_uri is set."""
+        if not config.mlflow_uri:
+            return
+        params = {name: self.get_parameter(name).value for name in PARAMETERS}
+        name = self.get_fully_qualified_name()
+        try:
+            self.run = NodeRun(config.mlflow_uri, config.mlflow_experiment, f"{name} {time.strftime('%Y-%m-%d %H:%M:%S')}",
+                               params, tags={"node": name, "policy_id": self.router.policy_id})
+        except AdaptivePerceptionError as exc:
+            self.get_logger().error(f"{exc}; running without an MLflow run")
+            return
+        self._run_timer = self.create_timer(config.mlflow_interval_s, self._log_run)
+        self.get_logger().info(f"MLflow run of this session in {config.mlflow_uri}, experiment {config.mlflow_experiment}")
+
+    def _snapshot(self) -> dict[str, float]:
+        telemetry = self.telemetry
+        return snapshot_metrics({c: telemetry.camera_report(c) for c in telemetry.cameras}, telemetry.tiers)
+
+    def _log_run(self) -> None:
+        if self.run is not None and self.telemetry is not None:
+            self.run.log(int(time.monotonic() - self._configured_at), self._snapshot())
+
+    def _end_run(self) -> None:
+        run, timer, self.run, self._run_timer = self.run, self._run_timer, None, None
+        if run is not None:
+            finished = run.close(self._snapshot() if self.telemetry is not None else {})
+            if run.error or not finished:
+                self.get_logger().warning(run.error or f"MLflow run {run.run_id} did not finish writing in time")
+            else:
+                self.get_logger().info(f"MLflow run {run.run_id} finished")
+        if timer is not None:
+            try:
+                self.destroy_timer(timer)
+            except Exception:  # the context may already be shut down (SIGINT): nothing left to stop
+                pass
 
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
         assert self.config is not None
@@ -278,6 +330,7 @@ class PerceptionNode(LifecycleNode):
         return TransitionCallbackReturn.SUCCESS
 
     def destroy_node(self) -> None:
+        self._end_run()
         if self.metrics is not None:  # frees the port even when the node goes without a cleanup transition
             self.metrics.close()
             self.metrics = None
@@ -304,6 +357,7 @@ class PerceptionNode(LifecycleNode):
             self.destroy_timer(self._diag_timer)
             self.destroy_publisher(self._diag_pub)
         self._det_pub = self._routing_pub = self._diag_pub = self._diag_timer = None
+        self._end_run()
         if self.metrics is not None:
             self.metrics.close()
         self.metrics, self.telemetry = None, None
@@ -358,7 +412,8 @@ class PerceptionNode(LifecycleNode):
         array.status.append(_status(f"{node}: routing", node, {
             "level": WARN if self._metrics_state.startswith("not served") else OK,
             "message": f"{router.mode}" + (f", policy {router.policy_id}" if router.policy_id else ""),
-            "mode": router.mode, "policy_id": router.policy_id, "drift_state": "unknown", "metrics": self._metrics_state}))
+            "mode": router.mode, "policy_id": router.policy_id, "drift_state": "unknown", "metrics": self._metrics_state,
+            "mlflow_run": (self.run.error or self.run.run_id or "starting") if self.run is not None else "off"}))
         self._diag_pub.publish(array)
 
     def _work(self, slot: LatestFrameSlot[Image | CompressedImage]) -> None:

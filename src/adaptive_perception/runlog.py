@@ -1,0 +1,111 @@
+"""One MLflow run per node session, written from a background thread (ROS-free).
+
+Parameters at start, snapshots of the telemetry over time, a `final.*` summary at the end. Every call from
+the node only enqueues; a thread of its own talks to the tracking store, so a slow or unreachable store never
+delays a frame. Needs only the light client: `pip install adaptive_perception[mlflow]` (mlflow-skinny, plus
+SQLAlchemy and Alembic for a local sqlite:/// store)."""
+from __future__ import annotations
+
+import math
+import queue
+import threading
+import time
+from typing import Mapping
+
+from adaptive_perception.errors import ConfigError
+
+_END = object()
+SNAPSHOT_KEYS = ("fps", "drop_share", "node_ms_p50", "node_ms_p95", "router_overhead_ms_p95", "frame_age_ms_p50",
+                 "frames_received", "frames_processed", "frames_dropped", "frames_failed", "frames_lost_before_node")
+
+
+def snapshot_metrics(camera_reports: Mapping[str, Mapping[str, object]], tiers: tuple[str, ...]) -> dict[str, float]:
+    """MLflow metrics of one moment: `<camera>.<figure>` for the finite figures of each camera's report
+    (camera = its topic without slashes at the ends, inner slashes as '_')."""
+    out = {}
+    for camera, report in camera_reports.items():
+        name = camera.strip("/").replace("/", "_")
+        for key in (*SNAPSHOT_KEYS, *(f"{tier}_share" for tier in tiers)):
+            value = report.get(key)
+            if isinstance(value, (int, float)) and math.isfinite(value):
+                out[f"{name}.{key}"] = float(value)
+    return out
+
+
+class NodeRun:
+    """An MLflow run fed from a queue; `error` holds why the store could not be written, if it could not."""
+
+    def __init__(self, tracking_uri: str, experiment: str, run_name: str, params: Mapping[str, object],
+                 tags: Mapping[str, str] | None = None, max_pending: int = 1000) -> None:
+        try:
+            from mlflow.tracking import MlflowClient  # noqa: F401  (fail here, on the caller's thread, if missing)
+        except ImportError as exc:
+            raise ConfigError(f"mlflow.tracking_uri '{tracking_uri}' is set but MLflow is not installed ({exc}); "
+                              "pip install 'adaptive_perception[mlflow]' (mlflow-skinny) or leave it empty") from None
+        self.tracking_uri, self.experiment, self.run_name = tracking_uri, experiment, run_name
+        self.run_id: str | None = None
+        self.error: str | None = None
+        self.dropped = 0  # snapshots not logged because the queue was full (the store is too slow)
+        self._params = {k: str(v)[:6000] for k, v in params.items()}
+        self._tags = dict(tags or {})
+        self._queue: queue.Queue = queue.Queue(maxsize=max_pending)
+        self._started = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="mlflow-run", daemon=True)
+        self._thread.start()
+
+    def log(self, step: int, metrics: Mapping[str, float]) -> None:
+        """Queue one snapshot; never blocks (a full queue counts the snapshot as dropped)."""
+        try:
+            self._queue.put_nowait((step, int(time.time() * 1000), dict(metrics)))
+        except queue.Full:
+            self.dropped += 1
+
+    def close(self, summary: Mapping[str, float], timeout_s: float = 15.0) -> bool:
+        """Log `final.<name>` metrics, end the run as FINISHED, and wait for the thread; False if it timed out."""
+        try:
+            self._queue.put(("final", int(time.time() * 1000), dict(summary)), timeout=timeout_s)
+            self._queue.put(_END, timeout=timeout_s)
+        except queue.Full:
+            return False
+        self._thread.join(timeout_s)
+        return not self._thread.is_alive()
+
+    def wait_started(self, timeout_s: float) -> bool:
+        """True once the run exists in the store (or creating it failed: see `error`)."""
+        return self._started.wait(timeout_s)
+
+    def _run(self) -> None:
+        from mlflow.entities import Metric, Param
+        from mlflow.tracking import MlflowClient
+
+        try:
+            client = MlflowClient(self.tracking_uri)
+            found = client.get_experiment_by_name(self.experiment)
+            experiment_id = found.experiment_id if found else client.create_experiment(self.experiment)
+            self.run_id = client.create_run(experiment_id, run_name=self.run_name, tags=self._tags).info.run_id
+            params = [Param(k, v) for k, v in self._params.items()]
+            for start in range(0, len(params), 100):
+                client.log_batch(self.run_id, params=params[start:start + 100])
+        except Exception as exc:  # unreachable store, bad URI, missing driver: report, never raise
+            self.error = f"MLflow run not started at '{self.tracking_uri}': {type(exc).__name__}: {exc}"
+            self._started.set()
+            while self._queue.get() is not _END:  # drain so close() returns
+                pass
+            return
+        self._started.set()
+        while True:
+            item = self._queue.get()
+            if item is _END:
+                break
+            step, stamp, metrics = item
+            final = step == "final"
+            batch = [Metric(f"final.{k}" if final else k, v, stamp, 0 if final else step) for k, v in metrics.items()]
+            try:
+                for start in range(0, len(batch), 1000):
+                    client.log_batch(self.run_id, metrics=batch[start:start + 1000])
+            except Exception as exc:
+                self.error = f"MLflow run {self.run_id}: {type(exc).__name__}: {exc}"
+        try:
+            client.set_terminated(self.run_id, "FINISHED")
+        except Exception as exc:
+            self.error = f"MLflow run {self.run_id} not ended: {type(exc).__name__}: {exc}"
