@@ -148,6 +148,13 @@ def _parser() -> argparse.ArgumentParser:
     transport.add_argument("--report", type=Path, default=Path("training/reports/transport.json"),
                            help="JSON to write (default: the committed report the README quotes)")
 
+    soak = bench_sub.add_parser("soak", help="two cameras of raw 640x480 at 30 Hz through the node on the shipped "
+                                             "defaults: memory, node-time drift, stalls, crashes")
+    soak.add_argument("--minutes", type=float, default=30.0, help="run length (30 for the README's figures)")
+    soak.add_argument("--quick", action="store_true", help="a 2-minute run (what CI runs)")
+    soak.add_argument("--report", type=Path, default=Path("training/reports/soak.json"),
+                      help="JSON to write, with a PNG beside it (default: the committed report the README quotes)")
+
     demo = sub.add_parser("demo", help="end-to-end demo on generated frames, no downloads")
     demo.add_argument("--sequence", type=int, default=49, help="frozen benchmark test sequence to replay (46-59)")
     demo.add_argument("--frames", type=int, default=150,
@@ -301,6 +308,10 @@ def main(argv: list[str] | None = None) -> int:
 
             run(args.stage, settings_from(args))
             return 0
+        if args.command == "bench" and args.bench_command == "soak":
+            from adaptive_perception.training.soak import run_soak
+
+            return run_soak(2.0 if args.quick else args.minutes, args.report)
         if args.command == "bench" and args.bench_command == "transport":
             from adaptive_perception.training.transport import run_transport
 

@@ -1,0 +1,54 @@
+"""The soak benchmark: its figures from hand-made series, and a 2-minute run through real processes."""
+from __future__ import annotations
+
+import json
+import subprocess
+
+import pytest
+
+from adaptive_perception.training.soak import TOPICS, stalls, summarise
+
+
+def test_soak_figures_from_a_hand_made_run():
+    # camera a: one output a second for 60 s; node time 10..19 ms in the first 10-s window, 15 ms, then 20..29 ms
+    a = [(float(t), float(10 + t if t < 10 else 15 if t < 50 else 20 + t - 50), "nano") for t in range(60)]
+    # camera b: four outputs of the large tier (too few for its p99 to count), one gap of 250 ms
+    b = [(0.0, 90.0, "large"), (0.1, 90.0, "large"), (0.35, 90.0, "large"), (0.45, 90.0, "large")]
+    memory = [(0.0, 300.0), (5.0, 310.0), (10.0, 320.0), (30.0, 330.0), (60.0, 345.0)]
+    report = summarise(60.0, {"a": a, "b": b}, memory, {}, False, {"a": 60, "b": 4})
+    assert report["window_s"] == 10.0
+    # nano p99 over 60 values: rank 0.99 * 59 = 58.41 between 28 and 29 ms; the limit adds 100 ms
+    assert report["tier_p99_ms"] == {"nano": pytest.approx(28.41)} and report["stall_limit_ms"] == pytest.approx(128.41)
+    assert report["stalls"] == {"a": 59, "b": 1}  # each of a's 59 one-second gaps, and b's 250 ms gap
+    # both cameras pooled: the first window holds a's 10..19 and b's four 90s; rank 0.95 * 13 = 12.35 -> 90
+    assert report["node_p95_ms"]["first_window"] == pytest.approx(90.0)
+    assert report["node_p95_ms"]["last_window"] == pytest.approx(28.55)  # a's 20..29: 20 + 0.95 * 9
+    assert report["node_p95_ms"]["change"] == pytest.approx(28.55 / 90.0 - 1)
+    assert report["memory_mb"]["growth_after_first_window"] == 25.0  # 345 at the end - 320 at 10 s
+    assert report["bars"] == {"memory_growth_le_50mb": True, "p95_within_10pct": False, "no_stall": False,
+                              "no_crash": True}
+
+
+def test_stalls_are_the_gaps_over_the_limit():
+    assert stalls([0.0, 0.1, 0.35, 0.45, 1.0], 0.2) == [(0.1, pytest.approx(0.25)), (0.45, pytest.approx(0.55))]
+    assert stalls([0.0, 0.2], 0.2) == []  # a gap equal to the limit is not a stall
+
+
+def test_a_two_minute_soak_of_two_cameras_through_the_node(tmp_path):
+    report_path = tmp_path / "soak.json"
+    run = subprocess.run(["adaptive-perception", "bench", "soak", "--quick", "--report", str(report_path)],
+                         capture_output=True, text=True, timeout=600)
+    assert run.returncode in (0, 1), run.stdout[-2000:] + run.stderr[-3000:]
+    report = json.loads(report_path.read_text())
+    assert report["duration_s"] == 120.0 and report["crashes"] == 0
+    assert (run.returncode == 0) == all(report["bars"].values())
+    for camera in TOPICS:
+        published, counters = report["published"][camera], report["node_counters"][camera]
+        assert published >= 0.95 * 120 * 30  # the camera kept 30 Hz
+        # every frame accounted for: processed, dropped by the newest-frame rule, or lost before the node
+        assert counters["processed"] + counters["dropped"] + counters["lost_before_node"] == published
+        assert counters["processed"] == report["processed"][camera] >= 0.3 * published  # neither camera starved
+    assert len(report["series"]["memory"]) >= 20  # a sample every 5 s
+    assert report["memory_mb"]["end"] > 100  # three tiers and onnxruntime are resident
+    assert (tmp_path / "soak.png").stat().st_size > 10_000
+    assert "| crashes (bar 0) | 0 |" in run.stdout

@@ -1,0 +1,292 @@
+"""`adaptive-perception bench soak`: does the node hold for a long run? Two cameras of raw 640x480 at 30 Hz.
+
+Real processes on localhost, on the shipped defaults (config/perception.yaml: learned routing, embedded tiers
+and policy, best-effort depth-2 subscriptions, the shipped Fast DDS profile): a camera process publishes a
+rendered 30-frame sequence in a loop on two topics, perception_node routes them, and this process listens to
+`/routing` and `/diagnostics` and samples the node's resident memory every 5 s. Figures (a run of D minutes,
+window W = D / 6: 5 minutes of a 30-minute run):
+- memory growth: resident memory at the end minus at the end of the first window (bar: <= 50 MB);
+- node time p95 of the last window against the first (bar: within 10 %);
+- stalls: a gap between two outputs of one camera longer than the slowest tier's p99 node time + 100 ms
+  (bar: none);
+- crashes: the node process exiting before the end (bar: none); drops and losses from /diagnostics.
+Prints a table, writes JSON and a PNG (memory, node time and output rate over time).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from adaptive_perception.detector import TIERS
+from adaptive_perception.progress import progress
+
+TOPICS = ("/soak/camera0/image_raw", "/soak/camera1/image_raw")
+RATE_HZ = 30.0
+LOOP_FRAMES = 30
+SEED = 4243  # the demo's generated sequence: realistic frames outside the benchmark
+MEMORY_BAR_MB = 50.0
+P95_BAR = 0.10
+STALL_MARGIN_MS = 100.0
+SAMPLE_S = 5.0
+CONFIG = Path(__file__).resolve().parents[1] / "config" / "perception.yaml"
+
+
+def resident_mb(pid: int) -> float | None:
+    """Resident memory of a process in MB (VmRSS), None once it is gone."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024.0
+    except OSError:
+        return None
+    return None
+
+
+def stalls(arrivals: list[float], limit_s: float) -> list[tuple[float, float]]:
+    """(start, gap) of every gap between consecutive outputs longer than `limit_s` (seconds)."""
+    gaps = np.diff(np.asarray(arrivals, np.float64))
+    return [(float(arrivals[i]), float(g)) for i, g in enumerate(gaps) if g > limit_s]
+
+
+def summarise(duration_s: float, outputs: dict[str, list[tuple[float, float, str]]], memory: list[tuple[float, float]],
+              counters: dict[str, dict[str, int]], crashed: bool, published: dict[str, int]) -> dict:
+    """The soak's figures and bars from what was measured: outputs per camera as (time s, node ms, tier),
+    memory as (time s, MB); times count from the first frame published."""
+    window = duration_s / 6.0
+    every = [o for camera in outputs.values() for o in camera]
+    tier_p99 = {t: float(np.percentile([ms for _, ms, tier in every if tier == t], 99))
+                for t in TIERS if sum(tier == t for _, _, tier in every) >= 20}
+    limit_ms = max(tier_p99.values(), default=0.0) + STALL_MARGIN_MS
+    first = [ms for t, ms, _ in every if t < window]
+    last = [ms for t, ms, _ in every if t >= duration_s - window]
+    p95_first = float(np.percentile(first, 95)) if first else None
+    p95_last = float(np.percentile(last, 95)) if last else None
+    after_first = [mb for t, mb in memory if t >= window]
+    growth = after_first[-1] - after_first[0] if len(after_first) >= 2 else None
+    camera_stalls = {camera: stalls([t for t, _, _ in rows], limit_ms / 1e3) for camera, rows in outputs.items()}
+    p95_change = (p95_last / p95_first - 1.0) if p95_first and p95_last else None
+    return {
+        "duration_s": duration_s, "window_s": window, "rate_hz": RATE_HZ, "cameras": list(outputs),
+        "published": published,
+        "processed": {camera: len(rows) for camera, rows in outputs.items()},
+        "node_counters": counters,
+        "tier_p99_ms": tier_p99, "stall_limit_ms": limit_ms,
+        "stalls": {camera: len(found) for camera, found in camera_stalls.items()},
+        "longest_gap_ms": {camera: float(np.diff([t for t, _, _ in rows]).max() * 1e3) if len(rows) > 1 else None
+                           for camera, rows in outputs.items()},
+        "memory_mb": {"start_of_run": memory[0][1] if memory else None,
+                      "end_of_first_window": after_first[0] if after_first else None,
+                      "end": memory[-1][1] if memory else None, "growth_after_first_window": growth},
+        "node_p95_ms": {"first_window": p95_first, "last_window": p95_last, "change": p95_change},
+        "crashes": int(crashed),
+        "bars": {"memory_growth_le_50mb": growth is not None and growth <= MEMORY_BAR_MB,
+                 "p95_within_10pct": p95_change is not None and abs(p95_change) <= P95_BAR,
+                 "no_stall": not any(camera_stalls.values()) and all(outputs.values()),
+                 "no_crash": not crashed},
+    }
+
+
+def table(report: dict) -> str:
+    m, p = report["memory_mb"], report["node_p95_ms"]
+    fmt = lambda v, d=1: "-" if v is None else f"{v:.{d}f}"  # noqa: E731
+    rows = [("cameras x rate", f"{len(report['cameras'])} x {report['rate_hz']:.0f} Hz raw 640x480"),
+            ("duration (min)", fmt(report["duration_s"] / 60)),
+            ("published / processed per camera", ", ".join(
+                f"{report['published'].get(c, 0)} / {report['processed'][c]}" for c in report["cameras"])),
+            ("dropped / lost before node per camera", ", ".join(
+                f"{report['node_counters'].get(c, {}).get('dropped', '-')} / "
+                f"{report['node_counters'].get(c, {}).get('lost_before_node', '-')}" for c in report["cameras"])),
+            ("resident MB: start, end of first window, end", f"{fmt(m['start_of_run'])}, "
+             f"{fmt(m['end_of_first_window'])}, {fmt(m['end'])}"),
+            ("memory growth after the first window (MB, bar <= 50)", fmt(m["growth_after_first_window"])),
+            ("node time p95 first / last window (ms)", f"{fmt(p['first_window'])} / {fmt(p['last_window'])}"),
+            ("p95 change (bar within 10 %)", "-" if p["change"] is None else f"{100 * p['change']:+.1f} %"),
+            ("stall limit (ms): slowest tier p99 + 100", fmt(report["stall_limit_ms"])),
+            ("stalls per camera (bar 0)", ", ".join(str(report["stalls"][c]) for c in report["cameras"])),
+            ("longest gap per camera (ms)", ", ".join(fmt(report["longest_gap_ms"][c]) for c in report["cameras"])),
+            ("crashes (bar 0)", str(report["crashes"]))]
+    lines = ["| figure | value |", "|---|---|"] + [f"| {k} | {v} |" for k, v in rows]
+    lines.append("bars: " + ", ".join(f"{k} {'met' if ok else 'NOT MET'}" for k, ok in report["bars"].items()))
+    return "\n".join(lines)
+
+
+def plot(report: dict, series: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(3, 1, figsize=(9, 7.5), sharex=True, dpi=100)
+    memory = np.asarray(series["memory"]).reshape(-1, 2)
+    axes[0].plot(memory[:, 0] / 60, memory[:, 1], color="tab:purple")
+    axes[0].set_ylabel("node resident MB")
+    minute = 60.0 if report["duration_s"] >= 600 else 10.0
+    for camera, rows in series["outputs"].items():
+        rows = np.asarray([(t, ms) for t, ms, _ in rows]).reshape(-1, 2)
+        if not len(rows):
+            continue
+        bins = np.floor(rows[:, 0] / minute)
+        edges = np.unique(bins)
+        p95 = [np.percentile(rows[bins == b, 1], 95) for b in edges]
+        rate = [np.sum(bins == b) / minute for b in edges]
+        axes[1].plot((edges + 0.5) * minute / 60, p95, marker=".", label=camera)
+        axes[2].plot((edges + 0.5) * minute / 60, rate, marker=".", label=camera)
+    axes[1].set_ylabel(f"node time p95 (ms)\nper {minute:.0f} s")
+    axes[2].set_ylabel("outputs per second")
+    axes[2].set_xlabel("minutes since the first frame")
+    for ax in axes[1:]:
+        ax.legend(fontsize=7)
+    fig.suptitle(f"Soak: {len(report['cameras'])} cameras x {report['rate_hz']:.0f} Hz raw 640x480, shipped defaults")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def run_soak(minutes: float, report_path: Path, domain: int | None = None) -> int:
+    """Run the soak; returns 0 when every bar is met, 1 otherwise."""
+    import rclpy
+    from adaptive_perception_msgs.msg import RoutingDecision
+    from diagnostic_msgs.msg import DiagnosticArray
+    from rclpy.qos import QoSProfile, ReliabilityPolicy
+
+    from adaptive_perception.ros.session import node_process
+    from adaptive_perception.transport import apply_defaults
+
+    duration = minutes * 60.0
+    work = report_path.parent / f"{report_path.stem}_logs"
+    work.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ)
+    if domain is not None:
+        env["ROS_DOMAIN_ID"] = str(domain)
+    apply_defaults(env)
+    os.environ.update(env)  # this process listens on the same domain and transport
+    outputs: dict[str, list[tuple[float, float, str]]] = {topic: [] for topic in TOPICS}
+    counters: dict[str, dict[str, int]] = {}
+    memory: list[tuple[float, float]] = []
+    crashed = False
+    parameters = {"image_topics": list(TOPICS), "metrics.port": 0}
+    print(f"soak: {len(TOPICS)} cameras x {RATE_HZ:.0f} Hz for {minutes:g} min; logs in {work}", file=sys.stderr)
+    context = rclpy.context.Context()
+    rclpy.init(context=context)
+    listener = rclpy.create_node("soak_listener", context=context)
+    executor = rclpy.executors.SingleThreadedExecutor(context=context)
+    executor.add_node(listener)
+    clock = {"start": None}
+
+    def routed(msg: RoutingDecision) -> None:
+        if msg.header.frame_id in outputs and clock["start"] is not None:
+            outputs[msg.header.frame_id].append((time.monotonic() - clock["start"], msg.total_ms, msg.tier_name))
+
+    def diagnostics(msg: DiagnosticArray) -> None:
+        for status in msg.status:
+            for topic in TOPICS:
+                if status.name.endswith(f"camera {topic}"):
+                    counters[topic] = {kv.key.removeprefix("frames_"): int(kv.value) for kv in status.values
+                                       if kv.key.startswith("frames_")}
+
+    reliable = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE)
+    listener.create_subscription(RoutingDecision, "/routing", routed, reliable)
+    listener.create_subscription(DiagnosticArray, "/diagnostics", diagnostics, reliable)
+    with node_process(parameters, work / "node.log", params_file=CONFIG) as node:
+        camera = subprocess.Popen([sys.executable, "-m", "adaptive_perception.training.soak", "publish",
+                                   "--seconds", str(duration)], env=env, stdout=subprocess.PIPE, text=True,
+                                  stderr=open(work / "camera.log", "w"))
+        try:
+            start_line = camera.stdout.readline()  # the camera prints "start" with its first frame
+            if not start_line.startswith("start"):
+                raise RuntimeError(f"camera process failed; see {work / 'camera.log'}")
+            clock["start"] = time.monotonic()
+            next_sample = 0.0
+            with progress(total=int(duration), desc="soak", unit="second") as bar:
+                while (elapsed := time.monotonic() - clock["start"]) < duration + 2.0:
+                    executor.spin_once(timeout_sec=0.05)
+                    if elapsed >= next_sample:
+                        mb = resident_mb(node.pid)
+                        if mb is not None:
+                            memory.append((elapsed, mb))
+                        next_sample += SAMPLE_S
+                        bar.n = min(int(elapsed), int(duration))
+                        bar.refresh()
+                    if node.poll() is not None:
+                        crashed = True
+                        print(f"soak: the node exited with code {node.returncode} after {elapsed:.0f} s; see "
+                              f"{work / 'node.log'}", file=sys.stderr)
+                        break
+            published = json.loads(camera.communicate(timeout=60)[0].strip().splitlines()[-1])
+            deadline = time.monotonic() + 2.5  # one more /diagnostics after the last frame
+            while time.monotonic() < deadline:
+                executor.spin_once(timeout_sec=0.05)
+        finally:
+            if camera.poll() is None:
+                camera.kill()
+    executor.shutdown()
+    listener.destroy_node()
+    rclpy.shutdown(context=context)
+    report = summarise(duration, outputs, memory, counters, crashed, published)
+    report["machine"] = {"cpus": os.cpu_count(), "platform": platform.platform()}
+    print(table(report))
+    report_path.parent.mkdir(parents=True, exist_ok=True)
+    report_path.write_text(json.dumps({**report, "series": {"memory": memory}}, indent=1))
+    plot(report, {"memory": memory, "outputs": outputs}, report_path.with_suffix(".png"))
+    print(f"wrote {report_path} and {report_path.with_suffix('.png')}")
+    return 0 if all(report["bars"].values()) else 1
+
+
+def _publish(args: argparse.Namespace) -> None:
+    """Publish a rendered loop of frames on every camera topic at RATE_HZ for `seconds`; print counts as JSON."""
+    import rclpy
+    from rclpy.qos import QoSProfile, ReliabilityPolicy
+    from sensor_msgs.msg import Image
+
+    from adaptive_perception.scenes.sequence import SequenceSpec, render_sequence
+    from adaptive_perception.transport import apply_defaults
+
+    apply_defaults()
+    frames = [f.rgb for f in render_sequence(SequenceSpec(SEED, 0, LOOP_FRAMES))]
+    rclpy.init()
+    node = rclpy.create_node("soak_camera")
+    qos = QoSProfile(depth=1, reliability=ReliabilityPolicy.BEST_EFFORT)  # a camera driver's sensor-data QoS
+    publishers = {topic: node.create_publisher(Image, topic, qos) for topic in TOPICS}
+    messages = []
+    for rgb in frames:
+        msg = Image(height=rgb.shape[0], width=rgb.shape[1], encoding="rgb8", step=rgb.shape[1] * 3)
+        msg.data = rgb.tobytes()
+        messages.append(msg)
+    deadline = time.monotonic() + 120  # the node loads and warms three tiers first
+    while any(p.get_subscription_count() < 1 for p in publishers.values()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(1.0)  # let discovery settle
+    sent = {topic: 0 for topic in TOPICS}
+    print("start", flush=True)
+    start = time.perf_counter()
+    index = 0
+    while (now := time.perf_counter()) - start < args.seconds:
+        delay = start + index / RATE_HZ - now
+        if delay > 0:
+            time.sleep(delay)
+        msg = messages[index % len(messages)]
+        stamp = time.time_ns()
+        msg.header.stamp.sec, msg.header.stamp.nanosec = divmod(stamp, 1_000_000_000)
+        for topic, publisher in publishers.items():
+            msg.header.frame_id = topic
+            publisher.publish(msg)
+            sent[topic] += 1
+        index += 1
+    print(json.dumps(sent), flush=True)
+    node.destroy_node()
+    rclpy.shutdown()
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(prog="adaptive_perception.training.soak")
+    parser.add_argument("role", choices=["publish"])
+    parser.add_argument("--seconds", type=float, required=True)
+    _publish(parser.parse_args())
