@@ -16,7 +16,7 @@ $(STAMPS)/venv: ros2_ws/requirements-ros.txt setup.py
 	@mkdir -p $(STAMPS)
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) (the ROS 2 Jazzy wheels are built for CPython 3.11)"; exit 1; }
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
-	_ROS_WHEELS_BOOTSTRAP_COMPLETE=1 $(VENV)/bin/pip install -q -r ros2_ws/requirements-ros.txt -e '.[test,scenes,demo]'
+	_ROS_WHEELS_BOOTSTRAP_COMPLETE=1 $(VENV)/bin/pip install -q -r ros2_ws/requirements-ros.txt -e '.[test,scenes,demo,foxglove]'
 	@touch $@
 
 # The ROS wheels' CMake files name two include paths under /opt/python/cp311-cp311; each build
@@ -45,7 +45,7 @@ $(STAMPS)/test-msgs: $(STAMPS)/venv $(shell find tests/ros_interfaces -type f)
 
 # Offline training/export side: torch, torchvision, ultralytics (about 6 GB, about 2 minutes here).
 $(STAMPS)/train: $(STAMPS)/venv
-	_ROS_WHEELS_BOOTSTRAP_COMPLETE=1 $(VENV)/bin/pip install -q -e '.[train,test,scenes,demo]'
+	_ROS_WHEELS_BOOTSTRAP_COMPLETE=1 $(VENV)/bin/pip install -q -e '.[train,test,scenes,demo,foxglove]'
 	@mkdir -p build/yolo_config
 	@touch $@
 

@@ -21,6 +21,8 @@ setup(
         (f"share/{PACKAGE}", ["package.xml"]),
         (f"share/{PACKAGE}/launch", glob("launch/*.py")),
         (f"share/{PACKAGE}/config", glob("config/*.yaml") + glob("config/*.xml")),
+        (f"share/{PACKAGE}/config/prometheus", glob("config/prometheus/*.yml")),
+        (f"share/{PACKAGE}/config/foxglove", glob("config/foxglove/*.json")),
     ],
     install_requires=[
         "numpy>=1.24",
@@ -51,11 +53,13 @@ setup(
         # the node's MLflow run per session (mlflow.tracking_uri): the light client, and the drivers of a local
         # sqlite:/// store. The training extra brings the full MLflow.
         "mlflow": MLFLOW_CLIENT,
+        # `adaptive-perception record --live`: a Foxglove WebSocket server
+        "foxglove": ["foxglove-sdk==0.30.3"],
         # `make demo`: the node's MLflow runs and the demo's plot
         "demo": [*MLFLOW_CLIENT, "matplotlib==3.11.2"],
         # scene generator: sample photographs bundled in the scikit-image wheel; COCO evaluation
         "scenes": ["scikit-image==0.26.0", "pycocotools==2.0.11"],
-        "test": ["pytest>=8", "pytest-timeout>=2.3"],
+        "test": ["pytest>=8", "pytest-timeout>=2.3", "websockets>=12", "foxglove-sdk==0.30.3"],
     },
     entry_points={
         "console_scripts": [

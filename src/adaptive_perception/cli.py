@@ -155,6 +155,23 @@ def _parser() -> argparse.ArgumentParser:
     soak.add_argument("--report", type=Path, default=Path("training/reports/soak.json"),
                       help="JSON to write, with a PNG beside it (default: the committed report the README quotes)")
 
+    record = sub.add_parser("record", help="the node's topics to segmented MCAP files (Foxglove, rosbags) and/or a "
+                                           "live Foxglove WebSocket server")
+    record.add_argument("--out", type=Path, help="folder of MCAP segments (recording_0001/, ...)")
+    record.add_argument("--camera", action="append", default=None,
+                        help="camera topic to record (repeatable; default /image)")
+    record.add_argument("--node", default="perception_node", help="node name, for its debug image topic")
+    record.add_argument("--topics", nargs="+", help="record exactly these topics instead of the defaults (cameras, "
+                                                    "/detections, /routing, <node>/debug_image/compressed, /diagnostics)")
+    record.add_argument("--segment-mb", type=float, default=1024.0, help="close a segment at this size")
+    record.add_argument("--segment-s", type=float, default=300.0, help="close a segment after this many seconds")
+    record.add_argument("--budget-mb", type=float, default=20480.0,
+                        help="remove the oldest segments beyond this total (raw 640x480 at 30 Hz is about 27 MB/s)")
+    record.add_argument("--duration", type=float, default=0.0, help="seconds to record; 0 = until Ctrl-C")
+    record.add_argument("--live", action="store_true", help="also serve the topics live to Foxglove (foxglove-sdk)")
+    record.add_argument("--live-port", type=int, default=8765)
+    record.add_argument("--live-host", default="127.0.0.1", help="0.0.0.0 to serve other machines")
+
     demo = sub.add_parser("demo", help="end-to-end demo on generated frames, no downloads")
     demo.add_argument("--sequence", type=int, default=49, help="frozen benchmark test sequence to replay (46-59)")
     demo.add_argument("--frames", type=int, default=150,
@@ -308,6 +325,12 @@ def main(argv: list[str] | None = None) -> int:
 
             run(args.stage, settings_from(args))
             return 0
+        if args.command == "record":
+            from adaptive_perception.ros.record import default_topics, run_record
+
+            topics = args.topics or default_topics(args.camera or ["/image"], args.node)
+            return run_record(args.out, topics, args.segment_mb, args.segment_s, args.budget_mb, args.duration,
+                              args.live_port if args.live else None, args.live_host)
         if args.command == "bench" and args.bench_command == "soak":
             from adaptive_perception.training.soak import run_soak
 

@@ -1,0 +1,121 @@
+"""Recording serialized ROS messages into segmented rosbag2 MCAP files with a disk budget (ROS-free).
+
+Each segment is a complete rosbag2 folder (`<prefix>_<NNNN>/`, MCAP storage, message schemas embedded, so
+Foxglove shows typed fields and `rosbags` reads it back). A segment closes when it holds `segment_bytes`
+of messages or spans `segment_s` seconds; the oldest closed segments are removed while the recording is over
+`budget_bytes` (never the open one). A process killed mid-write loses at most the open segment; every
+closed one stays readable.
+"""
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from pathlib import Path
+
+from rosbags.rosbag2 import StoragePlugin, Writer
+from rosbags.typesys import Stores, get_types_from_msg, get_typestore
+
+from adaptive_perception.errors import ConfigError
+
+SEGMENT_RE = re.compile(r"_(\d{4,})$")
+
+
+def ros_typestore(prefixes: list[str] | None = None):
+    """ROS 2 Jazzy's standard types plus every message definition installed under the ament prefixes
+    (`share/<package>/msg/*.msg`: this project's interfaces, vision_msgs), so any topic the node publishes
+    can be written with its schema."""
+    store = get_typestore(Stores.ROS2_JAZZY)
+    found = {}
+    for prefix in prefixes if prefixes is not None else os.environ.get("AMENT_PREFIX_PATH", "").split(os.pathsep):
+        if not prefix:
+            continue
+        for path in sorted(Path(prefix, "share").glob("*/msg/*.msg")):
+            name = f"{path.parent.parent.name}/msg/{path.stem}"
+            if name not in store.fielddefs:
+                found.update(get_types_from_msg(path.read_text(), name))
+    if found:
+        store.register(found)
+    return store
+
+
+def message_definition(store, msgtype: str) -> str:
+    """The ros2msg text of a type with its dependencies (what an MCAP schema record holds)."""
+    return store.generate_msgdef(msgtype, ros_version=2)[0]
+
+
+class SegmentedRecorder:
+    """Writes (topic, type, time, CDR bytes) into rolling rosbag2 MCAP segments under `folder`."""
+
+    def __init__(self, folder: str | Path, store, prefix: str = "recording", segment_bytes: int = 1 << 30,
+                 segment_s: float = 300.0, budget_bytes: int = 20 << 30) -> None:
+        if segment_bytes <= 0 or segment_s <= 0 or budget_bytes < segment_bytes:
+            raise ConfigError(f"recording limits: segment {segment_bytes} bytes / {segment_s} s and budget "
+                              f"{budget_bytes} bytes must be > 0, with the budget at least one segment")
+        self.folder = Path(folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.store, self.prefix = store, prefix
+        self.segment_bytes, self.segment_s, self.budget_bytes = segment_bytes, segment_s, budget_bytes
+        existing = [int(m.group(1)) for p in self.folder.iterdir() if (m := SEGMENT_RE.search(p.name))]
+        self._next = max(existing, default=0) + 1  # a restart continues the numbering, never overwrites
+        self._writer: Writer | None = None
+        self._path: Path | None = None
+        self._connections: dict[tuple[str, str], object] = {}
+        self._bytes = 0
+        self._first_ns: int | None = None
+        self.closed_segments: list[Path] = []
+        self.removed_segments: list[Path] = []
+        self.messages = 0
+
+    @property
+    def current(self) -> Path | None:
+        """The segment being written, if any."""
+        return self._path
+
+    def write(self, topic: str, msgtype: str, stamp_ns: int, cdr: bytes) -> None:
+        if self._writer is not None and (self._bytes >= self.segment_bytes or
+                                         stamp_ns - self._first_ns >= self.segment_s * 1e9):
+            self._close_segment()
+        if self._writer is None:
+            self._open_segment(stamp_ns)
+        key = (topic, msgtype)
+        if key not in self._connections:
+            if msgtype not in self.store.fielddefs:
+                raise ConfigError(f"topic {topic}: message type {msgtype} has no definition here; source the "
+                                  "workspace that provides it (AMENT_PREFIX_PATH) before recording")
+            self._connections[key] = self._writer.add_connection(topic, msgtype, typestore=self.store)
+        self._writer.write(self._connections[key], stamp_ns, bytes(cdr))
+        self._bytes += len(cdr)
+        self.messages += 1
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._close_segment()
+
+    def _open_segment(self, stamp_ns: int) -> None:
+        self._path = self.folder / f"{self.prefix}_{self._next:04d}"
+        self._next += 1
+        self._writer = Writer(self._path, version=9, storage_plugin=StoragePlugin.MCAP)
+        self._writer.open()
+        self._connections, self._bytes, self._first_ns = {}, 0, stamp_ns
+
+    def _close_segment(self) -> None:
+        self._writer.close()
+        self.closed_segments.append(self._path)
+        self._writer, self._path = None, None
+        self._enforce_budget()
+
+    def _enforce_budget(self) -> None:
+        """Remove the oldest closed segments while the folder's segments exceed the budget."""
+        def size(path: Path) -> int:
+            return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+        segments = sorted((p for p in self.folder.iterdir() if SEGMENT_RE.search(p.name) and p.is_dir()),
+                          key=lambda p: int(SEGMENT_RE.search(p.name).group(1)))
+        total = sum(size(p) for p in segments)
+        for oldest in segments:
+            if total <= self.budget_bytes or oldest == self._path:
+                break
+            total -= size(oldest)
+            shutil.rmtree(oldest)
+            self.removed_segments.append(oldest)

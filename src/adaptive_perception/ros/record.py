@@ -1,0 +1,111 @@
+"""`adaptive-perception record`: the node's topics to segmented MCAP (and, optionally, a live Foxglove server).
+
+Subscribes to camera frames, detections, routing decisions, debug images and /diagnostics as serialized bytes
+(no conversion on the way), and hands them to `recording.SegmentedRecorder` and `live.LiveServer`."""
+from __future__ import annotations
+
+import importlib
+import sys
+import time
+from pathlib import Path
+
+from rclpy.node import Node
+from rclpy.qos import QoSProfile, ReliabilityPolicy
+
+from adaptive_perception.errors import ConfigError
+from adaptive_perception.recording import SegmentedRecorder
+
+IMAGE_TYPES = ("sensor_msgs/msg/Image", "sensor_msgs/msg/CompressedImage")
+
+
+def default_topics(cameras: list[str], node_name: str) -> list[str]:
+    """Camera frames, the node's outputs, its compressed debug image and /diagnostics."""
+    return [*cameras, "/detections", "/routing", f"/{node_name.strip('/')}/debug_image/compressed", "/diagnostics"]
+
+
+def message_class(msgtype: str):
+    """The Python class of `pkg/msg/Type`."""
+    package, _, name = msgtype.split("/")
+    return getattr(importlib.import_module(f"{package}.msg"), name)
+
+
+class TopicRecorder:
+    """Subscribes to each topic once its type is known on the graph; every message goes to the sinks."""
+
+    def __init__(self, node: Node, topics: list[str], recorder: SegmentedRecorder | None = None, live=None) -> None:
+        self.node, self.topics, self.recorder, self.live = node, list(topics), recorder, live
+        self.types: dict[str, str] = {}
+        self.counts: dict[str, int] = {topic: 0 for topic in topics}
+        self._subscriptions = []
+        self._timer = node.create_timer(0.5, self.discover)
+        self.discover()
+
+    def discover(self) -> None:
+        """Subscribe to the listed topics that have appeared on the graph (types read from the graph)."""
+        known = dict(self.node.get_topic_names_and_types())
+        for topic in self.topics:
+            if topic in self.types or topic not in known:
+                continue
+            msgtype = known[topic][0]
+            reliability = ReliabilityPolicy.BEST_EFFORT if msgtype in IMAGE_TYPES else ReliabilityPolicy.RELIABLE
+            self._subscriptions.append(self.node.create_subscription(
+                message_class(msgtype), topic, lambda raw, t=topic, m=msgtype: self._on_message(t, m, raw),
+                QoSProfile(depth=30, reliability=reliability), raw=True))
+            self.types[topic] = msgtype
+            if self.live is not None:
+                self.live.advertise(topic, msgtype)
+
+    def _on_message(self, topic: str, msgtype: str, raw: bytes) -> None:
+        stamp = self.node.get_clock().now().nanoseconds
+        if self.recorder is not None:
+            self.recorder.write(topic, msgtype, stamp, raw)
+        if self.live is not None:
+            self.live.log(topic, msgtype, raw, stamp)
+        self.counts[topic] += 1
+
+    def stop(self) -> None:
+        """Stop subscribing (the sinks stay open: close them once the executor has stopped)."""
+        self.node.destroy_timer(self._timer)
+        for subscription in self._subscriptions:
+            self.node.destroy_subscription(subscription)
+
+
+def run_record(out: Path | None, topics: list[str], segment_mb: float, segment_s: float, budget_mb: float,
+               duration_s: float, live_port: int | None, live_host: str) -> int:
+    """Record until Ctrl-C (or `duration_s` > 0); prints one line per closed segment."""
+    from adaptive_perception.live import LiveServer
+    from adaptive_perception.recording import ros_typestore
+    from adaptive_perception.ros.session import spun_node
+
+    if out is None and live_port is None:
+        raise ConfigError("nothing to do: give --out DIR (MCAP segments) and/or --live (Foxglove server)")
+    store = ros_typestore()
+    recorder = SegmentedRecorder(out, store, "recording", int(segment_mb * 2**20), segment_s,
+                                 int(budget_mb * 2**20)) if out is not None else None
+    live = LiveServer(store, live_host, live_port) if live_port is not None else None
+    where = [f"MCAP segments in {out}"] if out else []
+    where += [f"Foxglove live on ws://{live_host}:{live.port}"] if live else []
+    print(f"recording {topics}: {', '.join(where)}; Ctrl-C stops", file=sys.stderr, flush=True)
+    with spun_node("adaptive_perception_recorder") as node:
+        recording = TopicRecorder(node, topics, recorder, live)
+        closed = 0
+        started = time.monotonic()
+        try:
+            while duration_s <= 0 or time.monotonic() - started < duration_s:
+                time.sleep(0.2)
+                if recorder is not None and len(recorder.closed_segments) > closed:
+                    for path in recorder.closed_segments[closed:]:
+                        print(f"closed {path}", file=sys.stderr, flush=True)
+                    closed = len(recorder.closed_segments)
+        except KeyboardInterrupt:
+            pass
+        finally:
+            recording.stop()
+    for sink in (recorder, live):
+        if sink is not None:
+            sink.close()
+    missing = [t for t in topics if t not in recording.types]
+    print(f"recorded {sum(recording.counts.values())} messages: " +
+          ", ".join(f"{t} {n}" for t, n in recording.counts.items()) +
+          (f"; never seen on the graph: {missing}" if missing else ""), file=sys.stderr)
+    return 0

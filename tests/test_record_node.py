@@ -1,0 +1,115 @@
+"""Recording the node's topics to MCAP and serving them live to Foxglove, on a real rclpy graph."""
+from __future__ import annotations
+
+import asyncio
+import time
+import json
+import struct
+
+import numpy as np
+import websockets
+from rosbags.highlevel import AnyReader
+
+from adaptive_perception.live import LiveServer
+from adaptive_perception.recording import SegmentedRecorder, ros_typestore
+from adaptive_perception.ros.record import TopicRecorder, default_topics
+from conftest import unused_port
+from rosgraph import Graph, image_msg, wait_until
+
+STORE = ros_typestore()
+
+
+def _graph(context, tier_models) -> Graph:
+    graph = Graph(context, {**{f"models.{t}": str(p) for t, p in tier_models.items()}, "routing_mode": "fixed:small",
+                            "policy": "", "providers": ["CPUExecutionProvider"], "warmup_runs": 0})
+    assert graph.transition("configure") and graph.transition("activate")
+    graph.wait_for_image_subscriber()
+    return graph
+
+
+def test_the_recording_holds_every_message_type_with_typed_fields(context, tier_models, regime_frames, tmp_path):
+    graph = _graph(context, tier_models)
+    topics = default_topics(["/image"], graph.name)
+    recorder = SegmentedRecorder(tmp_path / "rec", STORE, segment_s=600)
+    recording = TopicRecorder(graph.driver, topics, recorder)
+    try:
+        assert wait_until(lambda: recording.discover() or len(recording.types) == len(topics), 10)
+        assert wait_until(lambda: graph.node._debug_pubs[1].get_subscription_count() > 0, 10)
+        for sec in (1, 2, 3):
+            assert graph.send_lockstep(image_msg(regime_frames["dense"], sec=sec))
+            time.sleep(0.3)  # the debug image is drawn in a thread of its own: one per frame at this pace
+        assert wait_until(lambda: recording.discover() or recording.counts["/routing"] == 3, 10)
+        assert wait_until(lambda: recording.counts["/diagnostics"] >= 1 and
+                          recording.counts[f"/{graph.name}/debug_image/compressed"] == 3, 10)
+    finally:
+        recording.stop()
+        recorder.close()
+        graph.close()
+    with AnyReader(recorder.closed_segments) as reader:
+        types = {c.topic: c.msgtype for c in reader.connections}
+        messages = {}
+        for connection, _, raw in reader.messages():
+            messages.setdefault(connection.topic, []).append(reader.deserialize(raw, connection.msgtype))
+    assert types == {"/image": "sensor_msgs/msg/Image", "/detections": "vision_msgs/msg/Detection2DArray",
+                     "/routing": "adaptive_perception_msgs/msg/RoutingDecision",
+                     f"/{graph.name}/debug_image/compressed": "sensor_msgs/msg/CompressedImage",
+                     "/diagnostics": "diagnostic_msgs/msg/DiagnosticArray"}
+    assert [m.header.stamp.sec for m in messages["/image"]] == [1, 2, 3]
+    assert [m.tier_name for m in messages["/routing"]] == ["small"] * 3
+    assert all(m.frame_age_ms > 0 and m.total_ms > 0 for m in messages["/routing"])
+    names = {r.hypothesis.class_id.split("-")[0] for d in messages["/detections"] for det in d.detections for r in det.results}
+    assert names == {"small"}  # typed all the way down: the class names of the small tier's file
+    assert np.array_equal(np.frombuffer(bytes(messages["/image"][0].data), np.uint8), regime_frames["dense"].reshape(-1))
+    assert [m.format for m in messages[f"/{graph.name}/debug_image/compressed"]] == ["jpeg"] * 3
+    assert any(s.name.endswith("camera /image") for d in messages["/diagnostics"] for s in d.status)
+
+
+async def _receive_detections(port: int, count: int, timeout: float) -> list[tuple[int, bytes]]:
+    """A Foxglove WebSocket client: subscribe to /detections once advertised, return (log time, payload)s."""
+    got: list[tuple[int, bytes]] = []
+    async with websockets.connect(f"ws://127.0.0.1:{port}", subprotocols=["foxglove.sdk.v1"]) as ws:
+        async def run():
+            async for frame in ws:
+                if isinstance(frame, str):
+                    message = json.loads(frame)
+                    if message["op"] == "advertise":
+                        for channel in message["channels"]:
+                            if channel["topic"] == "/detections":
+                                assert channel["encoding"] == "cdr" and channel["schemaEncoding"] == "ros2msg"
+                                assert "BoundingBox2D" in channel["schema"]
+                                await ws.send(json.dumps({"op": "subscribe",
+                                                          "subscriptions": [{"id": 7, "channelId": channel["id"]}]}))
+                elif frame[0] == 0x01:  # message data: opcode, subscription id, log time, payload
+                    subscription, log_time = struct.unpack_from("<IQ", frame, 1)
+                    assert subscription == 7
+                    got.append((log_time, frame[13:]))
+                    if len(got) == count:
+                        return
+        await asyncio.wait_for(run(), timeout)
+    return got
+
+
+def test_a_foxglove_client_receives_typed_detections_live(context, tier_models, regime_frames):
+    graph = _graph(context, tier_models)
+    live = LiveServer(STORE, port=unused_port())
+    recording = TopicRecorder(graph.driver, ["/detections", "/routing"], live=live)
+    try:
+        assert wait_until(lambda: recording.discover() or len(recording.types) == 2, 10)
+        loop = asyncio.new_event_loop()
+        client = loop.run_in_executor(None, lambda: asyncio.run(_receive_detections(live.port, 2, 30)))
+        time.sleep(1.0)  # the client connects and subscribes
+        for sec in (5, 6):
+            assert graph.send_lockstep(image_msg(regime_frames["dense"], sec=sec))
+        received = loop.run_until_complete(client)
+        loop.close()
+    finally:
+        recording.stop()
+        live.close()
+        graph.close()
+    decoded = [STORE.deserialize_cdr(payload, "vision_msgs/msg/Detection2DArray") for _, payload in received]
+    assert [d.header.stamp.sec for d in decoded] == [5, 6]
+    sent = graph.detections[-2:]
+    assert [len(d.detections) for d in decoded] == [len(d.detections) for d in sent]
+    first = decoded[0].detections[0]
+    assert first.results[0].hypothesis.class_id == sent[0].detections[0].results[0].hypothesis.class_id
+    assert abs(first.bbox.size_x - sent[0].detections[0].bbox.size_x) < 1e-9

@@ -1,0 +1,152 @@
+"""Segmented MCAP recording without ROS: rollover by time and size, the disk budget, schemas, kill -9."""
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from rosbags.highlevel import AnyReader
+
+from adaptive_perception.errors import ConfigError
+from adaptive_perception.recording import SegmentedRecorder, message_definition, ros_typestore
+
+STORE = ros_typestore()
+ROUTING = "adaptive_perception_msgs/msg/RoutingDecision"
+IMAGE = "sensor_msgs/msg/Image"
+
+
+def _routing(stamp_ns: int, tier: str) -> bytes:
+    types = STORE.types
+    header = types["std_msgs/msg/Header"](stamp=types["builtin_interfaces/msg/Time"](
+        sec=stamp_ns // 10**9, nanosec=stamp_ns % 10**9), frame_id="cam")
+    msg = types[ROUTING](header=header, tier=["nano", "small", "large"].index(tier), tier_name=tier, mode="learned",
+                         probabilities=np.array([0.2, 0.3, 0.5], np.float32), policy_id="p", feature_ms=0.2,
+                         policy_ms=0.1, inference_ms=9.0, total_ms=9.5, frame_age_ms=20.0, audited=False,
+                         drift_state=0, drift_score=float("nan"))
+    return STORE.serialize_cdr(msg, ROUTING)
+
+
+def _image(stamp_ns: int) -> bytes:
+    types = STORE.types
+    header = types["std_msgs/msg/Header"](stamp=types["builtin_interfaces/msg/Time"](
+        sec=stamp_ns // 10**9, nanosec=stamp_ns % 10**9), frame_id="cam")
+    data = np.full(30 * 40 * 3, stamp_ns % 251, np.uint8)
+    return STORE.serialize_cdr(types[IMAGE](header=header, height=30, width=40, encoding="rgb8", is_bigendian=0,
+                                            step=120, data=data), IMAGE)
+
+
+def _read(folder: Path) -> list[tuple[str, int, object]]:
+    with AnyReader([folder]) as reader:
+        return [(c.topic, t, reader.deserialize(raw, c.msgtype)) for c, t, raw in reader.messages()]
+
+
+def test_segments_roll_over_by_time_keep_schemas_and_read_back(tmp_path):
+    recorder = SegmentedRecorder(tmp_path, STORE, segment_s=1.0)
+    tiers = ["nano", "small", "large"]
+    # 30 Hz for 3.3 s. Frame 30 is 30 x 33.333333 ms = 999.99999 ms after frame 0: still inside the first second,
+    # so each segment holds 31 frames and the next starts at 31, 62, 93 (7 left)
+    for i in range(100):
+        stamp = 10**9 + i * 33_333_333
+        recorder.write("/cam/image_raw", IMAGE, stamp, _image(stamp))
+        recorder.write("/routing", ROUTING, stamp, _routing(stamp, tiers[i % 3]))
+    recorder.close()
+    assert [p.name for p in recorder.closed_segments] == [f"recording_{n:04d}" for n in (1, 2, 3, 4)]
+    counts = [len(_read(p)) // 2 for p in recorder.closed_segments]
+    assert counts == [31, 31, 31, 7]
+    second = _read(recorder.closed_segments[1])
+    routed = [m for topic, _, m in second if topic == "/routing"]
+    assert [m.tier_name for m in routed[:3]] == ["small", "large", "nano"]  # frames 31, 32, 33
+    assert routed[0].header.stamp.sec == 2 and routed[0].total_ms == pytest.approx(9.5)
+    images = [m for topic, _, m in second if topic == "/cam/image_raw"]
+    assert images[0].width == 40 and int(images[0].data[0]) == (10**9 + 31 * 33_333_333) % 251
+    with AnyReader([recorder.closed_segments[0]]) as reader:  # the schema travels with the data
+        connection = next(c for c in reader.connections if c.topic == "/routing")
+        assert "string tier_name" in connection.msgdef.data and "float32 frame_age_ms" in connection.msgdef.data
+    assert "float32 frame_age_ms" in message_definition(STORE, ROUTING)
+
+
+def test_the_budget_removes_the_oldest_segments_and_a_restart_continues_the_numbering(tmp_path):
+    one_frame = len(_image(0))
+    recorder = SegmentedRecorder(tmp_path, STORE, segment_bytes=10 * one_frame, budget_bytes=25 * one_frame)
+    for i in range(60):  # 6 segments of 10 frames, about 10 frames' worth each on disk
+        recorder.write("/cam/image_raw", IMAGE, 10**9 + i, _image(10**9 + i))
+    recorder.close()
+    assert len(recorder.closed_segments) == 6
+    left = sorted(p.name for p in tmp_path.iterdir())
+    assert left == ["recording_0005", "recording_0006"] and len(recorder.removed_segments) == 4
+    assert [m.header.stamp.nanosec for _, _, m in _read(tmp_path / "recording_0006")][0] == 50
+    again = SegmentedRecorder(tmp_path, STORE, segment_bytes=10 * one_frame, budget_bytes=25 * one_frame)
+    again.write("/cam/image_raw", IMAGE, 5, _image(5))
+    again.close()
+    assert again.closed_segments == [tmp_path / "recording_0007"]
+
+
+def test_limits_are_validated_and_unknown_types_named(tmp_path):
+    with pytest.raises(ConfigError, match="budget"):
+        SegmentedRecorder(tmp_path, STORE, segment_bytes=100, budget_bytes=10)
+    recorder = SegmentedRecorder(tmp_path, STORE)
+    with pytest.raises(ConfigError, match="my_msgs/msg/Thing has no definition"):
+        recorder.write("/thing", "my_msgs/msg/Thing", 1, b"\x00\x01\x00\x00")
+    recorder.close()
+
+
+WRITER = """
+import sys, time
+sys.path.insert(0, {tests!r})
+from test_recording import STORE, IMAGE, _image
+from adaptive_perception.recording import SegmentedRecorder
+recorder = SegmentedRecorder({folder!r}, STORE, segment_s=0.5)
+i = 0
+while True:
+    stamp = 10**9 + i * 33_333_333
+    recorder.write("/cam/image_raw", IMAGE, stamp, _image(stamp))
+    i += 1
+    time.sleep(0.005)
+"""
+
+
+def test_a_kill_9_loses_at_most_the_open_segment(tmp_path):
+    folder = tmp_path / "evidence"
+    writer = subprocess.Popen([sys.executable, "-c", WRITER.format(tests=str(Path(__file__).parent), folder=str(folder))])
+    try:
+        deadline = time.monotonic() + 60
+        while len(list(folder.glob("*/metadata.yaml"))) < 3 and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        writer.send_signal(signal.SIGKILL)
+        writer.wait()
+    closed = sorted(p.parent for p in folder.glob("*/metadata.yaml"))
+    assert len(closed) >= 3
+    stamps = [m.header.stamp for p in closed for _, _, m in _read(p)]
+    assert len(stamps) >= 3 * 15  # 0.5 s segments at < 200 Hz
+    open_segments = [p for p in folder.iterdir() if p not in closed]
+    assert len(open_segments) <= 1  # only the segment being written lacks its metadata
+
+
+def test_the_foxglove_layout_reads_only_topics_and_fields_the_node_publishes():
+    import json
+    import re
+
+    layout = json.loads((Path(__file__).resolve().parents[1] / "config" / "foxglove" / "perception.json").read_text())
+    published = {"/routing": ROUTING, "/perception_node/debug_image/compressed": "sensor_msgs/msg/CompressedImage",
+                 "/diagnostics": "diagnostic_msgs/msg/DiagnosticArray"}
+    text = json.dumps(layout["configById"])
+    paths = re.findall(r'"(/[a-z_/]+)(?:\{[^}]*\})?\.([a-z_]+)"', text.replace('\\"', "'"))
+    assert {topic for topic, _ in paths} == {"/routing"} and len(paths) >= 5
+    for topic, field in paths:
+        assert field in {name for name, _ in STORE.fielddefs[published[topic]][1]}, (topic, field)
+    filters = re.findall(r"\{tier_name=='(\w+)'\}", text.replace('\\"', "'"))
+    assert sorted(filters) == ["large", "nano", "small"]
+    assert layout["configById"]["Image!debug"]["imageMode"]["imageTopic"] in published
+    assert layout["configById"]["DiagnosticSummary!all"]["topicToRender"] in published
+    panels = set(re.findall(r'"([A-Za-z]+![a-z]+)"', json.dumps(layout["layout"])))
+    assert panels == set(layout["configById"])  # every configured panel is placed, and only those
+
+
+def test_record_without_a_destination_says_what_to_give():
+    run = subprocess.run(["adaptive-perception", "record"], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 2 and "give --out DIR (MCAP segments) and/or --live" in run.stderr
