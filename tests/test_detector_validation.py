@@ -111,3 +111,31 @@ def test_nms_suppresses_only_overlaps_above_threshold():
 def test_detections_names_fall_back_to_index():
     det = Detections(np.zeros((2, 4), np.float32), np.ones(2, np.float32), np.array([1, 5]), ("a", "b"))
     assert det.names() == ["b", "5"] and len(det) == 2
+
+
+def test_gpu_provider_options_cache_engines_per_model_and_set_fp16(peer_model, tmp_path):
+    from adaptive_perception.detector import AcceleratorSettings, file_digest, provider_options
+
+    settings = AcceleratorSettings(trt_cache_dir=str(tmp_path / "trt"), trt_fp16=False, device_id=1)
+    digest = file_digest(peer_model)
+    options = provider_options(["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"],
+                               peer_model, digest, settings)
+    trt, cuda, cpu = options
+    cache = tmp_path / "trt" / f"{peer_model.stem}-{digest}"
+    assert trt == ("TensorrtExecutionProvider", {
+        "device_id": "1", "trt_engine_cache_enable": "True", "trt_engine_cache_path": str(cache),
+        "trt_timing_cache_enable": "True", "trt_timing_cache_path": str(cache), "trt_fp16_enable": "False"})
+    assert cache.is_dir()  # created up front: onnxruntime writes the engine there on the first run
+    assert cuda == ("CUDAExecutionProvider", {"device_id": "1"}) and cpu == "CPUExecutionProvider"
+    other = provider_options(["TensorrtExecutionProvider"], peer_model, "0" * 16, AcceleratorSettings(str(tmp_path / "trt")))
+    assert other[0][1]["trt_engine_cache_path"] != str(cache) and other[0][1]["trt_fp16_enable"] == "True"
+
+
+def test_requested_gpu_providers_fall_back_to_cpu_visibly(peer_model, tmp_path, caplog):
+    from adaptive_perception.detector import DEFAULT_PROVIDERS, AcceleratorSettings
+
+    detector = DetectorTier(peer_model, DEFAULT_PROVIDERS, accelerator=AcceleratorSettings(str(tmp_path / "trt")))
+    assert detector.providers == ("CPUExecutionProvider",)  # this machine's onnxruntime has no GPU providers
+    assert detector.requested[0] == "TensorrtExecutionProvider"
+    assert "TensorrtExecutionProvider" in caplog.text and "not available" in caplog.text
+    assert not (tmp_path / "trt").exists()  # no engine cache for a provider that is not used

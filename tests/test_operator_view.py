@@ -355,3 +355,17 @@ def test_an_unwritable_mlflow_store_costs_the_run_not_the_perception(context, ti
         assert "MLflow run not started" in {kv.key: kv.value for kv in graph.status("routing").values}["mlflow_run"]
     finally:
         graph.close()
+
+
+def test_a_silent_fallback_to_cpu_is_visible_at_configure_and_in_diagnostics(context, tier_models, tmp_path):
+    from adaptive_perception.detector import DEFAULT_PROVIDERS
+
+    graph = _graph(context, tier_models, providers=list(DEFAULT_PROVIDERS),
+                   **{"tensorrt.engine_cache_dir": str(tmp_path / "trt")})
+    try:
+        tier = {kv.key: kv.value for kv in graph.status("tier large").values}
+        assert (tier["requested_provider"], tier["provider"]) == ("TensorrtExecutionProvider", "CPUExecutionProvider")
+        assert wait_until(lambda: any("on CPUExecutionProvider (requested TensorrtExecutionProvider: not available "
+                                      "here)" in log.msg for log in graph.logs), 5)
+    finally:
+        graph.close()

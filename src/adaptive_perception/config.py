@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from adaptive_perception.detector import DEFAULT_PROVIDERS, TIERS
+from adaptive_perception.detector import DEFAULT_PROVIDERS, TIERS, AcceleratorSettings
 from adaptive_perception.errors import ConfigError
 from adaptive_perception.router import RouterSettings, check_mode, tiers_needed
 from adaptive_perception.telemetry import HealthSettings
@@ -32,6 +32,7 @@ class NodeConfig:
     router: RouterSettings = RouterSettings()
     models: dict[str, str] = field(default_factory=lambda: {tier: f"{EMBEDDED_PREFIX}{tier}" for tier in TIERS})
     providers: tuple[str, ...] = DEFAULT_PROVIDERS
+    accelerator: AcceleratorSettings = AcceleratorSettings()
     conf_threshold: float = 0.25
     iou_threshold: float = 0.7
     max_detections: int = 300
@@ -80,6 +81,9 @@ class NodeConfig:
         if self.qos_depth < 1 or self.max_detections < 1:
             raise ConfigError("qos.depth and max_detections must be >= 1")
         self.health.validate()
+        if self.accelerator.device_id < 0 or not self.accelerator.trt_cache_dir:
+            raise ConfigError(f"cuda.device_id {self.accelerator.device_id} must be >= 0 and tensorrt.engine_cache_dir "
+                              "non-empty (built TensorRT engines are kept there between runs)")
         if self.mlflow_uri and (not self.mlflow_interval_s > 0 or not self.mlflow_experiment):
             raise ConfigError(f"mlflow.interval_s {self.mlflow_interval_s} must be > 0 and mlflow.experiment non-empty")
         if not 0 <= self.metrics_port <= 65535:

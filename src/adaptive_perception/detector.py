@@ -165,6 +165,7 @@ class DetectorTier:
         max_detections: int = 300,
         intra_op_threads: int = 0,
         name: str = "",
+        accelerator: AcceleratorSettings | None = None,
     ) -> None:
         import onnxruntime as ort
 
@@ -182,12 +183,14 @@ class DetectorTier:
             options.intra_op_num_threads = intra_op_threads
         options.log_severity_level = 3
         chosen = select_providers(providers, ort.get_available_providers())
+        self.digest = file_digest(self.path)
+        self.requested = tuple(providers)
+        configured = provider_options(chosen, self.path, self.digest, accelerator or AcceleratorSettings())
         try:
-            self.session = ort.InferenceSession(str(self.path), sess_options=options, providers=chosen)
+            self.session = ort.InferenceSession(str(self.path), sess_options=options, providers=configured)
         except Exception as exc:  # onnxruntime raises several private exception types
             raise ModelFileError(self.path, f"is not a loadable ONNX model ({str(exc).splitlines()[0]})") from exc
         self.providers = tuple(self.session.get_providers())
-        self.digest = file_digest(self.path)
         if self.providers[0] != chosen[0]:
             LOG.warning("%s: %s could not start; running on %s", self.path, chosen[0], self.providers[0])
         self.info = self._inspect()
@@ -283,6 +286,35 @@ class DetectorTier:
         frame = np.full((height, width, 3), PAD_VALUE, np.uint8)
         for _ in range(runs):
             self.detect(frame)
+
+
+@dataclass(frozen=True)
+class AcceleratorSettings:
+    """Options of the GPU execution providers (node parameters `tensorrt.*`, `cuda.device_id`)."""
+
+    trt_cache_dir: str = "~/.cache/adaptive_perception/tensorrt"  # built engines persist here between runs
+    trt_fp16: bool = True
+    device_id: int = 0
+
+
+def provider_options(chosen: Sequence[str], model: Path, digest: str,
+                     settings: AcceleratorSettings) -> list[str | tuple[str, dict[str, str]]]:
+    """onnxruntime's providers argument for `chosen`: TensorRT with an engine cache of its own per model file
+    (`<cache>/<file stem>-<digest>`: the digest fixes the graph and its static input size, so an engine is never
+    reused for another model or size) and optional FP16; CUDA on the configured device; CPU as it is."""
+    out: list[str | tuple[str, dict[str, str]]] = []
+    for provider in chosen:
+        if provider == "TensorrtExecutionProvider":
+            cache = Path(settings.trt_cache_dir).expanduser() / f"{model.stem}-{digest}"
+            cache.mkdir(parents=True, exist_ok=True)
+            out.append((provider, {"device_id": str(settings.device_id), "trt_engine_cache_enable": "True",
+                                   "trt_engine_cache_path": str(cache), "trt_timing_cache_enable": "True",
+                                   "trt_timing_cache_path": str(cache), "trt_fp16_enable": str(settings.trt_fp16)}))
+        elif provider == "CUDAExecutionProvider":
+            out.append((provider, {"device_id": str(settings.device_id)}))
+        else:
+            out.append(provider)
+    return out
 
 
 def select_providers(requested: Sequence[str], available: Sequence[str]) -> list[str]:

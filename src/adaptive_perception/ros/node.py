@@ -19,7 +19,7 @@ from sensor_msgs.msg import CompressedImage, Image
 from vision_msgs.msg import Detection2DArray
 
 from adaptive_perception.config import NodeConfig, resolve_model
-from adaptive_perception.detector import TIERS, Detections, DetectorTier
+from adaptive_perception.detector import TIERS, AcceleratorSettings, Detections, DetectorTier
 from adaptive_perception.drawing import draw_routed
 from adaptive_perception.errors import AdaptivePerceptionError, ImageDecodeError, TierFailure
 from adaptive_perception.features import RoutingContext, next_context, routing_features
@@ -84,6 +84,8 @@ class PerceptionNode(LifecycleNode):
                                   p("routing.cost_weight").value),
             models={tier: p(f"models.{tier}").value for tier in TIERS},
             providers=tuple(p("providers").value),
+            accelerator=AcceleratorSettings(p("tensorrt.engine_cache_dir").value, p("tensorrt.fp16").value,
+                                            p("cuda.device_id").value),
             conf_threshold=p("conf_threshold").value,
             iou_threshold=p("iou_threshold").value,
             max_detections=p("max_detections").value,
@@ -107,13 +109,15 @@ class PerceptionNode(LifecycleNode):
             for tier, path in config.model_paths().items():
                 started = time.perf_counter()
                 detector = DetectorTier(path, config.providers, config.conf_threshold, config.iou_threshold,
-                                        config.max_detections, config.intra_op_threads, name=tier)
+                                        config.max_detections, config.intra_op_threads, tier, config.accelerator)
                 detector.warmup(config.warmup_runs)
                 detectors[tier] = detector
                 self.get_logger().info(
                     f"tier {tier}: {path} ({detector.info.input_size[1]}x{detector.info.input_size[0]}, "
-                    f"{len(detector.class_names)} classes, {detector.providers[0]}) loaded and warm in "
-                    f"{(time.perf_counter() - started) * 1e3:.0f} ms")
+                    f"{len(detector.class_names)} classes) loaded and warm in "
+                    f"{(time.perf_counter() - started) * 1e3:.0f} ms on {detector.providers[0]}"
+                    + ("" if detector.providers[0] == detector.requested[0] else
+                       f" (requested {detector.requested[0]}: not available here)"))
             policy = Policy(resolve_model(config.policy)) if config.policy else None
             router = Router(config.routing_mode, policy, config.router)
             if policy is not None:
@@ -331,7 +335,8 @@ class PerceptionNode(LifecycleNode):
             report["qos_incompatible"] = self._qos_incompatible.get(camera, 0)
             array.status.append(_status(f"{node}: camera {self.resolve_topic_name(camera)}", node, report))
         for tier, detector in self.detectors.items():
-            report = telemetry.tier_report(tier) | {"provider": detector.providers[0], "model": str(detector.path)}
+            report = telemetry.tier_report(tier) | {"provider": detector.providers[0],
+                                                    "requested_provider": detector.requested[0], "model": str(detector.path)}
             array.status.append(_status(f"{node}: tier {tier}", node, report))
         array.status.append(_status(f"{node}: routing", node, {
             "level": WARN if self._metrics_state.startswith("not served") else OK,
