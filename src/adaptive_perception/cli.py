@@ -172,6 +172,9 @@ def _parser() -> argparse.ArgumentParser:
     record.add_argument("--live-port", type=int, default=8765)
     record.add_argument("--live-host", default="127.0.0.1", help="0.0.0.0 to serve other machines")
 
+    health = sub.add_parser("health", help="exit 0 when the node's metrics say it is healthy (container healthcheck)")
+    health.add_argument("--url", default="http://127.0.0.1:9464/metrics", help="the node's metrics endpoint")
+
     demo = sub.add_parser("demo", help="end-to-end demo on generated frames, no downloads")
     demo.add_argument("--sequence", type=int, default=49, help="frozen benchmark test sequence to replay (46-59)")
     demo.add_argument("--frames", type=int, default=150,
@@ -325,6 +328,12 @@ def main(argv: list[str] | None = None) -> int:
 
             run(args.stage, settings_from(args))
             return 0
+        if args.command == "health":
+            from adaptive_perception.metrics import check_health
+
+            healthy, why = check_health(args.url)
+            print(f"{'healthy' if healthy else 'unhealthy'}: {why}")
+            return 0 if healthy else 1
         if args.command == "record":
             from adaptive_perception.ros.record import default_topics, run_record
 

@@ -91,3 +91,30 @@ class PrometheusMetrics:
             self._server.shutdown()
             self._server.server_close()
             self._server = None
+
+
+def check_health(url: str = "http://127.0.0.1:9464/metrics", timeout_s: float = 5.0) -> tuple[bool, str]:
+    """A container healthcheck from the node's metrics: healthy when the endpoint answers, no tier failed, and
+    frames that arrive get processed. Returns (healthy, one line saying why)."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    try:
+        text = urllib.request.urlopen(url, timeout=timeout_s).read().decode()
+    except OSError as exc:
+        return False, f"metrics endpoint {url} does not answer ({exc}); is perception_node running and configured?"
+    received = processed = tier_failures = 0.0
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == f"{PREFIX}_frames_received_total":
+                received += sample.value
+            elif sample.name == f"{PREFIX}_frames_processed_total":
+                processed += sample.value
+            elif sample.name == f"{PREFIX}_frames_failed_total" and sample.labels["kind"].startswith("tier_failed"):
+                tier_failures += sample.value
+    if tier_failures:
+        return False, f"a detector tier failed on {tier_failures:.0f} frames"
+    if received and not processed:
+        return False, f"{received:.0f} frames arrived and none was processed"
+    return True, f"{processed:.0f} of {received:.0f} frames processed"

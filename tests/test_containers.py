@@ -1,0 +1,121 @@
+"""What can be checked of the containers without a Docker engine: hadolint, the paths the Dockerfiles copy,
+the compose file against the compose spec, its Prometheus config under promtool, the healthcheck against a
+real node's metrics, and package.xml's dependencies against what the code imports."""
+from __future__ import annotations
+
+import ast
+import re
+import shutil
+import subprocess
+import sys
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from compose_spec import PyCompose
+
+from adaptive_perception.cli import main
+from conftest import unused_port
+from rosgraph import Graph, image_msg, wait_until
+
+ROOT = Path(__file__).resolve().parents[1]
+DOCKERFILES = [ROOT / "docker" / "Dockerfile.x86_cuda", ROOT / "docker" / "Dockerfile.jetson"]
+
+
+def test_hadolint_passes_on_both_dockerfiles():
+    hadolint = Path(sys.executable).parent / "hadolint"
+    run = subprocess.run([str(hadolint), *map(str, DOCKERFILES)], capture_output=True, text=True)
+    assert run.returncode == 0, run.stdout + run.stderr
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
+def test_dockerfiles_are_multi_stage_non_root_and_copy_only_what_exists(dockerfile):
+    text = dockerfile.read_text()
+    stages = re.findall(r"^FROM \S+ AS (\w+)", text, re.M)
+    assert stages == ["build", "runtime"]
+    runtime = text.split(" AS runtime", 1)[1]
+    assert re.search(r"^USER 1000$", runtime, re.M) and "HEALTHCHECK" in runtime and "adaptive_perception.cli health" in runtime
+    copies = re.findall(r"^COPY (?!--from)(.+)$", text, re.M)
+    assert copies
+    ignored = {line.strip() for line in (ROOT / ".dockerignore").read_text().splitlines()
+               if line.strip() and not line.startswith("#")}
+    for line in copies:
+        for source in line.split()[:-1]:
+            assert (ROOT / source).exists(), f"{dockerfile.name} copies {source}, which does not exist"
+            assert source not in ignored, f"{dockerfile.name} copies {source}, which .dockerignore leaves out"
+    assert "COPY --from=build /ws/install /ws/install" in text
+    assert "training/checkpoints" in ignored and ".venv" in ignored and "build" in ignored
+
+
+def test_compose_validates_and_points_at_files_that_exist():
+    compose_file = ROOT / "docker" / "compose.yaml"
+    text = compose_file.read_text()
+    assert PyCompose.from_yaml(text).service_names() == ["perception", "prometheus", "foxglove"]
+    with pytest.raises(Exception, match="network_mod"):
+        PyCompose.from_yaml(text.replace("network_mode: host", "network_mod: host", 1))  # the validator bites
+    spec = yaml.safe_load(text)
+    build = spec["services"]["perception"]["build"]
+    assert (compose_file.parent / build["context"] / build["dockerfile"]).is_file()
+    for volume in spec["services"]["prometheus"]["volumes"]:
+        assert (compose_file.parent / volume.split(":")[0]).is_file(), volume
+    assert spec["services"]["foxglove"]["profiles"] == ["foxglove"]
+
+
+def test_the_compose_prometheus_config_passes_promtool(tmp_path):
+    promtool = shutil.which("promtool")
+    assert promtool, "promtool is missing: `make setup` installs Debian's prometheus package"
+    config = yaml.safe_load((ROOT / "docker" / "prometheus.yml").read_text())
+    assert config["rule_files"] == ["/etc/prometheus/alerts.yml"]  # where compose mounts the shipped rules
+    assert config["scrape_configs"][0]["static_configs"][0]["targets"] == ["127.0.0.1:9464"]  # the node's default
+    config["rule_files"] = [str(ROOT / "config" / "prometheus" / "alerts.yml")]
+    (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
+    run = subprocess.run([promtool, "check", "config", str(tmp_path / "prometheus.yml")], capture_output=True, text=True)
+    assert run.returncode == 0 and "SUCCESS: 6 rules found" in run.stdout, run.stdout + run.stderr
+
+
+def test_the_healthcheck_reads_a_real_node(context, tier_models, capsys):
+    port = unused_port()
+    assert main(["health", "--url", f"http://127.0.0.1:{port}/metrics"]) == 1
+    assert "does not answer" in capsys.readouterr().out
+    graph = Graph(context, {**{f"models.{t}": str(p) for t, p in tier_models.items()}, "routing_mode": "fixed:nano",
+                            "policy": "", "providers": ["CPUExecutionProvider"], "warmup_runs": 0, "metrics.port": port})
+    try:
+        assert graph.transition("configure") and graph.transition("activate")
+        graph.wait_for_image_subscriber()
+        assert main(["health", "--url", f"http://127.0.0.1:{port}/metrics"]) == 0
+        assert capsys.readouterr().out.strip() == "healthy: 0 of 0 frames processed"
+        for sec in (1, 2):
+            assert graph.send_lockstep(image_msg(np.zeros((64, 64, 3), np.uint8), sec=sec))
+        assert wait_until(lambda: graph.node.totals().processed == 2, 5)
+        assert main(["health", "--url", f"http://127.0.0.1:{port}/metrics"]) == 0
+        assert capsys.readouterr().out.strip() == "healthy: 2 of 2 frames processed"
+        graph.node.metrics.failed("image", "tier_failed:nano")  # what a failing tier records
+        assert main(["health", "--url", f"http://127.0.0.1:{port}/metrics"]) == 1
+        assert "a detector tier failed on 1 frames" in capsys.readouterr().out
+    finally:
+        graph.close()
+
+
+# ROS packages the runtime imports -> their package.xml keys; Python modules -> rosdep keys
+PYTHON_KEYS = {"numpy": "python3-numpy", "cv2": "python3-opencv", "yaml": "python3-yaml"}
+PIP_ONLY = {"onnxruntime", "rosbags", "tqdm", "prometheus_client", "mlflow", "foxglove", "matplotlib"}
+
+
+def test_package_xml_declares_exactly_the_ros_packages_the_runtime_imports():
+    declared = {e.text for e in ET.parse(ROOT / "package.xml").getroot().iter("exec_depend")}
+    imported = set()
+    for path in [*(ROOT / "src" / "adaptive_perception").rglob("*.py"), *(ROOT / "launch").glob("*.py")]:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                imported |= {alias.name.split(".")[0] for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                imported.add(node.module.split(".")[0])
+    stdlib = set(sys.stdlib_module_names) | {"adaptive_perception"}
+    third_party = imported - stdlib - PIP_ONLY
+    needed = {PYTHON_KEYS.get(name, name) for name in third_party}
+    missing = needed - declared
+    assert not missing, f"imported but not in package.xml: {sorted(missing)}"
+    unused = declared - needed
+    assert not unused, f"in package.xml but never imported: {sorted(unused)}"
