@@ -1,0 +1,140 @@
+"""Audit sampling off the hot path: a share of routed frames also runs through the reference tier (ROS-free).
+
+Agreement between the routed output and the reference is the live accuracy proxy: F1 at IoU 0.5, where a
+routed box matches at most one reference box of the same class (greedy, highest IoU first), F1 = 2 TP /
+(routed + reference); two empty outputs agree fully (1.0). The audit worker holds one frame at a time: when it
+is busy, or when its busy time over the last `window_s` exceeds `max_share` of the wall time, the sample is
+skipped and counted, so the routed frame is never delayed and the audit's compute stays bounded.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import Callable, Hashable
+
+import numpy as np
+
+from adaptive_perception.detector import Detections, box_iou
+from adaptive_perception.errors import ConfigError
+
+AGREEMENT_IOU = 0.5
+
+
+def agreement(routed: Detections, reference: Detections, iou: float = AGREEMENT_IOU) -> float:
+    """F1 of the routed boxes against the reference boxes (class-aware, one-to-one, IoU >= `iou`)."""
+    if len(routed) == 0 and len(reference) == 0:
+        return 1.0
+    if len(routed) == 0 or len(reference) == 0:
+        return 0.0
+    routed_names, reference_names = np.array(routed.names()), np.array(reference.names())
+    overlap = box_iou(routed.boxes.astype(np.float64), reference.boxes.astype(np.float64))
+    overlap[routed_names[:, None] != reference_names[None, :]] = 0.0
+    matched = 0
+    pairs = np.argwhere(overlap >= iou)
+    used_r, used_f = set(), set()
+    for i, j in sorted(pairs.tolist(), key=lambda p: -overlap[p[0], p[1]]):
+        if i not in used_r and j not in used_f:
+            used_r.add(i)
+            used_f.add(j)
+            matched += 1
+    return 2.0 * matched / (len(routed) + len(reference))
+
+
+@dataclass(frozen=True)
+class AuditSettings:
+    """Node parameters `audit.*`."""
+
+    every: int = 30  # audit one frame in `every` (per camera); 0 = off
+    max_share: float = 0.25  # most of the wall time the audit worker may spend running the reference tier
+    window_s: float = 10.0
+
+    def validate(self) -> "AuditSettings":
+        if self.every < 0 or not 0.0 < self.max_share <= 1.0 or not self.window_s > 0:
+            raise ConfigError(f"audit.every {self.every} must be >= 0 (0 = off) and audit.max_share "
+                              f"{self.max_share} in (0, 1]")
+        return self
+
+
+class AuditWorker:
+    """Runs `reference(rgb) -> Detections` on offered frames in a thread of its own and reports
+    `on_result(key, agreement, reference_detections)`."""
+
+    def __init__(self, reference: Callable[[np.ndarray], Detections],
+                 on_result: Callable[[Hashable, float, Detections], None], settings: AuditSettings = AuditSettings(),
+                 clock=time.monotonic) -> None:
+        self.settings = settings.validate()
+        self._reference, self._on_result, self._clock = reference, on_result, clock
+        self._counts: dict[Hashable, int] = {}
+        self._busy: deque[tuple[float, float]] = deque()  # (start, end) of recent audits
+        self._pending: tuple[Hashable, np.ndarray, Detections] | None = None
+        self._running = False
+        self._cond = threading.Condition()
+        self._closed = False
+        self.audited = 0
+        self.skipped_busy = 0  # due, but the worker was still auditing an earlier frame
+        self.skipped_share = 0  # due, but the audit's share of the wall time was used up
+        self.failed = 0
+        self._thread = threading.Thread(target=self._loop, name="audit", daemon=True)
+        self._thread.start()
+
+    def due(self, camera: Hashable) -> bool:
+        """Count one routed frame of `camera`; True when it is this camera's turn to be audited."""
+        if not self.settings.every:
+            return False
+        count = self._counts.get(camera, 0)
+        self._counts[camera] = count + 1
+        return count % self.settings.every == 0
+
+    def busy_share(self) -> float:
+        """Share of the last `window_s` the worker spent auditing."""
+        now = self._clock()
+        start = now - self.settings.window_s
+        with self._cond:
+            while self._busy and self._busy[0][1] < start:
+                self._busy.popleft()
+            spent = sum(min(end, now) - max(begin, start) for begin, end in self._busy)
+        return spent / self.settings.window_s
+
+    def offer(self, key: Hashable, rgb: np.ndarray, routed: Detections) -> bool:
+        """Hand a due frame to the worker; False (and counted) when it is busy or over its share."""
+        if self.busy_share() > self.settings.max_share:
+            self.skipped_share += 1
+            return False
+        with self._cond:
+            if self._running or self._pending is not None:
+                self.skipped_busy += 1
+                return False
+            self._pending = (key, rgb, routed)
+            self._cond.notify()
+        return True
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+        self._thread.join(timeout=30)
+
+    def _loop(self) -> None:
+        while True:
+            with self._cond:
+                self._cond.wait_for(lambda: self._pending is not None or self._closed)
+                if self._closed:
+                    return
+                key, rgb, routed = self._pending
+                self._pending, self._running = None, True
+            started = self._clock()
+            try:
+                reference = self._reference(rgb)
+                score = agreement(routed, reference)
+            except Exception:  # the audit never takes the node down; a failure is counted
+                self.failed += 1
+                reference, score = None, None
+            finally:
+                with self._cond:
+                    self._busy.append((started, self._clock()))
+                    self._running = False
+            if reference is not None:
+                self.audited += 1
+                self._on_result(key, score, reference)

@@ -1,0 +1,108 @@
+"""Audit sampling without ROS: agreement by hand, the sampling schedule, and the worker's bounds."""
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from adaptive_perception.audit import AuditSettings, AuditWorker, agreement
+from adaptive_perception.detector import DetectorTier, Detections
+from adaptive_perception.errors import ConfigError
+
+NAMES = ("car", "person")
+
+
+def _dets(*boxes: tuple[float, float, float, float, int]) -> Detections:
+    array = np.array([b[:4] for b in boxes], np.float32).reshape(-1, 4)
+    return Detections(array, np.full(len(boxes), 0.9, np.float32), np.array([b[4] for b in boxes], np.int64), NAMES)
+
+
+def test_agreement_is_f1_at_iou_half_one_to_one_and_class_aware():
+    reference = _dets((0, 0, 10, 10, 0), (50, 50, 60, 60, 1))
+    # one car matches (IoU 81/100 = 0.81), the person is far from any: TP 1 -> 2 * 1 / (2 + 2)
+    assert agreement(_dets((1, 1, 10, 10, 0), (100, 100, 110, 110, 1)), reference) == 0.5
+    # IoU of (0,0,10,10) and (5,0,15,10) is 50/150 = 0.33 < 0.5: no match
+    assert agreement(_dets((5, 0, 15, 10, 0)), _dets((0, 0, 10, 10, 0))) == 0.0
+    assert agreement(_dets((0, 0, 10, 10, 1)), _dets((0, 0, 10, 10, 0))) == 0.0  # same box, other class
+    # two routed boxes on one reference box: only one matches -> 2 * 1 / (2 + 1)
+    assert agreement(_dets((0, 0, 10, 10, 0), (0, 0, 10, 9, 0)), _dets((0, 0, 10, 10, 0))) == pytest.approx(2 / 3)
+    assert agreement(_dets(), _dets()) == 1.0 and agreement(_dets(), reference) == 0.0
+
+
+def test_every_nth_frame_of_each_camera_is_due():
+    worker = AuditWorker(lambda rgb: _dets(), lambda *a: None, AuditSettings(every=3))
+    try:
+        due = [(camera, worker.due(camera)) for camera in ["a", "a", "b", "a", "a", "b", "b", "a"]]
+        assert [d for c, d in due if c == "a"] == [True, False, False, True, False]
+        assert [d for c, d in due if c == "b"] == [True, False, False]
+    finally:
+        worker.close()
+    off = AuditWorker(lambda rgb: _dets(), lambda *a: None, AuditSettings(every=0))
+    assert not off.due("a") and not off.due("a")
+    off.close()
+
+
+def test_the_worker_runs_the_reference_tier_off_the_caller_and_skips_when_busy_or_over_its_share(peer_model):
+    tier = DetectorTier(peer_model)
+    frame = np.random.default_rng(0).integers(0, 256, (240, 320, 3), np.uint8)
+    results, release = [], threading.Event()
+
+    def slow_reference(rgb):
+        release.wait(10)  # holds the worker until the test lets it go
+        return tier.detect(rgb)
+
+    worker = AuditWorker(slow_reference, lambda key, score, ref: results.append((key, score, len(ref))),
+                         AuditSettings(every=1, max_share=1.0))
+    try:
+        routed = tier.detect(frame)
+        started = time.perf_counter()
+        assert worker.offer("f1", frame, routed)
+        assert time.perf_counter() - started < 1.0  # returns at once: the reference tier is held for 10 s
+        assert not worker.offer("f2", frame, _dets())  # still auditing f1
+        assert worker.skipped_busy == 1
+        release.set()
+        deadline = time.monotonic() + 10
+        while not results and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert results == [("f1", 1.0, len(tier.detect(frame)))]  # the same tier agrees with itself
+        assert worker.audited == 1
+    finally:
+        worker.close()
+    stingy = AuditWorker(tier.detect, lambda *a: None, AuditSettings(every=1, max_share=0.001, window_s=10))
+    try:
+        assert stingy.offer("g1", frame, _dets())
+        deadline = time.monotonic() + 10
+        while stingy.audited == 0 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert stingy.busy_share() > 0.001  # one inference (tens of ms) is more than 10 ms of the last 10 s
+        assert not stingy.offer("g2", frame, _dets()) and stingy.skipped_share == 1
+    finally:
+        stingy.close()
+
+
+def test_a_failing_reference_is_counted_and_the_worker_keeps_going():
+    calls = []
+
+    def flaky(rgb):
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("session lost")
+        return _dets()
+
+    results = []
+    worker = AuditWorker(flaky, lambda *a: results.append(a), AuditSettings(every=1))
+    try:
+        assert worker.offer(1, np.zeros((4, 4, 3), np.uint8), _dets())
+        deadline = time.monotonic() + 5
+        while worker.failed == 0 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert worker.offer(2, np.zeros((4, 4, 3), np.uint8), _dets())
+        while not results and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert worker.failed == 1 and results[0][:2] == (2, 1.0)
+    finally:
+        worker.close()
+    with pytest.raises(ConfigError, match="audit.max_share"):
+        AuditSettings(max_share=0.0).validate()
