@@ -1,0 +1,184 @@
+"""Drift monitor: is the world the node sees still the one its policy was trained on? (ROS-free)
+
+Three statistics over a sliding window of the most recent frames, each compared with reference statistics
+written into the policy file at training time (`DriftReference`, metadata `adaptive_perception.drift`):
+- **feature shift**: the 1024 image features projected onto `PROJECTIONS` fixed directions (a seeded Gaussian
+  matrix, after standardising with the reference mean and std); per direction the window's share of frames
+  in each of the reference's decile bins, against the reference's 10 % each, as the population stability
+  index PSI = sum (p - q) ln(p / q) (shares floored at 0.5 / window); the statistic is the mean PSI over the
+  directions;
+- **routing-mix shift**: total variation distance between the window's tier mix and the reference mix;
+- **agreement drop**: the reference's mean audit agreement minus the mean of the last `AUDIT_WINDOW` audits.
+Each statistic is divided by its threshold; the drift score is the largest ratio. Thresholds are the largest
+value each statistic took over held-out in-distribution streams (`calibrate`) times a margin, so the
+false-alarm rate on such data is stated, not guessed: zero over the calibration frames, by construction,
+and measured on other held-out frames in the drift report. State: OK; WARN while the score is above 1;
+DRIFT after the score stayed above 1 for `confirm` consecutive frames; back to OK only after it stayed
+below `release` (< 1) for `confirm` frames (hysteresis).
+"""
+from __future__ import annotations
+
+import json
+from collections import deque
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from adaptive_perception.errors import ConfigError
+
+PROJECTIONS = 8
+BINS = 10
+WINDOW = 150  # frames: 5 s at 30 Hz
+AUDIT_WINDOW = 10
+MARGIN = 1.25
+PROJECTION_SEED = 20261128
+METADATA_KEY = "adaptive_perception.drift"
+UNKNOWN, OK, WARN, DRIFT = 0, 1, 2, 3  # the RoutingDecision DRIFT_* values
+STATE_NAMES = {UNKNOWN: "unknown", OK: "ok", WARN: "warn", DRIFT: "drift"}
+
+
+def projection(dims: int, seed: int = PROJECTION_SEED, count: int = PROJECTIONS) -> np.ndarray:
+    """The fixed (dims, count) projection, unit-norm columns."""
+    matrix = np.random.default_rng(seed).standard_normal((dims, count))
+    return (matrix / np.linalg.norm(matrix, axis=0)).astype(np.float64)
+
+
+@dataclass
+class DriftReference:
+    """What in-distribution looked like at training time, and the calibrated thresholds."""
+
+    mean: list[float]  # per image feature
+    std: list[float]
+    edges: list[list[float]]  # per projection, the BINS - 1 inner decile edges
+    tier_mix: list[float]  # nano, small, large on the reference data, as the policy routed it
+    agreement: float  # mean audit agreement of the routed output with the reference tier
+    thresholds: dict[str, float] = field(default_factory=dict)  # feature_psi, mix_tvd, agreement_drop
+    window: int = WINDOW
+    seed: int = PROJECTION_SEED
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+    @staticmethod
+    def from_json(text: str) -> "DriftReference":
+        try:
+            data = json.loads(text)
+            reference = DriftReference(**data)
+        except (ValueError, TypeError) as exc:
+            raise ConfigError(f"the policy's drift reference ({METADATA_KEY}) is not readable: {exc}") from None
+        if len(reference.mean) != len(reference.std) or len(reference.edges) != PROJECTIONS:
+            raise ConfigError(f"the policy's drift reference ({METADATA_KEY}) has inconsistent sizes")
+        return reference
+
+    def project(self, features: np.ndarray) -> np.ndarray:
+        """(N, PROJECTIONS) projected, standardised image features."""
+        image = np.asarray(features, np.float64)[..., :len(self.mean)]
+        scaled = (image - np.asarray(self.mean)) / np.maximum(np.asarray(self.std), 1e-6)
+        return scaled @ projection(len(self.mean), self.seed)
+
+
+def build_reference(features: np.ndarray, tiers: np.ndarray, agreements: np.ndarray) -> DriftReference:
+    """Reference statistics from in-distribution frames: image features (N, >= 1024), the tier the policy
+    chose per frame, and audit agreements (routed output vs the reference tier) on those frames."""
+    image = np.asarray(features, np.float64)[:, :1024]
+    reference = DriftReference(mean=image.mean(0).tolist(), std=image.std(0).tolist(), edges=[],
+                               tier_mix=(np.bincount(np.asarray(tiers, int), minlength=3) / len(tiers)).tolist(),
+                               agreement=float(np.mean(agreements)))
+    projected = reference.project(image)
+    reference.edges = [np.quantile(projected[:, j], np.arange(1, BINS) / BINS).tolist() for j in range(PROJECTIONS)]
+    return reference
+
+
+def feature_psi(reference: DriftReference, projected: np.ndarray) -> float:
+    """Mean PSI over the projections of a window of projected features (W, PROJECTIONS)."""
+    n = len(projected)
+    floor = 0.5 / n
+    expected = 1.0 / BINS
+    total = 0.0
+    for j in range(PROJECTIONS):
+        counts = np.bincount(np.searchsorted(reference.edges[j], projected[:, j], side="right"), minlength=BINS)
+        shares = np.maximum(counts / n, floor)
+        total += float(np.sum((shares - expected) * np.log(shares / expected)))
+    return total / PROJECTIONS
+
+
+def mix_tvd(reference: DriftReference, tiers: np.ndarray) -> float:
+    """Total variation distance between a window's tier mix and the reference mix."""
+    mix = np.bincount(np.asarray(tiers, int), minlength=3) / max(len(tiers), 1)
+    return float(0.5 * np.abs(mix - np.asarray(reference.tier_mix)).sum())
+
+
+def window_statistics(reference: DriftReference, projected: np.ndarray, tiers: np.ndarray,
+                      agreements: list[float]) -> dict[str, float]:
+    return {"feature_psi": feature_psi(reference, projected), "mix_tvd": mix_tvd(reference, tiers),
+            "agreement_drop": reference.agreement - float(np.mean(agreements)) if agreements else 0.0}
+
+
+def calibrate(reference: DriftReference, streams: list[tuple[np.ndarray, np.ndarray, np.ndarray]],
+              margin: float = MARGIN) -> dict[str, float]:
+    """Thresholds from held-out in-distribution streams of (features, tiers, per-frame audit agreement or NaN
+    for frames not audited): per statistic, the largest value any full window reached, times `margin`."""
+    peaks = {"feature_psi": 0.0, "mix_tvd": 0.0, "agreement_drop": 0.0}
+    for features, tiers, agreements in streams:
+        projected = reference.project(features)
+        for end in range(reference.window, len(projected) + 1):
+            start = end - reference.window
+            audits = [a for a in agreements[:end] if np.isfinite(a)][-AUDIT_WINDOW:]
+            values = window_statistics(reference, projected[start:end], tiers[start:end],
+                                       audits if len(audits) == AUDIT_WINDOW else [])
+            for key, value in values.items():
+                peaks[key] = max(peaks[key], value)
+    if not any(len(f) >= reference.window for f, _, _ in streams):
+        raise ConfigError(f"calibration needs streams of at least {reference.window} frames")
+    return {key: max(value * margin, 1e-6) for key, value in peaks.items()}
+
+
+class DriftMonitor:
+    """Feed one routed frame at a time; read `state` and `score`."""
+
+    def __init__(self, reference: DriftReference, confirm: int = 15, release: float = 0.8) -> None:
+        if not reference.thresholds:
+            raise ConfigError("the drift reference has no calibrated thresholds; re-export the policy with "
+                              "`adaptive-perception train export`")
+        self.reference, self.confirm, self.release = reference, confirm, release
+        self._projected: deque[np.ndarray] = deque(maxlen=reference.window)
+        self._tiers: deque[int] = deque(maxlen=reference.window)
+        self._audits: deque[float] = deque(maxlen=AUDIT_WINDOW)
+        self.state, self.score = UNKNOWN, float("nan")
+        self.statistics: dict[str, float] = {}
+        self._above = self._below = 0
+        self.frames = 0
+
+    def audit(self, agreement: float) -> None:
+        self._audits.append(float(agreement))
+
+    def update(self, features: np.ndarray, tier: int) -> tuple[int, float]:
+        """Add a frame; returns (state, score). UNKNOWN until the window is full."""
+        self.frames += 1
+        self._projected.append(self.reference.project(np.asarray(features)[None])[0])
+        self._tiers.append(int(tier))
+        if len(self._projected) < self.reference.window:
+            return self.state, self.score
+        audits = list(self._audits) if len(self._audits) == AUDIT_WINDOW else []
+        self.statistics = window_statistics(self.reference, np.asarray(self._projected), np.asarray(self._tiers), audits)
+        return self.advance(max(self.statistics[k] / self.reference.thresholds[k] for k in self.statistics))
+
+    def advance(self, score: float) -> tuple[int, float]:
+        """The state machine: one window's score in, the new (state, score) out."""
+        self.score = score
+        if score > 1.0:
+            self._above, self._below = self._above + 1, 0
+        elif score < self.release:
+            self._above, self._below = 0, self._below + 1
+        else:
+            self._above = self._below = 0
+        if self.state == DRIFT:
+            if self._below >= self.confirm:
+                self.state = OK
+        elif self._above >= self.confirm:
+            self.state = DRIFT
+        elif score > 1.0:
+            self.state = WARN
+        elif self.state != WARN or self._below > 0:
+            self.state = OK
+        return self.state, self.score

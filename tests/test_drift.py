@@ -1,0 +1,78 @@
+"""The drift monitor without ROS: PSI and mix shift by hand, the state machine's hysteresis, calibration."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from adaptive_perception.drift import (BINS, DRIFT, OK, PROJECTIONS, UNKNOWN, WARN, DriftMonitor, DriftReference,
+                                       build_reference, calibrate, feature_psi, mix_tvd)
+from adaptive_perception.errors import ConfigError
+
+
+def _reference(**overrides) -> DriftReference:
+    fields = dict(mean=[0.0] * 4, std=[1.0] * 4, edges=[list(map(float, range(1, BINS)))] * PROJECTIONS,
+                  tier_mix=[0.5, 0.3, 0.2], agreement=0.8,
+                  thresholds={"feature_psi": 1.0, "mix_tvd": 1.0, "agreement_drop": 1.0}, window=10)
+    fields.update(overrides)
+    return DriftReference(**fields)
+
+
+def test_psi_is_zero_on_the_reference_deciles_and_large_when_every_frame_falls_in_one_bin():
+    reference = _reference()
+    spread = np.repeat(np.arange(10)[:, None] + 0.5, PROJECTIONS, axis=1)  # one frame in each decile bin
+    assert feature_psi(reference, spread) == pytest.approx(0.0)
+    piled = np.full((10, PROJECTIONS), 0.5)  # every frame in the first bin; the 9 empty ones floored at 0.5 / 10
+    assert feature_psi(reference, piled) == pytest.approx(0.9 * math.log(10) + 9 * 0.05 * math.log(2))  # 2.3842
+
+
+def test_mix_shift_is_the_total_variation_distance():
+    # window mix 0.2 / 0.1 / 0.7 against 0.5 / 0.3 / 0.2: (0.3 + 0.2 + 0.5) / 2
+    assert mix_tvd(_reference(), np.array([0, 0, 1, 2, 2, 2, 2, 2, 2, 2])) == pytest.approx(0.5)
+
+
+def test_the_state_machine_warns_at_once_confirms_drift_and_releases_only_below_the_band():
+    monitor = DriftMonitor(_reference(), confirm=3, release=0.8)
+    states = [monitor.advance(score)[0] for score in
+              [0.5, 1.2, 0.9, 0.7, 1.5, 1.5, 1.5, 0.9, 0.5, 0.5, 1.1, 0.5]]
+    # OK; WARN at once; 0.9 is inside the band: still WARN; 0.7 below it: OK; three above: WARN, WARN, DRIFT;
+    # DRIFT holds through 0.9 and two frames below (confirm = 3), a frame above resets the count, then one below;
+    # two more below make three in a row: OK
+    assert states == [OK, WARN, WARN, OK, WARN, WARN, DRIFT, DRIFT, DRIFT, DRIFT, DRIFT, DRIFT]
+    assert [monitor.advance(0.5)[0] for _ in range(3)] == [DRIFT, OK, OK]
+
+
+def test_calibrated_thresholds_hold_on_new_in_distribution_frames_and_a_shift_is_drift():
+    rng = np.random.default_rng(1)
+    dims = 1024
+    scale = rng.uniform(0.5, 2.0, dims)
+
+    def stream(n: int, shift: float = 0.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        features = rng.standard_normal((n, dims)) * scale + shift * scale
+        tiers = rng.choice(3, n, p=[0.6, 0.3, 0.1])
+        agreements = np.where(np.arange(n) % 30 == 0, rng.uniform(0.7, 0.9, n), np.nan)
+        return features, tiers, agreements
+
+    features, tiers, agreements = stream(2000)
+    reference = build_reference(features, tiers, agreements[np.isfinite(agreements)])
+    assert reference.tier_mix == pytest.approx([0.6, 0.3, 0.1], abs=0.03) and reference.agreement == pytest.approx(0.8, abs=0.02)
+    reference.thresholds = calibrate(reference, [stream(600) for _ in range(3)])
+    assert set(reference.thresholds) == {"feature_psi", "mix_tvd", "agreement_drop"}
+    loaded = DriftReference.from_json(reference.to_json())
+    assert loaded.edges == reference.edges and loaded.thresholds == reference.thresholds
+    monitor = DriftMonitor(loaded, confirm=15)
+    fresh, fresh_tiers, _ = stream(600)
+    states = [monitor.update(f, t)[0] for f, t in zip(fresh, fresh_tiers)]
+    assert states[:loaded.window - 1] == [UNKNOWN] * (loaded.window - 1)
+    assert DRIFT not in states  # no false alarm on 600 new in-distribution frames
+    shifted, shifted_tiers, _ = stream(300, shift=1.0)
+    states = [monitor.update(f, t)[0] for f, t in zip(shifted, shifted_tiers)]
+    assert DRIFT in states and states.index(DRIFT) < 150  # within 5 s at 30 Hz of the change
+
+
+def test_a_reference_without_thresholds_or_with_broken_json_is_refused():
+    with pytest.raises(ConfigError, match="no calibrated thresholds"):
+        DriftMonitor(_reference(thresholds={}))
+    with pytest.raises(ConfigError, match="not readable"):
+        DriftReference.from_json("{broken")
