@@ -130,7 +130,7 @@ def plot(report: dict, series: dict, path: Path) -> None:
     axes[0].set_ylabel("node resident MB")
     minute = 60.0 if report["duration_s"] >= 600 else 10.0
     for camera, rows in series["outputs"].items():
-        rows = np.asarray([(t, ms) for t, ms, _ in rows]).reshape(-1, 2)
+        rows = np.asarray([(t, ms) for t, ms, _ in rows if t < report["duration_s"]]).reshape(-1, 2)
         if not len(rows):
             continue
         bins = np.floor(rows[:, 0] / minute)
