@@ -35,3 +35,18 @@ def value_policy(path: Path, values: tuple[float, float, float], tier_cost: tupl
     return write_policy(path, [(np.zeros((FEATURE_SIZE, 3), np.float32), np.asarray(values, np.float32))],
                         np.zeros(FEATURE_SIZE), np.ones(FEATURE_SIZE), policy_id,
                         value_head=ValueHead(np.asarray(tier_cost, np.float32), cost_weight, temperature))
+
+
+def drifting_policy(path: Path, in_distribution: list[np.ndarray], window: int, policy_id: str = "watched") -> Path:
+    """A constant nano policy whose drift reference is built and calibrated on `in_distribution` frames
+    (features of noise-like camera frames), with a short window so a node test sees DRIFT within seconds."""
+    from adaptive_perception.drift import build_reference, calibrate
+    from adaptive_perception.features import image_features
+
+    features = np.stack([image_features(frame) for frame in in_distribution])
+    tiers = np.zeros(len(features), int)
+    reference = build_reference(features, tiers, np.ones(4))
+    reference.window = window
+    reference.thresholds = calibrate(reference, [(features, tiers, np.full(len(features), np.nan))])
+    return write_policy(path, [(np.zeros((FEATURE_SIZE, 3), np.float32), np.log(np.array([0.98, 0.01, 0.01], np.float32)))],
+                        np.zeros(FEATURE_SIZE), np.ones(FEATURE_SIZE), policy_id, drift_reference=reference.to_json())

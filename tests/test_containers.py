@@ -72,7 +72,7 @@ def test_the_compose_prometheus_config_passes_promtool(tmp_path):
     config["rule_files"] = [str(ROOT / "config" / "prometheus" / "alerts.yml")]
     (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
     run = subprocess.run([promtool, "check", "config", str(tmp_path / "prometheus.yml")], capture_output=True, text=True)
-    assert run.returncode == 0 and "SUCCESS: 6 rules found" in run.stdout, run.stdout + run.stderr
+    assert run.returncode == 0 and "SUCCESS: 7 rules found" in run.stdout, run.stdout + run.stderr
 
 
 def test_the_healthcheck_reads_a_real_node(context, tier_models, capsys):

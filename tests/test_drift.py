@@ -76,3 +76,13 @@ def test_a_reference_without_thresholds_or_with_broken_json_is_refused():
         DriftMonitor(_reference(thresholds={}))
     with pytest.raises(ConfigError, match="not readable"):
         DriftReference.from_json("{broken")
+
+
+def test_the_agreement_threshold_never_falls_below_three_standard_errors_of_the_audit_mean():
+    rng = np.random.default_rng(2)
+    features = rng.standard_normal((400, 1024))
+    tiers = np.zeros(400, int)
+    reference = build_reference(features, tiers, np.array([0.2, 0.4, 0.6, 0.8]))  # mean 0.5, std sqrt(0.05)
+    # a held-out stream whose audits all agree perfectly: the drop never rises above 0 there
+    thresholds = calibrate(reference, [(features[:200], tiers[:200], np.where(np.arange(200) % 10 == 0, 1.0, np.nan))])
+    assert thresholds["agreement_drop"] == pytest.approx(3 * math.sqrt(0.05) / math.sqrt(10))  # 0.2121

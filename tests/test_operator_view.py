@@ -369,3 +369,39 @@ def test_a_silent_fallback_to_cpu_is_visible_at_configure_and_in_diagnostics(con
                                       "here)" in log.msg for log in graph.logs), 5)
     finally:
         graph.close()
+
+
+def test_audits_are_sampled_and_a_changed_scene_is_drift_on_decisions_diagnostics_and_log(context, tier_models, tmp_path):
+    from policies import drifting_policy
+
+    rng = np.random.default_rng(4)
+    in_distribution = [rng.integers(0, 256, (96, 128, 3), np.uint8) for _ in range(40)]
+    policy = drifting_policy(tmp_path / "watched.onnx", in_distribution, window=10)
+    graph = _graph(context, tier_models, routing_mode="learned", policy=str(policy), **{"audit.every": 5,
+                                                                                       "drift.confirm_frames": 3})
+    try:
+        for sec, frame in enumerate(in_distribution[:20], start=1):
+            assert graph.send_lockstep(image_msg(frame, sec=sec))
+            time.sleep(0.02)  # lock-step pace: the audit worker is idle again before the next due frame
+        dark = np.zeros((96, 128, 3), np.uint8)  # the lights went out
+        for sec in range(21, 41):
+            assert graph.send_lockstep(image_msg(dark + (sec % 3), sec=sec))
+        assert wait_until(lambda: len(graph.routing) == 40, 5)
+        decisions = sorted(graph.routing, key=lambda d: d.header.stamp.sec)
+        assert [d.header.stamp.sec for d in decisions if d.audited] == [1, 6, 11, 16, 21, 26, 31, 36]  # 1 in 5
+        states = [d.drift_state for d in decisions]
+        assert states[:9] == [RoutingDecision.DRIFT_UNKNOWN] * 9  # until the 10-frame window is full
+        assert set(states[9:20]) == {RoutingDecision.DRIFT_OK}  # the calibration frames themselves
+        first_drift = states.index(RoutingDecision.DRIFT_DRIFT)
+        assert 20 < first_drift <= 20 + 3 + 3  # confirmed 3 frames after the score passes 1, within a few frames
+        assert all(s == RoutingDecision.DRIFT_DRIFT for s in states[first_drift:])
+        assert decisions[-1].drift_score > 1.0 and decisions[10].drift_score <= 1.0
+        camera = graph.status("camera /image", lambda v: v["drift_state"] == "drift")
+        assert camera.level == WARN and camera.message.startswith("drift: the scene differs from the policy")
+        values = {kv.key: kv.value for kv in camera.values}
+        assert 0.0 <= float(values["audit_agreement"]) <= 1.0  # the audits reached the monitor
+        assert {kv.key: kv.value for kv in graph.status("routing").values}["drift_state"] == "drift"
+        assert any("drift on camera '/image': warn -> drift" in log.msg or "ok -> drift" in log.msg
+                   for log in graph.logs)
+    finally:
+        graph.close()

@@ -31,7 +31,7 @@ def _tool(name: str) -> str:
 def test_the_alert_rules_load_and_pass_their_unit_tests():
     check = subprocess.run([_tool("promtool"), "check", "rules", str(RULES / "alerts.yml")],
                            capture_output=True, text=True)
-    assert check.returncode == 0 and "SUCCESS: 6 rules found" in check.stdout, check.stdout + check.stderr
+    assert check.returncode == 0 and "SUCCESS: 7 rules found" in check.stdout, check.stdout + check.stderr
     # alerts_test.yml: each alert fires on the series it exists for, with hand-computed annotations
     # (p95 97.5 ms from one histogram bucket, 66.67 % dropped, 21 tier failures), and stays quiet otherwise
     unit = subprocess.run([_tool("promtool"), "test", "rules", "alerts_test.yml"], cwd=RULES,
@@ -86,7 +86,7 @@ def test_a_real_prometheus_scrapes_what_the_node_processed_from_a_replayed_bag(c
         assert _query(prometheus_port, 'sum(adaptive_perception_node_seconds_count)') == {(): FRAMES}
         assert _query(prometheus_port, f'sum(up{{instance="127.0.0.1:{metrics_port}"}})') == {(): 1.0}
         rules = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{prometheus_port}/api/v1/rules", timeout=5).read())
-        assert len(rules["data"]["groups"][0]["rules"]) == 6  # the shipped alert rules load in the real server
+        assert len(rules["data"]["groups"][0]["rules"]) == 7  # the shipped alert rules load in the real server
     finally:
         server.terminate()
         server.wait(timeout=20)

@@ -42,7 +42,8 @@ def test_learned_routing_publishes_one_decision_per_frame_with_timings(graph, re
         assert sum(decision.probabilities) == pytest.approx(1.0, abs=1e-5)
         assert decision.feature_ms > 0 and decision.policy_ms > 0 and decision.inference_ms > 0
         assert decision.total_ms >= decision.feature_ms + decision.policy_ms + decision.inference_ms
-        assert np.isnan(decision.drift_score) and not decision.audited
+        assert np.isnan(decision.drift_score) and decision.drift_state == decision.DRIFT_UNKNOWN  # no reference
+    assert [dense.audited, sparse.audited] == [True, False]  # audit.every 30: the 1st, 31st, ... frame
     assert len(graph.routing) == len(graph.detections) == 2
 
 

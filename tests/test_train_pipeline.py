@@ -145,3 +145,25 @@ def test_truth_reference_runs_on_bags_without_labels(pipeline, tmp_path):
     first = bag_image_rgb(next(read_images(sorted((tmp_path / "unlabelled" / "bags" / "test").iterdir())[0])))
     published = DetectorTier(resolve_model("embedded:large")).detect(first)
     np.testing.assert_allclose(profile.frame_truth()[0][:, :4], published.boxes, atol=1e-3)
+
+
+def test_the_exported_policy_carries_a_calibrated_drift_reference(pipeline):
+    from adaptive_perception.drift import DRIFT, DriftMonitor
+    from adaptive_perception.training.profile import Profile
+
+    policy = Policy(pipeline["root"] / "policy.onnx")
+    reference = policy.drift_reference
+    assert reference is not None and set(reference.thresholds) == {"feature_psi", "mix_tvd", "agreement_drop"}
+    assert all(value > 0 for value in reference.thresholds.values())
+    assert sum(reference.tier_mix) == pytest.approx(1.0) and 0.0 <= reference.agreement <= 1.0
+    router = Profile.load(pipeline["root"] / "work" / "profile_router.npz")
+    assert reference.mean == pytest.approx(router.features.mean(0).tolist(), rel=1e-4, abs=1e-6)  # training frames
+    # real features of held-out frames, darkened the way a night drift would move them (every image statistic
+    # scaled down by half), reach DRIFT within one window of the change
+    val = Profile.load(pipeline["root"] / "work" / "profile_val.npz")
+    monitor = DriftMonitor(reference)
+    mix_tier = int(np.argmax(reference.tier_mix))
+    for features in val.features[:reference.window]:
+        monitor.update(features, mix_tier)
+    states = [monitor.update(features * 0.5, mix_tier)[0] for features in val.features[:reference.window]]
+    assert DRIFT in states, (monitor.statistics, reference.thresholds)

@@ -323,11 +323,15 @@ def stage_export(settings: Settings) -> None:
     digests = {tier: file_digest(resolve_model(spec)) for tier, spec in settings.models.items()}
     networks = [settings.work / kind / f"seed{s}.npz" for kind in ("bc", "ppo") for s in range(settings.seeds)]
     params = {"lambda": lam, "seeds": settings.seeds, "networks": _mtimes(networks), "tiers": digests,
-              "policy_out": str(settings.policy_out)}
+              "policy_out": str(settings.policy_out), "drift_reference": 2}
     outputs = [_policy_path(settings, kind, s) for kind in ("bc", "ppo") for s in range(settings.seeds)]
     if _cached(settings, "export", params, outputs + ([settings.policy_out] if settings.policy_out else [])):
         print("[export] cached")
         return
+    from adaptive_perception.training.drift_reference import drift_reference
+
+    training, costs = load_split(settings, TRAIN_SPLIT), _load_costs(settings)
+    held_out = [load_split(settings, "val"), load_split(settings, "test")]
     with tracked(settings, "export", params) as mlflow:
         for kind in ("bc", "ppo"):
             for seed in range(settings.seeds):
@@ -336,7 +340,8 @@ def stage_export(settings: Settings) -> None:
                 name = "bc" if kind == "bc" else "bc-ppo"
                 path = export(network, _policy_path(settings, kind, seed), f"{name}-l{lam:g}-s{seed}-{digest}",
                               f"{name} routing policy (lambda {lam:g}, seed {seed}) trained by `adaptive-perception "
-                              f"train` on {settings.benchmark} ({settings.source}, truth {settings.truth})", digests)
+                              f"train` on {settings.benchmark} ({settings.source}, truth {settings.truth})", digests,
+                              lambda policy: drift_reference(policy, training, held_out, costs))
                 mlflow.log_artifact(str(path), artifact_path="policies")
         if settings.policy_out is not None:
             settings.policy_out.parent.mkdir(parents=True, exist_ok=True)

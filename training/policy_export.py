@@ -20,13 +20,14 @@ OPSET = 17
 
 def write_policy(path: str | Path, layers: Sequence[tuple[np.ndarray, np.ndarray]], mean: np.ndarray,
                  std: np.ndarray, policy_id: str, description: str = "", tier_digests: dict[str, str] | None = None,
-                 value_head: ValueHead | None = None) -> Path:
+                 value_head: ValueHead | None = None, drift_reference: str | None = None) -> Path:
     """An MLP: x -> (x - mean) / std (done by the runtime) -> [W_i x + b_i, ReLU between layers] -> 3 logits.
 
     Each layer is (W of shape (inputs, outputs), b of shape (outputs,)); the first takes FEATURE_SIZE
     inputs and the last gives one logit per tier. `tier_digests` ({tier: `detector.file_digest`}) names the tier
     files the policy was trained with; the node warns when it runs with others. With `value_head` the outputs are
-    tier values (`output: tier_values`), chosen by argmax(values - cost_weight x tier_cost)."""
+    tier values (`output: tier_values`), chosen by argmax(values - cost_weight x tier_cost). `drift_reference`
+    (`DriftReference.to_json()`) lets the node's drift monitor compare what it sees with the training data."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
@@ -58,6 +59,8 @@ def write_policy(path: str | Path, layers: Sequence[tuple[np.ndarray, np.ndarray
     }
     if tier_digests:
         metadata["tier_digests"] = json.dumps(dict(tier_digests))
+    if drift_reference:
+        metadata["drift"] = drift_reference
     if value_head is not None:
         metadata.update(output="tier_values", tier_cost=json.dumps([float(c) for c in value_head.tier_cost]),
                         cost_weight=repr(float(value_head.cost_weight)), temperature=repr(float(value_head.temperature)))

@@ -4,6 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from adaptive_perception.audit import AuditSettings
 from adaptive_perception.detector import DEFAULT_PROVIDERS, TIERS, AcceleratorSettings
 from adaptive_perception.errors import ConfigError
 from adaptive_perception.router import RouterSettings, check_mode, tiers_needed
@@ -46,6 +47,8 @@ class NodeConfig:
     mlflow_uri: str = ""  # one MLflow run per node session; empty = off
     mlflow_experiment: str = "perception_node"
     mlflow_interval_s: float = 10.0
+    audit: AuditSettings = AuditSettings()
+    drift_confirm: int = 15  # frames the drift score must stay above 1 before DRIFT (and below the band before OK)
 
     def model_paths(self) -> dict[str, str]:
         """Resolved file path per loaded tier (tiers with an empty parameter are left out)."""
@@ -81,6 +84,9 @@ class NodeConfig:
         if self.qos_depth < 1 or self.max_detections < 1:
             raise ConfigError("qos.depth and max_detections must be >= 1")
         self.health.validate()
+        self.audit.validate()
+        if self.drift_confirm < 1:
+            raise ConfigError(f"drift.confirm_frames {self.drift_confirm} must be >= 1")
         if self.accelerator.device_id < 0 or not self.accelerator.trt_cache_dir:
             raise ConfigError(f"cuda.device_id {self.accelerator.device_id} must be >= 0 and tensorrt.engine_cache_dir "
                               "non-empty (built TensorRT engines are kept there between runs)")

@@ -10,7 +10,8 @@ written into the policy file at training time (`DriftReference`, metadata `adapt
 - **routing-mix shift**: total variation distance between the window's tier mix and the reference mix;
 - **agreement drop**: the reference's mean audit agreement minus the mean of the last `AUDIT_WINDOW` audits.
 Each statistic is divided by its threshold; the drift score is the largest ratio. Thresholds are the largest
-value each statistic took over held-out in-distribution streams (`calibrate`) times a margin, so the
+value each statistic took over held-out in-distribution streams (`calibrate`) times a margin (the agreement
+drop's never below three standard errors of a mean of `AUDIT_WINDOW` audits), so the
 false-alarm rate on such data is stated, not guessed: zero over the calibration frames, by construction,
 and measured on other held-out frames in the drift report. State: OK; WARN while the score is above 1;
 DRIFT after the score stayed above 1 for `confirm` consecutive frames; back to OK only after it stayed
@@ -52,6 +53,7 @@ class DriftReference:
     edges: list[list[float]]  # per projection, the BINS - 1 inner decile edges
     tier_mix: list[float]  # nano, small, large on the reference data, as the policy routed it
     agreement: float  # mean audit agreement of the routed output with the reference tier
+    agreement_std: float = 0.0  # spread of single audits: floors the agreement threshold
     thresholds: dict[str, float] = field(default_factory=dict)  # feature_psi, mix_tvd, agreement_drop
     window: int = WINDOW
     seed: int = PROJECTION_SEED
@@ -83,7 +85,7 @@ def build_reference(features: np.ndarray, tiers: np.ndarray, agreements: np.ndar
     image = np.asarray(features, np.float64)[:, :1024]
     reference = DriftReference(mean=image.mean(0).tolist(), std=image.std(0).tolist(), edges=[],
                                tier_mix=(np.bincount(np.asarray(tiers, int), minlength=3) / len(tiers)).tolist(),
-                               agreement=float(np.mean(agreements)))
+                               agreement=float(np.mean(agreements)), agreement_std=float(np.std(agreements)))
     projected = reference.project(image)
     reference.edges = [np.quantile(projected[:, j], np.arange(1, BINS) / BINS).tolist() for j in range(PROJECTIONS)]
     return reference
@@ -130,7 +132,11 @@ def calibrate(reference: DriftReference, streams: list[tuple[np.ndarray, np.ndar
                 peaks[key] = max(peaks[key], value)
     if not any(len(f) >= reference.window for f, _, _ in streams):
         raise ConfigError(f"calibration needs streams of at least {reference.window} frames")
-    return {key: max(value * margin, 1e-6) for key, value in peaks.items()}
+    thresholds = {key: max(value * margin, 1e-6) for key, value in peaks.items()}
+    # a held-out stream whose audits happen to agree better than the training data's says nothing about how far
+    # a mean of AUDIT_WINDOW audits wanders by chance: never below three standard errors of that mean
+    thresholds["agreement_drop"] = max(thresholds["agreement_drop"], 3 * reference.agreement_std / np.sqrt(AUDIT_WINDOW))
+    return thresholds
 
 
 class DriftMonitor:
@@ -182,3 +188,43 @@ class DriftMonitor:
         elif self.state != WARN or self._below > 0:
             self.state = OK
         return self.state, self.score
+
+
+class DriftWatch:
+    """The node's drift side in one place: audit sampling (`audit.AuditWorker` on the reference tier) and one
+    `DriftMonitor` per camera. `frame(...)` is called on the processing path and never waits for an audit."""
+
+    def __init__(self, cameras, reference: DriftReference | None, reference_tier=None, audit_settings=None,
+                 confirm: int = 15) -> None:
+        from adaptive_perception.audit import AuditSettings, AuditWorker
+
+        self.confirm = confirm
+        self.agreements: dict[str, list[float]] = {camera: [] for camera in cameras}  # recent audit scores
+        self.audit = AuditWorker(reference_tier, self._audited, audit_settings or AuditSettings()) \
+            if reference_tier is not None else None
+        self.set_reference(reference)
+
+    def set_reference(self, reference: DriftReference | None) -> None:
+        """A new policy brings its own reference: every camera's monitor starts over."""
+        self.reference = reference if reference is not None and reference.thresholds else None
+        self.monitors = {camera: DriftMonitor(self.reference, self.confirm) if self.reference else None
+                         for camera in self.agreements}
+
+    def _audited(self, camera, score: float, _reference_detections) -> None:
+        recent = self.agreements[camera]
+        recent.append(score)
+        del recent[:-AUDIT_WINDOW]
+        monitor = self.monitors.get(camera)
+        if monitor is not None:
+            monitor.audit(score)
+
+    def frame(self, camera, features: np.ndarray, tier: int, rgb: np.ndarray, detections) -> tuple[bool, int, float]:
+        """(audited, state, score) for one routed frame; `audited` = handed to the audit worker."""
+        audited = bool(self.audit is not None and self.audit.due(camera) and self.audit.offer(camera, rgb, detections))
+        monitor = self.monitors.get(camera)
+        state, score = monitor.update(features, tier) if monitor is not None else (UNKNOWN, float("nan"))
+        return audited, state, score
+
+    def close(self) -> None:
+        if self.audit is not None:
+            self.audit.close()

@@ -13,11 +13,13 @@ Names and labels (all prefixed `adaptive_perception_`):
 | `router_overhead_seconds` | histogram | camera (features + policy) |
 | `frame_age_seconds` | histogram | camera (header stamp to publication) |
 | `qos_incompatible_total` | counter | topic (publishers whose QoS cannot reach this node) |
+| `drift_state`, `drift_score` | gauge | camera (state 0 unknown, 1 ok, 2 warn, 3 drift) |
+| `audits_total` | counter | camera (frames handed to the audit worker) |
 | `policy_info` | info | policy_id, mode |
 """
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, Info, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, start_http_server
 
 PREFIX = "adaptive_perception"
 _NODE_BUCKETS = (0.005, 0.01, 0.02, 0.0333, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5)
@@ -48,6 +50,11 @@ class PrometheusMetrics:
                                            ["camera"], buckets=_AGE_BUCKETS, registry=r)
         self.qos_incompatible = Counter(f"{PREFIX}_qos_incompatible", "Publishers whose QoS cannot reach the node",
                                         ["topic"], registry=r)
+        self.drift_state = Gauge(f"{PREFIX}_drift_state", "Drift monitor state: 0 unknown, 1 ok, 2 warn, 3 drift",
+                                 ["camera"], registry=r)
+        self.drift_score = Gauge(f"{PREFIX}_drift_score", "Latest drift score (1 = at the calibrated threshold)",
+                                 ["camera"], registry=r)
+        self.audits = Counter(f"{PREFIX}_audits", "Frames audited against the reference tier", ["camera"], registry=r)
         self.policy = Info(f"{PREFIX}_policy", "Routing policy and mode in force", registry=r)
         self._server = None
 

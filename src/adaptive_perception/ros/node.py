@@ -20,7 +20,9 @@ from vision_msgs.msg import Detection2DArray
 
 from adaptive_perception.config import NodeConfig, resolve_model
 from adaptive_perception.detector import TIERS, AcceleratorSettings, Detections, DetectorTier
+from adaptive_perception.audit import AuditSettings
 from adaptive_perception.drawing import draw_routed
+from adaptive_perception.drift import DRIFT, STATE_NAMES, DriftWatch
 from adaptive_perception.errors import AdaptivePerceptionError, ImageDecodeError, TierFailure
 from adaptive_perception.features import RoutingContext, next_context, routing_features
 from adaptive_perception.frames import CameraCounters, LatestFrameSlot
@@ -52,6 +54,8 @@ class PerceptionNode(LifecycleNode):
         self.metrics: PrometheusMetrics | None = None
         self._metrics_state = "off"
         self.run: NodeRun | None = None
+        self.drift: DriftWatch | None = None
+        self._drift_states: dict[str, int] = {}
         self._run_timer = None
         self._configured_at = 0.0
         self._error_log = ErrorLog()
@@ -100,6 +104,8 @@ class PerceptionNode(LifecycleNode):
             mlflow_uri=p("mlflow.tracking_uri").value,
             mlflow_experiment=p("mlflow.experiment").value,
             mlflow_interval_s=p("mlflow.interval_s").value,
+            audit=AuditSettings(p("audit.every").value, p("audit.max_share").value),
+            drift_confirm=p("drift.confirm_frames").value,
         ).validate()
 
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
@@ -133,6 +139,14 @@ class PerceptionNode(LifecycleNode):
         self._qos_incompatible = {topic: 0 for topic in config.image_topics}
         self._configured_at = time.monotonic()
         self._start_run(config)
+        reference_tier = detectors.get("large")
+        self.drift = DriftWatch(config.image_topics, policy.drift_reference if policy is not None else None,
+                                reference_tier.detect if reference_tier is not None else None, config.audit,
+                                config.drift_confirm)
+        self._drift_states = {camera: 0 for camera in config.image_topics}
+        if policy is not None and policy.drift_reference is None:
+            self.get_logger().info(f"policy '{policy.policy_id}' carries no drift reference: drift monitoring is off "
+                                   "(re-export it with `adaptive-perception train export`)")
         self._contexts = {}
         self._det_pub = self.create_lifecycle_publisher(Detection2DArray, "detections", 10)
         self._routing_pub = self.create_lifecycle_publisher(RoutingDecision, "routing", 10)
@@ -286,6 +300,9 @@ class PerceptionNode(LifecycleNode):
             self.destroy_publisher(self._diag_pub)
         self._det_pub = self._routing_pub = self._diag_pub = self._diag_timer = None
         self._end_run()
+        if self.drift is not None:
+            self.drift.close()
+            self.drift = None
         if self.metrics is not None:
             self.metrics.close()
         self.metrics, self.telemetry = None, None
@@ -333,6 +350,16 @@ class PerceptionNode(LifecycleNode):
         for camera in telemetry.cameras:
             report = telemetry.camera_report(camera)
             report["qos_incompatible"] = self._qos_incompatible.get(camera, 0)
+            state = self._drift_states.get(camera, 0)
+            monitor = self.drift.monitors.get(camera) if self.drift is not None else None
+            agreements = self.drift.agreements.get(camera, []) if self.drift is not None else []
+            report["drift_state"] = STATE_NAMES[state] if monitor is not None else "off (the policy has no reference)"
+            report["drift_score"] = monitor.score if monitor is not None else math.nan
+            report["audit_agreement"] = sum(agreements) / len(agreements) if agreements else math.nan
+            if state == DRIFT:
+                report["level"] = max(report["level"], WARN)
+                report["message"] = (f"drift: the scene differs from the policy's training data (score {monitor.score:.2f})"
+                                     + ("" if report["message"] == "frames processed" else f"; {report['message']}"))
             array.status.append(_status(f"{node}: camera {self.resolve_topic_name(camera)}", node, report))
         for tier, detector in self.detectors.items():
             report = telemetry.tier_report(tier) | {"provider": detector.providers[0],
@@ -341,7 +368,8 @@ class PerceptionNode(LifecycleNode):
         array.status.append(_status(f"{node}: routing", node, {
             "level": WARN if self._metrics_state.startswith("not served") else OK,
             "message": f"{router.mode}" + (f", policy {router.policy_id}" if router.policy_id else ""),
-            "mode": router.mode, "policy_id": router.policy_id, "drift_state": "unknown", "metrics": self._metrics_state,
+            "mode": router.mode, "policy_id": router.policy_id,
+            "drift_state": STATE_NAMES[max(self._drift_states.values(), default=0)], "metrics": self._metrics_state,
             "mlflow_run": (self.run.error or self.run.run_id or "starting") if self.run is not None else "off"}))
         self._diag_pub.publish(array)
 
@@ -385,7 +413,13 @@ class PerceptionNode(LifecycleNode):
         out.policy_ms = (inference_start - policy_start) * 1e3
         out.inference_ms = (done - inference_start) * 1e3
         out.total_ms = (done - started) * 1e3
-        out.drift_state, out.drift_score = RoutingDecision.DRIFT_UNKNOWN, float("nan")
+        out.audited, out.drift_state, out.drift_score = self.drift.frame(camera, features, decision.tier, rgb, detections)
+        self._drift_changed(camera, out.drift_state, out.drift_score)
+        if self.metrics is not None:
+            if out.audited:
+                self.metrics.audits.labels(camera).inc()
+            if math.isfinite(out.drift_score):
+                self.metrics.drift_score.labels(camera).set(out.drift_score)
         out.frame_age_ms = (self.get_clock().now().nanoseconds - stamp) / 1e6
         self._routing_pub.publish(out)
         if camera in self._camera_pubs:
@@ -397,6 +431,20 @@ class PerceptionNode(LifecycleNode):
             debug_slot.put("debug", (rgb, detections, decision.tier_name, out.total_ms, msg.header))
         self.telemetry.processed(camera, decision.tier_name, out.total_ms, out.feature_ms + out.policy_ms,
                                  out.frame_age_ms)
+
+    def _drift_changed(self, camera: str, state: int, score: float) -> None:
+        previous = self._drift_states.get(camera, 0)
+        if state == previous:
+            return
+        self._drift_states[camera] = state
+        if self.metrics is not None:
+            self.metrics.drift_state.labels(camera).set(state)
+        text = (f"drift on camera '{self.resolve_topic_name(camera)}': {STATE_NAMES[previous]} -> {STATE_NAMES[state]} "
+                f"(score {score:.2f}; {', '.join(f'{k} {v:.3f}' for k, v in self.drift.monitors[camera].statistics.items())})")
+        if state == DRIFT:  # one call site per severity: rclpy refuses to change it between calls
+            self.get_logger().warning(text)
+        else:
+            self.get_logger().info(text)
 
     def _render(self, slot: LatestFrameSlot) -> None:
         """Draw and publish the newest routed frame for the debug image subscribers, off the processing path."""
@@ -448,6 +496,8 @@ class PerceptionNode(LifecycleNode):
             self.router.set_policy(policy)
             if self.metrics is not None:
                 self.metrics.policy_changed(self.router.policy_id, self.router.mode)
+            if self.drift is not None:
+                self.drift.set_reference(policy.drift_reference)
         self.set_parameters([Parameter("policy", value=request.path.strip())])
         response.success, response.message = True, policy.policy_id
         self.get_logger().info(f"policy '{policy.policy_id}' loaded from {policy.path}")

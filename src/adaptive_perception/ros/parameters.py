@@ -86,5 +86,15 @@ PARAMETERS: dict[str, tuple[object, ParameterDescriptor]] = {
         "Needs the mlflow extra (mlflow-skinny).")),
     "mlflow.experiment": (_DEFAULTS.mlflow_experiment, _describe("MLflow experiment of the node's runs.")),
     "mlflow.interval_s": (_DEFAULTS.mlflow_interval_s, _describe("Seconds between two MLflow snapshots.")),
+    "audit.every": (_DEFAULTS.audit.every, _describe(
+        "Audit one routed frame in this many per camera: the reference tier (large) also runs on it in a background "
+        "worker, and its agreement with the routed output (F1 at IoU 0.5) feeds the drift monitor; 0 = off.",
+        integer_range=[IntegerRange(from_value=0, to_value=100000, step=1)])),
+    "audit.max_share": (_DEFAULTS.audit.max_share, _describe(
+        "Most of the wall time the audit worker may spend on the reference tier; a due audit beyond it is skipped "
+        "and counted.", floating_point_range=[FloatingPointRange(from_value=0.01, to_value=1.0)])),
+    "drift.confirm_frames": (_DEFAULTS.drift_confirm, _describe(
+        "Frames the drift score must stay above 1 before the state is DRIFT (WARN at once), and below 0.8 before "
+        "it returns to OK.", integer_range=[IntegerRange(from_value=1, to_value=10000, step=1)])),
     "autostart": (False, _describe("Configure and activate on start-up (for `ros2 run` without a lifecycle manager).")),
 }
