@@ -11,7 +11,7 @@ import numpy as np
 
 from adaptive_perception.audit import agreement
 from adaptive_perception.detector import TIERS, Detections
-from adaptive_perception.drift import DriftReference, build_reference, calibrate
+from adaptive_perception.drift import WINDOW, DriftReference, build_reference, calibrate
 from adaptive_perception.policy import Policy
 from adaptive_perception.router import Router
 from adaptive_perception.training.profile import PUBLISH_CONF
@@ -41,9 +41,15 @@ def routed_stream(policy: Policy, split: Split, costs) -> tuple[np.ndarray, np.n
     return split.profile.features[order], tiers, agreements
 
 
-def drift_reference(policy: Policy, training: Split, held_out: list[Split], costs) -> DriftReference:
+def drift_reference(policy: Policy, training: Split, held_out: list[Split], costs) -> DriftReference | None:
     """Reference statistics from `training` (audits every AUDIT_EVERY-th frame, as the node samples them),
-    thresholds calibrated on each `held_out` split as one stream."""
+    thresholds calibrated on each `held_out` split as one stream; None (and said) when no held-out split
+    fills one drift window: a policy without a reference runs with the drift monitor off."""
+    longest = max(len(split.profile) for split in held_out)
+    if longest < WINDOW:
+        print(f"[export] no drift reference: the held-out splits have at most {longest} frames, fewer than one "
+              f"drift window ({WINDOW})")
+        return None
     features, tiers, agreements = routed_stream(policy, training, costs)
     reference = build_reference(features, tiers, agreements[::AUDIT_EVERY])
     streams = []

@@ -290,7 +290,7 @@ def train_ppo(split: Split, costs: Costs, lam: float, bc: Network, seed: int, st
 def export(network: Network, path: Path, policy_id: str, description: str,
            tier_digests: dict[str, str] | None = None, drift_reference=None) -> Path:
     """Write the network as a policy ONNX and check onnxruntime's logits against PyTorch's within 1e-5.
-    `drift_reference(policy) -> DriftReference`, if given, is computed with the written policy and added."""
+    `drift_reference(policy) -> DriftReference | None`, if given, is computed with the written policy and added."""
     import torch
     from adaptive_perception.training.policy_export import write_policy
 
@@ -299,9 +299,10 @@ def export(network: Network, path: Path, policy_id: str, description: str,
 
     write_policy(path, network.layers, network.mean, network.std, policy_id, description, tier_digests, network.head)
     policy = Policy(path)
-    if drift_reference is not None:
+    reference = drift_reference(policy) if drift_reference is not None else None
+    if reference is not None:
         write_policy(path, network.layers, network.mean, network.std, policy_id, description, tier_digests,
-                     network.head, drift_reference(policy).to_json())
+                     network.head, reference.to_json())
         policy = Policy(path)
     probe = np.random.default_rng(0).normal(network.mean, network.std, (64, FEATURE_SIZE)).astype(np.float32)
     deployed = np.stack([policy.logits(x) for x in probe])

@@ -401,36 +401,39 @@ class PerceptionNode(LifecycleNode):
             detections = self.detectors[decision.tier_name].detect(rgb)
         except Exception as exc:
             raise TierFailure(decision.tier_name, exc) from exc
-        done = time.perf_counter()
+        inferred = time.perf_counter()
         stamp = msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
         self._contexts[camera] = (next_context(detections.scores, decision.tier, stamp, previous_stamp), stamp)
+        audited, drift_state, drift_score = self.drift.frame(camera, features, decision.tier, rgb, detections)
         detections_msg = detections_to_msg(detections, msg.header)
-        self._det_pub.publish(detections_msg)
+        done = time.perf_counter()  # node time: decode to detections and the drift update, before publishing
         out = RoutingDecision(header=msg.header, tier=decision.tier, tier_name=decision.tier_name,
-                              mode=decision.mode, policy_id=decision.policy_id)
+                              mode=decision.mode, policy_id=decision.policy_id, audited=audited,
+                              drift_state=drift_state, drift_score=drift_score)
         out.probabilities = decision.probabilities.tolist()
         out.feature_ms = (policy_start - feature_start) * 1e3
         out.policy_ms = (inference_start - policy_start) * 1e3
-        out.inference_ms = (done - inference_start) * 1e3
+        out.inference_ms = (inferred - inference_start) * 1e3
         out.total_ms = (done - started) * 1e3
-        out.audited, out.drift_state, out.drift_score = self.drift.frame(camera, features, decision.tier, rgb, detections)
-        self._drift_changed(camera, out.drift_state, out.drift_score)
-        if self.metrics is not None:
-            if out.audited:
-                self.metrics.audits.labels(camera).inc()
-            if math.isfinite(out.drift_score):
-                self.metrics.drift_score.labels(camera).set(out.drift_score)
         out.frame_age_ms = (self.get_clock().now().nanoseconds - stamp) / 1e6
+        # counted before publishing: whoever sees an output sees it counted
+        self.telemetry.processed(camera, decision.tier_name, out.total_ms, out.feature_ms + out.policy_ms,
+                                 out.frame_age_ms)
+        self._det_pub.publish(detections_msg)
         self._routing_pub.publish(out)
         if camera in self._camera_pubs:
             camera_detections, camera_routing = self._camera_pubs[camera]
             camera_detections.publish(detections_msg)
             camera_routing.publish(out)
+        self._drift_changed(camera, drift_state, drift_score)
+        if self.metrics is not None:
+            if audited:
+                self.metrics.audits.labels(camera).inc()
+            if math.isfinite(drift_score):
+                self.metrics.drift_score.labels(camera).set(drift_score)
         debug_slot, debug_pubs = self._debug_slot, self._debug_pubs
         if debug_slot is not None and any(pub.get_subscription_count() for pub in debug_pubs):
             debug_slot.put("debug", (rgb, detections, decision.tier_name, out.total_ms, msg.header))
-        self.telemetry.processed(camera, decision.tier_name, out.total_ms, out.feature_ms + out.policy_ms,
-                                 out.frame_age_ms)
 
     def _drift_changed(self, camera: str, state: int, score: float) -> None:
         previous = self._drift_states.get(camera, 0)
