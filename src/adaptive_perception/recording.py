@@ -67,11 +67,6 @@ class SegmentedRecorder:
         self.removed_segments: list[Path] = []
         self.messages = 0
 
-    @property
-    def current(self) -> Path | None:
-        """The segment being written, if any."""
-        return self._path
-
     def write(self, topic: str, msgtype: str, stamp_ns: int, cdr: bytes) -> None:
         if self._writer is not None and (self._bytes >= self.segment_bytes or
                                          stamp_ns - self._first_ns >= self.segment_s * 1e9):

@@ -18,7 +18,6 @@ from adaptive_perception.errors import ConfigError
 from adaptive_perception.frames import CameraCounters
 
 OK, WARN, ERROR = 0, 1, 2  # the values of diagnostic_msgs/DiagnosticStatus levels
-LEVEL_NAMES = {OK: "OK", WARN: "WARN", ERROR: "ERROR"}
 TIER_FAILURE = "tier_failed"  # the failure kind of an exception inside a detector tier
 
 
