@@ -380,12 +380,12 @@ def test_audits_are_sampled_and_a_changed_scene_is_drift_on_decisions_diagnostic
     graph = _graph(context, tier_models, routing_mode="learned", policy=str(policy), **{"audit.every": 5,
                                                                                        "drift.confirm_frames": 3})
     try:
-        for sec, frame in enumerate(in_distribution[:20], start=1):
+        audit = graph.node.drift.audit
+        dark = np.zeros((96, 128, 3), np.uint8)  # after 20 frames the lights go out
+        frames = in_distribution[:20] + [dark + (sec % 3) for sec in range(21, 41)]
+        for sec, frame in enumerate(frames, start=1):
+            assert wait_until(lambda: audit.idle, 10)  # the low-priority audit finished before the next due frame
             assert graph.send_lockstep(image_msg(frame, sec=sec))
-            time.sleep(0.02)  # lock-step pace: the audit worker is idle again before the next due frame
-        dark = np.zeros((96, 128, 3), np.uint8)  # the lights went out
-        for sec in range(21, 41):
-            assert graph.send_lockstep(image_msg(dark + (sec % 3), sec=sec))
         assert wait_until(lambda: len(graph.routing) == 40, 5)
         decisions = sorted(graph.routing, key=lambda d: d.header.stamp.sec)
         assert [d.header.stamp.sec for d in decisions if d.audited] == [1, 6, 11, 16, 21, 26, 31, 36]  # 1 in 5

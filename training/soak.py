@@ -150,8 +150,9 @@ def plot(report: dict, series: dict, path: Path) -> None:
     plt.close(fig)
 
 
-def run_soak(minutes: float, report_path: Path, domain: int | None = None) -> int:
-    """Run the soak; returns 0 when every bar is met, 1 otherwise."""
+def run_soak(minutes: float, report_path: Path, domain: int | None = None,
+             overrides: dict[str, object] | None = None) -> int:
+    """Run the soak (node parameters `overrides` on top of the shipped defaults); 0 when every bar is met."""
     import rclpy
     from adaptive_perception_msgs.msg import RoutingDecision
     from diagnostic_msgs.msg import DiagnosticArray
@@ -172,7 +173,7 @@ def run_soak(minutes: float, report_path: Path, domain: int | None = None) -> in
     counters: dict[str, dict[str, int]] = {}
     memory: list[tuple[float, float]] = []
     crashed = False
-    parameters = {"image_topics": list(TOPICS), "metrics.port": 0}
+    parameters = {"image_topics": list(TOPICS), "metrics.port": 0, **(overrides or {})}
     print(f"soak: {len(TOPICS)} cameras x {RATE_HZ:.0f} Hz for {minutes:g} min; logs in {work}", file=sys.stderr)
     context = rclpy.context.Context()
     rclpy.init(context=context)
@@ -232,6 +233,7 @@ def run_soak(minutes: float, report_path: Path, domain: int | None = None) -> in
     rclpy.shutdown(context=context)
     report = summarise(duration, outputs, memory, counters, crashed, published)
     report["machine"] = {"cpus": os.cpu_count(), "platform": platform.platform()}
+    report["overrides"] = overrides or {}
     print(table(report))
     report_path.parent.mkdir(parents=True, exist_ok=True)
     report_path.write_text(json.dumps({**report, "series": {"memory": memory}}, indent=1))

@@ -4,10 +4,13 @@ Agreement between the routed output and the reference is the live accuracy proxy
 routed box matches at most one reference box of the same class (greedy, highest IoU first), F1 = 2 TP /
 (routed + reference); two empty outputs agree fully (1.0). The audit worker holds one frame at a time: when it
 is busy, or when its busy time over the last `window_s` exceeds `max_share` of the wall time, the sample is
-skipped and counted, so the routed frame is never delayed and the audit's compute stays bounded.
+skipped and counted, so the routed frame is never delayed and the audit's compute stays bounded. The worker
+thread runs at the lowest CPU priority (nice 19, Linux), and the node gives it a single-threaded session of
+the reference tier of its own, so an audit takes spare cycles rather than the routed frames' cores.
 """
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections import deque
@@ -97,6 +100,12 @@ class AuditWorker:
             spent = sum(min(end, now) - max(begin, start) for begin, end in self._busy)
         return spent / self.settings.window_s
 
+    @property
+    def idle(self) -> bool:
+        """True when no audit is running or waiting."""
+        with self._cond:
+            return not self._running and self._pending is None
+
     def offer(self, key: Hashable, rgb: np.ndarray, routed: Detections) -> bool:
         """Hand a due frame to the worker; False (and counted) when it is busy or over its share."""
         if self.busy_share() > self.settings.max_share:
@@ -117,6 +126,10 @@ class AuditWorker:
         self._thread.join(timeout=30)
 
     def _loop(self) -> None:
+        try:  # Linux: nice applies per thread; the audit yields the cores to the routed frames
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
+        except (AttributeError, OSError):
+            pass
         while True:
             with self._cond:
                 self._cond.wait_for(lambda: self._pending is not None or self._closed)

@@ -152,6 +152,8 @@ def _parser() -> argparse.ArgumentParser:
                                              "defaults: memory, node-time drift, stalls, crashes")
     soak.add_argument("--minutes", type=float, default=30.0, help="run length (30 for the README's figures)")
     soak.add_argument("--quick", action="store_true", help="a 2-minute run (what CI runs)")
+    soak.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
+                      help="node parameter over the shipped defaults (repeatable), e.g. audit.every=0")
     soak.add_argument("--report", type=Path, default=Path("training/reports/soak.json"),
                       help="JSON to write, with a PNG beside it (default: the committed report the README quotes)")
 
@@ -343,7 +345,15 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "bench" and args.bench_command == "soak":
             from adaptive_perception.training.soak import run_soak
 
-            return run_soak(2.0 if args.quick else args.minutes, args.report)
+            import yaml
+
+            overrides = {}
+            for item in args.param:
+                name, sep, value = item.partition("=")
+                if not sep:
+                    raise AdaptivePerceptionError(f"--param {item!r}: use NAME=VALUE, e.g. audit.every=0")
+                overrides[name] = yaml.safe_load(value)
+            return run_soak(2.0 if args.quick else args.minutes, args.report, overrides=overrides)
         if args.command == "bench" and args.bench_command == "transport":
             from adaptive_perception.training.transport import run_transport
 

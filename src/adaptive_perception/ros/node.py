@@ -139,7 +139,14 @@ class PerceptionNode(LifecycleNode):
         self._qos_incompatible = {topic: 0 for topic in config.image_topics}
         self._configured_at = time.monotonic()
         self._start_run(config)
-        reference_tier = detectors.get("large")
+        reference_tier = None
+        if "large" in detectors and config.audit.every:  # a one-thread session of its own: see audit.py
+            try:
+                reference_tier = DetectorTier(detectors["large"].path, config.providers, config.conf_threshold,
+                                              config.iou_threshold, config.max_detections, 1, "large (audit)",
+                                              config.accelerator)
+            except Exception as exc:  # the audit is optional: perception goes on without it
+                self.get_logger().error(f"audit off: the reference tier's audit session failed to load ({exc})")
         self.drift = DriftWatch(config.image_topics, policy.drift_reference if policy is not None else None,
                                 reference_tier.detect if reference_tier is not None else None, config.audit,
                                 config.drift_confirm)
