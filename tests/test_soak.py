@@ -52,3 +52,9 @@ def test_a_two_minute_soak_of_two_cameras_through_the_node(tmp_path):
     assert report["memory_mb"]["end"] > 100  # three tiers and onnxruntime are resident
     assert (tmp_path / "soak.png").stat().st_size > 10_000
     assert "| crashes (bar 0) | 0 |" in run.stdout
+
+
+def test_a_soak_parameter_without_a_value_is_refused_with_the_form_to_use():
+    run = subprocess.run(["adaptive-perception", "bench", "soak", "--quick", "--param", "audit.every"],
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 2 and "use NAME=VALUE, e.g. audit.every=0" in run.stderr

@@ -345,14 +345,15 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "bench" and args.bench_command == "soak":
             from adaptive_perception.training.soak import run_soak
 
-            import yaml
-
             overrides = {}
             for item in args.param:
                 name, sep, value = item.partition("=")
                 if not sep:
                     raise AdaptivePerceptionError(f"--param {item!r}: use NAME=VALUE, e.g. audit.every=0")
-                overrides[name] = yaml.safe_load(value)
+                try:  # numbers, true/false and lists as JSON; anything else is a string
+                    overrides[name] = json.loads(value)
+                except ValueError:
+                    overrides[name] = value
             return run_soak(2.0 if args.quick else args.minutes, args.report, overrides=overrides)
         if args.command == "bench" and args.bench_command == "transport":
             from adaptive_perception.training.transport import run_transport
