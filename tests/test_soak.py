@@ -20,6 +20,7 @@ def test_soak_figures_from_a_hand_made_run():
     # nano p99 over 60 values: rank 0.99 * 59 = 58.41 between 28 and 29 ms; the limit adds 100 ms
     assert report["tier_p99_ms"] == {"nano": pytest.approx(28.41)} and report["stall_limit_ms"] == pytest.approx(128.41)
     assert report["stalls"] == {"a": 59, "b": 1}  # each of a's 59 one-second gaps, and b's 250 ms gap
+    assert report["stall_gaps"]["b"] == [[0.1, 250.0]] and report["stall_gaps"]["a"][0] == [0.0, 1000.0]
     # both cameras pooled: the first window holds a's 10..19 and b's four 90s; rank 0.95 * 13 = 12.35 -> 90
     assert report["node_p95_ms"]["first_window"] == pytest.approx(90.0)
     assert report["node_p95_ms"]["last_window"] == pytest.approx(28.55)  # a's 20..29: 20 + 0.95 * 9

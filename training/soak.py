@@ -80,6 +80,8 @@ def summarise(duration_s: float, outputs: dict[str, list[tuple[float, float, str
         "node_counters": counters,
         "tier_p99_ms": tier_p99, "stall_limit_ms": limit_ms,
         "stalls": {camera: len(found) for camera, found in camera_stalls.items()},
+        "stall_gaps": {camera: [[round(t, 3), round(g * 1e3, 1)] for t, g in found]  # [start s, gap ms]
+                       for camera, found in camera_stalls.items()},
         "longest_gap_ms": {camera: float(np.diff([t for t, _, _ in rows]).max() * 1e3) if len(rows) > 1 else None
                            for camera, rows in outputs.items()},
         "memory_mb": {"start_of_run": memory[0][1] if memory else None,
