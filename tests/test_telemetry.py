@@ -132,6 +132,8 @@ def test_prometheus_exporter_receives_every_event_and_serves_them_over_http(free
     telemetry.processed("cam", "small", 30.0, 0.4, 120.0)
     telemetry.processed("cam", "small", 60.0, 0.4, -5.0)  # negative age: not observed
     telemetry.failed("cam", TIER_FAILURE, tier="large")
+    telemetry.incompatible_qos("cam")
+    assert telemetry.camera_report("cam")["qos_incompatible"] == 1
     metrics.policy_changed("p-1", "learned")
     value = metrics.registry.get_sample_value
     assert value("adaptive_perception_frames_received_total", {"camera": "cam"}) == 3
@@ -143,6 +145,7 @@ def test_prometheus_exporter_receives_every_event_and_serves_them_over_http(free
     assert value("adaptive_perception_node_seconds_bucket", {"camera": "cam", "tier": "small", "le": "0.0333"}) == 1
     assert value("adaptive_perception_node_seconds_sum", {"camera": "cam", "tier": "small"}) == pytest.approx(0.09)
     assert value("adaptive_perception_frame_age_seconds_count", {"camera": "cam"}) == 1
+    assert value("adaptive_perception_qos_incompatible_total", {"topic": "cam"}) == 1
     metrics.serve(free_port)
     try:
         text = urllib.request.urlopen(f"http://127.0.0.1:{free_port}/metrics", timeout=5).read().decode()

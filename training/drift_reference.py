@@ -28,8 +28,9 @@ def _published(split: Split, tier: int) -> list[Detections]:
 
 
 def routed_stream(policy: Policy, split: Split, costs) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per frame of `split`, in order: image features, the tier the policy chose (per-frame setting), and the
-    agreement of that tier's published output with the reference (large) tier's."""
+    """Per frame of `split`, in order: image features, the tier the policy chose (per-frame setting), and on
+    every AUDIT_EVERY-th frame (NaN on the others, as the node audits) the agreement of that tier's published
+    output with the reference (large) tier's."""
     router = Router("learned", policy)
     trace = rollout(split, costs, lambda _f, observation, context: router.decide(observation, context).tier,
                     streaming=False)
@@ -37,7 +38,9 @@ def routed_stream(policy: Policy, split: Split, costs) -> tuple[np.ndarray, np.n
     tiers = np.asarray(trace.processed_tiers)
     published = {t: _published(split, t) for t in range(len(TIERS))}
     reference = published[len(TIERS) - 1]
-    agreements = np.array([agreement(published[t][f], reference[f]) for f, t in zip(order, tiers)])
+    agreements = np.full(len(order), np.nan)
+    for i in range(0, len(order), AUDIT_EVERY):
+        agreements[i] = agreement(published[tiers[i]][order[i]], reference[order[i]])
     return split.profile.features[order], tiers, agreements
 
 
@@ -52,11 +55,5 @@ def drift_reference(policy: Policy, training: Split, held_out: list[Split], cost
         return None
     features, tiers, agreements = routed_stream(policy, training, costs)
     reference = build_reference(features, tiers, agreements[::AUDIT_EVERY])
-    streams = []
-    for split in held_out:
-        held_features, held_tiers, held_agreements = routed_stream(policy, split, costs)
-        sampled = np.full(len(held_agreements), np.nan)
-        sampled[::AUDIT_EVERY] = held_agreements[::AUDIT_EVERY]
-        streams.append((held_features, held_tiers, sampled))
-    reference.thresholds = calibrate(reference, streams)
+    reference.thresholds = calibrate(reference, [routed_stream(policy, split, costs) for split in held_out])
     return reference

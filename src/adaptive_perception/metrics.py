@@ -85,6 +85,9 @@ class PrometheusMetrics:
     def failed(self, camera: str, kind: str) -> None:
         self.failed_frames.labels(camera, kind).inc()
 
+    def incompatible_qos(self, camera: str) -> None:
+        self.qos_incompatible.labels(camera).inc()
+
     def policy_changed(self, policy_id: str, mode: str) -> None:
         self.policy.info({"policy_id": policy_id, "mode": mode})
 

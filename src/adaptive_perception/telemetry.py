@@ -64,6 +64,7 @@ class CameraStats:
     drops: deque[float] = field(default_factory=deque)
     failures: deque[tuple[float, str]] = field(default_factory=deque)
     processed: deque[_Processed] = field(default_factory=deque)
+    qos_incompatible: int = 0  # publishers whose QoS this camera's subscription cannot accept
     last_arrival: float | None = None
     last_processed: float | None = None
     first_arrival: float | None = None
@@ -100,15 +101,15 @@ class Telemetry:
         with self._lock:
             now = self._clock()
             stats = self._stats(camera, now)
-            lost = stats.counters.lost_before_node
+            before = stats.counters.lost_before_node
             stats.counters.arrived(sequence)
-            if stats.counters.lost_before_node > lost:
-                stats.losses.append((now, stats.counters.lost_before_node - lost))
+            lost = stats.counters.lost_before_node - before
+            if lost:
+                stats.losses.append((now, lost))
             stats.arrivals.append(now)
             stats.last_arrival = now
             if stats.first_arrival is None:
                 stats.first_arrival = now
-            lost = stats.counters.lost_before_node - lost
         if self.sink is not None:
             self.sink.arrived(camera, lost)
 
@@ -143,6 +144,13 @@ class Telemetry:
         if self.sink is not None:
             self.sink.failed(camera, key)
 
+    def incompatible_qos(self, camera: str) -> None:
+        """A publisher on this camera's topic offers a QoS the subscription cannot accept."""
+        with self._lock:
+            self.cameras[camera].qos_incompatible += 1
+        if self.sink is not None:
+            self.sink.incompatible_qos(camera)
+
     # ---- reading ----------------------------------------------------------------------------
     def camera_report(self, camera: str) -> dict[str, object]:
         """Totals, recent rates and percentiles of one camera, with its level and the reasons for it."""
@@ -156,6 +164,7 @@ class Telemetry:
             report: dict[str, object] = {
                 **{f"frames_{k}": v for k, v in s.counters.as_dict().items()},
                 "failures_by_kind": dict(s.failures_by_kind),
+                "qos_incompatible": s.qos_incompatible,
                 "fps": len(recent) / span,
                 "drop_share": not_processed / arrived if arrived else 0.0,
                 "node_ms_p50": percentile([p.node_ms for p in recent], 50),

@@ -27,7 +27,7 @@ def rgb_to_msg(rgb: np.ndarray, header: Header) -> Image:
 
 def rgb_to_compressed(rgb: np.ndarray, header: Header, quality: int = 85) -> CompressedImage:
     """A jpeg CompressedImage message of HxWx3 uint8 RGB pixels."""
-    ok, jpeg = cv2.imencode(".jpg", np.ascontiguousarray(rgb[:, :, ::-1]), [cv2.IMWRITE_JPEG_QUALITY, quality])
+    _, jpeg = cv2.imencode(".jpg", np.ascontiguousarray(rgb[:, :, ::-1]), [cv2.IMWRITE_JPEG_QUALITY, quality])
     msg = CompressedImage(header=header, format="jpeg")
     msg.data = jpeg.tobytes()
     return msg

@@ -154,6 +154,8 @@ def _replay_mode(mode: str, bag: Path, frames: int, truth: dict[int, dict], out_
     """One node process in `mode`, the bag in lock-step, outputs scored against the ground truth."""
     from adaptive_perception_msgs.msg import RoutingDecision
 
+    from adaptive_perception.ros.convert import msg_to_detections
+
     outputs, routing = [], []
     parameters = {"image_topics": [BAG_TOPIC], "routing_mode": mode, "providers": ["CPUExecutionProvider"],
                   "qos.reliability": "reliable", "mlflow.tracking_uri": _mlflow_uri(out_dir),
@@ -178,9 +180,7 @@ def _replay_mode(mode: str, bag: Path, frames: int, truth: dict[int, dict], out_
         record = truth.get(_stamp_ns(msg.header))
         if record is None:
             continue
-        boxes = np.array([[d.bbox.center.position.x - d.bbox.size_x / 2, d.bbox.center.position.y - d.bbox.size_y / 2,
-                           d.bbox.center.position.x + d.bbox.size_x / 2, d.bbox.center.position.y + d.bbox.size_y / 2]
-                          for d in msg.detections]).reshape(-1, 4)
+        boxes = msg_to_detections(msg).boxes.astype(np.float64)
         hit, total = recall_at_50([o["box"] for o in record["objects"] if not o["ignore"]], boxes)
         found[record["regime"]][0] += hit
         found[record["regime"]][1] += total

@@ -59,7 +59,6 @@ class PerceptionNode(LifecycleNode):
         self._run_timer = None
         self._configured_at = 0.0
         self._error_log = ErrorLog()
-        self._qos_incompatible: dict[str, int] = {}
         self._slot: LatestFrameSlot[Image | CompressedImage] | None = None
         self._worker: threading.Thread | None = None
         self._subscriptions: list[object] = []
@@ -136,7 +135,6 @@ class PerceptionNode(LifecycleNode):
         self._start_metrics(config)
         self.telemetry = Telemetry(config.image_topics, tuple(detectors), config.health, sink=self.metrics)
         self._error_log = ErrorLog()
-        self._qos_incompatible = {topic: 0 for topic in config.image_topics}
         self._configured_at = time.monotonic()
         self._start_run(config)
         reference_tier = None
@@ -182,8 +180,7 @@ class PerceptionNode(LifecycleNode):
             self.get_logger().error(f"metrics {self._metrics_state}; set metrics.port to a free port (0 = off)")
             return
         metrics.prepare(config.image_topics, tuple(self.detectors))
-        if self.router is not None:
-            metrics.policy_changed(self.router.policy_id, self.router.mode)
+        metrics.policy_changed(self.router.policy_id, self.router.mode)
         self.metrics = metrics
         self._metrics_state = f"http://{config.metrics_bind}:{config.metrics_port}/metrics"
         self.get_logger().info(f"metrics on {self._metrics_state}")
@@ -337,9 +334,7 @@ class PerceptionNode(LifecycleNode):
             self.telemetry.dropped(camera)
 
     def _on_incompatible_qos(self, camera: str, event: object) -> None:
-        self._qos_incompatible[camera] = self._qos_incompatible.get(camera, 0) + 1
-        if self.metrics is not None:
-            self.metrics.qos_incompatible.labels(camera).inc()
+        self.telemetry.incompatible_qos(camera)
         policy = getattr(event, "last_policy_kind", None)
         self.get_logger().warning(
             f"a publisher on '{self.resolve_topic_name(camera)}' offers a QoS this node's subscription cannot accept "
@@ -356,7 +351,6 @@ class PerceptionNode(LifecycleNode):
         node = self.get_fully_qualified_name()
         for camera in telemetry.cameras:
             report = telemetry.camera_report(camera)
-            report["qos_incompatible"] = self._qos_incompatible.get(camera, 0)
             state = self._drift_states.get(camera, 0)
             monitor = self.drift.monitors.get(camera) if self.drift is not None else None
             agreements = self.drift.agreements.get(camera, []) if self.drift is not None else []
