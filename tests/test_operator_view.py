@@ -377,8 +377,10 @@ def test_audits_are_sampled_and_a_changed_scene_is_drift_on_decisions_diagnostic
     rng = np.random.default_rng(4)
     in_distribution = [rng.integers(0, 256, (96, 128, 3), np.uint8) for _ in range(40)]
     policy = drifting_policy(tmp_path / "watched.onnx", in_distribution, window=10)
-    graph = _graph(context, tier_models, routing_mode="learned", policy=str(policy), **{"audit.every": 5,
-                                                                                       "drift.confirm_frames": 3})
+    evidence = tmp_path / "evidence"
+    graph = _graph(context, tier_models, routing_mode="learned", policy=str(policy), **{
+        "audit.every": 5, "drift.confirm_frames": 3, "evidence.dir": str(evidence), "evidence.pre_frames": 4,
+        "evidence.post_frames": 3})
     try:
         audit = graph.node.drift.audit
         dark = np.zeros((96, 128, 3), np.uint8)  # after 20 frames the lights go out
@@ -400,8 +402,27 @@ def test_audits_are_sampled_and_a_changed_scene_is_drift_on_decisions_diagnostic
         assert camera.level == WARN and camera.message.startswith("drift: the scene differs from the policy")
         values = {kv.key: kv.value for kv in camera.values}
         assert 0.0 <= float(values["audit_agreement"]) <= 1.0  # the audits reached the monitor
-        assert {kv.key: kv.value for kv in graph.status("routing").values}["drift_state"] == "drift"
+        routing = {kv.key: kv.value for kv in graph.status("routing", lambda v: v["evidence_events"] == "1").values}
+        assert routing["drift_state"] == "drift" and routing["evidence"] == str(evidence)
         assert any("drift on camera '/image': warn -> drift" in log.msg or "ok -> drift" in log.msg
                    for log in graph.logs)
+        assert graph.transition("deactivate") and graph.transition("cleanup")  # closes the evidence segment
     finally:
         graph.close()
+    # the evidence: the 4 frames up to the one that turned DRIFT and the 3 after it, with the node's outputs
+    from rosbags.highlevel import AnyReader
+
+    from adaptive_perception.recording import ros_typestore
+
+    drift_sec = decisions[first_drift].header.stamp.sec
+    with AnyReader([evidence / "image" / "evidence_0001"], default_typestore=ros_typestore()) as reader:
+        recorded = [(c.topic, reader.deserialize(raw, c.msgtype)) for c, _, raw in reader.messages()]
+    secs = {topic: [m.header.stamp.sec for t, m in recorded if t == topic] for topic in ("/image", "/routing",
+                                                                                          "/detections")}
+    expected = list(range(drift_sec - 3, drift_sec + 4))
+    assert secs == {"/image": expected, "/routing": expected, "/detections": expected}
+    images = [m for t, m in recorded if t == "/image"]
+    assert bytes(images[-1].data) == frames[drift_sec + 2].tobytes()  # the camera's frame itself (sec n = frames[n - 1])
+    routed = {m.header.stamp.sec: m.drift_state for t, m in recorded if t == "/routing"}
+    assert routed[drift_sec] == RoutingDecision.DRIFT_DRIFT and routed[drift_sec - 3] != RoutingDecision.DRIFT_DRIFT
+    assert sorted(p.name for p in (evidence / "image").iterdir()) == ["evidence_0001"]  # one event, one segment

@@ -5,6 +5,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from adaptive_perception.audit import AuditSettings
+from adaptive_perception.evidence import EvidenceSettings
 from adaptive_perception.detector import DEFAULT_PROVIDERS, TIERS, AcceleratorSettings
 from adaptive_perception.errors import ConfigError
 from adaptive_perception.router import RouterSettings, check_mode, tiers_needed
@@ -49,6 +50,7 @@ class NodeConfig:
     mlflow_interval_s: float = 10.0
     audit: AuditSettings = AuditSettings()
     drift_confirm: int = 15  # frames the drift score must stay above 1 before DRIFT (and below the band before OK)
+    evidence: EvidenceSettings = EvidenceSettings()  # frames around a DRIFT event as MCAP; off by default
 
     def model_paths(self) -> dict[str, str]:
         """Resolved file path per loaded tier (tiers with an empty parameter are left out)."""
@@ -87,6 +89,9 @@ class NodeConfig:
         self.audit.validate()
         if self.drift_confirm < 1:
             raise ConfigError(f"drift.confirm_frames {self.drift_confirm} must be >= 1")
+        if self.evidence.pre_frames < 0 or self.evidence.post_frames < 1 or not self.evidence.budget_mb > 0:
+            raise ConfigError(f"evidence.pre_frames {self.evidence.pre_frames} must be >= 0, evidence.post_frames "
+                              f"{self.evidence.post_frames} >= 1 and evidence.budget_mb {self.evidence.budget_mb} > 0")
         if self.accelerator.device_id < 0 or not self.accelerator.trt_cache_dir:
             raise ConfigError(f"cuda.device_id {self.accelerator.device_id} must be >= 0 and tensorrt.engine_cache_dir "
                               "non-empty (built TensorRT engines are kept there between runs)")

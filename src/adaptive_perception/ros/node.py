@@ -5,6 +5,7 @@ import math
 import sys
 import threading
 import time
+from pathlib import Path
 
 import rclpy
 from adaptive_perception_msgs.msg import RoutingDecision
@@ -15,6 +16,7 @@ from rclpy.parameter import Parameter
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.event_handler import SubscriptionEventCallbacks
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
+from rclpy.serialization import serialize_message
 from sensor_msgs.msg import CompressedImage, Image
 from vision_msgs.msg import Detection2DArray
 
@@ -23,11 +25,13 @@ from adaptive_perception.detector import TIERS, AcceleratorSettings, Detections,
 from adaptive_perception.audit import AuditSettings
 from adaptive_perception.drawing import draw_routed
 from adaptive_perception.drift import DRIFT, STATE_NAMES, DriftWatch
+from adaptive_perception.evidence import EvidenceCapture, EvidenceSettings
 from adaptive_perception.errors import AdaptivePerceptionError, ImageDecodeError, TierFailure
 from adaptive_perception.features import RoutingContext, next_context, routing_features
 from adaptive_perception.frames import CameraCounters, LatestFrameSlot
 from adaptive_perception.metrics import PrometheusMetrics
 from adaptive_perception.policy import Policy
+from adaptive_perception.recording import ros_typestore
 from adaptive_perception.runlog import NodeRun, snapshot_metrics
 from adaptive_perception.router import Router, RouterSettings, check_mode, tiers_needed
 from adaptive_perception.ros.parameters import PARAMETERS
@@ -55,6 +59,7 @@ class PerceptionNode(LifecycleNode):
         self._metrics_state = "off"
         self.run: NodeRun | None = None
         self.drift: DriftWatch | None = None
+        self.evidence: EvidenceCapture | None = None
         self._drift_states: dict[str, int] = {}
         self._run_timer = None
         self._configured_at = 0.0
@@ -105,6 +110,8 @@ class PerceptionNode(LifecycleNode):
             mlflow_interval_s=p("mlflow.interval_s").value,
             audit=AuditSettings(p("audit.every").value, p("audit.max_share").value),
             drift_confirm=p("drift.confirm_frames").value,
+            evidence=EvidenceSettings(p("evidence.dir").value, p("evidence.pre_frames").value,
+                                      p("evidence.post_frames").value, p("evidence.budget_mb").value),
         ).validate()
 
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
@@ -149,6 +156,7 @@ class PerceptionNode(LifecycleNode):
                                 reference_tier.detect if reference_tier is not None else None, config.audit,
                                 config.drift_confirm)
         self._drift_states = {camera: 0 for camera in config.image_topics}
+        self._start_evidence(config)
         if policy is not None and policy.drift_reference is None:
             self.get_logger().info(f"policy '{policy.policy_id}' carries no drift reference: drift monitoring is off "
                                    "(re-export it with `adaptive-perception train export`)")
@@ -166,6 +174,24 @@ class PerceptionNode(LifecycleNode):
         self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
         self._diag_timer = self.create_timer(1.0, self._publish_diagnostics)
         return TransitionCallbackReturn.SUCCESS
+
+    def _start_evidence(self, config: NodeConfig) -> None:
+        self.evidence = None
+        if not config.evidence.enabled:
+            return
+        try:
+            self.evidence = EvidenceCapture(config.evidence, ros_typestore(), serialize_message,
+                                            on_event=self._evidence_written)
+        except Exception as exc:  # evidence is optional: perception goes on without it
+            self.get_logger().error(f"evidence capture off: {config.evidence.folder} cannot be used ({exc}); set "
+                                    "evidence.dir to a writable folder")
+            return
+        self._topic_types = {"detections": ("vision_msgs/msg/Detection2DArray", self.resolve_topic_name("detections")),
+                             "routing": ("adaptive_perception_msgs/msg/RoutingDecision",
+                                         self.resolve_topic_name("routing"))}
+
+    def _evidence_written(self, camera: str, segment: Path) -> None:
+        self.get_logger().info(f"drift evidence of camera '{self.resolve_topic_name(camera)}' written to {segment}")
 
     def _start_metrics(self, config: NodeConfig) -> None:
         """Serve Prometheus metrics; a port that cannot be bound costs the metrics, never the perception."""
@@ -277,6 +303,9 @@ class PerceptionNode(LifecycleNode):
 
     def destroy_node(self) -> None:
         self._end_run()
+        if self.evidence is not None:  # never leave recorded evidence unclosed
+            self.evidence.close()
+            self.evidence = None
         if self.metrics is not None:  # frees the port even when the node goes without a cleanup transition
             self.metrics.close()
             self.metrics = None
@@ -307,6 +336,9 @@ class PerceptionNode(LifecycleNode):
         if self.drift is not None:
             self.drift.close()
             self.drift = None
+        if self.evidence is not None:
+            self.evidence.close()  # closes an event being written: its segment stays readable
+            self.evidence = None
         if self.metrics is not None:
             self.metrics.close()
         self.metrics, self.telemetry = None, None
@@ -330,6 +362,8 @@ class PerceptionNode(LifecycleNode):
 
     def _on_image(self, camera: str, msg: Image | CompressedImage, info: dict) -> None:
         self.telemetry.arrived(camera, info.get("publication_sequence_number"))
+        if self.evidence is not None:
+            self.evidence.frame(camera, self.resolve_topic_name(camera), IMAGE_TYPES[type(msg)], _stamp_ns(msg), msg)
         if self._slot is not None and self._slot.put(camera, msg):
             self.telemetry.dropped(camera)
 
@@ -371,8 +405,18 @@ class PerceptionNode(LifecycleNode):
             "message": f"{router.mode}" + (f", policy {router.policy_id}" if router.policy_id else ""),
             "mode": router.mode, "policy_id": router.policy_id,
             "drift_state": STATE_NAMES[max(self._drift_states.values(), default=0)], "metrics": self._metrics_state,
-            "mlflow_run": (self.run.error or self.run.run_id or "starting") if self.run is not None else "off"}))
+            "mlflow_run": (self.run.error or self.run.run_id or "starting") if self.run is not None else "off",
+            **self._evidence_report()}))
         self._diag_pub.publish(array)
+
+    def _evidence_report(self) -> dict[str, object]:
+        evidence = self.evidence
+        if evidence is None:
+            return {"evidence": "off"}
+        return {"evidence": evidence.settings.folder, "evidence_events": evidence.events,
+                "evidence_segments": len(evidence.segments), "evidence_messages_written": evidence.written,
+                "evidence_messages_skipped": evidence.skipped, "evidence_messages_failed": evidence.failed,
+                "evidence_last_error": evidence.last_error}
 
     def _work(self, slot: LatestFrameSlot[Image | CompressedImage]) -> None:
         for camera, msg in slot.items(_WORKER_POLL_S):
@@ -403,7 +447,7 @@ class PerceptionNode(LifecycleNode):
         except Exception as exc:
             raise TierFailure(decision.tier_name, exc) from exc
         inferred = time.perf_counter()
-        stamp = msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
+        stamp = _stamp_ns(msg)
         self._contexts[camera] = (next_context(detections.scores, decision.tier, stamp, previous_stamp), stamp)
         audited, drift_state, drift_score = self.drift.frame(camera, features, decision.tier, rgb, detections)
         detections_msg = detections_to_msg(detections, msg.header)
@@ -426,6 +470,9 @@ class PerceptionNode(LifecycleNode):
             camera_detections, camera_routing = self._camera_pubs[camera]
             camera_detections.publish(detections_msg)
             camera_routing.publish(out)
+        if self.evidence is not None:
+            for name, message in (("detections", detections_msg), ("routing", out)):
+                self.evidence.output(camera, self._topic_types[name][1], self._topic_types[name][0], stamp, message)
         self._drift_changed(camera, drift_state, drift_score)
         if self.metrics is not None:
             if audited:
@@ -449,6 +496,10 @@ class PerceptionNode(LifecycleNode):
             self.get_logger().warning(text)
         else:
             self.get_logger().info(text)
+        if state == DRIFT and self.evidence is not None and self.evidence.trigger(camera):
+            self.get_logger().info(f"recording drift evidence of camera '{self.resolve_topic_name(camera)}': the "
+                                   f"last {self.config.evidence.pre_frames} frames and the next "
+                                   f"{self.config.evidence.post_frames}, under {self.config.evidence.folder}")
 
     def _render(self, slot: LatestFrameSlot) -> None:
         """Draw and publish the newest routed frame for the debug image subscribers, off the processing path."""
@@ -527,6 +578,13 @@ class PerceptionNode(LifecycleNode):
                                    "so they cannot be checked")
         for warning in policy.tier_mismatches({t: (d.digest, str(d.path)) for t, d in detectors.items()}):
             self.get_logger().warning(warning)
+
+
+IMAGE_TYPES = {Image: "sensor_msgs/msg/Image", CompressedImage: "sensor_msgs/msg/CompressedImage"}
+
+
+def _stamp_ns(msg) -> int:
+    return msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
 
 
 def camera_namespace(node: PerceptionNode, camera: str) -> str:

@@ -96,5 +96,19 @@ PARAMETERS: dict[str, tuple[object, ParameterDescriptor]] = {
     "drift.confirm_frames": (_DEFAULTS.drift_confirm, _describe(
         "Frames the drift score must stay above 1 before the state is DRIFT (WARN at once), and below 0.8 before "
         "it returns to OK.", integer_range=[IntegerRange(from_value=1, to_value=10000, step=1)])),
+    "evidence.dir": (_DEFAULTS.evidence.folder, _describe(
+        "Folder for drift evidence: when a camera's drift state turns DRIFT, its frames from before the event (a "
+        "ring of evidence.pre_frames) and after it (evidence.post_frames), with the node's outputs for them, are "
+        "written as a rosbag2 MCAP segment under <dir>/<camera topic>/evidence_NNNN, for `train retrain`; "
+        "empty = off.")),
+    "evidence.pre_frames": (_DEFAULTS.evidence.pre_frames, _describe(
+        "Frames kept per camera before a drift event (held in memory as received: about 0.9 MB each at 640x480).",
+        integer_range=[IntegerRange(from_value=0, to_value=3000, step=1)])),
+    "evidence.post_frames": (_DEFAULTS.evidence.post_frames, _describe(
+        "Frames recorded per camera after a drift event.",
+        integer_range=[IntegerRange(from_value=1, to_value=100000, step=1)])),
+    "evidence.budget_mb": (_DEFAULTS.evidence.budget_mb, _describe(
+        "Disk budget of each camera's evidence folder: the oldest evidence is removed first, never the event being "
+        "written.", floating_point_range=[FloatingPointRange(from_value=1.0, to_value=1e7)])),
     "autostart": (False, _describe("Configure and activate on start-up (for `ros2 run` without a lifecycle manager).")),
 }

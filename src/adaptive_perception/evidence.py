@@ -1,0 +1,191 @@
+"""Evidence capture: the camera frames around a drift event, and the node's outputs, as rosbag2 MCAP (ROS-free).
+
+Per camera, a ring holds the last `pre_frames` received frames and the outputs published for them (references
+to the message objects: nothing is copied or serialized on the processing path). `trigger(camera)` starts an
+event: the ring and the camera's next `post_frames` frames (with their outputs, which are still taken while
+the next LINGER_FRAMES frames arrive: processing lags reception) go to a background thread that
+serializes them and writes them with a `recording.SegmentedRecorder` into the camera's folder under the
+evidence folder (`<folder>/<camera topic with / as _>/`), which keeps it under the disk budget (oldest evidence
+first, never the open segment). Every event is its own segment (`evidence_NNNN/`), closed when the event ends
+or at `close()`, so a process killed mid-event loses at most the segments being written and every earlier one
+stays readable with `rosbags`.
+
+While a camera's event runs, another trigger for it is ignored (the evidence is already being kept); when the
+writer falls behind by more than `max_pending` messages, messages are skipped and counted, never queued
+without bound.
+"""
+from __future__ import annotations
+
+import queue
+import threading
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from adaptive_perception.recording import SegmentedRecorder
+
+@dataclass(frozen=True)
+class EvidenceSettings:
+    folder: str = ""  # empty: evidence capture off
+    pre_frames: int = 60  # frames kept before the trigger, per camera (2 s at 30 Hz)
+    post_frames: int = 150  # frames recorded after it (5 s at 30 Hz)
+    budget_mb: float = 2048.0  # disk budget of each camera's evidence folder
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.folder)
+
+
+LINGER_FRAMES = 10  # after the last recorded frame, outputs for it are still taken for this many more frames
+
+
+@dataclass
+class _Camera:
+    ring: deque  # (stamp_ns, order, topic, msgtype, message, is_frame)
+    post_left: int = 0  # frames still to record in the running event
+    linger_left: int = 0  # frames to wait for the last frames' outputs; an event runs while either is > 0
+    end_stamp: int = 0  # the last recorded frame's stamp
+
+    @property
+    def running(self) -> bool:
+        return self.post_left > 0 or self.linger_left > 0
+
+
+class EvidenceCapture:
+    """`frame(...)` for every received camera message, `output(...)` for every published output, `trigger(camera)`
+    on drift. `serialize(message) -> bytes` turns a message into CDR (rclpy.serialization.serialize_message in
+    the node), called on the writer thread only."""
+
+    def __init__(self, settings: EvidenceSettings, store, serialize: Callable[[object], bytes],
+                 max_pending: int = 4096, on_event: Callable[[str, Path], None] | None = None) -> None:
+        if settings.pre_frames < 0 or settings.post_frames < 1:
+            raise ValueError(f"evidence: pre_frames {settings.pre_frames} must be >= 0 and post_frames "
+                             f"{settings.post_frames} >= 1")
+        self.settings, self.serialize, self.on_event = settings, serialize, on_event
+        self.store = store
+        self.recorders: dict[str, SegmentedRecorder] = {}  # per camera, on the writer thread
+        self.segments: list[Path] = []  # every closed evidence segment, in order
+        self._cameras: dict[str, _Camera] = {}
+        self._lock = threading.Lock()
+        self._order = 0
+        self._queue: queue.Queue = queue.Queue(maxsize=max_pending)
+        self.events = self.written = self.skipped = self.failed = 0
+        self.last_error = ""
+        self._thread = threading.Thread(target=self._write_loop, name="evidence", daemon=True)
+        self._thread.start()
+
+    def _camera(self, camera: str) -> _Camera:
+        if camera not in self._cameras:
+            # outputs are at most two per frame (detections and routing) on each of two topic sets
+            self._cameras[camera] = _Camera(deque(maxlen=max(1, 5 * self.settings.pre_frames)))
+        return self._cameras[camera]
+
+    def frame(self, camera: str, topic: str, msgtype: str, stamp_ns: int, message: object) -> None:
+        self._add(camera, topic, msgtype, stamp_ns, message, True)
+
+    def output(self, camera: str, topic: str, msgtype: str, stamp_ns: int, message: object) -> None:
+        self._add(camera, topic, msgtype, stamp_ns, message, False)
+
+    def _add(self, camera: str, topic: str, msgtype: str, stamp_ns: int, message: object, is_frame: bool) -> None:
+        with self._lock:
+            state = self._camera(camera)
+            self._order += 1
+            entry = (stamp_ns, self._order, topic, msgtype, message, is_frame)
+            if state.post_left > 0:
+                self._put(("write", camera, entry))
+                if is_frame:
+                    state.post_left -= 1
+                    state.end_stamp = stamp_ns
+                    if state.post_left == 0:
+                        state.linger_left = LINGER_FRAMES
+                return
+            if state.linger_left > 0:  # the event's frames are recorded; their outputs may still come
+                if not is_frame and stamp_ns <= state.end_stamp:
+                    self._put(("write", camera, entry))
+                elif is_frame:
+                    state.linger_left -= 1
+                    if state.linger_left == 0:
+                        self._put(("end", camera, None))
+            state.ring.append(entry)
+            frames = sum(e[5] for e in state.ring)
+            while frames > self.settings.pre_frames and state.ring:  # the ring holds pre_frames frames at most
+                frames -= state.ring.popleft()[5]
+
+    def trigger(self, camera: str) -> bool:
+        """Start an event for `camera`; False when one is already running for it."""
+        with self._lock:
+            state = self._camera(camera)
+            if state.running:
+                return False
+            self.events += 1
+            frame_stamps = [e[0] for e in state.ring if e[5]]
+            oldest = min(frame_stamps, default=None)
+            for entry in sorted(state.ring, key=lambda e: (e[0], e[1])):
+                if oldest is not None and entry[0] >= oldest:  # outputs of frames that left the ring stay out
+                    self._put(("write", camera, entry))
+            state.ring.clear()
+            state.post_left = self.settings.post_frames
+            return True
+
+    def capturing(self, camera: str) -> bool:
+        with self._lock:
+            return camera in self._cameras and self._cameras[camera].running
+
+    def _put(self, item) -> None:
+        try:
+            self._queue.put_nowait(item)
+        except queue.Full:
+            self.skipped += 1
+
+    def _write_loop(self) -> None:
+        while True:
+            item = self._queue.get()
+            try:
+                if item is None:
+                    return
+                action, camera, entry = item
+                if action == "end":
+                    self._end(camera)
+                else:
+                    stamp_ns, _, topic, msgtype, message, _ = entry
+                    self._recorder(camera).write(topic, msgtype, stamp_ns, self.serialize(message))
+                    self.written += 1
+            except Exception as exc:  # a full disk or a bad message costs evidence, never the node
+                self.failed += 1
+                self.last_error = f"{type(exc).__name__}: {exc}"
+            finally:
+                self._queue.task_done()
+
+    def _recorder(self, camera: str) -> SegmentedRecorder:
+        if camera not in self.recorders:
+            budget = max(1, int(self.settings.budget_mb * 2**20))  # an event over the budget rolls over
+            self.recorders[camera] = SegmentedRecorder(
+                Path(self.settings.folder) / (camera.strip("/").replace("/", "_") or "camera"), self.store,
+                prefix="evidence", segment_bytes=budget, segment_s=1e9, budget_bytes=budget)
+        return self.recorders[camera]
+
+    def _end(self, camera: str) -> None:
+        recorder = self.recorders.get(camera)
+        if recorder is None:
+            return
+        before = len(recorder.closed_segments)
+        recorder.close()
+        if len(recorder.closed_segments) > before:
+            self.segments.append(recorder.closed_segments[-1])
+            if self.on_event is not None:
+                self.on_event(camera, recorder.closed_segments[-1])
+
+    def flush(self) -> None:
+        """Wait until everything handed to the writer is on disk (the open event's segment stays open)."""
+        self._queue.join()
+
+    def close(self) -> None:
+        """Write what is pending, close the open segments, stop the writer."""
+        with self._lock:
+            for camera, state in self._cameras.items():
+                if state.running:
+                    state.post_left = state.linger_left = 0
+                    self._queue.put(("end", camera, None))
+        self._queue.put(None)
+        self._thread.join(timeout=60)

@@ -1,0 +1,189 @@
+"""Evidence capture around a drift event, written as real rosbag2 MCAP and read back with rosbags."""
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from rosbags.highlevel import AnyReader
+from rosbags.typesys import Stores, get_typestore
+
+from adaptive_perception.evidence import LINGER_FRAMES, EvidenceCapture, EvidenceSettings
+
+STORE = get_typestore(Stores.ROS2_JAZZY)
+Image, Header, Time, String = (STORE.types[t] for t in ("sensor_msgs/msg/Image", "std_msgs/msg/Header",
+                                                         "builtin_interfaces/msg/Time", "std_msgs/msg/String"))
+IMAGE, STRING = "sensor_msgs/msg/Image", "std_msgs/msg/String"
+CAMERA = "/cam/image_raw"
+
+
+def frame(n: int) -> Image:
+    pixels = np.full((4, 6, 3), n % 256, np.uint8)
+    return Image(header=Header(stamp=Time(sec=n, nanosec=0), frame_id="cam"), height=4, width=6,
+                 encoding="rgb8", is_bigendian=0, step=18, data=pixels.ravel())
+
+
+def serialize(message) -> bytes:
+    return bytes(STORE.serialize_cdr(message, IMAGE if isinstance(message, Image) else STRING))
+
+
+def capture(folder: Path, pre: int, post: int, **kwargs) -> EvidenceCapture:
+    return EvidenceCapture(EvidenceSettings(str(folder), pre, post, **kwargs), STORE, serialize)
+
+
+def send_frame(evidence: EvidenceCapture, n: int) -> None:
+    evidence.frame(CAMERA, CAMERA, IMAGE, n * 10**9, frame(n))
+
+
+def send_output(evidence: EvidenceCapture, n: int) -> None:
+    evidence.output(CAMERA, "/routing", STRING, n * 10**9, String(data=f"out {n}"))
+
+
+def read(segment: Path) -> list[tuple[str, int, object]]:
+    with AnyReader([segment], default_typestore=STORE) as reader:
+        return [(c.topic, t // 10**9, reader.deserialize(raw, c.msgtype)) for c, t, raw in reader.messages()]
+
+
+def test_an_event_keeps_the_frames_before_and_after_the_trigger_with_their_late_outputs(tmp_path):
+    evidence = capture(tmp_path, pre=3, post=2)
+    for n in range(1, 7):
+        send_frame(evidence, n)
+        if n < 6:
+            send_output(evidence, n)
+    assert evidence.trigger(CAMERA) and evidence.capturing(CAMERA)
+    assert not evidence.trigger(CAMERA)  # an event already runs for this camera
+    send_frame(evidence, 7)
+    send_output(evidence, 6)  # processing lags reception by a frame
+    send_frame(evidence, 8)  # the second and last frame after the trigger
+    send_output(evidence, 7)
+    send_frame(evidence, 9)  # not recorded: the event only waits for the outputs of frames up to 8
+    send_output(evidence, 8)
+    send_output(evidence, 9)  # not recorded: its frame is not in the event
+    for n in range(10, 8 + LINGER_FRAMES):
+        send_frame(evidence, n)
+    assert evidence.capturing(CAMERA)  # frames 9.. are the linger: one frame short of it
+    send_frame(evidence, 8 + LINGER_FRAMES)
+    assert not evidence.capturing(CAMERA)
+    evidence.flush()
+    segment = tmp_path / "cam_image_raw" / "evidence_0001"
+    assert evidence.segments == [segment] and evidence.events == 1
+    messages = read(segment)
+    frames = [(t, bytes(m.data)[0]) for topic, t, m in messages if topic == CAMERA]
+    assert frames == [(n, n) for n in (4, 5, 6, 7, 8)]  # the 3 before the trigger and the 2 after, pixels intact
+    assert [m.data for topic, _, m in messages if topic == "/routing"] == [f"out {n}" for n in (4, 5, 6, 7, 8)]
+    # the next event starts from the frames received since: the last 3 of the linger
+    assert evidence.trigger(CAMERA)
+    last = 8 + LINGER_FRAMES
+    send_frame(evidence, last + 1)
+    send_frame(evidence, last + 2)
+    evidence.close()
+    second = read(tmp_path / "cam_image_raw" / "evidence_0002")
+    assert [t for topic, t, _ in second if topic == CAMERA] == [last - 2, last - 1, last, last + 1, last + 2]
+    assert evidence.written == 10 + 5 and evidence.skipped == evidence.failed == 0
+
+
+def test_two_cameras_keep_separate_events_and_an_unfinished_event_is_closed_at_shutdown(tmp_path):
+    evidence = capture(tmp_path, pre=2, post=100)
+    for n in range(1, 4):
+        send_frame(evidence, n)
+        evidence.frame("/front", "/front", IMAGE, n * 10**9, frame(100 + n))
+    evidence.trigger("/front")
+    evidence.frame("/front", "/front", IMAGE, 4 * 10**9, frame(104))
+    send_frame(evidence, 4)  # the other camera's frames stay out of the event
+    evidence.close()
+    assert evidence.segments == [tmp_path / "front" / "evidence_0001"]
+    assert [bytes(m.data)[0] for _, _, m in read(evidence.segments[0])] == [102, 103, 104]
+    assert not (tmp_path / "cam_image_raw").exists()
+
+
+def test_old_evidence_is_removed_first_to_stay_under_the_budget(tmp_path):
+    big = np.zeros((512, 512, 3), np.uint8)  # 768 KiB: each event is one such frame and a tiny one
+    evidence = capture(tmp_path, pre=1, post=1, budget_mb=2.0)
+    for event in range(4):
+        evidence.frame(CAMERA, CAMERA, IMAGE, (2 * event + 1) * 10**9,
+                       Image(header=Header(stamp=Time(sec=2 * event + 1, nanosec=0), frame_id="cam"), height=512,
+                             width=512, encoding="rgb8", is_bigendian=0, step=1536, data=big.ravel()))
+        evidence.trigger(CAMERA)
+        send_frame(evidence, 2 * event + 2)
+        for n in range(LINGER_FRAMES):
+            evidence.frame(CAMERA, CAMERA, IMAGE, (2 * event + 2) * 10**9 + n + 1, frame(0))
+        evidence.flush()
+    evidence.close()
+    kept = sorted(p.name for p in (tmp_path / "cam_image_raw").iterdir())
+    assert kept == ["evidence_0003", "evidence_0004"]  # 4 events of 0.75 MiB: only the newest 2 fit in 2 MiB
+    assert len(evidence.segments) == 4
+
+
+def test_a_slow_writer_skips_and_counts_messages_instead_of_queueing_them(tmp_path):
+    entered, gate = threading.Event(), threading.Event()
+
+    def slow(message) -> bytes:  # a disk that stalls
+        entered.set()
+        gate.wait(10)
+        return serialize(message)
+
+    evidence = EvidenceCapture(EvidenceSettings(str(tmp_path), 0, 50), STORE, slow, max_pending=5)
+    evidence.trigger(CAMERA)
+    send_frame(evidence, 1)
+    assert entered.wait(5)
+    for n in range(2, 21):
+        send_frame(evidence, n)
+    gate.set()
+    evidence.close()
+    # the writer held one message while 5 waited: the other 14 were skipped
+    assert (evidence.written, evidence.skipped) == (6, 14)
+    assert [t for _, t, _ in read(evidence.segments[0])] == [1, 2, 3, 4, 5, 6]
+
+
+def test_a_message_that_cannot_be_written_costs_only_itself(tmp_path):
+    evidence = capture(tmp_path, pre=0, post=3)
+    evidence.trigger(CAMERA)
+    send_frame(evidence, 1)
+    evidence.frame(CAMERA, CAMERA, "no_such/msg/Type", 2 * 10**9, frame(2))
+    send_frame(evidence, 3)
+    evidence.close()
+    assert (evidence.written, evidence.failed) == (2, 1) and "no_such/msg/Type" in evidence.last_error
+    assert [t for _, t, _ in read(evidence.segments[0])] == [1, 3]
+
+
+def test_refuses_an_event_without_frames_after_the_trigger(tmp_path):
+    with pytest.raises(ValueError, match="post_frames 0 >= 1"):
+        capture(tmp_path, pre=5, post=0)
+
+
+def test_kill_9_while_an_event_is_written_leaves_every_earlier_event_readable(tmp_path):
+    script = textwrap.dedent(f"""
+        import sys, time
+        sys.path.insert(0, {str(Path(__file__).parent)!r})
+        from test_evidence import CAMERA, LINGER_FRAMES, capture, send_frame
+        evidence = capture(sys.argv[1], pre=2, post=3)
+        for n in range(1, 3):
+            send_frame(evidence, n)
+        evidence.trigger(CAMERA)
+        for n in range(3, 6 + LINGER_FRAMES):
+            send_frame(evidence, n)
+        evidence.flush()
+        evidence.trigger(CAMERA)  # the second event never ends: frames keep coming until the kill
+        n = 100
+        print("second event", flush=True)
+        while True:
+            send_frame(evidence, n)
+            n += 1
+            time.sleep(0.002)
+    """)
+    writer = subprocess.Popen([sys.executable, "-c", script, str(tmp_path)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert writer.stdout.readline().strip() == "second event"
+        time.sleep(0.5)
+    finally:
+        writer.kill()
+        writer.wait(10)
+    assert writer.returncode == -9
+    first = read(tmp_path / "cam_image_raw" / "evidence_0001")
+    assert [t for _, t, _ in first] == [1, 2, 3, 4, 5]
+    assert (tmp_path / "cam_image_raw" / "evidence_0002").exists()  # the segment being written when killed
