@@ -106,3 +106,33 @@ def test_a_failing_reference_is_counted_and_the_worker_keeps_going():
         worker.close()
     with pytest.raises(ConfigError, match="audit.max_share"):
         AuditSettings(max_share=0.0).validate()
+
+
+def test_the_reference_process_answers_like_the_tier_in_process_at_the_lowest_priority(tier_models):
+    from adaptive_perception.audit import ReferenceProcess
+
+    args = (str(tier_models["large"]), ("CPUExecutionProvider",), 0.25, 0.45, 100, 1, "large (audit)")
+    local = DetectorTier(*args)
+    reference = ReferenceProcess(*args)
+    try:
+        rgb = np.random.default_rng(7).integers(0, 256, (96, 128, 3), np.uint8)
+        expected, got = local.detect(rgb), reference(rgb)
+        assert got.class_names == expected.class_names and got.class_names[0] == "large-0"
+        np.testing.assert_array_equal(got.boxes, expected.boxes)
+        np.testing.assert_array_equal(got.class_ids, expected.class_ids)
+        # /proc/<pid>/stat: field 19 is the nice value (after the parenthesised command name)
+        stat = open(f"/proc/{reference.pid}/stat").read().rsplit(")", 1)[1].split()
+        assert int(stat[16]) == 19
+        with pytest.raises(RuntimeError, match="reference tier: "):
+            reference(np.zeros((0, 5, 3), np.uint8))  # a frame the tier refuses costs that audit only
+        np.testing.assert_array_equal(reference(rgb).boxes, expected.boxes)
+    finally:
+        reference.close()
+    assert not reference._process.is_alive()
+
+
+def test_a_reference_process_that_cannot_load_its_tier_says_why(tmp_path):
+    from adaptive_perception.audit import ReferenceProcess
+
+    with pytest.raises(RuntimeError, match="failed to load: .*missing.onnx"):
+        ReferenceProcess(str(tmp_path / "missing.onnx"), ("CPUExecutionProvider",), 0.25, 0.45, 100, 1, "large")

@@ -58,7 +58,7 @@ def test_diagnostics_give_counts_shares_and_latency_per_camera_and_tier(context,
         assert tiers["small"]["provider"] == "CPUExecutionProvider" and tiers["large"]["model"] == str(tier_models["large"])
         routing = {kv.key: kv.value for kv in graph.status("routing").values}
         assert routing == {"mode": "fixed:large", "policy_id": "", "drift_state": "unknown",
-                           "metrics": "off (metrics.port 0)", "mlflow_run": "off"}
+                           "metrics": "off (metrics.port 0)", "mlflow_run": "off", "evidence": "off"}
     finally:
         graph.close()
 

@@ -4,12 +4,18 @@ Agreement between the routed output and the reference is the live accuracy proxy
 routed box matches at most one reference box of the same class (greedy, highest IoU first), F1 = 2 TP /
 (routed + reference); two empty outputs agree fully (1.0). The audit worker holds one frame at a time: when it
 is busy, or when its busy time over the last `window_s` exceeds `max_share` of the wall time, the sample is
-skipped and counted, so the routed frame is never delayed and the audit's compute stays bounded. The worker
-thread runs at the lowest CPU priority (nice 19, Linux), and the node gives it a single-threaded session of
-the reference tier of its own, so an audit takes spare cycles rather than the routed frames' cores.
+skipped and counted, so the routed frame is never delayed and the audit's compute stays bounded.
+
+The node runs the reference tier in a process of its own (`ReferenceProcess`: a single-threaded session at
+the lowest CPU priority, nice 19), so an audit takes spare cycles rather than the routed frames' cores. Not a
+niced thread in the node: a low-priority thread that holds Python's GIL when the cores are busy stops every
+thread of the node until the scheduler gets back to it (measured: gaps of 0.2-1.2 s on both cameras at once,
+frames lost in transport while the executor waited), while the worker thread here does little but wait on
+the process.
 """
 from __future__ import annotations
 
+import multiprocessing
 import os
 import threading
 import time
@@ -126,10 +132,6 @@ class AuditWorker:
         self._thread.join(timeout=30)
 
     def _loop(self) -> None:
-        try:  # Linux: nice applies per thread; the audit yields the cores to the routed frames
-            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
-        except (AttributeError, OSError):
-            pass
         while True:
             with self._cond:
                 self._cond.wait_for(lambda: self._pending is not None or self._closed)
@@ -151,3 +153,74 @@ class AuditWorker:
             if reference is not None:
                 self.audited += 1
                 self._on_result(key, score, reference)
+
+
+class ReferenceProcess:
+    """The reference tier in a child process at the lowest CPU priority; call it like `DetectorTier.detect`.
+
+    `tier_args` are `DetectorTier`'s arguments (picklable). The child is spawned (a fresh interpreter: no forked
+    DDS or onnxruntime state), loads the tier and answers frames over a pipe; a call blocks (without the GIL)
+    until the answer comes. A failure in the child comes back as its exception text; a dead child raises."""
+
+    def __init__(self, *tier_args, start_timeout_s: float = 120.0) -> None:
+        context = multiprocessing.get_context("spawn")
+        self._conn, child = context.Pipe()
+        self._lock = threading.Lock()
+        self._process = context.Process(target=_serve_reference, args=(child, tier_args), name="audit-reference",
+                                        daemon=True)
+        self._process.start()
+        child.close()
+        if not self._conn.poll(start_timeout_s):
+            self.close()
+            raise RuntimeError(f"the audit's reference process did not start within {start_timeout_s:.0f} s")
+        kind, value = self._conn.recv()
+        if kind != "ready":
+            self.close()
+            raise RuntimeError(f"the audit's reference tier failed to load: {value}")
+        self.pid = self._process.pid
+
+    def __call__(self, rgb: np.ndarray) -> Detections:
+        with self._lock:
+            self._conn.send(rgb)
+            kind, value = self._conn.recv()
+        if kind != "ok":
+            raise RuntimeError(f"reference tier: {value}")
+        return value
+
+    def close(self) -> None:
+        try:
+            self._conn.send(None)
+        except (OSError, ValueError):
+            pass
+        self._process.join(timeout=10)
+        if self._process.is_alive():
+            self._process.kill()
+            self._process.join(timeout=5)
+        self._conn.close()
+
+
+def _serve_reference(conn, tier_args: tuple) -> None:
+    """The reference process: nice 19, one DetectorTier, frames in and Detections out until None or EOF."""
+    try:
+        os.nice(19)
+    except (AttributeError, OSError):
+        pass
+    try:
+        from adaptive_perception.detector import DetectorTier
+
+        tier = DetectorTier(*tier_args)
+    except Exception as exc:
+        conn.send(("error", f"{type(exc).__name__}: {exc}"))
+        return
+    conn.send(("ready", None))
+    while True:
+        try:
+            rgb = conn.recv()
+        except (EOFError, OSError):
+            return
+        if rgb is None:
+            return
+        try:
+            conn.send(("ok", tier.detect(rgb)))
+        except Exception as exc:  # one bad frame costs one audit
+            conn.send(("error", f"{type(exc).__name__}: {exc}"))

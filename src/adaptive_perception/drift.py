@@ -199,6 +199,7 @@ class DriftWatch:
         from adaptive_perception.audit import AuditSettings, AuditWorker
 
         self.confirm = confirm
+        self._reference_tier = reference_tier
         self.agreements: dict[str, list[float]] = {camera: [] for camera in cameras}  # recent audit scores
         self.audit = AuditWorker(reference_tier, self._audited, audit_settings or AuditSettings()) \
             if reference_tier is not None else None
@@ -228,3 +229,5 @@ class DriftWatch:
     def close(self) -> None:
         if self.audit is not None:
             self.audit.close()
+        if hasattr(self._reference_tier, "close"):  # a ReferenceProcess: its child goes too
+            self._reference_tier.close()

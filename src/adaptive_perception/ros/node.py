@@ -22,7 +22,7 @@ from vision_msgs.msg import Detection2DArray
 
 from adaptive_perception.config import NodeConfig, resolve_model
 from adaptive_perception.detector import TIERS, AcceleratorSettings, Detections, DetectorTier
-from adaptive_perception.audit import AuditSettings
+from adaptive_perception.audit import AuditSettings, ReferenceProcess
 from adaptive_perception.drawing import draw_routed
 from adaptive_perception.drift import DRIFT, STATE_NAMES, DriftWatch
 from adaptive_perception.evidence import EvidenceCapture, EvidenceSettings
@@ -145,16 +145,15 @@ class PerceptionNode(LifecycleNode):
         self._configured_at = time.monotonic()
         self._start_run(config)
         reference_tier = None
-        if "large" in detectors and config.audit.every:  # a one-thread session of its own: see audit.py
+        if "large" in detectors and config.audit.every:  # a one-thread session in a niced process: see audit.py
             try:
-                reference_tier = DetectorTier(detectors["large"].path, config.providers, config.conf_threshold,
-                                              config.iou_threshold, config.max_detections, 1, "large (audit)",
-                                              config.accelerator)
+                reference_tier = ReferenceProcess(detectors["large"].path, config.providers, config.conf_threshold,
+                                                  config.iou_threshold, config.max_detections, 1, "large (audit)",
+                                                  config.accelerator)
             except Exception as exc:  # the audit is optional: perception goes on without it
-                self.get_logger().error(f"audit off: the reference tier's audit session failed to load ({exc})")
+                self.get_logger().error(f"audit off: {exc}")
         self.drift = DriftWatch(config.image_topics, policy.drift_reference if policy is not None else None,
-                                reference_tier.detect if reference_tier is not None else None, config.audit,
-                                config.drift_confirm)
+                                reference_tier, config.audit, config.drift_confirm)
         self._drift_states = {camera: 0 for camera in config.image_topics}
         self._start_evidence(config)
         if policy is not None and policy.drift_reference is None:
