@@ -91,6 +91,24 @@ def _parser() -> argparse.ArgumentParser:
     policy_sub = policy.add_subparsers(dest="policy_command", required=True)
     inspect = policy_sub.add_parser("inspect", help="validate a policy ONNX and print its metadata")
     inspect.add_argument("path", help="policy ONNX file or embedded:policy")
+    store_help = "policy store folder (the node's `policy` parameter points at <store>/current.onnx)"
+    store_init = policy_sub.add_parser("store-init", help="start a policy store from a policy (default: the "
+                                       "embedded one) unless it holds one already")
+    store_init.add_argument("--store", type=Path, required=True, help=store_help)
+    store_init.add_argument("--from", dest="source", default="embedded:policy", help="policy ONNX or embedded:policy")
+    promote = policy_sub.add_parser("promote", help="make a policy current in a store (the current one is kept for "
+                                    "rollback) and load it into the running node")
+    promote.add_argument("candidate", help="policy ONNX file")
+    promote.add_argument("--store", type=Path, required=True, help=store_help)
+    promote.add_argument("--node", default="/perception_node", help="node to load it into ('' = none)")
+    promote.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for the node's service")
+    rollback = policy_sub.add_parser("rollback", help="swap the store's current and previous policies and load the "
+                                     "restored one into the running node")
+    rollback.add_argument("--store", type=Path, required=True, help=store_help)
+    rollback.add_argument("--node", default="/perception_node", help="node to load it into ('' = none)")
+    rollback.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for the node's service")
+    history = policy_sub.add_parser("history", help="the store's promotions and rollbacks")
+    history.add_argument("--store", type=Path, required=True, help=store_help)
     fit = policy_sub.add_parser("fit-regime", help="the features' signal report: a linear regime classifier "
                                 "(train extra); also written as a policy")
     fit.add_argument("--benchmark", type=Path, default=Path("build/benchmark"))
@@ -268,6 +286,28 @@ def _models(args: argparse.Namespace) -> int:
     return 0
 
 
+def _policy_store(args: argparse.Namespace) -> int:
+    from adaptive_perception.policy_store import PolicyStore
+
+    store = PolicyStore(args.store)
+    if args.policy_command == "history":
+        for entry in store.history():
+            print(json.dumps(entry))
+        return 0
+    if args.policy_command == "store-init":
+        path = store.init(args.source)
+        print(f"{path}: policy_id {store.policy_id(path)}; point the node's policy parameter here")
+        return 0
+    path = store.promote(args.candidate) if args.policy_command == "promote" else store.rollback()
+    print(f"{args.policy_command}: {path} is now policy '{store.policy_id(path)}' (previous: "
+          f"'{store.policy_id(store.previous)}')")
+    if args.node:
+        from adaptive_perception.ros.session import load_policy
+
+        print(f"{args.node} runs policy '{load_policy(args.node, str(path.resolve()), args.timeout)}'")
+    return 0
+
+
 def _policy(args: argparse.Namespace) -> int:
     from adaptive_perception.config import resolve_model
 
@@ -277,6 +317,8 @@ def _policy(args: argparse.Namespace) -> int:
         info = Policy(resolve_model(args.path)).info
         print(f"{info.path}: policy_id {info.policy_id}, tiers {list(info.tiers)}\n{info.description}")
         return 0
+    if args.policy_command in ("store-init", "promote", "rollback", "history"):
+        return _policy_store(args)
     from adaptive_perception.training.regime import fit_regime_policy
 
     report = fit_regime_policy(args.benchmark, args.out, args.report)

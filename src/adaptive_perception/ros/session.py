@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator, Mapping
@@ -65,3 +66,25 @@ def node_process(parameters: Mapping[str, object], log_path: Path, params_file: 
                 except subprocess.TimeoutExpired:
                     process.kill()
                     process.wait()
+
+
+def load_policy(node_name: str, path: str, timeout_s: float = 30.0) -> str:
+    """Call `<node_name>/load_policy` with `path`; the new policy id, or RuntimeError with the node's answer."""
+    from adaptive_perception_msgs.srv import LoadPolicy
+
+    service = f"{node_name.rstrip('/')}/load_policy"
+    with spun_node("policy_client") as client_node:
+        client = client_node.create_client(LoadPolicy, service)
+        if not client.wait_for_service(timeout_sec=timeout_s):
+            raise RuntimeError(f"no service {service} within {timeout_s:.0f} s: is the node running and active, "
+                               "under that name (--node)?")
+        future = client.call_async(LoadPolicy.Request(path=str(path)))
+        deadline = time.monotonic() + timeout_s
+        while not future.done() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        if not future.done():
+            raise RuntimeError(f"{service} did not answer within {timeout_s:.0f} s")
+        response = future.result()
+    if not response.success:
+        raise RuntimeError(f"{service} refused {path}: {response.message}")
+    return response.message

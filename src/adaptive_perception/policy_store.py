@@ -1,0 +1,89 @@
+"""Where a deployed routing policy lives, so a promotion survives a restart and one command rolls it back (ROS-free).
+
+A store is a folder: `current.onnx` (the policy a node runs: point the node's `policy` parameter at it),
+`previous.onnx` (the one before the last promotion, for rollback) and `history.jsonl` (one JSON line per
+promotion or rollback: time, what moved, policy ids, and the gate's decision with its numbers). Every change
+validates the file first (a `Policy` loads it) and replaces `current.onnx` by an atomic rename, so a node
+restarting at any moment loads either the old policy or the new one, never half a file.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+
+from adaptive_perception.config import resolve_model
+from adaptive_perception.errors import ConfigError
+from adaptive_perception.policy import Policy
+
+CURRENT, PREVIOUS, HISTORY = "current.onnx", "previous.onnx", "history.jsonl"
+
+
+class PolicyStore:
+    def __init__(self, folder: str | Path) -> None:
+        self.folder = Path(folder).expanduser()
+
+    @property
+    def current(self) -> Path:
+        return self.folder / CURRENT
+
+    @property
+    def previous(self) -> Path:
+        return self.folder / PREVIOUS
+
+    def policy_id(self, path: Path) -> str | None:
+        return Policy(str(path)).policy_id if path.is_file() else None
+
+    def init(self, policy: str) -> Path:
+        """Start the store from `policy` (a file or embedded:policy) unless it already holds a current policy."""
+        if self.current.is_file():
+            return self.current
+        self._install(Path(resolve_model(policy)), self.current)
+        self._log({"action": "init", "policy_id": self.policy_id(self.current), "source": policy})
+        return self.current
+
+    def promote(self, candidate: str | Path, decision: dict | None = None) -> Path:
+        """Make `candidate` current; the current policy becomes previous. Returns the current path."""
+        if not self.current.is_file():
+            raise ConfigError(f"policy store {self.folder} holds no {CURRENT}; start it with `adaptive-perception "
+                              "policy store-init --store DIR` first")
+        candidate = Path(resolve_model(str(candidate)))
+        new_id = Policy(str(candidate)).policy_id  # validated before anything moves
+        old_id = self.policy_id(self.current)
+        self._install(self.current, self.previous)
+        self._install(candidate, self.current)
+        self._log({"action": "promote", "policy_id": new_id, "replaced": old_id, "source": str(candidate),
+                   "decision": decision or {}})
+        return self.current
+
+    def rollback(self) -> Path:
+        """Swap current and previous (a second rollback undoes the first). Returns the current path."""
+        if not self.previous.is_file():
+            raise ConfigError(f"policy store {self.folder} has no {PREVIOUS}: nothing was promoted, nothing to roll "
+                              "back to")
+        old_id, new_id = self.policy_id(self.current), self.policy_id(self.previous)
+        swap = self.folder / ".swap.onnx"
+        shutil.copyfile(self.current, swap)
+        self._install(self.previous, self.current)
+        os.replace(swap, self.previous)
+        self._log({"action": "rollback", "policy_id": new_id, "replaced": old_id})
+        return self.current
+
+    def history(self) -> list[dict]:
+        path = self.folder / HISTORY
+        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
+
+    def _install(self, source: Path, target: Path) -> None:
+        """Copy `source` over `target` atomically (a temporary file in the same folder, then a rename)."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        temporary = target.with_name(f".{target.name}.tmp")
+        shutil.copyfile(source, temporary)
+        with open(temporary, "rb+") as handle:
+            os.fsync(handle.fileno())
+        os.replace(temporary, target)
+
+    def _log(self, entry: dict) -> None:
+        with open(self.folder / HISTORY, "a") as handle:
+            handle.write(json.dumps({"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **entry}) + "\n")

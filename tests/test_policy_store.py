@@ -1,0 +1,137 @@
+"""The policy store: promotion and rollback on disk, and through `adaptive-perception policy` into a running node."""
+from __future__ import annotations
+
+import json
+import subprocess
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from adaptive_perception.errors import ConfigError
+from adaptive_perception.policy import PolicyFileError
+from adaptive_perception.policy_store import PolicyStore
+from policies import constant_policy
+from rosgraph import Graph, image_msg, wait_until
+
+
+@pytest.fixture
+def policies(tmp_path):
+    """Three constant policies that route every frame to a different tier."""
+    return {name: constant_policy(tmp_path / f"{name}.onnx", probabilities, f"to-{name}")
+            for name, probabilities in (("nano", (0.98, 0.01, 0.01)), ("small", (0.01, 0.98, 0.01)),
+                                        ("large", (0.01, 0.01, 0.98)))}
+
+
+def test_promote_keeps_the_previous_policy_and_rollback_swaps_them(tmp_path, policies):
+    store = PolicyStore(tmp_path / "store")
+    with pytest.raises(ConfigError, match="store-init"):
+        store.promote(policies["small"])
+    assert store.init(str(policies["nano"])) == store.current
+    assert store.init(str(policies["large"])) == store.current and store.policy_id(store.current) == "to-nano"
+    with pytest.raises(ConfigError, match="nothing to roll back"):
+        store.rollback()
+    store.promote(policies["small"], {"promote": True, "difference": 1.5})
+    assert (store.policy_id(store.current), store.policy_id(store.previous)) == ("to-small", "to-nano")
+    store.rollback()
+    assert (store.policy_id(store.current), store.policy_id(store.previous)) == ("to-nano", "to-small")
+    store.rollback()  # a second rollback undoes the first
+    assert (store.policy_id(store.current), store.policy_id(store.previous)) == ("to-small", "to-nano")
+    history = store.history()
+    assert [(h["action"], h["policy_id"], h.get("replaced")) for h in history] == [
+        ("init", "to-nano", None), ("promote", "to-small", "to-nano"), ("rollback", "to-nano", "to-small"),
+        ("rollback", "to-small", "to-nano")]
+    assert history[1]["decision"] == {"promote": True, "difference": 1.5}
+    assert sorted(p.name for p in store.folder.iterdir()) == ["current.onnx", "history.jsonl", "previous.onnx"]
+
+
+def test_a_broken_candidate_is_refused_before_anything_moves(tmp_path, policies):
+    store = PolicyStore(tmp_path / "store")
+    store.init(str(policies["nano"]))
+    broken = tmp_path / "broken.onnx"
+    broken.write_bytes(policies["small"].read_bytes()[:500])
+    with pytest.raises(PolicyFileError):
+        store.promote(broken)
+    assert store.policy_id(store.current) == "to-nano" and not store.previous.exists()
+    assert [h["action"] for h in store.history()] == ["init"]
+
+
+def test_promote_and_rollback_reach_the_running_node_between_frames_and_a_restart_keeps_them(
+        context, tier_models, policies, tmp_path):
+    store = PolicyStore(tmp_path / "store")
+    current = store.init(str(policies["nano"]))
+    parameters = {**{f"models.{t}": str(p) for t, p in tier_models.items()}, "policy": str(current),
+                  "routing_mode": "learned", "providers": ["CPUExecutionProvider"], "image_topics": ["image"],
+                  "warmup_runs": 0, "audit.every": 0}
+    graph = Graph(context, parameters)
+    try:
+        assert graph.transition("configure") and graph.transition("activate")
+        graph.wait_for_image_subscriber()
+        rgb = np.random.default_rng(3).integers(0, 256, (96, 128, 3), np.uint8)
+        sent, stop = [], threading.Event()
+
+        def camera():  # frames keep coming, one at a time, while the policy changes
+            sec = 1
+            while not stop.is_set():
+                assert graph.send_lockstep(image_msg(rgb, sec=sec))
+                sent.append(sec)
+                sec += 1
+
+        thread = threading.Thread(target=camera)
+        thread.start()
+        try:
+            assert wait_until(lambda: len(sent) >= 5, 20)
+            cli = ["adaptive-perception", "policy", "promote", str(policies["large"]), "--store", str(store.folder),
+                   "--node", f"/{graph.name}"]
+            run = subprocess.run(cli, capture_output=True, text=True, timeout=120)
+            assert run.returncode == 0, run.stderr[-2000:]
+            assert f"/{graph.name} runs policy 'to-large'" in run.stdout
+            promoted_at = len(sent)
+            assert wait_until(lambda: len(sent) >= promoted_at + 5, 20)
+            run = subprocess.run(["adaptive-perception", "policy", "rollback", "--store", str(store.folder), "--node",
+                                  f"/{graph.name}"], capture_output=True, text=True, timeout=120)
+            assert run.returncode == 0, run.stderr[-2000:]
+            rolled_at = len(sent)
+            assert wait_until(lambda: len(sent) >= rolled_at + 5, 20)
+        finally:
+            stop.set()
+            thread.join(timeout=30)
+        decisions = sorted(graph.routing, key=lambda d: d.header.stamp.sec)
+        assert [d.header.stamp.sec for d in decisions] == sent  # every frame answered: none dropped or lost
+        ids = [d.policy_id for d in decisions]
+        # nano's policy, then large's from a frame on (and never back until the rollback), then nano's again
+        first_large, last_large = ids.index("to-large"), len(ids) - 1 - ids[::-1].index("to-large")
+        assert set(ids[:first_large]) == {"to-nano"} and set(ids[first_large:last_large + 1]) == {"to-large"}
+        assert set(ids[last_large + 1:]) == {"to-nano"} and last_large + 1 < len(ids)
+        assert all(d.tier_name == ("large" if d.policy_id == "to-large" else "nano") for d in decisions)
+        assert graph.node.get_parameter("policy").value == str(current.resolve())
+    finally:
+        graph.close()
+    # promoted again, a node that starts afresh on the store's current.onnx runs the promoted policy
+    assert subprocess.run(["adaptive-perception", "policy", "promote", str(policies["small"]), "--store",
+                           str(store.folder), "--node", ""], capture_output=True, timeout=60).returncode == 0
+    restarted = Graph(context, parameters)
+    try:
+        assert restarted.transition("configure") and restarted.transition("activate")
+        restarted.wait_for_image_subscriber()
+        assert restarted.send_lockstep(image_msg(rgb, sec=1000))
+        assert wait_until(lambda: len(restarted.routing) == 1, 10)
+        assert (restarted.routing[0].policy_id, restarted.routing[0].tier_name) == ("to-small", "small")
+    finally:
+        restarted.close()
+    history = subprocess.run(["adaptive-perception", "policy", "history", "--store", str(store.folder)],
+                             capture_output=True, text=True, timeout=60).stdout.splitlines()
+    assert [json.loads(line)["action"] for line in history] == ["init", "promote", "rollback", "promote"]
+
+
+def test_promote_to_a_node_that_is_not_there_says_so_and_keeps_the_store_change(tmp_path, policies):
+    store = PolicyStore(tmp_path / "store")
+    store.init(str(policies["nano"]))
+    started = time.monotonic()
+    run = subprocess.run(["adaptive-perception", "policy", "promote", str(policies["large"]), "--store",
+                          str(store.folder), "--node", "/nobody_here", "--timeout", "3"], capture_output=True, text=True,
+                         timeout=120)
+    assert run.returncode != 0 and "no service /nobody_here/load_policy" in run.stderr
+    assert time.monotonic() - started < 30
+    assert store.policy_id(store.current) == "to-large"  # a restarted node picks it up
