@@ -167,3 +167,65 @@ def test_the_exported_policy_carries_a_calibrated_drift_reference(pipeline):
         monitor.update(features, mix_tier)
     states = [monitor.update(features * 0.5, mix_tier)[0] for features in val.features[:reference.window]]
     assert DRIFT in states, (monitor.statistics, reference.thresholds)
+
+
+def _evidence(pipeline, tmp_path, count: int = 2) -> list[str]:
+    """Recordings without labels standing in for the node's evidence: the first test bags, sidecar removed."""
+    bags = []
+    for bag in sorted((pipeline["root"] / "ci" / "bags" / "test").iterdir())[:count]:
+        shutil.copytree(bag, tmp_path / "evidence" / bag.name, ignore=shutil.ignore_patterns("ground_truth.json"))
+        bags.append(str(tmp_path / "evidence" / bag.name))
+    return bags
+
+
+def test_retrain_refuses_a_candidate_that_buys_accuracy_with_cost(pipeline, tmp_path):
+    from adaptive_perception.policy_store import PolicyStore
+    from policies import constant_policy
+
+    nano = constant_policy(tmp_path / "nano.onnx", (0.98, 0.01, 0.01), "always-nano")
+    large = constant_policy(tmp_path / "large.onnx", (0.01, 0.01, 0.98), "always-large")
+    store = PolicyStore(tmp_path / "store")
+    store.init(str(nano))
+    run = _cli("train", "retrain", "--bags", *_evidence(pipeline, tmp_path), "--original-work",
+               str(pipeline["root"] / "work"), "--work", str(tmp_path / "work"), "--current", str(nano),
+               "--candidate", str(large), "--segment-frames", "10", "--resamples", "20", "--store",
+               str(store.folder), timeout=900)
+    assert run.returncode == 3, run.stdout[-3000:] + run.stderr[-3000:]
+    decision = json.loads((tmp_path / "work" / "retrain.json").read_text())
+    assert decision["checks"] == {"cost_matched": False, "better_on_new_data": True, "original_loss_ok": True}
+    assert not decision["promote"] and "buys accuracy with cost" in decision["reasons"][0]
+    # truth on the evidence is the large tier's own published output: always-large finds exactly it
+    assert decision["new_data"]["candidate_map50_95"] == pytest.approx(100.0, abs=0.5)
+    assert decision["new_data"]["current_map50_95"] < 90.0
+    assert decision["candidate"]["mix_new"] == {"nano": 0.0, "small": 0.0, "large": 1.0}
+    assert store.policy_id(store.current) == "always-nano" and not store.previous.exists()  # nothing promoted
+    assert "KEEP the current policy" in run.stdout
+
+
+def test_retrain_trains_a_candidate_on_the_evidence_and_logs_the_gate(pipeline, tmp_path):
+    import mlflow
+
+    from adaptive_perception.training.profile import Profile
+
+    bags = _evidence(pipeline, tmp_path)
+    run = _cli("train", "retrain", "--preset", "small", "--seeds", "1", "--resamples", "10", "--bags", *bags,
+               "--original-work", str(pipeline["root"] / "work"), "--work", str(tmp_path / "work"), "--current",
+               str(pipeline["root"] / "policy.onnx"), "--segment-frames", "10", timeout=1800)
+    assert run.returncode in (0, 3), run.stdout[-3000:] + run.stderr[-3000:]
+    decision = json.loads((tmp_path / "work" / "retrain.json").read_text())
+    assert decision["promote"] == (run.returncode == 0) == all(decision["checks"].values())
+    assert Policy(decision["candidate"]["path"]).policy_id.startswith("bc-ppo-")
+    # the training data: the original router split followed by two thirds of the evidence's segments
+    original = Profile.load(pipeline["root"] / "work" / "profile_router.npz")
+    combined = Profile.load(tmp_path / "work" / "profile_router.npz")
+    held_out = Profile.load(tmp_path / "work" / "evidence_held_out.npz")
+    evidence_frames = len(combined) - len(original)
+    assert evidence_frames > 0 and decision["held_out_frames"] == len(held_out)
+    np.testing.assert_array_equal(combined.features[:len(original)], original.features)
+    assert len(np.unique(held_out.sequence)) == decision["held_out_segments"] >= 2
+    assert abs(evidence_frames - 2 * len(held_out)) <= 20  # every third 10-frame segment of each bag held out
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'work' / 'mlflow.db'}")
+    runs = mlflow.search_runs(experiment_names=["adaptive_perception.routing"], output_format="list")
+    retrain = next(r for r in runs if r.info.run_name == "retrain")
+    assert json.loads(retrain.data.params["bags"].replace("'", '"')) == bags
+    assert retrain.data.metrics["promote"] == float(decision["promote"])

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 from adaptive_perception.errors import AdaptivePerceptionError
@@ -119,8 +120,10 @@ def _parser() -> argparse.ArgumentParser:
 
     train = sub.add_parser("train", help="train a routing policy from recordings: profile -> labels -> BC -> PPO -> "
                            "export -> evaluate (train extra)")
-    train.add_argument("stage", choices=["profile", "labels", "bc", "ppo", "export", "evaluate", "all"],
-                       help="one stage (its inputs must exist) or all of them in order; finished stages are skipped")
+    train.add_argument("stage", choices=["profile", "labels", "bc", "ppo", "export", "evaluate", "all", "retrain"],
+                       help="one stage (its inputs must exist) or all of them in order; finished stages are skipped. "
+                            "retrain: evidence bags (--bags) + the original training data -> a candidate policy -> "
+                            "the promotion gate (-> --store)")
     train.add_argument("--preset", choices=["full", "small"], default="full",
                        help="full: the report's settings; small: a few-minute run (CI)")
     train.add_argument("--benchmark", type=Path, help="generated benchmark folder (default build/benchmark)")
@@ -148,6 +151,16 @@ def _parser() -> argparse.ArgumentParser:
                             "a cost weight on validation (the policy's operating point, movable at run time)")
     train.add_argument("--switch-penalty", type=float, help="PPO reward penalty per tier switch (default 0)")
     train.add_argument("--resamples", type=int, help="bootstrap resamples for the intervals (full 200, small 20)")
+    retrain = train.add_argument_group("retrain")
+    retrain.add_argument("--bags", type=Path, nargs="+", help="evidence bags (rosbag2 folders) without labels: truth "
+                         "from the large tier")
+    retrain.add_argument("--original-work", type=Path, default=Path("build/train"),
+                         help="work folder of the original training (its profiles: the original data)")
+    retrain.add_argument("--current", default="embedded:policy", help="the policy the node runs now")
+    retrain.add_argument("--candidate", help="gate this policy file instead of training one")
+    retrain.add_argument("--segment-frames", type=int, default=30, help="frames per time segment (the gate's unit)")
+    retrain.add_argument("--store", type=Path, help="policy store to promote into when the gate says so")
+    retrain.add_argument("--node", default="", help="running node to load a promoted policy into, e.g. /perception_node")
     train.add_argument("--force", action="store_true", help="rerun stages even when their output is cached")
 
     bench = sub.add_parser("bench", help="benchmarks that print a table and write JSON")
@@ -370,6 +383,15 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "train":
             from adaptive_perception.training.pipeline import run, settings_from
 
+            if args.stage == "retrain":
+                from adaptive_perception.training.retrain import retrain
+
+                settings = settings_from(args)
+                if args.work is None:
+                    settings = replace(settings, work=Path("build/retrain"))
+                decision = retrain(settings, args.bags or [], args.original_work, args.current, args.candidate,
+                                   args.segment_frames, store=args.store, node=args.node)
+                return 0 if decision["promote"] else 3
             run(args.stage, settings_from(args))
             return 0
         if args.command == "health":

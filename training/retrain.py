@@ -1,0 +1,184 @@
+"""`adaptive-perception train retrain`: evidence bags without labels -> a candidate policy -> the gate -> promotion.
+
+1. Profile the evidence bags (the node's drift evidence, or any recording) with truth from the reference tier
+   (`--truth reference`: the large tier's published detections). Each bag is cut into time segments of
+   `segment_frames` frames, the unit of the gate's bootstrap; every `holdout_every`-th segment is held out.
+2. Training data: the original router split's profile plus the evidence's training segments (`profile_router`);
+   validation and test stay the original ones (the operating point and the drift reference come from them).
+3. Labels, BC, PPO and export, as `train all` runs them, in a work folder of its own.
+4. The gate (`gate.py`): candidate and current policy at matched cost on the held-out segments, with a paired
+   bootstrap over segments, and the loss on the original test split.
+5. With `--store`, a promoted candidate becomes the store's current policy and is loaded into the running node.
+Everything is logged to MLflow (one run, nested stage runs) naming the bags; the decision with its numbers goes
+to `<work>/retrain.json`.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+from adaptive_perception.errors import AdaptivePerceptionError
+from adaptive_perception.policy import Policy
+from adaptive_perception.router import Router
+from adaptive_perception.training.profile import Profile
+
+SEGMENT_FRAMES = 30  # 1 s at 30 Hz: the gate's resampling unit
+HOLDOUT_EVERY = 3  # every third segment of each bag is held out for the gate
+
+
+def subset(profile: Profile, frames: np.ndarray) -> Profile:
+    """The profile of `frames` (indices, kept in order), detections and truth renumbered."""
+    frames = np.sort(np.asarray(frames, np.int64))
+    remap = np.full(len(profile), -1, np.int64)
+    remap[frames] = np.arange(len(frames))
+
+    def rows(table: np.ndarray) -> np.ndarray:
+        kept = table[remap[table[:, 0].astype(np.int64)] >= 0].copy()
+        kept[:, 0] = remap[kept[:, 0].astype(np.int64)]
+        return kept
+
+    return Profile(profile.features[frames], profile.latency_ms[frames], profile.sequence[frames],
+                   profile.stamp_ns[frames], profile.regime[frames], rows(profile.detections), rows(profile.truth),
+                   dict(profile.meta))
+
+
+def concat(profiles: list[Profile]) -> Profile:
+    """One profile of several, in order; sequence ids are renumbered so no two sources share one."""
+    offset, sequence_offset, parts = 0, 0, []
+    for profile in profiles:
+        _, sequence = np.unique(profile.sequence, return_inverse=True)
+        detections, truth = profile.detections.copy(), profile.truth.copy()
+        detections[:, 0] += offset
+        truth[:, 0] += offset
+        parts.append((profile, sequence + sequence_offset, detections, truth))
+        offset += len(profile)
+        sequence_offset += int(sequence.max()) + 1 if len(profile) else 0
+    return Profile(np.concatenate([p.features for p, *_ in parts]), np.concatenate([p.latency_ms for p, *_ in parts]),
+                   np.concatenate([s for _, s, *_ in parts]).astype(np.int64),
+                   np.concatenate([p.stamp_ns for p, *_ in parts]), np.concatenate([p.regime for p, *_ in parts]),
+                   np.concatenate([d for *_, d, _ in parts]), np.concatenate([t for *_, t in parts]),
+                   {**profiles[0].meta, "sources": [p.meta.get("truth") for p in profiles]})
+
+
+def segment(profile: Profile, segment_frames: int = SEGMENT_FRAMES) -> Profile:
+    """Renumber sequences as time segments: each source sequence (a bag) cut every `segment_frames` frames."""
+    segments = np.empty(len(profile), np.int64)
+    next_id = 0
+    for frames in profile.sequences():
+        local = np.arange(len(frames)) // segment_frames
+        segments[frames] = next_id + local
+        next_id += int(local.max()) + 1
+    return replace(profile, sequence=segments)
+
+
+def split_segments(profile: Profile, holdout_every: int = HOLDOUT_EVERY) -> tuple[Profile, Profile]:
+    """(training, held-out): every `holdout_every`-th segment held out, so both span the whole recording."""
+    ids = np.unique(profile.sequence)
+    if len(ids) < 2 * holdout_every:
+        raise AdaptivePerceptionError(f"the evidence holds {len(ids)} segments of frames; the gate needs at least "
+                                      f"{2 * holdout_every} (record longer, or lower --segment-frames)")
+    held = np.isin(profile.sequence, ids[holdout_every - 1::holdout_every])
+    return subset(profile, np.flatnonzero(~held)), subset(profile, np.flatnonzero(held))
+
+
+def score_policy(split, costs, policy: Policy, resamples: int, seed: int) -> dict:
+    """mAP50-95 of `policy` routing `split` per frame (paired replicates for the same resamples and seed) and its
+    mean cost per frame."""
+    from adaptive_perception.training.evaluate import Scorer, cost_columns
+    from adaptive_perception.training.simulate import rollout
+
+    router = Router("learned", policy)
+    trace = rollout(split, costs, lambda _frame, observation, context: router.decide(observation, context).tier, False)
+    row = Scorer(split).score(trace, resamples, seed)
+    columns = cost_columns(split, trace, costs)
+    return {**row, "mean_cost_ms": columns["mean_cost_ms"], "mix": columns["mix"]}
+
+
+def retrain(settings, bags: list[Path], original_work: Path, current: str, candidate: str | None = None,
+            segment_frames: int = SEGMENT_FRAMES, holdout_every: int = HOLDOUT_EVERY, store: Path | None = None,
+            node: str = "") -> dict:
+    """Run the retraining and the gate; returns the decision (also written to <work>/retrain.json)."""
+    from adaptive_perception.config import resolve_model
+    from adaptive_perception.training import gate
+    from adaptive_perception.training import pipeline
+    from adaptive_perception.training.profile import bag_frames, profile
+    from adaptive_perception.training.simulate import Split
+
+    bags = [Path(b) for b in bags]
+    missing = [str(b) for b in bags if not (b / "metadata.yaml").is_file()]
+    if not bags or missing:
+        raise AdaptivePerceptionError(f"--bags: {missing or 'none given'} are not rosbag2 folders (metadata.yaml); "
+                                      "pass the evidence segments, e.g. <evidence.dir>/<camera>/evidence_*")
+    originals = {split: pipeline._profile_path(replace(settings, work=original_work), split) for split in pipeline.SPLITS}
+    absent = [str(p) for p in originals.values() if not p.is_file()]
+    if absent:
+        raise AdaptivePerceptionError(f"the original training data's profiles {absent} are missing; run `adaptive-"
+                                      f"perception train profile --work {original_work}` (or `train all`) first")
+    work = settings.work
+    work.mkdir(parents=True, exist_ok=True)
+    current_policy = Policy(resolve_model(current))
+    import mlflow
+
+    mlflow.set_tracking_uri(settings.uri())
+    with pipeline.tracked(settings, "retrain", {"bags": [str(b) for b in bags], "original_work": str(original_work),
+                                                "current_policy": current_policy.policy_id,
+                                                "candidate": candidate or "trained here",
+                                                "segment_frames": segment_frames, "holdout_every": holdout_every}):
+        evidence = profile(bag_frames(bags, None, False), None, "reference", settings.models, settings.teacher,
+                           desc="profile evidence")
+        train_part, held_out = split_segments(segment(evidence, segment_frames), holdout_every)
+        print(f"[retrain] evidence: {len(evidence)} frames from {len(bags)} bags; {len(np.unique(train_part.sequence))} "
+              f"segments to train on, {len(np.unique(held_out.sequence))} held out for the gate")
+        held_out.save(work / "evidence_held_out.npz")
+        if candidate is None:
+            concat([Profile.load(originals[pipeline.TRAIN_SPLIT]), train_part]).save(
+                pipeline._profile_path(settings, pipeline.TRAIN_SPLIT))
+            for split in ("val", "test"):
+                shutil.copyfile(originals[split], pipeline._profile_path(settings, split))
+            for stage in ("labels", "bc", "ppo", "export"):
+                getattr(pipeline, f"stage_{stage}")(settings)
+            candidate_path = pipeline._policy_path(settings, "ppo", 0)
+        else:
+            for split in pipeline.SPLITS:  # the gate scores on the original test split with the original costs
+                shutil.copyfile(originals[split], pipeline._profile_path(settings, split))
+            pipeline.stage_labels(settings)
+            candidate_path = Path(resolve_model(candidate))
+        candidate_policy = Policy(str(candidate_path))
+        costs = pipeline._load_costs(settings)
+        new_split, test = Split.build(held_out), pipeline.load_split(settings, "test")
+        rows = {name: {"new": score_policy(new_split, costs, policy, settings.resamples, 0),
+                       "original": score_policy(test, costs, policy, settings.resamples, 0)}
+                for name, policy in (("candidate", candidate_policy), ("current", current_policy))}
+        decision = gate.decide(rows["candidate"]["new"], rows["current"]["new"], rows["candidate"]["original"],
+                               rows["current"]["original"])
+        decision.update(candidate={"path": str(candidate_path), "policy_id": candidate_policy.policy_id,
+                                   "mix_new": rows["candidate"]["new"]["mix"]},
+                        current={"path": current_policy.path, "policy_id": current_policy.policy_id,
+                                 "mix_new": rows["current"]["new"]["mix"]},
+                        bags=[str(b) for b in bags], held_out_frames=len(held_out),
+                        held_out_segments=int(len(np.unique(held_out.sequence))), resamples=settings.resamples)
+        mlflow.log_metrics({"promote": float(decision["promote"]), "new_difference": decision["new_data"]["difference"],
+                            "new_difference_ci_low": decision["new_data"]["difference_ci"][0],
+                            "cost_ratio": decision["new_data"]["cost_ratio"],
+                            "original_loss": decision["original"]["loss"]})
+        (work / "retrain.json").write_text(json.dumps(decision, indent=2))
+        mlflow.log_artifact(str(work / "retrain.json"))
+        verdict = "PROMOTE" if decision["promote"] else "KEEP the current policy: " + "; ".join(decision["reasons"])
+        print(f"[gate] candidate '{candidate_policy.policy_id}' against '{current_policy.policy_id}': new data "
+              f"{decision['new_data']['difference']:+.2f} mAP50-95 [{decision['new_data']['difference_ci'][0]:+.2f}, "
+              f"{decision['new_data']['difference_ci'][1]:+.2f}] at cost x{decision['new_data']['cost_ratio']:.2f}; "
+              f"original test split {-decision['original']['loss']:+.2f}. {verdict}")
+        if decision["promote"] and store is not None:
+            from adaptive_perception.policy_store import PolicyStore
+
+            path = PolicyStore(store).promote(candidate_path, decision)
+            print(f"[gate] promoted to {path}")
+            if node:
+                from adaptive_perception.ros.session import load_policy
+
+                print(f"[gate] {node} runs policy '{load_policy(node, str(path.resolve()))}'")
+    return decision
