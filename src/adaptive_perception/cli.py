@@ -179,6 +179,15 @@ def _parser() -> argparse.ArgumentParser:
     transport.add_argument("--report", type=Path, default=Path("training/reports/transport.json"),
                            help="JSON to write (default: the committed report the README quotes)")
 
+    drift = bench_sub.add_parser("drift", help="the drift monitor on each drift preset after newly seeded "
+                                 "in-distribution frames: detection delay, false alarms, score plot")
+    drift.add_argument("--policy", default="embedded:policy", help="policy ONNX (with a drift reference)")
+    drift.add_argument("--generator-version", default="1.0.0", help="the policy's world (scenes generator version)")
+    drift.add_argument("--in-sequences", type=int, default=5, help="in-distribution sequences per preset (150 frames)")
+    drift.add_argument("--drift-sequences", type=int, default=2, help="drift sequences per preset")
+    drift.add_argument("--preset", action="append", choices=["night", "fog", "new_domain", "small_objects"],
+                       help="only these presets (repeatable; default all four)")
+    drift.add_argument("--report", type=Path, default=Path("training/reports/drift.json"))
     soak = bench_sub.add_parser("soak", help="two cameras of raw 640x480 at 30 Hz through the node on the shipped "
                                              "defaults: memory, node-time drift, stalls, crashes")
     soak.add_argument("--minutes", type=float, default=30.0, help="run length (30 for the README's figures)")
@@ -406,6 +415,15 @@ def main(argv: list[str] | None = None) -> int:
             topics = args.topics or default_topics(args.camera or ["/image"], args.node)
             return run_record(args.out, topics, args.segment_mb, args.segment_s, args.budget_mb, args.duration,
                               args.live_port if args.live else None, args.live_host)
+        if args.command == "bench" and args.bench_command == "drift":
+            from adaptive_perception.scenes.sequence import Drift
+            from adaptive_perception.training.drift_report import run_report
+
+            result = run_report(args.report, args.policy, args.in_sequences, args.drift_sequences,
+                                presets=[Drift(p) for p in args.preset] if args.preset else None,
+                                version=args.generator_version)
+            bars = result["bars"]
+            return 0 if bars["no_false_alarm"] and all(bars["detected_within_150"].values()) else 1
         if args.command == "bench" and args.bench_command == "soak":
             from adaptive_perception.training.soak import run_soak
 

@@ -1,0 +1,173 @@
+"""`adaptive-perception bench drift`: does the drift monitor notice each drift preset, and stay quiet otherwise?
+
+For each preset (night, fog, new_domain, small_objects) one camera stream: `in_sequences` newly seeded
+in-distribution sequences of the policy's generator version (regime changes inside each; seeds no benchmark,
+reference or calibration used), then `drift_sequences` sequences of the preset. Every frame goes the node's
+per-frame path without ROS: features, the policy's routing (with the context from the previous routed output),
+the chosen tier, one frame in `audit_every` audited against the large tier (F1 at IoU 0.5), and a
+`DriftMonitor` per stream with the node's defaults. The node audits in a background process and the result
+reaches the monitor a few frames later; here it arrives at once (the only difference).
+Figures per preset: detection delay (frames from the change to the first DRIFT; bar <= 150), false alarms
+(entries into DRIFT on in-distribution frames, and per 1,000 of them; bar: none over >= 3,000 in total), WARN
+frames before the change; per statistic the largest ratio to its threshold before and after the change.
+Writes JSON, a Markdown table and a plot of the drift score over each stream with the change marked.
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+from pathlib import Path
+
+import numpy as np
+
+from adaptive_perception.audit import agreement
+from adaptive_perception.config import resolve_model
+from adaptive_perception.detector import TIERS, DetectorTier
+from adaptive_perception.drift import DRIFT, WARN, DriftMonitor
+from adaptive_perception.errors import AdaptivePerceptionError
+from adaptive_perception.features import RoutingContext, next_context, routing_features
+from adaptive_perception.policy import Policy
+from adaptive_perception.progress import progress
+from adaptive_perception.router import Router
+from adaptive_perception.scenes.sequence import Drift, SequenceSpec, render_sequence
+
+PRESETS = [d for d in Drift if d is not Drift.NONE]
+REPORT_SEED = 515151  # in-distribution sequences no benchmark split, reference or calibration ever used
+DELAY_BAR = 150
+FALSE_ALARM_FRAMES_BAR = 3000
+
+
+def stream_specs(preset: Drift, in_sequences: int, drift_sequences: int, frames: int, version: str
+                 ) -> tuple[list[SequenceSpec], list[SequenceSpec]]:
+    """The preset's in-distribution sequences (distinct per preset) and its drift sequences."""
+    k = PRESETS.index(preset)
+    clean = [SequenceSpec(REPORT_SEED, k * in_sequences + i, frames, version=version) for i in range(in_sequences)]
+    drifted = [SequenceSpec(REPORT_SEED + 1 + k, i, frames, drift=preset, version=version)
+               for i in range(drift_sequences)]
+    return clean, drifted
+
+
+def run_stream(frames, router: Router, detectors: dict, policy: Policy, audit_every: int, confirm: int,
+               desc: str) -> dict:
+    """The node's per-frame path over `frames` (rgb, stamp_ns): per frame the state, score and statistics."""
+    monitor = DriftMonitor(policy.drift_reference, confirm)
+    context, previous = RoutingContext(), None
+    rows = []
+    for index, (rgb, stamp) in enumerate(progress(frames, desc=desc, unit="frame")):
+        features = routing_features(rgb, context)
+        tier = router.decide(features, context).tier
+        detections = detectors[TIERS[tier]].detect(rgb)
+        context, previous = next_context(detections.scores, tier, stamp, previous), stamp
+        state, score = monitor.update(features, tier)
+        if audit_every and index % audit_every == 0:
+            monitor.audit(agreement(detections, detectors["large"].detect(rgb)))
+        rows.append((state, score, dict(monitor.statistics), tier))
+    return {"states": [r[0] for r in rows], "scores": [r[1] for r in rows],
+            "statistics": [r[2] for r in rows], "tiers": [r[3] for r in rows]}
+
+
+def summarise_stream(states: list[int], scores: list[float], statistics: list[dict], change: int,
+                     thresholds: dict[str, float]) -> dict:
+    """Delay, false alarms and the statistics' peaks of one stream whose drift starts at frame `change`."""
+    entries = [i for i in range(len(states)) if states[i] == DRIFT and (i == 0 or states[i - 1] != DRIFT)]
+    first = next((i for i in range(change, len(states)) if states[i] == DRIFT), None)
+
+    def peaks(part: range) -> dict:
+        return {name: max((s[name] / limit for i in part if (s := statistics[i]) and name in s), default=None)
+                for name, limit in thresholds.items()}
+
+    return {"in_distribution_frames": change, "drift_frames": len(states) - change,
+            "false_alarms": sum(i < change for i in entries),
+            "warn_frames_before_change": sum(s == WARN for s in states[:change]),
+            "detection_delay_frames": None if first is None else first - change,
+            "peak_ratio_before_change": peaks(range(change)), "peak_ratio_after_change": peaks(range(change, len(states))),
+            "max_score_before_change": float(np.nanmax(scores[:change])) if np.isfinite(scores[:change]).any() else None}
+
+
+def run_report(report_path: Path, policy_spec: str = "embedded:policy", in_sequences: int = 5,
+               drift_sequences: int = 2, frames: int = 150, audit_every: int = 30, confirm: int = 15,
+               presets: list[Drift] | None = None, version: str = "1.0.0") -> dict:
+    """`version`: the generator version of the world the policy and its tiers were trained on."""
+    policy = Policy(resolve_model(policy_spec))
+    if policy.drift_reference is None or not policy.drift_reference.thresholds:
+        raise AdaptivePerceptionError(f"policy {policy_spec} carries no calibrated drift reference; re-export it with "
+                                      "`adaptive-perception train export`")
+    detectors = {t: DetectorTier(resolve_model(f"embedded:{t}"), ("CPUExecutionProvider",), name=t) for t in TIERS}
+    router = Router("learned", policy)
+    result = {"policy_id": policy.policy_id, "generator_version": version, "thresholds": policy.drift_reference.thresholds,
+              "window": policy.drift_reference.window, "confirm_frames": confirm, "audit_every": audit_every,
+              "seed": REPORT_SEED, "presets": {}, "machine": {"cpus": os.cpu_count(), "platform": platform.platform()}}
+    series = {}
+    for preset in presets or PRESETS:
+        clean, drifted = stream_specs(preset, in_sequences, drift_sequences, frames, version)
+        stream = [(f.rgb, f.stamp_ns) for spec in clean + drifted for f in render_sequence(spec)]
+        change = sum(spec.frames for spec in clean)
+        run = run_stream(stream, router, detectors, policy, audit_every, confirm, f"drift stream {preset.value}")
+        result["presets"][preset.value] = summarise_stream(run["states"], run["scores"], run["statistics"], change,
+                                                           policy.drift_reference.thresholds)
+        result["presets"][preset.value]["tier_mix_before_after"] = [
+            np.bincount(run["tiers"][:change], minlength=3).tolist(), np.bincount(run["tiers"][change:], minlength=3).tolist()]
+        series[preset.value] = {"scores": run["scores"], "states": run["states"], "change": change}
+    rows = result["presets"].values()
+    in_frames = sum(r["in_distribution_frames"] for r in rows)
+    alarms = sum(r["false_alarms"] for r in rows)
+    result["false_alarms_per_1000"] = 1000.0 * alarms / in_frames if in_frames else None
+    result["bars"] = {"no_false_alarm": alarms == 0 and in_frames >= FALSE_ALARM_FRAMES_BAR,
+                      "in_distribution_frames": in_frames,
+                      "detected_within_150": {k: r["detection_delay_frames"] is not None and
+                                              r["detection_delay_frames"] <= DELAY_BAR
+                                              for k, r in result["presets"].items()}}
+    report_path.parent.mkdir(parents=True, exist_ok=True)
+    report_path.write_text(json.dumps(result, indent=1))
+    report_path.with_suffix(".md").write_text(markdown(result))
+    plot(result, series, report_path.with_suffix(".png"))
+    print(markdown(result))
+    print(f"wrote {report_path}, {report_path.with_suffix('.md')} and {report_path.with_suffix('.png')}")
+    return result
+
+
+def markdown(result: dict) -> str:
+    fmt = lambda v, d=2: "-" if v is None else f"{v:.{d}f}"  # noqa: E731
+    lines = [f"Drift monitor on policy `{result['policy_id']}` (generator {result['generator_version']}, window "
+             f"{result['window']} frames, DRIFT after {result['confirm_frames']} frames above 1, one audit in "
+             f"{result['audit_every']}); command: `adaptive-perception bench drift`.", "",
+             "| preset | in-distribution frames | false alarms | WARN frames before | detection delay (frames, bar <= 150) "
+             "| peak ratio before: PSI / mix / agreement | after: PSI / mix / agreement |", "|---|---|---|---|---|---|---|"]
+    for name, r in result["presets"].items():
+        before, after = r["peak_ratio_before_change"], r["peak_ratio_after_change"]
+        keys = ("feature_psi", "mix_tvd", "agreement_drop")
+        lines.append(f"| {name} | {r['in_distribution_frames']} | {r['false_alarms']} | {r['warn_frames_before_change']} | "
+                     f"{'not detected' if r['detection_delay_frames'] is None else r['detection_delay_frames']} | "
+                     + " / ".join(fmt(before.get(k)) for k in keys) + " | " + " / ".join(fmt(after.get(k)) for k in keys) + " |")
+    bars = result["bars"]
+    lines += ["", f"False alarms per 1,000 in-distribution frames: {fmt(result['false_alarms_per_1000'])} over "
+              f"{bars['in_distribution_frames']} frames (bar: none over >= {FALSE_ALARM_FRAMES_BAR}: "
+              f"{'met' if bars['no_false_alarm'] else 'NOT MET'}); detected within {DELAY_BAR} frames: "
+              + ", ".join(f"{k} {'met' if ok else 'NOT MET'}" for k, ok in bars["detected_within_150"].items())]
+    return "\n".join(lines)
+
+
+def plot(result: dict, series: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(len(series), 1, figsize=(9, 2.2 * len(series)), sharex=True, dpi=100, squeeze=False)
+    for ax, (name, s) in zip(axes[:, 0], series.items()):
+        scores = np.asarray(s["scores"], np.float64)
+        states = np.asarray(s["states"])
+        ax.plot(scores, color="tab:blue", linewidth=0.8, label="drift score")
+        ax.axhline(1.0, color="grey", linestyle=":", linewidth=0.8)
+        ax.axvline(s["change"], color="tab:red", linewidth=1.2, label="drift starts")
+        ax.fill_between(np.arange(len(states)), 0, np.nanmax(scores[np.isfinite(scores)], initial=1.0),
+                        where=states == DRIFT, color="tab:red", alpha=0.12, step="mid", label="state DRIFT")
+        ax.set_ylabel(name, fontsize=8)
+        ax.set_yscale("symlog", linthresh=1.0)
+    axes[0, 0].legend(fontsize=7, loc="upper left")
+    axes[-1, 0].set_xlabel("frame (30 Hz)")
+    fig.suptitle(f"Drift score per preset stream (policy {result['policy_id']}); dotted: threshold")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
