@@ -163,8 +163,8 @@ def plot(result: dict, series: dict, path: Path) -> None:
         ax.axvline(s["change"], color="tab:red", linewidth=1.2, label="drift starts")
         ax.fill_between(np.arange(len(states)), 0, np.nanmax(scores[np.isfinite(scores)], initial=1.0),
                         where=states == DRIFT, color="tab:red", alpha=0.12, step="mid", label="state DRIFT")
-        ax.set_ylabel(name, fontsize=8)
-        ax.set_yscale("symlog", linthresh=1.0)
+        ax.set_ylabel(f"{name}\nscore", fontsize=8)
+        ax.set_ylim(0, max(1.2, 1.1 * float(np.nanmax(scores, initial=0.0))))
     axes[0, 0].legend(fontsize=7, loc="upper left")
     axes[-1, 0].set_xlabel("frame (30 Hz)")
     fig.suptitle(f"Drift score per preset stream (policy {result['policy_id']}); dotted: threshold")

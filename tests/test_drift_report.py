@@ -1,0 +1,46 @@
+"""The drift report: its figures from a hand-made stream, and a short real run on the embedded policy."""
+from __future__ import annotations
+
+import json
+import subprocess
+
+import pytest
+
+from adaptive_perception.drift import DRIFT, OK, UNKNOWN, WARN
+from adaptive_perception.training.drift_report import summarise_stream
+
+THRESHOLDS = {"feature_psi": 2.0, "mix_tvd": 0.5, "agreement_drop": 0.2}
+
+
+def test_delay_false_alarms_and_peaks_from_a_hand_made_stream():
+    # 16 in-distribution frames (one false DRIFT episode at frame 9), then the drift: DRIFT first at frame 19
+    states = [UNKNOWN] * 3 + [OK] * 5 + [WARN, DRIFT, DRIFT, OK] + [OK] * 4 + [OK, WARN, WARN, DRIFT, DRIFT]
+    stats = [{}] * 3 + [{"feature_psi": 1.0, "mix_tvd": 0.1, "agreement_drop": 0.0}] * 13 \
+        + [{"feature_psi": 3.0 + i, "mix_tvd": 0.2, "agreement_drop": 0.1} for i in range(5)]
+    stats[9] = {"feature_psi": 2.4, "mix_tvd": 0.3, "agreement_drop": 0.05}
+    scores = [float("nan")] * 3 + [0.5] * 18
+    summary = summarise_stream(states, scores, stats, 16, THRESHOLDS)
+    assert (summary["in_distribution_frames"], summary["drift_frames"]) == (16, 5)
+    assert summary["false_alarms"] == 1 and summary["warn_frames_before_change"] == 1
+    assert summary["detection_delay_frames"] == 3
+    assert summary["peak_ratio_before_change"] == {"feature_psi": pytest.approx(1.2), "mix_tvd": pytest.approx(0.6),
+                                                   "agreement_drop": pytest.approx(0.25)}
+    assert summary["peak_ratio_after_change"] == {"feature_psi": pytest.approx(3.5), "mix_tvd": pytest.approx(0.4),
+                                                  "agreement_drop": pytest.approx(0.5)}
+    never = summarise_stream([OK] * 10, [0.1] * 10, [{}] * 10, 5, THRESHOLDS)
+    assert never["detection_delay_frames"] is None and never["false_alarms"] == 0
+
+
+def test_a_night_stream_moves_the_features_away_from_the_reference(tmp_path):
+    report = tmp_path / "drift.json"
+    run = subprocess.run(["adaptive-perception", "bench", "drift", "--in-sequences", "1", "--drift-sequences", "1",
+                          "--preset", "night", "--report", str(report)], capture_output=True, text=True, timeout=900)
+    assert run.returncode in (0, 1), run.stderr[-3000:]
+    result = json.loads(report.read_text())
+    night = result["presets"]["night"]
+    assert (night["in_distribution_frames"], night["drift_frames"]) == (150, 150)
+    # a darkened, noisy world: the image features leave the reference's deciles (measured: 0.20 -> 0.82 of the
+    # threshold), and the nano/small outputs stop agreeing with large as often
+    assert night["peak_ratio_after_change"]["feature_psi"] > 2 * night["peak_ratio_before_change"]["feature_psi"]
+    assert result["bars"]["in_distribution_frames"] == 150 and not result["bars"]["no_false_alarm"]  # < 3,000 frames
+    assert (tmp_path / "drift.png").stat().st_size > 10_000 and "| night | 150 |" in (tmp_path / "drift.md").read_text()
