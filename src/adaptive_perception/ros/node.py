@@ -609,7 +609,7 @@ def main(argv: list[str] | None = None) -> int:
               "config/perception.yaml (types matter: conf_threshold:=1.0, not 1)", file=sys.stderr)
         rclpy.shutdown()
         return 2
-    executor = rclpy.executors.MultiThreadedExecutor(num_threads=2)
+    executor = rclpy.executors.SingleThreadedExecutor()
     executor.add_node(node)
     status = 0
     try:
