@@ -43,6 +43,7 @@ LINGER_FRAMES = 10  # after the last recorded frame, outputs for it are still ta
 @dataclass
 class _Camera:
     ring: deque  # (stamp_ns, order, topic, msgtype, message, is_frame)
+    frames: int = 0  # frames in the ring
     post_left: int = 0  # frames still to record in the running event
     linger_left: int = 0  # frames to wait for the last frames' outputs; an event runs while either is > 0
     end_stamp: int = 0  # the last recorded frame's stamp
@@ -77,8 +78,7 @@ class EvidenceCapture:
 
     def _camera(self, camera: str) -> _Camera:
         if camera not in self._cameras:
-            # outputs are at most two per frame (detections and routing) on each of two topic sets
-            self._cameras[camera] = _Camera(deque(maxlen=max(1, 5 * self.settings.pre_frames)))
+            self._cameras[camera] = _Camera(deque())
         return self._cameras[camera]
 
     def frame(self, camera: str, topic: str, msgtype: str, stamp_ns: int, message: object) -> None:
@@ -108,9 +108,11 @@ class EvidenceCapture:
                     if state.linger_left == 0:
                         self._put(("end", camera, None))
             state.ring.append(entry)
-            frames = sum(e[5] for e in state.ring)
-            while frames > self.settings.pre_frames and state.ring:  # the ring holds pre_frames frames at most
-                frames -= state.ring.popleft()[5]
+            state.frames += is_frame
+            # pre_frames frames at most, and outputs (two per frame on each of two topic sets) bounded with them
+            while state.ring and (state.frames > self.settings.pre_frames
+                                  or len(state.ring) > 5 * max(1, self.settings.pre_frames)):
+                state.frames -= state.ring.popleft()[5]
 
     def trigger(self, camera: str) -> bool:
         """Start an event for `camera`; False when one is already running for it."""
@@ -125,6 +127,7 @@ class EvidenceCapture:
                 if oldest is not None and entry[0] >= oldest:  # outputs of frames that left the ring stay out
                     self._put(("write", camera, entry))
             state.ring.clear()
+            state.frames = 0
             state.post_left = self.settings.post_frames
             return True
 
