@@ -361,8 +361,9 @@ class PerceptionNode(LifecycleNode):
 
     def _on_image(self, camera: str, msg: Image | CompressedImage, info: dict) -> None:
         self.telemetry.arrived(camera, info.get("publication_sequence_number"))
-        if self.evidence is not None:
-            self.evidence.frame(camera, self.resolve_topic_name(camera), IMAGE_TYPES[type(msg)], _stamp_ns(msg), msg)
+        evidence = self.evidence  # read once: cleanup may clear it from another thread
+        if evidence is not None:
+            evidence.frame(camera, self.resolve_topic_name(camera), IMAGE_TYPES[type(msg)], _stamp_ns(msg), msg)
         if self._slot is not None and self._slot.put(camera, msg):
             self.telemetry.dropped(camera)
 
@@ -463,16 +464,18 @@ class PerceptionNode(LifecycleNode):
         # counted before publishing: whoever sees an output sees it counted
         self.telemetry.processed(camera, decision.tier_name, out.total_ms, out.feature_ms + out.policy_ms,
                                  out.frame_age_ms)
+        # the evidence ring and a drift event see this frame's outputs before anyone can answer them
+        evidence = self.evidence
+        if evidence is not None:
+            for name, message in (("detections", detections_msg), ("routing", out)):
+                evidence.output(camera, self._topic_types[name][1], self._topic_types[name][0], stamp, message)
+        self._drift_changed(camera, drift_state, drift_score)
         self._det_pub.publish(detections_msg)
         self._routing_pub.publish(out)
         if camera in self._camera_pubs:
             camera_detections, camera_routing = self._camera_pubs[camera]
             camera_detections.publish(detections_msg)
             camera_routing.publish(out)
-        if self.evidence is not None:
-            for name, message in (("detections", detections_msg), ("routing", out)):
-                self.evidence.output(camera, self._topic_types[name][1], self._topic_types[name][0], stamp, message)
-        self._drift_changed(camera, drift_state, drift_score)
         if self.metrics is not None:
             if audited:
                 self.metrics.audits.labels(camera).inc()
@@ -495,7 +498,8 @@ class PerceptionNode(LifecycleNode):
             self.get_logger().warning(text)
         else:
             self.get_logger().info(text)
-        if state == DRIFT and self.evidence is not None and self.evidence.trigger(camera):
+        evidence = self.evidence
+        if state == DRIFT and evidence is not None and evidence.trigger(camera):
             self.get_logger().info(f"recording drift evidence of camera '{self.resolve_topic_name(camera)}': the "
                                    f"last {self.config.evidence.pre_frames} frames and the next "
                                    f"{self.config.evidence.post_frames}, under {self.config.evidence.folder}")
