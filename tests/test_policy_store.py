@@ -97,6 +97,8 @@ def test_promote_and_rollback_reach_the_running_node_between_frames_and_a_restar
         finally:
             stop.set()
             thread.join(timeout=30)
+        # lock-step waits for a frame's detections; its routing decision follows them
+        assert wait_until(lambda: len(graph.routing) >= len(sent), 5)
         decisions = sorted(graph.routing, key=lambda d: d.header.stamp.sec)
         assert [d.header.stamp.sec for d in decisions] == sent  # every frame answered: none dropped or lost
         ids = [d.policy_id for d in decisions]
