@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from adaptive_perception.training.evaluate import interval
+
 COST_TOLERANCE = 0.05
 MAX_ORIGINAL_LOSS = 1.0
 
@@ -25,8 +27,7 @@ def _paired(candidate: dict, current: dict) -> dict:
     b = np.asarray([r[0] for r in current["replicates"]], np.float64)
     if len(a) != len(b) or not len(a):
         raise ValueError("the paired interval needs the same number (> 0) of bootstrap replicates for both policies")
-    low, high = np.percentile(a - b, [2.5, 97.5])
-    return {"difference": float(difference), "difference_ci": [float(low), float(high)]}
+    return {"difference": float(difference), "difference_ci": interval((a - b).tolist())}
 
 
 def decide(new_candidate: dict, new_current: dict, original_candidate: dict, original_current: dict,

@@ -89,10 +89,10 @@ def score_policy(split, costs, policy: Policy, resamples: int, seed: int) -> dic
     """mAP50-95 of `policy` routing `split` per frame (paired replicates for the same resamples and seed) and its
     mean cost per frame."""
     from adaptive_perception.training.evaluate import Scorer, cost_columns
+    from adaptive_perception.training.report import _router_chooser
     from adaptive_perception.training.simulate import rollout
 
-    router = Router("learned", policy)
-    trace = rollout(split, costs, lambda _frame, observation, context: router.decide(observation, context).tier, False)
+    trace = rollout(split, costs, _router_chooser(Router("learned", policy)), False)
     row = Scorer(split).score(trace, resamples, seed)
     columns = cost_columns(split, trace, costs)
     return {**row, "mean_cost_ms": columns["mean_cost_ms"], "mix": columns["mix"]}

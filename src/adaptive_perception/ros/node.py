@@ -185,6 +185,7 @@ class PerceptionNode(LifecycleNode):
             self.get_logger().error(f"evidence capture off: {config.evidence.folder} cannot be used ({exc}); set "
                                     "evidence.dir to a writable folder")
             return
+        self._evidence_topics = {camera: self.resolve_topic_name(camera) for camera in config.image_topics}
         self._topic_types = {"detections": ("vision_msgs/msg/Detection2DArray", self.resolve_topic_name("detections")),
                              "routing": ("adaptive_perception_msgs/msg/RoutingDecision",
                                          self.resolve_topic_name("routing"))}
@@ -363,7 +364,7 @@ class PerceptionNode(LifecycleNode):
         self.telemetry.arrived(camera, info.get("publication_sequence_number"))
         evidence = self.evidence  # read once: cleanup may clear it from another thread
         if evidence is not None:
-            evidence.frame(camera, self.resolve_topic_name(camera), IMAGE_TYPES[type(msg)], _stamp_ns(msg), msg)
+            evidence.frame(camera, self._evidence_topics[camera], IMAGE_TYPES[type(msg)], _stamp_ns(msg), msg)
         if self._slot is not None and self._slot.put(camera, msg):
             self.telemetry.dropped(camera)
 
