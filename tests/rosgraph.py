@@ -12,7 +12,7 @@ from lifecycle_msgs.msg import Transition
 from lifecycle_msgs.srv import ChangeState, GetState
 from diagnostic_msgs.msg import DiagnosticArray
 from rcl_interfaces.msg import Log
-from rclpy.executors import MultiThreadedExecutor
+from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
@@ -47,7 +47,7 @@ def image_msg(rgb: np.ndarray, sec: int, nanosec: int = 0, frame_id: str = "cam"
 
 
 class Graph:
-    """PerceptionNode + driver on one executor; the driver calls lifecycle services and records outputs.
+    """PerceptionNode + driver on one single-threaded executor; the driver calls lifecycle services and records outputs.
     Metrics are off (metrics.port 0) unless the parameters name a port, so parallel runs never collide.
 
     Every graph renames its node (perception_node_<n>): rcl keeps one /rosout publisher per node name,
@@ -76,7 +76,9 @@ class Graph:
         self.compressed_pub = self.driver.create_publisher(CompressedImage, "image/compressed", reliable)
         self._change = self.driver.create_client(ChangeState, f"/{self.name}/change_state")
         self._get = self.driver.create_client(GetState, f"/{self.name}/get_state")
-        self.executor = MultiThreadedExecutor(num_threads=4, context=context)
+        # one thread, as the node's own main spins: rclpy's MultiThreadedExecutor busy-loops (ros2/rclpy#1547),
+        # taking the CPU the tiers need, so the node fell behind its own job times on a loaded 2-core machine
+        self.executor = SingleThreadedExecutor(context=context)
         self.executor.add_node(self.node)
         self.executor.add_node(self.driver)
         self._thread = threading.Thread(target=self.executor.spin, daemon=True)

@@ -17,14 +17,15 @@ def test_soak_figures_from_a_hand_made_run():
     memory = [(0.0, 300.0), (5.0, 310.0), (10.0, 320.0), (30.0, 330.0), (60.0, 345.0)]
     # the listener received b's outputs late and unevenly: its gaps 100, 50 and 300 ms are not the node's
     received = {"a": [t + 0.01 for t, _, _ in a], "b": [0.05, 0.15, 0.2, 0.5]}
-    report = summarise(60.0, {"a": a, "b": b}, memory, {}, False, {"a": 60, "b": 4}, received)
+    # the node counted 61 outputs of a (the listener got 60); b's counters never came
+    report = summarise(60.0, {"a": a, "b": b}, memory, {"a": {"processed": 61}}, False, {"a": 60, "b": 4}, received)
     assert report["window_s"] == 10.0
     # nano p99 over 60 values: rank 0.99 * 59 = 58.41 between 28 and 29 ms; the limit adds 100 ms
     assert report["tier_p99_ms"] == {"nano": pytest.approx(28.41)} and report["stall_limit_ms"] == pytest.approx(128.41)
     assert report["stalls"] == {"a": 59, "b": 1}  # each of a's 59 one-second gaps, and b's 250 ms gap
     assert report["stall_gaps"]["b"] == [[0.1, 250.0]] and report["stall_gaps"]["a"][0] == [0.0, 1000.0]
     assert report["longest_gap_ms"]["b"] == pytest.approx(250.0)
-    assert report["listener"]["stalls"] == {"a": 59, "b": 1}
+    assert report["listener"]["stalls"] == {"a": 59, "b": 1} and report["listener"]["missed"] == {"a": 1}
     assert report["listener"]["longest_gap_ms"] == {"a": pytest.approx(1000.0), "b": pytest.approx(300.0)}
     # both cameras pooled: the first window holds a's 10..19 and b's four 90s; rank 0.95 * 13 = 12.35 -> 90
     assert report["node_p95_ms"]["first_window"] == pytest.approx(90.0)
@@ -53,7 +54,9 @@ def test_a_two_minute_soak_of_two_cameras_through_the_node(tmp_path):
         assert published >= 0.95 * 120 * 30  # the camera kept 30 Hz
         # every frame accounted for: processed, dropped by the newest-frame rule, or lost before the node
         assert counters["processed"] + counters["dropped"] + counters["lost_before_node"] == published
-        assert counters["processed"] == report["processed"][camera] >= 0.3 * published  # neither camera starved
+        assert report["processed"][camera] >= 0.3 * published  # neither camera starved
+        # the listener shares two cores with the node and the camera: it may miss a few of the node's outputs
+        assert 0 <= report["listener"]["missed"][camera] <= 0.005 * published
     assert len(report["series"]["memory"]) >= 20  # a sample every 5 s
     assert report["memory_mb"]["end"] > 100  # three tiers and onnxruntime are resident
     assert (tmp_path / "soak.png").stat().st_size > 10_000
