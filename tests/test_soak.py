@@ -52,8 +52,11 @@ def test_a_two_minute_soak_of_two_cameras_through_the_node(tmp_path):
     for camera in TOPICS:
         published, counters = report["published"][camera], report["node_counters"][camera]
         assert published >= 0.95 * 120 * 30  # the camera kept 30 Hz
-        # every frame accounted for: processed, dropped by the newest-frame rule, or lost before the node
-        assert counters["processed"] + counters["dropped"] + counters["lost_before_node"] == published
+        # every frame accounted for: processed, dropped by the newest-frame rule, or lost before the node; a loss
+        # of the stream's first or last frame leaves no gap in the sequence numbers the node sees, so those two
+        # may go uncounted
+        accounted = counters["processed"] + counters["dropped"] + counters["lost_before_node"]
+        assert published - 2 <= accounted <= published, (published, counters)
         assert report["processed"][camera] >= 0.3 * published  # neither camera starved
         # the listener shares two cores with the node and the camera: it may miss a few of the node's outputs
         assert 0 <= report["listener"]["missed"][camera] <= 0.005 * published

@@ -68,3 +68,25 @@ def test_a_committed_checkpoint_is_compact_and_resumes_in_this_checkout(tmp_path
     state = resumed["optimizer"]["state"][0]["exp_avg_sq"]
     assert state.dtype == torch.float32 and torch.allclose(state, moments, rtol=1e-2)
     assert resumed["train_args"]["data"] == str(data.resolve()) and resumed["train_args"]["save_dir"] == str(run.resolve())
+
+
+def test_tier_bars_from_a_hand_made_report():
+    from adaptive_perception.training.tiers import tier_bars
+
+    def row(all95, sparse50, dense50, p50, mb):
+        return {"map50_95_all": all95, "map50_sparse": sparse50, "map50_dense": dense50, "latency_p50_ms": p50,
+                "file_mb": mb}
+    # steps 3.5 and 2.9 points; nano 2.5 mAP50 behind on sparse, 10.4 on dense; latency 22.5 / 5 = 4.5; 81 MB
+    tiers = {"nano": row(30.0, 70.0, 40.0, 5.0, 6.0), "small": row(33.5, 71.0, 45.0, 11.0, 20.0),
+             "large": row(36.4, 72.5, 50.4, 22.5, 55.0)}
+    bars = tier_bars(tiers)
+    assert {k: (v["value"], v["met"]) for k, v in bars.items()} == {
+        "large_map50_95_ge_35": (36.4, True), "small_ge_nano_plus_3": (3.5, True),
+        "large_ge_small_plus_3": (2.9, False), "sparse_nano_within_3_map50_of_large": (2.5, True),
+        "dense_large_ahead_of_nano_by_10_map50": (10.4, True), "latency_large_over_nano_ge_4_5": (4.5, True),
+        "files_le_80_mb": (81.0, False)}
+    tiers["large"].update(map50_95_all=34.9, map50_sparse=73.5, map50_dense=49.9, latency_p50_ms=22.0)
+    tiers["large"]["file_mb"] = 54.0
+    assert [k for k, v in tier_bars(tiers).items() if not v["met"]] == [
+        "large_map50_95_ge_35", "large_ge_small_plus_3", "sparse_nano_within_3_map50_of_large",
+        "dense_large_ahead_of_nano_by_10_map50", "latency_large_over_nano_ge_4_5"]

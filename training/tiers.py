@@ -264,10 +264,42 @@ def evaluate(models: dict[str, Path], benchmark_dir: Path, manifest: Path, repor
         for name, ids in [("all", [im["id"] for im in gt["images"]]), *by_regime.items()]:
             row[f"map50_95_{name}"], row[f"map50_{name}"] = _coco_eval(gt, detections, ids)
         result["tiers"][tier] = row
+    if set(result["tiers"]) == {"nano", "small", "large"}:
+        result["bars"] = tier_bars(result["tiers"])
     report = Path(report)
     report.parent.mkdir(parents=True, exist_ok=True)
     report.write_text(json.dumps(result, indent=2))
     return result
+
+
+# issue 11's bars on the frozen test split of the generator version in use (mAP in percent points)
+LARGE_MIN_MAP = 35.0
+TIER_STEP_MAP = 3.0  # small >= nano + 3 and large >= small + 3 (mAP50-95)
+SPARSE_NANO_GAP_MAP50 = 3.0  # on sparse frames nano within 3 mAP50 of large
+DENSE_LARGE_LEAD_MAP50 = 10.0  # on dense frames large ahead of nano by >= 10 mAP50
+LATENCY_RATIO = 4.5  # large / nano p50 in the same run (Ultralytics' published CPU ratio for yolov8l / yolov8n)
+FILES_MAX_MB = 80.0
+
+
+def tier_bars(tiers: dict[str, dict]) -> dict[str, dict]:
+    """Each bar's measured value and whether it is met, from the per-tier rows of a report."""
+    nano, small, large = tiers["nano"], tiers["small"], tiers["large"]
+    measured = {
+        "large_map50_95_ge_35": (large["map50_95_all"], large["map50_95_all"] >= LARGE_MIN_MAP),
+        "small_ge_nano_plus_3": (small["map50_95_all"] - nano["map50_95_all"],
+                                 small["map50_95_all"] - nano["map50_95_all"] >= TIER_STEP_MAP),
+        "large_ge_small_plus_3": (large["map50_95_all"] - small["map50_95_all"],
+                                  large["map50_95_all"] - small["map50_95_all"] >= TIER_STEP_MAP),
+        "sparse_nano_within_3_map50_of_large": (large["map50_sparse"] - nano["map50_sparse"],
+                                                large["map50_sparse"] - nano["map50_sparse"] <= SPARSE_NANO_GAP_MAP50),
+        "dense_large_ahead_of_nano_by_10_map50": (large["map50_dense"] - nano["map50_dense"],
+                                                  large["map50_dense"] - nano["map50_dense"] >= DENSE_LARGE_LEAD_MAP50),
+        "latency_large_over_nano_ge_4_5": (large["latency_p50_ms"] / nano["latency_p50_ms"],
+                                           large["latency_p50_ms"] / nano["latency_p50_ms"] >= LATENCY_RATIO),
+        "files_le_80_mb": (sum(t["file_mb"] for t in tiers.values()),
+                           sum(t["file_mb"] for t in tiers.values()) <= FILES_MAX_MB),
+    }
+    return {name: {"value": round(float(value), 2), "met": bool(met)} for name, (value, met) in measured.items()}
 
 
 def report_table(report: dict) -> str:
@@ -279,6 +311,9 @@ def report_table(report: dict) -> str:
                      f"{row['map50_all']:.1f} | {row['map50_sparse']:.1f} | {row['map50_moderate']:.1f} | "
                      f"{row['map50_dense']:.1f} | {row['map50_95_dense']:.1f} | "
                      f"{row['latency_p50_ms']:.1f} / {row['latency_p95_ms']:.1f} | {row['file_mb']:.1f} |")
+    if report.get("bars"):
+        lines.append("bars: " + ", ".join(f"{name} {bar['value']:g} {'met' if bar['met'] else 'NOT MET'}"
+                                          for name, bar in report["bars"].items()))
     return "\n".join(lines)
 
 
@@ -302,8 +337,16 @@ def pilot(weights: Path, benchmark_dir: Path, report: Path) -> dict:
     return result
 
 
-def write_model_card(report: dict, manifest: Path, run_dir: Path, out: Path) -> Path:
-    """MODEL_CARD.md beside the embedded tiers: what they are, what they were trained on, how good and fast."""
+def _parameters(model: Path) -> float:
+    """Millions of weights in an ONNX file (its initializers)."""
+    import onnx
+
+    return sum(int(np.prod(t.dims)) for t in onnx.load(str(model)).graph.initializer) / 1e6
+
+
+def write_model_card(report: dict, manifest: Path, run_dir: Path, out: Path, network: str | None = None) -> Path:
+    """MODEL_CARD.md beside the embedded tiers: what they are, what they were trained on, how good and fast.
+    `network` names the tier-family-2 network the tiers were exported from (None: the family-1 network)."""
     import ultralytics
 
     frozen = json.loads(Path(manifest).read_text())
@@ -313,30 +356,53 @@ def write_model_card(report: dict, manifest: Path, run_dir: Path, out: Path) -> 
         import yaml
 
         args = yaml.safe_load(args_file.read_text())
+    sizes = ", ".join(f"{t} {h}x{w}" for t, (h, w) in TIER_INPUTS.items())
+    million = _parameters(Path(out).parent / "large.onnx") if (Path(out).parent / "large.onnx").exists() else 3.0
+    if network is None:
+        what = f"""One YOLOv8n-architecture network ({ARCHITECTURE}, 5 classes, about {million:.1f} M parameters),
+trained from scratch by this project with Ultralytics {ultralytics.__version__} on whole frames at imgsz
+{args.get("imgsz", TRAIN_IMGSZ)}, exported to ONNX three times at different input sizes (height x width): {sizes}."""
+        recipe = f"""Ultralytics defaults (SGD/auto optimiser, mosaic, HSV and scale augmentation) at
+imgsz {args.get("imgsz", TRAIN_IMGSZ)}, batch {args.get("batch", "?")}, {args.get("epochs", "?")} epochs, seed
+{args.get("seed", "?")}, CPU (2 cores). Reproduce: `adaptive-perception models train-tiers` then
+`adaptive-perception models export-tiers` (needs the `train` extra)."""
+    else:
+        net = NETWORKS[network]
+        what = f"""One network of YOLOv8's architecture (`{net.name}`: depth {net.depth}, width {net.width}, 5 classes,
+{million:.1f} M parameters), trained from scratch by this project with Ultralytics {ultralytics.__version__} on
+crops at the scales its tiers serve ({", ".join(f"{x:g}" for x in net.crops.scales)} of the 640x480 frame,
+{net.crops.size}x{net.crops.size} windows), exported to ONNX three times at different input sizes (height x
+width): {sizes}."""
+        recipe = f"""Ultralytics defaults (auto optimiser, mosaic, HSV augmentation, scale 0.25) on the crops,
+batch {args.get("batch", "?")}, {args.get("epochs", "?")} epochs, seed {args.get("seed", "?")}, CPU (2 cores),
+resumed across working blocks from committed checkpoints (`training/checkpoints/tiers-v2/{net.name}`; curve in
+`training/reports/tiers_v2_curve.png`). Reproduce: `adaptive-perception models train-tiers --network {net.name}
+--benchmark build/benchmark-v2 --out build/tiers-v2 --epochs {args.get("epochs", 80)} --keep
+training/checkpoints/tiers-v2/{net.name}` then `adaptive-perception models export-tiers --weights
+build/tiers-v2/{net.name}/run/weights/best.pt` (needs the `train` extra)."""
+    bars = report.get("bars") or {}
+    failed = [name for name, bar in bars.items() if not bar["met"]]
+    verdict = "" if not bars else ("\nAll of issue 11's bars are met." if not failed else
+                                   f"\nBars not met: {', '.join(failed)} (values in `training/reports/tiers.json`).")
     text = f"""# Embedded detector tiers (nano, small, large)
 
-**What they are.** One YOLOv8n-architecture network ({ARCHITECTURE}, 5 classes, about 3.0 M parameters),
-trained from scratch by this project with Ultralytics {ultralytics.__version__} on the project's own
-synthetic scene benchmark, exported to ONNX three times at different input sizes (height x width):
-{", ".join(f"{t} {h}x{w}" for t, (h, w) in TIER_INPUTS.items())}. On the 2-core development machine the input
-resolution is what separates the tiers: dense scenes of small objects need pixels, sparse ones much less.
-They detect the benchmark's classes ({", ".join(frozen["classes"])}), not COCO; for real cameras export
-the COCO YOLOv8 n/s/l with `adaptive-perception models export` on a connected machine.
+**What they are.** {what} Input resolution separates the tiers: dense scenes of small objects need pixels,
+sparse scenes of near objects much less. They detect the benchmark's classes ({", ".join(frozen["classes"])}),
+not COCO; for real cameras export the COCO YOLOv8 n/s/l with `adaptive-perception models export` on a
+connected machine.
 
 **Training data.** Scene benchmark generator {frozen["generator_version"]}, seed {frozen["config"]["seed"]},
 train split {frozen["config"]["sequences"]["train"]} sequences (every {frozen["config"]["train_stride"]}rd frame),
-validation {frozen["config"]["sequences"]["val"]} sequences. Frozen manifest `training/benchmark/manifest.json`,
+validation {frozen["config"]["sequences"]["val"]} sequences. Frozen manifest `{manifest}`,
 test-split content hash `{frozen["content_hash"]["test"][:16]}`.
 
-**Recipe.** Ultralytics defaults (SGD/auto optimiser, mosaic, HSV and scale augmentation) at
-imgsz {args.get("imgsz", TRAIN_IMGSZ)}, batch {args.get("batch", "?")}, {args.get("epochs", "?")} epochs, seed
-{args.get("seed", "?")}, CPU (2 cores). Reproduce: `adaptive-perception models train-tiers` then
-`adaptive-perception models export-tiers` (needs the `train` extra).
+**Recipe.** {recipe}
 
 **Quality and cost** on the frozen test split ({report["test_frames"]} frames; {report["device"]}),
 measured by `adaptive-perception models evaluate` (pycocotools, ignore regions as crowd):
 
 {report_table(report)}
+{verdict}
 
 **Licence.** The weights were produced with Ultralytics (AGPL-3.0) from its YOLOv8 architecture
 definition; treat these ONNX files as AGPL-3.0. The project's own code is Apache-2.0, and the runtime

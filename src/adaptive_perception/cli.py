@@ -83,6 +83,10 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--manifest", type=Path, default=Path("training/benchmark/manifest.json"))
     evaluate.add_argument("--report", type=Path, default=Path("training/reports/tiers.json"))
     evaluate.add_argument("--run", type=Path, default=Path("build/tiers/base"), help="training run (for the model card)")
+    evaluate.add_argument("--network", choices=["base", "narrow"],
+                          help="the tier-family-2 network the tiers were exported from (model card); without it, "
+                               "family 1")
+    evaluate.add_argument("--card", type=Path, help="model card to write (default: MODELS/MODEL_CARD.md)")
     pilot = models_sub.add_parser("pilot", help="early checkpoint at the three tier sizes on the validation split")
     pilot.add_argument("--weights", type=Path, default=Path("build/tiers/base/weights/last.pt"))
     pilot.add_argument("--benchmark", type=Path, default=Path("build/benchmark"))
@@ -303,7 +307,8 @@ def _models(args: argparse.Namespace) -> int:
         models = {t: args.models / f"{t}.onnx" for t in ("nano", "small", "large")}
         report = tiers.evaluate(models, args.benchmark, args.manifest, args.report)
         print(tiers.report_table(report))
-        card = tiers.write_model_card(report, args.manifest, args.run, args.models / "MODEL_CARD.md")
+        card = tiers.write_model_card(report, args.manifest, args.run, args.card or args.models / "MODEL_CARD.md",
+                                      args.network)
         print(f"wrote {args.report} and {card}")
     return 0
 
