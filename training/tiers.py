@@ -81,10 +81,17 @@ def compact_checkpoint(source: Path, target: Path) -> None:
 
 
 def _checkpoint_to(run: Path, keep: Path) -> None:
-    """Keep last.pt (compacted) and results.csv in `keep` after every saved epoch, so a killed run loses at most one."""
+    """Keep last.pt (compacted) and results.csv in `keep` after every saved epoch, so a killed run loses at most one;
+    and best.pt without its optimizer state whenever it changed (a resumed run only rewrites it when it improves)."""
+    from ultralytics.utils.torch_utils import strip_optimizer
+
     keep.mkdir(parents=True, exist_ok=True)
     if (run / "weights" / "last.pt").exists():
         compact_checkpoint(run / "weights" / "last.pt", keep / "last.pt")
+    best = run / "weights" / "best.pt"
+    if best.exists() and (not (keep / "best.pt").exists() or best.stat().st_mtime > (keep / "best.pt").stat().st_mtime):
+        strip_optimizer(best, str(keep / ".best.pt.tmp"))
+        os.replace(keep / ".best.pt.tmp", keep / "best.pt")
     if (run / "results.csv").exists():
         shutil.copy(run / "results.csv", keep / ".results.csv.tmp")
         os.replace(keep / ".results.csv.tmp", keep / "results.csv")
@@ -126,6 +133,8 @@ def train_network(network: Network, benchmark_dir: Path, out_dir: Path, epochs: 
     if not last.exists() and keep is not None and (Path(keep) / "last.pt").exists():
         print(f"{network.name}: continuing from the committed checkpoint {Path(keep) / 'last.pt'}")
         _relocate(Path(keep) / "last.pt", run, data_yaml)
+        if (Path(keep) / "best.pt").exists():
+            shutil.copy(Path(keep) / "best.pt", run / "weights" / "best.pt")
         if (Path(keep) / "results.csv").exists():
             shutil.copy(Path(keep) / "results.csv", run / "results.csv")
     if (run / "weights" / "done").exists():

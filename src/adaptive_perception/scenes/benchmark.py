@@ -237,6 +237,9 @@ def generate(config: BenchmarkConfig, out: Path, workers: int = 2) -> dict:
     return manifest
 
 
+FROZEN_OPENCV = "5.0.0"  # the OpenCV that rendered the frozen manifests (pinned in setup.py's `scenes` extra)
+
+
 def check_against(out: Path, frozen_manifest: Path, splits: Iterable[str] = ("test",)) -> None:
     """Raise ManifestMismatch unless the benchmark under `out` has the frozen content hash per split."""
     frozen = json.loads(Path(frozen_manifest).read_text())
@@ -251,7 +254,10 @@ def check_against(out: Path, frozen_manifest: Path, splits: Iterable[str] = ("te
             raise ManifestMismatch(
                 f"the {split} split under '{out}' has content hash {got[:12]}..., but the frozen manifest "
                 f"'{frozen_manifest}' says {frozen['content_hash'][split][:12]}... (generator "
-                f"{frozen['generator_version']}); regenerate with the frozen settings instead of changing the benchmark")
+                f"{frozen['generator_version']}); regenerate with the frozen settings instead of changing the benchmark"
+                + ("" if cv2.__version__ == FROZEN_OPENCV else f", with OpenCV {FROZEN_OPENCV} (this machine has "
+                   f"{cv2.__version__}; its drawing and JPEG codec change a few frames; `make setup` installs "
+                   f"{FROZEN_OPENCV})"))
 
 
 def contact_sheet(records: list[dict], image_dir: Path, path: Path, per_regime: int = 4) -> None:
