@@ -90,3 +90,34 @@ def test_tier_bars_from_a_hand_made_report():
     assert [k for k, v in tier_bars(tiers).items() if not v["met"]] == [
         "large_map50_95_ge_35", "large_ge_small_plus_3", "sparse_nano_within_3_map50_of_large",
         "dense_large_ahead_of_nano_by_10_map50", "latency_large_over_nano_ge_4_5"]
+
+
+def test_the_checkpoint_folder_keeps_best_without_its_optimizer_and_only_when_it_changed(tmp_path):
+    import os
+
+    import torch
+
+    from adaptive_perception.training.tiers import _checkpoint_to
+
+    run, keep = tmp_path / "run", tmp_path / "keep"
+    (run / "weights").mkdir(parents=True)
+
+    def checkpoint(path, weight):
+        model = torch.nn.Linear(2, 1)
+        torch.nn.init.constant_(model.weight, weight)
+        torch.save({"model": model, "ema": None, "epoch": 3, "train_args": {},
+                    "optimizer": {"state": {0: {"exp_avg_sq": torch.ones(4)}}}}, path)
+    checkpoint(run / "weights" / "last.pt", 1.0)
+    checkpoint(run / "weights" / "best.pt", 2.0)
+    _checkpoint_to(run, keep)
+    best = torch.load(keep / "best.pt", weights_only=False)
+    assert best["optimizer"] is None and float(best["model"].weight[0, 0]) == 2.0
+    assert torch.load(keep / "last.pt", weights_only=False)["optimizer"] is not None
+    checkpoint(run / "weights" / "best.pt", 5.0)  # an older best (e.g. restored at resume) leaves the kept one
+    os.utime(run / "weights" / "best.pt", (0, 0))
+    _checkpoint_to(run, keep)
+    assert float(torch.load(keep / "best.pt", weights_only=False)["model"].weight[0, 0]) == 2.0
+    checkpoint(run / "weights" / "best.pt", 7.0)  # an improved epoch rewrites it
+    os.utime(run / "weights" / "best.pt", (time_now := (keep / "best.pt").stat().st_mtime + 10, time_now))
+    _checkpoint_to(run, keep)
+    assert float(torch.load(keep / "best.pt", weights_only=False)["model"].weight[0, 0]) == 7.0
