@@ -17,8 +17,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def dense_frames():
-    """Dense frames from a sequence that is not in the benchmark (seed 31337)."""
-    frames = [f for f in render_sequence(SequenceSpec(31337, 0, 150)) if f.regime is Regime.DENSE]
+    """Dense frames of the tiers' world (generator 2.0.0) from a sequence that is not in the benchmark (seed 31337)."""
+    frames = [f for f in render_sequence(SequenceSpec(31337, 0, 150, version="2.0.0")) if f.regime is Regime.DENSE]
     assert len(frames) >= 10
     return frames[::max(len(frames) // 8, 1)][:8]
 
@@ -49,7 +49,7 @@ def test_large_tier_finds_most_objects_on_dense_frames_and_more_than_nano(dense_
 
 def test_model_card_names_the_frozen_benchmark():
     card = (EMBEDDED_DIR / "MODEL_CARD.md").read_text()
-    manifest = json.loads((ROOT / "training" / "benchmark" / "manifest.json").read_text())
+    manifest = json.loads((ROOT / "training" / "benchmark" / "v2" / "manifest.json").read_text())
     assert manifest["content_hash"]["test"][:16] in card
     assert "AGPL-3.0" in card
 

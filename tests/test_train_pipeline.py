@@ -1,5 +1,5 @@
-"""`adaptive-perception train all` end to end on a generated 18-sequence benchmark (the `small` preset):
-real tiers, real PyTorch BC, real stable-baselines3 PPO, a real MLflow SQLite store, real pycocotools."""
+"""`adaptive-perception train all` end to end on a generated 18-sequence benchmark of generator 2.0.0 (the `small`
+preset): real tiers, real PyTorch BC, real stable-baselines3 PPO, a real MLflow SQLite store, real pycocotools."""
 from __future__ import annotations
 
 import json
@@ -24,7 +24,9 @@ def _cli(*args: str, timeout: int = 1800) -> subprocess.CompletedProcess:
 @pytest.fixture(scope="module")
 def pipeline(tmp_path_factory) -> dict:
     root = tmp_path_factory.mktemp("pipeline")
-    generated = _cli("scenes", "generate", "--preset", "ci", "--out", str(root / "ci"), timeout=600)
+    # the embedded tiers' world (tier family 2 serves generator 2.0.0)
+    generated = _cli("scenes", "generate", "--preset", "ci", "--generator-version", "2.0.0", "--out", str(root / "ci"),
+                     timeout=600)
     assert generated.returncode == 0, generated.stderr[-3000:]
     run = _cli("train", "all", "--preset", "small", "--benchmark", str(root / "ci"), "--work", str(root / "work"),
                "--reports", str(root / "reports"), "--policy-out", str(root / "policy.onnx"))

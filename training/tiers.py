@@ -321,7 +321,7 @@ def report_table(report: dict) -> str:
                      f"{row['map50_dense']:.1f} | {row['map50_95_dense']:.1f} | "
                      f"{row['latency_p50_ms']:.1f} / {row['latency_p95_ms']:.1f} | {row['file_mb']:.1f} |")
     if report.get("bars"):
-        lines.append("bars: " + ", ".join(f"{name} {bar['value']:g} {'met' if bar['met'] else 'NOT MET'}"
+        lines.append("\nbars: " + ", ".join(f"{name} {bar['value']:g} {'met' if bar['met'] else 'NOT MET'}"
                                           for name, bar in report["bars"].items()))
     return "\n".join(lines)
 
@@ -353,18 +353,22 @@ def _parameters(model: Path) -> float:
     return sum(int(np.prod(t.dims)) for t in onnx.load(str(model)).graph.initializer) / 1e6
 
 
-def write_model_card(report: dict, manifest: Path, run_dir: Path, out: Path, network: str | None = None) -> Path:
+def write_model_card(report: dict, manifest: Path, run: Path, out: Path, network: str | None = None) -> Path:
     """MODEL_CARD.md beside the embedded tiers: what they are, what they were trained on, how good and fast.
-    `network` names the tier-family-2 network the tiers were exported from (None: the family-1 network)."""
+    `network` names the tier-family-2 network the tiers were exported from, `run` its checkpoint (training
+    arguments inside); None: the family-1 network, `run` its Ultralytics run folder (args.yaml)."""
     import ultralytics
 
     frozen = json.loads(Path(manifest).read_text())
     args = {}
-    args_file = Path(run_dir) / "args.yaml"
-    if args_file.exists():
+    if network is not None and Path(run).is_file():
+        import torch
+
+        args = torch.load(run, map_location="cpu", weights_only=False).get("train_args", {})
+    elif (Path(run) / "args.yaml").exists():
         import yaml
 
-        args = yaml.safe_load(args_file.read_text())
+        args = yaml.safe_load((Path(run) / "args.yaml").read_text())
     sizes = ", ".join(f"{t} {h}x{w}" for t, (h, w) in TIER_INPUTS.items())
     million = _parameters(Path(out).parent / "large.onnx") if (Path(out).parent / "large.onnx").exists() else 3.0
     if network is None:
@@ -385,14 +389,10 @@ width): {sizes}."""
         recipe = f"""Ultralytics defaults (auto optimiser, mosaic, HSV augmentation, scale 0.25) on the crops,
 batch {args.get("batch", "?")}, {args.get("epochs", "?")} epochs, seed {args.get("seed", "?")}, CPU (2 cores),
 resumed across working blocks from committed checkpoints (`training/checkpoints/tiers-v2/{net.name}`; curve in
-`training/reports/tiers_v2_curve.png`). Reproduce: `adaptive-perception models train-tiers --network {net.name}
---benchmark build/benchmark-v2 --out build/tiers-v2 --epochs {args.get("epochs", 80)} --keep
-training/checkpoints/tiers-v2/{net.name}` then `adaptive-perception models export-tiers --weights
-build/tiers-v2/{net.name}/run/weights/best.pt` (needs the `train` extra)."""
-    bars = report.get("bars") or {}
-    failed = [name for name, bar in bars.items() if not bar["met"]]
-    verdict = "" if not bars else ("\nAll of issue 11's bars are met." if not failed else
-                                   f"\nBars not met: {', '.join(failed)} (values in `training/reports/tiers.json`).")
+`training/reports/tiers_v2_curve.png`). The tiers are the final epoch's weights (`{run}`). Reproduce: `adaptive-perception
+models train-tiers --network {net.name} --benchmark build/benchmark-v2 --out build/tiers-v2 --epochs
+{args.get("epochs", 80)} --keep training/checkpoints/tiers-v2/{net.name}` (or start from the committed checkpoint),
+then `adaptive-perception models export-tiers` and `adaptive-perception models evaluate` (the `train` extra)."""
     text = f"""# Embedded detector tiers (nano, small, large)
 
 **What they are.** {what} Input resolution separates the tiers: dense scenes of small objects need pixels,
@@ -411,7 +411,6 @@ test-split content hash `{frozen["content_hash"]["test"][:16]}`.
 measured by `adaptive-perception models evaluate` (pycocotools, ignore regions as crowd):
 
 {report_table(report)}
-{verdict}
 
 **Licence.** The weights were produced with Ultralytics (AGPL-3.0) from its YOLOv8 architecture
 definition; treat these ONNX files as AGPL-3.0. The project's own code is Apache-2.0, and the runtime

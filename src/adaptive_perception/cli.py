@@ -9,6 +9,8 @@ from pathlib import Path
 
 from adaptive_perception.errors import AdaptivePerceptionError
 
+FAMILY2_WEIGHTS = "training/checkpoints/tiers-v2/base/last.pt"  # the embedded tiers' network, final epoch
+
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="adaptive-perception", description=__doc__)
@@ -75,17 +77,19 @@ def _parser() -> argparse.ArgumentParser:
                        help="folder with one <network>/results.csv per network")
     curve.add_argument("--out", type=Path, default=Path("training/reports/tiers_v2_curve.png"))
     export_tiers = models_sub.add_parser("export-tiers", help="export the trained network at the tiers' input sizes")
-    export_tiers.add_argument("--weights", type=Path, default=Path("build/tiers/base/weights/best.pt"))
+    export_tiers.add_argument("--weights", type=Path, default=Path(FAMILY2_WEIGHTS),
+                              help="Ultralytics checkpoint (default: tier family 2's committed final epoch)")
     export_tiers.add_argument("--out", type=Path, default=Path("src/adaptive_perception/models"))
     evaluate = models_sub.add_parser("evaluate", help="mAP per regime + latency of the tiers on the frozen test split")
-    evaluate.add_argument("--benchmark", type=Path, default=Path("build/benchmark"))
+    evaluate.add_argument("--benchmark", type=Path, default=Path("build/benchmark-v2"))
     evaluate.add_argument("--models", type=Path, default=Path("src/adaptive_perception/models"))
-    evaluate.add_argument("--manifest", type=Path, default=Path("training/benchmark/manifest.json"))
+    evaluate.add_argument("--manifest", type=Path, default=Path("training/benchmark/v2/manifest.json"))
     evaluate.add_argument("--report", type=Path, default=Path("training/reports/tiers.json"))
-    evaluate.add_argument("--run", type=Path, default=Path("build/tiers/base"), help="training run (for the model card)")
-    evaluate.add_argument("--network", choices=["base", "narrow"],
-                          help="the tier-family-2 network the tiers were exported from (model card); without it, "
-                               "family 1")
+    evaluate.add_argument("--run", type=Path, default=Path(FAMILY2_WEIGHTS),
+                          help="for the model card: the family-2 checkpoint, or family 1's Ultralytics run folder")
+    evaluate.add_argument("--network", choices=["base", "narrow", "family1"], default="base",
+                          help="what the tiers were exported from (model card): a tier-family-2 network, or the "
+                               "family-1 network")
     evaluate.add_argument("--card", type=Path, help="model card to write (default: MODELS/MODEL_CARD.md)")
     pilot = models_sub.add_parser("pilot", help="early checkpoint at the three tier sizes on the validation split")
     pilot.add_argument("--weights", type=Path, default=Path("build/tiers/base/weights/last.pt"))
@@ -308,7 +312,7 @@ def _models(args: argparse.Namespace) -> int:
         report = tiers.evaluate(models, args.benchmark, args.manifest, args.report)
         print(tiers.report_table(report))
         card = tiers.write_model_card(report, args.manifest, args.run, args.card or args.models / "MODEL_CARD.md",
-                                      args.network)
+                                      None if args.network == "family1" else args.network)
         print(f"wrote {args.report} and {card}")
     return 0
 

@@ -16,7 +16,8 @@ from adaptive_perception.scenes.benchmark import BAG_TOPIC, PRESETS, sequence_ba
 from adaptive_perception.scenes.sequence import FRAME_RATE_HZ, Regime
 
 DEMO_SEED = 4243  # a sequence outside the benchmark (tests and the overhead benchmark render it)
-DEMO_SEQUENCE = 49  # frozen test sequence: 49 sparse, 43 moderate, 58 dense frames
+DEMO_GENERATOR = "2.0.0"  # the world the embedded tiers were trained for (training/benchmark/v2/SPEC.md)
+DEMO_SEQUENCE = 49  # frozen test sequence of generator 2.0.0: 69 sparse, 23 moderate, 58 dense frames
 SEQUENCE_FRAMES = 150
 DEMO_MODES = ("learned", "heuristic", "fixed:nano", "fixed:large")
 
@@ -40,7 +41,7 @@ def run_demo(out_dir: Path, frames: int = SEQUENCE_FRAMES, modes: tuple[str, ...
         raise AdaptivePerceptionError(f"embedded files {missing} are missing from {EMBEDDED_DIR}; a source checkout "
                                       "builds them with `adaptive-perception models export-tiers` and "
                                       "`adaptive-perception policy fit-regime`")
-    test_specs = {spec.index: spec for spec in PRESETS["benchmark"].specs()["test"]}
+    test_specs = {spec.index: spec for spec in replace(PRESETS["benchmark"], version=DEMO_GENERATOR).specs()["test"]}
     if sequence not in test_specs:
         raise AdaptivePerceptionError(f"--sequence {sequence} is not a test sequence of the benchmark; use one of "
                                       f"{sorted(test_specs)}")
@@ -48,10 +49,10 @@ def run_demo(out_dir: Path, frames: int = SEQUENCE_FRAMES, modes: tuple[str, ...
     started = time.perf_counter()
     spec = replace(test_specs[sequence], frames=frames)
     bag = out_dir / "demo_bag"
-    records = sequence_bag(spec, bag, f"rendering test sequence {sequence}")
+    records = sequence_bag(spec, bag, f"rendering test sequence {sequence} (generator {DEMO_GENERATOR})")
     truth = {r["stamp_ns"]: r for r in records}
     regimes = {r.value: sum(rec["regime"] == r.value for rec in records) for r in Regime}
-    print(f"wrote {bag}: benchmark test sequence {sequence}, {frames} frames (640x480 rgb8, {FRAME_RATE_HZ} Hz; "
+    print(f"wrote {bag}: benchmark test sequence {sequence} (generator {DEMO_GENERATOR}), {frames} frames (640x480 rgb8, {FRAME_RATE_HZ} Hz; "
           f"sparse {regimes['sparse']}, moderate {regimes['moderate']}, dense {regimes['dense']})"
           + ("" if frames == SEQUENCE_FRAMES else f"; a shortened render, not the {SEQUENCE_FRAMES}-frame benchmark bag"))
 
