@@ -121,3 +121,27 @@ def test_the_checkpoint_folder_keeps_best_without_its_optimizer_and_only_when_it
     os.utime(run / "weights" / "best.pt", (time_now := (keep / "best.pt").stat().st_mtime + 10, time_now))
     _checkpoint_to(run, keep)
     assert float(torch.load(keep / "best.pt", weights_only=False)["model"].weight[0, 0]) == 7.0
+
+
+def test_compare_scores_each_candidate_at_its_own_size_on_the_chosen_split(tmp_path):
+    """Two committed checkpoints at different sizes on a tiny generator-2.0.0 validation split: the trained base
+    network at large's size must find far more than the narrow one at nano's size, and run slower."""
+    import json
+    import subprocess
+    from dataclasses import replace
+
+    from adaptive_perception.scenes import benchmark
+
+    benchmark.generate(replace(benchmark.PRESETS["tiny"], version="2.0.0"), tmp_path / "bench", workers=1)
+    run = subprocess.run(["adaptive-perception", "models", "compare", "--benchmark", str(tmp_path / "bench"),
+                          "--candidate", "base-large=training/checkpoints/tiers-v2/base/last.pt@480x640",
+                          "--candidate", "narrow-nano=training/checkpoints/tiers-v2/narrow/best.pt@192x256",
+                          "--report", str(tmp_path / "candidates.json")], capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    report = json.loads((tmp_path / "candidates.json").read_text())
+    large, nano = report["candidates"]["base-large"], report["candidates"]["narrow-nano"]
+    assert report["split"] == "val" and report["frames"] == 30
+    assert (large["input_hw"], nano["input_hw"]) == ([480, 640], [192, 256])
+    assert large["map50_all"] > 30 and large["map50_all"] > nano["map50_all"] + 10, (large, nano)
+    assert large["latency_p50_ms"] > 2 * nano["latency_p50_ms"]
+    assert "base-large 480x640: mAP50-95" in run.stdout

@@ -353,6 +353,41 @@ def _parameters(model: Path) -> float:
     return sum(int(np.prod(t.dims)) for t in onnx.load(str(model)).graph.initializer) / 1e6
 
 
+def compare_candidates(candidates: dict[str, tuple[Path, tuple[int, int]]], benchmark_dir: Path, report: Path,
+                       split: str = "val", latency_frames: int = 40) -> dict:
+    """Tier candidates (name -> (Ultralytics weights, input HxW)) on one split, for choosing a tier by accuracy for
+    its cost before the test split is touched: mAP50-95 / mAP50 over all, sparse and dense frames, and detect()
+    latency p50 with the candidates interleaved frame by frame in one run (so the ratios compare)."""
+    import tempfile
+
+    import cv2
+
+    _offline_ultralytics()
+    from ultralytics import YOLO
+
+    gt = json.loads((Path(benchmark_dir) / "coco" / f"{split}.json").read_text())
+    image_dir = Path(benchmark_dir) / "images" / split
+    subsets = {"all": [im["id"] for im in gt["images"]],
+               **{r: [im["id"] for im in gt["images"] if im["regime"] == r] for r in ("sparse", "dense")}}
+    frames = [cv2.cvtColor(cv2.imread(str(image_dir / im["file_name"])), cv2.COLOR_BGR2RGB)
+              for im in gt["images"][:: max(len(gt["images"]) // latency_frames, 1)][:latency_frames]]
+    result = {"split": split, "frames": len(gt["images"]), "candidates": {}}
+    with tempfile.TemporaryDirectory() as tmp:
+        models = {name: export_onnx(YOLO(str(Path(weights).resolve())), size, Path(tmp) / f"{name}.onnx")
+                  for name, (weights, size) in candidates.items()}
+        latency = measure_latency(models, frames)
+        for name, model in models.items():
+            detections = detect_split(model, image_dir, gt)
+            row = {"weights": str(candidates[name][0]), "input_hw": list(candidates[name][1]),
+                   "latency_p50_ms": latency[name]["p50_ms"]}
+            for subset, ids in subsets.items():
+                row[f"map50_95_{subset}"], row[f"map50_{subset}"] = _coco_eval(gt, detections, ids)
+            result["candidates"][name] = row
+    Path(report).parent.mkdir(parents=True, exist_ok=True)
+    Path(report).write_text(json.dumps(result, indent=2))
+    return result
+
+
 def write_model_card(report: dict, manifest: Path, run: Path, out: Path, network: str | None = None) -> Path:
     """MODEL_CARD.md beside the embedded tiers: what they are, what they were trained on, how good and fast.
     `network` names the tier-family-2 network the tiers were exported from, `run` its checkpoint (training

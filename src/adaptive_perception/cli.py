@@ -91,6 +91,13 @@ def _parser() -> argparse.ArgumentParser:
                           help="what the tiers were exported from (model card): a tier-family-2 network, or the "
                                "family-1 network")
     evaluate.add_argument("--card", type=Path, help="model card to write (default: MODELS/MODEL_CARD.md)")
+    compare = models_sub.add_parser("compare", help="tier candidates (weights at an input size) on the validation "
+                                                    "split: mAP all / sparse / dense and latency in one run")
+    compare.add_argument("--candidate", action="append", required=True, metavar="NAME=WEIGHTS@HxW",
+                         help="e.g. base-nano=training/checkpoints/tiers-v2/base/last.pt@192x256 (repeatable)")
+    compare.add_argument("--benchmark", type=Path, default=Path("build/benchmark-v2"))
+    compare.add_argument("--split", default="val", choices=["val", "test"])
+    compare.add_argument("--report", type=Path, default=Path("training/reports/tier_candidates.json"))
     pilot = models_sub.add_parser("pilot", help="early checkpoint at the three tier sizes on the validation split")
     pilot.add_argument("--weights", type=Path, default=Path("build/tiers/base/weights/last.pt"))
     pilot.add_argument("--benchmark", type=Path, default=Path("build/benchmark"))
@@ -304,6 +311,24 @@ def _models(args: argparse.Namespace) -> int:
     elif args.models_command == "export-tiers":
         for tier, path in tiers.export_tiers(args.weights, args.out).items():
             print(f"{tier}: {path}")
+    elif args.models_command == "compare":
+        candidates = {}
+        for spec in args.candidate:
+            name, _, rest = spec.partition("=")
+            weights, _, size = rest.rpartition("@")
+            height, _, width = size.partition("x")
+            if not (name and weights and height.isdigit() and width.isdigit()):
+                raise AdaptivePerceptionError(f"--candidate {spec!r}: use NAME=WEIGHTS@HxW, e.g. "
+                                              "nano=training/checkpoints/tiers-v2/base/last.pt@192x256")
+            if not Path(weights).is_file():
+                raise AdaptivePerceptionError(f"--candidate {spec!r}: no weights file '{weights}'")
+            candidates[name] = (Path(weights), (int(height), int(width)))
+        result = tiers.compare_candidates(candidates, args.benchmark, args.report, args.split)
+        for name, row in result["candidates"].items():
+            print(f"{name:>14} {row['input_hw'][0]}x{row['input_hw'][1]}: mAP50-95 {row['map50_95_all']:.1f}  mAP50 "
+                  f"all / sparse / dense {row['map50_all']:.1f} / {row['map50_sparse']:.1f} / {row['map50_dense']:.1f}"
+                  f"  latency p50 {row['latency_p50_ms']:.1f} ms")
+        print(f"wrote {args.report}")
     elif args.models_command == "pilot":
         for tier, row in tiers.pilot(args.weights, args.benchmark, args.report)["tiers"].items():
             print(f"{tier:>6} {row['input_hw']}: mAP50-95 {row['map50_95']:.1f}  mAP50 {row['map50']:.1f}")
