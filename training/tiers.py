@@ -248,20 +248,26 @@ def measure_latency(models: dict[str, Path], frames: list[np.ndarray], repeats: 
             for tier, t in times.items()}
 
 
+def _split(benchmark_dir: Path, split: str, latency_frames: int) -> tuple[dict, Path, list[np.ndarray]]:
+    """A split's COCO ground truth, its image folder and `latency_frames` of its images spread over it (RGB)."""
+    import cv2
+
+    gt = json.loads((Path(benchmark_dir) / "coco" / f"{split}.json").read_text())
+    image_dir = Path(benchmark_dir) / "images" / split
+    frames = [cv2.cvtColor(cv2.imread(str(image_dir / im["file_name"])), cv2.COLOR_BGR2RGB)
+              for im in gt["images"][:: max(len(gt["images"]) // latency_frames, 1)][:latency_frames]]
+    return gt, image_dir, frames
+
+
 def evaluate(models: dict[str, Path], benchmark_dir: Path, manifest: Path, report: Path,
              latency_frames: int = 60) -> dict:
     """mAP (all / sparse / moderate / dense) and latency per tier on the frozen test split -> JSON report."""
-    import cv2
-
     from adaptive_perception.scenes.benchmark import check_against
 
     check_against(benchmark_dir, manifest)
-    gt = json.loads((Path(benchmark_dir) / "coco" / "test.json").read_text())
-    image_dir = Path(benchmark_dir) / "images" / "test"
+    gt, image_dir, frames = _split(benchmark_dir, "test", latency_frames)
     by_regime = {regime: [im["id"] for im in gt["images"] if im["regime"] == regime]
                  for regime in ("sparse", "moderate", "dense")}
-    frames = [cv2.cvtColor(cv2.imread(str(image_dir / im["file_name"])), cv2.COLOR_BGR2RGB)
-              for im in gt["images"][:: max(len(gt["images"]) // latency_frames, 1)][:latency_frames]]
     latency = measure_latency(models, frames)
     result = {"benchmark_manifest": str(manifest), "test_frames": len(gt["images"]),
               "regime_frames": {k: len(v) for k, v in by_regime.items()},
@@ -293,22 +299,20 @@ FILES_MAX_MB = 80.0
 def tier_bars(tiers: dict[str, dict]) -> dict[str, dict]:
     """Each bar's measured value and whether it is met, from the per-tier rows of a report."""
     nano, small, large = tiers["nano"], tiers["small"], tiers["large"]
-    measured = {
-        "large_map50_95_ge_35": (large["map50_95_all"], large["map50_95_all"] >= LARGE_MIN_MAP),
-        "small_ge_nano_plus_3": (small["map50_95_all"] - nano["map50_95_all"],
-                                 small["map50_95_all"] - nano["map50_95_all"] >= TIER_STEP_MAP),
-        "large_ge_small_plus_3": (large["map50_95_all"] - small["map50_95_all"],
-                                  large["map50_95_all"] - small["map50_95_all"] >= TIER_STEP_MAP),
-        "sparse_nano_within_3_map50_of_large": (large["map50_sparse"] - nano["map50_sparse"],
-                                                large["map50_sparse"] - nano["map50_sparse"] <= SPARSE_NANO_GAP_MAP50),
-        "dense_large_ahead_of_nano_by_10_map50": (large["map50_dense"] - nano["map50_dense"],
-                                                  large["map50_dense"] - nano["map50_dense"] >= DENSE_LARGE_LEAD_MAP50),
-        "latency_large_over_nano_ge_4_5": (large["latency_p50_ms"] / nano["latency_p50_ms"],
-                                           large["latency_p50_ms"] / nano["latency_p50_ms"] >= LATENCY_RATIO),
-        "files_le_80_mb": (sum(t["file_mb"] for t in tiers.values()),
-                           sum(t["file_mb"] for t in tiers.values()) <= FILES_MAX_MB),
+    at_least, at_most = float.__ge__, float.__le__
+    checks = {  # name: (measured value, comparison, bound)
+        "large_map50_95_ge_35": (large["map50_95_all"], at_least, LARGE_MIN_MAP),
+        "small_ge_nano_plus_3": (small["map50_95_all"] - nano["map50_95_all"], at_least, TIER_STEP_MAP),
+        "large_ge_small_plus_3": (large["map50_95_all"] - small["map50_95_all"], at_least, TIER_STEP_MAP),
+        "sparse_nano_within_3_map50_of_large": (large["map50_sparse"] - nano["map50_sparse"], at_most,
+                                                SPARSE_NANO_GAP_MAP50),
+        "dense_large_ahead_of_nano_by_10_map50": (large["map50_dense"] - nano["map50_dense"], at_least,
+                                                  DENSE_LARGE_LEAD_MAP50),
+        "latency_large_over_nano_ge_4_5": (large["latency_p50_ms"] / nano["latency_p50_ms"], at_least, LATENCY_RATIO),
+        "files_le_80_mb": (sum(t["file_mb"] for t in tiers.values()), at_most, FILES_MAX_MB),
     }
-    return {name: {"value": round(float(value), 2), "met": bool(met)} for name, (value, met) in measured.items()}
+    return {name: {"value": round(float(value), 2), "met": bool(compare(float(value), bound))}
+            for name, (value, compare, bound) in checks.items()}
 
 
 def report_table(report: dict) -> str:
@@ -360,17 +364,13 @@ def compare_candidates(candidates: dict[str, tuple[Path, tuple[int, int]]], benc
     latency p50 with the candidates interleaved frame by frame in one run (so the ratios compare)."""
     import tempfile
 
-    import cv2
 
     _offline_ultralytics()
     from ultralytics import YOLO
 
-    gt = json.loads((Path(benchmark_dir) / "coco" / f"{split}.json").read_text())
-    image_dir = Path(benchmark_dir) / "images" / split
+    gt, image_dir, frames = _split(benchmark_dir, split, latency_frames)
     subsets = {"all": [im["id"] for im in gt["images"]],
                **{r: [im["id"] for im in gt["images"] if im["regime"] == r] for r in ("sparse", "dense")}}
-    frames = [cv2.cvtColor(cv2.imread(str(image_dir / im["file_name"])), cv2.COLOR_BGR2RGB)
-              for im in gt["images"][:: max(len(gt["images"]) // latency_frames, 1)][:latency_frames]]
     result = {"split": split, "frames": len(gt["images"]), "candidates": {}}
     with tempfile.TemporaryDirectory() as tmp:
         models = {name: export_onnx(YOLO(str(Path(weights).resolve())), size, Path(tmp) / f"{name}.onnx")
