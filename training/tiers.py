@@ -364,7 +364,6 @@ def compare_candidates(candidates: dict[str, tuple[Path, tuple[int, int]]], benc
     latency p50 with the candidates interleaved frame by frame in one run (so the ratios compare)."""
     import tempfile
 
-
     _offline_ultralytics()
     from ultralytics import YOLO
 
