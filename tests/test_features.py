@@ -63,11 +63,17 @@ def test_more_objects_move_more_cells_away_from_the_background_colour():
 
 
 def test_context_follows_the_previous_routed_output():
-    first = next_context(np.array([0.9, 0.5, 0.4], np.float32), tier=2, stamp_ns=2_000_000_000, previous_stamp_ns=None)
-    assert first == RoutingContext(3, pytest.approx(0.6), 2, 0.0)
-    later = next_context(np.zeros(0, np.float32), tier=0, stamp_ns=2_100_000_000, previous_stamp_ns=2_000_000_000)
-    assert later.prev_count == 0 and later.prev_mean_score == 0.0 and later.dt_s == pytest.approx(0.1)
+    # a 200 x 100 frame (area 20,000 px): boxes of 200, 400 and 2,000 px -> sqrt(area share) 0.1, 0.1414, 0.3162
+    boxes = np.array([[0, 0, 10, 20], [50, 50, 70, 70], [100, 0, 140, 50]], np.float32)
+    first = next_context(boxes, np.array([0.9, 0.5, 0.4], np.float32), tier=2, frame_hw=(100, 200))
+    assert first == RoutingContext(3, pytest.approx(0.6), 2, pytest.approx(0.1414214, rel=1e-6))
+    # the median, not the mean (0.186) or the first box; an even count takes the middle two's mean
+    two = next_context(boxes[[0, 2]], np.array([0.9, 0.5], np.float32), tier=1, frame_hw=(100, 200))
+    assert two.prev_median_size == pytest.approx((0.1 + 0.3162278) / 2, rel=1e-6)
+    # relative to the frame: the same boxes on a frame of 4x the area are half as big
+    assert next_context(boxes, np.ones(3, np.float32), 0, (200, 400)).prev_median_size == pytest.approx(0.0707107, rel=1e-6)
+    later = next_context(np.zeros((0, 4), np.float32), np.zeros(0, np.float32), tier=0, frame_hw=(100, 200))
+    assert later == RoutingContext(0, 0.0, 0, 0.0)
     vector = routing_features(np.zeros((8, 8, 3), np.uint8), first)[IMAGE_FEATURES:]
-    np.testing.assert_allclose(vector, [np.log1p(3), 0.6, 1.0, 0.0], rtol=1e-6)
+    np.testing.assert_allclose(vector, [np.log1p(3), 0.6, 1.0, 0.1414214], rtol=1e-6)
     assert RoutingContext().vector().tolist() == [0.0, 0.0, 0.0, 0.0]
-    assert RoutingContext(dt_s=5.0).vector()[3] == 1.0

@@ -12,7 +12,7 @@ from adaptive_perception.features import IMAGE_FEATURES
 from adaptive_perception.training.labels import Costs, budget_oracle, frame_value, optimal_tiers, streaming_labels
 from adaptive_perception.training.profile import Profile
 from adaptive_perception.training.evaluate import cost_columns
-from adaptive_perception.training.simulate import FRAME_PERIOD_S, Split, Stream, WorkerClock, rollout
+from adaptive_perception.training.simulate import Split, Stream, WorkerClock, rollout
 
 BOX = [10.0, 10.0, 50.0, 50.0]
 
@@ -43,7 +43,7 @@ def _profile(frames: int, sequences: int = 1) -> Profile:
                    regime=np.zeros(frames, np.int64),
                    detections=np.array([[f, t, *BOX, 0.5 + 0.1 * t, 1] for f in range(frames) for t in range(3)
                                         if t >= f % 3], np.float32),
-                   truth=np.array([[f, *BOX, 1, 0] for f in range(frames)], np.float32), meta={"truth": "sidecar"})
+                   truth=np.array([[f, *BOX, 1, 0] for f in range(frames)], np.float32), meta={"truth": "sidecar", "frame_hw": [100, 160]})
 
 
 def test_oracles_pick_the_best_tier_per_frame_and_respect_the_budget():
@@ -132,10 +132,12 @@ def test_stream_step_returns_the_frames_its_predecessor_covered():
     covered, quality = stream.step(2)  # frame 0 on large: published at 100 ms, when frame 3 arrives
     assert covered == [(0, -1, -1), (1, -1, -1), (2, -1, -1)]
     assert quality == pytest.approx(float(split.empty[:3].sum()))
-    assert stream.frame == 3 and stream.context.prev_tier == 2 and stream.context.dt_s == 0.0
+    # frame 0's large output: one 40 x 40 box on the 160 x 100 frame -> sqrt(1600 / 16000)
+    assert stream.frame == 3 and stream.context.prev_tier == 2 and stream.context.prev_count == 1
+    assert stream.context.prev_median_size == pytest.approx(np.sqrt(0.1))
     covered, _ = stream.step(0)  # frame 3 on nano: 100-110 ms; frame 3 showed frame 0's output
     assert covered == [(3, 0, 2)] and stream.frame == 4
-    assert stream.context.dt_s == pytest.approx(3 * FRAME_PERIOD_S) and stream.context.prev_count == 1
+    assert stream.context.prev_tier == 0 and stream.context.prev_count == 1  # frame 3 % 3 == 0: nano found it
 
 
 def test_routing_env_passes_the_gymnasium_checker_and_is_sequential():
@@ -225,3 +227,68 @@ def test_every_bc_loss_learns_which_frames_are_worth_large(loss):
                              seed=0, loss=loss, max_epochs=30, progress=False)
     chosen = np.argmax(network.logits(x[300:].astype(np.float64)), axis=1)
     assert (chosen == labels[300:]).mean() > 0.8, (loss, info["epochs"])
+
+
+def test_context_inputs_ignore_the_image_features_and_still_learn_from_the_context():
+    from adaptive_perception.training.learn import train_bc
+
+    # the busy signal sits only in the context's count (1024) while the image features carry a decoy that
+    # predicts the training frames' labels perfectly but is noise on validation: all 1028 inputs learn the decoy,
+    # the context-only network cannot see it and learns the count
+    rng = np.random.default_rng(2)
+    busy = rng.random(600) < 0.5
+    x = rng.normal(size=(600, 1028)).astype(np.float32)
+    x[:, 1024] = np.where(busy, 2.5, 0.5) + rng.normal(0, 0.6, 600)
+    x[:400, :64] += np.where(busy[:400], 3.0, -3.0)[:, None]  # the decoy: on training frames only
+    utility = np.zeros((600, 3), np.float32)
+    utility[:, 1] = -0.5  # small is never worth it
+    utility[:, 2] = np.where(busy, 1.0, -1.0)
+    labels = np.where(busy, 2, 0)
+    train, val = (x[:400], labels[:400], utility[:400]), (x[400:], labels[400:], utility[400:])
+    context, _ = train_bc(train, val, seed=0, loss="values", max_epochs=300, progress=False, inputs="context")
+    assert not context.layers[0][0][:IMAGE_FEATURES].any() and context.layers[0][0][IMAGE_FEATURES:].any()
+    moved = x[400:].copy()
+    moved[:, :IMAGE_FEATURES] = rng.normal(size=(200, IMAGE_FEATURES)) * 10
+    np.testing.assert_array_equal(context.logits(moved.astype(np.float64)), context.logits(x[400:].astype(np.float64)))
+    accuracy = (np.argmax(context.logits(x[400:].astype(np.float64)), axis=1) == labels[400:]).mean()
+    assert accuracy > 0.85, accuracy
+    everything, _ = train_bc(train, val, seed=0, loss="values", max_epochs=300, progress=False, inputs="all")
+    assert (np.argmax(everything.logits(x[400:].astype(np.float64)), axis=1) == labels[400:]).mean() < accuracy - 0.1
+    with pytest.raises(ValueError, match="inputs 'pixels'"):
+        train_bc(train, val, seed=0, loss="values", max_epochs=1, progress=False, inputs="pixels")
+
+
+def test_context_dataset_holds_every_frame_under_each_tiers_previous_output():
+    from adaptive_perception.training.learn import context_dataset
+
+    split = Split.build(_profile(6, sequences=2))  # frames 0-2 and 3-5; tier t finds the box where t >= frame % 3
+    x, best, utility = context_dataset(split)
+    assert len(x) == 2 * (1 + 3 * 2)  # per sequence: its first frame once, each later frame under 3 contexts
+    frames = [0, 1, 1, 1, 2, 2, 2, 3, 4, 4, 4, 5, 5, 5]
+    np.testing.assert_array_equal(x[:, :IMAGE_FEATURES], split.profile.features[frames])
+    np.testing.assert_array_equal(utility, split.quality[frames, :, 0])
+    assert best.tolist() == np.argmax(split.quality[frames, :, 0], axis=1).tolist()
+    assert x[0, IMAGE_FEATURES:].tolist() == [0.0, 0.0, 0.0, 0.0]  # nothing before a sequence's first frame
+    size = np.sqrt(0.1)  # the 40 x 40 box on the 160 x 100 frame
+    # frame 2 after frame 1: nano (1 % 3 = 1 > 0) found nothing there; small (score 0.6) and large (0.7) did
+    np.testing.assert_allclose(x[4:7, IMAGE_FEATURES:], [[0, 0, 1 / 3, 0], [np.log1p(1), 0.6, 2 / 3, size],
+                                                         [np.log1p(1), 0.7, 1, size]], rtol=1e-6)
+
+
+@pytest.mark.parametrize("warmup", [0, 256])
+def test_ppo_critic_warmup_leaves_the_bc_actor_alone(warmup):
+    from adaptive_perception.training.learn import Network, train_bc, train_ppo
+
+    split = Split.build(_profile(60, sequences=2))
+    costs = Costs("test", np.array([10.0, 40.0, 100.0]))
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(90, 1028)).astype(np.float32)
+    utility = rng.normal(size=(90, 3)).astype(np.float32)
+    bc, _ = train_bc((x[:60], np.argmax(utility[:60], 1), utility[:60]), (x[60:], np.argmax(utility[60:], 1),
+                     utility[60:]), seed=0, loss="balanced", max_epochs=2, progress=False)
+    ppo, info = train_ppo(split, costs, 0.1, bc, seed=0, steps=256, critic_warmup=warmup)
+    assert info["critic_warmup"] == warmup
+    unchanged = all(np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1]) for a, b in zip(ppo.layers, bc.layers))
+    # all 256 steps in warm-up: the actor is BC's exactly; without warm-up PPO's 256 steps move it
+    assert unchanged == (warmup == 256)
+    assert isinstance(ppo, Network)

@@ -84,7 +84,18 @@ def test_the_trained_policy_beats_random_routing_at_its_own_mix(pipeline):
     learned, random = rows["BC + PPO"], rows["random (BC + PPO mix)"]
     assert max(learned["mix"].values()) < 0.95, learned["mix"]  # it routes, rather than always picking one tier
     assert learned["map50_95"] > random["map50_95"], (learned["map50_95"], random["map50_95"])
-    assert Policy(pipeline["root"] / "policy.onnx").policy_id.startswith("bc-ppo-")
+    policy = Policy(pipeline["root"] / "policy.onnx")
+    assert policy.policy_id.startswith("bc-ppo-")
+    # the defaults: tier values with a calibrated cost weight, decided by the 4 context values alone
+    assert policy.value_head is not None and policy.value_head.cost_weight > 0
+    rng = np.random.default_rng(0)
+    frame = rng.normal(size=1028).astype(np.float32)
+    other = frame.copy()
+    other[:1024] = rng.normal(size=1024) * 5  # another scene, the same previous output
+    np.testing.assert_array_equal(policy.scores(frame), policy.scores(other))
+    busier = frame.copy()
+    busier[1024] += 2.0  # e^2 times as many detections on the previous frame
+    assert not np.array_equal(policy.scores(frame), policy.scores(busier))
 
 
 def test_the_router_trains_on_sequences_the_tiers_never_saw_and_names_its_tiers(pipeline):

@@ -52,13 +52,13 @@ def run_stream(frames, router: Router, detectors: dict, policy: Policy, audit_ev
                desc: str) -> dict:
     """The node's per-frame path over `frames` (rgb, stamp_ns): per frame the state, score and statistics."""
     monitor = DriftMonitor(policy.drift_reference, confirm)
-    context, previous = RoutingContext(), None
+    context = RoutingContext()
     rows = []
-    for index, (rgb, stamp) in enumerate(progress(frames, desc=desc, unit="frame")):
+    for index, (rgb, _stamp) in enumerate(progress(frames, desc=desc, unit="frame")):
         features = routing_features(rgb, context)
         tier = router.decide(features, context).tier
         detections = detectors[TIERS[tier]].detect(rgb)
-        context, previous = next_context(detections.scores, tier, stamp, previous), stamp
+        context = next_context(detections.boxes, detections.scores, tier, rgb.shape[:2])
         state, score = monitor.update(features, tier)
         if audit_every and index % audit_every == 0:
             monitor.audit(agreement(detections, detectors["large"].detect(rgb)))

@@ -1,7 +1,9 @@
 """Stages 4-6: behavioural cloning (PyTorch MLP), PPO fine-tuning (stable-baselines3), export to ONNX.
 
-BC learns the per-frame optimal tier at the operating point lambda from examples whose context comes
-from the labels' own previous choices. PPO then fine-tunes the same network in a streaming environment
+BC regresses each tier's per-frame value gain over nano on every frame under each tier's previous output
+(`context_dataset`), and a cost weight calibrated to a budget turns the values into a choice; or it
+classifies the per-frame optimal tier at the operating point lambda from examples whose context comes from
+the labels' own previous choices (`expert_dataset`). PPO then fine-tunes the same network in a streaming environment
 where the context comes from the agent's choices and slow tiers make later frames drop (their stale
 detections are scored), so a choice has consequences beyond its frame.
 """
@@ -13,13 +15,14 @@ from pathlib import Path
 import numpy as np
 
 from adaptive_perception.detector import TIERS
-from adaptive_perception.features import FEATURE_SIZE
+from adaptive_perception.features import FEATURE_SIZE, IMAGE_FEATURES, RoutingContext
 from adaptive_perception.policy import ValueHead
 from adaptive_perception.progress import progress as progress_bar
 from adaptive_perception.training.labels import Costs, optimal_tiers
 from adaptive_perception.training.simulate import Split, Stream, rollout
 
 HIDDEN = (128, 64)
+POLICY_INPUTS = ("context", "all")
 VALUE_TEMPERATURE = 0.05  # tier_values policies: softmax temperature of the scores (label units) PPO samples from
 
 
@@ -86,6 +89,25 @@ def expert_dataset(split: Split, costs: Costs, lam: float) -> tuple[np.ndarray, 
     return observations, labels, utility.astype(np.float32)
 
 
+def context_dataset(split: Split) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(observations, best tiers, per-tier quality) with every frame under each context a router can meet on it:
+    the previous frame's output from each tier (a sequence's first frame: no output yet). A frame's per-frame
+    quality does not depend on the context, so the targets are exact for all three, and the learner sees the
+    contexts its own routing will produce (a cheap routing's nano counts) instead of only the labels' own choices
+    (which DAgger would approximate by rolling the learner out)."""
+    quality = split.quality[:, :, 0]
+    observations, frames = [], []
+    for sequence in split.profile.sequences():
+        observations.append(split.observation(int(sequence[0]), RoutingContext()))
+        frames.append(int(sequence[0]))
+        for previous, frame in zip(sequence[:-1], sequence[1:]):
+            for tier in range(len(TIERS)):
+                observations.append(split.observation(int(frame), split.context_after(int(previous), tier)))
+                frames.append(int(frame))
+    utility = quality[np.asarray(frames)].astype(np.float32)
+    return np.asarray(observations, np.float32), np.argmax(utility, axis=1), utility
+
+
 def normalisation(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Mean and std per feature; a feature constant in training gets std 1 (so it cannot blow up later)."""
     std = x.std(axis=0)
@@ -129,13 +151,16 @@ def _load_layers(linears: list, layers: list[tuple[np.ndarray, np.ndarray]]) -> 
 
 def train_bc(train: tuple[np.ndarray, np.ndarray, np.ndarray], val: tuple[np.ndarray, np.ndarray, np.ndarray],
              seed: int, loss: str = "balanced", max_epochs: int = 200, patience: int = 15,
-             progress: bool = True) -> tuple[Network, dict]:
+             progress: bool = True, inputs: str = "all") -> tuple[Network, dict]:
     """Fit the MLP on (x, label, utility); `balanced`: class-balanced cross-entropy, `regret`: expected
     utility lost against the best tier (cost-sensitive), `values`: mean squared error of each tier's value
     gain over nano (utility - utility of nano; give utilities at lambda 0, the cost weight is calibrated after).
-    Early stopping on the validation loss."""
+    `inputs`: `all` 1028 features, or `context`: the 4 context features only (the image features' first-layer
+    weights are zero, so the policy file still takes all 1028). Early stopping on the validation loss."""
     import torch
-    
+
+    if inputs not in POLICY_INPUTS:
+        raise ValueError(f"inputs {inputs!r}: use one of {POLICY_INPUTS}")
     x_train, y_train, u_train = train
     x_val, y_val, u_val = val
     mean, std = normalisation(x_train)
@@ -145,7 +170,10 @@ def train_bc(train: tuple[np.ndarray, np.ndarray, np.ndarray], val: tuple[np.nda
 
     def tensors(x, y, u):
         target = u - u[:, :1] if loss == "values" else u.max(axis=1, keepdims=True) - u
-        return torch.tensor((x - mean) / std), torch.tensor(y, dtype=torch.long), torch.tensor(target)
+        normalised = (x - mean) / std
+        if inputs == "context":
+            normalised[:, :IMAGE_FEATURES] = 0.0
+        return torch.tensor(normalised), torch.tensor(y, dtype=torch.long), torch.tensor(target)
 
     def objective(logits, y, target):
         if loss == "values":
@@ -178,7 +206,10 @@ def train_bc(train: tuple[np.ndarray, np.ndarray, np.ndarray], val: tuple[np.nda
             if waited >= patience:
                 break
     model.load_state_dict(best_state)
-    return _to_network(_linears(model), mean, std), {"epochs": len(history), "best_val_loss": best, "history": history}
+    network = _to_network(_linears(model), mean, std)
+    if inputs == "context":
+        network.layers[0][0][:IMAGE_FEATURES] = 0.0  # they only ever saw zeros: now exactly what training computed
+    return network, {"epochs": len(history), "best_val_loss": best, "history": history}
 
 
 def calibrate_cost_weight(network: Network, split: Split, costs: Costs, budget_ms: float, steps: int = 20) -> Network:
@@ -201,8 +232,10 @@ def calibrate_cost_weight(network: Network, split: Split, costs: Costs, budget_m
     return network.with_weight(high)
 
 
-def make_env(split: Split, costs: Costs, lam: float, network: Network, switch_penalty: float = 0.0):
-    """A gymnasium environment over the split's sequences (one episode = one sequence, streaming at 30 Hz)."""
+def make_env(split: Split, costs: Costs, lam: float, network: Network, switch_penalty: float = 0.0,
+             inputs: str = "all"):
+    """A gymnasium environment over the split's sequences (one episode = one sequence, streaming at 30 Hz);
+    with `inputs` `context` the image features are observed as zeros (a context-only policy stays one)."""
     import gymnasium as gym
 
     class RoutingEnv(gym.Env):
@@ -216,7 +249,10 @@ def make_env(split: Split, costs: Costs, lam: float, network: Network, switch_pe
             self.previous = -1
 
         def _observe(self) -> np.ndarray:
-            return ((self.stream.observation() - network.mean) / network.std).astype(np.float32)
+            observation = ((self.stream.observation() - network.mean) / network.std).astype(np.float32)
+            if inputs == "context":
+                observation[:IMAGE_FEATURES] = 0.0
+            return observation
 
         def reset(self, *, seed=None, options=None):
             super().reset(seed=seed)
@@ -255,36 +291,42 @@ def _from_logits(layers: list[tuple[np.ndarray, np.ndarray]], like: Network) -> 
 
 
 def train_ppo(split: Split, costs: Costs, lam: float, bc: Network, seed: int, steps: int,
-              switch_penalty: float = 0.0) -> tuple[Network, dict]:
+              switch_penalty: float = 0.0, critic_warmup: int = 0, inputs: str = "all") -> tuple[Network, dict]:
     """stable-baselines3 PPO whose actor starts as the BC network (same layers, same normalisation; a tier-value
-    network's scores / temperature are the logits, and the reward's cost weight is its own)."""
+    network's scores / temperature are the logits, and the reward's cost weight is its own). The first
+    `critic_warmup` steps train the critic alone (the actor frozen): a random critic's advantages would otherwise
+    push the BC actor around before they mean anything."""
     import torch
     from stable_baselines3 import PPO
     from stable_baselines3.common.callbacks import BaseCallback
     
     if bc.head is not None:
         lam = bc.head.cost_weight
-    env = make_env(split, costs, lam, bc, switch_penalty)
+    env = make_env(split, costs, lam, bc, switch_penalty, inputs)
     model = PPO("MlpPolicy", env, seed=seed, n_steps=1024, batch_size=256, n_epochs=4, learning_rate=1e-4,
                 clip_range=0.1, gamma=0.99, ent_coef=0.0, verbose=0, device="cpu",
                 policy_kwargs={"net_arch": {"pi": list(HIDDEN), "vf": list(HIDDEN)}, "activation_fn": torch.nn.ReLU})
     actor = _linears(model.policy.mlp_extractor.policy_net) + [model.policy.action_net]
     _load_layers(actor, _as_logits(bc))
 
-    class Progress(BaseCallback):
-        def __init__(self) -> None:
-            super().__init__()
-            self.bar = progress_bar(total=steps, desc=f"PPO seed {seed}", unit="step")
+    bar = progress_bar(total=steps, desc=f"PPO seed {seed}", unit="step")
 
+    class Progress(BaseCallback):
         def _on_step(self) -> bool:
-            self.bar.update(1)
+            bar.update(1)
             return True
 
-        def _on_training_end(self) -> None:
-            self.bar.close()
-
-    model.learn(total_timesteps=steps, callback=Progress())
-    return _from_logits(_to_network(actor, bc.mean, bc.std).layers, bc), {"steps": steps}
+    warmup = min(max(critic_warmup, 0), steps)
+    if warmup:
+        for module in actor:
+            module.requires_grad_(False)  # no gradient: Adam leaves the actor as BC made it
+        model.learn(total_timesteps=warmup, callback=Progress())
+        for module in actor:
+            module.requires_grad_(True)
+    if steps > warmup:
+        model.learn(total_timesteps=steps - warmup, callback=Progress(), reset_num_timesteps=not warmup)
+    bar.close()
+    return _from_logits(_to_network(actor, bc.mean, bc.std).layers, bc), {"steps": steps, "critic_warmup": warmup}
 
 
 def export(network: Network, path: Path, policy_id: str, description: str,

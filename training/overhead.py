@@ -46,7 +46,7 @@ def measure(policy_path: str, iterations: int) -> dict:
     policy = Policy(resolve_model(policy_path))
     router = Router("learned", policy)
     base = _frames()
-    context = RoutingContext(prev_count=5, prev_mean_score=0.6, prev_tier=1, dt_s=1 / 30)
+    context = RoutingContext(prev_count=5, prev_mean_score=0.6, prev_tier=1, prev_median_size=0.1)
     results = {}
     for width, height in RESOLUTIONS:
         frames = [np.ascontiguousarray(cv2.resize(f, (width, height), interpolation=cv2.INTER_LINEAR)) for f in base]

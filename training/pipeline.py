@@ -42,8 +42,10 @@ class Settings:
     lambdas: tuple[float, ...] = (0.0, 0.1, 0.2, 0.3, 0.5, 0.8)
     lam: float | None = None  # fixed operating point; default: chosen on validation
     cost_bar: float = 0.4  # the operating point's cost target, fraction of always-large (chosen on validation)
-    bc_loss: str = "balanced"
+    bc_loss: str = "values"  # values: regress each tier's gain, cost weight calibrated on validation | balanced | regret
+    policy_inputs: str = "context"  # context: the 4 context features (image features weighted 0) | all: 1028
     ppo_steps: int = 30000
+    critic_warmup: int = 4096  # PPO steps that train the critic alone before the actor moves
     switch_penalty: float = 0.0
     resamples: int = 200
     force: bool = False
@@ -54,7 +56,7 @@ class Settings:
 
 PRESETS = {
     "full": Settings(),
-    "small": Settings(seeds=3, lambdas=(0.0, 0.3), ppo_steps=2048, resamples=20),
+    "small": Settings(seeds=3, lambdas=(0.0, 0.3), ppo_steps=2048, critic_warmup=1024, resamples=20),
 }
 
 
@@ -203,7 +205,7 @@ def stage_bc(settings: Settings) -> None:
     from adaptive_perception.training.simulate import rollout
 
     params = {"lambdas": settings.lambdas, "lam": settings.lam, "seeds": settings.seeds, "loss": settings.bc_loss,
-              "cost_bar": settings.cost_bar, "labels": _mtimes([settings.work / f"quality_{s}.npy" for s in SPLITS])}
+              "cost_bar": settings.cost_bar, "inputs": settings.policy_inputs, "labels": _mtimes([settings.work / f"quality_{s}.npy" for s in SPLITS])}
     outputs = [settings.work / "bc" / f"seed{s}.npz" for s in range(settings.seeds)] + [settings.work / "bc" / "lambda.json"]
     if _cached(settings, "bc", params, outputs):
         print("[bc] cached")
@@ -219,7 +221,7 @@ def stage_bc(settings: Settings) -> None:
         large_cost = float(costs.ms[-1])
         for lam in candidates:
             datasets[lam] = expert_dataset(train, costs, lam), expert_dataset(val, costs, lam)
-            network, info = train_bc(*datasets[lam], seed=0, loss=settings.bc_loss)
+            network, info = train_bc(*datasets[lam], seed=0, loss=settings.bc_loss, inputs=settings.policy_inputs)
             network.save(settings.work / "bc" / f"sweep_lambda{lam:g}.npz")
             trace = rollout(val, costs, network.choose, streaming=False)
             cost = float(costs.ms[np.asarray(trace.processed_tiers)].sum() / len(val.profile))
@@ -236,7 +238,7 @@ def stage_bc(settings: Settings) -> None:
         (settings.work / "bc" / "lambda.json").write_text(json.dumps({"lambda": lam, "sweep": sweep,
                                                                        "cost_bar": settings.cost_bar}, indent=2))
         for seed in range(settings.seeds):
-            network, info = train_bc(*datasets[lam], seed=seed, loss=settings.bc_loss)
+            network, info = train_bc(*datasets[lam], seed=seed, loss=settings.bc_loss, inputs=settings.policy_inputs)
             network.save(settings.work / "bc" / f"seed{seed}.npz")
             mlflow.log_metrics({f"seed{seed}_best_val_loss": info["best_val_loss"], f"seed{seed}_epochs": info["epochs"]})
         mlflow.log_param("chosen_lambda", lam)
@@ -245,19 +247,20 @@ def stage_bc(settings: Settings) -> None:
 
 
 def _bc_values(settings: Settings, params: dict, costs, train, val) -> None:
-    """BC as regression of each tier's value gain over nano; every seed's cost weight is calibrated on validation
-    to the cost bar (its operating point), so no lambda sweep is needed: the weight is the operating point."""
+    """BC as regression of each tier's value gain over nano, on every frame under each tier's previous output
+    (`context_dataset`); every seed's cost weight is calibrated on validation to the cost bar (its operating
+    point), so no lambda sweep is needed: the weight is the operating point, in the labels' lambda units."""
     from adaptive_perception.training.evaluate import Scorer
-    from adaptive_perception.training.learn import calibrate_cost_weight, expert_dataset, train_bc
+    from adaptive_perception.training.learn import calibrate_cost_weight, context_dataset, train_bc
     from adaptive_perception.training.simulate import rollout
 
     budget = settings.cost_bar * float(costs.ms[-1])
-    data = expert_dataset(train, costs, 0.0), expert_dataset(val, costs, 0.0)
+    data = context_dataset(train), context_dataset(val)
     (settings.work / "bc").mkdir(parents=True, exist_ok=True)
     seeds, val_scorer = [], Scorer(val)
     with tracked(settings, "bc", params) as mlflow:
         for seed in range(settings.seeds):
-            network, info = train_bc(*data, seed=seed, loss="values")
+            network, info = train_bc(*data, seed=seed, loss="values", inputs=settings.policy_inputs)
             network = calibrate_cost_weight(network, val, costs, budget)
             network.save(settings.work / "bc" / f"seed{seed}.npz")
             trace = rollout(val, costs, network.choose, streaming=False)
@@ -270,9 +273,10 @@ def _bc_values(settings: Settings, params: dict, costs, train, val) -> None:
               f"{settings.cost_bar:.0%} of always-large's cost: " + ", ".join(
                   f"seed {s['seed']} {s['cost_weight']:.3f} (validation mAP50-95 {s['val_map50_95']:.1f} at "
                   f"{s['val_cost_share']:.0%})" for s in seeds))
-        (settings.work / "bc" / "lambda.json").write_text(json.dumps({"lambda": 0.0, "kind": "values", "seeds": seeds,
+        lam = float(np.mean([s["cost_weight"] for s in seeds]))  # the oracles' and the report's lambda
+        (settings.work / "bc" / "lambda.json").write_text(json.dumps({"lambda": lam, "kind": "values", "seeds": seeds,
                                                                        "cost_bar": settings.cost_bar}, indent=2))
-        mlflow.log_param("chosen_lambda", 0.0)
+        mlflow.log_param("chosen_lambda", lam)
         mlflow.log_artifact(str(settings.work / "bc" / "lambda.json"))
     _done(settings, "bc", params)
 
@@ -292,6 +296,7 @@ def stage_ppo(settings: Settings) -> None:
 
     lam = _lambda(settings)
     params = {"lambda": lam, "seeds": settings.seeds, "steps": settings.ppo_steps, "switch_penalty": settings.switch_penalty,
+              "critic_warmup": settings.critic_warmup, "inputs": settings.policy_inputs,
               "bc": _mtimes([settings.work / "bc" / f"seed{s}.npz" for s in range(settings.seeds)])}
     outputs = [settings.work / "ppo" / f"seed{s}.npz" for s in range(settings.seeds)]
     if _cached(settings, "ppo", params, outputs):
@@ -299,12 +304,14 @@ def stage_ppo(settings: Settings) -> None:
         return
     costs, train = _load_costs(settings), load_split(settings, TRAIN_SPLIT)
     with tracked(settings, "ppo", params) as mlflow:
-        check_env(make_env(train, costs, lam, Network.load(settings.work / "bc" / "seed0.npz")), skip_render_check=True)
+        check_env(make_env(train, costs, lam, Network.load(settings.work / "bc" / "seed0.npz"),
+                           inputs=settings.policy_inputs), skip_render_check=True)
         (settings.work / "ppo").mkdir(parents=True, exist_ok=True)
         for seed in range(settings.seeds):
             bc = Network.load(settings.work / "bc" / f"seed{seed}.npz")
             started = time.perf_counter()
-            network, _ = train_ppo(train, costs, lam, bc, seed, settings.ppo_steps, settings.switch_penalty)
+            network, _ = train_ppo(train, costs, lam, bc, seed, settings.ppo_steps, settings.switch_penalty,
+                                   settings.critic_warmup, settings.policy_inputs)
             network.save(settings.work / "ppo" / f"seed{seed}.npz")
             mlflow.log_metrics({f"seed{seed}_train_s": time.perf_counter() - started})
     _done(settings, "ppo", params)
@@ -395,6 +402,7 @@ def settings_from(args) -> Settings:
         "latency": args.latency, "work": args.work, "reports": args.reports, "policy_out": args.policy_out,
         "tracking_uri": args.tracking_uri, "seeds": args.seeds, "lam": args.lam, "ppo_steps": args.ppo_steps,
         "resamples": args.resamples, "bc_loss": args.bc_loss, "switch_penalty": args.switch_penalty,
+        "policy_inputs": args.policy_inputs, "critic_warmup": args.critic_warmup,
     }.items() if v is not None}
     changes["force"] = args.force
     if args.model:

@@ -43,7 +43,7 @@ class Profile:
     regime: np.ndarray  # (N,) int64 index into Regime (from the truth's valid object count)
     detections: np.ndarray  # (M, 8) float32: frame, tier, x0, y0, x1, y1, score, class
     truth: np.ndarray  # (G, 7) float32: frame, x0, y0, x1, y1, class, ignore
-    meta: dict
+    meta: dict  # truth, models, profile_conf, device, frame_hw ([height, width] of every frame)
 
     def __len__(self) -> int:
         return int(self.features.shape[0])
@@ -61,8 +61,13 @@ class Profile:
             raise AdaptivePerceptionError(f"profile '{path}' does not exist; run `adaptive-perception train profile "
                                           f"--work {Path(path).parent}` first (or `train all`)")
         data = np.load(path)
+        meta = json.loads(str(data["meta"]))
+        if "frame_hw" not in meta:
+            raise AdaptivePerceptionError(f"profile '{path}' was written before profiles recorded the frame size (the "
+                                          "router's context measures box sizes against it); rerun `adaptive-perception "
+                                          f"train profile --work {Path(path).parent} --force`")
         return Profile(**{k: data[k] for k in ("features", "latency_ms", "sequence", "stamp_ns", "regime", "detections",
-                                                "truth")}, meta=json.loads(str(data["meta"])))
+                                                "truth")}, meta=meta)
 
     def tier_detections(self, tier: int, min_score: float = 0.0) -> list[np.ndarray]:
         """Per frame, that tier's (K, 6) boxes x0 y0 x1 y1 score class with score >= min_score."""
@@ -155,7 +160,13 @@ def profile(frames: Iterator[tuple[np.ndarray, int, int, list[dict] | None]], to
         reference = DetectorTier(resolve_model(teacher), ("CPUExecutionProvider",), conf_threshold=PUBLISH_CONF,
                                  name="teacher")
     features, latency, sequences, stamps, regimes, dets, truth = [], [], [], [], [], [], []
+    frame_hw = None
     for index, (rgb, sequence, stamp, objects) in enumerate(progress(frames, total=total, desc=desc, unit="frame")):
+        frame_hw = frame_hw or rgb.shape[:2]
+        if rgb.shape[:2] != frame_hw:
+            raise AdaptivePerceptionError(f"frame {index} is {rgb.shape[1]}x{rgb.shape[0]}, earlier frames "
+                                          f"{frame_hw[1]}x{frame_hw[0]}: profile one camera resolution at a time (the "
+                                          "router's context measures box sizes against the frame)")
         features.append(image_features(rgb))
         row = []
         for tier, detector in enumerate(detectors):
@@ -188,4 +199,5 @@ def profile(frames: Iterator[tuple[np.ndarray, int, int, list[dict] | None]], to
         truth=np.asarray(truth, np.float32).reshape(-1, 7),
         meta={"truth": truth_mode if truth_mode == "sidecar" else f"reference ({teacher or 'large tier'})",
               "models": {t: resolve_model(models[t]) for t in TIERS}, "profile_conf": PROFILE_CONF,
+              "frame_hw": list(frame_hw),
               "device": f"onnxruntime CPU, {os.cpu_count()} cores, batch 1 (this machine)"})

@@ -23,8 +23,10 @@ from adaptive_perception.training.pipeline import TRAIN_SPLIT
 from adaptive_perception.training.simulate import FRAME_RATE_HZ, rollout
 
 # count thresholds (nano below low, small below high, else large); (1000, 1000) is always-nano, so the curve
-# spans every cost from nano's to large's and can be read at any learned policy's cost
-HEURISTIC_GRID = [(low, high) for low in range(0, 7) for high in range(low, 16, 2)] + [(1000, 1000)]
+# spans every cost from nano's to large's and can be read at any learned policy's cost. Thresholds up to 15 and
+# 31: with tiers that find up to ~30 objects, a grid ending at (6, 14) left the cheap end of the heuristic's
+# curve to a straight line from always-nano (time-sharing), 7 mAP50-95 below rules such as (8, 14)
+HEURISTIC_GRID = [(low, high) for low in range(0, 16) for high in range(low, 32, 2)] + [(1000, 1000)]
 # the router issue's bars: >= 90 % of always-large's mAP50-95 at <= 40 % of its cost; beats the heuristic at its
 # own cost by >= 1 point and random at its own mix by >= 3, each with the paired interval excluding 0
 BARS = {"keep_share": 0.90, "cost_share": 0.40, "gap_share": 0.70, "beat_heuristic_points": 1.0,
@@ -151,8 +153,12 @@ def _interpolated(cheaper: dict, dearer: dict, cost_ms: float) -> dict:
 
 
 def _kl(ppo: Network, bc: Network, observations: np.ndarray) -> float:
+    """KL(PPO || BC) of the distributions PPO samples from: softmax of the logits, or of a tier-value network's
+    scores / temperature (its values would give near-uniform softmaxes and hide any change)."""
     def probabilities(network):
-        logits = network.logits(observations.astype(np.float64))
+        logits = network.scores(observations.astype(np.float64))
+        if network.head is not None:
+            logits = logits / network.head.temperature
         p = np.exp(logits - logits.max(axis=1, keepdims=True))
         return p / p.sum(axis=1, keepdims=True)
     p, q = probabilities(ppo), probabilities(bc)

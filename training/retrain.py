@@ -49,6 +49,10 @@ def subset(profile: Profile, frames: np.ndarray) -> Profile:
 def concat(profiles: list[Profile]) -> Profile:
     """One profile of several, in order; sequence ids are renumbered so no two sources share one."""
     offset, sequence_offset, parts = 0, 0, []
+    sizes = {tuple(p.meta["frame_hw"]) for p in profiles}
+    if len(sizes) > 1:
+        raise AdaptivePerceptionError(f"recordings of different frame sizes ({sorted(sizes)}) cannot train one router "
+                                      "(its context measures box sizes against the frame); retrain per camera resolution")
     for profile in profiles:
         _, sequence = np.unique(profile.sequence, return_inverse=True)
         detections, truth = profile.detections.copy(), profile.truth.copy()

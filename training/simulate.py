@@ -21,7 +21,7 @@ from typing import Callable
 import numpy as np
 
 from adaptive_perception.detector import TIERS
-from adaptive_perception.features import FEATURE_SIZE, IMAGE_FEATURES, RoutingContext
+from adaptive_perception.features import FEATURE_SIZE, IMAGE_FEATURES, RoutingContext, median_size
 from adaptive_perception.training.labels import MAX_STALE, Costs, empty_quality, exact_seconds, stale_quality
 from adaptive_perception.training.profile import PUBLISH_CONF, Profile
 
@@ -38,15 +38,19 @@ class Split:
     empty: np.ndarray  # (N,) quality of showing nothing on the frame (before a stream's first output)
     counts: np.ndarray = field(init=False)  # (N, 3) published detections
     mean_scores: np.ndarray = field(init=False)  # (N, 3)
+    median_sizes: np.ndarray = field(init=False)  # (N, 3) `features.median_size` of the published boxes
 
     def __post_init__(self) -> None:
         n = len(self.profile)
         self.counts = np.zeros((n, len(TIERS)), np.int64)
         self.mean_scores = np.zeros((n, len(TIERS)), np.float32)
+        self.median_sizes = np.zeros((n, len(TIERS)), np.float32)
+        frame_hw = tuple(self.profile.meta["frame_hw"])
         for tier in range(len(TIERS)):
             for f, dets in enumerate(self.profile.tier_detections(tier, PUBLISH_CONF)):
                 self.counts[f, tier] = len(dets)
                 self.mean_scores[f, tier] = dets[:, 4].mean() if len(dets) else 0.0
+                self.median_sizes[f, tier] = median_size(dets[:, :4], frame_hw)
 
     @staticmethod
     def build(profile: Profile) -> "Split":
@@ -59,10 +63,10 @@ class Split:
         out[IMAGE_FEATURES:] = context.vector()
         return out
 
-    def context_after(self, frame: int, tier: int, previous: int | None) -> RoutingContext:
-        """The node's context after processing `frame` with `tier` (dt: since the previous processed frame)."""
-        dt = 0.0 if previous is None else (frame - previous) * FRAME_PERIOD_S
-        return RoutingContext(int(self.counts[frame, tier]), float(self.mean_scores[frame, tier]), tier, dt)
+    def context_after(self, frame: int, tier: int) -> RoutingContext:
+        """The node's context after processing `frame` with `tier`."""
+        return RoutingContext(int(self.counts[frame, tier]), float(self.mean_scores[frame, tier]), tier,
+                              float(self.median_sizes[frame, tier]))
 
 
 class WorkerClock:
@@ -104,7 +108,6 @@ class Stream:
         self.clock = WorkerClock(len(frames))
         self.context = RoutingContext()
         self.busy_s = Fraction(0)  # inference time inside the sequence's wall time
-        self._previous: int | None = None  # position of the previous processed frame
         self._standing: tuple[int, int] | None = None  # (position, tier) of the output published last
         self._settled = 0  # positions before this one have their shown output fixed
 
@@ -166,10 +169,7 @@ class Stream:
             if self.done:
                 covered += self._show_until(len(self.frames))
             quality = sum(self.shown_quality(*shown) for shown in covered)
-        frame = int(self.frames[position])
-        previous = None if self._previous is None else int(self.frames[self._previous])
-        self.context = self.split.context_after(frame, tier, previous)
-        self._previous = position
+        self.context = self.split.context_after(int(self.frames[position]), tier)
         return covered, quality
 
 

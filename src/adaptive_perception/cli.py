@@ -161,9 +161,14 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--lambdas", type=float, nargs="+",
                        help="lambda sweep (full: 0 0.1 0.2 0.3 0.5 0.8; small: 0 0.3)")
     train.add_argument("--ppo-steps", type=int, help="PPO environment steps per seed (full 30000, small 2048)")
-    train.add_argument("--bc-loss", choices=["balanced", "regret", "values"],
-                       help="class-balanced CE, expected regret, or values: regress each tier's value and calibrate "
-                            "a cost weight on validation (the policy's operating point, movable at run time)")
+    train.add_argument("--bc-loss", choices=["values", "balanced", "regret"],
+                       help="values (default): regress each tier's value gain and calibrate a cost weight on validation "
+                            "(the policy's operating point, movable at run time); or classify the lambda-optimal tier: "
+                            "class-balanced cross-entropy or expected regret")
+    train.add_argument("--policy-inputs", choices=["context", "all"],
+                       help="context (default): the 4 context features, the 1024 image features weighted 0 (they "
+                            "identify the scene, not its difficulty: see training/README.md); all: 1028")
+    train.add_argument("--critic-warmup", type=int, help="PPO steps training only the critic first (full 4096, small 1024)")
     train.add_argument("--switch-penalty", type=float, help="PPO reward penalty per tier switch (default 0)")
     train.add_argument("--resamples", type=int, help="bootstrap resamples for the intervals (full 200, small 20)")
     retrain = train.add_argument_group("retrain")
@@ -197,12 +202,25 @@ def _parser() -> argparse.ArgumentParser:
     drift = bench_sub.add_parser("drift", help="the drift monitor on each drift preset after newly seeded "
                                  "in-distribution frames: detection delay, false alarms, score plot")
     drift.add_argument("--policy", default="embedded:policy", help="policy ONNX (with a drift reference)")
-    drift.add_argument("--generator-version", default="1.0.0", help="the policy's world (scenes generator version)")
+    drift.add_argument("--generator-version", default="2.0.0", help="the policy's world (scenes generator version)")
     drift.add_argument("--in-sequences", type=int, default=5, help="in-distribution sequences per preset (150 frames)")
     drift.add_argument("--drift-sequences", type=int, default=2, help="drift sequences per preset")
     drift.add_argument("--preset", action="append", choices=["night", "fog", "new_domain", "small_objects"],
                        help="only these presets (repeatable; default all four)")
     drift.add_argument("--report", type=Path, default=Path("training/reports/drift.json"))
+    heldout = bench_sub.add_parser("heldout", help="the policy against the heuristic at its own cost on newly seeded "
+                                   "scenes and on each drift preset (per frame, paired intervals; no bar)")
+    heldout.add_argument("--policy", default="embedded:policy", help="policy ONNX file or embedded:policy")
+    heldout.add_argument("--latency", type=Path, default=Path("training/latency/cpu-2core-family2.json"),
+                         help="tier costs JSON (default: the embedded tiers on the 2-core machine, idle)")
+    heldout.add_argument("--generator-version", default="2.0.0", help="the policy's world (scenes generator version)")
+    heldout.add_argument("--set", dest="sets", action="append",
+                         choices=["in_distribution", "night", "fog", "new_domain", "small_objects"],
+                         help="only these sets (repeatable; default all five)")
+    heldout.add_argument("--sequences", type=int, default=4, help="sequences per set")
+    heldout.add_argument("--frames", type=int, default=150, help="frames per sequence (30 Hz)")
+    heldout.add_argument("--resamples", type=int, default=200, help="bootstrap resamples for the intervals")
+    heldout.add_argument("--report", type=Path, default=Path("training/reports/heldout.json"))
     soak = bench_sub.add_parser("soak", help="two cameras of raw 640x480 at 30 Hz through the node on the shipped "
                                              "defaults: memory, node-time drift, stalls, crashes")
     soak.add_argument("--minutes", type=float, default=30.0, help="run length (30 for the README's figures)")
@@ -458,6 +476,16 @@ def main(argv: list[str] | None = None) -> int:
                                 version=args.generator_version)
             bars = result["bars"]
             return 0 if bars["no_false_alarm"] and all(bars["detected_within_150"].values()) else 1
+        if args.command == "bench" and args.bench_command == "heldout":
+            from adaptive_perception.training.heldout import run as run_heldout
+
+            if args.sequences < 2 or args.frames < 1:
+                raise AdaptivePerceptionError(f"--sequences {args.sequences} --frames {args.frames}: the intervals "
+                                              "resample sequences, so give at least 2 sequences of at least 1 frame")
+            run_heldout(args.policy, args.latency, args.sets or ["in_distribution", "night", "fog", "new_domain",
+                                                                 "small_objects"],
+                        args.sequences, args.frames, args.generator_version, args.resamples, args.report)
+            return 0
         if args.command == "bench" and args.bench_command == "soak":
             from adaptive_perception.training.soak import run_soak
 

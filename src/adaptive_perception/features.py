@@ -7,8 +7,12 @@ Every value, in order (all float32; the maps E, D, S, K over 32x32 cells are des
   1024       log1p(number of detections published for this camera's previous frame)
   1025       their mean score (0 when there were none or before the first frame)
   1026       (previous tier index + 1) / 3: 0 before the first frame, 1/3 nano, 2/3 small, 1 large
-  1027       seconds between the previous and this frame's header stamps, clipped to [0, 1] (0 on the first)
+  1027       the median over those detections of sqrt(box area / frame area): how big the objects were (0 when
+             there were none or before the first frame)
 Nothing depends on machine load or wall-clock time, so training recomputes them exactly from stored frames.
+Version 1's last value was the time since the previous frame; its stored normalisation had a std of 5 ms, so a
+100 ms gap reached a policy at +14 standard deviations, and it said nothing about the scene. Box sizes do: small
+objects are where a larger tier finds what a smaller one misses (measured: `training/README.md`).
 """
 from __future__ import annotations
 
@@ -22,9 +26,8 @@ IMAGE_FEATURES = GRID * GRID  # 1024
 CONTEXT_FEATURES = 4
 FEATURE_SIZE = IMAGE_FEATURES + CONTEXT_FEATURES  # 1028
 # Stored in every policy file; a policy trained on another version is refused. Change it with the features.
-FEATURE_VERSION = "edge-colour-stats+ctx4/1"
+FEATURE_VERSION = "edge-colour-stats+ctx4/2"
 _WORK_SIZE = 2 * GRID  # the frame is reduced to 64x64 before gradients
-MAX_DT_S = 1.0  # time since the previous frame is clipped here
 _QUANTILE_STEP = 8  # every 8th of the 1024 sorted cell values: 128 quantiles per map
 _HIST_BINS = 64
 _HIST_SCALE = np.array([[128.0], [128.0], [64.0], [128.0]], np.float32)  # bins of 1/128 (E, D, K), 1/64 (S)
@@ -44,18 +47,26 @@ class RoutingContext:
     prev_count: int = 0  # detections published for the previous frame
     prev_mean_score: float = 0.0  # their mean score (0 when there were none)
     prev_tier: int = -1  # tier index that ran on it; -1 before the first frame
-    dt_s: float = 0.0  # seconds between the two frames' header stamps
+    prev_median_size: float = 0.0  # median sqrt(box area / frame area) of its detections (0 when none)
 
     def vector(self) -> np.ndarray:
-        """The 4 context features: log1p(count), mean score, (tier + 1) / 3, dt clipped to [0, 1] s."""
+        """The 4 context features: log1p(count), mean score, (tier + 1) / 3, median relative box size."""
         return np.array([np.log1p(max(self.prev_count, 0)), self.prev_mean_score, (self.prev_tier + 1) / 3.0,
-                         min(max(self.dt_s, 0.0), MAX_DT_S)], np.float32)
+                         self.prev_median_size], np.float32)
 
 
-def next_context(scores: np.ndarray, tier: int, stamp_ns: int, previous_stamp_ns: int | None) -> RoutingContext:
-    """Context for the next frame from this frame's routed output (its scores, tier and header stamp)."""
-    dt = 0.0 if previous_stamp_ns is None else (stamp_ns - previous_stamp_ns) / 1e9
-    return RoutingContext(int(scores.size), float(scores.mean()) if scores.size else 0.0, int(tier), dt)
+def median_size(boxes: np.ndarray, frame_hw: tuple[int, int]) -> float:
+    """The median over (K, 4) x0 y0 x1 y1 boxes of sqrt(box area / frame area); 0 for no boxes."""
+    if len(boxes) == 0:
+        return 0.0
+    area = np.clip(boxes[:, 2] - boxes[:, 0], 0, None) * np.clip(boxes[:, 3] - boxes[:, 1], 0, None)
+    return float(np.median(np.sqrt(area / float(frame_hw[0] * frame_hw[1]))))
+
+
+def next_context(boxes: np.ndarray, scores: np.ndarray, tier: int, frame_hw: tuple[int, int]) -> RoutingContext:
+    """Context for the next frame from this frame's routed output: its (K, 4) boxes and scores, tier, frame size."""
+    return RoutingContext(int(scores.size), float(scores.mean()) if scores.size else 0.0, int(tier),
+                          median_size(boxes, frame_hw))
 
 
 def image_features(rgb: np.ndarray) -> np.ndarray:

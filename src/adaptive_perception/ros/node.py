@@ -53,7 +53,7 @@ class PerceptionNode(LifecycleNode):
         self.config: NodeConfig | None = None
         self.detectors: dict[str, DetectorTier] = {}
         self.router: Router | None = None
-        self._contexts: dict[str, tuple[RoutingContext, int]] = {}  # camera -> (context, previous stamp ns)
+        self._contexts: dict[str, RoutingContext] = {}  # camera -> what its previous routed output said
         self.telemetry: Telemetry | None = None  # per camera and tier, since configure
         self.metrics: PrometheusMetrics | None = None
         self._metrics_state = "off"
@@ -437,7 +437,7 @@ class PerceptionNode(LifecycleNode):
         assert self.config is not None and self.router is not None
         started = time.perf_counter()
         rgb = image_to_rgb(msg)
-        context, previous_stamp = self._contexts.get(camera, (RoutingContext(), None))
+        context = self._contexts.get(camera, RoutingContext())
         feature_start = time.perf_counter()
         features = routing_features(rgb, context)
         policy_start = time.perf_counter()
@@ -449,7 +449,7 @@ class PerceptionNode(LifecycleNode):
             raise TierFailure(decision.tier_name, exc) from exc
         inferred = time.perf_counter()
         stamp = _stamp_ns(msg)
-        self._contexts[camera] = (next_context(detections.scores, decision.tier, stamp, previous_stamp), stamp)
+        self._contexts[camera] = next_context(detections.boxes, detections.scores, decision.tier, rgb.shape[:2])
         audited, drift_state, drift_score = self.drift.frame(camera, features, decision.tier, rgb, detections)
         detections_msg = detections_to_msg(detections, msg.header)
         done = time.perf_counter()  # node time: decode to detections and the drift update, before publishing

@@ -84,6 +84,11 @@ def _as_camera_jpeg(rgb: np.ndarray) -> tuple[bytes, np.ndarray]:
     return data.tobytes(), cv2.cvtColor(cv2.imdecode(data, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
 
 
+def camera_pixels(rgb: np.ndarray) -> np.ndarray:
+    """A rendered frame as the benchmark's images and bags deliver it (the JPEG round trip)."""
+    return _as_camera_jpeg(rgb)[1]
+
+
 def _frame_record(frame: Frame, name: str) -> dict:
     return {
         "file": name, "sequence": frame.sequence, "frame": frame.index, "stamp_ns": _stamp(frame.sequence, frame.index),

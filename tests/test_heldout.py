@@ -1,0 +1,46 @@
+"""`adaptive-perception bench heldout`: the embedded policy against the heuristic on newly seeded scenes and a drift
+preset, through the real tiers, the profile stage and pycocotools."""
+from __future__ import annotations
+
+import json
+import subprocess
+
+import pytest
+
+from adaptive_perception.scenes.sequence import Drift
+from adaptive_perception.training.heldout import SEED, set_specs
+
+
+def test_each_set_is_new_scenes_of_its_own_kind():
+    clean, fog = set_specs("in_distribution", 3, 20, "2.0.0"), set_specs("fog", 3, 20, "2.0.0")
+    assert [s.drift for s in clean] == [Drift.NONE] * 3 and [s.drift for s in fog] == [Drift.FOG] * 3
+    assert {s.seed for s in clean} == {SEED} and {s.seed for s in fog} == {SEED + 1 + list(Drift).index(Drift.FOG)}
+    assert [s.index for s in fog] == [0, 1, 2] and all(s.frames == 20 and s.version == "2.0.0" for s in clean + fog)
+
+
+def test_heldout_report_compares_the_policy_with_the_heuristic_at_its_cost(tmp_path):
+    report = tmp_path / "heldout.json"
+    run = subprocess.run(["adaptive-perception", "bench", "heldout", "--set", "in_distribution", "--set", "night",
+                          "--sequences", "2", "--frames", "15", "--resamples", "20", "--report", str(report)],
+                         capture_output=True, text=True, timeout=900)
+    assert run.returncode == 0, run.stderr[-3000:]
+    result = json.loads(report.read_text())
+    assert list(result["sets"]) == ["in_distribution", "night"]
+    for name, s in result["sets"].items():
+        assert s["frames"] == 30 and s["sequences"] == 2, name
+        rows = s["rows"]
+        learned, heuristic = rows["learned"], rows["heuristic at the learned cost"]
+        if "interpolation" in heuristic:  # two rules time-shared to exactly the learned cost
+            assert heuristic["mean_cost_ms"] == pytest.approx(learned["mean_cost_ms"]), name
+        else:  # the learned policy spends less than any rule (the heuristic's first frame goes to large)
+            assert learned["mean_cost_ms"] < heuristic["mean_cost_ms"] and len(heuristic["thresholds"]) == 2
+        assert s["learned_minus_heuristic"]["difference"] == pytest.approx(learned["map50_95"] - heuristic["map50_95"])
+        low, high = s["learned_minus_heuristic"]["difference_ci"]
+        assert low <= high
+        assert rows["always-nano"]["mix"]["nano"] == 1.0 and rows["always-large"]["mix"]["large"] == 1.0
+        # the tiers' costs from the latency file: always-large costs large's 63.027 ms per frame
+        assert rows["always-large"]["mean_cost_ms"] == pytest.approx(63.027)
+    assert result["sets"]["night"]["rows"]["always-large"]["map50_95"] != \
+        result["sets"]["in_distribution"]["rows"]["always-large"]["map50_95"]
+    markdown = report.with_suffix(".md").read_text()
+    assert "| in_distribution | 30 |" in markdown and "| night | 30 |" in markdown
