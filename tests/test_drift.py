@@ -6,8 +6,9 @@ import math
 import numpy as np
 import pytest
 
-from adaptive_perception.drift import (BINS, DRIFT, OK, PROJECTIONS, UNKNOWN, WARN, DriftMonitor, DriftReference,
-                                       build_reference, calibrate, feature_psi, mix_tvd)
+from adaptive_perception.drift import (BINS, DRIFT, OK, PROJECTIONS, QUALITY_FEATURES, UNKNOWN, WARN, DriftMonitor,
+                                       DriftReference, build_reference, calibrate, calibrate_quality, feature_psi,
+                                       mix_tvd, quality_shift)
 from adaptive_perception.errors import ConfigError
 
 
@@ -58,7 +59,7 @@ def test_calibrated_thresholds_hold_on_new_in_distribution_frames_and_a_shift_is
     reference = build_reference(features, tiers, agreements[np.isfinite(agreements)])
     assert reference.tier_mix == pytest.approx([0.6, 0.3, 0.1], abs=0.03) and reference.agreement == pytest.approx(0.8, abs=0.02)
     reference.thresholds = calibrate(reference, [stream(600) for _ in range(3)])
-    assert set(reference.thresholds) == {"feature_psi", "mix_tvd", "agreement_drop"}
+    assert set(reference.thresholds) == {"feature_psi", "mix_tvd", "agreement_drop", "image_quality"}
     loaded = DriftReference.from_json(reference.to_json())
     assert loaded.edges == reference.edges and loaded.thresholds == reference.thresholds
     monitor = DriftMonitor(loaded, confirm=15)
@@ -86,3 +87,56 @@ def test_the_agreement_threshold_never_falls_below_three_standard_errors_of_the_
     # a held-out stream whose audits all agree perfectly: the drop never rises above 0 there
     thresholds = calibrate(reference, [(features[:200], tiers[:200], np.where(np.arange(200) % 10 == 0, 1.0, np.nan))])
     assert thresholds["agreement_drop"] == pytest.approx(3 * math.sqrt(0.05) / math.sqrt(10))  # 0.2121
+
+
+
+EDGE_Q90 = QUALITY_FEATURES["edge_energy_q90"]
+EDGE_AT = list(QUALITY_FEATURES).index("edge_energy_q90")
+
+
+def test_quality_features_are_the_named_quantiles_of_the_documented_maps():
+    # features.py: map m's k-th quantile (the (8k + 4)-th of 1024 sorted cells) is feature m * 128 + k;
+    # the median is k = 64 (cell 516), the 90th percentile k = 115 (cell 924)
+    assert QUALITY_FEATURES == {"edge_energy_q50": 64, "edge_energy_q90": 115, "colour_distance_q90": 243,
+                                "saturation_q50": 320, "saturation_q90": 371, "chroma_q50": 448, "chroma_q90": 499}
+
+
+def test_the_quality_reference_holds_the_spread_of_window_means_and_the_held_out_peaks():
+    features = np.zeros((4, 1024))
+    features[:, EDGE_Q90] = [0.0, 0.0, 1.0, 1.0]
+    # with the default 150-frame window 4 frames fill none: the statistic stays off
+    assert build_reference(features, np.zeros(4, int), np.array([0.5])).quality_mean == []
+    reference = build_reference(features, np.zeros(4, int), np.array([0.5]), window=2)
+    # 2-frame window means of the edge feature: 0, 0.5, 1 -> frame mean 0.5, std of the means sqrt(1/6) = 0.4082;
+    # the constant features get the floor
+    assert reference.quality_mean[EDGE_AT] == pytest.approx(0.5) and reference.quality_mean[0] == 0.0
+    assert reference.quality_std[EDGE_AT] == pytest.approx(0.408248) and reference.quality_std[0] == 1e-6
+    # held out: the edge feature at 0.5 for 2 frames, then 1.4: window means 0.5, 0.95, 1.4 -> largest distance
+    # 0.9 / 0.4082 = 2.2045; every other feature sits at its mean and is floored at 1
+    held = np.zeros((4, 1024))
+    held[:, EDGE_Q90] = [0.5, 0.5, 1.4, 1.4]
+    expected = [1.0] * len(QUALITY_FEATURES)
+    expected[EDGE_AT] = 2.204541
+    assert calibrate_quality(reference, [held]) == pytest.approx(expected)
+
+
+def test_a_camera_that_loses_contrast_is_drift_through_the_quality_statistic_alone():
+    quality = dict(quality_mean=[0.2] * len(QUALITY_FEATURES), quality_std=[0.05] * len(QUALITY_FEATURES),
+                   quality_peak=[2.0] * len(QUALITY_FEATURES))
+    thresholds = {"feature_psi": 100.0, "mix_tvd": 1.0, "agreement_drop": 1.0, "image_quality": 1.25}
+    reference = _reference(thresholds=thresholds, **quality)
+    window = np.full((10, len(QUALITY_FEATURES)), 0.2)
+    window[:7, EDGE_AT] = 0.2 - 0.047  # mean 0.2 - 0.0329: 0.658 stds, over a peak of 2
+    assert quality_shift(reference, window) == pytest.approx(0.329)
+    assert DriftReference.from_json(reference.to_json()).quality_peak == [2.0] * len(QUALITY_FEATURES)
+    monitor = DriftMonitor(reference, confirm=3)
+    frame = np.zeros(1028)
+    frame[list(QUALITY_FEATURES.values())] = 0.2
+    states = [monitor.update(frame, 0)[0] for _ in range(10)]
+    assert states[-1] == OK and monitor.statistics["image_quality"] == pytest.approx(0.0, abs=1e-12)
+    # edge contrast falls by 0.47 per frame: after k such frames the window mean is 0.047 k below, k x 0.94 stds,
+    # k x 0.47 over the peak, k x 0.376 of the threshold: above 1 from k = 3 (1.128); DRIFT 3 frames later
+    frame[EDGE_Q90] = 0.2 - 0.47
+    states = [monitor.update(frame, 0)[0] for _ in range(6)]
+    assert states == [OK, OK, WARN, WARN, DRIFT, DRIFT]
+    assert monitor.score == pytest.approx(6 * 0.376)

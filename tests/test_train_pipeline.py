@@ -166,7 +166,9 @@ def test_the_exported_policy_carries_a_calibrated_drift_reference(pipeline):
 
     policy = Policy(pipeline["root"] / "policy.onnx")
     reference = policy.drift_reference
-    assert reference is not None and set(reference.thresholds) == {"feature_psi", "mix_tvd", "agreement_drop"}
+    assert reference is not None and set(reference.thresholds) == {"feature_psi", "mix_tvd", "agreement_drop",
+                                                                   "image_quality"}
+    assert len(reference.quality_peak) == 7 and min(reference.quality_peak) >= 1.0  # calibrated on the test split
     assert all(value > 0 for value in reference.thresholds.values())
     assert sum(reference.tier_mix) == pytest.approx(1.0) and 0.0 <= reference.agreement <= 1.0
     router = Profile.load(pipeline["root"] / "work" / "profile_router.npz")
@@ -180,6 +182,35 @@ def test_the_exported_policy_carries_a_calibrated_drift_reference(pipeline):
         monitor.update(features, mix_tier)
     states = [monitor.update(features * 0.5, mix_tier)[0] for features in val.features[:reference.window]]
     assert DRIFT in states, (monitor.statistics, reference.thresholds)
+
+
+def test_a_policy_exported_before_the_quality_statistic_gets_it_back_and_keeps_everything_else(pipeline, tmp_path):
+    import onnx
+
+    from adaptive_perception.drift import METADATA_KEY
+
+    original = onnx.load(str(pipeline["root"] / "policy.onnx"))
+    older = onnx.load(str(pipeline["root"] / "policy.onnx"))
+    for entry in older.metadata_props:  # as the previous version wrote it: no image quality statistic
+        if entry.key == METADATA_KEY:
+            data = json.loads(entry.value)
+            for key in ("quality_mean", "quality_std", "quality_peak"):
+                data.pop(key)
+            data["thresholds"].pop("image_quality")
+            entry.value = json.dumps(data)
+    onnx.save(older, str(tmp_path / "older.onnx"))
+    assert "image_quality" not in Policy(tmp_path / "older.onnx").drift_reference.thresholds
+    done = _cli("policy", "drift-reference", str(tmp_path / "older.onnx"), "--work", str(pipeline["root"] / "work"),
+                "--out", str(tmp_path / "refreshed.onnx"))
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "image_quality" in done.stdout
+    refreshed = onnx.load(str(tmp_path / "refreshed.onnx"))
+    assert refreshed.graph == original.graph  # the weights and the network, untouched
+    metadata = lambda model: {e.key: e.value for e in model.metadata_props}  # noqa: E731
+    assert {k: v for k, v in metadata(refreshed).items() if k != METADATA_KEY} == \
+        {k: v for k, v in metadata(original).items() if k != METADATA_KEY}
+    # the same profiles give the export's reference again, the quality statistic included
+    assert json.loads(metadata(refreshed)[METADATA_KEY]) == json.loads(metadata(original)[METADATA_KEY])
 
 
 def _evidence(pipeline, tmp_path, count: int = 2) -> list[str]:

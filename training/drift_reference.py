@@ -11,7 +11,7 @@ import numpy as np
 
 from adaptive_perception.audit import agreement
 from adaptive_perception.detector import TIERS, Detections
-from adaptive_perception.drift import WINDOW, DriftReference, build_reference, calibrate
+from adaptive_perception.drift import WINDOW, DriftReference, build_reference, calibrate, calibrate_quality
 from adaptive_perception.policy import Policy
 from adaptive_perception.router import Router
 from adaptive_perception.training.profile import PUBLISH_CONF
@@ -55,5 +55,7 @@ def drift_reference(policy: Policy, training: Split, held_out: list[Split], cost
         return None
     features, tiers, agreements = routed_stream(policy, training, costs)
     reference = build_reference(features, tiers, agreements[::AUDIT_EVERY])
-    reference.thresholds = calibrate(reference, [routed_stream(policy, split, costs) for split in held_out])
+    streams = [routed_stream(policy, split, costs) for split in held_out]
+    reference.quality_peak = calibrate_quality(reference, [stream[0] for stream in streams])
+    reference.thresholds = calibrate(reference, streams)
     return reference

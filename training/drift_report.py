@@ -87,7 +87,7 @@ def summarise_stream(states: list[int], scores: list[float], statistics: list[di
 
 def run_report(report_path: Path, policy_spec: str = "embedded:policy", in_sequences: int = 5,
                drift_sequences: int = 2, frames: int = 150, audit_every: int = 30, confirm: int = 15,
-               presets: list[Drift] | None = None, version: str = "1.0.0") -> dict:
+               presets: list[Drift] | None = None, version: str = "2.0.0") -> dict:
     """`version`: the generator version of the world the policy and its tiers were trained on."""
     policy = Policy(resolve_model(policy_spec))
     if policy.drift_reference is None or not policy.drift_reference.thresholds:
@@ -129,14 +129,16 @@ def run_report(report_path: Path, policy_spec: str = "embedded:policy", in_seque
 
 def markdown(result: dict) -> str:
     fmt = lambda v, d=2: "-" if v is None else f"{v:.{d}f}"  # noqa: E731
+    keys = [k for k in ("feature_psi", "mix_tvd", "agreement_drop", "image_quality") if k in result["thresholds"]]
+    names = " / ".join({"feature_psi": "PSI", "mix_tvd": "mix", "agreement_drop": "agreement",
+                        "image_quality": "image quality"}[k] for k in keys)
     lines = [f"Drift monitor on policy `{result['policy_id']}` (generator {result['generator_version']}, window "
              f"{result['window']} frames, DRIFT after {result['confirm_frames']} frames above 1, one audit in "
              f"{result['audit_every']}); command: `adaptive-perception bench drift`.", "",
              "| preset | in-distribution frames | false alarms | WARN frames before | detection delay (frames, bar <= 150) "
-             "| peak ratio before: PSI / mix / agreement | after: PSI / mix / agreement |", "|---|---|---|---|---|---|---|"]
+             f"| peak ratio before: {names} | after: {names} |", "|---|---|---|---|---|---|---|"]
     for name, r in result["presets"].items():
         before, after = r["peak_ratio_before_change"], r["peak_ratio_after_change"]
-        keys = ("feature_psi", "mix_tvd", "agreement_drop")
         lines.append(f"| {name} | {r['in_distribution_frames']} | {r['false_alarms']} | {r['warn_frames_before_change']} | "
                      f"{'not detected' if r['detection_delay_frames'] is None else r['detection_delay_frames']} | "
                      + " / ".join(fmt(before.get(k)) for k in keys) + " | " + " / ".join(fmt(after.get(k)) for k in keys) + " |")

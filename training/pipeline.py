@@ -330,7 +330,7 @@ def stage_export(settings: Settings) -> None:
     digests = {tier: file_digest(resolve_model(spec)) for tier, spec in settings.models.items()}
     networks = [settings.work / kind / f"seed{s}.npz" for kind in ("bc", "ppo") for s in range(settings.seeds)]
     params = {"lambda": lam, "seeds": settings.seeds, "networks": _mtimes(networks), "tiers": digests,
-              "policy_out": str(settings.policy_out), "drift_reference": 2}
+              "policy_out": str(settings.policy_out), "drift_reference": 3}
     outputs = [_policy_path(settings, kind, s) for kind in ("bc", "ppo") for s in range(settings.seeds)]
     if _cached(settings, "export", params, outputs + ([settings.policy_out] if settings.policy_out else [])):
         print("[export] cached")
@@ -356,6 +356,34 @@ def stage_export(settings: Settings) -> None:
             print(f"[export] {settings.policy_out} <- BC + PPO seed 0")
     print(f"[export] ONNX policies agree with PyTorch within 1e-5: {settings.work / 'policies'}")
     _done(settings, "export", params)
+
+
+def refresh_drift_reference(work: Path, policy_path: Path, out: Path):
+    """Recompute `policy_path`'s drift reference from the profiles in `work` (as `stage_export` computes it) and
+    write the policy to `out` with every other part of the file unchanged: a monitor's statistics can change
+    without retraining the policy."""
+    import onnx
+
+    from adaptive_perception.drift import METADATA_KEY
+    from adaptive_perception.policy import Policy
+    from adaptive_perception.training.drift_reference import drift_reference
+
+    settings = Settings(work=work)
+    policy = Policy(policy_path)
+    reference = drift_reference(policy, load_split(settings, TRAIN_SPLIT),
+                                [load_split(settings, "val"), load_split(settings, "test")], _load_costs(settings))
+    if reference is None:
+        raise AdaptivePerceptionError(f"{work}: the held-out profiles are too short for a drift reference")
+    model = onnx.load(str(policy_path))
+    entries = [(entry.key, entry.value) for entry in model.metadata_props if entry.key != METADATA_KEY]
+    del model.metadata_props[:]
+    for key, value in entries + [(METADATA_KEY, reference.to_json())]:
+        entry = model.metadata_props.add()
+        entry.key, entry.value = key, value
+    out.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, str(out))
+    Policy(out)  # the written file must load as it did
+    return reference
 
 
 def stage_evaluate(settings: Settings) -> None:

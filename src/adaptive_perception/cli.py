@@ -125,6 +125,13 @@ def _parser() -> argparse.ArgumentParser:
     rollback.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for the node's service")
     history = policy_sub.add_parser("history", help="the store's promotions and rollbacks")
     history.add_argument("--store", type=Path, required=True, help=store_help)
+    refresh = policy_sub.add_parser("drift-reference", help="recompute a policy's drift reference with this version's "
+                                    "statistics from `train profile` output; weights, id and other metadata unchanged "
+                                    "(train extra)")
+    refresh.add_argument("policy", help="policy ONNX file or embedded:policy")
+    refresh.add_argument("--work", type=Path, required=True, help="a `train` work folder holding the router, val and test "
+                         "profiles and labels the policy was trained with")
+    refresh.add_argument("--out", type=Path, help="where to write the policy (default: over the input file)")
     fit = policy_sub.add_parser("fit-regime", help="the features' signal report: a linear regime classifier "
                                 "(train extra); also written as a policy")
     fit.add_argument("--benchmark", type=Path, default=Path("build/benchmark"))
@@ -393,6 +400,14 @@ def _policy(args: argparse.Namespace) -> int:
         return 0
     if args.policy_command in ("store-init", "promote", "rollback", "history"):
         return _policy_store(args)
+    if args.policy_command == "drift-reference":
+        from adaptive_perception.training.pipeline import refresh_drift_reference
+
+        path = Path(resolve_model(args.policy))
+        reference = refresh_drift_reference(args.work, path, args.out or path)
+        print(f"wrote {args.out or path}: drift thresholds " + ", ".join(f"{k} {v:.3f}" for k, v in
+                                                                          reference.thresholds.items()))
+        return 0
     from adaptive_perception.training.regime import fit_regime_policy
 
     report = fit_regime_policy(args.benchmark, args.out, args.report)

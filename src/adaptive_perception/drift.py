@@ -8,7 +8,14 @@ written into the policy file at training time (`DriftReference`, metadata `adapt
   index PSI = sum (p - q) ln(p / q) (shares floored at 0.5 / window); the statistic is the mean PSI over the
   directions;
 - **routing-mix shift**: total variation distance between the window's tier mix and the reference mix;
-- **agreement drop**: the reference's mean audit agreement minus the mean of the last `AUDIT_WINDOW` audits.
+- **agreement drop**: the reference's mean audit agreement minus the mean of the last `AUDIT_WINDOW` audits;
+- **image quality shift**: the window means of a few named image features that light, contrast and colour move
+  (`QUALITY_FEATURES`: quantiles of the edge-energy, colour-distance, saturation and chroma maps), each as its
+  distance from the reference's mean in standard deviations of 150-frame window means over the training stream,
+  divided by the largest such distance it reached on the held-out streams (`calibrate_quality`, so a feature that
+  wanders between scenes counts less); the statistic is the largest. The random projections above mix all 1024 features, most of which describe a
+  scene's clutter, which every new scene changes; these few describe the camera's view of any scene (measured:
+  README, Drift monitoring).
 Each statistic is divided by its threshold; the drift score is the largest ratio. Thresholds are the largest
 value each statistic took over held-out in-distribution streams (`calibrate`) times a margin (the agreement
 drop's never below three standard errors of a mean of `AUDIT_WINDOW` audits), so the
@@ -38,6 +45,19 @@ UNKNOWN, OK, WARN, DRIFT = 0, 1, 2, 3  # the RoutingDecision DRIFT_* values
 STATE_NAMES = {UNKNOWN: "unknown", OK: "ok", WARN: "warn", DRIFT: "drift"}
 
 
+def _quantile_feature(map_index: int, fraction: float) -> int:
+    """The feature index of a map's quantile (`features`: 128 quantiles per map, the (8k + 4)-th sorted cell)."""
+    return map_index * 128 + min(int(round((fraction * 1024 - 4) / 8)), 127)
+
+
+# map indices in `features.image_features`: 0 edge energy E, 1 colour distance D, 2 saturation S, 3 chroma K
+QUALITY_FEATURES = {"edge_energy_q50": _quantile_feature(0, 0.5), "edge_energy_q90": _quantile_feature(0, 0.9),
+                    "colour_distance_q90": _quantile_feature(1, 0.9), "saturation_q50": _quantile_feature(2, 0.5),
+                    "saturation_q90": _quantile_feature(2, 0.9), "chroma_q50": _quantile_feature(3, 0.5),
+                    "chroma_q90": _quantile_feature(3, 0.9)}
+_QUALITY_INDEX = np.array(list(QUALITY_FEATURES.values()))
+
+
 def projection(dims: int, seed: int = PROJECTION_SEED, count: int = PROJECTIONS) -> np.ndarray:
     """The fixed (dims, count) projection, unit-norm columns."""
     matrix = np.random.default_rng(seed).standard_normal((dims, count))
@@ -54,7 +74,10 @@ class DriftReference:
     tier_mix: list[float]  # nano, small, large on the reference data, as the policy routed it
     agreement: float  # mean audit agreement of the routed output with the reference tier
     agreement_std: float = 0.0  # spread of single audits: floors the agreement threshold
-    thresholds: dict[str, float] = field(default_factory=dict)  # feature_psi, mix_tvd, agreement_drop
+    thresholds: dict[str, float] = field(default_factory=dict)  # feature_psi, mix_tvd, agreement_drop, image_quality
+    quality_mean: list[float] = field(default_factory=list)  # per QUALITY_FEATURES (empty: statistic off)
+    quality_std: list[float] = field(default_factory=list)  # of their 150-frame window means in training
+    quality_peak: list[float] = field(default_factory=list)  # per feature, its held-out peak in those stds
     window: int = WINDOW
     seed: int = PROJECTION_SEED
 
@@ -68,7 +91,10 @@ class DriftReference:
             reference = DriftReference(**data)
         except (ValueError, TypeError) as exc:
             raise ConfigError(f"the policy's drift reference ({METADATA_KEY}) is not readable: {exc}") from None
-        if len(reference.mean) != len(reference.std) or len(reference.edges) != PROJECTIONS:
+        if len(reference.mean) != len(reference.std) or len(reference.edges) != PROJECTIONS or \
+                len(reference.quality_mean) not in (0, len(QUALITY_FEATURES)) or \
+                len(reference.quality_std) != len(reference.quality_mean) or \
+                len(reference.quality_peak) not in (0, len(reference.quality_mean)):
             raise ConfigError(f"the policy's drift reference ({METADATA_KEY}) has inconsistent sizes")
         return reference
 
@@ -79,16 +105,53 @@ class DriftReference:
         return scaled @ projection(len(self.mean), self.seed)
 
 
-def build_reference(features: np.ndarray, tiers: np.ndarray, agreements: np.ndarray) -> DriftReference:
+def build_reference(features: np.ndarray, tiers: np.ndarray, agreements: np.ndarray, window: int = WINDOW
+                    ) -> DriftReference:
     """Reference statistics from in-distribution frames: image features (N, >= 1024), the tier the policy
     chose per frame, and audit agreements (routed output vs the reference tier) on those frames."""
     image = np.asarray(features, np.float64)[:, :1024]
     reference = DriftReference(mean=image.mean(0).tolist(), std=image.std(0).tolist(), edges=[],
                                tier_mix=(np.bincount(np.asarray(tiers, int), minlength=3) / len(tiers)).tolist(),
-                               agreement=float(np.mean(agreements)), agreement_std=float(np.std(agreements)))
+                               agreement=float(np.mean(agreements)), agreement_std=float(np.std(agreements)),
+                               window=window)
     projected = reference.project(image)
     reference.edges = [np.quantile(projected[:, j], np.arange(1, BINS) / BINS).tolist() for j in range(PROJECTIONS)]
+    if len(image) >= reference.window:
+        means = _window_means(image[:, _QUALITY_INDEX], reference.window)
+        reference.quality_mean = image[:, _QUALITY_INDEX].mean(0).tolist()
+        reference.quality_std = np.maximum(means.std(0), 1e-6).tolist()
     return reference
+
+
+def _window_means(values: np.ndarray, window: int) -> np.ndarray:
+    """(N - window + 1, K) means of every full window of (N, K) values."""
+    sums = np.cumsum(np.vstack([np.zeros((1, values.shape[1])), values]), axis=0)
+    return (sums[window:] - sums[:-window]) / window
+
+
+def _quality_distances(reference: DriftReference, quality: np.ndarray) -> np.ndarray:
+    """Per QUALITY_FEATURE, |window mean - reference mean| / reference window std, for a window (W, K)."""
+    return np.abs(quality.mean(0) - np.asarray(reference.quality_mean)) / np.asarray(reference.quality_std)
+
+
+def quality_shift(reference: DriftReference, quality: np.ndarray) -> float:
+    """The image quality statistic of a window of (W, len(QUALITY_FEATURES)) values: the largest distance
+    (`_quality_distances`) divided by that feature's held-out peak (1 before `calibrate_quality`)."""
+    peaks = np.asarray(reference.quality_peak) if reference.quality_peak else 1.0
+    return float(np.max(_quality_distances(reference, quality) / peaks))
+
+
+def calibrate_quality(reference: DriftReference, streams: list[np.ndarray]) -> list[float]:
+    """Per QUALITY_FEATURE, the largest distance any full window of the held-out streams' (N, >= 1024) features
+    reached (floored at 1 standard deviation): `DriftReference.quality_peak`."""
+    peaks = np.ones(len(QUALITY_FEATURES))
+    for features in streams:
+        quality = np.asarray(features, np.float64)[:, _QUALITY_INDEX]
+        if len(quality) >= reference.window:
+            means = _window_means(quality, reference.window)
+            distances = np.abs(means - np.asarray(reference.quality_mean)) / np.asarray(reference.quality_std)
+            peaks = np.maximum(peaks, distances.max(0))
+    return peaks.tolist()
 
 
 def feature_psi(reference: DriftReference, projected: np.ndarray) -> float:
@@ -111,9 +174,13 @@ def mix_tvd(reference: DriftReference, tiers: np.ndarray) -> float:
 
 
 def window_statistics(reference: DriftReference, projected: np.ndarray, tiers: np.ndarray,
-                      agreements: list[float]) -> dict[str, float]:
-    return {"feature_psi": feature_psi(reference, projected), "mix_tvd": mix_tvd(reference, tiers),
-            "agreement_drop": reference.agreement - float(np.mean(agreements)) if agreements else 0.0}
+                      agreements: list[float], quality: np.ndarray | None = None) -> dict[str, float]:
+    """The statistics of one window; `image_quality` only when the reference has it and `quality` is given."""
+    values = {"feature_psi": feature_psi(reference, projected), "mix_tvd": mix_tvd(reference, tiers),
+              "agreement_drop": reference.agreement - float(np.mean(agreements)) if agreements else 0.0}
+    if reference.quality_mean and quality is not None:
+        values["image_quality"] = quality_shift(reference, quality)
+    return values
 
 
 def calibrate(reference: DriftReference, streams: list[tuple[np.ndarray, np.ndarray, np.ndarray]],
@@ -121,13 +188,16 @@ def calibrate(reference: DriftReference, streams: list[tuple[np.ndarray, np.ndar
     """Thresholds from held-out in-distribution streams of (features, tiers, per-frame audit agreement or NaN
     for frames not audited): per statistic, the largest value any full window reached, times `margin`."""
     peaks = {"feature_psi": 0.0, "mix_tvd": 0.0, "agreement_drop": 0.0}
+    if reference.quality_mean:
+        peaks["image_quality"] = 0.0
     for features, tiers, agreements in streams:
         projected = reference.project(features)
+        quality = np.asarray(features, np.float64)[:, _QUALITY_INDEX]
         for end in range(reference.window, len(projected) + 1):
             start = end - reference.window
             audits = [a for a in agreements[:end] if np.isfinite(a)][-AUDIT_WINDOW:]
             values = window_statistics(reference, projected[start:end], tiers[start:end],
-                                       audits if len(audits) == AUDIT_WINDOW else [])
+                                       audits if len(audits) == AUDIT_WINDOW else [], quality[start:end])
             for key, value in values.items():
                 peaks[key] = max(peaks[key], value)
     if not any(len(f) >= reference.window for f, _, _ in streams):
@@ -148,6 +218,7 @@ class DriftMonitor:
                               "`adaptive-perception train export`")
         self.reference, self.confirm, self.release = reference, confirm, release
         self._projected: deque[np.ndarray] = deque(maxlen=reference.window)
+        self._quality: deque[np.ndarray] = deque(maxlen=reference.window)
         self._tiers: deque[int] = deque(maxlen=reference.window)
         self._audits: deque[float] = deque(maxlen=AUDIT_WINDOW)
         self.state, self.score = UNKNOWN, float("nan")
@@ -161,13 +232,17 @@ class DriftMonitor:
     def update(self, features: np.ndarray, tier: int) -> tuple[int, float]:
         """Add a frame; returns (state, score). UNKNOWN until the window is full."""
         self.frames += 1
-        self._projected.append(self.reference.project(np.asarray(features)[None])[0])
+        features = np.asarray(features)
+        self._projected.append(self.reference.project(features[None])[0])
+        self._quality.append(features[_QUALITY_INDEX].astype(np.float64))
         self._tiers.append(int(tier))
         if len(self._projected) < self.reference.window:
             return self.state, self.score
         audits = list(self._audits) if len(self._audits) == AUDIT_WINDOW else []
-        self.statistics = window_statistics(self.reference, np.asarray(self._projected), np.asarray(self._tiers), audits)
-        return self.advance(max(self.statistics[k] / self.reference.thresholds[k] for k in self.statistics))
+        self.statistics = window_statistics(self.reference, np.asarray(self._projected), np.asarray(self._tiers), audits,
+                                            np.asarray(self._quality))
+        return self.advance(max(self.statistics[k] / self.reference.thresholds[k] for k in self.statistics
+                                if k in self.reference.thresholds))
 
     def advance(self, score: float) -> tuple[int, float]:
         """The state machine: one window's score in, the new (state, score) out."""
