@@ -13,9 +13,9 @@ written into the policy file at training time (`DriftReference`, metadata `adapt
   (`QUALITY_FEATURES`: quantiles of the edge-energy, colour-distance, saturation and chroma maps), each as its
   distance from the reference's mean in standard deviations of 150-frame window means over the training stream,
   divided by the largest such distance it reached on the held-out streams (`calibrate_quality`, so a feature that
-  wanders between scenes counts less); the statistic is the largest. The random projections above mix all 1024 features, most of which describe a
-  scene's clutter, which every new scene changes; these few describe the camera's view of any scene (measured:
-  README, Drift monitoring).
+  wanders between scenes counts less); the statistic is the largest. The random projections above mix all 1024
+  features, most of which describe a scene's clutter, which every new scene changes; these few describe the
+  camera's view of any scene (measured: README, Drift monitoring).
 Each statistic is divided by its threshold; the drift score is the largest ratio. Thresholds are the largest
 value each statistic took over held-out in-distribution streams (`calibrate`) times a margin (the agreement
 drop's never below three standard errors of a mean of `AUDIT_WINDOW` audits), so the
@@ -129,16 +129,16 @@ def _window_means(values: np.ndarray, window: int) -> np.ndarray:
     return (sums[window:] - sums[:-window]) / window
 
 
-def _quality_distances(reference: DriftReference, quality: np.ndarray) -> np.ndarray:
-    """Per QUALITY_FEATURE, |window mean - reference mean| / reference window std, for a window (W, K)."""
-    return np.abs(quality.mean(0) - np.asarray(reference.quality_mean)) / np.asarray(reference.quality_std)
+def _quality_distances(reference: DriftReference, means: np.ndarray) -> np.ndarray:
+    """|window mean - reference mean| / reference window std, for (..., len(QUALITY_FEATURES)) window means."""
+    return np.abs(means - np.asarray(reference.quality_mean)) / np.asarray(reference.quality_std)
 
 
 def quality_shift(reference: DriftReference, quality: np.ndarray) -> float:
     """The image quality statistic of a window of (W, len(QUALITY_FEATURES)) values: the largest distance
     (`_quality_distances`) divided by that feature's held-out peak (1 before `calibrate_quality`)."""
     peaks = np.asarray(reference.quality_peak) if reference.quality_peak else 1.0
-    return float(np.max(_quality_distances(reference, quality) / peaks))
+    return float(np.max(_quality_distances(reference, quality.mean(0)) / peaks))
 
 
 def calibrate_quality(reference: DriftReference, streams: list[np.ndarray]) -> list[float]:
@@ -148,9 +148,7 @@ def calibrate_quality(reference: DriftReference, streams: list[np.ndarray]) -> l
     for features in streams:
         quality = np.asarray(features, np.float64)[:, _QUALITY_INDEX]
         if len(quality) >= reference.window:
-            means = _window_means(quality, reference.window)
-            distances = np.abs(means - np.asarray(reference.quality_mean)) / np.asarray(reference.quality_std)
-            peaks = np.maximum(peaks, distances.max(0))
+            peaks = np.maximum(peaks, _quality_distances(reference, _window_means(quality, reference.window)).max(0))
     return peaks.tolist()
 
 
