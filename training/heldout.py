@@ -23,7 +23,7 @@ from adaptive_perception.training.evaluate import Scorer
 from adaptive_perception.training.labels import Costs
 from adaptive_perception.training.profile import profile
 from adaptive_perception.training.report import (
-    HEURISTIC_GRID, _clean, _fixed, _interpolated, _paired, _router_chooser, _row,
+    HEURISTIC_GRID, _clean, _fixed, _interpolated, _paired, _router_chooser, _row, bracketing_rules,
 )
 from adaptive_perception.training.simulate import Split, rollout
 
@@ -46,19 +46,15 @@ def _frames(specs: list[SequenceSpec]):
 
 
 def _heuristic_at(split: Split, scorer: Scorer, costs: Costs, cost_ms: float, resamples: int) -> dict:
-    rows = []
+    traces, candidates = {}, []
     for thresholds in HEURISTIC_GRID:
-        trace = rollout(split, costs, _router_chooser(Router("heuristic", None, RouterSettings(
+        traces[thresholds] = rollout(split, costs, _router_chooser(Router("heuristic", None, RouterSettings(
             heuristic_thresholds=thresholds))), False)
-        rows.append((trace.busy_ms / len(split.profile), float(trace.quality.mean()), thresholds, trace))
-    below = [r for r in rows if r[0] <= cost_ms]
-    above = [r for r in rows if r[0] > cost_ms]
-    if not below or not above:
-        nearest = min(rows, key=lambda r: (abs(r[0] - cost_ms), -r[1]))  # the best of the nearest cost
-        return {**_row(scorer, split, costs, [nearest[3]], resamples), "thresholds": list(nearest[2])}
-    pick = [max(side, key=lambda r: r[1]) for side in (below, above)]
-    cheaper, dearer = ({**_row(scorer, split, costs, [r[3]], resamples), "thresholds": list(r[2])} for r in pick)
-    return _interpolated(cheaper, dearer, cost_ms)
+        candidates.append((traces[thresholds].busy_ms / len(split.profile), float(traces[thresholds].quality.mean()),
+                           thresholds))
+    rows = [{**_row(scorer, split, costs, [traces[t]], resamples), "thresholds": list(t)}
+            for t in bracketing_rules(candidates, cost_ms)]
+    return rows[0] if len(rows) == 1 else _interpolated(*rows, cost_ms)
 
 
 def evaluate_set(split: Split, policy: Policy, costs: Costs, resamples: int) -> dict:

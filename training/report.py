@@ -121,7 +121,13 @@ def _tune_heuristic(val, test, costs, streaming: bool, cost_ms: float) -> list[t
     matched = [c for c in candidates if abs(c[0] - cost_ms) <= 0.05 * cost_ms]
     if matched:
         return [max(matched, key=lambda c: c[1])[2]]
-    below = [c for c in candidates if c[0] < cost_ms]
+    return bracketing_rules(candidates, cost_ms)
+
+
+def bracketing_rules(candidates: list[tuple[float, float, tuple[int, int]]], cost_ms: float) -> list[tuple[int, int]]:
+    """Of (cost, quality, thresholds) candidates: the best rule costing at most `cost_ms` and the best costing
+    more (to be time-shared: `_interpolated`), or the nearest rule alone when all lie on one side."""
+    below = [c for c in candidates if c[0] <= cost_ms]
     above = [c for c in candidates if c[0] > cost_ms]
     if not below or not above:
         return [min(candidates, key=lambda c: abs(c[0] - cost_ms))[2]]
