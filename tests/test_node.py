@@ -62,6 +62,17 @@ def test_deactivate_stops_output_and_cleanup_frees_sessions(graph):
     assert graph.node.detectors == {} and graph.node.config is None
 
 
+def test_spin_wait_reaches_the_tier_sessions(graph):
+    entry = "session.intra_op.allow_spinning"
+    assert graph.transition("configure")
+    assert graph.node.detectors["nano"].session.get_session_options().get_session_config_entry(entry) == "1"
+    assert graph.transition("cleanup")
+    graph.node.set_parameters([rclpy.parameter.Parameter("spin_wait", value=False)])
+    assert graph.transition("configure")
+    assert graph.node.detectors["nano"].session.get_session_options().get_session_config_entry(entry) == "0"
+    assert graph.transition("cleanup")
+
+
 def test_bad_model_path_fails_configure_with_reason_then_good_path_succeeds(graph, peer_model, tmp_path):
     missing = tmp_path / "no_such_model.onnx"
     graph.node.set_parameters([rclpy.parameter.Parameter("models.nano", value=str(missing))])

@@ -112,6 +112,36 @@ def test_the_router_trains_on_sequences_the_tiers_never_saw_and_names_its_tiers(
     assert digests == {t: file_digest(resolve_model(f"embedded:{t}")) for t in ("nano", "small", "large")}
 
 
+def test_bench_throughput_picks_the_90_percent_point_on_validation_and_projects_real_costs(pipeline, tmp_path):
+    root = pipeline["root"]
+    real = tmp_path / "real.json"  # a device where large costs 100x nano: the operating points must move
+    real.write_text(json.dumps({"device": "hand-made", "tiers_ms": {"nano": 2.0, "small": 7.5, "large": 200.0}}))
+    run = _cli("bench", "throughput", "--policy", str(root / "policy.onnx"), "--benchmark", str(root / "ci"),
+               "--work", str(root / "work"), "--real-latency", str(real), "--sequences", "1", "--frames", "15",
+               "--modes", "learned,fixed:nano,fixed:large", "--report", str(tmp_path / "throughput.json"), timeout=900)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    report = json.loads((tmp_path / "throughput.json").read_text())
+    pick = report["validation_pick"]
+    need = 0.9 * pick["val_large_map50_95"]
+    if pick["accuracy"] is None:
+        assert all(row["map50_95"] < need for row in pick["sweep"])
+    else:  # the cheapest routing that keeps 90 %: no larger weight on the grid keeps it
+        assert pick["accuracy"]["map50_95"] >= need
+        assert all(row["map50_95"] < need for row in pick["sweep"] if row["weight"] > pick["accuracy"]["weight"])
+        assert report["modes"]["learned@90"]["cost_weight"] == pick["accuracy"]["weight"]
+    projection = report["projection"]
+    outside = projection["outside_inference_ms"]
+    assert projection["always_large"]["frame_ms"] == pytest.approx(200.0 + outside)
+    for point in projection["points"].values():
+        if point is not None:  # the hand-made costs, weighted by the projected mix, plus the measured outside work
+            mix = point["mix"]
+            assert point["inference_ms"] == pytest.approx(2.0 * mix["nano"] + 7.5 * mix["small"] + 200.0 * mix["large"])
+            assert point["speedup"] == pytest.approx((200.0 + outside) / (point["inference_ms"] + outside))
+    if projection["points"]["cost_bar"] is not None:
+        assert projection["points"]["cost_bar"]["val_inference_ms"] <= 0.4 * 200.0  # train's rule, on validation
+    assert "PROJECTION" in run.stdout
+
+
 def test_mlflow_store_holds_every_stage_with_its_artifacts(pipeline):
     from mlflow.tracking import MlflowClient
 

@@ -228,6 +228,48 @@ def _parser() -> argparse.ArgumentParser:
     heldout.add_argument("--frames", type=int, default=150, help="frames per sequence (30 Hz)")
     heldout.add_argument("--resamples", type=int, default=200, help="bootstrap resamples for the intervals")
     heldout.add_argument("--report", type=Path, default=Path("training/reports/heldout.json"))
+    latency = bench_sub.add_parser("latency", help="onnxruntime p50/p95/p99 of the embedded tiers and of real YOLOv8 "
+                                   "n/s/l graphs at 320 and 640; peak memory with three tiers loaded")
+    latency.add_argument("--provider", action="append", default=None, metavar="NAME",
+                         help="execution provider in order of preference (repeatable; default CPUExecutionProvider; "
+                              "e.g. --provider TensorrtExecutionProvider --provider CUDAExecutionProvider)")
+    latency.add_argument("--iterations", type=int, help="timed calls per model (default 40; --quick 8)")
+    latency.add_argument("--quick", action="store_true", help="320 only and 8 calls per model (what CI runs, under a minute)")
+    latency.add_argument("--graphs", type=Path, default=Path("build/yolov8-random"),
+                         help="where the YOLOv8 graphs are built once and reused")
+    latency.add_argument("--report", type=Path, default=Path("training/reports/latency.json"))
+    latency.add_argument("--latency-out", type=Path, default=Path("training/latency/cpu-2core-yolov8-640.json"),
+                         help="the YOLOv8 graphs' costs as a `train --latency` file (the largest size measured)")
+    throughput = bench_sub.add_parser("throughput", help="frames per second through the whole per-frame path, "
+                                      "learned routing against always-large and always-nano, in one run")
+    throughput.add_argument("--policy", default="embedded:policy", help="policy ONNX file or embedded:policy")
+    throughput.add_argument("--benchmark", type=Path, default=Path("build/benchmark-v2"),
+                            help="benchmark whose bags/test/ to read; where it has none, the frozen test sequences "
+                                 "are rendered into bags under build/bench/test-bags")
+    throughput.add_argument("--work", type=Path, default=Path("build/train-v2"),
+                            help="training work folder: its validation profile picks the 90 %%-of-large operating "
+                                 "point and feeds the projection (skipped, with a note, when missing)")
+    throughput.add_argument("--real-latency", type=Path, default=Path("training/latency/cpu-2core-yolov8-640.json"),
+                            help="YOLOv8 n/s/l costs from `bench latency`, for the real-graph projection")
+    throughput.add_argument("--modes", default="learned,heuristic,fixed:nano,fixed:large",
+                            help="comma-separated routing modes (fixed:large is required: the ratios are against it); "
+                                 "learned:<weight>: the learned router at that cost weight; a +nospin suffix: the "
+                                 "tiers' onnxruntime threads sleep between work (spin_wait false)")
+    throughput.add_argument("--sequences", type=int, help="test sequences (default all 14; --quick 2)")
+    throughput.add_argument("--frames", type=int, help="frames per sequence (default all 150; --quick 40)")
+    throughput.add_argument("--quick", action="store_true",
+                            help="2 sequences of 40 frames, no training work folder (what CI runs)")
+    throughput.add_argument("--report", type=Path, default=Path("training/reports/throughput.json"))
+    cost = bench_sub.add_parser("cost", help="fleet cost per month from the measured device time per frame and "
+                                "routing mix (bench throughput's report)")
+    cost.add_argument("--throughput", type=Path, default=Path("training/reports/throughput.json"),
+                      help="bench throughput's JSON (its measured seconds per frame per mode)")
+    cost.add_argument("--robots", type=int, default=1000)
+    cost.add_argument("--fps", type=float, default=30.0, help="frames per second per robot")
+    cost.add_argument("--price", type=float, default=1.0,
+                      help="price per device-hour in dollars (an input, not a quote: pass your own)")
+    cost.add_argument("--hours-per-day", type=float, default=24.0, help="operating hours per robot per day")
+    cost.add_argument("--report", type=Path, default=Path("training/reports/cost.json"))
     soak = bench_sub.add_parser("soak", help="two cameras of raw 640x480 at 30 Hz through the node on the shipped "
                                              "defaults: memory, node-time drift, stalls, crashes")
     soak.add_argument("--minutes", type=float, default=30.0, help="run length (30 for the README's figures)")
@@ -518,6 +560,27 @@ def main(argv: list[str] | None = None) -> int:
             from adaptive_perception.training.transport import run_transport
 
             return run_transport(args.seconds, args.node_seconds, args.rate, args.quick, args.report)
+        if args.command == "bench" and args.bench_command == "latency":
+            from adaptive_perception.training.latency_bench import run as run_latency
+
+            run_latency(args.provider or ["CPUExecutionProvider"], args.graphs, args.quick, args.report,
+                        args.latency_out, args.iterations)
+            return 0
+        if args.command == "bench" and args.bench_command == "throughput":
+            from adaptive_perception.training.throughput import QUICK
+            from adaptive_perception.training.throughput import run as run_throughput
+
+            run_throughput(args.policy, args.benchmark, None if args.quick else args.work,
+                           None if args.quick else args.real_latency, [m for m in args.modes.split(",") if m],
+                           args.sequences or (QUICK["sequences"] if args.quick else None),
+                           args.frames or (QUICK["frames"] if args.quick else None), Path("build/bench/test-bags"),
+                           args.report)
+            return 0
+        if args.command == "bench" and args.bench_command == "cost":
+            from adaptive_perception.training.fleet_cost import run as run_cost
+
+            run_cost(args.throughput, args.robots, args.fps, args.price, args.hours_per_day, args.report)
+            return 0
         if args.command == "bench":
             from adaptive_perception.training.overhead import run_overhead
 

@@ -39,6 +39,7 @@ class NodeConfig:
     iou_threshold: float = 0.7
     max_detections: int = 300
     intra_op_threads: int = 0
+    spin_wait: bool = True  # onnxruntime intra-op threads spin-wait between parallel work (its own default)
     warmup_runs: int = 2
     qos_reliability: str = "best_effort"
     qos_depth: int = 2  # one frame of slack for the executor; the worker still takes only the newest

@@ -166,6 +166,7 @@ class DetectorTier:
         intra_op_threads: int = 0,
         name: str = "",
         accelerator: AcceleratorSettings | None = None,
+        spin_wait: bool = True,
     ) -> None:
         import onnxruntime as ort
 
@@ -182,6 +183,8 @@ class DetectorTier:
         if intra_op_threads > 0:
             options.intra_op_num_threads = intra_op_threads
         options.log_severity_level = 3
+        # spinning intra-op threads wait for work busily: faster, but they hold the cores a while after each call
+        options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin_wait else "0")
         chosen = select_providers(providers, ort.get_available_providers())
         self.digest = file_digest(self.path)
         self.requested = tuple(providers)

@@ -98,6 +98,7 @@ class PerceptionNode(LifecycleNode):
             iou_threshold=p("iou_threshold").value,
             max_detections=p("max_detections").value,
             intra_op_threads=p("intra_op_threads").value,
+            spin_wait=p("spin_wait").value,
             warmup_runs=p("warmup_runs").value,
             qos_reliability=p("qos.reliability").value,
             qos_depth=p("qos.depth").value,
@@ -121,7 +122,8 @@ class PerceptionNode(LifecycleNode):
             for tier, path in config.model_paths().items():
                 started = time.perf_counter()
                 detector = DetectorTier(path, config.providers, config.conf_threshold, config.iou_threshold,
-                                        config.max_detections, config.intra_op_threads, tier, config.accelerator)
+                                        config.max_detections, config.intra_op_threads, tier, config.accelerator,
+                                        spin_wait=config.spin_wait)
                 detector.warmup(config.warmup_runs)
                 detectors[tier] = detector
                 self.get_logger().info(

@@ -1,0 +1,162 @@
+"""`bench latency`, `bench throughput` and `bench cost` in their quick modes (what CI runs), on the real embedded
+tiers, real YOLOv8 graphs from Ultralytics' yaml, real rosbag2 files and real onnxruntime sessions; the cost model
+by hand; onnxruntime's thread spinning as a tier option."""
+from __future__ import annotations
+
+import copy
+import json
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+
+from adaptive_perception.config import NodeConfig, resolve_model
+from adaptive_perception.detector import TIERS, DetectorTier
+from adaptive_perception.errors import AdaptivePerceptionError, ConfigError
+from adaptive_perception.training import fleet_cost, throughput
+from adaptive_perception.training.labels import Costs
+
+FRAMES = throughput.QUICK["frames"] * throughput.QUICK["sequences"]
+
+
+def _cli(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    return subprocess.run(["adaptive-perception", *args], capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def quick_throughput(tmp_path_factory) -> dict:
+    root = tmp_path_factory.mktemp("throughput")
+    # no generated benchmark there: the frozen test sequences are rendered into bags, as on a fresh clone
+    run = _cli("bench", "throughput", "--quick", "--benchmark", str(root / "no-benchmark"),
+               "--modes", "learned,fixed:nano,fixed:large,fixed:large+nospin", "--report", str(root / "throughput.json"))
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    return {"root": root, "stdout": run.stdout, "report": json.loads((root / "throughput.json").read_text())}
+
+
+def test_quick_throughput_runs_every_mode_over_the_rendered_test_bags(quick_throughput):
+    report = quick_throughput["report"]
+    assert report["frames"] == FRAMES and report["sequences"] == ["seq046-40", "seq047-40"]
+    modes = report["modes"]
+    assert list(modes) == ["learned", "fixed:nano", "fixed:large", "fixed:large+nospin"]
+    for row in modes.values():
+        assert len(row["samples"]["total_ms"]) == FRAMES == row["frames"]
+        assert abs(sum(row["mix"].values()) - 1) < 1e-9
+    assert modes["fixed:nano"]["mix"] == {"nano": 1.0, "small": 0.0, "large": 0.0}
+    assert modes["fixed:large"]["mix"] == {"nano": 0.0, "small": 0.0, "large": 1.0}
+    # the tiers really differ: large finds what nano misses on the same frames (tier family 2: 48 vs 19 on test)
+    assert modes["fixed:large"]["map50_95"] > modes["fixed:nano"]["map50_95"] + 10
+    assert modes["fixed:large"]["map50_95"] == pytest.approx(modes["fixed:large+nospin"]["map50_95"])
+    # everything outside session.run is counted in the node overhead, inference is not
+    for row in modes.values():
+        assert row["node_overhead"]["mean_ms"] == pytest.approx(
+            np.mean(np.subtract(row["samples"]["total_ms"], row["samples"]["session_ms"])), rel=1e-3)
+    assert "Bars at the operating point 'learned'" in quick_throughput["stdout"]
+
+
+def test_quick_throughput_ratios_come_from_this_runs_samples(quick_throughput):
+    report = quick_throughput["report"]
+    base = throughput.baseline(report["modes"])
+    assert report["comparisons"][base]["speedup_vs_large"] == pytest.approx(1.0)
+    throughput.check_ratios(report)
+    tampered = copy.deepcopy(report)  # a ratio carried over from another run no longer matches the samples
+    tampered["comparisons"]["fixed:nano"]["speedup_vs_large"] *= 1.01
+    with pytest.raises(AdaptivePerceptionError, match="fixed:nano.speedup_vs_large"):
+        throughput.check_ratios(tampered)
+    tampered = copy.deepcopy(report)
+    tampered["modes"]["learned"]["samples"]["total_ms"][0] += 50.0
+    with pytest.raises(AdaptivePerceptionError, match="learned"):
+        throughput.check_ratios(tampered)
+
+
+def test_the_per_frame_path_publishes_the_chosen_tiers_detections():
+    bags = throughput.test_bags(Path("no-benchmark"), 1, throughput.QUICK["frames"], Path("build/bench/test-bags"))
+    sequence = throughput.Sequence(bags[0].name, bags[0].cdr[:3], bags[0].records[:3])
+    from adaptive_perception.bag import BagImage, bag_image_rgb
+
+    frames = [bag_image_rgb(BagImage("/camera", "sensor_msgs/msg/Image", 0, c, 0, 0, "")) for c in sequence.cdr]
+    detectors = {t: DetectorTier(resolve_model(f"embedded:{t}"), name=t) for t in TIERS}
+    counts = {}
+    for tier in ("nano", "large"):
+        run = throughput.ModeRun(f"fixed:{tier}")
+        throughput.run_sequence(run, throughput.make_router(f"fixed:{tier}", None, None), detectors, sequence, 100)
+        expected = [detectors[tier].detect(rgb) for rgb in frames]
+        assert run.tiers == [TIERS.index(tier)] * 3
+        assert [d["image_id"] for d in run.detections] == [100 + i for i, e in enumerate(expected) for _ in range(len(e))]
+        got = np.array([d["bbox"] for d in run.detections]).reshape(-1, 4)
+        want = np.concatenate([e.boxes for e in expected])
+        assert np.allclose(got[:, :2], want[:, :2], atol=1e-3) and np.allclose(got[:, 2:], want[:, 2:] - want[:, :2], atol=1e-3)
+        counts[tier] = len(run.detections)
+    assert counts["nano"] != counts["large"]  # different models: running the wrong tier would show
+
+
+def test_cost_model_by_hand(tmp_path):
+    report = {"run_id": "abc", "machine": {"cores": 2}, "bars": {"operating_point": "learned"},
+              "comparisons": {"learned": {"map_share_of_large": 0.64}},
+              "modes": {"learned": {"busy_s": 3.37, "frames": 200, "fps": 59.35},
+                        "fixed:large": {"busy_s": 12.6, "frames": 200, "fps": 15.87},
+                        "fixed:large+nospin": {"busy_s": 13.0, "frames": 200, "fps": 15.38}},
+              "projection": {"always_large": {"frame_ms": 250.0},
+                             "points": {"accuracy": {"frame_ms": 61.25}, "cost_bar": None}}}
+    path = tmp_path / "throughput.json"
+    path.write_text(json.dumps(report))
+    # 7 robots x 12.5 FPS x 10 h/day: 7 * 12.5 * 36,000 * 30.4375 = 95,878,125 frames a month
+    out = fleet_cost.run(path, robots=7, fps=12.5, price=0.8, hours_per_day=10, report_path=tmp_path / "cost.json")
+    assert out["baseline"] == "fixed:large"  # the faster always-large (0.063 s against 0.065 s a frame)
+    learned, large = out["modes"]["learned"], out["modes"]["fixed:large"]
+    assert learned["frames_per_month"] == pytest.approx(95_878_125)
+    # 95,878,125 x 0.01685 s / 3600 = 448.76289 device-hours; large: x 0.063 s = 1677.86719
+    assert learned["device_hours_per_month"] == pytest.approx(448.76289, rel=1e-6)
+    assert large["device_hours_per_month"] == pytest.approx(1677.86719, rel=1e-6)
+    assert learned["cost_per_month_usd"] == pytest.approx(359.01031, rel=1e-6)
+    assert learned["saving_per_month_usd"] == pytest.approx(983.28344, rel=1e-6)
+    assert learned["cost_reduction"] == pytest.approx(1 - 0.01685 / 0.063, rel=1e-6)
+    assert learned["devices_per_robot"] == pytest.approx(0.210625) and learned["one_device_keeps_up"]
+    assert large["devices_per_robot"] == pytest.approx(0.7875) and large["one_device_keeps_up"]
+    assert not fleet_cost.monthly(0.05, 1, 30.0, 1.0, 24)["one_device_keeps_up"]  # 1.5 devices per robot
+    # $72,000 / 1229.10430 saved device-hours
+    assert out["ours_at_operating_point"]["price_for_origin_saving"] == pytest.approx(58.579244, rel=1e-6)
+    projected = out["projection"]["learned (accuracy point)"]
+    assert projected["cost_reduction"] == pytest.approx(1 - 61.25 / 250.0)
+    assert list(out["projection"]) == ["always-large", "learned (accuracy point)"]  # no row for a missing point
+    assert json.loads((tmp_path / "cost.json").read_text())["modes"]["learned"]["device_s_per_frame"] == 0.01685
+    with pytest.raises(ConfigError, match="--robots 0"):
+        fleet_cost.fleet(report, 0, 30, 1.0, 24)
+    with pytest.raises(AdaptivePerceptionError, match="bench throughput"):
+        fleet_cost.run(tmp_path / "missing.json", 1, 30, 1.0, 24, tmp_path / "x.json")
+
+
+def test_quick_latency_times_embedded_and_real_yolov8_graphs(tmp_path):
+    report_path, latency_out = tmp_path / "latency.json", tmp_path / "yolov8.json"
+    run = _cli("bench", "latency", "--quick", "--iterations", "5", "--graphs", "build/yolov8-random",
+               "--report", str(report_path), "--latency-out", str(latency_out))
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    report = json.loads(report_path.read_text())
+    models = report["models"]
+    assert {name: row["input_hw"] for name, row in models.items()} == {
+        "nano@embedded": [192, 256], "small@embedded": [320, 416], "large@embedded": [480, 640],
+        "nano@320": [320, 320], "small@320": [320, 320], "large@320": [320, 320]}
+    for row in models.values():
+        assert row["samples"] == 5 and row["provider"] == "CPUExecutionProvider"
+        assert 0 < row["p50_ms"] <= row["p95_ms"] <= row["p99_ms"]
+    # the real architectures, not stand-ins: YOLOv8n/s/l carry 3.2 M / 11.2 M / 43.7 M parameters
+    parameters = {t: sum(int(np.prod(i.dims)) for i in onnx.load(models[f"{t}@320"]["file"]).graph.initializer)
+                  for t in ("nano", "small", "large")}
+    assert 3.0e6 < parameters["nano"] < 3.4e6 and 10.9e6 < parameters["small"] < 11.4e6
+    assert 43.0e6 < parameters["large"] < 44.5e6
+    # YOLOv8l's weights alone are 175 MB; the embedded tiers are three 12 MB files
+    assert report["memory"]["yolov8@320"]["tiers_rss_mb"] > 175 > report["memory"]["embedded"]["tiers_rss_mb"]
+    assert report["ratios"]["large_over_nano_p50@320"] == pytest.approx(
+        models["large@320"]["p50_ms"] / models["nano@320"]["p50_ms"])
+    costs = Costs.load(latency_out)  # what `train --latency` and the projection read
+    assert costs.ms.tolist() == pytest.approx([round(models[f"{t}@320"]["mean_ms"], 3) for t in TIERS])
+    assert "YOLOv8l | 320x320" in run.stdout
+
+
+def test_tier_sessions_spin_only_when_asked():
+    entry = "session.intra_op.allow_spinning"
+    model = resolve_model("embedded:nano")
+    assert NodeConfig().spin_wait is True  # onnxruntime's default, the faster one through the whole path
+    assert DetectorTier(model).session.get_session_options().get_session_config_entry(entry) == "1"
+    assert DetectorTier(model, spin_wait=False).session.get_session_options().get_session_config_entry(entry) == "0"

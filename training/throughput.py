@@ -1,0 +1,468 @@
+"""`adaptive-perception bench throughput`: frames per second through the node's whole per-frame path, in-process.
+
+Per frame, from the recorded CDR bytes of a benchmark test bag to serialized output messages, the node's steps in
+its order: deserialize the sensor_msgs/Image (rclpy), decode (`image_to_rgb`), routing features, `Router.decide`,
+the chosen tier (letterbox, onnxruntime `session.run`, decode + NMS), the next frame's context, and the
+Detection2DArray and RoutingDecision messages serialized as a publish would. One worker, frames back to back:
+throughput = frames / the summed per-frame times. Every mode runs every sequence (context reset per sequence);
+the order of the modes rotates per sequence, so machine load hits all modes alike. Accuracy of each mode's
+published detections (the node's thresholds) is scored with pycocotools against the bags' ground truth in the
+same run. Speed-up and latency reduction are against always-large, from this run's timings only. The tiers run
+with the node's settings (thresholds, `spin_wait`); a `+nospin` mode suffix runs them with sleeping threads.
+
+Operating points of the learned router: its calibrated weight (`learned`, the node's default), any
+`learned:<weight>`, and, given the training work folder (validation profile), `learned@90`: the cheapest weight
+whose validation mAP50-95 keeps >= 90 % of always-large's, picked on validation before the run. With a latency
+file for real YOLOv8 n/s/l (`bench latency`), a projection re-picks both operating points for those costs on
+validation (as `train --latency` would), routes the test profile with them (accuracy of the embedded tiers) and
+adds this run's measured per-frame work outside inference: a projection, labelled so.
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+import uuid
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+
+from adaptive_perception.config import NodeConfig, resolve_model
+from adaptive_perception.detector import TIERS, DetectorTier
+from adaptive_perception.errors import AdaptivePerceptionError, ConfigError
+from adaptive_perception.features import RoutingContext, next_context, routing_features
+from adaptive_perception.policy import Policy
+from adaptive_perception.progress import progress
+from adaptive_perception.router import Router, RouterSettings, check_mode
+
+FRAME_BUDGET_MS = 1000.0 / 30  # 30 FPS
+ACCURACY_SHARE = 0.90  # the operating point keeps >= 90 % of always-large's mAP50-95
+BARS = {"speedup": 2.5, "projected_speedup": 3.0, "router_share_of_nano_p50": 0.03, "node_overhead_p95_ms": 3.0}
+NOSPIN = "+nospin"  # a mode suffix: tiers whose onnxruntime threads sleep between work (spin_wait false)
+DEFAULT_MODES = ("learned", "heuristic", "fixed:nano", "fixed:large")
+QUICK = {"sequences": 2, "frames": 40}
+GENERATOR = "2.0.0"
+EMBEDDED_COSTS = Path(__file__).resolve().parent / "latency" / "cpu-2core-family2.json"  # the policy's calibration
+WEIGHT_STEPS = 24  # operating-point grid: 0 and 23 geometric steps up to 2x the policy's weight
+
+
+# ---- frames -------------------------------------------------------------------------------------------
+@dataclass
+class Sequence:
+    name: str
+    cdr: list[bytes]
+    records: list[dict]  # ground truth per frame (the bag's ground_truth.json)
+
+
+def _read_bag(bag: Path, frames: int | None) -> Sequence:
+    from adaptive_perception.bag import read_images
+
+    truth_path = bag / "ground_truth.json"
+    if not truth_path.is_file():
+        raise AdaptivePerceptionError(f"{bag} has no ground_truth.json; bench throughput reads the benchmark's test "
+                                      "bags (`adaptive-perception scenes generate`), which carry it")
+    truth = json.loads(truth_path.read_text())["frames"]
+    cdr, records = [], []
+    for image in read_images(bag):
+        stamp = image.stamp_sec * 1_000_000_000 + image.stamp_nanosec
+        cdr.append(image.cdr)
+        records.append(truth[str(stamp)])
+        if frames is not None and len(cdr) == frames:
+            break
+    return Sequence(bag.name, cdr, records)
+
+
+def test_bags(benchmark: Path, sequences: int | None, frames: int | None, cache: Path) -> list[Sequence]:
+    """The benchmark's test bags (`<benchmark>/bags/test/`), or, where none were generated, the same frozen test
+    sequences rendered into bags under `cache` exactly as `scenes generate` writes them."""
+    folder = benchmark / "bags" / "test"
+    if folder.is_dir() and any(folder.iterdir()):
+        bags = sorted(p for p in folder.iterdir() if p.is_dir())[:sequences]
+        print(f"[throughput] test bags from {folder} ({len(bags)} sequences)", flush=True)
+        return [_read_bag(b, frames) for b in bags]
+    from adaptive_perception.scenes.benchmark import PRESETS, sequence_bag
+
+    specs = replace(PRESETS["benchmark"], version=GENERATOR).specs()["test"][:sequences]
+    out = []
+    for spec in specs:
+        spec = replace(spec, frames=frames or spec.frames)
+        bag = cache / f"seq{spec.index:03d}-{spec.frames}"
+        if not (bag / "ground_truth.json").is_file():
+            sequence_bag(spec, bag, f"rendering test sequence {spec.index} (generator {GENERATOR}) -> {bag}")
+        out.append(_read_bag(bag, None))
+    return out
+
+
+# ---- the per-frame path -------------------------------------------------------------------------------
+@dataclass
+class ModeRun:
+    mode: str
+    weight: float | None = None
+    total_ms: list[float] = field(default_factory=list)
+    routing_ms: list[float] = field(default_factory=list)  # features + policy
+    session_ms: list[float] = field(default_factory=list)  # onnxruntime session.run of the chosen tier
+    tiers: list[int] = field(default_factory=list)
+    detections: list[dict] = field(default_factory=list)  # COCO results, image_id = frame index of the run
+
+
+def make_router(mode: str, policy: Policy | None, weight: float | None) -> Router:
+    settings = RouterSettings(cost_weight=-1.0 if weight is None else weight)
+    return Router(mode, policy if mode == "learned" else None, settings)
+
+
+def run_sequence(run: ModeRun, router: Router, detectors: dict[str, DetectorTier], sequence: Sequence,
+                 first_image_id: int) -> None:
+    """The node's per-frame steps over one sequence, each frame timed from bytes in to serialized messages out."""
+    from adaptive_perception_msgs.msg import RoutingDecision
+    from rclpy.serialization import deserialize_message, serialize_message
+    from sensor_msgs.msg import Image
+
+    from adaptive_perception.ros.convert import detections_to_msg, image_to_rgb
+
+    context = RoutingContext()
+    for offset, cdr in enumerate(sequence.cdr):
+        started = time.perf_counter()
+        msg = deserialize_message(cdr, Image)
+        rgb = image_to_rgb(msg)
+        routing_start = time.perf_counter()
+        features = routing_features(rgb, context)
+        decision = router.decide(features, context)
+        routed = time.perf_counter()
+        detector = detectors[decision.tier_name]
+        tensor, box = detector.preprocess(rgb)
+        session_start = time.perf_counter()
+        raw = detector.infer(tensor)
+        session_end = time.perf_counter()
+        detections = detector.postprocess(raw, box)
+        context = next_context(detections.boxes, detections.scores, decision.tier, rgb.shape[:2])
+        out = RoutingDecision(header=msg.header, tier=decision.tier, tier_name=decision.tier_name, mode=decision.mode,
+                              policy_id=decision.policy_id)
+        out.probabilities = decision.probabilities.tolist()
+        serialize_message(detections_to_msg(detections, msg.header))
+        serialize_message(out)
+        done = time.perf_counter()
+        run.total_ms.append((done - started) * 1e3)
+        run.routing_ms.append((routed - routing_start) * 1e3)
+        run.session_ms.append((session_end - session_start) * 1e3)
+        run.tiers.append(decision.tier)
+        for (x0, y0, x1, y1), score, cls in zip(detections.boxes.tolist(), detections.scores.tolist(),
+                                                detections.class_ids.tolist()):
+            run.detections.append({"image_id": first_image_id + offset, "category_id": int(cls),
+                                   "bbox": [x0, y0, x1 - x0, y1 - y0], "score": float(score)})
+
+
+# ---- operating points picked on validation ------------------------------------------------------------
+def policy_for_costs(policy_path: Path, costs) -> Policy:
+    """The policy with its value head's tier costs replaced by `costs` (relative to large): what `train --latency`
+    would calibrate against; the tier values (accuracy of the embedded tiers) are the policy's own."""
+    policy = Policy(policy_path)
+    if policy.value_head is None:
+        raise ConfigError(f"policy {policy_path} has no tier_values head; operating points need one")
+    policy.value_head = replace(policy.value_head, tier_cost=costs.relative.astype(np.float32))
+    return policy
+
+
+def _learned_chooser(policy: Policy, weight: float):
+    from adaptive_perception.training.report import _router_chooser
+
+    return _router_chooser(make_router("learned", policy, weight))
+
+
+def _sweep(policy: Policy, split, scorer, costs) -> list[dict]:
+    from adaptive_perception.training.simulate import rollout
+
+    top = 2 * policy.value_head.cost_weight
+    weights = [0.0, *np.geomspace(top / 2 ** 10, top, WEIGHT_STEPS - 1).tolist()]
+    rows = []
+    for weight in weights:
+        trace = rollout(split, costs, _learned_chooser(policy, weight), False)
+        rows.append({"weight": weight, "map50_95": scorer.score(trace)["map50_95"],
+                     "cost_ms": trace.busy_ms / len(split.profile)})
+    return rows
+
+
+def pick_weights(policy: Policy, val, costs, cost_bar: float = 0.40) -> dict:
+    """On validation: `accuracy`, the largest weight (cheapest routing) whose mAP50-95 keeps >= 90 % of
+    always-large's; `cost_bar`, the smallest weight whose cost is <= `cost_bar` of always-large's (train's rule)."""
+    from adaptive_perception.training.evaluate import Scorer
+    from adaptive_perception.training.report import _fixed
+    from adaptive_perception.training.simulate import rollout
+
+    scorer = Scorer(val)
+    large = scorer.score(rollout(val, costs, _fixed(len(TIERS) - 1), False))["map50_95"]
+    rows = _sweep(policy, val, scorer, costs)
+    keeps = [r for r in rows if r["map50_95"] >= ACCURACY_SHARE * large]
+    cheap = [r for r in rows if r["cost_ms"] <= cost_bar * costs.ms[-1]]
+    return {"val_large_map50_95": large, "sweep": rows,
+            "accuracy": max(keeps, key=lambda r: r["weight"]) if keeps else None,
+            "cost_bar": min(cheap, key=lambda r: r["weight"]) if cheap else None}
+
+
+def project(policy_path: Path, work: Path, real_latency: Path, outside_ms: float) -> dict:
+    """Real YOLOv8 n/s/l costs, embedded tiers' accuracy: operating points re-picked on validation, test routed
+    per frame by the simulator, plus the measured per-frame work outside inference."""
+    from adaptive_perception.training.evaluate import Scorer
+    from adaptive_perception.training.labels import Costs
+    from adaptive_perception.training.pipeline import Settings, load_split
+    from adaptive_perception.training.report import _fixed
+    from adaptive_perception.training.simulate import rollout
+
+    costs = Costs.load(real_latency)
+    settings = Settings(work=work)
+    val, test = load_split(settings, "val"), load_split(settings, "test")
+    policy = policy_for_costs(policy_path, costs)
+    picked = pick_weights(policy, val, costs)
+    scorer = Scorer(test)
+    large_trace = rollout(test, costs, _fixed(len(TIERS) - 1), False)
+    large = {"map50_95": scorer.score(large_trace)["map50_95"], "frame_ms": float(costs.ms[-1]) + outside_ms}
+    points = {}
+    for rule in ("accuracy", "cost_bar"):
+        if picked[rule] is None:
+            points[rule] = None
+            continue
+        trace = rollout(test, costs, _learned_chooser(policy, picked[rule]["weight"]), False)
+        cost = trace.busy_ms / len(test.profile)
+        tiers = np.asarray(trace.processed_tiers)
+        points[rule] = {"weight": picked[rule]["weight"], "val_map50_95": picked[rule]["map50_95"],
+                        "val_inference_ms": picked[rule]["cost_ms"],
+                        "map50_95": scorer.score(trace)["map50_95"], "inference_ms": cost,
+                        "frame_ms": cost + outside_ms, "mix": {t: float(np.mean(tiers == i)) for i, t in enumerate(TIERS)}}
+        points[rule]["map_share_of_large"] = points[rule]["map50_95"] / large["map50_95"]
+        points[rule]["speedup"] = large["frame_ms"] / points[rule]["frame_ms"]
+    return {"what": "PROJECTION: costs of real YOLOv8 n/s/l graphs (random weights) from the latency file, accuracy "
+                    "of the embedded tiers (test profile, simulator, per frame); frame time = mean inference of the "
+                    "routed tiers + this run's measured work outside inference",
+            "latency_file": str(real_latency), "tiers_ms": dict(zip(TIERS, costs.ms.tolist())),
+            "outside_inference_ms": outside_ms, "always_large": large, "points": points,
+            "val_large_map50_95": picked["val_large_map50_95"]}
+
+
+# ---- the run ------------------------------------------------------------------------------------------
+def _stats(ms: list[float]) -> dict[str, float]:
+    a = np.asarray(ms)
+    return {"mean_ms": float(a.mean()), "p50_ms": float(np.percentile(a, 50)), "p95_ms": float(np.percentile(a, 95)),
+            "p99_ms": float(np.percentile(a, 99))}
+
+
+def summarise(run: ModeRun, gt: dict, frames: int) -> dict:
+    from adaptive_perception.training.tiers import _coco_eval
+
+    total = np.asarray(run.total_ms)
+    outside = total - np.asarray(run.session_ms)
+    map50_95, map50 = _coco_eval(gt, run.detections, list(range(frames)))
+    tiers = np.asarray(run.tiers)
+    return {"mode": run.mode, "cost_weight": run.weight, "frames": int(total.size),
+            "busy_s": float(total.sum() / 1e3), "fps": float(total.size / (total.sum() / 1e3)),
+            "latency": _stats(run.total_ms), "over_frame_budget_share": float(np.mean(total > FRAME_BUDGET_MS)),
+            "routing_overhead": _stats(run.routing_ms), "node_overhead": _stats(outside.tolist()),
+            "session": _stats(run.session_ms),
+            "mix": {t: float(np.mean(tiers == i)) for i, t in enumerate(TIERS)},
+            "map50_95": map50_95, "map50": map50,
+            "samples": {"total_ms": [round(v, 4) for v in run.total_ms],
+                        "session_ms": [round(v, 4) for v in run.session_ms],
+                        "routing_ms": [round(v, 4) for v in run.routing_ms]}}
+
+
+def baseline(modes: dict[str, dict]) -> str:
+    """The always-large run every ratio is against: the fastest one (with and without spinning threads)."""
+    runs = [name for name in modes if name.split(NOSPIN)[0] == "fixed:large"]
+    return max(runs, key=lambda name: modes[name]["fps"])
+
+
+def comparisons(modes: dict[str, dict]) -> dict:
+    """Every ratio of the report, from the per-frame samples recorded in it (this run's and nothing else)."""
+    def fps(row):
+        return len(row["samples"]["total_ms"]) / (sum(row["samples"]["total_ms"]) / 1e3)
+
+    large = modes[baseline(modes)]
+    large_mean = float(np.mean(large["samples"]["total_ms"]))
+    large_p95 = float(np.percentile(large["samples"]["total_ms"], 95))
+    out = {}
+    for name, row in modes.items():
+        total = row["samples"]["total_ms"]
+        out[name] = {"speedup_vs_large": fps(row) / fps(large),
+                     "latency_reduction_mean": 1 - float(np.mean(total)) / large_mean,
+                     "latency_reduction_p95": 1 - float(np.percentile(total, 95)) / large_p95,
+                     "map_share_of_large": row["map50_95"] / large["map50_95"] if large["map50_95"] else float("nan")}
+    if "fixed:nano" in modes:
+        nano_p50 = float(np.percentile(modes["fixed:nano"]["samples"]["session_ms"], 50))
+        for name, row in modes.items():
+            if name.startswith("learned"):
+                out[name]["router_p95_share_of_nano_p50"] = float(np.percentile(row["samples"]["routing_ms"], 95)) / nano_p50
+    return out
+
+
+def check_ratios(report: dict) -> None:
+    """Fail unless every ratio in the report equals the one its recorded per-frame samples give (CI's check that
+    the run's ratios come from numbers measured in the run)."""
+    again = comparisons(report["modes"])
+    for name, row in report["comparisons"].items():
+        for key, value in row.items():
+            if not np.isclose(value, again[name][key], rtol=1e-9, equal_nan=True):
+                raise AdaptivePerceptionError(f"ratio {name}.{key} = {value} but this run's samples give "
+                                              f"{again[name][key]}")
+    for name, row in report["modes"].items():
+        samples = row["samples"]["total_ms"]
+        if not np.isclose(row["fps"], len(samples) / (sum(samples) / 1e3), rtol=1e-4):
+            raise AdaptivePerceptionError(f"{name}: fps {row['fps']} is not frames / summed frame times of this run")
+
+
+def bars(report: dict) -> dict:
+    comp, modes = report["comparisons"], report["modes"]
+    point = "learned@90" if "learned@90" in modes else "learned"
+    share = comp[point]["map_share_of_large"]
+    speed = comp[point]["speedup_vs_large"]
+    out = {"operating_point": point,
+           "speedup": {"need": f">= {BARS['speedup']}x always-large at >= {ACCURACY_SHARE:.0%} of its mAP50-95",
+                       "measured": speed, "map_share_of_large": share,
+                       "met": bool(speed >= BARS["speedup"] and share >= ACCURACY_SHARE)}}
+    if "router_p95_share_of_nano_p50" in comp[point]:
+        value = comp[point]["router_p95_share_of_nano_p50"]
+        out["router_overhead"] = {"need": f"features + policy p95 <= {BARS['router_share_of_nano_p50']:.0%} of nano's "
+                                          "session p50", "measured": value,
+                                  "met": bool(value <= BARS["router_share_of_nano_p50"])}
+    value = modes[point]["node_overhead"]["p95_ms"]
+    out["node_overhead"] = {"need": f"p95 <= {BARS['node_overhead_p95_ms']} ms (message in to messages out, minus "
+                                    "session.run), 640x480", "measured": value,
+                            "met": bool(value <= BARS["node_overhead_p95_ms"])}
+    projection = report.get("projection")
+    if projection and projection["points"]["accuracy"]:
+        p = projection["points"]["accuracy"]
+        out["projected_speedup"] = {"need": f">= {BARS['projected_speedup']}x in the real-graph projection at >= "
+                                            f"{ACCURACY_SHARE:.0%} of always-large's mAP50-95",
+                                    "measured": p["speedup"], "map_share_of_large": p["map_share_of_large"],
+                                    "met": bool(p["speedup"] >= BARS["projected_speedup"]
+                                                and p["map_share_of_large"] >= ACCURACY_SHARE)}
+    return out
+
+
+def measure(policy_path: str, benchmark: Path, work: Path | None, real_latency: Path | None, modes: list[str],
+            sequences: int | None, frames: int | None, cache: Path) -> dict:
+    from adaptive_perception.scenes.benchmark import coco_ground_truth
+
+    path = resolve_model(policy_path)
+    policy = Policy(path)
+    plans: dict[str, tuple[str, float | None, bool]] = {}  # name -> (router mode, cost weight, spinning tiers)
+    for mode in modes:
+        spin = NodeConfig().spin_wait and not mode.endswith(NOSPIN)
+        name = mode if spin else mode[:-len(NOSPIN)]
+        base, _, weight = name.partition(":") if name.startswith("learned:") else (name, "", "")
+        try:
+            plans[mode] = (check_mode(base), float(weight) if weight else None, spin)
+        except ValueError:
+            raise ConfigError(f"mode '{mode}': the weight after learned: must be a number, e.g. learned:0.2") from None
+    if not any(mode == "fixed:large" for mode, _, _ in plans.values()):
+        raise ConfigError("--modes must include fixed:large: every ratio is against it")
+    picked = None
+    if work is not None:
+        from adaptive_perception.training.labels import Costs
+        from adaptive_perception.training.pipeline import Settings, load_split
+
+        picked = pick_weights(policy, load_split(Settings(work=work), "val"), Costs.load(EMBEDDED_COSTS))
+        if picked["accuracy"] is not None:
+            plans["learned@90"] = ("learned", picked["accuracy"]["weight"], True)
+            print(f"[throughput] learned@90: weight {picked['accuracy']['weight']:.4f} keeps "
+                  f"{picked['accuracy']['map50_95']:.1f} of always-large's {picked['val_large_map50_95']:.1f} "
+                  "mAP50-95 on validation", flush=True)
+    data = test_bags(benchmark, sequences, frames, cache)
+    config = NodeConfig()  # the node's thresholds; spinning per mode (the node's default unless +nospin)
+    detectors = {}
+    for spin in sorted({spin for _, _, spin in plans.values()}):
+        detectors[spin] = {t: DetectorTier(resolve_model(f"embedded:{t}"), ("CPUExecutionProvider",),
+                                           config.conf_threshold, config.iou_threshold, config.max_detections, name=t,
+                                           spin_wait=spin) for t in TIERS}
+        for detector in detectors[spin].values():
+            detector.warmup(2)
+    runs = {name: ModeRun(name, weight) for name, (_, weight, _) in plans.items()}
+    routers = {name: make_router(mode, policy, weight) for name, (mode, weight, _) in plans.items()}
+    names = list(plans)
+    first = 0
+    for index, sequence in enumerate(progress(data, desc="throughput: sequences x modes", unit="sequence")):
+        for name in names[index % len(names):] + names[:index % len(names)]:
+            run_sequence(runs[name], routers[name], detectors[plans[name][2]], sequence, first)
+        first += len(sequence.cdr)
+    records = [r for s in data for r in s.records]
+    gt = coco_ground_truth(records)
+    report = {
+        "what": "in-process per-frame path (deserialize, decode, features, policy, chosen tier, post-processing, "
+                "messages serialized), one worker, frames back to back; accuracy of the published detections "
+                "(node thresholds) against the bags' ground truth",
+        "run_id": uuid.uuid4().hex, "policy_id": policy.policy_id, "frames": first,
+        "sequences": [s.name for s in data], "frame_size": [640, 480],
+        "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
+                    "python": platform.python_version()},
+        "modes": {name: summarise(runs[name], gt, first) for name in names},
+    }
+    if picked is not None:
+        report["validation_pick"] = picked
+    report["comparisons"] = comparisons(report["modes"])
+    if work is not None and real_latency is not None:
+        outside = report["modes"]["learned@90" if "learned@90" in plans else names[0]]["node_overhead"]["mean_ms"]
+        report["projection"] = project(path, work, real_latency, outside)
+    report["bars"] = bars(report)
+    return report
+
+
+def _pct(value: float) -> str:
+    return f"{value:.0%}"
+
+
+def table(report: dict) -> str:
+    lines = [f"{report['frames']} frames ({len(report['sequences'])} test sequences), policy {report['policy_id']}", "",
+             "| mode | FPS | speed-up vs large | latency mean / p95 (ms) | reduction mean / p95 | > 33.3 ms | "
+             "node overhead p95 (ms) | mix n/s/l | mAP50-95 (share of large) |", "|---|---|---|---|---|---|---|---|---|"]
+    for name, row in report["modes"].items():
+        c = report["comparisons"][name]
+        mix = "/".join(_pct(row["mix"][t]) for t in TIERS)
+        label = name if row["cost_weight"] is None else f"{name} (w {row['cost_weight']:.3f})"
+        lines.append(f"| {label} | {row['fps']:.1f} | {c['speedup_vs_large']:.2f}x | {row['latency']['mean_ms']:.1f} / "
+                     f"{row['latency']['p95_ms']:.1f} | {_pct(c['latency_reduction_mean'])} / "
+                     f"{_pct(c['latency_reduction_p95'])} | {_pct(row['over_frame_budget_share'])} | "
+                     f"{row['node_overhead']['p95_ms']:.2f} | {mix} | {row['map50_95']:.1f} "
+                     f"({_pct(c['map_share_of_large'])}) |")
+    projection = report.get("projection")
+    if projection:
+        lines += ["", "PROJECTION, real YOLOv8 n/s/l costs (" + ", ".join(
+            f"{t} {v:.1f} ms" for t, v in projection["tiers_ms"].items()) + f") + {projection['outside_inference_ms']:.1f} "
+            "ms measured outside inference, embedded tiers' accuracy (test profile):"]
+        lines.append(f"- always-large: {projection['always_large']['frame_ms']:.1f} ms/frame, mAP50-95 "
+                     f"{projection['always_large']['map50_95']:.1f}")
+        for rule, point in projection["points"].items():
+            if point is None:
+                lines.append(f"- {rule}: no weight on the grid meets the rule on validation")
+                continue
+            lines.append(f"- {rule} (w {point['weight']:.4f}): {point['frame_ms']:.1f} ms/frame, speed-up "
+                         f"{point['speedup']:.2f}x, mAP50-95 {point['map50_95']:.1f} ({_pct(point['map_share_of_large'])} "
+                         "of large), mix " + "/".join(_pct(point["mix"][t]) for t in TIERS))
+    lines.append("")
+    for name, bar in report["bars"].items():
+        if name == "operating_point":
+            lines.append(f"Bars at the operating point '{bar}':")
+            continue
+        value = bar["measured"]
+        shown = f"{value:.2%}" if name == "router_overhead" else f"{value:.2f}"
+        extra = f" at {_pct(bar['map_share_of_large'])} of large's mAP50-95" if "map_share_of_large" in bar else ""
+        lines.append(f"- {name}: {bar['need']}: measured {shown}{extra}: " + ("met" if bar["met"] else "NOT met"))
+    return "\n".join(lines)
+
+
+def run(policy_path: str, benchmark: Path, work: Path | None, real_latency: Path | None, modes: list[str],
+        sequences: int | None, frames: int | None, cache: Path, report_path: Path) -> dict:
+    if work is not None and not (work / "profile_val.npz").is_file():
+        print(f"[throughput] {work}/profile_val.npz is missing: no learned@90 operating point and no projection "
+              "(make them with `adaptive-perception train profile` and `train labels`; see training/README.md)",
+              flush=True)
+        work = None
+    if real_latency is not None and not real_latency.is_file():
+        print(f"[throughput] {real_latency} is missing: no real-graph projection (make it with "
+              "`adaptive-perception bench latency`)", flush=True)
+        real_latency = None
+    report = measure(policy_path, benchmark, work, real_latency, modes, sequences, frames, cache)
+    check_ratios(report)
+    report_path.parent.mkdir(parents=True, exist_ok=True)
+    report_path.write_text(json.dumps(report, indent=1) + "\n")
+    print(table(report))
+    print(f"wrote {report_path}")
+    return report
