@@ -71,7 +71,7 @@ def test_quick_throughput_ratios_come_from_this_runs_samples(quick_throughput):
 
 
 def test_the_per_frame_path_publishes_the_chosen_tiers_detections():
-    bags = throughput.test_bags(Path("no-benchmark"), 1, throughput.QUICK["frames"], Path("build/bench/test-bags"))
+    bags = throughput.split_bags(Path("no-benchmark"), 1, throughput.QUICK["frames"], Path("build/bench/test-bags"))
     sequence = throughput.Sequence(bags[0].name, bags[0].cdr[:3], bags[0].records[:3])
     from adaptive_perception.bag import BagImage, bag_image_rgb
 

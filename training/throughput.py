@@ -41,7 +41,6 @@ FRAME_BUDGET_MS = 1000.0 / 30  # 30 FPS
 ACCURACY_SHARE = 0.90  # the operating point keeps >= 90 % of always-large's mAP50-95
 BARS = {"speedup": 2.5, "projected_speedup": 3.0, "router_share_of_nano_p50": 0.03, "node_overhead_p95_ms": 3.0}
 NOSPIN = "+nospin"  # a mode suffix: tiers whose onnxruntime threads sleep between work (spin_wait false)
-DEFAULT_MODES = ("learned", "heuristic", "fixed:nano", "fixed:large")
 QUICK = {"sequences": 2, "frames": 40}
 GENERATOR = "2.0.0"
 EMBEDDED_COSTS = Path(__file__).resolve().parent / "latency" / "cpu-2core-family2.json"  # the policy's calibration
@@ -74,7 +73,7 @@ def _read_bag(bag: Path, frames: int | None) -> Sequence:
     return Sequence(bag.name, cdr, records)
 
 
-def test_bags(benchmark: Path, sequences: int | None, frames: int | None, cache: Path) -> list[Sequence]:
+def split_bags(benchmark: Path, sequences: int | None, frames: int | None, cache: Path) -> list[Sequence]:
     """The benchmark's test bags (`<benchmark>/bags/test/`), or, where none were generated, the same frozen test
     sequences rendered into bags under `cache` exactly as `scenes generate` writes them."""
     folder = benchmark / "bags" / "test"
@@ -366,7 +365,7 @@ def measure(policy_path: str, benchmark: Path, work: Path | None, real_latency: 
             print(f"[throughput] learned@90: weight {picked['accuracy']['weight']:.4f} keeps "
                   f"{picked['accuracy']['map50_95']:.1f} of always-large's {picked['val_large_map50_95']:.1f} "
                   "mAP50-95 on validation", flush=True)
-    data = test_bags(benchmark, sequences, frames, cache)
+    data = split_bags(benchmark, sequences, frames, cache)
     config = NodeConfig()  # the node's thresholds; spinning per mode (the node's default unless +nospin)
     detectors = {}
     for spin in sorted({spin for _, _, spin in plans.values()}):
