@@ -7,7 +7,8 @@ import subprocess
 import pytest
 
 from adaptive_perception.drift import DRIFT, OK, UNKNOWN, WARN
-from adaptive_perception.training.drift_report import summarise_stream
+from adaptive_perception.evidence import EvidenceSettings
+from adaptive_perception.training.drift_report import evidence_frames, markdown, summarise_stream
 
 THRESHOLDS = {"feature_psi": 2.0, "mix_tvd": 0.5, "agreement_drop": 0.2}
 
@@ -34,7 +35,8 @@ def test_delay_false_alarms_and_peaks_from_a_hand_made_stream():
 def test_a_night_stream_moves_the_features_away_from_the_reference(tmp_path):
     report = tmp_path / "drift.json"
     run = subprocess.run(["adaptive-perception", "bench", "drift", "--in-sequences", "1", "--drift-sequences", "1",
-                          "--preset", "night", "--report", str(report)], capture_output=True, text=True, timeout=900)
+                          "--preset", "night", "--no-retrain", "--report", str(report)], capture_output=True, text=True,
+                         timeout=900)
     assert run.returncode in (0, 1), run.stderr[-3000:]
     result = json.loads(report.read_text())
     night = result["presets"]["night"]
@@ -44,3 +46,30 @@ def test_a_night_stream_moves_the_features_away_from_the_reference(tmp_path):
     assert night["peak_ratio_after_change"]["feature_psi"] > 2 * night["peak_ratio_before_change"]["feature_psi"]
     assert result["bars"]["in_distribution_frames"] == 150 and not result["bars"]["no_false_alarm"]  # < 3,000 frames
     assert (tmp_path / "drift.png").stat().st_size > 10_000 and "| night | 150 |" in (tmp_path / "drift.md").read_text()
+    assert "retraining" in night and "skipped" in night["retraining"]
+
+
+def test_the_evidence_is_what_the_node_records_around_the_drift_frame():
+    stream = list(range(100))
+    # the node's defaults: 60 frames before the DRIFT frame, 150 from it; a stream that ends first gives fewer
+    assert EvidenceSettings().pre_frames == 60 and EvidenceSettings().post_frames == 150
+    assert evidence_frames(stream, 70) == list(range(10, 100))
+    assert evidence_frames(stream, 40, EvidenceSettings(pre_frames=7, post_frames=5)) == list(range(33, 45))
+    assert evidence_frames(stream, 3, EvidenceSettings(pre_frames=7, post_frames=5)) == list(range(0, 8))
+
+
+def test_the_report_shows_each_presets_retraining_or_why_there_was_none():
+    summary = summarise_stream([OK] * 4, [0.1] * 4, [{}] * 4, 2, THRESHOLDS)
+    result = {"policy_id": "p", "generator_version": "2.0.0", "window": 150, "confirm_frames": 15, "audit_every": 30,
+              "thresholds": THRESHOLDS, "false_alarms_per_1000": 0.0,
+              "bars": {"in_distribution_frames": 2, "no_false_alarm": False, "detected_within_150": {}},
+              "presets": {"night": {**summary, "retraining": {
+                  "evidence_frames": 210, "before": {"map50_95": 11.46, "mean_cost_ms": 13.1},
+                  "after": {"map50_95": 13.93, "mean_cost_ms": 25.75},
+                  "gate": {"promote": False, "reasons": ["interval does not exclude 0"], "new_data_difference": 0.0,
+                           "new_data_difference_ci": [-0.5, 0.25], "cost_ratio": 1.0, "original_loss": -8.75}}},
+                          "fog": {**summary, "retraining": {"skipped": "not detected: the node records no evidence"}}}}
+    text = markdown(result)
+    assert ("| night | 210 | 11.5 / 13.9 | 13.1 / 25.8 | +0.00 [-0.50, +0.25], x1.00, -8.75 | keep the current "
+            "policy: interval does not exclude 0 |") in text
+    assert "| fog | - | - | - | - | not detected: the node records no evidence |" in text

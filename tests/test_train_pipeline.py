@@ -243,6 +243,28 @@ def test_a_policy_exported_before_the_quality_statistic_gets_it_back_and_keeps_e
     assert json.loads(metadata(refreshed)[METADATA_KEY]) == json.loads(metadata(original)[METADATA_KEY])
 
 
+def test_the_drift_reports_retraining_writes_the_evidence_trains_gates_and_scores_before_and_after(pipeline, tmp_path):
+    from adaptive_perception.bag import read_images
+    from adaptive_perception.scenes.sequence import Drift, SequenceSpec, render_sequence
+    from adaptive_perception.training.drift_report import retrain_on_evidence
+
+    root = pipeline["root"]
+    night = [(f.rgb, f.stamp_ns) for f in render_sequence(SequenceSpec(424242, 0, 180, drift=Drift.NIGHT,
+                                                                               version="2.0.0"))]
+    out = retrain_on_evidence(night, Drift.NIGHT, str(root / "policy.onnx"), root / "work", tmp_path, 1, 30, "2.0.0")
+    stamps = [i.stamp_sec * 1_000_000_000 + i.stamp_nanosec for i in read_images(out["evidence_bag"])]
+    assert stamps == [stamp for _, stamp in night] and out["evidence_frames"] == 180
+    decision = json.loads((tmp_path / "retrain" / "retrain.json").read_text())
+    assert decision["bags"] == [out["evidence_bag"]] and decision["promote"] == out["gate"]["promote"]
+    assert out["gate"]["held_out_segments"] == 2  # 6 segments of 30 frames, every third held out
+    assert out["before"]["policy_id"] == Policy(root / "policy.onnx").policy_id
+    assert out["after"]["policy_id"] == decision["candidate"]["policy_id"] != out["before"]["policy_id"]
+    assert out["scored_frames"] == 30 and out["scored_seed"] not in (424242,)
+    for row in (out["before"], out["after"]):
+        assert 0.0 <= row["map50_95"] <= 100.0 and row["mean_cost_ms"] > 0
+        assert sum(row["mix"].values()) == pytest.approx(1.0)
+
+
 def _evidence(pipeline, tmp_path, count: int = 2) -> list[str]:
     """Recordings without labels standing in for the node's evidence: the first test bags, sidecar removed."""
     bags = []

@@ -10,6 +10,12 @@ reaches the monitor a few frames later; here it arrives at once (the only differ
 Figures per preset: detection delay (frames from the change to the first DRIFT; bar <= 150), false alarms
 (entries into DRIFT on in-distribution frames, and per 1,000 of them; bar: none over >= 3,000 in total), WARN
 frames before the change; per statistic the largest ratio to its threshold before and after the change.
+Where the monitor fired and the original training work folder is there: retraining on the evidence, as the node
+and `train retrain` would do it. The frames the node records around the event (`evidence.pre_frames` before
+the DRIFT frame, `post_frames` from it) go into a rosbag2 bag; `train retrain` (short: the `small` preset) turns
+it into a candidate without labels (`--truth reference`) and gates it against the current policy. Before and
+after: the current and the candidate policy routing newly seeded sequences of the preset (no stream, evidence or
+calibration used them), scored against the generator's own ground truth, with each one's cost per frame.
 Writes JSON, a Markdown table and a plot of the drift score over each stream with the change marked.
 """
 from __future__ import annotations
@@ -34,6 +40,7 @@ from adaptive_perception.scenes.sequence import Drift, SequenceSpec, render_sequ
 
 PRESETS = [d for d in Drift if d is not Drift.NONE]
 REPORT_SEED = 515151  # in-distribution sequences no benchmark split, reference or calibration ever used
+AFTER_SEED = REPORT_SEED + 100  # the preset sequences that score the policies before and after retraining
 DELAY_BAR = 150
 FALSE_ALARM_FRAMES_BAR = 3000
 
@@ -85,10 +92,70 @@ def summarise_stream(states: list[int], scores: list[float], statistics: list[di
             "max_score_before_change": float(np.nanmax(scores[:change])) if np.isfinite(scores[:change]).any() else None}
 
 
+def evidence_frames(stream: list, trigger: int, settings=None) -> list:
+    """The (rgb, stamp_ns) frames the node records for a DRIFT at stream index `trigger`: `pre_frames` before it,
+    `post_frames` from it on (fewer where the stream ends)."""
+    from adaptive_perception.evidence import EvidenceSettings
+
+    settings = settings or EvidenceSettings()
+    return stream[max(0, trigger - settings.pre_frames):trigger + settings.post_frames]
+
+
+def retrain_on_evidence(evidence: list, preset: Drift, policy_spec: str, original_work: Path, work: Path,
+                        eval_sequences: int, frames: int, version: str) -> dict:
+    """`train retrain` (small preset) on the evidence frames, then the current and the candidate policy on new
+    sequences of the preset against the generator's ground truth."""
+    from dataclasses import replace
+
+    from adaptive_perception.bag import write_image_bag
+    from adaptive_perception.training.heldout import _frames
+    from adaptive_perception.training.labels import Costs
+    from adaptive_perception.training.pipeline import PRESETS as TRAIN_PRESETS
+    from adaptive_perception.training.profile import profile
+    from adaptive_perception.training.retrain import retrain, score_policy
+    from adaptive_perception.training.simulate import Split
+
+    bag = work / "evidence" / "evidence_0001"
+    if bag.exists():
+        import shutil
+
+        shutil.rmtree(bag)
+    bag.parent.mkdir(parents=True, exist_ok=True)
+    write_image_bag(bag, [(stamp, rgb) for rgb, stamp in evidence], "/camera/image_raw", "camera")
+    # the original training's tier costs, so the candidate's operating point is comparable with the current one's
+    latency = original_work / "costs.json"
+    settings = replace(TRAIN_PRESETS["small"], work=work / "retrain", reports=work / "retrain" / "reports", force=True,
+                       latency=latency if latency.is_file() else None)
+    decision = retrain(settings, [bag], original_work, policy_spec)
+    k = PRESETS.index(preset)
+    specs = [SequenceSpec(AFTER_SEED + k, i, frames, drift=preset, version=version) for i in range(eval_sequences)]
+    split = Split.build(profile(_frames(specs), eval_sequences * frames, "sidecar", {t: f"embedded:{t}" for t in TIERS},
+                                desc=f"scoring {preset.value} before and after"))
+    costs = Costs.load(settings.work / "costs.json")
+    rows = {}
+    for name, path in (("before", resolve_model(policy_spec)), ("after", decision["candidate"]["path"])):
+        row = score_policy(split, costs, Policy(path), 0, 0)
+        rows[name] = {"policy_id": Policy(path).policy_id, "map50_95": row["map50_95"], "map50": row["map50"],
+                      "mean_cost_ms": row["mean_cost_ms"], "mix": row["mix"]}
+    return {"evidence_frames": len(evidence), "evidence_bag": str(bag), "scored_frames": len(split.profile),
+            "scored_seed": AFTER_SEED + k, "costs": costs.device, **rows,
+            "gate": {"promote": decision["promote"], "reasons": decision["reasons"],
+                     "new_data_difference": decision["new_data"]["difference"],
+                     "new_data_difference_ci": decision["new_data"]["difference_ci"],
+                     "cost_ratio": decision["new_data"]["cost_ratio"], "original_loss": decision["original"]["loss"],
+                     "held_out_segments": decision["held_out_segments"]}}
+
+
 def run_report(report_path: Path, policy_spec: str = "embedded:policy", in_sequences: int = 5,
                drift_sequences: int = 2, frames: int = 150, audit_every: int = 30, confirm: int = 15,
-               presets: list[Drift] | None = None, version: str = "2.0.0") -> dict:
-    """`version`: the generator version of the world the policy and its tiers were trained on."""
+               presets: list[Drift] | None = None, version: str = "2.0.0", original_work: Path | None = None,
+               work: Path = Path("build/drift-report"), eval_sequences: int = 2) -> dict:
+    """`version`: the generator version of the world the policy and its tiers were trained on; `original_work`:
+    the policy's training work folder (its profiles), for retraining on the evidence (None: no retraining)."""
+    if original_work is not None and not (original_work / "profile_router.npz").is_file():
+        print(f"[drift] {original_work}/profile_router.npz is missing: no retraining on the evidence (make the "
+              "profiles with `adaptive-perception train profile`; training/README.md)", flush=True)
+        original_work = None
     policy = Policy(resolve_model(policy_spec))
     if policy.drift_reference is None or not policy.drift_reference.thresholds:
         raise AdaptivePerceptionError(f"policy {policy_spec} carries no calibrated drift reference; re-export it with "
@@ -109,6 +176,15 @@ def run_report(report_path: Path, policy_spec: str = "embedded:policy", in_seque
         result["presets"][preset.value]["tier_mix_before_after"] = [
             np.bincount(run["tiers"][:change], minlength=3).tolist(), np.bincount(run["tiers"][change:], minlength=3).tolist()]
         series[preset.value] = {"scores": run["scores"], "states": run["states"], "change": change}
+        delay = result["presets"][preset.value]["detection_delay_frames"]
+        if delay is None:
+            result["presets"][preset.value]["retraining"] = {"skipped": "not detected: the node records no evidence"}
+        elif original_work is None:
+            result["presets"][preset.value]["retraining"] = {"skipped": "no original training work folder"}
+        else:
+            result["presets"][preset.value]["retraining"] = retrain_on_evidence(
+                evidence_frames(stream, change + delay), preset, policy_spec, original_work, work / preset.value,
+                eval_sequences, frames, version)
     rows = result["presets"].values()
     in_frames = sum(r["in_distribution_frames"] for r in rows)
     alarms = sum(r["false_alarms"] for r in rows)
@@ -147,6 +223,23 @@ def markdown(result: dict) -> str:
               f"{bars['in_distribution_frames']} frames (bar: none over >= {FALSE_ALARM_FRAMES_BAR}: "
               f"{'met' if bars['no_false_alarm'] else 'NOT MET'}); detected within {DELAY_BAR} frames: "
               + ", ".join(f"{k} {'met' if ok else 'NOT MET'}" for k, ok in bars["detected_within_150"].items())]
+    lines += ["", "Retraining on the evidence (`train retrain`, small preset, truth from the large tier), then the current "
+              "and the candidate policy on new sequences of the preset against the generator's ground truth:", "",
+              "| preset | evidence frames | mAP50-95 before / after | cost per frame before / after (ms) | gate: "
+              "candidate - current on held-out evidence [95 % CI], cost ratio, loss on the original test split | "
+              "decision |", "|---|---|---|---|---|---|"]
+    for name, r in result["presets"].items():
+        t = r.get("retraining", {"skipped": "not run"})
+        if "skipped" in t:
+            lines.append(f"| {name} | - | - | - | - | {t['skipped']} |")
+            continue
+        g = t["gate"]
+        ci = g["new_data_difference_ci"]
+        lines.append(f"| {name} | {t['evidence_frames']} | {t['before']['map50_95']:.1f} / {t['after']['map50_95']:.1f} | "
+                     f"{t['before']['mean_cost_ms']:.1f} / {t['after']['mean_cost_ms']:.1f} | "
+                     f"{g['new_data_difference']:+.2f} [{ci[0]:+.2f}, {ci[1]:+.2f}], x{g['cost_ratio']:.2f}, "
+                     f"{g['original_loss']:+.2f} | " + ("promote" if g["promote"] else "keep the current policy: "
+                                                       + "; ".join(g["reasons"])) + " |")
     return "\n".join(lines)
 
 

@@ -214,7 +214,17 @@ def _parser() -> argparse.ArgumentParser:
     drift.add_argument("--drift-sequences", type=int, default=2, help="drift sequences per preset")
     drift.add_argument("--preset", action="append", choices=["night", "fog", "new_domain", "small_objects"],
                        help="only these presets (repeatable; default all four)")
+    drift.add_argument("--original-work", type=Path, default=Path("build/train-v2"),
+                       help="the policy's training work folder (its profiles): retrain on each detected preset's "
+                            "evidence and score before and after (skipped, said so, when missing)")
+    drift.add_argument("--no-retrain", action="store_true", help="detection and false alarms only")
+    drift.add_argument("--work", type=Path, default=Path("build/drift-report"), help="evidence bags and retraining")
     drift.add_argument("--report", type=Path, default=Path("training/reports/drift.json"))
+    probe = bench_sub.add_parser("drift-probe", help="candidate drift statistics on the drift report's streams, "
+                                 "calibrated on the held-out splits (none shipped; training/drift_probe.py)")
+    probe.add_argument("--benchmark", type=Path, default=Path("build/benchmark-v2"),
+                       help="the policy's generated benchmark (router split: reference; val + test: calibration)")
+    probe.add_argument("--report", type=Path, default=Path("training/reports/drift_probe.json"))
     heldout = bench_sub.add_parser("heldout", help="the policy against the heuristic at its own cost on newly seeded "
                                    "scenes and on each drift preset (per frame, paired intervals; no bar)")
     heldout.add_argument("--policy", default="embedded:policy", help="policy ONNX file or embedded:policy")
@@ -530,9 +540,15 @@ def main(argv: list[str] | None = None) -> int:
 
             result = run_report(args.report, args.policy, args.in_sequences, args.drift_sequences,
                                 presets=[Drift(p) for p in args.preset] if args.preset else None,
-                                version=args.generator_version)
+                                version=args.generator_version,
+                                original_work=None if args.no_retrain else args.original_work, work=args.work)
             bars = result["bars"]
             return 0 if bars["no_false_alarm"] and all(bars["detected_within_150"].values()) else 1
+        if args.command == "bench" and args.bench_command == "drift-probe":
+            from adaptive_perception.training.drift_probe import run as run_probe
+
+            run_probe(args.benchmark, args.report)
+            return 0
         if args.command == "bench" and args.bench_command == "heldout":
             from adaptive_perception.training.heldout import run as run_heldout
 
