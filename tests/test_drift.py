@@ -112,12 +112,34 @@ def test_the_quality_reference_holds_the_spread_of_window_means_and_the_held_out
     assert reference.quality_mean[EDGE_AT] == pytest.approx(0.5) and reference.quality_mean[0] == 0.0
     assert reference.quality_std[EDGE_AT] == pytest.approx(0.408248) and reference.quality_std[0] == 1e-6
     # held out: the edge feature at 0.5 for 2 frames, then 1.4: window means 0.5, 0.95, 1.4 -> largest distance
-    # 0.9 / 0.4082 = 2.2045; every other feature sits at its mean and is floored at 1
+    # above 0.9 / 0.4082 = 2.2045; a second stream falls to -0.2: means 0.5, 0.15, -0.2 -> largest below
+    # 0.7 / 0.4082 = 1.7146; every other feature sits at its mean and is floored at 1 both ways
     held = np.zeros((4, 1024))
     held[:, EDGE_Q90] = [0.5, 0.5, 1.4, 1.4]
-    expected = [1.0] * len(QUALITY_FEATURES)
-    expected[EDGE_AT] = 2.204541
-    assert calibrate_quality(reference, [held]) == pytest.approx(expected)
+    up, down = [1.0] * len(QUALITY_FEATURES), [1.0] * len(QUALITY_FEATURES)
+    up[EDGE_AT] = 2.204541
+    assert calibrate_quality(reference, [held]) == (pytest.approx(up), pytest.approx(down))
+    falling = np.zeros((4, 1024))
+    falling[:, EDGE_Q90] = [0.5, 0.5, -0.2, -0.2]
+    down[EDGE_AT] = 1.714643
+    assert calibrate_quality(reference, [held, falling]) == (pytest.approx(up), pytest.approx(down))
+
+
+def test_the_quality_statistic_measures_each_direction_against_its_own_held_out_peak():
+    # new scenes pushed the edge feature 2 window stds up but only 1 down: the same distance counts twice as
+    # much downwards; a reference written before the split (no downward peaks) counts both ways alike
+    quality = dict(quality_mean=[0.2] * len(QUALITY_FEATURES), quality_std=[0.05] * len(QUALITY_FEATURES),
+                   quality_peak=[2.0] * len(QUALITY_FEATURES))
+    two_way = _reference(quality_peak_down=[1.0] * len(QUALITY_FEATURES), **quality)
+    one_way = _reference(**quality)
+    window = np.full((10, len(QUALITY_FEATURES)), 0.2)
+    window[:7, EDGE_AT] = 0.2 - 0.047  # mean 0.0329 below: 0.658 stds
+    assert quality_shift(two_way, window) == pytest.approx(0.658) and quality_shift(one_way, window) == pytest.approx(0.329)
+    window[:7, EDGE_AT] = 0.2 + 0.047  # as far above
+    assert quality_shift(two_way, window) == pytest.approx(0.329) and quality_shift(one_way, window) == pytest.approx(0.329)
+    assert DriftReference.from_json(two_way.to_json()).quality_peak_down == [1.0] * len(QUALITY_FEATURES)
+    with pytest.raises(ConfigError, match="inconsistent sizes"):
+        DriftReference.from_json(_reference(quality_peak_down=[1.0], **quality).to_json())
 
 
 def test_a_camera_that_loses_contrast_is_drift_through_the_quality_statistic_alone():

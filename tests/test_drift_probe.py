@@ -27,14 +27,14 @@ def test_two_sided_peaks_keep_a_fall_that_new_scenes_never_made_visible():
     assert window_z(REFERENCE, [_constant(3.0)])(_constant(-0.5, 160)) == pytest.approx([0.5] * 11)
 
 
-def test_the_one_sided_candidate_is_the_shipped_image_quality_statistic():
+def test_the_two_sided_candidate_is_the_shipped_image_quality_statistic():
     rng = np.random.default_rng(7)
     reference = rng.normal(size=(400, 1024))
     held_out = [rng.normal(0.1, 1.2, size=(300, 1024)), rng.normal(-0.1, 0.9, size=(200, 1024))]
-    stream = rng.normal(0.3, 1.0, size=(WINDOW, 1024))
+    stream = rng.normal(-0.3, 1.0, size=(WINDOW, 1024))  # below the mean, where the held-out peaks are lower
     shipped = build_reference(reference, np.zeros(400, int), np.zeros(1))
-    shipped.quality_peak = calibrate_quality(shipped, held_out)
-    probe = window_z(reference, held_out, _QUALITY_INDEX, both_ways=False)
+    shipped.quality_peak, shipped.quality_peak_down = calibrate_quality(shipped, held_out)
+    probe = window_z(reference, held_out, _QUALITY_INDEX)
     assert probe(stream) == pytest.approx([quality_shift(shipped, stream[:, _QUALITY_INDEX])])
 
 

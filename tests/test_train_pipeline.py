@@ -198,7 +198,8 @@ def test_the_exported_policy_carries_a_calibrated_drift_reference(pipeline):
     reference = policy.drift_reference
     assert reference is not None and set(reference.thresholds) == {"feature_psi", "mix_tvd", "agreement_drop",
                                                                    "image_quality"}
-    assert len(reference.quality_peak) == 7 and min(reference.quality_peak) >= 1.0  # calibrated on the test split
+    for peaks in (reference.quality_peak, reference.quality_peak_down):  # calibrated on the test split, each way
+        assert len(peaks) == 7 and min(peaks) >= 1.0
     assert all(value > 0 for value in reference.thresholds.values())
     assert sum(reference.tier_mix) == pytest.approx(1.0) and 0.0 <= reference.agreement <= 1.0
     router = Profile.load(pipeline["root"] / "work" / "profile_router.npz")
@@ -224,7 +225,7 @@ def test_a_policy_exported_before_the_quality_statistic_gets_it_back_and_keeps_e
     for entry in older.metadata_props:  # as the previous version wrote it: no image quality statistic
         if entry.key == METADATA_KEY:
             data = json.loads(entry.value)
-            for key in ("quality_mean", "quality_std", "quality_peak"):
+            for key in ("quality_mean", "quality_std", "quality_peak", "quality_peak_down"):
                 data.pop(key)
             data["thresholds"].pop("image_quality")
             entry.value = json.dumps(data)

@@ -10,10 +10,10 @@ drift report's (`drift_report.stream_specs`, same seeds: 5 new in-distribution s
 Per preset: the peak over windows that end before the change (in distribution: above 1.25 is a false alarm) and
 over windows wholly after it (above 1.25 and above every in-distribution peak is a detection without a false
 alarm). The candidates:
-- `quality`: the shipped image quality statistic (`drift.quality_shift`: the largest |z| of 7 named features'
-  window means, in training window-mean stds, each over its held-out peak);
+- `quality_one_sided`: the image quality statistic as shipped until 2026-12-03 (the largest |z| of 7 named
+  features' window means, in training window-mean stds, each over its held-out peak of |z|);
 - `quality_two_sided`: the same with a separate held-out peak per direction (fog lowers edge energy, and new
-  scenes wander further up than down);
+  scenes wander further up than down): the shipped `drift.quality_shift` since, chosen by this probe;
 - `all_two_sided`: the same over all 1024 features;
 - `pca_mahalanobis_K`: the Mahalanobis distance of the window mean of the standardised features in the training
   frames' top K principal components;
@@ -41,7 +41,7 @@ MARGIN = 1.25  # drift.MARGIN: the threshold in units of the held-out peak
 def window_z(reference: np.ndarray, held_out: list[np.ndarray], columns=None, both_ways: bool = True):
     """A window score: the largest signed z of the window means of `columns` (in training window-mean stds, from
     the (N, F) `reference` frames), each over its held-out peak (floored at 1 std): one peak per direction when
-    `both_ways`, else the larger of the two, which is the shipped `drift.quality_shift`."""
+    `both_ways` (the shipped `drift.quality_shift` on its 7 features), else the larger of the two."""
     columns = np.arange(reference.shape[1]) if columns is None else np.asarray(columns)
     mean = reference[:, columns].mean(0)
     std = np.maximum(_window_means(reference[:, columns], WINDOW).std(0), 1e-6)
@@ -102,7 +102,7 @@ def run(benchmark: Path, report: Path, in_sequences: int = 5, drift_sequences: i
         version: str = "2.0.0") -> dict:
     reference = _split_features(benchmark, "router")
     held_out = [_split_features(benchmark, s) for s in ("val", "test")]
-    candidates = {"quality": window_z(reference, held_out, _QUALITY_INDEX, both_ways=False),
+    candidates = {"quality_one_sided": window_z(reference, held_out, _QUALITY_INDEX, both_ways=False),
                   "quality_two_sided": window_z(reference, held_out, _QUALITY_INDEX),
                   "all_two_sided": window_z(reference, held_out),
                   **{f"pca_mahalanobis_{k}": pca_mahalanobis(reference, k) for k in (8, 32)},

@@ -56,6 +56,6 @@ def drift_reference(policy: Policy, training: Split, held_out: list[Split], cost
     features, tiers, agreements = routed_stream(policy, training, costs)
     reference = build_reference(features, tiers, agreements[::AUDIT_EVERY])
     streams = [routed_stream(policy, split, costs) for split in held_out]
-    reference.quality_peak = calibrate_quality(reference, [stream[0] for stream in streams])
+    reference.quality_peak, reference.quality_peak_down = calibrate_quality(reference, [s[0] for s in streams])
     reference.thresholds = calibrate(reference, streams)
     return reference

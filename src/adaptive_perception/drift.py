@@ -11,9 +11,10 @@ written into the policy file at training time (`DriftReference`, metadata `adapt
 - **agreement drop**: the reference's mean audit agreement minus the mean of the last `AUDIT_WINDOW` audits;
 - **image quality shift**: the window means of a few named image features that light, contrast and colour move
   (`QUALITY_FEATURES`: quantiles of the edge-energy, colour-distance, saturation and chroma maps), each as its
-  distance from the reference's mean in standard deviations of 150-frame window means over the training stream,
-  divided by the largest such distance it reached on the held-out streams (`calibrate_quality`, so a feature that
-  wanders between scenes counts less); the statistic is the largest. The random projections above mix all 1024
+  signed distance from the reference's mean in standard deviations of 150-frame window means over the training
+  stream, divided by the largest such distance it reached in the same direction on the held-out streams
+  (`calibrate_quality`, so a feature that wanders between scenes counts less; per direction, because new scenes
+  push edge energy much further up than down, and haze pulls it down); the statistic is the largest. The random projections above mix all 1024
   features, most of which describe a scene's clutter, which every new scene changes; these few describe the
   camera's view of any scene (measured: README, Drift monitoring).
 Each statistic is divided by its threshold; the drift score is the largest ratio. Thresholds are the largest
@@ -77,7 +78,10 @@ class DriftReference:
     thresholds: dict[str, float] = field(default_factory=dict)  # feature_psi, mix_tvd, agreement_drop, image_quality
     quality_mean: list[float] = field(default_factory=list)  # per QUALITY_FEATURES (empty: statistic off)
     quality_std: list[float] = field(default_factory=list)  # of their 150-frame window means in training
-    quality_peak: list[float] = field(default_factory=list)  # per feature, its held-out peak in those stds
+    quality_peak: list[float] = field(default_factory=list)  # per feature, its held-out peak above the mean, in stds
+    # per feature, its held-out peak below the mean (empty in references written before 2026-12-03: then
+    # `quality_peak` is the peak of the distance either way and serves both directions)
+    quality_peak_down: list[float] = field(default_factory=list)
     window: int = WINDOW
     seed: int = PROJECTION_SEED
 
@@ -94,7 +98,8 @@ class DriftReference:
         if len(reference.mean) != len(reference.std) or len(reference.edges) != PROJECTIONS or \
                 len(reference.quality_mean) not in (0, len(QUALITY_FEATURES)) or \
                 len(reference.quality_std) != len(reference.quality_mean) or \
-                len(reference.quality_peak) not in (0, len(reference.quality_mean)):
+                len(reference.quality_peak) not in (0, len(reference.quality_mean)) or \
+                len(reference.quality_peak_down) not in (0, len(reference.quality_peak)):
             raise ConfigError(f"the policy's drift reference ({METADATA_KEY}) has inconsistent sizes")
         return reference
 
@@ -130,26 +135,32 @@ def _window_means(values: np.ndarray, window: int) -> np.ndarray:
 
 
 def _quality_distances(reference: DriftReference, means: np.ndarray) -> np.ndarray:
-    """|window mean - reference mean| / reference window std, for (..., len(QUALITY_FEATURES)) window means."""
-    return np.abs(means - np.asarray(reference.quality_mean)) / np.asarray(reference.quality_std)
+    """(window mean - reference mean) / reference window std, for (..., len(QUALITY_FEATURES)) window means."""
+    return (means - np.asarray(reference.quality_mean)) / np.asarray(reference.quality_std)
 
 
 def quality_shift(reference: DriftReference, quality: np.ndarray) -> float:
-    """The image quality statistic of a window of (W, len(QUALITY_FEATURES)) values: the largest distance
-    (`_quality_distances`) divided by that feature's held-out peak (1 before `calibrate_quality`)."""
-    peaks = np.asarray(reference.quality_peak) if reference.quality_peak else 1.0
-    return float(np.max(_quality_distances(reference, quality.mean(0)) / peaks))
+    """The image quality statistic of a window of (W, len(QUALITY_FEATURES)) values: the largest signed distance
+    (`_quality_distances`) divided by that feature's held-out peak in that direction (1 before
+    `calibrate_quality`)."""
+    up = np.asarray(reference.quality_peak) if reference.quality_peak else 1.0
+    down = np.asarray(reference.quality_peak_down) if reference.quality_peak_down else up
+    distances = _quality_distances(reference, quality.mean(0))
+    return float(np.max(np.maximum(distances / up, -distances / down)))
 
 
-def calibrate_quality(reference: DriftReference, streams: list[np.ndarray]) -> list[float]:
-    """Per QUALITY_FEATURE, the largest distance any full window of the held-out streams' (N, >= 1024) features
-    reached (floored at 1 standard deviation): `DriftReference.quality_peak`."""
-    peaks = np.ones(len(QUALITY_FEATURES))
+def calibrate_quality(reference: DriftReference, streams: list[np.ndarray]) -> tuple[list[float], list[float]]:
+    """Per QUALITY_FEATURE, the largest distance above and the largest below the reference mean that any full
+    window of the held-out streams' (N, >= 1024) features reached (each floored at 1 standard deviation):
+    `DriftReference.quality_peak` and `quality_peak_down`."""
+    up = np.ones(len(QUALITY_FEATURES))
+    down = np.ones(len(QUALITY_FEATURES))
     for features in streams:
         quality = np.asarray(features, np.float64)[:, _QUALITY_INDEX]
         if len(quality) >= reference.window:
-            peaks = np.maximum(peaks, _quality_distances(reference, _window_means(quality, reference.window)).max(0))
-    return peaks.tolist()
+            distances = _quality_distances(reference, _window_means(quality, reference.window))
+            up, down = np.maximum(up, distances.max(0)), np.maximum(down, (-distances).max(0))
+    return up.tolist(), down.tolist()
 
 
 def feature_psi(reference: DriftReference, projected: np.ndarray) -> float:
