@@ -7,9 +7,10 @@ monitor calibrates its statistics: divided by the largest value it took over the
 splits (each split's frames back to back, as `train export` calibrates), so 1.25 (the monitor's margin) is the
 threshold. The reference is the benchmark's router split (the policy's training frames); the streams are the
 drift report's (`drift_report.stream_specs`, same seeds: 5 new in-distribution sequences, then 2 of the preset).
-Per preset: the peak over windows that end before the change (in distribution: above 1.25 is a false alarm) and
-over windows wholly after it (above 1.25 and above every in-distribution peak is a detection without a false
-alarm). The candidates:
+Per preset: the peak over windows that end before the change (in distribution: above 1.25 the monitor warns, and
+it raises a false alarm when that lasts `confirm` frames) and over windows wholly after it (above 1.25 and above
+every in-distribution peak: the statistic separates the preset from every new in-distribution window). The
+candidates:
 - `quality_one_sided`: the image quality statistic as shipped until 2026-12-03 (the largest |z| of 7 named
   features' window means, in training window-mean stds, each over its held-out peak of |z|);
 - `quality_two_sided`: the same with a separate held-out peak per direction (fog lowers edge energy, and new
@@ -122,7 +123,7 @@ def run(benchmark: Path, report: Path, in_sequences: int = 5, drift_sequences: i
             rows[preset] = {"peak_before": before, "peak_after": after}
         worst_before = max(r["peak_before"] for r in rows.values())
         result["statistics"][name] = {"presets": rows, "peak_before_all_streams": worst_before,
-                                      "false_alarm": worst_before > MARGIN,
+                                      "above_threshold_before": worst_before > MARGIN,
                                       "separates": [p for p, r in rows.items()
                                                     if r["peak_after"] > max(MARGIN, worst_before)]}
     report.parent.mkdir(parents=True, exist_ok=True)
@@ -138,9 +139,10 @@ def markdown(result: dict) -> str:
     lines = ["Candidate drift statistics, in units of their held-out peak (threshold "
              f"{result['margin']}); command: `adaptive-perception bench drift-probe`.", "",
              "| statistic | in-distribution peak (all streams) | " + " | ".join(f"{p} after" for p in presets)
-             + " | detects without a false alarm |", "|---|---|" + "---|" * len(presets) + "---|"]
+             + " | separates from every in-distribution window |", "|---|---|" + "---|" * len(presets) + "---|"]
     for name, s in result["statistics"].items():
-        lines.append(f"| {name} | {s['peak_before_all_streams']:.2f}{' (false alarm)' if s['false_alarm'] else ''} | "
+        above = " (above)" if s["above_threshold_before"] else ""
+        lines.append(f"| {name} | {s['peak_before_all_streams']:.2f}{above} | "
                      + " | ".join(f"{s['presets'][p]['peak_after']:.2f}" for p in presets) + " | "
                      + (", ".join(s["separates"]) or "none") + " |")
     return "\n".join(lines)
