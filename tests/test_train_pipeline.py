@@ -244,6 +244,26 @@ def test_a_policy_exported_before_the_quality_statistic_gets_it_back_and_keeps_e
     assert json.loads(metadata(refreshed)[METADATA_KEY]) == json.loads(metadata(original)[METADATA_KEY])
 
 
+def test_extra_calibration_streams_widen_the_thresholds_they_reach_past(pipeline):
+    from adaptive_perception.training.drift_reference import drift_reference
+    from adaptive_perception.training.pipeline import TRAIN_SPLIT, Settings, _load_costs, load_split
+
+    settings = Settings(work=pipeline["root"] / "work")
+    policy = Policy(pipeline["root"] / "policy.onnx")
+    training, costs = load_split(settings, TRAIN_SPLIT), _load_costs(settings)
+    held_out = [load_split(settings, "val"), load_split(settings, "test")]
+    base = drift_reference(policy, training, held_out, costs)
+    # one more stream: the test split's frames with every image statistic halved (darker), all routed to large
+    features = held_out[1].profile.features.copy()
+    features[:, :1024] *= 0.5
+    extra = (features, np.full(len(features), 2), np.full(len(features), np.nan))
+    wider = drift_reference(policy, training, held_out, costs, [extra])
+    assert wider.thresholds["feature_psi"] > base.thresholds["feature_psi"]
+    assert wider.thresholds["mix_tvd"] > base.thresholds["mix_tvd"]
+    assert max(np.subtract(wider.quality_peak_down, base.quality_peak_down)) > 1.0  # a fall no held-out scene made
+    assert wider.quality_peak == base.quality_peak and wider.mean == base.mean  # nothing went up; same training data
+
+
 def test_the_drift_reports_retraining_writes_the_evidence_trains_gates_and_scores_before_and_after(pipeline, tmp_path):
     from adaptive_perception.bag import read_images
     from adaptive_perception.scenes.sequence import Drift, SequenceSpec, render_sequence

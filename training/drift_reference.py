@@ -3,8 +3,10 @@ calibrated on held-out in-distribution data (the validation and test splits, 20 
 trained on, each split's sequences back to back as one stream, scene and regime changes included). Every
 sequence of the generator has a scene of its own, and a 150-frame window of one scene sits far from the
 pooled training distribution: the 6 validation sequences alone set thresholds that 14 other in-distribution
-sequences crossed on nearly half their windows. Computed at export; `adaptive_perception.drift` explains the
-statistics."""
+sequences crossed on nearly half their windows, and 20 held-out scenes still set a tier-mix threshold that one
+of five new scenes crossed (drift report, 2026-12-03): `calibration_streams` adds newly rendered sequences run
+through the node's per-frame path (`policy drift-reference --calibration-sequences N`; the embedded policy's
+reference uses 40). Computed at export; `adaptive_perception.drift` explains the statistics."""
 from __future__ import annotations
 
 import numpy as np
@@ -12,12 +14,15 @@ import numpy as np
 from adaptive_perception.audit import agreement
 from adaptive_perception.detector import TIERS, Detections
 from adaptive_perception.drift import WINDOW, DriftReference, build_reference, calibrate, calibrate_quality
+from adaptive_perception.features import RoutingContext, next_context, routing_features
 from adaptive_perception.policy import Policy
+from adaptive_perception.progress import progress
 from adaptive_perception.router import Router
 from adaptive_perception.training.profile import PUBLISH_CONF
 from adaptive_perception.training.simulate import Split, rollout
 
 AUDIT_EVERY = 30  # the node's default audit.every
+CALIBRATION_SEED = 626262  # new in-distribution sequences for the thresholds: no split, report or experiment uses it
 
 
 def _published(split: Split, tier: int) -> list[Detections]:
@@ -44,10 +49,46 @@ def routed_stream(policy: Policy, split: Split, costs) -> tuple[np.ndarray, np.n
     return split.profile.features[order], tiers, agreements
 
 
-def drift_reference(policy: Policy, training: Split, held_out: list[Split], costs) -> DriftReference | None:
+def node_stream(policy: Policy, frames, detectors: dict, audit_every: int = AUDIT_EVERY, desc: str = "frames"
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The node's per-frame path over (rgb, ...) `frames` without ROS: routing features with the previous routed
+    output's context, the policy's tier, that tier's detections, and on every `audit_every`-th frame (NaN on the
+    others) their agreement with the `large` detector's. Returns (features, tiers, agreements) per frame."""
+    router = Router("learned", policy)
+    context = RoutingContext()
+    features, tiers, agreements = [], [], []
+    for index, (rgb, *_rest) in enumerate(progress(frames, desc=desc, unit="frame")):
+        vector = routing_features(rgb, context)
+        tier = router.decide(vector, context).tier
+        detections = detectors[TIERS[tier]].detect(rgb)
+        context = next_context(detections.boxes, detections.scores, tier, rgb.shape[:2])
+        audited = audit_every and index % audit_every == 0
+        features.append(vector)
+        tiers.append(tier)
+        agreements.append(agreement(detections, detectors["large"].detect(rgb)) if audited else np.nan)
+    return np.asarray(features), np.asarray(tiers), np.asarray(agreements)
+
+
+def calibration_streams(policy: Policy, models: dict, sequences: int, version: str, frames: int = WINDOW
+                        ) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """`sequences` newly rendered in-distribution sequences (CALIBRATION_SEED), back to back as one stream
+    through the node's per-frame path: more scenes for the thresholds than the held-out splits hold."""
+    from adaptive_perception.config import resolve_model
+    from adaptive_perception.detector import DetectorTier
+    from adaptive_perception.scenes.sequence import SequenceSpec, render_sequence
+
+    detectors = {t: DetectorTier(resolve_model(models[t]), ("CPUExecutionProvider",), name=t) for t in TIERS}
+    specs = [SequenceSpec(CALIBRATION_SEED, i, frames, version=version) for i in range(sequences)]
+    rendered = ((frame.rgb,) for spec in specs for frame in render_sequence(spec))
+    return [node_stream(policy, rendered, detectors, desc=f"calibration stream ({sequences} new sequences)")]
+
+
+def drift_reference(policy: Policy, training: Split, held_out: list[Split], costs, extra_streams=()
+                    ) -> DriftReference | None:
     """Reference statistics from `training` (audits every AUDIT_EVERY-th frame, as the node samples them),
-    thresholds calibrated on each `held_out` split as one stream; None (and said) when no held-out split
-    fills one drift window: a policy without a reference runs with the drift monitor off."""
+    thresholds calibrated on each `held_out` split as one stream and on `extra_streams` (`calibration_streams`);
+    None (and said) when no held-out split fills one drift window: a policy without a reference runs with the
+    drift monitor off."""
     longest = max(len(split.profile) for split in held_out)
     if longest < WINDOW:
         print(f"[export] no drift reference: the held-out splits have at most {longest} frames, fewer than one "
@@ -55,7 +96,7 @@ def drift_reference(policy: Policy, training: Split, held_out: list[Split], cost
         return None
     features, tiers, agreements = routed_stream(policy, training, costs)
     reference = build_reference(features, tiers, agreements[::AUDIT_EVERY])
-    streams = [routed_stream(policy, split, costs) for split in held_out]
+    streams = [routed_stream(policy, split, costs) for split in held_out] + list(extra_streams)
     reference.quality_peak, reference.quality_peak_down = calibrate_quality(reference, [s[0] for s in streams])
     reference.thresholds = calibrate(reference, streams)
     return reference

@@ -27,16 +27,13 @@ from pathlib import Path
 
 import numpy as np
 
-from adaptive_perception.audit import agreement
 from adaptive_perception.config import resolve_model
 from adaptive_perception.detector import TIERS, DetectorTier
 from adaptive_perception.drift import DRIFT, WARN, DriftMonitor
 from adaptive_perception.errors import AdaptivePerceptionError
-from adaptive_perception.features import RoutingContext, next_context, routing_features
 from adaptive_perception.policy import Policy
-from adaptive_perception.progress import progress
-from adaptive_perception.router import Router
 from adaptive_perception.scenes.sequence import Drift, SequenceSpec, render_sequence
+from adaptive_perception.training.drift_reference import node_stream
 
 PRESETS = [d for d in Drift if d is not Drift.NONE]
 REPORT_SEED = 515151  # in-distribution sequences no benchmark split, reference or calibration ever used
@@ -55,21 +52,17 @@ def stream_specs(preset: Drift, in_sequences: int, drift_sequences: int, frames:
     return clean, drifted
 
 
-def run_stream(frames, router: Router, detectors: dict, policy: Policy, audit_every: int, confirm: int,
-               desc: str) -> dict:
-    """The node's per-frame path over `frames` (rgb, stamp_ns): per frame the state, score and statistics."""
+def run_stream(frames, detectors: dict, policy: Policy, audit_every: int, confirm: int, desc: str) -> dict:
+    """The node's per-frame path over `frames` (rgb, stamp_ns) and its monitor: per frame the state, score and
+    statistics (the monitor takes a frame, then that frame's audit, as the node's worker would deliver it)."""
+    features, tiers, agreements = node_stream(policy, frames, detectors, audit_every, desc)
     monitor = DriftMonitor(policy.drift_reference, confirm)
-    context = RoutingContext()
     rows = []
-    for index, (rgb, _stamp) in enumerate(progress(frames, desc=desc, unit="frame")):
-        features = routing_features(rgb, context)
-        tier = router.decide(features, context).tier
-        detections = detectors[TIERS[tier]].detect(rgb)
-        context = next_context(detections.boxes, detections.scores, tier, rgb.shape[:2])
-        state, score = monitor.update(features, tier)
-        if audit_every and index % audit_every == 0:
-            monitor.audit(agreement(detections, detectors["large"].detect(rgb)))
-        rows.append((state, score, dict(monitor.statistics), tier))
+    for vector, tier, audit in zip(features, tiers, agreements):
+        state, score = monitor.update(vector, int(tier))
+        if np.isfinite(audit):
+            monitor.audit(float(audit))
+        rows.append((state, score, dict(monitor.statistics), int(tier)))
     return {"states": [r[0] for r in rows], "scores": [r[1] for r in rows],
             "statistics": [r[2] for r in rows], "tiers": [r[3] for r in rows]}
 
@@ -161,7 +154,6 @@ def run_report(report_path: Path, policy_spec: str = "embedded:policy", in_seque
         raise AdaptivePerceptionError(f"policy {policy_spec} carries no calibrated drift reference; re-export it with "
                                       "`adaptive-perception train export`")
     detectors = {t: DetectorTier(resolve_model(f"embedded:{t}"), ("CPUExecutionProvider",), name=t) for t in TIERS}
-    router = Router("learned", policy)
     result = {"policy_id": policy.policy_id, "generator_version": version, "thresholds": policy.drift_reference.thresholds,
               "window": policy.drift_reference.window, "confirm_frames": confirm, "audit_every": audit_every,
               "seed": REPORT_SEED, "presets": {}, "machine": {"cpus": os.cpu_count(), "platform": platform.platform()}}
@@ -170,7 +162,7 @@ def run_report(report_path: Path, policy_spec: str = "embedded:policy", in_seque
         clean, drifted = stream_specs(preset, in_sequences, drift_sequences, frames, version)
         stream = [(f.rgb, f.stamp_ns) for spec in clean + drifted for f in render_sequence(spec)]
         change = sum(spec.frames for spec in clean)
-        run = run_stream(stream, router, detectors, policy, audit_every, confirm, f"drift stream {preset.value}")
+        run = run_stream(stream, detectors, policy, audit_every, confirm, f"drift stream {preset.value}")
         result["presets"][preset.value] = summarise_stream(run["states"], run["scores"], run["statistics"], change,
                                                            policy.drift_reference.thresholds)
         result["presets"][preset.value]["tier_mix_before_after"] = [

@@ -358,20 +358,24 @@ def stage_export(settings: Settings) -> None:
     _done(settings, "export", params)
 
 
-def refresh_drift_reference(work: Path, policy_path: Path, out: Path):
+def refresh_drift_reference(work: Path, policy_path: Path, out: Path, calibration_sequences: int = 0,
+                            version: str = "2.0.0"):
     """Recompute `policy_path`'s drift reference from the profiles in `work` (as `stage_export` computes it) and
     write the policy to `out` with every other part of the file unchanged: a monitor's statistics can change
-    without retraining the policy."""
+    without retraining the policy. `calibration_sequences` new in-distribution sequences of generator `version`
+    (`drift_reference.calibration_streams`, the embedded tiers) join the held-out splits for the thresholds."""
     import onnx
 
     from adaptive_perception.drift import METADATA_KEY
     from adaptive_perception.policy import Policy
-    from adaptive_perception.training.drift_reference import drift_reference
+    from adaptive_perception.training.drift_reference import calibration_streams, drift_reference
 
     settings = Settings(work=work)
     policy = Policy(policy_path)
+    extra = calibration_streams(policy, settings.models, calibration_sequences, version) if calibration_sequences else ()
     reference = drift_reference(policy, load_split(settings, TRAIN_SPLIT),
-                                [load_split(settings, "val"), load_split(settings, "test")], _load_costs(settings))
+                                [load_split(settings, "val"), load_split(settings, "test")], _load_costs(settings),
+                                extra)
     if reference is None:
         raise AdaptivePerceptionError(f"{work}: the held-out profiles are too short for a drift reference")
     model = onnx.load(str(policy_path))

@@ -132,6 +132,10 @@ def _parser() -> argparse.ArgumentParser:
     refresh.add_argument("--work", type=Path, required=True, help="a `train` work folder holding the router, val and test "
                          "profiles and labels the policy was trained with")
     refresh.add_argument("--out", type=Path, help="where to write the policy (default: over the input file)")
+    refresh.add_argument("--calibration-sequences", type=int, default=0, metavar="N",
+                         help="also calibrate the thresholds on N newly rendered in-distribution sequences through "
+                              "the node's per-frame path (embedded tiers; ~12 s each on 2 cores)")
+    refresh.add_argument("--generator-version", default="2.0.0", help="the policy's world, for those sequences")
     fit = policy_sub.add_parser("fit-regime", help="the features' signal report: a linear regime classifier "
                                 "(train extra); also written as a policy")
     fit.add_argument("--benchmark", type=Path, default=Path("build/benchmark"))
@@ -456,7 +460,10 @@ def _policy(args: argparse.Namespace) -> int:
         from adaptive_perception.training.pipeline import refresh_drift_reference
 
         path = Path(resolve_model(args.policy))
-        reference = refresh_drift_reference(args.work, path, args.out or path)
+        if args.calibration_sequences < 0:
+            raise AdaptivePerceptionError(f"--calibration-sequences {args.calibration_sequences}: give 0 or more")
+        reference = refresh_drift_reference(args.work, path, args.out or path, args.calibration_sequences,
+                                            args.generator_version)
         print(f"wrote {args.out or path}: drift thresholds " + ", ".join(f"{k} {v:.3f}" for k, v in
                                                                           reference.thresholds.items()))
         return 0

@@ -1,0 +1,52 @@
+"""The node's per-frame path without ROS that the drift report and the threshold calibration run on."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from adaptive_perception.audit import agreement
+from adaptive_perception.config import resolve_model
+from adaptive_perception.detector import TIERS, DetectorTier
+from adaptive_perception.policy import Policy
+from adaptive_perception.scenes.sequence import SequenceSpec, render_sequence
+from adaptive_perception.training.drift_reference import node_stream
+from policies import constant_policy
+
+
+@pytest.fixture(scope="module")
+def embedded_tiers():
+    return {t: DetectorTier(resolve_model(f"embedded:{t}"), ("CPUExecutionProvider",), name=t) for t in TIERS}
+
+
+@pytest.fixture(scope="module")
+def frames():
+    # a busy scene: 9 frames of seed 4's sequence 1, which the embedded tiers see differently
+    return [(f.rgb, f.stamp_ns) for f in render_sequence(SequenceSpec(4, 1, 9, version="2.0.0"))]
+
+
+@pytest.mark.parametrize("tier", [0, 2])
+def test_the_stream_routes_audits_every_nth_frame_and_carries_the_routed_output_forward(tmp_path, embedded_tiers,
+                                                                                      frames, tier):
+    probabilities = [0.01, 0.01, 0.01]
+    probabilities[tier] = 0.98
+    policy = Policy(constant_policy(tmp_path / "p.onnx", tuple(probabilities)))
+    features, tiers, agreements = node_stream(policy, frames, embedded_tiers, audit_every=4)
+    assert tiers.tolist() == [tier] * 9 and features.shape == (9, 1028)
+    audited = [i for i in range(9) if np.isfinite(agreements[i])]
+    assert audited == [0, 4, 8]
+    routed = [embedded_tiers[TIERS[tier]].detect(rgb) for rgb, _ in frames]
+    large = [embedded_tiers["large"].detect(rgb) for rgb, _ in frames]
+    for i in audited:  # the routed tier's output against large's: 1.0 when large was routed
+        expected = 1.0 if tier == 2 else agreement(routed[i], large[i])
+        assert agreements[i] == pytest.approx(expected)
+    # context: frame i + 1 sees frame i's routed output (count, and the tier that ran: (tier + 1) / 3)
+    assert features[0, 1024:].tolist() == [0.0, 0.0, 0.0, 0.0]
+    for i in range(8):
+        assert features[i + 1, 1024] == pytest.approx(np.log1p(len(routed[i])))
+        assert features[i + 1, 1026] == pytest.approx((tier + 1) / 3)
+
+
+def test_the_scene_is_one_the_tiers_disagree_on(embedded_tiers, frames):
+    """The fixture's premise: nano and large do not publish the same boxes there (else the test above proves little)."""
+    rgb = frames[0][0]
+    assert agreement(embedded_tiers["nano"].detect(rgb), embedded_tiers["large"].detect(rgb)) < 0.9
