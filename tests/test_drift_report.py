@@ -51,11 +51,12 @@ def test_a_night_stream_moves_the_features_away_from_the_reference(tmp_path):
 
 def test_the_evidence_is_what_the_node_records_around_the_drift_frame():
     stream = list(range(100))
-    # the node's defaults: 60 frames before the DRIFT frame, 150 from it; a stream that ends first gives fewer
+    # the node's defaults: its ring's last 60 frames (the DRIFT frame the last of them) and the 150 after it;
+    # a stream that ends first gives fewer (the node's own recording: tests/test_operator_view.py)
     assert EvidenceSettings().pre_frames == 60 and EvidenceSettings().post_frames == 150
-    assert evidence_frames(stream, 70) == list(range(10, 100))
-    assert evidence_frames(stream, 40, EvidenceSettings(pre_frames=7, post_frames=5)) == list(range(33, 45))
-    assert evidence_frames(stream, 3, EvidenceSettings(pre_frames=7, post_frames=5)) == list(range(0, 8))
+    assert evidence_frames(stream, 70) == list(range(11, 100))
+    assert evidence_frames(stream, 40, EvidenceSettings(pre_frames=7, post_frames=5)) == list(range(34, 46))
+    assert evidence_frames(stream, 3, EvidenceSettings(pre_frames=7, post_frames=5)) == list(range(0, 9))
 
 
 def test_the_report_shows_each_presets_retraining_or_why_there_was_none():

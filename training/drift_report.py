@@ -11,8 +11,8 @@ Figures per preset: detection delay (frames from the change to the first DRIFT; 
 (entries into DRIFT on in-distribution frames, and per 1,000 of them; bar: none over >= 3,000 in total), WARN
 frames before the change; per statistic the largest ratio to its threshold before and after the change.
 Where the monitor fired and the original training work folder is there: retraining on the evidence, as the node
-and `train retrain` would do it. The frames the node records around the event (`evidence.pre_frames` before
-the DRIFT frame, `post_frames` from it) go into a rosbag2 bag; `train retrain` (short: the `small` preset) turns
+and `train retrain` would do it. The frames the node records around the event (`evidence.pre_frames` up to the
+DRIFT frame, `post_frames` after it) go into a rosbag2 bag; `train retrain` (short: the `small` preset) turns
 it into a candidate without labels (`--truth reference`) and gates it against the current policy. Before and
 after: the current and the candidate policy routing newly seeded sequences of the preset (no stream, evidence or
 calibration used them), scored against the generator's own ground truth, with each one's cost per frame.
@@ -86,12 +86,12 @@ def summarise_stream(states: list[int], scores: list[float], statistics: list[di
 
 
 def evidence_frames(stream: list, trigger: int, settings=None) -> list:
-    """The (rgb, stamp_ns) frames the node records for a DRIFT at stream index `trigger`: `pre_frames` before it,
-    `post_frames` from it on (fewer where the stream ends)."""
+    """The (rgb, stamp_ns) frames the node records for a DRIFT at stream index `trigger`: its ring's last
+    `pre_frames` (the DRIFT frame the last of them) and the `post_frames` after it (fewer where the stream ends)."""
     from adaptive_perception.evidence import EvidenceSettings
 
     settings = settings or EvidenceSettings()
-    return stream[max(0, trigger - settings.pre_frames):trigger + settings.post_frames]
+    return stream[max(0, trigger + 1 - settings.pre_frames):trigger + 1 + settings.post_frames]
 
 
 def retrain_on_evidence(evidence: list, preset: Drift, policy_spec: str, original_work: Path, work: Path,
