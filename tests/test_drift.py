@@ -134,9 +134,9 @@ def test_the_quality_statistic_measures_each_direction_against_its_own_held_out_
     one_way = _reference(**quality)
     window = np.full((10, len(QUALITY_FEATURES)), 0.2)
     window[:7, EDGE_AT] = 0.2 - 0.047  # mean 0.0329 below: 0.658 stds
-    assert quality_shift(two_way, window) == pytest.approx(0.658) and quality_shift(one_way, window) == pytest.approx(0.329)
+    assert (quality_shift(two_way, window), quality_shift(one_way, window)) == pytest.approx((0.658, 0.329))
     window[:7, EDGE_AT] = 0.2 + 0.047  # as far above
-    assert quality_shift(two_way, window) == pytest.approx(0.329) and quality_shift(one_way, window) == pytest.approx(0.329)
+    assert (quality_shift(two_way, window), quality_shift(one_way, window)) == pytest.approx((0.329, 0.329))
     assert DriftReference.from_json(two_way.to_json()).quality_peak_down == [1.0] * len(QUALITY_FEATURES)
     with pytest.raises(ConfigError, match="inconsistent sizes"):
         DriftReference.from_json(_reference(quality_peak_down=[1.0], **quality).to_json())

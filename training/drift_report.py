@@ -227,8 +227,9 @@ def markdown(result: dict) -> str:
             continue
         g = t["gate"]
         ci = g["new_data_difference_ci"]
-        lines.append(f"| {name} | {t['evidence_frames']} | {t['before']['map50_95']:.1f} / {t['after']['map50_95']:.1f} | "
-                     f"{t['before']['mean_cost_ms']:.1f} / {t['after']['mean_cost_ms']:.1f} | "
+        before, after = t["before"], t["after"]
+        lines.append(f"| {name} | {t['evidence_frames']} | {before['map50_95']:.1f} / {after['map50_95']:.1f} | "
+                     f"{before['mean_cost_ms']:.1f} / {after['mean_cost_ms']:.1f} | "
                      f"{g['new_data_difference']:+.2f} [{ci[0]:+.2f}, {ci[1]:+.2f}], x{g['cost_ratio']:.2f}, "
                      f"{g['original_loss']:+.2f} | " + ("promote" if g["promote"] else "keep the current policy: "
                                                        + "; ".join(g["reasons"])) + " |")

@@ -14,9 +14,9 @@ written into the policy file at training time (`DriftReference`, metadata `adapt
   signed distance from the reference's mean in standard deviations of 150-frame window means over the training
   stream, divided by the largest such distance it reached in the same direction on the held-out streams
   (`calibrate_quality`, so a feature that wanders between scenes counts less; per direction, because new scenes
-  push edge energy much further up than down, and haze pulls it down); the statistic is the largest. The random projections above mix all 1024
-  features, most of which describe a scene's clutter, which every new scene changes; these few describe the
-  camera's view of any scene (measured: README, Drift monitoring).
+  push edge energy much further up than down, and haze pulls it down); the statistic is the largest. The random
+  projections above mix all 1024 features, most of which describe a scene's clutter, which every new scene
+  changes; these few describe the camera's view of any scene (measured: README, Drift monitoring).
 Each statistic is divided by its threshold; the drift score is the largest ratio. Thresholds are the largest
 value each statistic took over held-out in-distribution streams (`calibrate`) times a margin (the agreement
 drop's never below three standard errors of a mean of `AUDIT_WINDOW` audits), so the
