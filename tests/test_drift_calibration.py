@@ -5,17 +5,16 @@ import numpy as np
 import pytest
 
 from adaptive_perception.audit import agreement
-from adaptive_perception.config import resolve_model
-from adaptive_perception.detector import TIERS, DetectorTier
+from adaptive_perception.detector import TIERS
 from adaptive_perception.policy import Policy
 from adaptive_perception.scenes.sequence import SequenceSpec, render_sequence
-from adaptive_perception.training.drift_reference import node_stream
+from adaptive_perception.training.drift_reference import cpu_detectors, node_stream
 from policies import constant_policy
 
 
 @pytest.fixture(scope="module")
 def embedded_tiers():
-    return {t: DetectorTier(resolve_model(f"embedded:{t}"), ("CPUExecutionProvider",), name=t) for t in TIERS}
+    return cpu_detectors()
 
 
 @pytest.fixture(scope="module")

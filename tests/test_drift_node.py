@@ -5,11 +5,12 @@ from __future__ import annotations
 import numpy as np
 
 from adaptive_perception.config import resolve_model
-from adaptive_perception.detector import TIERS, DetectorTier
+from adaptive_perception.detector import TIERS
 from adaptive_perception.drift import DRIFT
 from adaptive_perception.policy import Policy
 from adaptive_perception.scenes.sequence import Drift, render_sequence
-from adaptive_perception.training.drift_report import evidence_frames, run_stream, stream_specs
+from adaptive_perception.training.drift_reference import cpu_detectors
+from adaptive_perception.training.drift_report import run_stream, stream_specs
 from adaptive_perception_msgs.msg import RoutingDecision
 from rosgraph import Graph, image_msg, wait_until
 
@@ -18,8 +19,7 @@ def test_the_shipped_policy_turns_drift_at_night_in_a_running_node_and_records_t
     clean, night = stream_specs(Drift.NIGHT, 1, 1, 150, "2.0.0")  # the drift report's first night stream
     frames = [f.rgb for spec in clean + night for f in render_sequence(spec)]
     policy = resolve_model("embedded:policy")
-    detectors = {t: DetectorTier(resolve_model(f"embedded:{t}"), ("CPUExecutionProvider",), name=t) for t in TIERS}
-    offline = run_stream([(rgb, 0) for rgb in frames], detectors, Policy(policy), 30, 15, "offline")
+    offline = run_stream([(rgb, 0) for rgb in frames], cpu_detectors(), Policy(policy), 30, 15, "offline")
     expected = offline["states"].index(DRIFT)
     assert 150 < expected < 300  # measured: 114 frames into the night
 
@@ -50,6 +50,6 @@ def test_the_shipped_policy_turns_drift_at_night_in_a_running_node_and_records_t
     with AnyReader([evidence / "image" / "evidence_0001"], default_typestore=ros_typestore()) as reader:
         images = [reader.deserialize(raw, c.msgtype) for c, _, raw in reader.messages() if c.topic == "/image"]
     recorded = [m.header.stamp.sec - 1 for m in images]  # sec n is frame n - 1
-    assert recorded == evidence_frames(list(range(len(frames))), expected)  # 60 up to the DRIFT frame, the rest after
+    assert recorded == list(range(expected - 59, len(frames)))  # 60 up to the DRIFT frame, the rest after it
     assert bytes(images[-1].data) == frames[-1].tobytes()
     assert np.isfinite(decisions[-1].drift_score) and decisions[-1].drift_score > 1.0

@@ -29,15 +29,12 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from adaptive_perception.drift import _QUALITY_INDEX, WINDOW, _window_means
+from adaptive_perception.drift import _QUALITY_INDEX, MARGIN, WINDOW, _window_means
 from adaptive_perception.errors import AdaptivePerceptionError
 from adaptive_perception.features import image_features
 from adaptive_perception.progress import progress
 from adaptive_perception.scenes.sequence import render_sequence
 from adaptive_perception.training.drift_report import PRESETS, stream_specs
-
-MARGIN = 1.25  # drift.MARGIN: the threshold in units of the held-out peak
-
 
 def window_z(reference: np.ndarray, held_out: list[np.ndarray], columns=None, both_ways: bool = True):
     """A window score: the largest signed z of the window means of `columns` (in training window-mean stds, from

@@ -69,15 +69,23 @@ def node_stream(policy: Policy, frames, detectors: dict, audit_every: int = AUDI
     return np.asarray(features), np.asarray(tiers), np.asarray(agreements)
 
 
+def cpu_detectors(models: dict | None = None) -> dict:
+    """The three tiers on onnxruntime's CPU provider, by tier name; `models`: tier -> ONNX file or embedded:<tier>
+    (default the embedded tiers)."""
+    from adaptive_perception.config import resolve_model
+    from adaptive_perception.detector import DetectorTier
+
+    models = models or {t: f"embedded:{t}" for t in TIERS}
+    return {t: DetectorTier(resolve_model(models[t]), ("CPUExecutionProvider",), name=t) for t in TIERS}
+
+
 def calibration_streams(policy: Policy, models: dict, sequences: int, version: str, frames: int = WINDOW
                         ) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """`sequences` newly rendered in-distribution sequences (CALIBRATION_SEED), back to back as one stream
     through the node's per-frame path: more scenes for the thresholds than the held-out splits hold."""
-    from adaptive_perception.config import resolve_model
-    from adaptive_perception.detector import DetectorTier
     from adaptive_perception.scenes.sequence import SequenceSpec, render_sequence
 
-    detectors = {t: DetectorTier(resolve_model(models[t]), ("CPUExecutionProvider",), name=t) for t in TIERS}
+    detectors = cpu_detectors(models)
     specs = [SequenceSpec(CALIBRATION_SEED, i, frames, version=version) for i in range(sequences)]
     rendered = ((frame.rgb,) for spec in specs for frame in render_sequence(spec))
     return [node_stream(policy, rendered, detectors, desc=f"calibration stream ({sequences} new sequences)")]

@@ -23,17 +23,18 @@ from __future__ import annotations
 import json
 import os
 import platform
+import shutil
 from pathlib import Path
 
 import numpy as np
 
 from adaptive_perception.config import resolve_model
-from adaptive_perception.detector import TIERS, DetectorTier
+from adaptive_perception.detector import TIERS
 from adaptive_perception.drift import DRIFT, WARN, DriftMonitor
 from adaptive_perception.errors import AdaptivePerceptionError
 from adaptive_perception.policy import Policy
 from adaptive_perception.scenes.sequence import Drift, SequenceSpec, render_sequence
-from adaptive_perception.training.drift_reference import node_stream
+from adaptive_perception.training.drift_reference import cpu_detectors, node_stream
 
 PRESETS = [d for d in Drift if d is not Drift.NONE]
 REPORT_SEED = 515151  # in-distribution sequences no benchmark split, reference or calibration ever used
@@ -110,8 +111,6 @@ def retrain_on_evidence(evidence: list, preset: Drift, policy_spec: str, origina
 
     bag = work / "evidence" / "evidence_0001"
     if bag.exists():
-        import shutil
-
         shutil.rmtree(bag)
     bag.parent.mkdir(parents=True, exist_ok=True)
     write_image_bag(bag, [(stamp, rgb) for rgb, stamp in evidence], "/camera/image_raw", "camera")
@@ -127,8 +126,9 @@ def retrain_on_evidence(evidence: list, preset: Drift, policy_spec: str, origina
     costs = Costs.load(settings.work / "costs.json")
     rows = {}
     for name, path in (("before", resolve_model(policy_spec)), ("after", decision["candidate"]["path"])):
-        row = score_policy(split, costs, Policy(path), 0, 0)
-        rows[name] = {"policy_id": Policy(path).policy_id, "map50_95": row["map50_95"], "map50": row["map50"],
+        policy = Policy(path)
+        row = score_policy(split, costs, policy, 0, 0)
+        rows[name] = {"policy_id": policy.policy_id, "map50_95": row["map50_95"], "map50": row["map50"],
                       "mean_cost_ms": row["mean_cost_ms"], "mix": row["mix"]}
     return {"evidence_frames": len(evidence), "evidence_bag": str(bag), "scored_frames": len(split.profile),
             "scored_seed": AFTER_SEED + k, "costs": costs.device, **rows,
@@ -153,7 +153,7 @@ def run_report(report_path: Path, policy_spec: str = "embedded:policy", in_seque
     if policy.drift_reference is None or not policy.drift_reference.thresholds:
         raise AdaptivePerceptionError(f"policy {policy_spec} carries no calibrated drift reference; re-export it with "
                                       "`adaptive-perception train export`")
-    detectors = {t: DetectorTier(resolve_model(f"embedded:{t}"), ("CPUExecutionProvider",), name=t) for t in TIERS}
+    detectors = cpu_detectors()
     result = {"policy_id": policy.policy_id, "generator_version": version, "thresholds": policy.drift_reference.thresholds,
               "window": policy.drift_reference.window, "confirm_frames": confirm, "audit_every": audit_every,
               "seed": REPORT_SEED, "presets": {}, "machine": {"cpus": os.cpu_count(), "platform": platform.platform()}}
