@@ -29,6 +29,7 @@ setup(
         "numpy>=1.24",
         "opencv-python-headless>=4.8",
         "onnxruntime>=1.17",
+        "onnx>=1.15",  # the tier graphs get a uint8 input at load (detector.with_uint8_input)
         "rosbags>=0.10",
         "pyyaml>=6",
         "tqdm>=4.60",

@@ -100,7 +100,7 @@ def test_the_healthcheck_reads_a_real_node(context, tier_models, capsys):
 
 # ROS packages the runtime imports -> their package.xml keys; Python modules -> rosdep keys
 PYTHON_KEYS = {"numpy": "python3-numpy", "cv2": "python3-opencv", "yaml": "python3-yaml"}
-PIP_ONLY = {"onnxruntime", "rosbags", "tqdm", "prometheus_client", "mlflow", "foxglove", "matplotlib"}
+PIP_ONLY = {"onnxruntime", "onnx", "rosbags", "tqdm", "prometheus_client", "mlflow", "foxglove", "matplotlib"}
 
 
 def test_package_xml_declares_exactly_the_ros_packages_the_runtime_imports():

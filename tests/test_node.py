@@ -73,6 +73,23 @@ def test_spin_wait_reaches_the_tier_sessions(graph):
     assert graph.transition("cleanup")
 
 
+def test_preprocess_in_graph_and_its_cache_reach_the_tier_sessions(graph, tmp_path):
+    graph.node.set_parameters([rclpy.parameter.Parameter("graph_cache_dir", value=str(tmp_path / "graphs"))])
+    assert graph.transition("configure")
+    assert {t: d.session.get_inputs()[0].type for t, d in graph.node.detectors.items()} == \
+        {t: "tensor(uint8)" for t in graph.node.detectors} and "nano" in graph.node.detectors
+    # one per model file (the fixture's tiers share the peer model where their parameter is empty)
+    assert sorted(p.name for p in (tmp_path / "graphs").iterdir()) == sorted(
+        {f"{d.path.stem}-{d.digest}-uint8.onnx" for d in graph.node.detectors.values()})
+    assert graph.transition("cleanup")
+    graph.node.set_parameters([rclpy.parameter.Parameter("preprocess_in_graph", value=False)])
+    assert graph.transition("configure")
+    assert {t: d.session.get_inputs()[0].type for t, d in graph.node.detectors.items()} == \
+        {t: "tensor(float)" for t in graph.node.detectors} and "nano" in graph.node.detectors
+    assert graph.transition("cleanup")
+    graph.node.set_parameters([rclpy.parameter.Parameter("preprocess_in_graph", value=True)])
+
+
 def test_bad_model_path_fails_configure_with_reason_then_good_path_succeeds(graph, peer_model, tmp_path):
     missing = tmp_path / "no_such_model.onnx"
     graph.node.set_parameters([rclpy.parameter.Parameter("models.nano", value=str(missing))])

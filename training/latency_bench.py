@@ -112,9 +112,10 @@ def measure(providers: list[str], graphs_dir: Path, quick: bool, iterations: int
     largest = max(mode["sizes"])
     memory[f"yolov8@{largest}"] = peak_memory({t: real[f"{t}@{largest}"] for t in TIERS}, providers)
     report = {
-        "what": "onnxruntime session.run latency per model (one 640x480 scene frame, letterboxed), models in "
-                "turn with the node's onnxruntime settings; peak resident memory of a fresh process with three tiers "
-                "loaded",
+        "what": "onnxruntime session.run latency per model (one 640x480 scene frame, letterboxed; with the node's "
+                "default preprocess_in_graph the run includes the uint8 to float conversion), models in turn with the "
+                "node's onnxruntime settings; peak resident memory of a fresh process with three tiers loaded (their "
+                "uint8-input graphs already cached by the timing, as on every node start after the first)",
         "run_id": uuid.uuid4().hex, "quick": quick, "iterations": iterations,
         "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
                     "python": platform.python_version()},

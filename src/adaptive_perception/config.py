@@ -6,7 +6,7 @@ from pathlib import Path
 
 from adaptive_perception.audit import AuditSettings
 from adaptive_perception.evidence import EvidenceSettings
-from adaptive_perception.detector import DEFAULT_PROVIDERS, TIERS, AcceleratorSettings
+from adaptive_perception.detector import DEFAULT_PROVIDERS, GRAPH_CACHE, TIERS, AcceleratorSettings
 from adaptive_perception.errors import ConfigError
 from adaptive_perception.router import RouterSettings, check_mode, tiers_needed
 from adaptive_perception.telemetry import HealthSettings
@@ -40,6 +40,8 @@ class NodeConfig:
     max_detections: int = 300
     intra_op_threads: int = 0
     spin_wait: bool = True  # onnxruntime intra-op threads spin-wait between parallel work (its own default)
+    preprocess_in_graph: bool = True  # the tier graphs take the uint8 frame and normalise it (`detector.with_uint8_input`)
+    graph_cache_dir: str = GRAPH_CACHE  # those graphs, made once per model file ("": in memory at every load)
     warmup_runs: int = 2
     qos_reliability: str = "best_effort"
     qos_depth: int = 2  # one frame of slack for the executor; the worker still takes only the newest

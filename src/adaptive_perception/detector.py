@@ -25,6 +25,8 @@ DEFAULT_PROVIDERS: tuple[str, ...] = (
 PAD_VALUE = 114  # grey used by Ultralytics for letterbox borders
 MAX_NMS_CANDIDATES = 30000  # highest-scoring candidates kept before NMS
 MAX_WH = 7680  # class offset for class-aware NMS in one pass
+UINT8_INPUT = "adaptive_perception/image_uint8"  # the input `with_uint8_input` gives a graph
+GRAPH_CACHE = "~/.cache/adaptive_perception/graphs"  # `uint8_graph`'s files, one per model file and digest
 
 
 @dataclass(frozen=True)
@@ -153,8 +155,72 @@ def file_digest(path: str | os.PathLike[str]) -> str:
     return digest.hexdigest()[:16]
 
 
+def with_uint8_input(path: Path) -> bytes | None:
+    """The model at `path` with one uint8 (batch, H, W, 3) RGB input that the graph itself turns into the float
+    (batch, 3, H, W) in [0, 1] its first layer takes (Transpose, Cast, Mul by 1/255 in front of it): the host then
+    only letterboxes, and on a GPU the frame crosses the bus as a quarter of the bytes. None where the model's input
+    is not one float tensor of rank 4 with 3 channels or the file does not parse; the session then loads the file
+    as it is and `DetectorTier._inspect` says what is wrong."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    try:
+        model = onnx.load(str(path))
+    except Exception:  # a broken file: onnxruntime's own error names it (ModelFileError)
+        return None
+    graph = model.graph
+    constants = {tensor.name for tensor in graph.initializer}
+    inputs = [value for value in graph.input if value.name not in constants]
+    if len(inputs) != 1:
+        return None
+    tensor = inputs[0].type.tensor_type
+    dims = list(tensor.shape.dim)
+    if tensor.elem_type != TensorProto.FLOAT or len(dims) != 4 or dims[1].dim_value != 3:
+        return None
+    image = helper.make_tensor_value_info(UINT8_INPUT, TensorProto.UINT8, [None] * 4)
+    for position, source in enumerate((dims[0], dims[2], dims[3])):
+        image.type.tensor_type.shape.dim[position].CopyFrom(source)
+    image.type.tensor_type.shape.dim[3].dim_value = 3
+    scale = helper.make_tensor(f"{UINT8_INPUT}/scale", TensorProto.FLOAT, [], [1.0 / 255.0])
+    steps = [helper.make_node("Transpose", [UINT8_INPUT], [f"{UINT8_INPUT}/nchw"], perm=[0, 3, 1, 2]),
+             helper.make_node("Cast", [f"{UINT8_INPUT}/nchw"], [f"{UINT8_INPUT}/float"], to=TensorProto.FLOAT),
+             helper.make_node("Mul", [f"{UINT8_INPUT}/float", scale.name], [inputs[0].name])]
+    graph.input.remove(inputs[0])
+    graph.input.insert(0, image)
+    graph.initializer.append(scale)
+    for node in reversed(steps):
+        graph.node.insert(0, node)
+    return model.SerializeToString()
+
+
+def uint8_graph(path: Path, digest: str, cache_dir: str) -> str | bytes | None:
+    """`with_uint8_input(path)` for a session: the file `<cache_dir>/<stem>-<digest>-uint8.onnx`, made on the first
+    load of that model and read as it is after (the digest fixes the source graph), so a node start does not
+    parse the model twice; the bytes themselves where `cache_dir` is empty or not writable; None as
+    `with_uint8_input`."""
+    cached = Path(cache_dir).expanduser() / f"{path.stem}-{digest}-uint8.onnx" if cache_dir else None
+    if cached is not None and cached.is_file():
+        return str(cached)
+    wrapped = with_uint8_input(path)
+    if wrapped is None or cached is None:
+        return wrapped
+    try:
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        partial = cached.with_name(f"{cached.name}.{os.getpid()}.partial")
+        partial.write_bytes(wrapped)
+        partial.replace(cached)  # atomic: a node starting at the same time reads a whole file or makes its own
+    except OSError as exc:
+        LOG.warning("%s: cannot cache its uint8-input graph in %s (%s); building it at every load", path, cache_dir, exc)
+        return wrapped
+    return str(cached)
+
+
 class DetectorTier:
-    """A YOLOv8 detection ONNX export behind an onnxruntime session; one class serves every tier."""
+    """A YOLOv8 detection ONNX export behind an onnxruntime session; one class serves every tier.
+
+    With `preprocess_in_graph` (the default) the session runs a copy of the model whose graph takes the
+    letterboxed uint8 frame and normalises it itself (`with_uint8_input`, cached in `graph_cache_dir`);
+    otherwise the host converts it to float. Outputs are the same to the bit either way."""
 
     def __init__(
         self,
@@ -167,6 +233,8 @@ class DetectorTier:
         name: str = "",
         accelerator: AcceleratorSettings | None = None,
         spin_wait: bool = True,
+        preprocess_in_graph: bool = True,
+        graph_cache_dir: str = GRAPH_CACHE,
     ) -> None:
         import onnxruntime as ort
 
@@ -188,9 +256,14 @@ class DetectorTier:
         chosen = select_providers(providers, ort.get_available_providers())
         self.digest = file_digest(self.path)
         self.requested = tuple(providers)
-        configured = provider_options(chosen, self.path, self.digest, accelerator or AcceleratorSettings())
+        wrapped = uint8_graph(self.path, self.digest, graph_cache_dir) if preprocess_in_graph else None
+        self.in_graph = wrapped is not None
+        # the graph with the uint8 input is another graph: its TensorRT engines are cached apart
+        configured = provider_options(chosen, self.path, self.digest + ("-uint8" if self.in_graph else ""),
+                                      accelerator or AcceleratorSettings())
         try:
-            self.session = ort.InferenceSession(str(self.path), sess_options=options, providers=configured)
+            self.session = ort.InferenceSession(wrapped if self.in_graph else str(self.path), sess_options=options,
+                                                providers=configured)
         except Exception as exc:  # onnxruntime raises several private exception types
             raise ModelFileError(self.path, f"is not a loadable ONNX model ({str(exc).splitlines()[0]})") from exc
         self.providers = tuple(self.session.get_providers())
@@ -203,6 +276,8 @@ class DetectorTier:
         if len(inputs) != 1:
             raise ModelFileError(self.path, f"has {len(inputs)} inputs; a YOLOv8 export has exactly one image input")
         shape = inputs[0].shape
+        if self.in_graph:  # (batch, H, W, 3) uint8, normalised by the graph: checked as the (batch, 3, H, W) behind it
+            shape = [shape[0], shape[3], shape[1], shape[2]]
         if len(shape) != 4:
             raise ModelFileError(self.path, f"input '{inputs[0].name}' has rank {len(shape)} (shape {shape}); "
                                  "expected 4 (batch, 3, height, width)")
@@ -211,7 +286,7 @@ class DetectorTier:
         if isinstance(shape[0], int) and shape[0] != 1:
             raise ModelFileError(self.path, f"input batch is fixed to {shape[0]}; the runtime sends one frame",
                                  "export with batch=1 or a dynamic batch")
-        if inputs[0].type != "tensor(float)":
+        if not self.in_graph and inputs[0].type != "tensor(float)":
             raise ModelFileError(self.path, f"input type is {inputs[0].type}; the runtime sends float32",
                                  "export without half=True / int8")
         out_shape = outputs[0].shape
@@ -237,10 +312,13 @@ class DetectorTier:
         return self.info.class_names
 
     def preprocess(self, image_rgb: np.ndarray) -> tuple[np.ndarray, Letterbox]:
-        """HxWx3 uint8 RGB -> (1, 3, H, W) float32 in [0, 1], and the letterbox applied."""
+        """HxWx3 uint8 RGB -> the session's input, and the letterbox applied: the letterboxed (1, H, W, 3) uint8
+        frame where the graph normalises it (`in_graph`), else (1, 3, H, W) float32 in [0, 1]."""
         if image_rgb.ndim != 3 or image_rgb.shape[2] != 3 or image_rgb.dtype != np.uint8:
             raise ValueError(f"expected an HxWx3 uint8 RGB image, got shape {image_rgb.shape} {image_rgb.dtype}")
         padded, box = letterbox(image_rgb, self.info.input_size)
+        if self.in_graph:
+            return np.ascontiguousarray(padded[None]), box
         tensor = padded.transpose(2, 0, 1)[None].astype(np.float32) * (1.0 / 255.0)
         return np.ascontiguousarray(tensor), box
 

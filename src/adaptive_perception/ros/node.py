@@ -99,6 +99,8 @@ class PerceptionNode(LifecycleNode):
             max_detections=p("max_detections").value,
             intra_op_threads=p("intra_op_threads").value,
             spin_wait=p("spin_wait").value,
+            preprocess_in_graph=p("preprocess_in_graph").value,
+            graph_cache_dir=p("graph_cache_dir").value,
             warmup_runs=p("warmup_runs").value,
             qos_reliability=p("qos.reliability").value,
             qos_depth=p("qos.depth").value,
@@ -123,13 +125,15 @@ class PerceptionNode(LifecycleNode):
                 started = time.perf_counter()
                 detector = DetectorTier(path, config.providers, config.conf_threshold, config.iou_threshold,
                                         config.max_detections, config.intra_op_threads, tier, config.accelerator,
-                                        spin_wait=config.spin_wait)
+                                        spin_wait=config.spin_wait, preprocess_in_graph=config.preprocess_in_graph,
+                                        graph_cache_dir=config.graph_cache_dir)
                 detector.warmup(config.warmup_runs)
                 detectors[tier] = detector
                 self.get_logger().info(
                     f"tier {tier}: {path} ({detector.info.input_size[1]}x{detector.info.input_size[0]}, "
                     f"{len(detector.class_names)} classes) loaded and warm in "
-                    f"{(time.perf_counter() - started) * 1e3:.0f} ms on {detector.providers[0]}"
+                    f"{(time.perf_counter() - started) * 1e3:.0f} ms on {detector.providers[0]}, "
+                    + ("uint8 input normalised in the graph" if detector.in_graph else "float input from the host")
                     + ("" if detector.providers[0] == detector.requested[0] else
                        f" (requested {detector.requested[0]}: not available here)"))
             policy = Policy(resolve_model(config.policy)) if config.policy else None

@@ -63,6 +63,14 @@ PARAMETERS: dict[str, tuple[object, ParameterDescriptor]] = {
         "onnxruntime intra-op threads spin-wait for work instead of sleeping (onnxruntime's default). Measured through "
         "the whole per-frame path on 2 cores, spinning is faster in every mode (learned 48.9 vs 40.4 FPS, always-large "
         "17.2 vs 12.9); false frees the cores between frames for other processes on the machine.")),
+    "preprocess_in_graph": (_DEFAULTS.preprocess_in_graph, _describe(
+        "Each tier's session runs its model with a uint8 (1, H, W, 3) input that the graph itself converts to the "
+        "float (1, 3, H, W) / 255 the model takes (Transpose, Cast, Mul in front of it; outputs identical): the host "
+        "only letterboxes, and on a GPU the frame crosses the bus as a quarter of the bytes. false: the host converts "
+        "(the model file's own graph).")),
+    "graph_cache_dir": (_DEFAULTS.graph_cache_dir, _describe(
+        "Where the uint8-input graphs of preprocess_in_graph are kept, one file per model file and content digest, "
+        "made on the first load of a model and read as they are after; empty: built in memory at every load.")),
     "warmup_runs": (_DEFAULTS.warmup_runs, _describe(
         "Inferences on a grey frame per tier during configure.", integer_range=[IntegerRange(from_value=0, to_value=100, step=1)])),
     "qos.reliability": (_DEFAULTS.qos_reliability, _describe("Image subscription reliability: best_effort | reliable.")),
