@@ -30,7 +30,7 @@ def quick_throughput(tmp_path_factory) -> dict:
     root = tmp_path_factory.mktemp("throughput")
     # no generated benchmark there: the frozen test sequences are rendered into bags, as on a fresh clone
     run = _cli("bench", "throughput", "--quick", "--benchmark", str(root / "no-benchmark"),
-               "--modes", "learned,fixed:nano,fixed:large,fixed:large+nospin", "--report", str(root / "throughput.json"))
+               "--modes", "learned,fixed:nano,fixed:large,fixed:large+nospin,fixed:large+hostpre", "--report", str(root / "throughput.json"))
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     return {"root": root, "stdout": run.stdout, "report": json.loads((root / "throughput.json").read_text())}
 
@@ -39,7 +39,7 @@ def test_quick_throughput_runs_every_mode_over_the_rendered_test_bags(quick_thro
     report = quick_throughput["report"]
     assert report["frames"] == FRAMES and report["sequences"] == ["seq046-40", "seq047-40"]
     modes = report["modes"]
-    assert list(modes) == ["learned", "fixed:nano", "fixed:large", "fixed:large+nospin"]
+    assert list(modes) == ["learned", "fixed:nano", "fixed:large", "fixed:large+nospin", "fixed:large+hostpre"]
     for row in modes.values():
         assert len(row["samples"]["total_ms"]) == FRAMES == row["frames"]
         assert abs(sum(row["mix"].values()) - 1) < 1e-9
@@ -48,6 +48,8 @@ def test_quick_throughput_runs_every_mode_over_the_rendered_test_bags(quick_thro
     # the tiers really differ: large finds what nano misses on the same frames (tier family 2: 48 vs 19 on test)
     assert modes["fixed:large"]["map50_95"] > modes["fixed:nano"]["map50_95"] + 10
     assert modes["fixed:large"]["map50_95"] == pytest.approx(modes["fixed:large+nospin"]["map50_95"])
+    # the graph normalising the uint8 frame itself publishes what the host's float conversion gave, to the bit
+    assert modes["fixed:large"]["map50_95"] == modes["fixed:large+hostpre"]["map50_95"]
     # everything outside session.run is counted in the node overhead, inference is not
     for row in modes.values():
         assert row["node_overhead"]["mean_ms"] == pytest.approx(
@@ -152,6 +154,13 @@ def test_quick_latency_times_embedded_and_real_yolov8_graphs(tmp_path):
     costs = Costs.load(latency_out)  # what `train --latency` and the projection read
     assert costs.ms.tolist() == pytest.approx([round(models[f"{t}@320"]["mean_ms"], 3) for t in TIERS])
     assert "YOLOv8l | 320x320" in run.stdout
+
+
+def test_mode_suffixes_set_the_tier_settings():
+    assert throughput.tier_settings("learned:0.2") == ("learned:0.2", True, True)  # the node's defaults
+    assert throughput.tier_settings("fixed:large+nospin") == ("fixed:large", False, True)
+    assert throughput.tier_settings("fixed:large+hostpre+nospin") == ("fixed:large", False, False)
+    assert throughput.tier_settings("heuristic+nospin+hostpre") == ("heuristic", False, False)
 
 
 def test_tier_sessions_spin_only_when_asked():

@@ -8,7 +8,8 @@ throughput = frames / the summed per-frame times. Every mode runs every sequence
 the order of the modes rotates per sequence, so machine load hits all modes alike. Accuracy of each mode's
 published detections (the node's thresholds) is scored with pycocotools against the bags' ground truth in the
 same run. Speed-up and latency reduction are against always-large, from this run's timings only. The tiers run
-with the node's settings (thresholds, `spin_wait`); a `+nospin` mode suffix runs them with sleeping threads.
+with the node's settings (thresholds, `spin_wait`, `preprocess_in_graph`); a `+nospin` mode suffix runs them with
+sleeping threads, `+hostpre` with the host converting the frame to float (the model files' own graphs).
 
 Operating points of the learned router: its calibrated weight (`learned`, the node's default), any
 `learned:<weight>`, and, given the training work folder (validation profile), `learned@90`: the cheapest weight
@@ -41,6 +42,7 @@ FRAME_BUDGET_MS = 1000.0 / 30  # 30 FPS
 ACCURACY_SHARE = 0.90  # the operating point keeps >= 90 % of always-large's mAP50-95
 BARS = {"speedup": 2.5, "projected_speedup": 3.0, "router_share_of_nano_p50": 0.03, "node_overhead_p95_ms": 3.0}
 NOSPIN = "+nospin"  # a mode suffix: tiers whose onnxruntime threads sleep between work (spin_wait false)
+HOSTPRE = "+hostpre"  # a mode suffix: the host converts the frame to float (preprocess_in_graph false)
 QUICK = {"sequences": 2, "frames": 40}
 GENERATOR = "2.0.0"
 EMBEDDED_COSTS = Path(__file__).resolve().parent / "latency" / "cpu-2core-family2.json"  # the policy's calibration
@@ -266,8 +268,20 @@ def summarise(run: ModeRun, gt: dict, frames: int) -> dict:
 
 def baseline(modes: dict[str, dict]) -> str:
     """The always-large run every ratio is against: the fastest one (with and without spinning threads)."""
-    runs = [name for name in modes if name.split(NOSPIN)[0] == "fixed:large"]
+    runs = [name for name in modes if tier_settings(name)[0] == "fixed:large"]
     return max(runs, key=lambda name: modes[name]["fps"])
+
+
+def tier_settings(mode: str) -> tuple[str, bool, bool]:
+    """(mode without its suffixes, spin_wait, preprocess_in_graph): the node's settings unless a suffix says."""
+    config, name = NodeConfig(), mode
+    spin, in_graph = config.spin_wait, config.preprocess_in_graph
+    while name.endswith((NOSPIN, HOSTPRE)):
+        if name.endswith(NOSPIN):
+            name, spin = name[:-len(NOSPIN)], False
+        else:
+            name, in_graph = name[:-len(HOSTPRE)], False
+    return name, spin, in_graph
 
 
 def comparisons(modes: dict[str, dict]) -> dict:
@@ -343,13 +357,13 @@ def measure(policy_path: str, benchmark: Path, work: Path | None, real_latency: 
 
     path = resolve_model(policy_path)
     policy = Policy(path)
-    plans: dict[str, tuple[str, float | None, bool]] = {}  # name -> (router mode, cost weight, spinning tiers)
+    # name -> (router mode, cost weight, the tiers' (spin_wait, preprocess_in_graph))
+    plans: dict[str, tuple[str, float | None, tuple[bool, bool]]] = {}
     for mode in modes:
-        spin = NodeConfig().spin_wait and not mode.endswith(NOSPIN)
-        name = mode if spin else mode[:-len(NOSPIN)]
+        name, spin, in_graph = tier_settings(mode)
         base, _, weight = name.partition(":") if name.startswith("learned:") else (name, "", "")
         try:
-            plans[mode] = (check_mode(base), float(weight) if weight else None, spin)
+            plans[mode] = (check_mode(base), float(weight) if weight else None, (spin, in_graph))
         except ValueError:
             raise ConfigError(f"mode '{mode}': the weight after learned: must be a number, e.g. learned:0.2") from None
     if not any(mode == "fixed:large" for mode, _, _ in plans.values()):
@@ -361,18 +375,19 @@ def measure(policy_path: str, benchmark: Path, work: Path | None, real_latency: 
 
         picked = pick_weights(policy, load_split(Settings(work=work), "val"), Costs.load(EMBEDDED_COSTS))
         if picked["accuracy"] is not None:
-            plans["learned@90"] = ("learned", picked["accuracy"]["weight"], True)
+            plans["learned@90"] = ("learned", picked["accuracy"]["weight"], tier_settings("learned")[1:])
             print(f"[throughput] learned@90: weight {picked['accuracy']['weight']:.4f} keeps "
                   f"{picked['accuracy']['map50_95']:.1f} of always-large's {picked['val_large_map50_95']:.1f} "
                   "mAP50-95 on validation", flush=True)
     data = split_bags(benchmark, sequences, frames, cache)
-    config = NodeConfig()  # the node's thresholds; spinning per mode (the node's default unless +nospin)
+    config = NodeConfig()  # the node's thresholds; tier settings per mode (the node's defaults unless a suffix says)
     detectors = {}
-    for spin in sorted({spin for _, _, spin in plans.values()}):
-        detectors[spin] = {t: DetectorTier(resolve_model(f"embedded:{t}"), ("CPUExecutionProvider",),
-                                           config.conf_threshold, config.iou_threshold, config.max_detections, name=t,
-                                           spin_wait=spin) for t in TIERS}
-        for detector in detectors[spin].values():
+    for spin, in_graph in sorted({settings for _, _, settings in plans.values()}):
+        detectors[spin, in_graph] = {
+            t: DetectorTier(resolve_model(f"embedded:{t}"), ("CPUExecutionProvider",), config.conf_threshold,
+                            config.iou_threshold, config.max_detections, name=t, spin_wait=spin,
+                            preprocess_in_graph=in_graph, graph_cache_dir=config.graph_cache_dir) for t in TIERS}
+        for detector in detectors[spin, in_graph].values():
             detector.warmup(2)
     runs = {name: ModeRun(name, weight) for name, (_, weight, _) in plans.items()}
     routers = {name: make_router(mode, policy, weight) for name, (mode, weight, _) in plans.items()}

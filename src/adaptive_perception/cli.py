@@ -268,7 +268,8 @@ def _parser() -> argparse.ArgumentParser:
     throughput.add_argument("--modes", default="learned,heuristic,fixed:nano,fixed:large",
                             help="comma-separated routing modes (fixed:large is required: the ratios are against it); "
                                  "learned:<weight>: the learned router at that cost weight; a +nospin suffix: the "
-                                 "tiers' onnxruntime threads sleep between work (spin_wait false)")
+                                 "tiers' onnxruntime threads sleep between work (spin_wait false); +hostpre: the host "
+                                 "converts the frame to float (preprocess_in_graph false)")
     throughput.add_argument("--sequences", type=int, help="test sequences (default all 14; --quick 2)")
     throughput.add_argument("--frames", type=int, help="frames per sequence (default all 150; --quick 40)")
     throughput.add_argument("--quick", action="store_true",
