@@ -330,14 +330,14 @@ class DetectorTier:
         """Decoded pre-NMS candidates above the threshold: xyxy boxes in network pixels, scores, classes."""
         threshold = self.conf_threshold if conf_threshold is None else conf_threshold
         scores_all = raw[4:]
-        class_ids = scores_all.argmax(axis=0)
-        scores = scores_all[class_ids, np.arange(scores_all.shape[1])]
+        scores = scores_all.max(axis=0)  # a max over the contiguous class rows; the argmax only for the few kept
         keep = scores > threshold
         if keep.sum() > MAX_NMS_CANDIDATES:
             keep &= scores >= np.partition(scores[keep], -MAX_NMS_CANDIDATES)[-MAX_NMS_CANDIDATES]
-        cx, cy, w, h = raw[0, keep], raw[1, keep], raw[2, keep], raw[3, keep]
+        class_ids = scores_all[:, keep].argmax(axis=0)
+        cx, cy, w, h = raw[:4, keep]
         boxes = np.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], axis=1).astype(np.float32)
-        return boxes, scores[keep].astype(np.float32), class_ids[keep].astype(np.int64)
+        return boxes, scores[keep].astype(np.float32), class_ids.astype(np.int64)
 
     def postprocess(self, raw: np.ndarray, box: Letterbox, conf_threshold: float | None = None,
                     max_detections: int | None = None) -> Detections:
