@@ -1,9 +1,10 @@
 """`adaptive-perception bench throughput`: frames per second through the node's whole per-frame path, in-process.
 
 Per frame, from the recorded CDR bytes of a benchmark test bag to serialized output messages, the node's steps in
-its order: deserialize the sensor_msgs/Image (rclpy), decode (`image_to_rgb`), routing features, `Router.decide`,
-the chosen tier (letterbox, onnxruntime `session.run`, decode + NMS), the next frame's context, and the
-Detection2DArray and RoutingDecision messages serialized as a publish would. One worker, frames back to back:
+its order: read the serialized sensor_msgs/Image (`parse_image`, as the node's raw subscription does), decode
+(`image_to_rgb`), routing features, `Router.decide`, the chosen tier (letterbox, onnxruntime `session.run`,
+decode + NMS), the next frame's context, and the Detection2DArray and RoutingDecision messages serialized as a
+publish would. One worker, frames back to back:
 throughput = frames / the summed per-frame times. Every mode runs every sequence (context reset per sequence);
 the order of the modes rotates per sequence, so machine load hits all modes alike. Accuracy of each mode's
 published detections (the node's thresholds) is scored with pycocotools against the bags' ground truth in the
@@ -117,16 +118,16 @@ def run_sequence(run: ModeRun, router: Router, detectors: dict[str, DetectorTier
                  first_image_id: int) -> None:
     """The node's per-frame steps over one sequence, each frame timed from bytes in to serialized messages out."""
     from adaptive_perception_msgs.msg import RoutingDecision
-    from rclpy.serialization import deserialize_message, serialize_message
-    from sensor_msgs.msg import Image
+    from rclpy.serialization import serialize_message
 
-    from adaptive_perception.ros.convert import detections_to_msg, image_to_rgb
+    from adaptive_perception.ros.convert import detections_to_msg, image_to_rgb, parse_image
 
     context = RoutingContext()
     for offset, cdr in enumerate(sequence.cdr):
         started = time.perf_counter()
-        msg = deserialize_message(cdr, Image)
+        msg = parse_image(cdr, False)
         rgb = image_to_rgb(msg)
+        header = msg.header
         routing_start = time.perf_counter()
         features = routing_features(rgb, context)
         decision = router.decide(features, context)
@@ -138,10 +139,10 @@ def run_sequence(run: ModeRun, router: Router, detectors: dict[str, DetectorTier
         session_end = time.perf_counter()
         detections = detector.postprocess(raw, box)
         context = next_context(detections.boxes, detections.scores, decision.tier, rgb.shape[:2])
-        out = RoutingDecision(header=msg.header, tier=decision.tier, tier_name=decision.tier_name, mode=decision.mode,
+        out = RoutingDecision(header=header, tier=decision.tier, tier_name=decision.tier_name, mode=decision.mode,
                               policy_id=decision.policy_id)
         out.probabilities = decision.probabilities.tolist()
-        serialize_message(detections_to_msg(detections, msg.header))
+        serialize_message(detections_to_msg(detections, header))
         serialize_message(out)
         done = time.perf_counter()
         run.total_ms.append((done - started) * 1e3)
@@ -400,7 +401,7 @@ def measure(policy_path: str, benchmark: Path, work: Path | None, real_latency: 
     records = [r for s in data for r in s.records]
     gt = coco_ground_truth(records)
     report = {
-        "what": "in-process per-frame path (deserialize, decode, features, policy, chosen tier, post-processing, "
+        "what": "in-process per-frame path (read the serialized frame, decode, features, policy, chosen tier, post-processing, "
                 "messages serialized), one worker, frames back to back; accuracy of the published detections "
                 "(node thresholds) against the bags' ground truth",
         "run_id": uuid.uuid4().hex, "policy_id": policy.policy_id, "frames": first,

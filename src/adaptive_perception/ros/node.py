@@ -35,7 +35,8 @@ from adaptive_perception.recording import ros_typestore
 from adaptive_perception.runlog import NodeRun, snapshot_metrics
 from adaptive_perception.router import Router, RouterSettings, check_mode, tiers_needed
 from adaptive_perception.ros.parameters import PARAMETERS
-from adaptive_perception.ros.convert import detections_to_msg, image_to_rgb, rgb_to_compressed, rgb_to_msg
+from adaptive_perception.ros.convert import (ReceivedImage, detections_to_msg, image_to_rgb, parse_image,
+                                             rgb_to_compressed, rgb_to_msg)
 from adaptive_perception.telemetry import OK, TIER_FAILURE, WARN, ErrorLog, HealthSettings, Telemetry, key_values
 from adaptive_perception.transport import apply_defaults as apply_transport_defaults
 
@@ -64,7 +65,7 @@ class PerceptionNode(LifecycleNode):
         self._run_timer = None
         self._configured_at = 0.0
         self._error_log = ErrorLog()
-        self._slot: LatestFrameSlot[Image | CompressedImage] | None = None
+        self._slot: LatestFrameSlot[ReceivedImage] | None = None
         self._worker: threading.Thread | None = None
         self._subscriptions: list[object] = []
         self._det_pub = None
@@ -132,10 +133,10 @@ class PerceptionNode(LifecycleNode):
                 self.get_logger().info(
                     f"tier {tier}: {path} ({detector.info.input_size[1]}x{detector.info.input_size[0]}, "
                     f"{len(detector.class_names)} classes) loaded and warm in "
-                    f"{(time.perf_counter() - started) * 1e3:.0f} ms on {detector.providers[0]}, "
-                    + ("uint8 input normalised in the graph" if detector.in_graph else "float input from the host")
+                    f"{(time.perf_counter() - started) * 1e3:.0f} ms on {detector.providers[0]}"
                     + ("" if detector.providers[0] == detector.requested[0] else
-                       f" (requested {detector.requested[0]}: not available here)"))
+                       f" (requested {detector.requested[0]}: not available here)")
+                    + ("; uint8 input normalised in the graph" if detector.in_graph else "; float input from the host"))
             policy = Policy(resolve_model(config.policy)) if config.policy else None
             router = Router(config.routing_mode, policy, config.router)
             if policy is not None:
@@ -185,7 +186,7 @@ class PerceptionNode(LifecycleNode):
         if not config.evidence.enabled:
             return
         try:
-            self.evidence = EvidenceCapture(config.evidence, ros_typestore(), serialize_message,
+            self.evidence = EvidenceCapture(config.evidence, ros_typestore(), _serialize,
                                             on_event=self._evidence_written)
         except Exception as exc:  # evidence is optional: perception goes on without it
             self.get_logger().error(f"evidence capture off: {config.evidence.folder} cannot be used ({exc}); set "
@@ -271,9 +272,11 @@ class PerceptionNode(LifecycleNode):
                 msg_type = CompressedImage if resolved.rstrip("/").endswith("compressed") else Image
                 events = SubscriptionEventCallbacks(
                     incompatible_qos=lambda event, camera=topic: self._on_incompatible_qos(camera, event))
+                # serialized bytes: `parse_image` reads the header and views the pixels, nothing is copied
+                compressed = msg_type is CompressedImage
                 self._subscriptions.append(self.create_subscription(
-                    msg_type, topic, lambda msg, info, camera=topic: self._on_image(camera, msg, info), qos,
-                    event_callbacks=events))
+                    msg_type, topic, lambda cdr, info, camera=topic, compressed=compressed: self._on_image(
+                        camera, cdr, compressed, info), qos, event_callbacks=events, raw=True))
         except Exception as exc:  # e.g. an invalid topic name: report, never raise out of a callback
             self.get_logger().error(f"activate failed: image_topics {list(self.config.image_topics)}: {exc}")
             self._stop_processing()
@@ -366,11 +369,16 @@ class PerceptionNode(LifecycleNode):
                 setattr(total, name, getattr(total, name) + value)
         return total
 
-    def _on_image(self, camera: str, msg: Image | CompressedImage, info: dict) -> None:
+    def _on_image(self, camera: str, cdr: bytes, compressed: bool, info: dict) -> None:
         self.telemetry.arrived(camera, info.get("publication_sequence_number"))
+        try:
+            msg = parse_image(cdr, compressed)
+        except ImageDecodeError as exc:  # counted and logged like a frame that does not decode
+            self._skipped(camera, exc)
+            return
         evidence = self.evidence  # read once: cleanup may clear it from another thread
         if evidence is not None:
-            evidence.frame(camera, self._evidence_topics[camera], IMAGE_TYPES[type(msg)], _stamp_ns(msg), msg)
+            evidence.frame(camera, self._evidence_topics[camera], IMAGE_TYPES[compressed], msg.stamp_ns, msg)
         if self._slot is not None and self._slot.put(camera, msg):
             self.telemetry.dropped(camera)
 
@@ -425,21 +433,24 @@ class PerceptionNode(LifecycleNode):
                 "evidence_messages_skipped": evidence.skipped, "evidence_messages_failed": evidence.failed,
                 "evidence_last_error": evidence.last_error}
 
-    def _work(self, slot: LatestFrameSlot[Image | CompressedImage]) -> None:
+    def _work(self, slot: LatestFrameSlot[ReceivedImage]) -> None:
         for camera, msg in slot.items(_WORKER_POLL_S):
             try:
                 self._process(camera, msg)
             except Exception as exc:  # a bad frame is logged and skipped; the node keeps running
-                kind = exc.kind if isinstance(exc, ImageDecodeError) else (
-                    TIER_FAILURE if isinstance(exc, TierFailure) else f"error:{type(exc).__name__}")
-                self.telemetry.failed(camera, kind, getattr(exc, "tier", None))
-                suppressed = self._error_log.admit(camera, f"{kind}:{getattr(exc, 'tier', '')}")
-                if suppressed is not None:
-                    more = f" ({suppressed} more like it since the last report)" if suppressed else ""
-                    self.get_logger().warning(f"frame from camera '{self.resolve_topic_name(camera)}' skipped "
-                                              f"({kind}): {exc}{more}")
+                self._skipped(camera, exc)
 
-    def _process(self, camera: str, msg: Image | CompressedImage) -> None:
+    def _skipped(self, camera: str, exc: Exception) -> None:
+        kind = exc.kind if isinstance(exc, ImageDecodeError) else (
+            TIER_FAILURE if isinstance(exc, TierFailure) else f"error:{type(exc).__name__}")
+        self.telemetry.failed(camera, kind, getattr(exc, "tier", None))
+        suppressed = self._error_log.admit(camera, f"{kind}:{getattr(exc, 'tier', '')}")
+        if suppressed is not None:
+            more = f" ({suppressed} more like it since the last report)" if suppressed else ""
+            self.get_logger().warning(f"frame from camera '{self.resolve_topic_name(camera)}' skipped "
+                                      f"({kind}): {exc}{more}")
+
+    def _process(self, camera: str, msg: ReceivedImage) -> None:
         assert self.config is not None and self.router is not None
         started = time.perf_counter()
         rgb = image_to_rgb(msg)
@@ -454,12 +465,13 @@ class PerceptionNode(LifecycleNode):
         except Exception as exc:
             raise TierFailure(decision.tier_name, exc) from exc
         inferred = time.perf_counter()
-        stamp = _stamp_ns(msg)
+        stamp = msg.stamp_ns
+        header = msg.header
         self._contexts[camera] = next_context(detections.boxes, detections.scores, decision.tier, rgb.shape[:2])
         audited, drift_state, drift_score = self.drift.frame(camera, features, decision.tier, rgb, detections)
-        detections_msg = detections_to_msg(detections, msg.header)
+        detections_msg = detections_to_msg(detections, header)
         done = time.perf_counter()  # node time: decode to detections and the drift update, before publishing
-        out = RoutingDecision(header=msg.header, tier=decision.tier, tier_name=decision.tier_name,
+        out = RoutingDecision(header=header, tier=decision.tier, tier_name=decision.tier_name,
                               mode=decision.mode, policy_id=decision.policy_id, audited=audited,
                               drift_state=drift_state, drift_score=drift_score)
         out.probabilities = decision.probabilities.tolist()
@@ -490,7 +502,7 @@ class PerceptionNode(LifecycleNode):
                 self.metrics.drift_score.labels(camera).set(drift_score)
         debug_slot, debug_pubs = self._debug_slot, self._debug_pubs
         if debug_slot is not None and any(pub.get_subscription_count() for pub in debug_pubs):
-            debug_slot.put("debug", (rgb, detections, decision.tier_name, out.total_ms, msg.header))
+            debug_slot.put("debug", (rgb, detections, decision.tier_name, out.total_ms, header))
 
     def _drift_changed(self, camera: str, state: int, score: float) -> None:
         previous = self._drift_states.get(camera, 0)
@@ -590,11 +602,12 @@ class PerceptionNode(LifecycleNode):
             self.get_logger().warning(warning)
 
 
-IMAGE_TYPES = {Image: "sensor_msgs/msg/Image", CompressedImage: "sensor_msgs/msg/CompressedImage"}
+IMAGE_TYPES = {False: "sensor_msgs/msg/Image", True: "sensor_msgs/msg/CompressedImage"}  # by `compressed`
 
 
-def _stamp_ns(msg) -> int:
-    return msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
+def _serialize(message: object) -> bytes:
+    """CDR of an output message; a received frame is its own bytes."""
+    return message.cdr if isinstance(message, ReceivedImage) else serialize_message(message)
 
 
 def camera_namespace(node: PerceptionNode, camera: str) -> str:
