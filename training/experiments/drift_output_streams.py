@@ -3,6 +3,10 @@ statistic of the *routed output* (what the detectors found, not what the image l
 or small objects from a new in-distribution scene?
 
     python training/experiments/drift_output_streams.py [--work build/train-v2]   # ~13 min, then seconds (cached)
+    python training/experiments/drift_output_streams.py --agreement                # ~1 min
+
+`--agreement`: how far the audit's signal moves instead: nano's agreement with large (`audit.agreement`, F1 at IoU
+0.5) on every 10th frame of 3 new sequences in distribution and of each preset (seed 777000).
 
 Per stream, per processed frame: the tier the embedded policy chose and the routed output's log1p(count), mean
 score and median relative box size (what the node puts into the next frame's context). Streams: the training
@@ -125,10 +129,34 @@ def candidate(streams: dict, given_count: bool):
     return lambda tiers, out: np.maximum(distance(tiers, out) / up, -distance(tiers, out) / down).max(1)
 
 
+def nano_large_agreement() -> None:
+    from adaptive_perception.audit import agreement
+    from adaptive_perception.scenes.sequence import Drift
+
+    detectors = cpu_detectors()
+    print("| frames | nano-vs-large agreement mean | std of one audit | nano / large detections per frame |")
+    print("|---|---|---|---|")
+    for drift in Drift:
+        scores, counts = [], []
+        for i in range(3):
+            for k, frame in enumerate(render_sequence(SequenceSpec(777000, i, WINDOW, drift=drift, version="2.0.0"))):
+                if k % 10 == 0:
+                    nano, large = detectors["nano"].detect(frame.rgb), detectors["large"].detect(frame.rgb)
+                    scores.append(agreement(nano, large))
+                    counts.append((len(nano), len(large)))
+        mean_counts = np.mean(counts, 0)
+        print(f"| {drift.value} | {np.mean(scores):.2f} | {np.std(scores):.2f} | {mean_counts[0]:.1f} / "
+              f"{mean_counts[1]:.1f} |")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work", type=Path, default=Path("build/train-v2"))
+    parser.add_argument("--agreement", action="store_true", help="nano's audit agreement with large per preset")
     args = parser.parse_args()
+    if args.agreement:
+        nano_large_agreement()
+        return
     streams = dict(np.load(OUT)) if OUT.is_file() else make_streams(args.work)
     change = 5 * WINDOW  # the preset streams' first drifted frame
     print("| candidate | " + " | ".join(f"{p}: peak before / after" for p in PRESET_NAMES) + " |")
