@@ -6,7 +6,6 @@ from dataclasses import dataclass
 
 import cv2
 import numpy as np
-from builtin_interfaces.msg import Time
 from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Header
 from vision_msgs.msg import Detection2D, Detection2DArray, ObjectHypothesisWithPose
@@ -38,7 +37,9 @@ class ReceivedImage:
 
     @property
     def header(self) -> Header:
-        return Header(stamp=Time(sec=self.sec, nanosec=self.nanosec), frame_id=self.frame_id)
+        header = Header(frame_id=self.frame_id)
+        header.stamp.sec, header.stamp.nanosec = self.sec, self.nanosec
+        return header
 
     @property
     def stamp_ns(self) -> int:
