@@ -268,7 +268,7 @@ def summarise(run: ModeRun, gt: dict, frames: int) -> dict:
 
 
 def baseline(modes: dict[str, dict]) -> str:
-    """The always-large run every ratio is against: the fastest one (with and without spinning threads)."""
+    """The always-large run every ratio is against: the fastest one (whatever its tier settings)."""
     runs = [name for name in modes if tier_settings(name)[0] == "fixed:large"]
     return max(runs, key=lambda name: modes[name]["fps"])
 
