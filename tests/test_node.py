@@ -87,7 +87,6 @@ def test_preprocess_in_graph_and_its_cache_reach_the_tier_sessions(graph, tmp_pa
     assert {t: d.session.get_inputs()[0].type for t, d in graph.node.detectors.items()} == \
         {t: "tensor(float)" for t in graph.node.detectors} and "nano" in graph.node.detectors
     assert graph.transition("cleanup")
-    graph.node.set_parameters([rclpy.parameter.Parameter("preprocess_in_graph", value=True)])
 
 
 def test_bad_model_path_fails_configure_with_reason_then_good_path_succeeds(graph, peer_model, tmp_path):

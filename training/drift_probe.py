@@ -36,6 +36,7 @@ from adaptive_perception.progress import progress
 from adaptive_perception.scenes.sequence import render_sequence
 from adaptive_perception.training.drift_report import PRESETS, stream_specs
 
+
 def window_z(reference: np.ndarray, held_out: list[np.ndarray], columns=None, both_ways: bool = True):
     """A window score: the largest signed z of the window means of `columns` (in training window-mean stds, from
     the (N, F) `reference` frames), each over its held-out peak (floored at 1 std): one peak per direction when
