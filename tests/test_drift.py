@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from adaptive_perception.drift import (BINS, DRIFT, OK, PROJECTIONS, QUALITY_FEATURES, UNKNOWN, WARN, DriftMonitor,
-                                       DriftReference, build_reference, calibrate, calibrate_quality, feature_psi,
-                                       mix_tvd, quality_shift)
+                                       DriftReference, DriftWatch, build_reference, calibrate, calibrate_quality,
+                                       feature_psi, mix_tvd, quality_shift, veil)
 from adaptive_perception.errors import ConfigError
 
 
@@ -162,3 +162,81 @@ def test_a_camera_that_loses_contrast_is_drift_through_the_quality_statistic_alo
     states = [monitor.update(frame, 0)[0] for _ in range(6)]
     assert states == [OK, OK, WARN, WARN, DRIFT, DRIFT]
     assert monitor.score == pytest.approx(6 * 0.376)
+
+
+def _stripes(colours: list[tuple[int, int, int]]) -> np.ndarray:
+    """A 480x640 frame of 32 vertical stripes, 20 px each (one routing-feature cell wide), in the given colours:
+    the 64x64 bilinear samples fall inside a stripe and each 32x32 cell averages two samples of one stripe, so
+    the 1024 cells are 32 copies of each colour, exactly."""
+    frame = np.empty((480, 640, 3), np.uint8)
+    for k, colour in enumerate(colours):
+        frame[:, 20 * k:20 * (k + 1)] = colour
+    return frame
+
+
+def test_the_veil_is_the_cells_5th_percentile_black_level_over_their_95th_percentile_white_level():
+    # stripe k (in a shuffled order) is (3k + 10, 3k + 20, 3k + 30): darkest channel 3k + 10, brightest 3k + 30.
+    # Sorted, the 1024 cells are 32 cells of each stripe: the 52nd lowest darkest channel (index 51) is in the
+    # second stripe, 13; the 973rd lowest brightest (index 972) in the 31st, 120. (Not the lowest and highest,
+    # 10 and 123, nor the medians.)
+    order = np.random.default_rng(3).permutation(32)
+    frame = _stripes([(3 * k + 10, 3 * k + 20, 3 * k + 30) for k in order])
+    assert veil(frame) == pytest.approx(13 / 120)
+    # haze: 60 % of every pixel towards (200, 205, 210) lifts the black level to 0.4 x 13 + 0.6 x 200 = 125.2
+    # and the white level to 0.4 x 120 + 0.6 x 210 = 174: the veil grows more than sixfold
+    hazed = np.round(frame * 0.4 + np.array([200, 205, 210]) * 0.6).astype(np.uint8)
+    assert veil(hazed) == pytest.approx(125 / 174)
+    # a darker exposure of the same scene (every value halved, rounded) moves a ratio only by the rounding: 6 / 60
+    assert veil((frame // 2).astype(np.uint8)) == pytest.approx(6 / 60)
+    # a black frame: the white level is floored at 1, the veil is 0
+    assert veil(np.zeros((480, 640, 3), np.uint8)) == 0.0
+
+
+def test_the_veil_reference_calibration_and_monitor():
+    features = np.zeros((4, 1024))
+    # the reference's veils 0.1, 0.1, 0.3, 0.3 with 2-frame windows: window means 0.1, 0.2, 0.3 -> mean 0.2,
+    # std of the means sqrt(2/3) x 0.1 = 0.08165
+    reference = build_reference(features, np.zeros(4, int), np.array([0.5]), window=2,
+                                veils=np.array([0.1, 0.1, 0.3, 0.3]))
+    assert (reference.veil_mean, reference.veil_std) == pytest.approx((0.2, 0.0816497))
+    assert build_reference(features, np.zeros(4, int), np.array([0.5]), window=2).veil_std == 0.0  # no veils: off
+    nan4 = np.full(4, np.nan)
+    # held out: veils 0.2, 0.2, 0.35, 0.35: windows 0.2, 0.275, 0.35 -> the largest is 0.15 / 0.08165 = 1.8371
+    # window stds above; the threshold is that times the margin 1.25 = 2.2964; a stream that stays at the mean
+    # is floored at one std: 1.25
+    held = (features, np.zeros(4, int), nan4, np.array([0.2, 0.2, 0.35, 0.35]))
+    assert calibrate(reference, [held])["veil"] == pytest.approx(2.296396)
+    assert calibrate(reference, [(features, np.zeros(4, int), nan4, np.full(4, 0.2))])["veil"] == pytest.approx(1.25)
+    with pytest.raises(ConfigError, match="needs its veils"):
+        calibrate(reference, [(features, np.zeros(4, int), nan4)])
+    reference.thresholds = {"feature_psi": 100.0, "mix_tvd": 1.0, "agreement_drop": 1.0, "veil": 2.5}
+    assert DriftReference.from_json(reference.to_json()).veil_std == pytest.approx(0.0816497)
+    monitor = DriftMonitor(reference, confirm=2)
+    frame = np.zeros(1028)
+    # veils 0.2, 0.3: window mean 0.25 -> 0.612 stds, 0.245 of the threshold; then 0.5 twice: 0.4 -> 2.449 stds
+    # (0.980, OK), 0.5 -> 3.674 stds (1.470, WARN), then DRIFT on the second frame above 1
+    states = [monitor.update(frame, 0, v)[0] for v in (0.2, 0.3, 0.5, 0.5, 0.5)]
+    assert states == [UNKNOWN, OK, OK, WARN, DRIFT]
+    assert monitor.statistics["veil"] == pytest.approx(3.674235)
+    # a frame without a veil empties the veil window: the statistic is left out until the window refills
+    monitor.update(frame, 0)
+    assert "veil" not in monitor.statistics
+    monitor.update(frame, 0, 0.2)
+    assert "veil" not in monitor.statistics
+    monitor.update(frame, 0, 0.2)
+    assert monitor.statistics["veil"] == pytest.approx(0.0)
+
+
+def test_the_node_side_takes_each_frames_veil_from_its_pixels():
+    reference = build_reference(np.zeros((4, 1024)), np.zeros(4, int), np.array([0.5]), window=2,
+                                veils=np.array([0.1, 0.1, 0.3, 0.3]))
+    reference.thresholds = {"feature_psi": 100.0, "mix_tvd": 1.0, "agreement_drop": 1.0, "veil": 2.5}
+    watch = DriftWatch(["camera"], reference, confirm=2)
+    clear = _stripes([(3 * k + 10, 3 * k + 20, 3 * k + 30) for k in range(32)])  # veil 13 / 120 = 0.108
+    hazed = np.round(clear * 0.4 + np.array([200, 205, 210]) * 0.6).astype(np.uint8)  # 125 / 174 = 0.718
+    frame = np.zeros(1028)
+    states = [watch.frame("camera", frame, 0, rgb, None)[1] for rgb in (clear, clear, hazed, hazed)]
+    # windows: 0.108 (-1.12 stds), then (0.108 + 0.718) / 2 = 0.413 (2.61 stds, 1.04 of the threshold: WARN),
+    # then 0.718 (6.35 stds): DRIFT
+    assert states == [UNKNOWN, OK, WARN, DRIFT]
+    assert watch.monitors["camera"].statistics["veil"] == pytest.approx((125 / 174 - 0.2) / 0.0816497)

@@ -6,6 +6,7 @@ import pytest
 
 from adaptive_perception.audit import agreement
 from adaptive_perception.detector import TIERS
+from adaptive_perception.drift import veil
 from adaptive_perception.policy import Policy
 from adaptive_perception.scenes.sequence import SequenceSpec, render_sequence
 from adaptive_perception.training.drift_reference import cpu_detectors, node_stream
@@ -29,8 +30,9 @@ def test_the_stream_routes_audits_every_nth_frame_and_carries_the_routed_output_
     probabilities = [0.01, 0.01, 0.01]
     probabilities[tier] = 0.98
     policy = Policy(constant_policy(tmp_path / "p.onnx", tuple(probabilities)))
-    features, tiers, agreements = node_stream(policy, frames, embedded_tiers, audit_every=4)
+    features, tiers, agreements, veils = node_stream(policy, frames, embedded_tiers, audit_every=4)
     assert tiers.tolist() == [tier] * 9 and features.shape == (9, 1028)
+    assert veils.tolist() == [veil(rgb) for rgb, _ in frames] and len(set(veils.tolist())) > 1
     audited = [i for i in range(9) if np.isfinite(agreements[i])]
     assert audited == [0, 4, 8]
     routed = [embedded_tiers[TIERS[tier]].detect(rgb) for rgb, _ in frames]

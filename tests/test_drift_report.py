@@ -74,3 +74,17 @@ def test_the_report_shows_each_presets_retraining_or_why_there_was_none():
     assert ("| night | 210 | 11.5 / 13.9 | 13.1 / 25.8 | +0.00 [-0.50, +0.25], x1.00, -8.75 | keep the current "
             "policy: interval does not exclude 0 |") in text
     assert "| fog | - | - | - | - | not detected: the node records no evidence |" in text
+
+
+def test_fog_lifts_the_veil_past_its_threshold_and_is_drift_within_150_frames(tmp_path):
+    """The shipped policy's reference on the drift report's first fog stream (1 new in-distribution sequence, then
+    1 of fog): the veil statistic stays under its threshold before the change and crosses it after."""
+    report = tmp_path / "drift.json"
+    run = subprocess.run(["adaptive-perception", "bench", "drift", "--in-sequences", "1", "--drift-sequences", "1",
+                          "--preset", "fog", "--no-retrain", "--report", str(report)], capture_output=True, text=True,
+                         timeout=900)
+    assert run.returncode in (0, 1), run.stderr[-3000:]
+    fog = json.loads(report.read_text())["presets"]["fog"]
+    assert fog["false_alarms"] == 0 and fog["peak_ratio_before_change"]["veil"] < 1.0
+    assert fog["peak_ratio_after_change"]["veil"] > 1.5  # measured: 1.91 (before the change: -0.25)
+    assert fog["detection_delay_frames"] is not None and fog["detection_delay_frames"] <= 150  # measured: 98

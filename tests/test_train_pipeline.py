@@ -5,10 +5,13 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+from dataclasses import replace
 
 import numpy as np
 import pytest
 
+from adaptive_perception.drift import veil
+from adaptive_perception.errors import ConfigError
 from adaptive_perception.policy import Policy
 
 ROWS = ["always-nano", "always-small", "always-large", "BC only", "BC + PPO", "random (BC + PPO mix)",
@@ -194,6 +197,8 @@ def test_truth_reference_runs_on_bags_without_labels(pipeline, tmp_path):
     first = bag_image_rgb(next(read_images(sorted((tmp_path / "unlabelled" / "bags" / "test").iterdir())[0])))
     published = DetectorTier(resolve_model("embedded:large")).detect(first)
     np.testing.assert_allclose(profile.frame_truth()[0][:, :4], published.boxes, atol=1e-3)
+    assert profile.veil is not None and len(profile.veil) == len(profile)  # the drift monitor's haze veil, per frame
+    assert profile.veil[0] == pytest.approx(veil(first))
 
 
 def test_the_exported_policy_carries_a_calibrated_drift_reference(pipeline):
@@ -203,13 +208,14 @@ def test_the_exported_policy_carries_a_calibrated_drift_reference(pipeline):
     policy = Policy(pipeline["root"] / "policy.onnx")
     reference = policy.drift_reference
     assert reference is not None and set(reference.thresholds) == {"feature_psi", "mix_tvd", "agreement_drop",
-                                                                   "image_quality"}
+                                                                   "image_quality", "veil"}
     for peaks in (reference.quality_peak, reference.quality_peak_down):  # calibrated on the test split, each way
         assert len(peaks) == 7 and min(peaks) >= 1.0
     assert all(value > 0 for value in reference.thresholds.values())
     assert sum(reference.tier_mix) == pytest.approx(1.0) and 0.0 <= reference.agreement <= 1.0
     router = Profile.load(pipeline["root"] / "work" / "profile_router.npz")
     assert reference.mean == pytest.approx(router.features.mean(0).tolist(), rel=1e-4, abs=1e-6)  # training frames
+    assert reference.veil_mean == pytest.approx(float(router.veil.mean()), rel=1e-5) and reference.veil_std > 0
     # real features of held-out frames, darkened the way a night drift would move them (every image statistic
     # scaled down by half), reach DRIFT within one window of the change
     val = Profile.load(pipeline["root"] / "work" / "profile_val.npz")
@@ -228,19 +234,20 @@ def test_a_policy_exported_before_the_quality_statistic_gets_it_back_and_keeps_e
 
     original = onnx.load(str(pipeline["root"] / "policy.onnx"))
     older = onnx.load(str(pipeline["root"] / "policy.onnx"))
-    for entry in older.metadata_props:  # as the previous version wrote it: no image quality statistic
+    for entry in older.metadata_props:  # as an earlier version wrote it: no image quality or veil statistic
         if entry.key == METADATA_KEY:
             data = json.loads(entry.value)
-            for key in ("quality_mean", "quality_std", "quality_peak", "quality_peak_down"):
+            for key in ("quality_mean", "quality_std", "quality_peak", "quality_peak_down", "veil_mean", "veil_std"):
                 data.pop(key)
             data["thresholds"].pop("image_quality")
+            data["thresholds"].pop("veil")
             entry.value = json.dumps(data)
     onnx.save(older, str(tmp_path / "older.onnx"))
-    assert "image_quality" not in Policy(tmp_path / "older.onnx").drift_reference.thresholds
+    assert {"image_quality", "veil"}.isdisjoint(Policy(tmp_path / "older.onnx").drift_reference.thresholds)
     done = _cli("policy", "drift-reference", str(tmp_path / "older.onnx"), "--work", str(pipeline["root"] / "work"),
                 "--out", str(tmp_path / "refreshed.onnx"))
     assert done.returncode == 0, done.stderr[-3000:]
-    assert "image_quality" in done.stdout
+    assert "image_quality" in done.stdout and "veil" in done.stdout
     refreshed = onnx.load(str(tmp_path / "refreshed.onnx"))
     assert refreshed.graph == original.graph  # the weights and the network, untouched
     metadata = lambda model: {e.key: e.value for e in model.metadata_props}  # noqa: E731
@@ -253,17 +260,26 @@ def test_a_policy_exported_before_the_quality_statistic_gets_it_back_and_keeps_e
 def test_extra_calibration_streams_widen_the_thresholds_they_reach_past(pipeline):
     from adaptive_perception.training.drift_reference import drift_reference
     from adaptive_perception.training.pipeline import TRAIN_SPLIT, Settings, _load_costs, load_split
+    from adaptive_perception.training.simulate import Split
 
     settings = Settings(work=pipeline["root"] / "work")
     policy = Policy(pipeline["root"] / "policy.onnx")
     training, costs = load_split(settings, TRAIN_SPLIT), _load_costs(settings)
     held_out = [load_split(settings, "val"), load_split(settings, "test")]
     base = drift_reference(policy, training, held_out, costs)
-    # one more stream: the test split's frames with every image statistic halved (darker), all routed to large
+    # one more stream: the test split's frames with every image statistic halved (darker) and a veil lifted by
+    # 0.3 (hazier), all routed to large
     features = held_out[1].profile.features.copy()
     features[:, :1024] *= 0.5
-    extra = (features, np.full(len(features), 2), np.full(len(features), np.nan))
+    extra = (features, np.full(len(features), 2), np.full(len(features), np.nan), held_out[1].profile.veil + 0.3)
     wider = drift_reference(policy, training, held_out, costs, [extra])
+    assert wider.thresholds["veil"] > base.thresholds["veil"]
+    with pytest.raises(ConfigError, match="needs its veils"):  # a stream without veils cannot calibrate the veil
+        drift_reference(policy, training, held_out, costs, [extra[:3]])
+    # a profile written before profiles recorded veils: the reference goes without the veil, the rest as before
+    older = [Split(replace(split.profile, veil=None), split.quality, split.empty) for split in held_out]
+    without = drift_reference(policy, training, older, costs)
+    assert without.veil_std == 0.0 and without.thresholds == {k: v for k, v in base.thresholds.items() if k != "veil"}
     assert wider.thresholds["feature_psi"] > base.thresholds["feature_psi"]
     assert wider.thresholds["mix_tvd"] > base.thresholds["mix_tvd"]
     assert max(np.subtract(wider.quality_peak_down, base.quality_peak_down)) > 1.0  # a fall no held-out scene made

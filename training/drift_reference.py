@@ -13,7 +13,7 @@ import numpy as np
 
 from adaptive_perception.audit import agreement
 from adaptive_perception.detector import TIERS, Detections
-from adaptive_perception.drift import WINDOW, DriftReference, build_reference, calibrate, calibrate_quality
+from adaptive_perception.drift import WINDOW, DriftReference, build_reference, calibrate, calibrate_quality, veil
 from adaptive_perception.features import RoutingContext, next_context, routing_features
 from adaptive_perception.policy import Policy
 from adaptive_perception.progress import progress
@@ -32,10 +32,11 @@ def _published(split: Split, tier: int) -> list[Detections]:
     return out
 
 
-def routed_stream(policy: Policy, split: Split, costs) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per frame of `split`, in order: image features, the tier the policy chose (per-frame setting), and on
+def routed_stream(policy: Policy, split: Split, costs
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
+    """Per frame of `split`, in order: image features, the tier the policy chose (per-frame setting), on
     every AUDIT_EVERY-th frame (NaN on the others, as the node audits) the agreement of that tier's published
-    output with the reference (large) tier's."""
+    output with the reference (large) tier's, and the frame's veil (None for a profile without veils)."""
     router = Router("learned", policy)
     trace = rollout(split, costs, lambda _f, observation, context: router.decide(observation, context).tier,
                     streaming=False)
@@ -46,17 +47,18 @@ def routed_stream(policy: Policy, split: Split, costs) -> tuple[np.ndarray, np.n
     agreements = np.full(len(order), np.nan)
     for i in range(0, len(order), AUDIT_EVERY):
         agreements[i] = agreement(published[tiers[i]][order[i]], reference[order[i]])
-    return split.profile.features[order], tiers, agreements
+    veils = split.profile.veil
+    return split.profile.features[order], tiers, agreements, veils[order] if veils is not None else None
 
 
 def node_stream(policy: Policy, frames, detectors: dict, audit_every: int = AUDIT_EVERY, desc: str = "frames"
-                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """The node's per-frame path over (rgb, ...) `frames` without ROS: routing features with the previous routed
     output's context, the policy's tier, that tier's detections, and on every `audit_every`-th frame (NaN on the
-    others) their agreement with the `large` detector's. Returns (features, tiers, agreements) per frame."""
+    others) their agreement with the `large` detector's. Returns (features, tiers, agreements, veils) per frame."""
     router = Router("learned", policy)
     context = RoutingContext()
-    features, tiers, agreements = [], [], []
+    features, tiers, agreements, veils = [], [], [], []
     for index, (rgb, *_rest) in enumerate(progress(frames, desc=desc, unit="frame")):
         vector = routing_features(rgb, context)
         tier = router.decide(vector, context).tier
@@ -64,9 +66,10 @@ def node_stream(policy: Policy, frames, detectors: dict, audit_every: int = AUDI
         context = next_context(detections.boxes, detections.scores, tier, rgb.shape[:2])
         audited = audit_every and index % audit_every == 0
         features.append(vector)
+        veils.append(veil(rgb))
         tiers.append(tier)
         agreements.append(agreement(detections, detectors["large"].detect(rgb)) if audited else np.nan)
-    return np.asarray(features), np.asarray(tiers), np.asarray(agreements)
+    return np.asarray(features), np.asarray(tiers), np.asarray(agreements), np.asarray(veils)
 
 
 def cpu_detectors(models: dict | None = None) -> dict:
@@ -102,9 +105,14 @@ def drift_reference(policy: Policy, training: Split, held_out: list[Split], cost
         print(f"[export] no drift reference: the held-out splits have at most {longest} frames, fewer than one "
               f"drift window ({WINDOW})")
         return None
-    features, tiers, agreements = routed_stream(policy, training, costs)
-    reference = build_reference(features, tiers, agreements[::AUDIT_EVERY])
-    streams = [routed_stream(policy, split, costs) for split in held_out] + list(extra_streams)
+    features, tiers, agreements, veils = routed_stream(policy, training, costs)
+    streams = [routed_stream(policy, split, costs) for split in held_out]
+    if veils is None or any(stream[3] is None for stream in streams):
+        print("[export] no veil statistic in the drift reference: the profiles were written before profiles recorded "
+              "each frame's veil (rerun `adaptive-perception train profile --force`)")
+        veils = None
+    streams += list(extra_streams)
+    reference = build_reference(features, tiers, agreements[::AUDIT_EVERY], veils=veils)
     reference.quality_peak, reference.quality_peak_down = calibrate_quality(reference, [s[0] for s in streams])
     reference.thresholds = calibrate(reference, streams)
     return reference

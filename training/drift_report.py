@@ -56,11 +56,11 @@ def stream_specs(preset: Drift, in_sequences: int, drift_sequences: int, frames:
 def run_stream(frames, detectors: dict, policy: Policy, audit_every: int, confirm: int, desc: str) -> dict:
     """The node's per-frame path over `frames` (rgb, stamp_ns) and its monitor: per frame the state, score and
     statistics (the monitor takes a frame, then that frame's audit, as the node's worker would deliver it)."""
-    features, tiers, agreements = node_stream(policy, frames, detectors, audit_every, desc)
+    features, tiers, agreements, veils = node_stream(policy, frames, detectors, audit_every, desc)
     monitor = DriftMonitor(policy.drift_reference, confirm)
     rows = []
-    for vector, tier, audit in zip(features, tiers, agreements):
-        state, score = monitor.update(vector, int(tier))
+    for vector, tier, audit, frame_veil in zip(features, tiers, agreements, veils):
+        state, score = monitor.update(vector, int(tier), frame_veil)
         if np.isfinite(audit):
             monitor.audit(float(audit))
         rows.append((state, score, dict(monitor.statistics), int(tier)))
@@ -197,9 +197,9 @@ def run_report(report_path: Path, policy_spec: str = "embedded:policy", in_seque
 
 def markdown(result: dict) -> str:
     fmt = lambda v, d=2: "-" if v is None else f"{v:.{d}f}"  # noqa: E731
-    keys = [k for k in ("feature_psi", "mix_tvd", "agreement_drop", "image_quality") if k in result["thresholds"]]
+    keys = [k for k in ("feature_psi", "mix_tvd", "agreement_drop", "image_quality", "veil") if k in result["thresholds"]]
     names = " / ".join({"feature_psi": "PSI", "mix_tvd": "mix", "agreement_drop": "agreement",
-                        "image_quality": "image quality"}[k] for k in keys)
+                        "image_quality": "image quality", "veil": "veil"}[k] for k in keys)
     lines = [f"Drift monitor on policy `{result['policy_id']}` (generator {result['generator_version']}, window "
              f"{result['window']} frames, DRIFT after {result['confirm_frames']} frames above 1, one audit in "
              f"{result['audit_every']}); command: `adaptive-perception bench drift`.", "",

@@ -1,6 +1,6 @@
 """Stage 1, profile: every frame through the node's decode and feature code and all three tiers.
 
-Per frame it stores the 1024 image features, each tier's detections (score >= PROFILE_CONF, enough
+Per frame it stores the 1024 image features, the frame's haze veil (`drift.veil`), each tier's detections (score >= PROFILE_CONF, enough
 for COCO mAP; the node publishes those >= its conf_threshold) and each tier's measured latency (with
 the node's thresholds: preprocess, inference, decode and NMS of what it publishes), plus
 the ground truth: `sidecar` (the benchmark's records or a bag's ground_truth.json), or `reference`
@@ -21,6 +21,7 @@ import numpy as np
 from adaptive_perception.bag import bag_image_rgb, read_images
 from adaptive_perception.config import NodeConfig, resolve_model
 from adaptive_perception.detector import TIERS, DetectorTier
+from adaptive_perception.drift import veil
 from adaptive_perception.errors import AdaptivePerceptionError
 from adaptive_perception.features import image_features
 from adaptive_perception.progress import progress
@@ -44,6 +45,7 @@ class Profile:
     detections: np.ndarray  # (M, 8) float32: frame, tier, x0, y0, x1, y1, score, class
     truth: np.ndarray  # (G, 7) float32: frame, x0, y0, x1, y1, class, ignore
     meta: dict  # truth, models, profile_conf, device, frame_hw ([height, width] of every frame)
+    veil: np.ndarray | None = None  # (N,) float32 `drift.veil` per frame; None in profiles written before 2026-12-04
 
     def __len__(self) -> int:
         return int(self.features.shape[0])
@@ -52,7 +54,8 @@ class Profile:
         path.parent.mkdir(parents=True, exist_ok=True)
         np.savez_compressed(path, features=self.features, latency_ms=self.latency_ms, sequence=self.sequence,
                             stamp_ns=self.stamp_ns, regime=self.regime, detections=self.detections, truth=self.truth,
-                            meta=np.array(json.dumps(self.meta)))
+                            meta=np.array(json.dumps(self.meta)),
+                            **({"veil": self.veil} if self.veil is not None else {}))
         return path
 
     @staticmethod
@@ -67,7 +70,8 @@ class Profile:
                                           "router's context measures box sizes against it); rerun `adaptive-perception "
                                           f"train profile --work {Path(path).parent} --force`")
         return Profile(**{k: data[k] for k in ("features", "latency_ms", "sequence", "stamp_ns", "regime", "detections",
-                                                "truth")}, meta=meta)
+                                                "truth")}, meta=meta,
+                       veil=data["veil"] if "veil" in data.files else None)
 
     def tier_detections(self, tier: int, min_score: float = 0.0) -> list[np.ndarray]:
         """Per frame, that tier's (K, 6) boxes x0 y0 x1 y1 score class with score >= min_score."""
@@ -159,7 +163,7 @@ def profile(frames: Iterator[tuple[np.ndarray, int, int, list[dict] | None]], to
     if truth_mode == "reference" and teacher:
         reference = DetectorTier(resolve_model(teacher), ("CPUExecutionProvider",), conf_threshold=PUBLISH_CONF,
                                  name="teacher")
-    features, latency, sequences, stamps, regimes, dets, truth = [], [], [], [], [], [], []
+    features, veils, latency, sequences, stamps, regimes, dets, truth = [], [], [], [], [], [], [], []
     frame_hw = None
     for index, (rgb, sequence, stamp, objects) in enumerate(progress(frames, total=total, desc=desc, unit="frame")):
         frame_hw = frame_hw or rgb.shape[:2]
@@ -168,6 +172,7 @@ def profile(frames: Iterator[tuple[np.ndarray, int, int, list[dict] | None]], to
                                           f"{frame_hw[1]}x{frame_hw[0]}: profile one camera resolution at a time (the "
                                           "router's context measures box sizes against the frame)")
         features.append(image_features(rgb))
+        veils.append(veil(rgb))
         row = []
         for tier, detector in enumerate(detectors):
             start = time.perf_counter()
@@ -196,7 +201,7 @@ def profile(frames: Iterator[tuple[np.ndarray, int, int, list[dict] | None]], to
         features=np.stack(features).astype(np.float32), latency_ms=np.asarray(latency, np.float32),
         sequence=np.asarray(sequences, np.int64), stamp_ns=np.asarray(stamps, np.int64),
         regime=np.asarray(regimes, np.int64), detections=np.asarray(dets, np.float32).reshape(-1, 8),
-        truth=np.asarray(truth, np.float32).reshape(-1, 7),
+        truth=np.asarray(truth, np.float32).reshape(-1, 7), veil=np.asarray(veils, np.float32),
         meta={"truth": truth_mode if truth_mode == "sidecar" else f"reference ({teacher or 'large tier'})",
               "models": {t: resolve_model(models[t]) for t in TIERS}, "profile_conf": PROFILE_CONF,
               "frame_hw": list(frame_hw),

@@ -43,7 +43,7 @@ def subset(profile: Profile, frames: np.ndarray) -> Profile:
 
     return Profile(profile.features[frames], profile.latency_ms[frames], profile.sequence[frames],
                    profile.stamp_ns[frames], profile.regime[frames], rows(profile.detections), rows(profile.truth),
-                   dict(profile.meta))
+                   dict(profile.meta), profile.veil[frames] if profile.veil is not None else None)
 
 
 def concat(profiles: list[Profile]) -> Profile:
@@ -65,7 +65,8 @@ def concat(profiles: list[Profile]) -> Profile:
                    np.concatenate([s for _, s, *_ in parts]).astype(np.int64),
                    np.concatenate([p.stamp_ns for p, *_ in parts]), np.concatenate([p.regime for p, *_ in parts]),
                    np.concatenate([d for *_, d, _ in parts]), np.concatenate([t for *_, t in parts]),
-                   {**profiles[0].meta, "sources": [p.meta.get("truth") for p in profiles]})
+                   {**profiles[0].meta, "sources": [p.meta.get("truth") for p in profiles]},
+                   np.concatenate([p.veil for p in profiles]) if all(p.veil is not None for p in profiles) else None)
 
 
 def segment(profile: Profile, segment_frames: int = SEGMENT_FRAMES) -> Profile:

@@ -16,7 +16,14 @@ written into the policy file at training time (`DriftReference`, metadata `adapt
   (`calibrate_quality`, so a feature that wanders between scenes counts less; per direction, because new scenes
   push edge energy much further up than down, and haze pulls it down); the statistic is the largest. The random
   projections above mix all 1024 features, most of which describe a scene's clutter, which every new scene
-  changes; these few describe the camera's view of any scene (measured: README, Drift monitoring).
+  changes; these few describe the camera's view of any scene (measured: README, Drift monitoring);
+- **veil**: haze (fog, mist, a fogged lens) lays a bright veil over everything the camera sees, which lifts the
+  black level towards the white one; `veil(rgb)` is a frame's black level over its white level, and the statistic
+  is the window mean's distance above the training mean in standard deviations of 150-frame window means over
+  the training stream (one-sided: a darker picture is the image quality statistic's). A ratio, so a brighter
+  or darker exposure of the same scene leaves it where it was; new scenes move it far less than haze does
+  (measured: README, Drift monitoring). It is computed from the frame, not from the routing features, which
+  describe contrast and colour but not the absolute black level.
 Each statistic is divided by its threshold; the drift score is the largest ratio. Thresholds are the largest
 value each statistic took over held-out in-distribution streams (`calibrate`) times a margin (the agreement
 drop's never below three standard errors of a mean of `AUDIT_WINDOW` audits), so the
@@ -31,6 +38,7 @@ import json
 from collections import deque
 from dataclasses import asdict, dataclass, field
 
+import cv2
 import numpy as np
 
 from adaptive_perception.errors import ConfigError
@@ -59,6 +67,22 @@ QUALITY_FEATURES = {"edge_energy_q50": _quantile_feature(0, 0.5), "edge_energy_q
 _QUALITY_INDEX = np.array(list(QUALITY_FEATURES.values()))
 
 
+_VEIL_CELLS = 32 * 32
+_VEIL_DARK = _VEIL_CELLS * 5 // 100  # order statistics of the cells: the 52nd lowest (the 5th percentile) ...
+_VEIL_BRIGHT = _VEIL_CELLS * 95 // 100  # ... and the 973rd lowest (the 95th)
+
+
+def veil(rgb: np.ndarray) -> float:
+    """A frame's black level over its white level, in [0, 1]: the frame is reduced as the routing features reduce
+    it (64x64 bilinear, then 32x32 cell means); the black level is the 5th percentile (the 52nd lowest of 1024) of
+    the cells' darkest channel, the white level the 95th (the 973rd lowest) of their brightest channel, at least 1."""
+    small = cv2.resize(rgb, (64, 64), interpolation=cv2.INTER_LINEAR)
+    cells = cv2.resize(small, (32, 32), interpolation=cv2.INTER_AREA).reshape(-1, 3)
+    dark = np.partition(cells.min(axis=1), _VEIL_DARK)[_VEIL_DARK]
+    bright = np.partition(cells.max(axis=1), _VEIL_BRIGHT)[_VEIL_BRIGHT]
+    return float(dark) / max(float(bright), 1.0)
+
+
 def projection(dims: int, seed: int = PROJECTION_SEED, count: int = PROJECTIONS) -> np.ndarray:
     """The fixed (dims, count) projection, unit-norm columns."""
     matrix = np.random.default_rng(seed).standard_normal((dims, count))
@@ -82,6 +106,8 @@ class DriftReference:
     # per feature, its held-out peak below the mean (empty in references written before 2026-12-03: then
     # `quality_peak` is the peak of the distance either way and serves both directions)
     quality_peak_down: list[float] = field(default_factory=list)
+    veil_mean: float = 0.0  # of `veil` over the training frames
+    veil_std: float = 0.0  # of its 150-frame window means in training; 0: statistic off (references before 2026-12-04)
     window: int = WINDOW
     seed: int = PROJECTION_SEED
 
@@ -110,10 +136,11 @@ class DriftReference:
         return scaled @ projection(len(self.mean), self.seed)
 
 
-def build_reference(features: np.ndarray, tiers: np.ndarray, agreements: np.ndarray, window: int = WINDOW
-                    ) -> DriftReference:
+def build_reference(features: np.ndarray, tiers: np.ndarray, agreements: np.ndarray, window: int = WINDOW,
+                    veils: np.ndarray | None = None) -> DriftReference:
     """Reference statistics from in-distribution frames: image features (N, >= 1024), the tier the policy
-    chose per frame, and audit agreements (routed output vs the reference tier) on those frames."""
+    chose per frame, audit agreements (routed output vs the reference tier) on those frames, and optionally
+    each frame's `veil` (without them the veil statistic is off)."""
     image = np.asarray(features, np.float64)[:, :1024]
     reference = DriftReference(mean=image.mean(0).tolist(), std=image.std(0).tolist(), edges=[],
                                tier_mix=(np.bincount(np.asarray(tiers, int), minlength=3) / len(tiers)).tolist(),
@@ -125,6 +152,10 @@ def build_reference(features: np.ndarray, tiers: np.ndarray, agreements: np.ndar
         means = _window_means(image[:, _QUALITY_INDEX], reference.window)
         reference.quality_mean = image[:, _QUALITY_INDEX].mean(0).tolist()
         reference.quality_std = np.maximum(means.std(0), 1e-6).tolist()
+        if veils is not None:
+            veils = np.asarray(veils, np.float64)[:, None]
+            reference.veil_mean = float(veils.mean())
+            reference.veil_std = max(float(_window_means(veils, reference.window).std()), 1e-6)
     return reference
 
 
@@ -183,33 +214,45 @@ def mix_tvd(reference: DriftReference, tiers: np.ndarray) -> float:
 
 
 def window_statistics(reference: DriftReference, projected: np.ndarray, tiers: np.ndarray,
-                      agreements: list[float], quality: np.ndarray | None = None) -> dict[str, float]:
-    """The statistics of one window; `image_quality` only when the reference has it and `quality` is given."""
+                      agreements: list[float], quality: np.ndarray | None = None,
+                      veils: np.ndarray | None = None) -> dict[str, float]:
+    """The statistics of one window; `image_quality` and `veil` only when the reference has them and their
+    values are given."""
     values = {"feature_psi": feature_psi(reference, projected), "mix_tvd": mix_tvd(reference, tiers),
               "agreement_drop": reference.agreement - float(np.mean(agreements)) if agreements else 0.0}
     if reference.quality_mean and quality is not None:
         values["image_quality"] = quality_shift(reference, quality)
+    if reference.veil_std > 0 and veils is not None:
+        values["veil"] = (float(np.mean(veils)) - reference.veil_mean) / reference.veil_std
     return values
 
 
 def calibrate(reference: DriftReference, streams: list[tuple[np.ndarray, np.ndarray, np.ndarray]],
               margin: float = MARGIN) -> dict[str, float]:
     """Thresholds from held-out in-distribution streams of (features, tiers, per-frame audit agreement or NaN
-    for frames not audited): per statistic, the largest value any full window reached, times `margin`."""
+    for frames not audited[, per-frame veil]): per statistic, the largest value any full window reached, times
+    `margin` (the veil's peak floored at one window standard deviation). A reference with the veil statistic
+    needs every stream's veils."""
     peaks = {"feature_psi": 0.0, "mix_tvd": 0.0, "agreement_drop": 0.0}
     if reference.quality_mean:
         peaks["image_quality"] = 0.0
-    for features, tiers, agreements in streams:
+    if reference.veil_std > 0:
+        if any(len(stream) < 4 or stream[3] is None for stream in streams):
+            raise ConfigError("the reference has a veil statistic, so every calibration stream needs its veils")
+        peaks["veil"] = 1.0
+    for features, tiers, agreements, *rest in streams:
         projected = reference.project(features)
         quality = np.asarray(features, np.float64)[:, _QUALITY_INDEX]
+        veils = np.asarray(rest[0], np.float64) if rest and rest[0] is not None else None
         for end in range(reference.window, len(projected) + 1):
             start = end - reference.window
             audits = [a for a in agreements[:end] if np.isfinite(a)][-AUDIT_WINDOW:]
             values = window_statistics(reference, projected[start:end], tiers[start:end],
-                                       audits if len(audits) == AUDIT_WINDOW else [], quality[start:end])
+                                       audits if len(audits) == AUDIT_WINDOW else [], quality[start:end],
+                                       veils[start:end] if veils is not None else None)
             for key, value in values.items():
                 peaks[key] = max(peaks[key], value)
-    if not any(len(f) >= reference.window for f, _, _ in streams):
+    if not any(len(stream[0]) >= reference.window for stream in streams):
         raise ConfigError(f"calibration needs streams of at least {reference.window} frames")
     thresholds = {key: max(value * margin, 1e-6) for key, value in peaks.items()}
     # a held-out stream whose audits happen to agree better than the training data's says nothing about how far
@@ -229,6 +272,7 @@ class DriftMonitor:
         self._projected: deque[np.ndarray] = deque(maxlen=reference.window)
         self._quality: deque[np.ndarray] = deque(maxlen=reference.window)
         self._tiers: deque[int] = deque(maxlen=reference.window)
+        self._veils: deque[float] = deque(maxlen=reference.window)
         self._audits: deque[float] = deque(maxlen=AUDIT_WINDOW)
         self.state, self.score = UNKNOWN, float("nan")
         self.statistics: dict[str, float] = {}
@@ -238,18 +282,24 @@ class DriftMonitor:
     def audit(self, agreement: float) -> None:
         self._audits.append(float(agreement))
 
-    def update(self, features: np.ndarray, tier: int) -> tuple[int, float]:
-        """Add a frame; returns (state, score). UNKNOWN until the window is full."""
+    def update(self, features: np.ndarray, tier: int, frame_veil: float | None = None) -> tuple[int, float]:
+        """Add a frame (its routing features, tier and `veil`); returns (state, score). UNKNOWN until the window
+        is full; the veil statistic counts once the window holds a veil for every frame."""
         self.frames += 1
         features = np.asarray(features)
         self._projected.append(self.reference.project(features[None])[0])
         self._quality.append(features[_QUALITY_INDEX].astype(np.float64))
         self._tiers.append(int(tier))
+        if frame_veil is None:
+            self._veils.clear()
+        else:
+            self._veils.append(float(frame_veil))
         if len(self._projected) < self.reference.window:
             return self.state, self.score
         audits = list(self._audits) if len(self._audits) == AUDIT_WINDOW else []
+        veils = np.asarray(self._veils) if len(self._veils) == self.reference.window else None
         self.statistics = window_statistics(self.reference, np.asarray(self._projected), np.asarray(self._tiers), audits,
-                                            np.asarray(self._quality))
+                                            np.asarray(self._quality), veils)
         return self.advance(max(self.statistics[k] / self.reference.thresholds[k] for k in self.statistics
                                 if k in self.reference.thresholds))
 
@@ -307,7 +357,9 @@ class DriftWatch:
         """(audited, state, score) for one routed frame; `audited` = handed to the audit worker."""
         audited = bool(self.audit is not None and self.audit.due(camera) and self.audit.offer(camera, rgb, detections))
         monitor = self.monitors.get(camera)
-        state, score = monitor.update(features, tier) if monitor is not None else (UNKNOWN, float("nan"))
+        if monitor is None:
+            return audited, UNKNOWN, float("nan")
+        state, score = monitor.update(features, tier, veil(rgb) if monitor.reference.veil_std > 0 else None)
         return audited, state, score
 
     def close(self) -> None:
