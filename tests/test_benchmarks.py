@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import json
 import subprocess
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +15,9 @@ import pytest
 
 from adaptive_perception.config import NodeConfig, resolve_model
 from adaptive_perception.detector import TIERS, DetectorTier
+from adaptive_perception.drift import DriftMonitor, veil
 from adaptive_perception.errors import AdaptivePerceptionError, ConfigError
+from adaptive_perception.policy import Policy
 from adaptive_perception.training import fleet_cost, throughput
 from adaptive_perception.training.labels import Costs
 
@@ -91,6 +94,15 @@ def test_the_per_frame_path_publishes_the_chosen_tiers_detections():
         assert np.allclose(got[:, :2], want[:, :2], atol=1e-3) and np.allclose(got[:, 2:], want[:, 2:] - want[:, :2], atol=1e-3)
         counts[tier] = len(run.detections)
     assert counts["nano"] != counts["large"]  # different models: running the wrong tier would show
+    # the drift monitor is on the path as in the node: each frame enters it with its veil, and it carries on
+    # across sequences (a camera's stream); with a 2-frame window the veil statistic is the last two frames'
+    reference = Policy(resolve_model("embedded:policy")).drift_reference
+    run = throughput.ModeRun("fixed:nano", monitor=DriftMonitor(replace(reference, window=2)))
+    for first in (0, 3):
+        throughput.run_sequence(run, throughput.make_router("fixed:nano", None, None), detectors, sequence, first)
+    assert run.monitor.frames == 6
+    last_two = np.mean([veil(frames[1]), veil(frames[2])])
+    assert run.monitor.statistics["veil"] == pytest.approx((last_two - reference.veil_mean) / reference.veil_std)
 
 
 def test_cost_model_by_hand(tmp_path):

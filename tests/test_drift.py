@@ -240,3 +240,22 @@ def test_the_node_side_takes_each_frames_veil_from_its_pixels():
     # then 0.718 (6.35 stds): DRIFT
     assert states == [UNKNOWN, OK, WARN, DRIFT]
     assert watch.monitors["camera"].statistics["veil"] == pytest.approx((125 / 174 - 0.2) / 0.0816497)
+
+
+def test_the_monitor_keeps_the_windows_decile_counts_as_frames_come_and_go():
+    # the monitor counts each frame's decile bins once, as it enters and as it leaves the window; the PSI of its
+    # counts must be the PSI of the window's features projected afresh, frame after frame, as the window slides
+    # over a shift (the batch path: `feature_psi`, what calibration uses)
+    rng = np.random.default_rng(5)
+    features = rng.standard_normal((300, 1024))
+    reference = build_reference(features, rng.choice(3, 300), np.full(10, 0.5), window=40)
+    reference.thresholds = {"feature_psi": 10.0, "mix_tvd": 1.0, "agreement_drop": 1.0, "image_quality": 100.0}
+    monitor = DriftMonitor(reference)
+    stream = np.vstack([rng.standard_normal((60, 1024)), rng.standard_normal((60, 1024)) * 0.2 + 1.0])
+    seen = []
+    for end, frame in enumerate(stream, start=1):
+        monitor.update(frame, 0)
+        if end >= 40:
+            seen.append(monitor.statistics["feature_psi"])
+            assert seen[-1] == pytest.approx(feature_psi(reference, reference.project(stream[end - 40:end])), abs=1e-12)
+    assert seen[0] < 0.5 and seen[-1] > 2.0  # in distribution, then every projection piled into a few deciles

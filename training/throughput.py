@@ -3,8 +3,10 @@
 Per frame, from the recorded CDR bytes of a benchmark test bag to serialized output messages, the node's steps in
 its order: read the serialized sensor_msgs/Image (`parse_image`, as the node's raw subscription does), decode
 (`image_to_rgb`), routing features, `Router.decide`, the chosen tier (letterbox, onnxruntime `session.run`,
-decode + NMS), the next frame's context, and the Detection2DArray and RoutingDecision messages serialized as a
-publish would. One worker, frames back to back:
+decode + NMS), the next frame's context, the drift monitor's update (the frame's veil, the window statistics:
+one monitor per mode, kept across sequences as a camera's is; the audits, 1 frame in 30 through the large tier in
+the node's background worker, are not in these figures), and the Detection2DArray and RoutingDecision messages
+serialized as a publish would. One worker, frames back to back:
 throughput = frames / the summed per-frame times. Every mode runs every sequence (context reset per sequence);
 the order of the modes rotates per sequence, so machine load hits all modes alike. Accuracy of each mode's
 published detections (the node's thresholds) is scored with pycocotools against the bags' ground truth in the
@@ -33,6 +35,7 @@ import numpy as np
 
 from adaptive_perception.config import NodeConfig, resolve_model
 from adaptive_perception.detector import TIERS, DetectorTier
+from adaptive_perception.drift import DriftMonitor, veil
 from adaptive_perception.errors import AdaptivePerceptionError, ConfigError
 from adaptive_perception.features import RoutingContext, next_context, routing_features
 from adaptive_perception.policy import Policy
@@ -107,6 +110,7 @@ class ModeRun:
     session_ms: list[float] = field(default_factory=list)  # onnxruntime session.run of the chosen tier
     tiers: list[int] = field(default_factory=list)
     detections: list[dict] = field(default_factory=list)  # COCO results, image_id = frame index of the run
+    monitor: DriftMonitor | None = None  # the node's drift monitor for this mode's stream (None: policy without one)
 
 
 def make_router(mode: str, policy: Policy | None, weight: float | None) -> Router:
@@ -139,8 +143,10 @@ def run_sequence(run: ModeRun, router: Router, detectors: dict[str, DetectorTier
         session_end = time.perf_counter()
         detections = detector.postprocess(raw, box)
         context = next_context(detections.boxes, detections.scores, decision.tier, rgb.shape[:2])
+        drift_state, drift_score = run.monitor.update(features, decision.tier, veil(rgb)) \
+            if run.monitor is not None else (0, float("nan"))
         out = RoutingDecision(header=header, tier=decision.tier, tier_name=decision.tier_name, mode=decision.mode,
-                              policy_id=decision.policy_id)
+                              policy_id=decision.policy_id, drift_state=drift_state, drift_score=drift_score)
         out.probabilities = decision.probabilities.tolist()
         serialize_message(detections_to_msg(detections, header))
         serialize_message(out)
@@ -390,7 +396,10 @@ def measure(policy_path: str, benchmark: Path, work: Path | None, real_latency: 
                             preprocess_in_graph=in_graph, graph_cache_dir=config.graph_cache_dir) for t in TIERS}
         for detector in detectors[spin, in_graph].values():
             detector.warmup(2)
-    runs = {name: ModeRun(name, weight) for name, (_, weight, _) in plans.items()}
+    reference = policy.drift_reference
+    runs = {name: ModeRun(name, weight, monitor=DriftMonitor(reference, config.drift_confirm)
+                          if reference is not None and reference.thresholds else None)
+            for name, (_, weight, _) in plans.items()}
     routers = {name: make_router(mode, policy, weight) for name, (mode, weight, _) in plans.items()}
     names = list(plans)
     first = 0

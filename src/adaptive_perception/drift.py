@@ -194,17 +194,23 @@ def calibrate_quality(reference: DriftReference, streams: list[np.ndarray]) -> t
     return up.tolist(), down.tolist()
 
 
+def decile_bins(edges: np.ndarray, projected: np.ndarray) -> np.ndarray:
+    """The reference decile bin of each projected value, (..., PROJECTIONS) ints in [0, BINS): how many of its
+    projection's BINS - 1 inner edges (`edges`, (PROJECTIONS, BINS - 1)) lie at or below it."""
+    return (edges <= projected[..., None]).sum(axis=-1)
+
+
+def _psi(counts: np.ndarray, frames: int) -> float:
+    """Mean PSI over the projections of a window's (PROJECTIONS, BINS) bin counts of `frames` frames."""
+    shares = np.maximum(counts / frames, 0.5 / frames)
+    expected = 1.0 / BINS
+    return float(((shares - expected) * np.log(shares / expected)).sum()) / PROJECTIONS
+
+
 def feature_psi(reference: DriftReference, projected: np.ndarray) -> float:
     """Mean PSI over the projections of a window of projected features (W, PROJECTIONS)."""
-    n = len(projected)
-    floor = 0.5 / n
-    expected = 1.0 / BINS
-    total = 0.0
-    for j in range(PROJECTIONS):
-        counts = np.bincount(np.searchsorted(reference.edges[j], projected[:, j], side="right"), minlength=BINS)
-        shares = np.maximum(counts / n, floor)
-        total += float(np.sum((shares - expected) * np.log(shares / expected)))
-    return total / PROJECTIONS
+    bins = decile_bins(np.asarray(reference.edges), projected)
+    return _psi(np.stack([np.bincount(bins[:, j], minlength=BINS) for j in range(PROJECTIONS)]), len(projected))
 
 
 def mix_tvd(reference: DriftReference, tiers: np.ndarray) -> float:
@@ -215,10 +221,11 @@ def mix_tvd(reference: DriftReference, tiers: np.ndarray) -> float:
 
 def window_statistics(reference: DriftReference, projected: np.ndarray, tiers: np.ndarray,
                       agreements: list[float], quality: np.ndarray | None = None,
-                      veils: np.ndarray | None = None) -> dict[str, float]:
+                      veils: np.ndarray | None = None, psi: float | None = None) -> dict[str, float]:
     """The statistics of one window; `image_quality` and `veil` only when the reference has them and their
-    values are given."""
-    values = {"feature_psi": feature_psi(reference, projected), "mix_tvd": mix_tvd(reference, tiers),
+    values are given; `psi`, when given, is the window's feature PSI (`projected` is then not read)."""
+    values = {"feature_psi": feature_psi(reference, projected) if psi is None else psi,
+              "mix_tvd": mix_tvd(reference, tiers),
               "agreement_drop": reference.agreement - float(np.mean(agreements)) if agreements else 0.0}
     if reference.quality_mean and quality is not None:
         values["image_quality"] = quality_shift(reference, quality)
@@ -269,7 +276,14 @@ class DriftMonitor:
             raise ConfigError("the drift reference has no calibrated thresholds; re-export the policy with "
                               "`adaptive-perception train export`")
         self.reference, self.confirm, self.release = reference, confirm, release
-        self._projected: deque[np.ndarray] = deque(maxlen=reference.window)
+        # the reference's projection as arrays, once: `DriftReference.project` rebuilds them on every call
+        self._mean = np.asarray(reference.mean, np.float64)
+        self._scale = np.maximum(np.asarray(reference.std, np.float64), 1e-6)
+        self._matrix = projection(len(reference.mean), reference.seed)
+        self._edges = np.asarray(reference.edges, np.float64)
+        # the window's decile bins per frame and their counts, kept as frames enter and leave
+        self._bins: deque[np.ndarray] = deque(maxlen=reference.window)
+        self._counts = np.zeros((PROJECTIONS, BINS), np.int64)
         self._quality: deque[np.ndarray] = deque(maxlen=reference.window)
         self._tiers: deque[int] = deque(maxlen=reference.window)
         self._veils: deque[float] = deque(maxlen=reference.window)
@@ -287,19 +301,25 @@ class DriftMonitor:
         is full; the veil statistic counts once the window holds a veil for every frame."""
         self.frames += 1
         features = np.asarray(features)
-        self._projected.append(self.reference.project(features[None])[0])
+        image = np.asarray(features[:len(self._mean)], np.float64)[None]
+        bins = decile_bins(self._edges, (((image - self._mean) / self._scale) @ self._matrix)[0])
+        rows = np.arange(PROJECTIONS)
+        if len(self._bins) == self.reference.window:
+            self._counts[rows, self._bins[0]] -= 1
+        self._bins.append(bins)
+        self._counts[rows, bins] += 1
         self._quality.append(features[_QUALITY_INDEX].astype(np.float64))
         self._tiers.append(int(tier))
         if frame_veil is None:
             self._veils.clear()
         else:
             self._veils.append(float(frame_veil))
-        if len(self._projected) < self.reference.window:
+        if len(self._bins) < self.reference.window:
             return self.state, self.score
         audits = list(self._audits) if len(self._audits) == AUDIT_WINDOW else []
         veils = np.asarray(self._veils) if len(self._veils) == self.reference.window else None
-        self.statistics = window_statistics(self.reference, np.asarray(self._projected), np.asarray(self._tiers), audits,
-                                            np.asarray(self._quality), veils)
+        self.statistics = window_statistics(self.reference, None, np.asarray(self._tiers), audits,
+                                            np.asarray(self._quality), veils, psi=_psi(self._counts, len(self._bins)))
         return self.advance(max(self.statistics[k] / self.reference.thresholds[k] for k in self.statistics
                                 if k in self.reference.thresholds))
 
