@@ -46,6 +46,7 @@ def test_quick_throughput_runs_every_mode_over_the_rendered_test_bags(quick_thro
     for row in modes.values():
         assert len(row["samples"]["total_ms"]) == FRAMES == row["frames"]
         assert abs(sum(row["mix"].values()) - 1) < 1e-9
+        assert row["drift_monitor_frames"] == FRAMES  # every mode's path ran the node's drift monitor on every frame
     assert modes["fixed:nano"]["mix"] == {"nano": 1.0, "small": 0.0, "large": 0.0}
     assert modes["fixed:large"]["mix"] == {"nano": 0.0, "small": 0.0, "large": 1.0}
     # the tiers really differ: large finds what nano misses on the same frames (tier family 2: 48 vs 19 on test)

@@ -8,7 +8,7 @@ import pytest
 
 from adaptive_perception.drift import (BINS, DRIFT, OK, PROJECTIONS, QUALITY_FEATURES, UNKNOWN, WARN, DriftMonitor,
                                        DriftReference, DriftWatch, build_reference, calibrate, calibrate_quality,
-                                       feature_psi, mix_tvd, quality_shift, veil)
+                                       decile_bins, feature_psi, mix_tvd, quality_shift, veil)
 from adaptive_perception.errors import ConfigError
 
 
@@ -26,6 +26,13 @@ def test_psi_is_zero_on_the_reference_deciles_and_large_when_every_frame_falls_i
     assert feature_psi(reference, spread) == pytest.approx(0.0)
     piled = np.full((10, PROJECTIONS), 0.5)  # every frame in the first bin; the 9 empty ones floored at 0.5 / 10
     assert feature_psi(reference, piled) == pytest.approx(0.9 * math.log(10) + 9 * 0.05 * math.log(2))  # 2.3842
+    # a value on an edge belongs to the bin above it (edges 1..9: 1.0 is in bin 1, 9.0 in bin 9, 0.999 in bin 0)
+    assert decile_bins(np.asarray(reference.edges), np.array([1.0, 9.0, 0.999, 4.0, 4.5, 0.0, 10.0, 3.0])).tolist() \
+        == [1, 9, 0, 4, 4, 0, 9, 3]
+    # half the frames on the edge 1.0, half at 0.5: two bins of 5, eight empty ones floored at 0.05:
+    # 2 x 0.4 ln 5 + 8 x 0.05 ln 2 = 1.5648 (a < in place of <= would pile all ten in bin 0: 2.3842)
+    halves = np.vstack([np.full((5, PROJECTIONS), 1.0), np.full((5, PROJECTIONS), 0.5)])
+    assert feature_psi(reference, halves) == pytest.approx(0.8 * math.log(5) + 8 * 0.05 * math.log(2))
 
 
 def test_mix_shift_is_the_total_variation_distance():

@@ -83,7 +83,7 @@ def cpu_detectors(models: dict | None = None) -> dict:
 
 
 def calibration_streams(policy: Policy, models: dict, sequences: int, version: str, frames: int = WINDOW
-                        ) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+                        ) -> list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
     """`sequences` newly rendered in-distribution sequences (CALIBRATION_SEED), back to back as one stream
     through the node's per-frame path: more scenes for the thresholds than the held-out splits hold."""
     from adaptive_perception.scenes.sequence import SequenceSpec, render_sequence

@@ -107,7 +107,7 @@ def stage_profile(settings: Settings) -> None:
     from adaptive_perception.training.profile import bag_frames, benchmark_frames, dataset_records, profile
 
     params = {"benchmark": str(settings.benchmark.resolve()), "source": settings.source, "truth": settings.truth,
-              "teacher": settings.teacher, "models": settings.models}
+              "teacher": settings.teacher, "models": settings.models, "format": 2}  # 2: with each frame's veil
     outputs = [_profile_path(settings, s) for s in SPLITS]
     if _cached(settings, "profile", params, outputs):
         print("[profile] cached: " + ", ".join(map(str, outputs)))
@@ -330,7 +330,7 @@ def stage_export(settings: Settings) -> None:
     digests = {tier: file_digest(resolve_model(spec)) for tier, spec in settings.models.items()}
     networks = [settings.work / kind / f"seed{s}.npz" for kind in ("bc", "ppo") for s in range(settings.seeds)]
     params = {"lambda": lam, "seeds": settings.seeds, "networks": _mtimes(networks), "tiers": digests,
-              "policy_out": str(settings.policy_out), "drift_reference": 3}
+              "policy_out": str(settings.policy_out), "drift_reference": 4}
     outputs = [_policy_path(settings, kind, s) for kind in ("bc", "ppo") for s in range(settings.seeds)]
     if _cached(settings, "export", params, outputs + ([settings.policy_out] if settings.policy_out else [])):
         print("[export] cached")

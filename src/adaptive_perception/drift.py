@@ -1,6 +1,6 @@
 """Drift monitor: is the world the node sees still the one its policy was trained on? (ROS-free)
 
-Three statistics over a sliding window of the most recent frames, each compared with reference statistics
+Five statistics over a sliding window of the most recent frames, each compared with reference statistics
 written into the policy file at training time (`DriftReference`, metadata `adaptive_perception.drift`):
 - **feature shift**: the 1024 image features projected onto `PROJECTIONS` fixed directions (a seeded Gaussian
   matrix, after standardising with the reference mean and std); per direction the window's share of frames
@@ -99,7 +99,7 @@ class DriftReference:
     tier_mix: list[float]  # nano, small, large on the reference data, as the policy routed it
     agreement: float  # mean audit agreement of the routed output with the reference tier
     agreement_std: float = 0.0  # spread of single audits: floors the agreement threshold
-    thresholds: dict[str, float] = field(default_factory=dict)  # feature_psi, mix_tvd, agreement_drop, image_quality
+    thresholds: dict[str, float] = field(default_factory=dict)  # feature_psi, mix_tvd, agreement_drop, image_quality, veil
     quality_mean: list[float] = field(default_factory=list)  # per QUALITY_FEATURES (empty: statistic off)
     quality_std: list[float] = field(default_factory=list)  # of their 150-frame window means in training
     quality_peak: list[float] = field(default_factory=list)  # per feature, its held-out peak above the mean, in stds
@@ -234,7 +234,7 @@ def window_statistics(reference: DriftReference, projected: np.ndarray, tiers: n
     return values
 
 
-def calibrate(reference: DriftReference, streams: list[tuple[np.ndarray, np.ndarray, np.ndarray]],
+def calibrate(reference: DriftReference, streams: list[tuple[np.ndarray, ...]],
               margin: float = MARGIN) -> dict[str, float]:
     """Thresholds from held-out in-distribution streams of (features, tiers, per-frame audit agreement or NaN
     for frames not audited[, per-frame veil]): per statistic, the largest value any full window reached, times

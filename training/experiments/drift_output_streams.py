@@ -56,7 +56,7 @@ def profile_stream(policy, split, costs):
 
 
 def node(policy, frames, detectors, desc):
-    features, tiers, _ = node_stream(policy, frames, detectors, 0, desc)
+    features, tiers, *_ = node_stream(policy, frames, detectors, 0, desc)
     context = features[:, IMAGE_FEATURES:]
     # frame i's output is frame i + 1's context; the last frame's is not there
     return tiers[:-1], context[1:, [0, 1, 3]].astype(np.float64)
