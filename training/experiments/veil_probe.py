@@ -63,17 +63,20 @@ def main() -> None:
 
     up = np.maximum(1.0, np.max([z(h).max(0) for h in held_out], 0))
     down = np.maximum(1.0, np.max([(-z(h)).max(0) for h in held_out], 0))
-    print(f"in units of the held-out peak per direction (threshold {MARGIN}); before = in-distribution windows of "
-          "the preset's stream, after = windows wholly after the change")
-    print("| value | " + " | ".join(f"{p.value} before up / down | after up / down" for p in PRESETS) + " |")
     rows = {name: [] for name in NAMES}
     for preset in PRESETS:
         clean, drifted = stream_specs(preset, 5, 2, WINDOW, "2.0.0")
-        scores, change = z(rendered(clean + drifted)), sum(s.frames for s in clean)
+        stream, change = rendered(clean + drifted), sum(s.frames for s in clean)
+        scores = z(stream)
+        print(f"{preset.value}: mean veil {stream[:change, -1].mean():.3f} before the change, "
+              f"{stream[change:, -1].mean():.3f} after (training mean {mean[-1]:.3f})")
         before, after = scores[:change - WINDOW + 1], scores[change:]
         for i, name in enumerate(NAMES):
             rows[name].append(f"{(before[:, i] / up[i]).max():.2f} / {(-before[:, i] / down[i]).max():.2f} | "
                               f"{(after[:, i] / up[i]).max():.2f} / {(-after[:, i] / down[i]).max():.2f}")
+    print(f"in units of the held-out peak per direction (threshold {MARGIN}); before = in-distribution windows of "
+          "the preset's stream, after = windows wholly after the change")
+    print("| value | " + " | ".join(f"{p.value} before up / down | after up / down" for p in PRESETS) + " |")
     for name in NAMES:
         print(f"| {name} | " + " | ".join(rows[name]) + " |")
 
