@@ -35,7 +35,7 @@ import numpy as np
 
 from adaptive_perception.config import NodeConfig, resolve_model
 from adaptive_perception.detector import TIERS, DetectorTier
-from adaptive_perception.drift import DriftMonitor, veil
+from adaptive_perception.drift import DriftMonitor
 from adaptive_perception.errors import AdaptivePerceptionError, ConfigError
 from adaptive_perception.features import RoutingContext, next_context, routing_features
 from adaptive_perception.policy import Policy
@@ -143,9 +143,8 @@ def run_sequence(run: ModeRun, router: Router, detectors: dict[str, DetectorTier
         session_end = time.perf_counter()
         detections = detector.postprocess(raw, box)
         context = next_context(detections.boxes, detections.scores, decision.tier, rgb.shape[:2])
-        monitor = run.monitor
-        drift_state, drift_score = monitor.update(features, decision.tier, veil(rgb) if monitor.reference.veil_std > 0
-                                                  else None) if monitor is not None else (0, float("nan"))
+        drift_state, drift_score = run.monitor.observe(features, decision.tier, rgb) if run.monitor is not None \
+            else (0, float("nan"))
         out = RoutingDecision(header=header, tier=decision.tier, tier_name=decision.tier_name, mode=decision.mode,
                               policy_id=decision.policy_id, drift_state=drift_state, drift_score=drift_score)
         out.probabilities = decision.probabilities.tolist()

@@ -37,11 +37,12 @@ from __future__ import annotations
 import json
 from collections import deque
 from dataclasses import asdict, dataclass, field
+from functools import cached_property
 
-import cv2
 import numpy as np
 
 from adaptive_perception.errors import ConfigError
+from adaptive_perception.features import GRID, reduce_frame
 
 PROJECTIONS = 8
 BINS = 10
@@ -67,17 +68,16 @@ QUALITY_FEATURES = {"edge_energy_q50": _quantile_feature(0, 0.5), "edge_energy_q
 _QUALITY_INDEX = np.array(list(QUALITY_FEATURES.values()))
 
 
-_VEIL_CELLS = 32 * 32
+_VEIL_CELLS = GRID * GRID
 _VEIL_DARK = _VEIL_CELLS * 5 // 100  # order statistics of the cells: the 52nd lowest (the 5th percentile) ...
 _VEIL_BRIGHT = _VEIL_CELLS * 95 // 100  # ... and the 973rd lowest (the 95th)
 
 
 def veil(rgb: np.ndarray) -> float:
-    """A frame's black level over its white level, in [0, 1]: the frame is reduced as the routing features reduce
-    it (64x64 bilinear, then 32x32 cell means); the black level is the 5th percentile (the 52nd lowest of 1024) of
-    the cells' darkest channel, the white level the 95th (the 973rd lowest) of their brightest channel, at least 1."""
-    small = cv2.resize(rgb, (64, 64), interpolation=cv2.INTER_LINEAR)
-    cells = cv2.resize(small, (32, 32), interpolation=cv2.INTER_AREA).reshape(-1, 3)
+    """A frame's black level over its white level, in [0, 1], on the 32x32 cells the routing features use
+    (`features.reduce_frame`): the black level is the 5th percentile (the 52nd lowest of 1024) of the cells'
+    darkest channel, the white level the 95th (the 973rd lowest) of their brightest channel, at least 1."""
+    cells = reduce_frame(rgb)[1].reshape(-1, 3)
     dark = np.partition(cells.min(axis=1), _VEIL_DARK)[_VEIL_DARK]
     bright = np.partition(cells.max(axis=1), _VEIL_BRIGHT)[_VEIL_BRIGHT]
     return float(dark) / max(float(bright), 1.0)
@@ -129,11 +129,18 @@ class DriftReference:
             raise ConfigError(f"the policy's drift reference ({METADATA_KEY}) has inconsistent sizes")
         return reference
 
+    @cached_property
+    def _projector(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(mean, std floored at 1e-6, projection matrix) as arrays, built on the first `project` (a reference's
+        mean, std and seed are not changed after it is built)."""
+        return (np.asarray(self.mean, np.float64), np.maximum(np.asarray(self.std, np.float64), 1e-6),
+                projection(len(self.mean), self.seed))
+
     def project(self, features: np.ndarray) -> np.ndarray:
         """(N, PROJECTIONS) projected, standardised image features."""
-        image = np.asarray(features, np.float64)[..., :len(self.mean)]
-        scaled = (image - np.asarray(self.mean)) / np.maximum(np.asarray(self.std), 1e-6)
-        return scaled @ projection(len(self.mean), self.seed)
+        mean, std, matrix = self._projector
+        image = np.asarray(features, np.float64)[..., :len(mean)]
+        return ((image - mean) / std) @ matrix
 
 
 def build_reference(features: np.ndarray, tiers: np.ndarray, agreements: np.ndarray, window: int = WINDOW,
@@ -276,10 +283,6 @@ class DriftMonitor:
             raise ConfigError("the drift reference has no calibrated thresholds; re-export the policy with "
                               "`adaptive-perception train export`")
         self.reference, self.confirm, self.release = reference, confirm, release
-        # the reference's projection as arrays, once: `DriftReference.project` rebuilds them on every call
-        self._mean = np.asarray(reference.mean, np.float64)
-        self._scale = np.maximum(np.asarray(reference.std, np.float64), 1e-6)
-        self._matrix = projection(len(reference.mean), reference.seed)
         self._edges = np.asarray(reference.edges, np.float64)
         # the window's decile bins per frame and their counts, kept as frames enter and leave
         self._bins: deque[np.ndarray] = deque(maxlen=reference.window)
@@ -301,8 +304,7 @@ class DriftMonitor:
         is full; the veil statistic counts once the window holds a veil for every frame."""
         self.frames += 1
         features = np.asarray(features)
-        image = np.asarray(features[:len(self._mean)], np.float64)[None]
-        bins = decile_bins(self._edges, (((image - self._mean) / self._scale) @ self._matrix)[0])
+        bins = decile_bins(self._edges, self.reference.project(features[None])[0])
         rows = np.arange(PROJECTIONS)
         if len(self._bins) == self.reference.window:
             self._counts[rows, self._bins[0]] -= 1
@@ -322,6 +324,10 @@ class DriftMonitor:
                                             np.asarray(self._quality), veils, psi=_psi(self._counts, len(self._bins)))
         return self.advance(max(self.statistics[k] / self.reference.thresholds[k] for k in self.statistics
                                 if k in self.reference.thresholds))
+
+    def observe(self, features: np.ndarray, tier: int, rgb: np.ndarray) -> tuple[int, float]:
+        """`update` with the frame itself: its veil is computed when the reference has the veil statistic."""
+        return self.update(features, tier, veil(rgb) if self.reference.veil_std > 0 else None)
 
     def advance(self, score: float) -> tuple[int, float]:
         """The state machine: one window's score in, the new (state, score) out."""
@@ -379,8 +385,7 @@ class DriftWatch:
         monitor = self.monitors.get(camera)
         if monitor is None:
             return audited, UNKNOWN, float("nan")
-        state, score = monitor.update(features, tier, veil(rgb) if monitor.reference.veil_std > 0 else None)
-        return audited, state, score
+        return (audited, *monitor.observe(features, tier, rgb))
 
     def close(self) -> None:
         if self.audit is not None:

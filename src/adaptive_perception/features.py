@@ -69,6 +69,13 @@ def next_context(boxes: np.ndarray, scores: np.ndarray, tier: int, frame_hw: tup
                           median_size(boxes, frame_hw))
 
 
+def reduce_frame(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """An HxWx3 uint8 frame sampled to 64x64 (bilinear; reads ~64 rows only) and that averaged to GRID x GRID
+    cells (uint8, both): what the image statistics, and the drift monitor's veil, are computed on."""
+    small = cv2.resize(rgb, (_WORK_SIZE, _WORK_SIZE), interpolation=cv2.INTER_LINEAR)
+    return small, cv2.resize(small, (GRID, GRID), interpolation=cv2.INTER_AREA)
+
+
 def image_features(rgb: np.ndarray) -> np.ndarray:
     """1024 float32 statistics of clutter and object density, independent of where things are in the frame.
 
@@ -82,8 +89,7 @@ def image_features(rgb: np.ndarray) -> np.ndarray:
         raise ValueError(f"expected an HxWx3 uint8 RGB image, got shape {rgb.shape} {rgb.dtype}")
     # resizing and colour conversions stay in OpenCV's fixed-point uint8 paths and the float work in
     # numpy, so the result is bit-identical wherever the buffers sit (OpenCV's float SIMD is not)
-    small = cv2.resize(rgb, (_WORK_SIZE, _WORK_SIZE), interpolation=cv2.INTER_LINEAR)  # reads ~64 rows only
-    cells = cv2.resize(small, (GRID, GRID), interpolation=cv2.INTER_AREA)
+    small, cells = reduce_frame(rgb)
     grey = cv2.copyMakeBorder(cv2.cvtColor(small, cv2.COLOR_RGB2GRAY), 1, 1, 1, 1, cv2.BORDER_REPLICATE)
     grey = grey.astype(np.float32) * (1.0 / 255.0)
     gx = grey[1:-1, 2:] - grey[1:-1, :-2]
