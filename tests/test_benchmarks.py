@@ -15,8 +15,9 @@ import pytest
 
 from adaptive_perception.config import NodeConfig, resolve_model
 from adaptive_perception.detector import TIERS, DetectorTier
-from adaptive_perception.drift import DriftMonitor, veil
+from adaptive_perception.drift import _QUALITY_INDEX, DriftMonitor, quality_shift, veil
 from adaptive_perception.errors import AdaptivePerceptionError, ConfigError
+from adaptive_perception.features import image_features
 from adaptive_perception.policy import Policy
 from adaptive_perception.training import fleet_cost, throughput
 from adaptive_perception.training.labels import Costs
@@ -47,6 +48,9 @@ def test_quick_throughput_runs_every_mode_over_the_rendered_test_bags(quick_thro
         assert len(row["samples"]["total_ms"]) == FRAMES == row["frames"]
         assert abs(sum(row["mix"].values()) - 1) < 1e-9
         assert row["drift_monitor_frames"] == FRAMES  # every mode's path ran the node's drift monitor on every frame
+        # none of these decisions reads the image statistics (the embedded policy reads the context): the monitor's
+        # are computed after the tier, so every feature + policy takes longer than the routing before the tier
+        assert all(a > r for a, r in zip(row["samples"]["all_features_ms"], row["samples"]["routing_ms"]))
     assert modes["fixed:nano"]["mix"] == {"nano": 1.0, "small": 0.0, "large": 0.0}
     assert modes["fixed:large"]["mix"] == {"nano": 0.0, "small": 0.0, "large": 1.0}
     # the tiers really differ: large finds what nano misses on the same frames (tier family 2: 48 vs 19 on test)
@@ -104,6 +108,10 @@ def test_the_per_frame_path_publishes_the_chosen_tiers_detections():
     assert run.monitor.frames == 6
     last_two = np.mean([veil(frames[1]), veil(frames[2])])
     assert run.monitor.statistics["veil"] == pytest.approx((last_two - reference.veil_mean) / reference.veil_std)
+    # the rule read no image statistics; they were computed after the tier, and the monitor got the frames' own
+    quality = np.stack([image_features(f)[_QUALITY_INDEX] for f in frames[1:]]).astype(np.float64)
+    assert run.monitor.statistics["image_quality"] == pytest.approx(quality_shift(run.monitor.reference, quality))
+    assert len(run.deferred_feature_ms) == 6 and min(run.deferred_feature_ms) > 0
 
 
 def test_cost_model_by_hand(tmp_path):

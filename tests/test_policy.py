@@ -34,6 +34,74 @@ def test_policy_output_is_the_mlp_on_normalised_features(tmp_path):
     assert int(np.argmax(probabilities)) == int(np.argmax(expected))
 
 
+def test_a_policy_is_fed_only_the_inputs_its_first_layer_reads(tmp_path):
+    import onnxruntime as ort
+
+    rng = np.random.default_rng(5)
+    first = np.zeros((FEATURE_SIZE, 8), np.float32)
+    first[[7, 300, 1024, 1025, 1026, 1027]] = rng.normal(0, 0.3, (6, 8))  # two image statistics and the context
+    layers = [(first, rng.normal(0, 0.1, 8).astype(np.float32)),
+              (rng.normal(0, 0.5, (8, 3)).astype(np.float32), rng.normal(0, 0.1, 3).astype(np.float32))]
+    mean, std = rng.normal(0, 1, FEATURE_SIZE), rng.uniform(0.5, 2.0, FEATURE_SIZE)
+    path = write_policy(tmp_path / "sparse.onnx", layers, mean, std, "sparse")
+    policy = Policy(path)
+    assert policy.inputs_read.tolist() == [7, 300, 1024, 1025, 1026, 1027] and policy.reads_image
+    full = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])  # the file as written: 1028 inputs
+    for _ in range(5):
+        x = rng.normal(0, 2, FEATURE_SIZE).astype(np.float32)
+        expected = full.run(None, {full.get_inputs()[0].name: ((x - mean) / std).astype(np.float32)[None]})[0][0]
+        np.testing.assert_allclose(policy.logits(x), expected, rtol=1e-5, atol=1e-6)
+        moved = x.copy()
+        moved[8] += 5.0  # an input with zero weight moves nothing
+        np.testing.assert_array_equal(policy.logits(moved), policy.logits(x))
+        moved[300] += 5.0  # a read one does
+        assert not np.allclose(policy.logits(moved), policy.logits(x))
+    # the context alone: the image statistics are not read at all
+    first[[7, 300]] = 0.0
+    context_only = Policy(write_policy(tmp_path / "context.onnx", layers, mean, std, "context"))
+    assert context_only.inputs_read.tolist() == [1024, 1025, 1026, 1027] and not context_only.reads_image
+    # every input read (a dense first layer): the file runs as it is
+    dense = Policy(write_policy(tmp_path / "dense.onnx", [(rng.normal(0, 0.05, (FEATURE_SIZE, 3)).astype(np.float32),
+                                                           np.zeros(3, np.float32))], mean, std, "dense"))
+    assert len(dense.inputs_read) == FEATURE_SIZE and dense.reads_image
+
+
+def test_route_computes_the_image_statistics_first_only_for_a_decision_that_reads_them(tmp_path, regime_frames):
+    from adaptive_perception.features import add_image_features, image_features
+
+    rgb = regime_frames["dense"]
+    context = RoutingContext(prev_count=6, prev_mean_score=0.7, prev_tier=1, prev_median_size=0.08)
+    full = routing_features(rgb, context)
+    rng = np.random.default_rng(2)
+    first = np.zeros((FEATURE_SIZE, 3), np.float32)
+    first[1024:] = rng.normal(0, 1, (4, 3))
+    mean, std = np.zeros(FEATURE_SIZE), np.ones(FEATURE_SIZE)
+    context_policy = Policy(write_policy(tmp_path / "c.onnx", [(first, np.zeros(3, np.float32))], mean, std, "c"))
+    first = first.copy()
+    first[:1024] = rng.normal(0, 0.2, (1024, 3))
+    image_policy = Policy(write_policy(tmp_path / "i.onnx", [(first, np.zeros(3, np.float32))], mean, std, "i"))
+    routed = Router("learned", context_policy).route(rgb, context)
+    assert not routed.image_read and not routed.features[:1024].any()
+    np.testing.assert_array_equal(routed.features[1024:], full[1024:])
+    np.testing.assert_allclose(routed.decision.probabilities, context_policy.probabilities(full), rtol=1e-6)
+    add_image_features(routed.features, rgb)  # what the drift monitor gets after the tier
+    np.testing.assert_array_equal(routed.features, full)
+    routed = Router("learned", image_policy).route(rgb, context)
+    assert routed.image_read and routed.feature_ms > 0 and routed.policy_ms > 0
+    np.testing.assert_array_equal(routed.features, full)
+    np.testing.assert_allclose(routed.decision.probabilities, image_policy.probabilities(full), rtol=1e-6)
+    # zero image statistics would have given another answer: the image policy's decision really read them
+    assert not np.allclose(image_policy.probabilities(np.concatenate([np.zeros(1024, np.float32), full[1024:]])),
+                           routed.decision.probabilities, atol=1e-3)
+    for mode in ("heuristic", "fixed:large"):  # the rules read the context only
+        routed = Router(mode, None).route(rgb, context)
+        assert not routed.image_read and not routed.features[:1024].any()
+        assert routed.decision.tier_name == ("small" if mode == "heuristic" else "large")
+    assert image_features(rgb).any()
+    with pytest.raises(ValueError, match="HxWx3 uint8"):
+        Router("heuristic", None).route(rgb[..., 0], context)
+
+
 def test_a_policy_names_the_tier_files_it_was_trained_with(tmp_path, tier_models):
     from adaptive_perception.detector import file_digest
 

@@ -2,8 +2,9 @@
 
 Per frame, from the recorded CDR bytes of a benchmark test bag to serialized output messages, the node's steps in
 its order: read the serialized sensor_msgs/Image (`parse_image`, as the node's raw subscription does), decode
-(`image_to_rgb`), routing features, `Router.decide`, the chosen tier (letterbox, onnxruntime `session.run`,
-decode + NMS), the next frame's context, the drift monitor's update (the frame's veil, the window statistics:
+(`image_to_rgb`), `Router.route` (the routing features the decision reads, the decision), the chosen tier
+(letterbox, onnxruntime `session.run`, decode + NMS), the next frame's context, the image statistics when the
+decision did not read them (a context-only policy, the rules), the drift monitor's update (the frame's veil, the window statistics:
 one monitor per mode, kept across sequences as a camera's is; the audits, 1 frame in 30 through the large tier in
 the node's background worker, are not in these figures), and the Detection2DArray and RoutingDecision messages
 serialized as a publish would. One worker, frames back to back:
@@ -37,7 +38,7 @@ from adaptive_perception.config import NodeConfig, resolve_model
 from adaptive_perception.detector import TIERS, DetectorTier
 from adaptive_perception.drift import DriftMonitor
 from adaptive_perception.errors import AdaptivePerceptionError, ConfigError
-from adaptive_perception.features import RoutingContext, next_context, routing_features
+from adaptive_perception.features import RoutingContext, add_image_features, next_context
 from adaptive_perception.policy import Policy
 from adaptive_perception.progress import progress
 from adaptive_perception.router import Router, RouterSettings, check_mode
@@ -106,7 +107,9 @@ class ModeRun:
     mode: str
     weight: float | None = None
     total_ms: list[float] = field(default_factory=list)
-    routing_ms: list[float] = field(default_factory=list)  # features + policy
+    routing_ms: list[float] = field(default_factory=list)  # before the tier starts: features the decision reads + policy
+    # image statistics the decision did not read, computed after the tier for the drift monitor (frames it ran on)
+    deferred_feature_ms: list[float] = field(default_factory=list)
     session_ms: list[float] = field(default_factory=list)  # onnxruntime session.run of the chosen tier
     tiers: list[int] = field(default_factory=list)
     detections: list[dict] = field(default_factory=list)  # COCO results, image_id = frame index of the run
@@ -132,10 +135,8 @@ def run_sequence(run: ModeRun, router: Router, detectors: dict[str, DetectorTier
         msg = parse_image(cdr, False)
         rgb = image_to_rgb(msg)
         header = msg.header
-        routing_start = time.perf_counter()
-        features = routing_features(rgb, context)
-        decision = router.decide(features, context)
-        routed = time.perf_counter()
+        routed = router.route(rgb, context)
+        decision = routed.decision
         detector = detectors[decision.tier_name]
         tensor, box = detector.preprocess(rgb)
         session_start = time.perf_counter()
@@ -143,8 +144,13 @@ def run_sequence(run: ModeRun, router: Router, detectors: dict[str, DetectorTier
         session_end = time.perf_counter()
         detections = detector.postprocess(raw, box)
         context = next_context(detections.boxes, detections.scores, decision.tier, rgb.shape[:2])
-        drift_state, drift_score = run.monitor.observe(features, decision.tier, rgb) if run.monitor is not None \
-            else (0, float("nan"))
+        drift_state, drift_score = 0, float("nan")
+        if run.monitor is not None:  # as the node: image statistics the decision did not read, for the monitor
+            deferred = time.perf_counter()
+            if not routed.image_read:
+                add_image_features(routed.features, rgb)
+            run.deferred_feature_ms.append((time.perf_counter() - deferred) * 1e3)
+            drift_state, drift_score = run.monitor.observe(routed.features, decision.tier, rgb)
         out = RoutingDecision(header=header, tier=decision.tier, tier_name=decision.tier_name, mode=decision.mode,
                               policy_id=decision.policy_id, drift_state=drift_state, drift_score=drift_score)
         out.probabilities = decision.probabilities.tolist()
@@ -152,7 +158,7 @@ def run_sequence(run: ModeRun, router: Router, detectors: dict[str, DetectorTier
         serialize_message(out)
         done = time.perf_counter()
         run.total_ms.append((done - started) * 1e3)
-        run.routing_ms.append((routed - routing_start) * 1e3)
+        run.routing_ms.append(routed.feature_ms + routed.policy_ms)
         run.session_ms.append((session_end - session_start) * 1e3)
         run.tiers.append(decision.tier)
         for (x0, y0, x1, y1), score, cls in zip(detections.boxes.tolist(), detections.scores.tolist(),
@@ -271,7 +277,10 @@ def summarise(run: ModeRun, gt: dict, frames: int) -> dict:
             "map50_95": map50_95, "map50": map50,
             "samples": {"total_ms": [round(v, 4) for v in run.total_ms],
                         "session_ms": [round(v, 4) for v in run.session_ms],
-                        "routing_ms": [round(v, 4) for v in run.routing_ms]}}
+                        "routing_ms": [round(v, 4) for v in run.routing_ms],
+                        # every routing feature + policy, wherever in the path the features were computed
+                        "all_features_ms": [round(a + b, 4) for a, b in zip(run.routing_ms, run.deferred_feature_ms
+                                                                             or [0.0] * len(run.routing_ms))]}}
 
 
 def baseline(modes: dict[str, dict]) -> str:
@@ -311,7 +320,10 @@ def comparisons(modes: dict[str, dict]) -> dict:
         nano_p50 = float(np.percentile(modes["fixed:nano"]["samples"]["session_ms"], 50))
         for name, row in modes.items():
             if name.startswith("learned"):
-                out[name]["router_p95_share_of_nano_p50"] = float(np.percentile(row["samples"]["routing_ms"], 95)) / nano_p50
+                samples = row["samples"]
+                out[name]["router_p95_share_of_nano_p50"] = float(np.percentile(samples["routing_ms"], 95)) / nano_p50
+                out[name]["all_features_p95_share_of_nano_p50"] = \
+                    float(np.percentile(samples["all_features_ms"], 95)) / nano_p50
     return out
 
 
@@ -341,9 +353,11 @@ def bars(report: dict) -> dict:
                        "met": bool(speed >= BARS["speedup"] and share >= ACCURACY_SHARE)}}
     if "router_p95_share_of_nano_p50" in comp[point]:
         value = comp[point]["router_p95_share_of_nano_p50"]
-        out["router_overhead"] = {"need": f"features + policy p95 <= {BARS['router_share_of_nano_p50']:.0%} of nano's "
-                                          "session p50", "measured": value,
-                                  "met": bool(value <= BARS["router_share_of_nano_p50"])}
+        out["router_overhead"] = {"need": f"routing before the tier starts (the features the decision reads + policy) "
+                                          f"p95 <= {BARS['router_share_of_nano_p50']:.0%} of nano's session p50",
+                                  "measured": value, "met": bool(value <= BARS["router_share_of_nano_p50"]),
+                                  # every feature + policy, the image statistics included wherever they ran
+                                  "all_features": comp[point]["all_features_p95_share_of_nano_p50"]}
     value = modes[point]["node_overhead"]["p95_ms"]
     out["node_overhead"] = {"need": f"p95 <= {BARS['node_overhead_p95_ms']} ms (message in to messages out, minus "
                                     "session.run), 640x480", "measured": value,
@@ -469,6 +483,8 @@ def table(report: dict) -> str:
         value = bar["measured"]
         shown = f"{value:.2%}" if name == "router_overhead" else f"{value:.2f}"
         extra = f" at {_pct(bar['map_share_of_large'])} of large's mAP50-95" if "map_share_of_large" in bar else ""
+        if "all_features" in bar:
+            extra = f" (every feature + policy, the image statistics after the tier included: {bar['all_features']:.2%})"
         lines.append(f"- {name}: {bar['need']}: measured {shown}{extra}: " + ("met" if bar["met"] else "NOT met"))
     return "\n".join(lines)
 

@@ -379,6 +379,10 @@ class DriftWatch:
         if monitor is not None:
             monitor.audit(score)
 
+    def monitoring(self, camera) -> bool:
+        """Whether `frame` reads this camera's image features (a monitor is running for it)."""
+        return self.monitors.get(camera) is not None
+
     def frame(self, camera, features: np.ndarray, tier: int, rgb: np.ndarray, detections) -> tuple[bool, int, float]:
         """(audited, state, score) for one routed frame; `audited` = handed to the audit worker."""
         audited = bool(self.audit is not None and self.audit.due(camera) and self.audit.offer(camera, rgb, detections))

@@ -10,7 +10,7 @@ Names and labels (all prefixed `adaptive_perception_`):
 | `frames_processed_total` | counter | camera, tier |
 | `frames_failed_total` | counter | camera, kind (bad_size, truncated, ..., tier_failed:<tier>) |
 | `node_seconds` | histogram | camera, tier (decode to detections, per processed frame) |
-| `router_overhead_seconds` | histogram | camera (features + policy) |
+| `router_overhead_seconds` | histogram | camera (what routing costs before the tier starts: the features the decision reads + the policy) |
 | `frame_age_seconds` | histogram | camera (header stamp to publication) |
 | `qos_incompatible_total` | counter | topic (publishers whose QoS cannot reach this node) |
 | `drift_state`, `drift_score` | gauge | camera (state 0 unknown, 1 ok, 2 warn, 3 drift) |
@@ -44,7 +44,8 @@ class PrometheusMetrics:
                                      ["camera", "kind"], registry=r)
         self.node_seconds = Histogram(f"{PREFIX}_node_seconds", "Node time per processed frame",
                                       ["camera", "tier"], buckets=_NODE_BUCKETS, registry=r)
-        self.overhead_seconds = Histogram(f"{PREFIX}_router_overhead_seconds", "Features + policy time per frame",
+        self.overhead_seconds = Histogram(f"{PREFIX}_router_overhead_seconds",
+                                          "Routing before the tier starts (features the decision reads + policy)",
                                           ["camera"], buckets=_OVERHEAD_BUCKETS, registry=r)
         self.frame_age_seconds = Histogram(f"{PREFIX}_frame_age_seconds", "Header stamp to publication",
                                            ["camera"], buckets=_AGE_BUCKETS, registry=r)

@@ -16,6 +16,13 @@ A policy file carries everything needed to run it in its ONNX metadata (never in
 | `adaptive_perception.drift` | optional JSON drift reference (`drift.DriftReference`): feature mean/std, decile edges of the projected features, the tier mix and audit agreement on the training data, thresholds calibrated on held-out data; the node's drift monitor compares with it |
 
 The graph has one float32 input of shape (N or 1, 1028) and one float32 output of shape (N or 1, 3).
+
+Inputs the policy does not read: when the first layer (a Gemm or MatMul on the input with constant weights) gives
+some inputs zero weight in every unit, those inputs cannot move the output, so the runtime feeds onnxruntime only
+the others (`inputs_read`; the logits are the same, checked at load) and says whether it reads the image
+statistics at all (`reads_image`). A context-only policy (`train --policy-inputs context`, the default) reads the
+4 context values: its decision needs neither the 1024 image statistics nor the 0.5 MB of zero first-layer weights
+that the detector's inference pushes out of the cache between frames.
 """
 from __future__ import annotations
 
@@ -27,7 +34,7 @@ import numpy as np
 
 from adaptive_perception.detector import TIERS
 from adaptive_perception.errors import AdaptivePerceptionError
-from adaptive_perception.features import FEATURE_SIZE, FEATURE_VERSION
+from adaptive_perception.features import FEATURE_SIZE, FEATURE_VERSION, IMAGE_FEATURES
 
 META_PREFIX = "adaptive_perception."
 POLICY_KIND = "routing_policy"
@@ -63,6 +70,41 @@ class PolicyInfo:
     tiers: tuple[str, ...]
     description: str
     tier_digests: dict[str, str]  # empty when the file names none (policies written before they were recorded)
+
+
+def _read_inputs(path: str) -> tuple[np.ndarray, bytes | None]:
+    """(indices of the inputs the policy's first layer gives a non-zero weight, the model without the others as
+    serialized ONNX or None when it reads them all). Every input counts as read where the graph does not begin
+    with one Gemm (no transposed input) or MatMul of the input by a constant used nowhere else."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    everything = np.arange(FEATURE_SIZE)
+    model = onnx.load(path)
+    graph = model.graph
+    constants = {tensor.name: tensor for tensor in graph.initializer}
+    inputs = [value for value in graph.input if value.name not in constants]
+    consumers = [node for node in graph.node if inputs and inputs[0].name in node.input]
+    if len(inputs) != 1 or len(consumers) != 1:
+        return everything, None
+    first = consumers[0]
+    attributes = {a.name: helper.get_attribute_value(a) for a in first.attribute}
+    if first.op_type not in ("Gemm", "MatMul") or list(first.input[:1]) != [inputs[0].name] or len(first.input) < 2 \
+            or first.input[1] not in constants or attributes.get("transA", 0) != 0 \
+            or sum(first.input[1] in node.input for node in graph.node) != 1:
+        return everything, None
+    weights = numpy_helper.to_array(constants[first.input[1]])
+    transposed = bool(attributes.get("transB", 0))
+    rows = weights.T if transposed else weights  # (inputs, units)
+    if rows.ndim != 2 or rows.shape[0] != FEATURE_SIZE:
+        return everything, None
+    read = np.flatnonzero((rows != 0).any(axis=1))
+    if len(read) == FEATURE_SIZE or len(read) == 0:
+        return everything, None
+    kept = rows[read].T if transposed else rows[read]
+    constants[first.input[1]].CopyFrom(numpy_helper.from_array(np.ascontiguousarray(kept), first.input[1]))
+    inputs[0].type.tensor_type.shape.dim[1].dim_value = len(read)
+    return read, model.SerializeToString()
 
 
 def _softmax(logits: np.ndarray) -> np.ndarray:
@@ -141,11 +183,34 @@ class Policy:
         self._input = inputs[0].name
         self._scale = (1.0 / std).astype(np.float32)
         self._offset = (-mean / std).astype(np.float32)
+        self._read: np.ndarray | None = None  # the inputs fed to the session; None: all of them
         self.info = PolicyInfo(self.path, meta["policy_id"], tiers, meta.get("description", ""), tier_digests)
         probe = self._run(np.zeros(FEATURE_SIZE, np.float32))  # also catches a wrong output shape now, not per frame
         if probe.shape != (len(TIERS),) or not np.isfinite(probe).all():
             raise PolicyFileError(path, f"output is {probe.shape} (finite: {bool(np.isfinite(probe).all())}) "
                                   f"for a zero input, expected {len(TIERS)} finite logits")
+        self.inputs_read = np.arange(FEATURE_SIZE)
+        read, reduced = _read_inputs(self.path)
+        if reduced is not None:
+            self._use_inputs(read, ort.InferenceSession(reduced, options, providers=["CPUExecutionProvider"]))
+
+    def _use_inputs(self, read: np.ndarray, session) -> None:
+        """Feed `session` (the model on the `read` inputs only) from now on, once its logits match the full
+        model's on random inputs."""
+        check = np.random.default_rng(0).normal(0.0, 3.0, (4, FEATURE_SIZE)).astype(np.float32)
+        full = np.stack([self._run(x) for x in check])
+        full_session, scale, offset = self._session, self._scale, self._offset
+        self._session, self._read = session, read
+        self._scale, self._offset = scale[read], offset[read]
+        if not np.allclose(np.stack([self._run(x) for x in check]), full, rtol=1e-5, atol=1e-5):
+            self._session, self._read, self._scale, self._offset = full_session, None, scale, offset
+            return
+        self.inputs_read = read
+
+    @property
+    def reads_image(self) -> bool:
+        """Whether any of the 1024 image statistics can move this policy's output."""
+        return bool(self.inputs_read[0] < IMAGE_FEATURES)
 
     @staticmethod
     def _value_head(path: object, meta: dict[str, str]) -> ValueHead | None:
@@ -179,7 +244,9 @@ class Policy:
                 for tier, (digest, path) in loaded.items() if tier in expected and expected[tier] != digest]
 
     def _run(self, features: np.ndarray) -> np.ndarray:
-        x = (features * self._scale + self._offset).reshape(1, FEATURE_SIZE)
+        if self._read is not None:
+            features = features[self._read]
+        x = (features * self._scale + self._offset).reshape(1, -1)
         return self._session.run(None, {self._input: x})[0].reshape(-1)
 
     def logits(self, features: np.ndarray) -> np.ndarray:

@@ -12,13 +12,14 @@ needs about the previous frame (count, tier) comes in the RoutingContext.
 """
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, replace
 
 import numpy as np
 
 from adaptive_perception.detector import TIERS
 from adaptive_perception.errors import ConfigError
-from adaptive_perception.features import RoutingContext
+from adaptive_perception.features import RoutingContext, routing_features
 from adaptive_perception.policy import Policy
 
 FIXED_PREFIX = "fixed:"
@@ -74,6 +75,17 @@ class Decision:
         return TIERS[self.tier]
 
 
+@dataclass(frozen=True)
+class Routed:
+    """One frame routed from its pixels (`Router.route`)."""
+
+    decision: Decision
+    features: np.ndarray  # the 1028 routing features; the image statistics are zero unless `image_read`
+    image_read: bool  # the decision read the image statistics (computed before it)
+    feature_ms: float  # computing the features the decision read
+    policy_ms: float  # the decision
+
+
 def _one_hot(tier: int) -> np.ndarray:
     out = np.zeros(len(TIERS), np.float32)
     out[tier] = 1.0
@@ -122,8 +134,25 @@ class Router:
     def set_policy(self, policy: Policy) -> None:
         self._state = (self.mode, policy)
 
+    def route(self, rgb: np.ndarray, context: RoutingContext) -> Routed:
+        """One frame from its pixels: the image statistics are computed before the decision only when it reads
+        them (the learned mode with a policy whose `reads_image`); the rules and a context-only policy decide
+        from the context alone, and whoever needs the image statistics (the drift monitor) adds them later
+        (`features.add_image_features`). Mode and policy are read once, so a swap cannot split a frame."""
+        state = self._state
+        started = time.perf_counter()
+        image = state[0] == "learned" and state[1] is not None and state[1].reads_image
+        features = routing_features(rgb, context, image)
+        computed = time.perf_counter()
+        decision = self._decide(state, features, context)
+        return Routed(decision, features, image, (computed - started) * 1e3, (time.perf_counter() - computed) * 1e3)
+
     def decide(self, features: np.ndarray, context: RoutingContext) -> Decision:
-        mode, policy = self._state
+        """One frame from its 1028 routing features."""
+        return self._decide(self._state, features, context)
+
+    def _decide(self, state: tuple[str, Policy | None], features: np.ndarray, context: RoutingContext) -> Decision:
+        mode, policy = state
         if mode == "learned":
             assert policy is not None
             weight = self.settings.cost_weight

@@ -27,7 +27,7 @@ from adaptive_perception.drawing import draw_routed
 from adaptive_perception.drift import DRIFT, STATE_NAMES, DriftWatch
 from adaptive_perception.evidence import EvidenceCapture, EvidenceSettings
 from adaptive_perception.errors import AdaptivePerceptionError, ImageDecodeError, TierFailure
-from adaptive_perception.features import RoutingContext, next_context, routing_features
+from adaptive_perception.features import RoutingContext, add_image_features, next_context
 from adaptive_perception.frames import CameraCounters, LatestFrameSlot
 from adaptive_perception.metrics import PrometheusMetrics
 from adaptive_perception.policy import Policy
@@ -455,10 +455,8 @@ class PerceptionNode(LifecycleNode):
         started = time.perf_counter()
         rgb = image_to_rgb(msg)
         context = self._contexts.get(camera, RoutingContext())
-        feature_start = time.perf_counter()
-        features = routing_features(rgb, context)
-        policy_start = time.perf_counter()
-        decision = self.router.decide(features, context)
+        routed = self.router.route(rgb, context)
+        decision = routed.decision
         inference_start = time.perf_counter()
         try:
             detections = self.detectors[decision.tier_name].detect(rgb)
@@ -468,20 +466,23 @@ class PerceptionNode(LifecycleNode):
         stamp = msg.stamp_ns
         header = msg.header
         self._contexts[camera] = next_context(detections.boxes, detections.scores, decision.tier, rgb.shape[:2])
-        audited, drift_state, drift_score = self.drift.frame(camera, features, decision.tier, rgb, detections)
+        if not routed.image_read and self.drift.monitoring(camera):  # the decision did not need them; the monitor does
+            add_image_features(routed.features, rgb)
+        feature_ms = routed.feature_ms + (time.perf_counter() - inferred) * 1e3
+        audited, drift_state, drift_score = self.drift.frame(camera, routed.features, decision.tier, rgb, detections)
         detections_msg = detections_to_msg(detections, header)
         done = time.perf_counter()  # node time: decode to detections and the drift update, before publishing
         out = RoutingDecision(header=header, tier=decision.tier, tier_name=decision.tier_name,
                               mode=decision.mode, policy_id=decision.policy_id, audited=audited,
                               drift_state=drift_state, drift_score=drift_score)
         out.probabilities = decision.probabilities.tolist()
-        out.feature_ms = (policy_start - feature_start) * 1e3
-        out.policy_ms = (inference_start - policy_start) * 1e3
+        out.feature_ms = feature_ms
+        out.policy_ms = routed.policy_ms
         out.inference_ms = (inferred - inference_start) * 1e3
         out.total_ms = (done - started) * 1e3
         out.frame_age_ms = (self.get_clock().now().nanoseconds - stamp) / 1e6
         # counted before publishing: whoever sees an output sees it counted
-        self.telemetry.processed(camera, decision.tier_name, out.total_ms, out.feature_ms + out.policy_ms,
+        self.telemetry.processed(camera, decision.tier_name, out.total_ms, routed.feature_ms + routed.policy_ms,
                                  out.frame_age_ms)
         # the evidence ring and a drift event see this frame's outputs before anyone can answer them
         evidence = self.evidence
