@@ -66,6 +66,22 @@ def test_a_policy_is_fed_only_the_inputs_its_first_layer_reads(tmp_path):
     assert len(dense.inputs_read) == FEATURE_SIZE and dense.reads_image
 
 
+def test_one_policy_serves_frames_from_several_threads(tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    # the session runs through buffers bound once; two threads must never see each other's frame
+    rng = np.random.default_rng(8)
+    first = np.zeros((FEATURE_SIZE, 16), np.float32)
+    first[1024:] = rng.normal(0, 1, (4, 16))
+    layers = [(first, np.zeros(16, np.float32)), (rng.normal(0, 1, (16, 3)).astype(np.float32), np.zeros(3, np.float32))]
+    policy = Policy(write_policy(tmp_path / "p.onnx", layers, np.zeros(FEATURE_SIZE), np.ones(FEATURE_SIZE), "p"))
+    inputs = rng.normal(0, 1, (400, FEATURE_SIZE)).astype(np.float32)
+    alone = [policy.logits(x) for x in inputs]
+    with ThreadPoolExecutor(4) as pool:
+        together = list(pool.map(policy.logits, inputs))
+    np.testing.assert_array_equal(np.stack(together), np.stack(alone))
+
+
 def test_route_computes_the_image_statistics_first_only_for_a_decision_that_reads_them(tmp_path, regime_frames):
     from adaptive_perception.features import add_image_features, image_features
 

@@ -120,7 +120,9 @@ def routing_features(rgb: np.ndarray, context: RoutingContext, image: bool = Tru
     fills them in later."""
     if not image:
         _check_rgb(rgb)
-        return np.concatenate([np.zeros(IMAGE_FEATURES, np.float32), context.vector()])
+        features = np.zeros(FEATURE_SIZE, np.float32)
+        features[IMAGE_FEATURES:] = context.vector()
+        return features
     return np.concatenate([image_features(rgb), context.vector()])
 
 

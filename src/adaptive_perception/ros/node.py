@@ -466,9 +466,11 @@ class PerceptionNode(LifecycleNode):
         stamp = msg.stamp_ns
         header = msg.header
         self._contexts[camera] = next_context(detections.boxes, detections.scores, decision.tier, rgb.shape[:2])
+        feature_ms = routed.feature_ms
         if not routed.image_read and self.drift.monitoring(camera):  # the decision did not need them; the monitor does
+            deferred = time.perf_counter()
             add_image_features(routed.features, rgb)
-        feature_ms = routed.feature_ms + (time.perf_counter() - inferred) * 1e3
+            feature_ms += (time.perf_counter() - deferred) * 1e3
         audited, drift_state, drift_score = self.drift.frame(camera, routed.features, decision.tier, rgb, detections)
         detections_msg = detections_to_msg(detections, header)
         done = time.perf_counter()  # node time: decode to detections and the drift update, before publishing
