@@ -16,6 +16,7 @@ objects are where a larger tier finds what a smaller one misses (measured: `trai
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import cv2
@@ -51,7 +52,7 @@ class RoutingContext:
 
     def vector(self) -> np.ndarray:
         """The 4 context features: log1p(count), mean score, (tier + 1) / 3, median relative box size."""
-        return np.array([np.log1p(max(self.prev_count, 0)), self.prev_mean_score, (self.prev_tier + 1) / 3.0,
+        return np.array([math.log1p(max(self.prev_count, 0)), self.prev_mean_score, (self.prev_tier + 1) / 3.0,
                          self.prev_median_size], np.float32)
 
 

@@ -27,6 +27,7 @@ that the detector's inference pushes out of the cache between frames.
 from __future__ import annotations
 
 import json
+import math
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -108,9 +109,13 @@ def _read_inputs(path: str) -> tuple[np.ndarray, bytes | None]:
     return read, model.SerializeToString()
 
 
-def _softmax(logits: np.ndarray) -> np.ndarray:
-    shifted = np.exp(logits - logits.max())
-    return shifted / shifted.sum()  # float32 in, float32 out
+def _softmax(scores: list[float]) -> np.ndarray:
+    """float32 softmax of a few scores, computed on Python floats: on the routing path, with the caches cold after
+    a tier, that is about twice as fast as numpy's calls on three values."""
+    top = max(scores)
+    shifted = [math.exp(value - top) for value in scores]
+    total = sum(shifted)
+    return np.array([value / total for value in shifted], np.float32)
 
 
 class Policy:
@@ -294,5 +299,10 @@ class Policy:
         return ((out - np.float32(weight) * head.tier_cost) / np.float32(head.temperature)).astype(np.float32)
 
     def probabilities(self, features: np.ndarray, cost_weight: float | None = None) -> np.ndarray:
-        """Softmax over the tiers' scores for one frame."""
-        return _softmax(self.scores(features, cost_weight))
+        """Softmax over the tiers' scores (`scores`, here on Python floats) for one frame."""
+        out = self.logits(features).tolist()
+        head = self.value_head
+        if head is not None:
+            weight = head.cost_weight if cost_weight is None else cost_weight
+            out = [(value - weight * cost) / head.temperature for value, cost in zip(out, head.tier_cost.tolist())]
+        return _softmax(out)
