@@ -22,7 +22,8 @@ some inputs zero weight in every unit, those inputs cannot move the output, so t
 the others (`inputs_read`; the logits are the same, checked at load) and says whether it reads the image
 statistics at all (`reads_image`). A context-only policy (`train --policy-inputs context`, the default) reads the
 4 context values: its decision needs neither the 1024 image statistics nor the 0.5 MB of zero first-layer weights
-that the detector's inference pushes out of the cache between frames.
+that the detector's inference pushes out of the cache between frames. A frame runs through input and output
+buffers bound to the session once (an io binding), one frame at a time.
 """
 from __future__ import annotations
 
@@ -110,8 +111,7 @@ def _read_inputs(path: str) -> tuple[np.ndarray, bytes | None]:
 
 
 def _softmax(scores: list[float]) -> np.ndarray:
-    """float32 softmax of a few scores, computed on Python floats: on the routing path, with the caches cold after
-    a tier, that is about twice as fast as numpy's calls on three values."""
+    """float32 softmax of a few scores, on Python floats (see `Policy.scores`)."""
     top = max(scores)
     shifted = [math.exp(value - top) for value in scores]
     total = sum(shifted)
@@ -288,21 +288,17 @@ class Policy:
             raise ValueError(f"expected {FEATURE_SIZE} features, got shape {features.shape}")
         return self._run(features.astype(np.float32, copy=False))
 
-    def scores(self, features: np.ndarray, cost_weight: float | None = None) -> np.ndarray:
+    def scores(self, features: np.ndarray, cost_weight: float | None = None) -> list[float]:
         """One frame's per-tier scores, largest = chosen: the logits, or for a `tier_values` policy
-        (values - weight x tier_cost) / temperature with `cost_weight` (None: the policy's calibrated weight)."""
-        out = self.logits(features)
+        (values - weight x tier_cost) / temperature with `cost_weight` (None: the policy's calibrated weight).
+        Python floats: on three values, with the caches cold after a tier, cheaper than numpy's calls."""
+        out = self.logits(features).tolist()
         head = self.value_head
         if head is None:
             return out
         weight = head.cost_weight if cost_weight is None else cost_weight
-        return ((out - np.float32(weight) * head.tier_cost) / np.float32(head.temperature)).astype(np.float32)
+        return [(value - weight * cost) / head.temperature for value, cost in zip(out, head.tier_cost.tolist())]
 
     def probabilities(self, features: np.ndarray, cost_weight: float | None = None) -> np.ndarray:
-        """Softmax over the tiers' scores (`scores`, here on Python floats) for one frame."""
-        out = self.logits(features).tolist()
-        head = self.value_head
-        if head is not None:
-            weight = head.cost_weight if cost_weight is None else cost_weight
-            out = [(value - weight * cost) / head.temperature for value, cost in zip(out, head.tier_cost.tolist())]
-        return _softmax(out)
+        """Softmax over the tiers' scores for one frame (float32)."""
+        return _softmax(self.scores(features, cost_weight))
