@@ -83,7 +83,7 @@ def test_one_policy_serves_frames_from_several_threads(tmp_path):
 
 
 def test_route_computes_the_image_statistics_first_only_for_a_decision_that_reads_them(tmp_path, regime_frames):
-    from adaptive_perception.features import add_image_features, image_features
+    from adaptive_perception.features import image_features
 
     rgb = regime_frames["dense"]
     context = RoutingContext(prev_count=6, prev_mean_score=0.7, prev_tier=1, prev_median_size=0.08)
@@ -100,11 +100,12 @@ def test_route_computes_the_image_statistics_first_only_for_a_decision_that_read
     assert not routed.image_read and not routed.features[:1024].any()
     np.testing.assert_array_equal(routed.features[1024:], full[1024:])
     np.testing.assert_allclose(routed.decision.probabilities, context_policy.probabilities(full), rtol=1e-6)
-    add_image_features(routed.features, rgb)  # what the drift monitor gets after the tier
+    assert routed.complete(rgb) > 0  # what the drift monitor gets after the tier
     np.testing.assert_array_equal(routed.features, full)
     routed = Router("learned", image_policy).route(rgb, context)
     assert routed.image_read and routed.feature_ms > 0 and routed.policy_ms > 0
     np.testing.assert_array_equal(routed.features, full)
+    assert routed.complete(rgb) == 0.0  # nothing left to add
     np.testing.assert_allclose(routed.decision.probabilities, image_policy.probabilities(full), rtol=1e-6)
     # zero image statistics would have given another answer: the image policy's decision really read them
     assert not np.allclose(image_policy.probabilities(np.concatenate([np.zeros(1024, np.float32), full[1024:]])),

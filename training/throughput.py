@@ -38,7 +38,7 @@ from adaptive_perception.config import NodeConfig, resolve_model
 from adaptive_perception.detector import TIERS, DetectorTier
 from adaptive_perception.drift import DriftMonitor
 from adaptive_perception.errors import AdaptivePerceptionError, ConfigError
-from adaptive_perception.features import RoutingContext, add_image_features, next_context
+from adaptive_perception.features import RoutingContext, next_context
 from adaptive_perception.policy import Policy
 from adaptive_perception.progress import progress
 from adaptive_perception.router import Router, RouterSettings, check_mode
@@ -146,10 +146,7 @@ def run_sequence(run: ModeRun, router: Router, detectors: dict[str, DetectorTier
         context = next_context(detections.boxes, detections.scores, decision.tier, rgb.shape[:2])
         drift_state, drift_score = 0, float("nan")
         if run.monitor is not None:  # as the node: image statistics the decision did not read, for the monitor
-            deferred = time.perf_counter()
-            if not routed.image_read:
-                add_image_features(routed.features, rgb)
-            run.deferred_feature_ms.append((time.perf_counter() - deferred) * 1e3)
+            run.deferred_feature_ms.append(routed.complete(rgb))
             drift_state, drift_score = run.monitor.observe(routed.features, decision.tier, rgb)
         out = RoutingDecision(header=header, tier=decision.tier, tier_name=decision.tier_name, mode=decision.mode,
                               policy_id=decision.policy_id, drift_state=drift_state, drift_score=drift_score)

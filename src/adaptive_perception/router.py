@@ -19,7 +19,7 @@ import numpy as np
 
 from adaptive_perception.detector import TIERS
 from adaptive_perception.errors import ConfigError
-from adaptive_perception.features import RoutingContext, routing_features
+from adaptive_perception.features import RoutingContext, add_image_features, routing_features
 from adaptive_perception.policy import Policy
 
 FIXED_PREFIX = "fixed:"
@@ -85,6 +85,15 @@ class Routed:
     feature_ms: float  # computing the features the decision read
     policy_ms: float  # the decision
 
+    def complete(self, rgb: np.ndarray) -> float:
+        """Fill in the image statistics the decision did not read (for the drift monitor, after the tier);
+        returns the milliseconds it took (0 when the decision had read them)."""
+        if self.image_read:
+            return 0.0
+        started = time.perf_counter()
+        add_image_features(self.features, rgb)
+        return (time.perf_counter() - started) * 1e3
+
 
 def _one_hot(tier: int) -> np.ndarray:
     out = np.zeros(len(TIERS), np.float32)
@@ -138,7 +147,7 @@ class Router:
         """One frame from its pixels: the image statistics are computed before the decision only when it reads
         them (the learned mode with a policy whose `reads_image`); the rules and a context-only policy decide
         from the context alone, and whoever needs the image statistics (the drift monitor) adds them later
-        (`features.add_image_features`). Mode and policy are read once, so a swap cannot split a frame."""
+        (`Routed.complete`). Mode and policy are read once, so a swap cannot split a frame."""
         state = self._state
         started = time.perf_counter()
         image = state[0] == "learned" and state[1] is not None and state[1].reads_image

@@ -27,7 +27,7 @@ from adaptive_perception.drawing import draw_routed
 from adaptive_perception.drift import DRIFT, STATE_NAMES, DriftWatch
 from adaptive_perception.evidence import EvidenceCapture, EvidenceSettings
 from adaptive_perception.errors import AdaptivePerceptionError, ImageDecodeError, TierFailure
-from adaptive_perception.features import RoutingContext, add_image_features, next_context
+from adaptive_perception.features import RoutingContext, next_context
 from adaptive_perception.frames import CameraCounters, LatestFrameSlot
 from adaptive_perception.metrics import PrometheusMetrics
 from adaptive_perception.policy import Policy
@@ -467,10 +467,8 @@ class PerceptionNode(LifecycleNode):
         header = msg.header
         self._contexts[camera] = next_context(detections.boxes, detections.scores, decision.tier, rgb.shape[:2])
         feature_ms = routed.feature_ms
-        if not routed.image_read and self.drift.monitoring(camera):  # the decision did not need them; the monitor does
-            deferred = time.perf_counter()
-            add_image_features(routed.features, rgb)
-            feature_ms += (time.perf_counter() - deferred) * 1e3
+        if self.drift.monitoring(camera):  # image statistics the decision did not need; the monitor does
+            feature_ms += routed.complete(rgb)
         audited, drift_state, drift_score = self.drift.frame(camera, routed.features, decision.tier, rgb, detections)
         detections_msg = detections_to_msg(detections, header)
         done = time.perf_counter()  # node time: decode to detections and the drift update, before publishing
