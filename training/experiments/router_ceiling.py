@@ -1,0 +1,210 @@
+"""Experiment (not part of the package; kept so the README's figures can be reproduced): how far can a router that
+sees only the past get, and do richer context values or the node's audits move a learned router off the count
+rule? They do not; nothing here is shipped.
+
+    python training/experiments/router_ceiling.py [--work build/train-v2]   # ~10 min on 2 cores; after `train labels`
+
+Per frame, on the test split's profile (the simulator the report uses), at two budgets:
+
+- the router issue's: mean inference cost <= 40 % of always-large's, the embedded tiers' costs
+  (`training/latency/cpu-2core-family2.json`);
+- the throughput issue's projection: <= 1/3 of large's (3x), the real YOLOv8 n/s/l graphs' costs at 640 (the
+  latency file `bench throughput` projects with, `training/latency/cpu-2core-yolov8-640.json`) plus the work outside
+  inference that `bench throughput` measured (`training/reports/throughput.json`), the embedded tiers' accuracy.
+
+Rows (mAP50-95 by pycocotools; everything but the oracles is tuned on the validation split for the budget and
+scored once on test; label units are `labels.frame_value`):
+
+- **oracle**: the labels' budget oracle, knowing every tier's value on the frame it routes (not causal);
+- **previous-frame oracle**: the budget oracle on the previous frame's values of all three tiers: the best any
+  router can do that knows everything about the previous frame, including the outputs of tiers it did not run;
+- **count rule**: the heuristic (low, high) with the best validation quality within the budget;
+- **shipped policy**: its cost weight the smallest whose validation cost fits (real costs: `policy_for_costs`);
+- **boosted trees** (scikit-learn's histogram gradient boosting, two regressors for small's and large's value
+  gain over nano, trained on the router split under each tier's previous output, as `learn.context_dataset`
+  trains the MLP), on: the 4 context values; those plus low-confidence evidence from the previous output
+  (counts at scores >= 0.05 / 0.10 / 0.15, the summed score of every detection >= 0.01, boxes scoring >= 0.10 under
+  4 % of the frame's side, the smallest published box); those 4 plus the latest audit (the node runs the large
+  tier on every 30th frame in the background: large's published count and median box size there, available 2
+  frames later, and the audit's age; the audits' cost is added to the row's).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+
+from adaptive_perception.features import median_size
+from adaptive_perception.router import Router, RouterSettings
+from adaptive_perception.training.evaluate import Scorer
+from adaptive_perception.training.labels import Costs, budget_oracle
+from adaptive_perception.training.pipeline import Settings, load_split
+from adaptive_perception.training.profile import PUBLISH_CONF
+from adaptive_perception.training.report import HEURISTIC_GRID, _fixed, _router_chooser, _table_chooser
+from adaptive_perception.training.simulate import Split, rollout
+from adaptive_perception.training.throughput import _learned_chooser, policy_for_costs
+
+ROOT = Path(__file__).resolve().parents[2]
+POLICY = ROOT / "src/adaptive_perception/models/policy.onnx"
+REAL_LATENCY = ROOT / "training/latency/cpu-2core-yolov8-640.json"
+THROUGHPUT = ROOT / "training/reports/throughput.json"
+AUDIT_EVERY, AUDIT_LAG = 30, 2
+WEIGHTS = np.round(np.linspace(0.0, 1.0, 51), 3)
+EXTRA = ["count_0.05", "count_0.10", "count_0.15", "score_sum", "small_boxes", "smallest_box"]
+
+
+def context_table(split: Split) -> np.ndarray:
+    """(N, 3, 10) what tier t's output of frame f gives the next frame: the node's 4 context values, then EXTRA."""
+    profile = split.profile
+    hw = tuple(profile.meta["frame_hw"])
+    out = np.zeros((len(profile), 3, 4 + len(EXTRA)), np.float32)
+    for tier in range(3):
+        for f, dets in enumerate(profile.tier_detections(tier, 0.01)):
+            scores = dets[:, 4]
+            published = dets[scores >= PUBLISH_CONF]
+            side = np.sqrt(np.clip(dets[:, 2] - dets[:, 0], 0, None) * np.clip(dets[:, 3] - dets[:, 1], 0, None)
+                           / (hw[0] * hw[1]))
+            out[f, tier] = [np.log1p(len(published)), published[:, 4].mean() if len(published) else 0.0,
+                            (tier + 1) / 3, median_size(published[:, :4], hw),
+                            *(np.log1p((scores >= s).sum()) for s in (0.05, 0.10, 0.15)), scores.sum(),
+                            np.log1p(((scores >= 0.10) & (side < 0.04)).sum()),
+                            side[scores >= PUBLISH_CONF].min() if len(published) else 0.0]
+    return out
+
+
+def audit_table(split: Split) -> np.ndarray:
+    """(N, 3) per frame: log1p(large's count), large's median box size on the latest audit whose output is out, and
+    the audit's age in audit periods (1 and zeros before the first)."""
+    out = np.zeros((len(split.profile), 3), np.float32)
+    for frames in split.profile.sequences():
+        for i, f in enumerate(frames):
+            if i < AUDIT_LAG:
+                out[f] = [0.0, 0.0, 1.0]
+                continue
+            audited = ((i - AUDIT_LAG) // AUDIT_EVERY) * AUDIT_EVERY
+            g = frames[audited]
+            out[f] = [np.log1p(split.counts[g, 2]), split.median_sizes[g, 2], (i - audited) / AUDIT_EVERY]
+    return out
+
+
+def inputs(split: Split, columns: list[int], audits: bool) -> np.ndarray:
+    """(N, 3, D) the model's input for frame f after the previous frame's output by tier t (zeros on a first frame)."""
+    table = context_table(split)[:, :, columns]
+    out = np.zeros((len(split.profile), 3, len(columns)), np.float32)
+    for frames in split.profile.sequences():
+        out[frames[1:]] = table[frames[:-1]]
+    if audits:
+        out = np.concatenate([out, np.repeat(audit_table(split)[:, None, :], 3, axis=1)], axis=2)
+    return out
+
+
+def fit_gains(router: Split, x: np.ndarray):
+    from sklearn.ensemble import HistGradientBoostingRegressor
+
+    gains = router.quality[:, 1:, 0] - router.quality[:, :1, 0]  # (N, 2) small and large over nano
+    flat = x.reshape(-1, x.shape[2])
+    targets = np.repeat(gains, 3, axis=0)
+    return [HistGradientBoostingRegressor(max_iter=200, learning_rate=0.05, max_leaf_nodes=15, random_state=0)
+            .fit(flat, targets[:, k]) for k in range(2)]
+
+
+def predicted_values(models, x: np.ndarray) -> np.ndarray:
+    """(N, 3, 3) value over nano of each tier for frame f after the previous output of tier t."""
+    flat = x.reshape(-1, x.shape[2])
+    out = np.zeros((flat.shape[0], 3))
+    out[:, 1], out[:, 2] = models[0].predict(flat), models[1].predict(flat)
+    return out.reshape(x.shape[0], 3, 3)
+
+
+def values_chooser(values: np.ndarray, relative: np.ndarray, weight: float):
+    def choose(frame, _observation, context):
+        return int(np.argmax(values[frame, max(context.prev_tier, 0)] - weight * relative))
+    return choose
+
+
+def cost_ms(split: Split, trace, costs: Costs, audits: bool) -> float:
+    return trace.busy_ms / len(split.profile) + (costs.ms[2] / AUDIT_EVERY if audits else 0.0)
+
+
+def label_quality(split: Split, trace) -> float:
+    return float(split.quality[np.arange(len(split.profile)), trace.shown[:, 1], 0].mean())
+
+
+def pick(val: Split, costs: Costs, budget: float, candidates, audits: bool = False):
+    """The candidate chooser (name, factory) with the best validation quality among those whose cost fits."""
+    best = None
+    for name, factory in candidates:
+        trace = rollout(val, costs, factory(), False)
+        cost = cost_ms(val, trace, costs, audits)
+        if cost <= budget and (best is None or label_quality(val, trace) > best[2]):
+            best = (name, factory, label_quality(val, trace), cost)
+    return best
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--work", type=Path, default=ROOT / "build/train-v2")
+    parser.add_argument("--report", type=Path, default=ROOT / "training/reports/router_ceiling.json")
+    args = parser.parse_args()
+    settings = Settings(work=args.work)
+    splits = {s: load_split(settings, s) for s in ("router", "val", "test")}
+    val, test = splits["val"], splits["test"]
+    scorer = Scorer(test)
+    variants = {"4 context values": ([0, 1, 2, 3], False),
+                "4 context values + low-confidence evidence": (list(range(10)), False),
+                "4 context values + the latest audit": ([0, 1, 2, 3], True)}
+    models = {name: fit_gains(splits["router"], inputs(splits["router"], cols, audits))
+              for name, (cols, audits) in variants.items()}
+    outside = json.loads(THROUGHPUT.read_text())["projection"]["outside_inference_ms"]
+    real = Costs.load(REAL_LATENCY)
+    settings_list = [("embedded tiers, <= 40 % of large", Costs.load(ROOT / "training/latency/cpu-2core-family2.json"), 0.40),
+                     ("real YOLOv8 n/s/l costs (projection), >= 3x",
+                      Costs(f"{real.device} + {outside:.2f} ms outside inference", real.ms + outside), 1 / 3)]
+    report = {"what": __doc__.split("\n\n")[0], "command": "python training/experiments/router_ceiling.py", "settings": {}}
+    for title, costs, share in settings_list:
+        budget = share * costs.ms[2]
+        rows = {}
+
+        def score(name: str, trace, audits: bool = False, **extra) -> None:
+            rows[name] = {"map50_95": scorer.score(trace)["map50_95"], "cost_ms": cost_ms(test, trace, costs, audits),
+                          "label_quality": label_quality(test, trace), **extra}
+
+        score("always-large", rollout(test, costs, _fixed(2), False))
+        score("oracle (this frame's values)", rollout(test, costs, _table_chooser(
+            budget_oracle(test.quality[:, :, 0], costs, budget)), False))
+        previous = np.empty_like(test.quality[:, :, 0])
+        for frames in test.profile.sequences():
+            previous[frames] = test.quality[np.concatenate([frames[:1], frames[:-1]]), :, 0]
+        score("previous-frame oracle (all tiers' values one frame back)", rollout(test, costs, _table_chooser(
+            budget_oracle(previous, costs, budget)), False))
+        rules = [((low, high), lambda low=low, high=high: _router_chooser(Router(
+            "heuristic", None, RouterSettings(heuristic_thresholds=(low, high))))) for low, high in HEURISTIC_GRID]
+        name, factory, *_ = pick(val, costs, budget, rules)
+        score("count rule", rollout(test, costs, factory(), False), thresholds=list(name))
+        policy = policy_for_costs(POLICY, costs)
+        name, factory, *_ = pick(val, costs, budget, [(w, lambda w=w: _learned_chooser(policy, float(w))) for w in WEIGHTS])
+        score("shipped policy", rollout(test, costs, factory(), False), weight=float(name))
+        for variant, (cols, audits) in variants.items():
+            values = {s: predicted_values(models[variant], inputs(splits[s], cols, audits)) for s in ("val", "test")}
+            picked = pick(val, costs, budget, [(w, lambda w=w: values_chooser(values["val"], costs.relative, float(w)))
+                                               for w in WEIGHTS], audits)
+            trace = rollout(test, costs, values_chooser(values["test"], costs.relative, float(picked[0])), False)
+            score(f"boosted trees: {variant}", trace, audits, weight=float(picked[0]))
+        large = rows["always-large"]
+        for row in rows.values():
+            row["map_share_of_large"] = row["map50_95"] / large["map50_95"]
+            row["speedup"] = large["cost_ms"] / row["cost_ms"]
+        report["settings"][title] = {"costs_ms": costs.ms.round(3).tolist(), "budget_ms": budget, "rows": rows}
+        print(f"\n{title}: budget {budget:.1f} ms a frame (tiers {' / '.join(f'{m:.1f}' for m in costs.ms)} ms)")
+        print("| row | mAP50-95 | share of large | cost (ms) | speed-up |\n|---|---|---|---|---|")
+        for name, row in rows.items():
+            print(f"| {name} | {row['map50_95']:.1f} | {row['map_share_of_large']:.0%} | {row['cost_ms']:.1f} | "
+                  f"{row['speedup']:.2f}x |")
+    args.report.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"\nwrote {args.report}")
+
+
+if __name__ == "__main__":
+    main()
