@@ -1,10 +1,12 @@
 """Tier family 2: training crops at the tiers' scales and the plateau rule (no training here: hand-made inputs)."""
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 
-from adaptive_perception.training.crops import PAD_VALUE, crop_labels, cut
+from adaptive_perception.training.crops import PAD_VALUE, CropPlan, crop_labels, cut, near_focus
 from adaptive_perception.training.tiers import plateau
 
 
@@ -34,6 +36,32 @@ def test_cut_resizes_to_the_tier_scale_and_pads_small_frames():
     x0, y0, x1, y1 = window
     assert (x1 - x0, y1 - y0) == (320, 320) and 0 <= x0 <= 320 and 0 <= y0 <= 160
     np.testing.assert_array_equal(native, frame[y0:y1, x0:x1])
+
+
+def test_near_object_windows_hold_the_largest_object_whole_at_the_native_scale_only():
+    near = {"box": [300, 100, 520, 330], "class_id": 1}  # 220 x 230 px
+    far = {"box": [20, 20, 60, 50], "class_id": 0}
+    plan = CropPlan(scales=(0.4, 1.0), near_share=1.0)
+    frame = np.zeros((480, 640, 3), np.uint8)
+    for seed in range(20):
+        rng = np.random.default_rng(seed)
+        focus = near_focus([far, near], 1.0, plan, rng)
+        np.testing.assert_array_equal(focus, [300, 100, 520, 330])
+        _, (x0, y0, x1, y1) = cut(frame, 1.0, 320, rng, focus)
+        # a window of 320 holding x 300-520 and y 100-330 starts at x 200-300 and y 10-100
+        assert 200 <= x0 <= 300 and 10 <= y0 <= 100 and (x1 - x0, y1 - y0) == (320, 320)
+        boxes, _ = crop_labels(np.array([near["box"]], float), np.array([1]), 1.0, (x0, y0, x1, y1))
+        np.testing.assert_allclose(boxes, [[300 - x0, 100 - y0, 520 - x0, 330 - y0]])
+    # a box wider than the window: the window is centred on it, (100 + 540 - 320) / 2 = 160
+    _, window = cut(frame, 1.0, 320, np.random.default_rng(0), np.array([100.0, 150, 540, 250]))
+    assert window[0] == 160 and 0 <= window[1] <= 150
+    rng = np.random.default_rng(0)
+    assert near_focus([near], 0.4, plan, rng) is None  # cheaper scales are cut as before
+    assert near_focus([far], 1.0, plan, rng) is None  # 40 px: not near
+    assert near_focus([near], 1.0, CropPlan(scales=(1.0,)), rng) is None  # the default plan
+    # the default plan draws exactly what it drew before near windows existed
+    a, b = np.random.default_rng(3), np.random.default_rng(3)
+    assert cut(frame, 1.0, 320, a, near_focus([near], 1.0, CropPlan(scales=(1.0,)), a))[1] == cut(frame, 1.0, 320, b)[1]
 
 
 @pytest.mark.parametrize("curve, reached, gain", [
@@ -92,6 +120,24 @@ def test_tier_bars_from_a_hand_made_report():
         "dense_large_ahead_of_nano_by_10_map50", "latency_large_over_nano_ge_4_5"]
 
 
+def test_the_model_card_warns_when_large_loses_near_objects_and_the_table_shows_every_size():
+    from adaptive_perception.training.tiers import _near_note, report_table
+
+    def row(*bands):
+        return {"input_hw": [1, 1], "map50_95_all": 0.0, "map50_all": 0.0, "map50_sparse": 0.0, "map50_moderate": 0.0,
+                "map50_dense": 0.0, "map50_95_dense": 0.0, "latency_p50_ms": 1.0, "latency_p95_ms": 1.0, "file_mb": 1.0,
+                "map50_by_size": dict(zip(("side_lt_32", "side_32_64", "side_64_128", "side_ge_128"), bands))}
+    report = {"tiers": {"nano": row(4.8, 46.1, 77.3, 57.5), "small": row(22.8, 80.0, 81.5, 51.0),
+                        "large": row(50.0, 87.8, 79.2, 21.1)}}
+    note = _near_note(report)
+    assert "large tier scores 21.1 mAP50 against nano's 57.5 and small's\n51.0" in note
+    assert "| large | 50.0 | 87.8 | 79.2 | 21.1 |" in report_table(report)
+    report["tiers"]["large"]["map50_by_size"]["side_ge_128"] = 57.5  # large as good as nano there: no warning
+    assert _near_note(report) == ""
+    del report["tiers"]["small"]["map50_by_size"]  # a report written before the size bands
+    assert _near_note(report) == "" and "objects >= 128 px" not in report_table(report)
+
+
 def test_the_checkpoint_folder_keeps_best_without_its_optimizer_and_only_when_it_changed(tmp_path):
     import os
 
@@ -145,3 +191,14 @@ def test_compare_scores_each_candidate_at_its_own_size_on_the_chosen_split(tmp_p
     assert large["map50_all"] > 30 and large["map50_all"] > nano["map50_all"] + 10, (large, nano)
     assert large["latency_p50_ms"] > 2 * nano["latency_p50_ms"]
     assert "base-large 480x640: mAP50-95" in run.stdout
+    # small objects need pixels: the native input finds far more of those under 32 px a side than nano's
+    # by object size: a band is scored where the split has objects of that size, and only there
+    from adaptive_perception.training.tiers import SIZE_BANDS
+
+    truth = json.loads((tmp_path / "bench" / "coco" / "val.json").read_text())["annotations"]
+    sides = [(a["bbox"][2] * a["bbox"][3]) ** 0.5 for a in truth if not a["iscrowd"]]
+    for band, (low, high) in SIZE_BANDS.items():
+        present = any(low <= side < high for side in sides)
+        assert [math.isnan(c["map50_by_size"][band]) for c in (large, nano)] == [not present] * 2, (band, sides)
+    assert large["map50_by_size"]["side_64_128"] > 50, large
+    assert "mAP50 by object side: lt_32" in run.stdout

@@ -74,3 +74,22 @@ def test_coco_evaluation_gives_100_for_ground_truth_and_less_for_shifted_boxes(t
     map50_95, map50 = _coco_eval(gt, shifted, ids)
     assert map50 == pytest.approx(100.0) and 10 < map50_95 < 40
     assert _coco_eval(gt, [], ids) == (0.0, 0.0)
+
+
+def test_map50_by_object_size_scores_each_band_on_its_own_objects():
+    from adaptive_perception.scenes import benchmark
+    from adaptive_perception.training.tiers import size_band_map50
+
+    sides = [20, 50, 100, 200]  # one object in each band: < 32, 32-64, 64-128, >= 128 px
+    records = [{"file": "a.jpg", "sequence": 0, "frame": 0, "stamp_ns": 0, "regime": "sparse", "in_dataset": True,
+                "objects": [{"id": i, "class_id": 1, "box": [10 + 210 * (i % 3), 10 + 220 * (i // 3),
+                                                              10 + 210 * (i % 3) + side, 10 + 220 * (i // 3) + side],
+                             "visible": 1.0, "ignore": False} for i, side in enumerate(sides)]}]
+    gt = benchmark.coco_ground_truth(records)
+    by_side = {round(a["bbox"][2]): a for a in gt["annotations"]}
+    found = [{"image_id": 0, "category_id": 1, "bbox": by_side[side]["bbox"], "score": 0.9} for side in (50, 200)]
+    # a higher-scoring false positive of side 150 counts against the >= 128 band only: precision 1/2 at full recall
+    false_positive = {"image_id": 0, "category_id": 1, "bbox": [430, 240, 150, 150], "score": 0.95}
+    bands = size_band_map50(gt, found + [false_positive])
+    assert bands == pytest.approx({"side_lt_32": 0.0, "side_32_64": 100.0, "side_64_128": 0.0, "side_ge_128": 50.0})
+    assert size_band_map50(gt, []) == {band: 0.0 for band in bands}

@@ -25,11 +25,19 @@ MIN_KEPT_AREA = 16.0  # px^2 after scaling; smaller remnants are dropped, like t
 
 @dataclass(frozen=True)
 class CropPlan:
-    """How training samples are cut: one window of `size` px per frame, at a scale cycled over `scales`."""
+    """How training samples are cut: one window of `size` px per frame, at a scale cycled over `scales`.
+
+    With `near_share` > 0, that share of the native-scale (1.0) windows of frames holding an object whose scaled
+    side reaches NEAR_MIN_SIDE is placed to contain the largest such object whole (a random placement cuts a near
+    object at the window's edge far more often than not, so the native scale rarely sees one whole)."""
 
     scales: tuple[float, ...]
     size: int = 320
     seed: int = 0
+    near_share: float = 0.0
+
+
+NEAR_MIN_SIDE = 112  # px at the window's scale: above about a third of a 320 px window
 
 
 def crop_labels(boxes: np.ndarray, classes: np.ndarray, scale: float, window: tuple[int, int, int, int]
@@ -51,17 +59,46 @@ def crop_labels(boxes: np.ndarray, classes: np.ndarray, scale: float, window: tu
     return shifted.astype(np.float32), np.asarray(classes)[keep]
 
 
-def cut(rgb: np.ndarray, scale: float, size: int, rng: np.random.Generator) -> tuple[np.ndarray, tuple[int, int, int, int]]:
-    """A size x size window of the frame resized by `scale` (padded where the scaled frame is smaller)."""
+def _origin(extent: int, size: int, rng: np.random.Generator, focus: tuple[float, float] | None) -> int:
+    """A window origin along one axis of `extent` px; with `focus` (low, high), one that contains that span, or is
+    centred on it when it is longer than the window."""
+    if extent <= size:
+        return 0
+    low, high = 0, extent - size
+    if focus is not None:
+        if focus[1] - focus[0] >= size:
+            return int(np.clip(round((focus[0] + focus[1] - size) / 2), low, high))
+        low, high = max(low, int(np.ceil(focus[1])) - size), min(high, int(np.floor(focus[0])))
+        if low > high:  # within a pixel of the window's size
+            return int(np.clip(round((focus[0] + focus[1] - size) / 2), 0, extent - size))
+    return int(rng.integers(low, high + 1))
+
+
+def cut(rgb: np.ndarray, scale: float, size: int, rng: np.random.Generator,
+        focus: np.ndarray | None = None) -> tuple[np.ndarray, tuple[int, int, int, int]]:
+    """A size x size window of the frame resized by `scale` (padded where the scaled frame is smaller); with a
+    `focus` box (x0 y0 x1 y1 in the scaled frame) the window contains it (or is centred on it where it cannot)."""
     height, width = rgb.shape[:2]
     scaled_w, scaled_h = int(round(width * scale)), int(round(height * scale))
     scaled = rgb if scale == 1.0 else cv2.resize(rgb, (scaled_w, scaled_h), interpolation=cv2.INTER_AREA)
-    x0 = int(rng.integers(0, scaled_w - size + 1)) if scaled_w > size else 0
-    y0 = int(rng.integers(0, scaled_h - size + 1)) if scaled_h > size else 0
+    x0 = _origin(scaled_w, size, rng, None if focus is None else (focus[0], focus[2]))
+    y0 = _origin(scaled_h, size, rng, None if focus is None else (focus[1], focus[3]))
     x1, y1 = min(x0 + size, scaled_w), min(y0 + size, scaled_h)
     canvas = np.full((size, size, 3), PAD_VALUE, np.uint8)
     canvas[: y1 - y0, : x1 - x0] = scaled[y0:y1, x0:x1]
     return canvas, (x0, y0, x1, y1)
+
+
+def near_focus(objects: list[dict], scale: float, plan: CropPlan, rng: np.random.Generator) -> np.ndarray | None:
+    """The scaled box a native-scale window should contain whole (the largest object at least NEAR_MIN_SIDE px on a
+    side), for `plan.near_share` of such windows; None otherwise."""
+    if plan.near_share <= 0 or scale != 1.0 or not objects:
+        return None
+    boxes = np.array([o["box"] for o in objects], np.float64) * scale
+    sides = np.maximum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1])
+    if sides.max() < NEAR_MIN_SIDE or rng.random() >= plan.near_share:
+        return None
+    return boxes[int(np.argmax(sides))]
 
 
 def build(benchmark_dir: Path, out_dir: Path, plan: CropPlan, splits: tuple[str, ...] = ("train", "val")) -> Path:
@@ -79,8 +116,8 @@ def build(benchmark_dir: Path, out_dir: Path, plan: CropPlan, splits: tuple[str,
         for index, record in enumerate(chosen):
             scale = plan.scales[index % len(plan.scales)]
             bgr = cv2.imread(str(benchmark_dir / "images" / split / record["file"]))
-            image, window = cut(bgr, scale, plan.size, rng)
             valid = [o for o in record["objects"] if not o["ignore"]]
+            image, window = cut(bgr, scale, plan.size, rng, near_focus(valid, scale, plan, rng))
             boxes, class_ids = crop_labels(np.array([o["box"] for o in valid]).reshape(-1, 4),
                                            np.array([o["class_id"] for o in valid], np.int64), scale, window)
             stem = f"{Path(record['file']).stem}_s{int(round(scale * 100)):03d}"

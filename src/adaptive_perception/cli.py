@@ -66,9 +66,11 @@ def _parser() -> argparse.ArgumentParser:
     train_tiers.add_argument("--out", type=Path, default=Path("build/tiers"), help="Ultralytics run folder")
     train_tiers.add_argument("--epochs", type=int, default=20)
     train_tiers.add_argument("--batch", type=int, default=16)
-    train_tiers.add_argument("--network", choices=["base", "narrow"],
+    train_tiers.add_argument("--network", choices=["base", "narrow", "base-near"],
                              help="tier family 2 (generator 2.0.0): train one network on crops at its tiers' scales "
-                                  "into OUT/<network>, resuming from --keep; without it, the family-1 network")
+                                  "into OUT/<network>, resuming from --keep (base-near: base fine-tuned on windows "
+                                  "that hold near objects whole, starting from base's last.pt beside --keep); "
+                                  "without it, the family-1 network")
     train_tiers.add_argument("--keep", type=Path, help="checkpoint folder (last.pt, results.csv) updated after every "
                                                        "epoch and resumed from; commit it at the end of a working block")
     curve = models_sub.add_parser("curve", help="validation mAP50-95 per epoch of the tier networks (PNG) and the "
@@ -410,6 +412,8 @@ def _models(args: argparse.Namespace) -> int:
             print(f"{name:>14} {row['input_hw'][0]}x{row['input_hw'][1]}: mAP50-95 {row['map50_95_all']:.1f}  mAP50 "
                   f"all / sparse / dense {row['map50_all']:.1f} / {row['map50_sparse']:.1f} / {row['map50_dense']:.1f}"
                   f"  latency p50 {row['latency_p50_ms']:.1f} ms")
+            print(" " * 15 + "mAP50 by object side: " + "  ".join(
+                f"{band.removeprefix('side_')} {value:.1f}" for band, value in row["map50_by_size"].items()))
         print(f"wrote {args.report}")
     elif args.models_command == "pilot":
         for tier, row in tiers.pilot(args.weights, args.benchmark, args.report)["tiers"].items():
