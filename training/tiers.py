@@ -44,9 +44,9 @@ class Network:
 NETWORKS = {
     "base": Network("base", 0.33, 0.25, CropPlan(scales=(0.4, 0.65, 1.0), size=320)),
     "narrow": Network("narrow", 0.33, 0.125, CropPlan(scales=(0.4,), size=256)),
-    # base fine-tuned so the native scale sees near objects whole: `base`'s large tier finds almost none of the
-    # test split's objects over 128 px a side, which nano and small (seeing them at 0.4 and 0.65) find; mosaic off,
-    # since it would cut them again
+    # base fine-tuned so the native scale sees near objects whole (mosaic off, since it would cut them again): a
+    # candidate for `base`'s large tier scoring 21 mAP50 on objects of 128 px and more where nano scores 57. Tried,
+    # not adopted: it did not move that figure on the test split (training/README.md)
     "base-near": Network("base-near", 0.33, 0.25, CropPlan(scales=(0.4, 0.65, 1.0), size=320, near_share=0.75),
                          start="base", recipe=(("mosaic", 0.0), ("optimizer", "AdamW"), ("lr0", 0.0005),
                                                ("warmup_epochs", 0.0))),
@@ -532,9 +532,9 @@ def _near_note(report: dict) -> str:
     return f"""
 **Known limitation: near objects.** On objects at least 128 px a side (over a quarter of the frame's height: near the
 camera) the large tier scores {near["large"]:.1f} mAP50 against nano's {near["nano"]:.1f} and small's
-{near["small"]:.1f}: the network learned the native scale from 320 px training windows, which rarely hold such an
-object whole, while the cheaper tiers see it shrunk to a size they learned. Routing a near-object scene to large
-loses it.
+{near["small"]:.1f}. It finds such objects but names most of them wrongly: the tiers are one small network at three
+input sizes, and at the finest a near object is larger than what it learned to see as one shape. Routing a
+near-object scene to large loses it.
 """
 
 

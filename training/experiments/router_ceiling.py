@@ -2,7 +2,7 @@
 sees only the past get, and do richer context values or the node's audits move a learned router off the count
 rule? They do not; nothing here is shipped.
 
-    python training/experiments/router_ceiling.py [--work build/train-v2]   # ~10 min on 2 cores; after `train labels`
+    python training/experiments/router_ceiling.py [--work build/train-v2] [--policy P]   # ~1 min; after `train labels`
 
 Per frame, on the test split's profile (the simulator the report uses), at two budgets:
 
@@ -147,6 +147,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--work", type=Path, default=ROOT / "build/train-v2")
     parser.add_argument("--report", type=Path, default=ROOT / "training/reports/router_ceiling.json")
+    parser.add_argument("--policy", type=Path, default=POLICY, help="the policy row's file (default: the embedded one)")
     args = parser.parse_args()
     settings = Settings(work=args.work)
     splits = {s: load_split(settings, s) for s in ("router", "val", "test")}
@@ -183,7 +184,7 @@ def main() -> None:
             "heuristic", None, RouterSettings(heuristic_thresholds=(low, high))))) for low, high in HEURISTIC_GRID]
         name, factory, *_ = pick(val, costs, budget, rules)
         score("count rule", rollout(test, costs, factory(), False), thresholds=list(name))
-        policy = policy_for_costs(POLICY, costs)
+        policy = policy_for_costs(args.policy, costs)
         name, factory, *_ = pick(val, costs, budget, [(w, lambda w=w: _learned_chooser(policy, float(w))) for w in WEIGHTS])
         score("shipped policy", rollout(test, costs, factory(), False), weight=float(name))
         for variant, (cols, audits) in variants.items():
