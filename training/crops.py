@@ -66,11 +66,10 @@ def _origin(extent: int, size: int, rng: np.random.Generator, focus: tuple[float
         return 0
     low, high = 0, extent - size
     if focus is not None:
-        if focus[1] - focus[0] >= size:
+        inside = max(low, int(np.ceil(focus[1])) - size), min(high, int(np.floor(focus[0])))
+        if inside[0] > inside[1]:  # no window holds the span (it is longer than one, or within a pixel of it)
             return int(np.clip(round((focus[0] + focus[1] - size) / 2), low, high))
-        low, high = max(low, int(np.ceil(focus[1])) - size), min(high, int(np.floor(focus[0])))
-        if low > high:  # within a pixel of the window's size
-            return int(np.clip(round((focus[0] + focus[1] - size) / 2), 0, extent - size))
+        low, high = inside
     return int(rng.integers(low, high + 1))
 
 

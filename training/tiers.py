@@ -208,28 +208,43 @@ def export_tiers(weights: Path, out_dir: Path, inputs: dict[str, tuple[int, int]
     return {tier: export_onnx(YOLO(str(weights)), size, Path(out_dir) / f"{tier}.onnx") for tier, size in inputs.items()}
 
 
-def _coco_eval(gt: dict, detections: list[dict], image_ids: list[int]) -> tuple[float, float]:
-    """(mAP50-95, mAP50) in percent over `image_ids` with pycocotools."""
+def _coco_evaluated(gt: dict, detections: list[dict], image_ids: list[int] | None = None,
+                    area_ranges: dict[str, tuple[float, float]] | None = None):
+    """pycocotools' COCOeval of `detections` (all non-empty) on `gt`, evaluated and accumulated, over `image_ids`
+    (default: every image) and, when given, these named area ranges instead of COCO's."""
     import contextlib
     import io
 
     from pycocotools.coco import COCO
     from pycocotools.cocoeval import COCOeval
 
-    if not image_ids:
-        return float("nan"), float("nan")
     with contextlib.redirect_stdout(io.StringIO()):
         coco_gt = COCO()
         coco_gt.dataset = gt
         coco_gt.createIndex()
-        chosen = [d for d in detections if d["image_id"] in set(image_ids)]
-        if not chosen:
-            return 0.0, 0.0
-        coco_dt = coco_gt.loadRes(chosen)
-        evaluator = COCOeval(coco_gt, coco_dt, "bbox")
-        evaluator.params.imgIds = image_ids
+        evaluator = COCOeval(coco_gt, coco_gt.loadRes(detections), "bbox")
+        if image_ids is not None:
+            evaluator.params.imgIds = image_ids
+        if area_ranges is not None:
+            evaluator.params.areaRng = [list(r) for r in area_ranges.values()]
+            evaluator.params.areaRngLbl = list(area_ranges)
         evaluator.evaluate()
         evaluator.accumulate()
+    return evaluator
+
+
+def _coco_eval(gt: dict, detections: list[dict], image_ids: list[int]) -> tuple[float, float]:
+    """(mAP50-95, mAP50) in percent over `image_ids` with pycocotools."""
+    import contextlib
+    import io
+
+    if not image_ids:
+        return float("nan"), float("nan")
+    chosen = [d for d in detections if d["image_id"] in set(image_ids)]
+    if not chosen:
+        return 0.0, 0.0
+    evaluator = _coco_evaluated(gt, chosen, image_ids)
+    with contextlib.redirect_stdout(io.StringIO()):
         evaluator.summarize()
     return float(evaluator.stats[0] * 100), float(evaluator.stats[1] * 100)
 
@@ -242,23 +257,10 @@ SIZE_BANDS = {"side_lt_32": (0, 32), "side_32_64": (32, 64), "side_64_128": (64,
 def size_band_map50(gt: dict, detections: list[dict]) -> dict[str, float]:
     """mAP50 (percent) per SIZE_BANDS band over every image: COCOeval with those area ranges (a detection outside a
     band's range counts there only when it matches an object inside it, as for COCO's small / medium / large)."""
-    import contextlib
-    import io
-
-    from pycocotools.coco import COCO
-    from pycocotools.cocoeval import COCOeval
-
-    with contextlib.redirect_stdout(io.StringIO()):
-        coco_gt = COCO()
-        coco_gt.dataset = gt
-        coco_gt.createIndex()
-        if not detections:
-            return {band: 0.0 for band in SIZE_BANDS}
-        evaluator = COCOeval(coco_gt, coco_gt.loadRes(detections), "bbox")
-        evaluator.params.areaRng = [[low ** 2, high ** 2] for low, high in SIZE_BANDS.values()]
-        evaluator.params.areaRngLbl = list(SIZE_BANDS)
-        evaluator.evaluate()
-        evaluator.accumulate()
+    if not detections:
+        return {band: 0.0 for band in SIZE_BANDS}
+    evaluator = _coco_evaluated(gt, detections, area_ranges={band: (low ** 2, high ** 2)
+                                                            for band, (low, high) in SIZE_BANDS.items()})
     precision = evaluator.eval["precision"][0, :, :, :, -1]  # IoU 0.5, recall points, classes, bands, 100 dets
     out = {}
     for a, band in enumerate(SIZE_BANDS):

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from adaptive_perception.detector import TIERS
+from adaptive_perception.detector import TIERS, box_iou
 from adaptive_perception.training.profile import Profile
 
 NEAR_SIDE = 128.0
@@ -31,10 +31,7 @@ def best_overlaps(profile: Profile, tier: int) -> np.ndarray:
             if len(found) == 0:
                 rows.append((0.0, 0.0, 0.0))
                 continue
-            inter = (np.clip(np.minimum(found[:, 2], box[2]) - np.maximum(found[:, 0], box[0]), 0, None)
-                     * np.clip(np.minimum(found[:, 3], box[3]) - np.maximum(found[:, 1], box[1]), 0, None))
-            union = (found[:, 2] - found[:, 0]) * (found[:, 3] - found[:, 1]) + (box[2] - box[0]) * (box[3] - box[1])
-            iou = inter / (union - inter)
+            iou = box_iou(found[:, :4].astype(np.float64), box[None, :4].astype(np.float64))[:, 0]
             k = int(np.argmax(iou))
             rows.append((float(iou[k]), float(found[k, 5] == box[4]), float(found[k, 4])))
     return np.asarray(rows).reshape(-1, 3)

@@ -36,7 +36,6 @@ from pathlib import Path
 
 import numpy as np
 
-from adaptive_perception.features import median_size
 from adaptive_perception.router import Router, RouterSettings
 from adaptive_perception.training.evaluate import Scorer
 from adaptive_perception.training.labels import Costs, budget_oracle
@@ -66,8 +65,7 @@ def context_table(split: Split) -> np.ndarray:
             published = dets[scores >= PUBLISH_CONF]
             side = np.sqrt(np.clip(dets[:, 2] - dets[:, 0], 0, None) * np.clip(dets[:, 3] - dets[:, 1], 0, None)
                            / (hw[0] * hw[1]))
-            out[f, tier] = [np.log1p(len(published)), published[:, 4].mean() if len(published) else 0.0,
-                            (tier + 1) / 3, median_size(published[:, :4], hw),
+            out[f, tier] = [*split.context_after(f, tier).vector(),
                             *(np.log1p((scores >= s).sum()) for s in (0.05, 0.10, 0.15)), scores.sum(),
                             np.log1p(((scores >= 0.10) & (side < 0.04)).sum()),
                             side[scores >= PUBLISH_CONF].min() if len(published) else 0.0]
@@ -137,9 +135,9 @@ def pick(val: Split, costs: Costs, budget: float, candidates, audits: bool = Fal
     best = None
     for name, factory in candidates:
         trace = rollout(val, costs, factory(), False)
-        cost = cost_ms(val, trace, costs, audits)
-        if cost <= budget and (best is None or label_quality(val, trace) > best[2]):
-            best = (name, factory, label_quality(val, trace), cost)
+        cost, quality = cost_ms(val, trace, costs, audits), label_quality(val, trace)
+        if cost <= budget and (best is None or quality > best[2]):
+            best = (name, factory, quality, cost)
     return best
 
 
