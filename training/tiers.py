@@ -50,6 +50,11 @@ NETWORKS = {
     "base-near": Network("base-near", 0.33, 0.25, CropPlan(scales=(0.4, 0.65, 1.0), size=320, near_share=0.75),
                          start="base", recipe=(("mosaic", 0.0), ("optimizer", "AdamW"), ("lr0", 0.0005),
                                                ("warmup_epochs", 0.0))),
+    # the large tier as a wider network (1.5x yolov8n's width, 2.1x its parameters), as real tiers differ in width,
+    # not only in input size: `base` widened without changing its output (training/widen.py), then trained at the
+    # large tier's scale only, near objects whole in 3 of 4 windows (training/README.md)
+    "wide": Network("wide", 0.33, 0.375, CropPlan(scales=(1.0,), size=320, near_share=0.75), start="base",
+                    recipe=(("mosaic", 0.0), ("optimizer", "AdamW"), ("lr0", 0.0005), ("warmup_epochs", 0.0))),
 }
 
 
@@ -156,6 +161,11 @@ def train_network(network: Network, benchmark_dir: Path, out_dir: Path, epochs: 
             raise AdaptivePerceptionError(f"network '{network.name}' starts from '{network.start}''s committed "
                                           f"checkpoint; pass --keep <folder>/{network.name} with <folder>/"
                                           f"{network.start}/last.pt beside it")
+        if NETWORKS[network.start].width != network.width:
+            from adaptive_perception.training.widen import widen
+
+            print(f"{network.name}: widening {start} from width {NETWORKS[network.start].width} to {network.width}")
+            start = widen(start, architecture(network, home), home / "start.pt")
         print(f"{network.name}: starting from {start}")
         model = YOLO(str(start))
     else:
