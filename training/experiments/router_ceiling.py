@@ -27,6 +27,10 @@ scored once on test; label units are `labels.frame_value`):
   4 % of the frame's side, the smallest published box); those 4 plus the latest audit (the node runs the large
   tier on every 30th frame in the background: large's published count and median box size there, available 2
   frames later, and the audit's age; the audits' cost is added to the row's).
+
+And how the ceiling depends on what large costs: at 40 % of large's cost, with large's cost multiplied by 1.5, 2
+and 3 and every tier's accuracy as it is, the oracle, the previous-frame oracle and the count rule
+(`large_cost_sensitivity` in the report; `--latency` sets the tiers' costs).
 """
 from __future__ import annotations
 
@@ -141,11 +145,46 @@ def pick(val: Split, costs: Costs, budget: float, candidates, audits: bool = Fal
     return best
 
 
+RULES = [((low, high), lambda low=low, high=high: _router_chooser(Router(
+    "heuristic", None, RouterSettings(heuristic_thresholds=(low, high))))) for low, high in HEURISTIC_GRID]
+
+
+def oracle_trace(split: Split, costs: Costs, budget: float, previous: bool):
+    """The budget oracle on this frame's values of all three tiers, or (`previous`) on the frame before's."""
+    values = split.quality[:, :, 0]
+    if previous:
+        values = np.empty_like(values)
+        for frames in split.profile.sequences():
+            values[frames] = split.quality[np.concatenate([frames[:1], frames[:-1]]), :, 0]
+    return rollout(split, costs, _table_chooser(budget_oracle(values, costs, budget)), False)
+
+
+def large_cost_sensitivity(val: Split, test: Split, scorer: Scorer, costs: Costs, scales=(1.0, 1.5, 2.0, 3.0)):
+    """At 40 % of large's cost, with large's cost multiplied by each scale and every tier's accuracy as it is: the
+    oracle, the previous-frame oracle and the count rule (picked on validation), as shares of always-large."""
+    rows = []
+    for scale in scales:
+        scaled = Costs(f"{costs.device}, large x{scale:g}", costs.ms * np.array([1.0, 1.0, scale]))
+        budget = 0.4 * scaled.ms[2]
+        large = scorer.score(rollout(test, scaled, _fixed(2), False))["map50_95"]
+        name, factory, *_ = pick(val, scaled, budget, RULES)
+        shares = {row: scorer.score(trace)["map50_95"] / large for row, trace in (
+            ("oracle", oracle_trace(test, scaled, budget, False)),
+            ("previous-frame oracle", oracle_trace(test, scaled, budget, True)),
+            ("count rule", rollout(test, scaled, factory(), False)))}
+        rows.append({"large_cost_scale": scale, "costs_ms": scaled.ms.round(3).tolist(), "rule": list(name), **shares})
+        print(f"large's cost x{scale:g} ({scaled.ms[2]:.0f} ms): oracle {shares['oracle']:.0%}, previous-frame oracle "
+              f"{shares['previous-frame oracle']:.0%}, count rule {tuple(name)} {shares['count rule']:.0%} of large")
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--work", type=Path, default=ROOT / "build/train-v2")
     parser.add_argument("--report", type=Path, default=ROOT / "training/reports/router_ceiling.json")
     parser.add_argument("--policy", type=Path, default=POLICY, help="the policy row's file (default: the embedded one)")
+    parser.add_argument("--latency", type=Path, default=ROOT / "training/latency/cpu-2core-family2.json",
+                        help="the tiers' costs for the 40 %% budget (default: the embedded tiers')")
     args = parser.parse_args()
     settings = Settings(work=args.work)
     splits = {s: load_split(settings, s) for s in ("router", "val", "test")}
@@ -158,7 +197,8 @@ def main() -> None:
               for name, (cols, audits) in variants.items()}
     outside = json.loads(THROUGHPUT.read_text())["projection"]["outside_inference_ms"]
     real = Costs.load(REAL_LATENCY)
-    settings_list = [("embedded tiers, <= 40 % of large", Costs.load(ROOT / "training/latency/cpu-2core-family2.json"), 0.40),
+    family = "embedded tiers" if args.latency == parser.get_default("latency") else f"tiers of {args.latency.name}"
+    settings_list = [(f"{family}, <= 40 % of large", Costs.load(args.latency), 0.40),
                      ("real YOLOv8 n/s/l costs (projection), >= 3x",
                       Costs(f"{real.device} + {outside:.2f} ms outside inference", real.ms + outside), 1 / 3)]
     report = {"what": __doc__.split("\n\n")[0], "command": "python training/experiments/router_ceiling.py", "settings": {}}
@@ -171,16 +211,9 @@ def main() -> None:
                           "label_quality": label_quality(test, trace), **extra}
 
         score("always-large", rollout(test, costs, _fixed(2), False))
-        score("oracle (this frame's values)", rollout(test, costs, _table_chooser(
-            budget_oracle(test.quality[:, :, 0], costs, budget)), False))
-        previous = np.empty_like(test.quality[:, :, 0])
-        for frames in test.profile.sequences():
-            previous[frames] = test.quality[np.concatenate([frames[:1], frames[:-1]]), :, 0]
-        score("previous-frame oracle (all tiers' values one frame back)", rollout(test, costs, _table_chooser(
-            budget_oracle(previous, costs, budget)), False))
-        rules = [((low, high), lambda low=low, high=high: _router_chooser(Router(
-            "heuristic", None, RouterSettings(heuristic_thresholds=(low, high))))) for low, high in HEURISTIC_GRID]
-        name, factory, *_ = pick(val, costs, budget, rules)
+        score("oracle (this frame's values)", oracle_trace(test, costs, budget, False))
+        score("previous-frame oracle (all tiers' values one frame back)", oracle_trace(test, costs, budget, True))
+        name, factory, *_ = pick(val, costs, budget, RULES)
         score("count rule", rollout(test, costs, factory(), False), thresholds=list(name))
         policy = policy_for_costs(args.policy, costs)
         name, factory, *_ = pick(val, costs, budget, [(w, lambda w=w: _learned_chooser(policy, float(w))) for w in WEIGHTS])
@@ -201,6 +234,8 @@ def main() -> None:
         for name, row in rows.items():
             print(f"| {name} | {row['map50_95']:.1f} | {row['map_share_of_large']:.0%} | {row['cost_ms']:.1f} | "
                   f"{row['speedup']:.2f}x |")
+    print(f"\nat 40 % of large's cost if large cost more, every tier as accurate as now ({family}):")
+    report["large_cost_sensitivity"] = large_cost_sensitivity(val, test, scorer, settings_list[0][1])
     args.report.write_text(json.dumps(report, indent=2) + "\n")
     print(f"\nwrote {args.report}")
 

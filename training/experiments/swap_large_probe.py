@@ -1,0 +1,95 @@
+"""Experiment (not part of the package): what a candidate large tier does to routing, without profiling all tiers again.
+
+    python training/experiments/swap_large_probe.py --weights training/checkpoints/tiers-v2/wide/best.pt \\
+        --from-work build/train-v2 --work build/train-wide                  # ~10 min on 2 cores
+    adaptive-perception train labels --benchmark build/benchmark-v2 --work build/train-wide \\
+        --latency build/train-wide/latency.json
+    python training/experiments/router_ceiling.py --work build/train-wide --report build/train-wide/router_ceiling.json
+
+It exports the candidate at the large tier's input (480x640) and runs it, as `train profile` runs every tier, over
+each split's frames of `--from-work`'s profiles (router, validation, test; generator 2.0.0's dataset frames), then
+writes those profiles to `--work` with the large tier's detections and latency replaced: nano and small are the
+same networks, so their detections and the frames' features stay as they were. Its latency file gives nano and
+small the embedded family's costs (`training/latency/cpu-2core-family2.json`) and the candidate that cost scaled by
+its latency against the embedded large tier's, both timed here frame by frame, interleaved, so a busy host scales
+both alike.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from adaptive_perception.config import resolve_model
+from adaptive_perception.detector import DetectorTier
+from adaptive_perception.progress import progress
+from adaptive_perception.training.pipeline import SPLITS, Settings, _profile_path
+from adaptive_perception.training.profile import MAX_DETECTIONS, PROFILE_CONF, Profile, benchmark_frames, dataset_records
+from adaptive_perception.training.tiers import TIER_INPUTS, export_tiers
+
+ROOT = Path(__file__).resolve().parents[2]
+FAMILY2_LATENCY = ROOT / "training/latency/cpu-2core-family2.json"
+
+
+def timed(detector: DetectorTier, rgb: np.ndarray):
+    start = time.perf_counter()
+    tensor, box = detector.preprocess(rgb)
+    raw = detector.infer(tensor)
+    detector.postprocess(raw, box)
+    return (time.perf_counter() - start) * 1e3, detector.postprocess(raw, box, PROFILE_CONF, MAX_DETECTIONS)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--weights", type=Path, required=True, help="the candidate network (Ultralytics .pt)")
+    parser.add_argument("--benchmark", type=Path, default=ROOT / "build/benchmark-v2")
+    parser.add_argument("--from-work", type=Path, default=ROOT / "build/train-v2")
+    parser.add_argument("--work", type=Path, default=ROOT / "build/train-wide")
+    args = parser.parse_args()
+    args.work.mkdir(parents=True, exist_ok=True)
+    candidate = export_tiers(args.weights, args.work / "tiers", {"large": TIER_INPUTS["large"]})["large"]
+    embedded = DetectorTier(resolve_model("embedded:large"), ("CPUExecutionProvider",), name="embedded large")
+    swapped = DetectorTier(str(candidate), ("CPUExecutionProvider",), name="candidate large")
+    for detector in (embedded, swapped):
+        detector.warmup(2)
+    times = {"embedded": [], "candidate": []}
+    for split in SPLITS:
+        old = Profile.load(_profile_path(Settings(work=args.from_work), split))
+        records = dataset_records(args.benchmark, split)
+        if len(records) != len(old):
+            raise SystemExit(f"{split}: {len(records)} frames in {args.benchmark}, {len(old)} in the profile")
+        rows, latency = [], old.latency_ms.copy()
+        for index, (rgb, _seq, _stamp, _objects) in enumerate(progress(
+                benchmark_frames(args.benchmark, split, records), total=len(records), desc=f"large on {split}",
+                unit="frame")):
+            if index % 10 == 0:  # the embedded large tier on every 10th frame, for the cost ratio
+                times["embedded"].append(timed(embedded, rgb)[0])
+            ms, found = timed(swapped, rgb)
+            times["candidate"].append(ms)
+            latency[index, 2] = ms
+            rows += [[index, 2, *b, s, c] for b, s, c in
+                     zip(found.boxes.tolist(), found.scores.tolist(), found.class_ids.tolist())]
+        kept = old.detections[old.detections[:, 1] != 2]
+        detections = np.concatenate([kept, np.asarray(rows, np.float32).reshape(-1, 8)])
+        detections = detections[np.lexsort((detections[:, 1], detections[:, 0]))]
+        meta = {**old.meta, "models": {**old.meta["models"], "large": str(candidate)}}
+        Profile(features=old.features, latency_ms=latency, sequence=old.sequence, stamp_ns=old.stamp_ns,
+                regime=old.regime, detections=detections, truth=old.truth, meta=meta, veil=old.veil
+                ).save(_profile_path(Settings(work=args.work), split))
+    family = json.loads(FAMILY2_LATENCY.read_text())
+    ratio = float(np.median(times["candidate"]) / np.median(times["embedded"]))
+    tiers_ms = {**family["tiers_ms"], "large": round(family["tiers_ms"]["large"] * ratio, 3)}
+    (args.work / "latency.json").write_text(json.dumps({
+        "device": family["device"], "tiers_ms": tiers_ms, "host_cores": family["host_cores"],
+        "note": f"nano and small from {FAMILY2_LATENCY.name}; large = its large x {ratio:.3f}, the candidate's median "
+                f"latency against the embedded large tier's, timed interleaved by swap_large_probe.py"}, indent=2))
+    print(f"candidate large / embedded large latency (median, interleaved): {ratio:.2f}; costs {tiers_ms}")
+    print(f"profiles: {args.work}; next: adaptive-perception train labels --benchmark {args.benchmark} --work {args.work} "
+          f"--latency {args.work / 'latency.json'}")
+
+
+if __name__ == "__main__":
+    main()
