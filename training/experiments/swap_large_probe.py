@@ -10,9 +10,9 @@ It exports the candidate at the large tier's input (480x640) and runs it, as `tr
 each split's frames of `--from-work`'s profiles (router, validation, test; generator 2.0.0's dataset frames), then
 writes those profiles to `--work` with the large tier's detections and latency replaced: nano and small are the
 same networks, so their detections and the frames' features stay as they were. Its latency file gives nano and
-small the embedded family's costs (`training/latency/cpu-2core-family2.json`) and the candidate that cost scaled by
-its latency against the embedded large tier's, both timed here frame by frame, interleaved, so a busy host scales
-both alike.
+small the embedded family's costs (`training/latency/cpu-2core-family2.json`) and large that file's large cost
+scaled by the candidate's median latency against the embedded large tier's, both timed on 60 test frames, 3 times
+each, interleaved frame by frame (`tiers.measure_latency`), so a busy host slows both alike.
 """
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ from adaptive_perception.detector import DetectorTier
 from adaptive_perception.progress import progress
 from adaptive_perception.training.pipeline import SPLITS, Settings, _profile_path
 from adaptive_perception.training.profile import MAX_DETECTIONS, PROFILE_CONF, Profile, benchmark_frames, dataset_records
-from adaptive_perception.training.tiers import TIER_INPUTS, export_tiers
+from adaptive_perception.training.tiers import TIER_INPUTS, export_tiers, measure_latency
 
 ROOT = Path(__file__).resolve().parents[2]
 FAMILY2_LATENCY = ROOT / "training/latency/cpu-2core-family2.json"
@@ -51,11 +51,9 @@ def main() -> None:
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     candidate = export_tiers(args.weights, args.work / "tiers", {"large": TIER_INPUTS["large"]})["large"]
-    embedded = DetectorTier(resolve_model("embedded:large"), ("CPUExecutionProvider",), name="embedded large")
     swapped = DetectorTier(str(candidate), ("CPUExecutionProvider",), name="candidate large")
-    for detector in (embedded, swapped):
-        detector.warmup(2)
-    times = {"embedded": [], "candidate": []}
+    swapped.warmup(2)
+    frames = []
     for split in SPLITS:
         old = Profile.load(_profile_path(Settings(work=args.from_work), split))
         records = dataset_records(args.benchmark, split)
@@ -65,11 +63,9 @@ def main() -> None:
         for index, (rgb, _seq, _stamp, _objects) in enumerate(progress(
                 benchmark_frames(args.benchmark, split, records), total=len(records), desc=f"large on {split}",
                 unit="frame")):
-            if index % 10 == 0:  # the embedded large tier on every 10th frame, for the cost ratio
-                times["embedded"].append(timed(embedded, rgb)[0])
-            ms, found = timed(swapped, rgb)
-            times["candidate"].append(ms)
-            latency[index, 2] = ms
+            if split == "test" and index % 35 == 0:
+                frames.append(rgb)
+            latency[index, 2], found = timed(swapped, rgb)
             rows += [[index, 2, *b, s, c] for b, s, c in
                      zip(found.boxes.tolist(), found.scores.tolist(), found.class_ids.tolist())]
         kept = old.detections[old.detections[:, 1] != 2]
@@ -80,12 +76,13 @@ def main() -> None:
                 regime=old.regime, detections=detections, truth=old.truth, meta=meta, veil=old.veil
                 ).save(_profile_path(Settings(work=args.work), split))
     family = json.loads(FAMILY2_LATENCY.read_text())
-    ratio = float(np.median(times["candidate"]) / np.median(times["embedded"]))
+    times = measure_latency({"embedded": Path(resolve_model("embedded:large")), "candidate": candidate}, frames)
+    ratio = times["candidate"]["p50_ms"] / times["embedded"]["p50_ms"]
     tiers_ms = {**family["tiers_ms"], "large": round(family["tiers_ms"]["large"] * ratio, 3)}
     (args.work / "latency.json").write_text(json.dumps({
         "device": family["device"], "tiers_ms": tiers_ms, "host_cores": family["host_cores"],
         "note": f"nano and small from {FAMILY2_LATENCY.name}; large = its large x {ratio:.3f}, the candidate's median "
-                f"latency against the embedded large tier's, timed interleaved by swap_large_probe.py"}, indent=2))
+                f"latency against the embedded large tier's (p50 {times['candidate']['p50_ms']:.1f} / {times['embedded']['p50_ms']:.1f} ms), timed interleaved by swap_large_probe.py"}, indent=2))
     print(f"candidate large / embedded large latency (median, interleaved): {ratio:.2f}; costs {tiers_ms}")
     print(f"profiles: {args.work}; next: adaptive-perception train labels --benchmark {args.benchmark} --work {args.work} "
           f"--latency {args.work / 'latency.json'}")
