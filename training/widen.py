@@ -59,9 +59,9 @@ def _copy_block(new, old, cols: np.ndarray, rows: np.ndarray | None = None) -> n
 
 
 def _copy_module(new, old, cols: np.ndarray) -> np.ndarray:
-    """Copy one layer of the model's sequence; `cols` says where its input's old channels sit; returns the same
-    for its output."""
-    from ultralytics.nn.modules import C2f, SPPF, Concat, Conv
+    """Copy one layer of the model's sequence (not Concat or Detect, which `widen_model` handles); `cols` says where
+    its input's old channels sit; returns the same for its output."""
+    from ultralytics.nn.modules import C2f, SPPF, Conv
 
     if isinstance(old, Conv):
         return _copy_block(new, old, cols)
@@ -77,8 +77,6 @@ def _copy_module(new, old, cols: np.ndarray) -> np.ndarray:
     if isinstance(old, SPPF):
         hidden = _copy_block(new.cv1, old.cv1, cols)
         return _copy_block(new.cv2, old.cv2, _pieces(len(hidden), new.cv1.conv.out_channels, 4))
-    if isinstance(old, Concat):
-        raise AssertionError("Concat is handled by the caller, which knows its inputs")
     if not any(True for _ in old.parameters()):  # Upsample and the like: channels pass through
         return cols
     raise NotImplementedError(f"widening a {type(old).__name__} layer is not implemented")

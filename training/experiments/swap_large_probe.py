@@ -1,10 +1,11 @@
 """Experiment (not part of the package): what a candidate large tier does to routing, without profiling all tiers again.
 
-    python training/experiments/swap_large_probe.py --weights training/checkpoints/tiers-v2/wide/best.pt \\
-        --from-work build/train-v2 --work build/train-wide                  # ~10 min on 2 cores
+    python training/experiments/swap_large_probe.py --weights training/checkpoints/tiers-v2/wide/final.pt \\
+        --from-work build/train-v2 --work build/train-wide                  # ~5 min on 2 cores
     adaptive-perception train labels --benchmark build/benchmark-v2 --work build/train-wide \\
         --latency build/train-wide/latency.json
-    python training/experiments/router_ceiling.py --work build/train-wide --report build/train-wide/router_ceiling.json
+    python training/experiments/router_ceiling.py --work build/train-wide --latency build/train-wide/latency.json \\
+        --report build/train-wide/router_ceiling.json
 
 It exports the candidate at the large tier's input (480x640) and runs it, as `train profile` runs every tier, over
 each split's frames of `--from-work`'s profiles (router, validation, test; generator 2.0.0's dataset frames), then
