@@ -68,7 +68,7 @@ def test_widen_writes_a_checkpoint_that_ultralytics_loads_with_the_same_detectio
     assert loaded.names == old.names
 
 
-def test_networks_of_different_depth_are_refused(tmp_path):
+def test_networks_of_another_depth_and_narrower_targets_are_refused(tmp_path):
     shallow, deep = _model(tmp_path, 0.125), _model(tmp_path, 0.25, depth=0.67)
     assert len(list(shallow.model)) == len(list(deep.model))  # same layers; C2f blocks hold more bottlenecks
     with pytest.raises(ValueError, match="differ in depth"):

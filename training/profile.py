@@ -148,6 +148,17 @@ def bag_frames(bags: list[Path], topic: str | None, need_sidecar: bool
             yield bag_image_rgb(image), index, stamp, objects
 
 
+def timed_detect(detector: DetectorTier, rgb: np.ndarray):
+    """(milliseconds, published, found): one inference timed as the node runs it (letterbox, session, decode at the
+    publish threshold), and the same inference's detections down to PROFILE_CONF for mAP."""
+    start = time.perf_counter()
+    tensor, box = detector.preprocess(rgb)
+    raw = detector.infer(tensor)
+    published = detector.postprocess(raw, box)
+    ms = (time.perf_counter() - start) * 1e3
+    return ms, published, detector.postprocess(raw, box, PROFILE_CONF, MAX_DETECTIONS)
+
+
 def profile(frames: Iterator[tuple[np.ndarray, int, int, list[dict] | None]], total: int | None, truth_mode: str,
             models: dict[str, str], teacher: str | None = None, desc: str = "profile") -> Profile:
     """Run the features and all tiers over `frames`; ground truth by `truth_mode`."""
@@ -175,12 +186,8 @@ def profile(frames: Iterator[tuple[np.ndarray, int, int, list[dict] | None]], to
         veils.append(veil(rgb))
         row = []
         for tier, detector in enumerate(detectors):
-            start = time.perf_counter()
-            tensor, box = detector.preprocess(rgb)
-            raw = detector.infer(tensor)
-            published = detector.postprocess(raw, box)
-            row.append((time.perf_counter() - start) * 1e3)
-            found = detector.postprocess(raw, box, PROFILE_CONF, MAX_DETECTIONS)  # the same inference, for mAP
+            ms, published, found = timed_detect(detector, rgb)
+            row.append(ms)
             dets += [[index, tier, *box, score, cls] for box, score, cls in
                      zip(found.boxes.tolist(), found.scores.tolist(), found.class_ids.tolist())]
             if truth_mode == "reference" and reference is None and tier == len(TIERS) - 1:

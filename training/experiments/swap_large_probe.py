@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 from pathlib import Path
 
 import numpy as np
@@ -28,19 +27,11 @@ from adaptive_perception.config import resolve_model
 from adaptive_perception.detector import DetectorTier
 from adaptive_perception.progress import progress
 from adaptive_perception.training.pipeline import SPLITS, Settings, _profile_path
-from adaptive_perception.training.profile import MAX_DETECTIONS, PROFILE_CONF, Profile, benchmark_frames, dataset_records
+from adaptive_perception.training.profile import Profile, benchmark_frames, dataset_records, timed_detect
 from adaptive_perception.training.tiers import TIER_INPUTS, export_tiers, measure_latency
 
 ROOT = Path(__file__).resolve().parents[2]
 FAMILY2_LATENCY = ROOT / "training/latency/cpu-2core-family2.json"
-
-
-def timed(detector: DetectorTier, rgb: np.ndarray):
-    start = time.perf_counter()
-    tensor, box = detector.preprocess(rgb)
-    raw = detector.infer(tensor)
-    detector.postprocess(raw, box)
-    return (time.perf_counter() - start) * 1e3, detector.postprocess(raw, box, PROFILE_CONF, MAX_DETECTIONS)
 
 
 def main() -> None:
@@ -66,7 +57,7 @@ def main() -> None:
                 unit="frame")):
             if split == "test" and index % 35 == 0:
                 frames.append(rgb)
-            latency[index, 2], found = timed(swapped, rgb)
+            latency[index, 2], _, found = timed_detect(swapped, rgb)
             rows += [[index, 2, *b, s, c] for b, s, c in
                      zip(found.boxes.tolist(), found.scores.tolist(), found.class_ids.tolist())]
         kept = old.detections[old.detections[:, 1] != 2]
