@@ -50,7 +50,7 @@ NOSPIN = "+nospin"  # a mode suffix: tiers whose onnxruntime threads sleep betwe
 HOSTPRE = "+hostpre"  # a mode suffix: the host converts the frame to float (preprocess_in_graph false)
 QUICK = {"sequences": 2, "frames": 40}
 GENERATOR = "2.0.0"
-EMBEDDED_COSTS = Path(__file__).resolve().parent / "latency" / "cpu-2core-family2.json"  # the policy's calibration
+EMBEDDED_COSTS = Path(__file__).resolve().parent / "latency" / "cpu-2core-family2-wide.json"  # the policy's calibration
 WEIGHT_STEPS = 24  # operating-point grid: 0 and 23 geometric steps up to 2x the policy's weight
 
 

@@ -58,6 +58,15 @@ NETWORKS = {
 }
 
 
+# The embedded tiers (src/adaptive_perception/models): which network each is exported from, and its checkpoint.
+# nano and small are `base` at two input sizes; large is `wide` (training/README.md, "`wide`").
+EMBEDDED_WEIGHTS: dict[str, tuple[str, Path]] = {
+    "nano": ("base", Path("training/checkpoints/tiers-v2/base/last.pt")),
+    "small": ("base", Path("training/checkpoints/tiers-v2/base/last.pt")),
+    "large": ("wide", Path("training/checkpoints/tiers-v2/wide/final.pt")),
+}
+
+
 def architecture(network: Network, folder: Path) -> Path:
     """Write YOLOv8's architecture (from the installed Ultralytics) at the network's scale; returns the yaml."""
     import yaml
@@ -207,15 +216,22 @@ def train(data_yaml: Path, out_dir: Path, epochs: int = 20, batch: int = 16, see
     return run / "weights" / "best.pt"
 
 
-def export_tiers(weights: Path, out_dir: Path, inputs: dict[str, tuple[int, int]] = TIER_INPUTS) -> dict[str, Path]:
-    """Export the trained network once per tier input size to `out_dir/<tier>.onnx` (names in metadata).
-
-    The exports are written next to `weights` first, then moved."""
+def export_tiers(weights: Path | dict[str, Path], out_dir: Path,
+                 inputs: dict[str, tuple[int, int]] = TIER_INPUTS) -> dict[str, Path]:
+    """Export trained weights once per tier input size to `out_dir/<tier>.onnx` (names in metadata): one checkpoint
+    for every tier, or one per tier (tier -> checkpoint, e.g. EMBEDDED_WEIGHTS)."""
     _offline_ultralytics()
     from ultralytics import YOLO
 
-    weights = Path(weights).resolve()  # export_onnx works in a temporary directory
-    return {tier: export_onnx(YOLO(str(weights)), size, Path(out_dir) / f"{tier}.onnx") for tier, size in inputs.items()}
+    per_tier = weights if isinstance(weights, dict) else dict.fromkeys(inputs, weights)
+    missing = [tier for tier in inputs if not Path(per_tier.get(tier, "")).is_file()]
+    if missing:
+        raise AdaptivePerceptionError(f"no checkpoint for tier(s) {', '.join(missing)}: "
+                                      + ", ".join(f"{t} '{per_tier.get(t)}'" for t in missing)
+                                      + "; train them with `adaptive-perception models train-tiers --network ...`")
+    # resolved: export_onnx works in a temporary directory
+    return {tier: export_onnx(YOLO(str(Path(per_tier[tier]).resolve())), size, Path(out_dir) / f"{tier}.onnx")
+            for tier, size in inputs.items()}
 
 
 def _coco_evaluated(gt: dict, detections: list[dict], image_ids: list[int] | None = None,
@@ -466,50 +482,65 @@ def compare_candidates(candidates: dict[str, tuple[Path, tuple[int, int]]], benc
     return result
 
 
-def write_model_card(report: dict, manifest: Path, run: Path, out: Path, network: str | None = None) -> Path:
+def write_model_card(report: dict, manifest: Path, out: Path,
+                     sources: dict[str, tuple[str | None, Path]] | None = None) -> Path:
     """MODEL_CARD.md beside the embedded tiers: what they are, what they were trained on, how good and fast.
-    `network` names the tier-family-2 network the tiers were exported from, `run` its checkpoint (training
-    arguments inside); None: the family-1 network, `run` its Ultralytics run folder (args.yaml)."""
+    `sources`: tier -> (tier-family-2 network, its checkpoint with the training arguments inside), default
+    EMBEDDED_WEIGHTS; (None, run folder) for every tier: the family-1 network, its Ultralytics run (args.yaml)."""
     import ultralytics
 
+    sources = sources or EMBEDDED_WEIGHTS
     frozen = json.loads(Path(manifest).read_text())
-    args = {}
-    if network is not None and Path(run).is_file():
-        import torch
-
-        args = torch.load(run, map_location="cpu", weights_only=False).get("train_args", {})
-    elif (Path(run) / "args.yaml").exists():
-        import yaml
-
-        args = yaml.safe_load((Path(run) / "args.yaml").read_text())
+    folder = Path(out).parent
     sizes = ", ".join(f"{t} {h}x{w}" for t, (h, w) in TIER_INPUTS.items())
-    million = _parameters(Path(out).parent / "large.onnx") if (Path(out).parent / "large.onnx").exists() else 3.0
-    if network is None:
+    if all(network is None for network, _ in sources.values()):
+        run = next(iter(sources.values()))[1]
+        args = {}
+        if (Path(run) / "args.yaml").exists():
+            import yaml
+
+            args = yaml.safe_load((Path(run) / "args.yaml").read_text())
+        million = _parameters(folder / "large.onnx") if (folder / "large.onnx").exists() else 3.0
         what = f"""One YOLOv8n-architecture network ({ARCHITECTURE}, 5 classes, about {million:.1f} M parameters),
 trained from scratch by this project with Ultralytics {ultralytics.__version__} on whole frames at imgsz
 {args.get("imgsz", TRAIN_IMGSZ)}, exported to ONNX three times at different input sizes (height x width): {sizes}."""
         recipe = f"""Ultralytics defaults (SGD/auto optimiser, mosaic, HSV and scale augmentation) at
 imgsz {args.get("imgsz", TRAIN_IMGSZ)}, batch {args.get("batch", "?")}, {args.get("epochs", "?")} epochs, seed
 {args.get("seed", "?")}, CPU (2 cores). Reproduce: `adaptive-perception models train-tiers` then
-`adaptive-perception models export-tiers` (needs the `train` extra)."""
+`adaptive-perception models export-tiers --weights <run>/weights/best.pt` (needs the `train` extra)."""
     else:
-        net = NETWORKS[network]
-        what = f"""One network of YOLOv8's architecture (`{net.name}`: depth {net.depth}, width {net.width}, 5 classes,
-{million:.1f} M parameters), trained from scratch by this project with Ultralytics {ultralytics.__version__} on
-crops at the scales its tiers serve ({", ".join(f"{x:g}" for x in net.crops.scales)} of the 640x480 frame,
-{net.crops.size}x{net.crops.size} windows), exported to ONNX three times at different input sizes (height x
-width): {sizes}."""
-        recipe = f"""Ultralytics defaults (auto optimiser, mosaic, HSV augmentation, scale 0.25) on the crops,
-batch {args.get("batch", "?")}, {args.get("epochs", "?")} epochs, seed {args.get("seed", "?")}, CPU (2 cores),
-resumed across working blocks from committed checkpoints (`training/checkpoints/tiers-v2/{net.name}`; curve in
-`training/reports/tiers_v2_curve.png`). The tiers are the final epoch's weights (`{run}`). Reproduce: `adaptive-perception
+        import torch
+
+        groups: dict[tuple[str, Path], list[str]] = {}
+        for tier, (network, checkpoint) in sources.items():
+            groups.setdefault((network, Path(checkpoint)), []).append(tier)
+        whats, recipes = [], []
+        for (network, checkpoint), served in groups.items():
+            net = NETWORKS[network]
+            args = torch.load(checkpoint, map_location="cpu", weights_only=False).get("train_args", {}) \
+                if checkpoint.is_file() else {}
+            million = _parameters(folder / f"{served[0]}.onnx") if (folder / f"{served[0]}.onnx").exists() else 0.0
+            at = " and ".join(f"{t} ({TIER_INPUTS[t][0]}x{TIER_INPUTS[t][1]})" for t in served)
+            start = (f", started from `{net.start}` widened without changing its output (`training/widen.py`)"
+                     if net.start and net.width > NETWORKS[net.start].width else
+                     f", fine-tuned from `{net.start}`" if net.start else ", trained from scratch")
+            whats.append(f"""{at}: `{net.name}`, YOLOv8's architecture at depth {net.depth} and width {net.width}
+({million:.1f} M parameters){start}, on {net.crops.size}x{net.crops.size} crops at
+{", ".join(f"{x:g}" for x in net.crops.scales)} of the 640x480 frame""")
+            recipes.append(f"""`{net.name}`: {args.get("optimizer", "auto")} optimiser at lr0 {args.get("lr0", "?")}, mosaic
+{args.get("mosaic", "?")}, batch {args.get("batch", "?")}, {args.get("epochs", "?")} epochs, seed {args.get("seed", "?")},
+weights `{checkpoint}` (committed; curve in `training/reports/tiers_v2_curve.png`). Reproduce: `adaptive-perception
 models train-tiers --network {net.name} --benchmark build/benchmark-v2 --out build/tiers-v2 --epochs
-{args.get("epochs", 80)} --keep training/checkpoints/tiers-v2/{net.name}` (or start from the committed checkpoint),
-then `adaptive-perception models export-tiers` and `adaptive-perception models evaluate` (the `train` extra)."""
+{args.get("epochs", "?")} --keep training/checkpoints/tiers-v2/{net.name}`""")
+        what = f"""Networks of YOLOv8's architecture (5 classes) trained by this project with Ultralytics
+{ultralytics.__version__} on crops of the benchmark's frames, exported to ONNX at each tier's input size (height x
+width): {"; ".join(whats)}."""
+        recipe = f"""CPU (2 cores), HSV augmentation, scale 0.25 on the crops. {". ".join(recipes)}. Then
+`adaptive-perception models export-tiers` and `adaptive-perception models evaluate` (the `train` extra)."""
     text = f"""# Embedded detector tiers (nano, small, large)
 
-**What they are.** {what} Input resolution separates the tiers: dense scenes of small objects need pixels,
-sparse scenes of near objects much less. They detect the benchmark's classes ({", ".join(frozen["classes"])}),
+**What they are.** {what} The tiers differ in input resolution (dense scenes of small objects need pixels, sparse
+scenes of near objects much less) and, where they come from different networks, in width. They detect the benchmark's classes ({", ".join(frozen["classes"])}),
 not COCO; for real cameras export the COCO YOLOv8 n/s/l with `adaptive-perception models export` on a
 connected machine.
 

@@ -9,7 +9,6 @@ from pathlib import Path
 
 from adaptive_perception.errors import AdaptivePerceptionError
 
-FAMILY2_WEIGHTS = "training/checkpoints/tiers-v2/base/last.pt"  # the embedded tiers' network, final epoch
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -79,20 +78,20 @@ def _parser() -> argparse.ArgumentParser:
     curve.add_argument("--keep", type=Path, default=Path("training/checkpoints/tiers-v2"),
                        help="folder with one <network>/results.csv per network")
     curve.add_argument("--out", type=Path, default=Path("training/reports/tiers_v2_curve.png"))
-    export_tiers = models_sub.add_parser("export-tiers", help="export the trained network at the tiers' input sizes")
-    export_tiers.add_argument("--weights", type=Path, default=Path(FAMILY2_WEIGHTS),
-                              help="Ultralytics checkpoint (default: tier family 2's committed final epoch)")
+    export_tiers = models_sub.add_parser("export-tiers", help="export the trained networks at the tiers' input sizes")
+    export_tiers.add_argument("--weights", type=Path,
+                              help="one Ultralytics checkpoint for all three tiers (default: the embedded tiers' "
+                                   "committed checkpoints, base's final epoch for nano and small, wide's for large)")
     export_tiers.add_argument("--out", type=Path, default=Path("src/adaptive_perception/models"))
     evaluate = models_sub.add_parser("evaluate", help="mAP per regime + latency of the tiers on the frozen test split")
     evaluate.add_argument("--benchmark", type=Path, default=Path("build/benchmark-v2"))
     evaluate.add_argument("--models", type=Path, default=Path("src/adaptive_perception/models"))
     evaluate.add_argument("--manifest", type=Path, default=Path("training/benchmark/v2/manifest.json"))
     evaluate.add_argument("--report", type=Path, default=Path("training/reports/tiers.json"))
-    evaluate.add_argument("--run", type=Path, default=Path(FAMILY2_WEIGHTS),
-                          help="for the model card: the family-2 checkpoint, or family 1's Ultralytics run folder")
-    evaluate.add_argument("--network", choices=["base", "narrow", "family1"], default="base",
-                          help="what the tiers were exported from (model card): a tier-family-2 network, or the "
-                               "family-1 network")
+    evaluate.add_argument("--family1-run", type=Path,
+                          help="model card: the tiers were exported from the family-1 network of this Ultralytics "
+                               "run folder (default: the embedded family-2 checkpoints, base for nano and small, "
+                               "wide for large)")
     evaluate.add_argument("--card", type=Path, help="model card to write (default: MODELS/MODEL_CARD.md)")
     compare = models_sub.add_parser("compare", help="tier candidates (weights at an input size) on the validation "
                                                     "split: mAP all / sparse / dense and latency in one run")
@@ -221,7 +220,7 @@ def _parser() -> argparse.ArgumentParser:
     drift.add_argument("--drift-sequences", type=int, default=2, help="drift sequences per preset")
     drift.add_argument("--preset", action="append", choices=["night", "fog", "new_domain", "small_objects"],
                        help="only these presets (repeatable; default all four)")
-    drift.add_argument("--original-work", type=Path, default=Path("build/train-v2"),
+    drift.add_argument("--original-work", type=Path, default=Path("build/train-v3"),
                        help="the policy's training work folder (its profiles): retrain on each detected preset's "
                             "evidence and score before and after (skipped, said so, when missing)")
     drift.add_argument("--no-retrain", action="store_true", help="detection and false alarms only")
@@ -235,7 +234,7 @@ def _parser() -> argparse.ArgumentParser:
     heldout = bench_sub.add_parser("heldout", help="the policy against the heuristic at its own cost on newly seeded "
                                    "scenes and on each drift preset (per frame, paired intervals; no bar)")
     heldout.add_argument("--policy", default="embedded:policy", help="policy ONNX file or embedded:policy")
-    heldout.add_argument("--latency", type=Path, default=Path("training/latency/cpu-2core-family2.json"),
+    heldout.add_argument("--latency", type=Path, default=Path("training/latency/cpu-2core-family2-wide.json"),
                          help="tier costs JSON (default: the embedded tiers on the 2-core machine, idle)")
     heldout.add_argument("--generator-version", default="2.0.0", help="the policy's world (scenes generator version)")
     heldout.add_argument("--set", dest="sets", action="append",
@@ -263,7 +262,7 @@ def _parser() -> argparse.ArgumentParser:
     throughput.add_argument("--benchmark", type=Path, default=Path("build/benchmark-v2"),
                             help="benchmark whose bags/test/ to read; where it has none, the frozen test sequences "
                                  "are rendered into bags under build/bench/test-bags")
-    throughput.add_argument("--work", type=Path, default=Path("build/train-v2"),
+    throughput.add_argument("--work", type=Path, default=Path("build/train-v3"),
                             help="training work folder: its validation profile picks the 90 %%-of-large operating "
                                  "point and feeds the projection (skipped, with a note, when missing)")
     throughput.add_argument("--real-latency", type=Path, default=Path("training/latency/cpu-2core-yolov8-640.json"),
@@ -394,7 +393,8 @@ def _models(args: argparse.Namespace) -> int:
                   f"{'plateau' if check['reached'] else 'still rising'}")
         print(f"wrote {args.out}")
     elif args.models_command == "export-tiers":
-        for tier, path in tiers.export_tiers(args.weights, args.out).items():
+        weights = args.weights or {tier: path for tier, (_, path) in tiers.EMBEDDED_WEIGHTS.items()}
+        for tier, path in tiers.export_tiers(weights, args.out).items():
             print(f"{tier}: {path}")
     elif args.models_command == "compare":
         candidates = {}
@@ -423,8 +423,8 @@ def _models(args: argparse.Namespace) -> int:
         models = {t: args.models / f"{t}.onnx" for t in ("nano", "small", "large")}
         report = tiers.evaluate(models, args.benchmark, args.manifest, args.report)
         print(tiers.report_table(report))
-        card = tiers.write_model_card(report, args.manifest, args.run, args.card or args.models / "MODEL_CARD.md",
-                                      None if args.network == "family1" else args.network)
+        sources = dict.fromkeys(models, (None, args.family1_run)) if args.family1_run else None
+        card = tiers.write_model_card(report, args.manifest, args.card or args.models / "MODEL_CARD.md", sources)
         print(f"wrote {args.report} and {card}")
     return 0
 

@@ -2,12 +2,12 @@
 sees only the past get, and do richer context values or the node's audits move a learned router off the count
 rule? They do not; nothing here is shipped.
 
-    python training/experiments/router_ceiling.py [--work build/train-v2] [--policy P]   # ~1 min; after `train labels`
+    python training/experiments/router_ceiling.py [--work build/train-v3] [--policy P]   # ~1 min; after `train labels`
 
 Per frame, on the test split's profile (the simulator the report uses), at two budgets:
 
 - the router issue's: mean inference cost <= 40 % of always-large's, the embedded tiers' costs
-  (`training/latency/cpu-2core-family2.json`);
+  (`training/latency/cpu-2core-family2-wide.json`);
 - the throughput issue's projection: <= 1/3 of large's (3x), the real YOLOv8 n/s/l graphs' costs at 640 (the
   latency file `bench throughput` projects with, `training/latency/cpu-2core-yolov8-640.json`) plus the work outside
   inference that `bench throughput` measured (`training/reports/throughput.json`), the embedded tiers' accuracy.
@@ -180,10 +180,10 @@ def large_cost_sensitivity(val: Split, test: Split, scorer: Scorer, costs: Costs
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--work", type=Path, default=ROOT / "build/train-v2")
+    parser.add_argument("--work", type=Path, default=ROOT / "build/train-v3")
     parser.add_argument("--report", type=Path, default=ROOT / "training/reports/router_ceiling.json")
     parser.add_argument("--policy", type=Path, default=POLICY, help="the policy row's file (default: the embedded one)")
-    parser.add_argument("--latency", type=Path, default=ROOT / "training/latency/cpu-2core-family2.json",
+    parser.add_argument("--latency", type=Path, default=ROOT / "training/latency/cpu-2core-family2-wide.json",
                         help="the tiers' costs for the 40 %% budget (default: the embedded tiers')")
     args = parser.parse_args()
     settings = Settings(work=args.work)

@@ -42,7 +42,7 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=ROOT / "build/train-wide")
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
-    candidate = export_tiers(args.weights, args.work / "tiers", {"large": TIER_INPUTS["large"]})["large"]
+    candidate = export_tiers({"large": args.weights}, args.work / "tiers", {"large": TIER_INPUTS["large"]})["large"]
     swapped = DetectorTier(str(candidate), ("CPUExecutionProvider",), name="candidate large")
     swapped.warmup(2)
     frames = []
