@@ -24,9 +24,12 @@ def _cli(*args: str, timeout: int = 1800) -> subprocess.CompletedProcess:
     return subprocess.run(["adaptive-perception", *args], capture_output=True, text=True, timeout=timeout)
 
 
-# the tiers' costs from the committed file, not this run's timings: on a busy machine the measured ones move the
-# streaming simulation and with it every streaming figure the tests compare
-LATENCY = "training/latency/cpu-2core-family2-wide.json"
+# the tiers' costs from a committed file, not this run's timings: on a busy machine the measured ones move the
+# streaming simulation and with it every streaming figure the tests compare. The costs are those measured with base
+# as large (small 49 % of large's cost): no single tier meets the 40 % budget, so a policy that learned nothing
+# cannot pass the routing tests by always picking one. With the embedded tiers' costs (small at 30 % of large)
+# always-small fits the budget, and the 360-frame run settles there (99 % small)
+LATENCY = "training/latency/cpu-2core-family2.json"
 
 
 @pytest.fixture(scope="module")
