@@ -44,7 +44,7 @@ def test_the_large_tier_is_the_wider_network_and_nano_and_small_share_one():
     assert million["large"] == pytest.approx(6.4, abs=0.1)
 
 
-def test_export_tiers_takes_one_checkpoint_per_tier_and_names_a_missing_one(tmp_path):
+def test_export_tiers_takes_one_checkpoint_per_tier_and_names_a_missing_one(tmp_path, monkeypatch):
     from adaptive_perception.errors import AdaptivePerceptionError
     from adaptive_perception.training.tiers import EMBEDDED_WEIGHTS, _parameters, export_tiers
 
@@ -53,6 +53,9 @@ def test_export_tiers_takes_one_checkpoint_per_tier_and_names_a_missing_one(tmp_
     out = export_tiers(weights, tmp_path, sizes)
     assert [DetectorTier(out[t]).info.input_size for t in sizes] == [(64, 96), (96, 128)]
     assert _parameters(out["large"]) > 2 * _parameters(out["nano"])
+    monkeypatch.chdir(ROOT)  # None: the embedded tiers' committed checkpoints, paths relative to the checkout
+    default = export_tiers(None, tmp_path / "embedded", sizes)
+    assert [_parameters(default[t]) for t in sizes] == [_parameters(out[t]) for t in sizes]
     with pytest.raises(AdaptivePerceptionError, match=r"tier\(s\) large: large '.*absent.pt'"):
         export_tiers({**weights, "large": tmp_path / "absent.pt"}, tmp_path, sizes)
 

@@ -216,13 +216,15 @@ def train(data_yaml: Path, out_dir: Path, epochs: int = 20, batch: int = 16, see
     return run / "weights" / "best.pt"
 
 
-def export_tiers(weights: Path | dict[str, Path], out_dir: Path,
+def export_tiers(weights: Path | dict[str, Path] | None, out_dir: Path,
                  inputs: dict[str, tuple[int, int]] = TIER_INPUTS) -> dict[str, Path]:
     """Export trained weights once per tier input size to `out_dir/<tier>.onnx` (names in metadata): one checkpoint
-    for every tier, or one per tier (tier -> checkpoint, e.g. EMBEDDED_WEIGHTS)."""
+    for every tier, one per tier (tier -> checkpoint), or None: the embedded tiers' (EMBEDDED_WEIGHTS)."""
     _offline_ultralytics()
     from ultralytics import YOLO
 
+    if weights is None:
+        weights = {tier: checkpoint for tier, (_, checkpoint) in EMBEDDED_WEIGHTS.items()}
     per_tier = weights if isinstance(weights, dict) else dict.fromkeys(inputs, weights)
     missing = [tier for tier in inputs if not Path(per_tier.get(tier, "")).is_file()]
     if missing:

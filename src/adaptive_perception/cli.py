@@ -10,7 +10,6 @@ from pathlib import Path
 from adaptive_perception.errors import AdaptivePerceptionError
 
 
-
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="adaptive-perception", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -393,8 +392,7 @@ def _models(args: argparse.Namespace) -> int:
                   f"{'plateau' if check['reached'] else 'still rising'}")
         print(f"wrote {args.out}")
     elif args.models_command == "export-tiers":
-        weights = args.weights or {tier: path for tier, (_, path) in tiers.EMBEDDED_WEIGHTS.items()}
-        for tier, path in tiers.export_tiers(weights, args.out).items():
+        for tier, path in tiers.export_tiers(args.weights, args.out).items():
             print(f"{tier}: {path}")
     elif args.models_command == "compare":
         candidates = {}
