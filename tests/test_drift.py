@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from adaptive_perception.drift import (BINS, DRIFT, OK, PROJECTIONS, QUALITY_FEATURES, UNKNOWN, WARN, DriftMonitor,
-                                       DriftReference, DriftWatch, build_reference, calibrate, calibrate_quality,
-                                       decile_bins, feature_psi, mix_tvd, quality_shift, veil)
+                                       DriftReference, DriftWatch, agreement_peak, build_reference, calibrate,
+                                       calibrate_quality, decile_bins, feature_psi, mix_tvd, quality_shift, veil)
 from adaptive_perception.errors import ConfigError
 
 
@@ -94,6 +94,25 @@ def test_the_agreement_threshold_never_falls_below_three_standard_errors_of_the_
     # a held-out stream whose audits all agree perfectly: the drop never rises above 0 there
     thresholds = calibrate(reference, [(features[:200], tiers[:200], np.where(np.arange(200) % 10 == 0, 1.0, np.nan))])
     assert thresholds["agreement_drop"] == pytest.approx(3 * math.sqrt(0.05) / math.sqrt(10))  # 0.2121
+
+
+def test_the_agreement_threshold_reads_every_phase_of_the_audit_sampling():
+    """Which frames the node audits depends on when it started: a stream audited on every frame is read at each
+    phase of the 1-in-N sampling, so a dip only one phase sees still sets the threshold."""
+    rng = np.random.default_rng(3)
+    features = rng.standard_normal((400, 1024))
+    tiers = np.zeros(400, int)
+    reference = build_reference(features, tiers, np.full(4, 0.8))  # agreement 0.8, spread 0: no floor
+    dense = np.full(200, 0.8)
+    dense[1:30:3] = 0.3  # phase 1 of 1-in-3: frames 1, 4, ..., 28, ten audits in a row at 0.3 -> drop 0.5
+    dense[2:15:3] = 0.0  # phase 2: frames 2, 5, 8, 11, 14, five audits at 0 in a window of ten -> drop 0.4
+    assert agreement_peak(reference, dense, 3) == pytest.approx(0.5)
+    sparse = np.where(np.arange(200) % 3 == 0, dense, np.nan)  # a node that audits frames 0, 3, 6, ...
+    assert agreement_peak(reference, sparse, 3) == pytest.approx(0.0)
+    only_phase_2 = np.where(np.arange(200) % 3 == 2, dense, np.nan)
+    assert agreement_peak(reference, only_phase_2, 3) == pytest.approx(0.4)
+    thresholds = calibrate(reference, [(features[:200], tiers[:200], dense)], audit_every=3)
+    assert thresholds["agreement_drop"] == pytest.approx(0.5 * 1.25)
 
 
 

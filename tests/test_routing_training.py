@@ -209,6 +209,32 @@ def test_a_tier_value_network_is_calibrated_to_a_budget_and_survives_the_trip_th
     np.testing.assert_allclose(back.layers[-1][0], network.layers[-1][0])
 
 
+@pytest.mark.parametrize("cost_bar, weight", [(1.0, 0.0), (0.4, 0.5), (0.39, 5 / 3)])
+def test_the_report_calibrates_each_learned_policy_per_frame_and_keeps_its_own_weight_streaming(tmp_path, cost_bar,
+                                                                                               weight):
+    """Per frame the bars are stated at a cost bar: every learned row runs at the weight whose validation routing
+    costs at most the bar (the same constant-value policy as above, written as ONNX and run by the Router);
+    streaming, the node's default, the file's own weight."""
+    from types import SimpleNamespace
+
+    from adaptive_perception.policy import Policy
+    from adaptive_perception.training.learn import Network, calibrate_cost_weight
+    from adaptive_perception.training.policy_export import write_policy
+    from adaptive_perception.training.report import operating_points
+
+    split = Split.build(_profile(12))
+    costs = Costs("test", np.array([10.0, 40.0, 100.0]))
+    network = Network([(np.zeros((1028, 3), np.float32), np.array([0.0, 0.5, 0.8], np.float32))],
+                      np.zeros(1028, np.float32), np.ones(1028, np.float32))
+    own = calibrate_cost_weight(network, split, costs, 1000.0).with_weight(2.0)  # its own point: always nano
+    write_policy(tmp_path / "values.onnx", own.layers, own.mean, own.std, "values", "constant tier values", None,
+                 own.head)
+    policy = Policy(tmp_path / "values.onnx")
+    points = operating_points(SimpleNamespace(cost_bar=cost_bar), {"ppo": [policy, policy]}, split, costs)
+    assert points["per_frame"]["ppo"] == pytest.approx([weight, weight], abs=1e-4)
+    assert points["streaming"]["ppo"] == pytest.approx([2.0, 2.0])
+
+
 @pytest.mark.parametrize("loss", ["balanced", "regret", "values"])
 def test_every_bc_loss_learns_which_frames_are_worth_large(loss):
     from adaptive_perception.training.learn import train_bc

@@ -34,9 +34,10 @@ def _published(split: Split, tier: int) -> list[Detections]:
 
 def routed_stream(policy: Policy, split: Split, costs
                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
-    """Per frame of `split`, in order: image features, the tier the policy chose (per-frame setting), on
-    every AUDIT_EVERY-th frame (NaN on the others, as the node audits) the agreement of that tier's published
-    output with the reference (large) tier's, and the frame's veil (None for a profile without veils)."""
+    """Per frame of `split`, in order: image features, the tier the policy chose (per-frame setting), the
+    agreement of that tier's published output with the reference (large) tier's on every frame (the profile
+    holds every tier's output, so calibration reads every phase of the node's audit sampling), and the frame's
+    veil (None for a profile without veils)."""
     router = Router("learned", policy)
     trace = rollout(split, costs, lambda _f, observation, context: router.decide(observation, context).tier,
                     streaming=False)
@@ -44,9 +45,7 @@ def routed_stream(policy: Policy, split: Split, costs
     tiers = np.asarray(trace.processed_tiers)
     published = {t: _published(split, t) for t in range(len(TIERS))}
     reference = published[len(TIERS) - 1]
-    agreements = np.full(len(order), np.nan)
-    for i in range(0, len(order), AUDIT_EVERY):
-        agreements[i] = agreement(published[tiers[i]][order[i]], reference[order[i]])
+    agreements = np.array([agreement(published[tier][frame], reference[frame]) for tier, frame in zip(tiers, order)])
     veils = split.profile.veil
     return split.profile.features[order], tiers, agreements, veils[order] if veils is not None else None
 
@@ -85,19 +84,22 @@ def cpu_detectors(models: dict | None = None) -> dict:
 def calibration_streams(policy: Policy, models: dict, sequences: int, version: str, frames: int = WINDOW
                         ) -> list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
     """`sequences` newly rendered in-distribution sequences (CALIBRATION_SEED), back to back as one stream
-    through the node's per-frame path: more scenes for the thresholds than the held-out splits hold."""
+    through the node's per-frame path: more scenes for the thresholds than the held-out splits hold. Audited on
+    every frame, so calibration reads every phase of the node's audit sampling."""
     from adaptive_perception.scenes.sequence import SequenceSpec, render_sequence
 
     detectors = cpu_detectors(models)
     specs = [SequenceSpec(CALIBRATION_SEED, i, frames, version=version) for i in range(sequences)]
     rendered = ((frame.rgb,) for spec in specs for frame in render_sequence(spec))
-    return [node_stream(policy, rendered, detectors, desc=f"calibration stream ({sequences} new sequences)")]
+    return [node_stream(policy, rendered, detectors, audit_every=1,
+                        desc=f"calibration stream ({sequences} new sequences)")]
 
 
 def drift_reference(policy: Policy, training: Split, held_out: list[Split], costs, extra_streams=()
                     ) -> DriftReference | None:
-    """Reference statistics from `training` (audits every AUDIT_EVERY-th frame, as the node samples them),
-    thresholds calibrated on each `held_out` split as one stream and on `extra_streams` (`calibration_streams`);
+    """Reference statistics from `training` (the audit agreement's mean and spread over every frame), thresholds
+    calibrated on each `held_out` split as one stream and on `extra_streams` (`calibration_streams`), the audit
+    agreement at every phase of the node's 1-in-AUDIT_EVERY sampling;
     None (and said) when no held-out split fills one drift window: a policy without a reference runs with the
     drift monitor off."""
     longest = max(len(split.profile) for split in held_out)
@@ -112,7 +114,7 @@ def drift_reference(policy: Policy, training: Split, held_out: list[Split], cost
               "each frame's veil (rerun `adaptive-perception train profile --force`)")
         veils = None
     streams += list(extra_streams)
-    reference = build_reference(features, tiers, agreements[::AUDIT_EVERY], veils=veils)
+    reference = build_reference(features, tiers, agreements, veils=veils)
     reference.quality_peak, reference.quality_peak_down = calibrate_quality(reference, [s[0] for s in streams])
-    reference.thresholds = calibrate(reference, streams)
+    reference.thresholds = calibrate(reference, streams, audit_every=AUDIT_EVERY)
     return reference

@@ -212,24 +212,27 @@ def train_bc(train: tuple[np.ndarray, np.ndarray, np.ndarray], val: tuple[np.nda
     return network, {"epochs": len(history), "best_val_loss": best, "history": history}
 
 
-def calibrate_cost_weight(network: Network, split: Split, costs: Costs, budget_ms: float, steps: int = 20) -> Network:
-    """The tier-value network at the smallest cost weight whose per-frame routing of `split` costs at most
-    `budget_ms` per frame (bisection; the cost falls as the weight rises)."""
-    head = ValueHead(costs.relative.astype(np.float32), 0.0, VALUE_TEMPERATURE)
-    network = replace(network, head=head)
-
+def calibrate_weight(chooser_at, split: Split, costs: Costs, budget_ms: float, steps: int = 20) -> float:
+    """The smallest cost weight whose per-frame routing of `split` by `chooser_at(weight)` (a rollout chooser)
+    costs at most `budget_ms` per frame (bisection; the cost falls as the weight rises); 0 when weight 0 fits."""
     def cost(weight: float) -> float:
-        return rollout(split, costs, network.with_weight(weight).choose, streaming=False).busy_ms / len(split.profile)
+        return rollout(split, costs, chooser_at(weight), streaming=False).busy_ms / len(split.profile)
 
     low, high = 0.0, 1.0
     if cost(low) <= budget_ms:
-        return network
+        return low
     while cost(high) > budget_ms and high < 1e4:
         high *= 2
     for _ in range(steps):
         middle = (low + high) / 2
         low, high = (middle, high) if cost(middle) > budget_ms else (low, middle)
-    return network.with_weight(high)
+    return high
+
+
+def calibrate_cost_weight(network: Network, split: Split, costs: Costs, budget_ms: float, steps: int = 20) -> Network:
+    """The tier-value network at `calibrate_weight`'s weight for its own per-frame routing."""
+    network = replace(network, head=ValueHead(costs.relative.astype(np.float32), 0.0, VALUE_TEMPERATURE))
+    return network.with_weight(calibrate_weight(lambda w: network.with_weight(w).choose, split, costs, budget_ms, steps))
 
 
 def make_env(split: Split, costs: Costs, lam: float, network: Network, switch_penalty: float = 0.0,

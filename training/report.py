@@ -171,6 +171,30 @@ def _kl(ppo: Network, bc: Network, observations: np.ndarray) -> float:
     return float(np.mean(np.sum(p * (np.log(p + 1e-12) - np.log(q + 1e-12)), axis=1)))
 
 
+def _or_own(weight: float | None) -> float:
+    return -1.0 if weight is None else weight  # RouterSettings: < 0 = the policy's own
+
+
+def operating_points(settings, policies: dict, val, costs) -> dict:
+    """Each learned policy's cost weight per setting. Per frame: calibrated on validation to the cost bar
+    (`settings.cost_bar` x always-large's cost), the operating point the per-frame bars are stated at; PPO,
+    trained streaming, otherwise lands wherever its streaming reward put it. Streaming: the policy file's own
+    weight, the node's default (`routing.cost_weight` < 0)."""
+    from adaptive_perception.training.learn import calibrate_weight
+
+    budget = settings.cost_bar * float(costs.ms[-1])
+
+    def calibrated(policy: Policy) -> float | None:
+        if policy.value_head is None:
+            return None  # a logits policy has no weight to move
+        return calibrate_weight(lambda w: _router_chooser(Router("learned", policy, RouterSettings(cost_weight=w))),
+                                val, costs, budget)
+
+    return {"per_frame": {kind: [calibrated(p) for p in found] for kind, found in policies.items()},
+            "streaming": {kind: [p.value_head.cost_weight if p.value_head else None for p in found]
+                          for kind, found in policies.items()}}
+
+
 def evaluate_all(settings, load_split, costs, lam: float, policy_path) -> dict:
     test, val, train = load_split(settings, "test"), load_split(settings, "val"), load_split(settings, TRAIN_SPLIT)
     scorer = Scorer(test)
@@ -181,6 +205,7 @@ def evaluate_all(settings, load_split, costs, lam: float, policy_path) -> dict:
               "test_sequences": len(test.profile.sequences()), "seeds": settings.seeds,
               "policies": {kind: [p.policy_id for p in policies[kind]] for kind in policies}, "settings": {}}
     overhead = _overhead_ms(settings.reports)
+    weights = operating_points(settings, policies, val, costs)
     for setting, streaming in (("per_frame", False), ("streaming", True)):
         rows, raw = {}, {}
 
@@ -199,7 +224,7 @@ def evaluate_all(settings, load_split, costs, lam: float, policy_path) -> dict:
                 traces = []
                 for seed, policy in zip(seeds, policies[kind]):
                     seen = []
-                    router = Router("learned", policy)
+                    router = Router("learned", policy, RouterSettings(cost_weight=_or_own(weights[setting][kind][seed])))
 
                     def choose(frame, observation, context, router=router, seen=seen):
                         seen.append(observation)
@@ -207,6 +232,7 @@ def evaluate_all(settings, load_split, costs, lam: float, policy_path) -> dict:
                     traces.append(rollout(test, costs, choose, streaming))
                     observations[(kind, seed)] = np.asarray(seen)
                 add(name, traces)
+                rows[name]["cost_weights"] = [weights[setting][kind][seed] for seed in seeds]
                 bar.update()
             learned = rows["BC + PPO"]
             add("random (BC + PPO mix)", [rollout(test, costs, _exact_mix_chooser(learned["mix"], len(test.profile), 100 + s),
@@ -363,13 +389,26 @@ def _cell(key: str, row: dict) -> str:
     return f"{value:.2f}" if key in ("router_overhead_ms", "kl_from_bc") else f"{value:.1f}"
 
 
+def _weights_text(result: dict) -> str:
+    def listed(row: dict) -> str:
+        found = row.get("cost_weights") or []
+        return "the policy's own" if not found or None in found else " / ".join(f"{w:.3f}" for w in found)
+
+    per_frame, streaming = result["settings"]["per_frame"], result["settings"]["streaming"]
+    return ("Operating points (cost weight per seed, the node's `routing.cost_weight`): per frame, each learned "
+            "policy's weight calibrated on validation to the cost bar, BC only " + listed(per_frame["BC only"]) +
+            ", BC + PPO " + listed(per_frame["BC + PPO"]) + "; streaming, the policy file's own weight (the node's "
+            "default), BC only " + listed(streaming["BC only"]) + ", BC + PPO " + listed(streaming["BC + PPO"]) + ".")
+
+
 def markdown(result: dict) -> str:
     lines = ["# Routing report", "",
              f"Test split: {result['test_frames']} frames in {result['test_sequences']} sequences; truth: "
              f"{result['truth']}. Costs: {result['device']} (" + ", ".join(f"{t} {m:.1f} ms" for t, m in
                                                                              result["tier_cost_ms"].items()) +
-             f"). Operating point lambda = {result['lambda']:g} (chosen on validation). Learned rows and random: mean "
-             f"of {result['seeds']} seeds; [95% bootstrap interval over sequences].", ""]
+             f"). Labels' lambda = {result['lambda']:g} (the BC cost weights' mean, chosen on validation). Learned "
+             f"rows and random: mean of {result['seeds']} seeds; [95% bootstrap interval over sequences].", "",
+             _weights_text(result), ""]
     for setting, rows in result["settings"].items():
         lines += [f"## {'Per frame' if setting == 'per_frame' else 'Streaming (30 Hz, the node: one worker, newest frame, outputs stand until the next)'}",
                   "", "| row | " + " | ".join(label for _, label in COLUMNS) + " |",

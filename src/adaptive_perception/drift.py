@@ -241,12 +241,31 @@ def window_statistics(reference: DriftReference, projected: np.ndarray, tiers: n
     return values
 
 
+def agreement_peak(reference: DriftReference, agreements: np.ndarray, audit_every: int) -> float:
+    """The largest agreement drop (reference agreement - mean of AUDIT_WINDOW consecutive audits) in a stream's
+    per-frame agreements (NaN = not audited). A stream audited on every frame is read at each of the
+    `audit_every` phases of the node's 1-in-`audit_every` sampling (which frames the node audits depends on when
+    it started and on skipped audits), so the peak covers the sampling's own noise, not one draw of it; a
+    sparsely audited stream gives its one sequence of audits."""
+    agreements = np.asarray(agreements, np.float64)
+    dense = len(agreements) > 0 and bool(np.isfinite(agreements).all())
+    sequences = ([agreements[phase::audit_every] for phase in range(audit_every)] if dense and audit_every > 1
+                 else [agreements[np.isfinite(agreements)]])
+    peak = 0.0
+    for audits in sequences:
+        if len(audits) >= AUDIT_WINDOW:
+            means = np.convolve(audits, np.full(AUDIT_WINDOW, 1.0 / AUDIT_WINDOW), "valid")
+            peak = max(peak, reference.agreement - float(means.min()))
+    return peak
+
+
 def calibrate(reference: DriftReference, streams: list[tuple[np.ndarray, ...]],
-              margin: float = MARGIN) -> dict[str, float]:
+              margin: float = MARGIN, audit_every: int = 30) -> dict[str, float]:
     """Thresholds from held-out in-distribution streams of (features, tiers, per-frame audit agreement or NaN
     for frames not audited[, per-frame veil]): per statistic, the largest value any full window reached, times
-    `margin` (the veil's peak floored at one window standard deviation). A reference with the veil statistic
-    needs every stream's veils."""
+    `margin` (the veil's peak floored at one window standard deviation); the agreement drop's peak is
+    `agreement_peak`'s (every phase of the node's audit sampling where a stream was audited on every frame).
+    A reference with the veil statistic needs every stream's veils."""
     peaks = {"feature_psi": 0.0, "mix_tvd": 0.0, "agreement_drop": 0.0}
     if reference.quality_mean:
         peaks["image_quality"] = 0.0
@@ -260,12 +279,12 @@ def calibrate(reference: DriftReference, streams: list[tuple[np.ndarray, ...]],
         veils = np.asarray(rest[0], np.float64) if rest and rest[0] is not None else None
         for end in range(reference.window, len(projected) + 1):
             start = end - reference.window
-            audits = [a for a in agreements[:end] if np.isfinite(a)][-AUDIT_WINDOW:]
-            values = window_statistics(reference, projected[start:end], tiers[start:end],
-                                       audits if len(audits) == AUDIT_WINDOW else [], quality[start:end],
+            values = window_statistics(reference, projected[start:end], tiers[start:end], [], quality[start:end],
                                        veils[start:end] if veils is not None else None)
             for key, value in values.items():
                 peaks[key] = max(peaks[key], value)
+        if len(projected) >= reference.window:
+            peaks["agreement_drop"] = max(peaks["agreement_drop"], agreement_peak(reference, agreements, audit_every))
     if not any(len(stream[0]) >= reference.window for stream in streams):
         raise ConfigError(f"calibration needs streams of at least {reference.window} frames")
     thresholds = {key: max(value * margin, 1e-6) for key, value in peaks.items()}
