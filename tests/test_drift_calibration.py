@@ -51,3 +51,23 @@ def test_the_scene_is_one_the_tiers_disagree_on(embedded_tiers, frames):
     """The fixture's premise: nano and large do not publish the same boxes there (else the test above proves little)."""
     rgb = frames[0][0]
     assert agreement(embedded_tiers["nano"].detect(rgb), embedded_tiers["large"].detect(rgb)) < 0.9
+
+
+@pytest.mark.parametrize("tier, expected", [(0, [1.0, 0.0, 0.0] * 4), (1, [1.0, 1.0, 0.0] * 4), (2, [1.0] * 12)])
+def test_the_profile_stream_carries_every_frames_agreement_for_the_phase_calibration(tmp_path, tier, expected):
+    """The threshold calibration reads every phase of the node's audit sampling, so the held-out profile streams
+    carry the routed tier's agreement with large on every frame. In the profile, frame f holds the same box for
+    tiers f % 3 .. 2 and nothing for the others: nano agrees with large on frames 0, 3, 6, ... only."""
+    from test_routing_training import _profile
+
+    from adaptive_perception.training.drift_reference import routed_stream
+    from adaptive_perception.training.labels import Costs
+    from adaptive_perception.training.simulate import Split
+
+    probabilities = [0.01, 0.01, 0.01]
+    probabilities[tier] = 0.98
+    policy = Policy(constant_policy(tmp_path / "p.onnx", tuple(probabilities)))
+    costs = Costs("test", np.array([10.0, 40.0, 100.0]))
+    features, tiers, agreements, _ = routed_stream(policy, Split.build(_profile(12)), costs)
+    assert tiers.tolist() == [tier] * 12 and features.shape == (12, 1024)
+    assert agreements.tolist() == expected
