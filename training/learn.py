@@ -232,7 +232,8 @@ def calibrate_weight(chooser_at, split: Split, costs: Costs, budget_ms: float, s
 def calibrate_cost_weight(network: Network, split: Split, costs: Costs, budget_ms: float, steps: int = 20) -> Network:
     """The tier-value network at `calibrate_weight`'s weight for its own per-frame routing."""
     network = replace(network, head=ValueHead(costs.relative.astype(np.float32), 0.0, VALUE_TEMPERATURE))
-    return network.with_weight(calibrate_weight(lambda w: network.with_weight(w).choose, split, costs, budget_ms, steps))
+    weight = calibrate_weight(lambda w: network.with_weight(w).choose, split, costs, budget_ms, steps)
+    return network.with_weight(weight)
 
 
 def make_env(split: Split, costs: Costs, lam: float, network: Network, switch_penalty: float = 0.0,

@@ -205,7 +205,7 @@ def evaluate_all(settings, load_split, costs, lam: float, policy_path) -> dict:
               "test_sequences": len(test.profile.sequences()), "seeds": settings.seeds,
               "policies": {kind: [p.policy_id for p in policies[kind]] for kind in policies}, "settings": {}}
     overhead = _overhead_ms(settings.reports)
-    weights = operating_points(settings, policies, val, costs)
+    operating = operating_points(settings, policies, val, costs)
     for setting, streaming in (("per_frame", False), ("streaming", True)):
         rows, raw = {}, {}
 
@@ -224,7 +224,8 @@ def evaluate_all(settings, load_split, costs, lam: float, policy_path) -> dict:
                 traces = []
                 for seed, policy in zip(seeds, policies[kind]):
                     seen = []
-                    router = Router("learned", policy, RouterSettings(cost_weight=_or_own(weights[setting][kind][seed])))
+                    weight = _or_own(operating[setting][kind][seed])
+                    router = Router("learned", policy, RouterSettings(cost_weight=weight))
 
                     def choose(frame, observation, context, router=router, seen=seen):
                         seen.append(observation)
@@ -232,7 +233,7 @@ def evaluate_all(settings, load_split, costs, lam: float, policy_path) -> dict:
                     traces.append(rollout(test, costs, choose, streaming))
                     observations[(kind, seed)] = np.asarray(seen)
                 add(name, traces)
-                rows[name]["cost_weights"] = [weights[setting][kind][seed] for seed in seeds]
+                rows[name]["cost_weights"] = [operating[setting][kind][seed] for seed in seeds]
                 bar.update()
             learned = rows["BC + PPO"]
             add("random (BC + PPO mix)", [rollout(test, costs, _exact_mix_chooser(learned["mix"], len(test.profile), 100 + s),
