@@ -1,0 +1,99 @@
+"""Experiment (not part of the package; kept so the README's figures can be reproduced): the streaming operating
+point. The node runs streaming (30 Hz, one worker, newest frame), and there, at the policy file's own cost weight
+(BC's, calibrated per frame to 40 % of large's cost; PPO keeps it), BC + PPO routes no better than the count rule.
+Here every learned policy's weight is chosen on the validation split by streaming mAP50-95 over a grid (the
+file's own weight included), scored once on test, and compared with the count rule tuned at the same test cost
+the way the routing report tunes it. Nothing here is shipped: the node's `routing.cost_weight` sets a weight.
+
+    python training/experiments/streaming_weight.py [--work build/train-v3]   # ~4 min; after `train all`
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+
+from adaptive_perception.policy import Policy
+from adaptive_perception.router import Router, RouterSettings
+from adaptive_perception.training.evaluate import Scorer
+from adaptive_perception.training.pipeline import Settings, _load_costs, load_split
+from adaptive_perception.training.report import _interpolated, _paired, _router_chooser, _row, _tune_heuristic
+from adaptive_perception.training.simulate import rollout
+
+GRID = (0.1, 0.2, 0.35, 0.5, 0.75, 1.0, 1.5, 2.5)
+KINDS = {"bc": "BC only", "ppo": "BC + PPO"}
+
+
+def _learned(policy: Policy, weight: float):
+    return _router_chooser(Router("learned", policy, RouterSettings(cost_weight=weight)))
+
+
+def _heuristic(val, test, costs, scorer, cost_ms: float, resamples: int) -> dict:
+    """The count rule at `cost_ms` on test, chosen as the routing report chooses it (interpolated between two
+    rules when none lies within 5 %)."""
+    rows = []
+    for thresholds in _tune_heuristic(val, test, costs, True, cost_ms):
+        chooser = _router_chooser(Router("heuristic", None, RouterSettings(heuristic_thresholds=thresholds)))
+        rows.append({**_row(scorer, test, costs, [rollout(test, costs, chooser, True)], resamples),
+                     "thresholds": list(thresholds)})
+    return _interpolated(*rows, cost_ms) if len(rows) == 2 else rows[0]
+
+
+def _public(row: dict) -> dict:
+    return {k: v for k, v in row.items() if not k.startswith("_")}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--work", type=Path, default=Path("build/train-v3"))
+    parser.add_argument("--resamples", type=int, default=200)
+    parser.add_argument("--out", type=Path,
+                        default=Path(__file__).resolve().parents[1] / "reports" / "streaming_weight.json")
+    args = parser.parse_args()
+    settings = Settings(work=args.work)
+    costs, val, test = _load_costs(settings), load_split(settings, "val"), load_split(settings, "test")
+    val_scorer, scorer = Scorer(val), Scorer(test)
+    result = {"command": "python training/experiments/streaming_weight.py", "work": str(args.work), "grid": GRID,
+              "rows": {}, "comparisons": {}}
+    raw = {}
+    for kind, name in KINDS.items():
+        policies = [Policy(args.work / "policies" / f"{kind}_seed{s}.onnx") for s in range(settings.seeds)]
+        chosen, validation = [], []
+        for policy in policies:
+            weights = (policy.value_head.cost_weight, *GRID)
+            scores = [val_scorer.score(rollout(val, costs, _learned(policy, w), True))["map50_95"] for w in weights]
+            best = int(np.argmax(scores))
+            chosen.append(weights[best])
+            validation.append(dict(zip(map(str, weights), scores)))
+            print(f"{name} {policy.policy_id}: validation streaming mAP50-95 by weight "
+                  + ", ".join(f"{w:.3g} {s:.1f}" for w, s in zip(weights, scores)) + f" -> {weights[best]:.3g}")
+        for point, weights in (("own weight", [p.value_head.cost_weight for p in policies]),
+                               ("weight chosen on validation", chosen)):
+            traces = [rollout(test, costs, _learned(p, w), True) for p, w in zip(policies, weights)]
+            raw[(kind, point)] = _row(scorer, test, costs, traces, args.resamples)
+            result["rows"][f"{name}, {point}"] = {**_public(raw[(kind, point)]), "cost_weights": list(weights)}
+        result["rows"][f"{name}, weight chosen on validation"]["validation_map50_95_by_weight"] = validation
+    for kind, name in KINDS.items():
+        for point in ("own weight", "weight chosen on validation"):
+            learned = raw[(kind, point)]
+            heuristic = _heuristic(val, test, costs, scorer, learned["mean_cost_ms"], args.resamples)
+            result["rows"][f"count rule at {name}'s cost, {point}"] = _public(heuristic)
+            result["comparisons"][f"{name}, {point} - count rule at its cost"] = _paired(learned, heuristic)
+    result["comparisons"]["BC + PPO - BC only, both at the weight chosen on validation"] = _paired(
+        raw[("ppo", "weight chosen on validation")], raw[("bc", "weight chosen on validation")])
+    print(f"\n{'row':<64} {'mAP50-95':>18} {'cost ms':>8}  mix n/s/l")
+    for name, row in result["rows"].items():
+        low, high = row["map50_95_ci"]
+        mix = " / ".join(f"{100 * row['mix'][t]:.0f}" for t in row["mix"])
+        print(f"{name:<64} {row['map50_95']:5.1f} [{low:4.1f}, {high:4.1f}] {row['mean_cost_ms']:8.1f}  {mix}")
+    for name, paired in result["comparisons"].items():
+        low, high = paired["difference_ci"]
+        print(f"{name}: {paired['difference']:+.1f} [{low:+.1f}, {high:+.1f}]")
+    args.out.write_text(json.dumps(result, indent=1, default=float))
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
