@@ -407,7 +407,7 @@ def markdown(result: dict) -> str:
              f"Test split: {result['test_frames']} frames in {result['test_sequences']} sequences; truth: "
              f"{result['truth']}. Costs: {result['device']} (" + ", ".join(f"{t} {m:.1f} ms" for t, m in
                                                                              result["tier_cost_ms"].items()) +
-             f"). Labels' lambda = {result['lambda']:g} (the BC cost weights' mean, chosen on validation). Learned "
+             f"). Labels' lambda = {result['lambda']:g} (chosen on validation by the bc stage). Learned "
              f"rows and random: mean of {result['seeds']} seeds; [95% bootstrap interval over sequences].", "",
              _weights_text(result), ""]
     for setting, rows in result["settings"].items():
