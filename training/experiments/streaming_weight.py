@@ -5,7 +5,8 @@ Here every learned policy's weight is chosen on the validation split by streamin
 file's own weight included), scored once on test, and compared with the count rule tuned at the same test cost
 the way the routing report tunes it. Nothing here is shipped: the node's `routing.cost_weight` sets a weight.
 
-    python training/experiments/streaming_weight.py [--work build/train-v3]   # ~4 min; after `train all`
+    python training/experiments/streaming_weight.py [--work build/train-v3]   # ~9 min; after `train all`
+    python training/experiments/streaming_weight.py --policy embedded:policy   # one policy (~2 min)
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from adaptive_perception.config import resolve_model
 from adaptive_perception.policy import Policy
 from adaptive_perception.router import Router, RouterSettings
 from adaptive_perception.training.evaluate import Scorer
@@ -49,17 +51,26 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--work", type=Path, default=Path("build/train-v3"))
     parser.add_argument("--resamples", type=int, default=200)
+    parser.add_argument("--policy", help="one policy file (or embedded:policy) in place of the run's seeds; "
+                                         "writes streaming_weight_<policy id>.json")
     parser.add_argument("--out", type=Path,
                         default=Path(__file__).resolve().parents[1] / "reports" / "streaming_weight.json")
     args = parser.parse_args()
     settings = Settings(work=args.work)
     costs, val, test = _load_costs(settings), load_split(settings, "val"), load_split(settings, "test")
     val_scorer, scorer = Scorer(val), Scorer(test)
-    result = {"command": "python training/experiments/streaming_weight.py", "work": str(args.work), "grid": GRID,
+    kinds = KINDS
+    if args.policy:
+        single = Policy(resolve_model(args.policy))
+        kinds = {"given": single.policy_id}
+        args.out = args.out.with_name(f"streaming_weight_{single.policy_id}.json")
+    result = {"command": "python training/experiments/streaming_weight.py"
+              + (f" --policy {args.policy}" if args.policy else ""), "work": str(args.work), "grid": GRID,
               "rows": {}, "comparisons": {}}
     raw = {}
-    for kind, name in KINDS.items():
-        policies = [Policy(args.work / "policies" / f"{kind}_seed{s}.onnx") for s in range(settings.seeds)]
+    for kind, name in kinds.items():
+        policies = ([single] if args.policy else
+                    [Policy(args.work / "policies" / f"{kind}_seed{s}.onnx") for s in range(settings.seeds)])
         chosen, validation = [], []
         for policy in policies:
             weights = (policy.value_head.cost_weight, *GRID)
@@ -75,14 +86,15 @@ def main() -> None:
             raw[(kind, point)] = _row(scorer, test, costs, traces, args.resamples)
             result["rows"][f"{name}, {point}"] = {**_public(raw[(kind, point)]), "cost_weights": list(weights)}
         result["rows"][f"{name}, weight chosen on validation"]["validation_map50_95_by_weight"] = validation
-    for kind, name in KINDS.items():
+    for kind, name in kinds.items():
         for point in ("own weight", "weight chosen on validation"):
             learned = raw[(kind, point)]
             heuristic = _heuristic(val, test, costs, scorer, learned["mean_cost_ms"], args.resamples)
             result["rows"][f"count rule at {name}'s cost, {point}"] = _public(heuristic)
             result["comparisons"][f"{name}, {point} - count rule at its cost"] = _paired(learned, heuristic)
-    result["comparisons"]["BC + PPO - BC only, both at the weight chosen on validation"] = _paired(
-        raw[("ppo", "weight chosen on validation")], raw[("bc", "weight chosen on validation")])
+    if not args.policy:
+        result["comparisons"]["BC + PPO - BC only, both at the weight chosen on validation"] = _paired(
+            raw[("ppo", "weight chosen on validation")], raw[("bc", "weight chosen on validation")])
     print(f"\n{'row':<64} {'mAP50-95':>18} {'cost ms':>8}  mix n/s/l")
     for name, row in result["rows"].items():
         low, high = row["map50_95_ci"]
