@@ -111,7 +111,7 @@ PARAMETERS: dict[str, tuple[object, ParameterDescriptor]] = {
     "evidence.dir": (_DEFAULTS.evidence.folder, _describe(
         "Folder for drift evidence: when a camera's drift state turns DRIFT, its frames from before the event (a "
         "ring of evidence.pre_frames) and after it (evidence.post_frames), with the node's outputs for them, are "
-        "written as a rosbag2 MCAP segment under <dir>/<camera topic>/evidence_NNNN, for `train retrain`; "
+        "written as a rosbag2 MCAP segment under <dir>/<camera topic with / as _>/evidence_NNNN, for `train retrain`; "
         "empty = off.")),
     "evidence.pre_frames": (_DEFAULTS.evidence.pre_frames, _describe(
         "Frames kept per camera before a drift event (held in memory as received: about 0.9 MB each at 640x480).",
