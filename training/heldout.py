@@ -23,7 +23,7 @@ from adaptive_perception.training.evaluate import Scorer
 from adaptive_perception.training.labels import Costs
 from adaptive_perception.training.profile import profile
 from adaptive_perception.training.report import (
-    HEURISTIC_GRID, _clean, _fixed, _interpolated, _paired, _router_chooser, _row, bracketing_rules,
+    HEURISTIC_GRID, _clean, _fixed, _paired, _router_chooser, _row, bracketing_rules, heuristic_at_cost,
 )
 from adaptive_perception.training.simulate import Split, rollout
 
@@ -46,15 +46,12 @@ def _frames(specs: list[SequenceSpec]):
 
 
 def _heuristic_at(split: Split, scorer: Scorer, costs: Costs, cost_ms: float, resamples: int) -> dict:
-    traces, candidates = {}, []
+    candidates = []
     for thresholds in HEURISTIC_GRID:
-        traces[thresholds] = rollout(split, costs, _router_chooser(Router("heuristic", None, RouterSettings(
+        trace = rollout(split, costs, _router_chooser(Router("heuristic", None, RouterSettings(
             heuristic_thresholds=thresholds))), False)
-        candidates.append((traces[thresholds].busy_ms / len(split.profile), float(traces[thresholds].quality.mean()),
-                           thresholds))
-    rows = [{**_row(scorer, split, costs, [traces[t]], resamples), "thresholds": list(t)}
-            for t in bracketing_rules(candidates, cost_ms)]
-    return rows[0] if len(rows) == 1 else _interpolated(*rows, cost_ms)
+        candidates.append((trace.busy_ms / len(split.profile), float(trace.quality.mean()), thresholds))
+    return heuristic_at_cost(scorer, split, costs, bracketing_rules(candidates, cost_ms), False, cost_ms, resamples)[0]
 
 
 def evaluate_set(split: Split, policy: Policy, costs: Costs, resamples: int) -> dict:

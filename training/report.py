@@ -171,6 +171,27 @@ def _kl(ppo: Network, bc: Network, observations: np.ndarray) -> float:
     return float(np.mean(np.sum(p * (np.log(p + 1e-12) - np.log(q + 1e-12)), axis=1)))
 
 
+def heuristic_at_cost(scorer: Scorer, split, costs, rules: list[tuple[int, int]], streaming: bool, cost_ms: float,
+                      resamples: int) -> tuple[dict, list, list[float] | None]:
+    """The count rule's row at mean cost `cost_ms` on `split`, from one rule or from the two that bracket that cost
+    (time-shared: `_interpolated`), with its traces (one per rule) and their weights (None for one rule)."""
+    traces, found = [], []
+    for thresholds in rules:
+        traces.append(rollout(split, costs, _router_chooser(Router(
+            "heuristic", None, RouterSettings(heuristic_thresholds=thresholds))), streaming))
+        found.append({**_row(scorer, split, costs, traces[-1:], resamples), "thresholds": list(thresholds)})
+    if len(found) == 1:
+        return found[0], traces, None
+    row = _interpolated(*found, cost_ms)
+    share = row["interpolation"]["weight_of_cheaper"]
+    return row, traces, [share, 1 - share]
+
+
+def learned_chooser(policy: Policy, weight: float):
+    """A simulator chooser routing with `policy` at cost weight `weight` (< 0: the policy's own)."""
+    return _router_chooser(Router("learned", policy, RouterSettings(cost_weight=weight)))
+
+
 def _or_own(weight: float | None) -> float:
     return -1.0 if weight is None else weight  # RouterSettings: < 0 = the policy's own
 
@@ -187,8 +208,7 @@ def operating_points(settings, policies: dict, val, costs) -> dict:
     def calibrated(policy: Policy) -> float | None:
         if policy.value_head is None:
             return None  # a logits policy has no weight to move
-        return calibrate_weight(lambda w: _router_chooser(Router("learned", policy, RouterSettings(cost_weight=w))),
-                                val, costs, budget)
+        return calibrate_weight(lambda w: learned_chooser(policy, w), val, costs, budget)
 
     return {"per_frame": {kind: [calibrated(p) for p in found] for kind, found in policies.items()},
             "streaming": {kind: [p.value_head.cost_weight if p.value_head else None for p in found]
@@ -239,19 +259,12 @@ def evaluate_all(settings, load_split, costs, lam: float, policy_path) -> dict:
             add("random (BC + PPO mix)", [rollout(test, costs, _exact_mix_chooser(learned["mix"], len(test.profile), 100 + s),
                                                   streaming) for s in seeds])
             bar.update()
+            heuristic = "heuristic (tuned, matched cost)"
             rules = _tune_heuristic(val, test, costs, streaming, learned["mean_cost_ms"])
-            heuristic_rows, heuristic_traces = [], []
-            for thresholds in rules:
-                add("heuristic (tuned, matched cost)", [rollout(test, costs, _router_chooser(Router(
-                    "heuristic", None, RouterSettings(heuristic_thresholds=thresholds))), streaming)])
-                rows["heuristic (tuned, matched cost)"]["thresholds"] = list(thresholds)
-                heuristic_rows.append(rows["heuristic (tuned, matched cost)"])
-                heuristic_traces += raw["heuristic (tuned, matched cost)"]
-            if len(heuristic_rows) == 2:  # no rule within 5 %: read the curve at the learned policy's test cost
-                rows["heuristic (tuned, matched cost)"] = _interpolated(*heuristic_rows, learned["mean_cost_ms"])
-                w = rows["heuristic (tuned, matched cost)"]["interpolation"]["weight_of_cheaper"]
-                raw["heuristic (tuned, matched cost)"] = heuristic_traces
-                quality_weights = {"heuristic (tuned, matched cost)": [w, 1 - w]}
+            rows[heuristic], raw[heuristic], shares = heuristic_at_cost(
+                scorer, test, costs, rules, streaming, learned["mean_cost_ms"], settings.resamples)
+            if shares:  # an interpolated row's traces are weighted, not averaged
+                quality_weights[heuristic] = shares
             bar.update()
             oracle = optimal_tiers(setting_labels(test, costs, streaming), costs, lam)
             add("per-frame oracle", [rollout(test, costs, _table_chooser(oracle), streaming)])
@@ -259,15 +272,14 @@ def evaluate_all(settings, load_split, costs, lam: float, policy_path) -> dict:
             add("budget oracle (BC + PPO cost)", [_oracle_at_cost(test, costs, learned["mean_cost_ms"], streaming)])
             bar.update()
         # the labels' check: their budget oracle at the tuned heuristic's own cost on this split
-        heuristic = rows["heuristic (tuned, matched cost)"]
-        check = _row(scorer, test, costs, [_oracle_at_cost(test, costs, heuristic["mean_cost_ms"], streaming)],
+        check = _row(scorer, test, costs, [_oracle_at_cost(test, costs, rows[heuristic]["mean_cost_ms"], streaming)],
                      settings.resamples)
-        result.setdefault("_label_check", {})[setting] = {"oracle": check, "heuristic": heuristic}
+        result.setdefault("_label_check", {})[setting] = {"oracle": check, "heuristic": rows[heuristic]}
         nano, large = rows["always-nano"]["map50_95"], rows["always-large"]["map50_95"]
         for name, row in rows.items():
             row["gap_recovered"] = (row["map50_95"] - nano) / (large - nano) if large != nano else float("nan")
             row["cost_share_of_large"] = row["mean_cost_ms"] / rows["always-large"]["mean_cost_ms"]
-            weights = quality_weights.get(name)  # an interpolated row's traces are weighted, not averaged
+            weights = quality_weights.get(name)
             quality = (float(np.average([t.quality.mean() for t in raw[name]], weights=weights)))
             row["utility"] = quality - lam * row["mean_cost_ms"] / costs.ms[-1]
             row["router_overhead_ms"] = overhead if name in ("BC only", "BC + PPO") else None

@@ -18,29 +18,13 @@ import numpy as np
 
 from adaptive_perception.config import resolve_model
 from adaptive_perception.policy import Policy
-from adaptive_perception.router import Router, RouterSettings
 from adaptive_perception.training.evaluate import Scorer
 from adaptive_perception.training.pipeline import Settings, _load_costs, load_split
-from adaptive_perception.training.report import _interpolated, _paired, _router_chooser, _row, _tune_heuristic
+from adaptive_perception.training.report import _paired, _row, _tune_heuristic, heuristic_at_cost, learned_chooser
 from adaptive_perception.training.simulate import rollout
 
 GRID = (0.1, 0.2, 0.35, 0.5, 0.75, 1.0, 1.5, 2.5)
 KINDS = {"bc": "BC only", "ppo": "BC + PPO"}
-
-
-def _learned(policy: Policy, weight: float):
-    return _router_chooser(Router("learned", policy, RouterSettings(cost_weight=weight)))
-
-
-def _heuristic(val, test, costs, scorer, cost_ms: float, resamples: int) -> dict:
-    """The count rule at `cost_ms` on test, chosen as the routing report chooses it (interpolated between two
-    rules when none lies within 5 %)."""
-    rows = []
-    for thresholds in _tune_heuristic(val, test, costs, True, cost_ms):
-        chooser = _router_chooser(Router("heuristic", None, RouterSettings(heuristic_thresholds=thresholds)))
-        rows.append({**_row(scorer, test, costs, [rollout(test, costs, chooser, True)], resamples),
-                     "thresholds": list(thresholds)})
-    return _interpolated(*rows, cost_ms) if len(rows) == 2 else rows[0]
 
 
 def _public(row: dict) -> dict:
@@ -74,7 +58,8 @@ def main() -> None:
         chosen, validation = [], []
         for policy in policies:
             weights = (policy.value_head.cost_weight, *GRID)
-            scores = [val_scorer.score(rollout(val, costs, _learned(policy, w), True))["map50_95"] for w in weights]
+            scores = [val_scorer.score(rollout(val, costs, learned_chooser(policy, w), True))["map50_95"]
+                      for w in weights]
             best = int(np.argmax(scores))
             chosen.append(weights[best])
             validation.append(dict(zip(map(str, weights), scores)))
@@ -82,14 +67,16 @@ def main() -> None:
                   + ", ".join(f"{w:.3g} {s:.1f}" for w, s in zip(weights, scores)) + f" -> {weights[best]:.3g}")
         for point, weights in (("own weight", [p.value_head.cost_weight for p in policies]),
                                ("weight chosen on validation", chosen)):
-            traces = [rollout(test, costs, _learned(p, w), True) for p, w in zip(policies, weights)]
+            traces = [rollout(test, costs, learned_chooser(p, w), True) for p, w in zip(policies, weights)]
             raw[(kind, point)] = _row(scorer, test, costs, traces, args.resamples)
             result["rows"][f"{name}, {point}"] = {**_public(raw[(kind, point)]), "cost_weights": list(weights)}
         result["rows"][f"{name}, weight chosen on validation"]["validation_map50_95_by_weight"] = validation
     for kind, name in kinds.items():
         for point in ("own weight", "weight chosen on validation"):
             learned = raw[(kind, point)]
-            heuristic = _heuristic(val, test, costs, scorer, learned["mean_cost_ms"], args.resamples)
+            cost_ms = learned["mean_cost_ms"]  # the count rule tuned at that test cost, as the routing report tunes it
+            heuristic = heuristic_at_cost(scorer, test, costs, _tune_heuristic(val, test, costs, True, cost_ms), True,
+                                          cost_ms, args.resamples)[0]
             result["rows"][f"count rule at {name}'s cost, {point}"] = _public(heuristic)
             result["comparisons"][f"{name}, {point} - count rule at its cost"] = _paired(learned, heuristic)
     if not args.policy:
