@@ -16,7 +16,7 @@ from pathlib import Path
 from adaptive_perception.config import resolve_model
 from adaptive_perception.detector import TIERS
 from adaptive_perception.policy import Policy
-from adaptive_perception.router import Router, RouterSettings
+from adaptive_perception.router import Router
 from adaptive_perception.scenes.benchmark import camera_pixels
 from adaptive_perception.scenes.sequence import Drift, SequenceSpec, render_sequence
 from adaptive_perception.training.evaluate import Scorer
@@ -24,6 +24,7 @@ from adaptive_perception.training.labels import Costs
 from adaptive_perception.training.profile import profile
 from adaptive_perception.training.report import (
     HEURISTIC_GRID, _clean, _fixed, _paired, _router_chooser, _row, bracketing_rules, heuristic_at_cost,
+    heuristic_chooser,
 )
 from adaptive_perception.training.simulate import Split, rollout
 
@@ -48,8 +49,7 @@ def _frames(specs: list[SequenceSpec]):
 def _heuristic_at(split: Split, scorer: Scorer, costs: Costs, cost_ms: float, resamples: int) -> dict:
     candidates = []
     for thresholds in HEURISTIC_GRID:
-        trace = rollout(split, costs, _router_chooser(Router("heuristic", None, RouterSettings(
-            heuristic_thresholds=thresholds))), False)
+        trace = rollout(split, costs, heuristic_chooser(thresholds), False)
         candidates.append((trace.busy_ms / len(split.profile), float(trace.quality.mean()), thresholds))
     return heuristic_at_cost(scorer, split, costs, bracketing_rules(candidates, cost_ms), False, cost_ms, resamples)[0]
 

@@ -37,6 +37,16 @@ def _router_chooser(router: Router):
     return lambda _frame, observation, context: router.decide(observation, context).tier
 
 
+def learned_chooser(policy: Policy, weight: float):
+    """A simulator chooser routing with `policy` at cost weight `weight` (< 0: the policy's own)."""
+    return _router_chooser(Router("learned", policy, RouterSettings(cost_weight=weight)))
+
+
+def heuristic_chooser(thresholds: tuple[int, int]):
+    """A simulator chooser routing with the previous-count rule at `thresholds`."""
+    return _router_chooser(Router("heuristic", None, RouterSettings(heuristic_thresholds=tuple(thresholds))))
+
+
 def _fixed(tier: int):
     return lambda *_: tier
 
@@ -113,10 +123,8 @@ def _tune_heuristic(val, test, costs, streaming: bool, cost_ms: float) -> list[t
     (the heuristic's cost-mAP curve is then read between them at exactly that cost: `_interpolated`)."""
     candidates = []
     for low, high in HEURISTIC_GRID:
-        def chooser():
-            return _router_chooser(Router("heuristic", None, RouterSettings(heuristic_thresholds=(low, high))))
-        quality = float(rollout(val, costs, chooser(), streaming).quality.mean())
-        cost = rollout(test, costs, chooser(), streaming).busy_ms / len(test.profile)
+        quality = float(rollout(val, costs, heuristic_chooser((low, high)), streaming).quality.mean())
+        cost = rollout(test, costs, heuristic_chooser((low, high)), streaming).busy_ms / len(test.profile)
         candidates.append((cost, quality, (low, high)))
     matched = [c for c in candidates if abs(c[0] - cost_ms) <= 0.05 * cost_ms]
     if matched:
@@ -177,19 +185,13 @@ def heuristic_at_cost(scorer: Scorer, split, costs, rules: list[tuple[int, int]]
     (time-shared: `_interpolated`), with its traces (one per rule) and their weights (None for one rule)."""
     traces, found = [], []
     for thresholds in rules:
-        traces.append(rollout(split, costs, _router_chooser(Router(
-            "heuristic", None, RouterSettings(heuristic_thresholds=thresholds))), streaming))
+        traces.append(rollout(split, costs, heuristic_chooser(thresholds), streaming))
         found.append({**_row(scorer, split, costs, traces[-1:], resamples), "thresholds": list(thresholds)})
     if len(found) == 1:
         return found[0], traces, None
     row = _interpolated(*found, cost_ms)
     share = row["interpolation"]["weight_of_cheaper"]
     return row, traces, [share, 1 - share]
-
-
-def learned_chooser(policy: Policy, weight: float):
-    """A simulator chooser routing with `policy` at cost weight `weight` (< 0: the policy's own)."""
-    return _router_chooser(Router("learned", policy, RouterSettings(cost_weight=weight)))
 
 
 def _or_own(weight: float | None) -> float:

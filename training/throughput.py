@@ -175,20 +175,15 @@ def policy_for_costs(policy_path: Path, costs) -> Policy:
     return policy
 
 
-def _learned_chooser(policy: Policy, weight: float):
-    from adaptive_perception.training.report import _router_chooser
-
-    return _router_chooser(make_router("learned", policy, weight))
-
-
 def _sweep(policy: Policy, split, scorer, costs) -> list[dict]:
+    from adaptive_perception.training.report import learned_chooser
     from adaptive_perception.training.simulate import rollout
 
     top = 2 * policy.value_head.cost_weight
     weights = [0.0, *np.geomspace(top / 2 ** 10, top, WEIGHT_STEPS - 1).tolist()]
     rows = []
     for weight in weights:
-        trace = rollout(split, costs, _learned_chooser(policy, weight), False)
+        trace = rollout(split, costs, learned_chooser(policy, weight), False)
         rows.append({"weight": weight, "map50_95": scorer.score(trace)["map50_95"],
                      "cost_ms": trace.busy_ms / len(split.profile)})
     return rows
@@ -217,7 +212,7 @@ def project(policy_path: Path, work: Path, real_latency: Path, outside_ms: float
     from adaptive_perception.training.evaluate import Scorer
     from adaptive_perception.training.labels import Costs
     from adaptive_perception.training.pipeline import Settings, load_split
-    from adaptive_perception.training.report import _fixed
+    from adaptive_perception.training.report import _fixed, learned_chooser
     from adaptive_perception.training.simulate import rollout
 
     costs = Costs.load(real_latency)
@@ -233,7 +228,7 @@ def project(policy_path: Path, work: Path, real_latency: Path, outside_ms: float
         if picked[rule] is None:
             points[rule] = None
             continue
-        trace = rollout(test, costs, _learned_chooser(policy, picked[rule]["weight"]), False)
+        trace = rollout(test, costs, learned_chooser(policy, picked[rule]["weight"]), False)
         cost = trace.busy_ms / len(test.profile)
         tiers = np.asarray(trace.processed_tiers)
         points[rule] = {"weight": picked[rule]["weight"], "val_map50_95": picked[rule]["map50_95"],

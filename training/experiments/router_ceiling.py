@@ -40,14 +40,15 @@ from pathlib import Path
 
 import numpy as np
 
-from adaptive_perception.router import Router, RouterSettings
 from adaptive_perception.training.evaluate import Scorer
 from adaptive_perception.training.labels import Costs, budget_oracle
 from adaptive_perception.training.pipeline import Settings, load_split
 from adaptive_perception.training.profile import PUBLISH_CONF
-from adaptive_perception.training.report import HEURISTIC_GRID, _fixed, _router_chooser, _table_chooser
+from adaptive_perception.training.report import (
+    HEURISTIC_GRID, _fixed, _table_chooser, heuristic_chooser, learned_chooser,
+)
 from adaptive_perception.training.simulate import Split, rollout
-from adaptive_perception.training.throughput import _learned_chooser, policy_for_costs
+from adaptive_perception.training.throughput import policy_for_costs
 
 ROOT = Path(__file__).resolve().parents[2]
 POLICY = ROOT / "src/adaptive_perception/models/policy.onnx"
@@ -145,8 +146,7 @@ def pick(val: Split, costs: Costs, budget: float, candidates, audits: bool = Fal
     return best
 
 
-RULES = [((low, high), lambda low=low, high=high: _router_chooser(Router(
-    "heuristic", None, RouterSettings(heuristic_thresholds=(low, high))))) for low, high in HEURISTIC_GRID]
+RULES = [(rule, lambda rule=rule: heuristic_chooser(rule)) for rule in HEURISTIC_GRID]
 
 
 def oracle_trace(split: Split, costs: Costs, budget: float, previous: bool):
@@ -216,7 +216,7 @@ def main() -> None:
         name, factory, *_ = pick(val, costs, budget, RULES)
         score("count rule", rollout(test, costs, factory(), False), thresholds=list(name))
         policy = policy_for_costs(args.policy, costs)
-        name, factory, *_ = pick(val, costs, budget, [(w, lambda w=w: _learned_chooser(policy, float(w))) for w in WEIGHTS])
+        name, factory, *_ = pick(val, costs, budget, [(w, lambda w=w: learned_chooser(policy, float(w))) for w in WEIGHTS])
         score("shipped policy", rollout(test, costs, factory(), False), weight=float(name))
         for variant, (cols, audits) in variants.items():
             values = {s: predicted_values(models[variant], inputs(splits[s], cols, audits)) for s in ("val", "test")}
