@@ -37,16 +37,22 @@ def value_policy(path: Path, values: tuple[float, float, float], tier_cost: tupl
                         value_head=ValueHead(np.asarray(tier_cost, np.float32), cost_weight, temperature))
 
 
-def drifting_policy(path: Path, in_distribution: list[np.ndarray], window: int, policy_id: str = "watched") -> Path:
+def drifting_policy(path: Path, in_distribution: list[np.ndarray], window: int, policy_id: str = "watched",
+                    cost_weight: float | None = None) -> Path:
     """A constant nano policy whose drift reference is built and calibrated on `in_distribution` frames
-    (features of noise-like camera frames), with a short window so a node test sees DRIFT within seconds."""
+    (features of noise-like camera frames), with a short window so a node test sees DRIFT within seconds.
+    With `cost_weight`, a tier_values policy (values 1 / 0 / 0 at costs 0.1 / 0.3 / 1: nano at any weight >= 0)
+    whose reference was measured at that weight."""
     from adaptive_perception.drift import build_reference, calibrate
     from adaptive_perception.features import image_features
+    from adaptive_perception.policy import ValueHead
 
     features = np.stack([image_features(frame) for frame in in_distribution])
     tiers = np.zeros(len(features), int)
     reference = build_reference(features, tiers, np.ones(4))
-    reference.window = window
+    reference.window, reference.cost_weight = window, cost_weight
     reference.thresholds = calibrate(reference, [(features, tiers, np.full(len(features), np.nan))])
-    return write_policy(path, [(np.zeros((FEATURE_SIZE, 3), np.float32), np.log(np.array([0.98, 0.01, 0.01], np.float32)))],
-                        np.zeros(FEATURE_SIZE), np.ones(FEATURE_SIZE), policy_id, drift_reference=reference.to_json())
+    head = None if cost_weight is None else ValueHead(np.array([0.1, 0.3, 1.0], np.float32), cost_weight, 0.1)
+    outputs = np.array([1.0, 0.0, 0.0], np.float32) if head else np.log(np.array([0.98, 0.01, 0.01], np.float32))
+    return write_policy(path, [(np.zeros((FEATURE_SIZE, 3), np.float32), outputs)], np.zeros(FEATURE_SIZE),
+                        np.ones(FEATURE_SIZE), policy_id, drift_reference=reference.to_json(), value_head=head)

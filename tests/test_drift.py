@@ -8,7 +8,8 @@ import pytest
 
 from adaptive_perception.drift import (BINS, DRIFT, OK, PROJECTIONS, QUALITY_FEATURES, UNKNOWN, WARN, DriftMonitor,
                                        DriftReference, DriftWatch, agreement_peak, build_reference, calibrate,
-                                       calibrate_quality, decile_bins, feature_psi, mix_tvd, quality_shift, veil)
+                                       calibrate_quality, decile_bins, feature_psi, mix_tvd, quality_shift,
+                                       routing_difference, veil)
 from adaptive_perception.errors import ConfigError
 
 
@@ -285,3 +286,63 @@ def test_the_monitor_keeps_the_windows_decile_counts_as_frames_come_and_go():
             seen.append(monitor.statistics["feature_psi"])
             assert seen[-1] == pytest.approx(feature_psi(reference, reference.project(stream[end - 40:end])), abs=1e-12)
     assert seen[0] < 0.5 and seen[-1] > 2.0  # in distribution, then every projection piled into a few deciles
+
+
+def test_routing_difference_names_what_differs_from_the_routing_the_reference_measured():
+    measured = _reference(cost_weight=0.28, hysteresis=0.0)
+    assert routing_difference(measured, "learned", 0.28, 0.0) == ""
+    assert routing_difference(measured, "learned", 0.28 + 1e-9, 0.0) == ""  # a float written and read back
+    assert routing_difference(measured, "learned", 0.5, 0.0) == "the cost weight is 0.5"
+    assert routing_difference(measured, "fixed:large", 0.28, 0.0) == "the routing mode is fixed:large"
+    assert routing_difference(measured, "heuristic", None, 0.0) == "the routing mode is heuristic"
+    assert routing_difference(measured, "learned", 0.28, 0.2) == "the hysteresis is 0.2"
+    assert routing_difference(measured, "learned", None, 0.0) == ""  # a logits policy has no weight to compare
+    assert routing_difference(_reference(), "learned", 0.5, 0.0) == ""  # nor a reference without one
+
+
+def test_the_monitor_leaves_out_mix_and_agreement_while_routing_differs_and_restarts_them_clean():
+    # reference mix 0.5 / 0.3 / 0.2 (window 10), mix threshold 0.3: every frame to large (a fixed:large baseline
+    # on the same scenes) is a mix shift of 0.8, DRIFT on routing alone unless the monitor leaves the mix out
+    rng = np.random.default_rng(7)
+    features = rng.standard_normal((400, 1024))
+    reference = build_reference(features, np.repeat([0, 0, 0, 0, 0, 1, 1, 1, 2, 2], 40), np.full(10, 0.8), window=10)
+    reference.thresholds = {"feature_psi": 10.0, "mix_tvd": 0.3, "agreement_drop": 0.2}
+    fresh = rng.standard_normal((60, 1024))
+
+    compared = DriftMonitor(reference, confirm=3)
+    states = [compared.update(f, 2)[0] for f in fresh[:15]]
+    assert compared.statistics["mix_tvd"] == pytest.approx(0.8) and states[-1] == DRIFT
+
+    monitor = DriftMonitor(reference, confirm=3)
+    monitor.set_routing_difference("the routing mode is fixed:large")
+    for _ in range(10):
+        monitor.audit(0.0)  # large audited against large's own output would agree; these must not count
+    states = [monitor.update(f, 2)[0] for f in fresh[:15]]
+    assert set(monitor.statistics) == {"feature_psi", "image_quality"} and DRIFT not in states and states[-1] == OK
+
+    # back to the reference's routing: the window's tiers start over, so for 9 frames there is no mix, and then
+    # it is the mix of the frames routed since (0.5 / 0.3 / 0.2: distance 0), not of the fixed:large ones
+    monitor.set_routing_difference("")
+    routed = [0, 0, 0, 0, 0, 1, 1, 1, 2, 2]
+    for i, tier in enumerate(routed[:9]):
+        monitor.update(fresh[15 + i], tier)
+        assert "mix_tvd" not in monitor.statistics and monitor.statistics["agreement_drop"] == 0.0  # no audits yet
+    monitor.update(fresh[24], routed[9])
+    assert monitor.statistics["mix_tvd"] == pytest.approx(0.0) and monitor.state == OK
+    for _ in range(10):
+        monitor.audit(0.5)
+    monitor.update(fresh[25], 0)
+    assert monitor.statistics["agreement_drop"] == pytest.approx(0.3)  # 0.8 - 0.5: audits count again
+
+
+def test_the_watch_compares_the_routing_with_each_references_own():
+    at_028, at_05 = (_reference(cost_weight=w, thresholds={"feature_psi": 1.0, "mix_tvd": 1.0, "agreement_drop": 1.0})
+                     for w in (0.28, 0.5))
+    watch = DriftWatch(["a", "b"], at_028)
+    assert watch.set_routing("learned", 0.5, 0.0) == "the cost weight is 0.5"
+    watch.monitors["a"].update(np.zeros(1028), 0)
+    assert watch.monitors["a"].routing_off == "the cost weight is 0.5"
+    watch.set_reference(at_05)  # a policy whose reference was measured at 0.5: its monitors compare the mix
+    assert all(m._routing_next == "" for m in watch.monitors.values())
+    assert watch.set_routing("fixed:nano", 0.5, 0.0) == "the routing mode is fixed:nano"
+    assert DriftWatch(["a"], None).set_routing("fixed:nano", None, 0.0) == ""  # no reference: nothing to leave out

@@ -58,7 +58,8 @@ def test_diagnostics_give_counts_shares_and_latency_per_camera_and_tier(context,
         assert tiers["small"]["provider"] == "CPUExecutionProvider" and tiers["large"]["model"] == str(tier_models["large"])
         routing = {kv.key: kv.value for kv in graph.status("routing").values}
         assert routing == {"mode": "fixed:large", "policy_id": "", "drift_state": "unknown",
-                           "metrics": "off (metrics.port 0)", "mlflow_run": "off", "evidence": "off"}
+                           "drift_routing_statistics": "no drift monitor", "metrics": "off (metrics.port 0)",
+                           "mlflow_run": "off", "evidence": "off"}
     finally:
         graph.close()
 
@@ -435,3 +436,44 @@ def test_audits_are_sampled_and_a_changed_scene_is_drift_on_decisions_diagnostic
     routed = {m.header.stamp.sec: m.drift_state for t, m in recorded if t == "/routing"}
     assert routed[drift_sec] == RoutingDecision.DRIFT_DRIFT and routed[drift_sec - 3] != RoutingDecision.DRIFT_DRIFT
     assert sorted(p.name for p in (evidence / "image").iterdir()) == ["evidence_0001"]  # one event, one segment
+
+
+def test_a_baseline_mode_or_another_cost_weight_leaves_the_routing_statistics_out_of_drift(context, tier_models, tmp_path):
+    """The drift reference measured the tier mix under the policy (all nano here) at its cost weight (1.0): an operator
+    who runs the fixed:large baseline on the same scenes must not get DRIFT for the mix, and at another weight the
+    node says the mix and audits are off, and how to measure them at that weight."""
+    from rclpy.parameter import Parameter
+
+    from policies import drifting_policy
+
+    rng = np.random.default_rng(9)
+    in_distribution = [rng.integers(0, 256, (96, 128, 3), np.uint8) for _ in range(40)]
+    policy = drifting_policy(tmp_path / "watched.onnx", in_distribution, window=10, cost_weight=1.0)
+    graph = _graph(context, tier_models, routing_mode="fixed:large", policy=str(policy),
+                   **{"audit.every": 0, "drift.confirm_frames": 3})
+    try:
+        routing = graph.status("routing")
+        assert {kv.key: kv.value for kv in routing.values}["drift_routing_statistics"] == \
+            "off: the routing mode is fixed:large"
+        for sec, frame in enumerate(in_distribution[:16], start=1):  # the mix would be 0 / 0 / 1 against 1 / 0 / 0
+            assert graph.send_lockstep(image_msg(frame, sec=sec))
+        assert wait_until(lambda: len(graph.routing) == 16, 5)
+        states = [d.drift_state for d in sorted(graph.routing, key=lambda d: d.header.stamp.sec)]
+        assert states[9:] == [RoutingDecision.DRIFT_OK] * 7 and {d.tier_name for d in graph.routing} == {"large"}
+        monitor = next(iter(graph.node.drift.monitors.values()))
+        assert "mix_tvd" not in monitor.statistics and "feature_psi" in monitor.statistics
+
+        _mode(graph, "learned")  # the policy's own routing at its own weight: the mix counts again, from scratch
+        assert graph.status("routing", lambda v: v["drift_routing_statistics"] == "on")
+        for sec, frame in enumerate(in_distribution[16:26], start=17):
+            assert graph.send_lockstep(image_msg(frame, sec=sec))
+        assert wait_until(lambda: len(graph.routing) == 26, 5)
+        assert monitor.statistics["mix_tvd"] == 0.0 and monitor.state == RoutingDecision.DRIFT_OK
+        assert any("tier mix and audit agreement count again" in log.msg for log in graph.logs)
+
+        assert graph.node.set_parameters([Parameter("routing.cost_weight", value=0.5)])[0].successful
+        assert graph.status("routing", lambda v: v["drift_routing_statistics"] == "off: the cost weight is 0.5")
+        said = next(log.msg for log in graph.logs if "while the cost weight is 0.5" in log.msg)
+        assert "at cost weight 1" in said and "policy drift-reference" in said and "--cost-weight 0.5" in said
+    finally:
+        graph.close()

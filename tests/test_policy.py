@@ -291,3 +291,23 @@ def test_embedded_policy_is_the_one_the_reports_evaluate():
     assert f"{policy.policy_id}, own weight" in streaming["rows"]
     signal = json.loads((reports / "regime_signal.json").read_text())
     assert signal["test"]["balanced_accuracy"] > signal["majority_baseline"]["balanced_accuracy"]
+
+
+def test_a_reference_written_before_it_named_its_weight_is_read_at_the_policys_own_weight():
+    """The embedded policy's drift reference was measured at the policy's own cost weight before references recorded
+    it; the loader fills it in, so a node routing at another weight knows its tier mix is not comparable."""
+    import onnx
+
+    from adaptive_perception.config import EMBEDDED_DIR
+    from adaptive_perception.drift import METADATA_KEY
+
+    path = EMBEDDED_DIR / "policy.onnx"
+    stored = json.loads(next(e.value for e in onnx.load(str(path)).metadata_props if e.key == METADATA_KEY))
+    assert "cost_weight" not in stored
+    policy = Policy(path)
+    own = policy.value_head.cost_weight
+    assert policy.drift_reference.cost_weight == own and 0.0 < own < 1.0
+    assert Router("learned", policy).operating_point() == ("learned", own, 0.0)
+    assert Router("learned", policy, RouterSettings(cost_weight=0.5, hysteresis=0.1)).operating_point() == \
+        ("learned", 0.5, 0.1)
+    assert Router("heuristic", policy).operating_point()[0] == "heuristic"

@@ -287,6 +287,13 @@ def test_extra_calibration_streams_widen_the_thresholds_they_reach_past(pipeline
     assert wider.thresholds["mix_tvd"] > base.thresholds["mix_tvd"]
     assert max(np.subtract(wider.quality_peak_down, base.quality_peak_down)) > 1.0  # a fall no held-out scene made
     assert wider.quality_peak == base.quality_peak and wider.mean == base.mean  # nothing went up; same training data
+    # the reference records the weight it routed at (the node compares the mix and the audits only at that weight);
+    # at a weight that makes every tier but nano too dear, its mix is all nano
+    from adaptive_perception.router import RouterSettings
+
+    assert (base.cost_weight, base.hysteresis) == (policy.value_head.cost_weight, 0.0) and base.tier_mix[0] < 1.0
+    cheap = drift_reference(policy, training, held_out, costs, settings=RouterSettings(cost_weight=100.0))
+    assert cheap.cost_weight == 100.0 and cheap.tier_mix == [1.0, 0.0, 0.0]
 
 
 def test_the_drift_reports_retraining_writes_the_evidence_trains_gates_and_scores_before_and_after(pipeline, tmp_path):

@@ -17,7 +17,7 @@ from adaptive_perception.drift import WINDOW, DriftReference, build_reference, c
 from adaptive_perception.features import RoutingContext, next_context, routing_features
 from adaptive_perception.policy import Policy
 from adaptive_perception.progress import progress
-from adaptive_perception.router import Router
+from adaptive_perception.router import Router, RouterSettings
 from adaptive_perception.training.profile import PUBLISH_CONF
 from adaptive_perception.training.simulate import Split, rollout
 
@@ -32,13 +32,14 @@ def _published(split: Split, tier: int) -> list[Detections]:
     return out
 
 
-def routed_stream(policy: Policy, split: Split, costs
+def routed_stream(policy: Policy, split: Split, costs, settings: RouterSettings = RouterSettings()
                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
     """Per frame of `split`, in order: image features, the tier the policy chose (per-frame setting), the
     agreement of that tier's published output with the reference (large) tier's on every frame (the profile
     holds every tier's output, so calibration reads every phase of the node's audit sampling), and the frame's
-    veil (None for a profile without veils)."""
-    router = Router("learned", policy)
+    veil (None for a profile without veils). `settings`: the learned mode's (default: the policy's own cost
+    weight, no hysteresis)."""
+    router = Router("learned", policy, settings)
     trace = rollout(split, costs, lambda _f, observation, context: router.decide(observation, context).tier,
                     streaming=False)
     order = np.asarray(trace.processed_frames)
@@ -50,12 +51,12 @@ def routed_stream(policy: Policy, split: Split, costs
     return split.profile.features[order], tiers, agreements, veils[order] if veils is not None else None
 
 
-def node_stream(policy: Policy, frames, detectors: dict, audit_every: int = AUDIT_EVERY, desc: str = "frames"
-                ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def node_stream(policy: Policy, frames, detectors: dict, audit_every: int = AUDIT_EVERY, desc: str = "frames",
+                settings: RouterSettings = RouterSettings()) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """The node's per-frame path over (rgb, ...) `frames` without ROS: routing features with the previous routed
     output's context, the policy's tier, that tier's detections, and on every `audit_every`-th frame (NaN on the
     others) their agreement with the `large` detector's. Returns (features, tiers, agreements, veils) per frame."""
-    router = Router("learned", policy)
+    router = Router("learned", policy, settings)
     context = RoutingContext()
     features, tiers, agreements, veils = [], [], [], []
     for index, (rgb, *_rest) in enumerate(progress(frames, desc=desc, unit="frame")):
@@ -81,7 +82,8 @@ def cpu_detectors(models: dict | None = None) -> dict:
     return {t: DetectorTier(resolve_model(models[t]), ("CPUExecutionProvider",), name=t) for t in TIERS}
 
 
-def calibration_streams(policy: Policy, models: dict, sequences: int, version: str, frames: int = WINDOW
+def calibration_streams(policy: Policy, models: dict, sequences: int, version: str, frames: int = WINDOW,
+                        settings: RouterSettings = RouterSettings()
                         ) -> list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
     """`sequences` newly rendered in-distribution sequences (CALIBRATION_SEED), back to back as one stream
     through the node's per-frame path: more scenes for the thresholds than the held-out splits hold. Audited on
@@ -92,29 +94,32 @@ def calibration_streams(policy: Policy, models: dict, sequences: int, version: s
     specs = [SequenceSpec(CALIBRATION_SEED, i, frames, version=version) for i in range(sequences)]
     rendered = ((frame.rgb,) for spec in specs for frame in render_sequence(spec))
     return [node_stream(policy, rendered, detectors, audit_every=1,
-                        desc=f"calibration stream ({sequences} new sequences)")]
+                        desc=f"calibration stream ({sequences} new sequences)", settings=settings)]
 
 
-def drift_reference(policy: Policy, training: Split, held_out: list[Split], costs, extra_streams=()
-                    ) -> DriftReference | None:
+def drift_reference(policy: Policy, training: Split, held_out: list[Split], costs, extra_streams=(),
+                    settings: RouterSettings = RouterSettings()) -> DriftReference | None:
     """Reference statistics from `training` (the audit agreement's mean and spread over every frame), thresholds
     calibrated on each `held_out` split as one stream and on `extra_streams` (`calibration_streams`), the audit
     agreement at every phase of the node's 1-in-AUDIT_EVERY sampling;
     None (and said) when no held-out split fills one drift window: a policy without a reference runs with the
-    drift monitor off."""
+    drift monitor off. The policy routes with `settings` (default: its own cost weight, no hysteresis), which the
+    reference records: the node compares the tier mix and audit agreement only while it routes the same way
+    (`drift.routing_difference`); `extra_streams` must be routed with the same settings."""
     longest = max(len(split.profile) for split in held_out)
     if longest < WINDOW:
         print(f"[export] no drift reference: the held-out splits have at most {longest} frames, fewer than one "
               f"drift window ({WINDOW})")
         return None
-    features, tiers, agreements, veils = routed_stream(policy, training, costs)
-    streams = [routed_stream(policy, split, costs) for split in held_out]
+    features, tiers, agreements, veils = routed_stream(policy, training, costs, settings)
+    streams = [routed_stream(policy, split, costs, settings) for split in held_out]
     if veils is None or any(stream[3] is None for stream in streams):
         print("[export] no veil statistic in the drift reference: the profiles were written before profiles recorded "
               "each frame's veil (rerun `adaptive-perception train profile --force`)")
         veils = None
     streams += list(extra_streams)
     reference = build_reference(features, tiers, agreements, veils=veils)
+    reference.cost_weight, reference.hysteresis = Router("learned", policy, settings).operating_point()[1:]
     reference.quality_peak, reference.quality_peak_down = calibrate_quality(reference, [s[0] for s in streams])
     reference.thresholds = calibrate(reference, streams, audit_every=AUDIT_EVERY)
     return reference

@@ -359,23 +359,27 @@ def stage_export(settings: Settings) -> None:
 
 
 def refresh_drift_reference(work: Path, policy_path: Path, out: Path, calibration_sequences: int = 0,
-                            version: str = "2.0.0"):
+                            version: str = "2.0.0", cost_weight: float = -1.0):
     """Recompute `policy_path`'s drift reference from the profiles in `work` (as `stage_export` computes it) and
     write the policy to `out` with every other part of the file unchanged: a monitor's statistics can change
     without retraining the policy. `calibration_sequences` new in-distribution sequences of generator `version`
-    (`drift_reference.calibration_streams`, the embedded tiers) join the held-out splits for the thresholds."""
+    (`drift_reference.calibration_streams`, the embedded tiers) join the held-out splits for the thresholds. The
+    policy routes at `cost_weight` (negative: its own), the weight the node will run it at."""
     import onnx
 
     from adaptive_perception.drift import METADATA_KEY
     from adaptive_perception.policy import Policy
+    from adaptive_perception.router import RouterSettings
     from adaptive_perception.training.drift_reference import calibration_streams, drift_reference
 
     settings = Settings(work=work)
     policy = Policy(policy_path)
-    extra = calibration_streams(policy, settings.models, calibration_sequences, version) if calibration_sequences else ()
+    routing = RouterSettings(cost_weight=cost_weight).validate()
+    extra = calibration_streams(policy, settings.models, calibration_sequences, version, settings=routing) \
+        if calibration_sequences else ()
     reference = drift_reference(policy, load_split(settings, TRAIN_SPLIT),
                                 [load_split(settings, "val"), load_split(settings, "test")], _load_costs(settings),
-                                extra)
+                                extra, routing)
     if reference is None:
         raise AdaptivePerceptionError(f"{work}: the held-out profiles are too short for a drift reference")
     model = onnx.load(str(policy_path))

@@ -137,6 +137,10 @@ def _parser() -> argparse.ArgumentParser:
                          help="also calibrate the thresholds on N newly rendered in-distribution sequences through "
                               "the node's per-frame path (embedded tiers; ~12 s each on 2 cores)")
     refresh.add_argument("--generator-version", default="2.0.0", help="the policy's world, for those sequences")
+    refresh.add_argument("--cost-weight", type=float, default=-1.0, metavar="W",
+                         help="route at this cost weight (the node's routing.cost_weight; negative, the default: the "
+                              "policy's own): the node compares the tier mix and audit agreement only at the weight "
+                              "the reference was measured at")
     fit = policy_sub.add_parser("fit-regime", help="the features' signal report: a linear regime classifier "
                                 "(train extra); also written as a policy")
     fit.add_argument("--benchmark", type=Path, default=Path("build/benchmark"))
@@ -467,7 +471,7 @@ def _policy(args: argparse.Namespace) -> int:
         if args.calibration_sequences < 0:
             raise AdaptivePerceptionError(f"--calibration-sequences {args.calibration_sequences}: give 0 or more")
         reference = refresh_drift_reference(args.work, path, args.out or path, args.calibration_sequences,
-                                            args.generator_version)
+                                            args.generator_version, args.cost_weight)
         print(f"wrote {args.out or path}: drift thresholds " + ", ".join(f"{k} {v:.3f}" for k, v in
                                                                           reference.thresholds.items()))
         return 0

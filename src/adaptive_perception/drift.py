@@ -9,6 +9,9 @@ written into the policy file at training time (`DriftReference`, metadata `adapt
   directions;
 - **routing-mix shift**: total variation distance between the window's tier mix and the reference mix;
 - **agreement drop**: the reference's mean audit agreement minus the mean of the last `AUDIT_WINDOW` audits;
+  these two measure the routing as much as the world, so they count only while the node routes as the reference
+  was measured (the learned mode at its cost weight and hysteresis: `routing_difference`); in a rule or fixed
+  mode, or at another cost weight, they are left out and the image statistics below carry the monitor;
 - **image quality shift**: the window means of a few named image features that light, contrast and colour move
   (`QUALITY_FEATURES`: quantiles of the edge-energy, colour-distance, saturation and chroma maps), each as its
   signed distance from the reference's mean in standard deviations of 150-frame window means over the training
@@ -35,6 +38,7 @@ below `release` (< 1) for `confirm` frames (hysteresis).
 from __future__ import annotations
 
 import json
+import math
 from collections import deque
 from dataclasses import asdict, dataclass, field
 from functools import cached_property
@@ -108,6 +112,11 @@ class DriftReference:
     quality_peak_down: list[float] = field(default_factory=list)
     veil_mean: float = 0.0  # of `veil` over the training frames
     veil_std: float = 0.0  # of its 150-frame window means in training; 0: statistic off (references before 2026-12-04)
+    # the learned mode's cost weight and hysteresis the tier mix and audit agreement were measured at (cost weight
+    # None: a logits policy, or a reference written before 2026-12-05 at the policy's own weight, which `Policy`
+    # fills in when it loads one)
+    cost_weight: float | None = None
+    hysteresis: float = 0.0
     window: int = WINDOW
     seed: int = PROJECTION_SEED
 
@@ -226,14 +235,32 @@ def mix_tvd(reference: DriftReference, tiers: np.ndarray) -> float:
     return float(0.5 * np.abs(mix - np.asarray(reference.tier_mix)).sum())
 
 
-def window_statistics(reference: DriftReference, projected: np.ndarray, tiers: np.ndarray,
-                      agreements: list[float], quality: np.ndarray | None = None,
+def routing_difference(reference: DriftReference, mode: str, cost_weight: float | None, hysteresis: float) -> str:
+    """How the node's routing differs from the routing the reference measured its tier mix and audit agreement
+    under ('' when it does not): another mode, another cost weight (a tier_values policy's, `cost_weight` the one
+    in force), another hysteresis. Those two statistics then describe the routing change, not the world."""
+    if mode != "learned":
+        return f"the routing mode is {mode}"
+    if cost_weight is not None and reference.cost_weight is not None and \
+            not math.isclose(cost_weight, reference.cost_weight, rel_tol=1e-6, abs_tol=1e-9):
+        return f"the cost weight is {cost_weight:.4g}"
+    if not math.isclose(hysteresis, reference.hysteresis, abs_tol=1e-9):
+        return f"the hysteresis is {hysteresis:.4g}"
+    return ""
+
+
+def window_statistics(reference: DriftReference, projected: np.ndarray, tiers: np.ndarray | None,
+                      agreements: list[float] | None, quality: np.ndarray | None = None,
                       veils: np.ndarray | None = None, psi: float | None = None) -> dict[str, float]:
-    """The statistics of one window; `image_quality` and `veil` only when the reference has them and their
-    values are given; `psi`, when given, is the window's feature PSI (`projected` is then not read)."""
-    values = {"feature_psi": feature_psi(reference, projected) if psi is None else psi,
-              "mix_tvd": mix_tvd(reference, tiers),
-              "agreement_drop": reference.agreement - float(np.mean(agreements)) if agreements else 0.0}
+    """The statistics of one window; `mix_tvd` and `agreement_drop` only when `tiers` and `agreements` are given
+    (an empty list of agreements: no audits yet, a drop of 0); `image_quality` and `veil` only when the reference
+    has them and their values are given; `psi`, when given, is the window's feature PSI (`projected` is then not
+    read)."""
+    values = {"feature_psi": feature_psi(reference, projected) if psi is None else psi}
+    if tiers is not None:
+        values["mix_tvd"] = mix_tvd(reference, tiers)
+    if agreements is not None:
+        values["agreement_drop"] = reference.agreement - float(np.mean(agreements)) if agreements else 0.0
     if reference.quality_mean and quality is not None:
         values["image_quality"] = quality_shift(reference, quality)
     if reference.veil_std > 0 and veils is not None:
@@ -314,13 +341,31 @@ class DriftMonitor:
         self.statistics: dict[str, float] = {}
         self._above = self._below = 0
         self.frames = 0
+        self.routing_off = ""  # why the tier mix and audit agreement are left out ('': they count)
+        self._routing_next = ""
+
+    def set_routing_difference(self, reason: str) -> None:
+        """`routing_difference` of the node's routing now, from the next frame on (a service may call this while
+        the worker is inside `update`). While it is not '', the tier mix and the audit agreement are left out of
+        the score; when that changes, the window's tiers and audits start over, so neither statistic ever mixes
+        frames routed one way with frames routed another."""
+        self._routing_next = reason
+
+    def _apply_routing(self) -> None:
+        reason = self._routing_next
+        if bool(reason) != bool(self.routing_off):
+            self._tiers.clear()
+            self._audits.clear()
+        self.routing_off = reason
 
     def audit(self, agreement: float) -> None:
-        self._audits.append(float(agreement))
+        if not self.routing_off:
+            self._audits.append(float(agreement))
 
     def update(self, features: np.ndarray, tier: int, frame_veil: float | None = None) -> tuple[int, float]:
         """Add a frame (its routing features, tier and `veil`); returns (state, score). UNKNOWN until the window
         is full; the veil statistic counts once the window holds a veil for every frame."""
+        self._apply_routing()
         self.frames += 1
         features = np.asarray(features)
         bins = decile_bins(self._edges, self.reference.project(features[None])[0])
@@ -337,9 +382,11 @@ class DriftMonitor:
             self._veils.append(float(frame_veil))
         if len(self._bins) < self.reference.window:
             return self.state, self.score
-        audits = list(self._audits) if len(self._audits) == AUDIT_WINDOW else []
+        compared = not self.routing_off
+        tiers = np.asarray(self._tiers) if compared and len(self._tiers) == self.reference.window else None
+        audits = (list(self._audits) if len(self._audits) == AUDIT_WINDOW else []) if compared else None
         veils = np.asarray(self._veils) if len(self._veils) == self.reference.window else None
-        self.statistics = window_statistics(self.reference, None, np.asarray(self._tiers), audits,
+        self.statistics = window_statistics(self.reference, None, tiers, audits,
                                             np.asarray(self._quality), veils, psi=_psi(self._counts, len(self._bins)))
         return self.advance(max(self.statistics[k] / self.reference.thresholds[k] for k in self.statistics
                                 if k in self.reference.thresholds))
@@ -382,6 +429,7 @@ class DriftWatch:
         self.agreements: dict[str, list[float]] = {camera: [] for camera in cameras}  # recent audit scores
         self.audit = AuditWorker(reference_tier, self._audited, audit_settings or AuditSettings()) \
             if reference_tier is not None else None
+        self._routing: tuple[str, float | None, float] = ("learned", None, 0.0)
         self.set_reference(reference)
 
     def set_reference(self, reference: DriftReference | None) -> None:
@@ -389,6 +437,17 @@ class DriftWatch:
         self.reference = reference if reference is not None and reference.thresholds else None
         self.monitors = {camera: DriftMonitor(self.reference, self.confirm) if self.reference else None
                          for camera in self.agreements}
+        self.set_routing(*self._routing)
+
+    def set_routing(self, mode: str, cost_weight: float | None, hysteresis: float) -> str:
+        """The node's routing now (`Router.operating_point`); returns `routing_difference` against the reference
+        ('' also without a reference) and applies it to every camera's monitor."""
+        self._routing = (mode, cost_weight, hysteresis)
+        reason = routing_difference(self.reference, mode, cost_weight, hysteresis) if self.reference else ""
+        for monitor in self.monitors.values():
+            if monitor is not None:
+                monitor.set_routing_difference(reason)
+        return reason
 
     def _audited(self, camera, score: float, _reference_detections) -> None:
         recent = self.agreements[camera]

@@ -13,7 +13,7 @@ A policy file carries everything needed to run it in its ONNX metadata (never in
 | `adaptive_perception.output` | optional: `logits` (default; the policy's choice is the largest) or `tier_values` (each tier's predicted value on this frame; the choice is the largest value - cost_weight x tier_cost, so the cost weight moves the operating point without retraining) |
 | `adaptive_perception.tier_cost` / `cost_weight` / `temperature` | `tier_values` only: JSON list of 3 relative tier costs, the calibrated default weight (>= 0), and the temperature of the published probabilities (> 0) |
 | `adaptive_perception.tier_digests` | optional JSON {tier: first 16 hex digits of the SHA-256 of the tier ONNX it was trained with}; the node warns when a loaded tier differs |
-| `adaptive_perception.drift` | optional JSON drift reference (`drift.DriftReference`): feature mean/std, decile edges of the projected features, the tier mix and audit agreement on the training data, thresholds calibrated on held-out data; the node's drift monitor compares with it |
+| `adaptive_perception.drift` | optional JSON drift reference (`drift.DriftReference`): feature mean/std, decile edges of the projected features, the tier mix and audit agreement on the training data (with the cost weight and hysteresis they were routed at), thresholds calibrated on held-out data; the node's drift monitor compares with it |
 
 The graph has one float32 input of shape (N or 1, 1028) and one float32 output of shape (N or 1, 3).
 
@@ -186,6 +186,9 @@ class Policy:
                 self.drift_reference = DriftReference.from_json(meta["drift"])
             except ConfigError as exc:
                 raise PolicyFileError(path, str(exc), "re-export the policy") from None
+            if self.drift_reference.cost_weight is None and self.value_head is not None:
+                # written before references named their weight: measured at the policy's own
+                self.drift_reference.cost_weight = self.value_head.cost_weight
         self._input = inputs[0].name
         self._scale = (1.0 / std).astype(np.float32)
         self._offset = (-mean / std).astype(np.float32)

@@ -143,6 +143,14 @@ class Router:
     def set_policy(self, policy: Policy) -> None:
         self._state = (self.mode, policy)
 
+    def operating_point(self) -> tuple[str, float | None, float]:
+        """(mode, the cost weight in force for a tier_values policy (None for a logits policy or none), hysteresis):
+        what `drift.routing_difference` compares with the drift reference's."""
+        mode, policy = self._state
+        head = policy.value_head if policy is not None else None
+        weight = None if head is None else (head.cost_weight if self.settings.cost_weight < 0 else self.settings.cost_weight)
+        return mode, weight, self.settings.hysteresis
+
     def route(self, rgb: np.ndarray, context: RoutingContext) -> Routed:
         """One frame from its pixels: the image statistics are computed before the decision only when it reads
         them (the learned mode with a policy whose `reads_image`); the rules and a context-only policy decide

@@ -178,6 +178,21 @@ def large_cost_sensitivity(val: Split, test: Split, scorer: Scorer, costs: Costs
     return rows
 
 
+def summarise(report: dict, title: str, costs: Costs, budget: float, rows: dict) -> None:
+    """Each row's share of always-large's mAP50-95 and speed-up over it, into `report` and printed as a table."""
+    large = rows["always-large"]
+    for row in rows.values():
+        row["map_share_of_large"] = row["map50_95"] / large["map50_95"]
+        row["speedup"] = large["cost_ms"] / row["cost_ms"]
+    report["settings"][title] = {"costs_ms": costs.ms.round(3).tolist(), "budget_ms": budget, "rows": rows}
+    print(f"\n{title}: budget {budget:.1f} ms a frame (tiers {' / '.join(f'{m:.1f}' for m in costs.ms)} ms)")
+    print("| row | mAP50-95 | share of large | cost (ms) | speed-up | mix nano / small / large |\n|---|---|---|---|---|---|")
+    for name, row in rows.items():
+        mix = " / ".join(f"{100 * m:.0f}" for m in row["mix"]) if "mix" in row else "-"
+        print(f"| {name} | {row['map50_95']:.1f} | {row['map_share_of_large']:.0%} | {row['cost_ms']:.1f} | "
+              f"{row['speedup']:.2f}x | {mix} |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--work", type=Path, default=ROOT / "build/train-v3")
@@ -224,16 +239,7 @@ def main() -> None:
                                                for w in WEIGHTS], audits)
             trace = rollout(test, costs, values_chooser(values["test"], costs.relative, float(picked[0])), False)
             score(f"boosted trees: {variant}", trace, audits, weight=float(picked[0]))
-        large = rows["always-large"]
-        for row in rows.values():
-            row["map_share_of_large"] = row["map50_95"] / large["map50_95"]
-            row["speedup"] = large["cost_ms"] / row["cost_ms"]
-        report["settings"][title] = {"costs_ms": costs.ms.round(3).tolist(), "budget_ms": budget, "rows": rows}
-        print(f"\n{title}: budget {budget:.1f} ms a frame (tiers {' / '.join(f'{m:.1f}' for m in costs.ms)} ms)")
-        print("| row | mAP50-95 | share of large | cost (ms) | speed-up |\n|---|---|---|---|---|")
-        for name, row in rows.items():
-            print(f"| {name} | {row['map50_95']:.1f} | {row['map_share_of_large']:.0%} | {row['cost_ms']:.1f} | "
-                  f"{row['speedup']:.2f}x |")
+        summarise(report, title, costs, budget, rows)
     print(f"\nat 40 % of large's cost if large cost more, every tier as accurate as now ({family}):")
     report["large_cost_sensitivity"] = large_cost_sensitivity(val, test, scorer, settings_list[0][1])
     args.report.write_text(json.dumps(report, indent=2) + "\n")

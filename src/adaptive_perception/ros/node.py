@@ -62,6 +62,7 @@ class PerceptionNode(LifecycleNode):
         self.drift: DriftWatch | None = None
         self.evidence: EvidenceCapture | None = None
         self._drift_states: dict[str, int] = {}
+        self._drift_routing_off = ""  # why the drift monitors leave out the tier mix and audit agreement
         self._run_timer = None
         self._configured_at = 0.0
         self._error_log = ErrorLog()
@@ -162,6 +163,8 @@ class PerceptionNode(LifecycleNode):
         self.drift = DriftWatch(config.image_topics, policy.drift_reference if policy is not None else None,
                                 reference_tier, config.audit, config.drift_confirm)
         self._drift_states = {camera: 0 for camera in config.image_topics}
+        self._drift_routing_off = ""
+        self._compare_drift_routing()
         self._start_evidence(config)
         if policy is not None and policy.drift_reference is None:
             self.get_logger().info(f"policy '{policy.policy_id}' carries no drift reference: drift monitoring is off "
@@ -419,7 +422,10 @@ class PerceptionNode(LifecycleNode):
             "level": WARN if self._metrics_state.startswith("not served") else OK,
             "message": f"{router.mode}" + (f", policy {router.policy_id}" if router.policy_id else ""),
             "mode": router.mode, "policy_id": router.policy_id,
-            "drift_state": STATE_NAMES[max(self._drift_states.values(), default=0)], "metrics": self._metrics_state,
+            "drift_state": STATE_NAMES[max(self._drift_states.values(), default=0)],
+            "drift_routing_statistics": ("no drift monitor" if self.drift is None or self.drift.reference is None else
+                                         f"off: {self._drift_routing_off}" if self._drift_routing_off else "on"),
+            "metrics": self._metrics_state,
             "mlflow_run": (self.run.error or self.run.run_id or "starting") if self.run is not None else "off",
             **self._evidence_report()}))
         self._diag_pub.publish(array)
@@ -553,6 +559,7 @@ class PerceptionNode(LifecycleNode):
                 self.router.set_mode(mode)
                 if self.metrics is not None:
                     self.metrics.policy_changed(self.router.policy_id, self.router.mode)
+                self._compare_drift_routing()
             self.set_parameters([Parameter("routing_mode", value=mode)])  # the next configure keeps it
         except AdaptivePerceptionError as exc:
             response.success, response.message = False, f"mode '{request.mode}' refused: {exc}"
@@ -576,6 +583,7 @@ class PerceptionNode(LifecycleNode):
                 self.metrics.policy_changed(self.router.policy_id, self.router.mode)
             if self.drift is not None:
                 self.drift.set_reference(policy.drift_reference)
+                self._compare_drift_routing()
         self.set_parameters([Parameter("policy", value=request.path.strip())])
         response.success, response.message = True, policy.policy_id
         self.get_logger().info(f"policy '{policy.policy_id}' loaded from {policy.path}")
@@ -592,7 +600,31 @@ class PerceptionNode(LifecycleNode):
                                                "finite float (negative: the policy's own weight)")
                 if self.router is not None:
                     self.router.set_cost_weight(value)
+                    self._compare_drift_routing()
         return SetParametersResult(successful=True)
+
+    def _compare_drift_routing(self) -> None:
+        """Tell the drift monitors how frames are routed now, and say when the tier mix and audit agreement stop or
+        start counting: they describe the routing as much as the world, so they count only while the node routes as
+        the policy's drift reference measured them (`drift.routing_difference`)."""
+        if self.drift is None or self.router is None:
+            return
+        reason = self.drift.set_routing(*self.router.operating_point())
+        if reason == self._drift_routing_off:
+            return
+        self._drift_routing_off = reason
+        reference = self.drift.reference
+        if reason:
+            weight = "" if reference.cost_weight is None else f" at cost weight {reference.cost_weight:.4g}"
+            fix = (f"; to compare them at this weight, recompute the reference at it: adaptive-perception policy "
+                   f"drift-reference <policy file> --work <its train folder> --cost-weight "
+                   f"{self.router.operating_point()[1]:.4g}" if reason.startswith("the cost weight") else "")
+            text = (f"drift monitor: the tier mix and audit agreement are left out while {reason} (the policy's drift "
+                    f"reference measured them in the learned mode{weight}, hysteresis {reference.hysteresis:g}); the "
+                    f"image statistics still count{fix}")
+        else:
+            text = "drift monitor: the tier mix and audit agreement count again (routing as the drift reference measured it)"
+        self.get_logger().info(text)
 
     def _check_policy_tiers(self, policy: Policy, detectors: dict[str, DetectorTier]) -> None:
         """Warn, naming both files' digests, for every loaded tier the policy was not trained with."""
