@@ -378,3 +378,53 @@ def test_retrain_trains_a_candidate_on_the_evidence_and_logs_the_gate(pipeline, 
     retrain = next(r for r in runs if r.info.run_name == "retrain")
     assert json.loads(retrain.data.params["bags"].replace("'", '"')) == bags
     assert retrain.data.metrics["promote"] == float(decision["promote"])
+
+
+def test_operating_point_picks_the_weight_on_validation_for_the_given_device_and_scores_it_on_test(pipeline, tmp_path):
+    from policies import constant_policy
+
+    from adaptive_perception.training.evaluate import Scorer
+    from adaptive_perception.training.labels import Costs
+    from adaptive_perception.training.pipeline import Settings, load_split
+    from adaptive_perception.training.report import learned_chooser
+    from adaptive_perception.training.simulate import rollout
+
+    work, path = pipeline["root"] / "work", pipeline["root"] / "policy.onnx"
+    policy, val = Policy(path), load_split(Settings(work=work), "val")
+    # a device whose large tier costs twice the work folder's: the budget and every simulated cost follow it
+    here = Costs.load(work / "costs.json").ms
+    device = Costs("large twice as dear", here * np.array([1.0, 1.0, 2.0]))
+    latency = tmp_path / "device.json"
+    latency.write_text(json.dumps({"device": device.device, "tiers_ms": dict(zip(("nano", "small", "large"), device.ms))}))
+
+    done = _cli("policy", "operating-point", str(path), "--work", str(work), "--latency", str(latency),
+                "--cost-share", "0.3", "--report", str(tmp_path / "per_frame.json"))
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads((tmp_path / "per_frame.json").read_text())
+    chosen = result["chosen_weight"]
+    assert result["budget_ms"] == pytest.approx(0.3 * device.ms[2]) and result["device"] == device.device
+    assert result["test"]["always-large"]["cost_ms"] == pytest.approx(device.ms[2])
+    val_cost = rollout(val, device, learned_chooser(policy, chosen), False).busy_ms / len(val.profile)
+    assert val_cost <= result["budget_ms"] + 1e-9  # fits the budget on validation, where it was chosen
+    assert result["test"]["the chosen weight"]["weight"] == chosen and result["own_weight"] == policy.value_head.cost_weight
+    assert f"routing.cost_weight {chosen:.4g}" in done.stdout
+
+    done = _cli("policy", "operating-point", str(path), "--work", str(work), "--streaming",
+                "--report", str(tmp_path / "streaming.json"))
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads((tmp_path / "streaming.json").read_text())
+    grid = result["validation"]["weights"]
+    best = max(grid, key=lambda row: row["map50_95"])
+    assert result["chosen_weight"] == best["weight"] and len(grid) >= 9
+    assert policy.value_head.cost_weight in [row["weight"] for row in grid]  # the policy's own is a candidate
+    # the validation scores are streaming ones (a per-frame rollout of the same weight scores otherwise)
+    costs = Costs.load(work / "costs.json")
+    streamed = Scorer(val).score(rollout(val, costs, learned_chooser(policy, best["weight"]), True))["map50_95"]
+    assert best["map50_95"] == pytest.approx(streamed)
+    assert result["validation"]["always-large"]["cost_ms"] <= 1000 / 30 + 1e-6  # one worker at 30 Hz
+
+    logits = constant_policy(tmp_path / "logits.onnx", (0.5, 0.3, 0.2))
+    refused = _cli("policy", "operating-point", str(logits), "--work", str(work))
+    assert refused.returncode != 0 and "tier logits" in refused.stderr and str(logits) in refused.stderr
+    refused = _cli("policy", "operating-point", str(path), "--work", str(work), "--cost-share", "0")
+    assert refused.returncode != 0 and "--cost-share 0.0" in refused.stderr

@@ -141,6 +141,19 @@ def _parser() -> argparse.ArgumentParser:
                          help="route at this cost weight (the node's routing.cost_weight; negative, the default: the "
                               "policy's own): the node compares the tier mix and audit agreement only at the weight "
                               "the reference was measured at")
+    point = policy_sub.add_parser("operating-point", help="the routing.cost_weight to run a tier_values policy at: "
+                                  "chosen on a train work folder's validation split, scored on its test split "
+                                  "(train extra)")
+    point.add_argument("policy", help="policy ONNX file or embedded:policy")
+    point.add_argument("--work", type=Path, required=True, help="a `train` work folder with the val and test profiles "
+                       "and labels (build/train-v3 for the embedded policy)")
+    point.add_argument("--latency", type=Path, help="the tiers' latencies on the target device, JSON as `train "
+                       "--latency` takes it (default: the work folder's costs.json)")
+    point.add_argument("--streaming", action="store_true", help="best streaming mAP50-95 at 30 Hz over a grid of "
+                       "weights (default: per frame, the smallest weight within --cost-share of always-large's cost)")
+    point.add_argument("--cost-share", type=float, default=0.4, help="per frame: the budget as a share of always-large's "
+                       "cost per frame (default 0.4)")
+    point.add_argument("--report", type=Path, help="also write the result as JSON here")
     fit = policy_sub.add_parser("fit-regime", help="the features' signal report: a linear regime classifier "
                                 "(train extra); also written as a policy")
     fit.add_argument("--benchmark", type=Path, default=Path("build/benchmark"))
@@ -464,6 +477,16 @@ def _policy(args: argparse.Namespace) -> int:
         return 0
     if args.policy_command in ("store-init", "promote", "rollback", "history"):
         return _policy_store(args)
+    if args.policy_command == "operating-point":
+        from adaptive_perception.policy import Policy
+        from adaptive_perception.training.operating_point import choose, render, write
+
+        result = choose(Policy(resolve_model(args.policy)), args.work, args.latency, args.streaming, args.cost_share)
+        print(render(result))
+        if args.report:
+            write(result, args.report)
+            print(f"wrote {args.report}")
+        return 0
     if args.policy_command == "drift-reference":
         from adaptive_perception.training.pipeline import refresh_drift_reference
 
