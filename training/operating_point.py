@@ -25,13 +25,26 @@ from adaptive_perception.errors import AdaptivePerceptionError
 from adaptive_perception.policy import Policy
 from adaptive_perception.progress import progress
 
-GRID = (0.05, 0.1, 0.2, 0.35, 0.5, 0.75, 1.0, 1.5, 2.5)
+GRID = (0.1, 0.2, 0.35, 0.5, 0.75, 1.0, 1.5, 2.5)  # streaming candidates besides the policy's own weight
 
 
 def _row(scorer, split, trace, weight: float | None = None) -> dict:
     mix = trace.mix()
     return {**({} if weight is None else {"weight": float(weight)}), "map50_95": scorer.score(trace)["map50_95"],
             "cost_ms": trace.busy_ms / len(split.profile), "mix": dict(zip(TIERS, np.round(mix, 4).tolist()))}
+
+
+def streaming_choice(policy: Policy, val, val_scorer, costs, show: bool = True) -> tuple[float, list[dict]]:
+    """The weight with the best streaming mAP50-95 on `val` (scored by `val_scorer`) among the policy's own and
+    GRID, and every candidate's row (weight, mAP50-95, cost, mix), in the order tried (the own weight first)."""
+    from adaptive_perception.training.report import learned_chooser
+    from adaptive_perception.training.simulate import rollout
+
+    own = float(policy.value_head.cost_weight)
+    weights = [own, *(w for w in GRID if w != own)]
+    grid = [_row(val_scorer, val, rollout(val, costs, learned_chooser(policy, weight), True), weight)
+            for weight in progress(weights, desc="validation split, streaming at 30 Hz", unit="weight", enabled=show)]
+    return max(grid, key=lambda row: row["map50_95"])["weight"], grid
 
 
 def choose(policy: Policy, work: Path, latency: Path | None = None, streaming: bool = False,
@@ -55,10 +68,7 @@ def choose(policy: Policy, work: Path, latency: Path | None = None, streaming: b
     own = float(policy.value_head.cost_weight)
     val_scorer, test_scorer = Scorer(val), Scorer(test)
     if streaming:
-        grid = []
-        for weight in progress(sorted({own, *GRID}), desc="validation split, streaming at 30 Hz", unit="weight"):
-            grid.append(_row(val_scorer, val, rollout(val, costs, learned_chooser(policy, weight), True), weight))
-        chosen = max(grid, key=lambda row: row["map50_95"])["weight"]
+        chosen, grid = streaming_choice(policy, val, val_scorer, costs)
     else:
         budget = cost_share * float(costs.ms[-1])
         print(f"validation split, per frame: the smallest weight within {budget:.1f} ms a frame", flush=True)

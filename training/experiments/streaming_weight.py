@@ -14,16 +14,14 @@ import argparse
 import json
 from pathlib import Path
 
-import numpy as np
-
 from adaptive_perception.config import resolve_model
 from adaptive_perception.policy import Policy
 from adaptive_perception.training.evaluate import Scorer
+from adaptive_perception.training.operating_point import GRID, streaming_choice
 from adaptive_perception.training.pipeline import Settings, _load_costs, load_split
 from adaptive_perception.training.report import _paired, _row, _tune_heuristic, heuristic_at_cost, learned_chooser
 from adaptive_perception.training.simulate import rollout
 
-GRID = (0.1, 0.2, 0.35, 0.5, 0.75, 1.0, 1.5, 2.5)
 KINDS = {"bc": "BC only", "ppo": "BC + PPO"}
 
 
@@ -57,14 +55,11 @@ def main() -> None:
                     [Policy(args.work / "policies" / f"{kind}_seed{s}.onnx") for s in range(settings.seeds)])
         chosen, validation = [], []
         for policy in policies:
-            weights = (policy.value_head.cost_weight, *GRID)
-            scores = [val_scorer.score(rollout(val, costs, learned_chooser(policy, w), True))["map50_95"]
-                      for w in weights]
-            best = int(np.argmax(scores))
-            chosen.append(weights[best])
-            validation.append(dict(zip(map(str, weights), scores)))
+            best, grid = streaming_choice(policy, val, val_scorer, costs, show=False)
+            chosen.append(best)
+            validation.append({str(row["weight"]): row["map50_95"] for row in grid})
             print(f"{name} {policy.policy_id}: validation streaming mAP50-95 by weight "
-                  + ", ".join(f"{w:.3g} {s:.1f}" for w, s in zip(weights, scores)) + f" -> {weights[best]:.3g}")
+                  + ", ".join(f"{row['weight']:.3g} {row['map50_95']:.1f}" for row in grid) + f" -> {best:.3g}")
         for point, weights in (("own weight", [p.value_head.cost_weight for p in policies]),
                                ("weight chosen on validation", chosen)):
             traces = [rollout(test, costs, learned_chooser(p, w), True) for p, w in zip(policies, weights)]

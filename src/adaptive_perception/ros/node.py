@@ -609,18 +609,19 @@ class PerceptionNode(LifecycleNode):
         the policy's drift reference measured them (`drift.routing_difference`)."""
         if self.drift is None or self.router is None:
             return
-        reason = self.drift.set_routing(*self.router.operating_point())
+        mode, weight, hysteresis = self.router.operating_point()
+        reason = self.drift.set_routing(mode, weight, hysteresis)
         if reason == self._drift_routing_off:
             return
         self._drift_routing_off = reason
         reference = self.drift.reference
         if reason:
-            weight = "" if reference.cost_weight is None else f" at cost weight {reference.cost_weight:.4g}"
+            measured_at = "" if reference.cost_weight is None else f" at cost weight {reference.cost_weight:.4g}"
             fix = (f"; to compare them at this weight, recompute the reference at it: adaptive-perception policy "
                    f"drift-reference <policy file> --work <its train folder> --cost-weight "
-                   f"{self.router.operating_point()[1]:.4g}" if reason.startswith("the cost weight") else "")
+                   f"{weight:.4g}" if reason.startswith("the cost weight") else "")
             text = (f"drift monitor: the tier mix and audit agreement are left out while {reason} (the policy's drift "
-                    f"reference measured them in the learned mode{weight}, hysteresis {reference.hysteresis:g}); the "
+                    f"reference measured them in the learned mode{measured_at}, hysteresis {reference.hysteresis:g}); the "
                     f"image statistics still count{fix}")
         else:
             text = "drift monitor: the tier mix and audit agreement count again (routing as the drift reference measured it)"
