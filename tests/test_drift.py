@@ -9,7 +9,7 @@ import pytest
 from adaptive_perception.drift import (BINS, DRIFT, OK, PROJECTIONS, QUALITY_FEATURES, UNKNOWN, WARN, DriftMonitor,
                                        DriftReference, DriftWatch, agreement_peak, build_reference, calibrate,
                                        calibrate_quality, decile_bins, feature_psi, mix_tvd, quality_shift,
-                                       routing_difference, veil)
+                                       routing_difference, same_weight, veil, weight_text)
 from adaptive_perception.errors import ConfigError
 
 
@@ -288,11 +288,26 @@ def test_the_monitor_keeps_the_windows_decile_counts_as_frames_come_and_go():
     assert seen[0] < 0.5 and seen[-1] > 2.0  # in distribution, then every projection piled into a few deciles
 
 
+def test_weight_text_is_a_decimal_literal_that_ros_reads_back_as_a_double():
+    import yaml  # what `ros2 param set` parses its value with
+
+    for weight, text in ((1.0, "1.0"), (0.0, "0.0"), (1e-5, "0.00001"), (0.08734, "0.08734"),
+                         (0.28017234802246094, "0.280172"), (2.5, "2.5")):
+        assert weight_text(weight) == text
+        assert isinstance(yaml.safe_load(text), float) and same_weight(yaml.safe_load(text), weight)
+    assert not isinstance(yaml.safe_load(f"{1e-5:.4g}"), float) and isinstance(yaml.safe_load(f"{1.0:.4g}"), int)
+
+
 def test_routing_difference_names_what_differs_from_the_routing_the_reference_measured():
     measured = _reference(cost_weight=0.28, hysteresis=0.0)
     assert routing_difference(measured, "learned", 0.28, 0.0) == ""
     assert routing_difference(measured, "learned", 0.28 + 1e-9, 0.0) == ""  # a float written and read back
     assert routing_difference(measured, "learned", 0.5, 0.0) == "the cost weight is 0.5"
+    # a weight typed back from a rounded figure (the embedded policy's own is 0.28017234802246094) routes alike
+    own = _reference(cost_weight=0.28017234802246094, hysteresis=0.0)
+    assert routing_difference(own, "learned", float(weight_text(own.cost_weight)), 0.0) == ""
+    assert routing_difference(own, "learned", 0.2802, 0.0) == ""
+    assert routing_difference(own, "learned", 0.2795, 0.0) == "the cost weight is 0.2795"  # 0.24 % off
     assert routing_difference(measured, "fixed:large", 0.28, 0.0) == "the routing mode is fixed:large"
     assert routing_difference(measured, "heuristic", None, 0.0) == "the routing mode is heuristic"
     assert routing_difference(measured, "learned", 0.28, 0.2) == "the hysteresis is 0.2"
@@ -315,9 +330,11 @@ def test_the_monitor_leaves_out_mix_and_agreement_while_routing_differs_and_rest
 
     monitor = DriftMonitor(reference, confirm=3)
     monitor.set_routing_difference("the routing mode is fixed:large")
+    states = [monitor.update(fresh[0], 2)[0]]  # the difference applies from this frame on
     for _ in range(10):
-        monitor.audit(0.0)  # large audited against large's own output would agree; these must not count
-    states = [monitor.update(f, 2)[0] for f in fresh[:15]]
+        monitor.audit(0.0)  # audits of frames routed another way: they must not count
+    assert len(monitor._audits) == 0
+    states += [monitor.update(f, 2)[0] for f in fresh[1:15]]
     assert set(monitor.statistics) == {"feature_psi", "image_quality"} and DRIFT not in states and states[-1] == OK
 
     # back to the reference's routing: the window's tiers start over, so for 9 frames there is no mix, and then

@@ -232,6 +232,7 @@ def test_the_exported_policy_carries_a_calibrated_drift_reference(pipeline):
 
 def test_a_policy_exported_before_the_quality_statistic_gets_it_back_and_keeps_everything_else(pipeline, tmp_path):
     import onnx
+    from policies import constant_policy
 
     from adaptive_perception.drift import METADATA_KEY
 
@@ -258,6 +259,19 @@ def test_a_policy_exported_before_the_quality_statistic_gets_it_back_and_keeps_e
         {k: v for k, v in metadata(original).items() if k != METADATA_KEY}
     # the same profiles give the export's reference again, the quality statistic included
     assert json.loads(metadata(refreshed)[METADATA_KEY]) == json.loads(metadata(original)[METADATA_KEY])
+
+    # a node routing with a hysteresis gets a reference measured with it (the node compares the two)
+    done = _cli("policy", "drift-reference", str(tmp_path / "refreshed.onnx"), "--work", str(pipeline["root"] / "work"),
+                "--hysteresis", "0.1", "--out", str(tmp_path / "sticky.onnx"))
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert Policy(tmp_path / "sticky.onnx").drift_reference.hysteresis == 0.1
+    refused = _cli("policy", "drift-reference", str(tmp_path / "refreshed.onnx"), "--work",
+                   str(pipeline["root"] / "work"), "--cost-weight", "nan")
+    assert refused.returncode != 0 and "--cost-weight nan" in refused.stderr
+    logits = constant_policy(tmp_path / "logits.onnx", (0.5, 0.3, 0.2))
+    refused = _cli("policy", "drift-reference", str(logits), "--work", str(pipeline["root"] / "work"),
+                   "--cost-weight", "0.5")
+    assert refused.returncode != 0 and "tier logits" in refused.stderr and str(logits) in refused.stderr
 
 
 def test_extra_calibration_streams_widen_the_thresholds_they_reach_past(pipeline):
@@ -407,7 +421,7 @@ def test_operating_point_picks_the_weight_on_validation_for_the_given_device_and
     val_cost = rollout(val, device, learned_chooser(policy, chosen), False).busy_ms / len(val.profile)
     assert val_cost <= result["budget_ms"] + 1e-9  # fits the budget on validation, where it was chosen
     assert result["test"]["the chosen weight"]["weight"] == chosen and result["own_weight"] == policy.value_head.cost_weight
-    assert f"routing.cost_weight {chosen:.4g}" in done.stdout
+    assert _param_set_value(done.stdout) == pytest.approx(chosen, abs=1e-12)  # printed as the weight scored
 
     done = _cli("policy", "operating-point", str(path), "--work", str(work), "--streaming",
                 "--report", str(tmp_path / "streaming.json"))
@@ -416,6 +430,7 @@ def test_operating_point_picks_the_weight_on_validation_for_the_given_device_and
     grid = result["validation"]["weights"]
     best = max(grid, key=lambda row: row["map50_95"])
     assert result["chosen_weight"] == best["weight"] and len(grid) >= 9
+    assert _param_set_value(done.stdout) == pytest.approx(best["weight"], abs=1e-6)
     assert policy.value_head.cost_weight in [row["weight"] for row in grid]  # the policy's own is a candidate
     # the validation scores are streaming ones (a per-frame rollout of the same weight scores otherwise)
     costs = Costs.load(work / "costs.json")
@@ -428,3 +443,14 @@ def test_operating_point_picks_the_weight_on_validation_for_the_given_device_and
     assert refused.returncode != 0 and "tier logits" in refused.stderr and str(logits) in refused.stderr
     refused = _cli("policy", "operating-point", str(path), "--work", str(work), "--cost-share", "0")
     assert refused.returncode != 0 and "--cost-share 0.0" in refused.stderr
+
+
+def _param_set_value(stdout: str) -> float:
+    """The value of the printed `ros2 param set ... routing.cost_weight V` line as ros2 parses it: a double (an
+    integer such as '1' or an exponent such as '1e-05' reads as int or str, and the node refuses both)."""
+    import yaml
+
+    line = next(line for line in stdout.splitlines() if "ros2 param set" in line)
+    value = yaml.safe_load(line.split("routing.cost_weight", 1)[1].strip())
+    assert isinstance(value, float), line
+    return value

@@ -16,11 +16,13 @@ simulated time only. Nothing is written but `--report`; the node's weight is set
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import numpy as np
 
 from adaptive_perception.detector import TIERS
+from adaptive_perception.drift import same_weight, weight_text
 from adaptive_perception.errors import AdaptivePerceptionError
 from adaptive_perception.policy import Policy
 from adaptive_perception.progress import progress
@@ -59,7 +61,7 @@ def choose(policy: Policy, work: Path, latency: Path | None = None, streaming: b
     if policy.value_head is None:
         raise AdaptivePerceptionError(f"policy '{policy.policy_id}' ({policy.path}) outputs tier logits: it has no cost "
                                       "weight to choose (policies from `adaptive-perception train` output tier values)")
-    if not 0.0 < cost_share <= 1.0:
+    if not streaming and not 0.0 < cost_share <= 1.0:
         raise AdaptivePerceptionError(f"--cost-share {cost_share}: give a share of always-large's cost in (0, 1], "
                                       "e.g. 0.4")
     settings = Settings(work=work)
@@ -72,7 +74,8 @@ def choose(policy: Policy, work: Path, latency: Path | None = None, streaming: b
     else:
         budget = cost_share * float(costs.ms[-1])
         print(f"validation split, per frame: the smallest weight within {budget:.1f} ms a frame", flush=True)
-        chosen = calibrate_weight(lambda w: learned_chooser(policy, w), val, costs, budget)
+        # rounded up to what is printed (weight_text), so the printed weight keeps the validation budget
+        chosen = math.ceil(calibrate_weight(lambda w: learned_chooser(policy, w), val, costs, budget) * 1e6) / 1e6
         grid = [_row(val_scorer, val, rollout(val, costs, learned_chooser(policy, w), False), w)
                 for w in sorted({own, chosen})]
     val_large = _row(val_scorer, val, rollout(val, costs, _fixed(len(TIERS) - 1), streaming))
@@ -104,19 +107,20 @@ def render(result: dict) -> str:
             f"{' / '.join(f'{m:.1f}' for m in result['costs_ms'])} ms: {result['device']})",
             "", "validation split:",
             _table([("always-large", result["validation"]["always-large"])]
-                   + [(f"weight {r['weight']:.4g}", r) for r in result["validation"]["weights"]]),
+                   + [(f"weight {weight_text(r['weight'])}", r) for r in result["validation"]["weights"]]),
             "", "test split (scored once):",
-            _table([(name + (f" ({row['weight']:.4g})" if "weight" in row else ""), row)
+            _table([(name + (f" ({weight_text(row['weight'])})" if "weight" in row else ""), row)
                     for name, row in result["test"].items()]),
-            "", f"chosen weight {chosen:.4g} (the policy's own: {own:.4g}); set it on a running node with",
-            f"  ros2 param set /perception_node routing.cost_weight {chosen:.4g}",
+            "", f"chosen weight {weight_text(chosen)} (the policy's own: {weight_text(own)}); set it on a running node "
+            "with", f"  ros2 param set /perception_node routing.cost_weight {weight_text(chosen)}",
             "or as routing.cost_weight in the node's parameter file."]
     measured = result["drift_reference_weight"]
-    if measured is not None and abs(chosen - measured) > 1e-9:
-        text.append(f"At a weight other than its drift reference's ({measured:.4g}) the drift monitor leaves the tier mix "
-                    f"and audit agreement out; to keep them, measure the reference at this weight: adaptive-perception "
-                    f"policy drift-reference {result['policy']} --work {result['work']} --calibration-sequences 40 "
-                    f"--cost-weight {chosen:.4g} --out POLICY_AT_{chosen:.4g}.onnx")
+    if measured is not None and not same_weight(chosen, measured):
+        text.append(f"At a weight other than its drift reference's ({weight_text(measured)}) the drift monitor leaves "
+                    "the tier mix and audit agreement out; to keep them, measure the reference at this weight and load "
+                    f"the file it writes: adaptive-perception policy drift-reference {result['policy']} --work "
+                    f"{result['work']} --calibration-sequences 40 --cost-weight {weight_text(chosen)} "
+                    f"--out POLICY_AT_{weight_text(chosen)}.onnx")
     return "\n".join(text)
 
 

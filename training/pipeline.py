@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import math
 import re
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -359,12 +360,12 @@ def stage_export(settings: Settings) -> None:
 
 
 def refresh_drift_reference(work: Path, policy_path: Path, out: Path, calibration_sequences: int = 0,
-                            version: str = "2.0.0", cost_weight: float = -1.0):
+                            version: str = "2.0.0", cost_weight: float = -1.0, hysteresis: float = 0.0):
     """Recompute `policy_path`'s drift reference from the profiles in `work` (as `stage_export` computes it) and
     write the policy to `out` with every other part of the file unchanged: a monitor's statistics can change
     without retraining the policy. `calibration_sequences` new in-distribution sequences of generator `version`
     (`drift_reference.calibration_streams`, the embedded tiers) join the held-out splits for the thresholds. The
-    policy routes at `cost_weight` (negative: its own), the weight the node will run it at."""
+    policy routes at `cost_weight` (negative: its own) and `hysteresis`, as the node will run it."""
     import onnx
 
     from adaptive_perception.drift import METADATA_KEY
@@ -374,7 +375,13 @@ def refresh_drift_reference(work: Path, policy_path: Path, out: Path, calibratio
 
     settings = Settings(work=work)
     policy = Policy(policy_path)
-    routing = RouterSettings(cost_weight=cost_weight).validate()
+    if not math.isfinite(cost_weight) or not 0.0 <= hysteresis < 1.0:
+        raise AdaptivePerceptionError(f"--cost-weight {cost_weight} / --hysteresis {hysteresis}: give a finite weight "
+                                      "(negative: the policy's own) and a hysteresis in [0, 1)")
+    if cost_weight >= 0 and policy.value_head is None:
+        raise AdaptivePerceptionError(f"--cost-weight {cost_weight}: policy '{policy.policy_id}' ({policy_path}) "
+                                      "outputs tier logits and has no cost weight; leave --cost-weight out")
+    routing = RouterSettings(cost_weight=cost_weight, hysteresis=hysteresis).validate()
     extra = calibration_streams(policy, settings.models, calibration_sequences, version, settings=routing) \
         if calibration_sequences else ()
     reference = drift_reference(policy, load_split(settings, TRAIN_SPLIT),

@@ -141,6 +141,8 @@ def _parser() -> argparse.ArgumentParser:
                          help="route at this cost weight (the node's routing.cost_weight; negative, the default: the "
                               "policy's own): the node compares the tier mix and audit agreement only at the weight "
                               "the reference was measured at")
+    refresh.add_argument("--hysteresis", type=float, default=0.0, metavar="H",
+                         help="route with this hysteresis (the node's routing.hysteresis), for the same reason")
     point = policy_sub.add_parser("operating-point", help="the routing.cost_weight to run a tier_values policy at: "
                                   "chosen on a train work folder's validation split, scored on its test split "
                                   "(train extra)")
@@ -494,7 +496,7 @@ def _policy(args: argparse.Namespace) -> int:
         if args.calibration_sequences < 0:
             raise AdaptivePerceptionError(f"--calibration-sequences {args.calibration_sequences}: give 0 or more")
         reference = refresh_drift_reference(args.work, path, args.out or path, args.calibration_sequences,
-                                            args.generator_version, args.cost_weight)
+                                            args.generator_version, args.cost_weight, args.hysteresis)
         print(f"wrote {args.out or path}: drift thresholds " + ", ".join(f"{k} {v:.3f}" for k, v in
                                                                           reference.thresholds.items()))
         return 0

@@ -235,17 +235,31 @@ def mix_tvd(reference: DriftReference, tiers: np.ndarray) -> float:
     return float(0.5 * np.abs(mix - np.asarray(reference.tier_mix)).sum())
 
 
+def weight_text(weight: float) -> str:
+    """A cost weight as a decimal literal that `ros2 param set` and YAML read back as a double (never '1' or
+    '1e-05', which they read as an integer and a string), to 6 decimals: `same_weight` as the weight itself."""
+    text = f"{weight:.6f}".rstrip("0")
+    return text + "0" if text.endswith(".") else text
+
+
+def same_weight(a: float, b: float) -> bool:
+    """Whether two cost weights route alike: equal to 0.1 %, or within 1e-6 (what `weight_text` rounds away), so
+    a weight typed back from any printed figure counts as the one printed."""
+    return math.isclose(a, b, rel_tol=1e-3, abs_tol=1e-6)
+
+
 def routing_difference(reference: DriftReference, mode: str, cost_weight: float | None, hysteresis: float) -> str:
     """How the node's routing differs from the routing the reference measured its tier mix and audit agreement
     under ('' when it does not): another mode, another cost weight (a tier_values policy's, `cost_weight` the one
-    in force), another hysteresis. Those two statistics then describe the routing change, not the world."""
+    in force; `same_weight`), another hysteresis. Those two statistics then describe the routing change, not the
+    world."""
     if mode != "learned":
         return f"the routing mode is {mode}"
     if cost_weight is not None and reference.cost_weight is not None and \
-            not math.isclose(cost_weight, reference.cost_weight, rel_tol=1e-6, abs_tol=1e-9):
-        return f"the cost weight is {cost_weight:.4g}"
+            not same_weight(cost_weight, reference.cost_weight):
+        return f"the cost weight is {weight_text(cost_weight)}"
     if not math.isclose(hysteresis, reference.hysteresis, abs_tol=1e-9):
-        return f"the hysteresis is {hysteresis:.4g}"
+        return f"the hysteresis is {hysteresis:g}"
     return ""
 
 
@@ -347,8 +361,9 @@ class DriftMonitor:
     def set_routing_difference(self, reason: str) -> None:
         """`routing_difference` of the node's routing now, from the next frame on (a service may call this while
         the worker is inside `update`). While it is not '', the tier mix and the audit agreement are left out of
-        the score; when that changes, the window's tiers and audits start over, so neither statistic ever mixes
-        frames routed one way with frames routed another."""
+        the score; when that changes, the window's tiers and audits start over, so neither statistic mixes frames
+        routed one way with frames routed another, except the frame being routed and an audit running at the
+        moment of the change (one of the window's frames, one of its audits)."""
         self._routing_next = reason
 
     def _apply_routing(self) -> None:

@@ -24,7 +24,7 @@ from adaptive_perception.config import NodeConfig, resolve_model
 from adaptive_perception.detector import TIERS, AcceleratorSettings, Detections, DetectorTier
 from adaptive_perception.audit import AuditSettings, ReferenceProcess
 from adaptive_perception.drawing import draw_routed
-from adaptive_perception.drift import DRIFT, STATE_NAMES, DriftWatch
+from adaptive_perception.drift import DRIFT, STATE_NAMES, DriftWatch, weight_text
 from adaptive_perception.evidence import EvidenceCapture, EvidenceSettings
 from adaptive_perception.errors import AdaptivePerceptionError, ImageDecodeError, TierFailure
 from adaptive_perception.features import RoutingContext, next_context
@@ -611,15 +611,17 @@ class PerceptionNode(LifecycleNode):
             return
         mode, weight, hysteresis = self.router.operating_point()
         reason = self.drift.set_routing(mode, weight, hysteresis)
-        if reason == self._drift_routing_off:
-            return
-        self._drift_routing_off = reason
         reference = self.drift.reference
+        changed, self._drift_routing_off = reason != self._drift_routing_off, reason
+        if not changed or reference is None:  # without a reference there is nothing to say
+            return
         if reason:
-            measured_at = "" if reference.cost_weight is None else f" at cost weight {reference.cost_weight:.4g}"
-            fix = (f"; to compare them at this weight, recompute the reference at it: adaptive-perception policy "
-                   f"drift-reference <policy file> --work <its train folder> --cost-weight "
-                   f"{weight:.4g}" if reason.startswith("the cost weight") else "")
+            measured_at = "" if reference.cost_weight is None else f" at cost weight {weight_text(reference.cost_weight)}"
+            option = (f"--cost-weight {weight_text(weight)}" if reason.startswith("the cost weight") else
+                      f"--hysteresis {hysteresis:g}" if reason.startswith("the hysteresis") else "")
+            fix = (f"; to compare them here, recompute the reference for this routing: adaptive-perception policy "
+                   f"drift-reference <policy file> --work <its train folder> {option} --out <new file>, then load the "
+                   "new file (load_policy) with the same routing parameters" if option else "")
             text = (f"drift monitor: the tier mix and audit agreement are left out while {reason} (the policy's drift "
                     f"reference measured them in the learned mode{measured_at}, hysteresis {reference.hysteresis:g}); the "
                     f"image statistics still count{fix}")

@@ -31,7 +31,7 @@ PARAMETERS: dict[str, tuple[object, ParameterDescriptor]] = {
     "routing.random_seed": (_DEFAULTS.router.random_seed, _describe("Seed of the random mode's draws.")),
     "routing.hysteresis": (_DEFAULTS.router.hysteresis, _describe(
         "Learned mode: stay on the previous tier unless the best tier's probability beats it by more than this "
-        "(0 = off).", floating_point_range=[FloatingPointRange(from_value=0.0, to_value=0.99)])),
+        "(0 = off; below 1).", floating_point_range=[FloatingPointRange(from_value=0.0, to_value=1.0)])),
     "routing.cost_weight": (_DEFAULTS.router.cost_weight, _describe(
         "Learned mode with a tier_values policy: how much a tier's cost weighs against its predicted value (higher = "
         "cheaper routing); negative = the weight the policy was calibrated with. Takes effect from the next frame "
@@ -104,7 +104,7 @@ PARAMETERS: dict[str, tuple[object, ParameterDescriptor]] = {
         integer_range=[IntegerRange(from_value=0, to_value=100000, step=1)])),
     "audit.max_share": (_DEFAULTS.audit.max_share, _describe(
         "Most of the wall time the audit worker may spend on the reference tier; a due audit beyond it is skipped "
-        "and counted.", floating_point_range=[FloatingPointRange(from_value=0.01, to_value=1.0)])),
+        "and counted (above 0).", floating_point_range=[FloatingPointRange(from_value=0.0, to_value=1.0)])),
     "drift.confirm_frames": (_DEFAULTS.drift_confirm, _describe(
         "Frames the drift score must stay above 1 before the state is DRIFT (WARN at once), and below 0.8 before "
         "it returns to OK.", integer_range=[IntegerRange(from_value=1, to_value=10000, step=1)])),
