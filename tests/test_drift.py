@@ -363,3 +363,46 @@ def test_the_watch_compares_the_routing_with_each_references_own():
     assert all(m._routing_next == "" for m in watch.monitors.values())
     assert watch.set_routing("fixed:nano", 0.5, 0.0) == "the routing mode is fixed:nano"
     assert DriftWatch(["a"], None).set_routing("fixed:nano", None, 0.0) == ""  # no reference: nothing to leave out
+
+
+def test_a_frame_and_an_audit_in_flight_at_a_routing_change_are_left_out():
+    import threading
+    import time
+
+    from adaptive_perception.audit import AuditSettings
+    from adaptive_perception.detector import Detections
+
+    release = threading.Event()
+    box = Detections(np.array([[10, 10, 50, 50]], np.float32), np.array([0.9], np.float32), np.array([1]))
+
+    def reference_tier(_rgb):  # large, slow: holds the audit until the test lets it finish
+        release.wait(10)
+        return box
+
+    watch = DriftWatch(["a"], _reference(cost_weight=0.28, hysteresis=0.0), reference_tier,
+                       AuditSettings(every=1, max_share=1.0))
+    monitor, rgb, features = watch.monitors["a"], np.zeros((8, 8, 3), np.uint8), np.zeros(1028)
+
+    def finished(count: int) -> None:
+        deadline = time.monotonic() + 10
+        while (len(watch.agreements["a"]) < count or not watch.audit.idle) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert len(watch.agreements["a"]) == count
+
+    try:
+        assert watch.set_routing("fixed:large", 0.28, 0.0) == "the routing mode is fixed:large"
+        before = watch.routing_generation
+        # a frame routed to large under fixed:large (its audit agrees fully) finishes after the return to learned
+        assert watch.set_routing("learned", 0.28, 0.0) == "" and watch.routing_generation == before + 1
+        audited, *_ = watch.frame("a", features, 2, rgb, box, before)
+        assert audited and len(monitor._tiers) == 0  # its tier joined no window
+        release.set()
+        finished(1)
+        assert watch.agreements["a"] == [1.0] and len(monitor._audits) == 0  # shown, not counted
+        # a frame routed after the change counts, and so does its audit
+        assert watch.frame("a", features, 0, rgb, box, watch.routing_generation)[0]
+        finished(2)
+        assert list(monitor._tiers) == [0] and list(monitor._audits) == [1.0]
+    finally:
+        release.set()
+        watch.close()

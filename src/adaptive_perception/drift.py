@@ -362,8 +362,8 @@ class DriftMonitor:
         """`routing_difference` of the node's routing now, from the next frame on (a service may call this while
         the worker is inside `update`). While it is not '', the tier mix and the audit agreement are left out of
         the score; when that changes, the window's tiers and audits start over, so neither statistic mixes frames
-        routed one way with frames routed another, except the frame being routed and an audit running at the
-        moment of the change (one of the window's frames, one of its audits)."""
+        routed one way with frames routed another (`DriftWatch` keeps out the frame and the audit in flight at
+        the change)."""
         self._routing_next = reason
 
     def _apply_routing(self) -> None:
@@ -377,9 +377,10 @@ class DriftMonitor:
         if not self.routing_off:
             self._audits.append(float(agreement))
 
-    def update(self, features: np.ndarray, tier: int, frame_veil: float | None = None) -> tuple[int, float]:
+    def update(self, features: np.ndarray, tier: int | None, frame_veil: float | None = None) -> tuple[int, float]:
         """Add a frame (its routing features, tier and `veil`); returns (state, score). UNKNOWN until the window
-        is full; the veil statistic counts once the window holds a veil for every frame."""
+        is full; the veil statistic counts once the window holds a veil for every frame. `tier` None: the frame
+        was routed before the latest routing change, so its tier joins no window (the mix waits for a full one)."""
         self._apply_routing()
         self.frames += 1
         features = np.asarray(features)
@@ -390,7 +391,8 @@ class DriftMonitor:
         self._bins.append(bins)
         self._counts[rows, bins] += 1
         self._quality.append(features[_QUALITY_INDEX].astype(np.float64))
-        self._tiers.append(int(tier))
+        if tier is not None:
+            self._tiers.append(int(tier))
         if frame_veil is None:
             self._veils.clear()
         else:
@@ -406,7 +408,7 @@ class DriftMonitor:
         return self.advance(max(self.statistics[k] / self.reference.thresholds[k] for k in self.statistics
                                 if k in self.reference.thresholds))
 
-    def observe(self, features: np.ndarray, tier: int, rgb: np.ndarray) -> tuple[int, float]:
+    def observe(self, features: np.ndarray, tier: int | None, rgb: np.ndarray) -> tuple[int, float]:
         """`update` with the frame itself: its veil is computed when the reference has the veil statistic."""
         return self.update(features, tier, veil(rgb) if self.reference.veil_std > 0 else None)
 
@@ -445,6 +447,8 @@ class DriftWatch:
         self.audit = AuditWorker(reference_tier, self._audited, audit_settings or AuditSettings()) \
             if reference_tier is not None else None
         self._routing: tuple[str, float | None, float] = ("learned", None, 0.0)
+        self._reason = ""
+        self.routing_generation = 0  # counts the changes of `routing_difference`; frames and audits carry theirs
         self.set_reference(reference)
 
     def set_reference(self, reference: DriftReference | None) -> None:
@@ -459,30 +463,38 @@ class DriftWatch:
         ('' also without a reference) and applies it to every camera's monitor."""
         self._routing = (mode, cost_weight, hysteresis)
         reason = routing_difference(self.reference, mode, cost_weight, hysteresis) if self.reference else ""
+        if reason != self._reason:
+            self._reason, self.routing_generation = reason, self.routing_generation + 1
         for monitor in self.monitors.values():
             if monitor is not None:
                 monitor.set_routing_difference(reason)
         return reason
 
-    def _audited(self, camera, score: float, _reference_detections) -> None:
+    def _audited(self, key: tuple, score: float, _reference_detections) -> None:
+        camera, generation = key
         recent = self.agreements[camera]
         recent.append(score)
         del recent[:-AUDIT_WINDOW]
         monitor = self.monitors.get(camera)
-        if monitor is not None:
+        if monitor is not None and generation == self.routing_generation:  # else: routed before a routing change
             monitor.audit(score)
 
     def monitoring(self, camera) -> bool:
         """Whether `frame` reads this camera's image features (a monitor is running for it)."""
         return self.monitors.get(camera) is not None
 
-    def frame(self, camera, features: np.ndarray, tier: int, rgb: np.ndarray, detections) -> tuple[bool, int, float]:
-        """(audited, state, score) for one routed frame; `audited` = handed to the audit worker."""
-        audited = bool(self.audit is not None and self.audit.due(camera) and self.audit.offer(camera, rgb, detections))
+    def frame(self, camera, features: np.ndarray, tier: int, rgb: np.ndarray, detections,
+              generation: int | None = None) -> tuple[bool, int, float]:
+        """(audited, state, score) for one routed frame; `audited` = handed to the audit worker. `generation`: the
+        `routing_generation` read before the frame was routed (None: now); a frame routed before the latest
+        routing change adds no tier to the window, and its audit, if any, is not counted."""
+        generation = self.routing_generation if generation is None else generation
+        audited = bool(self.audit is not None and self.audit.due(camera)
+                       and self.audit.offer((camera, generation), rgb, detections))
         monitor = self.monitors.get(camera)
         if monitor is None:
             return audited, UNKNOWN, float("nan")
-        return (audited, *monitor.observe(features, tier, rgb))
+        return (audited, *monitor.observe(features, tier if generation == self.routing_generation else None, rgb))
 
     def close(self) -> None:
         if self.audit is not None:

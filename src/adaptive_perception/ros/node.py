@@ -461,6 +461,7 @@ class PerceptionNode(LifecycleNode):
         started = time.perf_counter()
         rgb = image_to_rgb(msg)
         context = self._contexts.get(camera, RoutingContext())
+        generation = self.drift.routing_generation  # read before routing: a change after it leaves this frame out
         routed = self.router.route(rgb, context)
         decision = routed.decision
         inference_start = time.perf_counter()
@@ -475,7 +476,8 @@ class PerceptionNode(LifecycleNode):
         feature_ms = routed.feature_ms
         if self.drift.monitoring(camera):  # image statistics the decision did not need; the monitor does
             feature_ms += routed.complete(rgb)
-        audited, drift_state, drift_score = self.drift.frame(camera, routed.features, decision.tier, rgb, detections)
+        audited, drift_state, drift_score = self.drift.frame(camera, routed.features, decision.tier, rgb, detections,
+                                                             generation)
         detections_msg = detections_to_msg(detections, header)
         done = time.perf_counter()  # node time: decode to detections and the drift update, before publishing
         out = RoutingDecision(header=header, tier=decision.tier, tier_name=decision.tier_name,
