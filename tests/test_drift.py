@@ -394,6 +394,8 @@ def test_a_frame_and_an_audit_in_flight_at_a_routing_change_are_left_out():
         before = watch.routing_generation
         # a frame routed to large under fixed:large (its audit agrees fully) finishes after the return to learned
         assert watch.set_routing("learned", 0.28, 0.0) == "" and watch.routing_generation == before + 1
+        watch.set_routing("learned", 0.28, 0.0)  # the same routing again: frames in flight still count
+        assert watch.routing_generation == before + 1
         audited, *_ = watch.frame("a", features, 2, rgb, box, before)
         assert audited and len(monitor._tiers) == 0  # its tier joined no window
         release.set()
@@ -403,6 +405,13 @@ def test_a_frame_and_an_audit_in_flight_at_a_routing_change_are_left_out():
         assert watch.frame("a", features, 0, rgb, box, watch.routing_generation)[0]
         finished(2)
         assert list(monitor._tiers) == [0] and list(monitor._audits) == [1.0]
+        # a new policy (here: a reference measured at the same routing) starts over without the old one's frames
+        old = watch.routing_generation
+        watch.set_reference(_reference(cost_weight=0.28, hysteresis=0.0))
+        assert watch.set_routing("learned", 0.28, 0.0) == ""
+        assert watch.frame("a", features, 2, rgb, box, old)[0]
+        finished(3)
+        assert len(watch.monitors["a"]._tiers) == 0 and len(watch.monitors["a"]._audits) == 0
     finally:
         release.set()
         watch.close()

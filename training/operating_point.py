@@ -75,7 +75,7 @@ def choose(policy: Policy, work: Path, latency: Path | None = None, streaming: b
         budget = cost_share * float(costs.ms[-1])
         print(f"validation split, per frame: the smallest weight within {budget:.1f} ms a frame", flush=True)
         # rounded up to what is printed (weight_text), so the printed weight keeps the validation budget
-        chosen = math.ceil(calibrate_weight(lambda w: learned_chooser(policy, w), val, costs, budget) * 1e6) / 1e6
+        chosen = math.ceil(round(calibrate_weight(lambda w: learned_chooser(policy, w), val, costs, budget) * 1e6, 3)) / 1e6
         grid = [_row(val_scorer, val, rollout(val, costs, learned_chooser(policy, w), False), w)
                 for w in sorted({own, chosen})]
     val_large = _row(val_scorer, val, rollout(val, costs, _fixed(len(TIERS) - 1), streaming))

@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import json
 import math
+import threading
 from collections import deque
 from dataclasses import asdict, dataclass, field
 from functools import cached_property
@@ -448,14 +449,20 @@ class DriftWatch:
             if reference_tier is not None else None
         self._routing: tuple[str, float | None, float] = ("learned", None, 0.0)
         self._reason = ""
-        self.routing_generation = 0  # counts the changes of `routing_difference`; frames and audits carry theirs
+        # counts the changes of `routing_difference` and of reference; frames and audits carry theirs. The lock
+        # makes an audit's check and append one step against a change (executor thread) and its reset.
+        self.routing_generation = 0
+        self._lock = threading.Lock()
         self.set_reference(reference)
 
     def set_reference(self, reference: DriftReference | None) -> None:
-        """A new policy brings its own reference: every camera's monitor starts over."""
-        self.reference = reference if reference is not None and reference.thresholds else None
-        self.monitors = {camera: DriftMonitor(self.reference, self.confirm) if self.reference else None
-                         for camera in self.agreements}
+        """A new policy brings its own reference: every camera's monitor starts over (frames and audits of the
+        previous policy's routing still in flight are left out of it)."""
+        with self._lock:
+            self.routing_generation += 1
+            self.reference = reference if reference is not None and reference.thresholds else None
+            self.monitors = {camera: DriftMonitor(self.reference, self.confirm) if self.reference else None
+                             for camera in self.agreements}
         self.set_routing(*self._routing)
 
     def set_routing(self, mode: str, cost_weight: float | None, hysteresis: float) -> str:
@@ -463,11 +470,12 @@ class DriftWatch:
         ('' also without a reference) and applies it to every camera's monitor."""
         self._routing = (mode, cost_weight, hysteresis)
         reason = routing_difference(self.reference, mode, cost_weight, hysteresis) if self.reference else ""
-        if reason != self._reason:
-            self._reason, self.routing_generation = reason, self.routing_generation + 1
-        for monitor in self.monitors.values():
-            if monitor is not None:
-                monitor.set_routing_difference(reason)
+        with self._lock:
+            if reason != self._reason:
+                self._reason, self.routing_generation = reason, self.routing_generation + 1
+            for monitor in self.monitors.values():
+                if monitor is not None:
+                    monitor.set_routing_difference(reason)
         return reason
 
     def _audited(self, key: tuple, score: float, _reference_detections) -> None:
@@ -475,9 +483,10 @@ class DriftWatch:
         recent = self.agreements[camera]
         recent.append(score)
         del recent[:-AUDIT_WINDOW]
-        monitor = self.monitors.get(camera)
-        if monitor is not None and generation == self.routing_generation:  # else: routed before a routing change
-            monitor.audit(score)
+        with self._lock:
+            monitor = self.monitors.get(camera)
+            if monitor is not None and generation == self.routing_generation:  # else: routed before a change
+                monitor.audit(score)
 
     def monitoring(self, camera) -> bool:
         """Whether `frame` reads this camera's image features (a monitor is running for it)."""
