@@ -146,3 +146,11 @@ def test_an_invalid_topic_name_fails_activate_with_the_reason(graph):
     assert not graph.transition("activate")
     assert wait_until(lambda: any("activate failed" in log.msg and "bad topic name!" in log.msg for log in graph.logs), 5), [l.msg for l in graph.logs]
     assert graph.state() == "inactive"
+
+
+def test_declared_ranges_refuse_what_configure_would_refuse(graph):
+    """A value outside the declared range is refused at `ros2 param set`, before it can fail a later configure."""
+    refused = graph.node.set_parameters([rclpy.parameter.Parameter("routing.random_seed", value=-1)])[0]
+    assert not refused.successful and "routing.random_seed" in refused.reason
+    assert graph.node.set_parameters([rclpy.parameter.Parameter("routing.random_seed", value=7)])[0].successful
+    assert graph.node.read_config().router.random_seed == 7

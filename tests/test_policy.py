@@ -276,6 +276,10 @@ def test_fixed_modes_and_refused_modes(tmp_path):
         RouterSettings(random_mix=(0.0, 0.0, 0.0)).validate()
     with pytest.raises(ConfigError, match="heuristic_thresholds"):
         RouterSettings(heuristic_thresholds=(8, 3)).validate()
+    with pytest.raises(ConfigError, match=r"heuristic_thresholds \[3, 8, 12\] must be two counts"):
+        RouterSettings(heuristic_thresholds=(3, 8, 12)).validate()
+    with pytest.raises(ConfigError, match="random_seed -1 must be >= 0"):
+        RouterSettings(random_seed=-1).validate()
 
 
 def test_embedded_policy_is_the_one_the_reports_evaluate():

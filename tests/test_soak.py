@@ -70,3 +70,22 @@ def test_a_soak_parameter_without_a_value_is_refused_with_the_form_to_use():
     run = subprocess.run(["adaptive-perception", "bench", "soak", "--quick", "--param", "audit.every"],
                          capture_output=True, text=True, timeout=120)
     assert run.returncode == 2 and "use NAME=VALUE, e.g. audit.every=0" in run.stderr
+
+
+def test_soak_parameters_take_the_declared_type_and_unknown_names_are_refused():
+    from adaptive_perception.errors import AdaptivePerceptionError
+    from adaptive_perception.ros.parameters import parse_override
+
+    # ROS refuses an integer for a double parameter: 1 must reach the node as 1.0
+    assert parse_override("routing.cost_weight=1") == ("routing.cost_weight", 1.0)
+    assert type(parse_override("routing.cost_weight=1")[1]) is float
+    assert [type(v) for v in parse_override("routing.random_mix=[1, 0, 2]")[1]] == [float, float, float]
+    assert parse_override("audit.every=0") == ("audit.every", 0) and type(parse_override("audit.every=0")[1]) is int
+    assert parse_override("routing.heuristic_thresholds=[2, 9]") == ("routing.heuristic_thresholds", [2, 9])
+    assert parse_override("evidence.dir=123") == ("evidence.dir", "123")  # a string parameter keeps the text
+    assert parse_override("tensorrt.fp16=true") == ("tensorrt.fp16", True)
+    with pytest.raises(AdaptivePerceptionError, match="no parameter 'audit.evry'; did you mean audit.every"):
+        parse_override("audit.evry=0")
+    run = subprocess.run(["adaptive-perception", "bench", "soak", "--quick", "--param", "routing.costweight=1"],
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 2 and "did you mean routing.cost_weight" in run.stderr

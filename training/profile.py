@@ -30,7 +30,7 @@ from adaptive_perception.scenes.sequence import Regime
 PROFILE_CONF = 0.01  # detections kept for mAP
 PUBLISH_CONF = NodeConfig().conf_threshold  # what the node publishes: context features and per-frame F1 use these
 MAX_DETECTIONS = 100
-TRUTH_MODES = ("sidecar", "reference", "topic")
+TRUTH_MODES = ("sidecar", "reference")
 
 
 @dataclass
@@ -162,10 +162,8 @@ def timed_detect(detector: DetectorTier, rgb: np.ndarray):
 def profile(frames: Iterator[tuple[np.ndarray, int, int, list[dict] | None]], total: int | None, truth_mode: str,
             models: dict[str, str], teacher: str | None = None, desc: str = "profile") -> Profile:
     """Run the features and all tiers over `frames`; ground truth by `truth_mode`."""
-    if truth_mode not in ("sidecar", "reference"):
-        raise AdaptivePerceptionError(f"--truth {truth_mode}: use sidecar or reference ('topic' needs a "
-                                      "vision_msgs/Detection2DArray ground-truth topic, which no supported recording "
-                                      "holds yet)")
+    if truth_mode not in TRUTH_MODES:
+        raise AdaptivePerceptionError(f"--truth {truth_mode}: use one of {', '.join(TRUTH_MODES)}")
     # deployed settings (the node's defaults), so the measured latency is the node's
     detectors = [DetectorTier(resolve_model(models[t]), ("CPUExecutionProvider",), name=t) for t in TIERS]
     for detector in detectors:

@@ -175,7 +175,7 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--benchmark", type=Path, help="generated benchmark folder (default build/benchmark)")
     train.add_argument("--source", choices=["dataset", "bags"], help="dataset: the benchmark's images per split "
                        "(default); bags: every bag under <benchmark>/bags/<split>/ for the splits router (training), val and test")
-    train.add_argument("--truth", choices=["sidecar", "reference", "topic"],
+    train.add_argument("--truth", choices=["sidecar", "reference"],
                        help="sidecar (default: the recording's ground_truth.json / records), reference (agreement with "
                             "the large tier or --teacher, for unlabelled recordings)")
     train.add_argument("--model", action="append", default=[], metavar="TIER=ONNX",
@@ -602,15 +602,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "bench" and args.bench_command == "soak":
             from adaptive_perception.training.soak import run_soak
 
-            overrides = {}
-            for item in args.param:
-                name, sep, value = item.partition("=")
-                if not sep:
-                    raise AdaptivePerceptionError(f"--param {item!r}: use NAME=VALUE, e.g. audit.every=0")
-                try:  # numbers, true/false and lists as JSON; anything else is a string
-                    overrides[name] = json.loads(value)
-                except ValueError:
-                    overrides[name] = value
+            from adaptive_perception.ros.parameters import parse_override
+
+            overrides = dict(parse_override(item) for item in args.param)
             return run_soak(2.0 if args.quick else args.minutes, args.report, overrides=overrides)
         if args.command == "bench" and args.bench_command == "transport":
             from adaptive_perception.training.transport import run_transport

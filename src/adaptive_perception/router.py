@@ -48,6 +48,9 @@ class RouterSettings:
     cost_weight: float = -1.0  # tier_values policies: weight of a tier's cost against its value; < 0 = the policy's own
 
     def validate(self) -> "RouterSettings":
+        if len(self.heuristic_thresholds) != 2:
+            raise ConfigError(f"routing.heuristic_thresholds {list(self.heuristic_thresholds)} must be two counts "
+                              "[low, high], e.g. [3, 8]")
         low, high = self.heuristic_thresholds
         if not 0 <= low <= high:
             raise ConfigError(f"routing.heuristic_thresholds {list(self.heuristic_thresholds)} must be "
@@ -56,6 +59,8 @@ class RouterSettings:
         if mix.shape != (len(TIERS),) or not np.isfinite(mix).all() or (mix < 0).any() or mix.sum() <= 0:
             raise ConfigError(f"routing.random_mix {list(self.random_mix)} must be {len(TIERS)} non-negative "
                               "weights for nano, small, large with a positive sum, e.g. [0.5, 0.3, 0.2]")
+        if not 0 <= self.random_seed < 2**63:
+            raise ConfigError(f"routing.random_seed {self.random_seed} must be >= 0")
         if not 0.0 <= self.hysteresis < 1.0:
             raise ConfigError(f"routing.hysteresis {self.hysteresis} must lie in [0, 1)")
         if not np.isfinite(self.cost_weight):

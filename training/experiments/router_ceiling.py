@@ -137,12 +137,16 @@ def label_quality(split: Split, trace) -> float:
 
 def pick(val: Split, costs: Costs, budget: float, candidates, audits: bool = False):
     """The candidate chooser (name, factory) with the best validation quality among those whose cost fits."""
-    best = None
+    best, cheapest = None, float("inf")
     for name, factory in candidates:
         trace = rollout(val, costs, factory(), False)
         cost, quality = cost_ms(val, trace, costs, audits), label_quality(val, trace)
+        cheapest = min(cheapest, cost)
         if cost <= budget and (best is None or quality > best[2]):
             best = (name, factory, quality, cost)
+    if best is None:
+        raise SystemExit(f"no candidate fits the budget of {budget:.2f} ms per frame on validation (the cheapest "
+                         f"costs {cheapest:.2f} ms, {costs.device}): raise the cost share or give cheaper tiers' costs")
     return best
 
 

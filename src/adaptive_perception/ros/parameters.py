@@ -1,9 +1,13 @@
 """perception_node's ROS parameters: name -> (default, descriptor), defaults from NodeConfig so code and YAML agree."""
 from __future__ import annotations
 
+import difflib
+import json
+
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
 
 from adaptive_perception.config import NodeConfig
+from adaptive_perception.errors import AdaptivePerceptionError
 from adaptive_perception.detector import TIERS
 
 
@@ -14,7 +18,7 @@ def _describe(text: str, **ranges: object) -> ParameterDescriptor:
 _DEFAULTS = NodeConfig()
 PARAMETERS: dict[str, tuple[object, ParameterDescriptor]] = {
     "image_topics": (list(_DEFAULTS.image_topics), _describe(
-        "Camera topics to subscribe to; a name ending in 'compressed' is read as sensor_msgs/CompressedImage, "
+        "Camera topics to subscribe to; a name ending in 'compressed' (after remapping) is read as sensor_msgs/CompressedImage, "
         "any other as sensor_msgs/Image. Outputs of all cameras share the output topics (header identifies the camera); "
         "with several cameras each also gets ~/<camera topic>/detections and ~/<camera topic>/routing.")),
     "routing_mode": (_DEFAULTS.routing_mode, _describe(
@@ -28,7 +32,8 @@ PARAMETERS: dict[str, tuple[object, ParameterDescriptor]] = {
         "else large.")),
     "routing.random_mix": (list(_DEFAULTS.router.random_mix), _describe(
         "Weights of nano, small, large in the random mode (normalised).")),
-    "routing.random_seed": (_DEFAULTS.router.random_seed, _describe("Seed of the random mode's draws.")),
+    "routing.random_seed": (_DEFAULTS.router.random_seed, _describe(
+        "Seed of the random mode's draws (>= 0).", integer_range=[IntegerRange(from_value=0, to_value=2**63 - 1, step=1)])),
     "routing.hysteresis": (_DEFAULTS.router.hysteresis, _describe(
         "Learned mode: stay on the previous tier unless the best tier's probability beats it by more than this "
         "(0 = off; below 1).", floating_point_range=[FloatingPointRange(from_value=0.0, to_value=1.0)])),
@@ -44,7 +49,7 @@ PARAMETERS: dict[str, tuple[object, ParameterDescriptor]] = {
         "and CPUExecutionProvider is always the last resort.")),
     "tensorrt.engine_cache_dir": (_DEFAULTS.accelerator.trt_cache_dir, _describe(
         "TensorRT: folder of built engines, kept between runs (one subfolder per model file and content digest); "
-        "the first start with a new model builds its engine (minutes on a Jetson), later starts load it.")),
+        "the first start with a new model builds its engine (minutes on a Jetson), later starts load it. Must not be empty.")),
     "tensorrt.fp16": (_DEFAULTS.accelerator.trt_fp16, _describe("TensorRT: build FP16 engines (faster; YOLOv8 "
                                                                 "accuracy is unchanged to about 0.1 mAP).")),
     "cuda.device_id": (_DEFAULTS.accelerator.device_id, _describe(
@@ -100,7 +105,7 @@ PARAMETERS: dict[str, tuple[object, ParameterDescriptor]] = {
     "mlflow.interval_s": (_DEFAULTS.mlflow_interval_s, _describe("Seconds between two MLflow snapshots.")),
     "audit.every": (_DEFAULTS.audit.every, _describe(
         "Audit one routed frame in this many per camera: the reference tier (large) also runs on it in a background "
-        "worker, and its agreement with the routed output (F1 at IoU 0.5) feeds the drift monitor; 0 = off.",
+        "process, and its agreement with the routed output (F1 at IoU 0.5) feeds the drift monitor; 0 = off.",
         integer_range=[IntegerRange(from_value=0, to_value=100000, step=1)])),
     "audit.max_share": (_DEFAULTS.audit.max_share, _describe(
         "Most of the wall time the audit worker may spend on the reference tier; a due audit beyond it is skipped "
@@ -124,3 +129,32 @@ PARAMETERS: dict[str, tuple[object, ParameterDescriptor]] = {
         "written.", floating_point_range=[FloatingPointRange(from_value=1.0, to_value=1e7)])),
     "autostart": (False, _describe("Configure and activate on start-up (for `ros2 run` without a lifecycle manager).")),
 }
+
+
+def parse_override(item: str) -> tuple[str, object]:
+    """NAME=VALUE from a command line -> (name, value) for a declared parameter: a string parameter takes the text,
+    others read it as JSON (numbers, true/false, lists); an integer becomes a float where the parameter is a double
+    (ROS refuses an int there)."""
+    name, sep, text = item.partition("=")
+    if not sep:
+        raise AdaptivePerceptionError(f"--param {item!r}: use NAME=VALUE, e.g. audit.every=0")
+    if name not in PARAMETERS:
+        close = difflib.get_close_matches(name, PARAMETERS, n=1)
+        raise AdaptivePerceptionError(f"--param {item!r}: perception_node has no parameter {name!r}"
+                                      + (f"; did you mean {close[0]}?" if close else " (README, Parameters)"))
+    default = PARAMETERS[name][0]
+    if isinstance(default, str):
+        return name, text
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return name, text  # the node names the parameter and the type it wants
+    if isinstance(default, float):
+        value = _as_float(value)
+    elif isinstance(default, list) and any(isinstance(v, float) for v in default) and isinstance(value, list):
+        value = [_as_float(v) for v in value]
+    return name, value
+
+
+def _as_float(value: object) -> object:
+    return float(value) if type(value) is int else value  # True stays a bool
