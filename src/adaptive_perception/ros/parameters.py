@@ -7,8 +7,8 @@ import json
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
 
 from adaptive_perception.config import NodeConfig
-from adaptive_perception.errors import AdaptivePerceptionError
 from adaptive_perception.detector import TIERS
+from adaptive_perception.errors import AdaptivePerceptionError
 
 
 def _describe(text: str, **ranges: object) -> ParameterDescriptor:
@@ -18,9 +18,10 @@ def _describe(text: str, **ranges: object) -> ParameterDescriptor:
 _DEFAULTS = NodeConfig()
 PARAMETERS: dict[str, tuple[object, ParameterDescriptor]] = {
     "image_topics": (list(_DEFAULTS.image_topics), _describe(
-        "Camera topics to subscribe to; a name ending in 'compressed' (after remapping) is read as sensor_msgs/CompressedImage, "
-        "any other as sensor_msgs/Image. Outputs of all cameras share the output topics (header identifies the camera); "
-        "with several cameras each also gets ~/<camera topic>/detections and ~/<camera topic>/routing.")),
+        "Camera topics to subscribe to; a name ending in 'compressed' (after remapping) is read as "
+        "sensor_msgs/CompressedImage, any other as sensor_msgs/Image. Outputs of all cameras share the output topics "
+        "(header identifies the camera); with several cameras each also gets ~/<camera topic>/detections and "
+        "~/<camera topic>/routing.")),
     "routing_mode": (_DEFAULTS.routing_mode, _describe(
         "How each frame picks a tier: learned (the policy) | heuristic (previous frame's detection count) | random "
         "(seeded, routing.random_mix) | fixed:nano | fixed:small | fixed:large. Switch live with set_routing_mode.")),
@@ -33,7 +34,8 @@ PARAMETERS: dict[str, tuple[object, ParameterDescriptor]] = {
     "routing.random_mix": (list(_DEFAULTS.router.random_mix), _describe(
         "Weights of nano, small, large in the random mode (normalised).")),
     "routing.random_seed": (_DEFAULTS.router.random_seed, _describe(
-        "Seed of the random mode's draws (>= 0).", integer_range=[IntegerRange(from_value=0, to_value=2**63 - 1, step=1)])),
+        "Seed of the random mode's draws (>= 0).",
+        integer_range=[IntegerRange(from_value=0, to_value=2**63 - 1, step=1)])),
     "routing.hysteresis": (_DEFAULTS.router.hysteresis, _describe(
         "Learned mode: stay on the previous tier unless the best tier's probability beats it by more than this "
         "(0 = off; below 1).", floating_point_range=[FloatingPointRange(from_value=0.0, to_value=1.0)])),
@@ -49,7 +51,8 @@ PARAMETERS: dict[str, tuple[object, ParameterDescriptor]] = {
         "and CPUExecutionProvider is always the last resort.")),
     "tensorrt.engine_cache_dir": (_DEFAULTS.accelerator.trt_cache_dir, _describe(
         "TensorRT: folder of built engines, kept between runs (one subfolder per model file and content digest); "
-        "the first start with a new model builds its engine (minutes on a Jetson), later starts load it. Must not be empty.")),
+        "the first start with a new model builds its engine (minutes on a Jetson), later starts load it. Must not be "
+        "empty.")),
     "tensorrt.fp16": (_DEFAULTS.accelerator.trt_fp16, _describe("TensorRT: build FP16 engines (faster; YOLOv8 "
                                                                 "accuracy is unchanged to about 0.1 mAP).")),
     "cuda.device_id": (_DEFAULTS.accelerator.device_id, _describe(
