@@ -57,6 +57,20 @@ def test_a_broken_candidate_is_refused_before_anything_moves(tmp_path, policies)
     assert [h["action"] for h in store.history()] == ["init"]
 
 
+def test_a_broken_first_policy_or_a_mistyped_store_writes_nothing(tmp_path, policies):
+    store = PolicyStore(tmp_path / "store")
+    text = tmp_path / "text.onnx"
+    text.write_text("not a policy")
+    with pytest.raises(PolicyFileError, match="text.onnx"):  # names the file given, not the store's copy
+        store.init(str(text))
+    assert not store.folder.exists()  # nothing was written, so a later store-init starts cleanly
+    with pytest.raises(ConfigError, match="no policy store there"):
+        store.history()
+    assert store.init(str(policies["nano"])) == store.current and store.policy_id(store.current) == "to-nano"
+    with pytest.raises(ConfigError, match="is a file; give a folder"):
+        PolicyStore(text).init(str(policies["nano"]))
+
+
 def test_promote_and_rollback_reach_the_running_node_between_frames_and_a_restart_keeps_them(
         context, tier_models, policies, tmp_path):
     store = PolicyStore(tmp_path / "store")

@@ -40,7 +40,9 @@ class PolicyStore:
         """Start the store from `policy` (a file or embedded:policy) unless it already holds a current policy."""
         if self.current.is_file():
             return self.current
-        self._install(Path(resolve_model(policy)), self.current)
+        source = Path(resolve_model(policy))
+        Policy(str(source))  # validated before anything is written
+        self._install(source, self.current)
         self._log({"action": "init", "policy_id": self.policy_id(self.current), "source": policy})
         return self.current
 
@@ -72,11 +74,17 @@ class PolicyStore:
         return self.current
 
     def history(self) -> list[dict]:
+        """The store's log; an error when the folder holds no store at all (a mistyped --store)."""
         path = self.folder / HISTORY
+        if not path.is_file() and not self.current.is_file():
+            raise ConfigError(f"--store {self.folder}: no policy store there (no {CURRENT}, no {HISTORY}); start one "
+                              "with `adaptive-perception policy store-init --store DIR`")
         return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
 
     def _install(self, source: Path, target: Path) -> None:
         """Copy `source` over `target` atomically (a temporary file in the same folder, then a rename)."""
+        if self.folder.exists() and not self.folder.is_dir():
+            raise ConfigError(f"--store {self.folder} is a file; give a folder for the policy store")
         self.folder.mkdir(parents=True, exist_ok=True)
         temporary = target.with_name(f".{target.name}.tmp")
         shutil.copyfile(source, temporary)
