@@ -98,6 +98,24 @@ def test_the_healthcheck_reads_a_real_node(context, tier_models, capsys):
         graph.close()
 
 
+def test_the_healthcheck_is_not_fooled_by_another_exporter_or_a_bad_url(capsys):
+    """Another program's metrics (here a real prometheus_client server with a counter of its own) read as '0 of 0
+    frames processed' and passed; a URL that is not http(s) ended in a traceback."""
+    from prometheus_client import CollectorRegistry, Counter, start_http_server
+
+    registry, port = CollectorRegistry(), unused_port()
+    Counter("other_app_requests", "someone else's counter", registry=registry).inc()
+    server, thread = start_http_server(port, addr="127.0.0.1", registry=registry)
+    try:
+        assert main(["health", "--url", f"http://127.0.0.1:{port}/metrics"]) == 1
+        assert "serves no adaptive_perception metrics" in capsys.readouterr().out
+    finally:
+        server.shutdown()
+        thread.join(5)
+    assert main(["health", "--url", "notaurl"]) == 1
+    assert "'notaurl' is not an http(s) URL" in capsys.readouterr().out
+
+
 # ROS packages the runtime imports -> their package.xml keys; Python modules -> rosdep keys
 PYTHON_KEYS = {"numpy": "python3-numpy", "cv2": "python3-opencv", "yaml": "python3-yaml"}
 PIP_ONLY = {"onnxruntime", "onnx", "rosbags", "tqdm", "prometheus_client", "mlflow", "foxglove", "matplotlib"}

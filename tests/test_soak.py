@@ -84,6 +84,12 @@ def test_soak_parameters_take_the_declared_type_and_unknown_names_are_refused():
     assert parse_override("routing.heuristic_thresholds=[2, 9]") == ("routing.heuristic_thresholds", [2, 9])
     assert parse_override("evidence.dir=123") == ("evidence.dir", "123")  # a string parameter keeps the text
     assert parse_override("tensorrt.fp16=true") == ("tensorrt.fp16", True)
+    with pytest.raises(AdaptivePerceptionError, match=r"audit.every takes a whole number, e.g. audit.every=30"):
+        parse_override("audit.every=abc")  # the node would refuse it and the soak wait for it for ever
+    with pytest.raises(AdaptivePerceptionError, match="routing.cost_weight takes a number"):
+        parse_override("routing.cost_weight=[1]")
+    with pytest.raises(AdaptivePerceptionError, match="tensorrt.fp16 takes true or false"):
+        parse_override("tensorrt.fp16=1")
     with pytest.raises(AdaptivePerceptionError, match="no parameter 'audit.evry'; did you mean audit.every"):
         parse_override("audit.evry=0")
     run = subprocess.run(["adaptive-perception", "bench", "soak", "--quick", "--param", "routing.costweight=1"],

@@ -10,6 +10,34 @@ from pathlib import Path
 from adaptive_perception.errors import AdaptivePerceptionError
 
 
+def _number(kind: type, low: float, inclusive: bool, what: str):
+    """An argparse type: a finite `kind` above `low` (or at it, if `inclusive`), refused with what it must be."""
+    import math
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {what}") from None
+        if not math.isfinite(value) or value < low or (value == low and not inclusive):
+            raise argparse.ArgumentTypeError(f"{text} is not {what}")
+        return value
+    return parse
+
+
+_positive = _number(float, 0.0, False, "a number > 0")
+_non_negative = _number(float, 0.0, True, "a number >= 0")
+_count = _number(int, 1, True, "a whole number >= 1")
+_count0 = _number(int, 0, True, "a whole number >= 0")
+
+
+def _port(text: str) -> int:
+    port = _count(text)
+    if port > 65535:
+        raise argparse.ArgumentTypeError(f"{text} is not a TCP port (1-65535)")
+    return port
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="adaptive-perception", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -25,12 +53,12 @@ def _parser() -> argparse.ArgumentParser:
     replay.add_argument("--mode", choices=[m.value for m in _modes()], default="lockstep",
                         help="lockstep (default: next frame after the previous output), recorded (bag timing "
                              "scaled by --rate) or fast (back to back; the node drops what it cannot keep up with)")
-    replay.add_argument("--rate", type=float, default=1.0, help="speed factor for --mode recorded")
+    replay.add_argument("--rate", type=_positive, default=1.0, help="speed factor for --mode recorded")
     replay.add_argument("--topic", action="append", dest="topics", help="image topic to replay (repeatable; default all)")
     replay.add_argument("--remap", action="append", default=[], metavar="BAG_TOPIC:=TOPIC",
                         help="publish a bag topic under another name (repeatable)")
     replay.add_argument("--output-topic", default="detections", help="Detection2DArray topic to wait for")
-    replay.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for each output in lock-step")
+    replay.add_argument("--timeout", type=_positive, default=10.0, help="seconds to wait for each output in lock-step")
     replay.add_argument("--json", type=Path, help="also write the summary to this JSON file")
 
     scenes = sub.add_parser("scenes", help="the project's synthetic scene benchmark")
@@ -46,7 +74,7 @@ def _parser() -> argparse.ArgumentParser:
     generate.add_argument("--generator-version", choices=["1.0.0", "2.0.0"], default="1.0.0",
                           help="1.0.0: the first benchmark (training/benchmark/manifest.json); 2.0.0: the product's "
                                "world, near objects in simple scenes (training/benchmark/v2/)")
-    generate.add_argument("--workers", type=int, default=2, help="parallel sequence renderers")
+    generate.add_argument("--workers", type=_count, default=2, help="parallel sequence renderers")
     check = scenes_sub.add_parser("check", help="verify a generated benchmark against the frozen manifest")
     check.add_argument("--out", type=Path, default=Path("build/benchmark"))
     check.add_argument("--manifest", type=Path, default=Path("training/benchmark/manifest.json"))
@@ -57,13 +85,13 @@ def _parser() -> argparse.ArgumentParser:
     export.add_argument("--weights", required=True,
                         help="a .pt file, a name like yolov8l.pt (downloaded by Ultralytics: connected machines "
                              "only) or an architecture yaml like yolov8n.yaml (offline, random weights)")
-    export.add_argument("--imgsz", type=int, nargs="+", default=[640], help="input size: S or H W")
+    export.add_argument("--imgsz", type=_count, nargs="+", default=[640], help="input size: S or H W")
     export.add_argument("--out", type=Path, required=True, help="ONNX file to write")
     train_tiers = models_sub.add_parser("train-tiers", help="train the embedded tier network on the benchmark")
     train_tiers.add_argument("--benchmark", type=Path, default=Path("build/benchmark"))
     train_tiers.add_argument("--out", type=Path, default=Path("build/tiers"), help="Ultralytics run folder")
-    train_tiers.add_argument("--epochs", type=int, default=20)
-    train_tiers.add_argument("--batch", type=int, default=16)
+    train_tiers.add_argument("--epochs", type=_count, default=20)
+    train_tiers.add_argument("--batch", type=_count, default=16)
     train_tiers.add_argument("--network", choices=["base", "narrow", "base-near", "wide"],
                              help="tier family 2 (generator 2.0.0): train one network on crops at its tiers' scales "
                                   "into OUT/<network>, resuming from --keep (base-near: base fine-tuned on windows "
@@ -118,12 +146,12 @@ def _parser() -> argparse.ArgumentParser:
     promote.add_argument("candidate", help="policy ONNX file")
     promote.add_argument("--store", type=Path, required=True, help=store_help)
     promote.add_argument("--node", default="/perception_node", help="node to load it into ('' = none)")
-    promote.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for the node's service")
+    promote.add_argument("--timeout", type=_positive, default=30.0, help="seconds to wait for the node's service")
     rollback = policy_sub.add_parser("rollback", help="swap the store's current and previous policies and load the "
                                      "restored one into the running node")
     rollback.add_argument("--store", type=Path, required=True, help=store_help)
     rollback.add_argument("--node", default="/perception_node", help="node to load it into ('' = none)")
-    rollback.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for the node's service")
+    rollback.add_argument("--timeout", type=_positive, default=30.0, help="seconds to wait for the node's service")
     history = policy_sub.add_parser("history", help="the store's promotions and rollbacks")
     history.add_argument("--store", type=Path, required=True, help=store_help)
     refresh = policy_sub.add_parser("drift-reference", help="recompute a policy's drift reference with this version's "
@@ -188,10 +216,10 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--policy-out", type=Path, help="also copy the BC + PPO policy (seed 0) here")
     train.add_argument("--tracking-uri", help="MLflow tracking URI (default sqlite:///<work>/mlflow.db)")
     train.add_argument("--seeds", type=int, help="training seeds (default 3)")
-    train.add_argument("--lambda", dest="lam", type=float, help="operating point; default: chosen on validation")
-    train.add_argument("--lambdas", type=float, nargs="+",
+    train.add_argument("--lambda", dest="lam", type=_non_negative, help="operating point; default: chosen on validation")
+    train.add_argument("--lambdas", type=_non_negative, nargs="+",
                        help="lambda sweep (full: 0 0.1 0.2 0.3 0.5 0.8; small: 0 0.3)")
-    train.add_argument("--ppo-steps", type=int, help="PPO environment steps per seed (full 30000, small 2048)")
+    train.add_argument("--ppo-steps", type=_count, help="PPO environment steps per seed (full 30000, small 2048)")
     train.add_argument("--bc-loss", choices=["values", "balanced", "regret"],
                        help="values (default): regress each tier's value gain and calibrate a cost weight on validation "
                             "(the policy's operating point, movable at run time); or classify the lambda-optimal tier: "
@@ -199,9 +227,9 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--policy-inputs", choices=["context", "all"],
                        help="context (default): the 4 context features, the 1024 image features weighted 0 (they "
                             "identify the scene, not its difficulty: see training/README.md); all: 1028")
-    train.add_argument("--critic-warmup", type=int, help="PPO steps training only the critic first (full 4096, small 1024)")
-    train.add_argument("--switch-penalty", type=float, help="PPO reward penalty per tier switch (default 0)")
-    train.add_argument("--resamples", type=int, help="bootstrap resamples for the intervals (full 200, small 20)")
+    train.add_argument("--critic-warmup", type=_count0, help="PPO steps training only the critic first (full 4096, small 1024)")
+    train.add_argument("--switch-penalty", type=_non_negative, help="PPO reward penalty per tier switch (default 0)")
+    train.add_argument("--resamples", type=_count, help="bootstrap resamples for the intervals (full 200, small 20)")
     retrain = train.add_argument_group("retrain")
     retrain.add_argument("--bags", type=Path, nargs="+", help="evidence bags (rosbag2 folders) without labels: truth "
                          "from the large tier")
@@ -209,7 +237,7 @@ def _parser() -> argparse.ArgumentParser:
                          help="work folder of the original training (its profiles: the original data)")
     retrain.add_argument("--current", default="embedded:policy", help="the policy the node runs now")
     retrain.add_argument("--candidate", help="gate this policy file instead of training one")
-    retrain.add_argument("--segment-frames", type=int, default=30, help="frames per time segment (the gate's unit)")
+    retrain.add_argument("--segment-frames", type=_count, default=30, help="frames per time segment (the gate's unit)")
     retrain.add_argument("--store", type=Path, help="policy store to promote into when the gate says so")
     retrain.add_argument("--node", default="", help="running node to load a promoted policy into, e.g. /perception_node")
     train.add_argument("--force", action="store_true", help="rerun stages even when their output is cached")
@@ -223,9 +251,9 @@ def _parser() -> argparse.ArgumentParser:
                           help="JSON to write (default: the committed report the README quotes)")
     transport = bench_sub.add_parser("transport", help="frames delivered across processes at 30 Hz, Fast DDS "
                                                        "defaults against the shipped profile, bare and through the node")
-    transport.add_argument("--seconds", type=float, default=60.0, help="frames per bare-subscriber pass, in seconds")
-    transport.add_argument("--node-seconds", type=float, default=20.0, help="frames per node pass, in seconds")
-    transport.add_argument("--rate", type=float, default=30.0, help="frames per second per camera")
+    transport.add_argument("--seconds", type=_positive, default=60.0, help="frames per bare-subscriber pass, in seconds")
+    transport.add_argument("--node-seconds", type=_positive, default=20.0, help="frames per node pass, in seconds")
+    transport.add_argument("--rate", type=_positive, default=30.0, help="frames per second per camera")
     transport.add_argument("--quick", action="store_true", help="raw 640x480 only (skip 1280x720 and jpeg)")
     transport.add_argument("--report", type=Path, default=Path("training/reports/transport.json"),
                            help="JSON to write (default: the committed report the README quotes)")
@@ -234,8 +262,8 @@ def _parser() -> argparse.ArgumentParser:
                                  "in-distribution frames: detection delay, false alarms, score plot")
     drift.add_argument("--policy", default="embedded:policy", help="policy ONNX (with a drift reference)")
     drift.add_argument("--generator-version", default="2.0.0", help="the policy's world (scenes generator version)")
-    drift.add_argument("--in-sequences", type=int, default=5, help="in-distribution sequences per preset (150 frames)")
-    drift.add_argument("--drift-sequences", type=int, default=2, help="drift sequences per preset")
+    drift.add_argument("--in-sequences", type=_count, default=5, help="in-distribution sequences per preset (150 frames)")
+    drift.add_argument("--drift-sequences", type=_count, default=2, help="drift sequences per preset")
     drift.add_argument("--preset", action="append", choices=["night", "fog", "new_domain", "small_objects"],
                        help="only these presets (repeatable; default all four)")
     drift.add_argument("--original-work", type=Path, default=Path("build/train-v3"),
@@ -258,9 +286,9 @@ def _parser() -> argparse.ArgumentParser:
     heldout.add_argument("--set", dest="sets", action="append",
                          choices=["in_distribution", "night", "fog", "new_domain", "small_objects"],
                          help="only these sets (repeatable; default all five)")
-    heldout.add_argument("--sequences", type=int, default=4, help="sequences per set")
-    heldout.add_argument("--frames", type=int, default=150, help="frames per sequence (30 Hz)")
-    heldout.add_argument("--resamples", type=int, default=200, help="bootstrap resamples for the intervals")
+    heldout.add_argument("--sequences", type=_count, default=4, help="sequences per set")
+    heldout.add_argument("--frames", type=_count, default=150, help="frames per sequence (30 Hz)")
+    heldout.add_argument("--resamples", type=_count, default=200, help="bootstrap resamples for the intervals")
     heldout.add_argument("--report", type=Path, default=Path("training/reports/heldout.json"))
     latency = bench_sub.add_parser("latency", help="onnxruntime p50/p95/p99 of the embedded tiers and of real YOLOv8 "
                                    "n/s/l graphs at 320 and 640; peak memory with three tiers loaded")
@@ -290,8 +318,8 @@ def _parser() -> argparse.ArgumentParser:
                                  "learned:<weight>: the learned router at that cost weight; a +nospin suffix: the "
                                  "tiers' onnxruntime threads sleep between work (spin_wait false); +hostpre: the host "
                                  "converts the frame to float (preprocess_in_graph false)")
-    throughput.add_argument("--sequences", type=int, help="test sequences (default all 14; --quick 2)")
-    throughput.add_argument("--frames", type=int, help="frames per sequence (default all 150; --quick 40)")
+    throughput.add_argument("--sequences", type=_count, help="test sequences (default all 14; --quick 2)")
+    throughput.add_argument("--frames", type=_count, help="frames per sequence (default all 150; --quick 40)")
     throughput.add_argument("--quick", action="store_true",
                             help="2 sequences of 40 frames, no training work folder (what CI runs)")
     throughput.add_argument("--report", type=Path, default=Path("training/reports/throughput.json"))
@@ -299,15 +327,15 @@ def _parser() -> argparse.ArgumentParser:
                                 "routing mix (bench throughput's report)")
     cost.add_argument("--throughput", type=Path, default=Path("training/reports/throughput.json"),
                       help="bench throughput's JSON (its measured seconds per frame per mode)")
-    cost.add_argument("--robots", type=int, default=1000)
-    cost.add_argument("--fps", type=float, default=30.0, help="frames per second per robot")
-    cost.add_argument("--price", type=float, default=1.0,
+    cost.add_argument("--robots", type=_count, default=1000)
+    cost.add_argument("--fps", type=_positive, default=30.0, help="frames per second per robot")
+    cost.add_argument("--price", type=_non_negative, default=1.0,
                       help="price per device-hour in dollars (an input, not a quote: pass your own)")
-    cost.add_argument("--hours-per-day", type=float, default=24.0, help="operating hours per robot per day")
+    cost.add_argument("--hours-per-day", type=_positive, default=24.0, help="operating hours per robot per day")
     cost.add_argument("--report", type=Path, default=Path("training/reports/cost.json"))
     soak = bench_sub.add_parser("soak", help="two cameras of raw 640x480 at 30 Hz through the node on the shipped "
                                              "defaults: memory, node-time drift, stalls, crashes")
-    soak.add_argument("--minutes", type=float, default=30.0, help="run length (30 for the README's figures)")
+    soak.add_argument("--minutes", type=_positive, default=30.0, help="run length (30 for the README's figures)")
     soak.add_argument("--quick", action="store_true", help="a 2-minute run (what CI runs)")
     soak.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
                       help="node parameter over the shipped defaults (repeatable), e.g. audit.every=0")
@@ -322,13 +350,13 @@ def _parser() -> argparse.ArgumentParser:
     record.add_argument("--node", default="perception_node", help="node name, for its debug image topic")
     record.add_argument("--topics", nargs="+", help="record exactly these topics instead of the defaults (cameras, "
                                                     "/detections, /routing, <node>/debug_image/compressed, /diagnostics)")
-    record.add_argument("--segment-mb", type=float, default=1024.0, help="close a segment at this size")
-    record.add_argument("--segment-s", type=float, default=300.0, help="close a segment after this many seconds")
-    record.add_argument("--budget-mb", type=float, default=20480.0,
+    record.add_argument("--segment-mb", type=_positive, default=1024.0, help="close a segment at this size")
+    record.add_argument("--segment-s", type=_positive, default=300.0, help="close a segment after this many seconds")
+    record.add_argument("--budget-mb", type=_positive, default=20480.0,
                         help="remove the oldest segments beyond this total (raw 640x480 at 30 Hz is about 27 MB/s)")
-    record.add_argument("--duration", type=float, default=0.0, help="seconds to record; 0 = until Ctrl-C")
+    record.add_argument("--duration", type=_non_negative, default=0.0, help="seconds to record; 0 = until Ctrl-C")
     record.add_argument("--live", action="store_true", help="also serve the topics live to Foxglove (foxglove-sdk)")
-    record.add_argument("--live-port", type=int, default=8765)
+    record.add_argument("--live-port", type=_port, default=8765)
     record.add_argument("--live-host", default="127.0.0.1", help="0.0.0.0 to serve other machines")
 
     health = sub.add_parser("health", help="exit 0 when the node's metrics say it is healthy (container healthcheck)")

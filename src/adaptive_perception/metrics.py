@@ -111,12 +111,21 @@ def check_health(url: str = "http://127.0.0.1:9464/metrics", timeout_s: float = 
 
     from prometheus_client.parser import text_string_to_metric_families
 
+    if not url.startswith(("http://", "https://")):
+        return False, f"--url {url!r} is not an http(s) URL; give the node's endpoint, e.g. http://127.0.0.1:9464/metrics"
     try:
-        text = urllib.request.urlopen(url, timeout=timeout_s).read().decode()
-    except OSError as exc:
+        text = urllib.request.urlopen(url, timeout=timeout_s).read().decode(errors="replace")
+    except (OSError, ValueError) as exc:
         return False, f"metrics endpoint {url} does not answer ({exc}); is perception_node running and configured?"
+    try:
+        families = list(text_string_to_metric_families(text))
+    except ValueError:
+        families = []
+    if not any(family.name.startswith(PREFIX) for family in families):
+        return False, (f"{url} serves no {PREFIX} metrics; point --url at perception_node's endpoint "
+                       "(metrics.bind:metrics.port/metrics)")
     received = processed = tier_failures = 0.0
-    for family in text_string_to_metric_families(text):
+    for family in families:
         for sample in family.samples:
             if sample.name == f"{PREFIX}_frames_received_total":
                 received += sample.value

@@ -136,8 +136,8 @@ PARAMETERS: dict[str, tuple[object, ParameterDescriptor]] = {
 
 def parse_override(item: str) -> tuple[str, object]:
     """NAME=VALUE from a command line -> (name, value) for a declared parameter: a string parameter takes the text,
-    others read it as JSON (numbers, true/false, lists); an integer becomes a float where the parameter is a double
-    (ROS refuses an int there)."""
+    others read it as JSON (numbers, true/false, lists) and must have the parameter's type; an integer becomes a
+    float where the parameter is a double (ROS refuses an int there)."""
     name, sep, text = item.partition("=")
     if not sep:
         raise AdaptivePerceptionError(f"--param {item!r}: use NAME=VALUE, e.g. audit.every=0")
@@ -151,11 +151,15 @@ def parse_override(item: str) -> tuple[str, object]:
     try:
         value = json.loads(text)
     except ValueError:
-        return name, text  # the node names the parameter and the type it wants
+        value = text
     if isinstance(default, float):
         value = _as_float(value)
     elif isinstance(default, list) and any(isinstance(v, float) for v in default) and isinstance(value, list):
         value = [_as_float(v) for v in value]
+    kind = "a list" if isinstance(default, list) else {bool: "true or false", int: "a whole number",
+                                                         float: "a number"}[type(default)]
+    if type(value) is not type(default):  # the node would refuse it and never start
+        raise AdaptivePerceptionError(f"--param {item!r}: {name} takes {kind}, e.g. {name}={json.dumps(default)}")
     return name, value
 
 

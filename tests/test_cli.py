@@ -1,0 +1,36 @@
+"""The command line refuses numbers it cannot use before any work starts (argparse exit 2, naming the option)."""
+from __future__ import annotations
+
+import pytest
+
+from adaptive_perception.cli import main
+
+
+@pytest.mark.parametrize("argv, says", [
+    # nan waited for ever in lock-step; 0 counted every frame as a timeout
+    (["replay", "bag", "--timeout", "nan"], "argument --timeout: nan is not a number > 0"),
+    (["replay", "bag", "--mode", "recorded", "--rate", "0"], "argument --rate: 0 is not a number > 0"),
+    # 0 ended in an IndexError, nan in a ValueError, -1 ran for -60 seconds and wrote a report
+    (["bench", "soak", "--minutes", "-1"], "argument --minutes: -1 is not a number > 0"),
+    (["bench", "cost", "--fps", "inf"], "argument --fps: inf is not a number > 0"),  # printed $nan/month
+    (["bench", "cost", "--price", "-2"], "argument --price: -2 is not a number >= 0"),
+    (["train", "all", "--ppo-steps", "0"], "argument --ppo-steps: 0 is not a whole number >= 1"),  # ran 0 steps
+    (["train", "all", "--lambdas", "0.1", "nan"], "argument --lambdas: nan is not a number >= 0"),
+    (["train", "retrain", "--segment-frames", "-3"], "argument --segment-frames: -3 is not a whole number >= 1"),
+    (["bench", "drift", "--in-sequences", "0"], "argument --in-sequences: 0 is not a whole number >= 1"),
+    (["bench", "throughput", "--frames", "2.5"], "argument --frames: '2.5' is not a whole number >= 1"),
+    (["record", "--out", "x", "--camera", "/c", "--live-port", "70000"], "argument --live-port: 70000 is not a TCP port"),
+    (["record", "--out", "x", "--camera", "/c", "--duration", "nan"], "argument --duration: nan is not a number >= 0"),
+])
+def test_unusable_numbers_are_refused_naming_the_option(argv, says, capsys):
+    with pytest.raises(SystemExit) as exited:
+        main(argv)
+    assert exited.value.code == 2 and says in capsys.readouterr().err
+
+
+def test_usable_numbers_pass(capsys):
+    from adaptive_perception.cli import _parser
+
+    args = _parser().parse_args(["bench", "cost", "--fps", "15", "--price", "0", "--robots", "3"])
+    assert (args.fps, args.price, args.robots) == (15.0, 0.0, 3) and type(args.robots) is int
+    assert _parser().parse_args(["train", "all", "--critic-warmup", "0"]).critic_warmup == 0
