@@ -34,3 +34,18 @@ def test_usable_numbers_pass(capsys):
     args = _parser().parse_args(["bench", "cost", "--fps", "15", "--price", "0", "--robots", "3"])
     assert (args.fps, args.price, args.robots) == (15.0, 0.0, 3) and type(args.robots) is int
     assert _parser().parse_args(["train", "all", "--critic-warmup", "0"]).critic_warmup == 0
+
+
+def test_a_report_path_that_is_a_folder_is_refused_before_the_run(tmp_path, capsys):
+    """`--report DIR` raised IsADirectoryError after the whole run, losing its results."""
+    assert main(["bench", "cost", "--report", str(tmp_path)]) == 2
+    assert f"--report {tmp_path} is a folder; give the JSON file to write" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_path_of_the_wrong_kind_is_an_error_line_not_a_traceback(tmp_path, capsys):
+    """A file where an output folder belongs ended in a NotADirectoryError traceback."""
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    assert main(["scenes", "generate", "--out", str(afile)]) == 2
+    assert f"adaptive-perception scenes: error: [Errno 20] Not a directory: '{afile}" in capsys.readouterr().err

@@ -549,6 +549,12 @@ def main(argv: list[str] | None = None) -> int:
         ros_args = argv[argv.index("--ros-args") + 1:]
         argv = argv[:argv.index("--ros-args")]
     args = _parser().parse_args(argv)
+    for option in ("report", "json"):  # refused now, not after the run whose results it would hold
+        path = getattr(args, option, None)
+        if isinstance(path, Path) and path.is_dir():
+            print(f"adaptive-perception {args.command}: error: --{option} {path} is a folder; give the JSON file to "
+                  f"write, e.g. {path / 'report.json'}", file=sys.stderr)
+            return 2
     try:
         if args.command == "node":
             from adaptive_perception.ros.node import main as node_main
@@ -678,7 +684,7 @@ def main(argv: list[str] | None = None) -> int:
                                               "sequence has 150 frames)")
             summary = run_demo(args.out, args.frames, modes, args.sequence)
             return 0 if all(r["outputs_received"] == r["frames_published"] for r in summary["modes"].values()) else 1
-    except (AdaptivePerceptionError, FileNotFoundError, RuntimeError) as exc:
+    except (AdaptivePerceptionError, OSError, RuntimeError) as exc:  # OSError: the path and what is wrong with it
         print(f"adaptive-perception {args.command}: error: {exc}", file=sys.stderr)
         return 2
     return 0
