@@ -13,7 +13,7 @@ from adaptive_perception.cli import main
     # 0 ended in an IndexError, nan in a ValueError, -1 ran for -60 seconds and wrote a report
     (["bench", "soak", "--minutes", "-1"], "argument --minutes: -1 is not a number > 0"),
     (["bench", "cost", "--fps", "inf"], "argument --fps: inf is not a number > 0"),  # printed $nan/month
-    (["bench", "cost", "--price", "-2"], "argument --price: -2 is not a number >= 0"),
+    (["bench", "cost", "--price", "-2"], "argument --price: -2 is not a number > 0"),
     (["train", "all", "--ppo-steps", "0"], "argument --ppo-steps: 0 is not a whole number >= 1"),  # ran 0 steps
     (["train", "all", "--lambdas", "0.1", "nan"], "argument --lambdas: nan is not a number >= 0"),
     (["train", "retrain", "--segment-frames", "-3"], "argument --segment-frames: -3 is not a whole number >= 1"),
@@ -31,8 +31,8 @@ def test_unusable_numbers_are_refused_naming_the_option(argv, says, capsys):
 def test_usable_numbers_pass(capsys):
     from adaptive_perception.cli import _parser
 
-    args = _parser().parse_args(["bench", "cost", "--fps", "15", "--price", "0", "--robots", "3"])
-    assert (args.fps, args.price, args.robots) == (15.0, 0.0, 3) and type(args.robots) is int
+    args = _parser().parse_args(["bench", "cost", "--fps", "15", "--price", "0.5", "--robots", "3"])
+    assert (args.fps, args.price, args.robots) == (15.0, 0.5, 3) and type(args.robots) is int
     assert _parser().parse_args(["train", "all", "--critic-warmup", "0"]).critic_warmup == 0
 
 
@@ -49,3 +49,24 @@ def test_a_path_of_the_wrong_kind_is_an_error_line_not_a_traceback(tmp_path, cap
     afile.write_text("x")
     assert main(["scenes", "generate", "--out", str(afile)]) == 2
     assert f"adaptive-perception scenes: error: [Errno 20] Not a directory: '{afile}" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("content, says", [
+    ("", "is not valid JSON (Expecting value: line 1 column 1 (char 0)); expected a `bench throughput` report"),
+    ("[1, 2]", "lacks a JSON object; expected a `bench throughput` report"),
+    ('{"runs": 1}', "lacks modes; expected a `bench throughput` report"),
+])
+def test_a_broken_json_input_is_named_with_what_it_should_be(tmp_path, capsys, content, says):
+    """An empty, non-object or keyless throughput report ended in JSONDecodeError / TypeError / KeyError."""
+    throughput = tmp_path / "throughput.json"
+    throughput.write_text(content)
+    assert main(["bench", "cost", "--throughput", str(throughput), "--report", str(tmp_path / "cost.json")]) == 2
+    assert f"{throughput} {says}" in capsys.readouterr().err
+    assert not (tmp_path / "cost.json").exists()
+
+
+def test_a_broken_manifest_is_named(tmp_path, capsys):
+    manifest = tmp_path / "manifest.json"
+    manifest.write_text('{"generator_version": "2.0.0"}')
+    assert main(["scenes", "check", "--out", str(tmp_path), "--manifest", str(manifest)]) == 2
+    assert f"{manifest} lacks content_hash; expected a frozen benchmark manifest" in capsys.readouterr().err

@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from adaptive_perception.errors import AdaptivePerceptionError, ConfigError
+from adaptive_perception.errors import AdaptivePerceptionError, ConfigError, read_json
 
 DAYS_PER_MONTH = 365.25 / 12
 ORIGIN = {"robots": 1000, "fps": 30, "cost_reduction": 0.42, "saving_per_month_usd": 72000.0,
@@ -93,9 +93,10 @@ def table(report: dict) -> str:
 
 def run(throughput_path: Path, robots: int, fps: float, price: float, hours_per_day: float, report_path: Path) -> dict:
     if not throughput_path.is_file():
-        raise AdaptivePerceptionError(f"{throughput_path} is missing; run `adaptive-perception bench throughput` first "
+        raise AdaptivePerceptionError(f"{throughput_path} is {'a folder' if throughput_path.is_dir() else 'missing'}; give the JSON file, or run `adaptive-perception bench throughput` first "
                                       "(its measured device time per frame is the cost model's input)")
-    report = fleet(json.loads(throughput_path.read_text()), robots, fps, price, hours_per_day)
+    report = fleet(read_json(throughput_path, "a `bench throughput` report", ("modes",)), robots, fps, price,
+                   hours_per_day)
     report_path.parent.mkdir(parents=True, exist_ok=True)
     report_path.write_text(json.dumps(report, indent=2) + "\n")
     print(table(report))

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from adaptive_perception.errors import AdaptivePerceptionError
+from adaptive_perception.errors import AdaptivePerceptionError, read_json
 from adaptive_perception.progress import progress as progress_bar
 from adaptive_perception.training import crops
 from adaptive_perception.training.crops import CropPlan
@@ -492,7 +492,8 @@ def write_model_card(report: dict, manifest: Path, out: Path,
     import ultralytics
 
     sources = sources or EMBEDDED_WEIGHTS
-    frozen = json.loads(Path(manifest).read_text())
+    frozen = read_json(manifest, "a frozen benchmark manifest", ("content_hash", "generator_version", "classes",
+                                                                 "config"))
     folder = Path(out).parent
     sizes = ", ".join(f"{t} {h}x{w}" for t, (h, w) in TIER_INPUTS.items())
     if all(network is None for network, _ in sources.values()):

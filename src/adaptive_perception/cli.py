@@ -329,7 +329,7 @@ def _parser() -> argparse.ArgumentParser:
                       help="bench throughput's JSON (its measured seconds per frame per mode)")
     cost.add_argument("--robots", type=_count, default=1000)
     cost.add_argument("--fps", type=_positive, default=30.0, help="frames per second per robot")
-    cost.add_argument("--price", type=_non_negative, default=1.0,
+    cost.add_argument("--price", type=_positive, default=1.0,
                       help="price per device-hour in dollars (an input, not a quote: pass your own)")
     cost.add_argument("--hours-per-day", type=_positive, default=24.0, help="operating hours per robot per day")
     cost.add_argument("--report", type=Path, default=Path("training/reports/cost.json"))

@@ -1,6 +1,8 @@
 """Exceptions raised for bad user input; each message names the input and the fix."""
 from __future__ import annotations
 
+from pathlib import Path
+
 
 class AdaptivePerceptionError(Exception):
     """Base class of every error this package raises on purpose."""
@@ -41,3 +43,18 @@ class BagError(AdaptivePerceptionError):
 
 class ConfigError(AdaptivePerceptionError, ValueError):
     """A parameter or option has a value that cannot work."""
+
+
+def read_json(path: str | Path, what: str, keys: tuple[str, ...] = ()) -> dict:
+    """The JSON object in `path` holding `keys`, or an error naming the file, what it should be and what is wrong
+    (a missing file or a folder raises the OSError, which names the path)."""
+    import json
+
+    try:
+        value = json.loads(Path(path).read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise AdaptivePerceptionError(f"{path} is not valid JSON ({exc}); expected {what}") from None
+    missing = [key for key in keys if key not in value] if isinstance(value, dict) else ["a JSON object"]
+    if missing:
+        raise AdaptivePerceptionError(f"{path} lacks {', '.join(missing)}; expected {what}")
+    return value

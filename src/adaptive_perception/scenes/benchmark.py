@@ -13,7 +13,7 @@ from typing import Iterable
 import cv2
 import numpy as np
 
-from adaptive_perception.errors import AdaptivePerceptionError
+from adaptive_perception.errors import AdaptivePerceptionError, read_json
 from adaptive_perception.progress import progress
 from adaptive_perception.scenes.render import CLASSES
 from adaptive_perception.scenes.sequence import (
@@ -247,7 +247,7 @@ FROZEN_OPENCV = "5.0.0"  # the OpenCV that rendered the frozen manifests (pinned
 
 def check_against(out: Path, frozen_manifest: Path, splits: Iterable[str] = ("test",)) -> None:
     """Raise ManifestMismatch unless the benchmark under `out` has the frozen content hash per split."""
-    frozen = json.loads(Path(frozen_manifest).read_text())
+    frozen = read_json(frozen_manifest, "a frozen benchmark manifest", ("content_hash", "generator_version"))
     records_path = Path(out) / "frames.json"
     if not records_path.exists():
         raise ManifestMismatch(f"'{out}' holds no generated benchmark (frames.json missing); "
