@@ -21,6 +21,9 @@ from adaptive_perception.cli import main
     (["bench", "throughput", "--frames", "2.5"], "argument --frames: '2.5' is not a whole number >= 1"),
     (["record", "--out", "x", "--camera", "/c", "--live-port", "70000"], "argument --live-port: 70000 is not a TCP port"),
     (["record", "--out", "x", "--camera", "/c", "--duration", "nan"], "argument --duration: nan is not a number >= 0"),
+    (["policy", "drift-reference", "p.onnx", "--calibration-sequences", "-1"],
+     "argument --calibration-sequences: -1 is not a whole number >= 0"),
+    (["bench", "heldout", "--frames", "0"], "argument --frames: 0 is not a whole number >= 1"),
 ])
 def test_unusable_numbers_are_refused_naming_the_option(argv, says, capsys):
     with pytest.raises(SystemExit) as exited:

@@ -93,8 +93,10 @@ def table(report: dict) -> str:
 
 def run(throughput_path: Path, robots: int, fps: float, price: float, hours_per_day: float, report_path: Path) -> dict:
     if not throughput_path.is_file():
-        raise AdaptivePerceptionError(f"{throughput_path} is {'a folder' if throughput_path.is_dir() else 'missing'}; give the JSON file, or run `adaptive-perception bench throughput` first "
-                                      "(its measured device time per frame is the cost model's input)")
+        kind = "a folder" if throughput_path.is_dir() else "missing"
+        raise AdaptivePerceptionError(f"{throughput_path} is {kind}; give the JSON file, or run `adaptive-perception "
+                                      "bench throughput` first (its measured device time per frame is the cost "
+                                      "model's input)")
     report = fleet(read_json(throughput_path, "a `bench throughput` report", ("modes",)), robots, fps, price,
                    hours_per_day)
     report_path.parent.mkdir(parents=True, exist_ok=True)

@@ -161,7 +161,7 @@ def _parser() -> argparse.ArgumentParser:
     refresh.add_argument("--work", type=Path, required=True, help="a `train` work folder holding the router, val and test "
                          "profiles and labels the policy was trained with")
     refresh.add_argument("--out", type=Path, help="where to write the policy (default: over the input file)")
-    refresh.add_argument("--calibration-sequences", type=int, default=0, metavar="N",
+    refresh.add_argument("--calibration-sequences", type=_count0, default=0, metavar="N",
                          help="also calibrate the thresholds on N newly rendered in-distribution sequences through "
                               "the node's per-frame path (embedded tiers; ~12 s each on 2 cores)")
     refresh.add_argument("--generator-version", default="2.0.0", help="the policy's world, for those sequences")
@@ -521,8 +521,6 @@ def _policy(args: argparse.Namespace) -> int:
         from adaptive_perception.training.pipeline import refresh_drift_reference
 
         path = Path(resolve_model(args.policy))
-        if args.calibration_sequences < 0:
-            raise AdaptivePerceptionError(f"--calibration-sequences {args.calibration_sequences}: give 0 or more")
         reference = refresh_drift_reference(args.work, path, args.out or path, args.calibration_sequences,
                                             args.generator_version, args.cost_weight, args.hysteresis)
         print(f"wrote {args.out or path}: drift thresholds " + ", ".join(f"{k} {v:.3f}" for k, v in
@@ -626,9 +624,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "bench" and args.bench_command == "heldout":
             from adaptive_perception.training.heldout import run as run_heldout
 
-            if args.sequences < 2 or args.frames < 1:
-                raise AdaptivePerceptionError(f"--sequences {args.sequences} --frames {args.frames}: the intervals "
-                                              "resample sequences, so give at least 2 sequences of at least 1 frame")
+            if args.sequences < 2:  # --frames is >= 1 by its type
+                raise AdaptivePerceptionError(f"--sequences {args.sequences}: the intervals resample sequences, so "
+                                              "give at least 2")
             run_heldout(args.policy, args.latency, args.sets or ["in_distribution", "night", "fog", "new_domain",
                                                                  "small_objects"],
                         args.sequences, args.frames, args.generator_version, args.resamples, args.report)
