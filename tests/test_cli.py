@@ -24,6 +24,12 @@ from adaptive_perception.cli import main
     (["policy", "drift-reference", "p.onnx", "--calibration-sequences", "-1"],
      "argument --calibration-sequences: -1 is not a whole number >= 0"),
     (["bench", "heldout", "--frames", "0"], "argument --frames: 0 is not a whole number >= 1"),
+    (["train", "all", "--seeds", "-1"], "argument --seeds: -1 is not a whole number >= 1"),
+    (["bench", "overhead", "--iterations", "0"], "argument --iterations: 0 is not a whole number >= 1"),  # IndexError
+    (["demo", "--sequence", "-2"], "argument --sequence: -2 is not a whole number >= 1"),
+    # an unknown world failed only after the policy and the tiers were loaded
+    (["bench", "heldout", "--generator-version", "3.0.0"], "argument --generator-version: invalid choice: '3.0.0'"),
+    (["bench", "drift", "--generator-version", "2.0"], "argument --generator-version: invalid choice: '2.0'"),
 ])
 def test_unusable_numbers_are_refused_naming_the_option(argv, says, capsys):
     with pytest.raises(SystemExit) as exited:
@@ -73,3 +79,77 @@ def test_a_broken_manifest_is_named(tmp_path, capsys):
     manifest.write_text('{"generator_version": "2.0.0"}')
     assert main(["scenes", "check", "--out", str(tmp_path), "--manifest", str(manifest)]) == 2
     assert f"{manifest} lacks content_hash; expected a frozen benchmark manifest" in capsys.readouterr().err
+
+
+def test_the_generator_choices_are_the_generators_worlds():
+    from adaptive_perception.cli import GENERATORS
+    from adaptive_perception.scenes.sequence import WORLDS
+
+    assert GENERATORS == tuple(WORLDS)
+
+
+def test_a_bad_latency_file_is_refused_before_profiling(tmp_path, capsys):
+    """`train profile --latency X` profiled for minutes and the labels stage refused X afterwards."""
+    latency = tmp_path / "latency.json"
+    latency.write_text('{"device": "orin", "tiers_ms": {"nano": 4.1}}')
+    assert main(["train", "profile", "--latency", str(latency), "--benchmark", str(tmp_path / "no-benchmark"),
+                 "--work", str(tmp_path / "work")]) == 2
+    err = capsys.readouterr().err
+    assert f"latency file '{latency}' needs a device name and tiers_ms with a number for each of nano, small, large" in err
+    assert not (tmp_path / "work").exists()
+
+
+def test_a_bad_retrain_candidate_is_refused_before_the_evidence_is_profiled(tmp_path, capsys):
+    bag = tmp_path / "evidence_0"
+    bag.mkdir()
+    (bag / "metadata.yaml").write_text("not a bag the reader could open")
+    original = tmp_path / "original"
+    original.mkdir()
+    for split in ("router", "val", "test"):
+        (original / f"profile_{split}.npz").write_text("")
+    candidate = tmp_path / "candidate.onnx"
+    candidate.write_text("not onnx")
+    assert main(["train", "retrain", "--bags", str(bag), "--original-work", str(original), "--candidate", str(candidate),
+                 "--work", str(tmp_path / "work")]) == 2
+    assert str(candidate) in capsys.readouterr().err
+    assert not (tmp_path / "work" / "mlflow.db").exists()
+
+
+def test_a_garbage_results_csv_is_named(tmp_path, capsys):
+    (tmp_path / "base").mkdir()
+    (tmp_path / "base" / "results.csv").write_text("epoch,loss\n1,0.5\n")
+    assert main(["models", "curve", "--keep", str(tmp_path), "--out", str(tmp_path / "curve.png")]) == 2
+    assert (f"'{tmp_path / 'base' / 'results.csv'}' is not an Ultralytics results.csv: every row needs a whole 'epoch' "
+            "and a number in 'metrics/mAP50-95(B)'") in capsys.readouterr().err
+    assert not (tmp_path / "curve.png").exists()
+
+
+@pytest.mark.parametrize("content, remap, says", [
+    ("other_node:\n  ros__parameters:\n    routing_mode: fixed:nano\n", [], "holds parameters for /other_node only"),
+    ("just text\n", [], "holds no <node>: ros__parameters: entry"),
+    ("/**/perception_node:\n  ros__parameters: {}\n", ["-r", "__node:=front"], "holds parameters for /**/perception_node only, none for front"),
+])
+def test_a_params_file_with_nothing_for_this_node_is_refused(tmp_path, capsys, content, remap, says):
+    """ROS started the node on its defaults, silently, with a params file keyed for another node."""
+    params = tmp_path / "params.yaml"
+    params.write_text(content)
+    assert main(["node", "--params-file", str(params), "--ros-args", *remap]) == 2
+    assert f"--params-file '{params}' {says}" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("content, remap", [
+    (None, []),  # the shipped config/perception.yaml
+    ("/ns:\n  perception_node:\n    ros__parameters:\n      routing_mode: fixed:nano\n", []),
+    ("/**:\n  ros__parameters:\n    routing_mode: fixed:nano\n", []),
+    ("front:\n  ros__parameters:\n    routing_mode: fixed:nano\n", ["-r", "__node:=front"]),
+])
+def test_params_files_for_this_node_pass_the_check(tmp_path, content, remap):
+    from pathlib import Path
+
+    from adaptive_perception.cli import _check_params_file
+
+    params = Path(__file__).resolve().parents[1] / "config" / "perception.yaml"
+    if content is not None:
+        params = tmp_path / "params.yaml"
+        params.write_text(content)
+    _check_params_file(params, remap)

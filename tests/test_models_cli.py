@@ -22,3 +22,22 @@ def test_export_of_missing_weights_offline_says_what_to_do(tmp_path):
     assert run.returncode != 0
     assert "yolov8l.pt" in run.stderr and "connected machine" in run.stderr
     assert not (tmp_path / "l.onnx").exists()
+
+
+def test_export_into_a_folder_writes_and_names_the_file_inside_it(tmp_path):
+    """`--out DIR` moved the ONNX into DIR but printed DIR, not the file a tier's parameter must name."""
+    run = subprocess.run(["adaptive-perception", "models", "export", "--weights", "yolov8n.yaml", "--imgsz", "192",
+                          "--out", str(tmp_path)], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    written = tmp_path / "yolov8n.onnx"
+    assert f"wrote {written}\n" in run.stdout
+    assert DetectorTier(written).info.input_size == (192, 192)
+
+
+def test_export_of_an_onnx_file_says_it_is_a_tier_already(tmp_path):
+    """A non-.pt --weights reached Ultralytics, which failed with a TypeError traceback."""
+    run = subprocess.run(["adaptive-perception", "models", "export", "--weights", "nano.onnx", "--out",
+                          str(tmp_path / "n.onnx")], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 2 and "Traceback" not in run.stderr
+    assert "--weights 'nano.onnx': use an Ultralytics .pt checkpoint or a model yaml" in run.stderr
+    assert "point models.<tier> at it" in run.stderr

@@ -92,7 +92,8 @@ def test_replay_without_subscriber_explains_what_to_do(tmp_path):
 def test_replay_cli_against_a_node_process(peer_model, tmp_path):
     write_image_bag(tmp_path / "bag", _frames(6), "/camera/image_raw")
     params = {"models.nano": str(peer_model), "models.small": "", "models.large": "", "routing_mode": "fixed:nano", "image_topics": ["/camera/image_raw"], "qos.reliability": "reliable",
-              "providers": ["CPUExecutionProvider"]}
+              "providers": ["CPUExecutionProvider"],
+              "mlflow.experiment": "2026"}  # a string that reads as a number must reach the node as a string
     config_yaml = Path(__file__).resolve().parents[1] / "config" / "perception.yaml"
     with node_process(params, tmp_path / "node.log", params_file=config_yaml):
         out = subprocess.run([sys.executable, "-m", "adaptive_perception.cli", "replay", str(tmp_path / "bag"),

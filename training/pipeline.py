@@ -438,8 +438,10 @@ def run(stage: str, settings: Settings) -> None:
 
 def settings_from(args) -> Settings:
     base = PRESETS[args.preset]
-    if args.seeds is not None and args.seeds < 1:
-        raise AdaptivePerceptionError(f"--seeds {args.seeds}: train at least one seed")
+    if args.latency is not None:  # a bad file refused now, not after profiling (the labels stage reads it)
+        from adaptive_perception.training.labels import Costs
+
+        Costs.load(args.latency)
     changes = {k: v for k, v in {
         "benchmark": args.benchmark, "source": args.source, "truth": args.truth, "teacher": args.teacher,
         "latency": args.latency, "work": args.work, "reports": args.reports, "policy_out": args.policy_out,

@@ -126,6 +126,8 @@ def retrain(settings, bags: list[Path], original_work: Path, current: str, candi
     work = settings.work
     work.mkdir(parents=True, exist_ok=True)
     current_policy = Policy(resolve_model(current))
+    if candidate is not None:  # checked before the evidence is profiled (minutes), not after
+        Policy(resolve_model(candidate))
     import mlflow
 
     mlflow.set_tracking_uri(settings.uri())

@@ -593,9 +593,16 @@ def validation_curve(results_csv: Path) -> tuple[np.ndarray, np.ndarray]:
     import csv
 
     with open(results_csv) as handle:
-        rows = [{k.strip(): v for k, v in row.items()} for row in csv.DictReader(handle)]
-    return (np.array([int(r["epoch"]) for r in rows]),
-            np.array([100 * float(r["metrics/mAP50-95(B)"]) for r in rows]))
+        rows = [{(k or "").strip(): v for k, v in row.items()} for row in csv.DictReader(handle)]
+    try:
+        epochs = np.array([int(r["epoch"]) for r in rows])
+        curve = np.array([100 * float(r["metrics/mAP50-95(B)"]) for r in rows])
+    except (KeyError, TypeError, ValueError):
+        raise AdaptivePerceptionError(f"'{results_csv}' is not an Ultralytics results.csv: every row needs a whole "
+                                      "'epoch' and a number in 'metrics/mAP50-95(B)'") from None
+    if not len(rows):
+        raise AdaptivePerceptionError(f"'{results_csv}' holds no epoch yet; train at least one epoch first")
+    return epochs, curve
 
 
 def plateau(curve: np.ndarray, epochs: int = PLATEAU_EPOCHS, gain: float = PLATEAU_GAIN) -> dict:

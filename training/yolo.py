@@ -8,6 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
+from adaptive_perception.errors import AdaptivePerceptionError
+
 VARIANTS = ("n", "s", "m", "l", "x")
 
 
@@ -74,6 +76,8 @@ def export_onnx(model: object, imgsz: int | tuple[int, int], out: str | Path) ->
             exported = Path(model.export(format="onnx", imgsz=size, simplify=True, verbose=False)).resolve()
         finally:
             os.chdir(cwd)
+        if out.is_dir():  # --out a folder: the file goes inside it under the exporter's name
+            out = out / exported.name
         shutil.move(str(exported), out)
     return out
 
@@ -81,6 +85,10 @@ def export_onnx(model: object, imgsz: int | tuple[int, int], out: str | Path) ->
 def export_pretrained(weights: str, imgsz: int | tuple[int, int], out: str | Path) -> Path:
     """Export Ultralytics weights to ONNX: a local .pt file, or a name such as yolov8n.pt that Ultralytics
     downloads (connected machines only), or an architecture yaml (offline: random weights)."""
+    if Path(weights).suffix not in (".pt", ".yaml", ".yml"):
+        hint = " (an ONNX file is a tier already: point models.<tier> at it)" if Path(weights).suffix == ".onnx" else ""
+        raise AdaptivePerceptionError(f"--weights '{weights}': use an Ultralytics .pt checkpoint or a model yaml such "
+                                      f"as yolov8n.yaml{hint}")
     _offline_ultralytics()
     from ultralytics import YOLO
 

@@ -38,6 +38,37 @@ def _port(text: str) -> int:
     return port
 
 
+GENERATORS = ("1.0.0", "2.0.0")  # scenes generator versions: the keys of scenes.sequence.WORLDS (kept light to import)
+
+
+def _check_params_file(path: Path, ros_args: list[str]) -> None:
+    """Refuse a --params-file that holds no parameters for this node: ROS would start it on its defaults, silently."""
+    import yaml
+
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise AdaptivePerceptionError(f"--params-file '{path}' is not YAML: {exc}") from None
+    node = "perception_node"
+    for i, arg in enumerate(ros_args[:-1]):  # -r __node:=NAME renames the node
+        if arg in ("-r", "--remap") and ros_args[i + 1].startswith("__node:="):
+            node = ros_args[i + 1].split(":=", 1)[1]
+    names: list[str] = []
+
+    def walk(entry: object, prefix: str) -> None:
+        for key, value in (entry.items() if isinstance(entry, dict) else ()):
+            if key == "ros__parameters":
+                names.append(prefix)
+            else:
+                walk(value, f"{prefix}/{str(key).strip('/')}")
+    walk(data, "")
+    if not any(name.rsplit("/", 1)[-1] in (node, "*", "**") for name in names):
+        found = f"parameters for {', '.join(n or '/' for n in names)} only" if names else "no <node>: ros__parameters: entry"
+        raise AdaptivePerceptionError(f"--params-file '{path}' holds {found}, none for {node}: the node would start on "
+                                      "its defaults; key them as config/perception.yaml does (/**/perception_node: "
+                                      "ros__parameters: ...)")
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="adaptive-perception", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -71,7 +102,7 @@ def _parser() -> argparse.ArgumentParser:
     generate.add_argument("--drift", choices=["none", "night", "fog", "new_domain", "small_objects"], default="none",
                           help="render a drift variant (different seed, never in training)")
     generate.add_argument("--bags", choices=["none", "eval", "all"], help="which splits get MCAP bags (preset default)")
-    generate.add_argument("--generator-version", choices=["1.0.0", "2.0.0"], default="1.0.0",
+    generate.add_argument("--generator-version", choices=GENERATORS, default="1.0.0",
                           help="1.0.0: the first benchmark (training/benchmark/manifest.json); 2.0.0: the product's "
                                "world, near objects in simple scenes (training/benchmark/v2/)")
     generate.add_argument("--workers", type=_count, default=2, help="parallel sequence renderers")
@@ -164,7 +195,7 @@ def _parser() -> argparse.ArgumentParser:
     refresh.add_argument("--calibration-sequences", type=_count0, default=0, metavar="N",
                          help="also calibrate the thresholds on N newly rendered in-distribution sequences through "
                               "the node's per-frame path (embedded tiers; ~12 s each on 2 cores)")
-    refresh.add_argument("--generator-version", default="2.0.0", help="the policy's world, for those sequences")
+    refresh.add_argument("--generator-version", choices=GENERATORS, default="2.0.0", help="the policy's world, for those sequences")
     refresh.add_argument("--cost-weight", type=float, default=-1.0, metavar="W",
                          help="route at this cost weight (the node's routing.cost_weight; negative, the default: the "
                               "policy's own): the node compares the tier mix and audit agreement only at the weight "
@@ -215,7 +246,7 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--reports", type=Path, help="report folder (default training/reports)")
     train.add_argument("--policy-out", type=Path, help="also copy the BC + PPO policy (seed 0) here")
     train.add_argument("--tracking-uri", help="MLflow tracking URI (default sqlite:///<work>/mlflow.db)")
-    train.add_argument("--seeds", type=int, help="training seeds (default 3)")
+    train.add_argument("--seeds", type=_count, help="training seeds (default 3)")
     train.add_argument("--lambda", dest="lam", type=_non_negative, help="operating point; default: chosen on validation")
     train.add_argument("--lambdas", type=_non_negative, nargs="+",
                        help="lambda sweep (full: 0 0.1 0.2 0.3 0.5 0.8; small: 0 0.3)")
@@ -246,7 +277,7 @@ def _parser() -> argparse.ArgumentParser:
     bench_sub = bench.add_subparsers(dest="bench_command", required=True)
     overhead = bench_sub.add_parser("overhead", help="router overhead: feature extraction + policy, p50/p95")
     overhead.add_argument("--policy", default="embedded:policy", help="policy ONNX file or embedded:policy")
-    overhead.add_argument("--iterations", type=int, default=2000, help="timed calls per resolution")
+    overhead.add_argument("--iterations", type=_count, default=2000, help="timed calls per resolution")
     overhead.add_argument("--report", type=Path, default=Path("training/reports/overhead.json"),
                           help="JSON to write (default: the committed report the README quotes)")
     transport = bench_sub.add_parser("transport", help="frames delivered across processes at 30 Hz, Fast DDS "
@@ -261,7 +292,7 @@ def _parser() -> argparse.ArgumentParser:
     drift = bench_sub.add_parser("drift", help="the drift monitor on each drift preset after newly seeded "
                                  "in-distribution frames: detection delay, false alarms, score plot")
     drift.add_argument("--policy", default="embedded:policy", help="policy ONNX (with a drift reference)")
-    drift.add_argument("--generator-version", default="2.0.0", help="the policy's world (scenes generator version)")
+    drift.add_argument("--generator-version", choices=GENERATORS, default="2.0.0", help="the policy's world (scenes generator version)")
     drift.add_argument("--in-sequences", type=_count, default=5, help="in-distribution sequences per preset (150 frames)")
     drift.add_argument("--drift-sequences", type=_count, default=2, help="drift sequences per preset")
     drift.add_argument("--preset", action="append", choices=["night", "fog", "new_domain", "small_objects"],
@@ -282,7 +313,7 @@ def _parser() -> argparse.ArgumentParser:
     heldout.add_argument("--policy", default="embedded:policy", help="policy ONNX file or embedded:policy")
     heldout.add_argument("--latency", type=Path, default=Path("training/latency/cpu-2core-family2-wide.json"),
                          help="tier costs JSON (default: the embedded tiers on the 2-core machine, idle)")
-    heldout.add_argument("--generator-version", default="2.0.0", help="the policy's world (scenes generator version)")
+    heldout.add_argument("--generator-version", choices=GENERATORS, default="2.0.0", help="the policy's world (scenes generator version)")
     heldout.add_argument("--set", dest="sets", action="append",
                          choices=["in_distribution", "night", "fog", "new_domain", "small_objects"],
                          help="only these sets (repeatable; default all five)")
@@ -295,7 +326,7 @@ def _parser() -> argparse.ArgumentParser:
     latency.add_argument("--provider", action="append", default=None, metavar="NAME",
                          help="execution provider in order of preference (repeatable; default CPUExecutionProvider; "
                               "e.g. --provider TensorrtExecutionProvider --provider CUDAExecutionProvider)")
-    latency.add_argument("--iterations", type=int, help="timed calls per model (default 40; --quick 8)")
+    latency.add_argument("--iterations", type=_count, help="timed calls per model (default 40; --quick 8)")
     latency.add_argument("--quick", action="store_true", help="320 only and 8 calls per model (what CI runs, under a minute)")
     latency.add_argument("--graphs", type=Path, default=Path("build/yolov8-random"),
                          help="where the YOLOv8 graphs are built once and reused")
@@ -363,8 +394,8 @@ def _parser() -> argparse.ArgumentParser:
     health.add_argument("--url", default="http://127.0.0.1:9464/metrics", help="the node's metrics endpoint")
 
     demo = sub.add_parser("demo", help="end-to-end demo on generated frames, no downloads")
-    demo.add_argument("--sequence", type=int, default=49, help="frozen benchmark test sequence to replay (46-59)")
-    demo.add_argument("--frames", type=int, default=150,
+    demo.add_argument("--sequence", type=_count, default=49, help="frozen benchmark test sequence to replay (46-59)")
+    demo.add_argument("--frames", type=_count, default=150,
                       help="frames to render (150 = the whole sequence, identical to the benchmark's bag)")
     demo.add_argument("--out", type=Path, default=Path("build/demo"), help="working folder")
     demo.add_argument("--modes", default="learned,heuristic,fixed:nano,fixed:large",
@@ -558,6 +589,8 @@ def main(argv: list[str] | None = None) -> int:
             from adaptive_perception.ros.node import main as node_main
 
             extra = ["--params-file", str(args.params_file)] if args.params_file else []
+            if args.params_file:
+                _check_params_file(args.params_file, ros_args)
             if args.autostart:
                 extra += ["-p", "autostart:=true"]
             return node_main(["perception_node", "--ros-args", *extra, *ros_args])
@@ -677,7 +710,7 @@ def main(argv: list[str] | None = None) -> int:
             if unknown:
                 raise AdaptivePerceptionError(f"--modes: unknown {unknown}; use a comma-separated list of "
                                               f"{', '.join(MODES)}")
-            if not 1 <= args.frames <= 150:
+            if args.frames > 150:
                 raise AdaptivePerceptionError(f"--frames {args.frames}: use a count from 1 to 150 (a benchmark "
                                               "sequence has 150 frames)")
             summary = run_demo(args.out, args.frames, modes, args.sequence)

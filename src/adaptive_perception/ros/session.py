@@ -40,8 +40,9 @@ def _ros_value(value: object) -> str:
         return "[" + ",".join(_ros_value(v) for v in value) + "]"
     if isinstance(value, bool):
         return "true" if value else "false"
-    if value == "":
-        return "''"  # YAML empty string; a bare `name:=` does not parse
+    if isinstance(value, str):
+        # YAML single-quoted: the node gets a string even when it reads as a number, bool or is empty
+        return "'" + value.replace("'", "''") + "'"
     return str(value)
 
 
