@@ -53,3 +53,45 @@ def test_the_shipped_policy_turns_drift_at_night_in_a_running_node_and_records_t
     assert recorded == list(range(expected - 59, len(frames)))  # 60 up to the DRIFT frame, the rest after it
     assert bytes(images[-1].data) == frames[-1].tobytes()
     assert np.isfinite(decisions[-1].drift_score) and decisions[-1].drift_score > 1.0
+
+
+def test_a_frame_inside_its_tier_at_a_routing_change_joins_no_window_in_a_running_node(context, tier_models, scene_rgb):
+    """A frame routed under fixed:large whose inference is still running when set_routing_mode returns to learned
+    must not put large into the fresh window of the drift monitor's tier mix (it would count a mix the policy
+    never chose). The large tier is held inside its call on an event, so the change lands mid-inference."""
+    import threading
+
+    from adaptive_perception_msgs.srv import SetRoutingMode
+
+    graph = Graph(context, {**{f"models.{t}": str(p) for t, p in tier_models.items()}, "routing_mode": "fixed:large",
+                            "policy": resolve_model("embedded:policy"), "providers": ["CPUExecutionProvider"],
+                            "warmup_runs": 0, "audit.every": 1000})
+    try:
+        assert graph.transition("configure") and graph.transition("activate")
+        graph.wait_for_image_subscriber()
+        assert graph.send_lockstep(image_msg(scene_rgb, sec=1))  # under fixed:large: the mix is left out anyway
+        (camera, monitor), = graph.node.drift.monitors.items()
+        large = graph.node.detectors["large"]
+        inside, release = threading.Event(), threading.Event()
+        detect = large.detect
+
+        def held(rgb):
+            inside.set()
+            assert release.wait(20)
+            return detect(rgb)
+        large.detect = held
+        graph.image_pub.publish(image_msg(scene_rgb, sec=2))
+        assert inside.wait(10)  # frame 2 was routed to large and is inside its inference
+        answer = graph.call(SetRoutingMode, "set_routing_mode", SetRoutingMode.Request(mode="learned"))
+        assert answer.success, answer.message
+        release.set()
+        assert wait_until(lambda: any(d.header.stamp.sec == 2 for d in graph.routing), 10)
+        second = next(d for d in graph.routing if d.header.stamp.sec == 2)
+        assert (second.mode, second.tier_name) == ("fixed:large", "large")
+        assert list(monitor._tiers) == [] and monitor.routing_off == ""  # counted again, without frame 2's tier
+        large.detect = detect
+        assert graph.send_lockstep(image_msg(scene_rgb, sec=3))
+        third = next(d for d in graph.routing if d.header.stamp.sec == 3)
+        assert third.mode == "learned" and list(monitor._tiers) == [third.tier]
+    finally:
+        graph.close()
