@@ -8,6 +8,7 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -76,24 +77,41 @@ def test_the_compose_prometheus_config_passes_promtool(tmp_path):
 
 
 def test_the_healthcheck_reads_a_real_node(context, tier_models, capsys):
+    """Health is the node's state now, not totals since configure: a tier failure turned it unhealthy for good, and
+    a deactivated node (or one whose camera broke after a good frame) stayed healthy."""
+    from adaptive_perception.metrics import check_health
+    from adaptive_perception.telemetry import TIER_FAILURE
+
     port = unused_port()
-    assert main(["health", "--url", f"http://127.0.0.1:{port}/metrics"]) == 1
+    url = f"http://127.0.0.1:{port}/metrics"
+    assert main(["health", "--url", url]) == 1
     assert "does not answer" in capsys.readouterr().out
+
+    def health() -> str:
+        assert main(["health", "--url", url]) in (0, 1)
+        return capsys.readouterr().out.strip()
     graph = Graph(context, {**{f"models.{t}": str(p) for t, p in tier_models.items()}, "routing_mode": "fixed:nano",
-                            "policy": "", "providers": ["CPUExecutionProvider"], "warmup_runs": 0, "metrics.port": port})
+                            "policy": "", "providers": ["CPUExecutionProvider"], "warmup_runs": 0, "metrics.port": port,
+                            "diagnostics.stall_s": 30.0})
     try:
-        assert graph.transition("configure") and graph.transition("activate")
+        assert graph.transition("configure")
+        assert health().startswith("unhealthy: the node is not active")
+        assert graph.transition("activate")
         graph.wait_for_image_subscriber()
-        assert main(["health", "--url", f"http://127.0.0.1:{port}/metrics"]) == 0
-        assert capsys.readouterr().out.strip() == "healthy: 0 of 0 frames processed"
+        assert wait_until(lambda: health() == "healthy: 0 of 0 frames processed", 5)
         for sec in (1, 2):
             assert graph.send_lockstep(image_msg(np.zeros((64, 64, 3), np.uint8), sec=sec))
         assert wait_until(lambda: graph.node.totals().processed == 2, 5)
-        assert main(["health", "--url", f"http://127.0.0.1:{port}/metrics"]) == 0
-        assert capsys.readouterr().out.strip() == "healthy: 2 of 2 frames processed"
-        graph.node.metrics.failed("image", "tier_failed:nano")  # what a failing tier records
-        assert main(["health", "--url", f"http://127.0.0.1:{port}/metrics"]) == 1
-        assert "a detector tier failed on 1 frames" in capsys.readouterr().out
+        assert health() == "healthy: 2 of 2 frames processed"
+        graph.node.telemetry.failed("image", TIER_FAILURE, "nano")  # what a failing tier records
+        assert wait_until(lambda: health().startswith("unhealthy: camera /image at ERROR"), 5)  # within a status tick
+        graph.node._diag_timer.cancel()  # a stuck executor publishes no status
+        time.sleep(2.5)
+        healthy, why = check_health(url, stale_s=2.0)
+        assert not healthy and why.startswith("the node's status is") and why.endswith("old (updated every second): is it stuck?")
+        graph.node._diag_timer.reset()
+        assert graph.transition("deactivate")
+        assert health().startswith("unhealthy: the node is not active")
     finally:
         graph.close()
 

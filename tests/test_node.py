@@ -154,3 +154,31 @@ def test_declared_ranges_refuse_what_configure_would_refuse(graph):
     assert not refused.successful and "routing.random_seed" in refused.reason
     assert graph.node.set_parameters([rclpy.parameter.Parameter("routing.random_seed", value=7)])[0].successful
     assert graph.node.read_config().router.random_seed == 7
+
+
+def test_a_camera_listed_twice_after_remapping_fails_configure(graph):
+    """`image` and `/image` are one topic: each frame was processed and published twice, its counters split."""
+    graph.node.set_parameters([rclpy.parameter.Parameter("image_topics", value=["image", "/image", "image/compressed"])])
+    assert not graph.transition("configure")
+    assert wait_until(lambda: any("configure failed" in log.msg and "name /image more than once (after remapping)"
+                                  in log.msg for log in graph.logs), 5), [log.msg for log in graph.logs]
+    graph.node.set_parameters([rclpy.parameter.Parameter("image_topics", value=["image", "image/compressed"])])
+    assert graph.transition("configure")
+
+
+def test_a_running_node_refuses_an_unknown_mode_and_says_when_a_parameter_applies(graph):
+    """Set on a running node, routing_mode 'fixed:huge' was accepted and failed the next configure; conf_threshold
+    was accepted without a word while the running node kept its old value."""
+    assert graph.transition("configure") and graph.transition("activate")
+    refused = graph.node.set_parameters([rclpy.parameter.Parameter("routing_mode", value="fixed:huge")])[0]
+    assert not refused.successful and "routing mode 'fixed:huge' is unknown" in refused.reason
+    assert graph.node.get_parameter("routing_mode").value == "fixed:nano"
+    assert graph.node.set_parameters([rclpy.parameter.Parameter("conf_threshold", value=0.9)])[0].successful
+    assert wait_until(lambda: any("parameter conf_threshold = 0.9 is set but applies at the next configure" in log.msg
+                                  for log in graph.logs), 5), [log.msg for log in graph.logs]
+    assert graph.node.detectors["nano"].conf_threshold == 0.25  # the running tier keeps its value, as said
+    assert graph.transition("deactivate")
+    assert wait_until(lambda: graph.status("routing").message.startswith("inactive (lifecycle activate to process "
+                                                                         "frames): fixed:nano"), 5)
+    assert wait_until(lambda: graph.status("camera /image").message ==
+                      "node inactive: not subscribed to this camera (lifecycle activate)", 5)

@@ -183,12 +183,12 @@ def test_the_metrics_endpoint_counts_what_the_node_did(context, tier_models, fre
         assert graph.send_lockstep(image_msg(_noise(3), sec=3))
         assert wait_until(lambda: graph.node.totals().processed == 3, 5)
         text = _scrape(free_port)
-        assert _sample(text, "adaptive_perception_frames_processed_total", camera="image", tier="nano") == 2
-        assert _sample(text, "adaptive_perception_frames_processed_total", camera="image", tier="large") == 1
-        assert _sample(text, "adaptive_perception_frames_processed_total", camera="image", tier="small") == 0
-        assert _sample(text, "adaptive_perception_frames_received_total", camera="image") == 3
-        assert _sample(text, "adaptive_perception_node_seconds_count", camera="image", tier="nano") == 2
-        node_seconds = _sample(text, "adaptive_perception_node_seconds_sum", camera="image", tier="nano")
+        assert _sample(text, "adaptive_perception_frames_processed_total", camera="/image", tier="nano") == 2
+        assert _sample(text, "adaptive_perception_frames_processed_total", camera="/image", tier="large") == 1
+        assert _sample(text, "adaptive_perception_frames_processed_total", camera="/image", tier="small") == 0
+        assert _sample(text, "adaptive_perception_frames_received_total", camera="/image") == 3
+        assert _sample(text, "adaptive_perception_node_seconds_count", camera="/image", tier="nano") == 2
+        node_seconds = _sample(text, "adaptive_perception_node_seconds_sum", camera="/image", tier="nano")
         assert node_seconds * 1e3 == pytest.approx(sum(d.total_ms for d in graph.routing[:2]), rel=1e-3)
         assert _sample(text, "adaptive_perception_policy_info", mode="fixed:large") == 1
         routing = {kv.key: kv.value for kv in graph.status("routing").values}

@@ -71,7 +71,7 @@ def test_a_real_prometheus_scrapes_what_the_node_processed_from_a_replayed_bag(c
         routed = {t: sum(d.tier_name == t for d in graph.routing) for t in ("nano", "small", "large")}
         assert sorted(routed.values())[-1] < FRAMES  # the seeded random mode used more than one tier
 
-        expected = {(("camera", "image"), ("tier", t)): float(n) for t, n in routed.items()}
+        expected = {(("camera", "/image"), ("tier", t)): float(n) for t, n in routed.items()}
         by_tier = 'sum by (camera, tier) (adaptive_perception_frames_processed_total{job="adaptive_perception"})'
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:

@@ -113,3 +113,43 @@ def test_a_foxglove_client_receives_typed_detections_live(context, tier_models, 
     first = decoded[0].detections[0]
     assert first.results[0].hypothesis.class_id == sent[0].detections[0].results[0].hypothesis.class_id
     assert abs(first.bbox.size_x - sent[0].detections[0].bbox.size_x) < 1e-9
+
+
+def test_record_stopped_by_sigterm_closes_its_open_segment(context, tmp_path):
+    """SIGTERM (docker stop, systemd) killed `record` with its segment open: a 0-byte MCAP, no metadata."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from rclpy.node import Node
+    from rclpy.qos import QoSProfile, ReliabilityPolicy
+    from sensor_msgs.msg import Image
+
+    out = tmp_path / "rec"
+    log = open(tmp_path / "record.log", "w")
+    record = subprocess.Popen([sys.executable, "-m", "adaptive_perception.cli", "record", "--out", str(out), "--camera",
+                               "/sigterm_cam"], stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ))
+    publisher_node = Node("sigterm_camera", context=context)
+    publisher = publisher_node.create_publisher(Image, "/sigterm_cam", QoSProfile(depth=10,
+                                                reliability=ReliabilityPolicy.RELIABLE))
+    try:
+        assert wait_until(lambda: publisher.get_subscription_count() > 0, 30), (tmp_path / "record.log").read_text()
+        time.sleep(1.0)
+        for sec in range(1, 6):
+            publisher.publish(image_msg(np.full((24, 32, 3), sec, np.uint8), sec=sec))
+            time.sleep(0.1)
+        time.sleep(1.0)
+        record.send_signal(signal.SIGTERM)
+        assert record.wait(30) == 0, (tmp_path / "record.log").read_text()
+    finally:
+        if record.poll() is None:
+            record.kill()
+        log.close()
+        publisher_node.destroy_node()
+    segments = sorted(p.parent for p in out.rglob("metadata.yaml"))
+    assert segments, (tmp_path / "record.log").read_text()
+    with AnyReader(segments, default_typestore=STORE) as reader:
+        seconds = [reader.deserialize(raw, c.msgtype).header.stamp.sec for c, _, raw in reader.messages()
+                   if c.topic == "/sigterm_cam"]
+    assert seconds == [1, 2, 3, 4, 5]

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import rclpy
 
 from adaptive_perception_msgs.srv import LoadPolicy, SetRoutingMode
 from policies import constant_policy, two_frame_policy, value_policy
@@ -136,3 +137,22 @@ def test_the_cost_weight_moves_a_value_policys_operating_point_on_a_running_node
     refused = graph.node.set_parameters([Parameter("routing.cost_weight", value=float("inf"))])[0]
     assert not refused.successful and "routing.cost_weight" in refused.reason
     assert _route(graph, regime_frames["dense"], 50).tier_name == "small"
+
+
+def test_services_name_what_is_wrong_before_anything_changes(graph, tier_models):
+    """load_policy('') said "is a directory"; embedded:nope named a file path instead of the shipped names; an
+    unconfigured node accepted a mode its next configure refused; the live switch's own parameter update was
+    reported as a change that waits for configure."""
+    empty = graph.call(LoadPolicy, "load_policy", LoadPolicy.Request(path=" "))
+    assert not empty.success and empty.message.startswith("no path given: name a policy ONNX file or embedded:policy")
+    unknown = graph.call(LoadPolicy, "load_policy", LoadPolicy.Request(path="embedded:nope"))
+    assert not unknown.success and "'embedded:nope' names no file shipped with the package" in unknown.message
+    assert "embedded:policy" in unknown.message and "embedded:large" in unknown.message
+    assert graph.call(SetRoutingMode, "set_routing_mode", SetRoutingMode.Request(mode="fixed:large")).success
+    assert not any("applies at the next configure" in log.msg for log in graph.logs)
+    assert graph.transition("deactivate") and graph.transition("cleanup")
+    graph.node.set_parameters([rclpy.parameter.Parameter("models.small", value="")])
+    refused = graph.call(SetRoutingMode, "set_routing_mode", SetRoutingMode.Request(mode="learned"))
+    assert not refused.success and "tiers ['small'] are not loaded" in refused.message
+    assert graph.call(SetRoutingMode, "set_routing_mode", SetRoutingMode.Request(mode="fixed:nano")).success
+    assert graph.transition("configure")

@@ -64,8 +64,9 @@ def test_old_events_leave_the_window_and_a_stall_while_frames_arrive_is_an_error
     assert report["frames_processed"] == 1  # totals stay
     assert report["level"] == ERROR
     assert report["message"] == "frames arrive but none was processed for 12.5 s"
-    clock.t = 16.0  # nothing arrives any more: idle, not an error
-    assert telemetry.camera_report("a")["level"] == OK
+    clock.t = 16.0  # nothing arrives any more: a warning, not an error
+    report = telemetry.camera_report("a")
+    assert report["level"] == WARN and report["message"] == "no frame for 3.5 s: has the camera stopped publishing?"
 
 
 def test_frames_that_never_get_processed_stall_from_the_first_arrival() -> None:
@@ -124,7 +125,7 @@ def test_error_log_admits_each_new_kind_at_once_and_throttles_repeats() -> None:
 
 def test_prometheus_exporter_receives_every_event_and_serves_them_over_http(free_port: int) -> None:
     metrics = PrometheusMetrics()
-    metrics.prepare(["cam"], TIERS)
+    metrics.prepare({"cam": "/robot/cam"}, TIERS)  # labelled with the topic after remapping
     telemetry = Telemetry(["cam"], TIERS, sink=metrics)
     for sequence in (1, 2, 4):
         telemetry.arrived("cam", sequence)
@@ -136,20 +137,56 @@ def test_prometheus_exporter_receives_every_event_and_serves_them_over_http(free
     assert telemetry.camera_report("cam")["qos_incompatible"] == 1
     metrics.policy_changed("p-1", "learned")
     value = metrics.registry.get_sample_value
-    assert value("adaptive_perception_frames_received_total", {"camera": "cam"}) == 3
-    assert value("adaptive_perception_frames_lost_before_node_total", {"camera": "cam"}) == 1
-    assert value("adaptive_perception_frames_dropped_total", {"camera": "cam"}) == 1
-    assert value("adaptive_perception_frames_processed_total", {"camera": "cam", "tier": "small"}) == 2
-    assert value("adaptive_perception_frames_processed_total", {"camera": "cam", "tier": "nano"}) == 0
-    assert value("adaptive_perception_frames_failed_total", {"camera": "cam", "kind": "tier_failed:large"}) == 1
-    assert value("adaptive_perception_node_seconds_bucket", {"camera": "cam", "tier": "small", "le": "0.0333"}) == 1
-    assert value("adaptive_perception_node_seconds_sum", {"camera": "cam", "tier": "small"}) == pytest.approx(0.09)
-    assert value("adaptive_perception_frame_age_seconds_count", {"camera": "cam"}) == 1
-    assert value("adaptive_perception_qos_incompatible_total", {"topic": "cam"}) == 1
+    assert value("adaptive_perception_frames_received_total", {"camera": "/robot/cam"}) == 3
+    assert value("adaptive_perception_frames_lost_before_node_total", {"camera": "/robot/cam"}) == 1
+    assert value("adaptive_perception_frames_dropped_total", {"camera": "/robot/cam"}) == 1
+    assert value("adaptive_perception_frames_processed_total", {"camera": "/robot/cam", "tier": "small"}) == 2
+    assert value("adaptive_perception_frames_processed_total", {"camera": "/robot/cam", "tier": "nano"}) == 0
+    assert value("adaptive_perception_frames_failed_total", {"camera": "/robot/cam", "kind": "tier_failed:large"}) == 1
+    assert value("adaptive_perception_node_seconds_bucket", {"camera": "/robot/cam", "tier": "small", "le": "0.0333"}) == 1
+    assert value("adaptive_perception_node_seconds_sum", {"camera": "/robot/cam", "tier": "small"}) == pytest.approx(0.09)
+    assert value("adaptive_perception_frame_age_seconds_count", {"camera": "/robot/cam"}) == 1
+    assert value("adaptive_perception_qos_incompatible_total", {"topic": "/robot/cam"}) == 1
+    assert value("adaptive_perception_camera_level", {"camera": "/robot/cam"}) == 0  # prepared
+    metrics.status({"cam": ERROR}, 1234.5)
+    assert value("adaptive_perception_camera_level", {"camera": "/robot/cam"}) == ERROR
+    assert value("adaptive_perception_status_timestamp_seconds") == 1234.5
     metrics.serve(free_port)
     try:
         text = urllib.request.urlopen(f"http://127.0.0.1:{free_port}/metrics", timeout=5).read().decode()
     finally:
         metrics.close()
-    assert 'adaptive_perception_frames_processed_total{camera="cam",tier="small"} 2.0' in text
+    assert 'adaptive_perception_frames_processed_total{camera="/robot/cam",tier="small"} 2.0' in text
     assert 'adaptive_perception_policy_info{mode="learned",policy_id="p-1"} 1.0' in text
+
+
+def test_an_inactive_node_and_a_silent_topic_warn_and_a_reactivation_starts_the_clocks_again() -> None:
+    clock = Clock()
+    telemetry = Telemetry(["a", "b"], TIERS, HealthSettings(stall_s=3.0, window_s=10.0), clock=clock)
+    telemetry.set_active(False)
+    clock.t = 1.0
+    assert telemetry.camera_report("a")["message"] == "node inactive: not subscribed to this camera (lifecycle activate)"
+    assert telemetry.camera_report("a")["level"] == WARN
+    telemetry.set_active(True)  # at t = 1
+    clock.t = 3.5
+    telemetry.arrived("a", 1)
+    telemetry.processed("a", "nano", 10.0, 0.2, 5.0)
+    assert telemetry.camera_report("b")["level"] == OK  # 2.5 s since the activation: not yet
+    clock.t = 4.25
+    report = telemetry.camera_report("b")
+    assert report["level"] == WARN  # a misspelled topic, or nobody publishing
+    assert report["message"] == ("no frame in 3.2 s since activation: is anything publishing on this topic "
+                                 "(ros2 topic info)?")
+    assert telemetry.camera_report("a")["level"] == OK
+    telemetry.set_active(False)
+    clock.t = 40.0
+    telemetry.set_active(True)  # hours later: neither the old output nor the old arrival makes a stall
+    clock.t = 41.0
+    telemetry.arrived("a", 2)
+    clock.t = 42.5
+    telemetry.arrived("a", 3)
+    report = telemetry.camera_report("a")
+    assert report["level"] == OK and report["message"] == "frames processed"
+    clock.t = 44.1  # 3.1 s since the first frame after the reactivation, none processed: a stall now
+    telemetry.arrived("a", 4)
+    assert telemetry.camera_report("a")["message"] == "frames arrive but none was processed for 3.1 s"

@@ -20,7 +20,11 @@ def resolve_model(value: str) -> str:
     """A model or policy parameter's file path: `embedded:<name>` names a file shipped with the package
     (embedded:nano|small|large for the tiers, embedded:policy for the routing policy)."""
     if value.startswith(EMBEDDED_PREFIX):
-        return str(EMBEDDED_DIR / f"{value[len(EMBEDDED_PREFIX):]}.onnx")
+        path = EMBEDDED_DIR / f"{value[len(EMBEDDED_PREFIX):]}.onnx"
+        if not path.is_file():
+            known = ", ".join(EMBEDDED_PREFIX + p.stem for p in sorted(EMBEDDED_DIR.glob("*.onnx")))
+            raise ConfigError(f"'{value}' names no file shipped with the package; embedded files: {known}")
+        return str(path)
     return value
 
 

@@ -16,12 +16,18 @@ Names and labels (all prefixed `adaptive_perception_`):
 | `drift_state`, `drift_score` | gauge | camera (state 0 unknown, 1 ok, 2 warn, 3 drift) |
 | `audits_total` | counter | camera (frames handed to the audit worker) |
 | `policy_info` | info | policy_id, mode |
+| `active` | gauge | - (1 while the node is lifecycle-active: subscribed and processing) |
+| `camera_level` | gauge | camera (its /diagnostics level: 0 OK, 1 WARN, 2 ERROR) |
+| `status_timestamp_seconds` | gauge | - (Unix time of the latest /diagnostics update, 1 Hz: a stuck node stops it) |
+
+`camera` is the image topic after remapping (`/camera/image_raw` for `image:=/camera/image_raw`), as in /diagnostics.
 """
 from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, start_http_server
 
 PREFIX = "adaptive_perception"
+STATUS_STALE_S = 10.0  # `check_health`: a status older than this means the node stopped updating it
 _NODE_BUCKETS = (0.005, 0.01, 0.02, 0.0333, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5)
 _OVERHEAD_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025)
 _AGE_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -57,26 +63,46 @@ class PrometheusMetrics:
                                  ["camera"], registry=r)
         self.audits = Counter(f"{PREFIX}_audits", "Frames audited against the reference tier", ["camera"], registry=r)
         self.policy = Info(f"{PREFIX}_policy", "Routing policy and mode in force", registry=r)
+        self.active = Gauge(f"{PREFIX}_active", "1 while the node is active (subscribed and processing)", registry=r)
+        self.camera_level = Gauge(f"{PREFIX}_camera_level", "Camera's diagnostics level: 0 OK, 1 WARN, 2 ERROR",
+                                  ["camera"], registry=r)
+        self.status_time = Gauge(f"{PREFIX}_status_timestamp_seconds", "Unix time of the latest diagnostics update",
+                                 registry=r)
+        self._names: dict[str, str] = {}
         self._server = None
 
-    def prepare(self, cameras: list[str] | tuple[str, ...], tiers: list[str] | tuple[str, ...]) -> None:
-        """Create every camera/tier series at zero, so a rate query works before the first event."""
-        for camera in cameras:
+    def prepare(self, cameras: dict[str, str], tiers: list[str] | tuple[str, ...]) -> None:
+        """Label each camera (a key of `cameras`) with its topic name after remapping (the value), and create every
+        camera/tier series at zero, so a rate query works before the first event."""
+        self._names = dict(cameras)
+        for camera in self._names.values():
             for metric in (self.received, self.lost, self.dropped_frames):
                 metric.labels(camera)
             for tier in tiers:
                 self.processed_frames.labels(camera, tier)
+            self.camera_level.labels(camera)
+
+    def name(self, camera: str) -> str:
+        """A camera's label: its topic after remapping."""
+        return self._names.get(camera, camera)
+
+    def status(self, levels: dict[str, int], now: float) -> None:
+        """Each camera's diagnostics level, and when they were computed (Unix seconds)."""
+        for camera, level in levels.items():
+            self.camera_level.labels(self.name(camera)).set(level)
+        self.status_time.set(now)
 
     # ---- the Telemetry sink interface ---------------------------------------------------------
     def arrived(self, camera: str, lost: int) -> None:
-        self.received.labels(camera).inc()
+        self.received.labels(self.name(camera)).inc()
         if lost:
-            self.lost.labels(camera).inc(lost)
+            self.lost.labels(self.name(camera)).inc(lost)
 
     def dropped(self, camera: str) -> None:
-        self.dropped_frames.labels(camera).inc()
+        self.dropped_frames.labels(self.name(camera)).inc()
 
     def processed(self, camera: str, tier: str, node_ms: float, overhead_ms: float, frame_age_ms: float) -> None:
+        camera = self.name(camera)
         self.processed_frames.labels(camera, tier).inc()
         self.node_seconds.labels(camera, tier).observe(node_ms / 1e3)
         self.overhead_seconds.labels(camera).observe(overhead_ms / 1e3)
@@ -84,10 +110,10 @@ class PrometheusMetrics:
             self.frame_age_seconds.labels(camera).observe(frame_age_ms / 1e3)
 
     def failed(self, camera: str, kind: str) -> None:
-        self.failed_frames.labels(camera, kind).inc()
+        self.failed_frames.labels(self.name(camera), kind).inc()
 
     def incompatible_qos(self, camera: str) -> None:
-        self.qos_incompatible.labels(camera).inc()
+        self.qos_incompatible.labels(self.name(camera)).inc()
 
     def policy_changed(self, policy_id: str, mode: str) -> None:
         self.policy.info({"policy_id": policy_id, "mode": mode})
@@ -104,9 +130,13 @@ class PrometheusMetrics:
             self._server = None
 
 
-def check_health(url: str = "http://127.0.0.1:9464/metrics", timeout_s: float = 5.0) -> tuple[bool, str]:
-    """A container healthcheck from the node's metrics: healthy when the endpoint answers, no tier failed, and
-    frames that arrive get processed. Returns (healthy, one line saying why)."""
+def check_health(url: str = "http://127.0.0.1:9464/metrics", timeout_s: float = 5.0,
+                 stale_s: float = STATUS_STALE_S) -> tuple[bool, str]:
+    """A container healthcheck from the node's metrics, judged on the node's current status, not on totals: healthy
+    when the endpoint answers, the node is active, its 1 Hz status is fresh (a stuck executor stops it) and no camera
+    is at ERROR (a tier failing on recent frames, or frames arriving unprocessed); a camera at WARN is named but
+    healthy (a camera that stopped publishing is not the node's fault). Returns (healthy, one line saying why)."""
+    import time
     import urllib.request
 
     from prometheus_client.parser import text_string_to_metric_families
@@ -124,17 +154,30 @@ def check_health(url: str = "http://127.0.0.1:9464/metrics", timeout_s: float = 
     if not any(family.name.startswith(PREFIX) for family in families):
         return False, (f"{url} serves no {PREFIX} metrics; point --url at perception_node's endpoint "
                        "(metrics.bind:metrics.port/metrics)")
-    received = processed = tier_failures = 0.0
+    received = processed = active = status_time = 0.0
+    levels: dict[str, float] = {}
     for family in families:
         for sample in family.samples:
             if sample.name == f"{PREFIX}_frames_received_total":
                 received += sample.value
             elif sample.name == f"{PREFIX}_frames_processed_total":
                 processed += sample.value
-            elif sample.name == f"{PREFIX}_frames_failed_total" and sample.labels["kind"].startswith("tier_failed"):
-                tier_failures += sample.value
-    if tier_failures:
-        return False, f"a detector tier failed on {tier_failures:.0f} frames"
-    if received and not processed:
-        return False, f"{received:.0f} frames arrived and none was processed"
-    return True, f"{processed:.0f} of {received:.0f} frames processed"
+            elif sample.name == f"{PREFIX}_active":
+                active = sample.value
+            elif sample.name == f"{PREFIX}_status_timestamp_seconds":
+                status_time = sample.value
+            elif sample.name == f"{PREFIX}_camera_level":
+                levels[sample.labels["camera"]] = sample.value
+    if not active:
+        return False, "the node is not active (configured but not processing: lifecycle activate, or autostart:=true)"
+    age = time.time() - status_time
+    if not status_time or age > stale_s:
+        return False, ("the node has published no status yet" if not status_time else
+                       f"the node's status is {age:.0f} s old (updated every second): is it stuck?")
+    totals = f"{processed:.0f} of {received:.0f} frames processed"
+    errors = sorted(camera for camera, level in levels.items() if level >= 2)
+    if errors:
+        return False, (f"camera {', '.join(errors)} at ERROR (a tier failing on recent frames, or frames arriving "
+                       f"unprocessed; /diagnostics says which); {totals}")
+    warnings = sorted(camera for camera, level in levels.items() if level == 1)
+    return True, totals + (f"; camera {', '.join(warnings)} at WARN (see /diagnostics)" if warnings else "")

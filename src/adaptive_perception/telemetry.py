@@ -67,7 +67,7 @@ class CameraStats:
     qos_incompatible: int = 0  # publishers whose QoS this camera's subscription cannot accept
     last_arrival: float | None = None
     last_processed: float | None = None
-    first_arrival: float | None = None
+    first_arrival: float | None = None  # since the latest activation
 
     def prune(self, oldest: float) -> None:
         for events, when in ((self.arrivals, lambda e: e), (self.drops, lambda e: e),
@@ -90,6 +90,14 @@ class Telemetry:
         self._clock = clock
         self._lock = threading.Lock()
         self.started = clock()
+        self.active, self.active_since = True, self.started  # the node: subscribed to its cameras since
+
+    def set_active(self, active: bool) -> None:
+        """The node subscribed to its cameras (lifecycle active) or stopped; an inactive node's cameras WARN."""
+        with self._lock:
+            self.active, self.active_since = active, self._clock()
+            for stats in self.cameras.values():
+                stats.first_arrival = None  # a stall counts from the first frame since
 
     def _stats(self, camera: str, now: float) -> CameraStats:
         stats = self.cameras[camera]
@@ -179,7 +187,9 @@ class Telemetry:
                 report[f"{tier}_ms_p50"] = percentile(times, 50)
                 report[f"{tier}_ms_p95"] = percentile(times, 95)
             recent_failures = [kind for _, kind in s.failures]
-            stalled_for = now - (s.last_processed if s.last_processed is not None else s.first_arrival or now)
+            # since the last output or the first frame since activation, whichever came last
+            start = now if s.first_arrival is None else s.first_arrival
+            stalled_for = now - (start if s.last_processed is None else max(start, s.last_processed))
             receiving = s.last_arrival is not None and now - s.last_arrival < self.settings.stall_s
             level, reasons = OK, []
             tier_failures = sorted({k.split(":", 1)[1] for k in recent_failures if k.startswith(TIER_FAILURE)})
@@ -190,6 +200,14 @@ class Telemetry:
                 level = ERROR
                 reasons.append(f"frames arrive but none was processed for {stalled_for:.1f} s")
             warnings = []
+            arrived_since = s.last_arrival is not None and s.last_arrival >= self.active_since
+            quiet_for = now - (s.last_arrival if arrived_since else self.active_since)
+            if not self.active:
+                warnings.append("node inactive: not subscribed to this camera (lifecycle activate)")
+            elif quiet_for >= self.settings.stall_s:
+                warnings.append(f"no frame for {quiet_for:.1f} s: has the camera stopped publishing?" if arrived_since
+                                else f"no frame in {quiet_for:.1f} s since activation: is anything publishing on this "
+                                "topic (ros2 topic info)?")
             if recent and report["node_ms_p95"] > self.settings.frame_budget_ms:
                 warnings.append(f"node time p95 {report['node_ms_p95']:.1f} ms exceeds the frame budget "
                                 f"{self.settings.frame_budget_ms:.1f} ms")

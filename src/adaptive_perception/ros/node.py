@@ -26,7 +26,7 @@ from adaptive_perception.audit import AuditSettings, ReferenceProcess
 from adaptive_perception.drawing import draw_routed
 from adaptive_perception.drift import DRIFT, STATE_NAMES, DriftWatch, weight_text
 from adaptive_perception.evidence import EvidenceCapture, EvidenceSettings
-from adaptive_perception.errors import AdaptivePerceptionError, ImageDecodeError, TierFailure
+from adaptive_perception.errors import AdaptivePerceptionError, ConfigError, ImageDecodeError, TierFailure
 from adaptive_perception.features import RoutingContext, next_context
 from adaptive_perception.frames import CameraCounters, LatestFrameSlot
 from adaptive_perception.metrics import PrometheusMetrics
@@ -78,6 +78,8 @@ class PerceptionNode(LifecycleNode):
         self.debug_rendered = 0  # debug images drawn since configure (none while nobody subscribes)
         self._diag_pub = None
         self._diag_timer = None
+        self.active = False  # subscribed and processing (lifecycle state active)
+        self._setting_own = False  # the node sets routing_mode / policy itself after a live switch
         self.add_on_set_parameters_callback(self._on_set_parameters)
         self._routing_services = [self.create_service(SetRoutingMode, "~/set_routing_mode", self._on_set_routing_mode),
                           self.create_service(LoadPolicy, "~/load_policy", self._on_load_policy)]
@@ -122,6 +124,7 @@ class PerceptionNode(LifecycleNode):
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
         try:
             config = self.read_config()
+            self._check_cameras(config.image_topics)
             detectors = {}
             for tier, path in config.model_paths().items():
                 started = time.perf_counter()
@@ -149,6 +152,7 @@ class PerceptionNode(LifecycleNode):
         self.config, self.detectors, self.router = config, detectors, router
         self._start_metrics(config)
         self.telemetry = Telemetry(config.image_topics, tuple(detectors), config.health, sink=self.metrics)
+        self._set_active(False)  # configured: subscribed only once active
         self._error_log = ErrorLog()
         self._configured_at = time.monotonic()
         self._start_run(config)
@@ -184,6 +188,20 @@ class PerceptionNode(LifecycleNode):
         self._diag_timer = self.create_timer(1.0, self._publish_diagnostics)
         return TransitionCallbackReturn.SUCCESS
 
+    def _check_cameras(self, topics: tuple[str, ...]) -> None:
+        """Refuse a camera listed twice (after remapping: `image` and `/image` are one topic): its frames would be
+        processed and published twice, its counters split. Names that do not resolve are left to activate."""
+        resolved = []
+        for topic in topics:
+            try:
+                resolved.append(self.resolve_topic_name(topic))
+            except Exception:  # an invalid name: activate reports it
+                pass
+        repeated = sorted({name for name in resolved if resolved.count(name) > 1})
+        if repeated:
+            raise ConfigError(f"image_topics {list(topics)} name {', '.join(repeated)} more than once (after "
+                              "remapping); list each camera once")
+
     def _start_evidence(self, config: NodeConfig) -> None:
         self.evidence = None
         if not config.evidence.enabled:
@@ -215,7 +233,8 @@ class PerceptionNode(LifecycleNode):
             self._metrics_state = f"not served: {config.metrics_bind}:{config.metrics_port}: {exc.strerror or exc}"
             self.get_logger().error(f"metrics {self._metrics_state}; set metrics.port to a free port (0 = off)")
             return
-        metrics.prepare(config.image_topics, tuple(self.detectors))
+        metrics.prepare({camera: self.resolve_topic_name(camera) for camera in config.image_topics},
+                        tuple(self.detectors))
         metrics.policy_changed(self.router.policy_id, self.router.mode)
         self.metrics = metrics
         self._metrics_state = f"http://{config.metrics_bind}:{config.metrics_port}/metrics"
@@ -292,11 +311,21 @@ class PerceptionNode(LifecycleNode):
         self._renderer.start()
         self.get_logger().info(f"active: {self.router.mode} on "
                                f"{[self.resolve_topic_name(t) for t in self.config.image_topics]}")
+        self._set_active(True)
         return result
 
     def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
         self._stop_processing()
+        self._set_active(False)
+        self.get_logger().info("inactive: no longer subscribed to the cameras (activate to process frames again)")
         return super().on_deactivate(state)
+
+    def _set_active(self, active: bool) -> None:
+        self.active = active
+        if self.telemetry is not None:
+            self.telemetry.set_active(active)
+        if self.metrics is not None:
+            self.metrics.active.set(1.0 if active else 0.0)
 
     def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
         self._release()
@@ -324,6 +353,7 @@ class PerceptionNode(LifecycleNode):
         super().destroy_node()
 
     def _stop_processing(self) -> None:
+        self.active = False
         for sub in self._subscriptions:
             self.destroy_subscription(sub)
         self._subscriptions = []
@@ -401,6 +431,7 @@ class PerceptionNode(LifecycleNode):
         array = DiagnosticArray()
         array.header.stamp = self.get_clock().now().to_msg()
         node = self.get_fully_qualified_name()
+        levels = {}
         for camera in telemetry.cameras:
             report = telemetry.camera_report(camera)
             state = self._drift_states.get(camera, 0)
@@ -413,14 +444,16 @@ class PerceptionNode(LifecycleNode):
                 report["level"] = max(report["level"], WARN)
                 report["message"] = (f"drift: the scene differs from the policy's training data (score {monitor.score:.2f})"
                                      + ("" if report["message"] == "frames processed" else f"; {report['message']}"))
+            levels[camera] = report["level"]
             array.status.append(_status(f"{node}: camera {self.resolve_topic_name(camera)}", node, report))
         for tier, detector in self.detectors.items():
             report = telemetry.tier_report(tier) | {"provider": detector.providers[0],
                                                     "requested_provider": detector.requested[0], "model": str(detector.path)}
             array.status.append(_status(f"{node}: tier {tier}", node, report))
         array.status.append(_status(f"{node}: routing", node, {
-            "level": WARN if self._metrics_state.startswith("not served") else OK,
-            "message": f"{router.mode}" + (f", policy {router.policy_id}" if router.policy_id else ""),
+            "level": WARN if self._metrics_state.startswith("not served") or not self.active else OK,
+            "message": ("" if self.active else "inactive (lifecycle activate to process frames): ") + f"{router.mode}"
+                       + (f", policy {router.policy_id}" if router.policy_id else ""),
             "mode": router.mode, "policy_id": router.policy_id,
             "drift_state": STATE_NAMES[max(self._drift_states.values(), default=0)],
             "drift_routing_statistics": ("no drift monitor" if self.drift is None or self.drift.reference is None else
@@ -429,6 +462,8 @@ class PerceptionNode(LifecycleNode):
             "mlflow_run": (self.run.error or self.run.run_id or "starting") if self.run is not None else "off",
             **self._evidence_report()}))
         self._diag_pub.publish(array)
+        if self.metrics is not None:
+            self.metrics.status(levels, time.time())
 
     def _evidence_report(self) -> dict[str, object]:
         evidence = self.evidence
@@ -506,9 +541,9 @@ class PerceptionNode(LifecycleNode):
             camera_routing.publish(out)
         if self.metrics is not None:
             if audited:
-                self.metrics.audits.labels(camera).inc()
+                self.metrics.audits.labels(self.metrics.name(camera)).inc()
             if math.isfinite(drift_score):
-                self.metrics.drift_score.labels(camera).set(drift_score)
+                self.metrics.drift_score.labels(self.metrics.name(camera)).set(drift_score)
         debug_slot, debug_pubs = self._debug_slot, self._debug_pubs
         if debug_slot is not None and any(pub.get_subscription_count() for pub in debug_pubs):
             debug_slot.put("debug", (rgb, detections, decision.tier_name, out.total_ms, header))
@@ -519,7 +554,7 @@ class PerceptionNode(LifecycleNode):
             return
         self._drift_states[camera] = state
         if self.metrics is not None:
-            self.metrics.drift_state.labels(camera).set(state)
+            self.metrics.drift_state.labels(self.metrics.name(camera)).set(state)
         text = (f"drift on camera '{self.resolve_topic_name(camera)}': {STATE_NAMES[previous]} -> {STATE_NAMES[state]} "
                 f"(score {score:.2f}; {', '.join(f'{k} {v:.3f}' for k, v in self.drift.monitors[camera].statistics.items())})")
         if state == DRIFT:  # one call site per severity: rclpy refuses to change it between calls
@@ -554,15 +589,17 @@ class PerceptionNode(LifecycleNode):
         """Validate, then switch between two frames; refused modes leave the running one in force."""
         try:
             mode = check_mode(request.mode.strip())
+            loaded = self.detectors if self.router is not None else [  # unconfigured: what configure will load
+                t for t in TIERS if self.get_parameter(f"models.{t}").value]
+            missing = [t for t in tiers_needed(mode) if t not in loaded]
+            if missing:
+                raise AdaptivePerceptionError(f"tiers {missing} are not loaded (models.<tier> is empty)")
             if self.router is not None:
-                missing = [t for t in tiers_needed(mode) if t not in self.detectors]
-                if missing:
-                    raise AdaptivePerceptionError(f"tiers {missing} are not loaded (models.<tier> is empty)")
                 self.router.set_mode(mode)
                 if self.metrics is not None:
                     self.metrics.policy_changed(self.router.policy_id, self.router.mode)
                 self._compare_drift_routing()
-            self.set_parameters([Parameter("routing_mode", value=mode)])  # the next configure keeps it
+            self._set_own(Parameter("routing_mode", value=mode))  # the next configure keeps it
         except AdaptivePerceptionError as exc:
             response.success, response.message = False, f"mode '{request.mode}' refused: {exc}"
             self.get_logger().warning(response.message)
@@ -574,6 +611,8 @@ class PerceptionNode(LifecycleNode):
     def _on_load_policy(self, request: LoadPolicy.Request, response: LoadPolicy.Response):
         """Load and validate the file completely, then swap it in between two frames; on failure keep the old one."""
         try:
+            if not request.path.strip():
+                raise AdaptivePerceptionError("no path given: name a policy ONNX file or embedded:policy")
             policy = Policy(resolve_model(request.path.strip()))
         except Exception as exc:  # PolicyFileError, or anything else a hostile file provokes
             response.success, response.message = False, f"{exc}; the running policy stays"
@@ -586,15 +625,34 @@ class PerceptionNode(LifecycleNode):
             if self.drift is not None:
                 self.drift.set_reference(policy.drift_reference)
                 self._compare_drift_routing()
-        self.set_parameters([Parameter("policy", value=request.path.strip())])
+        self._set_own(Parameter("policy", value=request.path.strip()))
         response.success, response.message = True, policy.policy_id
         self.get_logger().info(f"policy '{policy.policy_id}' loaded from {policy.path}")
         self._check_policy_tiers(policy, self.detectors)
         return response
 
+    def _set_own(self, parameter: Parameter) -> None:
+        """Record a switch a service made live, so the next configure keeps it (no 'applies at configure' warning)."""
+        self._setting_own = True
+        try:
+            self.set_parameters([parameter])
+        finally:
+            self._setting_own = False
+
     def _on_set_parameters(self, parameters: list[Parameter]) -> SetParametersResult:
-        """routing.cost_weight applies to a configured node at once (between two frames); others at configure."""
+        """routing.cost_weight applies to a configured node at once (between two frames); others at configure,
+        which a configured node says in a warning; an unknown routing_mode is refused at once."""
         for parameter in parameters:
+            if parameter.name == "routing_mode":
+                try:
+                    check_mode(parameter.value)
+                except AdaptivePerceptionError as exc:
+                    return SetParametersResult(successful=False, reason=str(exc))
+            if parameter.name != "routing.cost_weight" and self.config is not None and not self._setting_own:
+                live = {"routing_mode": "; ~/set_routing_mode switches a running node",
+                        "policy": "; ~/load_policy swaps a running node's policy"}.get(parameter.name, "")
+                self.get_logger().warning(f"parameter {parameter.name} = {parameter.value!r} is set but applies at the "
+                                          f"next configure (lifecycle cleanup, then configure){live}")
             if parameter.name == "routing.cost_weight":
                 value = parameter.value
                 if not isinstance(value, float) or not math.isfinite(value):

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib
 import sys
+import signal
 import time
 from pathlib import Path
 
@@ -70,6 +71,10 @@ class TopicRecorder:
             self.node.destroy_subscription(subscription)
 
 
+def _interrupt(signum, _frame) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def run_record(out: Path | None, topics: list[str], segment_mb: float, segment_s: float, budget_mb: float,
                duration_s: float, live_port: int | None, live_host: str) -> int:
     """Record until Ctrl-C (or `duration_s` > 0); prints one line per closed segment."""
@@ -87,6 +92,9 @@ def run_record(out: Path | None, topics: list[str], segment_mb: float, segment_s
     where += [f"Foxglove live on ws://{live_host}:{live.port}"] if live else []
     print(f"recording {topics}: {', '.join(where)}; Ctrl-C stops", file=sys.stderr, flush=True)
     with spun_node("adaptive_perception_recorder") as node:
+        # SIGTERM (docker stop, systemd) stops like Ctrl-C: the open segment is closed, not lost (set after rclpy's
+        # own handlers, which would only shut the context down)
+        signal.signal(signal.SIGTERM, _interrupt)
         recording = TopicRecorder(node, topics, recorder, live)
         closed = 0
         started = time.monotonic()
