@@ -134,6 +134,8 @@ def test_the_cost_weight_moves_a_value_policys_operating_point_on_a_running_node
         assert graph.node.set_parameters([Parameter("routing.cost_weight", value=weight)])[0].successful
         routed[weight] = _route(graph, regime_frames["dense"], sec).tier_name
     assert routed == {3.0: "nano", 0.0: "large", -1.0: "small"}
+    assert wait_until(lambda: any(log.msg == "routing.cost_weight = -1 (the policy's own weight): the operating point "
+                                  "moves from the next frame" for log in graph.logs), 5)
     refused = graph.node.set_parameters([Parameter("routing.cost_weight", value=float("inf"))])[0]
     assert not refused.successful and "routing.cost_weight" in refused.reason
     assert _route(graph, regime_frames["dense"], 50).tier_name == "small"

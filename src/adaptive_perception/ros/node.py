@@ -660,6 +660,8 @@ class PerceptionNode(LifecycleNode):
                                                "finite float (negative: the policy's own weight)")
                 if self.router is not None:
                     self.router.set_cost_weight(value)
+                    self.get_logger().info(f"routing.cost_weight = {value:g}" + (" (the policy's own weight)" if value < 0
+                                           else "") + ": the operating point moves from the next frame")
                     self._compare_drift_routing()
         return SetParametersResult(successful=True)
 
