@@ -91,6 +91,7 @@ def test_a_frame_inside_its_tier_at_a_routing_change_joins_no_window_in_a_runnin
         assert list(monitor._tiers) == [] and monitor.routing_off == ""  # counted again, without frame 2's tier
         large.detect = detect
         assert graph.send_lockstep(image_msg(scene_rgb, sec=3))
+        assert wait_until(lambda: any(d.header.stamp.sec == 3 for d in graph.routing), 10)  # after the detections
         third = next(d for d in graph.routing if d.header.stamp.sec == 3)
         assert third.mode == "learned" and list(monitor._tiers) == [third.tier]
     finally:

@@ -29,7 +29,11 @@ def test_promote_keeps_the_previous_policy_and_rollback_swaps_them(tmp_path, pol
     with pytest.raises(ConfigError, match="store-init"):
         store.promote(policies["small"])
     assert store.init(str(policies["nano"])) == store.current
-    assert store.init(str(policies["large"])) == store.current and store.policy_id(store.current) == "to-nano"
+    # store-init again: a provisioning script's re-run changes nothing; another policy is refused, not ignored
+    assert store.init() == store.current and store.init(str(policies["nano"])) == store.current
+    with pytest.raises(ConfigError, match="already holds policy 'to-nano'; nothing was changed: .*policy promote"):
+        store.init(str(policies["large"]))
+    assert store.policy_id(store.current) == "to-nano" and len(store.history()) == 1
     with pytest.raises(ConfigError, match="nothing to roll back"):
         store.rollback()
     store.promote(policies["small"], {"promote": True, "difference": 1.5})
@@ -38,12 +42,21 @@ def test_promote_keeps_the_previous_policy_and_rollback_swaps_them(tmp_path, pol
     assert (store.policy_id(store.current), store.policy_id(store.previous)) == ("to-nano", "to-small")
     store.rollback()  # a second rollback undoes the first
     assert (store.policy_id(store.current), store.policy_id(store.previous)) == ("to-small", "to-nano")
+    # promoting the current policy again would make it its own rollback target: refused, nothing moves
+    with pytest.raises(ConfigError, match="'to-small' is already current .* nothing was changed"):
+        store.promote(policies["small"])
+    assert (store.policy_id(store.current), store.policy_id(store.previous)) == ("to-small", "to-nano")
     history = store.history()
     assert [(h["action"], h["policy_id"], h.get("replaced")) for h in history] == [
         ("init", "to-nano", None), ("promote", "to-small", "to-nano"), ("rollback", "to-nano", "to-small"),
         ("rollback", "to-small", "to-nano")]
     assert history[1]["decision"] == {"promote": True, "difference": 1.5}
     assert sorted(p.name for p in store.folder.iterdir()) == ["current.onnx", "history.jsonl", "previous.onnx"]
+    store.current.unlink()  # a store that lost its current policy says so (was a bare FileNotFoundError)
+    with pytest.raises(ConfigError, match="no current.onnx there; restore it"):
+        store.rollback()
+    with pytest.raises(ConfigError, match="no current.onnx there; it is not a policy store"):
+        PolicyStore(tmp_path / "mistyped").rollback()
 
 
 def test_a_broken_candidate_is_refused_before_anything_moves(tmp_path, policies):

@@ -324,6 +324,8 @@ def test_the_drift_reports_retraining_writes_the_evidence_trains_gates_and_score
     decision = json.loads((tmp_path / "retrain" / "retrain.json").read_text())
     assert decision["bags"] == [out["evidence_bag"]] and decision["promote"] == out["gate"]["promote"]
     assert out["gate"]["held_out_segments"] == 2  # 6 segments of 30 frames, every third held out
+    assert decision["warnings"] == ["only 2 held-out segments: the bootstrap interval over them is coarse; record more "
+                                    "evidence (one 30-frame segment in 3 is held out)"]
     assert out["before"]["policy_id"] == Policy(root / "policy.onnx").policy_id
     assert out["after"]["policy_id"] == decision["candidate"]["policy_id"] != out["before"]["policy_id"]
     assert out["scored_frames"] == 30 and out["scored_seed"] not in (424242,)
@@ -363,6 +365,20 @@ def test_retrain_refuses_a_candidate_that_buys_accuracy_with_cost(pipeline, tmp_
     assert decision["candidate"]["mix_new"] == {"nano": 0.0, "small": 0.0, "large": 1.0}
     assert store.policy_id(store.current) == "always-nano" and not store.previous.exists()  # nothing promoted
     assert "KEEP the current policy" in run.stdout
+    # without --latency the gate costs the tiers as the original training did (it averaged the profiles' own
+    # latencies, calling them this machine's)
+    original_costs = json.loads((pipeline["root"] / "work" / "costs.json").read_text())
+    assert decision["costs"] == {"device": original_costs["device"],
+                                 "tiers_ms": [original_costs["tiers_ms"][t] for t in ("nano", "small", "large")]}
+    # a --current that is not what the store deploys would gate against the wrong policy: refused before profiling
+    wrong = _cli("train", "retrain", "--bags", *_evidence(pipeline, tmp_path / "again"), "--original-work",
+                 str(pipeline["root"] / "work"), "--work", str(tmp_path / "wrong"), "--current", str(large),
+                 "--candidate", str(nano), "--store", str(store.folder), timeout=300)
+    assert wrong.returncode == 2 and "is policy 'always-large' but --store" in wrong.stderr
+    assert "deploys 'always-nano'" in wrong.stderr and not (tmp_path / "wrong" / "mlflow.db").exists()
+    sidecar = _cli("train", "retrain", "--bags", *_evidence(pipeline, tmp_path / "third"), "--truth", "sidecar",
+                   timeout=300)
+    assert sidecar.returncode == 2 and "evidence bags carry no labels" in sidecar.stderr
 
 
 def test_retrain_trains_a_candidate_on_the_evidence_and_logs_the_gate(pipeline, tmp_path):
@@ -377,7 +393,10 @@ def test_retrain_trains_a_candidate_on_the_evidence_and_logs_the_gate(pipeline, 
     assert run.returncode in (0, 3), run.stdout[-3000:] + run.stderr[-3000:]
     decision = json.loads((tmp_path / "work" / "retrain.json").read_text())
     assert decision["promote"] == (run.returncode == 0) == all(decision["checks"].values())
-    assert Policy(decision["candidate"]["path"]).policy_id.startswith("bc-ppo-")
+    candidate = Policy(decision["candidate"]["path"])
+    assert candidate.policy_id.startswith("bc-ppo-")
+    assert f"on {pipeline['root'] / 'work'}'s router split + evidence bags {bags} (truth reference: the large tier)" \
+        in candidate.info.description  # was: "on build/benchmark (dataset, truth sidecar)"
     # the training data: the original router split followed by two thirds of the evidence's segments
     original = Profile.load(pipeline["root"] / "work" / "profile_router.npz")
     combined = Profile.load(tmp_path / "work" / "profile_router.npz")

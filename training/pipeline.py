@@ -50,6 +50,7 @@ class Settings:
     switch_penalty: float = 0.0
     resamples: int = 200
     force: bool = False
+    data: str = ""  # what the policy file's description says it was trained on (default: benchmark, source, truth)
 
     def uri(self) -> str:
         return self.tracking_uri or f"sqlite:///{(self.work / 'mlflow.db').resolve()}"
@@ -348,7 +349,8 @@ def stage_export(settings: Settings) -> None:
                 name = "bc" if kind == "bc" else "bc-ppo"
                 path = export(network, _policy_path(settings, kind, seed), f"{name}-l{lam:g}-s{seed}-{digest}",
                               f"{name} routing policy (lambda {lam:g}, seed {seed}) trained by `adaptive-perception "
-                              f"train` on {settings.benchmark} ({settings.source}, truth {settings.truth})", digests,
+                              f"train` on " + (settings.data or f"{settings.benchmark} ({settings.source}, truth "
+                                               f"{settings.truth})"), digests,
                               lambda policy: drift_reference(policy, training, held_out, costs))
                 mlflow.log_artifact(str(path), artifact_path="policies")
         if settings.policy_out is not None:

@@ -28,6 +28,7 @@ from adaptive_perception.training.profile import Profile
 
 SEGMENT_FRAMES = 30  # 1 s at 30 Hz: the gate's resampling unit
 HOLDOUT_EVERY = 3  # every third segment of each bag is held out for the gate
+FEW_SEGMENTS = 10  # fewer held-out segments than this: the gate warns that its interval is coarse
 
 
 def subset(profile: Profile, frames: np.ndarray) -> Profile:
@@ -103,10 +104,12 @@ def score_policy(split, costs, policy: Policy, resamples: int, seed: int) -> dic
     return {**row, "mean_cost_ms": columns["mean_cost_ms"], "mix": columns["mix"]}
 
 
-def retrain(settings, bags: list[Path], original_work: Path, current: str, candidate: str | None = None,
+def retrain(settings, bags: list[Path], original_work: Path, current: str | None = None, candidate: str | None = None,
             segment_frames: int = SEGMENT_FRAMES, holdout_every: int = HOLDOUT_EVERY, store: Path | None = None,
             node: str = "") -> dict:
-    """Run the retraining and the gate; returns the decision (also written to <work>/retrain.json)."""
+    """Run the retraining and the gate; returns the decision (also written to <work>/retrain.json). `current`:
+    the policy the node runs (default: the store's current policy with a store, else embedded:policy); the tier
+    costs are the original training's (`<original_work>/costs.json`) unless `settings.latency` names others."""
     from adaptive_perception.config import resolve_model
     from adaptive_perception.training import gate
     from adaptive_perception.training import pipeline
@@ -123,9 +126,23 @@ def retrain(settings, bags: list[Path], original_work: Path, current: str, candi
     if absent:
         raise AdaptivePerceptionError(f"the original training data's profiles {absent} are missing; run `adaptive-"
                                       f"perception train profile --work {original_work}` (or `train all`) first")
+    deployed = Path(store) / "current.onnx" if store is not None else None
+    if deployed is not None and not deployed.is_file():
+        raise AdaptivePerceptionError(f"--store {store} holds no current.onnx; start it with `adaptive-perception "
+                                      "policy store-init --store DIR` first")
+    current = current or (str(deployed) if deployed is not None else "embedded:policy")
+    current_policy = Policy(resolve_model(current))
+    if deployed is not None and Policy(str(deployed)).policy_id != current_policy.policy_id:
+        raise AdaptivePerceptionError(
+            f"--current '{current}' is policy '{current_policy.policy_id}' but --store {store} deploys "
+            f"'{Policy(str(deployed)).policy_id}': the gate must compare the candidate with the policy it would "
+            "replace; leave --current out to use the store's")
+    if settings.latency is None and (original_work / "costs.json").is_file():
+        settings = replace(settings, latency=original_work / "costs.json")  # the costs the original was trained at
+    settings = replace(settings, data=f"{original_work}'s router split + evidence bags {[str(b) for b in bags]} "
+                                      "(truth reference: the large tier)")
     work = settings.work
     work.mkdir(parents=True, exist_ok=True)
-    current_policy = Policy(resolve_model(current))
     if candidate is not None:  # checked before the evidence is profiled (minutes), not after
         Policy(resolve_model(candidate))
     import mlflow
@@ -138,8 +155,15 @@ def retrain(settings, bags: list[Path], original_work: Path, current: str, candi
         evidence = profile(bag_frames(bags, None, False), None, "reference", settings.models, settings.teacher,
                            desc="profile evidence")
         train_part, held_out = split_segments(segment(evidence, segment_frames), holdout_every)
+        held_segments = len(np.unique(held_out.sequence))
         print(f"[retrain] evidence: {len(evidence)} frames from {len(bags)} bags; {len(np.unique(train_part.sequence))} "
-              f"segments to train on, {len(np.unique(held_out.sequence))} held out for the gate")
+              f"segments {'to train on' if candidate is None else 'not used (--candidate given)'}, {held_segments} "
+              "held out for the gate")
+        warnings = [] if held_segments >= FEW_SEGMENTS else [
+            f"only {held_segments} held-out segments: the bootstrap interval over them is coarse; record more evidence "
+            f"(one {segment_frames}-frame segment in {holdout_every} is held out)"]
+        for warning in warnings:
+            print(f"[gate] warning: {warning}")
         held_out.save(work / "evidence_held_out.npz")
         if candidate is None:
             concat([Profile.load(originals[pipeline.TRAIN_SPLIT]), train_part]).save(
@@ -167,7 +191,8 @@ def retrain(settings, bags: list[Path], original_work: Path, current: str, candi
                         current={"path": current_policy.path, "policy_id": current_policy.policy_id,
                                  "mix_new": rows["current"]["new"]["mix"]},
                         bags=[str(b) for b in bags], held_out_frames=len(held_out),
-                        held_out_segments=int(len(np.unique(held_out.sequence))), resamples=settings.resamples)
+                        held_out_segments=held_segments, resamples=settings.resamples, warnings=warnings,
+                        costs={"device": costs.device, "tiers_ms": costs.ms.round(3).tolist()})
         mlflow.log_metrics({"promote": float(decision["promote"]), "new_difference": decision["new_data"]["difference"],
                             "new_difference_ci_low": decision["new_data"]["difference_ci"][0],
                             "cost_ratio": decision["new_data"]["cost_ratio"],

@@ -171,7 +171,8 @@ def _parser() -> argparse.ArgumentParser:
     store_init = policy_sub.add_parser("store-init", help="start a policy store from a policy (default: the "
                                        "embedded one) unless it holds one already")
     store_init.add_argument("--store", type=Path, required=True, help=store_help)
-    store_init.add_argument("--from", dest="source", default="embedded:policy", help="policy ONNX or embedded:policy")
+    store_init.add_argument("--from", dest="source", help="policy ONNX or embedded:policy (default embedded:policy; "
+                            "on an existing store: refused unless it is the current policy)")
     promote = policy_sub.add_parser("promote", help="make a policy current in a store (the current one is kept for "
                                     "rollback) and load it into the running node")
     promote.add_argument("candidate", help="policy ONNX file")
@@ -242,7 +243,8 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--teacher", help="teacher detector ONNX for --truth reference (default: the large tier)")
     train.add_argument("--latency", type=Path, help="device latency JSON {device, tiers_ms: {nano, small, large}} "
                        "(default: this machine, measured while profiling)")
-    train.add_argument("--work", type=Path, help="work folder for the stages' outputs (default build/train)")
+    train.add_argument("--work", type=Path, help="work folder for the stages' outputs (default build/train; "
+                       "retrain: build/retrain)")
     train.add_argument("--reports", type=Path, help="report folder (default training/reports)")
     train.add_argument("--policy-out", type=Path, help="also copy the BC + PPO policy (seed 0) here")
     train.add_argument("--tracking-uri", help="MLflow tracking URI (default sqlite:///<work>/mlflow.db)")
@@ -265,12 +267,15 @@ def _parser() -> argparse.ArgumentParser:
     retrain.add_argument("--bags", type=Path, nargs="+", help="evidence bags (rosbag2 folders) without labels: truth "
                          "from the large tier")
     retrain.add_argument("--original-work", type=Path, default=Path("build/train"),
-                         help="work folder of the original training (its profiles: the original data)")
-    retrain.add_argument("--current", default="embedded:policy", help="the policy the node runs now")
+                         help="work folder of the original training (default build/train): its profiles are the "
+                              "original data, its costs.json the tier costs unless --latency is given")
+    retrain.add_argument("--current", help="the policy the node runs now (default: --store's current.onnx, else "
+                         "embedded:policy; with --store, it must be the store's)")
     retrain.add_argument("--candidate", help="gate this policy file instead of training one")
     retrain.add_argument("--segment-frames", type=_count, default=30, help="frames per time segment (the gate's unit)")
     retrain.add_argument("--store", type=Path, help="policy store to promote into when the gate says so")
-    retrain.add_argument("--node", default="", help="running node to load a promoted policy into, e.g. /perception_node")
+    retrain.add_argument("--node", default="", help="running node to load a promoted policy into, e.g. /perception_node "
+                         "(default: none; the store changes and a restarted node loads it)")
     train.add_argument("--force", action="store_true", help="rerun stages even when their output is cached")
 
     bench = sub.add_parser("bench", help="benchmarks that print a table and write JSON")
@@ -619,6 +624,9 @@ def main(argv: list[str] | None = None) -> int:
             if args.stage == "retrain":
                 from adaptive_perception.training.retrain import retrain
 
+                if args.truth == "sidecar":
+                    raise AdaptivePerceptionError("retrain: evidence bags carry no labels; their truth is the large "
+                                                  "tier's output (--truth reference), leave --truth out")
                 settings = settings_from(args)
                 if args.work is None:
                     settings = replace(settings, work=Path("build/retrain"))

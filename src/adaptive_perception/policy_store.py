@@ -36,10 +36,16 @@ class PolicyStore:
     def policy_id(self, path: Path) -> str | None:
         return Policy(str(path)).policy_id if path.is_file() else None
 
-    def init(self, policy: str) -> Path:
-        """Start the store from `policy` (a file or embedded:policy) unless it already holds a current policy."""
+    def init(self, policy: str | None = None) -> Path:
+        """Start the store from `policy` (a file or embedded:policy; default embedded:policy) unless it already holds
+        a current policy: then nothing changes, and a `policy` other than the current one is refused."""
         if self.current.is_file():
+            if policy is not None and Policy(resolve_model(policy)).policy_id != self.policy_id(self.current):
+                raise ConfigError(f"policy store {self.folder} already holds policy '{self.policy_id(self.current)}'; "
+                                  f"nothing was changed: `adaptive-perception policy promote {policy} --store "
+                                  f"{self.folder}` makes it current (and keeps the old one for rollback)")
             return self.current
+        policy = policy or "embedded:policy"
         source = Path(resolve_model(policy))
         Policy(str(source))  # validated before anything is written
         self._install(source, self.current)
@@ -54,6 +60,9 @@ class PolicyStore:
         candidate = Path(resolve_model(str(candidate)))
         new_id = Policy(str(candidate)).policy_id  # validated before anything moves
         old_id = self.policy_id(self.current)
+        if new_id == old_id:  # a second promotion would make previous the same policy: no way back
+            raise ConfigError(f"policy '{new_id}' is already current in {self.folder}; nothing was changed (the "
+                              "previous policy stays the rollback target)")
         self._install(self.current, self.previous)
         self._install(candidate, self.current)
         self._log({"action": "promote", "policy_id": new_id, "replaced": old_id, "source": str(candidate),
@@ -62,6 +71,11 @@ class PolicyStore:
 
     def rollback(self) -> Path:
         """Swap current and previous (a second rollback undoes the first). Returns the current path."""
+        if not self.current.is_file():
+            raise ConfigError(f"--store {self.folder}: no {CURRENT} there" + (
+                "; it is not a policy store (start one with `adaptive-perception policy store-init --store DIR`)"
+                if not (self.folder / HISTORY).is_file() else
+                f"; restore it (its history: {self.folder / HISTORY}) or start again with `policy store-init`"))
         if not self.previous.is_file():
             raise ConfigError(f"policy store {self.folder} has no {PREVIOUS}: nothing was promoted, nothing to roll "
                               "back to")
