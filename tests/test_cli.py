@@ -153,3 +153,42 @@ def test_params_files_for_this_node_pass_the_check(tmp_path, content, remap):
         params = tmp_path / "params.yaml"
         params.write_text(content)
     _check_params_file(params, remap)
+
+
+def test_policy_inspect_says_how_the_policy_routes_and_what_it_monitors(tmp_path, capsys):
+    """inspect printed the id and the description only: not the cost weight a value policy runs at, nor whether
+    the drift monitor will run with it."""
+    from policies import constant_policy
+
+    assert main(["policy", "inspect", "embedded:policy"]) == 0
+    out = capsys.readouterr().out
+    assert "policy_id bc-ppo-l0.251734-s0-0051389b, tiers ['nano', 'small', 'large']" in out
+    assert "outputs: tier values, cost weight 0.280172 (routing.cost_weight < 0 runs at it" in out
+    assert "inputs read: 4 of 1028" in out  # the 4 context values (the image features weigh 0)
+    assert "drift reference: thresholds agreement_drop 0.535, feature_psi 3.9, image_quality 1.25, mix_tvd 0.707, " \
+        "veil 3.37" in out  # the README's drift thresholds
+    assert "tier mix and audits measured at cost weight 0.280172, hysteresis 0" in out
+    assert "trained with tiers: nano " in out
+    logits = constant_policy(tmp_path / "logits.onnx", (0.2, 0.3, 0.5), "const")
+    assert main(["policy", "inspect", str(logits)]) == 0
+    out = capsys.readouterr().out
+    assert "outputs: tier logits" in out and "drift reference: none (the node's drift monitor is off" in out
+
+
+def test_a_recording_too_short_for_the_gate_is_refused_before_profiling(tmp_path, capsys):
+    """Counted from the bag's index now: the refusal came after minutes of profiling the evidence."""
+    import numpy as np
+
+    from adaptive_perception.bag import write_image_bag
+
+    frames = [(10**9 + i * 33_333_333, np.zeros((24, 32, 3), np.uint8)) for i in range(40)]
+    write_image_bag(tmp_path / "evidence_0001", frames, "/camera/image_raw")
+    original = tmp_path / "original"
+    original.mkdir()
+    for split in ("router", "val", "test"):
+        (original / f"profile_{split}.npz").write_text("")
+    assert main(["train", "retrain", "--bags", str(tmp_path / "evidence_0001"), "--original-work", str(original),
+                 "--work", str(tmp_path / "work")]) == 2
+    assert ("--bags hold 40 frames (40): 2 segments of 30 frames, and the gate needs at least 6"
+            in capsys.readouterr().err)
+    assert not (tmp_path / "work" / "mlflow.db").exists()

@@ -161,6 +161,7 @@ def test_promote_to_a_node_that_is_not_there_says_so_and_keeps_the_store_change(
     run = subprocess.run(["adaptive-perception", "policy", "promote", str(policies["large"]), "--store",
                           str(store.folder), "--node", "/nobody_here", "--timeout", "3"], capture_output=True, text=True,
                          timeout=120)
-    assert run.returncode != 0 and "no service /nobody_here/load_policy" in run.stderr
+    assert run.returncode == 4 and "no service /nobody_here/load_policy" in run.stderr  # 2: nothing changed
+    assert "the store changed" in run.stderr and "is policy 'to-large': a restarted node loads it" in run.stderr
     assert time.monotonic() - started < 30
     assert store.policy_id(store.current) == "to-large"  # a restarted node picks it up

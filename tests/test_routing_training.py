@@ -318,3 +318,22 @@ def test_ppo_critic_warmup_leaves_the_bc_actor_alone(warmup):
     # all 256 steps in warm-up: the actor is BC's exactly; without warm-up PPO's 256 steps move it
     assert unchanged == (warmup == 256)
     assert isinstance(ppo, Network)
+
+
+def test_a_stage_run_keeps_a_parameter_too_long_for_mlflow_whole_in_its_params_json(tmp_path):
+    """MLflow keeps 500 characters of a parameter: the bag list of a retraining on many evidence segments was cut."""
+    import json as _json
+
+    import mlflow
+
+    from adaptive_perception.training.pipeline import Settings, tracked
+
+    bags = [f"/data/evidence/camera_image_raw/evidence_{i:04d}" for i in range(40)]
+    with tracked(Settings(work=tmp_path), "retrain", {"bags": bags, "segment_frames": 30}):
+        run_id = mlflow.active_run().info.run_id
+    client = mlflow.tracking.MlflowClient(f"sqlite:///{(tmp_path / 'mlflow.db').resolve()}")
+    logged = client.get_run(run_id).data.params
+    assert logged["segment_frames"] == "30" and logged["bags"].endswith(" ... (params.json)")
+    assert len(logged["bags"]) <= 500
+    path = client.download_artifacts(run_id, "params.json", str(tmp_path))
+    assert _json.loads(open(path).read())["bags"] == str(bags)

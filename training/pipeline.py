@@ -75,7 +75,13 @@ def tracked(settings: Settings, stage: str, params: dict):
         mlflow.create_experiment(EXPERIMENT, artifact_location=artifacts.as_uri())
     mlflow.set_experiment(EXPERIMENT)
     with mlflow.start_run(run_name=stage, nested=mlflow.active_run() is not None) as run:
-        mlflow.log_params({k: (str(v)[:500]) for k, v in params.items()})
+        # MLflow keeps 500 characters of a parameter: a long one (many evidence bags) is cut there and whole in
+        # the run's params.json
+        mlflow.log_params({k: str(v) if len(str(v)) <= 500 else str(v)[:480] + " ... (params.json)"
+                           for k, v in params.items()})
+        if any(len(str(v)) > 500 for v in params.values()):
+            mlflow.log_dict({k: v if isinstance(v, (int, float, bool, type(None))) else str(v) for k, v in params.items()},
+                            "params.json")
         yield mlflow
         print(f"[{stage}] logged to MLflow run {run.info.run_id} ({settings.uri()})")
 

@@ -137,14 +137,22 @@ def retrain(settings, bags: list[Path], original_work: Path, current: str | None
             f"--current '{current}' is policy '{current_policy.policy_id}' but --store {store} deploys "
             f"'{Policy(str(deployed)).policy_id}': the gate must compare the candidate with the policy it would "
             "replace; leave --current out to use the store's")
+    if candidate is not None:  # checked before the evidence is profiled (minutes), not after
+        Policy(resolve_model(candidate))
+    from adaptive_perception.bag import image_count
+
+    counts = [image_count(b) for b in bags]  # from the bags' indexes: a short recording is refused before profiling
+    if sum(-(-n // segment_frames) for n in counts) < 2 * holdout_every:
+        raise AdaptivePerceptionError(
+            f"--bags hold {sum(counts)} frames ({', '.join(map(str, counts))}): "
+            f"{sum(-(-n // segment_frames) for n in counts)} segments of {segment_frames} frames, and the gate needs "
+            f"at least {2 * holdout_every} (record longer, or lower --segment-frames)")
     if settings.latency is None and (original_work / "costs.json").is_file():
         settings = replace(settings, latency=original_work / "costs.json")  # the costs the original was trained at
     settings = replace(settings, data=f"{original_work}'s router split + evidence bags {[str(b) for b in bags]} "
                                       "(truth reference: the large tier)")
     work = settings.work
     work.mkdir(parents=True, exist_ok=True)
-    if candidate is not None:  # checked before the evidence is profiled (minutes), not after
-        Policy(resolve_model(candidate))
     import mlflow
 
     mlflow.set_tracking_uri(settings.uri())
@@ -152,8 +160,8 @@ def retrain(settings, bags: list[Path], original_work: Path, current: str | None
                                                 "current_policy": current_policy.policy_id,
                                                 "candidate": candidate or "trained here",
                                                 "segment_frames": segment_frames, "holdout_every": holdout_every}):
-        evidence = profile(bag_frames(bags, None, False), None, "reference", settings.models, settings.teacher,
-                           desc="profile evidence")
+        evidence = profile(bag_frames(bags, None, False), sum(counts), "reference", settings.models,
+                           settings.teacher, desc="profile evidence")
         train_part, held_out = split_segments(segment(evidence, segment_frames), holdout_every)
         held_segments = len(np.unique(held_out.sequence))
         print(f"[retrain] evidence: {len(evidence)} frames from {len(bags)} bags; {len(np.unique(train_part.sequence))} "

@@ -46,6 +46,12 @@ def image_topics(path: str | Path) -> dict[str, str]:
         return {c.topic: c.msgtype for c in reader.connections if c.msgtype in IMAGE_TYPES}
 
 
+def image_count(path: str | Path) -> int:
+    """Image messages in a bag (every image topic), from its index: no message is read."""
+    with _open(path) as reader:
+        return sum(c.msgcount for c in reader.connections if c.msgtype in IMAGE_TYPES)
+
+
 def read_images(path: str | Path, topics: Sequence[str] | None = None) -> Iterator[BagImage]:
     """Image messages of a bag in recorded order, restricted to `topics` when given."""
     with _open(path) as reader:

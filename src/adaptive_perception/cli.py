@@ -177,13 +177,13 @@ def _parser() -> argparse.ArgumentParser:
                                     "rollback) and load it into the running node")
     promote.add_argument("candidate", help="policy ONNX file")
     promote.add_argument("--store", type=Path, required=True, help=store_help)
-    promote.add_argument("--node", default="/perception_node", help="node to load it into ('' = none)")
-    promote.add_argument("--timeout", type=_positive, default=30.0, help="seconds to wait for the node's service")
+    promote.add_argument("--node", default="/perception_node", help="node to load it into (default /perception_node; '' = none)")
+    promote.add_argument("--timeout", type=_positive, default=30.0, help="seconds to wait for the node's service (default 30)")
     rollback = policy_sub.add_parser("rollback", help="swap the store's current and previous policies and load the "
                                      "restored one into the running node")
     rollback.add_argument("--store", type=Path, required=True, help=store_help)
-    rollback.add_argument("--node", default="/perception_node", help="node to load it into ('' = none)")
-    rollback.add_argument("--timeout", type=_positive, default=30.0, help="seconds to wait for the node's service")
+    rollback.add_argument("--node", default="/perception_node", help="node to load it into (default /perception_node; '' = none)")
+    rollback.add_argument("--timeout", type=_positive, default=30.0, help="seconds to wait for the node's service (default 30)")
     history = policy_sub.add_parser("history", help="the store's promotions and rollbacks")
     history.add_argument("--store", type=Path, required=True, help=store_help)
     refresh = policy_sub.add_parser("drift-reference", help="recompute a policy's drift reference with this version's "
@@ -528,7 +528,13 @@ def _policy_store(args: argparse.Namespace) -> int:
     if args.node:
         from adaptive_perception.ros.session import load_policy
 
-        print(f"{args.node} runs policy '{load_policy(args.node, str(path.resolve()), args.timeout)}'")
+        try:
+            print(f"{args.node} runs policy '{load_policy(args.node, str(path.resolve()), args.timeout)}'")
+        except RuntimeError as exc:  # the store changed; only the running node did not follow (exit 4, not 2)
+            print(f"adaptive-perception policy {args.policy_command}: the store changed ({path} is policy "
+                  f"'{store.policy_id(path)}': a restarted node loads it) but the running node did not: {exc}",
+                  file=sys.stderr)
+            return 4
     return 0
 
 
@@ -538,8 +544,22 @@ def _policy(args: argparse.Namespace) -> int:
     if args.policy_command == "inspect":
         from adaptive_perception.policy import Policy
 
-        info = Policy(resolve_model(args.path)).info
+        from adaptive_perception.drift import weight_text
+
+        policy = Policy(resolve_model(args.path))
+        info, head, reference = policy.info, policy.value_head, policy.drift_reference
         print(f"{info.path}: policy_id {info.policy_id}, tiers {list(info.tiers)}\n{info.description}")
+        print("outputs: " + ("tier logits (the most probable tier runs)" if head is None else
+                             f"tier values, cost weight {weight_text(head.cost_weight)} (routing.cost_weight < 0 runs "
+                             "at it; `policy operating-point` picks one for a device)"))
+        print(f"inputs read: {len(policy.inputs_read)} of 1028")
+        print("drift reference: " + ("none (the node's drift monitor is off with this policy)" if reference is None
+              else f"thresholds {', '.join(f'{k} {v:.3g}' for k, v in sorted(reference.thresholds.items()))}; tier mix "
+                   f"and audits measured at cost weight " + ("the policy's own" if reference.cost_weight is None
+                                                             else weight_text(reference.cost_weight))
+                   + f", hysteresis {reference.hysteresis:g}"))
+        if info.tier_digests:
+            print("trained with tiers: " + ", ".join(f"{t} {d}" for t, d in info.tier_digests.items()))
         return 0
     if args.policy_command in ("store-init", "promote", "rollback", "history"):
         return _policy_store(args)
