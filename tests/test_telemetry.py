@@ -148,6 +148,12 @@ def test_prometheus_exporter_receives_every_event_and_serves_them_over_http(free
     assert value("adaptive_perception_frame_age_seconds_count", {"camera": "/robot/cam"}) == 1
     assert value("adaptive_perception_qos_incompatible_total", {"topic": "/robot/cam"}) == 1
     assert value("adaptive_perception_camera_level", {"camera": "/robot/cam"}) == 0  # prepared
+    metrics.audited("cam")  # the node's audit and drift figures carry the remapped name too
+    metrics.drift_scored("cam", 1.25)
+    metrics.drift_state_changed("cam", 3)
+    assert value("adaptive_perception_audits_total", {"camera": "/robot/cam"}) == 1
+    assert value("adaptive_perception_drift_score", {"camera": "/robot/cam"}) == 1.25
+    assert value("adaptive_perception_drift_state", {"camera": "/robot/cam"}) == 3
     metrics.status({"cam": ERROR}, 1234.5)
     assert value("adaptive_perception_camera_level", {"camera": "/robot/cam"}) == ERROR
     assert value("adaptive_perception_status_timestamp_seconds") == 1234.5

@@ -132,21 +132,23 @@ def retrain(settings, bags: list[Path], original_work: Path, current: str | None
                                       "policy store-init --store DIR` first")
     current = current or (str(deployed) if deployed is not None else "embedded:policy")
     current_policy = Policy(resolve_model(current))
-    if deployed is not None and Policy(str(deployed)).policy_id != current_policy.policy_id:
+    deployed_id = Policy(str(deployed)).policy_id if deployed is not None else current_policy.policy_id
+    if deployed_id != current_policy.policy_id:
         raise AdaptivePerceptionError(
             f"--current '{current}' is policy '{current_policy.policy_id}' but --store {store} deploys "
-            f"'{Policy(str(deployed)).policy_id}': the gate must compare the candidate with the policy it would "
-            "replace; leave --current out to use the store's")
+            f"'{deployed_id}': the gate must compare the candidate with the policy it would replace; leave --current "
+            "out to use the store's")
     if candidate is not None:  # checked before the evidence is profiled (minutes), not after
         Policy(resolve_model(candidate))
     from adaptive_perception.bag import image_count
 
     counts = [image_count(b) for b in bags]  # from the bags' indexes: a short recording is refused before profiling
-    if sum(-(-n // segment_frames) for n in counts) < 2 * holdout_every:
+    segments = sum(-(-n // segment_frames) for n in counts)  # as `segment` cuts them: per bag, the last one short
+    if segments < 2 * holdout_every:
         raise AdaptivePerceptionError(
-            f"--bags hold {sum(counts)} frames ({', '.join(map(str, counts))}): "
-            f"{sum(-(-n // segment_frames) for n in counts)} segments of {segment_frames} frames, and the gate needs "
-            f"at least {2 * holdout_every} (record longer, or lower --segment-frames)")
+            f"--bags hold {sum(counts)} frames ({', '.join(map(str, counts))}): {segments} segments of "
+            f"{segment_frames} frames, and the gate needs at least {2 * holdout_every} (record longer, or lower "
+            "--segment-frames)")
     if settings.latency is None and (original_work / "costs.json").is_file():
         settings = replace(settings, latency=original_work / "costs.json")  # the costs the original was trained at
     settings = replace(settings, data=f"{original_work}'s router split + evidence bags {[str(b) for b in bags]} "

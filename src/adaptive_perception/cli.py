@@ -542,9 +542,9 @@ def _policy(args: argparse.Namespace) -> int:
     from adaptive_perception.config import resolve_model
 
     if args.policy_command == "inspect":
-        from adaptive_perception.policy import Policy
-
         from adaptive_perception.drift import weight_text
+        from adaptive_perception.features import FEATURE_SIZE
+        from adaptive_perception.policy import Policy
 
         policy = Policy(resolve_model(args.path))
         info, head, reference = policy.info, policy.value_head, policy.drift_reference
@@ -552,7 +552,7 @@ def _policy(args: argparse.Namespace) -> int:
         print("outputs: " + ("tier logits (the most probable tier runs)" if head is None else
                              f"tier values, cost weight {weight_text(head.cost_weight)} (routing.cost_weight < 0 runs "
                              "at it; `policy operating-point` picks one for a device)"))
-        print(f"inputs read: {len(policy.inputs_read)} of 1028")
+        print(f"inputs read: {len(policy.inputs_read)} of {FEATURE_SIZE}")
         print("drift reference: " + ("none (the node's drift monitor is off with this policy)" if reference is None
               else f"thresholds {', '.join(f'{k} {v:.3g}' for k, v in sorted(reference.thresholds.items()))}; tier mix "
                    f"and audits measured at cost weight " + ("the policy's own" if reference.cost_weight is None

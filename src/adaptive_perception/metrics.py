@@ -82,27 +82,27 @@ class PrometheusMetrics:
                 self.processed_frames.labels(camera, tier)
             self.camera_level.labels(camera)
 
-    def name(self, camera: str) -> str:
+    def _name(self, camera: str) -> str:
         """A camera's label: its topic after remapping."""
         return self._names.get(camera, camera)
 
     def status(self, levels: dict[str, int], now: float) -> None:
         """Each camera's diagnostics level, and when they were computed (Unix seconds)."""
         for camera, level in levels.items():
-            self.camera_level.labels(self.name(camera)).set(level)
+            self.camera_level.labels(self._name(camera)).set(level)
         self.status_time.set(now)
 
     # ---- the Telemetry sink interface ---------------------------------------------------------
     def arrived(self, camera: str, lost: int) -> None:
-        self.received.labels(self.name(camera)).inc()
+        self.received.labels(self._name(camera)).inc()
         if lost:
-            self.lost.labels(self.name(camera)).inc(lost)
+            self.lost.labels(self._name(camera)).inc(lost)
 
     def dropped(self, camera: str) -> None:
-        self.dropped_frames.labels(self.name(camera)).inc()
+        self.dropped_frames.labels(self._name(camera)).inc()
 
     def processed(self, camera: str, tier: str, node_ms: float, overhead_ms: float, frame_age_ms: float) -> None:
-        camera = self.name(camera)
+        camera = self._name(camera)
         self.processed_frames.labels(camera, tier).inc()
         self.node_seconds.labels(camera, tier).observe(node_ms / 1e3)
         self.overhead_seconds.labels(camera).observe(overhead_ms / 1e3)
@@ -110,10 +110,19 @@ class PrometheusMetrics:
             self.frame_age_seconds.labels(camera).observe(frame_age_ms / 1e3)
 
     def failed(self, camera: str, kind: str) -> None:
-        self.failed_frames.labels(self.name(camera), kind).inc()
+        self.failed_frames.labels(self._name(camera), kind).inc()
 
     def incompatible_qos(self, camera: str) -> None:
-        self.qos_incompatible.labels(self.name(camera)).inc()
+        self.qos_incompatible.labels(self._name(camera)).inc()
+
+    def audited(self, camera: str) -> None:
+        self.audits.labels(self._name(camera)).inc()
+
+    def drift_scored(self, camera: str, score: float) -> None:
+        self.drift_score.labels(self._name(camera)).set(score)
+
+    def drift_state_changed(self, camera: str, state: int) -> None:
+        self.drift_state.labels(self._name(camera)).set(state)
 
     def policy_changed(self, policy_id: str, mode: str) -> None:
         self.policy.info({"policy_id": policy_id, "mode": mode})

@@ -200,7 +200,7 @@ class Telemetry:
                 level = ERROR
                 reasons.append(f"frames arrive but none was processed for {stalled_for:.1f} s")
             warnings = []
-            arrived_since = s.last_arrival is not None and s.last_arrival >= self.active_since
+            arrived_since = s.first_arrival is not None  # a frame since the activation (set_active resets it)
             quiet_for = now - (s.last_arrival if arrived_since else self.active_since)
             if not self.active:
                 warnings.append("node inactive: not subscribed to this camera (lifecycle activate)")

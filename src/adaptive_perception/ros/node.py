@@ -353,7 +353,6 @@ class PerceptionNode(LifecycleNode):
         super().destroy_node()
 
     def _stop_processing(self) -> None:
-        self.active = False
         for sub in self._subscriptions:
             self.destroy_subscription(sub)
         self._subscriptions = []
@@ -541,9 +540,9 @@ class PerceptionNode(LifecycleNode):
             camera_routing.publish(out)
         if self.metrics is not None:
             if audited:
-                self.metrics.audits.labels(self.metrics.name(camera)).inc()
+                self.metrics.audited(camera)
             if math.isfinite(drift_score):
-                self.metrics.drift_score.labels(self.metrics.name(camera)).set(drift_score)
+                self.metrics.drift_scored(camera, drift_score)
         debug_slot, debug_pubs = self._debug_slot, self._debug_pubs
         if debug_slot is not None and any(pub.get_subscription_count() for pub in debug_pubs):
             debug_slot.put("debug", (rgb, detections, decision.tier_name, out.total_ms, header))
@@ -554,7 +553,7 @@ class PerceptionNode(LifecycleNode):
             return
         self._drift_states[camera] = state
         if self.metrics is not None:
-            self.metrics.drift_state.labels(self.metrics.name(camera)).set(state)
+            self.metrics.drift_state_changed(camera, state)
         text = (f"drift on camera '{self.resolve_topic_name(camera)}': {STATE_NAMES[previous]} -> {STATE_NAMES[state]} "
                 f"(score {score:.2f}; {', '.join(f'{k} {v:.3f}' for k, v in self.drift.monitors[camera].statistics.items())})")
         if state == DRIFT:  # one call site per severity: rclpy refuses to change it between calls
