@@ -118,3 +118,65 @@ def test_lockstep_refuses_a_bag_with_repeated_stamps(context, peer_model, tmp_pa
             replay_bag(graph.driver, tmp_path / "bag", remap={"/cam/image_raw": "image"})
     finally:
         graph.close()
+
+
+class _Echo:
+    """A peer on its own rclpy context: answers each image on 'image' with an empty Detection2DArray of its header,
+    except the first `lose` images, whose answers never leave (as when the answer goes out before the node's writer
+    has matched the replay's reader)."""
+
+    def __init__(self, lose: int, publish: bool = True):
+        from sensor_msgs.msg import Image
+        from vision_msgs.msg import Detection2DArray
+
+        self.received = 0
+        self._session = spun_node("echo_peer")
+        node = self._session.__enter__()
+        self._publisher = node.create_publisher(Detection2DArray, "detections", 10) if publish else None
+
+        def answer(image: Image) -> None:
+            self.received += 1
+            if self._publisher is not None and self.received > lose:
+                self._publisher.publish(Detection2DArray(header=image.header))
+
+        node.create_subscription(Image, "image", answer, 10)
+
+    def close(self) -> None:
+        self._session.__exit__(None, None, None)
+
+
+def test_lockstep_resends_the_first_frame_whose_answer_was_lost_and_nothing_later(tmp_path):
+    write_image_bag(tmp_path / "bag", _frames(4), "/cam/image_raw")
+    echo = _Echo(lose=1)
+    try:
+        with spun_node("resend_replay") as node:
+            report = replay_bag(node, tmp_path / "bag", remap={"/cam/image_raw": "image"}, timeout_s=20.0)
+        # without the resend: frame 0 waits its whole 20 s timeout and counts as a timeout
+        assert (report.frames_published, report.outputs_received, report.timeouts, report.resent) == (4, 4, 0, 1)
+        assert echo.received == 5 and report.wall_s < 10
+        assert report.summary()["resent"] == 1
+    finally:
+        echo.close()
+
+
+def test_lockstep_resends_only_until_the_first_answer(tmp_path):
+    write_image_bag(tmp_path / "bag", _frames(3), "/cam/image_raw")
+    echo = _Echo(lose=2)  # the first frame's answer is lost twice, then the peer answers everything
+    try:
+        with spun_node("resend_replay") as node:
+            report = replay_bag(node, tmp_path / "bag", remap={"/cam/image_raw": "image"}, timeout_s=7.0)
+        assert (report.outputs_received, report.timeouts, report.resent, echo.received) == (3, 0, 2, 5)
+    finally:
+        echo.close()
+
+
+def test_replay_names_the_output_topic_when_nobody_publishes_on_it(tmp_path):
+    write_image_bag(tmp_path / "bag", _frames(1), "/cam/image_raw")
+    echo = _Echo(lose=0, publish=False)
+    try:
+        with spun_node("unanswered_replay") as node, \
+                pytest.raises(Exception, match="nobody publishes on '/detections'.*--output-topic"):
+            replay_bag(node, tmp_path / "bag", remap={"/cam/image_raw": "image"}, wait_for_subscriber_s=1.0)
+        assert echo.received == 0, "nothing is published before the node's outputs can be received"
+    finally:
+        echo.close()

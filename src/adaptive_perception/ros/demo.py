@@ -157,13 +157,14 @@ def _replay_mode(mode: str, bag: Path, frames: int, truth: dict[int, dict], out_
 
     from adaptive_perception.ros.convert import msg_to_detections
 
-    outputs, routing = [], []
+    outputs: list = []
+    routing: dict[int, RoutingDecision] = {}  # by stamp: a frame replay resent is decided twice
     parameters = {"image_topics": [BAG_TOPIC], "routing_mode": mode, "providers": ["CPUExecutionProvider"],
                   "qos.reliability": "reliable", "mlflow.tracking_uri": _mlflow_uri(out_dir),
                   "mlflow.experiment": "demo", "mlflow.interval_s": 2.0}
     log_path = out_dir / f"node_{mode.replace(':', '_')}.log"
     with node_process(parameters, log_path) as process, spun_node("demo_replay") as helper:
-        helper.create_subscription(RoutingDecision, "routing", routing.append, 100)
+        helper.create_subscription(RoutingDecision, "routing", lambda r: routing.setdefault(_stamp_ns(r.header), r), 100)
         with progress(total=frames, desc=f"replaying, {mode}", unit="frame") as bar:
             try:
                 report = replay_bag(helper, bag, ReplayMode.LOCKSTEP, timeout_s=30.0, wait_for_subscriber_s=60.0,
@@ -186,18 +187,18 @@ def _replay_mode(mode: str, bag: Path, frames: int, truth: dict[int, dict], out_
         found[record["regime"]][0] += hit
         found[record["regime"]][1] += total
     by_regime = {r.value: np.zeros(len(TIERS)) for r in Regime}
-    for decision in routing:
+    for decision in routing.values():
         record = truth.get(_stamp_ns(decision.header))
         if record is not None:
             by_regime[record["regime"]][decision.tier] += 1
-    kept = {"detections": {_stamp_ns(m.header): m for m in outputs}, "routing": {_stamp_ns(r.header): r for r in routing}}
+    kept = {"detections": {_stamp_ns(m.header): m for m in outputs}, "routing": routing}
     return {
         **report.summary(),
         "decisions": len(routing),
-        "policy_id": routing[0].policy_id if routing else "",
-        "inference_mean_ms": float(np.mean([r.inference_ms for r in routing])) if routing else None,
-        "routing_mean_ms": float(np.mean([r.feature_ms + r.policy_ms for r in routing])) if routing else None,
-        "total_mean_ms": float(np.mean([r.total_ms for r in routing])) if routing else None,
+        "policy_id": next(iter(routing.values())).policy_id if routing else "",
+        "inference_mean_ms": float(np.mean([r.inference_ms for r in routing.values()])) if routing else None,
+        "routing_mean_ms": float(np.mean([r.feature_ms + r.policy_ms for r in routing.values()])) if routing else None,
+        "total_mean_ms": float(np.mean([r.total_ms for r in routing.values()])) if routing else None,
         "boxes_per_frame": report.detections / max(report.outputs_received, 1),
         "recall50": {k: (v[0] / v[1] if v[1] else None) for k, v in found.items()},  # None: no such frames
         "routing_by_regime": {k: dict(zip(TIERS, v.astype(int).tolist())) for k, v in by_regime.items()},

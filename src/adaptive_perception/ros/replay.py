@@ -18,6 +18,11 @@ from vision_msgs.msg import Detection2DArray
 from adaptive_perception.bag import IMAGE_TYPE, image_topics, read_images
 from adaptive_perception.errors import AdaptivePerceptionError, BagError
 
+# Lock-step resends the frame it waits on, until the node's first output arrives, this often. Discovery matches each
+# side's endpoints on its own schedule: the node's detections writer can publish the first output before it has
+# matched this process's reader, and that output never arrives (seen on a loaded CI host: 30 s lost on frame 0).
+FIRST_OUTPUT_RESEND_S = 2.0
+
 
 class ReplayMode(Enum):
     """How frames are paced."""
@@ -34,6 +39,7 @@ class ReplayReport:
     frames_published: int = 0
     outputs_received: int = 0
     timeouts: int = 0
+    resent: int = 0  # lock-step: the first frame published again while the node had answered nothing
     detections: int = 0
     latencies_ms: list[float] = field(default_factory=list)
     wall_s: float = 0.0
@@ -44,6 +50,7 @@ class ReplayReport:
             "frames_published": self.frames_published,
             "outputs_received": self.outputs_received,
             "timeouts": self.timeouts,
+            "resent": self.resent,
             "detections": self.detections,
             "latency_p50_ms": float(np.percentile(lat, 50)),
             "latency_p95_ms": float(np.percentile(lat, 95)),
@@ -79,11 +86,6 @@ def replay_bag(
     chosen = list(topics) if topics else sorted(available)
     frames = read_images(bag, chosen)  # streamed: validates the topics before anything is published
     first = next(frames, None)
-    publishers = {
-        topic: node.create_publisher(Image if available[topic] == IMAGE_TYPE else CompressedImage,
-                                     remap.get(topic, topic), 10)
-        for topic in chosen
-    }
 
     report = ReplayReport()
     cond = threading.Condition()
@@ -94,19 +96,27 @@ def replay_bag(
         key = (msg.header.stamp.sec, msg.header.stamp.nanosec, msg.header.frame_id)
         now = time.perf_counter()
         with cond:
-            if key in sent_at and key not in answered:
+            first_answer = key in sent_at and key not in answered
+            if first_answer:
                 answered.add(key)
                 report.outputs_received += 1
                 report.detections += len(msg.detections)
                 report.latencies_ms.append((now - sent_at[key]) * 1e3)
             cond.notify_all()
-        if on_output is not None:
+        if first_answer and on_output is not None:
             on_output(msg)
 
+    # the reader first: the node learns of it before the first frame reaches it, as far as discovery's order allows
     subscription = node.create_subscription(
         Detection2DArray, output_topic, received, QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE))
+    publishers = {
+        topic: node.create_publisher(Image if available[topic] == IMAGE_TYPE else CompressedImage,
+                                     remap.get(topic, topic), 10)
+        for topic in chosen
+    }
     try:
         _wait_for_subscribers(publishers, wait_for_subscriber_s)
+        _wait_for_publisher(subscription, wait_for_subscriber_s)
         started = time.perf_counter()
         first_bag_ns = first.bag_time_ns if first else 0
         for index, frame in enumerate(itertools.chain([first] if first else [], frames)):
@@ -126,9 +136,19 @@ def replay_bag(
             if on_frame is not None:
                 on_frame(index)
             if mode is ReplayMode.LOCKSTEP:
-                with cond:
-                    if not cond.wait_for(lambda: key in answered, timeout_s):
+                deadline = time.perf_counter() + timeout_s
+                while True:
+                    resend = report.outputs_received == 0  # the node's writer may not have matched this reader yet
+                    left = deadline - time.perf_counter()
+                    with cond:
+                        if cond.wait_for(lambda: key in answered,
+                                         max(0.0, min(left, FIRST_OUTPUT_RESEND_S) if resend else left)):
+                            break
+                    if not resend or time.perf_counter() >= deadline:
                         report.timeouts += 1
+                        break
+                    publishers[frame.topic].publish(frame.cdr)
+                    report.resent += 1
         if report.frames_published == 0:
             raise BagError(f"bag '{bag}' has no messages on {chosen}")
         if mode is not ReplayMode.LOCKSTEP:  # collect late outputs
@@ -140,6 +160,16 @@ def replay_bag(
         for publisher in publishers.values():
             node.destroy_publisher(publisher)
     return report
+
+
+def _wait_for_publisher(subscription, wait_s: float) -> None:
+    deadline = time.monotonic() + wait_s
+    while subscription.get_publisher_count() == 0:
+        if time.monotonic() > deadline:
+            raise AdaptivePerceptionError(
+                f"nobody publishes on '{subscription.topic_name}', where replay waits for the node's outputs, after "
+                f"{wait_s:.0f} s; name the node's Detection2DArray topic with --output-topic")
+        time.sleep(0.05)
 
 
 def _wait_for_subscribers(publishers: Mapping[str, object], wait_s: float) -> None:
