@@ -86,11 +86,18 @@ def test_real_yolov8_export_metadata(peer_model):
     assert det.info.num_anchors == 2100  # 40*40 + 20*20 + 10*10
 
 
-def test_unavailable_providers_fall_back_to_cpu_in_order():
+def test_unavailable_providers_fall_back_to_cpu_in_order_and_say_so_once(caplog, monkeypatch):
+    import adaptive_perception.detector as detector
+
+    monkeypatch.setattr(detector, "_WARNED_UNAVAILABLE", set())  # what earlier tests in this process were told
     available = ["CUDAExecutionProvider", "CPUExecutionProvider"]
-    assert select_providers(["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"],
-                            available) == ["CUDAExecutionProvider", "CPUExecutionProvider"]
-    assert select_providers(["TensorrtExecutionProvider"], ["CPUExecutionProvider"]) == ["CPUExecutionProvider"]
+    wanted = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
+    with caplog.at_level("WARNING", logger="adaptive_perception.detector"):
+        for _ in range(4):  # three tiers and the audit worker ask alike
+            assert select_providers(wanted, available) == ["CUDAExecutionProvider", "CPUExecutionProvider"]
+        assert select_providers(["TensorrtExecutionProvider"], ["CPUExecutionProvider"]) == ["CPUExecutionProvider"]
+    fallbacks = [r.getMessage() for r in caplog.records if "not available in this onnxruntime build" in r.getMessage()]
+    assert len(fallbacks) == 2 and "['TensorrtExecutionProvider']" in fallbacks[0], fallbacks
 
 
 def test_letterbox_centres_and_records_the_mapping():

@@ -119,6 +119,7 @@ def test_compressed_matches_the_raw_pixels(scene_rgb, ext):
     (dict(encoding="32FC1"), "'32FC1' is not supported", "unknown_encoding"),
     (dict(step=10), "step 10 is smaller", "bad_step"),
     (dict(data=bytes(100)), "truncated", "truncated"),
+    (dict(height=H // 2), rf"has {W * H * 3} bytes but a {W}x{H // 2} 'rgb8' image .* holds {W * 3 * (H // 2)}", "oversized"),
     (dict(width=0), "empty", "bad_size"),
     (dict(width=100000, height=1, step=300000, data=bytes(300000)), "larger than 16384 pixels", "bad_size"),
     (dict(width=10000, height=100, step=30000, data=bytes(3000000)), "aspect ratio beyond 64:1", "bad_size"),

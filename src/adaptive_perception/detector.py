@@ -398,10 +398,16 @@ def provider_options(chosen: Sequence[str], model: Path, digest: str,
     return out
 
 
+_WARNED_UNAVAILABLE: set[tuple[tuple[str, ...], tuple[str, ...]]] = set()
+
+
 def select_providers(requested: Sequence[str], available: Sequence[str]) -> list[str]:
-    """Keep the requested execution providers this onnxruntime build has, in order; CPU always last."""
+    """Keep the requested execution providers this onnxruntime build has, in order; CPU always last. The fallback
+    is logged once per process and combination (every tier and the audit worker ask alike; each tier's provider
+    is reported on its own at configure and in diagnostics)."""
     unknown = [p for p in requested if p not in available]
-    if unknown:
+    if unknown and (tuple(unknown), tuple(available)) not in _WARNED_UNAVAILABLE:
+        _WARNED_UNAVAILABLE.add((tuple(unknown), tuple(available)))
         LOG.warning("execution providers %s are not available in this onnxruntime build (has %s); falling back",
                     unknown, list(available))
     chosen = [p for p in requested if p in available and p != "CPUExecutionProvider"]

@@ -10,7 +10,7 @@ class AdaptivePerceptionError(Exception):
 
 class ImageDecodeError(AdaptivePerceptionError, ValueError):
     """An image message cannot be turned into an HxWx3 uint8 array; `kind` names the problem for counting
-    (unknown_encoding, bad_size, bad_step, truncated, corrupt_compressed)."""
+    (unknown_encoding, bad_size, bad_step, truncated, oversized, corrupt_compressed)."""
 
     def __init__(self, message: str, kind: str = "undecodable") -> None:
         super().__init__(message)

@@ -81,8 +81,12 @@ def decode_raw(
         raise ImageDecodeError(
             f"image data has {buffer.size} bytes but a {width}x{height} '{encoding}' image with "
             f"step {step} needs at least {needed}; the message is truncated or its fields are wrong", "truncated")
-    if buffer.size >= step * height:
-        rows = buffer[: step * height].reshape(height, step)
+    if buffer.size > step * height:  # as cv_bridge: the fields describe another image than the data holds
+        raise ImageDecodeError(
+            f"image data has {buffer.size} bytes but a {width}x{height} '{encoding}' image with step {step} holds "
+            f"{step * height}; the publisher's width, height or step field is wrong", "oversized")
+    if buffer.size == step * height:
+        rows = buffer.reshape(height, step)
     else:  # the last row may legally omit its padding
         rows = np.lib.stride_tricks.as_strided(buffer, shape=(height, step), strides=(step, 1))
     pixels = rows[:, :row_bytes]
