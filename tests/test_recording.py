@@ -85,7 +85,27 @@ def test_the_budget_removes_the_oldest_segments_and_a_restart_continues_the_numb
     assert again.closed_segments == [tmp_path / "recording_0007"]
 
 
+def test_folders_that_are_not_this_recorders_segments_are_neither_numbered_nor_removed(tmp_path):
+    one_frame = len(_image(0))
+    for name in ("calib_2024", "run_0007", "recording_12", "evidence_0009", "recording_0003.bak"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "keep.bin").write_bytes(bytes(3 * one_frame))  # heavy enough to count against a budget
+    recorder = SegmentedRecorder(tmp_path, STORE, segment_bytes=10 * one_frame, budget_bytes=25 * one_frame)
+    for i in range(40):
+        recorder.write("/cam/image_raw", IMAGE, 10**9 + i, _image(10**9 + i))
+    recorder.close()
+    assert [p.name for p in recorder.closed_segments] == [f"recording_{n:04d}" for n in (1, 2, 3, 4)]
+    assert sorted(p.name for p in recorder.removed_segments) == ["recording_0001", "recording_0002"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "calib_2024", "evidence_0009", "recording_0003", "recording_0003.bak", "recording_0004", "recording_12",
+        "run_0007"]
+    assert all((tmp_path / name / "keep.bin").stat().st_size == 3 * one_frame
+               for name in ("calib_2024", "run_0007", "recording_12", "evidence_0009", "recording_0003.bak"))
+
+
 def test_limits_are_validated_and_unknown_types_named(tmp_path):
+    with pytest.raises(ConfigError, match=r"a segment of [0-9.e-]+ MB / 300 s and a budget of [0-9.e-]+ MB.*--segment-mb, --segment-s, --budget-mb"):
+        SegmentedRecorder(tmp_path, STORE, segment_bytes=100, budget_bytes=10)
     with pytest.raises(ConfigError, match="budget"):
         SegmentedRecorder(tmp_path, STORE, segment_bytes=100, budget_bytes=10)
     recorder = SegmentedRecorder(tmp_path, STORE)

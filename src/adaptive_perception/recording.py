@@ -18,9 +18,6 @@ from rosbags.typesys import Stores, get_types_from_msg, get_typestore
 
 from adaptive_perception.errors import ConfigError
 
-SEGMENT_RE = re.compile(r"_(\d{4,})$")
-
-
 def ros_typestore(prefixes: list[str] | None = None):
     """ROS 2 Jazzy's standard types plus every message definition installed under the ament prefixes
     (`share/<package>/msg/*.msg`: this project's interfaces, vision_msgs), so any topic the node publishes
@@ -50,13 +47,16 @@ class SegmentedRecorder:
     def __init__(self, folder: str | Path, store, prefix: str = "recording", segment_bytes: int = 1 << 30,
                  segment_s: float = 300.0, budget_bytes: int = 20 << 30) -> None:
         if segment_bytes <= 0 or segment_s <= 0 or budget_bytes < segment_bytes:
-            raise ConfigError(f"recording limits: segment {segment_bytes} bytes / {segment_s} s and budget "
-                              f"{budget_bytes} bytes must be > 0, with the budget at least one segment")
+            raise ConfigError(f"recording limits: a segment of {segment_bytes / 2**20:g} MB / {segment_s:g} s and a "
+                              f"budget of {budget_bytes / 2**20:g} MB must be > 0, with the budget at least one "
+                              "segment (record: --segment-mb, --segment-s, --budget-mb)")
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
         self.store, self.prefix = store, prefix
+        # only this recorder's own segment folders are numbered and removed; anything else in `folder` is left alone
+        self._segment_re = re.compile(rf"^{re.escape(prefix)}_(\d{{4,}})$")
         self.segment_bytes, self.segment_s, self.budget_bytes = segment_bytes, segment_s, budget_bytes
-        existing = [int(m.group(1)) for p in self.folder.iterdir() if (m := SEGMENT_RE.search(p.name))]
+        existing = [int(m.group(1)) for p in self.folder.iterdir() if (m := self._segment_re.match(p.name))]
         self._next = max(existing, default=0) + 1  # a restart continues the numbering, never overwrites
         self._writer: Writer | None = None
         self._path: Path | None = None
@@ -105,8 +105,8 @@ class SegmentedRecorder:
         def size(path: Path) -> int:
             return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
 
-        segments = sorted((p for p in self.folder.iterdir() if SEGMENT_RE.search(p.name) and p.is_dir()),
-                          key=lambda p: int(SEGMENT_RE.search(p.name).group(1)))
+        segments = sorted((p for p in self.folder.iterdir() if self._segment_re.match(p.name) and p.is_dir()),
+                          key=lambda p: int(self._segment_re.match(p.name).group(1)))
         total = sum(size(p) for p in segments)
         for oldest in segments:
             if total <= self.budget_bytes or oldest == self._path:
