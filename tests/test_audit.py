@@ -1,6 +1,8 @@
 """Audit sampling without ROS: agreement by hand, the sampling schedule, and the worker's bounds."""
 from __future__ import annotations
 
+import os
+import signal
 import threading
 import time
 
@@ -130,9 +132,14 @@ def test_the_reference_process_answers_like_the_tier_in_process_at_the_lowest_pr
         with pytest.raises(RuntimeError, match="reference tier: "):
             reference(np.zeros((0, 5, 3), np.uint8))  # a frame the tier refuses costs that audit only
         np.testing.assert_array_equal(reference(rgb).boxes, expected.boxes)
+        # Ctrl-C in a terminal reaches the whole process group: the node shuts the child down, SIGINT does not
+        os.kill(reference.pid, signal.SIGINT)
+        time.sleep(0.5)
+        assert reference._process.is_alive()
+        np.testing.assert_array_equal(reference(rgb).boxes, expected.boxes)
     finally:
         reference.close()
-    assert not reference._process.is_alive()
+    assert not reference._process.is_alive() and reference._process.exitcode == 0
 
 
 def test_a_reference_process_that_cannot_load_its_tier_says_why(tmp_path):

@@ -1,6 +1,8 @@
 """The command line refuses numbers it cannot use before any work starts (argparse exit 2, naming the option)."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from adaptive_perception.cli import main
@@ -144,8 +146,6 @@ def test_a_params_file_with_nothing_for_this_node_is_refused(tmp_path, capsys, c
     ("front:\n  ros__parameters:\n    routing_mode: fixed:nano\n", ["-r", "__node:=front"]),
 ])
 def test_params_files_for_this_node_pass_the_check(tmp_path, content, remap):
-    from pathlib import Path
-
     from adaptive_perception.cli import _check_params_file
 
     params = Path(__file__).resolve().parents[1] / "config" / "perception.yaml"
@@ -192,3 +192,17 @@ def test_a_recording_too_short_for_the_gate_is_refused_before_profiling(tmp_path
     assert ("--bags hold 40 frames (40): 2 segments of 30 frames, and the gate needs at least 6"
             in capsys.readouterr().err)
     assert not (tmp_path / "work" / "mlflow.db").exists()
+
+
+@pytest.mark.parametrize("command,committed", [("latency", "training/reports/latency.json"),
+                                               ("throughput", "training/reports/throughput.json"),
+                                               ("soak", "training/reports/soak.json"),
+                                               ("transport", "training/reports/transport.json")])
+def test_a_quick_bench_run_never_writes_over_the_committed_reports(command, committed):
+    from adaptive_perception.cli import _bench_out, _parser
+
+    parser = _parser()
+    assert _bench_out(parser.parse_args(["bench", command]), committed) == Path(committed)
+    assert _bench_out(parser.parse_args(["bench", command, "--quick"]), committed) == \
+        Path("build/bench/quick") / Path(committed).name
+    assert _bench_out(parser.parse_args(["bench", command, "--quick", "--report", "x.json"]), committed) == Path("x.json")

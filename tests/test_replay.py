@@ -1,16 +1,20 @@
 """Bags (MCAP and sqlite3, written with rosbags) replay through the node in lock-step, losing nothing."""
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pytest
 
 from adaptive_perception.bag import Storage, image_topics, read_images, write_image_bag
 from adaptive_perception.errors import BagError
-from adaptive_perception.ros.replay import ReplayMode, replay_bag
+from adaptive_perception.ros.replay import ReplayMode, ReplayReport, replay_bag
 from adaptive_perception.ros.session import node_process, spun_node
 from rosgraph import Graph
 
@@ -100,21 +104,18 @@ def test_replay_cli_against_a_node_process(peer_model, tmp_path):
                               "--json", str(tmp_path / "summary.json"), "--timeout", "30"],
                              capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr + (tmp_path / "node.log").read_text()
-    import json
-
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["frames_published"] == summary["outputs_received"] == 6 and summary["timeouts"] == 0
     assert "outputs_received: 6" in out.stdout
 
 
-def test_lockstep_refuses_a_bag_with_repeated_stamps(context, peer_model, tmp_path):
-    frame = _frames(1)[0][1]
-    write_image_bag(tmp_path / "bag", [(5, frame), (5, frame)], "/cam/image_raw")
+def test_lockstep_refuses_a_bag_that_repeats_an_earlier_frames_stamp(context, peer_model, tmp_path):
+    _stamped_bag(tmp_path / "bag", [5, 6, 5])
     graph = Graph(context, {"models.nano": str(peer_model), "models.small": "", "models.large": "", "routing_mode": "fixed:nano",
                             "image_topics": ["image"], "warmup_runs": 0, "providers": ["CPUExecutionProvider"]})
     try:
         assert graph.transition("configure") and graph.transition("activate")
-        with pytest.raises(BagError, match="repeats header stamp.*--mode fast"):
+        with pytest.raises(BagError, match="frame 2 .* repeats header stamp 0.000000005 .* of an earlier frame.*--mode fast"):
             replay_bag(graph.driver, tmp_path / "bag", remap={"/cam/image_raw": "image"})
     finally:
         graph.close()
@@ -123,10 +124,11 @@ def test_lockstep_refuses_a_bag_with_repeated_stamps(context, peer_model, tmp_pa
 class _Echo:
     """A peer on its own rclpy context: answers each image on 'image' with an empty Detection2DArray of its header,
     except the first `lose` images, whose answers never leave (as when the answer goes out before the node's writer
-    has matched the replay's reader)."""
+    has matched the replay's reader), and images `delay` (index -> seconds or None: no answer) holds back."""
 
-    def __init__(self, lose: int, publish: bool = True):
-        from sensor_msgs.msg import Image
+    def __init__(self, lose: int, publish: bool = True, delay: Callable[[int], float | None] = lambda _: 0.0,
+                 compressed: bool = False):
+        from sensor_msgs.msg import CompressedImage, Image
         from vision_msgs.msg import Detection2DArray
 
         self.received = 0
@@ -134,12 +136,17 @@ class _Echo:
         node = self._session.__enter__()
         self._publisher = node.create_publisher(Detection2DArray, "detections", 10) if publish else None
 
-        def answer(image: Image) -> None:
-            self.received += 1
-            if self._publisher is not None and self.received > lose:
+        def answer(image) -> None:
+            index, self.received = self.received, self.received + 1
+            wait = delay(index)
+            if self._publisher is None or index < lose or wait is None:
+                return
+            if wait > 0:
+                threading.Timer(wait, self._publisher.publish, [Detection2DArray(header=image.header)]).start()
+            else:
                 self._publisher.publish(Detection2DArray(header=image.header))
 
-        node.create_subscription(Image, "image", answer, 10)
+        node.create_subscription(CompressedImage if compressed else Image, "image", answer, 10)
 
     def close(self) -> None:
         self._session.__exit__(None, None, None)
@@ -178,5 +185,111 @@ def test_replay_names_the_output_topic_when_nobody_publishes_on_it(tmp_path):
                 pytest.raises(Exception, match="nobody publishes on '/detections'.*--output-topic"):
             replay_bag(node, tmp_path / "bag", remap={"/cam/image_raw": "image"}, wait_for_subscriber_s=1.0)
         assert echo.received == 0, "nothing is published before the node's outputs can be received"
+    finally:
+        echo.close()
+
+
+def test_lockstep_skips_a_frame_that_repeats_the_previous_one_as_a_recording_of_a_resend_holds(tmp_path):
+    _stamped_bag(tmp_path / "bag", [7, 7, 8, 9])
+    echo = _Echo(lose=0)
+    try:
+        with spun_node("repeat_replay") as node:
+            report = replay_bag(node, tmp_path / "bag", remap={"/cam/image_raw": "image"}, timeout_s=10.0)
+        assert (report.frames_published, report.outputs_received, report.skipped_repeats, echo.received) == (3, 3, 1, 3)
+    finally:
+        echo.close()
+
+
+def test_fast_replay_counts_what_the_node_left_unanswered_and_no_idle_wait_in_its_rate(tmp_path):
+    write_image_bag(tmp_path / "bag", _frames(6), "/cam/image_raw")
+    echo = _Echo(lose=0, delay=lambda i: None if i % 2 else 0.0)  # drops every other frame, the newest too
+    try:
+        with spun_node("fast_replay") as node:
+            began = time.monotonic()
+            report = replay_bag(node, tmp_path / "bag", ReplayMode.FAST, remap={"/cam/image_raw": "image"},
+                                timeout_s=4.0)
+            took = time.monotonic() - began
+        summary = report.summary()
+        assert (summary["frames_published"], summary["outputs_received"], summary["unanswered"]) == (6, 3, 3)
+        assert took >= 4.0, "it waited for the newest frame's answer"
+        # the wait is not in the rate: 6 frames go out back to back and 3 answers follow within a second
+        assert report.wall_s < 2.0 and summary["fps"] > 1.5, summary
+        assert summary["steady_fps"] is None and summary["timeouts"] == 0
+    finally:
+        echo.close()
+
+
+def test_a_lockstep_answer_after_its_timeout_is_late_not_an_output(tmp_path):
+    write_image_bag(tmp_path / "bag", _frames(4), "/cam/image_raw")
+    # frame 1 goes out at 0 s and times out at 2 s; its answer comes at 3 s, while the replay waits for frame 2's
+    # (out at 2 s, answered at 3.5 s, within its timeout)
+    echo = _Echo(lose=0, delay=lambda i: {1: 3.0, 2: 1.5}.get(i, 0.0))
+    try:
+        with spun_node("late_replay") as node:
+            report = replay_bag(node, tmp_path / "bag", remap={"/cam/image_raw": "image"}, timeout_s=2.0)
+        assert (report.frames_published, report.outputs_received, report.timeouts, report.late) == (4, 3, 1, 1)
+        assert len(report.latencies_ms) == 3 and max(report.latencies_ms) < 2000
+    finally:
+        echo.close()
+
+
+def test_no_answer_at_all_gives_a_strict_json_summary():
+    summary = ReplayReport(frames_published=3, timeouts=3, wall_s=9.0).summary()
+    assert summary["latency_p50_ms"] is None and summary["latency_p95_ms"] is None and summary["unanswered"] == 3
+    assert json.loads(json.dumps(summary, allow_nan=False))["steady_fps"] is None
+
+
+def _stamped_bag(path: Path, stamps: list[int]) -> None:
+    """One frame per header stamp on /cam/image_raw, recorded 1 ms apart whatever the stamps."""
+    from rosbags.rosbag2 import StoragePlugin, Writer
+
+    from adaptive_perception.bag import IMAGE_TYPE, TYPESTORE, image_message
+
+    rgb = _frames(1)[0][1]
+    with Writer(path, version=9, storage_plugin=StoragePlugin.MCAP) as writer:
+        conn = writer.add_connection("/cam/image_raw", IMAGE_TYPE, typestore=TYPESTORE)
+        for i, stamp in enumerate(stamps):
+            writer.write(conn, 10**9 + i * 10**6, TYPESTORE.serialize_cdr(image_message(rgb, stamp, "cam"), IMAGE_TYPE))
+
+
+def _two_topic_bag(path: Path, topics: list[str], count: int) -> None:
+    from rosbags.rosbag2 import StoragePlugin, Writer
+
+    from adaptive_perception.bag import IMAGE_TYPE, TYPESTORE, image_message
+
+    with Writer(path, version=9, storage_plugin=StoragePlugin.MCAP) as writer:
+        connections = [writer.add_connection(t, IMAGE_TYPE, typestore=TYPESTORE) for t in topics]
+        for stamp, rgb in _frames(count):
+            for conn in connections:
+                writer.write(conn, stamp, TYPESTORE.serialize_cdr(image_message(rgb, stamp, "cam"), IMAGE_TYPE))
+
+
+def test_replay_leaves_the_nodes_debug_images_out_unless_named(tmp_path):
+    _two_topic_bag(tmp_path / "bag", ["/image", "/perception_node/debug_image"], 3)
+    echo = _Echo(lose=0)
+    try:
+        with spun_node("debug_replay") as node:
+            report = replay_bag(node, tmp_path / "bag", timeout_s=10.0)
+            assert report.skipped_topics == ["/perception_node/debug_image"]
+            assert (report.frames_published, report.outputs_received, echo.received) == (3, 3, 3)
+            with pytest.raises(Exception, match="nobody subscribes to '/perception_node/debug_image'"):
+                replay_bag(node, tmp_path / "bag", topics=["/perception_node/debug_image"], wait_for_subscriber_s=0.5)
+    finally:
+        echo.close()
+    _two_topic_bag(tmp_path / "only_debug", ["/perception_node/debug_image"], 1)
+    with spun_node("debug_replay") as node, pytest.raises(BagError, match="only the node's debug images.*--topic"):
+        replay_bag(node, tmp_path / "only_debug")
+
+
+def test_replay_names_a_remap_of_a_topic_the_bag_lacks_and_a_type_the_node_does_not_read(tmp_path):
+    write_image_bag(tmp_path / "bag", _frames(1), "/cam/image_raw")
+    with spun_node("remap_replay") as node, \
+            pytest.raises(BagError, match=r"--remap names \['cam/image_raw'\].*'/cam/image_raw'.*leading '/'"):
+        replay_bag(node, tmp_path / "bag", remap={"cam/image_raw": "image"})
+    echo = _Echo(lose=0, compressed=True)  # reads CompressedImage on 'image'; the bag holds Image
+    try:
+        with spun_node("type_replay") as node, pytest.raises(
+                Exception, match=r"'/image' is read as \['sensor_msgs/msg/CompressedImage'\].*ends in 'compressed'"):
+            replay_bag(node, tmp_path / "bag", remap={"/cam/image_raw": "image"}, wait_for_subscriber_s=1.0)
     finally:
         echo.close()

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import signal
 import threading
 import time
 from collections import deque
@@ -200,7 +201,10 @@ class ReferenceProcess:
 
 
 def _serve_reference(conn, tier_args: tuple) -> None:
-    """The reference process: nice 19, one DetectorTier, frames in and Detections out until None or EOF."""
+    """The reference process: nice 19, one DetectorTier, frames in and Detections out until None or EOF. Ctrl-C in
+    a terminal reaches the whole process group: the node shuts this process down (None, or EOF when it is gone),
+    so SIGINT is ignored here rather than ending it mid-frame with a traceback."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         os.nice(19)
     except (AttributeError, OSError):

@@ -69,6 +69,16 @@ def _check_params_file(path: Path, ros_args: list[str]) -> None:
                                       "ros__parameters: ...)")
 
 
+QUICK_REPORTS = "build/bench/quick"  # a --quick run's reports: partial runs never replace the committed ones
+
+
+def _bench_out(args: argparse.Namespace, committed: str) -> Path:
+    """The report a bench command writes: --report, else (--quick) one under build/, else the committed one."""
+    if args.report is not None:
+        return args.report
+    return Path(QUICK_REPORTS) / Path(committed).name if args.quick else Path(committed)
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="adaptive-perception", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -85,11 +95,11 @@ def _parser() -> argparse.ArgumentParser:
                         help="lockstep (default: next frame after the previous output), recorded (bag timing "
                              "scaled by --rate) or fast (back to back; the node drops what it cannot keep up with)")
     replay.add_argument("--rate", type=_positive, default=1.0, help="speed factor for --mode recorded")
-    replay.add_argument("--topic", action="append", dest="topics", help="image topic to replay (repeatable; default all)")
+    replay.add_argument("--topic", action="append", dest="topics", help="image topic to replay (repeatable; default all but the node's debug images)")
     replay.add_argument("--remap", action="append", default=[], metavar="BAG_TOPIC:=TOPIC",
                         help="publish a bag topic under another name (repeatable)")
     replay.add_argument("--output-topic", default="detections", help="Detection2DArray topic to wait for")
-    replay.add_argument("--timeout", type=_positive, default=10.0, help="seconds to wait for each output in lock-step")
+    replay.add_argument("--timeout", type=_positive, default=10.0, help="seconds to wait for each output in lock-step; in the other modes, for the newest frame's after the last")
     replay.add_argument("--json", type=Path, help="also write the summary to this JSON file")
 
     scenes = sub.add_parser("scenes", help="the project's synthetic scene benchmark")
@@ -291,8 +301,8 @@ def _parser() -> argparse.ArgumentParser:
     transport.add_argument("--node-seconds", type=_positive, default=20.0, help="frames per node pass, in seconds")
     transport.add_argument("--rate", type=_positive, default=30.0, help="frames per second per camera")
     transport.add_argument("--quick", action="store_true", help="raw 640x480 only (skip 1280x720 and jpeg)")
-    transport.add_argument("--report", type=Path, default=Path("training/reports/transport.json"),
-                           help="JSON to write (default: the committed report the README quotes)")
+    transport.add_argument("--report", type=Path, help="JSON to write (default: the committed report the README "
+                           f"quotes, training/reports/transport.json; with --quick {QUICK_REPORTS}/transport.json)")
 
     drift = bench_sub.add_parser("drift", help="the drift monitor on each drift preset after newly seeded "
                                  "in-distribution frames: detection delay, false alarms, score plot")
@@ -335,9 +345,12 @@ def _parser() -> argparse.ArgumentParser:
     latency.add_argument("--quick", action="store_true", help="320 only and 8 calls per model (what CI runs, under a minute)")
     latency.add_argument("--graphs", type=Path, default=Path("build/yolov8-random"),
                          help="where the YOLOv8 graphs are built once and reused")
-    latency.add_argument("--report", type=Path, default=Path("training/reports/latency.json"))
-    latency.add_argument("--latency-out", type=Path, default=Path("training/latency/cpu-2core-yolov8-640.json"),
-                         help="the YOLOv8 graphs' costs as a `train --latency` file (the largest size measured)")
+    latency.add_argument("--report", type=Path, help="JSON to write (default: training/reports/latency.json; with "
+                         f"--quick {QUICK_REPORTS}/latency.json)")
+    latency.add_argument("--latency-out", type=Path,
+                         help="the YOLOv8 graphs' costs as a `train --latency` file (the largest size measured; default: "
+                              "training/latency/cpu-2core-yolov8-640.json; with --quick, 320 only, "
+                              f"{QUICK_REPORTS}/cpu-2core-yolov8-320.json)")
     throughput = bench_sub.add_parser("throughput", help="frames per second through the whole per-frame path, "
                                       "learned routing against always-large and always-nano, in one run")
     throughput.add_argument("--policy", default="embedded:policy", help="policy ONNX file or embedded:policy")
@@ -358,7 +371,8 @@ def _parser() -> argparse.ArgumentParser:
     throughput.add_argument("--frames", type=_count, help="frames per sequence (default all 150; --quick 40)")
     throughput.add_argument("--quick", action="store_true",
                             help="2 sequences of 40 frames, no training work folder (what CI runs)")
-    throughput.add_argument("--report", type=Path, default=Path("training/reports/throughput.json"))
+    throughput.add_argument("--report", type=Path, help="JSON to write (default: training/reports/throughput.json; "
+                            f"with --quick {QUICK_REPORTS}/throughput.json)")
     cost = bench_sub.add_parser("cost", help="fleet cost per month from the measured device time per frame and "
                                 "routing mix (bench throughput's report)")
     cost.add_argument("--throughput", type=Path, default=Path("training/reports/throughput.json"),
@@ -375,8 +389,8 @@ def _parser() -> argparse.ArgumentParser:
     soak.add_argument("--quick", action="store_true", help="a 2-minute run (what CI runs)")
     soak.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
                       help="node parameter over the shipped defaults (repeatable), e.g. audit.every=0")
-    soak.add_argument("--report", type=Path, default=Path("training/reports/soak.json"),
-                      help="JSON to write, with a PNG beside it (default: the committed report the README quotes)")
+    soak.add_argument("--report", type=Path, help="JSON to write, with a PNG beside it (default: the committed "
+                      f"report the README quotes, training/reports/soak.json; with --quick {QUICK_REPORTS}/soak.json)")
 
     record = sub.add_parser("record", help="the node's topics to segmented MCAP files (Foxglove, rosbags) and/or a "
                                            "live Foxglove WebSocket server")
@@ -627,10 +641,13 @@ def main(argv: list[str] | None = None) -> int:
                 report = replay_bag(node, args.bag, ReplayMode(args.mode), args.rate, args.topics,
                                     _parse_remaps(args.remap), args.output_topic, args.timeout)
             summary = report.summary()
+            if report.skipped_topics:
+                print(f"left out the node's debug images {report.skipped_topics} (name one with --topic to replay it)")
             for key, value in summary.items():
-                print(f"{key:>18}: {value:.2f}" if isinstance(value, float) else f"{key:>18}: {value}")
+                text = "-" if value is None else f"{value:.2f}" if isinstance(value, float) else str(value)
+                print(f"{key:>18}: {text}")
             if args.json:
-                args.json.write_text(json.dumps(summary, indent=2))
+                args.json.write_text(json.dumps(summary, indent=2, allow_nan=False))
             return 0 if report.timeouts == 0 else 1
         if args.command == "scenes":
             return _scenes(args)
@@ -698,16 +715,20 @@ def main(argv: list[str] | None = None) -> int:
             from adaptive_perception.ros.parameters import parse_override
 
             overrides = dict(parse_override(item) for item in args.param)
-            return run_soak(2.0 if args.quick else args.minutes, args.report, overrides=overrides)
+            return run_soak(2.0 if args.quick else args.minutes, _bench_out(args, "training/reports/soak.json"),
+                            overrides=overrides)
         if args.command == "bench" and args.bench_command == "transport":
             from adaptive_perception.training.transport import run_transport
 
-            return run_transport(args.seconds, args.node_seconds, args.rate, args.quick, args.report)
+            return run_transport(args.seconds, args.node_seconds, args.rate, args.quick,
+                                 _bench_out(args, "training/reports/transport.json"))
         if args.command == "bench" and args.bench_command == "latency":
             from adaptive_perception.training.latency_bench import run as run_latency
 
-            run_latency(args.provider or ["CPUExecutionProvider"], args.graphs, args.quick, args.report,
-                        args.latency_out, args.iterations)
+            latency_out = args.latency_out or Path(f"{QUICK_REPORTS}/cpu-2core-yolov8-320.json" if args.quick else
+                                                   "training/latency/cpu-2core-yolov8-640.json")
+            run_latency(args.provider or ["CPUExecutionProvider"], args.graphs, args.quick,
+                        _bench_out(args, "training/reports/latency.json"), latency_out, args.iterations)
             return 0
         if args.command == "bench" and args.bench_command == "throughput":
             from adaptive_perception.training.throughput import QUICK
@@ -717,7 +738,7 @@ def main(argv: list[str] | None = None) -> int:
                            None if args.quick else args.real_latency, [m for m in args.modes.split(",") if m],
                            args.sequences or (QUICK["sequences"] if args.quick else None),
                            args.frames or (QUICK["frames"] if args.quick else None), Path("build/bench/test-bags"),
-                           args.report)
+                           _bench_out(args, "training/reports/throughput.json"))
             return 0
         if args.command == "bench" and args.bench_command == "cost":
             from adaptive_perception.training.fleet_cost import run as run_cost

@@ -22,6 +22,7 @@ from adaptive_perception.errors import AdaptivePerceptionError, BagError
 # side's endpoints on its own schedule: the node's detections writer can publish the first output before it has
 # matched this process's reader, and that output never arrives (seen on a loaded CI host: 30 s lost on frame 0).
 FIRST_OUTPUT_RESEND_S = 2.0
+DETECTIONS_TYPE = "vision_msgs/msg/Detection2DArray"
 
 
 class ReplayMode(Enum):
@@ -32,34 +33,54 @@ class ReplayMode(Enum):
     LOCKSTEP = "lockstep"  # the next frame only after the output of the previous one arrived
 
 
+# The node's own debug image outputs: a recording of a node holds them, and replaying them back means nothing
+DEBUG_IMAGE_SUFFIXES = ("debug_image", "debug_image/compressed")
+
+
 @dataclass
 class ReplayReport:
     """What one replay published and got back."""
 
     frames_published: int = 0
-    outputs_received: int = 0
-    timeouts: int = 0
-    resent: int = 0  # lock-step: the first frame published again while the node had answered nothing
+    outputs_received: int = 0  # answers to published frames (lock-step: within the timeout)
+    timeouts: int = 0  # lock-step: frames whose answer did not come within the timeout
+    late: int = 0  # lock-step: answers that came after their frame's timeout (not in outputs or latencies)
+    resent: int = 0  # lock-step: frames published again while the node had answered nothing yet
+    skipped_repeats: int = 0  # lock-step: frames repeating the previous frame's stamp on their topic (not published)
     detections: int = 0
     latencies_ms: list[float] = field(default_factory=list)
-    wall_s: float = 0.0
+    wall_s: float = 0.0  # first frame published to the last frame published or the last answer, whichever is later
+    mode: ReplayMode = ReplayMode.LOCKSTEP
+    skipped_topics: list[str] = field(default_factory=list)  # image topics of the bag left out by default
 
-    def summary(self) -> dict[str, float | int]:
-        lat = np.asarray(self.latencies_ms) if self.latencies_ms else np.asarray([np.nan])
+    def summary(self) -> dict[str, float | int | None]:
+        """The replay's numbers; latencies are None when no answer came, `steady_fps` None outside lock-step."""
+        lat = np.asarray(self.latencies_ms)
+        lockstep = self.mode is ReplayMode.LOCKSTEP
         return {
             "frames_published": self.frames_published,
             "outputs_received": self.outputs_received,
+            "unanswered": self.frames_published - self.outputs_received,
             "timeouts": self.timeouts,
+            "late": self.late,
             "resent": self.resent,
+            "skipped_repeats": self.skipped_repeats,
             "detections": self.detections,
-            "latency_p50_ms": float(np.percentile(lat, 50)),
-            "latency_p95_ms": float(np.percentile(lat, 95)),
+            "latency_p50_ms": float(np.percentile(lat, 50)) if lat.size else None,
+            "latency_p95_ms": float(np.percentile(lat, 95)) if lat.size else None,
             "fps": self.outputs_received / self.wall_s if self.wall_s > 0 else 0.0,
-            # lock-step: frames per second of round trips after the first (which also pays one-time warm-up)
+            # lock-step: frames per second of round trips after the first (which also pays one-time warm-up); in
+            # the other modes frames overlap, so a round trip is no rate
             "steady_fps": (1e3 * (len(self.latencies_ms) - 1) / sum(self.latencies_ms[1:])
-                           if len(self.latencies_ms) > 1 else 0.0),
+                           if lockstep and len(self.latencies_ms) > 1 else None),
             "wall_s": self.wall_s,
         }
+
+
+def default_topics(available: Mapping[str, str]) -> tuple[list[str], list[str]]:
+    """(the image topics a replay publishes when none are named, the node debug image topics it leaves out)."""
+    skipped = sorted(t for t in available if t.rstrip("/").endswith(DEBUG_IMAGE_SUFFIXES))
+    return sorted(t for t in available if t not in skipped), skipped
 
 
 def replay_bag(
@@ -77,33 +98,54 @@ def replay_bag(
 ) -> ReplayReport:
     """Replay image topics of `bag` through `node`'s publishers; the caller spins `node` in another thread.
 
-    `remap` maps a bag topic to the topic to publish on (default: the bag's own name).
+    `remap` maps a bag topic to the topic to publish on (default: the bag's own name). Without `topics`, every
+    image topic but the node's own debug images (`DEBUG_IMAGE_SUFFIXES`). `on_output` sees each published frame's
+    first answer.
     """
     if rate <= 0:
         raise AdaptivePerceptionError(f"replay rate {rate} must be > 0")
     remap = dict(remap or {})
     available = image_topics(bag)
-    chosen = list(topics) if topics else sorted(available)
+    report = ReplayReport(mode=mode)
+    if topics:
+        chosen = list(topics)
+    else:
+        chosen, report.skipped_topics = default_topics(available)
+        if not chosen and report.skipped_topics:
+            raise BagError(f"bag '{bag}' holds only the node's debug images {report.skipped_topics}; name one with "
+                           "--topic to replay it")
+    unknown = sorted(set(remap) - set(available))
+    if unknown:
+        raise BagError(f"--remap names {unknown}, which bag '{bag}' has no image topic of; its image topics are "
+                       f"{sorted(available)} (write the bag's topic exactly, with its leading '/')")
     frames = read_images(bag, chosen)  # streamed: validates the topics before anything is published
     first = next(frames, None)
+    if first is None:
+        raise BagError(f"bag '{bag}' has no messages on {chosen}")
 
-    report = ReplayReport()
     cond = threading.Condition()
     sent_at: dict[tuple[int, int, str], float] = {}
-    answered: set[tuple[int, int, str]] = set()
+    sends: dict[tuple[int, int, str], int] = {}  # how often each stamp went out (recorded and fast may repeat one)
+    answers: dict[tuple[int, int, str], int] = {}
+    timed_out: set[tuple[int, int, str]] = set()
+    last_event = [0.0]  # the latest publish or counted answer
 
     def received(msg: Detection2DArray) -> None:
         key = (msg.header.stamp.sec, msg.header.stamp.nanosec, msg.header.frame_id)
         now = time.perf_counter()
         with cond:
-            first_answer = key in sent_at and key not in answered
-            if first_answer:
-                answered.add(key)
+            counted = answers.get(key, 0) < sends.get(key, 0) and key not in timed_out
+            if counted:
+                answers[key] = answers.get(key, 0) + 1
                 report.outputs_received += 1
                 report.detections += len(msg.detections)
                 report.latencies_ms.append((now - sent_at[key]) * 1e3)
+                last_event[0] = max(last_event[0], now)
+            elif key in timed_out and answers.get(key, 0) == 0:
+                answers[key] = 1
+                report.late += 1
             cond.notify_all()
-        if first_answer and on_output is not None:
+        if counted and answers[key] == 1 and on_output is not None:
             on_output(msg)
 
     # the reader first: the node learns of it before the first frame reaches it, as far as discovery's order allows
@@ -115,22 +157,28 @@ def replay_bag(
         for topic in chosen
     }
     try:
-        _wait_for_subscribers(publishers, wait_for_subscriber_s)
-        _wait_for_publisher(subscription, wait_for_subscriber_s)
+        _wait_for_subscribers(node, publishers, available, wait_for_subscriber_s)
+        _wait_for_publisher(node, subscription, wait_for_subscriber_s)
         started = time.perf_counter()
-        first_bag_ns = first.bag_time_ns if first else 0
-        for index, frame in enumerate(itertools.chain([first] if first else [], frames)):
+        first_bag_ns = first.bag_time_ns
+        newest: dict[str, tuple[int, int, str]] = {}  # per topic, the stamp of the frame published last
+        for index, frame in enumerate(itertools.chain([first], frames)):
             key = (frame.stamp_sec, frame.stamp_nanosec, frame.frame_id)
-            if key in sent_at and mode is ReplayMode.LOCKSTEP:
+            if mode is ReplayMode.LOCKSTEP and key in sends:
+                if newest.get(frame.topic) == key:  # the same frame again (a recording of a resend): nothing new
+                    report.skipped_repeats += 1
+                    continue
                 raise BagError(f"bag '{bag}': frame {index} on '{frame.topic}' repeats header stamp {key[0]}.{key[1]:09d} "
-                               f"(frame_id '{key[2]}'); lock-step pairs outputs with frames by stamp, so it needs "
-                               "unique stamps: use --mode fast or recorded for this bag")
+                               f"(frame_id '{key[2]}') of an earlier frame; lock-step pairs outputs with frames by "
+                               "stamp, so it needs unique stamps: use --mode fast or recorded for this bag")
             if mode is ReplayMode.RECORDED:
                 delay = (frame.bag_time_ns - first_bag_ns) / 1e9 / rate - (time.perf_counter() - started)
                 if delay > 0:
                     time.sleep(delay)
             with cond:
-                sent_at[key] = time.perf_counter()
+                sent_at[key] = last_event[0] = time.perf_counter()
+                sends[key] = sends.get(key, 0) + 1
+            newest[frame.topic] = key
             publishers[frame.topic].publish(frame.cdr)
             report.frames_published += 1
             if on_frame is not None:
@@ -141,20 +189,22 @@ def replay_bag(
                     resend = report.outputs_received == 0  # the node's writer may not have matched this reader yet
                     left = deadline - time.perf_counter()
                     with cond:
-                        if cond.wait_for(lambda: key in answered,
+                        if cond.wait_for(lambda: answers.get(key, 0) > 0,
                                          max(0.0, min(left, FIRST_OUTPUT_RESEND_S) if resend else left)):
                             break
-                    if not resend or time.perf_counter() >= deadline:
-                        report.timeouts += 1
-                        break
+                        if not resend or time.perf_counter() >= deadline:
+                            report.timeouts += 1
+                            timed_out.add(key)
+                            break
                     publishers[frame.topic].publish(frame.cdr)
                     report.resent += 1
-        if report.frames_published == 0:
-            raise BagError(f"bag '{bag}' has no messages on {chosen}")
-        if mode is not ReplayMode.LOCKSTEP:  # collect late outputs
+        if mode is not ReplayMode.LOCKSTEP:
+            # the node always processes a camera's newest frame (older ones it may drop on purpose): its answer is
+            # the last to come; the wait for it is not counted in wall_s
             with cond:
-                cond.wait_for(lambda: len(answered) >= len(sent_at), timeout_s)
-        report.wall_s = time.perf_counter() - started
+                cond.wait_for(lambda: all(answers.get(k, 0) > 0 for k in newest.values()), timeout_s)
+        with cond:
+            report.wall_s = last_event[0] - started
     finally:
         node.destroy_subscription(subscription)
         for publisher in publishers.values():
@@ -162,21 +212,35 @@ def replay_bag(
     return report
 
 
-def _wait_for_publisher(subscription, wait_s: float) -> None:
+def _other_types(infos, wanted: str) -> list[str]:
+    return sorted({i.topic_type for i in infos if i.topic_type != wanted})
+
+
+def _wait_for_publisher(node: Node, subscription, wait_s: float) -> None:
     deadline = time.monotonic() + wait_s
     while subscription.get_publisher_count() == 0:
         if time.monotonic() > deadline:
+            others = _other_types(node.get_publishers_info_by_topic(subscription.topic_name), DETECTIONS_TYPE)
+            what = (f"'{subscription.topic_name}' carries {others}, not {DETECTIONS_TYPE}" if others else
+                    f"nobody publishes on '{subscription.topic_name}'")
             raise AdaptivePerceptionError(
-                f"nobody publishes on '{subscription.topic_name}', where replay waits for the node's outputs, after "
-                f"{wait_s:.0f} s; name the node's Detection2DArray topic with --output-topic")
+                f"{what}, where replay waits for the node's outputs, after {wait_s:.0f} s; name the node's "
+                "Detection2DArray topic with --output-topic")
         time.sleep(0.05)
 
 
-def _wait_for_subscribers(publishers: Mapping[str, object], wait_s: float) -> None:
+def _wait_for_subscribers(node: Node, publishers: Mapping[str, object], available: Mapping[str, str],
+                          wait_s: float) -> None:
     deadline = time.monotonic() + wait_s
     for topic, publisher in publishers.items():
         while publisher.get_subscription_count() == 0:
             if time.monotonic() > deadline:
+                others = _other_types(node.get_subscriptions_info_by_topic(publisher.topic_name), available[topic])
+                if others:
+                    raise AdaptivePerceptionError(
+                        f"'{publisher.topic_name}' is read as {others}, but bag topic '{topic}' carries "
+                        f"{available[topic]}; the node reads CompressedImage on a topic whose name ends in "
+                        "'compressed' and Image elsewhere: remap to such a topic (--remap BAG_TOPIC:=NODE_TOPIC)")
                 raise AdaptivePerceptionError(
                     f"nobody subscribes to '{publisher.topic_name}' (bag topic '{topic}') after {wait_s:.0f} s; "
                     "start the node and activate it, or remap the topic with --remap BAG_TOPIC:=NODE_TOPIC")
