@@ -1,4 +1,5 @@
-"""`adaptive-perception`: one command with subcommands (node, replay, scenes, models, policy, train, bench, demo)."""
+"""`adaptive-perception`: one command with subcommands (node, replay, record, health, scenes, models, policy, train,
+bench, demo)."""
 from __future__ import annotations
 
 import argparse
@@ -127,7 +128,7 @@ def _parser() -> argparse.ArgumentParser:
                         help="a .pt file, a name like yolov8l.pt (downloaded by Ultralytics: connected machines "
                              "only) or an architecture yaml like yolov8n.yaml (offline, random weights)")
     export.add_argument("--imgsz", type=_count, nargs="+", default=[640], help="input size: S or H W")
-    export.add_argument("--out", type=Path, required=True, help="ONNX file to write")
+    export.add_argument("--out", type=Path, required=True, help="ONNX file to write, or a folder to write it into")
     train_tiers = models_sub.add_parser("train-tiers", help="train the embedded tier network on the benchmark")
     train_tiers.add_argument("--benchmark", type=Path, default=Path("build/benchmark"))
     train_tiers.add_argument("--out", type=Path, default=Path("build/tiers"), help="Ultralytics run folder")

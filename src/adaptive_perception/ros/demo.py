@@ -67,7 +67,8 @@ def run_demo(out_dir: Path, frames: int = SEQUENCE_FRAMES, modes: tuple[str, ...
     print_summary(summary)
     print(f"node logs: {out_dir}/node_<mode>.log   summary: {out_dir / 'summary.json'}")
     print(f"pictures: {', '.join(str(p) for p in pictures)}")
-    print(f"MLflow: one run per mode (experiment 'demo'): mlflow ui --backend-store-uri {summary['mlflow']}")
+    print(f"MLflow: one run per mode (experiment 'demo'): mlflow ui --backend-store-uri {summary['mlflow']}\n"
+          "        (the UI needs the full mlflow package, which `make train-deps` installs; the demo writes with mlflow-skinny)")
     return summary
 
 
