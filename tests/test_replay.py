@@ -152,29 +152,30 @@ class _Echo:
         self._session.__exit__(None, None, None)
 
 
+def _echo_replay(tmp_path: Path, echo: dict, **replay) -> tuple[ReplayReport, _Echo]:
+    """The bag at tmp_path / 'bag' (topic /cam/image_raw) replayed onto 'image' against an `_Echo(**echo)` peer."""
+    peer = _Echo(**echo)
+    try:
+        with spun_node("echo_replay") as node:
+            return replay_bag(node, tmp_path / "bag", remap={"/cam/image_raw": "image"}, **replay), peer
+    finally:
+        peer.close()
+
+
 def test_lockstep_resends_the_first_frame_whose_answer_was_lost_and_nothing_later(tmp_path):
     write_image_bag(tmp_path / "bag", _frames(4), "/cam/image_raw")
-    echo = _Echo(lose=1)
-    try:
-        with spun_node("resend_replay") as node:
-            report = replay_bag(node, tmp_path / "bag", remap={"/cam/image_raw": "image"}, timeout_s=20.0)
-        # without the resend: frame 0 waits its whole 20 s timeout and counts as a timeout
-        assert (report.frames_published, report.outputs_received, report.timeouts, report.resent) == (4, 4, 0, 1)
-        assert echo.received == 5 and report.wall_s < 10
-        assert report.summary()["resent"] == 1
-    finally:
-        echo.close()
+    report, echo = _echo_replay(tmp_path, {"lose": 1}, timeout_s=20.0)
+    # without the resend: frame 0 waits its whole 20 s timeout and counts as a timeout
+    assert (report.frames_published, report.outputs_received, report.timeouts, report.resent) == (4, 4, 0, 1)
+    assert echo.received == 5 and report.wall_s < 10
+    assert report.summary()["resent"] == 1
 
 
 def test_lockstep_resends_only_until_the_first_answer(tmp_path):
     write_image_bag(tmp_path / "bag", _frames(3), "/cam/image_raw")
-    echo = _Echo(lose=2)  # the first frame's answer is lost twice, then the peer answers everything
-    try:
-        with spun_node("resend_replay") as node:
-            report = replay_bag(node, tmp_path / "bag", remap={"/cam/image_raw": "image"}, timeout_s=7.0)
-        assert (report.outputs_received, report.timeouts, report.resent, echo.received) == (3, 0, 2, 5)
-    finally:
-        echo.close()
+    # the first frame's answer is lost twice, then the peer answers everything
+    report, echo = _echo_replay(tmp_path, {"lose": 2}, timeout_s=7.0)
+    assert (report.outputs_received, report.timeouts, report.resent, echo.received) == (3, 0, 2, 5)
 
 
 def test_replay_names_the_output_topic_when_nobody_publishes_on_it(tmp_path):
@@ -191,46 +192,32 @@ def test_replay_names_the_output_topic_when_nobody_publishes_on_it(tmp_path):
 
 def test_lockstep_skips_a_frame_that_repeats_the_previous_one_as_a_recording_of_a_resend_holds(tmp_path):
     _stamped_bag(tmp_path / "bag", [7, 7, 8, 9])
-    echo = _Echo(lose=0)
-    try:
-        with spun_node("repeat_replay") as node:
-            report = replay_bag(node, tmp_path / "bag", remap={"/cam/image_raw": "image"}, timeout_s=10.0)
-        assert (report.frames_published, report.outputs_received, report.skipped_repeats, echo.received) == (3, 3, 1, 3)
-    finally:
-        echo.close()
+    report, echo = _echo_replay(tmp_path, {"lose": 0}, timeout_s=10.0)
+    assert (report.frames_published, report.outputs_received, report.skipped_repeats, echo.received) == (3, 3, 1, 3)
 
 
 def test_fast_replay_counts_what_the_node_left_unanswered_and_no_idle_wait_in_its_rate(tmp_path):
     write_image_bag(tmp_path / "bag", _frames(6), "/cam/image_raw")
-    echo = _Echo(lose=0, delay=lambda i: None if i % 2 else 0.0)  # drops every other frame, the newest too
-    try:
-        with spun_node("fast_replay") as node:
-            began = time.monotonic()
-            report = replay_bag(node, tmp_path / "bag", ReplayMode.FAST, remap={"/cam/image_raw": "image"},
-                                timeout_s=4.0)
-            took = time.monotonic() - began
-        summary = report.summary()
-        assert (summary["frames_published"], summary["outputs_received"], summary["unanswered"]) == (6, 3, 3)
-        assert took >= 4.0, "it waited for the newest frame's answer"
-        # the wait is not in the rate: 6 frames go out back to back and 3 answers follow within a second
-        assert report.wall_s < 2.0 and summary["fps"] > 1.5, summary
-        assert summary["steady_fps"] is None and summary["timeouts"] == 0
-    finally:
-        echo.close()
+    began = time.monotonic()
+    # the peer drops every other frame, the newest too
+    report, _ = _echo_replay(tmp_path, {"lose": 0, "delay": lambda i: None if i % 2 else 0.0}, mode=ReplayMode.FAST,
+                             timeout_s=4.0)
+    took = time.monotonic() - began
+    summary = report.summary()
+    assert (summary["frames_published"], summary["outputs_received"], summary["unanswered"]) == (6, 3, 3)
+    assert took >= 4.0, "it waited for the newest frame's answer"
+    # the wait is not in the rate: 6 frames go out back to back and 3 answers follow within a second
+    assert report.wall_s < 2.0 and summary["fps"] > 1.5, summary
+    assert summary["steady_fps"] is None and summary["timeouts"] == 0
 
 
 def test_a_lockstep_answer_after_its_timeout_is_late_not_an_output(tmp_path):
     write_image_bag(tmp_path / "bag", _frames(4), "/cam/image_raw")
     # frame 1 goes out at 0 s and times out at 2 s; its answer comes at 3 s, while the replay waits for frame 2's
     # (out at 2 s, answered at 3.5 s, within its timeout)
-    echo = _Echo(lose=0, delay=lambda i: {1: 3.0, 2: 1.5}.get(i, 0.0))
-    try:
-        with spun_node("late_replay") as node:
-            report = replay_bag(node, tmp_path / "bag", remap={"/cam/image_raw": "image"}, timeout_s=2.0)
-        assert (report.frames_published, report.outputs_received, report.timeouts, report.late) == (4, 3, 1, 1)
-        assert len(report.latencies_ms) == 3 and max(report.latencies_ms) < 2000
-    finally:
-        echo.close()
+    report, _ = _echo_replay(tmp_path, {"lose": 0, "delay": lambda i: {1: 3.0, 2: 1.5}.get(i, 0.0)}, timeout_s=2.0)
+    assert (report.frames_published, report.outputs_received, report.timeouts, report.late) == (4, 3, 1, 1)
+    assert len(report.latencies_ms) == 3 and max(report.latencies_ms) < 2000
 
 
 def test_no_answer_at_all_gives_a_strict_json_summary():
