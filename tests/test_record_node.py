@@ -153,3 +153,4 @@ def test_record_stopped_by_sigterm_closes_its_open_segment(context, tmp_path):
         seconds = [reader.deserialize(raw, c.msgtype).header.stamp.sec for c, _, raw in reader.messages()
                    if c.topic == "/sigterm_cam"]
     assert seconds == [1, 2, 3, 4, 5]
+    assert f"closed {segments[0]}" in (tmp_path / "record.log").read_text(), "the segment closed at the stop is named"

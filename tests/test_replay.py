@@ -127,7 +127,7 @@ class _Echo:
     has matched the replay's reader), and images `delay` (index -> seconds or None: no answer) holds back."""
 
     def __init__(self, lose: int, publish: bool = True, delay: Callable[[int], float | None] = lambda _: 0.0,
-                 compressed: bool = False):
+                 compressed: bool = False, topic: str = "image"):
         from sensor_msgs.msg import CompressedImage, Image
         from vision_msgs.msg import Detection2DArray
 
@@ -146,7 +146,7 @@ class _Echo:
             else:
                 self._publisher.publish(Detection2DArray(header=image.header))
 
-        node.create_subscription(CompressedImage if compressed else Image, "image", answer, 10)
+        node.create_subscription(CompressedImage if compressed else Image, topic, answer, 10)
 
     def close(self) -> None:
         self._session.__exit__(None, None, None)
@@ -280,3 +280,36 @@ def test_replay_names_a_remap_of_a_topic_the_bag_lacks_and_a_type_the_node_does_
             replay_bag(node, tmp_path / "bag", remap={"/cam/image_raw": "image"}, wait_for_subscriber_s=1.0)
     finally:
         echo.close()
+
+
+def test_replay_waits_for_the_subscribers_asked_for_so_a_late_recorder_gets_every_frame(tmp_path):
+    from sensor_msgs.msg import Image
+
+    write_image_bag(tmp_path / "bag", _frames(5), "/cam/image_raw")
+    seen: list[int] = []
+    with spun_node("too_few") as node, pytest.raises(Exception, match=r"has 1 of the 2 subscribers.*--subscribers"):
+        echo = _Echo(lose=0, topic="image_alone")  # a topic of its own: a closed reader can linger in discovery
+        try:
+            replay_bag(node, tmp_path / "bag", remap={"/cam/image_raw": "image_alone"}, wait_for_subscriber_s=1.0,
+                       subscribers=2)
+        finally:
+            echo.close()
+    assert echo.received == 0
+
+    def late_recorder() -> None:  # a second reader that joins a second after the replay started waiting
+        time.sleep(1.0)
+        with spun_node("late_recorder") as recorder:
+            recorder.create_subscription(Image, "image", lambda m: seen.append(m.header.stamp.nanosec), 10)
+            done.wait(30)
+
+    done = threading.Event()
+    thread = threading.Thread(target=late_recorder)
+    thread.start()
+    try:
+        report, echo = _echo_replay(tmp_path, {"lose": 0}, timeout_s=10.0, subscribers=2)
+        time.sleep(0.5)
+    finally:
+        done.set()
+        thread.join()
+    assert (report.frames_published, report.outputs_received, echo.received) == (5, 5, 5)
+    assert sorted(seen) == [t % 10**9 for t, _ in _frames(5)], "the late reader got every frame"

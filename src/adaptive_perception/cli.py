@@ -101,6 +101,9 @@ def _parser() -> argparse.ArgumentParser:
                         help="publish a bag topic under another name (repeatable)")
     replay.add_argument("--output-topic", default="detections", help="Detection2DArray topic to wait for")
     replay.add_argument("--timeout", type=_positive, default=10.0, help="seconds to wait for each output in lock-step; in the other modes, for the newest frame's after the last")
+    replay.add_argument("--subscribers", type=_count, default=1,
+                        help="start once each image topic has this many subscribers (default 1, the node; 2 with a "
+                             "`record` running: frames published before a subscriber has matched never reach it)")
     replay.add_argument("--json", type=Path, help="also write the summary to this JSON file")
 
     scenes = sub.add_parser("scenes", help="the project's synthetic scene benchmark")
@@ -640,7 +643,8 @@ def main(argv: list[str] | None = None) -> int:
 
             with spun_node("adaptive_perception_replay") as node:
                 report = replay_bag(node, args.bag, ReplayMode(args.mode), args.rate, args.topics,
-                                    _parse_remaps(args.remap), args.output_topic, args.timeout)
+                                    _parse_remaps(args.remap), args.output_topic, args.timeout,
+                                    subscribers=args.subscribers)
             summary = report.summary()
             if report.skipped_topics:
                 print(f"left out the node's debug images {report.skipped_topics} (name one with --topic to replay it)")

@@ -112,6 +112,8 @@ def run_record(out: Path | None, topics: list[str], segment_mb: float, segment_s
     for sink in (recorder, live):
         if sink is not None:
             sink.close()
+    for path in recorder.closed_segments[closed:] if recorder is not None else []:  # the one open until now
+        print(f"closed {path}", file=sys.stderr, flush=True)
     missing = [t for t in topics if t not in recording.types]
     print(f"recorded {sum(recording.counts.values())} messages: " +
           ", ".join(f"{t} {n}" for t, n in recording.counts.items()) +

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
 import numpy as np
+from rclpy.duration import Duration
 from rclpy.node import Node
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CompressedImage, Image
@@ -23,6 +24,10 @@ from adaptive_perception.errors import AdaptivePerceptionError, BagError
 # matched this process's reader, and that output never arrives (seen on a loaded CI host: 30 s lost on frame 0).
 FIRST_OUTPUT_RESEND_S = 2.0
 DETECTIONS_TYPE = "vision_msgs/msg/Detection2DArray"
+# A reader matches a new publisher when its own process has discovered it, which can come later than the publisher
+# sees the reader (measured: a recorder 1.9 s after the node). Replay waits up to this long for every reliable reader
+# to acknowledge a topic's first frame, and before it removes a publisher; best-effort readers acknowledge nothing.
+ACK_WAIT_S = 5.0
 
 
 class ReplayMode(Enum):
@@ -95,12 +100,14 @@ def replay_bag(
     wait_for_subscriber_s: float = 15.0,
     on_output: Callable[[Detection2DArray], None] | None = None,
     on_frame: Callable[[int], None] | None = None,
+    subscribers: int = 1,
 ) -> ReplayReport:
     """Replay image topics of `bag` through `node`'s publishers; the caller spins `node` in another thread.
 
     `remap` maps a bag topic to the topic to publish on (default: the bag's own name). Without `topics`, every
     image topic but the node's own debug images (`DEBUG_IMAGE_SUFFIXES`). `on_output` sees each published frame's
-    first answer.
+    first answer. Frames go out once each image topic has `subscribers` matched readers: a reader that matches
+    a publisher later (discovery runs on each process's own schedule) never gets the frames published before.
     """
     if rate <= 0:
         raise AdaptivePerceptionError(f"replay rate {rate} must be > 0")
@@ -157,7 +164,7 @@ def replay_bag(
         for topic in chosen
     }
     try:
-        _wait_for_subscribers(node, publishers, available, wait_for_subscriber_s)
+        _wait_for_subscribers(node, publishers, available, wait_for_subscriber_s, subscribers)
         _wait_for_publisher(node, subscription, wait_for_subscriber_s)
         started = time.perf_counter()
         first_bag_ns = first.bag_time_ns
@@ -178,8 +185,11 @@ def replay_bag(
             with cond:
                 sent_at[key] = last_event[0] = time.perf_counter()
                 sends[key] = sends.get(key, 0) + 1
+            first_on_topic = frame.topic not in newest
             newest[frame.topic] = key
             publishers[frame.topic].publish(frame.cdr)
+            if first_on_topic:  # every reliable reader has it: each has matched this publisher on its own side too
+                publishers[frame.topic].wait_for_all_acked(Duration(seconds=min(timeout_s, ACK_WAIT_S)))
             report.frames_published += 1
             if on_frame is not None:
                 on_frame(index)
@@ -208,6 +218,7 @@ def replay_bag(
     finally:
         node.destroy_subscription(subscription)
         for publisher in publishers.values():
+            publisher.wait_for_all_acked(Duration(seconds=ACK_WAIT_S))  # nothing in flight is dropped with it
             node.destroy_publisher(publisher)
     return report
 
@@ -230,11 +241,16 @@ def _wait_for_publisher(node: Node, subscription, wait_s: float) -> None:
 
 
 def _wait_for_subscribers(node: Node, publishers: Mapping[str, object], available: Mapping[str, str],
-                          wait_s: float) -> None:
+                          wait_s: float, wanted: int = 1) -> None:
     deadline = time.monotonic() + wait_s
     for topic, publisher in publishers.items():
-        while publisher.get_subscription_count() == 0:
+        while (matched := publisher.get_subscription_count()) < wanted:
             if time.monotonic() > deadline:
+                if matched:
+                    raise AdaptivePerceptionError(
+                        f"'{publisher.topic_name}' (bag topic '{topic}') has {matched} of the {wanted} subscribers "
+                        f"asked for (--subscribers) after {wait_s:.0f} s; start the others (a recorder, a viewer) "
+                        "first, or ask for fewer")
                 others = _other_types(node.get_subscriptions_info_by_topic(publisher.topic_name), available[topic])
                 if others:
                     raise AdaptivePerceptionError(
