@@ -41,9 +41,16 @@ def test_bag_errors_name_the_bag_and_the_fix(tmp_path):
     (tmp_path / "junk" / "metadata.yaml").write_text("not: a bag")
     with pytest.raises(BagError, match="cannot be read as a rosbag2"):
         image_topics(tmp_path / "junk")
+    (tmp_path / "notes").mkdir()
+    with pytest.raises(BagError, match="cannot be read as a rosbag2.*pass the bag folder"):
+        image_topics(tmp_path / "notes")
     write_image_bag(tmp_path / "bag", _frames(1), "/cam/image_raw")
     with pytest.raises(BagError, match=r"no image topic \['/other'\].*'/cam/image_raw'"):
         list(read_images(tmp_path / "bag", ["/other"]))
+    mcap = next((tmp_path / "bag").glob("*.mcap"))
+    mcap.write_bytes(mcap.read_bytes()[: mcap.stat().st_size // 2])  # a segment cut short
+    with pytest.raises(BagError, match="cannot be read as a rosbag2.*damaged or was cut short"):
+        image_topics(tmp_path / "bag")
 
 
 @pytest.mark.parametrize("storage", [Storage.MCAP, Storage.SQLITE3])

@@ -79,8 +79,11 @@ def _open(path: str | Path) -> Iterator[AnyReader]:
         reader = AnyReader([bag], default_typestore=TYPESTORE)
         reader.open()
     except Exception as exc:  # rosbags raises several reader error types
-        raise BagError(f"bag '{bag}' cannot be read as a rosbag2 recording ({exc}); "
-                       "pass the bag folder (with metadata.yaml) or its .mcap/.db3 file") from exc
+        looks_like_a_bag = (bag / "metadata.yaml").exists() if bag.is_dir() else bag.suffix in (".mcap", ".db3")
+        fix = ("it looks like one, so it is damaged or was cut short (a segment whose writer was killed has no "
+               "index: the recorder loses at most that one); replay another segment" if looks_like_a_bag else
+               "pass the bag folder (with metadata.yaml) or its .mcap/.db3 file")
+        raise BagError(f"bag '{bag}' cannot be read as a rosbag2 recording ({exc}); {fix}") from exc
     try:
         yield reader
     finally:

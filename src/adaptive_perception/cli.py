@@ -653,6 +653,10 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{key:>18}: {text}")
             if args.json:
                 args.json.write_text(json.dumps(summary, indent=2, allow_nan=False))
+            if report.timeouts:
+                print(f"{report.timeouts} of {report.frames_published} frames got no answer within --timeout "
+                      f"{args.timeout:g} s: the node's /diagnostics (its camera status counts bad frames by kind) or "
+                      "its log says why; a slow tier needs a longer --timeout", file=sys.stderr)
             return 0 if report.timeouts == 0 else 1
         if args.command == "scenes":
             return _scenes(args)
