@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 import subprocess
 from dataclasses import replace
 from pathlib import Path
@@ -115,14 +116,23 @@ def test_the_per_frame_path_publishes_the_chosen_tiers_detections():
     assert len(run.deferred_feature_ms) == 6 and min(run.deferred_feature_ms) > 0
 
 
+def _mode_row(frame_ms: float, map50_95: float, frames: int = 200) -> dict:
+    """A throughput report's mode row whose every frame took `frame_ms`."""
+    return {"busy_s": frame_ms * frames / 1e3, "frames": frames, "fps": 1e3 / frame_ms, "map50_95": map50_95,
+            "samples": {"total_ms": [frame_ms] * frames}}
+
+
+def _throughput_report() -> dict:
+    modes = {"learned": _mode_row(16.85, 32.0), "fixed:large": _mode_row(63.0, 50.0),
+             "fixed:large+nospin": _mode_row(65.0, 50.0)}
+    return {"run_id": "abc", "machine": {"cores": 2}, "bars": {"operating_point": "learned"},
+            "comparisons": throughput.comparisons(modes), "modes": modes,
+            "projection": {"always_large": {"frame_ms": 250.0},
+                           "points": {"accuracy": {"frame_ms": 61.25}, "cost_bar": None}}}
+
+
 def test_cost_model_by_hand(tmp_path):
-    report = {"run_id": "abc", "machine": {"cores": 2}, "bars": {"operating_point": "learned"},
-              "comparisons": {"learned": {"map_share_of_large": 0.64}},
-              "modes": {"learned": {"busy_s": 3.37, "frames": 200, "fps": 59.35},
-                        "fixed:large": {"busy_s": 12.6, "frames": 200, "fps": 15.87},
-                        "fixed:large+nospin": {"busy_s": 13.0, "frames": 200, "fps": 15.38}},
-              "projection": {"always_large": {"frame_ms": 250.0},
-                             "points": {"accuracy": {"frame_ms": 61.25}, "cost_bar": None}}}
+    report = _throughput_report()
     path = tmp_path / "throughput.json"
     path.write_text(json.dumps(report))
     # 7 robots x 12.5 FPS x 10 h/day: 7 * 12.5 * 36,000 * 30.4375 = 95,878,125 frames a month
@@ -144,11 +154,37 @@ def test_cost_model_by_hand(tmp_path):
     projected = out["projection"]["learned (accuracy point)"]
     assert projected["cost_reduction"] == pytest.approx(1 - 61.25 / 250.0)
     assert list(out["projection"]) == ["always-large", "learned (accuracy point)"]  # no row for a missing point
-    assert json.loads((tmp_path / "cost.json").read_text())["modes"]["learned"]["device_s_per_frame"] == 0.01685
+    assert json.loads((tmp_path / "cost.json").read_text())["modes"]["learned"]["device_s_per_frame"] == \
+        pytest.approx(0.01685, rel=1e-12)
     with pytest.raises(ConfigError, match="--robots 0"):
         fleet_cost.fleet(report, 0, 30, 1.0, 24)
     with pytest.raises(AdaptivePerceptionError, match="bench throughput"):
         fleet_cost.run(tmp_path / "missing.json", 1, 30, 1.0, 24, tmp_path / "x.json")
+
+
+@pytest.mark.parametrize("edit,says", [
+    (lambda r: r["modes"]["learned"].update(busy_s=33.7), "busy_s 33.7 are not the count and the sum"),
+    (lambda r: r["comparisons"]["learned"].update(speedup_vs_large=9.0), "ratio learned.speedup_vs_large = 9.0"),
+    (lambda r: [r["modes"].pop(k) for k in ("fixed:large", "fixed:large+nospin")], "no fixed:large mode"),
+    (lambda r: r["bars"].update(operating_point=None), "no learned mode to price"),
+    (lambda r: r["modes"]["learned"].update(frames=0), "frames 0"),
+])
+def test_the_cost_model_refuses_a_throughput_report_it_cannot_trust(tmp_path, edit, says):
+    report = _throughput_report()
+    edit(report)
+    path = tmp_path / "throughput.json"
+    path.write_text(json.dumps(report))
+    with pytest.raises(AdaptivePerceptionError, match=f"{path}: .*{re.escape(says)}.*unedited report"):
+        fleet_cost.run(path, 1000, 30, 1.0, 24, tmp_path / "cost.json")
+    assert not (tmp_path / "cost.json").exists()
+
+
+def test_cost_of_another_throughput_report_is_not_written_over_the_committed_one(tmp_path):
+    (tmp_path / "throughput.json").write_text(json.dumps(_throughput_report()))
+    run = subprocess.run(["adaptive-perception", "bench", "cost", "--throughput", "throughput.json"], cwd=tmp_path,
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert (tmp_path / "build/bench/cost.json").is_file() and not (tmp_path / "training").exists()
 
 
 def test_quick_latency_times_embedded_and_real_yolov8_graphs(tmp_path):
@@ -191,3 +227,34 @@ def test_tier_sessions_spin_only_when_asked():
     assert NodeConfig().spin_wait is True  # onnxruntime's default, the faster one through the whole path
     assert DetectorTier(model).session.get_session_options().get_session_config_entry(entry) == "1"
     assert DetectorTier(model, spin_wait=False).session.get_session_options().get_session_config_entry(entry) == "0"
+
+
+def test_throughput_without_a_learned_mode_writes_its_report_without_bars(tmp_path):
+    run = _cli("bench", "throughput", "--modes", "heuristic,fixed:large", "--benchmark", str(tmp_path / "none"),
+               "--sequences", "1", "--frames", "3", "--work", str(tmp_path / "no-work"), "--report",
+               str(tmp_path / "t.json"))
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
+    report = json.loads((tmp_path / "t.json").read_text())
+    assert list(report["modes"]) == ["heuristic", "fixed:large"] and report["bars"] == {"operating_point": None}
+    assert "No bars: they are about the learned router" in run.stdout
+    throughput.check_ratios(report)
+
+
+def test_an_unknown_throughput_mode_is_named_as_unknown():
+    run = _cli("bench", "throughput", "--modes", "learned@90,fixed:large", "--sequences", "1", "--frames", "3")
+    assert run.returncode == 2 and "routing mode 'learned@90' is unknown" in run.stderr, run.stderr
+    assert "weight after learned" not in run.stderr
+
+
+def test_overhead_is_read_against_nanos_session_run_at_the_p95():
+    from adaptive_perception.training import overhead
+
+    report = overhead.measure("embedded:policy", 100)
+    for tier in ("nano", "large"):  # session.run is part of the whole call, timed apart
+        assert report["tier_session_640x480"][tier]["p50_ms"] < report["tier_inference_640x480"][tier]["p50_ms"]
+    routing = report["routing"]["640x480"]["features_plus_policy"]
+    share = report["overhead_p95_share_of_nano_session_p50"]
+    # the bar's definition (p95 over session.run) reads higher than the p50 over the whole call it replaced
+    assert share > routing["p50_ms"] / report["tier_inference_640x480"]["nano"]["p50_ms"]
+    assert share * report["tier_session_640x480"]["nano"]["p50_ms"] == pytest.approx(routing["p95_ms"])
+    assert "of nano's session.run p50 (bar 3 %: " in overhead.table(report)

@@ -65,7 +65,7 @@ def test_a_path_of_the_wrong_kind_is_an_error_line_not_a_traceback(tmp_path, cap
 @pytest.mark.parametrize("content, says", [
     ("", "is not valid JSON (Expecting value: line 1 column 1 (char 0)); expected a `bench throughput` report"),
     ("[1, 2]", "lacks a JSON object; expected a `bench throughput` report"),
-    ('{"runs": 1}', "lacks modes; expected a `bench throughput` report"),
+    ('{"runs": 1}', "lacks modes, comparisons, bars, run_id, machine; expected a `bench throughput` report"),
 ])
 def test_a_broken_json_input_is_named_with_what_it_should_be(tmp_path, capsys, content, says):
     """An empty, non-object or keyless throughput report ended in JSONDecodeError / TypeError / KeyError."""

@@ -91,14 +91,37 @@ def table(report: dict) -> str:
     return "\n".join(lines)
 
 
+def _check(throughput: dict, path: Path) -> None:
+    """Refuse a throughput report the cost model cannot trust: no always-large, no learned operating point, or
+    numbers that are not the ones its own per-frame samples give."""
+    from adaptive_perception.training.throughput import check_ratios
+
+    modes = throughput["modes"]
+    problem = None
+    if not any(name.startswith("fixed:large") for name in modes):
+        problem = "it has no fixed:large mode, the baseline every saving is against"
+    elif throughput["bars"].get("operating_point") not in modes:
+        problem = "it has no learned mode to price (run it with learned in --modes)"
+    else:
+        try:
+            check_ratios(throughput)
+        except (AdaptivePerceptionError, KeyError, TypeError, ZeroDivisionError) as exc:
+            problem = f"its numbers do not follow from its own samples ({type(exc).__name__}: {exc})"
+    if problem:
+        raise AdaptivePerceptionError(f"{path}: {problem}; give an unedited report of `adaptive-perception bench "
+                                      "throughput`")
+
+
 def run(throughput_path: Path, robots: int, fps: float, price: float, hours_per_day: float, report_path: Path) -> dict:
     if not throughput_path.is_file():
         kind = "a folder" if throughput_path.is_dir() else "missing"
         raise AdaptivePerceptionError(f"{throughput_path} is {kind}; give the JSON file, or run `adaptive-perception "
                                       "bench throughput` first (its measured device time per frame is the cost "
                                       "model's input)")
-    report = fleet(read_json(throughput_path, "a `bench throughput` report", ("modes",)), robots, fps, price,
-                   hours_per_day)
+    throughput = read_json(throughput_path, "a `bench throughput` report", ("modes", "comparisons", "bars", "run_id",
+                                                                         "machine"))
+    _check(throughput, throughput_path)
+    report = fleet(throughput, robots, fps, price, hours_per_day)
     report_path.parent.mkdir(parents=True, exist_ok=True)
     report_path.write_text(json.dumps(report, indent=2) + "\n")
     print(table(report))

@@ -25,6 +25,7 @@ from adaptive_perception.progress import progress
 from adaptive_perception.router import Router
 
 BUDGET_P95_MS = 0.5  # features + policy at 640x480
+SHARE_BAR = 0.03  # features + policy p95 against nano's session.run p50
 RESOLUTIONS = ((640, 480), (1280, 720))
 TIER_ITERATIONS = {"nano": 200, "large": 50}
 SEED = 4243  # the demo's sequence: not a benchmark test frame
@@ -65,26 +66,34 @@ def measure(policy_path: str, iterations: int) -> dict:
             both_s.append(end - start)
         results[f"{width}x{height}"] = {"features": _percentiles(feature_s), "policy": _percentiles(policy_s),
                                         "features_plus_policy": _percentiles(both_s)}
-    tiers = {}
+    tiers, sessions = {}, {}
     frames = base
     for tier, count in TIER_ITERATIONS.items():
         detector = DetectorTier(resolve_model(f"embedded:{tier}"), ("CPUExecutionProvider",), name=tier)
         detector.warmup(2)
-        samples = []
+        samples, session = [], []
         for i in progress(range(count), desc=f"{tier} inference 640x480", unit="frame"):
             start = time.perf_counter()
-            detector.detect(frames[i % len(frames)])
+            tensor, box = detector.preprocess(frames[i % len(frames)])
+            run_start = time.perf_counter()
+            raw = detector.infer(tensor)
+            run_end = time.perf_counter()
+            detector.postprocess(raw, box)
             samples.append(time.perf_counter() - start)
-        tiers[tier] = _percentiles(samples)
+            session.append(run_end - run_start)
+        tiers[tier], sessions[tier] = _percentiles(samples), _percentiles(session)
     p95 = results["640x480"]["features_plus_policy"]["p95_ms"]
     return {
         "what": "router overhead per frame (routing_features + Router.decide, learned mode) and tier inference, "
                 "one run",
         "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
                     "python": platform.python_version()},
-        "policy_id": policy.policy_id, "iterations": iterations, "routing": results, "tier_inference_640x480": tiers,
+        "policy_id": policy.policy_id, "iterations": iterations, "routing": results,
+        "tier_inference_640x480": tiers,  # letterbox + session.run + decode and NMS
+        "tier_session_640x480": sessions,  # session.run alone
         "budget": {"p95_ms": BUDGET_P95_MS, "measured_p95_ms": p95, "met": bool(p95 <= BUDGET_P95_MS)},
-        "overhead_share_of_nano_p50": results["640x480"]["features_plus_policy"]["p50_ms"] / tiers["nano"]["p50_ms"],
+        # the throughput issue's bar: features + policy p95 <= 3 % of nano's session.run p50
+        "overhead_p95_share_of_nano_session_p50": p95 / sessions["nano"]["p50_ms"],
     }
 
 
@@ -94,11 +103,13 @@ def table(report: dict) -> str:
     for resolution, row in report["routing"].items():
         cells = [f"{row[k]['p50_ms']:.3f} / {row[k]['p95_ms']:.3f}" for k in ("features", "policy", "features_plus_policy")]
         lines.append(f"| {resolution} | " + " | ".join(cells) + " |")
-    tiers = report["tier_inference_640x480"]
+    tiers, sessions = report["tier_inference_640x480"], report["tier_session_640x480"]
     budget = report["budget"]
-    lines += ["", "Tier inference at 640x480, same run: " + ", ".join(
-        f"{t} p50 {r['p50_ms']:.1f} ms" for t, r in tiers.items()) + f"; routing overhead = "
-        f"{report['overhead_share_of_nano_p50']:.1%} of nano's p50.",
+    lines += ["", "Tiers at 640x480, same run, p50 of the whole call (session.run alone): " + ", ".join(
+        f"{t} {r['p50_ms']:.1f} ({sessions[t]['p50_ms']:.1f}) ms" for t, r in tiers.items()) + "; features + policy "
+        f"p95 = {report['overhead_p95_share_of_nano_session_p50']:.2%} of nano's session.run p50 (bar 3 %: "
+        + ("met" if report["overhead_p95_share_of_nano_session_p50"] <= SHARE_BAR else "NOT met")
+        + "; every image statistic is timed here, the node waits only for those its policy reads: bench throughput).",
         f"Budget: features + policy p95 <= {budget['p95_ms']} ms at 640x480: measured {budget['measured_p95_ms']:.3f} ms, "
         + ("met." if budget["met"] else "NOT met.")]
     return "\n".join(lines)

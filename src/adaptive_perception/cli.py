@@ -386,7 +386,8 @@ def _parser() -> argparse.ArgumentParser:
     cost.add_argument("--price", type=_positive, default=1.0,
                       help="price per device-hour in dollars (an input, not a quote: pass your own)")
     cost.add_argument("--hours-per-day", type=_positive, default=24.0, help="operating hours per robot per day")
-    cost.add_argument("--report", type=Path, default=Path("training/reports/cost.json"))
+    cost.add_argument("--report", type=Path, help="JSON to write (default: training/reports/cost.json for the "
+                      "committed throughput report, else build/bench/cost.json)")
     soak = bench_sub.add_parser("soak", help="two cameras of raw 640x480 at 30 Hz through the node on the shipped "
                                              "defaults: memory, node-time drift, stalls, crashes")
     soak.add_argument("--minutes", type=_positive, default=30.0, help="run length (30 for the README's figures)")
@@ -752,7 +753,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "bench" and args.bench_command == "cost":
             from adaptive_perception.training.fleet_cost import run as run_cost
 
-            run_cost(args.throughput, args.robots, args.fps, args.price, args.hours_per_day, args.report)
+            committed = args.throughput.resolve() == Path("training/reports/throughput.json").resolve()
+            run_cost(args.throughput, args.robots, args.fps, args.price, args.hours_per_day,
+                     args.report or Path("training/reports/cost.json" if committed else "build/bench/cost.json"))
             return 0
         if args.command == "bench":
             from adaptive_perception.training.overhead import run_overhead
