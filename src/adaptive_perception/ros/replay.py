@@ -28,6 +28,8 @@ DETECTIONS_TYPE = "vision_msgs/msg/Detection2DArray"
 # sees the reader (measured: a recorder 1.9 s after the node). Replay waits up to this long for every reliable reader
 # to acknowledge a topic's first frame, and before it removes a publisher; best-effort readers acknowledge nothing.
 ACK_WAIT_S = 5.0
+# The node's own debug image outputs: a recording of a node holds them, and replaying them back means nothing
+DEBUG_IMAGE_SUFFIXES = ("debug_image", "debug_image/compressed")
 
 
 class ReplayMode(Enum):
@@ -36,10 +38,6 @@ class ReplayMode(Enum):
     RECORDED = "recorded"  # bag timestamps, scaled by the rate
     FAST = "fast"  # back to back; the node drops what it cannot keep up with
     LOCKSTEP = "lockstep"  # the next frame only after the output of the previous one arrived
-
-
-# The node's own debug image outputs: a recording of a node holds them, and replaying them back means nothing
-DEBUG_IMAGE_SUFFIXES = ("debug_image", "debug_image/compressed")
 
 
 @dataclass
