@@ -75,6 +75,15 @@ def _interrupt(signum, _frame) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
 
 
+def _print_closed(recorder: SegmentedRecorder | None, printed: int) -> int:
+    """One line per segment closed since the first `printed`; returns how many are printed now."""
+    if recorder is None:
+        return printed
+    for path in recorder.closed_segments[printed:]:
+        print(f"closed {path}", file=sys.stderr, flush=True)
+    return len(recorder.closed_segments)
+
+
 def run_record(out: Path | None, topics: list[str], segment_mb: float, segment_s: float, budget_mb: float,
                duration_s: float, live_port: int | None, live_host: str) -> int:
     """Record until Ctrl-C (or `duration_s` > 0); prints one line per closed segment."""
@@ -101,10 +110,7 @@ def run_record(out: Path | None, topics: list[str], segment_mb: float, segment_s
         try:
             while duration_s <= 0 or time.monotonic() - started < duration_s:
                 time.sleep(0.2)
-                if recorder is not None and len(recorder.closed_segments) > closed:
-                    for path in recorder.closed_segments[closed:]:
-                        print(f"closed {path}", file=sys.stderr, flush=True)
-                    closed = len(recorder.closed_segments)
+                closed = _print_closed(recorder, closed)
         except KeyboardInterrupt:
             pass
         finally:
@@ -112,8 +118,7 @@ def run_record(out: Path | None, topics: list[str], segment_mb: float, segment_s
     for sink in (recorder, live):
         if sink is not None:
             sink.close()
-    for path in recorder.closed_segments[closed:] if recorder is not None else []:  # the one open until now
-        print(f"closed {path}", file=sys.stderr, flush=True)
+    _print_closed(recorder, closed)  # the one open until now
     missing = [t for t in topics if t not in recording.types]
     print(f"recorded {sum(recording.counts.values())} messages: " +
           ", ".join(f"{t} {n}" for t, n in recording.counts.items()) +
