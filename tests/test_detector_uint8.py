@@ -2,12 +2,14 @@
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 
 import numpy as np
 import onnx
 from onnx import TensorProto
 
+from adaptive_perception import detector as detector_module
 from adaptive_perception.config import resolve_model
 from adaptive_perception.detector import DetectorTier, file_digest, letterbox
 from adaptive_perception.scenes.sequence import SequenceSpec, render_sequence
@@ -68,3 +70,22 @@ def test_an_unwritable_cache_builds_the_graph_in_memory_and_says_so(peer_model, 
     assert "cannot cache its uint8-input graph" in caplog.text and str(blocker / "graphs") in caplog.text
     memory = DetectorTier(peer_model, graph_cache_dir="")
     assert memory.in_graph and not any(tmp_path.glob("**/*-uint8.onnx"))
+
+
+def test_the_graph_cache_keeps_the_most_recently_used_graphs(tmp_path, monkeypatch):
+    """Every retrained or edited model leaves a graph under a new digest: the folder keeps only the newest-used
+    GRAPH_CACHE_KEEP (here 2), so a graph read from the cache outlives one written before it and not read since."""
+    monkeypatch.setattr(detector_module, "GRAPH_CACHE_KEEP", 2)
+    cache = tmp_path / "graphs"
+    cache.mkdir()
+    nano, small, large = (resolve_model(f"embedded:{t}") for t in ("nano", "small", "large"))
+    other = cache / "unrelated.onnx"  # not one of the cache's graphs: never touched
+    other.write_bytes(b"x")
+    DetectorTier(nano, graph_cache_dir=str(cache))
+    DetectorTier(small, graph_cache_dir=str(cache))
+    for i, name in enumerate((f"nano-{file_digest(nano)}-uint8.onnx", f"small-{file_digest(small)}-uint8.onnx")):
+        os.utime(cache / name, (1_000_000 + i, 1_000_000 + i))  # nano written first, small after
+    DetectorTier(nano, graph_cache_dir=str(cache))  # read from the cache: nano is now the newest-used
+    DetectorTier(large, graph_cache_dir=str(cache))  # a third graph: the oldest-used (small) goes
+    assert sorted(p.name for p in cache.iterdir()) == sorted(
+        [f"nano-{file_digest(nano)}-uint8.onnx", f"large-{file_digest(large)}-uint8.onnx", "unrelated.onnx"])

@@ -27,6 +27,7 @@ MAX_NMS_CANDIDATES = 30000  # highest-scoring candidates kept before NMS
 MAX_WH = 7680  # class offset for class-aware NMS in one pass
 UINT8_INPUT = "adaptive_perception/image_uint8"  # the input `with_uint8_input` gives a graph
 GRAPH_CACHE = "~/.cache/adaptive_perception/graphs"  # `uint8_graph`'s files, one per model file and digest
+GRAPH_CACHE_KEEP = 24  # newest-used graphs kept there; older ones go when a new one is written (8 sets of 3 tiers)
 
 
 @dataclass(frozen=True)
@@ -200,6 +201,10 @@ def uint8_graph(path: Path, digest: str, cache_dir: str) -> str | bytes | None:
     `with_uint8_input`."""
     cached = Path(cache_dir).expanduser() / f"{path.stem}-{digest}-uint8.onnx" if cache_dir else None
     if cached is not None and cached.is_file():
+        try:
+            os.utime(cached)  # last used now: the pruning below keeps it
+        except OSError:
+            pass
         return str(cached)
     wrapped = with_uint8_input(path)
     if wrapped is None or cached is None:
@@ -212,7 +217,24 @@ def uint8_graph(path: Path, digest: str, cache_dir: str) -> str | bytes | None:
     except OSError as exc:
         LOG.warning("%s: cannot cache its uint8-input graph in %s (%s); building it at every load", path, cache_dir, exc)
         return wrapped
+    _prune_graph_cache(cached.parent, GRAPH_CACHE_KEEP)
     return str(cached)
+
+
+def _prune_graph_cache(folder: Path, keep: int) -> None:
+    """Remove all but the `keep` most recently used `*-uint8.onnx` graphs in `folder` (every model file retrained or
+    edited leaves a graph under a new digest; without this the folder grows by one per digest, for ever)."""
+    graphs = []
+    for item in folder.glob("*-uint8.onnx"):
+        try:
+            graphs.append((item.stat().st_mtime, item))
+        except OSError:
+            continue  # removed by another process meanwhile
+    for _, stale in sorted(graphs, reverse=True)[keep:]:
+        try:
+            stale.unlink()
+        except OSError:
+            pass
 
 
 class DetectorTier:

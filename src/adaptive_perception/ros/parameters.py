@@ -78,7 +78,8 @@ PARAMETERS: dict[str, tuple[object, ParameterDescriptor]] = {
         "(the model file's own graph).")),
     "graph_cache_dir": (_DEFAULTS.graph_cache_dir, _describe(
         "Where the uint8-input graphs of preprocess_in_graph are kept, one file per model file and content digest, "
-        "made on the first load of a model and read as they are after; empty: built in memory at every load.")),
+        "made on the first load of a model and read as they are after, the 24 most recently used kept; "
+        "empty: built in memory at every load.")),
     "warmup_runs": (_DEFAULTS.warmup_runs, _describe(
         "Inferences on a grey frame per tier during configure.", integer_range=[IntegerRange(from_value=0, to_value=100, step=1)])),
     "qos.reliability": (_DEFAULTS.qos_reliability, _describe("Image subscription reliability: best_effort | reliable.")),
