@@ -55,6 +55,12 @@ NETWORKS = {
     # large tier's scale only, near objects whole in 3 of 4 windows (training/README.md)
     "wide": Network("wide", 0.33, 0.375, CropPlan(scales=(1.0,), size=320, near_share=0.75), start="base",
                     recipe=(("mosaic", 0.0), ("optimizer", "AdamW"), ("lr0", 0.0005), ("warmup_epochs", 0.0))),
+    # base fine-tuned at one tier's scale only, as `wide` was at large's: does a network that serves one input
+    # instead of three do better there, at the same cost? (training/README.md, "Scale specialists")
+    "base-small": Network("base-small", 0.33, 0.25, CropPlan(scales=(0.65,), size=320), start="base",
+                          recipe=(("mosaic", 0.0), ("optimizer", "AdamW"), ("lr0", 0.0005), ("warmup_epochs", 0.0))),
+    "base-nano": Network("base-nano", 0.33, 0.25, CropPlan(scales=(0.4,), size=320), start="base",
+                         recipe=(("mosaic", 0.0), ("optimizer", "AdamW"), ("lr0", 0.0005), ("warmup_epochs", 0.0))),
 }
 
 
