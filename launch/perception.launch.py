@@ -1,4 +1,5 @@
-"""Launch perception_node as a managed lifecycle node and bring it to active.
+"""Launch perception_node as a managed lifecycle node and bring it to active (after every configure: a later
+cleanup and configure, to apply parameters, brings it back to active too; a deactivate is left as it is).
 
     ros2 launch adaptive_perception perception.launch.py image:=/camera/image_raw \
         params_file:=/path/to/perception.yaml
@@ -33,8 +34,10 @@ def generate_launch_description() -> LaunchDescription:
     )
     configure = EmitEvent(event=ChangeState(lifecycle_node_matcher=matches_action(node),
                                             transition_id=Transition.TRANSITION_CONFIGURE))
+    # only the end of a configure: a deactivate also ends in inactive, and must stay there (an operator's
+    # deactivate, or the deactivate before a cleanup and configure that applies new parameters)
     activate_when_configured = RegisterEventHandler(OnStateTransition(
-        target_lifecycle_node=node, goal_state="inactive",
+        target_lifecycle_node=node, start_state="configuring", goal_state="inactive",
         entities=[EmitEvent(event=ChangeState(lifecycle_node_matcher=matches_action(node),
                                               transition_id=Transition.TRANSITION_ACTIVATE))]))
     return LaunchDescription([

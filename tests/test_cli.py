@@ -139,6 +139,20 @@ def test_a_params_file_with_nothing_for_this_node_is_refused(tmp_path, capsys, c
     assert f"--params-file '{params}' {says}" in capsys.readouterr().err
 
 
+def test_perception_node_itself_refuses_a_params_file_for_another_node(tmp_path, capsys):
+    """`ros2 launch` runs the perception_node executable with --params-file: the check lived only in the CLI, so the
+    launch path started the node on its defaults."""
+    from adaptive_perception.ros.node import main as node_main
+
+    params = tmp_path / "params.yaml"
+    params.write_text("perception:\n  ros__parameters:\n    routing_mode: fixed:nano\n")
+    assert node_main(["perception_node", "--ros-args", "-r", "__node:=perception_node", "--params-file", str(params)]) == 2
+    assert f"--params-file '{params}' holds parameters for /perception only, none for perception_node" in \
+        capsys.readouterr().err
+    assert node_main(["perception_node", "--ros-args", "--params-file", str(tmp_path / "missing.yaml")]) == 2
+    assert f"--params-file '{tmp_path / 'missing.yaml'}' cannot be read: No such file or directory" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("content, remap", [
     (None, []),  # the shipped config/perception.yaml
     ("/ns:\n  perception_node:\n    ros__parameters:\n      routing_mode: fixed:nano\n", []),
@@ -146,13 +160,13 @@ def test_a_params_file_with_nothing_for_this_node_is_refused(tmp_path, capsys, c
     ("front:\n  ros__parameters:\n    routing_mode: fixed:nano\n", ["-r", "__node:=front"]),
 ])
 def test_params_files_for_this_node_pass_the_check(tmp_path, content, remap):
-    from adaptive_perception.cli import _check_params_file
+    from adaptive_perception.ros.parameters import check_params_file
 
     params = Path(__file__).resolve().parents[1] / "config" / "perception.yaml"
     if content is not None:
         params = tmp_path / "params.yaml"
         params.write_text(content)
-    _check_params_file(params, remap)
+    check_params_file(params, remap)
 
 
 def test_policy_inspect_says_how_the_policy_routes_and_what_it_monitors(tmp_path, capsys):

@@ -95,6 +95,9 @@ def test_the_readme_parameter_table_lists_exactly_the_declared_parameters():
     assert listed == set(PARAMETERS)
 
 
+LAUNCH_ACTIVATES_AFTER = {"start_state": "configuring", "goal_state": "inactive"}  # its transition event filter
+
+
 def test_the_launch_file_passes_only_what_the_node_has():
     """launch_ros cannot run here: read the launch file's arguments, remapping and parameter file instead."""
     from adaptive_perception.ros.node import PARAMETERS
@@ -112,3 +115,7 @@ def test_the_launch_file_passes_only_what_the_node_has():
     default_params = next(c for c in calls if c.func.id == "PathJoinSubstitution" and
                           any(isinstance(e, ast.Constant) and e.value == "perception.yaml" for e in c.args[0].elts))
     assert default_params is not None  # and perception.yaml holds exactly the declared parameters (above)
+    handler = next(c for c in calls if c.func.id == "OnStateTransition")
+    states = {k.arg: k.value.value for k in handler.keywords if k.arg in ("start_state", "goal_state")}
+    # the end of a configure only (test_node: a deactivate ends in inactive too, and the launch re-activated it)
+    assert states == LAUNCH_ACTIVATES_AFTER

@@ -62,6 +62,23 @@ def test_deactivate_stops_output_and_cleanup_frees_sessions(graph):
     assert graph.node.detectors == {} and graph.node.config is None
 
 
+def test_the_launch_files_activate_filter_matches_a_configure_and_not_a_deactivate(graph):
+    """The launch file activates the node on a transition event it filters by start and goal state: on the goal
+    alone (inactive), a deactivate matched too, and launch activated the node again at once."""
+    from lifecycle_msgs.msg import TransitionEvent
+    from test_config import LAUNCH_ACTIVATES_AFTER
+
+    events: list[TransitionEvent] = []
+    graph.driver.create_subscription(TransitionEvent, f"/{graph.name}/transition_event", events.append, 10)
+    wait_until(lambda: False, 0.5)  # let the subscription match before the transitions
+    assert graph.transition("configure") and graph.transition("activate") and graph.transition("deactivate")
+    assert wait_until(lambda: len(events) == 6, 5), [(e.start_state.label, e.goal_state.label) for e in events]
+    pairs = [(e.start_state.label, e.goal_state.label) for e in events]
+    assert pairs.count(("configuring", "inactive")) == 1 and pairs.count(("deactivating", "inactive")) == 1
+    matched = [i for i, pair in enumerate(pairs) if pair == tuple(LAUNCH_ACTIVATES_AFTER.values())]
+    assert matched == [pairs.index(("configuring", "inactive"))]
+
+
 def test_spin_wait_reaches_the_tier_sessions(graph):
     entry = "session.intra_op.allow_spinning"
     assert graph.transition("configure")
@@ -89,14 +106,12 @@ def test_preprocess_in_graph_and_its_cache_reach_the_tier_sessions(graph, tmp_pa
     assert graph.transition("cleanup")
 
 
-def test_bad_model_path_fails_configure_with_reason_then_good_path_succeeds(graph, peer_model, tmp_path):
+def test_a_bad_model_path_is_refused_at_set_and_configure_keeps_the_good_one(graph, peer_model, tmp_path):
     missing = tmp_path / "no_such_model.onnx"
-    graph.node.set_parameters([rclpy.parameter.Parameter("models.nano", value=str(missing))])
-    assert not graph.transition("configure")
-    assert graph.state() == "unconfigured"
-    assert wait_until(lambda: any(str(missing) in log.msg and "does not exist" in log.msg for log in graph.logs), 5)
-    graph.node.set_parameters([rclpy.parameter.Parameter("models.nano", value=str(peer_model))])
+    refused = graph.node.set_parameters([rclpy.parameter.Parameter("models.nano", value=str(missing))])[0]
+    assert not refused.successful and f"models.nano = '{missing}' does not exist" in refused.reason
     assert graph.transition("configure") and graph.state() == "inactive"
+    assert graph.node.detectors["nano"].path == peer_model
 
 
 def test_not_an_onnx_file_fails_configure_naming_the_file(graph, tmp_path):
@@ -156,6 +171,56 @@ def test_declared_ranges_refuse_what_configure_would_refuse(graph):
     assert graph.node.read_config().router.random_seed == 7
 
 
+def test_a_change_configure_would_refuse_is_refused_at_set(graph, tmp_path):
+    """qos.reliability 'reliabel' was accepted at `ros2 param set` and failed the next configure."""
+    refused = graph.node.set_parameters([rclpy.parameter.Parameter("qos.reliability", value="reliabel")])[0]
+    assert not refused.successful and "qos.reliability 'reliabel' must be one of" in refused.reason
+    missing = tmp_path / "missing.onnx"
+    refused = graph.node.set_parameters([rclpy.parameter.Parameter("models.small", value=str(missing))])[0]
+    assert not refused.successful and f"models.small = '{missing}' does not exist" in refused.reason
+    assert graph.node.get_parameter("qos.reliability").value == "best_effort"
+    assert graph.node.set_parameters([rclpy.parameter.Parameter("qos.reliability", value="reliable")])[0].successful
+    assert graph.transition("configure")
+
+
+def test_parameters_that_start_broken_are_mended_one_at_a_time(context, peer_model, tmp_path):
+    """Two bad values from a params file: refusing every change that leaves the set invalid would refuse each fix
+    while the other value is still wrong."""
+    missing = tmp_path / "missing.onnx"
+    g = Graph(context, {"models.nano": str(peer_model), "models.small": str(missing), "models.large": "",
+                        "routing_mode": "fixed:nano", "qos.reliability": "reliabel", "warmup_runs": 0})
+    try:
+        assert g.node.set_parameters([rclpy.parameter.Parameter("qos.reliability", value="reliable")])[0].successful
+        assert not g.transition("configure") and g.state() == "unconfigured"
+        assert wait_until(lambda: any("configure failed" in log.msg and f"models.small = '{missing}' does not exist"
+                                      in log.msg for log in g.logs), 5)
+        assert g.node.set_parameters([rclpy.parameter.Parameter("models.small", value="")])[0].successful
+        assert g.transition("configure") and g.node.config.qos_reliability == "reliable"
+        # now valid: a change that breaks it again is refused
+        assert not g.node.set_parameters([rclpy.parameter.Parameter("models.small", value=str(missing))])[0].successful
+    finally:
+        g.close()
+
+
+def test_a_misspelt_key_in_a_params_file_is_named(context, tmp_path):
+    """ROS keeps a value for a parameter the node never declares, silently: `conf_treshold` left conf_threshold at
+    its default, `qos: {relability: ...}` left best_effort in place."""
+    from adaptive_perception.ros.node import PerceptionNode
+
+    params = tmp_path / "params.yaml"
+    params.write_text("/**:\n  ros__parameters:\n    use_sim_time: false\n    conf_treshold: 0.5\n"
+                      "    iou_threshold: 0.6\n    qos:\n      relability: reliable\n    zzz_unrelated: 1\n")
+    node = PerceptionNode(context=context, cli_args=["--ros-args", "--params-file", str(params),
+                                                     "-r", "__node:=perception_node_typos"])
+    try:
+        assert node.unknown_parameters == ["'conf_treshold' (did you mean conf_threshold?)",
+                                           "'qos.relability' (did you mean qos.reliability?)", "'zzz_unrelated'"]
+        assert node.get_parameter("iou_threshold").value == 0.6  # the file was read: its known key applied
+        assert node.get_parameter("conf_threshold").value == 0.25
+    finally:
+        node.destroy_node()
+
+
 def test_a_camera_listed_twice_after_remapping_fails_configure(graph):
     """`image` and `/image` are one topic: each frame was processed and published twice, its counters split."""
     graph.node.set_parameters([rclpy.parameter.Parameter("image_topics", value=["image", "/image", "image/compressed"])])
@@ -182,3 +247,29 @@ def test_a_running_node_refuses_an_unknown_mode_and_says_when_a_parameter_applie
                                                                          "frames): fixed:nano"), 5)
     assert wait_until(lambda: graph.status("camera /image").message ==
                       "node inactive: not subscribed to this camera (lifecycle activate)", 5)
+
+
+def test_a_publisher_of_the_wrong_type_on_the_camera_topic_is_named(context, peer_model):
+    """A CompressedImage camera on a topic the node reads as Image: its frames never arrive and DDS says nothing;
+    /diagnostics asked whether anything was publishing at all."""
+    from rclpy.node import Node
+    from sensor_msgs.msg import CompressedImage
+
+    g = Graph(context, {"models.nano": str(peer_model), "models.small": "", "models.large": "", "warmup_runs": 0,
+                        "routing_mode": "fixed:nano", "image_topics": ["image"], "diagnostics.stall_s": 0.5})
+    camera_context = rclpy.context.Context()  # a participant of its own: the driver already publishes Image there
+    rclpy.init(context=camera_context)
+    camera = Node("compressed_camera", context=camera_context)
+    try:
+        camera.create_publisher(CompressedImage, "image", 10)
+        assert g.transition("configure") and g.transition("activate")
+        said = "node compressed_camera publishes sensor_msgs/msg/CompressedImage on /image, where this node reads " \
+               "sensor_msgs/msg/Image"
+        assert wait_until(lambda: g.status("camera /image").message.startswith(said), 10), \
+            g.status("camera /image").message
+        assert g.status("camera /image").level == bytes([2])
+        assert wait_until(lambda: any(log.msg.startswith(said) for log in g.logs), 5)
+    finally:
+        camera.destroy_node()
+        rclpy.shutdown(context=camera_context)
+        g.close()

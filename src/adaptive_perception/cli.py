@@ -42,34 +42,6 @@ def _port(text: str) -> int:
 GENERATORS = ("1.0.0", "2.0.0")  # scenes generator versions: the keys of scenes.sequence.WORLDS (kept light to import)
 
 
-def _check_params_file(path: Path, ros_args: list[str]) -> None:
-    """Refuse a --params-file that holds no parameters for this node: ROS would start it on its defaults, silently."""
-    import yaml
-
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise AdaptivePerceptionError(f"--params-file '{path}' is not YAML: {exc}") from None
-    node = "perception_node"
-    for i, arg in enumerate(ros_args[:-1]):  # -r __node:=NAME renames the node
-        if arg in ("-r", "--remap") and ros_args[i + 1].startswith("__node:="):
-            node = ros_args[i + 1].split(":=", 1)[1]
-    names: list[str] = []
-
-    def walk(entry: object, prefix: str) -> None:
-        for key, value in (entry.items() if isinstance(entry, dict) else ()):
-            if key == "ros__parameters":
-                names.append(prefix)
-            else:
-                walk(value, f"{prefix}/{str(key).strip('/')}")
-    walk(data, "")
-    if not any(name.rsplit("/", 1)[-1] in (node, "*", "**") for name in names):
-        found = f"parameters for {', '.join(n or '/' for n in names)} only" if names else "no <node>: ros__parameters: entry"
-        raise AdaptivePerceptionError(f"--params-file '{path}' holds {found}, none for {node}: the node would start on "
-                                      "its defaults; key them as config/perception.yaml does (/**/perception_node: "
-                                      "ros__parameters: ...)")
-
-
 QUICK_REPORTS = "build/bench/quick"  # a --quick run's reports: partial runs never replace the committed ones
 
 
@@ -634,8 +606,6 @@ def main(argv: list[str] | None = None) -> int:
             from adaptive_perception.ros.node import main as node_main
 
             extra = ["--params-file", str(args.params_file)] if args.params_file else []
-            if args.params_file:
-                _check_params_file(args.params_file, ros_args)
             if args.autostart:
                 extra += ["-p", "autostart:=true"]
             return node_main(["perception_node", "--ros-args", *extra, *ros_args])

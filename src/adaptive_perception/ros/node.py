@@ -34,10 +34,10 @@ from adaptive_perception.policy import Policy
 from adaptive_perception.recording import ros_typestore
 from adaptive_perception.runlog import NodeRun, snapshot_metrics
 from adaptive_perception.router import Router, RouterSettings, check_mode, tiers_needed
-from adaptive_perception.ros.parameters import PARAMETERS
+from adaptive_perception.ros.parameters import PARAMETERS, check_params_file, params_files, unknown_parameters
 from adaptive_perception.ros.convert import (ReceivedImage, detections_to_msg, image_to_rgb, parse_image,
                                              rgb_to_compressed, rgb_to_msg)
-from adaptive_perception.telemetry import OK, TIER_FAILURE, WARN, ErrorLog, HealthSettings, Telemetry, key_values
+from adaptive_perception.telemetry import ERROR, OK, TIER_FAILURE, WARN, ErrorLog, HealthSettings, Telemetry, key_values
 from adaptive_perception.transport import apply_defaults as apply_transport_defaults
 
 NODE_NAME = "perception_node"
@@ -78,15 +78,31 @@ class PerceptionNode(LifecycleNode):
         self.debug_rendered = 0  # debug images drawn since configure (none while nobody subscribes)
         self._diag_pub = None
         self._diag_timer = None
+        self._wrong_types_said: set[tuple] = set()  # (topic, publishers) already logged by `_wrong_type_publishers`
         self.active = False  # subscribed and processing (lifecycle state active)
         self._setting_own = False  # the node sets routing_mode / policy itself after a live switch
         self.add_on_set_parameters_callback(self._on_set_parameters)
+        # ROS keeps a params-file or -p value whose name the node never declares, and says nothing: a misspelt key
+        # leaves its parameter at the default
+        self.unknown_parameters = unknown_parameters(self._parameter_overrides)
+        if self.unknown_parameters:
+            self.get_logger().warning(
+                f"perception_node has no parameter {', '.join(self.unknown_parameters)}: ignored, from the "
+                "--params-file or -p overrides (names: README, Parameters; ros2 param list)")
         self._routing_services = [self.create_service(SetRoutingMode, "~/set_routing_mode", self._on_set_routing_mode),
                           self.create_service(LoadPolicy, "~/load_policy", self._on_load_policy)]
 
     # ---- lifecycle -------------------------------------------------------------------------
-    def read_config(self) -> NodeConfig:
-        p = self.get_parameter
+    def read_config(self, pending: dict[str, object] | None = None) -> NodeConfig:
+        """The parameters as a validated NodeConfig; `pending`: name -> value about to be set, read in their place."""
+        pending = pending or {}
+
+        class _Value:
+            def __init__(self, value: object) -> None:
+                self.value = value
+
+        def p(name: str) -> object:
+            return _Value(pending[name]) if name in pending else self.get_parameter(name)
         return NodeConfig(
             image_topics=tuple(p("image_topics").value),
             routing_mode=p("routing_mode").value,
@@ -422,6 +438,23 @@ class PerceptionNode(LifecycleNode):
             f"({getattr(policy, 'name', policy)}; node: qos.reliability={self.config.qos_reliability}): its frames never "
             "arrive. Match the publisher's QoS or set qos.reliability to best_effort")
 
+    def _wrong_type_publishers(self, camera: str) -> str:
+        """'' or what publishes another message type on a camera's topic than the one the node reads there (a
+        CompressedImage on a topic whose name does not end in 'compressed', say); logged once per topic and type."""
+        topic = self.resolve_topic_name(camera)
+        expected = IMAGE_TYPES[topic.rstrip("/").endswith("compressed")]
+        others = sorted({(info.topic_type, info.node_name or "_unnamed") for info in
+                         self.get_publishers_info_by_topic(topic) if info.topic_type != expected})
+        if not others:
+            return ""
+        text = (", ".join(f"node {name} publishes {kind}" for kind, name in others) + f" on {topic}, "
+                f"where this node reads {expected} (read as CompressedImage only on a topic whose name ends in "
+                "'compressed': remap the camera to .../compressed, or publish sensor_msgs/msg/Image)")
+        if (topic, tuple(others)) not in self._wrong_types_said:
+            self._wrong_types_said.add((topic, tuple(others)))
+            self.get_logger().error(text)
+        return text
+
     def _publish_diagnostics(self) -> None:
         """One status per camera and per tier, levels from `telemetry`, and one for the node (policy, metrics)."""
         telemetry, router = self.telemetry, self.router
@@ -443,6 +476,10 @@ class PerceptionNode(LifecycleNode):
                 report["level"] = max(report["level"], WARN)
                 report["message"] = (f"drift: the scene differs from the policy's training data (score {monitor.score:.2f})"
                                      + ("" if report["message"] == "frames processed" else f"; {report['message']}"))
+            wrong = self._wrong_type_publishers(camera) if self.active and report["message"].startswith("no frame") else ""
+            if wrong:  # frames of another type never reach the subscription, and DDS says nothing about it
+                report["level"] = max(report["level"], ERROR)
+                report["message"] = f"{wrong}; {report['message']}"
             levels[camera] = report["level"]
             array.status.append(_status(f"{node}: camera {self.resolve_topic_name(camera)}", node, report))
         for tier, detector in self.detectors.items():
@@ -640,13 +677,20 @@ class PerceptionNode(LifecycleNode):
 
     def _on_set_parameters(self, parameters: list[Parameter]) -> SetParametersResult:
         """routing.cost_weight applies to a configured node at once (between two frames); others at configure,
-        which a configured node says in a warning; an unknown routing_mode is refused at once."""
+        which a configured node says in a warning. A change that would make the next configure fail (an unknown
+        routing_mode, a qos.reliability out of its choices, a model file that does not exist, ...) is refused at
+        once, with configure's reason; while the parameters already hold such a value, changes are taken as they
+        come (so they can be mended one at a time) and configure names what is still wrong."""
+        try:
+            self.read_config({parameter.name: parameter.value for parameter in parameters})
+        except AdaptivePerceptionError as exc:
+            try:
+                self.read_config()
+            except AdaptivePerceptionError:
+                pass  # already broken before this change: configure will say what is still wrong
+            else:
+                return SetParametersResult(successful=False, reason=str(exc))
         for parameter in parameters:
-            if parameter.name == "routing_mode":
-                try:
-                    check_mode(parameter.value)
-                except AdaptivePerceptionError as exc:
-                    return SetParametersResult(successful=False, reason=str(exc))
             if parameter.name != "routing.cost_weight" and self.config is not None and not self._setting_own:
                 live = {"routing_mode": "; ~/set_routing_mode switches a running node",
                         "policy": "; ~/load_policy swaps a running node's policy"}.get(parameter.name, "")
@@ -722,7 +766,15 @@ def _status(name: str, hardware_id: str, report: dict[str, object]) -> Diagnosti
 def main(argv: list[str] | None = None) -> int:
     """Run the node until interrupted; with parameter autostart:=true it configures and activates itself."""
     apply_transport_defaults()
-    rclpy.init(args=argv if argv is not None else sys.argv)
+    argv = list(argv if argv is not None else sys.argv)
+    ros_args = argv[argv.index("--ros-args") + 1:] if "--ros-args" in argv else []
+    try:
+        for path in params_files(ros_args):
+            check_params_file(path, ros_args)
+    except AdaptivePerceptionError as exc:
+        print(f"perception_node: error: {exc}", file=sys.stderr)
+        return 2
+    rclpy.init(args=argv)
     try:
         node = PerceptionNode()
     except Exception as exc:  # bad --params-file or parameter override: say which, without a traceback

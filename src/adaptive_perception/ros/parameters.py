@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import difflib
 import json
+from pathlib import Path
 
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
 
@@ -166,3 +167,52 @@ def parse_override(item: str) -> tuple[str, object]:
 
 def _as_float(value: object) -> object:
     return float(value) if type(value) is int else value  # True stays a bool
+
+
+def check_params_file(path: Path, ros_args: list[str]) -> None:
+    """Refuse a --params-file that holds no parameters for this node: ROS would start it on its defaults, silently.
+    `ros_args`: the node's ROS arguments (a `-r __node:=NAME` renames it)."""
+    import yaml
+
+    try:
+        data = yaml.safe_load(Path(path).read_text())
+    except OSError as exc:
+        raise AdaptivePerceptionError(f"--params-file '{path}' cannot be read: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        raise AdaptivePerceptionError(f"--params-file '{path}' is not YAML: {exc}") from None
+    node = "perception_node"
+    for i, arg in enumerate(ros_args[:-1]):  # -r __node:=NAME renames the node
+        if arg in ("-r", "--remap") and ros_args[i + 1].startswith("__node:="):
+            node = ros_args[i + 1].split(":=", 1)[1]
+    names: list[str] = []
+
+    def walk(entry: object, prefix: str) -> None:
+        for key, value in (entry.items() if isinstance(entry, dict) else ()):
+            if key == "ros__parameters":
+                names.append(prefix)
+            else:
+                walk(value, f"{prefix}/{str(key).strip('/')}")
+    walk(data, "")
+    if not any(name.rsplit("/", 1)[-1] in (node, "*", "**") for name in names):
+        found = f"parameters for {', '.join(n or '/' for n in names)} only" if names else "no <node>: ros__parameters: entry"
+        raise AdaptivePerceptionError(f"--params-file '{path}' holds {found}, none for {node}: the node would start on "
+                                      "its defaults; key them as config/perception.yaml does (/**/perception_node: "
+                                      "ros__parameters: ...)")
+
+
+def params_files(ros_args: list[str]) -> list[str]:
+    """The --params-file paths among a node's ROS arguments (launch passes each file it is given so)."""
+    return [ros_args[i + 1] for i, arg in enumerate(ros_args[:-1]) if arg == "--params-file"]
+
+
+def unknown_parameters(names) -> list[str]:
+    """One line per name that is no parameter of perception_node (or of every ROS node), with the closest one: a
+    misspelt key in a params file is otherwise ignored by ROS without a word, and its parameter keeps its default."""
+    lines = []
+    for name in sorted(set(names) - set(PARAMETERS) - ROS_NODE_PARAMETERS):
+        close = difflib.get_close_matches(name, PARAMETERS, n=1)
+        lines.append(f"{name!r}" + (f" (did you mean {close[0]}?)" if close else ""))
+    return lines
+
+
+ROS_NODE_PARAMETERS = {"use_sim_time", "start_type_description_service"}  # what rclpy declares on every node
