@@ -205,6 +205,9 @@ def params_files(ros_args: list[str]) -> list[str]:
     return [ros_args[i + 1] for i, arg in enumerate(ros_args[:-1]) if arg == "--params-file"]
 
 
+ROS_NODE_PARAMETERS = {"use_sim_time", "start_type_description_service"}  # what rclpy declares on every node
+
+
 def unknown_parameters(names) -> list[str]:
     """One line per name that is no parameter of perception_node (or of every ROS node), with the closest one: a
     misspelt key in a params file is otherwise ignored by ROS without a word, and its parameter keeps its default."""
@@ -214,5 +217,3 @@ def unknown_parameters(names) -> list[str]:
         lines.append(f"{name!r}" + (f" (did you mean {close[0]}?)" if close else ""))
     return lines
 
-
-ROS_NODE_PARAMETERS = {"use_sim_time", "start_type_description_service"}  # what rclpy declares on every node
