@@ -55,10 +55,12 @@ class Graph:
 
     _count = itertools.count()
 
-    def __init__(self, context: rclpy.context.Context, parameters: dict[str, object]) -> None:
+    def __init__(self, context: rclpy.context.Context, parameters: dict[str, object], camera: str = "image") -> None:
+        """`camera`: where the node's `image` topic is remapped to (the driver publishes there)."""
         self.name = f"{NODE_NAME}_{next(Graph._count)}"
+        remap = ["-r", f"image:={camera}"] if camera != "image" else []
         self.node = PerceptionNode(
-            context=context, cli_args=["--ros-args", "-r", f"__node:={self.name}"],
+            context=context, cli_args=["--ros-args", "-r", f"__node:={self.name}", *remap],
             parameter_overrides=[Parameter(k, value=v) for k, v in {"metrics.port": 0, **parameters}.items()])
         self.driver = Node("test_driver", context=context)
         self.detections: list[Detection2DArray] = []
@@ -72,7 +74,7 @@ class Graph:
         self.driver.create_subscription(Log, "/rosout", self.logs.append, QoSProfile(
             depth=1000, durability=DurabilityPolicy.TRANSIENT_LOCAL))
         self.driver.create_subscription(DiagnosticArray, "/diagnostics", self.diagnostics.append, reliable)
-        self.image_pub = self.driver.create_publisher(Image, "image", reliable)
+        self.image_pub = self.driver.create_publisher(Image, camera, reliable)
         self.compressed_pub = self.driver.create_publisher(CompressedImage, "image/compressed", reliable)
         self._change = self.driver.create_client(ChangeState, f"/{self.name}/change_state")
         self._get = self.driver.create_client(GetState, f"/{self.name}/get_state")

@@ -12,6 +12,7 @@ from adaptive_perception.scenes.sequence import Drift, render_sequence
 from adaptive_perception.training.drift_reference import cpu_detectors
 from adaptive_perception.training.drift_report import run_stream, stream_specs
 from adaptive_perception_msgs.msg import RoutingDecision
+from adaptive_perception_msgs.srv import LoadPolicy
 from rosgraph import Graph, image_msg, wait_until
 
 
@@ -26,7 +27,7 @@ def test_the_shipped_policy_turns_drift_at_night_in_a_running_node_and_records_t
     evidence = tmp_path / "evidence"
     graph = Graph(context, {**{f"models.{t}": resolve_model(f"embedded:{t}") for t in TIERS}, "routing_mode": "learned",
                             "policy": policy, "providers": ["CPUExecutionProvider"], "warmup_runs": 0,
-                            "evidence.dir": str(evidence)})
+                            "evidence.dir": str(evidence)}, camera="/robot/front")  # image:=/robot/front
     try:
         assert graph.transition("configure") and graph.transition("activate")
         graph.wait_for_image_subscriber()
@@ -40,6 +41,13 @@ def test_the_shipped_policy_turns_drift_at_night_in_a_running_node_and_records_t
         assert RoutingDecision.DRIFT_DRIFT not in states[:150]  # no false alarm on the in-distribution scene
         assert states.index(RoutingDecision.DRIFT_DRIFT) == expected
         assert [d.tier for d in decisions] == offline["tiers"]  # the same routing, frame by frame
+        # a new policy's monitor starts over: the camera leaves DRIFT at once (it stayed there, and its alert
+        # fired, until frames came again)
+        assert graph.node._drift_states == {"image": RoutingDecision.DRIFT_DRIFT}
+        assert graph.call(LoadPolicy, "load_policy", LoadPolicy.Request(path=policy)).success
+        assert graph.node._drift_states == {"image": RoutingDecision.DRIFT_UNKNOWN}
+        assert wait_until(lambda: {kv.key: kv.value for kv in graph.status("camera /robot/front").values}
+                          .get("drift_state") == "unknown", 5)
         assert graph.transition("deactivate") and graph.transition("cleanup")  # closes the evidence segment
     finally:
         graph.close()
@@ -47,8 +55,10 @@ def test_the_shipped_policy_turns_drift_at_night_in_a_running_node_and_records_t
 
     from adaptive_perception.recording import ros_typestore
 
-    with AnyReader([evidence / "image" / "evidence_0001"], default_typestore=ros_typestore()) as reader:
-        images = [reader.deserialize(raw, c.msgtype) for c, _, raw in reader.messages() if c.topic == "/image"]
+    # named after the camera's topic after remapping (it was the name before, `image`, on every robot)
+    assert [p.name for p in evidence.iterdir()] == ["robot_front"]
+    with AnyReader([evidence / "robot_front" / "evidence_0001"], default_typestore=ros_typestore()) as reader:
+        images = [reader.deserialize(raw, c.msgtype) for c, _, raw in reader.messages() if c.topic == "/robot/front"]
     recorded = [m.header.stamp.sec - 1 for m in images]  # sec n is frame n - 1
     assert recorded == list(range(expected - 59, len(frames)))  # 60 up to the DRIFT frame, the rest after it
     assert bytes(images[-1].data) == frames[-1].tobytes()

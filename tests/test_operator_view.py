@@ -26,9 +26,10 @@ def _noise(seed: int, shape=(96, 128, 3)) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 256, shape, dtype=np.uint8)
 
 
-def _graph(context, tier_models, **parameters) -> Graph:
+def _graph(context, tier_models, camera: str = "image", **parameters) -> Graph:
     graph = Graph(context, {**{f"models.{t}": str(p) for t, p in tier_models.items()}, "routing_mode": "fixed:small",
-                            "policy": "", "providers": ["CPUExecutionProvider"], "warmup_runs": 0, **parameters})
+                            "policy": "", "providers": ["CPUExecutionProvider"], "warmup_runs": 0, **parameters},
+                  camera=camera)
     assert graph.transition("configure") and graph.transition("activate")
     if "image" in parameters.get("image_topics", ["image"]):
         graph.wait_for_image_subscriber()
@@ -329,8 +330,8 @@ def test_each_node_session_is_an_mlflow_run_with_parameters_snapshots_and_a_summ
     from mlflow.tracking import MlflowClient
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    graph = _graph(context, tier_models, **{"mlflow.tracking_uri": uri, "mlflow.experiment": "robot-7",
-                                            "mlflow.interval_s": 0.5})
+    graph = _graph(context, tier_models, camera="/robot/cam7", **{"mlflow.tracking_uri": uri, "mlflow.experiment":
+                                                                  "robot-7", "mlflow.interval_s": 0.5})
     try:
         assert graph.node.run.wait_started(60) and graph.node.run.error is None
         for sec in (1, 2, 3):
@@ -339,7 +340,7 @@ def test_each_node_session_is_an_mlflow_run_with_parameters_snapshots_and_a_summ
         assert graph.send_lockstep(image_msg(_noise(4), sec=4))
         run_id = graph.node.run.run_id
         client = MlflowClient(uri)
-        assert wait_until(lambda: any(m.value == 4 for m in client.get_metric_history(run_id, "image.frames_processed")),
+        assert wait_until(lambda: any(m.value == 4 for m in client.get_metric_history(run_id, "robot_cam7.frames_processed")),
                           20)
         assert graph.status("routing", lambda v: v["mlflow_run"] == run_id)
         assert graph.transition("deactivate") and graph.transition("cleanup")  # ends the run
@@ -350,9 +351,10 @@ def test_each_node_session_is_an_mlflow_run_with_parameters_snapshots_and_a_summ
     assert run.data.params["routing_mode"] == "fixed:small" and run.data.params["models.large"] == str(tier_models["large"])
     assert run.data.tags["node"] == f"/{graph.name}"
     final = {k: v for k, v in run.data.metrics.items() if k.startswith("final.")}
-    assert final["final.image.frames_processed"] == 4 and final["final.image.frames_received"] == 4
-    assert final["final.image.small_share"] == 0.75 and final["final.image.nano_share"] == 0.25
-    steps = [m.step for m in client.get_metric_history(run_id, "image.frames_processed")]
+    assert final["final.robot_cam7.frames_processed"] == 4 and final["final.robot_cam7.frames_received"] == 4
+    assert final["final.robot_cam7.small_share"] == 0.75 and final["final.robot_cam7.nano_share"] == 0.25
+    assert not any(".image." in k or k.startswith("image.") for k in run.data.metrics)  # keyed by the topic remapped
+    steps = [m.step for m in client.get_metric_history(run_id, "robot_cam7.frames_processed")]
     assert len(steps) >= 2 and steps == sorted(steps)  # snapshots over time
 
 

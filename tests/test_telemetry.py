@@ -196,3 +196,16 @@ def test_an_inactive_node_and_a_silent_topic_warn_and_a_reactivation_starts_the_
     clock.t = 44.1  # 3.1 s since the first frame after the reactivation, none processed: a stall now
     telemetry.arrived("a", 4)
     assert telemetry.camera_report("a")["message"] == "frames arrive but none was processed for 3.1 s"
+
+
+def test_a_quiet_camera_with_an_incompatible_publisher_says_so_instead_of_asking_whether_anything_publishes() -> None:
+    """The only publisher's QoS was incompatible, and the status asked 'is anything publishing on this topic?'."""
+    clock = Clock()
+    telemetry = Telemetry(["a", "b"], TIERS, HealthSettings(stall_s=3.0), clock=clock)
+    telemetry.incompatible_qos("a")
+    clock.t = 4.0
+    assert telemetry.camera_report("a")["message"] == (
+        "no frame in 4.0 s since activation: 1 publisher(s) on this topic offer a QoS this subscription cannot "
+        "accept, so their frames never arrive (match qos.reliability to the camera's)")
+    assert telemetry.camera_report("b")["message"] == ("no frame in 4.0 s since activation: is anything publishing "
+                                                       "on this topic (ros2 topic info)?")

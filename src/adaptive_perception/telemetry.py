@@ -205,9 +205,13 @@ class Telemetry:
             if not self.active:
                 warnings.append("node inactive: not subscribed to this camera (lifecycle activate)")
             elif quiet_for >= self.settings.stall_s:
-                warnings.append(f"no frame for {quiet_for:.1f} s: has the camera stopped publishing?" if arrived_since
-                                else f"no frame in {quiet_for:.1f} s since activation: is anything publishing on this "
-                                "topic (ros2 topic info)?")
+                quiet = f"no frame for {quiet_for:.1f} s" if arrived_since else \
+                    f"no frame in {quiet_for:.1f} s since activation"
+                warnings.append(
+                    f"{quiet}: {s.qos_incompatible} publisher(s) on this topic offer a QoS this subscription cannot "
+                    "accept, so their frames never arrive (match qos.reliability to the camera's)" if s.qos_incompatible
+                    else f"{quiet}: has the camera stopped publishing?" if arrived_since
+                    else f"{quiet}: is anything publishing on this topic (ros2 topic info)?")
             if recent and report["node_ms_p95"] > self.settings.frame_budget_ms:
                 warnings.append(f"node time p95 {report['node_ms_p95']:.1f} ms exceeds the frame budget "
                                 f"{self.settings.frame_budget_ms:.1f} ms")

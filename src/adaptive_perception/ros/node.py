@@ -24,7 +24,7 @@ from adaptive_perception.config import NodeConfig, resolve_model
 from adaptive_perception.detector import TIERS, AcceleratorSettings, Detections, DetectorTier
 from adaptive_perception.audit import AuditSettings, ReferenceProcess
 from adaptive_perception.drawing import draw_routed
-from adaptive_perception.drift import DRIFT, STATE_NAMES, DriftWatch, weight_text
+from adaptive_perception.drift import DRIFT, STATE_NAMES, UNKNOWN, DriftWatch, weight_text
 from adaptive_perception.evidence import EvidenceCapture, EvidenceSettings
 from adaptive_perception.errors import AdaptivePerceptionError, ConfigError, ImageDecodeError, TierFailure
 from adaptive_perception.features import RoutingContext, next_context
@@ -234,8 +234,8 @@ class PerceptionNode(LifecycleNode):
                              "routing": ("adaptive_perception_msgs/msg/RoutingDecision",
                                          self.resolve_topic_name("routing"))}
 
-    def _evidence_written(self, camera: str, segment: Path) -> None:
-        self.get_logger().info(f"drift evidence of camera '{self.resolve_topic_name(camera)}' written to {segment}")
+    def _evidence_written(self, topic: str, segment: Path) -> None:
+        self.get_logger().info(f"drift evidence of camera '{topic}' written to {segment}")
 
     def _start_metrics(self, config: NodeConfig) -> None:
         """Serve Prometheus metrics; a port that cannot be bound costs the metrics, never the perception."""
@@ -273,7 +273,8 @@ class PerceptionNode(LifecycleNode):
 
     def _snapshot(self) -> dict[str, float]:
         telemetry = self.telemetry
-        return snapshot_metrics({c: telemetry.camera_report(c) for c in telemetry.cameras}, telemetry.tiers)
+        return snapshot_metrics({self.resolve_topic_name(c): telemetry.camera_report(c) for c in telemetry.cameras},
+                                telemetry.tiers)
 
     def _log_run(self) -> None:
         if self.run is not None and self.telemetry is not None:
@@ -426,7 +427,8 @@ class PerceptionNode(LifecycleNode):
             return
         evidence = self.evidence  # read once: cleanup may clear it from another thread
         if evidence is not None:
-            evidence.frame(camera, self._evidence_topics[camera], IMAGE_TYPES[compressed], msg.stamp_ns, msg)
+            topic = self._evidence_topics[camera]  # its folder is named after the topic after remapping
+            evidence.frame(topic, topic, IMAGE_TYPES[compressed], msg.stamp_ns, msg)
         if self._slot is not None and self._slot.put(camera, msg):
             self.telemetry.dropped(camera)
 
@@ -567,7 +569,8 @@ class PerceptionNode(LifecycleNode):
         evidence = self.evidence
         if evidence is not None:
             for name, message in (("detections", detections_msg), ("routing", out)):
-                evidence.output(camera, self._topic_types[name][1], self._topic_types[name][0], stamp, message)
+                evidence.output(self._evidence_topics[camera], self._topic_types[name][1], self._topic_types[name][0],
+                                stamp, message)
         self._drift_changed(camera, drift_state, drift_score)
         self._det_pub.publish(detections_msg)
         self._routing_pub.publish(out)
@@ -598,7 +601,7 @@ class PerceptionNode(LifecycleNode):
         else:
             self.get_logger().info(text)
         evidence = self.evidence
-        if state == DRIFT and evidence is not None and evidence.trigger(camera):
+        if state == DRIFT and evidence is not None and evidence.trigger(self._evidence_topics[camera]):
             self.get_logger().info(f"recording drift evidence of camera '{self.resolve_topic_name(camera)}': the "
                                    f"last {self.config.evidence.pre_frames} frames and the next "
                                    f"{self.config.evidence.post_frames}, under {self.config.evidence.folder}")
@@ -661,6 +664,11 @@ class PerceptionNode(LifecycleNode):
             if self.drift is not None:
                 self.drift.set_reference(policy.drift_reference)
                 self._compare_drift_routing()
+                for camera in self._drift_states:  # the new policy's monitors start over: unknown until a window fills
+                    self._drift_states[camera] = UNKNOWN
+                    if self.metrics is not None:
+                        self.metrics.drift_state_changed(camera, UNKNOWN)
+                        self.metrics.drift_scored(camera, math.nan)
         self._set_own(Parameter("policy", value=request.path.strip()))
         response.success, response.message = True, policy.policy_id
         self.get_logger().info(f"policy '{policy.policy_id}' loaded from {policy.path}")
