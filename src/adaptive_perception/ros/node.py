@@ -97,44 +97,40 @@ class PerceptionNode(LifecycleNode):
         """The parameters as a validated NodeConfig; `pending`: name -> value about to be set, read in their place."""
         pending = pending or {}
 
-        class _Value:
-            def __init__(self, value: object) -> None:
-                self.value = value
-
         def p(name: str) -> object:
-            return _Value(pending[name]) if name in pending else self.get_parameter(name)
+            return pending[name] if name in pending else self.get_parameter(name).value
         return NodeConfig(
-            image_topics=tuple(p("image_topics").value),
-            routing_mode=p("routing_mode").value,
-            policy=p("policy").value,
-            router=RouterSettings(tuple(p("routing.heuristic_thresholds").value), tuple(p("routing.random_mix").value),
-                                  p("routing.random_seed").value, p("routing.hysteresis").value,
-                                  p("routing.cost_weight").value),
-            models={tier: p(f"models.{tier}").value for tier in TIERS},
-            providers=tuple(p("providers").value),
-            accelerator=AcceleratorSettings(p("tensorrt.engine_cache_dir").value, p("tensorrt.fp16").value,
-                                            p("cuda.device_id").value),
-            conf_threshold=p("conf_threshold").value,
-            iou_threshold=p("iou_threshold").value,
-            max_detections=p("max_detections").value,
-            intra_op_threads=p("intra_op_threads").value,
-            spin_wait=p("spin_wait").value,
-            preprocess_in_graph=p("preprocess_in_graph").value,
-            graph_cache_dir=p("graph_cache_dir").value,
-            warmup_runs=p("warmup_runs").value,
-            qos_reliability=p("qos.reliability").value,
-            qos_depth=p("qos.depth").value,
-            health=HealthSettings(p("diagnostics.frame_budget_ms").value, p("diagnostics.max_drop_share").value,
-                                  p("diagnostics.stall_s").value, p("diagnostics.window_s").value),
-            metrics_port=p("metrics.port").value,
-            metrics_bind=p("metrics.bind").value,
-            mlflow_uri=p("mlflow.tracking_uri").value,
-            mlflow_experiment=p("mlflow.experiment").value,
-            mlflow_interval_s=p("mlflow.interval_s").value,
-            audit=AuditSettings(p("audit.every").value, p("audit.max_share").value),
-            drift_confirm=p("drift.confirm_frames").value,
-            evidence=EvidenceSettings(p("evidence.dir").value, p("evidence.pre_frames").value,
-                                      p("evidence.post_frames").value, p("evidence.budget_mb").value),
+            image_topics=tuple(p("image_topics")),
+            routing_mode=p("routing_mode"),
+            policy=p("policy"),
+            router=RouterSettings(tuple(p("routing.heuristic_thresholds")), tuple(p("routing.random_mix")),
+                                  p("routing.random_seed"), p("routing.hysteresis"),
+                                  p("routing.cost_weight")),
+            models={tier: p(f"models.{tier}") for tier in TIERS},
+            providers=tuple(p("providers")),
+            accelerator=AcceleratorSettings(p("tensorrt.engine_cache_dir"), p("tensorrt.fp16"),
+                                            p("cuda.device_id")),
+            conf_threshold=p("conf_threshold"),
+            iou_threshold=p("iou_threshold"),
+            max_detections=p("max_detections"),
+            intra_op_threads=p("intra_op_threads"),
+            spin_wait=p("spin_wait"),
+            preprocess_in_graph=p("preprocess_in_graph"),
+            graph_cache_dir=p("graph_cache_dir"),
+            warmup_runs=p("warmup_runs"),
+            qos_reliability=p("qos.reliability"),
+            qos_depth=p("qos.depth"),
+            health=HealthSettings(p("diagnostics.frame_budget_ms"), p("diagnostics.max_drop_share"),
+                                  p("diagnostics.stall_s"), p("diagnostics.window_s")),
+            metrics_port=p("metrics.port"),
+            metrics_bind=p("metrics.bind"),
+            mlflow_uri=p("mlflow.tracking_uri"),
+            mlflow_experiment=p("mlflow.experiment"),
+            mlflow_interval_s=p("mlflow.interval_s"),
+            audit=AuditSettings(p("audit.every"), p("audit.max_share")),
+            drift_confirm=p("drift.confirm_frames"),
+            evidence=EvidenceSettings(p("evidence.dir"), p("evidence.pre_frames"),
+                                      p("evidence.post_frames"), p("evidence.budget_mb")),
         ).validate()
 
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
