@@ -39,6 +39,9 @@ class Network:
     recipe: tuple[tuple[str, object], ...] = ()  # Ultralytics training arguments that differ from the defaults below
 
 
+# How a network that starts from another's weights trains (the Ultralytics arguments that differ from the defaults)
+FINE_TUNE = (("mosaic", 0.0), ("optimizer", "AdamW"), ("lr0", 0.0005), ("warmup_epochs", 0.0))
+
 # Tier family 2: `base` (yolov8n's width) trained on crops at the scales of all three tier inputs (256, 416 and
 # 640 px wide = 0.4, 0.65 and 1.0 of the frame), and `narrow` (half yolov8n's width) at nano's scale only.
 NETWORKS = {
@@ -48,19 +51,16 @@ NETWORKS = {
     # candidate for `base`'s large tier scoring 21 mAP50 on objects of 128 px and more where nano scores 57. Tried,
     # not adopted: it did not move that figure on the test split (training/README.md)
     "base-near": Network("base-near", 0.33, 0.25, CropPlan(scales=(0.4, 0.65, 1.0), size=320, near_share=0.75),
-                         start="base", recipe=(("mosaic", 0.0), ("optimizer", "AdamW"), ("lr0", 0.0005),
-                                               ("warmup_epochs", 0.0))),
+                         start="base", recipe=FINE_TUNE),
     # the large tier as a wider network (1.5x yolov8n's width, 2.1x its parameters), as real tiers differ in width,
     # not only in input size: `base` widened without changing its output (training/widen.py), then trained at the
     # large tier's scale only, near objects whole in 3 of 4 windows (training/README.md)
     "wide": Network("wide", 0.33, 0.375, CropPlan(scales=(1.0,), size=320, near_share=0.75), start="base",
-                    recipe=(("mosaic", 0.0), ("optimizer", "AdamW"), ("lr0", 0.0005), ("warmup_epochs", 0.0))),
+                    recipe=FINE_TUNE),
     # base fine-tuned at one tier's scale only, as `wide` was at large's: does a network that serves one input
     # instead of three do better there, at the same cost? (training/README.md, "Scale specialists")
-    "base-small": Network("base-small", 0.33, 0.25, CropPlan(scales=(0.65,), size=320), start="base",
-                          recipe=(("mosaic", 0.0), ("optimizer", "AdamW"), ("lr0", 0.0005), ("warmup_epochs", 0.0))),
-    "base-nano": Network("base-nano", 0.33, 0.25, CropPlan(scales=(0.4,), size=320), start="base",
-                         recipe=(("mosaic", 0.0), ("optimizer", "AdamW"), ("lr0", 0.0005), ("warmup_epochs", 0.0))),
+    "base-small": Network("base-small", 0.33, 0.25, CropPlan(scales=(0.65,), size=320), start="base", recipe=FINE_TUNE),
+    "base-nano": Network("base-nano", 0.33, 0.25, CropPlan(scales=(0.4,), size=320), start="base", recipe=FINE_TUNE),
 }
 
 

@@ -42,6 +42,7 @@ def _port(text: str) -> int:
 GENERATORS = ("1.0.0", "2.0.0")  # scenes generator versions: the keys of scenes.sequence.WORLDS (kept light to import)
 
 
+COMMITTED_THROUGHPUT = Path("training/reports/throughput.json")  # `bench throughput`'s report
 QUICK_REPORTS = "build/bench/quick"  # a --quick run's reports: partial runs never replace the committed ones
 
 
@@ -352,7 +353,7 @@ def _parser() -> argparse.ArgumentParser:
                             f"with --quick {QUICK_REPORTS}/throughput.json)")
     cost = bench_sub.add_parser("cost", help="fleet cost per month from the measured device time per frame and "
                                 "routing mix (bench throughput's report)")
-    cost.add_argument("--throughput", type=Path, default=Path("training/reports/throughput.json"),
+    cost.add_argument("--throughput", type=Path, default=COMMITTED_THROUGHPUT,
                       help="bench throughput's JSON (its measured seconds per frame per mode)")
     cost.add_argument("--robots", type=_count, default=1000)
     cost.add_argument("--fps", type=_positive, default=30.0, help="frames per second per robot")
@@ -724,7 +725,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "bench" and args.bench_command == "cost":
             from adaptive_perception.training.fleet_cost import run as run_cost
 
-            committed = args.throughput.resolve() == Path("training/reports/throughput.json").resolve()
+            committed = args.throughput.resolve() == COMMITTED_THROUGHPUT.resolve()
             run_cost(args.throughput, args.robots, args.fps, args.price, args.hours_per_day,
                      args.report or Path("training/reports/cost.json" if committed else "build/bench/cost.json"))
             return 0

@@ -207,11 +207,14 @@ class Telemetry:
             elif quiet_for >= self.settings.stall_s:
                 quiet = f"no frame for {quiet_for:.1f} s" if arrived_since else \
                     f"no frame in {quiet_for:.1f} s since activation"
-                warnings.append(
-                    f"{quiet}: {s.qos_incompatible} publisher(s) on this topic offer a QoS this subscription cannot "
-                    "accept, so their frames never arrive (match qos.reliability to the camera's)" if s.qos_incompatible
-                    else f"{quiet}: has the camera stopped publishing?" if arrived_since
-                    else f"{quiet}: is anything publishing on this topic (ros2 topic info)?")
+                if s.qos_incompatible:
+                    why = (f"{s.qos_incompatible} publisher(s) on this topic offer a QoS this subscription cannot "
+                           "accept, so their frames never arrive (match qos.reliability to the camera's)")
+                elif arrived_since:
+                    why = "has the camera stopped publishing?"
+                else:
+                    why = "is anything publishing on this topic (ros2 topic info)?"
+                warnings.append(f"{quiet}: {why}")
             if recent and report["node_ms_p95"] > self.settings.frame_budget_ms:
                 warnings.append(f"node time p95 {report['node_ms_p95']:.1f} ms exceeds the frame budget "
                                 f"{self.settings.frame_budget_ms:.1f} ms")

@@ -303,14 +303,12 @@ class PerceptionNode(LifecycleNode):
         self._contexts = {}  # the previous output of an earlier activation says nothing about this one
         try:
             for topic in self.config.image_topics:
-                resolved = self.resolve_topic_name(topic)  # after remapping: image:=.../compressed counts
-                msg_type = CompressedImage if resolved.rstrip("/").endswith("compressed") else Image
+                compressed = self._reads_compressed(topic)
                 events = SubscriptionEventCallbacks(
                     incompatible_qos=lambda event, camera=topic: self._on_incompatible_qos(camera, event))
                 # serialized bytes: `parse_image` reads the header and views the pixels, nothing is copied
-                compressed = msg_type is CompressedImage
                 self._subscriptions.append(self.create_subscription(
-                    msg_type, topic, lambda cdr, info, camera=topic, compressed=compressed: self._on_image(
+                    CompressedImage if compressed else Image, topic, lambda cdr, info, camera=topic, compressed=compressed: self._on_image(
                         camera, cdr, compressed, info), qos, event_callbacks=events, raw=True))
         except Exception as exc:  # e.g. an invalid topic name: report, never raise out of a callback
             self.get_logger().error(f"activate failed: image_topics {list(self.config.image_topics)}: {exc}")
@@ -436,11 +434,16 @@ class PerceptionNode(LifecycleNode):
             f"({getattr(policy, 'name', policy)}; node: qos.reliability={self.config.qos_reliability}): its frames never "
             "arrive. Match the publisher's QoS or set qos.reliability to best_effort")
 
+    def _reads_compressed(self, camera: str) -> bool:
+        """Whether a camera's topic is read as CompressedImage: its name after remapping ends in 'compressed' (so
+        image:=.../compressed counts)."""
+        return self.resolve_topic_name(camera).rstrip("/").endswith("compressed")
+
     def _wrong_type_publishers(self, camera: str) -> str:
         """'' or what publishes another message type on a camera's topic than the one the node reads there (a
         CompressedImage on a topic whose name does not end in 'compressed', say); logged once per topic and type."""
         topic = self.resolve_topic_name(camera)
-        expected = IMAGE_TYPES[topic.rstrip("/").endswith("compressed")]
+        expected = IMAGE_TYPES[self._reads_compressed(camera)]
         others = sorted({(info.topic_type, info.node_name or "_unnamed") for info in
                          self.get_publishers_info_by_topic(topic) if info.topic_type != expected})
         if not others:
