@@ -114,11 +114,12 @@ class Graph:
         assert wait_until(lambda: publisher.get_subscription_count() > 0, 10), "node did not subscribe"
 
     def send_lockstep(self, msg: Image | CompressedImage, publisher=None, timeout: float = 20.0) -> bool:
-        """Publish one frame and wait for its Detection2DArray (matched by header); True if it came."""
+        """Publish one frame and wait for its Detection2DArray and RoutingDecision (matched by header; the node
+        publishes the detections first); True if both came."""
         key = (msg.header.stamp.sec, msg.header.stamp.nanosec, msg.header.frame_id)
         (publisher or self.image_pub).publish(msg)
-        return wait_until(lambda: any(
-            (d.header.stamp.sec, d.header.stamp.nanosec, d.header.frame_id) == key for d in self.detections), timeout)
+        return wait_until(lambda: all(any((m.header.stamp.sec, m.header.stamp.nanosec, m.header.frame_id) == key
+                                          for m in received) for received in (self.detections, self.routing)), timeout)
 
     def status(self, suffix: str, predicate: Callable[[dict[str, str]], bool] = lambda values: True,
                timeout: float = 5.0):

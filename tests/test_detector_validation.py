@@ -1,6 +1,7 @@
 """Model files are validated on load with errors that name the file and the problem."""
 from __future__ import annotations
 
+import cv2
 import numpy as np
 import onnx
 import pytest
@@ -106,6 +107,28 @@ def test_letterbox_centres_and_records_the_mapping():
     assert padded.shape == (320, 320, 3)
     assert box.scale == 0.5 and (box.pad_x, box.pad_y) == (0, 40)
     assert (padded[:40] == 114).all() and (padded[280:] == 114).all() and (padded[40:280] == 0).all()
+
+
+def test_letterbox_resizes_into_the_canvas_with_uneven_borders_and_skips_what_is_not_needed():
+    rng = np.random.default_rng(5)
+    image = rng.integers(0, 256, (37, 53, 3), dtype=np.uint8)
+    # scale 64/53: 53x37 -> 64x45 (44.68 rounded), 19 grey rows split 9 above and 10 below
+    padded, box = letterbox(image, (64, 64))
+    assert padded.shape == (64, 64, 3) and (box.pad_x, box.pad_y) == (0, 9) and box.scale == pytest.approx(64 / 53)
+    assert (padded[:9] == 114).all() and (padded[54:] == 114).all()
+    assert np.array_equal(padded[9:54], cv2.resize(image, (64, 45), interpolation=cv2.INTER_LINEAR))
+    tall = rng.integers(0, 256, (100, 50, 3), dtype=np.uint8)  # 50x100 -> 32x64, 16 grey columns each side
+    padded, box = letterbox(tall, (64, 64))
+    assert (box.pad_x, box.pad_y) == (16, 0) and (padded[:, :16] == 114).all() and (padded[:, 48:] == 114).all()
+    assert np.array_equal(padded[:, 16:48], cv2.resize(tall, (32, 64), interpolation=cv2.INTER_LINEAR))
+    frame = rng.integers(0, 256, (480, 640, 3), dtype=np.uint8)
+    same, box = letterbox(frame, (480, 640))  # the large tier's input size: the frame itself, not a copy
+    assert same is frame and (box.scale, box.pad_x, box.pad_y) == (1.0, 0, 0)
+    resized, box = letterbox(frame, (192, 256))  # nano's: an exact 0.4 resize, no border
+    assert np.array_equal(resized, cv2.resize(frame, (256, 192), interpolation=cv2.INTER_LINEAR)) and box.scale == 0.4
+    framed, box = letterbox(image, (37, 57))  # no resize, a 2-column border on each side
+    assert (box.scale, box.pad_x, box.pad_y) == (1.0, 2, 0) and np.array_equal(framed[:, 2:55], image)
+    assert (framed[:, :2] == 114).all() and (framed[:, 55:] == 114).all()
 
 
 def test_nms_suppresses_only_overlaps_above_threshold():

@@ -1,6 +1,8 @@
 """perception_node on a real rclpy graph on localhost, driven through its lifecycle services in lock-step."""
 from __future__ import annotations
 
+import threading
+
 import cv2
 import numpy as np
 import pytest
@@ -48,6 +50,27 @@ def test_one_detection_array_per_frame_with_the_image_header(graph, peer_model):
         assert decision.tier_name == "nano" and decision.mode == "fixed:nano"
         assert list(decision.probabilities) == [1.0, 0.0, 0.0]
         assert decision.total_ms >= decision.inference_ms > 0
+
+
+def test_detections_leave_before_the_drift_monitors_work_on_the_frame(graph):
+    """A consumer waits for the detections only: they are published as soon as they exist; the drift monitor's
+    update (image statistics, windows, audit sampling) and the RoutingDecision that carries its state follow."""
+    assert graph.transition("configure") and graph.transition("activate")
+    graph.wait_for_image_subscriber()
+    released = threading.Event()
+    frame = graph.node.drift.frame
+
+    def held(*args, **kwargs):  # the real update, held until the test has looked
+        released.wait(30)
+        return frame(*args, **kwargs)
+
+    graph.node.drift.frame = held
+    graph.image_pub.publish(image_msg(_noise(3), sec=7))
+    assert wait_until(lambda: len(graph.detections) == 1, 10), "the detections waited for the drift monitor"
+    assert [d.header.stamp.sec for d in graph.detections] == [7] and graph.routing == []
+    released.set()
+    assert wait_until(lambda: len(graph.routing) == 1, 10)
+    assert graph.routing[0].header.stamp.sec == 7 and graph.node.totals().processed == 1
 
 
 def test_deactivate_stops_output_and_cleanup_frees_sessions(graph):

@@ -3,11 +3,12 @@
 Per frame, from the recorded CDR bytes of a benchmark test bag to serialized output messages, the node's steps in
 its order: read the serialized sensor_msgs/Image (`parse_image`, as the node's raw subscription does), decode
 (`image_to_rgb`), `Router.route` (the routing features the decision reads, the decision), the chosen tier
-(letterbox, onnxruntime `session.run`, decode + NMS), the next frame's context, the image statistics when the
-decision did not read them (a context-only policy, the rules), the drift monitor's update (the frame's veil, the window statistics:
-one monitor per mode, kept across sequences as a camera's is; the audits, 1 frame in 30 through the large tier in
-the node's background worker, are not in these figures), and the Detection2DArray and RoutingDecision messages
-serialized as a publish would. One worker, frames back to back:
+(letterbox, onnxruntime `session.run`, decode + NMS), the Detection2DArray's CDR (`detections_cdr`, what the
+node publishes, first: the node overhead bar ends at it), the next frame's context, the image statistics
+when the decision did not read them (a context-only policy, the rules), the drift monitor's update (the frame's
+veil, the window statistics: one monitor per mode, kept across sequences as a camera's is; the audits, 1 frame in
+30 through the large tier in the node's background worker, are not in these figures), and the RoutingDecision
+serialized. One worker, frames back to back:
 throughput = frames / the summed per-frame times. Every mode runs every sequence (context reset per sequence);
 the order of the modes rotates per sequence, so machine load hits all modes alike. Accuracy of each mode's
 published detections (the node's thresholds) is scored with pycocotools against the bags' ground truth in the
@@ -107,7 +108,8 @@ def split_bags(benchmark: Path, sequences: int | None, frames: int | None, cache
 class ModeRun:
     mode: str
     weight: float | None = None
-    total_ms: list[float] = field(default_factory=list)
+    total_ms: list[float] = field(default_factory=list)  # bytes in to every message serialized, the drift update included
+    detections_ms: list[float] = field(default_factory=list)  # bytes in to the detections serialized (published first)
     routing_ms: list[float] = field(default_factory=list)  # before the tier starts: features the decision reads + policy
     # image statistics the decision did not read, computed after the tier for the drift monitor (frames it ran on)
     deferred_feature_ms: list[float] = field(default_factory=list)
@@ -128,14 +130,13 @@ def run_sequence(run: ModeRun, router: Router, detectors: dict[str, DetectorTier
     from adaptive_perception_msgs.msg import RoutingDecision
     from rclpy.serialization import serialize_message
 
-    from adaptive_perception.ros.convert import detections_to_msg, image_to_rgb, parse_image
+    from adaptive_perception.ros.convert import detections_cdr, image_to_rgb, parse_image
 
     context = RoutingContext()
     for offset, cdr in enumerate(sequence.cdr):
         started = time.perf_counter()
         msg = parse_image(cdr, False)
         rgb = image_to_rgb(msg)
-        header = msg.header
         routed = router.route(rgb, context)
         decision = routed.decision
         detector = detectors[decision.tier_name]
@@ -144,6 +145,9 @@ def run_sequence(run: ModeRun, router: Router, detectors: dict[str, DetectorTier
         raw = detector.infer(tensor)
         session_end = time.perf_counter()
         detections = detector.postprocess(raw, box)
+        detections_cdr(detections, msg.sec, msg.nanosec, msg.frame_id)  # the node publishes the detections first
+        detected = time.perf_counter()
+        header = msg.header
         context = next_context(detections.boxes, detections.scores, decision.tier, rgb.shape[:2])
         drift_state, drift_score = 0, float("nan")
         if run.monitor is not None:  # as the node: image statistics the decision did not read, for the monitor
@@ -152,10 +156,10 @@ def run_sequence(run: ModeRun, router: Router, detectors: dict[str, DetectorTier
         out = RoutingDecision(header=header, tier=decision.tier, tier_name=decision.tier_name, mode=decision.mode,
                               policy_id=decision.policy_id, drift_state=drift_state, drift_score=drift_score)
         out.probabilities = decision.probabilities.tolist()
-        serialize_message(detections_to_msg(detections, header))
         serialize_message(out)
         done = time.perf_counter()
         run.total_ms.append((done - started) * 1e3)
+        run.detections_ms.append((detected - started) * 1e3)
         run.routing_ms.append(routed.feature_ms + routed.policy_ms)
         run.session_ms.append((session_end - session_start) * 1e3)
         run.tiers.append(decision.tier)
@@ -258,17 +262,24 @@ def summarise(run: ModeRun, gt: dict, frames: int) -> dict:
 
     total = np.asarray(run.total_ms)
     outside = total - np.asarray(run.session_ms)
+    to_detections = np.asarray(run.detections_ms) - np.asarray(run.session_ms)
     map50_95, map50 = _coco_eval(gt, run.detections, list(range(frames)))
     tiers = np.asarray(run.tiers)
     return {"mode": run.mode, "cost_weight": run.weight, "frames": int(total.size),
             "busy_s": float(total.sum() / 1e3), "fps": float(total.size / (total.sum() / 1e3)),
             "latency": _stats(run.total_ms), "over_frame_budget_share": float(np.mean(total > FRAME_BUDGET_MS)),
-            "routing_overhead": _stats(run.routing_ms), "node_overhead": _stats(outside.tolist()),
+            "routing_overhead": _stats(run.routing_ms),
+            # the bar: message in to detections out, minus session.run
+            "node_overhead": _stats(to_detections.tolist()),
+            # every step but session.run, the drift update and the RoutingDecision after the detections included:
+            # what the worker spends outside inference per frame (throughput pays it)
+            "work_outside_inference": _stats(outside.tolist()),
             "session": _stats(run.session_ms),
             "drift_monitor_frames": run.monitor.frames if run.monitor is not None else 0,  # frames the monitor took
             "mix": {t: float(np.mean(tiers == i)) for i, t in enumerate(TIERS)},
             "map50_95": map50_95, "map50": map50,
             "samples": {"total_ms": [round(v, 4) for v in run.total_ms],
+                        "detections_ms": [round(v, 4) for v in run.detections_ms],
                         "session_ms": [round(v, 4) for v in run.session_ms],
                         "routing_ms": [round(v, 4) for v in run.routing_ms],
                         # every routing feature + policy, wherever in the path the features were computed
@@ -365,7 +376,7 @@ def bars(report: dict) -> dict:
                                   # every feature + policy, the image statistics included wherever they ran
                                   "all_features": comp[point]["all_features_p95_share_of_nano_p50"]}
     value = modes[point]["node_overhead"]["p95_ms"]
-    out["node_overhead"] = {"need": f"p95 <= {BARS['node_overhead_p95_ms']} ms (message in to messages out, minus "
+    out["node_overhead"] = {"need": f"p95 <= {BARS['node_overhead_p95_ms']} ms (message in to detections out, minus "
                                     "session.run), 640x480", "measured": value,
                             "met": bool(value <= BARS["node_overhead_p95_ms"])}
     projection = report.get("projection")
@@ -455,7 +466,8 @@ def measure(policy_path: str, benchmark: Path, work: Path | None, real_latency: 
         report["validation_pick"] = picked
     report["comparisons"] = comparisons(report["modes"])
     if work is not None and real_latency is not None:
-        outside = report["modes"]["learned@90" if "learned@90" in plans else names[0]]["node_overhead"]["mean_ms"]
+        point = report["modes"]["learned@90" if "learned@90" in plans else names[0]]
+        outside = point["work_outside_inference"]["mean_ms"]
         report["projection"] = project(path, work, real_latency, outside)
     report["bars"] = bars(report)
     return report
@@ -468,7 +480,8 @@ def _pct(value: float) -> str:
 def table(report: dict) -> str:
     lines = [f"{report['frames']} frames ({len(report['sequences'])} test sequences), policy {report['policy_id']}", "",
              "| mode | FPS | speed-up vs large | latency mean / p95 (ms) | reduction mean / p95 | > 33.3 ms | "
-             "node overhead p95 (ms) | mix n/s/l | mAP50-95 (share of large) |", "|---|---|---|---|---|---|---|---|---|"]
+             "node overhead p95 (ms): to detections / all work | mix n/s/l | mAP50-95 (share of large) |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for name, row in report["modes"].items():
         c = report["comparisons"][name]
         mix = "/".join(_pct(row["mix"][t]) for t in TIERS)
@@ -476,7 +489,7 @@ def table(report: dict) -> str:
         lines.append(f"| {label} | {row['fps']:.1f} | {c['speedup_vs_large']:.2f}x | {row['latency']['mean_ms']:.1f} / "
                      f"{row['latency']['p95_ms']:.1f} | {_pct(c['latency_reduction_mean'])} / "
                      f"{_pct(c['latency_reduction_p95'])} | {_pct(row['over_frame_budget_share'])} | "
-                     f"{row['node_overhead']['p95_ms']:.2f} | {mix} | {row['map50_95']:.1f} "
+                     f"{row['node_overhead']['p95_ms']:.2f} / {row['work_outside_inference']['p95_ms']:.2f} | {mix} | {row['map50_95']:.1f} "
                      f"({_pct(c['map_share_of_large'])}) |")
     projection = report.get("projection")
     if projection:

@@ -76,32 +76,41 @@ class ModelInfo:
 
 
 def letterbox(image: np.ndarray, size: tuple[int, int]) -> tuple[np.ndarray, Letterbox]:
-    """Resize keeping the aspect ratio and pad with grey to `size` (height, width), centred."""
+    """Resize keeping the aspect ratio and pad with grey to `size` (height, width), centred. The frame is resized
+    straight into the padded canvas, and where it needs neither resizing nor a border it is returned as it is."""
     height, width = image.shape[:2]
     target_h, target_w = size
     scale = min(target_h / height, target_w / width)
     new_w, new_h = int(round(width * scale)), int(round(height * scale))
     pad_w, pad_h = (target_w - new_w) / 2, (target_h - new_h) / 2
-    if (new_w, new_h) != (width, height):
-        image = cv2.resize(image, (new_w, new_h), interpolation=cv2.INTER_LINEAR)
-    top, bottom = int(round(pad_h - 0.1)), int(round(pad_h + 0.1))
-    left, right = int(round(pad_w - 0.1)), int(round(pad_w + 0.1))
-    padded = cv2.copyMakeBorder(image, top, bottom, left, right, cv2.BORDER_CONSTANT, value=(PAD_VALUE,) * 3)
-    return padded, Letterbox(scale, left, top, (height, width))
+    top, left = int(round(pad_h - 0.1)), int(round(pad_w - 0.1))
+    box = Letterbox(scale, left, top, (height, width))
+    resize = (new_w, new_h) != (width, height)
+    if (new_h, new_w) == (target_h, target_w):
+        return (cv2.resize(image, (new_w, new_h), interpolation=cv2.INTER_LINEAR) if resize else image), box
+    canvas = np.empty((target_h, target_w, 3), np.uint8)
+    canvas[:top], canvas[top + new_h:] = PAD_VALUE, PAD_VALUE
+    canvas[top:top + new_h, :left], canvas[top:top + new_h, left + new_w:] = PAD_VALUE, PAD_VALUE
+    inner = canvas[top:top + new_h, left:left + new_w]
+    if resize:
+        cv2.resize(image, (new_w, new_h), dst=inner, interpolation=cv2.INTER_LINEAR)
+    else:
+        inner[:] = image
+    return canvas, box
 
 
 def nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float) -> np.ndarray:
     """Greedy non-maximum suppression; returns kept indices in descending score order."""
     order = np.argsort(-scores, kind="stable")
     x1, y1, x2, y2 = boxes[:, 0], boxes[:, 1], boxes[:, 2], boxes[:, 3]
-    areas = np.clip(x2 - x1, 0, None) * np.clip(y2 - y1, 0, None)
+    areas = np.maximum(x2 - x1, 0) * np.maximum(y2 - y1, 0)  # np.maximum: np.clip's wrapper costs more per call
     keep: list[int] = []
     while order.size:
         best = order[0]
         keep.append(int(best))
         rest = order[1:]
-        w = np.clip(np.minimum(x2[best], x2[rest]) - np.maximum(x1[best], x1[rest]), 0, None)
-        h = np.clip(np.minimum(y2[best], y2[rest]) - np.maximum(y1[best], y1[rest]), 0, None)
+        w = np.maximum(np.minimum(x2[best], x2[rest]) - np.maximum(x1[best], x1[rest]), 0)
+        h = np.maximum(np.minimum(y2[best], y2[rest]) - np.maximum(y1[best], y1[rest]), 0)
         inter = w * h
         iou = inter / (areas[best] + areas[rest] - inter + 1e-9)
         order = rest[iou <= iou_threshold]

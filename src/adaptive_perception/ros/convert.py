@@ -8,7 +8,7 @@ import cv2
 import numpy as np
 from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Header
-from vision_msgs.msg import Detection2D, Detection2DArray, ObjectHypothesisWithPose
+from vision_msgs.msg import Detection2DArray
 
 from adaptive_perception.detector import Detections
 from adaptive_perception.errors import ImageDecodeError
@@ -136,19 +136,50 @@ def msg_to_detections(msg: Detection2DArray) -> Detections:
                       np.asarray([classes.index(n) for n in names], np.int64), classes)
 
 
-def detections_to_msg(detections: Detections, header: Header) -> Detection2DArray:
-    """Detection2DArray with the source header; bbox centre/size in source pixels, class name in class_id."""
-    out = Detection2DArray(header=header)
+# the fixed tail of one ObjectHypothesisWithPose after its score: pose (position 0, orientation x y z w = 0 0 0 1)
+# and a zero covariance, then the bbox's five doubles follow
+_POSE_TAIL = struct.pack("<7d", 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0) + bytes(36 * 8)
+_EMPTY_ID = struct.pack("<I", 1) + b"\0"  # Detection2D.id: the empty string
+
+
+def _cdr_string(text: str) -> bytes:
+    raw = text.encode("utf-8")
+    return struct.pack("<I", len(raw) + 1) + raw + b"\0"
+
+
+def detections_cdr(detections: Detections, sec: int, nanosec: int, frame_id: str) -> bytes:
+    """The serialized vision_msgs/Detection2DArray (little-endian plain CDR, as rclpy's serialize_message writes
+    it) of `detections` under the source image's header: per box one Detection2D with that header, its centre and
+    size in source pixels, one hypothesis (class name, score), an identity pose, zero covariance and an empty id.
+    Written directly: building the Python message and serializing it cost 0.5-1 ms a frame here, before the
+    detections could leave the node."""
+    header = struct.pack("<iI", sec, nanosec) + _cdr_string(frame_id)
+    parts = [b"\0\1\0\0", header]
+    pos = len(header)  # CDR aligns each field to its size, counted from the end of the 4-byte encapsulation header
+    boxes, scores = detections.boxes.tolist(), detections.scores.tolist()
     names = detections.names()
-    for (x1, y1, x2, y2), score, name in zip(detections.boxes.tolist(), detections.scores.tolist(), names):
-        det = Detection2D(header=header)
-        det.bbox.center.position.x = (x1 + x2) / 2.0
-        det.bbox.center.position.y = (y1 + y2) / 2.0
-        det.bbox.size_x = x2 - x1
-        det.bbox.size_y = y2 - y1
-        hypothesis = ObjectHypothesisWithPose()
-        hypothesis.hypothesis.class_id = name
-        hypothesis.hypothesis.score = float(score)
-        det.results.append(hypothesis)
-        out.detections.append(det)
-    return out
+    encoded = {name: _cdr_string(name) for name in set(names)}
+
+    def align(size: int) -> None:
+        nonlocal pos
+        pad = -pos % size
+        if pad:
+            parts.append(bytes(pad))
+            pos += pad
+
+    align(4)
+    parts.append(struct.pack("<I", len(boxes)))
+    pos += 4
+    for (x1, y1, x2, y2), score, class_name in zip(boxes, scores, names):
+        align(4)
+        parts.append(header)
+        pos += len(header)
+        align(4)
+        name = encoded[class_name]
+        parts += (b"\1\0\0\0", name)  # a sequence of one result, its class name
+        pos += 4 + len(name)
+        align(8)
+        parts += (struct.pack("<d", score), _POSE_TAIL,
+                  struct.pack("<5d", (x1 + x2) / 2.0, (y1 + y2) / 2.0, 0.0, x2 - x1, y2 - y1), _EMPTY_ID)
+        pos += 8 + len(_POSE_TAIL) + 40 + len(_EMPTY_ID)
+    return b"".join(parts)

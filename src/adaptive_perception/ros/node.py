@@ -35,7 +35,7 @@ from adaptive_perception.recording import ros_typestore
 from adaptive_perception.runlog import NodeRun, snapshot_metrics
 from adaptive_perception.router import Router, RouterSettings, check_mode, tiers_needed
 from adaptive_perception.ros.parameters import PARAMETERS, check_params_file, params_files, unknown_parameters
-from adaptive_perception.ros.convert import (ReceivedImage, detections_to_msg, image_to_rgb, parse_image,
+from adaptive_perception.ros.convert import (ReceivedImage, detections_cdr, image_to_rgb, parse_image,
                                              rgb_to_compressed, rgb_to_msg)
 from adaptive_perception.telemetry import ERROR, OK, TIER_FAILURE, WARN, ErrorLog, HealthSettings, Telemetry, key_values
 from adaptive_perception.transport import apply_defaults as apply_transport_defaults
@@ -543,6 +543,17 @@ class PerceptionNode(LifecycleNode):
             raise TierFailure(decision.tier_name, exc) from exc
         inferred = time.perf_counter()
         stamp = msg.stamp_ns
+        # the detections leave first, serialized once for every publisher: what a consumer waits for; the drift
+        # monitor's work and the RoutingDecision follow them
+        detections_msg = detections_cdr(detections, msg.sec, msg.nanosec, msg.frame_id)
+        evidence = self.evidence  # the evidence ring sees each output before anyone can answer it
+        if evidence is not None:
+            evidence.output(self._evidence_topics[camera], self._topic_types["detections"][1],
+                            self._topic_types["detections"][0], stamp, detections_msg)
+        self._det_pub.publish(detections_msg)
+        camera_pubs = self._camera_pubs.get(camera)
+        if camera_pubs is not None:
+            camera_pubs[0].publish(detections_msg)
         header = msg.header
         self._contexts[camera] = next_context(detections.boxes, detections.scores, decision.tier, rgb.shape[:2])
         feature_ms = routed.feature_ms
@@ -550,8 +561,7 @@ class PerceptionNode(LifecycleNode):
             feature_ms += routed.complete(rgb)
         audited, drift_state, drift_score = self.drift.frame(camera, routed.features, decision.tier, rgb, detections,
                                                              generation)
-        detections_msg = detections_to_msg(detections, header)
-        done = time.perf_counter()  # node time: decode to detections and the drift update, before publishing
+        done = time.perf_counter()  # node time: every step on the frame, the drift update included
         out = RoutingDecision(header=header, tier=decision.tier, tier_name=decision.tier_name,
                               mode=decision.mode, policy_id=decision.policy_id, audited=audited,
                               drift_state=drift_state, drift_score=drift_score)
@@ -561,22 +571,16 @@ class PerceptionNode(LifecycleNode):
         out.inference_ms = (inferred - inference_start) * 1e3
         out.total_ms = (done - started) * 1e3
         out.frame_age_ms = (self.get_clock().now().nanoseconds - stamp) / 1e6
-        # counted before publishing: whoever sees an output sees it counted
+        # counted before the routing decision is published: whoever sees a decision sees its frame counted
         self.telemetry.processed(camera, decision.tier_name, out.total_ms, routed.feature_ms + routed.policy_ms,
                                  out.frame_age_ms)
-        # the evidence ring and a drift event see this frame's outputs before anyone can answer them
-        evidence = self.evidence
-        if evidence is not None:
-            for name, message in (("detections", detections_msg), ("routing", out)):
-                evidence.output(self._evidence_topics[camera], self._topic_types[name][1], self._topic_types[name][0],
-                                stamp, message)
+        if evidence is not None:  # a drift event below records this frame's outputs with it
+            evidence.output(self._evidence_topics[camera], self._topic_types["routing"][1],
+                            self._topic_types["routing"][0], stamp, out)
         self._drift_changed(camera, drift_state, drift_score)
-        self._det_pub.publish(detections_msg)
         self._routing_pub.publish(out)
-        if camera in self._camera_pubs:
-            camera_detections, camera_routing = self._camera_pubs[camera]
-            camera_detections.publish(detections_msg)
-            camera_routing.publish(out)
+        if camera_pubs is not None:
+            camera_pubs[1].publish(out)
         if self.metrics is not None:
             if audited:
                 self.metrics.audited(camera)
@@ -754,7 +758,9 @@ IMAGE_TYPES = {False: "sensor_msgs/msg/Image", True: "sensor_msgs/msg/Compressed
 
 
 def _serialize(message: object) -> bytes:
-    """CDR of an output message; a received frame is its own bytes."""
+    """CDR of an output message; a received frame and the detections (`detections_cdr`) are their own bytes."""
+    if isinstance(message, bytes):
+        return message
     return message.cdr if isinstance(message, ReceivedImage) else serialize_message(message)
 
 

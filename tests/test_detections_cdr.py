@@ -1,0 +1,65 @@
+"""The node writes the Detection2DArray's CDR itself (`detections_cdr`): rclpy reads back exactly the message the
+vision_msgs classes describe, for every alignment the variable-length strings can leave."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from rclpy.serialization import deserialize_message, serialize_message
+from std_msgs.msg import Header
+from vision_msgs.msg import Detection2D, Detection2DArray, ObjectHypothesisWithPose
+
+from adaptive_perception.detector import Detections
+from adaptive_perception.ros.convert import detections_cdr, msg_to_detections
+
+
+def _reference(detections: Detections, header: Header) -> Detection2DArray:
+    """The same message built field by field with the generated classes (defaults for every field not set)."""
+    out = Detection2DArray(header=header)
+    for (x1, y1, x2, y2), score, name in zip(detections.boxes.tolist(), detections.scores.tolist(), detections.names()):
+        det = Detection2D(header=header)
+        det.bbox.center.position.x, det.bbox.center.position.y = (x1 + x2) / 2.0, (y1 + y2) / 2.0
+        det.bbox.size_x, det.bbox.size_y = x2 - x1, y2 - y1
+        hypothesis = ObjectHypothesisWithPose()
+        hypothesis.hypothesis.class_id, hypothesis.hypothesis.score = name, float(score)
+        det.results.append(hypothesis)
+        out.detections.append(det)
+    return out
+
+
+@pytest.mark.parametrize("frame_id", ["", "a", "ab", "abc", "cam_front", "kamera_vorne_ü"])
+def test_rclpy_reads_back_the_message_the_generated_classes_describe(frame_id):
+    rng = np.random.default_rng(len(frame_id))
+    # class names of every length mod 4 and 8, one with a 2-byte UTF-8 character, and ids without a name
+    names = ("p", "car", "bike", "truck", "bicycle", "fahrrad_ß")
+    for count in range(0, 13):
+        boxes = rng.uniform(0, 600, (count, 4)).astype(np.float32)
+        boxes[:, 2:] += boxes[:, :2]
+        detections = Detections(boxes, rng.uniform(0.25, 1, count).astype(np.float32),
+                                rng.integers(0, len(names) + 2, count).astype(np.int64), names)
+        header = Header(frame_id=frame_id)
+        header.stamp.sec, header.stamp.nanosec = 1_700_000_000 + count, 999_999_999 - count
+        cdr = detections_cdr(detections, header.stamp.sec, header.stamp.nanosec, frame_id)
+        expected = _reference(detections, header)
+        assert deserialize_message(cdr, Detection2DArray) == expected
+        assert len(cdr) == len(serialize_message(expected))  # no field missing or padded differently
+
+
+def test_one_box_by_hand():
+    detections = Detections(np.array([[10.0, 20.0, 30.0, 60.0]], np.float32), np.array([0.75], np.float32),
+                            np.array([1]), ("person", "car"))
+    msg = deserialize_message(detections_cdr(detections, -3, 7, "cam"), Detection2DArray)
+    assert (msg.header.stamp.sec, msg.header.stamp.nanosec, msg.header.frame_id) == (-3, 7, "cam")
+    (det,) = msg.detections
+    assert (det.header.stamp.sec, det.header.frame_id) == (-3, "cam") and det.id == ""
+    assert (det.bbox.center.position.x, det.bbox.center.position.y, det.bbox.center.theta) == (20.0, 40.0, 0.0)
+    assert (det.bbox.size_x, det.bbox.size_y) == (20.0, 40.0)
+    (result,) = det.results
+    assert result.hypothesis.class_id == "car" and result.hypothesis.score == pytest.approx(0.75)
+    pose = result.pose.pose
+    assert (pose.position.x, pose.position.y, pose.position.z) == (0.0, 0.0, 0.0)
+    assert (pose.orientation.x, pose.orientation.y, pose.orientation.z, pose.orientation.w) == (0.0, 0.0, 0.0, 1.0)
+    assert list(result.pose.covariance) == [0.0] * 36
+    back = msg_to_detections(msg)
+    assert back.names() == ["car"] and back.boxes.tolist() == [[10.0, 20.0, 30.0, 60.0]]
+    empty = deserialize_message(detections_cdr(Detections.empty(("car",)), 5, 0, "cam"), Detection2DArray)
+    assert empty.detections == [] and empty.header.stamp.sec == 5
