@@ -31,3 +31,13 @@ def test_the_banner_names_the_tier_by_colour_and_differs_between_tiers():
         assert np.median(banner[:, 150:, dominant]) > np.median(banner[:, 150:, [c for c in range(3) if c != dominant]])
     assert not np.array_equal(banners["nano"], banners["large"])
     assert np.array_equal(draw_routed(frame, empty, "nano")[BANNER_HEIGHT:], frame[BANNER_HEIGHT:])
+
+
+def test_a_box_at_the_top_edge_keeps_its_label_below_the_banner():
+    frame = np.zeros((120, 200, 3), np.uint8)
+    top_box = Detections(np.array([[30, 2, 120, 90]], np.float32), np.array([0.8], np.float32), np.array([0]), ("car",))
+    picture = draw_routed(frame, top_box, "small")
+    # the label tab starts on the banner's last row + 1, in the tier's pure colour (the banner is a blend)
+    tab = picture[BANNER_HEIGHT:BANNER_HEIGHT + 8, 33:60].reshape(-1, 3)
+    assert (tab == TIER_COLOURS["small"]).all(axis=1).mean() > 0.5 and (tab.sum(axis=1) < 100).any()
+    assert not (picture[BANNER_HEIGHT - 3, 33:60] == TIER_COLOURS["small"]).all(axis=1).any()  # not under the banner
