@@ -88,6 +88,43 @@ def test_the_worker_runs_the_reference_tier_off_the_caller_and_skips_when_busy_o
         stingy.close()
 
 
+def test_the_share_bound_counts_the_audits_inside_the_last_window_only():
+    """On a clock the test moves: each audit takes 2 s; window 10 s, at most 15 % of it (1.5 s)."""
+    now = [0.0]
+
+    def two_seconds(rgb):
+        now[0] += 2.0
+        return _dets()
+
+    def wait_for(count):
+        deadline = time.monotonic() + 10
+        while worker.audited < count and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert worker.audited == count
+
+    worker = AuditWorker(two_seconds, lambda *a: None, AuditSettings(every=1, max_share=0.15, window_s=10),
+                         clock=lambda: now[0])
+    frame = np.zeros((8, 8, 3), np.uint8)
+    try:
+        assert worker.offer("a", frame, _dets())
+        wait_for(1)  # audited from 0 to 2 s
+        now[0] = 5.0  # the window is 0-5 (nothing before 0): 2 s of 10 = 0.2 > 0.15
+        assert worker.busy_share() == pytest.approx(0.2)
+        assert not worker.offer("b", frame, _dets()) and worker.skipped_share == 1
+        now[0] = 11.0  # the window 1-11 holds 1 s of it: 0.1
+        assert worker.busy_share() == pytest.approx(0.1)
+        assert worker.offer("c", frame, _dets())
+        wait_for(2)  # audited from 11 to 13 s
+        assert now[0] == 13.0 and worker.busy_share() == pytest.approx(0.2)  # 3-13: the first audit has left
+        assert not worker.offer("d", frame, _dets()) and worker.skipped_share == 2
+        now[0] = 25.0
+        assert worker.busy_share() == 0.0 and worker.offer("e", frame, _dets())
+        wait_for(3)
+        assert worker.skipped_busy == 0
+    finally:
+        worker.close()
+
+
 def test_a_failing_reference_is_counted_and_the_worker_keeps_going():
     calls = []
 

@@ -1,12 +1,11 @@
-"""The detector runtime agrees with Ultralytics' own prediction on the same ONNX file and images."""
+"""The detector runtime agrees with Ultralytics' own prediction on the same ONNX file and images (the train extra,
+which `make test` installs, brings Ultralytics; without it these tests fail rather than skip)."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
 from adaptive_perception.detector import DetectorTier, box_iou
-
-ultralytics = pytest.importorskip("ultralytics", reason="peer test needs the train extra (make test installs it)")
 
 CONF = 0.25
 

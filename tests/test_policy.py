@@ -315,3 +315,21 @@ def test_a_reference_written_before_it_named_its_weight_is_read_at_the_policys_o
     assert Router("learned", policy, RouterSettings(cost_weight=0.5, hysteresis=0.1)).operating_point() == \
         ("learned", 0.5, 0.1)
     assert Router("heuristic", policy).operating_point()[0] == "heuristic"
+
+
+def test_regime_scores_by_hand_and_the_softmax_fit_separates_separable_regimes():
+    from adaptive_perception.training.regime import fit_softmax, scores
+
+    # sparse twice (one called moderate), moderate once (right), dense once (called moderate)
+    result = scores(np.array([0, 0, 1, 2]), np.array([0, 1, 1, 1]))
+    assert result["confusion"]["counts"] == [[1, 1, 0], [0, 1, 0], [0, 1, 0]]
+    assert result["recall"] == {"sparse": 0.5, "moderate": 1.0, "dense": 0.0}
+    assert result["accuracy"] == 0.5 and result["balanced_accuracy"] == 0.5
+    # a class absent from the truth is left out of the balanced accuracy: (1 + 0.5) / 2
+    assert scores(np.array([0, 1, 1]), np.array([0, 1, 0]))["balanced_accuracy"] == 0.75
+    # three clusters on three axes, 1:4:2 (class-balanced weights): every point on its own regime
+    rng = np.random.default_rng(0)
+    y = np.repeat([0, 1, 2], [20, 80, 40])
+    x = np.eye(3)[y] * 3 + rng.normal(0, 0.3, (len(y), 3))
+    w, b = fit_softmax(x, y, l2=1e-3, steps=300)
+    assert (np.argmax(x @ w + b, axis=1) == y).all()

@@ -6,7 +6,6 @@ import subprocess
 import threading
 import time
 
-import numpy as np
 import pytest
 
 from adaptive_perception.errors import ConfigError
@@ -85,7 +84,7 @@ def test_a_broken_first_policy_or_a_mistyped_store_writes_nothing(tmp_path, poli
 
 
 def test_promote_and_rollback_reach_the_running_node_between_frames_and_a_restart_keeps_them(
-        context, tier_models, policies, tmp_path):
+        context, tier_models, policies, regime_frames, tmp_path):
     store = PolicyStore(tmp_path / "store")
     current = store.init(str(policies["nano"]))
     parameters = {**{f"models.{t}": str(p) for t, p in tier_models.items()}, "policy": str(current),
@@ -95,7 +94,7 @@ def test_promote_and_rollback_reach_the_running_node_between_frames_and_a_restar
     try:
         assert graph.transition("configure") and graph.transition("activate")
         graph.wait_for_image_subscriber()
-        rgb = np.random.default_rng(3).integers(0, 256, (96, 128, 3), np.uint8)
+        rgb = regime_frames["dense"]  # every tier finds boxes in it: their class names tell which tier ran
         sent, stop = [], threading.Event()
 
         def camera():  # frames keep coming, one at a time, while the policy changes
@@ -124,7 +123,6 @@ def test_promote_and_rollback_reach_the_running_node_between_frames_and_a_restar
         finally:
             stop.set()
             thread.join(timeout=30)
-        # lock-step waits for a frame's detections; its routing decision follows them
         assert wait_until(lambda: len(graph.routing) >= len(sent), 5)
         decisions = sorted(graph.routing, key=lambda d: d.header.stamp.sec)
         assert [d.header.stamp.sec for d in decisions] == sent  # every frame answered: none dropped or lost
@@ -134,6 +132,9 @@ def test_promote_and_rollback_reach_the_running_node_between_frames_and_a_restar
         assert set(ids[:first_large]) == {"to-nano"} and set(ids[first_large:last_large + 1]) == {"to-large"}
         assert set(ids[last_large + 1:]) == {"to-nano"} and last_large + 1 < len(ids)
         assert all(d.tier_name == ("large" if d.policy_id == "to-large" else "nano") for d in decisions)
+        ran = {d.header.stamp.sec: {r.hypothesis.class_id.split("-")[0] for det in d.detections for r in det.results}
+               for d in graph.detections}
+        assert all(ran[d.header.stamp.sec] == {d.tier_name} for d in decisions)  # the session that ran is that tier's
         assert graph.node.get_parameter("policy").value == str(current.resolve())
     finally:
         graph.close()
@@ -147,6 +148,8 @@ def test_promote_and_rollback_reach_the_running_node_between_frames_and_a_restar
         assert restarted.send_lockstep(image_msg(rgb, sec=1000))
         assert wait_until(lambda: len(restarted.routing) == 1, 10)
         assert (restarted.routing[0].policy_id, restarted.routing[0].tier_name) == ("to-small", "small")
+        assert {r.hypothesis.class_id.split("-")[0] for det in restarted.detections[0].detections
+                for r in det.results} == {"small"}
     finally:
         restarted.close()
     history = subprocess.run(["adaptive-perception", "policy", "history", "--store", str(store.folder)],

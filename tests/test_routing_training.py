@@ -8,6 +8,7 @@ from fractions import Fraction
 import numpy as np
 import pytest
 
+from adaptive_perception.errors import AdaptivePerceptionError
 from adaptive_perception.features import IMAGE_FEATURES
 from adaptive_perception.training.labels import Costs, budget_oracle, frame_value, optimal_tiers, streaming_labels
 from adaptive_perception.training.profile import Profile
@@ -34,16 +35,22 @@ def test_frame_value_counts_true_and_false_positives_over_iou_thresholds():
     assert frame_value(found, crowd) == 3.0  # pooled like mAP: three objects found weigh three times one
 
 
-def _profile(frames: int, sequences: int = 1) -> Profile:
+def _profile(frames: int, sequences: int = 1, step: float = 0.0) -> Profile:
+    """One box a frame, seen by tier t on frame f where t >= f % 3; `step`: the box moves that many pixels right
+    per frame (detections and truth alike), so an output shown k frames late overlaps its truth less."""
     rng = np.random.default_rng(0)
     per = frames // sequences
+
+    def box(f: int) -> list[float]:
+        return [BOX[0] + step * f, BOX[1], BOX[2] + step * f, BOX[3]]
+
     return Profile(features=rng.normal(size=(frames, IMAGE_FEATURES)).astype(np.float32),
                    latency_ms=np.tile([10.0, 40.0, 100.0], (frames, 1)).astype(np.float32),
                    sequence=np.repeat(np.arange(sequences), per), stamp_ns=np.arange(frames) * 33_333_333,
                    regime=np.zeros(frames, np.int64),
-                   detections=np.array([[f, t, *BOX, 0.5 + 0.1 * t, 1] for f in range(frames) for t in range(3)
+                   detections=np.array([[f, t, *box(f), 0.5 + 0.1 * t, 1] for f in range(frames) for t in range(3)
                                         if t >= f % 3], np.float32),
-                   truth=np.array([[f, *BOX, 1, 0] for f in range(frames)], np.float32), meta={"truth": "sidecar", "frame_hw": [100, 160]})
+                   truth=np.array([[f, *box(f), 1, 0] for f in range(frames)], np.float32), meta={"truth": "sidecar", "frame_hw": [100, 160]})
 
 
 def test_oracles_pick_the_best_tier_per_frame_and_respect_the_budget():
@@ -52,16 +59,57 @@ def test_oracles_pick_the_best_tier_per_frame_and_respect_the_budget():
     assert optimal_tiers(quality, costs, 0.0).tolist() == [2, 2, 2, 0]  # ties go to the cheaper tier
     assert optimal_tiers(quality, costs, 0.3).tolist() == [2, 0, 2, 0]
     assert optimal_tiers(quality, costs, 0.5).tolist() == [1, 0, 2, 0]  # small and large tie on frame 0
+    # against every one of the 81 assignments: the best total within each mean-cost budget, by hand 1.6 (all nano:
+    # 0.2 + 0.5 + 0.0 + 0.9), 2.4 (frame 2 on large: 130 ms of 130), 3.1, 3.15 (large where it is best)
+    import itertools
+
+    def best(budget: float) -> float:
+        return max(sum(quality[f, t] for f, t in enumerate(choice)) for choice in itertools.product(range(3), repeat=4)
+                   if costs.ms[list(choice)].mean() <= budget + 1e-9)
+
+    assert [round(best(b), 6) for b in (10.0, 32.5, 55.0, 100.0)] == [1.6, 2.4, 3.1, 3.15]
     for budget in (10.0, 32.5, 55.0, 100.0):
         tiers = budget_oracle(quality, costs, budget)
+        total = quality[np.arange(4), tiers].sum()
         assert costs.ms[tiers].mean() <= budget + 1e-9
-        # no single swap to another tier improves quality without breaking the budget
-        for f in range(len(quality)):
-            for t in range(3):
-                swapped = tiers.copy()
-                swapped[f] = t
-                if costs.ms[swapped].mean() <= budget:
-                    assert quality[np.arange(4), swapped].sum() <= quality[np.arange(4), tiers].sum() + 1e-9
+        if budget == 32.5:  # the greedy fill's known miss: frame 0's upgrade gains most per ms (0.7 for 90 ms),
+            # after which frame 2's bigger one (0.8 for 90 ms) no longer fits
+            assert tiers.tolist() == [2, 0, 0, 0] and total == pytest.approx(2.3)
+        else:
+            assert total == pytest.approx(best(budget)), budget
+
+
+def test_the_random_baseline_holds_the_mix_exactly_by_largest_remainder():
+    from adaptive_perception.training.report import _exact_mix_chooser
+
+    # 7 frames at 50/30/20 %: 3.5, 2.1 and 1.4 frames; floors 3, 2, 1 and the one left over to the largest
+    # remainder (nano's 0.5): 4, 2, 1
+    orders = []
+    for seed in (0, 1, 2):
+        choose = _exact_mix_chooser({"nano": 0.5, "small": 0.3, "large": 0.2}, 7, seed)
+        order = [choose(frame) for frame in range(7)]
+        assert np.bincount(order, minlength=3).tolist() == [4, 2, 1]
+        with pytest.raises(StopIteration):  # one decision per frame, no more
+            choose(7)
+        orders.append(order)
+    assert len({tuple(o) for o in orders}) > 1  # shuffled per seed
+
+
+def test_evidence_is_cut_into_segments_per_bag_and_every_third_segment_of_the_recording_is_held_out():
+    from dataclasses import replace
+
+    from adaptive_perception.training.retrain import segment, split_segments
+
+    # two bags of 35 and 40 frames, 10-frame segments: bag 0 -> segments 0-3 (the last 5 frames long), bag 1 -> 4-7
+    profile = replace(_profile(75), sequence=np.repeat([0, 1], [35, 40]))
+    cut = segment(profile, 10)
+    assert cut.sequence.tolist() == [0] * 10 + [1] * 10 + [2] * 10 + [3] * 5 + [4] * 10 + [5] * 10 + [6] * 10 + [7] * 10
+    # segments 2 and 5 (every third, counted over the whole recording) are held out: frames 20-29 and 45-54
+    training, held = split_segments(cut, 3)
+    assert held.stamp_ns.tolist() == [f * 33_333_333 for f in [*range(20, 30), *range(45, 55)]]
+    assert len(training) == 55 and not set(training.stamp_ns.tolist()) & set(held.stamp_ns.tolist())
+    with pytest.raises(AdaptivePerceptionError, match="the gate needs at least 8"):
+        split_segments(segment(profile, 20), 4)  # 4 segments: too few to hold out every fourth twice
 
 
 def test_streaming_labels_score_each_tier_on_the_frame_its_output_lands_on():
@@ -113,10 +161,17 @@ def test_streaming_shows_the_output_standing_at_each_frame_and_never_exceeds_a_f
     # outputs published at 46 (frame 0), 92 (1), 138 (2), 184 (4), 230 (5), 276 (6), 322 (8), 368 (9):
     # frames 0 and 1 arrive before the first output; frame 8 (266.7) still shows frame 5's output
     assert trace.shown[:, 0].tolist() == [-1, -1, 0, 1, 1, 2, 4, 5, 5, 6, 8, 8]
-    stale = [None, None, 2, 2, 3, 3, 2, 2, 3, 3, 2, 3]
-    for frame, k in enumerate(stale):
-        expected = split.empty[frame] if k is None else split.quality[trace.shown[frame, 0], 1, k]
-        assert trace.quality[frame] == pytest.approx(expected)
+    # each frame scores the output it shows against its own truth, k frames after the frame that output is of:
+    # k = [-, -, 2, 2, 3, 3, 2, 2, 3, 3, 2, 3]. The box moves 4 px a frame, so k frames late a 40 x 40 box overlaps
+    # its truth by IoU (40 - 4k) x 40 / (3200 - (40 - 4k) x 40): k=1 0.818 (a hit at 7 of 10 IoU thresholds:
+    # 0.7 - 0.3 x 0.3 = 0.61), k=2 0.667 (4 of 10: 0.22), k=3 0.538 (1: -0.17), k>=4 below 0.5 (-0.3)
+    moving = Split.build(_profile(12, step=4.0))
+    assert moving.quality[0, 1, :].tolist() == pytest.approx([1.0, 0.61, 0.22, -0.17, -0.3, -0.3, -0.3])
+    assert moving.quality[10, 1, 2:].tolist() == pytest.approx([0.61] * 5)  # truth ends at frame 11: it repeats
+    # small finds the box on frames f % 3 < 2 only: frames 5, 7, 8, 10 and 11 show an empty output of frame 2, 5
+    # or 8 (0: a miss, no false positive)
+    shown = rollout(moving, costs, lambda *_: 1, streaming=True)
+    assert shown.quality.tolist() == pytest.approx([0, 0, .22, .22, -.17, 0, .22, 0, 0, -.17, 0, 0])
     large = rollout(split, costs, lambda *_: 2, streaming=True)
     assert large.processed_frames == [0, 3, 6, 9]
     assert large.busy_ms == pytest.approx(400.0)  # 4 x 101.5 ms, the last job cut at the clip's end (400 ms)
@@ -161,19 +216,34 @@ def test_routing_env_passes_the_gymnasium_checker_and_is_sequential():
 
 
 def test_bootstrap_reaccumulation_equals_cocoeval():
+    """Three sequences of three frames, one box each. Large (frames 0-2) finds all three at score 0.7; nano
+    (frames 3-8) finds frames 3 and 6 at 0.5. A false positive of the box's class sits on frame 4."""
     from adaptive_perception.training.evaluate import Scorer, accumulate_all
 
-    profile = _profile(9, sequences=3)
-    profile.detections = np.concatenate([profile.detections, [[4, 0, 200, 200, 240, 240, 0.3, 2]]]).astype(np.float32)
-    split = Split.build(profile)
     costs = Costs("test", np.array([10.0, 40.0, 100.0]))
-    scorer = Scorer(split)
-    trace = rollout(split, costs, lambda f, *_: f % 3, streaming=False)
-    evaluator = scorer._evaluator(trace)
-    reaccumulated = accumulate_all(evaluator, len(profile))
-    assert reaccumulated == pytest.approx((evaluator.stats[0] * 100, evaluator.stats[1] * 100), abs=1e-9)
-    scored = scorer.score(trace, resamples=5)
-    assert len(scored["replicates"]) == 5 and all(0 <= m <= 100 for m, _ in scored["replicates"])
+
+    def scored(false_positive_score: float, resamples: int) -> tuple[dict, tuple[float, float]]:
+        profile = _profile(9, sequences=3)
+        profile.detections = np.concatenate(
+            [profile.detections, [[4, 0, 100, 60, 140, 90, false_positive_score, 1]]]).astype(np.float32)
+        split = Split.build(profile)
+        scorer = Scorer(split)
+        trace = rollout(split, costs, lambda f, *_: 2 if f < 3 else 0, streaming=False)
+        return scorer.score(trace, resamples=resamples, seed=1), accumulate_all(scorer._evaluator(trace), 9)
+
+    # above the nano hits: precision 3/4 after it, 5/6 at the last hit (recall 5/9); COCO's envelope gives
+    # precision 1 at the 34 recall points <= 3/9 and 5/6 at the 22 up to 5/9: (34 + 22 x 5/6) / 101
+    result, again = scored(0.6, 0)
+    assert result["map50_95"] == pytest.approx(100 * (34 + 22 * 5 / 6) / 101) == result["map50"]
+    assert again == pytest.approx((result["map50_95"], result["map50"]), abs=1e-9)
+    # below every hit it costs nothing: recall 5/9 at precision 1, 56 of 101 points; a replicate draws the three
+    # sequences with replacement, and each copy of sequence 0 (three hits) in place of another adds 2/9 recall
+    result, again = scored(0.3, 40)
+    assert result["map50_95"] == pytest.approx(100 * 56 / 101) and again[0] == pytest.approx(result["map50_95"])
+    possible = [100 * 34 / 101, 100 * 56 / 101, 100 * 78 / 101, 100.0]  # 0, 1, 2 or 3 copies of sequence 0
+    for map50_95, map50 in result["replicates"]:
+        assert map50 == pytest.approx(map50_95) and min(abs(map50_95 - v) for v in possible) < 1e-6, map50_95
+    assert len({round(m, 6) for m, _ in result["replicates"]}) >= 3  # sequences are really resampled
 
 
 def test_latency_file_is_validated(tmp_path):

@@ -119,8 +119,12 @@ def test_error_log_admits_each_new_kind_at_once_and_throttles_repeats() -> None:
     assert log.admit("a", "truncated") is None
     assert log.admit("a", "bad_size") == 0  # a new kind is never hidden by the throttle
     assert log.admit("b", "truncated") == 0  # nor the same kind on another camera
+    clock.t = 4.999
+    assert log.admit("a", "truncated") is None
+    clock.t = 5.0  # interval_s after the last log: logged, with the three suppressed since
+    assert log.admit("a", "truncated") == 3
     clock.t = 5.5
-    assert log.admit("a", "truncated") == 2  # the two suppressed since the last log
+    assert log.admit("a", "truncated") is None  # the interval counts from that log
 
 
 def test_prometheus_exporter_receives_every_event_and_serves_them_over_http(free_port: int) -> None:

@@ -163,9 +163,10 @@ def optimal_tiers(quality: np.ndarray, costs: Costs, lam: float) -> np.ndarray:
 
 
 def budget_oracle(quality: np.ndarray, costs: Costs, budget_ms: float) -> np.ndarray:
-    """Per-frame tiers with the highest total quality whose mean cost stays within `budget_ms`: the Lagrangian
-    relaxation of this multiple-choice knapsack (the smallest lam whose optimal tiers fit), then the budget it
-    leaves is spent greedily on the upgrades with the best quality gain per millisecond."""
+    """Per-frame tiers of high total quality whose mean cost stays within `budget_ms`: the Lagrangian relaxation of
+    this multiple-choice knapsack (the smallest lam whose optimal tiers fit), then the budget it leaves is spent
+    greedily on the upgrades with the best quality gain per millisecond. Near the optimum, not always at it: the
+    greedy fill can spend the last of the budget on a smaller gain with a better rate (a test shows one)."""
     tiers = optimal_tiers(quality, costs, 0.0)
     if costs.ms[tiers].mean() > budget_ms:
         low, high = 0.0, 1.0

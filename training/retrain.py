@@ -27,7 +27,7 @@ from adaptive_perception.router import Router
 from adaptive_perception.training.profile import Profile
 
 SEGMENT_FRAMES = 30  # 1 s at 30 Hz: the gate's resampling unit
-HOLDOUT_EVERY = 3  # every third segment of each bag is held out for the gate
+HOLDOUT_EVERY = 3  # every third segment of the recording (numbered on across its bags) is held out for the gate
 FEW_SEGMENTS = 10  # fewer held-out segments than this: the gate warns that its interval is coarse
 
 
