@@ -59,6 +59,18 @@ def test_the_shipped_policy_turns_drift_at_night_in_a_running_node_and_records_t
     assert [p.name for p in evidence.iterdir()] == ["robot_front"]
     with AnyReader([evidence / "robot_front" / "evidence_0001"], default_typestore=ros_typestore()) as reader:
         images = [reader.deserialize(raw, c.msgtype) for c, _, raw in reader.messages() if c.topic == "/robot/front"]
+        # the node writes the detections' CDR itself: rosbags' own reader gets what rclpy delivered live
+        recorded_detections = [reader.deserialize(raw, c.msgtype) for c, _, raw in reader.messages()
+                               if c.msgtype == "vision_msgs/msg/Detection2DArray"]
+    live = {d.header.stamp.sec: d for d in graph.detections}
+    assert len(recorded_detections) >= 60
+    for message in recorded_detections:
+        sent = live[message.header.stamp.sec]
+        assert message.header.frame_id == sent.header.frame_id and len(message.detections) == len(sent.detections)
+        assert [(d.bbox.center.position.x, d.bbox.size_y, d.results[0].hypothesis.class_id,
+                 d.results[0].hypothesis.score) for d in message.detections] == \
+            [(d.bbox.center.position.x, d.bbox.size_y, d.results[0].hypothesis.class_id,
+              d.results[0].hypothesis.score) for d in sent.detections]
     recorded = [m.header.stamp.sec - 1 for m in images]  # sec n is frame n - 1
     assert recorded == list(range(expected - 59, len(frames)))  # 60 up to the DRIFT frame, the rest after it
     assert bytes(images[-1].data) == frames[-1].tobytes()
