@@ -68,12 +68,13 @@ def test_the_report_shows_each_presets_retraining_or_why_there_was_none():
                   "evidence_frames": 210, "before": {"map50_95": 11.46, "mean_cost_ms": 13.1},
                   "after": {"map50_95": 13.93, "mean_cost_ms": 25.75},
                   "gate": {"promote": False, "reasons": ["interval does not exclude 0"], "new_data_difference": 0.0,
-                           "new_data_difference_ci": [-0.5, 0.25], "cost_ratio": 1.0, "original_loss": -8.75}}},
+                           "new_data_difference_ci": [-0.5, 0.25], "cost_ratio": 1.0, "original_loss": -8.75,
+                           "matched_cost": {"budget_ms": 13.0, "trained_weight": 0.25173, "weight": 0.4107}}}},
                           "fog": {**summary, "retraining": {"skipped": "not detected: the node records no evidence"}}}}
     text = markdown(result)
-    assert ("| night | 210 | 11.5 / 13.9 | 13.1 / 25.8 | +0.00 [-0.50, +0.25], x1.00, -8.75 | keep the current "
-            "policy: interval does not exclude 0 |") in text
-    assert "| fog | - | - | - | - | not detected: the node records no evidence |" in text
+    assert ("| night | 210 | 11.5 / 13.9 | 13.1 / 25.8 | 0.2517 -> 0.4107 | +0.00 [-0.50, +0.25], x1.00, -8.75 | keep "
+            "the current policy: interval does not exclude 0 |") in text
+    assert "| fog | - | - | - | - | - | not detected: the node records no evidence |" in text
 
 
 def test_fog_lifts_the_veil_past_its_threshold_and_is_drift_within_150_frames(tmp_path):

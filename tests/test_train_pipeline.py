@@ -6,6 +6,7 @@ import json
 import shutil
 import subprocess
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -408,6 +409,31 @@ def test_retrain_trains_a_candidate_on_the_evidence_and_logs_the_gate(pipeline, 
     np.testing.assert_array_equal(combined.features[:len(original)], original.features)
     assert len(np.unique(held_out.sequence)) == decision["held_out_segments"] >= 2
     assert abs(evidence_frames - 2 * len(held_out)) <= 20  # every third 10-frame segment held out (unit test: split_segments)
+    # the gate ran the candidate at the weight where its routing of the evidence's training segments costs what the
+    # current policy's does there (reference truth rewards routing more to large)
+    from adaptive_perception.drift import same_weight
+    from adaptive_perception.training.labels import Costs
+    from adaptive_perception.training.report import learned_chooser
+    from adaptive_perception.training.retrain import subset
+    from adaptive_perception.training.simulate import Split, rollout
+
+    matched = decision["candidate"]["matched_cost"]
+    assert candidate.policy_id.endswith(f"-m{matched['weight']:.4g}") and Path(candidate.path).name == "candidate_matched.onnx"
+    assert candidate.value_head.cost_weight == pytest.approx(matched["weight"])
+    assert same_weight(candidate.drift_reference.cost_weight, matched["weight"])  # its monitor measured that routing
+    trained = Policy(tmp_path / "work" / "policies" / "ppo_seed0.onnx")
+    assert candidate.policy_id.startswith(trained.policy_id) and trained.value_head.cost_weight == matched["trained_weight"]
+    evidence_training = Split.build(subset(combined, np.arange(len(original), len(combined))))
+    costs = Costs.load(tmp_path / "work" / "costs.json")
+
+    def cost(policy: Policy, weight: float = -1.0) -> float:
+        trace = rollout(evidence_training, costs, learned_chooser(policy, weight), False)
+        return trace.busy_ms / len(evidence_training.profile)
+
+    assert cost(Policy(pipeline["root"] / "policy.onnx")) == pytest.approx(matched["budget_ms"])
+    assert cost(candidate) <= matched["budget_ms"] + 1e-9
+    if matched["weight"] > 1e-4:  # the smallest weight that fits: a little less routes more to large
+        assert cost(candidate, 0.9 * matched["weight"]) > matched["budget_ms"]
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'work' / 'mlflow.db'}")
     runs = mlflow.search_runs(experiment_names=["adaptive_perception.routing"], output_format="list")
     retrain = next(r for r in runs if r.info.run_name == "retrain")

@@ -136,7 +136,8 @@ def retrain_on_evidence(evidence: list, preset: Drift, policy_spec: str, origina
                      "new_data_difference": decision["new_data"]["difference"],
                      "new_data_difference_ci": decision["new_data"]["difference_ci"],
                      "cost_ratio": decision["new_data"]["cost_ratio"], "original_loss": decision["original"]["loss"],
-                     "held_out_segments": decision["held_out_segments"]}}
+                     "held_out_segments": decision["held_out_segments"],
+                     "matched_cost": decision["candidate"]["matched_cost"]}}
 
 
 def run_report(report_path: Path, policy_spec: str = "embedded:policy", in_sequences: int = 5,
@@ -217,23 +218,29 @@ def markdown(result: dict) -> str:
               + ", ".join(f"{k} {'met' if ok else 'NOT MET'}" for k, ok in bars["detected_within_150"].items())]
     lines += ["", "Retraining on the evidence (`train retrain`, small preset, truth from the large tier), then the current "
               "and the candidate policy on new sequences of the preset against the generator's ground truth:", "",
-              "| preset | evidence frames | mAP50-95 before / after | cost per frame before / after (ms) | gate: "
-              "candidate - current on held-out evidence [95 % CI], cost ratio, loss on the original test split | "
-              "decision |", "|---|---|---|---|---|---|"]
+              "| preset | evidence frames | mAP50-95 before / after | cost per frame before / after (ms) | candidate's "
+              "cost weight: trained -> matched | gate: candidate - current on held-out evidence [95 % CI], cost "
+              "ratio, loss on the original test split | decision |", "|---|---|---|---|---|---|---|"]
     for name, r in result["presets"].items():
         t = r.get("retraining", {"skipped": "not run"})
         if "skipped" in t:
-            lines.append(f"| {name} | - | - | - | - | {t['skipped']} |")
+            lines.append(f"| {name} | - | - | - | - | - | {t['skipped']} |")
             continue
         g = t["gate"]
         ci = g["new_data_difference_ci"]
         before, after = t["before"], t["after"]
         lines.append(f"| {name} | {t['evidence_frames']} | {before['map50_95']:.1f} / {after['map50_95']:.1f} | "
-                     f"{before['mean_cost_ms']:.1f} / {after['mean_cost_ms']:.1f} | "
+                     f"{before['mean_cost_ms']:.1f} / {after['mean_cost_ms']:.1f} | {_weights(g.get('matched_cost'))} | "
                      f"{g['new_data_difference']:+.2f} [{ci[0]:+.2f}, {ci[1]:+.2f}], x{g['cost_ratio']:.2f}, "
                      f"{g['original_loss']:+.2f} | " + ("promote" if g["promote"] else "keep the current policy: "
                                                        + "; ".join(g["reasons"])) + " |")
     return "\n".join(lines)
+
+
+def _weights(matched: dict | None) -> str:
+    if not matched or matched.get("weight") is None:
+        return "-"
+    return f"{matched['trained_weight']:.4g} -> {matched['weight']:.4g}"
 
 
 def plot(result: dict, series: dict, path: Path) -> None:

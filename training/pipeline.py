@@ -374,12 +374,11 @@ def refresh_drift_reference(work: Path, policy_path: Path, out: Path, calibratio
     without retraining the policy. `calibration_sequences` new in-distribution sequences of generator `version`
     (`drift_reference.calibration_streams`, the embedded tiers) join the held-out splits for the thresholds. The
     policy routes at `cost_weight` (negative: its own) and `hysteresis`, as the node will run it."""
-    import onnx
-
     from adaptive_perception.drift import METADATA_KEY
-    from adaptive_perception.policy import Policy
+    from adaptive_perception.policy import META_PREFIX, Policy
     from adaptive_perception.router import RouterSettings
     from adaptive_perception.training.drift_reference import calibration_streams, drift_reference
+    from adaptive_perception.training.policy_export import rewrite_metadata
 
     settings = Settings(work=work)
     policy = Policy(policy_path)
@@ -397,15 +396,7 @@ def refresh_drift_reference(work: Path, policy_path: Path, out: Path, calibratio
                                 extra, routing)
     if reference is None:
         raise AdaptivePerceptionError(f"{work}: the held-out profiles are too short for a drift reference")
-    model = onnx.load(str(policy_path))
-    entries = [(entry.key, entry.value) for entry in model.metadata_props if entry.key != METADATA_KEY]
-    del model.metadata_props[:]
-    for key, value in entries + [(METADATA_KEY, reference.to_json())]:
-        entry = model.metadata_props.add()
-        entry.key, entry.value = key, value
-    out.parent.mkdir(parents=True, exist_ok=True)
-    onnx.save(model, str(out))
-    Policy(out)  # the written file must load as it did
+    rewrite_metadata(policy_path, out, {METADATA_KEY[len(META_PREFIX):]: reference.to_json()})
     return reference
 
 

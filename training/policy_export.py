@@ -72,3 +72,24 @@ def write_policy(path: str | Path, layers: Sequence[tuple[np.ndarray, np.ndarray
     path.parent.mkdir(parents=True, exist_ok=True)
     onnx.save(model, path)
     return path
+
+
+def rewrite_metadata(path: str | Path, out: str | Path, updates: dict[str, str]) -> Path:
+    """`path`'s policy written to `out` with the metadata entries in `updates` (keys without the
+    `adaptive_perception.` prefix) set and every other part of the file unchanged; the result must load."""
+    import onnx
+
+    from adaptive_perception.policy import Policy
+
+    model = onnx.load(str(path))
+    keys = {META_PREFIX + key: value for key, value in updates.items()}
+    entries = [(entry.key, entry.value) for entry in model.metadata_props if entry.key not in keys]
+    del model.metadata_props[:]
+    for key, value in entries + list(keys.items()):
+        entry = model.metadata_props.add()
+        entry.key, entry.value = key, value
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, str(out))
+    Policy(out)
+    return out

@@ -6,9 +6,12 @@
 2. Training data: the original router split's profile plus the evidence's training segments (`profile_router`);
    validation and test stay the original ones (the operating point and the drift reference come from them).
 3. Labels, BC, PPO and export, as `train all` runs them, in a work folder of its own.
-4. The gate (`gate.py`): candidate and current policy at matched cost on the held-out segments, with a paired
-   bootstrap over segments, and the loss on the original test split.
-5. With `--store`, a promoted candidate becomes the store's current policy and is loaded into the running node.
+4. Matched cost (`match_cost`): reference truth rewards routing more to large, so the candidate's cost weight is
+   set where its routing of the evidence's training segments costs what the current policy's does there; the
+   candidate is written at that weight (a policy id of its own, its drift reference recomputed at it).
+5. The gate (`gate.py`): candidate and current policy on the held-out segments (its cost may exceed the current's
+   by at most 5 % there), with a paired bootstrap over segments, and the loss on the original test split.
+6. With `--store`, a promoted candidate becomes the store's current policy and is loaded into the running node.
 Everything is logged to MLflow (one run, nested stage runs) naming the bags; the decision with its numbers goes
 to `<work>/retrain.json`.
 """
@@ -91,6 +94,32 @@ def split_segments(profile: Profile, holdout_every: int = HOLDOUT_EVERY) -> tupl
     return subset(profile, np.flatnonzero(~held)), subset(profile, np.flatnonzero(held))
 
 
+def match_cost(candidate: Policy, current: Policy, split, costs, work: Path, out: Path) -> tuple[Policy, dict]:
+    """The candidate at the smallest cost weight whose per-frame routing of `split` (the evidence's training
+    segments) costs at most what the current policy's routing of it does, written to `out` with a policy id of its
+    own and its drift reference recomputed at that weight from the profiles in `work`. A policy without a cost
+    weight (tier logits) comes back as it is."""
+    from adaptive_perception.training.learn import calibrate_weight
+    from adaptive_perception.training.pipeline import refresh_drift_reference
+    from adaptive_perception.training.policy_export import rewrite_metadata
+    from adaptive_perception.training.report import _router_chooser, learned_chooser
+    from adaptive_perception.training.simulate import rollout
+
+    budget = rollout(split, costs, _router_chooser(Router("learned", current)), False).busy_ms / len(split.profile)
+    info = {"budget_ms": budget, "trained_weight": None, "weight": None}
+    if candidate.value_head is None:
+        info["note"] = "the candidate outputs tier logits: no cost weight to match"
+        return candidate, info
+    weight = calibrate_weight(lambda w: learned_chooser(candidate, w), split, costs, budget)
+    info.update(trained_weight=float(candidate.value_head.cost_weight), weight=float(weight))
+    rewrite_metadata(candidate.path, out, {
+        "cost_weight": repr(float(weight)), "policy_id": f"{candidate.policy_id}-m{weight:.4g}",
+        "description": f"{candidate.info.description}; cost weight {weight:.4g} (trained {info['trained_weight']:.4g}): "
+                       f"on the evidence it costs what policy '{current.policy_id}' does ({budget:.2f} ms a frame)"})
+    refresh_drift_reference(work, out, out)
+    return Policy(out), info
+
+
 def score_policy(split, costs, policy: Policy, resamples: int, seed: int) -> dict:
     """mAP50-95 of `policy` routing `split` per frame (paired replicates for the same resamples and seed) and its
     mean cost per frame."""
@@ -167,8 +196,8 @@ def retrain(settings, bags: list[Path], original_work: Path, current: str | None
         train_part, held_out = split_segments(segment(evidence, segment_frames), holdout_every)
         held_segments = len(np.unique(held_out.sequence))
         print(f"[retrain] evidence: {len(evidence)} frames from {len(bags)} bags; {len(np.unique(train_part.sequence))} "
-              f"segments {'to train on' if candidate is None else 'not used (--candidate given)'}, {held_segments} "
-              "held out for the gate")
+              f"segments {'to train on' if candidate is None else 'not trained on (--candidate given)'} and to match "
+              f"the candidate's cost on, {held_segments} held out for the gate")
         warnings = [] if held_segments >= FEW_SEGMENTS else [
             f"only {held_segments} held-out segments: the bootstrap interval over them is coarse; record more evidence "
             f"(one {segment_frames}-frame segment in {holdout_every} is held out)"]
@@ -188,8 +217,14 @@ def retrain(settings, bags: list[Path], original_work: Path, current: str | None
                 shutil.copyfile(originals[split], pipeline._profile_path(settings, split))
             pipeline.stage_labels(settings)
             candidate_path = Path(resolve_model(candidate))
-        candidate_policy = Policy(str(candidate_path))
         costs = pipeline._load_costs(settings)
+        candidate_policy, matched = match_cost(Policy(str(candidate_path)), current_policy, Split.build(train_part),
+                                               costs, work, work / "candidate_matched.onnx")
+        if matched["weight"] is not None:
+            candidate_path = Path(candidate_policy.path)
+            print(f"[retrain] candidate at cost weight {matched['weight']:.4g} (trained at "
+                  f"{matched['trained_weight']:.4g}): on the evidence's training segments it costs at most the current "
+                  f"policy's {matched['budget_ms']:.2f} ms a frame -> {candidate_path}")
         new_split, test = Split.build(held_out), pipeline.load_split(settings, "test")
         rows = {name: {"new": score_policy(new_split, costs, policy, settings.resamples, 0),
                        "original": score_policy(test, costs, policy, settings.resamples, 0)}
@@ -197,7 +232,7 @@ def retrain(settings, bags: list[Path], original_work: Path, current: str | None
         decision = gate.decide(rows["candidate"]["new"], rows["current"]["new"], rows["candidate"]["original"],
                                rows["current"]["original"])
         decision.update(candidate={"path": str(candidate_path), "policy_id": candidate_policy.policy_id,
-                                   "mix_new": rows["candidate"]["new"]["mix"]},
+                                   "mix_new": rows["candidate"]["new"]["mix"], "matched_cost": matched},
                         current={"path": current_policy.path, "policy_id": current_policy.policy_id,
                                  "mix_new": rows["current"]["new"]["mix"]},
                         bags=[str(b) for b in bags], held_out_frames=len(held_out),
