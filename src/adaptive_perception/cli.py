@@ -216,8 +216,8 @@ def _parser() -> argparse.ArgumentParser:
                            "export -> evaluate (train extra)")
     train.add_argument("stage", choices=["profile", "labels", "bc", "ppo", "export", "evaluate", "all", "retrain"],
                        help="one stage (its inputs must exist) or all of them in order; finished stages are skipped. "
-                            "retrain: evidence bags (--bags) + the original training data -> a candidate policy -> "
-                            "the promotion gate (-> --store)")
+                            "retrain: evidence bags (--bags) + the original training data -> a candidate policy at "
+                            "the current policy's cost on the evidence -> the promotion gate (-> --store)")
     train.add_argument("--preset", choices=["full", "small"], default="full",
                        help="full: the report's settings; small: a few-minute run (CI)")
     train.add_argument("--benchmark", type=Path, help="generated benchmark folder (default build/benchmark)")
@@ -259,7 +259,8 @@ def _parser() -> argparse.ArgumentParser:
                               "original data, its costs.json the tier costs unless --latency is given")
     retrain.add_argument("--current", help="the policy the node runs now (default: --store's current.onnx, else "
                          "embedded:policy; with --store, it must be the store's)")
-    retrain.add_argument("--candidate", help="gate this policy file instead of training one")
+    retrain.add_argument("--candidate", help="gate this policy file instead of training one (a tier_values policy "
+                                             "is gated at the cost weight that matches the current policy's cost)")
     retrain.add_argument("--segment-frames", type=_count, default=30, help="frames per time segment (the gate's unit)")
     retrain.add_argument("--store", type=Path, help="policy store to promote into when the gate says so")
     retrain.add_argument("--node", default="", help="running node to load a promoted policy into, e.g. /perception_node "
