@@ -79,7 +79,9 @@ def test_frame_age_and_a_p95_past_the_frame_budget_warn(context, tier_models):
         assert camera.level == WARN
         assert re.fullmatch(r"node time p95 [\d.]+ ms exceeds the frame budget 0\.0 ms", camera.message)
         values = {kv.key: kv.value for kv in camera.values}
-        assert float(values["frame_age_ms_p50"]) == pytest.approx(graph.routing[0].frame_age_ms, abs=0.01)
+        # taken when the detections leave, before the RoutingDecision (whose age is at its own publication)
+        assert 700.0 <= float(values["frame_age_ms_p50"]) <= graph.routing[0].frame_age_ms + 0.05
+        assert graph.routing[0].frame_age_ms - float(values["frame_age_ms_p50"]) < 100.0
     finally:
         graph.close()
 
@@ -190,7 +192,10 @@ def test_the_metrics_endpoint_counts_what_the_node_did(context, tier_models, fre
         assert _sample(text, "adaptive_perception_frames_received_total", camera="/image") == 3
         assert _sample(text, "adaptive_perception_node_seconds_count", camera="/image", tier="nano") == 2
         node_seconds = _sample(text, "adaptive_perception_node_seconds_sum", camera="/image", tier="nano")
-        assert node_seconds * 1e3 == pytest.approx(sum(d.total_ms for d in graph.routing[:2]), rel=1e-3)
+        # node time is message in to detections out: more than the tier's inference, less than every step on the
+        # frame (total_ms: the drift monitor's update and the RoutingDecision come after the detections)
+        first_two = graph.routing[:2]
+        assert sum(d.inference_ms for d in first_two) < node_seconds * 1e3 < sum(d.total_ms for d in first_two)
         assert _sample(text, "adaptive_perception_policy_info", mode="fixed:large") == 1
         routing = {kv.key: kv.value for kv in graph.status("routing").values}
         assert routing["metrics"] == f"http://127.0.0.1:{free_port}/metrics"

@@ -546,6 +546,11 @@ class PerceptionNode(LifecycleNode):
         # the detections leave first, serialized once for every publisher: what a consumer waits for; the drift
         # monitor's work and the RoutingDecision follow them
         detections_msg = detections_cdr(detections, msg.sec, msg.nanosec, msg.frame_id)
+        # counted before the detections are published (whoever sees an output sees its frame counted), with the
+        # node time a consumer waits for: message in to detections out
+        self.telemetry.processed(camera, decision.tier_name, (time.perf_counter() - started) * 1e3,
+                                 routed.feature_ms + routed.policy_ms,
+                                 (self.get_clock().now().nanoseconds - stamp) / 1e6)
         evidence = self.evidence  # the evidence ring sees each output before anyone can answer it
         if evidence is not None:
             evidence.output(self._evidence_topics[camera], self._topic_types["detections"][1],
@@ -561,7 +566,7 @@ class PerceptionNode(LifecycleNode):
             feature_ms += routed.complete(rgb)
         audited, drift_state, drift_score = self.drift.frame(camera, routed.features, decision.tier, rgb, detections,
                                                              generation)
-        done = time.perf_counter()  # node time: every step on the frame, the drift update included
+        done = time.perf_counter()  # RoutingDecision.total_ms: every step on the frame, the drift update included
         out = RoutingDecision(header=header, tier=decision.tier, tier_name=decision.tier_name,
                               mode=decision.mode, policy_id=decision.policy_id, audited=audited,
                               drift_state=drift_state, drift_score=drift_score)
@@ -571,9 +576,6 @@ class PerceptionNode(LifecycleNode):
         out.inference_ms = (inferred - inference_start) * 1e3
         out.total_ms = (done - started) * 1e3
         out.frame_age_ms = (self.get_clock().now().nanoseconds - stamp) / 1e6
-        # counted before the routing decision is published: whoever sees a decision sees its frame counted
-        self.telemetry.processed(camera, decision.tier_name, out.total_ms, routed.feature_ms + routed.policy_ms,
-                                 out.frame_age_ms)
         if evidence is not None:  # a drift event below records this frame's outputs with it
             evidence.output(self._evidence_topics[camera], self._topic_types["routing"][1],
                             self._topic_types["routing"][0], stamp, out)
