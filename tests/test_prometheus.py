@@ -16,7 +16,7 @@ import numpy as np
 from adaptive_perception.bag import write_image_bag
 from adaptive_perception.ros.replay import ReplayMode, replay_bag
 from conftest import unused_port
-from rosgraph import Graph
+from rosgraph import Graph, wait_until
 
 RULES = Path(__file__).resolve().parents[1] / "config" / "prometheus"
 FRAMES = 20
@@ -68,6 +68,8 @@ def test_a_real_prometheus_scrapes_what_the_node_processed_from_a_replayed_bag(c
         assert graph.transition("configure") and graph.transition("activate")
         report = replay_bag(graph.driver, tmp_path / "bag", ReplayMode.LOCKSTEP, remap={"/cam/image_raw": "image"})
         assert report.frames_published == report.outputs_received == FRAMES
+        # lock-step replay waits for each frame's detections; its RoutingDecision follows them
+        assert wait_until(lambda: len(graph.routing) == FRAMES, 5)
         routed = {t: sum(d.tier_name == t for d in graph.routing) for t in ("nano", "small", "large")}
         assert sorted(routed.values())[-1] < FRAMES  # the seeded random mode used more than one tier
 
