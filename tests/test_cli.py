@@ -178,7 +178,8 @@ def test_policy_inspect_says_how_the_policy_routes_and_what_it_monitors(tmp_path
     out = capsys.readouterr().out
     assert "policy_id bc-ppo-l0.251734-s0-0051389b, tiers ['nano', 'small', 'large']" in out
     assert "outputs: tier values, cost weight 0.280172 (routing.cost_weight < 0 runs at it" in out
-    assert "inputs read: 4 of 1028" in out  # the 4 context values (the image features weigh 0)
+    # the 4 context values (the image features weigh 0), through numpy's matrix products
+    assert "inputs read: 4 of 1028; runs in numpy (its dense layers, checked against onnxruntime at load)" in out
     assert "drift reference: thresholds agreement_drop 0.535, feature_psi 3.9, image_quality 1.25, mix_tvd 0.707, " \
         "veil 3.37" in out  # the README's drift thresholds
     assert "tier mix and audits measured at cost weight 0.280172, hysteresis 0" in out

@@ -66,6 +66,95 @@ def test_a_policy_is_fed_only_the_inputs_its_first_layer_reads(tmp_path):
     assert len(dense.inputs_read) == FEATURE_SIZE and dense.reads_image
 
 
+def _edited_policy(path: Path, source: Path, edit) -> Path:
+    """The policy file `source` with `edit(graph)` applied to its graph (metadata kept)."""
+    import onnx
+
+    model = onnx.load(str(source))
+    edit(model.graph)
+    onnx.save(model, str(path))
+    return path
+
+
+def test_dense_layers_run_in_numpy_and_any_other_graph_in_onnxruntime(tmp_path):
+    import onnx
+    import onnxruntime as ort
+    from onnx import helper, numpy_helper
+
+    rng = np.random.default_rng(11)
+    first = np.zeros((FEATURE_SIZE, 8), np.float32)
+    first[[5, 1024, 1025, 1026, 1027]] = rng.normal(0, 0.5, (5, 8))
+    layers = [(first, rng.normal(0, 0.1, 8).astype(np.float32)),
+              (rng.normal(0, 0.5, (8, 6)).astype(np.float32), rng.normal(0, 0.1, 6).astype(np.float32)),
+              (rng.normal(0, 0.5, (6, 3)).astype(np.float32), rng.normal(0, 0.1, 3).astype(np.float32))]
+    mean, std = rng.normal(0, 1, FEATURE_SIZE), rng.uniform(0.5, 2.0, FEATURE_SIZE)
+    source = write_policy(tmp_path / "mlp.onnx", layers, mean, std, "mlp")
+    x = rng.normal(0, 2, (6, FEATURE_SIZE)).astype(np.float32)
+    hidden = ((x - mean) / std).astype(np.float32)
+    for weight, bias in layers[:-1]:
+        hidden = np.maximum(hidden @ weight + bias, 0)
+    expected = hidden @ layers[-1][0] + layers[-1][1]  # by hand: two ReLU layers, then the logits
+
+    policy = Policy(source)
+    assert policy.engine == "numpy" and policy.inputs_read.tolist() == [5, 1024, 1025, 1026, 1027]
+    np.testing.assert_allclose(np.stack([policy.logits(row) for row in x]), expected, rtol=1e-4, atol=1e-5)
+
+    def transposed(graph):  # the second layer's weights stored (units, inputs) with transB = 1: the same MLP
+        weights = next(t for t in graph.initializer if t.name == "W1")
+        weights.CopyFrom(numpy_helper.from_array(np.ascontiguousarray(layers[1][0].T), "W1"))
+        graph.node[2].attribute.append(helper.make_attribute("transB", 1))
+
+    policy = Policy(_edited_policy(tmp_path / "transposed.onnx", source, transposed))
+    assert policy.engine == "numpy"
+    np.testing.assert_allclose(np.stack([policy.logits(row) for row in x]), expected, rtol=1e-4, atol=1e-5)
+
+    def scaled(graph):  # alpha = 2 on the last Gemm: not a plain dense layer, onnxruntime runs it
+        graph.node[-1].attribute.append(helper.make_attribute("alpha", 2.0))
+
+    def no_relu(graph):  # the second ReLU taken out: the last Gemm reads the second layer's output directly
+        graph.node[-1].input[0] = graph.node[2].output[0]
+        del graph.node[3]
+
+    def squashed(graph):  # a Sigmoid after the logits
+        graph.node[-1].output[0] = "raw"
+        graph.node.append(helper.make_node("Sigmoid", ["raw"], [graph.output[0].name]))
+
+    last = hidden @ layers[-1][0]
+    before_last = np.maximum(((x - mean) / std).astype(np.float32) @ layers[0][0] + layers[0][1], 0) @ layers[1][0] \
+        + layers[1][1]
+    for name, edit, engine, want in (
+            ("scaled", scaled, "onnxruntime", 2 * last + layers[-1][1]),
+            ("no_relu", no_relu, "numpy", before_last @ layers[-1][0] + layers[-1][1]),
+            ("squashed", squashed, "onnxruntime", 1 / (1 + np.exp(-expected)))):
+        path = _edited_policy(tmp_path / f"{name}.onnx", source, edit)
+        onnx.checker.check_model(str(path))
+        policy = Policy(path)
+        assert policy.engine == engine, name
+        got = np.stack([policy.logits(row) for row in x])
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5, err_msg=name)
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        direct = session.run(None, {session.get_inputs()[0].name: ((x - mean) / std).astype(np.float32)})[0]
+        np.testing.assert_allclose(got, direct, rtol=1e-5, atol=1e-5, err_msg=name)
+
+
+def test_the_shipped_policy_runs_in_numpy_with_onnxruntimes_logits():
+    import onnxruntime as ort
+
+    policy = Policy(resolve_model("embedded:policy"))
+    assert policy.engine == "numpy" and not policy.reads_image
+    session = ort.InferenceSession(policy.path, providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(4)
+    x = np.zeros((200, FEATURE_SIZE), np.float32)
+    x[:, 1024:] = np.stack([np.log1p(rng.integers(0, 30, 200)), rng.uniform(0, 1, 200), rng.integers(0, 4, 200) / 3,
+                            rng.uniform(0, 0.4, 200)], axis=1)
+    meta = session.get_modelmeta().custom_metadata_map
+    mean, std = (np.asarray(json.loads(meta[f"adaptive_perception.feature_{k}"]), np.float32) for k in ("mean", "std"))
+    normalised = ((x - mean) / std).astype(np.float32)
+    direct = session.run(None, {session.get_inputs()[0].name: normalised})[0]
+    got = np.stack([policy.logits(row) for row in x])
+    np.testing.assert_allclose(got, direct, rtol=1e-5, atol=1e-5)
+
+
 def test_one_policy_serves_frames_from_several_threads(tmp_path):
     from concurrent.futures import ThreadPoolExecutor
 

@@ -546,7 +546,8 @@ def _policy(args: argparse.Namespace) -> int:
         print("outputs: " + ("tier logits (the most probable tier runs)" if head is None else
                              f"tier values, cost weight {weight_text(head.cost_weight)} (routing.cost_weight < 0 runs "
                              "at it; `policy operating-point` picks one for a device)"))
-        print(f"inputs read: {len(policy.inputs_read)} of {FEATURE_SIZE}")
+        print(f"inputs read: {len(policy.inputs_read)} of {FEATURE_SIZE}; runs in {policy.engine}"
+              + (" (its dense layers, checked against onnxruntime at load)" if policy.engine == "numpy" else ""))
         print("drift reference: " + ("none (the node's drift monitor is off with this policy)" if reference is None
               else f"thresholds {', '.join(f'{k} {v:.3g}' for k, v in sorted(reference.thresholds.items()))}; tier mix "
                    f"and audits measured at cost weight " + ("the policy's own" if reference.cost_weight is None

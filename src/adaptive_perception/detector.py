@@ -358,17 +358,18 @@ class DetectorTier:
         return self.session.run(None, {self.info.input_name: tensor})[0][0]
 
     def candidates(self, raw: np.ndarray, conf_threshold: float | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Decoded pre-NMS candidates above the threshold: xyxy boxes in network pixels, scores, classes."""
+        """Decoded pre-NMS candidates above the threshold: xyxy boxes in network pixels, scores, classes. The kept
+        anchors' columns are gathered once (the output is read cold from the cache after inference, so each pass
+        over it counts)."""
         threshold = self.conf_threshold if conf_threshold is None else conf_threshold
-        scores_all = raw[4:]
-        scores = scores_all.max(axis=0)  # a max over the contiguous class rows; the argmax only for the few kept
-        keep = scores > threshold
-        if keep.sum() > MAX_NMS_CANDIDATES:
-            keep &= scores >= np.partition(scores[keep], -MAX_NMS_CANDIDATES)[-MAX_NMS_CANDIDATES]
-        class_ids = scores_all[:, keep].argmax(axis=0)
-        cx, cy, w, h = raw[:4, keep]
-        boxes = np.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], axis=1).astype(np.float32)
-        return boxes, scores[keep].astype(np.float32), class_ids.astype(np.int64)
+        scores = raw[4:].max(axis=0)  # a max over the contiguous class rows; the argmax only for the few kept
+        kept = np.flatnonzero(scores > threshold)
+        if kept.size > MAX_NMS_CANDIDATES:
+            kept = kept[scores[kept] >= np.partition(scores[kept], -MAX_NMS_CANDIDATES)[-MAX_NMS_CANDIDATES]]
+        columns = raw[:, kept].astype(np.float32, copy=False)  # (4 + classes, K)
+        half = columns[2:4] * 0.5
+        boxes = np.concatenate([columns[:2] - half, columns[:2] + half]).T  # (K, 4) x1 y1 x2 y2
+        return boxes, scores[kept].astype(np.float32, copy=False), columns[4:].argmax(axis=0)
 
     def postprocess(self, raw: np.ndarray, box: Letterbox, conf_threshold: float | None = None,
                     max_detections: int | None = None) -> Detections:
@@ -378,14 +379,12 @@ class DetectorTier:
             return Detections.empty(self.class_names)
         keep = nms(boxes + (class_ids[:, None] * MAX_WH).astype(np.float32), scores, self.iou_threshold)
         keep = keep[: self.max_detections if max_detections is None else max_detections]
-        boxes, scores, class_ids = boxes[keep], scores[keep], class_ids[keep]
-        boxes[:, [0, 2]] -= box.pad_x
-        boxes[:, [1, 3]] -= box.pad_y
-        boxes /= box.scale
+        boxes = boxes[keep]  # a (K, 4) copy, mapped in place
+        boxes -= np.array([box.pad_x, box.pad_y] * 2, np.float32)
+        boxes /= np.float32(box.scale)
         height, width = box.source_shape
-        boxes[:, 0::2] = np.clip(boxes[:, 0::2], 0, width)
-        boxes[:, 1::2] = np.clip(boxes[:, 1::2], 0, height)
-        return Detections(boxes, scores, class_ids, self.class_names)
+        np.clip(boxes, 0, np.array([width, height] * 2, np.float32), out=boxes)
+        return Detections(boxes, scores[keep], class_ids[keep].astype(np.int64), self.class_names)
 
     def detect(self, image_rgb: np.ndarray) -> Detections:
         """Detect objects in an HxWx3 uint8 RGB image; boxes come back in its pixels."""
