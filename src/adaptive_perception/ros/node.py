@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import signal
 import sys
 import threading
 import time
@@ -17,6 +18,7 @@ from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackRet
 from rclpy.event_handler import SubscriptionEventCallbacks
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
 from rclpy.serialization import serialize_message
+from rclpy.signals import SignalHandlerOptions
 from sensor_msgs.msg import CompressedImage, Image
 from vision_msgs.msg import Detection2DArray
 
@@ -778,6 +780,13 @@ def _status(name: str, hardware_id: str, report: dict[str, object]) -> Diagnosti
                             hardware_id=hardware_id, values=values)
 
 
+SPIN_WAKE_S = 0.2  # the longest a signal waits for the main thread while nothing else wakes the executor
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the node until interrupted; with parameter autostart:=true it configures and activates itself."""
     apply_transport_defaults()
@@ -789,7 +798,11 @@ def main(argv: list[str] | None = None) -> int:
     except AdaptivePerceptionError as exc:
         print(f"perception_node: error: {exc}", file=sys.stderr)
         return 2
-    rclpy.init(args=argv)
+    # SIGINT (Ctrl-C, `ros2 launch`) and SIGTERM (docker stop, systemd) end the spin below as KeyboardInterrupt, and
+    # the node shuts down with its ROS context still valid: rclpy's own handlers shut the context down first, so
+    # what the node logs while closing (its MLflow run, evidence) failed to reach /rosout with an rcl error
+    rclpy.init(args=argv, signal_handler_options=SignalHandlerOptions.NO)
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
         node = PerceptionNode()
     except Exception as exc:  # bad --params-file or parameter override: say which, without a traceback
@@ -807,8 +820,8 @@ def main(argv: list[str] | None = None) -> int:
                     node.get_logger().fatal(f"autostart: {transition.__name__[8:]} failed; see the error above")
                     status = 1
                     break
-        if status == 0:
-            executor.spin()
+        while status == 0 and rclpy.ok():
+            executor.spin_once(timeout_sec=SPIN_WAKE_S)  # wakes to let a signal's KeyboardInterrupt through
     except (KeyboardInterrupt, rclpy.executors.ExternalShutdownException):
         pass
     finally:
