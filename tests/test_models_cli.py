@@ -41,3 +41,19 @@ def test_export_of_an_onnx_file_says_it_is_a_tier_already(tmp_path):
     assert run.returncode == 2 and "Traceback" not in run.stderr
     assert "--weights 'nano.onnx': use an Ultralytics .pt checkpoint or a model yaml" in run.stderr
     assert "point models.<tier> at it" in run.stderr
+
+
+def test_train_tiers_offers_exactly_the_networks_the_trainer_knows(capsys):
+    """The --network choices are spelled out in the CLI (building the parser must not import the trainer); a
+    network added to or removed from `tiers.NETWORKS` without the CLI would be refused or crash there."""
+    import re
+
+    import pytest
+
+    from adaptive_perception.cli import main
+    from adaptive_perception.training.tiers import NETWORKS
+
+    with pytest.raises(SystemExit):
+        main(["models", "train-tiers", "--network", "no-such-network"])
+    offered = re.search(r"invalid choice: '?no-such-network'? \(choose from (.*)\)", capsys.readouterr().err).group(1)
+    assert sorted(choice.strip().strip("'") for choice in offered.split(",")) == sorted(NETWORKS)
