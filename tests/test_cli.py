@@ -221,3 +221,14 @@ def test_a_quick_bench_run_never_writes_over_the_committed_reports(command, comm
     assert _bench_out(parser.parse_args(["bench", command, "--quick"]), committed) == \
         Path("build/bench/quick") / Path(committed).name
     assert _bench_out(parser.parse_args(["bench", command, "--quick", "--report", "x.json"]), committed) == Path("x.json")
+
+
+def test_progress_outside_a_terminal_is_one_line_naming_the_stage_and_its_size(capsys):
+    from adaptive_perception.progress import progress
+
+    assert list(progress([1, 2, 3], desc="transport passes", unit="pass")) == [1, 2, 3]
+    assert list(progress(["a"], desc="rendering", unit="frame")) == ["a"]
+    assert list(progress(range(20), desc="scoring", unit="sequence")) == list(range(20))
+    list(progress(iter([1]), desc="streaming", unit="frame"))  # no length: the stage alone
+    assert capsys.readouterr().err.splitlines() == ["transport passes: 3 passes", "rendering: 1 frame",
+                                                    "scoring: 20 sequences", "streaming ..."]

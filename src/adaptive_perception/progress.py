@@ -15,5 +15,12 @@ def progress(iterable: Iterable | None = None, *, desc: str, total: int | None =
     if sys.stderr.isatty():
         return tqdm(iterable, desc=desc, total=total, unit=unit)
     size = total if total is not None else (len(iterable) if hasattr(iterable, "__len__") else None)
-    print(f"{desc}: {size} {unit}s" if size is not None else f"{desc} ...", file=sys.stderr, flush=True)
+    print(f"{desc}: {counted(size, unit)}" if size is not None else f"{desc} ...", file=sys.stderr, flush=True)
     return tqdm(iterable, total=total, disable=True)
+
+
+def counted(size: int, unit: str) -> str:
+    """The size with its unit: 1 frame, 20 frames, 20 passes."""
+    if size == 1:
+        return f"1 {unit}"
+    return f"{size} {unit}{'es' if unit.endswith(('s', 'x', 'ch', 'sh')) else 's'}"
