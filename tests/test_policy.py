@@ -155,6 +155,36 @@ def test_the_shipped_policy_runs_in_numpy_with_onnxruntimes_logits():
     np.testing.assert_allclose(got, direct, rtol=1e-5, atol=1e-5)
 
 
+def test_a_policy_takes_only_the_inputs_it_reads_and_the_router_passes_the_right_ones(tmp_path, regime_frames):
+    rng = np.random.default_rng(21)
+    first = np.zeros((FEATURE_SIZE, 6), np.float32)
+    first[[1025, 1027]] = rng.normal(0, 2.0, (2, 6))  # the mean score and the median box size only
+    layers = [(first, rng.normal(0, 0.1, 6).astype(np.float32)),
+              (rng.normal(0, 1.0, (6, 3)).astype(np.float32), rng.normal(0, 0.1, 3).astype(np.float32))]
+    mean, std = rng.normal(0, 0.1, FEATURE_SIZE), rng.uniform(0.1, 0.3, FEATURE_SIZE)
+    policy = Policy(write_policy(tmp_path / "two.onnx", layers, mean, std, "two"))
+    assert policy.inputs_read.tolist() == [1025, 1027] and not policy.reads_image
+    rgb = regime_frames["dense"]
+    router = Router("learned", policy)
+    chosen = set()
+    for count, score, tier, size in [(0, 0.0, -1, 0.0), (3, 0.9, 0, 0.05), (12, 0.3, 2, 0.3), (7, 0.6, 1, 0.15),
+                                     (1, 0.1, 1, 0.4), (20, 0.95, 2, 0.01)]:
+        context = RoutingContext(count, score, tier, size)
+        full = routing_features(rgb, context)
+        np.testing.assert_array_equal(policy.logits(full[[1025, 1027]]), policy.logits(full))
+        routed = router.route(rgb, context)
+        expected = router.decide(full, context)
+        assert routed.decision.tier == expected.tier
+        np.testing.assert_array_equal(routed.decision.probabilities, expected.probabilities)
+        chosen.add(routed.decision.tier)
+        # the 1028 features are built after the decision, for whoever needs them (the drift monitor)
+        np.testing.assert_array_equal(routed.features[1024:], full[1024:])
+        assert not routed.features[:1024].any()
+    assert len(chosen) > 1  # the contexts moved the decision: the read inputs were the right ones
+    with pytest.raises(ValueError, match="expected 1028 features or the 2 inputs this policy reads, got shape \\(4,\\)"):
+        policy.logits(np.zeros(4, np.float32))
+
+
 def test_one_policy_serves_frames_from_several_threads(tmp_path):
     from concurrent.futures import ThreadPoolExecutor
 

@@ -70,7 +70,7 @@ def next_context(boxes: np.ndarray, scores: np.ndarray, tier: int, frame_hw: tup
                           median_size(boxes, frame_hw))
 
 
-def _check_rgb(rgb: np.ndarray) -> None:
+def check_rgb(rgb: np.ndarray) -> None:
     if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8 or rgb.size == 0:
         raise ValueError(f"expected an HxWx3 uint8 RGB image, got shape {rgb.shape} {rgb.dtype}")
 
@@ -91,7 +91,7 @@ def image_features(rgb: np.ndarray) -> np.ndarray:
     (HSV), K chroma (length of the two opponent colour axes). Objects are edges and colours that
     differ from the background, so their number moves these maps' distributions; a position-specific map
     would make a policy learn every object position separately. All maps lie in [0, ~1.7]."""
-    _check_rgb(rgb)
+    check_rgb(rgb)
     # resizing and colour conversions stay in OpenCV's fixed-point uint8 paths and the float work in
     # numpy, so the result is bit-identical wherever the buffers sit (OpenCV's float SIMD is not)
     small, cells = reduce_frame(rgb)
@@ -115,18 +115,11 @@ def image_features(rgb: np.ndarray) -> np.ndarray:
     return np.concatenate([quantiles.ravel(), np.log1p(counts.astype(np.float32))])
 
 
-def routing_features(rgb: np.ndarray, context: RoutingContext, image: bool = True) -> np.ndarray:
-    """The 1028 policy inputs for one frame: image statistics, then the context values. `image=False` leaves the
-    image statistics at zero (for a decision that does not read them: `Router.route`); `add_image_features`
-    fills them in later."""
-    if not image:
-        _check_rgb(rgb)
-        features = np.zeros(FEATURE_SIZE, np.float32)
-        features[IMAGE_FEATURES:] = context.vector()
-        return features
+def routing_features(rgb: np.ndarray, context: RoutingContext) -> np.ndarray:
+    """The 1028 policy inputs for one frame: image statistics, then the context values."""
     return np.concatenate([image_features(rgb), context.vector()])
 
 
 def add_image_features(features: np.ndarray, rgb: np.ndarray) -> None:
-    """Fill in the image statistics of `routing_features(rgb, context, image=False)`."""
+    """Fill in the image statistics of 1028 features whose image part is still zero (`Routed.features`)."""
     features[:IMAGE_FEATURES] = image_features(rgb)

@@ -344,8 +344,11 @@ class Policy:
                 for tier, (digest, path) in loaded.items() if tier in expected and expected[tier] != digest]
 
     def _run(self, features: np.ndarray) -> np.ndarray:
-        if self._read is not None:
-            features = features[self._read]
+        """The outputs for one frame's 1028 features."""
+        return self._run_read(features if self._read is None else features[self._read])
+
+    def _run_read(self, features: np.ndarray) -> np.ndarray:
+        """The outputs for one frame's inputs the session or the dense layers are fed (`inputs_read`, in order)."""
         dense = self._dense
         if dense is not None:
             x = features * self._scale + self._offset
@@ -366,9 +369,15 @@ class Policy:
             return y.copy()
 
     def logits(self, features: np.ndarray) -> np.ndarray:
-        if features.shape != (FEATURE_SIZE,):
-            raise ValueError(f"expected {FEATURE_SIZE} features, got shape {features.shape}")
-        return self._run(features.astype(np.float32, copy=False))
+        """One frame's outputs from its 1028 features, or, for a policy that reads fewer, from only the inputs it
+        reads (`inputs_read`, in that order: a context-only policy's decision needs no 1028-vector)."""
+        features = features.astype(np.float32, copy=False)
+        if features.shape == (FEATURE_SIZE,):
+            return self._run(features)
+        if self._read is not None and features.shape == (len(self.inputs_read),):
+            return self._run_read(features)
+        raise ValueError(f"expected {FEATURE_SIZE} features" + (f" or the {len(self.inputs_read)} inputs this policy "
+                         "reads" if self._read is not None else "") + f", got shape {features.shape}")
 
     def scores(self, features: np.ndarray, cost_weight: float | None = None) -> list[float]:
         """One frame's per-tier scores, largest = chosen: the logits, or for a `tier_values` policy

@@ -19,7 +19,8 @@ import numpy as np
 
 from adaptive_perception.detector import TIERS
 from adaptive_perception.errors import ConfigError
-from adaptive_perception.features import RoutingContext, add_image_features, routing_features
+from adaptive_perception.features import (CONTEXT_FEATURES, FEATURE_SIZE, IMAGE_FEATURES, RoutingContext,
+                                          add_image_features, check_rgb, routing_features)
 from adaptive_perception.policy import Policy
 
 FIXED_PREFIX = "fixed:"
@@ -80,15 +81,26 @@ class Decision:
         return TIERS[self.tier]
 
 
-@dataclass(frozen=True)
 class Routed:
     """One frame routed from its pixels (`Router.route`)."""
 
-    decision: Decision
-    features: np.ndarray  # the 1028 routing features; the image statistics are zero unless `image_read`
-    image_read: bool  # the decision read the image statistics (computed before it)
-    feature_ms: float  # computing the features the decision read
-    policy_ms: float  # the decision
+    def __init__(self, decision: Decision, features: np.ndarray | None, context: RoutingContext, image_read: bool,
+                 feature_ms: float, policy_ms: float) -> None:
+        self.decision = decision
+        self._features = features  # None until needed where the decision read the context alone
+        self._context = context
+        self.image_read = image_read  # the decision read the image statistics (computed before it)
+        self.feature_ms = feature_ms  # computing the features the decision read
+        self.policy_ms = policy_ms  # the decision
+
+    @property
+    def features(self) -> np.ndarray:
+        """The 1028 routing features; the image statistics are zero unless `image_read` or `complete` added them.
+        Built on first use where the decision read only the context: after the tier, not before it."""
+        if self._features is None:
+            self._features = np.zeros(FEATURE_SIZE, np.float32)
+            self._features[IMAGE_FEATURES:] = self._context.vector()
+        return self._features
 
     def complete(self, rgb: np.ndarray) -> float:
         """Fill in the image statistics the decision did not read (for the drift monitor, after the tier);
@@ -163,17 +175,28 @@ class Router:
         (`Routed.complete`). Mode and policy are read once, so a swap cannot split a frame."""
         state = self._state
         started = time.perf_counter()
-        image = state[0] == "learned" and state[1] is not None and state[1].reads_image
-        features = routing_features(rgb, context, image)
+        mode, policy = state
+        image = mode == "learned" and policy is not None and policy.reads_image
+        if image:
+            features = inputs = routing_features(rgb, context)
+        else:  # the decision reads the context values at most: the 1028 features wait until needed
+            check_rgb(rgb)
+            features = None
+            inputs = context.vector() if mode == "learned" else None
+            if inputs is not None and policy.inputs_read.size < CONTEXT_FEATURES:
+                inputs = inputs[policy.inputs_read - IMAGE_FEATURES]
         computed = time.perf_counter()
-        decision = self._decide(state, features, context)
-        return Routed(decision, features, image, (computed - started) * 1e3, (time.perf_counter() - computed) * 1e3)
+        decision = self._decide(state, inputs, context)
+        return Routed(decision, features, context, image, (computed - started) * 1e3,
+                      (time.perf_counter() - computed) * 1e3)
 
     def decide(self, features: np.ndarray, context: RoutingContext) -> Decision:
         """One frame from its 1028 routing features."""
         return self._decide(self._state, features, context)
 
-    def _decide(self, state: tuple[str, Policy | None], features: np.ndarray, context: RoutingContext) -> Decision:
+    def _decide(self, state: tuple[str, Policy | None], features: np.ndarray | None,
+                context: RoutingContext) -> Decision:
+        """`features`: the 1028, or only the inputs the policy reads (`Policy.logits`); the rules read none."""
         mode, policy = state
         if mode == "learned":
             assert policy is not None
