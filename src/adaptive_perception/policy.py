@@ -160,7 +160,8 @@ def _softmax(scores: list[float]) -> np.ndarray:
 
 
 class Policy:
-    """A loaded, validated routing policy. `probabilities(features)` takes one frame's 1028 features."""
+    """A loaded, validated routing policy. `probabilities(features)` takes one frame's 1028 features, or only the
+    inputs the policy reads (`inputs_read`)."""
 
     def __init__(self, path: str | Path) -> None:
         import onnx
