@@ -246,7 +246,7 @@ class Policy:
                                   f"for a zero input, expected {len(TIERS)} finite logits")
         self.inputs_read = np.arange(FEATURE_SIZE)
         model = onnx.load(self.path)
-        layers = dense_layers(model)
+        layers = dense_layers(model)  # of the whole file: `_read_inputs` then cuts the model's first layer in place
         read, reduced = _read_inputs(model)
         if reduced is not None:
             self._use_inputs(read, ort.InferenceSession(reduced, options, providers=["CPUExecutionProvider"]))
