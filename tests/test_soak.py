@@ -6,7 +6,7 @@ import subprocess
 
 import pytest
 
-from adaptive_perception.training.soak import TOPICS, stalls, summarise
+from adaptive_perception.training.soak import TOPICS, stalls, summarise, table
 
 
 def test_soak_figures_from_a_hand_made_run():
@@ -25,6 +25,14 @@ def test_soak_figures_from_a_hand_made_run():
     assert report["stalls"] == {"a": 59, "b": 1}  # each of a's 59 one-second gaps, and b's 250 ms gap
     assert report["stall_gaps"]["b"] == [[0.1, 250.0]] and report["stall_gaps"]["a"][0] == [0.0, 1000.0]
     assert report["longest_gap_ms"]["b"] == pytest.approx(250.0)
+    assert report["mix"] == {"a": {"nano": 1.0, "small": 0.0, "large": 0.0}, "b": {"nano": 0.0, "small": 0.0, "large": 1.0}}
+    # what was published during each stall, up to the stalled camera's next output: [ms in, camera, tier, node ms]
+    assert report["stall_outputs"]["b"] == [[[250.0, 1, "large", 90.0]]]
+    assert report["stall_outputs"]["a"][0] == [[100.0, 1, "large", 90.0], [350.0, 1, "large", 90.0],
+                                               [450.0, 1, "large", 90.0], [1000.0, 0, "nano", 11.0]]
+    assert report["stall_outputs"]["a"][1] == [[1000.0, 0, "nano", 12.0]]  # b had stopped
+    assert "stall on camera 1 at 0.1 s (250 ms); published meanwhile (ms after its start: camera tier node-ms): " \
+           "+250: 1 large 90" in table(report)
     assert report["listener"]["stalls"] == {"a": 59, "b": 1} and report["listener"]["missed"] == {"a": 1}
     assert report["listener"]["longest_gap_ms"] == {"a": pytest.approx(1000.0), "b": pytest.approx(300.0)}
     # both cameras pooled: the first window holds a's 10..19 and b's four 90s; rank 0.95 * 13 = 12.35 -> 90

@@ -86,15 +86,25 @@ def summarise(duration_s: float, outputs: dict[str, list[tuple[float, float, str
     def own(start: float, gap: float) -> float:  # the part of an output gap when the camera was publishing
         return gap - sum(max(0.0, min(start + gap, b) - max(start, a)) for a, b in silent)
     p95_change = (p95_last / p95_first - 1.0) if p95_first and p95_last else None
+    cameras = list(outputs)
+
+    def inside(start: float, gap: float) -> list[list]:  # what the node published, any camera, during a stall
+        return [[round((t - start) * 1e3, 1), cameras.index(camera), tier, round(ms, 1)]
+                for camera, rows in outputs.items() for t, ms, tier in rows if start < t <= start + gap]
     return {
         "duration_s": duration_s, "window_s": window, "rate_hz": RATE_HZ, "cameras": list(outputs),
         "published": published,
         "processed": {camera: len(rows) for camera, rows in outputs.items()},
+        "mix": {camera: {t: sum(tier == t for _, _, tier in rows) / max(len(rows), 1) for t in TIERS}
+                for camera, rows in outputs.items()},
         "node_counters": counters,
         "tier_p99_ms": tier_p99, "stall_limit_ms": limit_ms,
         "stalls": {camera: len(found) for camera, found in camera_stalls.items()},
         "stall_gaps": {camera: [[round(t, 3), round(g * 1e3, 1)] for t, g in found]  # [start s, gap ms]
                        for camera, found in camera_stalls.items()},
+        # per stall, sorted by publish time: [ms after the stall's start, camera index, tier, node ms] of every
+        # output published until the stalled camera's next one (its own next output is the last row)
+        "stall_outputs": {camera: [sorted(inside(t, g)) for t, g in found] for camera, found in camera_stalls.items()},
         "camera_gaps": camera_gaps,
         "stalls_outside_camera_gaps": {camera: sum(own(t, g) > limit_ms / 1e3 for t, g in found)
                                        for camera, found in camera_stalls.items()},
@@ -125,6 +135,8 @@ def table(report: dict) -> str:
             ("duration (min)", fmt(report["duration_s"] / 60)),
             ("published / processed per camera", ", ".join(
                 f"{report['published'].get(c, 0)} / {report['processed'][c]}" for c in report["cameras"])),
+            ("tier mix per camera (nano / small / large %)", ", ".join(
+                " / ".join(f"{100 * report['mix'][c][t]:.0f}" for t in TIERS) for c in report["cameras"])),
             ("dropped / lost before node per camera", ", ".join(
                 f"{report['node_counters'].get(c, {}).get('dropped', '-')} / "
                 f"{report['node_counters'].get(c, {}).get('lost_before_node', '-')}" for c in report["cameras"])),
@@ -146,6 +158,11 @@ def table(report: dict) -> str:
                 for c in report["cameras"]))] if report.get("listener") else []),
             ("crashes (bar 0)", str(report["crashes"]))]
     lines = ["| figure | value |", "|---|---|"] + [f"| {k} | {v} |" for k, v in rows]
+    for c in report["cameras"]:
+        for (start, gap), rows in zip(report["stall_gaps"][c], report.get("stall_outputs", {}).get(c, [])):
+            lines.append(f"stall on camera {report['cameras'].index(c)} at {start:.1f} s ({gap:.0f} ms); published "
+                         "meanwhile (ms after its start: camera tier node-ms): "
+                         + ", ".join(f"+{at:.0f}: {cam} {tier} {ms:.0f}" for at, cam, tier, ms in rows))
     lines.append("bars: " + ", ".join(f"{k} {'met' if ok else 'NOT MET'}" for k, ok in report["bars"].items()))
     return "\n".join(lines)
 
