@@ -1,6 +1,7 @@
 """perception_node on a real rclpy graph on localhost, driven through its lifecycle services in lock-step."""
 from __future__ import annotations
 
+import gc
 import threading
 
 import cv2
@@ -74,7 +75,9 @@ def test_detections_leave_before_the_drift_monitors_work_on_the_frame(graph):
 
 
 def test_deactivate_stops_output_and_cleanup_frees_sessions(graph):
+    gc.unfreeze()
     assert graph.transition("configure") and graph.transition("activate")
+    assert gc.get_freeze_count() > 10_000  # what configure loaded is set aside from the collector's full passes
     graph.wait_for_image_subscriber()
     assert graph.send_lockstep(image_msg(_noise(1), sec=1))
     assert graph.transition("deactivate") and graph.state() == "inactive"
@@ -83,6 +86,7 @@ def test_deactivate_stops_output_and_cleanup_frees_sessions(graph):
     assert set(graph.node.detectors) == {"nano"}
     assert graph.transition("cleanup") and graph.state() == "unconfigured"
     assert graph.node.detectors == {} and graph.node.config is None
+    assert gc.get_freeze_count() == 0  # and can be collected again
 
 
 def test_the_launch_files_activate_filter_matches_a_configure_and_not_a_deactivate(graph):
