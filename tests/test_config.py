@@ -77,6 +77,21 @@ def test_slot_keeps_only_the_newest_frame_per_camera_and_serves_cameras_in_turn(
     assert slot.take(0) is None and slot.closed
 
 
+def test_slot_serves_the_camera_served_least_recently_when_cameras_publish_in_rounds():
+    slot: LatestFrameSlot[int] = LatestFrameSlot()
+    slot.put("cam0", 1), slot.put("cam1", 1)  # round 1: cam0's frame lands first
+    assert slot.take(0) == ("cam0", 1)
+    assert slot.take(0) == ("cam1", 1)
+    slot.put("cam0", 2)
+    assert slot.take(0) == ("cam0", 2)
+    slot.put("cam0", 3), slot.put("cam1", 3)  # round 3 lands while cam0's frame 2 is processed: cam0 first again
+    assert slot.take(0) == ("cam1", 3)  # cam1 was served less recently (serving cam0 again left cam1 two inferences)
+    assert slot.take(0) == ("cam0", 3)
+    slot.put("cam1", 4)
+    slot.put("cam2", 1)  # a camera never served goes before one served before, though its frame came later
+    assert slot.take(0) == ("cam2", 1) and slot.take(0) == ("cam1", 4) and slot.take(0.01) is None
+
+
 def _readme_table(heading: str) -> list[str]:
     """First cells of the table under a README heading."""
     text = (ROOT / "README.md").read_text().split(f"\n## {heading}", 1)[1].split("\n## ", 1)[0]

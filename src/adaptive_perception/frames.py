@@ -9,11 +9,17 @@ T = TypeVar("T")
 
 
 class LatestFrameSlot(Generic[T]):
-    """Holds at most one pending frame per camera; `take` serves cameras round-robin."""
+    """Holds at most one pending frame per camera; `take` serves cameras round-robin: of the cameras with a frame
+    waiting, the one served least recently (never served first, then the one waiting longest). Serving the
+    longest-waiting frame instead is not round-robin when cameras publish in rounds: the camera whose frame
+    arrives first in each round is served twice in a row whenever both arrive while the worker is busy with it,
+    and the other camera waits through two inferences (the 2-camera soak's stalls of 2026-12-05)."""
 
     def __init__(self) -> None:
         self._pending: dict[Hashable, T] = {}
-        self._order: list[Hashable] = []
+        self._order: list[Hashable] = []  # cameras with a frame waiting, in the order their frames began waiting
+        self._served: dict[Hashable, int] = {}  # camera -> the number of the take that last served it
+        self._takes = 0
         self._cond = threading.Condition()
         self._closed = False
         self.dropped = 0
@@ -31,13 +37,16 @@ class LatestFrameSlot(Generic[T]):
             return replaced
 
     def take(self, timeout: float | None = None) -> tuple[Hashable, T] | None:
-        """The oldest-waiting camera's newest frame, or None on timeout or after `close`."""
+        """The newest frame of the waiting camera served least recently, or None on timeout or after `close`."""
         with self._cond:
             if not self._cond.wait_for(lambda: self._order or self._closed, timeout):
                 return None
             if self._closed:
                 return None
-            camera = self._order.pop(0)
+            camera = min(self._order, key=lambda c: self._served.get(c, -1))  # ties: the first in _order
+            self._order.remove(camera)
+            self._takes += 1
+            self._served[camera] = self._takes
             return camera, self._pending.pop(camera)
 
     def items(self, poll_s: float = 0.1) -> Iterator[tuple[Hashable, T]]:
