@@ -92,7 +92,7 @@ def summarise(duration_s: float, outputs: dict[str, list[tuple[float, float, str
         return [[round((t - start) * 1e3, 1), cameras.index(camera), tier, round(ms, 1)]
                 for camera, rows in outputs.items() for t, ms, tier in rows if start < t <= start + gap]
     return {
-        "duration_s": duration_s, "window_s": window, "rate_hz": RATE_HZ, "cameras": list(outputs),
+        "duration_s": duration_s, "window_s": window, "rate_hz": RATE_HZ, "cameras": cameras,
         "published": published,
         "processed": {camera: len(rows) for camera, rows in outputs.items()},
         "mix": {camera: {t: sum(tier == t for _, _, tier in rows) / max(len(rows), 1) for t in TIERS}

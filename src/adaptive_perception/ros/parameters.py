@@ -22,7 +22,7 @@ PARAMETERS: dict[str, tuple[object, ParameterDescriptor]] = {
         "Camera topics to subscribe to; a name ending in 'compressed' (after remapping) is read as "
         "sensor_msgs/CompressedImage, any other as sensor_msgs/Image. Outputs of all cameras share the output topics "
         "(header identifies the camera); with several cameras each also gets ~/<camera topic>/detections and "
-        "~/<camera topic>/routing.")),
+        "~/<camera topic>/routing. One worker serves the cameras round-robin, each keeping only its newest frame.")),
     "routing_mode": (_DEFAULTS.routing_mode, _describe(
         "How each frame picks a tier: learned (the policy) | heuristic (previous frame's detection count) | random "
         "(seeded, routing.random_mix) | fixed:nano | fixed:small | fixed:large. Switch live with set_routing_mode.")),
