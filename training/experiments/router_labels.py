@@ -18,6 +18,7 @@ the shipped BC recipe (context inputs, tier values, weight calibrated on validat
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import time
 from pathlib import Path
@@ -58,8 +59,7 @@ def with_quality(split: Split, quality: np.ndarray) -> Split:
     """The split with its per-frame quality (column k = 0, what per-frame routing and BC read) replaced."""
     out = np.array(split.quality, copy=True)
     out[:, :, 0] = quality
-    clone = object.__new__(Split)
-    clone.__dict__.update(split.__dict__)
+    clone = copy.copy(split)  # shallow: the profile and the output tables are shared, not recomputed
     clone.quality = out
     return clone
 
@@ -93,8 +93,7 @@ def with_slot(split: Split, statistic) -> Split:
     for tier in range(len(TIERS)):
         for f, dets in enumerate(split.profile.tier_detections(tier)):
             table[f, tier] = statistic(dets[:, 4])
-    clone = object.__new__(Split)
-    clone.__dict__.update(split.__dict__)
+    clone = copy.copy(split)
     clone.mean_scores = table
     return clone
 
@@ -194,8 +193,9 @@ def main() -> None:
         name = f"proxy, FP weight {weight}" if kind == "proxy" else "marginal mAP"
         singles, ensembles = [], []
         for seed in range(args.seeds):
+            ensembled = kind == "marginal" or weight == FP_WEIGHT  # the shipped labels and the marginal ones
             members = [train_bc(train, val, seed=seed * 100 + m, loss="values", inputs="context", progress=False)[0]
-                       for m in range(args.members if kind == "proxy" and weight == FP_WEIGHT or kind == "marginal" else 1)]
+                       for m in range(args.members if ensembled else 1)]
             singles.append(evaluate(members[0]))
             if len(members) > 1:
                 ensembles.append(evaluate(ensemble(members)))
