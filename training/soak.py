@@ -38,6 +38,7 @@ P95_BAR = 0.10
 STALL_MARGIN_MS = 100.0
 CAMERA_GAP_S = 0.1  # the camera process reports its own publishing gaps longer than this (3 frame periods)
 SAMPLE_S = 5.0
+REFERENCE_VALUES = 1_000_000  # the reference work: about 7 ms of CPU on this machine's cores (8 MB: past the caches)
 CONFIG = Path(__file__).resolve().parents[1] / "config" / "perception.yaml"
 
 
@@ -52,6 +53,58 @@ def resident_mb(pid: int) -> float | None:
     return None
 
 
+def process_cpu_s(pid: int) -> float | None:
+    """CPU time a process has used so far, user + system, in seconds (None once it is gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime: fields 14 and 15
+
+
+def host_jiffies() -> tuple[int, int, int]:
+    """The machine's CPU time so far in clock ticks, from /proc/stat: (all, idle + iowait, steal)."""
+    values = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:9]]
+    return sum(values), values[3] + values[4], values[7]
+
+
+_REFERENCE = np.random.default_rng(SEED).random(REFERENCE_VALUES)
+
+
+def reference_ms() -> float:
+    """CPU time of a fixed single-threaded piece of work (sorting REFERENCE_VALUES numbers), in ms: it rises when
+    the host's cores run slower (clock, caches, memory bandwidth shared with neighbours), not when they are busy."""
+    begin = time.thread_time()
+    np.sort(_REFERENCE, kind="quicksort")
+    return (time.thread_time() - begin) * 1e3
+
+
+def host_sample(elapsed: float, node_pid: int, camera_pid: int) -> list[float] | None:
+    """[s since the first frame, node CPU s, camera CPU s, host ticks, idle ticks, steal ticks, reference ms]."""
+    node, camera = process_cpu_s(node_pid), process_cpu_s(camera_pid)
+    if node is None or camera is None:
+        return None
+    return [elapsed, node, camera, *host_jiffies(), reference_ms()]
+
+
+def host_figures(samples: list[list[float]], times: list[float], a: float, b: float) -> dict | None:
+    """Where the CPU went from the first to the last `host_sample` row inside [a, b] s, with `times` the node's
+    publish times of every output: the node's CPU per output it published (ms), the cores the node and the camera
+    used, the host's shares of idle and of stolen time (a virtual machine's hypervisor giving the cores to someone
+    else), and the reference work's median CPU ms; None with fewer than two rows inside."""
+    rows = [r for r in samples if a <= r[0] <= b]
+    if len(rows) < 2:
+        return None
+    first, last = rows[0], rows[-1]
+    wall, ticks = last[0] - first[0], last[3] - first[3]
+    published = sum(first[0] <= t < last[0] for t in times)
+    return {"node_cpu_ms_per_output": (last[1] - first[1]) * 1e3 / published if published else None,
+            "node_cores": (last[1] - first[1]) / wall, "camera_cores": (last[2] - first[2]) / wall,
+            "host_idle_share": (last[4] - first[4]) / ticks if ticks else None,
+            "host_steal_share": (last[5] - first[5]) / ticks if ticks else None,
+            "reference_ms": float(np.median([r[6] for r in rows]))}
+
+
 def stalls(arrivals: list[float], limit_s: float) -> list[tuple[float, float]]:
     """(start, gap) of every gap between consecutive outputs longer than `limit_s` (seconds)."""
     gaps = np.diff(np.asarray(arrivals, np.float64))
@@ -64,7 +117,8 @@ def longest_gap_ms(times: list[float]) -> float | None:
 
 def summarise(duration_s: float, outputs: dict[str, list[tuple[float, float, str]]], memory: list[tuple[float, float]],
               counters: dict[str, dict[str, int]], crashed: bool, published: dict[str, int],
-              received: dict[str, list[float]] | None = None, camera_gaps: list[list[float]] | None = None) -> dict:
+              received: dict[str, list[float]] | None = None, camera_gaps: list[list[float]] | None = None,
+              host: list[list[float]] | None = None) -> dict:
     """The soak's figures and bars from what was measured: outputs per camera as (node publish time s, node ms,
     tier), memory as (time s, MB), and optionally when the listener received each output (s) and the camera's
     own publishing gaps ([start s, gap ms]); times count from the first frame published. Stalls count on the node's publish times: the listener shares the cores, so its
@@ -120,12 +174,32 @@ def summarise(duration_s: float, outputs: dict[str, list[tuple[float, float, str
                       "end_of_first_window": after_first[0] if after_first else None,
                       "end": memory[-1][1] if memory else None, "growth_after_first_window": growth},
         "node_p95_ms": {"first_window": p95_first, "last_window": p95_last, "change": p95_change},
+        # where the CPU went in those two windows: is a change of the node's p95 the node's or the host's?
+        "host": None if host is None else {
+            "first_window": host_figures(host, [t for t, _, _ in every], 0.0, window),
+            "last_window": host_figures(host, [t for t, _, _ in every], duration_s - window, duration_s)},
         "crashes": int(crashed),
         "bars": {"memory_growth_le_50mb": growth is not None and growth <= MEMORY_BAR_MB,
                  "p95_within_10pct": p95_change is not None and abs(p95_change) <= P95_BAR,
                  "no_stall": not any(camera_stalls.values()) and all(outputs.values()),
                  "no_crash": not crashed},
     }
+
+
+def _host_rows(host: dict | None) -> list[tuple[str, str]]:
+    """The table's rows on where the CPU went, first / last window."""
+    if not host or not host.get("first_window") or not host.get("last_window"):
+        return []
+    first, last = host["first_window"], host["last_window"]
+
+    def pair(key: str, scale: float = 1.0, digits: int = 1) -> str:
+        return " / ".join("-" if w[key] is None else f"{scale * w[key]:.{digits}f}" for w in (first, last))
+    return [("node CPU per output, first / last window (ms)", pair("node_cpu_ms_per_output")),
+            ("cores used by the node; by the camera, first / last window",
+             f"{pair('node_cores', digits=2)}; {pair('camera_cores', digits=2)}"),
+            ("host idle; stolen by the hypervisor, first / last window (%)",
+             f"{pair('host_idle_share', 100)}; {pair('host_steal_share', 100)}"),
+            ("reference work (fixed sort), median CPU ms, first / last window", pair("reference_ms", digits=2))]
 
 
 def table(report: dict) -> str:
@@ -145,6 +219,7 @@ def table(report: dict) -> str:
             ("memory growth after the first window (MB, bar <= 50)", fmt(m["growth_after_first_window"])),
             ("node time p95 first / last window (ms)", f"{fmt(p['first_window'])} / {fmt(p['last_window'])}"),
             ("p95 change (bar within 10 %)", "-" if p["change"] is None else f"{100 * p['change']:+.1f} %"),
+            *_host_rows(report.get("host")),
             ("stall limit (ms): slowest tier p99 + 100", fmt(report["stall_limit_ms"])),
             ("stalls per camera (bar 0)", ", ".join(str(report["stalls"][c]) for c in report["cameras"])),
             ("stalls left when the camera's own publishing gaps are taken out", ", ".join(
@@ -173,7 +248,7 @@ def plot(report: dict, series: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(3, 1, figsize=(9, 7.5), sharex=True, dpi=100)
+    fig, axes = plt.subplots(4, 1, figsize=(9, 10), sharex=True, dpi=100)
     memory = np.asarray(series["memory"]).reshape(-1, 2)
     axes[0].plot(memory[:, 0] / 60, memory[:, 1], color="tab:purple")
     axes[0].set_ylabel("node resident MB")
@@ -190,9 +265,25 @@ def plot(report: dict, series: dict, path: Path) -> None:
         axes[2].plot((edges + 0.5) * minute / 60, rate, marker=".", label=camera)
     axes[1].set_ylabel(f"node time p95 (ms)\nper {minute:.0f} s")
     axes[2].set_ylabel("outputs per second")
-    axes[2].set_xlabel("minutes since the first frame")
+    # where the CPU went, per bin: the node's CPU per output and the reference work against the host's stolen time
+    times = [t for rows in series["outputs"].values() for t, _, _ in rows]
+    bins = [(b * minute, (b + 1) * minute) for b in range(int(np.ceil(report["duration_s"] / minute)))]
+    figures = [(a, b, f) for a, b in bins if (f := host_figures(series.get("host") or [], times, a, b))]
+    centres = [(a + b) / 120 for a, b, _ in figures]
+    axes[3].plot(centres, [f["node_cpu_ms_per_output"] for _, _, f in figures], marker=".", color="tab:blue",
+                 label="node CPU per output (ms)")
+    axes[3].plot(centres, [f["reference_ms"] for _, _, f in figures], marker=".", color="tab:green",
+                 label="reference work, CPU ms")
+    axes[3].set_ylabel("ms")
+    steal = axes[3].twinx()
+    steal.plot(centres, [100 * (f["host_steal_share"] or 0.0) for _, _, f in figures], color="tab:red",
+               label="host time stolen (%)")
+    steal.set_ylabel("stolen (%)", color="tab:red")
+    steal.set_ylim(bottom=0)
+    steal.legend(fontsize=7, loc="upper right")
+    axes[3].set_xlabel("minutes since the first frame")
     for ax in axes[1:]:
-        ax.legend(fontsize=7)
+        ax.legend(fontsize=7, loc="upper left" if ax is axes[3] else "best")
     fig.suptitle(f"Soak: {len(report['cameras'])} cameras x {report['rate_hz']:.0f} Hz raw 640x480, shipped defaults")
     fig.tight_layout()
     fig.savefig(path)
@@ -221,6 +312,7 @@ def run_soak(minutes: float, report_path: Path, domain: int | None = None,
     outputs: dict[str, list[tuple[float, float, str]]] = {topic: [] for topic in TOPICS}
     counters: dict[str, dict[str, int]] = {}
     memory: list[tuple[float, float]] = []
+    host: list[list[float]] = []
     crashed = False
     parameters = {"image_topics": list(TOPICS), "metrics.port": 0, **(overrides or {})}
     print(f"soak: {len(TOPICS)} cameras x {RATE_HZ:.0f} Hz for {minutes:g} min; logs in {work}", file=sys.stderr)
@@ -267,6 +359,8 @@ def run_soak(minutes: float, report_path: Path, domain: int | None = None,
                         mb = resident_mb(node.pid)
                         if mb is not None:
                             memory.append((elapsed, mb))
+                        if (sample := host_sample(elapsed, node.pid, camera.pid)) is not None:
+                            host.append(sample)
                         next_sample += SAMPLE_S
                         bar.n = min(int(elapsed), int(duration))
                         bar.refresh()
@@ -286,14 +380,14 @@ def run_soak(minutes: float, report_path: Path, domain: int | None = None,
     listener.destroy_node()
     rclpy.shutdown(context=context)
     report = summarise(duration, outputs, memory, counters, crashed, camera_report["sent"], received,
-                       camera_report["gaps"])
+                       camera_report["gaps"], host)
     report["camera_slowest_publish_ms"] = camera_report["slowest_publish_ms"]
     report["machine"] = {"cpus": os.cpu_count(), "platform": platform.platform()}
     report["overrides"] = overrides or {}
     print(table(report))
     report_path.parent.mkdir(parents=True, exist_ok=True)
-    report_path.write_text(json.dumps({**report, "series": {"memory": memory}}, indent=1))
-    plot(report, {"memory": memory, "outputs": outputs}, report_path.with_suffix(".png"))
+    report_path.write_text(json.dumps({**report, "series": {"memory": memory, "host": host}}, indent=1))
+    plot(report, {"memory": memory, "outputs": outputs, "host": host}, report_path.with_suffix(".png"))
     print(f"wrote {report_path} and {report_path.with_suffix('.png')}")
     return 0 if all(report["bars"].values()) else 1
 
