@@ -2,12 +2,15 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import time
 
 import pytest
 
-from adaptive_perception.training.soak import TOPICS, host_figures, process_cpu_s, stalls, summarise, table
+from adaptive_perception.training.soak import (TOPICS, children, host_figures, process_cpu_s, stalls, summarise,
+                                                  table)
 
 
 def test_soak_figures_from_a_hand_made_run():
@@ -19,27 +22,31 @@ def test_soak_figures_from_a_hand_made_run():
     # the listener received b's outputs late and unevenly: its gaps 100, 50 and 300 ms are not the node's
     received = {"a": [t + 0.01 for t, _, _ in a], "b": [0.05, 0.15, 0.2, 0.5]}
     # the node counted 61 outputs of a (the listener got 60); b's counters never came
-    # host samples [s, node CPU s, camera CPU s, host ticks, idle ticks, stolen ticks, reference ms]; the one at 61 s
-    # falls after the run, the one at 30 s in neither window
-    host = [[0.0, 0.0, 0.0, 0, 0, 0, 7.0], [5.0, 0.3, 0.1, 1000, 100, 0, 8.0], [10.0, 0.5, 0.2, 2000, 300, 100, 9.0],
-            [30.0, 1.0, 0.5, 6000, 600, 300, 50.0],
-            [50.0, 2.0, 1.0, 10000, 1000, 500, 10.0], [55.0, 2.4, 1.0, 11000, 1000, 700, 14.0],
-            [60.0, 3.0, 1.5, 12000, 1000, 900, 11.0], [61.0, 9.0, 9.0, 99999, 1000, 99999, 99.0]]
+    # host samples [s, node CPU s, camera CPU s, host ticks, idle ticks, stolen ticks, reference ms, audit CPU s,
+    # listener CPU s]; the one at 61 s falls after the run, the one at 30 s in neither window
+    host = [[0.0, 0.0, 0.0, 0, 0, 0, 7.0, 0.0, 0.0], [5.0, 0.3, 0.1, 1000, 100, 0, 8.0, 0.1, 0.0],
+            [10.0, 0.5, 0.2, 2000, 300, 100, 9.0, 0.2, 0.3],
+            [30.0, 1.0, 0.5, 6000, 600, 300, 50.0, 0.5, 0.5],
+            [50.0, 2.0, 1.0, 10000, 1000, 500, 10.0, 1.0, 1.0], [55.0, 2.4, 1.0, 11000, 1000, 700, 14.0, 1.0, 1.0],
+            [60.0, 3.0, 1.5, 12000, 1000, 900, 11.0, 1.0, 2.0], [61.0, 9.0, 9.0, 99999, 1000, 99999, 99.0, 9.0, 9.0]]
     report = summarise(60.0, {"a": a, "b": b}, memory, {"a": {"processed": 61}}, False, {"a": 60, "b": 4}, received,
-                       host=host)
-    # first window, 0 to 10 s: 0.5 CPU s over a's 10 outputs and b's 4; 300 of 2000 ticks idle, 100 stolen
+                       host=host, cpus=2)
+    # first window, 0 to 10 s: 0.5 CPU s over a's 10 outputs and b's 4; 300 of 2000 ticks idle, 100 stolen; of the
+    # 2 x 0.85 busy cores the node used 0.05, the camera 0.02, the audit 0.02, the listener 0.03, the rest 1.58
     assert report["host"]["first_window"] == {
         "node_cpu_ms_per_output": pytest.approx(500 / 14), "node_cores": pytest.approx(0.05),
-        "camera_cores": pytest.approx(0.02), "host_idle_share": pytest.approx(0.15),
+        "camera_cores": pytest.approx(0.02), "audit_cores": pytest.approx(0.02),
+        "listener_cores": pytest.approx(0.03), "other_cores": pytest.approx(1.58), "host_idle_share": pytest.approx(0.15),
         "host_steal_share": pytest.approx(0.05), "reference_ms": 8.0}
     # last window, 50 to 60 s: 1.0 CPU s over a's 10 outputs (50..59 s); none idle, 400 of 2000 ticks stolen
     assert report["host"]["last_window"] == {
         "node_cpu_ms_per_output": pytest.approx(100.0), "node_cores": pytest.approx(0.1),
-        "camera_cores": pytest.approx(0.05), "host_idle_share": 0.0, "host_steal_share": pytest.approx(0.2),
+        "camera_cores": pytest.approx(0.05), "audit_cores": 0.0, "listener_cores": pytest.approx(0.1),
+        "other_cores": pytest.approx(1.75), "host_idle_share": 0.0, "host_steal_share": pytest.approx(0.2),
         "reference_ms": 11.0}
     assert "| node CPU per output, first / last window (ms) | 35.7 / 100.0 |" in table(report)
     assert "| host idle; stolen by the hypervisor, first / last window (%) | 15.0 / 0.0; 5.0 / 20.0 |" in table(report)
-    assert host_figures(host, [], 20.0, 40.0) is None  # one sample inside: nothing to difference
+    assert host_figures(host, [], 20.0, 40.0, 2) is None  # one sample inside: nothing to difference
     assert report["window_s"] == 10.0
     # nano p99 over 60 values: rank 0.99 * 59 = 58.41 between 28 and 29 ms; the limit adds 100 ms
     assert report["tier_p99_ms"] == {"nano": pytest.approx(28.41)} and report["stall_limit_ms"] == pytest.approx(128.41)
@@ -96,6 +103,7 @@ def test_a_two_minute_soak_of_two_cameras_through_the_node(tmp_path):
         # the node was busy on two cameras at 30 Hz: its CPU per output is a nano or small inference and more
         assert figures["node_cores"] > 0.3 and 5.0 < figures["node_cpu_ms_per_output"] < 200.0, figures
         assert 0.0 <= figures["host_idle_share"] < 1.0 and figures["reference_ms"] > 0.5, figures
+        assert figures["audit_cores"] > 0.0 and figures["listener_cores"] > 0.0, figures  # both were found
     assert report["memory_mb"]["end"] > 100  # three tiers and onnxruntime are resident
     assert (tmp_path / "soak.png").stat().st_size > 10_000
     assert "| crashes (bar 0) | 0 |" in run.stdout
@@ -146,3 +154,18 @@ def test_process_cpu_time_counts_a_busy_child_and_not_a_sleeping_one():
         busy.kill(), idle.kill()
         busy.wait(), idle.wait()
     assert process_cpu_s(busy.pid) is None  # reaped: gone
+
+
+def test_children_are_found_and_a_gone_process_has_none():
+    parent = subprocess.Popen(["python3", "-c", "import subprocess, time\n"
+                               "child = subprocess.Popen(['sleep', '30'])\nprint(child.pid, flush=True)\ntime.sleep(30)"],
+                              stdout=subprocess.PIPE, text=True)
+    child = int(parent.stdout.readline())
+    try:
+        assert children(parent.pid) == [child]
+        assert children(child) == []
+    finally:
+        os.kill(child, signal.SIGKILL)
+        parent.kill()
+        parent.wait()
+    assert children(parent.pid) == []

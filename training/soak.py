@@ -79,29 +79,46 @@ def reference_ms() -> float:
     return (time.thread_time() - begin) * 1e3
 
 
+def children(pid: int) -> list[int]:
+    """The process ids of a process's children (the node's: the audit's reference process)."""
+    found = []
+    for task in Path(f"/proc/{pid}/task").glob("*/children"):
+        try:
+            found += [int(p) for p in task.read_text().split()]
+        except OSError:
+            continue
+    return found
+
+
 def host_sample(elapsed: float, node_pid: int, camera_pid: int) -> list[float] | None:
-    """[s since the first frame, node CPU s, camera CPU s, host ticks, idle ticks, steal ticks, reference ms]."""
+    """[s since the first frame, node CPU s, camera CPU s, host ticks, idle ticks, steal ticks, reference ms, CPU s
+    of the node's child processes (the audit), this process's CPU s (the listener)]."""
     node, camera = process_cpu_s(node_pid), process_cpu_s(camera_pid)
     if node is None or camera is None:
         return None
-    return [elapsed, node, camera, *host_jiffies(), reference_ms()]
+    audit = sum(filter(None, (process_cpu_s(child) for child in children(node_pid))))
+    return [elapsed, node, camera, *host_jiffies(), reference_ms(), audit, process_cpu_s(os.getpid())]
 
 
-def host_figures(samples: list[list[float]], times: list[float], a: float, b: float) -> dict | None:
+def host_figures(samples: list[list[float]], times: list[float], a: float, b: float, cpus: int) -> dict | None:
     """Where the CPU went from the first to the last `host_sample` row inside [a, b] s, with `times` the node's
-    publish times of every output: the node's CPU per output it published (ms), the cores the node and the camera
-    used, the host's shares of idle and of stolen time (a virtual machine's hypervisor giving the cores to someone
-    else), and the reference work's median CPU ms; None with fewer than two rows inside."""
+    publish times of every output and `cpus` the machine's cores: the node's CPU per output it published (ms), the
+    cores the node, the camera, the node's child processes (the audit's reference tier) and this listener used and
+    the busy cores left to every other process on the machine, the host's shares of idle and of stolen time (a
+    virtual machine's hypervisor giving the cores to someone else), and the reference work's median CPU ms; None
+    with fewer than two rows inside."""
     rows = [r for r in samples if a <= r[0] <= b]
     if len(rows) < 2:
         return None
     first, last = rows[0], rows[-1]
     wall, ticks = last[0] - first[0], last[3] - first[3]
+    node, camera, idle = (last[1] - first[1]) / wall, (last[2] - first[2]) / wall, (last[4] - first[4]) / ticks
+    audit, listener = (last[7] - first[7]) / wall, (last[8] - first[8]) / wall
     published = sum(first[0] <= t < last[0] for t in times)
-    return {"node_cpu_ms_per_output": (last[1] - first[1]) * 1e3 / published if published else None,
-            "node_cores": (last[1] - first[1]) / wall, "camera_cores": (last[2] - first[2]) / wall,
-            "host_idle_share": (last[4] - first[4]) / ticks if ticks else None,
-            "host_steal_share": (last[5] - first[5]) / ticks if ticks else None,
+    return {"node_cpu_ms_per_output": node * wall * 1e3 / published if published else None,
+            "node_cores": node, "camera_cores": camera, "audit_cores": audit, "listener_cores": listener,
+            "other_cores": cpus * (1.0 - idle) - node - camera - audit - listener,
+            "host_idle_share": idle, "host_steal_share": (last[5] - first[5]) / ticks,
             "reference_ms": float(np.median([r[6] for r in rows]))}
 
 
@@ -118,12 +135,13 @@ def longest_gap_ms(times: list[float]) -> float | None:
 def summarise(duration_s: float, outputs: dict[str, list[tuple[float, float, str]]], memory: list[tuple[float, float]],
               counters: dict[str, dict[str, int]], crashed: bool, published: dict[str, int],
               received: dict[str, list[float]] | None = None, camera_gaps: list[list[float]] | None = None,
-              host: list[list[float]] | None = None) -> dict:
+              host: list[list[float]] | None = None, cpus: int | None = None) -> dict:
     """The soak's figures and bars from what was measured: outputs per camera as (node publish time s, node ms,
     tier), memory as (time s, MB), and optionally when the listener received each output (s) and the camera's
     own publishing gaps ([start s, gap ms]); times count from the first frame published. Stalls count on the node's publish times: the listener shares the cores, so its
     own scheduling delays are reported beside them but are not the node's."""
     window = duration_s / 6.0
+    cpus = cpus or os.cpu_count() or 1
     every = [o for camera in outputs.values() for o in camera]
     tier_p99 = {t: float(np.percentile([ms for _, ms, tier in every if tier == t], 99))
                 for t in TIERS if sum(tier == t for _, _, tier in every) >= 20}
@@ -176,8 +194,8 @@ def summarise(duration_s: float, outputs: dict[str, list[tuple[float, float, str
         "node_p95_ms": {"first_window": p95_first, "last_window": p95_last, "change": p95_change},
         # where the CPU went in those two windows: is a change of the node's p95 the node's or the host's?
         "host": None if host is None else {
-            "first_window": host_figures(host, [t for t, _, _ in every], 0.0, window),
-            "last_window": host_figures(host, [t for t, _, _ in every], duration_s - window, duration_s)},
+            "first_window": host_figures(host, [t for t, _, _ in every], 0.0, window, cpus),
+            "last_window": host_figures(host, [t for t, _, _ in every], duration_s - window, duration_s, cpus)},
         "crashes": int(crashed),
         "bars": {"memory_growth_le_50mb": growth is not None and growth <= MEMORY_BAR_MB,
                  "p95_within_10pct": p95_change is not None and abs(p95_change) <= P95_BAR,
@@ -195,8 +213,9 @@ def _host_rows(host: dict | None) -> list[tuple[str, str]]:
     def pair(key: str, scale: float = 1.0, digits: int = 1) -> str:
         return " / ".join("-" if w[key] is None else f"{scale * w[key]:.{digits}f}" for w in (first, last))
     return [("node CPU per output, first / last window (ms)", pair("node_cpu_ms_per_output")),
-            ("cores used by the node; by the camera, first / last window",
-             f"{pair('node_cores', digits=2)}; {pair('camera_cores', digits=2)}"),
+            ("cores used by the node; the camera; the audit process; the listener; every other process, first / "
+             "last window", "; ".join(pair(f"{who}_cores", digits=2)
+                                      for who in ("node", "camera", "audit", "listener", "other"))),
             ("host idle; stolen by the hypervisor, first / last window (%)",
              f"{pair('host_idle_share', 100)}; {pair('host_steal_share', 100)}"),
             ("reference work (fixed sort), median CPU ms, first / last window", pair("reference_ms", digits=2))]
@@ -268,7 +287,8 @@ def plot(report: dict, series: dict, path: Path) -> None:
     # where the CPU went, per bin: the node's CPU per output and the reference work against the host's stolen time
     times = [t for rows in series["outputs"].values() for t, _, _ in rows]
     bins = [(b * minute, (b + 1) * minute) for b in range(int(np.ceil(report["duration_s"] / minute)))]
-    figures = [(a, b, f) for a, b in bins if (f := host_figures(series.get("host") or [], times, a, b))]
+    cpus = report.get("machine", {}).get("cpus") or os.cpu_count() or 1
+    figures = [(a, b, f) for a, b in bins if (f := host_figures(series.get("host") or [], times, a, b, cpus))]
     centres = [(a + b) / 120 for a, b, _ in figures]
     axes[3].plot(centres, [f["node_cpu_ms_per_output"] for _, _, f in figures], marker=".", color="tab:blue",
                  label="node CPU per output (ms)")
