@@ -1,6 +1,7 @@
 """The command line refuses numbers it cannot use before any work starts (argparse exit 2, naming the option)."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -81,6 +82,25 @@ def test_a_broken_manifest_is_named(tmp_path, capsys):
     manifest.write_text('{"generator_version": "2.0.0"}')
     assert main(["scenes", "check", "--out", str(tmp_path), "--manifest", str(manifest)]) == 2
     assert f"{manifest} lacks content_hash; expected a frozen benchmark manifest" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("version, frozen", [("1.0.0", "training/benchmark/manifest.json"),
+                                              ("2.0.0", "training/benchmark/v2/manifest.json")])
+def test_scenes_check_compares_with_the_frozen_manifest_of_the_benchmarks_own_version(tmp_path, capsys, version, frozen):
+    """`scenes check` compared every folder with generator 1.0.0's manifest unless told otherwise."""
+    (tmp_path / "manifest.json").write_text(json.dumps({"generator_version": version}))
+    (tmp_path / "frames.json").write_text('{"test": []}')  # a test split that matches neither manifest
+    assert main(["scenes", "check", "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert f"but the frozen manifest '{frozen}' says" in err and f"(generator {version})" in err
+
+
+def test_train_reads_the_embedded_tiers_world_by_default(tmp_path, monkeypatch, capsys):
+    """`train` defaulted to build/benchmark, where `scenes generate` put generator 1.0.0: a policy for another world."""
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", "profile", "--work", str(tmp_path / "work")]) == 2
+    assert "'build/benchmark-v2' holds no generated benchmark (frames.json missing); run `adaptive-perception " \
+           "scenes generate --out build/benchmark-v2`" in capsys.readouterr().err
 
 
 def test_the_generator_choices_are_the_generators_worlds():

@@ -29,7 +29,7 @@ EXPERIMENT = "adaptive_perception.routing"
 
 @dataclass(frozen=True)
 class Settings:
-    benchmark: Path = Path("build/benchmark")
+    benchmark: Path = Path("build/benchmark-v2")  # generator 2.0.0: the embedded tiers' world
     source: str = "dataset"  # dataset (the benchmark's images) | bags (benchmark/bags/<split>/*)
     truth: str = "sidecar"  # sidecar | reference | topic
     teacher: str | None = None

@@ -8,7 +8,7 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from adaptive_perception.errors import AdaptivePerceptionError
+from adaptive_perception.errors import AdaptivePerceptionError, read_json
 
 
 def _number(kind: type, low: float, inclusive: bool, what: str):
@@ -40,6 +40,10 @@ def _port(text: str) -> int:
 
 
 GENERATORS = ("1.0.0", "2.0.0")  # scenes generator versions: the keys of scenes.sequence.WORLDS (kept light to import)
+# where each version's benchmark goes by default, and its frozen manifest; 2.0.0 is the embedded tiers' world
+BENCHMARKS = {"1.0.0": Path("build/benchmark"), "2.0.0": Path("build/benchmark-v2")}
+FROZEN_MANIFESTS = {"1.0.0": Path("training/benchmark/manifest.json"),
+                    "2.0.0": Path("training/benchmark/v2/manifest.json")}
 
 
 COMMITTED_THROUGHPUT = Path("training/reports/throughput.json")  # `bench throughput`'s report
@@ -82,20 +86,22 @@ def _parser() -> argparse.ArgumentParser:
     scenes = sub.add_parser("scenes", help="the project's synthetic scene benchmark")
     scenes_sub = scenes.add_subparsers(dest="scenes_command", required=True)
     generate = scenes_sub.add_parser("generate", help="YOLO dataset + COCO ground truth + MCAP bags + contact sheet")
-    generate.add_argument("--out", type=Path, default=Path("build/benchmark"), help="output folder")
+    generate.add_argument("--out", type=Path, help="output folder (default build/benchmark-v2 for generator 2.0.0, "
+                          "build/benchmark for 1.0.0)")
     generate.add_argument("--preset", choices=["benchmark", "tiny", "ci"], default="benchmark",
                           help="benchmark: the frozen evaluation benchmark; tiny: a 5-sequence smoke set; ci: the "
                                "routing pipeline's 18-sequence test set")
     generate.add_argument("--drift", choices=["none", "night", "fog", "new_domain", "small_objects"], default="none",
                           help="render a drift variant (different seed, never in training)")
     generate.add_argument("--bags", choices=["none", "eval", "all"], help="which splits get MCAP bags (preset default)")
-    generate.add_argument("--generator-version", choices=GENERATORS, default="1.0.0",
+    generate.add_argument("--generator-version", choices=GENERATORS, default="2.0.0",
                           help="1.0.0: the first benchmark (training/benchmark/manifest.json); 2.0.0: the product's "
                                "world, near objects in simple scenes (training/benchmark/v2/)")
     generate.add_argument("--workers", type=_count, default=2, help="parallel sequence renderers")
     check = scenes_sub.add_parser("check", help="verify a generated benchmark against the frozen manifest")
-    check.add_argument("--out", type=Path, default=Path("build/benchmark"))
-    check.add_argument("--manifest", type=Path, default=Path("training/benchmark/manifest.json"))
+    check.add_argument("--out", type=Path, default=BENCHMARKS["2.0.0"])
+    check.add_argument("--manifest", type=Path, help="the frozen manifest (default: the one of the generator version "
+                       "the benchmark under --out was generated with)")
 
     models = sub.add_parser("models", help="detector tiers: export Ultralytics weights, train/evaluate the embedded tiers")
     models_sub = models.add_subparsers(dest="models_command", required=True)
@@ -106,7 +112,8 @@ def _parser() -> argparse.ArgumentParser:
     export.add_argument("--imgsz", type=_count, nargs="+", default=[640], help="input size: S or H W")
     export.add_argument("--out", type=Path, required=True, help="ONNX file to write, or a folder to write it into")
     train_tiers = models_sub.add_parser("train-tiers", help="train the embedded tier network on the benchmark")
-    train_tiers.add_argument("--benchmark", type=Path, default=Path("build/benchmark"))
+    train_tiers.add_argument("--benchmark", type=Path, help="default build/benchmark-v2 with --network (tier "
+                             "family 2's world), build/benchmark without (family 1's)")
     train_tiers.add_argument("--out", type=Path, default=Path("build/tiers"), help="Ultralytics run folder")
     train_tiers.add_argument("--epochs", type=_count, default=20)
     train_tiers.add_argument("--batch", type=_count, default=16)
@@ -206,7 +213,7 @@ def _parser() -> argparse.ArgumentParser:
     point.add_argument("--report", type=Path, help="also write the result as JSON here")
     fit = policy_sub.add_parser("fit-regime", help="the features' signal report: a linear regime classifier "
                                 "(train extra); also written as a policy")
-    fit.add_argument("--benchmark", type=Path, default=Path("build/benchmark"))
+    fit.add_argument("--benchmark", type=Path, default=BENCHMARKS["2.0.0"])
     fit.add_argument("--out", type=Path, default=Path("build/regime_policy.onnx"),
                      help="where to write the regime classifier as a policy (it was the embedded policy until the "
                           "trained one replaced it)")
@@ -220,7 +227,8 @@ def _parser() -> argparse.ArgumentParser:
                             "the current policy's cost on the evidence -> the promotion gate (-> --store)")
     train.add_argument("--preset", choices=["full", "small"], default="full",
                        help="full: the report's settings; small: a few-minute run (CI)")
-    train.add_argument("--benchmark", type=Path, help="generated benchmark folder (default build/benchmark)")
+    train.add_argument("--benchmark", type=Path, help="generated benchmark folder (default build/benchmark-v2: "
+                       "generator 2.0.0, the embedded tiers' world)")
     train.add_argument("--source", choices=["dataset", "bags"], help="dataset: the benchmark's images per split "
                        "(default); bags: every bag under <benchmark>/bags/<split>/ for the splits router (training), val and test")
     train.add_argument("--truth", choices=["sidecar", "reference"],
@@ -425,8 +433,17 @@ def _scenes(args: argparse.Namespace) -> int:
     from adaptive_perception.scenes.sequence import Drift
 
     if args.scenes_command == "check":
-        benchmark.check_against(args.out, args.manifest)
-        print(f"{args.out}: test split matches the frozen manifest {args.manifest}")
+        manifest = args.manifest
+        if manifest is None:  # the frozen manifest of the version the folder says it was generated with
+            own = args.out / "manifest.json"
+            version = read_json(own, "a generated benchmark's manifest", ("generator_version",))[
+                "generator_version"] if own.is_file() else "2.0.0"
+            if version not in FROZEN_MANIFESTS:
+                raise AdaptivePerceptionError(f"'{own}' names generator version {version!r}, which has no frozen "
+                                              f"manifest ({', '.join(GENERATORS)}); pass --manifest")
+            manifest = FROZEN_MANIFESTS[version]
+        benchmark.check_against(args.out, manifest)
+        print(f"{args.out}: test split matches the frozen manifest {manifest}")
         return 0
     config = benchmark.PRESETS[args.preset]
     if args.drift != "none":
@@ -434,6 +451,7 @@ def _scenes(args: argparse.Namespace) -> int:
     if args.bags:
         config = replace(config, bags=args.bags)
     config = replace(config, version=args.generator_version)
+    args.out = args.out or BENCHMARKS[args.generator_version]
     manifest = benchmark.generate(config, args.out, args.workers)
     for split, summary in manifest["splits"].items():
         mix = ", ".join(f"{k} {v:.0%}" for k, v in summary["regime_mix"].items())
@@ -452,6 +470,8 @@ def _models(args: argparse.Namespace) -> int:
         return 0
     from adaptive_perception.training import tiers
 
+    if args.models_command == "train-tiers":
+        args.benchmark = args.benchmark or BENCHMARKS["2.0.0" if args.network else "1.0.0"]
     if args.models_command == "train-tiers" and args.network:
         best = tiers.train_network(tiers.NETWORKS[args.network], args.benchmark, args.out, args.epochs, args.batch,
                                    keep=args.keep)
