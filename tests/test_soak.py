@@ -44,6 +44,11 @@ def test_soak_figures_from_a_hand_made_run():
         "camera_cores": pytest.approx(0.05), "audit_cores": 0.0, "listener_cores": pytest.approx(0.1),
         "other_cores": pytest.approx(1.75), "host_idle_share": 0.0, "host_steal_share": pytest.approx(0.2),
         "reference_ms": 11.0}
+    # the reference work took 8 ms in the first window and 11 in the last: at the first window's speed the p95 of
+    # 28.55 ms would have been 28.55 * 8 / 11 = 20.76 ms, 76.9 % under the first window's 90 ms
+    assert report["node_p95_ms"]["change_at_constant_host_speed"] == pytest.approx(28.55 * 8 / 11 / 90.0 - 1)
+    assert "| p95 change at the host's speed of the first window (each p95 over the reference work's ms) | -76.9 % |" \
+        in table(report)
     assert "| node CPU per output, first / last window (ms) | 35.7 / 100.0 |" in table(report)
     assert "| host idle; stolen by the hypervisor, first / last window (%) | 15.0 / 0.0; 5.0 / 20.0 |" in table(report)
     assert host_figures(host, [], 20.0, 40.0, 2) is None  # one sample inside: nothing to difference
