@@ -95,6 +95,25 @@ def test_scenes_check_compares_with_the_frozen_manifest_of_the_benchmarks_own_ve
     assert f"but the frozen manifest '{frozen}' says" in err and f"(generator {version})" in err
 
 
+def test_scenes_check_without_a_manifest_in_the_folder_takes_the_embedded_tiers_world(tmp_path, capsys):
+    (tmp_path / "frames.json").write_text('{"test": []}')
+    assert main(["scenes", "check", "--out", str(tmp_path)]) == 2
+    assert "but the frozen manifest 'training/benchmark/v2/manifest.json' says" in capsys.readouterr().err
+    (tmp_path / "manifest.json").write_text('{"generator_version": "9.9.9"}')
+    assert main(["scenes", "check", "--out", str(tmp_path)]) == 2
+    assert "names generator version '9.9.9', which has no frozen manifest (1.0.0, 2.0.0); pass --manifest" \
+        in capsys.readouterr().err
+
+
+def test_generated_benchmarks_go_where_their_readers_look_and_drift_variants_beside_them():
+    from adaptive_perception.cli import generated_out
+
+    assert generated_out("2.0.0", "none") == Path("build/benchmark-v2")  # train, models evaluate, bench throughput
+    assert generated_out("1.0.0", "none") == Path("build/benchmark")
+    assert generated_out("2.0.0", "night") == Path("build/benchmark-v2-night")  # never over the benchmark itself
+    assert generated_out("1.0.0", "small_objects") == Path("build/benchmark-small_objects")
+
+
 def test_train_reads_the_embedded_tiers_world_by_default(tmp_path, monkeypatch, capsys):
     """`train` defaulted to build/benchmark, where `scenes generate` put generator 1.0.0: a policy for another world."""
     monkeypatch.chdir(tmp_path)

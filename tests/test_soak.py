@@ -23,12 +23,13 @@ def test_soak_figures_from_a_hand_made_run():
     received = {"a": [t + 0.01 for t, _, _ in a], "b": [0.05, 0.15, 0.2, 0.5]}
     # the node counted 61 outputs of a (the listener got 60); b's counters never came
     # host samples [s, node CPU s, camera CPU s, host ticks, idle ticks, stolen ticks, reference ms, audit CPU s,
-    # listener CPU s]; the one at 61 s falls after the run, the one at 30 s in neither window
+    # listener CPU s]; the one at 62 s falls more than the sampling's 1-s tolerance after the run, the one at 30 s
+    # in neither window
     host = [[0.0, 0.0, 0.0, 0, 0, 0, 7.0, 0.0, 0.0], [5.0, 0.3, 0.1, 1000, 100, 0, 8.0, 0.1, 0.0],
             [10.0, 0.5, 0.2, 2000, 300, 100, 9.0, 0.2, 0.3],
             [30.0, 1.0, 0.5, 6000, 600, 300, 50.0, 0.5, 0.5],
             [50.0, 2.0, 1.0, 10000, 1000, 500, 10.0, 1.0, 1.0], [55.0, 2.4, 1.0, 11000, 1000, 700, 14.0, 1.0, 1.0],
-            [60.0, 3.0, 1.5, 12000, 1000, 900, 11.0, 1.0, 2.0], [61.0, 9.0, 9.0, 99999, 1000, 99999, 99.0, 9.0, 9.0]]
+            [60.0, 3.0, 1.5, 12000, 1000, 900, 11.0, 1.0, 2.0], [62.0, 9.0, 9.0, 99999, 1000, 99999, 99.0, 9.0, 9.0]]
     report = summarise(60.0, {"a": a, "b": b}, memory, {"a": {"processed": 61}}, False, {"a": 60, "b": 4}, received,
                        host=host, cpus=2)
     # first window, 0 to 10 s: 0.5 CPU s over a's 10 outputs and b's 4; 300 of 2000 ticks idle, 100 stolen; of the
@@ -52,6 +53,9 @@ def test_soak_figures_from_a_hand_made_run():
     assert "| node CPU per output, first / last window (ms) | 35.7 / 100.0 |" in table(report)
     assert "| host idle; stolen by the hypervisor, first / last window (%) | 15.0 / 0.0; 5.0 / 20.0 |" in table(report)
     assert host_figures(host, [], 20.0, 40.0, 2) is None  # one sample inside: nothing to difference
+    # samples come a few ms after each multiple of 5 s: the one at 10.004 s still closes the window 0-10 s
+    late = [[0.003, 0.0, 0.0, 0, 0, 0, 7.0, 0.0, 0.0], [10.004, 0.5, 0.0, 2000, 0, 0, 7.0, 0.0, 0.0]]
+    assert host_figures(late, [], 0.0, 10.0, 2)["node_cores"] == pytest.approx(0.5 / 10.001)
     assert report["window_s"] == 10.0
     # nano p99 over 60 values: rank 0.99 * 59 = 58.41 between 28 and 29 ms; the limit adds 100 ms
     assert report["tier_p99_ms"] == {"nano": pytest.approx(28.41)} and report["stall_limit_ms"] == pytest.approx(128.41)

@@ -46,6 +46,13 @@ FROZEN_MANIFESTS = {"1.0.0": Path("training/benchmark/manifest.json"),
                     "2.0.0": Path("training/benchmark/v2/manifest.json")}
 
 
+def generated_out(version: str, drift: str) -> Path:
+    """`scenes generate`'s default folder: the version's benchmark folder, or beside it for a drift variant (which
+    must not land where `train` and `models evaluate` read the benchmark)."""
+    base = BENCHMARKS[version]
+    return base if drift == "none" else base.with_name(f"{base.name}-{drift}")
+
+
 COMMITTED_THROUGHPUT = Path("training/reports/throughput.json")  # `bench throughput`'s report
 QUICK_REPORTS = "build/bench/quick"  # a --quick run's reports: partial runs never replace the committed ones
 
@@ -87,7 +94,7 @@ def _parser() -> argparse.ArgumentParser:
     scenes_sub = scenes.add_subparsers(dest="scenes_command", required=True)
     generate = scenes_sub.add_parser("generate", help="YOLO dataset + COCO ground truth + MCAP bags + contact sheet")
     generate.add_argument("--out", type=Path, help="output folder (default build/benchmark-v2 for generator 2.0.0, "
-                          "build/benchmark for 1.0.0)")
+                          "build/benchmark for 1.0.0; with --drift D, the same name + '-D')")
     generate.add_argument("--preset", choices=["benchmark", "tiny", "ci"], default="benchmark",
                           help="benchmark: the frozen evaluation benchmark; tiny: a 5-sequence smoke set; ci: the "
                                "routing pipeline's 18-sequence test set")
@@ -137,9 +144,9 @@ def _parser() -> argparse.ArgumentParser:
                                    "committed checkpoints, base's final epoch for nano and small, wide's for large)")
     export_tiers.add_argument("--out", type=Path, default=Path("src/adaptive_perception/models"))
     evaluate = models_sub.add_parser("evaluate", help="mAP per regime + latency of the tiers on the frozen test split")
-    evaluate.add_argument("--benchmark", type=Path, default=Path("build/benchmark-v2"))
+    evaluate.add_argument("--benchmark", type=Path, default=BENCHMARKS["2.0.0"])
     evaluate.add_argument("--models", type=Path, default=Path("src/adaptive_perception/models"))
-    evaluate.add_argument("--manifest", type=Path, default=Path("training/benchmark/v2/manifest.json"))
+    evaluate.add_argument("--manifest", type=Path, default=FROZEN_MANIFESTS["2.0.0"])
     evaluate.add_argument("--report", type=Path, default=Path("training/reports/tiers.json"))
     evaluate.add_argument("--family1-run", type=Path,
                           help="model card: the tiers were exported from the family-1 network of this Ultralytics "
@@ -150,7 +157,7 @@ def _parser() -> argparse.ArgumentParser:
                                                     "split: mAP all / sparse / dense and latency in one run")
     compare.add_argument("--candidate", action="append", required=True, metavar="NAME=WEIGHTS@HxW",
                          help="e.g. base-nano=training/checkpoints/tiers-v2/base/last.pt@192x256 (repeatable)")
-    compare.add_argument("--benchmark", type=Path, default=Path("build/benchmark-v2"))
+    compare.add_argument("--benchmark", type=Path, default=BENCHMARKS["2.0.0"])
     compare.add_argument("--split", default="val", choices=["val", "test"])
     compare.add_argument("--report", type=Path, default=Path("training/reports/tier_candidates.json"))
     pilot = models_sub.add_parser("pilot", help="early checkpoint at the three tier sizes on the validation split")
@@ -213,7 +220,8 @@ def _parser() -> argparse.ArgumentParser:
     point.add_argument("--report", type=Path, help="also write the result as JSON here")
     fit = policy_sub.add_parser("fit-regime", help="the features' signal report: a linear regime classifier "
                                 "(train extra); also written as a policy")
-    fit.add_argument("--benchmark", type=Path, default=BENCHMARKS["2.0.0"])
+    fit.add_argument("--benchmark", type=Path, default=BENCHMARKS["1.0.0"],
+                     help="its committed report is of generator 1.0.0's benchmark (default build/benchmark)")
     fit.add_argument("--out", type=Path, default=Path("build/regime_policy.onnx"),
                      help="where to write the regime classifier as a policy (it was the embedded policy until the "
                           "trained one replaced it)")
@@ -307,7 +315,7 @@ def _parser() -> argparse.ArgumentParser:
     drift.add_argument("--report", type=Path, default=Path("training/reports/drift.json"))
     probe = bench_sub.add_parser("drift-probe", help="candidate drift statistics on the drift report's streams, "
                                  "calibrated on the held-out splits (none shipped; training/drift_probe.py)")
-    probe.add_argument("--benchmark", type=Path, default=Path("build/benchmark-v2"),
+    probe.add_argument("--benchmark", type=Path, default=BENCHMARKS["2.0.0"],
                        help="the policy's generated benchmark (router split: reference; val + test: calibration)")
     probe.add_argument("--report", type=Path, default=Path("training/reports/drift_probe.json"))
     heldout = bench_sub.add_parser("heldout", help="the policy against the heuristic at its own cost on newly seeded "
@@ -341,7 +349,7 @@ def _parser() -> argparse.ArgumentParser:
     throughput = bench_sub.add_parser("throughput", help="frames per second through the whole per-frame path, "
                                       "learned routing against always-large and always-nano, in one run")
     throughput.add_argument("--policy", default="embedded:policy", help="policy ONNX file or embedded:policy")
-    throughput.add_argument("--benchmark", type=Path, default=Path("build/benchmark-v2"),
+    throughput.add_argument("--benchmark", type=Path, default=BENCHMARKS["2.0.0"],
                             help="benchmark whose bags/test/ to read; where it has none, the frozen test sequences "
                                  "are rendered into bags under build/bench/test-bags")
     throughput.add_argument("--work", type=Path, default=Path("build/train-v3"),
@@ -436,8 +444,9 @@ def _scenes(args: argparse.Namespace) -> int:
         manifest = args.manifest
         if manifest is None:  # the frozen manifest of the version the folder says it was generated with
             own = args.out / "manifest.json"
-            version = read_json(own, "a generated benchmark's manifest", ("generator_version",))[
-                "generator_version"] if own.is_file() else "2.0.0"
+            # benchmarks generated before the generator had versions are 1.0.0's
+            version = read_json(own, "a generated benchmark's manifest").get("generator_version", "1.0.0") \
+                if own.is_file() else "2.0.0"
             if version not in FROZEN_MANIFESTS:
                 raise AdaptivePerceptionError(f"'{own}' names generator version {version!r}, which has no frozen "
                                               f"manifest ({', '.join(GENERATORS)}); pass --manifest")
@@ -451,7 +460,7 @@ def _scenes(args: argparse.Namespace) -> int:
     if args.bags:
         config = replace(config, bags=args.bags)
     config = replace(config, version=args.generator_version)
-    args.out = args.out or BENCHMARKS[args.generator_version]
+    args.out = args.out or generated_out(args.generator_version, args.drift)
     manifest = benchmark.generate(config, args.out, args.workers)
     for split, summary in manifest["splits"].items():
         mix = ", ".join(f"{k} {v:.0%}" for k, v in summary["regime_mix"].items())

@@ -22,9 +22,9 @@ import numpy as np
 
 from adaptive_perception.detector import DetectorTier
 from adaptive_perception.scenes.sequence import SequenceSpec, render_sequence
+from adaptive_perception.training.soak import SEED  # the soak camera's sequence
 
 MODELS = Path(__file__).resolve().parents[2] / "src" / "adaptive_perception" / "models"
-SEED = 4243  # the soak camera's sequence
 
 
 def timed(tier: DetectorTier, frames: list[np.ndarray], count: int) -> tuple[float, float]:

@@ -251,7 +251,8 @@ def check_against(out: Path, frozen_manifest: Path, splits: Iterable[str] = ("te
     records_path = Path(out) / "frames.json"
     if not records_path.exists():
         raise ManifestMismatch(f"'{out}' holds no generated benchmark (frames.json missing); "
-                               f"run `adaptive-perception scenes generate --out {out}`")
+                               f"run `adaptive-perception scenes generate --generator-version "
+                               f"{frozen['generator_version']} --out {out}`")
     records = json.loads(records_path.read_text())
     for split in splits:
         got = content_hash(records[split])
