@@ -10,7 +10,10 @@ window W = D / 6: 5 minutes of a 30-minute run):
 - stalls: a gap between two outputs of one camera longer than the slowest tier's p99 node time + 100 ms
   (bar: none), timed at the node's publish (frame stamp + frame_age_ms); the gaps as this listener received
   them are reported beside, since the listener's own scheduling on the shared cores adds to them;
-- crashes: the node process exiting before the end (bar: none); drops and losses from /diagnostics.
+- crashes: the node process exiting before the end (bar: none); drops and losses from /diagnostics;
+- where the CPU went, every 5 s (`host_sample`): the CPU time of the node, the camera, the node's child process (the
+  audit) and this listener, the machine's idle and stolen time, and a fixed reference workload's CPU time, which
+  rises when the host's cores run slower; per window in the report, and the p95 change at constant host speed.
 Prints a table, writes JSON and a PNG (memory, node time and output rate over time).
 """
 from __future__ import annotations
@@ -203,8 +206,8 @@ def summarise(duration_s: float, outputs: dict[str, list[tuple[float, float, str
         "memory_mb": {"start_of_run": memory[0][1] if memory else None,
                       "end_of_first_window": after_first[0] if after_first else None,
                       "end": memory[-1][1] if memory else None, "growth_after_first_window": growth},
-        # and the change with the host's speed taken out: each window's p95 over its reference work's CPU ms (a
-        # figure beside the bar, not the bar)
+        # the p95 change, and the same with the host's speed taken out: each window's p95 over its reference work's
+        # CPU ms (a figure beside the bar, not the bar)
         "node_p95_ms": {"first_window": p95_first, "last_window": p95_last, "change": p95_change,
                         "change_at_constant_host_speed": adjusted},
         # where the CPU went in those two windows: is a change of the node's p95 the node's or the host's?
