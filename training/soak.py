@@ -167,11 +167,13 @@ def summarise(duration_s: float, outputs: dict[str, list[tuple[float, float, str
     def own(start: float, gap: float) -> float:  # the part of an output gap when the camera was publishing
         return gap - sum(max(0.0, min(start + gap, b) - max(start, a)) for a, b in silent)
     p95_change = (p95_last / p95_first - 1.0) if p95_first and p95_last else None
-    windows = {} if host is None else {
-        "first_window": host_figures(host, [t for t, _, _ in every], 0.0, window, cpus),
-        "last_window": host_figures(host, [t for t, _, _ in every], duration_s - window, duration_s, cpus)}
+    windows = None
+    if host is not None:
+        times = [t for t, _, _ in every]
+        windows = {"first_window": host_figures(host, times, 0.0, window, cpus),
+                   "last_window": host_figures(host, times, duration_s - window, duration_s, cpus)}
     adjusted = None
-    if p95_change is not None and windows.get("first_window") and windows.get("last_window"):
+    if p95_change is not None and windows and windows["first_window"] and windows["last_window"]:
         adjusted = (p95_change + 1.0) * windows["first_window"]["reference_ms"] / windows["last_window"]["reference_ms"] - 1.0
     cameras = list(outputs)
 
@@ -211,7 +213,7 @@ def summarise(duration_s: float, outputs: dict[str, list[tuple[float, float, str
         "node_p95_ms": {"first_window": p95_first, "last_window": p95_last, "change": p95_change,
                         "change_at_constant_host_speed": adjusted},
         # where the CPU went in those two windows: is a change of the node's p95 the node's or the host's?
-        "host": None if host is None else windows,
+        "host": windows,
         "crashes": int(crashed),
         "bars": {"memory_growth_le_50mb": growth is not None and growth <= MEMORY_BAR_MB,
                  "p95_within_10pct": p95_change is not None and abs(p95_change) <= P95_BAR,
