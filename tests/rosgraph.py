@@ -137,7 +137,7 @@ class Graph:
 
     def close(self) -> None:
         self.executor.shutdown(timeout_sec=5)
+        self._thread.join(timeout=5)  # before the nodes go: a spin thread building a wait set on them would die
         self.node._stop_processing()
         self.node.destroy_node()
         self.driver.destroy_node()
-        self._thread.join(timeout=5)

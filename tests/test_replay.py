@@ -134,14 +134,17 @@ class _Echo:
     has matched the replay's reader), and images `delay` (index -> seconds or None: no answer) holds back."""
 
     def __init__(self, lose: int, publish: bool = True, delay: Callable[[int], float | None] = lambda _: 0.0,
-                 compressed: bool = False, topic: str = "image"):
+                 compressed: bool = False, topic: str = "image", best_effort: bool = False):
+        from rclpy.qos import QoSProfile, ReliabilityPolicy
         from sensor_msgs.msg import CompressedImage, Image
         from vision_msgs.msg import Detection2DArray
 
         self.received = 0
         self._session = spun_node("echo_peer")
         node = self._session.__enter__()
-        self._publisher = node.create_publisher(Detection2DArray, "detections", 10) if publish else None
+        qos = QoSProfile(depth=10, reliability=ReliabilityPolicy.BEST_EFFORT if best_effort else
+                         ReliabilityPolicy.RELIABLE)
+        self._publisher = node.create_publisher(Detection2DArray, "detections", qos) if publish else None
 
         def answer(image) -> None:
             index, self.received = self.received, self.received + 1
@@ -195,6 +198,43 @@ def test_replay_names_the_output_topic_when_nobody_publishes_on_it(tmp_path):
         assert echo.received == 0, "nothing is published before the node's outputs can be received"
     finally:
         echo.close()
+
+
+def test_replay_says_when_the_output_publisher_is_best_effort(tmp_path):
+    write_image_bag(tmp_path / "bag", _frames(1), "/cam/image_raw")
+    echo = _Echo(lose=0, best_effort=True)
+    try:
+        with spun_node("best_effort_replay") as node, pytest.raises(
+                Exception, match=r"'/detections' is published by \['echo_peer'\] with a QoS a reliable reader "
+                                 r"cannot match \(best effort"):
+            replay_bag(node, tmp_path / "bag", remap={"/cam/image_raw": "image"}, wait_for_subscriber_s=1.0)
+    finally:
+        echo.close()
+
+
+def test_replays_leave_the_executor_that_spins_their_node_running(tmp_path, monkeypatch):
+    """rclpy's executor dies (InvalidHandle) when an entity with QoS-event handlers is destroyed in another thread
+    while it builds its wait set, as replay destroys its reader and publishers at the end (a simulator test's listener
+    lost its last RoutingDecision so in CI). A 50-ms wait-set build widens that window from microseconds to the
+    moment replay's teardown lands in; each replay after the first needs the executor alive for its answers."""
+    import rclpy.executors
+
+    build = rclpy.executors._rclpy.WaitSet
+
+    def slow_build(*args):
+        time.sleep(0.05)
+        return build(*args)
+
+    monkeypatch.setattr(rclpy.executors._rclpy, "WaitSet", slow_build)
+    write_image_bag(tmp_path / "bag", _frames(2), "/cam/image_raw")
+    echo = _Echo(lose=0)
+    try:
+        with spun_node("respun_replay") as node:
+            reports = [replay_bag(node, tmp_path / "bag", remap={"/cam/image_raw": "image"}, timeout_s=3.0)
+                       for _ in range(4)]
+    finally:
+        echo.close()
+    assert [(r.outputs_received, r.timeouts) for r in reports] == [(2, 0)] * 4
 
 
 def test_lockstep_skips_a_frame_that_repeats_the_previous_one_as_a_recording_of_a_resend_holds(tmp_path):

@@ -31,7 +31,8 @@ def test_simulated_schedule_matches_the_node_within_two_frames(context, tmp_path
         assert graph.transition("configure") and graph.transition("activate")
         report = replay_bag(graph.driver, tmp_path / "bag", ReplayMode.RECORDED, remap={"/cam/image_raw": "image"})
         assert report.frames_published == FRAMES
-        assert wait_until(lambda: graph.node.totals().processed == len(graph.routing), 10)
+        assert wait_until(lambda: graph.node.totals().processed == len(graph.routing), 10), \
+            (graph.node.totals(), len(graph.routing))
         decisions = list(graph.routing)
         totals = graph.node.totals()
     finally:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import importlib
 import sys
 import signal
+import threading
 import time
 from pathlib import Path
 
@@ -37,7 +38,8 @@ class TopicRecorder:
         self.node, self.topics, self.recorder, self.live = node, list(topics), recorder, live
         self.types: dict[str, str] = {}
         self.counts: dict[str, int] = {topic: 0 for topic in topics}
-        self._subscriptions = []
+        self._stopped = False
+        self._writing = threading.Lock()  # stop() returns with no message half-written
         self._timer = node.create_timer(0.5, self.discover)
         self.discover()
 
@@ -49,26 +51,31 @@ class TopicRecorder:
                 continue
             msgtype = known[topic][0]
             reliability = ReliabilityPolicy.BEST_EFFORT if msgtype in IMAGE_TYPES else ReliabilityPolicy.RELIABLE
-            self._subscriptions.append(self.node.create_subscription(
+            self.node.create_subscription(
                 message_class(msgtype), topic, lambda raw, t=topic, m=msgtype: self._on_message(t, m, raw),
-                QoSProfile(depth=30, reliability=reliability), raw=True))
+                QoSProfile(depth=30, reliability=reliability), raw=True)
             self.types[topic] = msgtype
             if self.live is not None:
                 self.live.advertise(topic, msgtype)
 
     def _on_message(self, topic: str, msgtype: str, raw: bytes) -> None:
-        stamp = self.node.get_clock().now().nanoseconds
-        if self.recorder is not None:
-            self.recorder.write(topic, msgtype, stamp, raw)
-        if self.live is not None:
-            self.live.log(topic, msgtype, raw, stamp)
-        self.counts[topic] += 1
+        with self._writing:
+            if self._stopped:
+                return
+            stamp = self.node.get_clock().now().nanoseconds
+            if self.recorder is not None:
+                self.recorder.write(topic, msgtype, stamp, raw)
+            if self.live is not None:
+                self.live.log(topic, msgtype, raw, stamp)
+            self.counts[topic] += 1
 
     def stop(self) -> None:
-        """Stop subscribing (the sinks stay open: close them once the executor has stopped)."""
+        """Stop recording: later messages are left out (the sinks stay open: close them once the executor has
+        stopped). The subscriptions go with the node after its executor: one destroyed while an executor in another
+        thread builds its wait set kills that executor (their QoS-event handlers, an rclpy race)."""
+        with self._writing:
+            self._stopped = True
         self.node.destroy_timer(self._timer)
-        for subscription in self._subscriptions:
-            self.node.destroy_subscription(subscription)
 
 
 def _interrupt(signum, _frame) -> None:

@@ -11,6 +11,7 @@ from typing import Callable, Mapping, Sequence
 
 import numpy as np
 from rclpy.duration import Duration
+from rclpy.event_handler import PublisherEventCallbacks, SubscriptionEventCallbacks
 from rclpy.node import Node
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CompressedImage, Image
@@ -153,12 +154,17 @@ def replay_bag(
         if counted and answers[key] == 1 and on_output is not None:
             on_output(msg)
 
-    # the reader first: the node learns of it before the first frame reaches it, as far as discovery's order allows
+    # the reader first: the node learns of it before the first frame reaches it, as far as discovery's order allows.
+    # No QoS-event handlers: rclpy adds them to the node's executor as waitables, and an executor spinning in another
+    # thread dies (InvalidHandle) when one is destroyed while it builds its wait set, as these are destroyed below.
+    # Their default callbacks only log an incompatible QoS or type, which the waits for a match below report as errors.
     subscription = node.create_subscription(
-        Detection2DArray, output_topic, received, QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE))
+        Detection2DArray, output_topic, received, QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE),
+        event_callbacks=SubscriptionEventCallbacks(use_default_callbacks=False))
     publishers = {
         topic: node.create_publisher(Image if available[topic] == IMAGE_TYPE else CompressedImage,
-                                     remap.get(topic, topic), 10)
+                                     remap.get(topic, topic), 10,
+                                     event_callbacks=PublisherEventCallbacks(use_default_callbacks=False))
         for topic in chosen
     }
     try:
@@ -229,8 +235,12 @@ def _wait_for_publisher(node: Node, subscription, wait_s: float) -> None:
     deadline = time.monotonic() + wait_s
     while subscription.get_publisher_count() == 0:
         if time.monotonic() > deadline:
-            others = _other_types(node.get_publishers_info_by_topic(subscription.topic_name), DETECTIONS_TYPE)
+            infos = node.get_publishers_info_by_topic(subscription.topic_name)
+            others = _other_types(infos, DETECTIONS_TYPE)
+            unmatched = sorted({i.node_name for i in infos if i.topic_type == DETECTIONS_TYPE})
             what = (f"'{subscription.topic_name}' carries {others}, not {DETECTIONS_TYPE}" if others else
+                    f"'{subscription.topic_name}' is published by {unmatched} with a QoS a reliable reader cannot "
+                    "match (best effort, most likely)" if unmatched else
                     f"nobody publishes on '{subscription.topic_name}'")
             raise AdaptivePerceptionError(
                 f"{what}, where replay waits for the node's outputs, after {wait_s:.0f} s; name the node's "

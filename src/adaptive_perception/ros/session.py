@@ -29,10 +29,11 @@ def spun_node(name: str) -> Iterator[Node]:
     try:
         yield node
     finally:
+        # the spin thread ends before its node and context do: it would otherwise die building a wait set on them
         executor.shutdown(timeout_sec=2)
+        thread.join(timeout=2)
         node.destroy_node()
         rclpy.shutdown(context=context)
-        thread.join(timeout=2)
 
 
 def _ros_value(value: object) -> str:
