@@ -108,12 +108,12 @@ def test_the_launch_files_activate_filter_matches_a_configure_and_not_a_deactiva
 
 def test_spin_wait_reaches_the_tier_sessions(graph):
     entry = "session.intra_op.allow_spinning"
+    assert graph.transition("configure")  # the default: sleeping threads
+    assert graph.node.detectors["nano"].session.get_session_options().get_session_config_entry(entry) == "0"
+    assert graph.transition("cleanup")
+    graph.node.set_parameters([rclpy.parameter.Parameter("spin_wait", value=True)])
     assert graph.transition("configure")
     assert graph.node.detectors["nano"].session.get_session_options().get_session_config_entry(entry) == "1"
-    assert graph.transition("cleanup")
-    graph.node.set_parameters([rclpy.parameter.Parameter("spin_wait", value=False)])
-    assert graph.transition("configure")
-    assert graph.node.detectors["nano"].session.get_session_options().get_session_config_entry(entry) == "0"
     assert graph.transition("cleanup")
 
 

@@ -13,8 +13,9 @@ throughput = frames / the summed per-frame times. Every mode runs every sequence
 the order of the modes rotates per sequence, so machine load hits all modes alike. Accuracy of each mode's
 published detections (the node's thresholds) is scored with pycocotools against the bags' ground truth in the
 same run. Speed-up and latency reduction are against always-large, from this run's timings only. The tiers run
-with the node's settings (thresholds, `spin_wait`, `preprocess_in_graph`); a `+nospin` mode suffix runs them with
-sleeping threads, `+hostpre` with the host converting the frame to float (the model files' own graphs).
+with the node's settings (thresholds, `spin_wait`, `preprocess_in_graph`); a `+spin` mode suffix runs them with
+spin-waiting threads, `+nospin` with sleeping ones, `+hostpre` with the host converting the frame to float (the
+model files' own graphs).
 
 Operating points of the learned router: its calibrated weight (`learned`, the node's default), any
 `learned:<weight>`, and, given the training work folder (validation profile), `learned@90`: the cheapest weight
@@ -49,6 +50,7 @@ ACCURACY_SHARE = 0.90  # the operating point keeps >= 90 % of always-large's mAP
 BARS = {"speedup": 2.5, "projected_speedup": 3.0, "router_share_of_nano_p50": 0.03, "node_overhead_p95_ms": 3.0}
 WARMUP_FRAMES = 3  # per mode, untimed, before the run
 NOSPIN = "+nospin"  # a mode suffix: tiers whose onnxruntime threads sleep between work (spin_wait false)
+SPIN = "+spin"  # a mode suffix: tiers whose onnxruntime threads spin-wait for work (spin_wait true)
 HOSTPRE = "+hostpre"  # a mode suffix: the host converts the frame to float (preprocess_in_graph false)
 QUICK = {"sequences": 2, "frames": 40}
 GENERATOR = "2.0.0"
@@ -297,9 +299,11 @@ def tier_settings(mode: str) -> tuple[str, bool, bool]:
     """(mode without its suffixes, spin_wait, preprocess_in_graph): the node's settings unless a suffix says."""
     config, name = NodeConfig(), mode
     spin, in_graph = config.spin_wait, config.preprocess_in_graph
-    while name.endswith((NOSPIN, HOSTPRE)):
+    while name.endswith((NOSPIN, SPIN, HOSTPRE)):
         if name.endswith(NOSPIN):
             name, spin = name[:-len(NOSPIN)], False
+        elif name.endswith(SPIN):
+            name, spin = name[:-len(SPIN)], True
         else:
             name, in_graph = name[:-len(HOSTPRE)], False
     return name, spin, in_graph
@@ -404,7 +408,7 @@ def measure(policy_path: str, benchmark: Path, work: Path | None, real_latency: 
         try:
             check_mode(base)
         except ConfigError as exc:
-            raise ConfigError(f"--modes: {exc} (learned:<weight> sets a cost weight; suffixes {NOSPIN}, {HOSTPRE}; "
+            raise ConfigError(f"--modes: {exc} (learned:<weight> sets a cost weight; suffixes {NOSPIN}, {SPIN}, {HOSTPRE}; "
                               "learned@90 is the row the run adds itself when --work has a validation profile)") from None
         try:
             plans[mode] = (base, float(weight) if weight else None, (spin, in_graph))

@@ -359,9 +359,10 @@ def _parser() -> argparse.ArgumentParser:
                             help="YOLOv8 n/s/l costs from `bench latency`, for the real-graph projection")
     throughput.add_argument("--modes", default="learned,heuristic,fixed:nano,fixed:large",
                             help="comma-separated routing modes (fixed:large is required: the ratios are against it); "
-                                 "learned:<weight>: the learned router at that cost weight; a +nospin suffix: the "
-                                 "tiers' onnxruntime threads sleep between work (spin_wait false); +hostpre: the host "
-                                 "converts the frame to float (preprocess_in_graph false)")
+                                 "learned:<weight>: the learned router at that cost weight; a +spin / +nospin "
+                                 "suffix: the tiers' onnxruntime threads spin-wait / sleep between work (spin_wait "
+                                 "true / false); +hostpre: the host converts the frame to float (preprocess_in_graph "
+                                 "false)")
     throughput.add_argument("--sequences", type=_count, help="test sequences (default all 14; --quick 2)")
     throughput.add_argument("--frames", type=_count, help="frames per sequence (default all 150; --quick 40)")
     throughput.add_argument("--quick", action="store_true",

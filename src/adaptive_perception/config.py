@@ -43,7 +43,7 @@ class NodeConfig:
     iou_threshold: float = 0.7
     max_detections: int = 300
     intra_op_threads: int = 0
-    spin_wait: bool = True  # onnxruntime intra-op threads spin-wait between parallel work (its own default)
+    spin_wait: bool = False  # onnxruntime intra-op threads sleep between parallel work (true: spin, its own default)
     preprocess_in_graph: bool = True  # the tier graphs take the uint8 frame and normalise it (`detector.with_uint8_input`)
     graph_cache_dir: str = GRAPH_CACHE  # those graphs, made once per model file ("": in memory at every load)
     warmup_runs: int = 2

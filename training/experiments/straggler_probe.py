@@ -1,13 +1,15 @@
 """Experiment (not part of the package; kept so the README's figures can be reproduced): how much does one other busy
-process slow the node's tier inference, with onnxruntime's intra-op threads at the default (one per core) and at 1?
+process slow the node's tier inference, with onnxruntime's intra-op threads at the default (one per core), spinning
+or sleeping between work (`spin_wait`), and at 1?
 
     python training/experiments/straggler_probe.py [--tier small] [--frames 120]   # ~1 min; run on an idle machine
 
 The soak's stalls fell where another process took a fraction of a core (README, Soak). An operator split over
 both cores waits for its slower half, so a process that takes one core for a moment holds the whole inference
-back; a single-threaded session runs on the calling thread and only loses the share of the core it is on. The
-embedded tier runs on the soak camera's rendered frames, first on an idle machine and then beside one process
-spinning in a Python loop, with the default threads and with 1; prints p50 / p95 in ms per case and a JSON line.
+back, and threads that spin while they wait take the core from whoever else needs it; a single-threaded session
+runs on the calling thread and only loses the share of the core it is on. The embedded tier runs on the soak
+camera's rendered frames, first on an idle machine and then beside one process spinning in a Python loop, per
+case; prints p50 / p95 in ms per case and a JSON line.
 """
 from __future__ import annotations
 
@@ -44,8 +46,10 @@ def main() -> None:
     frames = [f.rgb for f in render_sequence(SequenceSpec(SEED, 0, 20))]
     results = {}
     print("| intra-op threads | load | p50 (ms) | p95 (ms) |\n|---|---|---|---|")
-    for threads in (0, 1):
-        tier = DetectorTier(MODELS / f"{args.tier}.onnx", intra_op_threads=threads, name=args.tier)
+    cases = {"default (one per core), spinning": (0, True), "default (one per core), sleeping (the node's)": (0, False),
+             "1": (1, False)}
+    for name, (threads, spin) in cases.items():
+        tier = DetectorTier(MODELS / f"{args.tier}.onnx", intra_op_threads=threads, name=args.tier, spin_wait=spin)
         for frame in frames[:5]:  # warm-up
             tier.detect(frame)
         for load in ("idle", "one busy process"):
@@ -57,7 +61,6 @@ def main() -> None:
                 if busy:
                     busy.kill()
                     busy.wait()
-            name = "default (one per core)" if threads == 0 else str(threads)
             results[f"{name}, {load}"] = {"p50_ms": round(p50, 1), "p95_ms": round(p95, 1)}
             print(f"| {name} | {load} | {p50:.1f} | {p95:.1f} |", flush=True)
     print(json.dumps({"tier": args.tier, "frames": args.frames, "results": results}))
