@@ -41,6 +41,10 @@ def test_the_recording_holds_every_message_type_with_typed_fields(context, tier_
         assert wait_until(lambda: recording.discover() or recording.counts["/routing"] == 3, 10)
         assert wait_until(lambda: recording.counts["/diagnostics"] >= 1 and
                           recording.counts[f"/{graph.name}/debug_image/compressed"] == 3, 10)
+        recording.stop()  # its subscriptions stay until the node goes; what they still deliver is left out
+        assert graph.send_lockstep(image_msg(regime_frames["dense"], sec=4))
+        time.sleep(0.5)
+        assert recording.counts["/routing"] == 3 and recording.counts["/detections"] == 3
     finally:
         recording.stop()
         recorder.close()

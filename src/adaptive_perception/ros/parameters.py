@@ -72,7 +72,7 @@ PARAMETERS: dict[str, tuple[object, ParameterDescriptor]] = {
         "onnxruntime intra-op threads spin-wait for work instead of sleeping (onnxruntime's own default). Default "
         "false: spinning threads take the cores the node's other threads and the machine's other processes need "
         "(two cameras at 30 Hz on 2 cores: 17-26 % more frames processed sleeping, node time p95 lower; beside one "
-        "busy process the small tier's p50 stays near its idle figure sleeping and doubles spinning).")),
+        "busy process the small tier's p50 rose 17-45 % sleeping and 1.9-3.6x spinning).")),
     "preprocess_in_graph": (_DEFAULTS.preprocess_in_graph, _describe(
         "Each tier's session runs its model with a uint8 (1, H, W, 3) input that the graph itself converts to the "
         "float (1, 3, H, W) / 255 the model takes (Transpose, Cast, Mul in front of it; outputs identical): the host "
