@@ -32,6 +32,7 @@ from adaptive_perception.evidence import EvidenceCapture, EvidenceSettings
 from adaptive_perception.errors import AdaptivePerceptionError, ConfigError, ImageDecodeError, TierFailure
 from adaptive_perception.features import RoutingContext, next_context
 from adaptive_perception.frames import CameraCounters, LatestFrameSlot
+from adaptive_perception.ros import DEBUG_IMAGE_TOPICS
 from adaptive_perception.metrics import PrometheusMetrics
 from adaptive_perception.policy import Policy
 from adaptive_perception.recording import ros_typestore
@@ -196,8 +197,8 @@ class PerceptionNode(LifecycleNode):
                 self.create_lifecycle_publisher(Detection2DArray, f"{camera_namespace(self, camera)}/detections", 10),
                 self.create_lifecycle_publisher(RoutingDecision, f"{camera_namespace(self, camera)}/routing", 10))
                 for camera in config.image_topics}
-        self._debug_pubs = (self.create_lifecycle_publisher(Image, "~/debug_image", 1),
-                            self.create_lifecycle_publisher(CompressedImage, "~/debug_image/compressed", 1))
+        self._debug_pubs = (self.create_lifecycle_publisher(Image, f"~/{DEBUG_IMAGE_TOPICS[0]}", 1),
+                            self.create_lifecycle_publisher(CompressedImage, f"~/{DEBUG_IMAGE_TOPICS[1]}", 1))
         self.debug_rendered = 0
         self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
         self._diag_timer = self.create_timer(1.0, self._publish_diagnostics)

@@ -16,13 +16,14 @@ from rclpy.qos import QoSProfile, ReliabilityPolicy
 
 from adaptive_perception.errors import ConfigError
 from adaptive_perception.recording import SegmentedRecorder
+from adaptive_perception.ros import DEBUG_IMAGE_TOPICS
 
 IMAGE_TYPES = ("sensor_msgs/msg/Image", "sensor_msgs/msg/CompressedImage")
 
 
 def default_topics(cameras: list[str], node_name: str) -> list[str]:
     """Camera frames, the node's outputs, its compressed debug image and /diagnostics."""
-    return [*cameras, "/detections", "/routing", f"/{node_name.strip('/')}/debug_image/compressed", "/diagnostics"]
+    return [*cameras, "/detections", "/routing", f"/{node_name.strip('/')}/{DEBUG_IMAGE_TOPICS[1]}", "/diagnostics"]
 
 
 def message_class(msgtype: str):

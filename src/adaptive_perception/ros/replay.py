@@ -19,6 +19,7 @@ from vision_msgs.msg import Detection2DArray
 
 from adaptive_perception.bag import IMAGE_TYPE, image_topics, read_images
 from adaptive_perception.errors import AdaptivePerceptionError, BagError
+from adaptive_perception.ros import DEBUG_IMAGE_TOPICS
 
 # Lock-step resends the frame it waits on, until the node's first output arrives, this often. Discovery matches each
 # side's endpoints on its own schedule: the node's detections writer can publish the first output before it has
@@ -29,8 +30,6 @@ DETECTIONS_TYPE = "vision_msgs/msg/Detection2DArray"
 # sees the reader (measured: a recorder 1.9 s after the node). Replay waits up to this long for every reliable reader
 # to acknowledge a topic's first frame, and before it removes a publisher; best-effort readers acknowledge nothing.
 ACK_WAIT_S = 5.0
-# The node's own debug image outputs: a recording of a node holds them, and replaying them back means nothing
-DEBUG_IMAGE_SUFFIXES = ("debug_image", "debug_image/compressed")
 
 
 class ReplayMode(Enum):
@@ -83,7 +82,7 @@ class ReplayReport:
 
 def default_topics(available: Mapping[str, str]) -> tuple[list[str], list[str]]:
     """(the image topics a replay publishes when none are named, the node debug image topics it leaves out)."""
-    skipped = sorted(t for t in available if t.rstrip("/").endswith(DEBUG_IMAGE_SUFFIXES))
+    skipped = sorted(t for t in available if t.rstrip("/").endswith(DEBUG_IMAGE_TOPICS))
     return sorted(t for t in available if t not in skipped), skipped
 
 
@@ -104,8 +103,8 @@ def replay_bag(
     """Replay image topics of `bag` through `node`'s publishers; the caller spins `node` in another thread.
 
     `remap` maps a bag topic to the topic to publish on (default: the bag's own name). Without `topics`, every
-    image topic but the node's own debug images (`DEBUG_IMAGE_SUFFIXES`). `on_output` sees each published frame's
-    first answer. Frames go out once each image topic has `subscribers` matched readers: a reader that matches
+    image topic but the node's own debug images (`DEBUG_IMAGE_TOPICS`: a recording of a node holds them, and
+    replaying them back means nothing). `on_output` sees each published frame's first answer. Frames go out once each image topic has `subscribers` matched readers: a reader that matches
     a publisher later (discovery runs on each process's own schedule) never gets the frames published before.
     """
     if rate <= 0:
