@@ -75,3 +75,18 @@ def test_networks_of_another_depth_and_narrower_targets_are_refused(tmp_path):
         widen_model(shallow, deep)
     with pytest.raises(ValueError, match="narrower"):  # a narrower target cannot hold the trained weights
         widen_model(_model(tmp_path, 0.25), shallow)
+
+
+def test_a_fine_tune_starts_from_its_start_networks_last_or_final_weights(tmp_path):
+    from adaptive_perception.errors import AdaptivePerceptionError
+    from adaptive_perception.training.tiers import NETWORKS, start_checkpoint
+
+    keep = tmp_path / "tiers" / "wider"
+    with pytest.raises(AdaptivePerceptionError, match="starts from 'wide'.*none in '.*tiers/wide'"):
+        start_checkpoint(NETWORKS["wider"], keep)
+    (tmp_path / "tiers" / "wide").mkdir(parents=True)
+    (tmp_path / "tiers" / "wide" / "final.pt").write_bytes(b"final")
+    assert start_checkpoint(NETWORKS["wider"], keep) == tmp_path / "tiers" / "wide" / "final.pt"
+    (tmp_path / "tiers" / "wide" / "last.pt").write_bytes(b"last")  # a run with its optimizer state goes first
+    assert start_checkpoint(NETWORKS["wider"], keep) == tmp_path / "tiers" / "wide" / "last.pt"
+    assert NETWORKS["wider"].width == 0.5 and NETWORKS["wider"].depth == NETWORKS["wide"].depth  # yolov8s's width

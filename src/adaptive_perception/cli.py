@@ -124,12 +124,14 @@ def _parser() -> argparse.ArgumentParser:
     train_tiers.add_argument("--out", type=Path, default=Path("build/tiers"), help="Ultralytics run folder")
     train_tiers.add_argument("--epochs", type=_count, default=20)
     train_tiers.add_argument("--batch", type=_count, default=16)
-    train_tiers.add_argument("--network", choices=["base", "narrow", "base-near", "wide", "base-small", "base-nano"],
+    train_tiers.add_argument("--network", choices=["base", "narrow", "base-near", "wide", "wider", "base-small",
+                                                     "base-nano"],
                              help="tier family 2 (generator 2.0.0): train one network on crops at its tiers' scales "
                                   "into OUT/<network>, resuming from --keep (base-near: base fine-tuned on windows "
                                   "that hold near objects whole; wide: base widened 1.5x, trained at the large "
-                                  "tier's scale; base-small, base-nano: base fine-tuned at that tier's scale only; all four start from "
-                                  "base's last.pt beside --keep); "
+                                  "tier's scale; wider: wide widened to yolov8s's width, trained the same way; "
+                                  "base-small, base-nano: base fine-tuned at that tier's scale only; these start "
+                                  "from their start network's checkpoint beside --keep); "
                                   "without it, the family-1 network")
     train_tiers.add_argument("--keep", type=Path, help="checkpoint folder (last.pt, results.csv) updated after every "
                                                        "epoch and resumed from; commit it at the end of a working block")
