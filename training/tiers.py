@@ -58,7 +58,8 @@ NETWORKS = {
     "wide": Network("wide", 0.33, 0.375, CropPlan(scales=(1.0,), size=320, near_share=0.75), start="base",
                     recipe=FINE_TUNE),
     # YOLOv8s's width (2x yolov8n's, 11.2 M parameters): `wide` widened again without changing its output, trained
-    # the same way; at 480x640 it costs 5.5x the small tier, where real YOLOv8l costs 5.1x YOLOv8s (training/README.md)
+    # the same way; at 480x640 it costs 5.5x the small tier, where real YOLOv8l costs 5.1x YOLOv8s. Tried, not
+    # adopted: 12 epochs left it at wide's validation mAP50-95 (training/README.md)
     "wider": Network("wider", 0.33, 0.5, CropPlan(scales=(1.0,), size=320, near_share=0.75), start="wide",
                      recipe=FINE_TUNE),
     # base fine-tuned at one tier's scale only, as `wide` was at large's: does a network that serves one input
