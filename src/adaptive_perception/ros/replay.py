@@ -104,8 +104,9 @@ def replay_bag(
 
     `remap` maps a bag topic to the topic to publish on (default: the bag's own name). Without `topics`, every
     image topic but the node's own debug images (`DEBUG_IMAGE_TOPICS`: a recording of a node holds them, and
-    replaying them back means nothing). `on_output` sees each published frame's first answer. Frames go out once each image topic has `subscribers` matched readers: a reader that matches
-    a publisher later (discovery runs on each process's own schedule) never gets the frames published before.
+    replaying them back means nothing). `on_output` sees each published frame's first answer. Frames go out once
+    each image topic has `subscribers` matched readers: a reader that matches a publisher later (discovery runs on
+    each process's own schedule) never gets the frames published before.
     """
     if rate <= 0:
         raise AdaptivePerceptionError(f"replay rate {rate} must be > 0")
