@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import ast
 import re
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -90,6 +92,61 @@ def test_slot_serves_the_camera_served_least_recently_when_cameras_publish_in_ro
     slot.put("cam1", 4)
     slot.put("cam2", 1)  # a camera never served goes before one served before, though its frame came later
     assert slot.take(0) == ("cam2", 1) and slot.take(0) == ("cam1", 4) and slot.take(0.01) is None
+
+
+def test_a_camera_held_by_one_worker_waits_while_another_worker_serves_the_other_cameras():
+    slot: LatestFrameSlot[int] = LatestFrameSlot()
+    slot.put("a", 1)
+    assert slot.take(0, hold=True) == ("a", 1)  # worker 1 processes a's frame 1
+    slot.put("a", 2), slot.put("b", 1)
+    assert slot.take(0, hold=True) == ("b", 1)  # worker 2 gets b
+    assert slot.take(0.01) is None  # a's frame 2 waits: a second worker on a would publish its outputs out of order
+    slot.release("a")
+    assert slot.take(0) == ("a", 2)
+    slot.release("b")
+    slot.put("b", 2)
+    assert slot.take(0) == ("b", 2) and slot.dropped == 0
+
+
+def test_two_workers_never_process_one_camera_at_once_and_both_cameras_are_served_in_parallel():
+    slot: LatestFrameSlot[int] = LatestFrameSlot()
+    spans: list[tuple[str, int, float, float]] = []
+
+    def worker():
+        for camera, frame in slot.items(0.01):
+            begin = time.monotonic()
+            time.sleep(0.02)  # an inference
+            spans.append((camera, frame, begin, time.monotonic()))
+
+    threads = [threading.Thread(target=worker) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for frame in range(40):  # camera a every 4 ms, faster than one worker serves it; b every 20 ms
+        slot.put("a", frame)
+        if frame % 5 == 0:
+            slot.put("b", frame)
+        time.sleep(0.004)
+    time.sleep(0.1)
+    slot.close()
+    for thread in threads:
+        thread.join()
+    for camera in ("a", "b"):
+        own = sorted((s for s in spans if s[0] == camera), key=lambda s: s[2])
+        assert [s[1] for s in own] == sorted({s[1] for s in own}), own  # in order, none twice
+        assert all(earlier[3] <= later[2] for earlier, later in zip(own, own[1:])), own  # one at a time
+    a_spans, b_spans = [s for s in spans if s[0] == "a"], [s for s in spans if s[0] == "b"]
+    assert len(b_spans) >= 6 and any(a[2] < b[3] and b[2] < a[3] for a in a_spans for b in b_spans)  # in parallel
+
+
+def test_workers_are_bounded_and_several_run_single_threaded_sessions_unless_told_otherwise():
+    assert NodeConfig().session_threads == 0  # one worker: onnxruntime's pool, one thread per core
+    assert NodeConfig(workers=2).session_threads == 1
+    assert NodeConfig(workers=2, intra_op_threads=2).session_threads == 2
+    for bad in (0, 17):
+        with pytest.raises(ConfigError, match=f"workers {bad} must be 1-16"):
+            NodeConfig(workers=bad).validate()
+    with pytest.raises(ConfigError, match="intra_op_threads -1 must be >= 0"):
+        NodeConfig(intra_op_threads=-1).validate()
 
 
 def _readme_table(heading: str) -> list[str]:

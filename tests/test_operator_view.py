@@ -3,6 +3,7 @@ bad input by kind, tier failures, incompatible QoS, and the Prometheus endpoint 
 from __future__ import annotations
 
 import re
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -282,9 +283,16 @@ def test_the_debug_image_is_drawn_only_while_someone_subscribes(context, tier_mo
         graph.close()
 
 
-def test_two_cameras_at_different_rates_get_their_own_topics_and_neither_starves(context, tier_models):
-    graph = _graph(context, tier_models, routing_mode="fixed:nano", image_topics=["front/image_raw", "rear/image_raw"])
+@pytest.mark.parametrize("workers", [1, 2])
+def test_two_cameras_at_different_rates_get_their_own_topics_and_neither_starves(context, tier_models, workers):
+    graph = _graph(context, tier_models, routing_mode="fixed:nano", image_topics=["front/image_raw", "rear/image_raw"],
+                   workers=workers)
     try:
+        running = [t.name for t in threading.enumerate() if t.name.startswith("perception-worker")]
+        assert sorted(running) == [f"perception-worker-{i}" for i in range(workers)]
+        # with several workers each inference runs on its worker's thread, not on a pool the workers would share
+        threads = graph.node.detectors["nano"].session.get_session_options().intra_op_num_threads
+        assert threads == (0 if workers == 1 else 1)
         reliable = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE)
         outputs = {cam: {"detections": [], "routing": []} for cam in ("front", "rear")}
         for cam, topics in outputs.items():
@@ -324,6 +332,8 @@ def test_two_cameras_at_different_rates_get_their_own_topics_and_neither_starves
             got, counters = outputs[cam], graph.node.counters[f"{cam}/image_raw"]
             assert {d.header.frame_id for d in got["detections"]} == {cam} == {r.header.frame_id for r in got["routing"]}
             assert len(got["detections"]) == len(got["routing"]) == counters.processed
+            stamps = [d.header.stamp.sec for d in got["detections"]]
+            assert stamps == sorted(set(stamps)) == [r.header.stamp.sec for r in got["routing"]]  # in order, once
             served[cam] = counters.processed
         assert served["rear"] >= 0.9 * sent["rear"] and served["front"] >= served["rear"], served
         assert len(graph.detections) == sum(len(o["detections"]) for o in outputs.values())  # combined topic: both

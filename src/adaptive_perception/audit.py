@@ -114,11 +114,13 @@ class AuditWorker:
             return not self._running and self._pending is None
 
     def offer(self, key: Hashable, rgb: np.ndarray, routed: Detections) -> bool:
-        """Hand a due frame to the worker; False (and counted) when it is busy or over its share."""
-        if self.busy_share() > self.settings.max_share:
-            self.skipped_share += 1
-            return False
+        """Hand a due frame to the worker; False (and counted) when it is busy or over its share (the node's workers
+        may offer frames of different cameras at once)."""
+        over_share = self.busy_share() > self.settings.max_share
         with self._cond:
+            if over_share:
+                self.skipped_share += 1
+                return False
             if self._running or self._pending is not None:
                 self.skipped_busy += 1
                 return False

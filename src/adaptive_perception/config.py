@@ -13,6 +13,7 @@ from adaptive_perception.telemetry import HealthSettings
 
 RELIABILITIES = ("best_effort", "reliable")
 EMBEDDED_PREFIX = "embedded:"
+MAX_WORKERS = 16
 EMBEDDED_DIR = Path(__file__).resolve().parent / "models"
 
 
@@ -43,6 +44,7 @@ class NodeConfig:
     iou_threshold: float = 0.7
     max_detections: int = 300
     intra_op_threads: int = 0
+    workers: int = 1  # frames processed at once (each camera by one worker at a time)
     spin_wait: bool = False  # onnxruntime intra-op threads sleep between parallel work (true: spin, its own default)
     preprocess_in_graph: bool = True  # the tier graphs take the uint8 frame and normalise it (`detector.with_uint8_input`)
     graph_cache_dir: str = GRAPH_CACHE  # those graphs, made once per model file ("": in memory at every load)
@@ -58,6 +60,13 @@ class NodeConfig:
     audit: AuditSettings = AuditSettings()
     drift_confirm: int = 15  # frames the drift score must stay above 1 before DRIFT (and below the band before OK)
     evidence: EvidenceSettings = EvidenceSettings()  # frames around a DRIFT event as MCAP; off by default
+
+    @property
+    def session_threads(self) -> int:
+        """onnxruntime intra-op threads per tier session: `intra_op_threads`, or with several workers and the
+        default 0, 1 (each inference on its worker's own thread: the workers are the parallelism, not one
+        session's thread pool, which concurrent runs of the same session would share)."""
+        return self.intra_op_threads or (1 if self.workers > 1 else 0)
 
     def model_paths(self) -> dict[str, str]:
         """Resolved file path per loaded tier (tiers with an empty parameter are left out)."""
@@ -90,6 +99,12 @@ class NodeConfig:
             raise ConfigError("conf_threshold and iou_threshold must lie in [0, 1]")
         if self.qos_reliability not in RELIABILITIES:
             raise ConfigError(f"qos.reliability '{self.qos_reliability}' must be one of {RELIABILITIES}")
+        if not 1 <= self.workers <= MAX_WORKERS:
+            raise ConfigError(f"workers {self.workers} must be 1-{MAX_WORKERS} (frames processed at once; more than "
+                              "1 only helps with several cameras, at most one per core)")
+        if self.intra_op_threads < 0:
+            raise ConfigError(f"intra_op_threads {self.intra_op_threads} must be >= 0 (0 = onnxruntime's default, "
+                              "or 1 with several workers)")
         if self.qos_depth < 1 or self.max_detections < 1:
             raise ConfigError("qos.depth and max_detections must be >= 1")
         self.health.validate()

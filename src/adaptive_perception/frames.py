@@ -13,12 +13,17 @@ class LatestFrameSlot(Generic[T]):
     waiting, the one served least recently (never served first, then the one waiting longest). Serving the
     longest-waiting frame instead is not round-robin when cameras publish in rounds: the camera whose frame
     arrives first in each round is served twice in a row whenever both arrive while the worker is busy with it,
-    and the other camera waits through two inferences (the 2-camera soak's stalls of 2026-12-05)."""
+    and the other camera waits through two inferences (the 2-camera soak's stalls of 2026-12-05).
+
+    Several workers may draw from one slot with `items`: a camera is then held by the worker processing its
+    frame, and no other worker takes that camera's next frame until it is done, so each camera's outputs stay in
+    order and every frame's routing context is its previous frame's output."""
 
     def __init__(self) -> None:
         self._pending: dict[Hashable, T] = {}
         self._order: list[Hashable] = []  # cameras with a frame waiting, in the order their frames began waiting
         self._served: dict[Hashable, int] = {}  # camera -> the number of the take that last served it
+        self._held: set[Hashable] = set()  # cameras whose frame a worker of `items` is processing
         self._takes = 0
         self._cond = threading.Condition()
         self._closed = False
@@ -33,28 +38,42 @@ class LatestFrameSlot(Generic[T]):
             else:
                 self._order.append(camera)
             self._pending[camera] = frame
-            self._cond.notify()
+            self._cond.notify_all()  # a worker woken for a held camera waits on; another may take this frame
             return replaced
 
-    def take(self, timeout: float | None = None) -> tuple[Hashable, T] | None:
-        """The newest frame of the waiting camera served least recently, or None on timeout or after `close`."""
+    def take(self, timeout: float | None = None, hold: bool = False) -> tuple[Hashable, T] | None:
+        """The newest frame of the waiting camera served least recently (cameras held by a worker wait), or None
+        on timeout or after `close`; `hold`: the camera stays held until `release`."""
         with self._cond:
-            if not self._cond.wait_for(lambda: self._order or self._closed, timeout):
+            def ready() -> list[Hashable]:
+                return [camera for camera in self._order if camera not in self._held]
+
+            if not self._cond.wait_for(lambda: ready() or self._closed, timeout) or self._closed:
                 return None
-            if self._closed:
-                return None
-            camera = min(self._order, key=lambda c: self._served.get(c, -1))  # ties: the first in _order
+            camera = min(ready(), key=lambda c: self._served.get(c, -1))  # ties: the first in _order
             self._order.remove(camera)
             self._takes += 1
             self._served[camera] = self._takes
+            if hold:
+                self._held.add(camera)
             return camera, self._pending.pop(camera)
 
+    def release(self, camera: Hashable) -> None:
+        """A held camera's frame is done: its next frame may be taken."""
+        with self._cond:
+            self._held.discard(camera)
+            self._cond.notify_all()
+
     def items(self, poll_s: float = 0.1) -> Iterator[tuple[Hashable, T]]:
-        """Take items as they come until the slot is closed (checked every `poll_s` while idle)."""
+        """Take items as they come until the slot is closed (checked every `poll_s` while idle); each item's
+        camera is held until the consumer asks for the next item (or stops)."""
         while True:
-            item = self.take(timeout=poll_s)
+            item = self.take(timeout=poll_s, hold=True)
             if item is not None:
-                yield item
+                try:
+                    yield item
+                finally:
+                    self.release(item[0])
             elif self._closed:
                 return
 

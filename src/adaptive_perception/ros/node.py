@@ -71,7 +71,7 @@ class PerceptionNode(LifecycleNode):
         self._configured_at = 0.0
         self._error_log = ErrorLog()
         self._slot: LatestFrameSlot[ReceivedImage] | None = None
-        self._worker: threading.Thread | None = None
+        self._workers: list[threading.Thread] = []
         self._subscriptions: list[object] = []
         self._det_pub = None
         self._routing_pub = None
@@ -118,6 +118,7 @@ class PerceptionNode(LifecycleNode):
             iou_threshold=p("iou_threshold"),
             max_detections=p("max_detections"),
             intra_op_threads=p("intra_op_threads"),
+            workers=p("workers"),
             spin_wait=p("spin_wait"),
             preprocess_in_graph=p("preprocess_in_graph"),
             graph_cache_dir=p("graph_cache_dir"),
@@ -145,7 +146,7 @@ class PerceptionNode(LifecycleNode):
             for tier, path in config.model_paths().items():
                 started = time.perf_counter()
                 detector = DetectorTier(path, config.providers, config.conf_threshold, config.iou_threshold,
-                                        config.max_detections, config.intra_op_threads, tier, config.accelerator,
+                                        config.max_detections, config.session_threads, tier, config.accelerator,
                                         spin_wait=config.spin_wait, preprocess_in_graph=config.preprocess_in_graph,
                                         graph_cache_dir=config.graph_cache_dir)
                 detector.warmup(config.warmup_runs)
@@ -324,8 +325,10 @@ class PerceptionNode(LifecycleNode):
             self._stop_processing()
             super().on_deactivate(state)
             return TransitionCallbackReturn.FAILURE
-        self._worker = threading.Thread(target=self._work, args=(self._slot,), name="perception-worker", daemon=True)
-        self._worker.start()
+        self._workers = [threading.Thread(target=self._work, args=(self._slot,), name=f"perception-worker-{i}",
+                                          daemon=True) for i in range(self.config.workers)]
+        for worker in self._workers:
+            worker.start()
         self._debug_slot = LatestFrameSlot()
         self._renderer = threading.Thread(target=self._render, args=(self._debug_slot,), name="debug-image", daemon=True)
         self._renderer.start()
@@ -376,12 +379,13 @@ class PerceptionNode(LifecycleNode):
         for sub in self._subscriptions:
             self.destroy_subscription(sub)
         self._subscriptions = []
-        for slot, thread in ((self._slot, self._worker), (self._debug_slot, self._renderer)):
+        for slot, threads in ((self._slot, self._workers), (self._debug_slot, [self._renderer])):
             if slot is not None:
                 slot.close()
-            if thread is not None:
-                thread.join()
-        self._slot, self._worker, self._debug_slot, self._renderer = None, None, None, None
+            for thread in threads:
+                if thread is not None:
+                    thread.join()
+        self._slot, self._workers, self._debug_slot, self._renderer = None, [], None, None
 
     def _release(self) -> None:
         extra = [pub for pair in [*self._camera_pubs.values(), self._debug_pubs or ()] for pub in pair]

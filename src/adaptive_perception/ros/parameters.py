@@ -7,7 +7,7 @@ from pathlib import Path
 
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
 
-from adaptive_perception.config import NodeConfig
+from adaptive_perception.config import MAX_WORKERS, NodeConfig
 from adaptive_perception.detector import TIERS
 from adaptive_perception.errors import AdaptivePerceptionError
 
@@ -22,7 +22,8 @@ PARAMETERS: dict[str, tuple[object, ParameterDescriptor]] = {
         "Camera topics to subscribe to; a name ending in 'compressed' (after remapping) is read as "
         "sensor_msgs/CompressedImage, any other as sensor_msgs/Image. Outputs of all cameras share the output topics "
         "(header identifies the camera); with several cameras each also gets ~/<camera topic>/detections and "
-        "~/<camera topic>/routing. One worker serves the cameras round-robin, each keeping only its newest frame.")),
+        "~/<camera topic>/routing. The workers (`workers`) serve the cameras round-robin, each keeping only its newest "
+        "frame.")),
     "routing_mode": (_DEFAULTS.routing_mode, _describe(
         "How each frame picks a tier: learned (the policy) | heuristic (previous frame's detection count) | random "
         "(seeded, routing.random_mix) | fixed:nano | fixed:small | fixed:large. Switch live with set_routing_mode.")),
@@ -66,8 +67,13 @@ PARAMETERS: dict[str, tuple[object, ParameterDescriptor]] = {
     "max_detections": (_DEFAULTS.max_detections, _describe(
         "Most boxes published per frame.", integer_range=[IntegerRange(from_value=1, to_value=10000, step=1)])),
     "intra_op_threads": (_DEFAULTS.intra_op_threads, _describe(
-        "onnxruntime intra-op threads per session; 0 = onnxruntime's default.",
+        "onnxruntime intra-op threads per session; 0 = onnxruntime's default (one per core), or 1 when workers > 1.",
         integer_range=[IntegerRange(from_value=0, to_value=256, step=1)])),
+    "workers": (_DEFAULTS.workers, _describe(
+        "Frames processed at once, each camera's by one worker at a time (its outputs stay in order). With several "
+        "cameras, one worker per core with single-threaded sessions (intra_op_threads 0 then means 1) keeps more of "
+        "their frames than one worker whose inference is split over the cores; with one camera keep 1.",
+        integer_range=[IntegerRange(from_value=1, to_value=MAX_WORKERS, step=1)])),
     "spin_wait": (_DEFAULTS.spin_wait, _describe(
         "onnxruntime intra-op threads spin-wait for work instead of sleeping (onnxruntime's own default). Default "
         "false: spinning threads take the cores the node's other threads and the machine's other processes need "
