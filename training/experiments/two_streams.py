@@ -77,7 +77,7 @@ def main() -> None:
     parser.add_argument("--sequences", type=int, default=8, help="frozen test sequences (split into two streams)")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--benchmark", type=Path, default=ROOT / "build/benchmark-v2")
-    parser.add_argument("--report", type=Path, default=ROOT / "build/two_streams.json")
+    parser.add_argument("--report", type=Path, default=ROOT / "training/reports/two_streams.json")
     args = parser.parse_args()
     committed = json.loads((ROOT / "training/reports/throughput.json").read_text())
     weight = committed["modes"]["learned@90"]["cost_weight"]
