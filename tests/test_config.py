@@ -138,12 +138,26 @@ def test_two_workers_never_process_one_camera_at_once_and_both_cameras_are_serve
     assert len(b_spans) >= 6 and any(a[2] < b[3] and b[2] < a[3] for a in a_spans for b in b_spans)  # in parallel
 
 
-def test_workers_are_bounded_and_several_run_single_threaded_sessions_unless_told_otherwise():
-    assert NodeConfig().session_threads == 0  # one worker: onnxruntime's pool, one thread per core
-    assert NodeConfig(workers=2).session_threads == 1
-    assert NodeConfig(workers=2, intra_op_threads=2).session_threads == 2
-    for bad in (0, 17):
-        with pytest.raises(ConfigError, match=f"workers {bad} must be 1-16"):
+@pytest.mark.parametrize("cores,cameras,workers,expected", [
+    (2, 1, 0, (1, 0)),  # the shipped default, one camera: one worker on onnxruntime's pool (one thread per core)
+    (2, 2, 0, (2, 1)),  # two cameras on 2 cores: a worker each, single-threaded sessions (the 30-minute soak's)
+    (2, 3, 0, (2, 1)),  # more cameras than cores: a worker per core
+    (8, 2, 0, (2, 4)),  # two cameras on 8 cores: the cores shared out
+    (8, 3, 0, (3, 2)),
+    (2, 2, 1, (1, 0)),  # one worker asked for
+    (2, 1, 2, (2, 1)),
+])
+def test_workers_default_to_one_per_camera_and_core_and_share_the_cores_out(monkeypatch, cores, cameras, workers,
+                                                                             expected):
+    monkeypatch.setattr("adaptive_perception.config.usable_cores", lambda: cores)
+    config = NodeConfig(image_topics=tuple(f"cam{i}" for i in range(cameras)), workers=workers)
+    assert (config.worker_count, config.session_threads) == expected
+    assert NodeConfig(image_topics=("a", "b"), workers=2, intra_op_threads=3).session_threads == 3  # as asked
+
+
+def test_workers_and_threads_are_bounded():
+    for bad in (-1, 17):
+        with pytest.raises(ConfigError, match=f"workers {bad} must be 0-16"):
             NodeConfig(workers=bad).validate()
     with pytest.raises(ConfigError, match="intra_op_threads -1 must be >= 0"):
         NodeConfig(intra_op_threads=-1).validate()

@@ -1,6 +1,7 @@
 """Typed, validated node configuration (the node's ROS parameters, read once per configure)."""
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -14,6 +15,11 @@ from adaptive_perception.telemetry import HealthSettings
 RELIABILITIES = ("best_effort", "reliable")
 EMBEDDED_PREFIX = "embedded:"
 MAX_WORKERS = 16
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity, which taskset and container cpusets narrow)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 EMBEDDED_DIR = Path(__file__).resolve().parent / "models"
 
 
@@ -44,7 +50,7 @@ class NodeConfig:
     iou_threshold: float = 0.7
     max_detections: int = 300
     intra_op_threads: int = 0
-    workers: int = 1  # frames processed at once (each camera by one worker at a time)
+    workers: int = 0  # frames processed at once (each camera by one worker at a time); 0: one per camera, per core
     spin_wait: bool = False  # onnxruntime intra-op threads sleep between parallel work (true: spin, its own default)
     preprocess_in_graph: bool = True  # the tier graphs take the uint8 frame and normalise it (`detector.with_uint8_input`)
     graph_cache_dir: str = GRAPH_CACHE  # those graphs, made once per model file ("": in memory at every load)
@@ -62,11 +68,18 @@ class NodeConfig:
     evidence: EvidenceSettings = EvidenceSettings()  # frames around a DRIFT event as MCAP; off by default
 
     @property
+    def worker_count(self) -> int:
+        """The workers the node runs: `workers`, or for 0 one per camera, at most one per core this process may
+        use."""
+        return self.workers or max(1, min(len(self.image_topics), usable_cores(), MAX_WORKERS))
+
+    @property
     def session_threads(self) -> int:
-        """onnxruntime intra-op threads per tier session: `intra_op_threads`, or with several workers and the
-        default 0, 1 (each inference on its worker's own thread: the workers are the parallelism, not one
-        session's thread pool, which concurrent runs of the same session would share)."""
-        return self.intra_op_threads or (1 if self.workers > 1 else 0)
+        """onnxruntime intra-op threads per tier session: `intra_op_threads`; for 0, onnxruntime's default (one
+        per core) with one worker, and the cores shared out with several (at least 1 each: concurrent runs of one
+        session would share its thread pool, so the workers are the parallelism)."""
+        count = self.worker_count
+        return self.intra_op_threads or (max(1, usable_cores() // count) if count > 1 else 0)
 
     def model_paths(self) -> dict[str, str]:
         """Resolved file path per loaded tier (tiers with an empty parameter are left out)."""
@@ -99,12 +112,12 @@ class NodeConfig:
             raise ConfigError("conf_threshold and iou_threshold must lie in [0, 1]")
         if self.qos_reliability not in RELIABILITIES:
             raise ConfigError(f"qos.reliability '{self.qos_reliability}' must be one of {RELIABILITIES}")
-        if not 1 <= self.workers <= MAX_WORKERS:
-            raise ConfigError(f"workers {self.workers} must be 1-{MAX_WORKERS} (frames processed at once; more than "
-                              "1 only helps with several cameras, at most one per core)")
+        if not 0 <= self.workers <= MAX_WORKERS:
+            raise ConfigError(f"workers {self.workers} must be 0-{MAX_WORKERS} (frames processed at once; 0 = one "
+                              "per camera, at most one per core)")
         if self.intra_op_threads < 0:
             raise ConfigError(f"intra_op_threads {self.intra_op_threads} must be >= 0 (0 = onnxruntime's default, "
-                              "or 1 with several workers)")
+                              "or the cores shared out among several workers)")
         if self.qos_depth < 1 or self.max_detections < 1:
             raise ConfigError("qos.depth and max_detections must be >= 1")
         self.health.validate()

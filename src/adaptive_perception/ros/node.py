@@ -326,14 +326,17 @@ class PerceptionNode(LifecycleNode):
             super().on_deactivate(state)
             return TransitionCallbackReturn.FAILURE
         self._workers = [threading.Thread(target=self._work, args=(self._slot,), name=f"perception-worker-{i}",
-                                          daemon=True) for i in range(self.config.workers)]
+                                          daemon=True) for i in range(self.config.worker_count)]
         for worker in self._workers:
             worker.start()
         self._debug_slot = LatestFrameSlot()
         self._renderer = threading.Thread(target=self._render, args=(self._debug_slot,), name="debug-image", daemon=True)
         self._renderer.start()
+        workers = len(self._workers)
         self.get_logger().info(f"active: {self.router.mode} on "
-                               f"{[self.resolve_topic_name(t) for t in self.config.image_topics]}")
+                               f"{[self.resolve_topic_name(t) for t in self.config.image_topics]}, {workers} worker"
+                               + ("" if workers == 1 else f"s ({self.config.session_threads} onnxruntime thread(s) "
+                                                          "per inference)"))
         self._set_active(True)
         return result
 

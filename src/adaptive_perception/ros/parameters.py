@@ -67,13 +67,15 @@ PARAMETERS: dict[str, tuple[object, ParameterDescriptor]] = {
     "max_detections": (_DEFAULTS.max_detections, _describe(
         "Most boxes published per frame.", integer_range=[IntegerRange(from_value=1, to_value=10000, step=1)])),
     "intra_op_threads": (_DEFAULTS.intra_op_threads, _describe(
-        "onnxruntime intra-op threads per session; 0 = onnxruntime's default (one per core), or 1 when workers > 1.",
+        "onnxruntime intra-op threads per session; 0 = onnxruntime's default (one per core) with one worker, the "
+        "cores shared out (at least 1 each) with several.",
         integer_range=[IntegerRange(from_value=0, to_value=256, step=1)])),
     "workers": (_DEFAULTS.workers, _describe(
-        "Frames processed at once, each camera's by one worker at a time (its outputs stay in order). With several "
-        "cameras, one worker per core with single-threaded sessions (intra_op_threads 0 then means 1) keeps more of "
-        "their frames than one worker whose inference is split over the cores; with one camera keep 1.",
-        integer_range=[IntegerRange(from_value=1, to_value=MAX_WORKERS, step=1)])),
+        "Frames processed at once, each camera's by one worker at a time (its outputs stay in order); 0 = one per "
+        "camera, at most one per core (one camera: 1). With several cameras, a worker per core with single-threaded "
+        "sessions keeps more of their frames than one worker whose every inference is split over the cores (2 "
+        "cameras at 30 Hz on 2 cores: 99 % processed against 83-86 %), each frame taking longer.",
+        integer_range=[IntegerRange(from_value=0, to_value=MAX_WORKERS, step=1)])),
     "spin_wait": (_DEFAULTS.spin_wait, _describe(
         "onnxruntime intra-op threads spin-wait for work instead of sleeping (onnxruntime's own default). Default "
         "false: spinning threads take the cores the node's other threads and the machine's other processes need "
