@@ -325,7 +325,9 @@ def plot(report: dict, series: dict, path: Path) -> None:
     axes[3].set_xlabel("minutes since the first frame")
     for ax in axes[1:]:
         ax.legend(fontsize=7, loc="upper left" if ax is axes[3] else "best")
-    fig.suptitle(f"Soak: {len(report['cameras'])} cameras x {report['rate_hz']:.0f} Hz raw 640x480, shipped defaults")
+    overrides = "".join(f", {name}={value}" for name, value in report.get("overrides", {}).items())
+    fig.suptitle(f"Soak: {len(report['cameras'])} cameras x {report['rate_hz']:.0f} Hz raw 640x480, shipped defaults"
+                 + overrides)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
