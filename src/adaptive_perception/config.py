@@ -14,13 +14,13 @@ from adaptive_perception.telemetry import HealthSettings
 
 RELIABILITIES = ("best_effort", "reliable")
 EMBEDDED_PREFIX = "embedded:"
+EMBEDDED_DIR = Path(__file__).resolve().parent / "models"
 MAX_WORKERS = 16
 
 
 def usable_cores() -> int:
     """The cores this process may run on (its CPU affinity, which taskset and container cpusets narrow)."""
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-EMBEDDED_DIR = Path(__file__).resolve().parent / "models"
 
 
 def resolve_model(value: str) -> str:
