@@ -74,7 +74,7 @@ PARAMETERS: dict[str, tuple[object, ParameterDescriptor]] = {
         "Frames processed at once, each camera's by one worker at a time (its outputs stay in order); 0 = one per "
         "camera, at most one per core (one camera: 1). With several cameras, a worker per core with single-threaded "
         "sessions keeps more of their frames than one worker whose every inference is split over the cores (2 "
-        "cameras at 30 Hz on 2 cores: 99 % processed against 83-86 %), each frame taking longer.",
+        "cameras at 30 Hz on 2 cores, 30 minutes: 99 % processed against 83-85 %), each frame taking longer.",
         integer_range=[IntegerRange(from_value=0, to_value=MAX_WORKERS, step=1)])),
     "spin_wait": (_DEFAULTS.spin_wait, _describe(
         "onnxruntime intra-op threads spin-wait for work instead of sleeping (onnxruntime's own default). Default "
