@@ -3,8 +3,10 @@ from __future__ import annotations
 
 import itertools
 import json
+import shutil
 from dataclasses import replace
 
+import cv2
 import numpy as np
 import pytest
 
@@ -120,6 +122,49 @@ def test_manifest_check_passes_on_the_same_output_and_fails_when_it_changes(tiny
     benchmark.generate(changed, other, workers=2)
     with pytest.raises(benchmark.ManifestMismatch, match="content hash"):
         benchmark.check_against(other, frozen)
+
+
+def test_manifest_check_fails_when_an_image_is_missing_or_not_the_recorded_one(tiny, tmp_path):
+    """The content hash covers the records; the images on disk are checked against them (a `generate` interrupted
+    after emptying the image folders once left a benchmark whose records still matched)."""
+    out, manifest = tiny
+    frozen = tmp_path / "manifest.json"
+    frozen.write_text(json.dumps(manifest))
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    images = sorted((copy / "images" / "test").glob("*.jpg"))
+    assert len(images) > 2
+    benchmark.check_against(copy, frozen)
+    flipped = cv2.imencode(".jpg", cv2.imread(str(images[1]))[:, ::-1])[1].tobytes()
+    images[1].write_bytes(flipped)  # a readable image, not the recorded one
+    with pytest.raises(benchmark.ManifestMismatch, match=rf"1 of the test split's .* \(first: {images[1].name}\)"):
+        benchmark.check_against(copy, frozen)
+    images[0].unlink()
+    with pytest.raises(benchmark.ManifestMismatch, match=rf"2 of the test split's .* \(first: {images[0].name}\)"):
+        benchmark.check_against(copy, frozen)
+    (copy / "images" / "test" / images[0].name).write_bytes(images[2].read_bytes()[:200])  # a truncated file
+    with pytest.raises(benchmark.ManifestMismatch, match="2 of the test split's"):
+        benchmark.check_against(copy, frozen)
+
+
+def test_generate_removes_the_old_records_before_the_images(tmp_path, monkeypatch):
+    """Interrupted while rendering, `generate` leaves no frames.json, so `check` cannot pass on empty folders."""
+    out = tmp_path / "bench"
+    (out / "images" / "test").mkdir(parents=True)
+    (out / "frames.json").write_text("{}")
+    (out / "manifest.json").write_text("{}")
+
+    def interrupted(*_args, **_kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(benchmark.multiprocessing, "get_context", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        benchmark.generate(benchmark.PRESETS["tiny"], out, workers=1)
+    assert not (out / "frames.json").exists() and not (out / "manifest.json").exists()
+    frozen = tmp_path / "manifest.json"
+    frozen.write_text(json.dumps({"generator_version": "1.0.0", "content_hash": {"test": "0"}}))
+    with pytest.raises(benchmark.ManifestMismatch, match="frames.json missing"):
+        benchmark.check_against(out, frozen)
 
 
 def _sizes_by_regime(version: str) -> dict[Regime, list[float]]:

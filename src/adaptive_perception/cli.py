@@ -455,7 +455,7 @@ def _scenes(args: argparse.Namespace) -> int:
                                               f"manifest ({', '.join(GENERATORS)}); pass --manifest")
             manifest = FROZEN_MANIFESTS[version]
         benchmark.check_against(args.out, manifest)
-        print(f"{args.out}: test split matches the frozen manifest {manifest}")
+        print(f"{args.out}: test split (records and images) matches the frozen manifest {manifest}")
         return 0
     config = benchmark.PRESETS[args.preset]
     if args.drift != "none":

@@ -209,6 +209,9 @@ def fresh_dataset_folders(root: Path, split: str) -> None:
 def generate(config: BenchmarkConfig, out: Path, workers: int = 2) -> dict:
     """Generate everything under `out`; returns the manifest (also written to out/manifest.json)."""
     out = Path(out)
+    # gone until the end: a run interrupted after emptying the image folders leaves no benchmark that `check` passes
+    for written_last in ("manifest.json", "frames.json"):
+        (out / written_last).unlink(missing_ok=True)
     for split in SPLITS:
         fresh_dataset_folders(out, split)
     (out / "coco").mkdir(parents=True, exist_ok=True)
@@ -246,7 +249,8 @@ FROZEN_OPENCV = "5.0.0"  # the OpenCV that rendered the frozen manifests (pinned
 
 
 def check_against(out: Path, frozen_manifest: Path, splits: Iterable[str] = ("test",)) -> None:
-    """Raise ManifestMismatch unless the benchmark under `out` has the frozen content hash per split."""
+    """Raise ManifestMismatch unless the benchmark under `out` has the frozen content hash per split and every
+    dataset image of those splits is on disk with the content its record names (the coarse digest of its pixels)."""
     frozen = read_json(frozen_manifest, "a frozen benchmark manifest", ("content_hash", "generator_version"))
     records_path = Path(out) / "frames.json"
     if not records_path.exists():
@@ -264,6 +268,19 @@ def check_against(out: Path, frozen_manifest: Path, splits: Iterable[str] = ("te
                 + ("" if cv2.__version__ == FROZEN_OPENCV else f", with OpenCV {FROZEN_OPENCV} (this machine has "
                    f"{cv2.__version__}; its drawing and JPEG codec change a few frames; `make setup` installs "
                    f"{FROZEN_OPENCV})"))
+        bad = [record["file"] for record in records[split] if record.get("in_dataset")
+               and not _image_matches(Path(out) / "images" / split / record["file"], record["digest"])]
+        if bad:
+            raise ManifestMismatch(
+                f"{len(bad)} of the {split} split's dataset images under '{out}' are missing or differ from their "
+                f"records (first: {bad[0]}); regenerate with `adaptive-perception scenes generate --generator-version "
+                f"{frozen['generator_version']} --out {out}`")
+
+
+def _image_matches(path: Path, digest: str) -> bool:
+    pixels = cv2.imread(str(path), cv2.IMREAD_COLOR) if path.is_file() else None
+    return pixels is not None and \
+        hashlib.sha256(_thumb_digest(cv2.cvtColor(pixels, cv2.COLOR_BGR2RGB))).hexdigest()[:16] == digest
 
 
 def contact_sheet(records: list[dict], image_dir: Path, path: Path, per_regime: int = 4) -> None:
