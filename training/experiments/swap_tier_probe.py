@@ -7,7 +7,7 @@
     python training/experiments/router_ceiling.py --work build/train-wide --latency build/train-wide/latency.json \\
         --report build/train-wide/router_ceiling.json
 
-It exports the candidate at `--tier`'s input (default large, 480x640) and runs it, as `train profile` runs every
+It exports the candidate at `--tier`'s input (default large, 480x640; `--input HxW` another size) and runs it, as `train profile` runs every
 tier, over each split's frames of `--from-work`'s profiles (router, validation, test; generator 2.0.0's dataset
 frames), then writes those profiles to `--work` with that tier's detections and latency replaced: the other tiers
 are the same networks, so their detections and the frames' features stay as they were. Its latency file gives the
@@ -38,6 +38,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--weights", type=Path, required=True, help="the candidate network (Ultralytics .pt)")
     parser.add_argument("--tier", choices=list(TIER_INPUTS), default="large", help="the tier it replaces")
+    parser.add_argument("--input", default=None, metavar="HxW",
+                        help="the candidate's input size (default: the tier's, e.g. 320x416 for small)")
     parser.add_argument("--benchmark", type=Path, default=ROOT / "build/benchmark-v2")
     parser.add_argument("--from-work", type=Path, default=ROOT / "build/train-v2")
     parser.add_argument("--work", type=Path, default=ROOT / "build/train-wide")
@@ -46,7 +48,8 @@ def main() -> None:
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     tier, column = args.tier, list(TIER_INPUTS).index(args.tier)
-    candidate = export_tiers({tier: args.weights}, args.work / "tiers", {tier: TIER_INPUTS[tier]})[tier]
+    size = tuple(int(v) for v in args.input.split("x")) if args.input else TIER_INPUTS[tier]
+    candidate = export_tiers({tier: args.weights}, args.work / "tiers", {tier: size})[tier]
     swapped = DetectorTier(str(candidate), ("CPUExecutionProvider",), name=f"candidate {tier}")
     swapped.warmup(2)
     frames = []
