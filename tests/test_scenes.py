@@ -147,6 +147,28 @@ def test_manifest_check_fails_when_an_image_is_missing_or_not_the_recorded_one(t
         benchmark.check_against(copy, frozen)
 
 
+def test_scenes_check_command_checks_the_splits_it_is_asked_for(tiny, tmp_path, capsys):
+    """The default checks the test split; `--splits router` (or `all`) also the split `train profile` reads first."""
+    from adaptive_perception.cli import main
+
+    out, manifest = tiny
+    frozen = tmp_path / "manifest.json"
+    frozen.write_text(json.dumps(manifest))
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    missing = sorted((copy / "images" / "router").glob("*.jpg"))[3]
+    missing.unlink()
+    check = ["scenes", "check", "--out", str(copy), "--manifest", str(frozen)]
+    assert main(check) == 0
+    assert "test (records and images) match" in capsys.readouterr().out
+    for splits in (["router"], ["val", "router"], ["all"]):
+        assert main([*check, "--splits", *splits]) == 2
+        assert f"1 of the router split's dataset images under '{copy}' are missing or differ from their records " \
+               f"(first: {missing.name})" in capsys.readouterr().err
+    assert main([*check, "--splits", "train", "val", "test"]) == 0
+    assert "train, val, test (records and images) match" in capsys.readouterr().out
+
+
 def test_generate_removes_the_old_records_before_the_images(tmp_path, monkeypatch):
     """Interrupted while rendering, `generate` leaves no frames.json, so `check` cannot pass on empty folders."""
     out = tmp_path / "bench"

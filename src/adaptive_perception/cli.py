@@ -109,6 +109,9 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("--out", type=Path, default=BENCHMARKS["2.0.0"])
     check.add_argument("--manifest", type=Path, help="the frozen manifest (default: the one of the generator version "
                        "the benchmark under --out was generated with)")
+    check.add_argument("--splits", nargs="+", choices=["train", "val", "test", "router", "all"], default=["test"],
+                       help="the splits whose records and images are checked (default: test, the one every "
+                            "evaluation reads; `train profile` reads router, val and test)")
 
     models = sub.add_parser("models", help="detector tiers: export Ultralytics weights, train/evaluate the embedded tiers")
     models_sub = models.add_subparsers(dest="models_command", required=True)
@@ -454,8 +457,9 @@ def _scenes(args: argparse.Namespace) -> int:
                 raise AdaptivePerceptionError(f"'{own}' names generator version {version!r}, which has no frozen "
                                               f"manifest ({', '.join(GENERATORS)}); pass --manifest")
             manifest = FROZEN_MANIFESTS[version]
-        benchmark.check_against(args.out, manifest)
-        print(f"{args.out}: test split (records and images) matches the frozen manifest {manifest}")
+        splits = benchmark.SPLITS if "all" in args.splits else tuple(dict.fromkeys(args.splits))
+        benchmark.check_against(args.out, manifest, splits)
+        print(f"{args.out}: {', '.join(splits)} (records and images) match the frozen manifest {manifest}")
         return 0
     config = benchmark.PRESETS[args.preset]
     if args.drift != "none":
