@@ -7,8 +7,8 @@
     python training/experiments/router_ceiling.py --work build/train-wide --latency build/train-wide/latency.json \\
         --report build/train-wide/router_ceiling.json
 
-It exports the candidate at `--tier`'s input (default large, 480x640; `--input HxW` another size) and runs it, as `train profile` runs every
-tier, over each split's frames of `--from-work`'s profiles (router, validation, test; generator 2.0.0's dataset
+It exports the candidate at `--tier`'s input (default large, 480x640; `--input HxW` another size) and runs it, as
+`train profile` runs every tier, over each split's frames of `--from-work`'s profiles (router, validation, test; generator 2.0.0's dataset
 frames), then writes those profiles to `--work` with that tier's detections and latency replaced: the other tiers
 are the same networks, so their detections and the frames' features stay as they were. Its latency file gives the
 other tiers `--latency`'s costs (default the embedded tiers', `training/latency/cpu-2core-family2-wide.json`) and the swapped tier that file's
