@@ -8,12 +8,13 @@
         --report build/train-wide/router_ceiling.json
 
 It exports the candidate at `--tier`'s input (default large, 480x640; `--input HxW` another size) and runs it, as
-`train profile` runs every tier, over each split's frames of `--from-work`'s profiles (router, validation, test; generator 2.0.0's dataset
-frames), then writes those profiles to `--work` with that tier's detections and latency replaced: the other tiers
-are the same networks, so their detections and the frames' features stay as they were. Its latency file gives the
-other tiers `--latency`'s costs (default the embedded tiers', `training/latency/cpu-2core-family2-wide.json`) and the swapped tier that file's
-cost scaled by the candidate's median latency against the embedded tier's, both timed on 60 test frames, 3 times
-each, interleaved frame by frame (`tiers.measure_latency`), so a busy host slows both alike.
+`train profile` runs every tier, over each split's frames of `--from-work`'s profiles (router, validation, test;
+generator 2.0.0's dataset frames), then writes those profiles to `--work` with that tier's detections and latency
+replaced: the other tiers are the same networks, so their detections and the frames' features stay as they were. Its
+latency file gives the other tiers `--latency`'s costs (default the embedded tiers',
+`training/latency/cpu-2core-family2-wide.json`) and the swapped tier that file's cost scaled by the candidate's median
+latency against the embedded tier's, both timed on 60 test frames, 3 times each, interleaved frame by frame
+(`tiers.measure_latency`), so a busy host slows both alike.
 """
 from __future__ import annotations
 
