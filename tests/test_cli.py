@@ -271,3 +271,21 @@ def test_progress_outside_a_terminal_is_one_line_naming_the_stage_and_its_size(c
     list(progress(iter([1]), desc="streaming", unit="frame"))  # no length: the stage alone
     assert capsys.readouterr().err.splitlines() == ["transport passes: 3 passes", "rendering: 1 frame",
                                                     "scoring: 20 sequences", "streaming ..."]
+
+
+@pytest.mark.parametrize("missing", ["ultralytics", "torch"])
+def test_a_training_command_without_the_training_extra_says_how_to_install_it(tmp_path, missing):
+    """Found by a new user on the demo's install: `models export` ended in a ModuleNotFoundError traceback. In a
+    process of its own, where importing the module fails as if it were not installed."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "n.onnx"
+    script = (f"import sys; sys.modules[{missing!r}] = None\n"
+              "from adaptive_perception.cli import main\n"
+              f"sys.exit(main(['models', 'export', '--weights', 'yolov8n.yaml', '--imgsz', '320', '--out', {str(out)!r}]))")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.startswith("adaptive-perception models: error: this command needs the training extra, and "
+                                  f"{missing} is not installed: run `make train-deps`"), done.stderr
+    assert "Traceback" not in done.stderr and not out.exists()

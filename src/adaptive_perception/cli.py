@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import textwrap
 from dataclasses import replace
 from pathlib import Path
 
@@ -64,8 +65,43 @@ def _bench_out(args: argparse.Namespace, committed: str) -> Path:
     return Path(QUICK_REPORTS) / Path(committed).name if args.quick else Path(committed)
 
 
+def _has_default(action: argparse.Action) -> bool:
+    """An option whose default is worth printing (0 is; None, a flag's False, an empty list are not)."""
+    default = action.default
+    return bool(action.option_strings) and default is not None and default is not False \
+        and default != argparse.SUPPRESS and default != []
+
+
+class _HelpFormatter(argparse.HelpFormatter):
+    """Every option's help shows its default (unless the text already speaks of one), and a long path or name is
+    never broken (a help line is copied into a shell)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if _has_default(action) and "default" not in text:
+            text = f"{text} (default: %(default)s)" if text else "default: %(default)s"
+        return text
+
+    def _split_lines(self, text: str, width: int) -> list[str]:
+        return textwrap.wrap(" ".join(text.split()), width, break_on_hyphens=False, break_long_words=False)
+
+
+class _Parser(argparse.ArgumentParser):
+    """The command's parsers (subcommands inherit the class, so the help formatter too)."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs.setdefault("formatter_class", _HelpFormatter)
+        super().__init__(*args, **kwargs)
+
+    def add_argument(self, *args, **kwargs) -> argparse.Action:
+        action = super().add_argument(*args, **kwargs)
+        if action.help is None and _has_default(action):
+            action.help = "default: %(default)s"  # help prints nothing for an option without text
+        return action
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="adaptive-perception", description=__doc__)
+    parser = _Parser(prog="adaptive-perception", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
     node = sub.add_parser("node", help="run perception_node (lifecycle node)")
@@ -142,12 +178,15 @@ def _parser() -> argparse.ArgumentParser:
                                                 "plateau check (< 0.5 points over 10 epochs)")
     curve.add_argument("--keep", type=Path, default=Path("training/checkpoints/tiers-v2"),
                        help="folder with one <network>/results.csv per network")
-    curve.add_argument("--out", type=Path, default=Path("training/reports/tiers_v2_curve.png"))
+    curve.add_argument("--out", type=Path, default=Path("training/reports/tiers_v2_curve.png"),
+                       help="the PNG to write (default: the committed one, training/reports/tiers_v2_curve.png)")
     export_tiers = models_sub.add_parser("export-tiers", help="export the trained networks at the tiers' input sizes")
     export_tiers.add_argument("--weights", type=Path,
                               help="one Ultralytics checkpoint for all three tiers (default: the embedded tiers' "
                                    "committed checkpoints, base's final epoch for nano and small, wide's for large)")
-    export_tiers.add_argument("--out", type=Path, default=Path("src/adaptive_perception/models"))
+    export_tiers.add_argument("--out", type=Path, default=Path("src/adaptive_perception/models"),
+                              help="folder for nano.onnx, small.onnx and large.onnx (default: "
+                                   "src/adaptive_perception/models, replacing the embedded tiers)")
     evaluate = models_sub.add_parser("evaluate", help="mAP per regime + latency of the tiers on the frozen test split")
     evaluate.add_argument("--benchmark", type=Path, default=BENCHMARKS["2.0.0"])
     evaluate.add_argument("--models", type=Path, default=Path("src/adaptive_perception/models"))
@@ -378,7 +417,7 @@ def _parser() -> argparse.ArgumentParser:
                                 "routing mix (bench throughput's report)")
     cost.add_argument("--throughput", type=Path, default=COMMITTED_THROUGHPUT,
                       help="bench throughput's JSON (its measured seconds per frame per mode)")
-    cost.add_argument("--robots", type=_count, default=1000)
+    cost.add_argument("--robots", type=_count, default=1000, help="robots in the fleet")
     cost.add_argument("--fps", type=_positive, default=30.0, help="frames per second per robot")
     cost.add_argument("--price", type=_positive, default=1.0,
                       help="price per device-hour in dollars (an input, not a quote: pass your own)")
@@ -624,6 +663,12 @@ def _policy(args: argparse.Namespace) -> int:
     return 0
 
 
+# what setup.py's `train` extra brings (scikit-learn comes with its MLflow): a command that imports one of them
+# without it installed says how to install it instead of ending in a traceback
+TRAIN_EXTRA_MODULES = frozenset({"torch", "torchvision", "ultralytics", "onnx", "onnxslim", "stable_baselines3",
+                                 "gymnasium", "mlflow", "matplotlib", "sklearn"})
+
+
 def main(argv: list[str] | None = None) -> int:
     from adaptive_perception.transport import apply_defaults
 
@@ -786,6 +831,13 @@ def main(argv: list[str] | None = None) -> int:
                                               "sequence has 150 frames)")
             summary = run_demo(args.out, args.frames, modes, args.sequence)
             return 0 if all(r["outputs_received"] == r["frames_published"] for r in summary["modes"].values()) else 1
+    except ModuleNotFoundError as exc:
+        package = (exc.name or "").split(".")[0]
+        if package not in TRAIN_EXTRA_MODULES:
+            raise
+        print(f"adaptive-perception {args.command}: error: this command needs the training extra, and {package} is "
+              "not installed: run `make train-deps` in the repository (or `pip install -e '.[train]'`)", file=sys.stderr)
+        return 2
     except (AdaptivePerceptionError, OSError, RuntimeError) as exc:  # OSError: the path and what is wrong with it
         print(f"adaptive-perception {args.command}: error: {exc}", file=sys.stderr)
         return 2
