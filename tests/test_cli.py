@@ -289,3 +289,20 @@ def test_a_training_command_without_the_training_extra_says_how_to_install_it(tm
     assert done.stderr.startswith("adaptive-perception models: error: this command needs the training extra, and "
                                   f"{missing} is not installed: run `make train-deps`"), done.stderr
     assert "Traceback" not in done.stderr and not out.exists()
+
+
+def test_help_shows_each_default_and_keeps_paths_whole(capsys):
+    """A new user read defaults off the README, not `--help`, and copied a path that help had broken at a hyphen."""
+    def help_text(*command: str) -> str:
+        with pytest.raises(SystemExit) as done:
+            main([*command, "--help"])
+        assert done.value.code == 0
+        return capsys.readouterr().out
+
+    joined = " ".join(help_text("bench", "cost").split())
+    assert "--robots ROBOTS robots in the fleet (default: 1000)" in joined
+    assert "--fps FPS frames per second per robot (default: 30.0)" in joined
+    assert "(default: 0)" in " ".join(help_text("policy", "drift-reference").split())  # a 0 is a default too
+    text = help_text("models", "compare")
+    assert "base-nano=training/checkpoints/tiers-v2/base/last.pt@192x256" in text  # on one line
+    assert "--split {val,test}    default: val" in text  # an option without text of its own
