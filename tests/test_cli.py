@@ -122,6 +122,18 @@ def test_train_reads_the_embedded_tiers_world_by_default(tmp_path, monkeypatch, 
            "scenes generate --out build/benchmark-v2`" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("source, says", [("dataset", "holds no generated benchmark (frames.json missing)"),
+                                          ("bags", "no bags under")])
+def test_train_all_refuses_a_missing_benchmark_before_it_writes_anything(tmp_path, capsys, source, says):
+    """Found by a new user: `train all` created its MLflow store and logged before it found no benchmark."""
+    work = tmp_path / "work"
+    argv = ["train", "all", "--preset", "small", "--source", source, "--benchmark", str(tmp_path / "none"),
+            "--work", str(work)]
+    assert main(argv) == 2
+    assert says in capsys.readouterr().err
+    assert not work.exists()
+
+
 def test_the_generator_choices_are_the_generators_worlds():
     from adaptive_perception.cli import GENERATORS
     from adaptive_perception.scenes.sequence import WORLDS

@@ -111,16 +111,18 @@ def _profile_path(settings: Settings, split: str) -> Path:
     return settings.work / f"profile_{split}.npz"
 
 
-def stage_profile(settings: Settings) -> None:
-    from adaptive_perception.training.profile import bag_frames, benchmark_frames, dataset_records, profile
+def _profile_params(settings: Settings) -> dict:
+    return {"benchmark": str(settings.benchmark.resolve()), "source": settings.source, "truth": settings.truth,
+            "teacher": settings.teacher, "models": settings.models, "format": 2}  # 2: with each frame's veil
 
-    params = {"benchmark": str(settings.benchmark.resolve()), "source": settings.source, "truth": settings.truth,
-              "teacher": settings.teacher, "models": settings.models, "format": 2}  # 2: with each frame's veil
-    outputs = [_profile_path(settings, s) for s in SPLITS]
-    if _cached(settings, "profile", params, outputs):
-        print("[profile] cached: " + ", ".join(map(str, outputs)))
-        return
-    for split in SPLITS:  # check the inputs before anything is written
+
+def _profile_cached(settings: Settings) -> bool:
+    return _cached(settings, "profile", _profile_params(settings), [_profile_path(settings, s) for s in SPLITS])
+
+
+def _check_profile_inputs(settings: Settings) -> None:
+    """Refuse a benchmark the profile stage cannot read, before anything (an MLflow store included) is written."""
+    for split in SPLITS:
         if settings.source == "dataset" and not (settings.benchmark / "frames.json").is_file():
             raise AdaptivePerceptionError(f"'{settings.benchmark}' holds no generated benchmark (frames.json missing); "
                                           f"run `adaptive-perception scenes generate --out {settings.benchmark}`, or "
@@ -129,6 +131,16 @@ def stage_profile(settings: Settings) -> None:
             raise AdaptivePerceptionError(f"no bags under {settings.benchmark / 'bags' / split}; put each split's "
                                           "recordings in <benchmark>/bags/{router,val,test}/ (scenes generate --bags all "
                                           "writes them)")
+
+
+def stage_profile(settings: Settings) -> None:
+    from adaptive_perception.training.profile import bag_frames, benchmark_frames, dataset_records, profile
+
+    params, outputs = _profile_params(settings), [_profile_path(settings, s) for s in SPLITS]
+    if _profile_cached(settings):
+        print("[profile] cached: " + ", ".join(map(str, outputs)))
+        return
+    _check_profile_inputs(settings)
     settings.work.mkdir(parents=True, exist_ok=True)
     with tracked(settings, "profile", params) as mlflow:
         for split in SPLITS:
@@ -425,6 +437,8 @@ def stage_evaluate(settings: Settings) -> None:
 def run(stage: str, settings: Settings) -> None:
     stages = STAGES if stage == "all" else (stage,)
     if stage == "all":
+        if not _profile_cached(settings):
+            _check_profile_inputs(settings)
         import mlflow
 
         mlflow.set_tracking_uri(settings.uri())
