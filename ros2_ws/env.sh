@@ -13,7 +13,11 @@ _ap_ld="$AP_VENV/lib:$_ap_msgs/lib:$_ap_test/lib"
 for _d in "$_ap_site"/ros_*.libs; do [ -d "$_d" ] && _ap_ld="$_ap_ld:$_d"; done
 export LD_LIBRARY_PATH="$_ap_ld${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 export _ROS_WHEELS_BOOTSTRAP_COMPLETE=1
-export AMENT_PREFIX_PATH="$_ap_test:$_ap_msgs:$AP_VENV"
+# only the prefixes already built: colcon warns about every one on the path that does not exist yet (fresh clone)
+_ap_prefix="$AP_VENV"
+[ -d "$_ap_msgs" ] && _ap_prefix="$_ap_msgs:$_ap_prefix"
+[ -d "$_ap_test" ] && _ap_prefix="$_ap_test:$_ap_prefix"
+export AMENT_PREFIX_PATH="$_ap_prefix"
 export CMAKE_PREFIX_PATH="$AP_VENV"
 export PYTHONPATH="$_ap_test/lib/python3.11/site-packages:$_ap_msgs/lib/python3.11/site-packages${PYTHONPATH:+:$PYTHONPATH}"
 export PATH="$AP_VENV/bin:$PATH"
@@ -26,4 +30,4 @@ fi
 export ROS_AUTOMATIC_DISCOVERY_RANGE="${ROS_AUTOMATIC_DISCOVERY_RANGE:-LOCALHOST}"
 # Ultralytics (train extra only): never download or pip-install anything at run time.
 export YOLO_OFFLINE=true YOLO_AUTOINSTALL=false YOLO_CONFIG_DIR="$_ap_root/build/yolo_config"
-unset _ap_root _ap_site _ap_msgs _ap_test _ap_ld _d
+unset _ap_root _ap_site _ap_msgs _ap_test _ap_ld _ap_prefix _d
