@@ -3,6 +3,7 @@ bench, demo)."""
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import sys
 import textwrap
@@ -76,6 +77,12 @@ class _HelpFormatter(argparse.HelpFormatter):
     """Every option's help shows its default (unless the text already speaks of one), and a long path or name is
     never broken (a help line is copied into a shell)."""
 
+    def _format_action(self, action: argparse.Action) -> str:
+        if not action.help and _has_default(action):  # argparse prints no help line for an option without text
+            action = copy.copy(action)
+            action.help = "default: %(default)s"
+        return super()._format_action(action)
+
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
         if _has_default(action) and "default" not in text:
@@ -92,12 +99,6 @@ class _Parser(argparse.ArgumentParser):
     def __init__(self, *args, **kwargs) -> None:
         kwargs.setdefault("formatter_class", _HelpFormatter)
         super().__init__(*args, **kwargs)
-
-    def add_argument(self, *args, **kwargs) -> argparse.Action:
-        action = super().add_argument(*args, **kwargs)
-        if action.help is None and _has_default(action):
-            action.help = "default: %(default)s"  # help prints nothing for an option without text
-        return action
 
 
 def _parser() -> argparse.ArgumentParser:
