@@ -98,10 +98,10 @@ def _frame_record(frame: Frame, name: str) -> dict:
     }
 
 
-def _thumb_digest(rgb: np.ndarray) -> bytes:
-    """Coarse content digest, robust to last-bit differences between OpenCV builds."""
+def _thumb_digest(rgb: np.ndarray) -> str:
+    """Coarse content digest of an RGB frame, robust to last-bit differences between OpenCV builds."""
     small = cv2.resize(rgb, (16, 12), interpolation=cv2.INTER_AREA)
-    return (small // 32).astype(np.uint8).tobytes()
+    return hashlib.sha256((small // 32).astype(np.uint8).tobytes()).hexdigest()[:16]
 
 
 def _render_one(job: tuple[SequenceSpec, str, int, str, bool]) -> list[dict]:
@@ -113,7 +113,7 @@ def _render_one(job: tuple[SequenceSpec, str, int, str, bool]) -> list[dict]:
         jpeg, pixels = _as_camera_jpeg(frame.rgb)
         name = f"seq{spec.index:03d}_{frame.index:04d}.jpg"
         record = _frame_record(frame, name)
-        record["digest"] = hashlib.sha256(_thumb_digest(pixels)).hexdigest()[:16]
+        record["digest"] = _thumb_digest(pixels)
         if frame.index % stride == 0:
             (root / "images" / split / name).write_bytes(jpeg)
             _write_yolo_label(root / "labels" / split / name.replace(".jpg", ".txt"), frame)
@@ -280,7 +280,7 @@ def check_against(out: Path, frozen_manifest: Path, splits: Iterable[str] = ("te
 def _image_matches(path: Path, digest: str) -> bool:
     pixels = cv2.imread(str(path), cv2.IMREAD_COLOR) if path.is_file() else None
     return pixels is not None and \
-        hashlib.sha256(_thumb_digest(cv2.cvtColor(pixels, cv2.COLOR_BGR2RGB))).hexdigest()[:16] == digest
+        _thumb_digest(cv2.cvtColor(pixels, cv2.COLOR_BGR2RGB)) == digest
 
 
 def contact_sheet(records: list[dict], image_dir: Path, path: Path, per_regime: int = 4) -> None:
