@@ -137,7 +137,7 @@ def stage_profile(settings: Settings) -> None:
     from adaptive_perception.training.profile import bag_frames, benchmark_frames, dataset_records, profile
 
     params, outputs = _profile_params(settings), [_profile_path(settings, s) for s in SPLITS]
-    if _profile_cached(settings):
+    if _cached(settings, "profile", params, outputs):
         print("[profile] cached: " + ", ".join(map(str, outputs)))
         return
     _check_profile_inputs(settings)
