@@ -1,7 +1,7 @@
 """Experiment (not part of the package; kept so the README's figures can be reproduced): can the drift monitor learn
 what the training grounds look like, by telling them from grounds it will never meet (outlier exposure)?
 
-    python training/experiments/outlier_exposure_probe.py [--work build/train-v3]   # ~12 min on 2 cores
+    python training/experiments/outlier_exposure_probe.py [--work build/train-v3]   # ~9 min on 2 cores
 
 The 1024 image features already separate one scene's ground from another's, yet a new ground sits inside the range
 of new in-distribution scenes for every unsupervised statistic measured (PSI, kNN, texture energy and novelty). Here
