@@ -234,8 +234,10 @@ def test_tier_sessions_spin_only_when_asked():
     model = resolve_model("embedded:nano")
     # sleeping threads: onnxruntime's spinning ones took the cores the node's own threads and neighbours needed
     assert NodeConfig().spin_wait is False
-    assert DetectorTier(model).session.get_session_options().get_session_config_entry(entry) == "1"
-    assert DetectorTier(model, spin_wait=False).session.get_session_options().get_session_config_entry(entry) == "0"
+    # a tier built without saying (the training profile that measures the routing costs, the latency benches) runs
+    # as the node does: costs measured with spinning threads were not the node's (small 23.8 against 18.1 ms)
+    assert DetectorTier(model).session.get_session_options().get_session_config_entry(entry) == "0"
+    assert DetectorTier(model, spin_wait=True).session.get_session_options().get_session_config_entry(entry) == "1"
 
 
 def test_throughput_without_a_learned_mode_writes_its_report_without_bars(tmp_path):

@@ -263,7 +263,7 @@ class DetectorTier:
         intra_op_threads: int = 0,
         name: str = "",
         accelerator: AcceleratorSettings | None = None,
-        spin_wait: bool = True,
+        spin_wait: bool = False,  # the node's default (`spin_wait`): whatever times a tier times it as the node runs it
         preprocess_in_graph: bool = True,
         graph_cache_dir: str = GRAPH_CACHE,
     ) -> None:
