@@ -205,6 +205,19 @@ def _parser() -> argparse.ArgumentParser:
     compare.add_argument("--benchmark", type=Path, default=BENCHMARKS["2.0.0"])
     compare.add_argument("--split", default="val", choices=["val", "test"])
     compare.add_argument("--report", type=Path, default=Path("training/reports/tier_candidates.json"))
+    quantize = models_sub.add_parser("quantize", help="8-bit tiers for CPU robots: static quantization calibrated on "
+                                                      "the camera's own frames (runtime packages only)")
+    quantize.add_argument("--model", action="append", default=[], metavar="TIER=ONNX",
+                          help="a tier to quantize (repeatable; default: the three embedded tiers), e.g. "
+                               "large=/models/yolov8l.onnx")
+    source = quantize.add_mutually_exclusive_group(required=True)
+    source.add_argument("--bag", type=Path, help="a recording of the robot's camera (rosbag2 folder): calibration "
+                                                 "frames spread over its image messages")
+    source.add_argument("--images", type=Path, help="a folder of the camera's frames (jpg/png), e.g. "
+                                                    "build/benchmark-v2/images/train for the embedded tiers")
+    quantize.add_argument("--topic", action="append", help="with --bag: only this image topic (repeatable)")
+    quantize.add_argument("--frames", type=_count, default=64, help="calibration frames (10 others check the result)")
+    quantize.add_argument("--out", type=Path, required=True, help="folder for <tier>.onnx")
     pilot = models_sub.add_parser("pilot", help="early checkpoint at the three tier sizes on the validation split")
     pilot.add_argument("--weights", type=Path, default=Path("build/tiers/base/weights/last.pt"))
     pilot.add_argument("--benchmark", type=Path, default=Path("build/benchmark"))
@@ -524,6 +537,8 @@ def _models(args: argparse.Namespace) -> int:
         imgsz = args.imgsz[0] if len(args.imgsz) == 1 else tuple(args.imgsz[:2])
         print(f"wrote {export_pretrained(args.weights, imgsz, args.out)}")
         return 0
+    if args.models_command == "quantize":
+        return _quantize(args)
     from adaptive_perception.training import tiers
 
     if args.models_command == "train-tiers":
@@ -577,6 +592,31 @@ def _models(args: argparse.Namespace) -> int:
         sources = dict.fromkeys(models, (None, args.family1_run)) if args.family1_run else None
         card = tiers.write_model_card(report, args.manifest, args.card or args.models / "MODEL_CARD.md", sources)
         print(f"wrote {args.report} and {card}")
+    return 0
+
+
+def _quantize(args: argparse.Namespace) -> int:
+    from adaptive_perception.training import quantize
+
+    models = {}
+    for item in args.model or [f"{t}=embedded:{t}" for t in ("nano", "small", "large")]:
+        tier, _, path = item.partition("=")
+        if tier not in ("nano", "small", "large") or not path:
+            raise AdaptivePerceptionError(f"--model '{item}' must look like nano=PATH, small=PATH or large=PATH")
+        models[tier] = path
+    if args.topic and not args.bag:
+        raise AdaptivePerceptionError("--topic picks a bag's image topic; give --bag too")
+    wanted = 2 * args.frames
+    frames = (quantize.bag_frames(args.bag, wanted, args.topic) if args.bag
+              else quantize.image_folder_frames(args.images, wanted))
+    calibration, check = quantize.split_frames(frames, args.frames)
+    print(f"[quantize] {len(calibration)} calibration frames, {len(check)} check frames from "
+          f"{args.bag or args.images}", flush=True)
+    rows = quantize.quantize_tiers(models, calibration, args.out, check)
+    print(quantize.table(rows))
+    flags = " ".join(f"--model {r.tier}={r.out}" for r in rows)
+    print(f"next: retrain the router for these tiers' costs (`adaptive-perception train all {flags} ...`), then run "
+          "the node with their paths (parameters " + ", ".join(f"models.{r.tier}" for r in rows) + ")")
     return 0
 
 

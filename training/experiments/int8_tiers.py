@@ -9,11 +9,8 @@ tiers with 8-bit weights and activations, and what that does to their accuracy, 
     # build/train-int8/latency.json: the int8 costs this script measured; then the routing ceilings:
     python training/experiments/tier_sizes.py build/train-v4 build/train-int8
 
-Quantization: onnxruntime static quantization in QDQ form, weights signed 8-bit per output channel, activations
-unsigned 8-bit per tensor from their min/max over 64 frames of the train split (the tiers' own training frames;
-the router, validation and test splits stay unseen), every operator of the network quantized except the detect
-head's decoding after its last convolutions (distributions, box arithmetic, the concatenated output): one 8-bit
-scale for box coordinates in pixels and class scores in [0, 1] rounds every score to 0 (tried: no detections).
+Quantization: `adaptive-perception models quantize`'s (`training/quantize.py`), calibrated on 64 frames of the train
+split (the tiers' own training frames; the router, validation and test splits stay unseen).
 Latency: each family's three tiers in turn per frame, as `train profile` times them, with the node's onnxruntime
 settings (threads sleep between work), 60 validation frames in blocks of 20 alternating between the families, 4
 rounds, so a busy host slows both alike. Writes build/int8/report.json.
@@ -21,7 +18,6 @@ rounds, so a busy host slows both alike. Writes build/int8/report.json.
 from __future__ import annotations
 
 import json
-import sys
 import time
 from pathlib import Path
 
@@ -29,10 +25,10 @@ import numpy as np
 
 from adaptive_perception.config import resolve_model
 from adaptive_perception.detector import TIERS, DetectorTier
+from adaptive_perception.training.quantize import quantize_model
+from adaptive_perception.training.tiers import _coco_eval, _split, detect_split
 
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT))
-from training.tiers import _coco_eval, _split, detect_split  # noqa: E402
 
 BENCHMARK = ROOT / "build/benchmark-v2"
 OUT = ROOT / "build/int8"
@@ -47,41 +43,6 @@ def calibration_frames(count: int = 64) -> list[np.ndarray]:
                          f"--generator-version 2.0.0 --out {BENCHMARK}` first")
     step = max(1, len(images) // count)
     return [cv2.cvtColor(cv2.imread(str(p)), cv2.COLOR_BGR2RGB) for p in images[::step][:count]]
-
-
-def decode_nodes(model) -> list[str]:
-    """The detect head's nodes after its convolution branches (`/model.<last>/...` outside `cv2.*`, `cv3.*`)."""
-    import re
-
-    index = max(int(m.group(1)) for n in model.graph.node if (m := re.match(r"/model\.(\d+)/", n.name)))
-    head = f"/model.{index}/"
-    return [n.name for n in model.graph.node if n.name.startswith(head) and "/cv2." not in n.name
-            and "/cv3." not in n.name]
-
-
-def quantize(source: Path, out: Path, frames: list[np.ndarray]) -> Path:
-    import onnx
-    from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
-    from onnxruntime.quantization.shape_inference import quant_pre_process
-
-    detector = DetectorTier(source, preprocess_in_graph=False)  # float input: the tensors the graph itself takes
-
-    class Reader(CalibrationDataReader):
-        def __init__(self) -> None:
-            self.frames = iter(frames)
-
-        def get_next(self):
-            frame = next(self.frames, None)
-            return None if frame is None else {detector.info.input_name: detector.preprocess(frame)[0]}
-
-    out.parent.mkdir(parents=True, exist_ok=True)
-    prepared = out.with_suffix(".pre.onnx")
-    quant_pre_process(str(source), str(prepared))
-    quantize_static(str(prepared), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                    calibrate_method=CalibrationMethod.MinMax, nodes_to_exclude=decode_nodes(onnx.load(str(source))))
-    prepared.unlink()
-    return out
 
 
 def family_latency(families: dict[str, dict[str, Path]], frames: list[np.ndarray], rounds: int = 4,
@@ -106,7 +67,7 @@ def family_latency(families: dict[str, dict[str, Path]], frames: list[np.ndarray
 def main() -> None:
     calibration = calibration_frames()
     fp32 = {t: Path(resolve_model(f"embedded:{t}")) for t in TIERS}
-    int8 = {t: quantize(fp32[t], OUT / "tiers" / f"{t}.onnx", calibration) for t in TIERS}
+    int8 = {t: quantize_model(fp32[t], OUT / "tiers" / f"{t}.onnx", calibration) for t in TIERS}
     gt, image_dir, frames = _split(BENCHMARK, "val", 60)
     ids = [image["id"] for image in gt["images"]]
     accuracy = {family: {t: _coco_eval(gt, detect_split(path, image_dir, gt, progress=False), ids)[0]

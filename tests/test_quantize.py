@@ -1,0 +1,88 @@
+"""`adaptive-perception models quantize`: the embedded tiers in 8 bits, calibrated on a real rosbag2 recording of
+generated scenes, find what the float tiers find on a frame they were not calibrated on."""
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+
+from adaptive_perception.audit import agreement
+from adaptive_perception.bag import write_image_bag
+from adaptive_perception.cli import main
+from adaptive_perception.config import resolve_model
+from adaptive_perception.detector import DetectorTier
+from adaptive_perception.training.quantize import QUANTIZED_KEY
+
+
+@pytest.fixture(scope="module")
+def camera_bag(tmp_path_factory):
+    """60 frames of a generated sequence (another seed than the demo's, whose frames the checks below use)."""
+    from adaptive_perception.scenes.sequence import SequenceSpec, render_sequence
+
+    path = tmp_path_factory.mktemp("quantize") / "camera"
+    write_image_bag(path, ((f.index * 33_333_333, f.rgb) for f in render_sequence(SequenceSpec(7, 3, 60))))
+    return path
+
+
+def _names(model: onnx.ModelProto) -> dict:
+    return ast.literal_eval(next(p.value for p in model.metadata_props if p.key == "names"))
+
+
+def test_quantized_tiers_from_a_bag_are_8_bit_and_find_what_the_float_tiers_find(camera_bag, regime_frames, tmp_path,
+                                                                                capsys):
+    out = tmp_path / "int8"
+    assert main(["models", "quantize", "--model", "nano=embedded:nano", "--model", "large=embedded:large",
+                 "--bag", str(camera_bag), "--frames", "12", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "12 calibration frames, 10 check frames" in printed
+    assert "| nano |" in printed and "| large |" in printed
+    assert sorted(p.name for p in out.iterdir()) == ["large.onnx", "nano.onnx"]  # only the tiers asked for
+    for tier, size in (("nano", (192, 256)), ("large", (480, 640))):
+        source = resolve_model(f"embedded:{tier}")
+        model = onnx.load(str(out / f"{tier}.onnx"))
+        ops = [n.op_type for n in model.graph.node]
+        weights = [t for t in model.graph.initializer if t.data_type == onnx.TensorProto.INT8]
+        assert ops.count("QuantizeLinear") > 50 and len(weights) >= 60  # every convolution's weights in 8 bits
+        assert (out / f"{tier}.onnx").stat().st_size < 0.35 * Path(source).stat().st_size
+        meta = {p.key: p.value for p in model.metadata_props}
+        assert "12 calibration frames" in meta[QUANTIZED_KEY] and f"from {tier}.onnx" in meta[QUANTIZED_KEY]
+        assert _names(model) == _names(onnx.load(source))
+        # scores down to 0.1 (the node publishes from 0.25): more boxes, so one near the threshold does not decide
+        float_tier, int8_tier = (DetectorTier(p, conf_threshold=0.1) for p in (source, out / f"{tier}.onnx"))
+        assert int8_tier.info.input_size == size  # each tier quantized from its own file
+        found, reference = int8_tier.detect(regime_frames["dense"]), float_tier.detect(regime_frames["dense"])
+        # a head quantized with one scale for pixels and scores finds nothing at all; this one agrees box for box
+        assert len(reference) >= 8 and agreement(found, reference) >= 0.8
+        assert np.abs(np.sort(found.scores)[-3:] - np.sort(reference.scores)[-3:]).max() < 0.1
+
+
+def test_quantize_says_what_is_wrong_with_its_inputs(tmp_path, capsys):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main(["models", "quantize", "--images", str(empty), "--out", str(tmp_path / "o")]) == 2
+    assert f"--images '{empty}' holds no" in capsys.readouterr().err
+    (empty / "frame.jpg").write_bytes(b"not a jpeg")
+    assert main(["models", "quantize", "--images", str(empty), "--out", str(tmp_path / "o")]) == 2
+    assert "frame.jpg' is not a readable image" in capsys.readouterr().err
+    assert main(["models", "quantize", "--images", str(empty), "--topic", "/c", "--out", str(tmp_path / "o")]) == 2
+    assert "--topic picks a bag's image topic; give --bag too" in capsys.readouterr().err
+    assert main(["models", "quantize", "--model", "tiny=x.onnx", "--images", str(empty), "--out", "o"]) == 2
+    assert "--model 'tiny=x.onnx' must look like nano=PATH" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+def test_a_graph_that_is_not_an_ultralytics_export_is_refused_naming_it(tmp_path, regime_frames):
+    from adaptive_perception.errors import AdaptivePerceptionError
+    from adaptive_perception.training.quantize import quantize_model
+
+    source = tmp_path / "renamed.onnx"
+    model = onnx.load(resolve_model("embedded:nano"))
+    for index, node in enumerate(model.graph.node):
+        node.name = f"node{index}"
+    onnx.save(model, str(source))
+    with pytest.raises(AdaptivePerceptionError, match="renamed.onnx' does not name its nodes as an Ultralytics"):
+        quantize_model(source, tmp_path / "out.onnx", [regime_frames["dense"]])
+    assert not (tmp_path / "out.onnx").exists()

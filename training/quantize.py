@@ -1,0 +1,179 @@
+"""8-bit tiers for CPU robots: `adaptive-perception models quantize`.
+
+onnxruntime static quantization in QDQ form: weights signed 8-bit per output channel, activations unsigned 8-bit
+per tensor, their ranges the min/max over calibration frames from the robot's own camera (a bag) or a folder of
+images. Every operator is quantized except a YOLOv8 detect head's decoding after its last convolutions: its one
+output tensor holds box coordinates in pixels beside class scores in [0, 1], and one 8-bit scale for both rounds
+every score to 0. Needs only the runtime's packages (onnx, onnxruntime), so it runs on the robot.
+
+Measured on the embedded tiers (training/README.md "8-bit tiers"): at most 0.6 mAP50-95 lost per tier, 1.7-2.4x
+faster on a 2-core x86 CPU with AVX-512 VNNI; large gains most, so a router over 8-bit tiers saves less against
+its own always-large. Retrain the router for the new tiers' costs (`train all --model ...`): the policy names the
+tier files it was trained with and the node warns when they differ.
+"""
+from __future__ import annotations
+
+import re
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+
+from adaptive_perception.audit import agreement
+from adaptive_perception.config import resolve_model
+from adaptive_perception.detector import DetectorTier
+from adaptive_perception.errors import AdaptivePerceptionError
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
+DEFAULT_FRAMES = 64
+QUANTIZED_KEY = "adaptive_perception.quantized"  # metadata entry of a quantized tier: what was done, from which file
+
+
+@dataclass(frozen=True)
+class Quantized:
+    """One tier quantized: its files, sizes, the latency of both on the check frames and their agreement there."""
+
+    tier: str
+    source: Path
+    out: Path
+    source_mb: float
+    out_mb: float
+    source_ms: float
+    out_ms: float
+    agreement: float  # mean F1 at IoU 0.5 of the 8-bit tier's published detections against the source's
+
+
+def decode_nodes(model, path: Path) -> list[str]:
+    """The detect head's nodes after its convolution branches: an Ultralytics YOLOv8 export names every node
+    `/model.<i>/...`, the head is the last module, its convolutions sit under `cv2.*` (boxes) and `cv3.*` (classes)."""
+    indices = [int(m.group(1)) for node in model.graph.node if (m := re.match(r"/model\.(\d+)/", node.name))]
+    if not indices:
+        raise AdaptivePerceptionError(
+            f"'{path}' does not name its nodes as an Ultralytics YOLOv8 export does (/model.<i>/...), so the detect "
+            "head's decoding cannot be kept in float; export it with `adaptive-perception models export`")
+    head = f"/model.{max(indices)}/"
+    nodes = [n.name for n in model.graph.node if n.name.startswith(head) and "/cv2." not in n.name
+             and "/cv3." not in n.name]
+    if not nodes:
+        raise AdaptivePerceptionError(f"'{path}': its last module {head} has no decoding after cv2/cv3; not a "
+                                      "YOLOv8 detect head")
+    return nodes
+
+
+def image_folder_frames(folder: Path, count: int) -> list[np.ndarray]:
+    """`count` RGB frames spread evenly over a folder's images (sorted by name)."""
+    import cv2
+
+    if not Path(folder).is_dir():
+        raise AdaptivePerceptionError(f"--images '{folder}' is not a folder; give a folder of the camera's frames "
+                                      f"({', '.join(IMAGE_SUFFIXES)}) or --bag a recording")
+    paths = sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not paths:
+        raise AdaptivePerceptionError(f"--images '{folder}' holds no {'/'.join(IMAGE_SUFFIXES)} file; give a folder "
+                                      "of the camera's frames or --bag a recording")
+    frames = []
+    for path in _spread(paths, count):
+        image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+        if image is None:
+            raise AdaptivePerceptionError(f"--images: '{path}' is not a readable image; remove it or fix it")
+        frames.append(cv2.cvtColor(image, cv2.COLOR_BGR2RGB))
+    return frames
+
+
+def bag_frames(bag: Path, count: int, topics: Sequence[str] | None = None) -> list[np.ndarray]:
+    """`count` RGB frames spread evenly over a bag's image messages (the node's decoder); two passes, so a long
+    recording is never held in memory."""
+    from adaptive_perception.bag import bag_image_rgb, read_images
+
+    total = sum(1 for _ in read_images(bag, topics))
+    wanted = set(_spread(list(range(total)), count))
+    return [bag_image_rgb(image) for index, image in enumerate(read_images(bag, topics)) if index in wanted]
+
+
+def _spread(items: list, count: int) -> list:
+    if count >= len(items):
+        return list(items)
+    return [items[i] for i in np.linspace(0, len(items) - 1, count).round().astype(int)]
+
+
+def quantize_model(source: Path, out: Path, frames: Sequence[np.ndarray]) -> Path:
+    """`source` (a YOLOv8 detection ONNX with a float image input) quantized to `out`, calibrated on `frames`
+    (HxWx3 uint8 RGB, letterboxed as the node does)."""
+    import onnx
+    from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
+                                          quantize_static)
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    if not frames:
+        raise AdaptivePerceptionError("no calibration frames: the recording or folder gave none")
+    source, out = Path(source), Path(out)
+    detector = DetectorTier(source, preprocess_in_graph=False)  # the float tensor the graph itself takes
+    excluded = decode_nodes(onnx.load(str(source)), source)
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.frames = iter(frames)
+
+        def get_next(self):
+            frame = next(self.frames, None)
+            return None if frame is None else {detector.info.input_name: detector.preprocess(frame)[0]}
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
+        prepared, quantized = Path(tmp) / "prepared.onnx", Path(tmp) / out.name
+        # onnx's own shape inference: the exports' shapes are static (the symbolic pass would need sympy)
+        quant_pre_process(str(source), str(prepared), skip_symbolic_shape=True)
+        quantize_static(str(prepared), str(quantized), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                        calibrate_method=CalibrationMethod.MinMax, nodes_to_exclude=excluded)
+        model = onnx.load(str(quantized))
+        onnx.helper.set_model_props(model, {**{p.key: p.value for p in model.metadata_props}, QUANTIZED_KEY: (
+            f"int8 QDQ, weights per channel, activations min/max over {len(frames)} calibration frames, detect head "
+            f"decoding in float; from {source.name}")})
+        onnx.save(model, str(quantized))
+        quantized.replace(out)  # whole or not at all
+    return out
+
+
+def quantize_tiers(models: dict[str, str], frames: Sequence[np.ndarray], out_dir: Path,
+                   check: Sequence[np.ndarray] = (), repeats: int = 5) -> list[Quantized]:
+    """Each tier of `models` (tier -> ONNX path or embedded:<tier>) to `out_dir/<tier>.onnx`, then each pair timed
+    in turn on the `check` frames with the node's settings and their detections compared there."""
+    rows = []
+    for tier, spec in models.items():
+        source = Path(resolve_model(spec))
+        out = quantize_model(source, Path(out_dir) / f"{tier}.onnx", frames)
+        times = {}
+        pair = {"source": DetectorTier(source, name=tier), "out": DetectorTier(out, name=f"{tier} int8")}
+        for name, detector in pair.items():
+            detector.warmup(2)
+            samples = []
+            for _ in range(repeats):
+                for frame in check:
+                    start = time.perf_counter()
+                    detector.detect(frame)
+                    samples.append(time.perf_counter() - start)
+            times[name] = float(np.median(samples)) * 1e3 if samples else float("nan")
+        scores = [agreement(pair["out"].detect(frame), pair["source"].detect(frame)) for frame in check]
+        rows.append(Quantized(tier, source, out, source.stat().st_size / 1e6, out.stat().st_size / 1e6,
+                              times["source"], times["out"], float(np.mean(scores)) if scores else float("nan")))
+    return rows
+
+
+def split_frames(frames: list[np.ndarray], count: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Calibration frames and, between them, up to 10 others to check on (never calibrated on)."""
+    calibration = frames[::2][:count]
+    check = frames[1::2][:10]
+    return calibration, check
+
+
+def table(rows: Iterable[Quantized]) -> str:
+    lines = ["| tier | file | MB source -> int8 | ms source -> int8 (median, this machine) | detections agree (F1 at "
+             "IoU 0.5) |", "|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r.tier} | {r.out} | {r.source_mb:.1f} -> {r.out_mb:.1f} | {r.source_ms:.1f} -> "
+                     f"{r.out_ms:.1f} | {r.agreement:.2f} |")
+    return "\n".join(lines)
