@@ -28,7 +28,6 @@ from adaptive_perception.detector import DetectorTier
 from adaptive_perception.errors import AdaptivePerceptionError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
-DEFAULT_FRAMES = 64
 QUANTIZED_KEY = "adaptive_perception.quantized"  # metadata entry of a quantized tier: what was done, from which file
 
 
@@ -146,6 +145,7 @@ def quantize_tiers(models: dict[str, str], frames: Sequence[np.ndarray], out_dir
     for tier, spec in models.items():
         source = Path(resolve_model(spec))
         out = quantize_model(source, Path(out_dir) / f"{tier}.onnx", frames)
+        print(f"[quantize] {tier}: {source} -> {out}; timing both on {len(check)} frames", flush=True)
         times = {}
         pair = {"source": DetectorTier(source, name=tier), "out": DetectorTier(out, name=f"{tier} int8")}
         for name, detector in pair.items():
@@ -173,7 +173,11 @@ def split_frames(frames: list[np.ndarray], count: int) -> tuple[list[np.ndarray]
 def table(rows: Iterable[Quantized]) -> str:
     lines = ["| tier | file | MB source -> int8 | ms source -> int8 (median, this machine) | detections agree (F1 at "
              "IoU 0.5) |", "|---|---|---|---|---|"]
+
+    def shown(value: float, digits: int) -> str:  # nan where no frame was left to check on
+        return "-" if np.isnan(value) else f"{value:.{digits}f}"
+
     for r in rows:
-        lines.append(f"| {r.tier} | {r.out} | {r.source_mb:.1f} -> {r.out_mb:.1f} | {r.source_ms:.1f} -> "
-                     f"{r.out_ms:.1f} | {r.agreement:.2f} |")
+        lines.append(f"| {r.tier} | {r.out} | {r.source_mb:.1f} -> {r.out_mb:.1f} | {shown(r.source_ms, 1)} -> "
+                     f"{shown(r.out_ms, 1)} | {shown(r.agreement, 2)} |")
     return "\n".join(lines)

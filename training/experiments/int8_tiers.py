@@ -1,7 +1,7 @@
 """Experiment (not part of the package; kept so training/README.md's "8-bit tiers" can be reproduced): the embedded
 tiers with 8-bit weights and activations, and what that does to their accuracy, their speed and the router's room.
 
-    python training/experiments/int8_tiers.py          # ~4 min: quantize, validation mAP, latency -> build/int8/
+    python training/experiments/int8_tiers.py          # ~2 min: quantize, validation mAP, latency -> build/int8/
     adaptive-perception train profile --benchmark build/benchmark-v2 --work build/train-int8 \\
         --model nano=build/int8/tiers/nano.onnx --model small=build/int8/tiers/small.onnx \\
         --model large=build/int8/tiers/large.onnx          # ~9 min
