@@ -8,6 +8,8 @@ tiers with 8-bit weights and activations, and what that does to their accuracy, 
     adaptive-perception train labels --benchmark build/benchmark-v2 --work build/train-int8 --model ... (the same)
     # build/train-int8/latency.json: the int8 costs this script measured; then the routing ceilings:
     python training/experiments/tier_sizes.py build/train-v4 build/train-int8
+    python training/experiments/int8_tiers.py --mix build/train-int8 build/train-v3 build/train-mixed   # seconds:
+        # the int8 profile's nano and small beside the fp32 profile's large, costs from build/int8/report.json
 
 Quantization: `adaptive-perception models quantize`'s (`training/quantize.py`), calibrated on 64 frames of the train
 split (the tiers' own training frames; the router, validation and test splits stay unseen).
@@ -18,6 +20,7 @@ rounds, so a busy host slows both alike. Writes build/int8/report.json.
 from __future__ import annotations
 
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -64,7 +67,38 @@ def family_latency(families: dict[str, dict[str, Path]], frames: list[np.ndarray
     return {f: {t: round(float(np.mean(v)), 3) for t, v in tiers.items()} for f, tiers in times.items()}
 
 
+def mix(int8_work: Path, fp32_work: Path, out: Path) -> None:
+    """Profiles of int8 nano and small beside the fp32 large tier (same frames, same order), with their costs."""
+    from adaptive_perception.training.pipeline import SPLITS, Settings, _profile_path
+    from adaptive_perception.training.profile import Profile
+
+    for split in SPLITS:
+        cheap, large = (Profile.load(_profile_path(Settings(work=w), split)) for w in (int8_work, fp32_work))
+        if not (np.array_equal(cheap.sequence, large.sequence) and np.array_equal(cheap.stamp_ns, large.stamp_ns)):
+            raise SystemExit(f"{split}: the two profiles hold different frames")
+        column = TIERS.index("large")
+        detections = np.concatenate([cheap.detections[cheap.detections[:, 1] != column],
+                                     large.detections[large.detections[:, 1] == column]])
+        latency = cheap.latency_ms.copy()
+        latency[:, column] = large.latency_ms[:, column]
+        Profile(features=cheap.features, latency_ms=latency, sequence=cheap.sequence, stamp_ns=cheap.stamp_ns,
+                regime=cheap.regime, detections=detections[np.lexsort((detections[:, 1], detections[:, 0]))],
+                truth=cheap.truth, meta={**cheap.meta, "models": {**cheap.meta["models"],
+                                                                   "large": large.meta["models"]["large"]}},
+                veil=cheap.veil).save(_profile_path(Settings(work=out), split))
+    costs = json.loads((OUT / "report.json").read_text())["mean_latency_ms"]
+    (out / "latency.json").write_text(json.dumps({
+        "device": "onnxruntime CPU, 2 cores: int8 nano and small, fp32 large (int8_tiers.py)",
+        "tiers_ms": {"nano": costs["int8"]["nano"], "small": costs["int8"]["small"], "large": costs["fp32"]["large"]},
+        "host_cores": 2}, indent=2))
+    print(f"wrote {out}; next: adaptive-perception train labels --benchmark {BENCHMARK} --work {out} "
+          f"--latency {out / 'latency.json'}")
+
+
 def main() -> None:
+    if len(sys.argv) == 5 and sys.argv[1] == "--mix":
+        mix(*map(Path, sys.argv[2:]))
+        return
     calibration = calibration_frames()
     fp32 = {t: Path(resolve_model(f"embedded:{t}")) for t in TIERS}
     int8 = {t: quantize_model(fp32[t], OUT / "tiers" / f"{t}.onnx", calibration) for t in TIERS}
