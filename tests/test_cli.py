@@ -318,3 +318,17 @@ def test_help_shows_each_default_and_keeps_paths_whole(capsys):
     text = help_text("models", "compare")
     assert "base-nano=training/checkpoints/tiers-v2/base/last.pt@192x256" in text  # on one line
     assert "--split {val,test}    default: val" in text  # an option without text of its own
+
+
+def test_replay_takes_its_bag_as_an_argument_or_as_bag_once(tmp_path, capsys):
+    """`replay --bag X` ended in argparse's "unrecognized arguments" (the bag was positional only)."""
+    missing = tmp_path / "nope"
+    for argv in (["replay", str(missing)], ["replay", "--bag", str(missing)]):
+        assert main(argv) == 2
+        assert f"bag '{missing}' does not exist" in capsys.readouterr().err  # reached the bag either way
+    with pytest.raises(SystemExit) as exited:
+        main(["replay"])
+    assert exited.value.code == 2 and "which bag?" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exited:
+        main(["replay", "a", "--bag", "b"])
+    assert exited.value.code == 2 and "give the bag once, as BAG or --bag (got a and b)" in capsys.readouterr().err

@@ -112,7 +112,9 @@ def _parser() -> argparse.ArgumentParser:
                    "--ros-args -p routing_mode:=fixed:large -r image:=/camera/image_raw")
 
     replay = sub.add_parser("replay", help="publish a bag's image topics to a running node")
-    replay.add_argument("bag", type=Path, help="rosbag2 folder or .mcap/.db3 file")
+    replay.add_argument("bag", type=Path, nargs="?", help="rosbag2 folder or .mcap/.db3 file")
+    replay.add_argument("--bag", type=Path, dest="bag_option", metavar="BAG",
+                        help="the same, as an option (like `models quantize --bag`)")
     replay.add_argument("--mode", choices=[m.value for m in _modes()], default="lockstep",
                         help="lockstep (default: next frame after the previous output), recorded (bag timing "
                              "scaled by --rate) or fast (back to back; the node drops what it cannot keep up with)")
@@ -719,7 +721,14 @@ def main(argv: list[str] | None = None) -> int:
     if "--ros-args" in argv:  # ROS arguments are not ours to parse
         ros_args = argv[argv.index("--ros-args") + 1:]
         argv = argv[:argv.index("--ros-args")]
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.command == "replay":
+        if args.bag is not None and args.bag_option is not None:
+            parser.error(f"replay: give the bag once, as BAG or --bag (got {args.bag} and {args.bag_option})")
+        args.bag = args.bag or args.bag_option
+        if args.bag is None:
+            parser.error("replay: which bag? adaptive-perception replay BAG (a rosbag2 folder or .mcap/.db3 file)")
     for option in ("report", "json"):  # refused now, not after the run whose results it would hold
         path = getattr(args, option, None)
         if isinstance(path, Path) and path.is_dir():
