@@ -240,6 +240,47 @@ def test_tier_sessions_spin_only_when_asked():
     assert DetectorTier(model, spin_wait=True).session.get_session_options().get_session_config_entry(entry) == "1"
 
 
+def test_throughput_int8_mode_runs_the_8_bit_tiers_beside_the_32_bit_baseline(tmp_path):
+    """`+int8`: the buyer's other always-large, measured in the same run and never the ratios' baseline."""
+    import cv2
+
+    from adaptive_perception.detector import file_digest
+    from adaptive_perception.scenes.sequence import SequenceSpec, render_sequence
+
+    router = tmp_path / "bench" / "images" / "router"
+    router.mkdir(parents=True)
+    for frame in render_sequence(SequenceSpec(11, 5, 8)):
+        cv2.imwrite(str(router / f"seq005_{frame.index:04d}.jpg"), cv2.cvtColor(frame.rgb, cv2.COLOR_RGB2BGR))
+    report_path = tmp_path / "t.json"
+
+    def bench(*args: str) -> subprocess.CompletedProcess:  # in tmp_path: its own cache of bags and 8-bit tiers
+        return subprocess.run(["adaptive-perception", "bench", "throughput", "--quick", *args], cwd=tmp_path,
+                              capture_output=True, text=True, timeout=600)
+
+    run = bench("--benchmark", str(tmp_path / "bench"), "--modes", "fixed:large,fixed:large+int8", "--report",
+                str(report_path))
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    report = json.loads(report_path.read_text())
+    float_large, int8_large = report["modes"]["fixed:large"], report["modes"]["fixed:large+int8"]
+    assert int8_large["mix"] == {"nano": 0.0, "small": 0.0, "large": 1.0} and int8_large["frames"] == FRAMES
+    # other weights, nearly the same detections: a run of the 32-bit file again would score the same to the bit
+    assert int8_large["map50_95"] != float_large["map50_95"]
+    assert abs(int8_large["map50_95"] - float_large["map50_95"]) < 6
+    assert report["comparisons"]["fixed:large"]["speedup_vs_large"] == 1.0  # the baseline: the 32-bit large tier
+    digest = file_digest(resolve_model("embedded:large"))
+    assert f"large in 8 bits -> build/bench/test-bags/int8/large-{digest}.onnx" in run.stdout
+    assert (tmp_path / "build/bench/test-bags/int8" / f"large-{digest}.onnx").is_file()
+    # without a router split to calibrate on (and no 8-bit tiers made before), the mode is refused naming what is
+    # missing, before any bag is rendered or frame timed
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    run = subprocess.run(["adaptive-perception", "bench", "throughput", "--quick", "--benchmark", str(tmp_path / "none"),
+                          "--modes", "fixed:large,fixed:nano+int8", "--report", str(tmp_path / "u.json")],
+                         cwd=elsewhere, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 2 and "no router split in" in run.stderr, run.stderr[-2000:]
+    assert not (tmp_path / "u.json").exists() and not (elsewhere / "build").exists()
+
+
 def test_throughput_without_a_learned_mode_writes_its_report_without_bars(tmp_path):
     run = _cli("bench", "throughput", "--modes", "heuristic,fixed:large", "--benchmark", str(tmp_path / "none"),
                "--sequences", "1", "--frames", "3", "--work", str(tmp_path / "no-work"), "--report",

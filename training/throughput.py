@@ -15,7 +15,8 @@ published detections (the node's thresholds) is scored with pycocotools against 
 same run. Speed-up and latency reduction are against always-large, from this run's timings only. The tiers run
 with the node's settings (thresholds, `spin_wait`, `preprocess_in_graph`); a `+spin` mode suffix runs them with
 spin-waiting threads, `+nospin` with sleeping ones, `+hostpre` with the host converting the frame to float (the
-model files' own graphs).
+model files' own graphs), `+int8` with the tiers in 8 bits (`models quantize`, calibrated on the router split,
+cached by source digest; `fixed:large+int8` is the buyer's other always-large, never the ratios' baseline).
 
 Operating points of the learned router: its calibrated weight (`learned`, the node's default), any
 `learned:<weight>`, and, given the training work folder (validation profile), `learned@90`: the cheapest weight
@@ -52,6 +53,8 @@ WARMUP_FRAMES = 3  # per mode, untimed, before the run
 NOSPIN = "+nospin"  # a mode suffix: tiers whose onnxruntime threads sleep between work (spin_wait false)
 SPIN = "+spin"  # a mode suffix: tiers whose onnxruntime threads spin-wait for work (spin_wait true)
 HOSTPRE = "+hostpre"  # a mode suffix: the host converts the frame to float (preprocess_in_graph false)
+INT8 = "+int8"  # a mode suffix: the embedded tiers in 8 bits (`models quantize`); never the ratios' baseline
+INT8_CALIBRATION_FRAMES = 64
 QUICK = {"sequences": 2, "frames": 40}
 GENERATOR = "2.0.0"
 EMBEDDED_COSTS = Path(__file__).resolve().parent / "latency" / "cpu-2core-family2-wide.json"  # the policy's calibration
@@ -290,7 +293,8 @@ def summarise(run: ModeRun, gt: dict, frames: int) -> dict:
 
 
 def baseline(modes: dict[str, dict]) -> str:
-    """The always-large run every ratio is against: the fastest one (whatever its tier settings)."""
+    """The always-large run every ratio is against: the fastest one of the 32-bit tiers (whatever their thread and
+    input settings; an `+int8` run is a mode of its own)."""
     runs = [name for name in modes if tier_settings(name)[0] == "fixed:large"]
     return max(runs, key=lambda name: modes[name]["fps"])
 
@@ -307,6 +311,28 @@ def tier_settings(mode: str) -> tuple[str, bool, bool]:
         else:
             name, in_graph = name[:-len(HOSTPRE)], False
     return name, spin, in_graph
+
+
+def int8_tiers(benchmark: Path, cache: Path) -> dict[str, Path]:
+    """The embedded tiers in 8 bits, made once per source file (cached under its digest), calibrated as `models
+    quantize` does on frames spread over the benchmark's router split (the policy's training frames, not the test
+    bags this bench times)."""
+    from adaptive_perception.detector import file_digest
+    from adaptive_perception.training.quantize import image_folder_frames, quantize_model
+
+    files, frames = {}, None
+    for tier in TIERS:
+        source = Path(resolve_model(f"embedded:{tier}"))
+        files[tier] = Path(cache) / "int8" / f"{tier}-{file_digest(source)}.onnx"
+        if not files[tier].is_file():
+            images = Path(benchmark) / "images" / "router"
+            if not images.is_dir():
+                raise ConfigError(f"mode suffix {INT8}: no router split in {benchmark} to calibrate the 8-bit tiers on "
+                                  f"({images}); generate the benchmark or drop the {INT8} modes")
+            frames = frames or image_folder_frames(images, INT8_CALIBRATION_FRAMES)
+            print(f"[throughput] {tier} in 8 bits -> {files[tier]}", flush=True)
+            quantize_model(source, files[tier], frames)
+    return files
 
 
 def comparisons(modes: dict[str, dict]) -> dict:
@@ -400,22 +426,22 @@ def measure(policy_path: str, benchmark: Path, work: Path | None, real_latency: 
 
     path = resolve_model(policy_path)
     policy = Policy(path)
-    # name -> (router mode, cost weight, the tiers' (spin_wait, preprocess_in_graph))
-    plans: dict[str, tuple[str, float | None, tuple[bool, bool]]] = {}
+    # name -> (router mode, cost weight, the tiers' (spin_wait, preprocess_in_graph, 8-bit))
+    plans: dict[str, tuple[str, float | None, tuple[bool, bool, bool]]] = {}
     for mode in modes:
-        name, spin, in_graph = tier_settings(mode)
+        name, spin, in_graph = tier_settings(mode.replace(INT8, ""))
         base, _, weight = name.partition(":") if name.startswith("learned:") else (name, "", "")
         try:
             check_mode(base)
         except ConfigError as exc:
-            raise ConfigError(f"--modes: {exc} (learned:<weight> sets a cost weight; suffixes {NOSPIN}, {SPIN}, {HOSTPRE}; "
+            raise ConfigError(f"--modes: {exc} (learned:<weight> sets a cost weight; suffixes {NOSPIN}, {SPIN}, {HOSTPRE}, {INT8}; "
                               "learned@90 is the row the run adds itself when --work has a validation profile)") from None
         try:
-            plans[mode] = (base, float(weight) if weight else None, (spin, in_graph))
+            plans[mode] = (base, float(weight) if weight else None, (spin, in_graph, INT8 in mode))
         except ValueError:
             raise ConfigError(f"mode '{mode}': the weight after learned: must be a number, e.g. learned:0.2") from None
-    if not any(mode == "fixed:large" for mode, _, _ in plans.values()):
-        raise ConfigError("--modes must include fixed:large: every ratio is against it")
+    if not any(mode == "fixed:large" and not tiers[2] for mode, _, tiers in plans.values()):
+        raise ConfigError("--modes must include fixed:large (its 32-bit tiers): every ratio is against it")
     picked = None
     if work is not None:
         from adaptive_perception.training.labels import Costs
@@ -423,19 +449,22 @@ def measure(policy_path: str, benchmark: Path, work: Path | None, real_latency: 
 
         picked = pick_weights(policy, load_split(Settings(work=work), "val"), Costs.load(EMBEDDED_COSTS))
         if picked["accuracy"] is not None:
-            plans["learned@90"] = ("learned", picked["accuracy"]["weight"], tier_settings("learned")[1:])
+            plans["learned@90"] = ("learned", picked["accuracy"]["weight"], (*tier_settings("learned")[1:], False))
             print(f"[throughput] learned@90: weight {picked['accuracy']['weight']:.4f} keeps "
                   f"{picked['accuracy']['map50_95']:.1f} of always-large's {picked['val_large_map50_95']:.1f} "
                   "mAP50-95 on validation", flush=True)
+    # before the bags: a missing calibration split is refused before anything is rendered or timed
+    eight_bit = int8_tiers(benchmark, cache) if any(tiers[2] for _, _, tiers in plans.values()) else {}
     data = split_bags(benchmark, sequences, frames, cache)
     config = NodeConfig()  # the node's thresholds; tier settings per mode (the node's defaults unless a suffix says)
     detectors = {}
-    for spin, in_graph in sorted({settings for _, _, settings in plans.values()}):
-        detectors[spin, in_graph] = {
-            t: DetectorTier(resolve_model(f"embedded:{t}"), ("CPUExecutionProvider",), config.conf_threshold,
+    for spin, in_graph, int8 in sorted({settings for _, _, settings in plans.values()}):
+        files = eight_bit if int8 else {t: resolve_model(f"embedded:{t}") for t in TIERS}
+        detectors[spin, in_graph, int8] = {
+            t: DetectorTier(files[t], ("CPUExecutionProvider",), config.conf_threshold,
                             config.iou_threshold, config.max_detections, name=t, spin_wait=spin,
                             preprocess_in_graph=in_graph, graph_cache_dir=config.graph_cache_dir) for t in TIERS}
-        for detector in detectors[spin, in_graph].values():
+        for detector in detectors[spin, in_graph, int8].values():
             detector.warmup(2)
     reference = policy.drift_reference
     runs = {name: ModeRun(name, weight, monitor=DriftMonitor(reference, config.drift_confirm)

@@ -422,7 +422,7 @@ def _parser() -> argparse.ArgumentParser:
                                  "learned:<weight>: the learned router at that cost weight; a +spin / +nospin "
                                  "suffix: the tiers' onnxruntime threads spin-wait / sleep between work (spin_wait "
                                  "true / false); +hostpre: the host converts the frame to float (preprocess_in_graph "
-                                 "false)")
+                                 "false); +int8: the tiers in 8 bits (`models quantize` on the router split, cached)")
     throughput.add_argument("--sequences", type=_count, help="test sequences (default all 14; --quick 2)")
     throughput.add_argument("--frames", type=_count, help="frames per sequence (default all 150; --quick 40)")
     throughput.add_argument("--quick", action="store_true",
