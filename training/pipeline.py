@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from adaptive_perception.config import tier_models
 from adaptive_perception.detector import TIERS
 from adaptive_perception.errors import AdaptivePerceptionError
 
@@ -464,13 +465,7 @@ def settings_from(args) -> Settings:
     }.items() if v is not None}
     changes["force"] = args.force
     if args.model:
-        models = dict(base.models)
-        for item in args.model:
-            tier, _, path = item.partition("=")
-            if tier not in TIERS or not path:
-                raise AdaptivePerceptionError(f"--model '{item}' must look like nano=PATH, small=PATH or large=PATH")
-            models[tier] = path
-        changes["models"] = models
+        changes["models"] = tier_models(args.model, base.models)
     if args.lambdas:
         changes["lambdas"] = tuple(args.lambdas)
     return replace(base, **changes)

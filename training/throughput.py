@@ -295,7 +295,7 @@ def summarise(run: ModeRun, gt: dict, frames: int) -> dict:
 def baseline(modes: dict[str, dict]) -> str:
     """The always-large run every ratio is against: the fastest one of the 32-bit tiers (whatever their thread and
     input settings; an `+int8` run is a mode of its own)."""
-    runs = [name for name in modes if tier_settings(name)[0] == "fixed:large"]
+    runs = [name for name in modes if INT8 not in name and tier_settings(name)[0] == "fixed:large"]
     return max(runs, key=lambda name: modes[name]["fps"])
 
 

@@ -598,14 +598,11 @@ def _models(args: argparse.Namespace) -> int:
 
 
 def _quantize(args: argparse.Namespace) -> int:
+    from adaptive_perception.config import tier_models
+    from adaptive_perception.detector import TIERS
     from adaptive_perception.training import quantize
 
-    models = {}
-    for item in args.model or [f"{t}=embedded:{t}" for t in ("nano", "small", "large")]:
-        tier, _, path = item.partition("=")
-        if tier not in ("nano", "small", "large") or not path:
-            raise AdaptivePerceptionError(f"--model '{item}' must look like nano=PATH, small=PATH or large=PATH")
-        models[tier] = path
+    models = tier_models(args.model) or {t: f"embedded:{t}" for t in TIERS}
     if args.topic and not args.bag:
         raise AdaptivePerceptionError("--topic picks a bag's image topic; give --bag too")
     wanted = 2 * args.frames

@@ -35,6 +35,17 @@ def resolve_model(value: str) -> str:
     return value
 
 
+def tier_models(items: list[str], models: dict[str, str] | None = None) -> dict[str, str]:
+    """`models` (tier -> file) with each `--model TIER=PATH` item applied over it; a malformed item is refused."""
+    models = dict(models or {})
+    for item in items:
+        tier, _, path = item.partition("=")
+        if tier not in TIERS or not path:
+            raise ConfigError(f"--model '{item}' must look like nano=PATH, small=PATH or large=PATH")
+        models[tier] = path
+    return models
+
+
 @dataclass(frozen=True)
 class NodeConfig:
     """Everything `on_configure` needs; defaults match config/perception.yaml."""
