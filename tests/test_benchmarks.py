@@ -279,6 +279,14 @@ def test_throughput_int8_mode_runs_the_8_bit_tiers_beside_the_32_bit_baseline(tm
                          cwd=elsewhere, capture_output=True, text=True, timeout=600)
     assert run.returncode == 2 and "no router split in" in run.stderr, run.stderr[-2000:]
     assert not (tmp_path / "u.json").exists() and not (elsewhere / "build").exists()
+    # a router split without images: named as this mode's, with this mode's fix (not `models quantize`'s --images)
+    (tmp_path / "hollow" / "images" / "router").mkdir(parents=True)
+    run = subprocess.run(["adaptive-perception", "bench", "throughput", "--quick", "--benchmark",
+                          str(tmp_path / "hollow"), "--modes", "fixed:large,fixed:nano+int8", "--report",
+                          str(tmp_path / "u.json")], cwd=elsewhere, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 2, run.stderr[-2000:]
+    assert f"mode suffix +int8: the router split '{tmp_path / 'hollow' / 'images' / 'router'}' holds no" in run.stderr
+    assert "drop the +int8 modes" in run.stderr and "--images" not in run.stderr
 
 
 def test_throughput_without_a_learned_mode_writes_its_report_without_bars(tmp_path):

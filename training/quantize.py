@@ -62,22 +62,22 @@ def decode_nodes(model, path: Path) -> list[str]:
     return nodes
 
 
-def image_folder_frames(folder: Path, count: int) -> list[np.ndarray]:
-    """`count` RGB frames spread evenly over a folder's images (sorted by name)."""
+def image_folder_frames(folder: Path, count: int, what: str = "--images",
+                        fix: str = "give a folder of the camera's frames or --bag a recording") -> list[np.ndarray]:
+    """`count` RGB frames spread evenly over a folder's images (sorted by name); errors name the folder as `what`
+    and end with `fix`."""
     import cv2
 
     if not Path(folder).is_dir():
-        raise AdaptivePerceptionError(f"--images '{folder}' is not a folder; give a folder of the camera's frames "
-                                      f"({', '.join(IMAGE_SUFFIXES)}) or --bag a recording")
+        raise AdaptivePerceptionError(f"{what} '{folder}' is not a folder; {fix}")
     paths = sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
     if not paths:
-        raise AdaptivePerceptionError(f"--images '{folder}' holds no {'/'.join(IMAGE_SUFFIXES)} file; give a folder "
-                                      "of the camera's frames or --bag a recording")
+        raise AdaptivePerceptionError(f"{what} '{folder}' holds no {'/'.join(IMAGE_SUFFIXES)} file; {fix}")
     frames = []
     for path in _spread(paths, count):
         image = cv2.imread(str(path), cv2.IMREAD_COLOR)
         if image is None:
-            raise AdaptivePerceptionError(f"--images: '{path}' is not a readable image; remove it or fix it")
+            raise AdaptivePerceptionError(f"{what}: '{path}' is not a readable image; remove it or fix it")
         frames.append(cv2.cvtColor(image, cv2.COLOR_BGR2RGB))
     return frames
 

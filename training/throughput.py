@@ -329,7 +329,9 @@ def int8_tiers(benchmark: Path, cache: Path) -> dict[str, Path]:
             if not images.is_dir():
                 raise ConfigError(f"mode suffix {INT8}: no router split in {benchmark} to calibrate the 8-bit tiers on "
                                   f"({images}); generate the benchmark or drop the {INT8} modes")
-            frames = frames or image_folder_frames(images, INT8_CALIBRATION_FRAMES)
+            frames = frames or image_folder_frames(
+                images, INT8_CALIBRATION_FRAMES, f"mode suffix {INT8}: the router split",
+                f"generate the benchmark again or drop the {INT8} modes")
             print(f"[throughput] {tier} in 8 bits -> {files[tier]}", flush=True)
             quantize_model(source, files[tier], frames)
     return files
