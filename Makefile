@@ -7,6 +7,8 @@ STAMPS := build/stamps
 ENV := source ros2_ws/env.sh
 # Private DDS domain per test run so parallel runs on one machine never see each other.
 TEST_DOMAIN ?= $(shell echo $$(( $$$$ % 90 + 10 )))
+# Root's two steps (the include links below, Debian's prometheus) go through sudo for any other user.
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
 .PHONY: setup train-deps msgs test-msgs demo test clean
 
@@ -20,12 +22,12 @@ $(STAMPS)/venv: ros2_ws/requirements-ros.txt setup.py
 	@touch $@
 
 # The ROS wheels' CMake files name two include paths under /opt/python/cp311-cp311; each build
-# points them at this venv's Python and numpy headers first (needs root, as on this machine and CI).
+# points them at this venv's Python and numpy headers first (as root, or through sudo).
 INCLUDE_LINKS = pyinc=$$(python -c 'import sysconfig; print(sysconfig.get_paths()["include"])') && \
 	npinc=$$(python -c 'import numpy; print(numpy.get_include())') && \
-	mkdir -p /opt/python/cp311-cp311/include /opt/python/cp311-cp311/lib/python3.11/site-packages/numpy/_core && \
-	ln -sfn $$pyinc /opt/python/cp311-cp311/include/python3.11 && \
-	ln -sfn $$npinc /opt/python/cp311-cp311/lib/python3.11/site-packages/numpy/_core/include
+	$(SUDO) mkdir -p /opt/python/cp311-cp311/include /opt/python/cp311-cp311/lib/python3.11/site-packages/numpy/_core && \
+	$(SUDO) ln -sfn $$pyinc /opt/python/cp311-cp311/include/python3.11 && \
+	$(SUDO) ln -sfn $$npinc /opt/python/cp311-cp311/lib/python3.11/site-packages/numpy/_core/include
 
 COLCON = colcon --log-base build/colcon/log build --event-handlers console_direct-
 CMAKE_ARGS = --cmake-args -DBUILD_TESTING=OFF -DPython3_EXECUTABLE=$(CURDIR)/$(VENV)/bin/python
@@ -49,11 +51,11 @@ $(STAMPS)/train: $(STAMPS)/venv
 	@mkdir -p build/yolo_config
 	@touch $@
 
-# Prometheus server and promtool for the metrics tests: Debian's package (needs root and apt, as here and on CI).
+# Prometheus server and promtool for the metrics tests: Debian's package (apt, as root or through sudo).
 $(STAMPS)/prometheus:
 	@mkdir -p $(STAMPS)
-	command -v prometheus >/dev/null && command -v promtool >/dev/null || { apt-get update -qq && \
-		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null; }
+	command -v prometheus >/dev/null && command -v promtool >/dev/null || { $(SUDO) apt-get update -qq && \
+		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null; }
 	@touch $@
 
 msgs: $(STAMPS)/msgs
