@@ -13,7 +13,7 @@ import yaml
 from adaptive_perception.config import NodeConfig
 from adaptive_perception.errors import ConfigError
 from adaptive_perception.frames import LatestFrameSlot
-from adaptive_perception.router import RouterSettings
+from adaptive_perception.router import RouterSettings, weighted_mode
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -205,3 +205,16 @@ def test_the_launch_file_passes_only_what_the_node_has():
     states = {k.arg: k.value.value for k in handler.keywords if k.arg in ("start_state", "goal_state")}
     # the end of a configure only (test_node: a deactivate ends in inactive too, and the launch re-activated it)
     assert states == LAUNCH_ACTIVATES_AFTER
+
+
+def test_learned_at_a_weight_names_the_learned_mode_and_its_weight():
+    """`learned:<w>` in the demo's and the benchmarks' mode lists; a weight of 0 is a weight (greedy on value), not
+    "the default"."""
+    assert weighted_mode("learned:0.25") == ("learned", 0.25)
+    assert weighted_mode("learned:0") == ("learned", 0.0)
+    assert weighted_mode("heuristic") == ("heuristic", None) and weighted_mode("fixed:nano") == ("fixed:nano", None)
+    for bad in ("learned:", "learned:x", "learned:-0.1", "learned:inf", "learned:nan"):
+        with pytest.raises(ConfigError, match=f"mode '{bad}': the cost weight after learned: must be a finite"):
+            weighted_mode(bad)
+    with pytest.raises(ConfigError, match="routing mode 'fixed:huge' is unknown"):
+        weighted_mode("fixed:huge")

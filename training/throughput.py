@@ -44,7 +44,7 @@ from adaptive_perception.errors import AdaptivePerceptionError, ConfigError
 from adaptive_perception.features import RoutingContext, next_context
 from adaptive_perception.policy import Policy
 from adaptive_perception.progress import progress
-from adaptive_perception.router import Router, RouterSettings, check_mode
+from adaptive_perception.router import Router, RouterSettings, weighted_mode
 
 FRAME_BUDGET_MS = 1000.0 / 30  # 30 FPS
 ACCURACY_SHARE = 0.90  # the operating point keeps >= 90 % of always-large's mAP50-95
@@ -432,16 +432,12 @@ def measure(policy_path: str, benchmark: Path, work: Path | None, real_latency: 
     plans: dict[str, tuple[str, float | None, tuple[bool, bool, bool]]] = {}
     for mode in modes:
         name, spin, in_graph = tier_settings(mode.replace(INT8, ""))
-        base, _, weight = name.partition(":") if name.startswith("learned:") else (name, "", "")
         try:
-            check_mode(base)
+            base, weight = weighted_mode(name)
         except ConfigError as exc:
             raise ConfigError(f"--modes: {exc} (learned:<weight> sets a cost weight; suffixes {NOSPIN}, {SPIN}, {HOSTPRE}, {INT8}; "
                               "learned@90 is the row the run adds itself when --work has a validation profile)") from None
-        try:
-            plans[mode] = (base, float(weight) if weight else None, (spin, in_graph, INT8 in mode))
-        except ValueError:
-            raise ConfigError(f"mode '{mode}': the weight after learned: must be a number, e.g. learned:0.2") from None
+        plans[mode] = (base, weight, (spin, in_graph, INT8 in mode))
     if not any(mode == "fixed:large" and not tiers[2] for mode, _, tiers in plans.values()):
         raise ConfigError("--modes must include fixed:large (its 32-bit tiers): every ratio is against it")
     picked = None

@@ -474,8 +474,10 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--frames", type=_count, default=150,
                       help="frames to render (150 = the whole sequence, identical to the benchmark's bag)")
     demo.add_argument("--out", type=Path, default=Path("build/demo"), help="working folder")
-    demo.add_argument("--modes", default="learned,heuristic,fixed:nano,fixed:large",
-                      help="comma-separated routing modes, one node process and replay each")
+    demo.add_argument("--modes", default=None,
+                      help="comma-separated routing modes, one node process and replay each; learned:<w> is the "
+                           "learned mode at routing.cost_weight w (default: learned, learned at the per-frame "
+                           "operating point, heuristic, fixed:nano, fixed:large)")
     return parser
 
 
@@ -866,13 +868,15 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "demo":
             from adaptive_perception.ros.demo import run_demo
 
-            from adaptive_perception.router import MODES
+            from adaptive_perception.ros.demo import DEMO_MODES
+            from adaptive_perception.router import weighted_mode
 
-            modes = tuple(args.modes.split(","))
-            unknown = sorted(set(modes) - set(MODES))
-            if unknown:
-                raise AdaptivePerceptionError(f"--modes: unknown {unknown}; use a comma-separated list of "
-                                              f"{', '.join(MODES)}")
+            modes = tuple(args.modes.split(",")) if args.modes else DEMO_MODES
+            for mode in modes:
+                try:
+                    weighted_mode(mode)
+                except AdaptivePerceptionError as exc:
+                    raise AdaptivePerceptionError(f"--modes: {exc}; or learned:<cost weight>") from None
             if args.frames > 150:
                 raise AdaptivePerceptionError(f"--frames {args.frames}: use a count from 1 to 150 (a benchmark "
                                               "sequence has 150 frames)")

@@ -33,6 +33,25 @@ def check_mode(mode: str) -> str:
     return mode
 
 
+LEARNED_AT = "learned:"  # learned:<w>, in the demo's and the benchmarks' mode lists: learned at routing.cost_weight w
+
+
+def weighted_mode(mode: str) -> tuple[str, float | None]:
+    """(routing mode, cost weight) of a mode as the demo and the benchmarks name them: `learned:<w>` is the learned
+    mode at `routing.cost_weight` w; any other name is a routing mode with no weight of its own (None). Refused,
+    naming it, when the mode is unknown or w is not a finite number >= 0."""
+    if not mode.startswith(LEARNED_AT):
+        return check_mode(mode), None
+    try:
+        weight = float(mode[len(LEARNED_AT):])
+    except ValueError:
+        weight = float("nan")
+    if not 0.0 <= weight < float("inf"):
+        raise ConfigError(f"mode '{mode}': the cost weight after {LEARNED_AT} must be a finite number >= 0, "
+                          "e.g. learned:0.1")
+    return "learned", weight
+
+
 def tiers_needed(mode: str) -> tuple[str, ...]:
     """The tiers a mode may pick (all three except in a fixed mode)."""
     return (mode[len(FIXED_PREFIX):],) if mode.startswith(FIXED_PREFIX) else TIERS
