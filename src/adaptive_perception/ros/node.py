@@ -286,7 +286,8 @@ class PerceptionNode(LifecycleNode):
         if self.run is not None and self.telemetry is not None:
             self.run.log(int(time.monotonic() - self._configured_at), self._snapshot())
 
-    def _end_run(self) -> None:
+    def _end_run(self) -> bool:
+        """Finish this session's MLflow run; True when there was one (and a line about it was logged)."""
         run, timer, self.run, self._run_timer = self.run, self._run_timer, None, None
         if run is not None:
             finished = run.close(self._snapshot() if self.telemetry is not None else {})
@@ -299,6 +300,7 @@ class PerceptionNode(LifecycleNode):
                 self.destroy_timer(timer)
             except Exception:  # the context may already be shut down (SIGINT): nothing left to stop
                 pass
+        return run is not None
 
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
         assert self.config is not None
@@ -369,13 +371,17 @@ class PerceptionNode(LifecycleNode):
         return TransitionCallbackReturn.SUCCESS
 
     def destroy_node(self) -> None:
-        self._end_run()
+        logged = self._end_run()
         if self.evidence is not None:  # never leave recorded evidence unclosed
             self.evidence.close()
             self.evidence = None
         if self.metrics is not None:  # frees the port even when the node goes without a cleanup transition
             self.metrics.close()
             self.metrics = None
+        if logged and self.context.ok():
+            # the node's /rosout writer goes with it, and a reliable writer destroyed before its readers acknowledged
+            # drops what it holds: give what was just logged while closing time to reach them (seen once in CI)
+            time.sleep(ROSOUT_LINGER_S)
         super().destroy_node()
 
     def _stop_processing(self) -> None:
@@ -796,6 +802,7 @@ def _status(name: str, hardware_id: str, report: dict[str, object]) -> Diagnosti
 
 
 SPIN_WAKE_S = 0.2  # the longest a signal waits for the main thread while nothing else wakes the executor
+ROSOUT_LINGER_S = 0.3  # after logging while closing, before the node's /rosout writer is destroyed
 
 
 def _interrupt(signum: int, frame: object) -> None:
