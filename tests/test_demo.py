@@ -13,6 +13,7 @@ from adaptive_perception.drawing import TIER_COLOURS
 
 from adaptive_perception.config import resolve_model
 from adaptive_perception.policy import Policy
+from adaptive_perception.router import weighted_mode
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -61,7 +62,7 @@ def test_demo_replays_a_benchmark_sequence_through_a_node_process_per_mode(tmp_p
     # one MLflow run per mode, ended, with the node's own count of the frames it processed
     client = MlflowClient(summary["mlflow"])
     runs = client.search_runs([client.get_experiment_by_name("demo").experiment_id])
-    assert sorted(r.data.params["routing_mode"] for r in runs) == sorted(m.split(":50")[0] for m in summary["modes"])
+    assert sorted(r.data.params["routing_mode"] for r in runs) == sorted(weighted_mode(m)[0] for m in summary["modes"])
     assert [r.data.params["routing_mode"] for r in runs if r.data.params["routing.cost_weight"] == "50.0"] == ["learned"]
     assert all(r.info.status == "FINISHED" and r.data.metrics["final.camera_image_raw.frames_processed"] == 15 for r in runs)
 

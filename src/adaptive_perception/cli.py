@@ -866,9 +866,7 @@ def main(argv: list[str] | None = None) -> int:
 
             return run_overhead(args.policy, args.iterations, args.report)
         if args.command == "demo":
-            from adaptive_perception.ros.demo import run_demo
-
-            from adaptive_perception.ros.demo import DEMO_MODES
+            from adaptive_perception.ros.demo import DEMO_MODES, run_demo
             from adaptive_perception.router import weighted_mode
 
             modes = tuple(args.modes.split(",")) if args.modes else DEMO_MODES
