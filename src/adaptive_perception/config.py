@@ -67,7 +67,7 @@ class NodeConfig:
     graph_cache_dir: str = GRAPH_CACHE  # those graphs, made once per model file ("": in memory at every load)
     warmup_runs: int = 2
     qos_reliability: str = "best_effort"
-    qos_depth: int = 2  # one frame of slack for the executor; the worker still takes only the newest
+    qos_depth: int = 10  # a third of a second of frames at 30 Hz for a busy executor; the worker takes only the newest
     health: HealthSettings = HealthSettings()
     metrics_port: int = 9464  # Prometheus exporter; 0 = off
     metrics_bind: str = "127.0.0.1"
