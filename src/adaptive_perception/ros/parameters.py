@@ -96,8 +96,8 @@ PARAMETERS: dict[str, tuple[object, ParameterDescriptor]] = {
     "qos.depth": (_DEFAULTS.qos_depth, _describe(
         "Image subscription (DDS reader) queue depth. The node still processes only the newest frame per camera and "
         "counts the rest as dropped; the queue only holds frames that arrive while the executor is busy, such as a "
-        "camera's catch-up burst after a stall (10: a third of a second at 30 Hz; with 2, 5-7 of a burst of 12 frames "
-        "were lost before the node).", integer_range=[IntegerRange(from_value=1, to_value=100, step=1)])),
+        "camera's catch-up burst after a stall (10: a third of a second at 30 Hz; with 2, only 3-5 of a burst of 12 "
+        "frames reached the node).", integer_range=[IntegerRange(from_value=1, to_value=100, step=1)])),
     "diagnostics.frame_budget_ms": (_DEFAULTS.health.frame_budget_ms, _describe(
         "/diagnostics: a camera is WARN while its node-time p95 over diagnostics.window_s exceeds this (33.3 = 30 Hz).")),
     "diagnostics.max_drop_share": (_DEFAULTS.health.max_drop_share, _describe(
