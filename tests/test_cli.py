@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from adaptive_perception.cli import main
@@ -223,7 +224,7 @@ def test_params_files_for_this_node_pass_the_check(tmp_path, content, remap):
 def test_policy_inspect_says_how_the_policy_routes_and_what_it_monitors(tmp_path, capsys):
     """inspect printed the id and the description only: not the cost weight a value policy runs at, nor whether
     the drift monitor will run with it."""
-    from policies import constant_policy
+    from policies import constant_policy, drifting_policy
 
     assert main(["policy", "inspect", "embedded:policy"]) == 0
     out = capsys.readouterr().out
@@ -233,12 +234,20 @@ def test_policy_inspect_says_how_the_policy_routes_and_what_it_monitors(tmp_path
     assert "inputs read: 4 of 1028; runs in numpy (its dense layers, checked against onnxruntime at load)" in out
     assert "drift reference: thresholds agreement_drop 0.535, feature_psi 3.9, image_quality 1.25, mix_tvd 0.707, " \
         "veil 3.37" in out  # the README's drift thresholds
-    assert "tier mix and audits measured at cost weight 0.280172, hysteresis 0" in out
+    # the embedded reference predates references naming their weight: read at the policy's own, and said so
+    assert "; image quality a peak per direction; veil on; tier mix and audits measured at cost weight 0.280172 (not " \
+        "recorded: an earlier layout, read as the policy's own), hysteresis 0" in out
     assert "trained with tiers: nano " in out
     logits = constant_policy(tmp_path / "logits.onnx", (0.2, 0.3, 0.5), "const")
     assert main(["policy", "inspect", str(logits)]) == 0
     out = capsys.readouterr().out
     assert "outputs: tier logits" in out and "drift reference: none (the node's drift monitor is off" in out
+    rng = np.random.default_rng(0)
+    frames = [rng.integers(0, 255, (48, 64, 3), np.uint8) for _ in range(40)]
+    assert main(["policy", "inspect", str(drifting_policy(tmp_path / "weighted.onnx", frames, 10, cost_weight=0.5))]) == 0
+    out = capsys.readouterr().out  # built without image quality and veil statistics, its weight recorded
+    assert "; image quality none; veil none (the monitor runs without it); tier mix and audits measured at cost " \
+        "weight 0.5, hysteresis 0\n" in out
 
 
 def test_a_recording_too_short_for_the_gate_is_refused_before_profiling(tmp_path, capsys):

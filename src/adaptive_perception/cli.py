@@ -666,9 +666,11 @@ def _policy(args: argparse.Namespace) -> int:
         print(f"inputs read: {len(policy.inputs_read)} of {FEATURE_SIZE}; runs in {policy.engine}"
               + (" (its dense layers, checked against onnxruntime at load)" if policy.engine == "numpy" else ""))
         print("drift reference: " + ("none (the node's drift monitor is off with this policy)" if reference is None
-              else f"thresholds {', '.join(f'{k} {v:.3g}' for k, v in sorted(reference.thresholds.items()))}; tier mix "
-                   f"and audits measured at cost weight " + ("the policy's own" if reference.cost_weight is None
-                                                             else weight_text(reference.cost_weight))
+              else f"thresholds {', '.join(f'{k} {v:.3g}' for k, v in sorted(reference.thresholds.items()))}; "
+                   f"{reference.layout()}; tier mix and audits measured at cost weight "
+                   + ("the policy's own" if reference.cost_weight is None else weight_text(reference.cost_weight)
+                      + ("" if policy.reference_weight_recorded else " (not recorded: an earlier layout, read as "
+                                                                     "the policy's own)"))
                    + f", hysteresis {reference.hysteresis:g}"))
         if info.tier_digests:
             print("trained with tiers: " + ", ".join(f"{t} {d}" for t, d in info.tier_digests.items()))

@@ -124,6 +124,13 @@ class DriftReference:
     def to_json(self) -> str:
         return json.dumps(asdict(self))
 
+    def layout(self) -> str:
+        """Which statistics this reference carries, naming the earlier layouts the node still reads."""
+        quality = ("none" if not self.quality_mean else "a peak per direction" if self.quality_peak_down
+                   else "one peak for both directions (an earlier layout, read as written)")
+        veil = "on" if self.veil_std > 0 else "none (the monitor runs without it)"
+        return f"image quality {quality}; veil {veil}"
+
     @staticmethod
     def from_json(text: str) -> "DriftReference":
         try:

@@ -221,6 +221,7 @@ class Policy:
                                   f"expected float32 [N, {FEATURE_SIZE}]")
         self.value_head = self._value_head(path, meta)
         self.drift_reference = None  # what the drift monitor compares with; policies exported before it have none
+        self.reference_weight_recorded = False  # whether the reference names the weight its tier mix was measured at
         if "drift" in meta:
             from adaptive_perception.drift import DriftReference
             from adaptive_perception.errors import ConfigError
@@ -229,6 +230,7 @@ class Policy:
                 self.drift_reference = DriftReference.from_json(meta["drift"])
             except ConfigError as exc:
                 raise PolicyFileError(path, str(exc), "re-export the policy") from None
+            self.reference_weight_recorded = self.drift_reference.cost_weight is not None
             if self.drift_reference.cost_weight is None and self.value_head is not None:
                 # written before references named their weight: measured at the policy's own
                 self.drift_reference.cost_weight = self.value_head.cost_weight
