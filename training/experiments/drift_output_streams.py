@@ -2,7 +2,7 @@
 statistic of the *routed output* (what the detectors found, not what the image looks like) tell fog, a new ground
 or small objects from a new in-distribution scene?
 
-    python training/experiments/drift_output_streams.py [--work build/train-v2]   # ~13 min, then seconds (cached)
+    python training/experiments/drift_output_streams.py [--work build/train-v3]   # ~13 min, then seconds (cached)
     python training/experiments/drift_output_streams.py --agreement                # ~1 min
 
 `--agreement`: how far the audit's signal moves instead: nano's agreement with large (`audit.agreement`, F1 at IoU
@@ -86,8 +86,9 @@ def _masked_window_means(values, mask):
     return _window_means(values * mask, WINDOW) / np.maximum(_window_means(mask, WINDOW), 1e-9)
 
 
-def candidate(streams: dict, given_count: bool):
-    """A per-window score: the largest signed distance over its output statistics, over its held-out peak."""
+def standardised(streams: dict, given_count: bool):
+    """Per window, each output statistic's signed distance from the training windows' mean in their stds; also the
+    training windows' values."""
     ref_t, ref_out = streams["router_tiers"], streams["router_out"]
     columns = [1, 2] if given_count else [0, 1, 2]
 
@@ -120,12 +121,25 @@ def candidate(streams: dict, given_count: bool):
 
     training = window_z(ref_t, ref_out)
     centre, spread = training.mean(0), np.maximum(training.std(0), 1e-6)
+    return (lambda tiers, out: (window_z(tiers, out) - centre) / spread), (training - centre) / spread
 
-    def distance(tiers, out):
-        return (window_z(tiers, out) - centre) / spread
-    up = np.maximum(1.0, np.max([distance(streams[f"{n}_tiers"], streams[f"{n}_out"]).max(0) for n in HELD_OUT], 0))
-    down = np.maximum(1.0, np.max([(-distance(streams[f"{n}_tiers"], streams[f"{n}_out"])).max(0)
-                                   for n in HELD_OUT], 0))
+
+def candidate(streams: dict, given_count: bool, joint: bool = False):
+    """A per-window score over its held-out peak: the largest signed distance over the output statistics (a peak per
+    direction), or (`joint`) their Mahalanobis distance with the training windows' correlation, which sees a change
+    against the statistics' usual co-movement (fewer *and* smaller objects, where busy scenes hold small ones)."""
+    distance, training = standardised(streams, given_count)
+    held_out = [distance(streams[f"{n}_tiers"], streams[f"{n}_out"]) for n in HELD_OUT]
+    if joint:
+        inverse = np.linalg.inv(np.corrcoef(training, rowvar=False))
+
+        def raw(tiers, out):
+            z = distance(tiers, out)
+            return np.sqrt(np.einsum("wi,ij,wj->w", z, inverse, z))
+        peak = max(float(np.sqrt(np.einsum("wi,ij,wj->w", z, inverse, z)).max()) for z in held_out)
+        return lambda tiers, out: raw(tiers, out) / peak
+    up = np.maximum(1.0, np.max([z.max(0) for z in held_out], 0))
+    down = np.maximum(1.0, np.max([(-z).max(0) for z in held_out], 0))
     return lambda tiers, out: np.maximum(distance(tiers, out) / up, -distance(tiers, out) / down).max(1)
 
 
@@ -151,7 +165,7 @@ def nano_large_agreement() -> None:
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--work", type=Path, default=Path("build/train-v2"))
+    parser.add_argument("--work", type=Path, default=Path("build/train-v3"))
     parser.add_argument("--agreement", action="store_true", help="nano's audit agreement with large per preset")
     args = parser.parse_args()
     if args.agreement:
@@ -161,12 +175,16 @@ def main():
     change = 5 * WINDOW  # the preset streams' first drifted frame
     print("| candidate | " + " | ".join(f"{p}: peak before / after" for p in PRESET_NAMES) + " |")
     print("|---|" + "---|" * len(PRESET_NAMES))
-    for name, given_count in (("per_tier", False), ("given_count", True)):
-        score = candidate(streams, given_count)
+    for name, given_count, joint in (("per_tier", False, False), ("given_count", True, False),
+                                     ("per_tier, joint", False, True), ("given_count, joint", True, True)):
+        score = candidate(streams, given_count, joint)
         cells = []
         for preset in PRESET_NAMES:
             ratio = score(streams[f"{preset}_tiers"], streams[f"{preset}_out"])
-            cells.append(f"{ratio[:change - WINDOW + 1].max():.2f} / {ratio[change:].max():.2f}")
+            ends = np.arange(len(ratio)) + WINDOW - 1  # window i holds outputs i .. i + WINDOW - 1
+            crossed = np.flatnonzero((ends >= change) & (ratio > MARGIN))
+            cells.append(f"{ratio[ends < change].max():.2f} / {ratio[ends >= change].max():.2f}"
+                         + (f" (crosses {MARGIN} {ends[crossed[0]] - change} frames after)" if len(crossed) else ""))
         print(f"| {name} | " + " | ".join(cells) + " |")
     print(f"(in units of the held-out peak; the monitor's threshold is {MARGIN}; separating needs 'after' above "
           "both 1.25 and every 'before')")
