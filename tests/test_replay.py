@@ -315,6 +315,30 @@ def test_replay_leaves_the_nodes_debug_images_out_unless_named(tmp_path):
         replay_bag(node, tmp_path / "only_debug")
 
 
+def test_training_and_calibration_read_the_cameras_of_a_node_recording_not_its_debug_images(tmp_path):
+    """A `record` bag holds the node's debug images beside the camera: profiling it for training, counting it for
+    the gate and drawing 8-bit calibration frames from it read the cameras only, one sequence per camera."""
+    from adaptive_perception.bag import image_count, read_images
+    from adaptive_perception.training.profile import bag_frames
+    from adaptive_perception.training.quantize import bag_frames as calibration_frames
+
+    _two_topic_bag(tmp_path / "bag", ["/cam_b", "/cam_a", "/perception_node/debug_image"], 3)
+    assert image_count(tmp_path / "bag") == 6
+    assert sorted(i.topic for i in read_images(tmp_path / "bag")) == ["/cam_a"] * 3 + ["/cam_b"] * 3
+    frames = list(bag_frames([tmp_path / "bag", tmp_path / "bag"], None, False))
+    assert [sequence for _, sequence, _, _ in frames] == [0] * 3 + [1] * 3 + [2] * 3 + [3] * 3  # per bag and camera
+    assert [stamp for _, _, stamp, _ in frames[:6]] == [stamp for stamp, _ in _frames(3)] * 2
+    np.testing.assert_array_equal(frames[1][0], _frames(3)[1][1])
+    assert len(calibration_frames(tmp_path / "bag", 100)) == 6
+    assert [s for _, s, _, _ in bag_frames([tmp_path / "bag"], "/cam_b", False)] == [0, 0, 0]  # a named topic only
+    _two_topic_bag(tmp_path / "only_debug", ["/perception_node/debug_image"], 1)
+    for read in (image_count, lambda bag: next(read_images(bag)), lambda bag: next(bag_frames([bag], None, False))):
+        with pytest.raises(BagError, match=r"only the node's debug images \['/perception_node/debug_image'\], no "
+                                           r"camera frames; record the camera's topic"):
+            read(tmp_path / "only_debug")
+    assert len(list(read_images(tmp_path / "only_debug", ["/perception_node/debug_image"]))) == 1  # named: read
+
+
 def test_replay_names_a_remap_of_a_topic_the_bag_lacks_and_a_type_the_node_does_not_read(tmp_path):
     write_image_bag(tmp_path / "bag", _frames(1), "/cam/image_raw")
     with spun_node("remap_replay") as node, \

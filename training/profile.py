@@ -18,7 +18,7 @@ from typing import Iterator
 import cv2
 import numpy as np
 
-from adaptive_perception.bag import bag_image_rgb, read_images
+from adaptive_perception.bag import bag_image_rgb, camera_topics, image_topics, read_images
 from adaptive_perception.config import NodeConfig, resolve_model
 from adaptive_perception.detector import TIERS, DetectorTier
 from adaptive_perception.drift import veil
@@ -128,8 +128,11 @@ def benchmark_frames(benchmark: Path, split: str, records: list[dict]
 
 def bag_frames(bags: list[Path], topic: str | None, need_sidecar: bool
                ) -> Iterator[tuple[np.ndarray, int, int, list[dict] | None]]:
-    """Every image of each bag (one sequence per bag) through the node's decoder, with the sidecar truth."""
-    for index, bag in enumerate(bags):
+    """Every camera image of each bag through the node's decoder, with the sidecar truth: one sequence per bag and
+    camera topic (`topic`, or every image topic but the node's debug images), so a previous frame is always the
+    same camera's."""
+    sequence = 0
+    for bag in bags:
         truth = None
         sidecar = Path(bag) / "ground_truth.json"
         if need_sidecar:
@@ -137,15 +140,18 @@ def bag_frames(bags: list[Path], topic: str | None, need_sidecar: bool
                 raise AdaptivePerceptionError(f"bag '{bag}' has no ground_truth.json sidecar; use --truth reference "
                                               "(score tiers against the large tier) for recordings without labels")
             truth = json.loads(sidecar.read_text())["frames"]
-        for image in read_images(bag, [topic] if topic else None):
-            stamp = image.stamp_sec * 1_000_000_000 + image.stamp_nanosec
-            objects = None
-            if truth is not None:
-                if str(stamp) not in truth:
-                    raise AdaptivePerceptionError(f"bag '{bag}': no ground truth for the frame stamped {stamp} in "
-                                                  f"{sidecar}")
-                objects = truth[str(stamp)]["objects"]
-            yield bag_image_rgb(image), index, stamp, objects
+        cameras = [topic] if topic else camera_topics(image_topics(bag))[0]
+        for camera in cameras or [None]:  # none: read_images says why
+            for image in read_images(bag, [camera] if camera else None):
+                stamp = image.stamp_sec * 1_000_000_000 + image.stamp_nanosec
+                objects = None
+                if truth is not None:
+                    if str(stamp) not in truth:
+                        raise AdaptivePerceptionError(f"bag '{bag}': no ground truth for the frame stamped {stamp} in "
+                                                      f"{sidecar}")
+                    objects = truth[str(stamp)]["objects"]
+                yield bag_image_rgb(image), sequence, stamp, objects
+            sequence += 1
 
 
 def timed_detect(detector: DetectorTier, rgb: np.ndarray):

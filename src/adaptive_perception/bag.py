@@ -18,6 +18,9 @@ IMAGE_TYPE = "sensor_msgs/msg/Image"
 COMPRESSED_TYPE = "sensor_msgs/msg/CompressedImage"
 IMAGE_TYPES = (IMAGE_TYPE, COMPRESSED_TYPE)
 TYPESTORE = get_typestore(Stores.ROS2_JAZZY)
+# The node's debug image topics, under its private namespace (raw, compressed): drawings of its output, not camera
+# frames. A recording of a node holds them; replay, training and calibration leave them out unless named.
+DEBUG_IMAGE_TOPICS = ("debug_image", "debug_image/compressed")
 
 
 class Storage(Enum):
@@ -46,20 +49,37 @@ def image_topics(path: str | Path) -> dict[str, str]:
         return {c.topic: c.msgtype for c in reader.connections if c.msgtype in IMAGE_TYPES}
 
 
+def camera_topics(topics: Iterable[str]) -> tuple[list[str], list[str]]:
+    """(the camera topics among image `topics`, the node's debug image topics left out), each sorted."""
+    skipped = sorted(t for t in topics if t.rstrip("/").endswith(DEBUG_IMAGE_TOPICS))
+    return sorted(t for t in topics if t not in skipped), skipped
+
+
+def _default_topics(path: str | Path, available: Iterable[str]) -> list[str]:
+    cameras, skipped = camera_topics(available)
+    if not cameras and skipped:
+        raise BagError(f"bag '{path}' holds only the node's debug images {skipped}, no camera frames; record the "
+                       "camera's topic (`adaptive-perception record --camera TOPIC`), or name a debug topic to read it")
+    return cameras
+
+
 def image_count(path: str | Path) -> int:
-    """Image messages in a bag (every image topic), from its index: no message is read."""
+    """Camera image messages in a bag (every image topic but the node's debug images), from its index: no message
+    is read."""
     with _open(path) as reader:
-        return sum(c.msgcount for c in reader.connections if c.msgtype in IMAGE_TYPES)
+        counts = {c.topic: c.msgcount for c in reader.connections if c.msgtype in IMAGE_TYPES}
+        return sum(counts[t] for t in _default_topics(path, counts))
 
 
 def read_images(path: str | Path, topics: Sequence[str] | None = None) -> Iterator[BagImage]:
-    """Image messages of a bag in recorded order, restricted to `topics` when given."""
+    """Image messages of a bag in recorded order, restricted to `topics` when given (default: every image topic
+    but the node's debug images)."""
     with _open(path) as reader:
         available = {c.topic for c in reader.connections if c.msgtype in IMAGE_TYPES}
         if not available:
             raise BagError(f"bag '{path}' has no sensor_msgs/Image or CompressedImage topic; "
                            f"it holds {sorted({c.topic for c in reader.connections})}")
-        wanted = set(topics) if topics else available
+        wanted = set(topics) if topics else set(_default_topics(path, available))
         missing = wanted - available
         if missing:
             raise BagError(f"bag '{path}' has no image topic {sorted(missing)}; its image topics are {sorted(available)}")

@@ -17,9 +17,8 @@ from rclpy.qos import QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CompressedImage, Image
 from vision_msgs.msg import Detection2DArray
 
-from adaptive_perception.bag import IMAGE_TYPE, image_topics, read_images
+from adaptive_perception.bag import IMAGE_TYPE, camera_topics, image_topics, read_images
 from adaptive_perception.errors import AdaptivePerceptionError, BagError
-from adaptive_perception.ros import DEBUG_IMAGE_TOPICS
 
 # Lock-step resends the frame it waits on, until the node's first output arrives, this often. Discovery matches each
 # side's endpoints on its own schedule: the node's detections writer can publish the first output before it has
@@ -80,12 +79,6 @@ class ReplayReport:
         }
 
 
-def default_topics(available: Mapping[str, str]) -> tuple[list[str], list[str]]:
-    """(the image topics a replay publishes when none are named, the node debug image topics it leaves out)."""
-    skipped = sorted(t for t in available if t.rstrip("/").endswith(DEBUG_IMAGE_TOPICS))
-    return sorted(t for t in available if t not in skipped), skipped
-
-
 def replay_bag(
     node: Node,
     bag: str | Path,
@@ -103,7 +96,7 @@ def replay_bag(
     """Replay image topics of `bag` through `node`'s publishers; the caller spins `node` in another thread.
 
     `remap` maps a bag topic to the topic to publish on (default: the bag's own name). Without `topics`, every
-    image topic but the node's own debug images (`DEBUG_IMAGE_TOPICS`: a recording of a node holds them, and
+    image topic but the node's own debug images (`bag.DEBUG_IMAGE_TOPICS`: a recording of a node holds them, and
     replaying them back means nothing). `on_output` sees each published frame's first answer. Frames go out once
     each image topic has `subscribers` matched readers: a reader that matches a publisher later (discovery runs on
     each process's own schedule) never gets the frames published before.
@@ -116,7 +109,7 @@ def replay_bag(
     if topics:
         chosen = list(topics)
     else:
-        chosen, report.skipped_topics = default_topics(available)
+        chosen, report.skipped_topics = camera_topics(available)
         if not chosen and report.skipped_topics:
             raise BagError(f"bag '{bag}' holds only the node's debug images {report.skipped_topics}; name one with "
                            "--topic to replay it")
