@@ -46,6 +46,9 @@ def test_the_shipped_policy_turns_drift_at_night_in_a_running_node_and_records_t
         assert graph.node._drift_states == {"image": RoutingDecision.DRIFT_DRIFT}
         assert graph.call(LoadPolicy, "load_policy", LoadPolicy.Request(path=policy)).success
         assert graph.node._drift_states == {"image": RoutingDecision.DRIFT_UNKNOWN}
+        reset = "drift on camera '/robot/front': drift -> unknown (policy 'bc-ppo-l0.251734-s0-0051389b' loaded: its " \
+            "drift monitor starts over, unknown until 150 frames fill its window)"
+        assert wait_until(lambda: any(log.msg == reset for log in graph.logs), 5), [log.msg for log in graph.logs[-5:]]
         assert wait_until(lambda: {kv.key: kv.value for kv in graph.status("camera /robot/front").values}
                           .get("drift_state") == "unknown", 5)
         assert graph.transition("deactivate") and graph.transition("cleanup")  # closes the evidence segment

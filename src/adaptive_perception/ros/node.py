@@ -692,11 +692,18 @@ class PerceptionNode(LifecycleNode):
             if self.drift is not None:
                 self.drift.set_reference(policy.drift_reference)
                 self._compare_drift_routing()
-                for camera in self._drift_states:  # the new policy's monitors start over: unknown until a window fills
+                reference = self.drift.reference
+                why = (f"its drift monitor starts over, unknown until {reference.window} frames fill its window"
+                       if reference is not None else "it carries no drift reference: drift monitoring is off")
+                for camera, state in self._drift_states.items():  # the new policy's monitors start over
                     self._drift_states[camera] = UNKNOWN
                     if self.metrics is not None:
                         self.metrics.drift_state_changed(camera, UNKNOWN)
                         self.metrics.drift_scored(camera, math.nan)
+                    if state != UNKNOWN:  # an operator watching DRIFT must see why it went
+                        self.get_logger().info(f"drift on camera '{self.resolve_topic_name(camera)}': "
+                                               f"{STATE_NAMES[state]} -> unknown (policy '{policy.policy_id}' "
+                                               f"loaded: {why})")
         self._set_own(Parameter("policy", value=request.path.strip()))
         response.success, response.message = True, policy.policy_id
         self.get_logger().info(f"policy '{policy.policy_id}' loaded from {policy.path}")
