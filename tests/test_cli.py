@@ -250,6 +250,20 @@ def test_policy_inspect_says_how_the_policy_routes_and_what_it_monitors(tmp_path
         "weight 0.5, hysteresis 0\n" in out
 
 
+def test_a_reader_that_leaves_early_gets_no_error_message():
+    """`policy inspect ... | head -1` once printed "error: [Errno 32] Broken pipe" (the reader had gone)."""
+    import os
+    import subprocess
+    import sys
+
+    read, write = os.pipe()
+    os.close(read)  # the reader is gone before the first line: every write fails with EPIPE
+    run = subprocess.run([sys.executable, "-u", "-m", "adaptive_perception.cli", "policy", "inspect", "embedded:policy"],
+                         stdout=write, stderr=subprocess.PIPE, text=True, timeout=120)
+    os.close(write)
+    assert (run.returncode, run.stderr) == (1, "")
+
+
 def test_a_recording_too_short_for_the_gate_is_refused_before_profiling(tmp_path, capsys):
     """Counted from the bag's index now: the refusal came after minutes of profiling the evidence."""
     import numpy as np
@@ -267,6 +281,14 @@ def test_a_recording_too_short_for_the_gate_is_refused_before_profiling(tmp_path
     assert ("--bags hold 40 frames (40): 2 segments of 30 frames, and the gate needs at least 6"
             in capsys.readouterr().err)
     assert not (tmp_path / "work" / "mlflow.db").exists()
+    # without bags, and with a work folder that holds no profiles: what to pass, and where the embedded policy's is
+    assert main(["train", "retrain", "--original-work", str(original), "--work", str(tmp_path / "work")]) == 2
+    assert "--bags: name the recordings to retrain on (rosbag2 folders" in capsys.readouterr().err
+    assert main(["train", "retrain", "--bags", str(tmp_path / "evidence_0001"), "--original-work",
+                 str(tmp_path / "nowhere"), "--work", str(tmp_path / "work")]) == 2
+    err = capsys.readouterr().err
+    assert f"--original-work (now {tmp_path / 'nowhere'}) names the work folder the current policy was trained in: " \
+        "build/train-v3 for the embedded policy" in err.replace("\n", " ")
 
 
 @pytest.mark.parametrize("command,committed", [("latency", "training/reports/latency.json"),
@@ -289,9 +311,10 @@ def test_progress_outside_a_terminal_is_one_line_naming_the_stage_and_its_size(c
     assert list(progress([1, 2, 3], desc="transport passes", unit="pass")) == [1, 2, 3]
     assert list(progress(["a"], desc="rendering", unit="frame")) == ["a"]
     assert list(progress(range(20), desc="scoring", unit="sequence")) == list(range(20))
+    assert list(progress(range(200), desc="BC seed 0", unit="epoch")) == list(range(200))  # was "200 epoches"
     list(progress(iter([1]), desc="streaming", unit="frame"))  # no length: the stage alone
     assert capsys.readouterr().err.splitlines() == ["transport passes: 3 passes", "rendering: 1 frame",
-                                                    "scoring: 20 sequences", "streaming ..."]
+                                                    "scoring: 20 sequences", "BC seed 0: 200 epochs", "streaming ..."]
 
 
 @pytest.mark.parametrize("missing", ["ultralytics", "torch"])

@@ -321,7 +321,7 @@ def test_two_cameras_at_different_rates_get_their_own_topics_and_neither_starves
             sent[cam] += 1
         assert wait_until(lambda: all(any(d.header.stamp.sec == 99 for d in outputs[c]["detections"]) for c in outputs), 10)
 
-        def accounted(c):  # processed, dropped by the newest-frame rule, or lost in the reader's depth-2 queue
+        def accounted(c):  # processed, dropped by the newest-frame rule, or lost before the reader's queue
             counters = graph.node.counters[f"{c}/image_raw"]
             return counters.processed + counters.dropped + counters.lost_before_node
         assert wait_until(lambda: all(accounted(c) == sent[c] for c in outputs), 10), \

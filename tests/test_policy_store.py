@@ -23,6 +23,17 @@ def policies(tmp_path):
                                         ("large", (0.01, 0.01, 0.98)))}
 
 
+def test_the_history_names_each_source_by_its_absolute_path(tmp_path, policies, monkeypatch):
+    """A promotion from a relative path logged it as given, ambiguous once the caller's directory is forgotten."""
+    monkeypatch.chdir(policies["nano"].parent)
+    store = PolicyStore(tmp_path / "store")
+    store.init(policies["nano"].name)
+    store.promote(policies["small"].name)
+    PolicyStore(tmp_path / "other").init()
+    assert [h["source"] for h in store.history()] == [str(policies["nano"].resolve()), str(policies["small"].resolve())]
+    assert PolicyStore(tmp_path / "other").history()[0]["source"] == "embedded:policy"
+
+
 def test_promote_keeps_the_previous_policy_and_rollback_swaps_them(tmp_path, policies):
     store = PolicyStore(tmp_path / "store")
     with pytest.raises(ConfigError, match="store-init"):

@@ -147,14 +147,22 @@ def retrain(settings, bags: list[Path], original_work: Path, current: str | None
 
     bags = [Path(b) for b in bags]
     missing = [str(b) for b in bags if not (b / "metadata.yaml").is_file()]
-    if not bags or missing:
-        raise AdaptivePerceptionError(f"--bags: {missing or 'none given'} are not rosbag2 folders (metadata.yaml); "
-                                      "pass the evidence segments, e.g. <evidence.dir>/<camera>/evidence_*")
+    if not bags:
+        raise AdaptivePerceptionError("--bags: name the recordings to retrain on (rosbag2 folders, e.g. the node's "
+                                      "evidence segments <evidence.dir>/<camera>/evidence_*)")
+    if missing:
+        raise AdaptivePerceptionError(f"--bags: {missing} are not rosbag2 folders (metadata.yaml); pass the evidence "
+                                      "segments, e.g. <evidence.dir>/<camera>/evidence_*")
     originals = {split: pipeline._profile_path(replace(settings, work=original_work), split) for split in pipeline.SPLITS}
     absent = [str(p) for p in originals.values() if not p.is_file()]
     if absent:
-        raise AdaptivePerceptionError(f"the original training data's profiles {absent} are missing; run `adaptive-"
-                                      f"perception train profile --work {original_work}` (or `train all`) first")
+        raise AdaptivePerceptionError(
+            f"the original training data's profiles {absent} are missing: --original-work (now {original_work}) names "
+            "the work folder the current policy was trained in: build/train-v3 for the embedded policy (made by "
+            "`train all --benchmark build/benchmark-v2 --work build/train-v3 --latency "
+            "training/latency/cpu-2core-family2-wide.json`, README 'Drift monitoring'), the --work of your own "
+            f"`train all` for a policy you trained; or profile it with `adaptive-perception train profile --work "
+            f"{original_work}`")
     deployed = Path(store) / "current.onnx" if store is not None else None
     if deployed is not None and not deployed.is_file():
         raise AdaptivePerceptionError(f"--store {store} holds no current.onnx; start it with `adaptive-perception "
@@ -195,9 +203,10 @@ def retrain(settings, bags: list[Path], original_work: Path, current: str | None
                            settings.teacher, desc="profile evidence")
         train_part, held_out = split_segments(segment(evidence, segment_frames), holdout_every)
         held_segments = len(np.unique(held_out.sequence))
+        used = "to train on and to match the candidate's cost on" if candidate is None else \
+            "to match the candidate's cost on (--candidate given: none trained on)"
         print(f"[retrain] evidence: {len(evidence)} frames from {len(bags)} bags; {len(np.unique(train_part.sequence))} "
-              f"segments {'to train on' if candidate is None else 'not trained on (--candidate given)'} and to match "
-              f"the candidate's cost on, {held_segments} held out for the gate")
+              f"segments {used}, {held_segments} held out for the gate")
         warnings = [] if held_segments >= FEW_SEGMENTS else [
             f"only {held_segments} held-out segments: the bootstrap interval over them is coarse; record more evidence "
             f"(one {segment_frames}-frame segment in {holdout_every} is held out)"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import os
 import sys
 import textwrap
 from dataclasses import replace
@@ -889,6 +890,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"adaptive-perception {args.command}: error: this command needs the training extra, and {package} is "
               "not installed: run `make train-deps` in the repository (or `pip install -e '.[train]'`)", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # the reader of stdout left (`| head`): no error to report, and none at exit either
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
     except (AdaptivePerceptionError, OSError, RuntimeError) as exc:  # OSError: the path and what is wrong with it
         print(f"adaptive-perception {args.command}: error: {exc}", file=sys.stderr)
         return 2

@@ -49,7 +49,8 @@ class PolicyStore:
         source = Path(resolve_model(policy))
         Policy(str(source))  # validated before anything is written
         self._install(source, self.current)
-        self._log({"action": "init", "policy_id": self.policy_id(self.current), "source": policy})
+        self._log({"action": "init", "policy_id": self.policy_id(self.current),
+                   "source": policy if policy.startswith("embedded:") else str(source.resolve())})
         return self.current
 
     def promote(self, candidate: str | Path, decision: dict | None = None) -> Path:
@@ -65,7 +66,7 @@ class PolicyStore:
                               "previous policy stays the rollback target)")
         self._install(self.current, self.previous)
         self._install(candidate, self.current)
-        self._log({"action": "promote", "policy_id": new_id, "replaced": old_id, "source": str(candidate),
+        self._log({"action": "promote", "policy_id": new_id, "replaced": old_id, "source": str(candidate.resolve()),
                    "decision": decision or {}})
         return self.current
 

@@ -19,8 +19,11 @@ def progress(iterable: Iterable | None = None, *, desc: str, total: int | None =
     return tqdm(iterable, total=total, disable=True)
 
 
+IRREGULAR = {"epoch": "epochs"}  # a hard "ch"
+
+
 def counted(size: int, unit: str) -> str:
-    """The size with its unit: 1 frame, 20 frames, 20 passes."""
+    """The size with its unit: 1 frame, 20 frames, 20 passes, 20 epochs."""
     if size == 1:
         return f"1 {unit}"
-    return f"{size} {unit}{'es' if unit.endswith(('s', 'x', 'ch', 'sh')) else 's'}"
+    return f"{size} " + IRREGULAR.get(unit, f"{unit}{'es' if unit.endswith(('s', 'x', 'ch', 'sh')) else 's'}")

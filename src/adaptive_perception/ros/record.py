@@ -15,6 +15,7 @@ from rclpy.node import Node
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 
 from adaptive_perception.errors import ConfigError
+from adaptive_perception.progress import counted
 from adaptive_perception.recording import SegmentedRecorder
 from adaptive_perception.ros import DEBUG_IMAGE_TOPICS
 
@@ -128,7 +129,7 @@ def run_record(out: Path | None, topics: list[str], segment_mb: float, segment_s
             sink.close()
     _print_closed(recorder, closed)  # the one open until now
     missing = [t for t in topics if t not in recording.types]
-    print(f"recorded {sum(recording.counts.values())} messages: " +
+    print(f"recorded {counted(sum(recording.counts.values()), 'message')}: " +
           ", ".join(f"{t} {n}" for t, n in recording.counts.items()) +
           (f"; never seen on the graph: {missing}" if missing else ""), file=sys.stderr)
     return 0
