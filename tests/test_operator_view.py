@@ -349,7 +349,8 @@ def test_each_node_session_is_an_mlflow_run_with_parameters_snapshots_and_a_summ
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     graph = _graph(context, tier_models, camera="/robot/cam7", **{"mlflow.tracking_uri": uri, "mlflow.experiment":
-                                                                  "robot-7", "mlflow.interval_s": 0.5})
+                                                                  "robot-7", "mlflow.interval_s": 0.5,
+                                                                  "diagnostics.window_s": 1.0})
     try:
         assert graph.node.run.wait_started(60) and graph.node.run.error is None
         for sec in (1, 2, 3):
@@ -361,6 +362,7 @@ def test_each_node_session_is_an_mlflow_run_with_parameters_snapshots_and_a_summ
         assert wait_until(lambda: any(m.value == 4 for m in client.get_metric_history(run_id, "robot_cam7.frames_processed")),
                           20)
         assert graph.status("routing", lambda v: v["mlflow_run"] == run_id)
+        time.sleep(1.5)  # every frame leaves the 1 s window: the summary still covers the session (it read the window)
         assert graph.transition("deactivate") and graph.transition("cleanup")  # ends the run
     finally:
         graph.close()
@@ -371,16 +373,21 @@ def test_each_node_session_is_an_mlflow_run_with_parameters_snapshots_and_a_summ
     final = {k: v for k, v in run.data.metrics.items() if k.startswith("final.")}
     assert final["final.robot_cam7.frames_processed"] == 4 and final["final.robot_cam7.frames_received"] == 4
     assert final["final.robot_cam7.small_share"] == 0.75 and final["final.robot_cam7.nano_share"] == 0.25
+    assert final["final.robot_cam7.drop_share"] == 0.0 and final["final.robot_cam7.fps"] > 0.0
     assert not any(".image." in k or k.startswith("image.") for k in run.data.metrics)  # keyed by the topic remapped
     steps = [m.step for m in client.get_metric_history(run_id, "robot_cam7.frames_processed")]
     assert len(steps) >= 2 and steps == sorted(steps)  # snapshots over time
 
 
 def test_an_unwritable_mlflow_store_costs_the_run_not_the_perception(context, tier_models):
-    graph = _graph(context, tier_models, **{"mlflow.tracking_uri": "sqlite:////proc/no-such-dir/mlflow.db"})
+    graph = _graph(context, tier_models, **{"mlflow.tracking_uri": "sqlite:////proc/no-such-dir/mlflow.db",
+                                            "mlflow.interval_s": 0.5})
     try:
         assert graph.node.run.wait_started(60)
         assert "MLflow run not started" in graph.node.run.error
+        # said in the log while the node runs, within a snapshot interval (it came only at shutdown)
+        assert wait_until(lambda: any(log.msg.startswith("MLflow run not started at 'sqlite:////proc/no-such-dir/")
+                                      and log.msg.endswith("; running without an MLflow run") for log in graph.logs), 5)
         assert graph.send_lockstep(image_msg(_noise(1), sec=1))
         assert "MLflow run not started" in {kv.key: kv.value for kv in graph.status("routing").values}["mlflow_run"]
     finally:

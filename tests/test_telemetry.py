@@ -49,6 +49,30 @@ def test_camera_report_counts_shares_percentiles_and_warns_past_the_frame_budget
     assert telemetry.camera_report("b")["level"] == OK and telemetry.camera_report("b")["message"] == "no frames yet"
 
 
+def test_the_session_report_keeps_what_the_window_forgets() -> None:
+    """The MLflow run's final summary: totals, tier shares, drop share and mean rate over the whole session."""
+    clock = Clock()
+    telemetry = Telemetry(["a"], TIERS, HealthSettings(window_s=10.0), clock=clock)
+    for t, sequence, tier in ((1.0, 1, "nano"), (2.0, 2, "small"), (3.0, 5, None), (4.0, 6, "large")):
+        clock.t = t
+        telemetry.arrived("a", sequence)  # 5 after 2: frames 3 and 4 lost before the node
+        if tier is None:
+            telemetry.dropped("a")
+        else:
+            clock.t = t + 0.5 if tier != "large" else 5.0
+            telemetry.processed("a", tier, 20.0, 0.3, 30.0)
+    clock.t = 40.0  # all of it out of the 10 s window
+    window = telemetry.camera_report("a")
+    assert window["fps"] == 0.0 and window["nano_share"] == 0.0 and window["drop_share"] == 0.0
+    session = telemetry.session_report("a")
+    assert (session["frames_received"], session["frames_processed"], session["frames_dropped"],
+            session["frames_lost_before_node"]) == (4, 3, 1, 2)
+    assert session["nano_share"] == session["small_share"] == session["large_share"] == pytest.approx(1 / 3)
+    assert session["drop_share"] == pytest.approx(3 / 6)  # 1 dropped + 2 lost of the 6 published since the first
+    assert session["fps"] == pytest.approx(3 / 4.0)  # 3 outputs from the first arrival (1 s) to the last output (5 s)
+    assert math.isnan(Telemetry(["b"], TIERS).session_report("b")["fps"])  # nothing yet
+
+
 def test_old_events_leave_the_window_and_a_stall_while_frames_arrive_is_an_error() -> None:
     clock = Clock()
     telemetry = Telemetry(["a"], TIERS, HealthSettings(stall_s=3.0, window_s=10.0), clock=clock)
@@ -152,6 +176,9 @@ def test_prometheus_exporter_receives_every_event_and_serves_them_over_http(free
     assert value("adaptive_perception_frame_age_seconds_count", {"camera": "/robot/cam"}) == 1
     assert value("adaptive_perception_qos_incompatible_total", {"topic": "/robot/cam"}) == 1
     assert value("adaptive_perception_camera_level", {"camera": "/robot/cam"}) == 0  # prepared
+    # drift: unknown (0) and no score from the start, as after a policy swap resets the monitor (the series was absent)
+    assert value("adaptive_perception_drift_state", {"camera": "/robot/cam"}) == 0
+    assert math.isnan(value("adaptive_perception_drift_score", {"camera": "/robot/cam"}))
     metrics.audited("cam")  # the node's audit and drift figures carry the remapped name too
     metrics.drift_scored("cam", 1.25)
     metrics.drift_state_changed("cam", 3)

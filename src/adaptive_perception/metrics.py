@@ -24,6 +24,8 @@ Names and labels (all prefixed `adaptive_perception_`):
 """
 from __future__ import annotations
 
+import math
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, start_http_server
 
 PREFIX = "adaptive_perception"
@@ -81,6 +83,8 @@ class PrometheusMetrics:
             for tier in tiers:
                 self.processed_frames.labels(camera, tier)
             self.camera_level.labels(camera)
+            self.drift_state.labels(camera).set(0)  # unknown until the monitor's window fills, as after a reset
+            self.drift_score.labels(camera).set(math.nan)
 
     def _name(self, camera: str) -> str:
         """A camera's label: its topic after remapping."""

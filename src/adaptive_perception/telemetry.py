@@ -68,6 +68,8 @@ class CameraStats:
     last_arrival: float | None = None
     last_processed: float | None = None
     first_arrival: float | None = None  # since the latest activation
+    tier_frames: dict[str, int] = field(default_factory=dict)  # frames each tier processed since configure
+    session_first_arrival: float | None = None  # since configure
 
     def prune(self, oldest: float) -> None:
         for events, when in ((self.arrivals, lambda e: e), (self.drops, lambda e: e),
@@ -118,6 +120,8 @@ class Telemetry:
             stats.last_arrival = now
             if stats.first_arrival is None:
                 stats.first_arrival = now
+            if stats.session_first_arrival is None:
+                stats.session_first_arrival = now
         if self.sink is not None:
             self.sink.arrived(camera, lost)
 
@@ -135,6 +139,7 @@ class Telemetry:
             now = self._clock()
             stats = self._stats(camera, now)
             stats.counters.processed += 1
+            stats.tier_frames[tier] = stats.tier_frames.get(tier, 0) + 1
             stats.processed.append(_Processed(now, tier, node_ms, overhead_ms, frame_age_ms))
             stats.last_processed = now
         if self.sink is not None:
@@ -160,6 +165,22 @@ class Telemetry:
             self.sink.incompatible_qos(camera)
 
     # ---- reading ----------------------------------------------------------------------------
+    def session_report(self, camera: str) -> dict[str, float]:
+        """One camera's whole session since configure: the frame totals, each tier's share of the processed frames,
+        the share of frames dropped or lost, and the mean rate from its first frame to its last output."""
+        with self._lock:
+            s = self.cameras[camera]
+            counters = s.counters.as_dict()
+            processed = sum(s.tier_frames.values())
+            span = (s.last_processed - s.session_first_arrival
+                    if s.last_processed is not None and s.session_first_arrival is not None else 0.0)
+            arrived = counters["received"] + counters["lost_before_node"]
+            return {**{f"frames_{k}": float(v) for k, v in counters.items()},
+                    **{f"{tier}_share": s.tier_frames.get(tier, 0) / processed if processed else 0.0
+                       for tier in self.tiers},
+                    "drop_share": (counters["dropped"] + counters["lost_before_node"]) / arrived if arrived else 0.0,
+                    "fps": processed / span if span > 0 else math.nan}
+
     def camera_report(self, camera: str) -> dict[str, object]:
         """Totals, recent rates and percentiles of one camera, with its level and the reasons for it."""
         with self._lock:

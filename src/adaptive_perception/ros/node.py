@@ -275,7 +275,8 @@ class PerceptionNode(LifecycleNode):
             self.get_logger().error(f"{exc}; running without an MLflow run")
             return
         self._run_timer = self.create_timer(config.mlflow_interval_s, self._log_run)
-        self.get_logger().info(f"MLflow run of this session in {config.mlflow_uri}, experiment {config.mlflow_experiment}")
+        self.get_logger().info(f"MLflow run of this session starting in {config.mlflow_uri}, experiment "
+                               f"{config.mlflow_experiment} (a failure is logged when it happens)")
 
     def _snapshot(self) -> dict[str, float]:
         telemetry = self.telemetry
@@ -283,15 +284,26 @@ class PerceptionNode(LifecycleNode):
                                 telemetry.tiers)
 
     def _log_run(self) -> None:
-        if self.run is not None and self.telemetry is not None:
-            self.run.log(int(time.monotonic() - self._configured_at), self._snapshot())
+        run = self.run
+        if run is not None and run.error and self._run_timer is not None:  # the store failed: say so now, once
+            self.get_logger().warning(f"{run.error}; running without an MLflow run")
+            self.destroy_timer(self._run_timer)
+            self._run_timer = None
+            return
+        if run is not None and self.telemetry is not None:
+            run.log(int(time.monotonic() - self._configured_at), self._snapshot())
 
     def _end_run(self) -> bool:
         """Finish this session's MLflow run; True when there was one (and a line about it was logged)."""
         run, timer, self.run, self._run_timer = self.run, self._run_timer, None, None
         if run is not None:
-            finished = run.close(self._snapshot() if self.telemetry is not None else {})
-            if run.error or not finished:
+            telemetry = self.telemetry  # the summary covers the session, the snapshots their windows
+            finished = run.close(snapshot_metrics({self.resolve_topic_name(c): telemetry.session_report(c)
+                                                   for c in telemetry.cameras}, telemetry.tiers)
+                                 if telemetry is not None else {})
+            if run.error and timer is None:
+                pass  # logged when it failed
+            elif run.error or not finished:
                 self.get_logger().warning(run.error or f"MLflow run {run.run_id} did not finish writing in time")
             else:
                 self.get_logger().info(f"MLflow run {run.run_id} finished")
@@ -371,6 +383,12 @@ class PerceptionNode(LifecycleNode):
         return TransitionCallbackReturn.SUCCESS
 
     def destroy_node(self) -> None:
+        if self.telemetry is not None and self.context.ok():  # a record of the session in the log, MLflow or not
+            totals = {self.resolve_topic_name(c): self.telemetry.session_report(c) for c in self.telemetry.cameras}
+            self.get_logger().info("shutting down; since configure " + "; ".join(
+                f"'{camera}' {r['frames_received']:.0f} received, {r['frames_processed']:.0f} processed, "
+                f"{r['frames_dropped']:.0f} dropped, {r['frames_lost_before_node']:.0f} lost before the node"
+                for camera, r in totals.items()))
         logged = self._end_run()
         if self.evidence is not None:  # never leave recorded evidence unclosed
             self.evidence.close()
