@@ -280,7 +280,7 @@ class PerceptionNode(LifecycleNode):
 
     def _snapshot(self) -> dict[str, float]:
         telemetry = self.telemetry
-        return snapshot_metrics({self.resolve_topic_name(c): telemetry.camera_report(c) for c in telemetry.cameras},
+        return snapshot_metrics({self._topic_name(c): telemetry.camera_report(c) for c in telemetry.cameras},
                                 telemetry.tiers)
 
     def _log_run(self) -> None:
@@ -298,7 +298,7 @@ class PerceptionNode(LifecycleNode):
         run, timer, self.run, self._run_timer = self.run, self._run_timer, None, None
         if run is not None:
             telemetry = self.telemetry  # the summary covers the session, the snapshots their windows
-            finished = run.close(snapshot_metrics({self.resolve_topic_name(c): telemetry.session_report(c)
+            finished = run.close(snapshot_metrics({self._topic_name(c): telemetry.session_report(c)
                                                    for c in telemetry.cameras}, telemetry.tiers)
                                  if telemetry is not None else {})
             if run.error and timer is None:
@@ -382,9 +382,16 @@ class PerceptionNode(LifecycleNode):
         self._release()
         return TransitionCallbackReturn.SUCCESS
 
+    def _topic_name(self, topic: str) -> str:
+        """The topic after remapping, or as configured when it is no valid name (activate refused it)."""
+        try:
+            return self.resolve_topic_name(topic)
+        except Exception:
+            return topic
+
     def destroy_node(self) -> None:
         if self.telemetry is not None and self.context.ok():  # a record of the session in the log, MLflow or not
-            totals = {self.resolve_topic_name(c): self.telemetry.session_report(c) for c in self.telemetry.cameras}
+            totals = {self._topic_name(c): self.telemetry.session_report(c) for c in self.telemetry.cameras}
             self.get_logger().info("shutting down; since configure " + "; ".join(
                 f"'{camera}' {r['frames_received']:.0f} received, {r['frames_processed']:.0f} processed, "
                 f"{r['frames_dropped']:.0f} dropped, {r['frames_lost_before_node']:.0f} lost before the node"
