@@ -18,7 +18,7 @@ from typing import Iterator
 import cv2
 import numpy as np
 
-from adaptive_perception.bag import bag_image_rgb, camera_topics, image_topics, read_images
+from adaptive_perception.bag import bag_image_rgb, default_topics, image_topics, read_images
 from adaptive_perception.config import NodeConfig, resolve_model
 from adaptive_perception.detector import TIERS, DetectorTier
 from adaptive_perception.drift import veil
@@ -140,9 +140,8 @@ def bag_frames(bags: list[Path], topic: str | None, need_sidecar: bool
                 raise AdaptivePerceptionError(f"bag '{bag}' has no ground_truth.json sidecar; use --truth reference "
                                               "(score tiers against the large tier) for recordings without labels")
             truth = json.loads(sidecar.read_text())["frames"]
-        cameras = [topic] if topic else camera_topics(image_topics(bag))[0]
-        for camera in cameras or [None]:  # none: read_images says why
-            for image in read_images(bag, [camera] if camera else None):
+        for camera in [topic] if topic else default_topics(bag, image_topics(bag)):
+            for image in read_images(bag, [camera]):
                 stamp = image.stamp_sec * 1_000_000_000 + image.stamp_nanosec
                 objects = None
                 if truth is not None:

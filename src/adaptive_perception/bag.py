@@ -55,7 +55,8 @@ def camera_topics(topics: Iterable[str]) -> tuple[list[str], list[str]]:
     return sorted(t for t in topics if t not in skipped), skipped
 
 
-def _default_topics(path: str | Path, available: Iterable[str]) -> list[str]:
+def default_topics(path: str | Path, available: Iterable[str]) -> list[str]:
+    """The camera topics among a bag's image topics `available`; a BagError when it holds only debug images."""
     cameras, skipped = camera_topics(available)
     if not cameras and skipped:
         raise BagError(f"bag '{path}' holds only the node's debug images {skipped}, no camera frames; record the "
@@ -68,7 +69,7 @@ def image_count(path: str | Path) -> int:
     is read."""
     with _open(path) as reader:
         counts = {c.topic: c.msgcount for c in reader.connections if c.msgtype in IMAGE_TYPES}
-        return sum(counts[t] for t in _default_topics(path, counts))
+        return sum(counts[t] for t in default_topics(path, counts))
 
 
 def read_images(path: str | Path, topics: Sequence[str] | None = None) -> Iterator[BagImage]:
@@ -79,7 +80,7 @@ def read_images(path: str | Path, topics: Sequence[str] | None = None) -> Iterat
         if not available:
             raise BagError(f"bag '{path}' has no sensor_msgs/Image or CompressedImage topic; "
                            f"it holds {sorted({c.topic for c in reader.connections})}")
-        wanted = set(topics) if topics else set(_default_topics(path, available))
+        wanted = set(topics) if topics else set(default_topics(path, available))
         missing = wanted - available
         if missing:
             raise BagError(f"bag '{path}' has no image topic {sorted(missing)}; its image topics are {sorted(available)}")

@@ -171,7 +171,7 @@ class Telemetry:
         with self._lock:
             s = self.cameras[camera]
             counters = s.counters.as_dict()
-            processed = sum(s.tier_frames.values())
+            processed = counters["processed"]
             span = (s.last_processed - s.session_first_arrival
                     if s.last_processed is not None and s.session_first_arrival is not None else 0.0)
             arrived = counters["received"] + counters["lost_before_node"]

@@ -133,11 +133,10 @@ def candidate(streams: dict, given_count: bool, joint: bool = False):
     if joint:
         inverse = np.linalg.inv(np.corrcoef(training, rowvar=False))
 
-        def raw(tiers, out):
-            z = distance(tiers, out)
+        def mahalanobis(z):
             return np.sqrt(np.einsum("wi,ij,wj->w", z, inverse, z))
-        peak = max(float(np.sqrt(np.einsum("wi,ij,wj->w", z, inverse, z)).max()) for z in held_out)
-        return lambda tiers, out: raw(tiers, out) / peak
+        peak = max(float(mahalanobis(z).max()) for z in held_out)
+        return lambda tiers, out: mahalanobis(distance(tiers, out)) / peak
     up = np.maximum(1.0, np.max([z.max(0) for z in held_out], 0))
     down = np.maximum(1.0, np.max([(-z).max(0) for z in held_out], 0))
     return lambda tiers, out: np.maximum(distance(tiers, out) / up, -distance(tiers, out) / down).max(1)

@@ -726,7 +726,7 @@ class PerceptionNode(LifecycleNode):
                         self.metrics.drift_state_changed(camera, UNKNOWN)
                         self.metrics.drift_scored(camera, math.nan)
                     if state != UNKNOWN:  # an operator watching DRIFT must see why it went
-                        self.get_logger().info(f"drift on camera '{self.resolve_topic_name(camera)}': "
+                        self.get_logger().info(f"drift on camera '{self._topic_name(camera)}': "
                                                f"{STATE_NAMES[state]} -> unknown (policy '{policy.policy_id}' "
                                                f"loaded: {why})")
         self._set_own(Parameter("policy", value=request.path.strip()))
