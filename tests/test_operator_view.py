@@ -220,6 +220,7 @@ def test_a_metrics_port_in_use_costs_the_metrics_not_the_perception(context, tie
             assert graph.send_lockstep(image_msg(_noise(1), sec=1))
             routing = graph.status("routing")
             assert routing.level == WARN and "not served: 127.0.0.1:" in {kv.key: kv.value for kv in routing.values}["metrics"]
+            assert f"; metrics not served: 127.0.0.1:{free_port}" in routing.message  # the level says why
             assert any("set metrics.port to a free port" in log.msg for log in graph.logs)
         finally:
             graph.close()
@@ -389,7 +390,9 @@ def test_an_unwritable_mlflow_store_costs_the_run_not_the_perception(context, ti
         assert wait_until(lambda: any(log.msg.startswith("MLflow run not started at 'sqlite:////proc/no-such-dir/")
                                       and log.msg.endswith("; running without an MLflow run") for log in graph.logs), 5)
         assert graph.send_lockstep(image_msg(_noise(1), sec=1))
-        assert "MLflow run not started" in {kv.key: kv.value for kv in graph.status("routing").values}["mlflow_run"]
+        routing = graph.status("routing")  # a session asked to be recorded and is not: the operator view warns
+        assert "MLflow run not started" in {kv.key: kv.value for kv in routing.values}["mlflow_run"]
+        assert routing.level == WARN and "; MLflow run not started at 'sqlite:////proc/no-such-dir/" in routing.message
     finally:
         graph.close()
 

@@ -535,10 +535,14 @@ class PerceptionNode(LifecycleNode):
             report = telemetry.tier_report(tier) | {"provider": detector.providers[0],
                                                     "requested_provider": detector.requested[0], "model": str(detector.path)}
             array.status.append(_status(f"{node}: tier {tier}", node, report))
+        failing = [f"metrics {self._metrics_state}"] if self._metrics_state.startswith("not served") else []
+        if self.run is not None and self.run.error:
+            failing.append(self.run.error)
         array.status.append(_status(f"{node}: routing", node, {
-            "level": WARN if self._metrics_state.startswith("not served") or not self.active else OK,
+            "level": WARN if failing or not self.active else OK,
             "message": ("" if self.active else "inactive (lifecycle activate to process frames): ") + f"{router.mode}"
-                       + (f", policy {router.policy_id}" if router.policy_id else ""),
+                       + (f", policy {router.policy_id}" if router.policy_id else "")
+                       + "".join(f"; {reason}" for reason in failing),
             "mode": router.mode, "policy_id": router.policy_id,
             "drift_state": STATE_NAMES[max(self._drift_states.values(), default=0)],
             "drift_routing_statistics": ("no drift monitor" if self.drift is None or self.drift.reference is None else
