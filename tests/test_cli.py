@@ -278,9 +278,23 @@ def test_a_recording_too_short_for_the_gate_is_refused_before_profiling(tmp_path
         (original / f"profile_{split}.npz").write_text("")
     assert main(["train", "retrain", "--bags", str(tmp_path / "evidence_0001"), "--original-work", str(original),
                  "--work", str(tmp_path / "work")]) == 2
-    assert ("--bags hold 40 frames (40): 2 segments of 30 frames, and the gate needs at least 6"
+    assert ("--bags hold 40 frames (40 per bag and camera): 2 segments of 30 frames, and the gate needs at least 6"
             in capsys.readouterr().err)
     assert not (tmp_path / "work" / "mlflow.db").exists()
+    # two cameras in one bag are two sequences, each cut into segments of its own (as `retrain.segment` cuts them):
+    # 40 + 40 frames are 2 + 2 segments, not the 3 of 80 frames counted as one camera
+    from rosbags.rosbag2 import StoragePlugin, Writer
+
+    from adaptive_perception.bag import IMAGE_TYPE, TYPESTORE, image_message
+
+    with Writer(tmp_path / "two_cameras", version=9, storage_plugin=StoragePlugin.MCAP) as writer:
+        connections = [writer.add_connection(t, IMAGE_TYPE, typestore=TYPESTORE) for t in ("/front", "/rear")]
+        for stamp, rgb in frames:
+            for conn in connections:
+                writer.write(conn, stamp, TYPESTORE.serialize_cdr(image_message(rgb, stamp, "cam"), IMAGE_TYPE))
+    assert main(["train", "retrain", "--bags", str(tmp_path / "two_cameras"), "--original-work", str(original),
+                 "--work", str(tmp_path / "work")]) == 2
+    assert "--bags hold 80 frames (40, 40 per bag and camera): 4 segments of 30 frames" in capsys.readouterr().err
     # without bags, and with a work folder that holds no profiles: what to pass, and where the embedded policy's is
     assert main(["train", "retrain", "--original-work", str(original), "--work", str(tmp_path / "work")]) == 2
     assert "--bags: name the recordings to retrain on (rosbag2 folders" in capsys.readouterr().err

@@ -1,7 +1,7 @@
 """`adaptive-perception train retrain`: evidence bags without labels -> a candidate policy -> the gate -> promotion.
 
 1. Profile the evidence bags (the node's drift evidence, or any recording) with truth from the reference tier
-   (`--truth reference`: the large tier's published detections). Each bag is cut into time segments of
+   (`--truth reference`: the large tier's published detections). Each bag's camera is cut into time segments of
    `segment_frames` frames, the unit of the gate's bootstrap; every `holdout_every`-th segment is held out.
 2. Training data: the original router split's profile plus the evidence's training segments (`profile_router`);
    validation and test stay the original ones (the operating point and the drift reference come from them).
@@ -74,7 +74,7 @@ def concat(profiles: list[Profile]) -> Profile:
 
 
 def segment(profile: Profile, segment_frames: int = SEGMENT_FRAMES) -> Profile:
-    """Renumber sequences as time segments: each source sequence (a bag) cut every `segment_frames` frames."""
+    """Renumber sequences as time segments: each source sequence (a bag's camera) cut every `segment_frames` frames."""
     segments = np.empty(len(profile), np.int64)
     next_id = 0
     for frames in profile.sequences():
@@ -177,15 +177,16 @@ def retrain(settings, bags: list[Path], original_work: Path, current: str | None
             "out to use the store's")
     if candidate is not None:  # checked before the evidence is profiled (minutes), not after
         Policy(resolve_model(candidate))
-    from adaptive_perception.bag import image_count
+    from adaptive_perception.bag import camera_counts
 
-    counts = [image_count(b) for b in bags]  # from the bags' indexes: a short recording is refused before profiling
-    segments = sum(-(-n // segment_frames) for n in counts)  # as `segment` cuts them: per bag, the last one short
+    # from the bags' indexes: a short recording is refused before profiling
+    counts = [n for b in bags for n in camera_counts(b).values()]
+    segments = sum(-(-n // segment_frames) for n in counts)  # as `segment` cuts them, the last one short
     if segments < 2 * holdout_every:
         raise AdaptivePerceptionError(
-            f"--bags hold {sum(counts)} frames ({', '.join(map(str, counts))}): {segments} segments of "
-            f"{segment_frames} frames, and the gate needs at least {2 * holdout_every} (record longer, or lower "
-            "--segment-frames)")
+            f"--bags hold {sum(counts)} frames ({', '.join(map(str, counts))} per bag and camera): {segments} "
+            f"segments of {segment_frames} frames, and the gate needs at least {2 * holdout_every} (record longer, or "
+            "lower --segment-frames)")
     if settings.latency is None and (original_work / "costs.json").is_file():
         settings = replace(settings, latency=original_work / "costs.json")  # the costs the original was trained at
     settings = replace(settings, data=f"{original_work}'s router split + evidence bags {[str(b) for b in bags]} "

@@ -64,12 +64,20 @@ def default_topics(path: str | Path, available: Iterable[str]) -> list[str]:
     return cameras
 
 
-def image_count(path: str | Path) -> int:
-    """Camera image messages in a bag (every image topic but the node's debug images), from its index: no message
-    is read."""
+def camera_counts(path: str | Path) -> dict[str, int]:
+    """Image messages per camera topic of a bag (every image topic but the node's debug images), from its index: no
+    message is read."""
     with _open(path) as reader:
-        counts = {c.topic: c.msgcount for c in reader.connections if c.msgtype in IMAGE_TYPES}
-        return sum(counts[t] for t in default_topics(path, counts))
+        counts: dict[str, int] = {}
+        for c in reader.connections:
+            if c.msgtype in IMAGE_TYPES:
+                counts[c.topic] = counts.get(c.topic, 0) + c.msgcount
+        return {t: counts[t] for t in default_topics(path, counts)}
+
+
+def image_count(path: str | Path) -> int:
+    """Camera image messages in a bag, from its index."""
+    return sum(camera_counts(path).values())
 
 
 def read_images(path: str | Path, topics: Sequence[str] | None = None) -> Iterator[BagImage]:
