@@ -246,6 +246,30 @@ def test_bootstrap_reaccumulation_equals_cocoeval():
     assert len({round(m, 6) for m, _ in result["replicates"]}) >= 3  # sequences are really resampled
 
 
+def test_a_routing_that_shows_nothing_scores_zero_and_a_truth_without_objects_is_refused(tmp_path):
+    """Tiers that find nothing (random weights) scored a crash inside pycocotools; a reference truth without objects
+    gave every tier the same value, and the pipeline trained on it until the scorer crashed."""
+    from adaptive_perception.training.evaluate import Scorer
+    from adaptive_perception.training.pipeline import Settings, stage_labels
+
+    costs = Costs("test", np.array([10.0, 40.0, 100.0]))
+    profile = _profile(6)
+    profile.meta["device"] = "test"
+    split = Split.build(profile)
+    seen_by_small_and_large = profile.detections[profile.detections[:, 1] > 0]
+    nano_blind = Split.build(Profile(**{**profile.__dict__, "detections": seen_by_small_and_large}))
+    assert Scorer(nano_blind).score(rollout(nano_blind, costs, lambda *_: 0, streaming=False))["map50_95"] == 0.0
+    assert Scorer(split).score(rollout(split, costs, lambda *_: 2, streaming=False))["map50_95"] == pytest.approx(100.0)
+    empty = Profile(**{**profile.__dict__, "truth": np.zeros((0, 7), np.float32),
+                       "meta": {**profile.meta, "truth": "reference (large tier)"}})
+    for split_name in ("router", "val", "test"):
+        (profile if split_name != "val" else empty).save(tmp_path / f"profile_{split_name}.npz")
+    with pytest.raises(AdaptivePerceptionError, match=r"split 'val' \(.*profile_val.npz\): the truth \(reference "
+                       r"\(large tier\)\) holds no object in 6 frames.*the large tier \(or --teacher\) must detect"):
+        stage_labels(Settings(work=tmp_path, latency=None))
+    assert not (tmp_path / "quality_val.npy").exists()
+
+
 def test_latency_file_is_validated(tmp_path):
     good = tmp_path / "jetson.json"
     good.write_text(json.dumps({"device": "Jetson Orin NX", "tiers_ms": {"nano": 4.0, "small": 8.0, "large": 20.0}}))

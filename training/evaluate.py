@@ -43,6 +43,7 @@ class Scorer:
             self.gt.createIndex()
 
     def _evaluator(self, trace: Trace):
+        from pycocotools.coco import COCO
         from pycocotools.cocoeval import COCOeval
 
         results = []
@@ -53,7 +54,14 @@ class Scorer:
                 results.append({"image_id": target, "category_id": int(cls), "bbox": [x0, y0, x1 - x0, y1 - y0],
                                 "score": score})
         with contextlib.redirect_stdout(io.StringIO()):
-            evaluator = COCOeval(self.gt, self.gt.loadRes(results) if results else self.gt.loadRes([]), "bbox")
+            if results:
+                found = self.gt.loadRes(results)
+            else:  # nothing shown: pycocotools' loadRes cannot take an empty list
+                found = COCO()
+                found.dataset = {"images": self.gt.dataset["images"], "categories": self.gt.dataset["categories"],
+                                 "annotations": []}
+                found.createIndex()
+            evaluator = COCOeval(self.gt, found, "bbox")
             evaluator.evaluate()
             evaluator.accumulate()
             evaluator.summarize()

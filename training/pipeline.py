@@ -155,6 +155,7 @@ def stage_profile(settings: Settings) -> None:
                 raise AdaptivePerceptionError(f"--source {settings.source}: use dataset or bags")
             result = profile(frames, total, settings.truth, settings.models, settings.teacher, desc=f"profile {split}")
             result.save(_profile_path(settings, split))
+            result.check_truth(f"split '{split}' ({_profile_path(settings, split)})")  # saved: the frames are kept
             mlflow.log_metrics({f"{split}_frames": len(result),
                                 **{f"{split}_{t}_latency_ms": float(result.latency_ms[:, i].mean())
                                    for i, t in enumerate(TIERS)}})
@@ -186,7 +187,9 @@ def stage_labels(settings: Settings) -> None:
     with tracked(settings, "labels", params) as mlflow:
         costs.save(settings.work / "costs.json")
         for split in SPLITS:
-            table = Split.build(Profile.load(_profile_path(settings, split)))
+            loaded = Profile.load(_profile_path(settings, split))
+            loaded.check_truth(f"split '{split}' ({_profile_path(settings, split)})")
+            table = Split.build(loaded)
             np.save(settings.work / f"quality_{split}.npy", table.quality)
             for lam in settings.lambdas:
                 mix = np.bincount(optimal_tiers(table.quality[:, :, 0], costs, lam), minlength=3) / len(table.profile)

@@ -82,6 +82,18 @@ class Profile:
         """Per frame, (G, 6) ground truth x0 y0 x1 y1 class ignore."""
         return _split_by_frame(self.truth, len(self))
 
+    def check_truth(self, name: str) -> None:
+        """Refuse a profile whose truth holds no object: every tier scores alike on it, so routing has nothing to learn
+        (and mAP is undefined)."""
+        if len(self) and not (self.truth[:, 6] == 0).any():
+            reference = self.meta.get("truth", "").startswith("reference")
+            raise AdaptivePerceptionError(
+                f"{name}: the truth ({self.meta.get('truth')}) holds no object in {len(self)} frames, so every tier "
+                "scores alike and routing has nothing to learn; " + (
+                    "with --truth reference the large tier (or --teacher) must detect the camera's objects at its "
+                    "publish threshold: random-weight models, or models of another domain, find nothing"
+                    if reference else "the recording's ground truth must hold objects"))
+
     def sequences(self) -> list[np.ndarray]:
         """Frame indices of each sequence, in order."""
         return [np.flatnonzero(self.sequence == s) for s in np.unique(self.sequence)]
