@@ -248,14 +248,25 @@ def test_a_misspelt_key_in_a_params_file_is_named(context, tmp_path):
         node.destroy_node()
 
 
-def test_a_camera_listed_twice_after_remapping_fails_configure(graph):
-    """`image` and `/image` are one topic: each frame was processed and published twice, its counters split."""
-    graph.node.set_parameters([rclpy.parameter.Parameter("image_topics", value=["image", "/image", "image/compressed"])])
-    assert not graph.transition("configure")
-    assert wait_until(lambda: any("configure failed" in log.msg and "name /image more than once (after remapping)"
-                                  in log.msg for log in graph.logs), 5), [log.msg for log in graph.logs]
-    graph.node.set_parameters([rclpy.parameter.Parameter("image_topics", value=["image", "image/compressed"])])
-    assert graph.transition("configure")
+def test_a_camera_listed_twice_after_remapping_fails_configure_and_is_refused_when_set(context, peer_model):
+    """`image` and `/image` are one topic: each frame was processed and published twice, its counters split. Given
+    at start (a parameter file), configure refuses it; set on a running node, the set is refused (it was accepted,
+    and the next configure failed, leaving the node unconfigured)."""
+    twice = ["image", "/image", "image/compressed"]
+    graph = Graph(context, {"models.nano": str(peer_model), "models.small": "", "models.large": "",
+                            "routing_mode": "fixed:nano", "image_topics": twice, "warmup_runs": 1})
+    try:
+        assert not graph.transition("configure")
+        assert wait_until(lambda: any("configure failed" in log.msg and "name /image more than once (after remapping)"
+                                      in log.msg for log in graph.logs), 5), [log.msg for log in graph.logs]
+        graph.node.set_parameters([rclpy.parameter.Parameter("image_topics", value=["image", "image/compressed"])])
+        assert graph.transition("configure")
+        result = graph.node.set_parameters([rclpy.parameter.Parameter("image_topics", value=twice)])[0]
+        assert not result.successful and "name /image more than once (after remapping)" in result.reason
+        assert graph.node.get_parameter("image_topics").value == ["image", "image/compressed"]
+        assert graph.transition("cleanup") and graph.transition("configure")  # still configurable
+    finally:
+        graph.close()
 
 
 def test_a_running_node_refuses_an_unknown_mode_and_says_when_a_parameter_applies(graph):

@@ -142,6 +142,12 @@ def test_the_cost_weight_moves_a_value_policys_operating_point_on_a_running_node
     refused = graph.node.set_parameters([Parameter("routing.cost_weight", value=float("inf"))])[0]
     assert not refused.successful and "routing.cost_weight" in refused.reason
     assert _route(graph, regime_frames["dense"], 50).tier_name == "small"
+    # set while another mode routes: said to apply in the learned mode, not "from the next frame"
+    assert graph.call(SetRoutingMode, "set_routing_mode", SetRoutingMode.Request(mode="fixed:large")).success
+    assert graph.node.set_parameters([Parameter("routing.cost_weight", value=3.0)])[0].successful
+    assert wait_until(lambda: any(log.msg == "routing.cost_weight = 3: it applies in the learned mode (routing now "
+                                  "fixed:large)" for log in graph.logs), 5)
+    assert _route(graph, regime_frames["dense"], 51).tier_name == "large"
 
 
 def test_services_name_what_is_wrong_before_anything_changes(graph, tier_models):

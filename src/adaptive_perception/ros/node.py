@@ -753,11 +753,15 @@ class PerceptionNode(LifecycleNode):
         routing_mode, a qos.reliability out of its choices, a model file that does not exist, ...) is refused at
         once, with configure's reason; while the parameters already hold such a value, changes are taken as they
         come (so they can be mended one at a time) and configure names what is still wrong."""
+        def check(pending: dict[str, object] | None = None) -> None:
+            config = self.read_config(pending)
+            self._check_cameras(config.image_topics)  # a camera named twice after remapping: configure refuses it
+
         try:
-            self.read_config({parameter.name: parameter.value for parameter in parameters})
+            check({parameter.name: parameter.value for parameter in parameters})
         except AdaptivePerceptionError as exc:
             try:
-                self.read_config()
+                check()
             except AdaptivePerceptionError:
                 pass  # already broken before this change: configure will say what is still wrong
             else:
@@ -775,8 +779,10 @@ class PerceptionNode(LifecycleNode):
                                                "finite float (negative: the policy's own weight)")
                 if self.router is not None:
                     self.router.set_cost_weight(value)
+                    applies = ("the operating point moves from the next frame" if self.router.mode == "learned" else
+                               f"it applies in the learned mode (routing now {self.router.mode})")
                     self.get_logger().info(f"routing.cost_weight = {value:g}" + (" (the policy's own weight)" if value < 0
-                                           else "") + ": the operating point moves from the next frame")
+                                           else "") + f": {applies}")
                     self._compare_drift_routing()
         return SetParametersResult(successful=True)
 
