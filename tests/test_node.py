@@ -287,25 +287,31 @@ def test_a_running_node_refuses_an_unknown_mode_and_says_when_a_parameter_applie
                       "node inactive: not subscribed to this camera (lifecycle activate)", 5)
 
 
-def test_a_publisher_of_the_wrong_type_on_the_camera_topic_is_named(context, peer_model):
-    """A CompressedImage camera on a topic the node reads as Image: its frames never arrive and DDS says nothing;
-    /diagnostics asked whether anything was publishing at all."""
+@pytest.mark.parametrize("compressed", [True, False])
+def test_a_publisher_of_the_wrong_type_on_the_camera_topic_is_named(context, peer_model, compressed):
+    """A CompressedImage camera on a topic the node reads as Image (or an Image camera on a .../compressed topic):
+    its frames never arrive and DDS says nothing; /diagnostics asked whether anything was publishing at all. The
+    fix named is the one for the direction at hand (one fixed text told an Image publisher to publish Image)."""
     from rclpy.node import Node
-    from sensor_msgs.msg import CompressedImage
+    from sensor_msgs.msg import CompressedImage, Image
 
+    topic = "image" if compressed else "image/compressed"
     g = Graph(context, {"models.nano": str(peer_model), "models.small": "", "models.large": "", "warmup_runs": 0,
-                        "routing_mode": "fixed:nano", "image_topics": ["image"], "diagnostics.stall_s": 0.5})
+                        "routing_mode": "fixed:nano", "image_topics": [topic], "diagnostics.stall_s": 0.5})
     camera_context = rclpy.context.Context()  # a participant of its own: the driver already publishes Image there
     rclpy.init(context=camera_context)
-    camera = Node("compressed_camera", context=camera_context)
+    camera = Node("wrong_type_camera", context=camera_context)
     try:
-        camera.create_publisher(CompressedImage, "image", 10)
+        camera.create_publisher(CompressedImage if compressed else Image, topic, 10)
         assert g.transition("configure") and g.transition("activate")
-        said = "node compressed_camera publishes sensor_msgs/msg/CompressedImage on /image, where this node reads " \
-               "sensor_msgs/msg/Image"
-        assert wait_until(lambda: g.status("camera /image").message.startswith(said), 10), \
-            g.status("camera /image").message
-        assert g.status("camera /image").level == bytes([2])
+        published, read = ("CompressedImage", "Image") if compressed else ("Image", "CompressedImage")
+        said = f"node wrong_type_camera publishes sensor_msgs/msg/{published} on /{topic}, where this node reads " \
+               f"sensor_msgs/msg/{read}"
+        fix = ("for compressed frames: remap the camera to its .../compressed topic" if compressed else
+               "for raw frames: name the camera's topic without the 'compressed' ending")
+        assert wait_until(lambda: g.status(f"camera /{topic}").message.startswith(said), 10), \
+            g.status(f"camera /{topic}").message
+        assert fix in g.status(f"camera /{topic}").message and g.status(f"camera /{topic}").level == bytes([2])
         assert wait_until(lambda: any(log.msg.startswith(said) for log in g.logs), 5)
     finally:
         camera.destroy_node()

@@ -496,9 +496,12 @@ class PerceptionNode(LifecycleNode):
                          self.get_publishers_info_by_topic(topic) if info.topic_type != expected})
         if not others:
             return ""
+        fix = ("raw frames: name the camera's topic without the 'compressed' ending, or publish "
+               "sensor_msgs/msg/CompressedImage there" if expected == IMAGE_TYPES[True] else
+               "compressed frames: remap the camera to its .../compressed topic, or publish sensor_msgs/msg/Image there")
         text = (", ".join(f"node {name} publishes {kind}" for kind, name in others) + f" on {topic}, "
-                f"where this node reads {expected} (read as CompressedImage only on a topic whose name ends in "
-                "'compressed': remap the camera to .../compressed, or publish sensor_msgs/msg/Image)")
+                f"where this node reads {expected} (a topic whose name ends in 'compressed' is read as CompressedImage, "
+                f"any other as Image; for {fix})")
         if (topic, tuple(others)) not in self._wrong_types_said:
             self._wrong_types_said.add((topic, tuple(others)))
             self.get_logger().error(text)
