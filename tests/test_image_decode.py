@@ -90,6 +90,11 @@ def test_packed_yuv422_of_a_flat_colour(encoding):
     data = np.tile(np.array(pair, np.uint8), 8 * 6)  # 8 rows of 12 pixels (6 pairs)
     out = decode_raw(data.tobytes(), 12, 8, encoding, 24)
     np.testing.assert_allclose(out.reshape(-1, 3).mean(0), [180, 90, 30], atol=4)
+    # an odd width cannot be packed in pairs: a named kind in plain words (OpenCV's assertion came through raw)
+    with pytest.raises(ImageDecodeError, match=rf"'{encoding}' image size 11x8: packed 4:2:2 pixels come in pairs, "
+                                               "so its width must be even") as refused:
+        decode_raw(data.tobytes()[:22 * 8], 11, 8, encoding, 22)
+    assert refused.value.kind == "bad_size"
 
 
 def test_every_listed_encoding_decodes():

@@ -69,6 +69,9 @@ def decode_raw(
             + ", ".join(SUPPORTED_ENCODINGS), "unknown_encoding")
     channels, kind, conversion = layout
     check_size(width, height, f"'{encoding}' image")
+    if channels == 2 and width % 2:  # packed 4:2:2: one U and one V per pair of pixels
+        raise ImageDecodeError(f"'{encoding}' image size {width}x{height}: packed 4:2:2 pixels come in pairs, so its "
+                               "width must be even; check the publisher's width field", "bad_size")
     itemsize = 2 if kind == "u2" else 1
     row_bytes = width * channels * itemsize
     if step < row_bytes:
