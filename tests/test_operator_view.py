@@ -397,6 +397,22 @@ def test_an_unwritable_mlflow_store_costs_the_run_not_the_perception(context, ti
         graph.close()
 
 
+def test_an_evidence_folder_that_cannot_be_written_is_said_at_configure_not_at_the_first_drift(context, tier_models):
+    """It was accepted without a word; the first failure would have come at the first DRIFT, when the evidence is
+    wanted."""
+    graph = _graph(context, tier_models, **{"evidence.dir": "/proc/no-such-dir/evidence"})
+    try:
+        assert wait_until(lambda: any(log.msg.startswith("evidence capture off: /proc/no-such-dir/evidence cannot be "
+                                                         "used (cannot write there: ") and
+                                      log.msg.endswith("set evidence.dir to a writable folder") for log in graph.logs), 5)
+        assert graph.send_lockstep(image_msg(_noise(1), sec=1))  # perception goes on
+        routing = graph.status("routing")
+        assert routing.level == WARN and "; evidence capture off: /proc/no-such-dir/evidence" in routing.message
+        assert {kv.key: kv.value for kv in routing.values}["evidence"].startswith("off: /proc/no-such-dir/evidence")
+    finally:
+        graph.close()
+
+
 def test_a_silent_fallback_to_cpu_is_visible_at_configure_and_in_diagnostics(context, tier_models, tmp_path):
     from adaptive_perception.detector import DEFAULT_PROVIDERS
 

@@ -16,6 +16,7 @@ without bound.
 """
 from __future__ import annotations
 
+import os
 import queue
 import threading
 from collections import deque
@@ -35,6 +36,17 @@ class EvidenceSettings:
     @property
     def enabled(self) -> bool:
         return bool(self.folder)
+
+
+def _check_folder(folder: Path) -> None:
+    """Create the evidence folder and write a probe file in it; OSError in plain words when either fails."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".write_probe_{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise OSError(f"cannot write there: {exc.strerror or exc}") from exc
 
 
 LINGER_FRAMES = 10  # after the last recorded frame, outputs for it are still taken for this many more frames
@@ -63,6 +75,7 @@ class EvidenceCapture:
         if settings.pre_frames < 0 or settings.post_frames < 1:
             raise ValueError(f"evidence: pre_frames {settings.pre_frames} must be >= 0 and post_frames "
                              f"{settings.post_frames} >= 1")
+        _check_folder(Path(settings.folder))  # now, not at the first DRIFT, when the evidence is wanted
         self.settings, self.serialize, self.on_event = settings, serialize, on_event
         self.store = store
         self.recorders: dict[str, SegmentedRecorder] = {}  # per camera, on the writer thread

@@ -65,6 +65,7 @@ class PerceptionNode(LifecycleNode):
         self.run: NodeRun | None = None
         self.drift: DriftWatch | None = None
         self.evidence: EvidenceCapture | None = None
+        self._evidence_off = ""  # why evidence capture asked for is off
         self._drift_states: dict[str, int] = {}
         self._drift_routing_off = ""  # why the drift monitors leave out the tier mix and audit agreement
         self._run_timer = None
@@ -225,15 +226,15 @@ class PerceptionNode(LifecycleNode):
                               "remapping); list each camera once")
 
     def _start_evidence(self, config: NodeConfig) -> None:
-        self.evidence = None
+        self.evidence, self._evidence_off = None, ""
         if not config.evidence.enabled:
             return
         try:
             self.evidence = EvidenceCapture(config.evidence, ros_typestore(), _serialize,
                                             on_event=self._evidence_written)
         except Exception as exc:  # evidence is optional: perception goes on without it
-            self.get_logger().error(f"evidence capture off: {config.evidence.folder} cannot be used ({exc}); set "
-                                    "evidence.dir to a writable folder")
+            self._evidence_off = f"{config.evidence.folder} cannot be used ({exc}); set evidence.dir to a writable folder"
+            self.get_logger().error(f"evidence capture off: {self._evidence_off}")
             return
         self._evidence_topics = {camera: self.resolve_topic_name(camera) for camera in config.image_topics}
         self._topic_types = {"detections": ("vision_msgs/msg/Detection2DArray", self.resolve_topic_name("detections")),
@@ -541,6 +542,8 @@ class PerceptionNode(LifecycleNode):
         failing = [f"metrics {self._metrics_state}"] if self._metrics_state.startswith("not served") else []
         if self.run is not None and self.run.error:
             failing.append(self.run.error)
+        if self._evidence_off:
+            failing.append(f"evidence capture off: {self._evidence_off}")
         array.status.append(_status(f"{node}: routing", node, {
             "level": WARN if failing or not self.active else OK,
             "message": ("" if self.active else "inactive (lifecycle activate to process frames): ") + f"{router.mode}"
@@ -560,7 +563,7 @@ class PerceptionNode(LifecycleNode):
     def _evidence_report(self) -> dict[str, object]:
         evidence = self.evidence
         if evidence is None:
-            return {"evidence": "off"}
+            return {"evidence": f"off: {self._evidence_off}" if self._evidence_off else "off"}
         return {"evidence": evidence.settings.folder, "evidence_events": evidence.events,
                 "evidence_segments": len(evidence.segments), "evidence_messages_written": evidence.written,
                 "evidence_messages_skipped": evidence.skipped, "evidence_messages_failed": evidence.failed,
