@@ -16,11 +16,13 @@ from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from rosgraph import wait_until
 
 
-@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
-def test_a_signalled_node_finishes_its_run_and_says_so_on_rosout(context, tmp_path, signum):
-    name = f"shutdown_node_{signum}"
+@pytest.mark.parametrize("signum,ignored", [(signal.SIGINT, False), (signal.SIGTERM, False), (signal.SIGINT, True)],
+                         ids=["SIGINT", "SIGTERM", "SIGINT-ignored-at-start"])
+def test_a_signalled_node_finishes_its_run_and_says_so_on_rosout(context, tmp_path, signum, ignored):
+    """`ignored`: started with SIGINT ignored, as a script's background job is (`node &`): it stayed running."""
+    name = f"shutdown_node_{signum}_{int(ignored)}"
     log_path = tmp_path / "node.log"
-    listener = Node(f"rosout_listener_{signum}", context=context)
+    listener = Node(f"rosout_listener_{signum}_{int(ignored)}", context=context)
     heard: list[Log] = []
     listener.create_subscription(Log, "/rosout", lambda m: heard.append(m) if m.name == name else None, QoSProfile(
         depth=100, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL))
@@ -33,7 +35,8 @@ def test_a_signalled_node_finishes_its_run_and_says_so_on_rosout(context, tmp_pa
             [sys.executable, "-m", "adaptive_perception.ros.node", "--ros-args", "-r", f"__node:={name}",
              "-p", "autostart:=true", "-p", "warmup_runs:=0", "-p", "metrics.port:=0",
              "-p", f"mlflow.tracking_uri:=sqlite:///{tmp_path / 'mlflow.db'}"],
-            stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ))
+            stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ),
+            preexec_fn=(lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)) if ignored else None)
         try:
             def active() -> bool:
                 executor.spin_once(timeout_sec=0.1)

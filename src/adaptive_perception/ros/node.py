@@ -872,6 +872,9 @@ def main(argv: list[str] | None = None) -> int:
     # the node shuts down with its ROS context still valid: rclpy's own handlers shut the context down first, so
     # what the node logs while closing (its MLflow run, evidence) failed to reach /rosout with an rcl error
     rclpy.init(args=argv, signal_handler_options=SignalHandlerOptions.NO)
+    # SIGINT too, explicitly: a process started in the background of a script inherits SIGINT as ignored, and such a
+    # node stayed deaf to `kill -INT` (and to `ros2 launch`'s shutdown) until it was sent SIGTERM
+    signal.signal(signal.SIGINT, _interrupt)
     signal.signal(signal.SIGTERM, _interrupt)
     try:
         node = PerceptionNode()
