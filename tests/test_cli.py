@@ -181,7 +181,9 @@ def test_a_garbage_results_csv_is_named(tmp_path, capsys):
 @pytest.mark.parametrize("content, remap, says", [
     ("other_node:\n  ros__parameters:\n    routing_mode: fixed:nano\n", [], "holds parameters for /other_node only"),
     ("just text\n", [], "holds no <node>: ros__parameters: entry"),
-    ("/**/perception_node:\n  ros__parameters: {}\n", ["-r", "__node:=front"], "holds parameters for /**/perception_node only, none for front"),
+    ("/**/perception_node:\n  ros__parameters: {}\n", ["-r", "__node:=front"],
+     "holds parameters for /**/perception_node only, none for front: the node would start on its defaults; key them by "
+     "this node's name (/**/front: ros__parameters: ...), or by /** for any node"),
 ])
 def test_a_params_file_with_nothing_for_this_node_is_refused(tmp_path, capsys, content, remap, says):
     """ROS started the node on its defaults, silently, with a params file keyed for another node."""

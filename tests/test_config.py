@@ -46,6 +46,8 @@ def test_config_yaml_lists_every_declared_parameter_with_its_default():
     (dict(policy="/no/policy.onnx"), "policy = '/no/policy.onnx' does not exist; point it at a routing policy"),
     (dict(router=RouterSettings(random_mix=(1.0, -1.0, 1.0))), "routing.random_mix"),
     (dict(models={"nano": "/does/not/exist.onnx"}), "models.nano = '/does/not/exist.onnx' does not exist"),
+    (dict(models={"nano": "/tmp"}), "models.nano = '/tmp' is a folder; point it at a YOLOv8 detection ONNX file in it"),
+    (dict(models={"nano": "embedded:nanno"}), "models.nano: 'embedded:nanno' names no file shipped with the package"),
     (dict(image_topics=()), "image_topics"),
     (dict(qos_reliability="sometimes"), "qos.reliability 'sometimes'"),
     (dict(conf_threshold=1.5), "conf_threshold"),
@@ -55,6 +57,27 @@ def test_bad_values_name_the_parameter(changes, needle, peer_model):
     base.update(changes)
     with pytest.raises(ConfigError, match=needle.replace(".", r"\.").replace("(", r"\(")):
         NodeConfig(**base).validate()
+
+
+def test_a_bad_value_is_named_alone_not_beside_a_good_neighbour(peer_model):
+    """Checked in pairs, an empty engine cache folder was reported as "cuda.device_id 0 must be >= 0 and
+    tensorrt.engine_cache_dir non-empty", and audit.max_share 0 as a problem with audit.every 30 too."""
+    from adaptive_perception.audit import AuditSettings
+    from adaptive_perception.detector import AcceleratorSettings
+    from adaptive_perception.evidence import EvidenceSettings
+
+    base = dict(routing_mode="fixed:nano", models={"nano": str(peer_model), "small": "", "large": ""})
+    for changes, said, unsaid in [
+            (dict(accelerator=AcceleratorSettings(trt_cache_dir="")), "tensorrt.engine_cache_dir must not be empty",
+             "cuda.device_id"),
+            (dict(accelerator=AcceleratorSettings(device_id=-1)), "cuda.device_id -1 must be >= 0", "tensorrt"),
+            (dict(audit=AuditSettings(max_share=0.0)), "audit.max_share 0.0 must lie in (0, 1]", "audit.every"),
+            (dict(evidence=EvidenceSettings(budget_mb=0.0)), "evidence.budget_mb 0.0 must be > 0", "pre_frames"),
+            (dict(mlflow_uri="sqlite:///x.db", mlflow_experiment=""), "mlflow.experiment must not be empty",
+             "interval_s")]:
+        with pytest.raises(ConfigError) as refused:
+            NodeConfig(**base, **changes).validate()
+        assert said in str(refused.value) and unsaid not in str(refused.value), str(refused.value)
 
 
 def test_good_config_validates(peer_model):

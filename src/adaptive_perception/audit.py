@@ -27,7 +27,7 @@ from typing import Callable, Hashable
 import numpy as np
 
 from adaptive_perception.detector import Detections, box_iou
-from adaptive_perception.errors import ConfigError
+from adaptive_perception.errors import refuse_first
 
 AGREEMENT_IOU = 0.5
 
@@ -61,9 +61,9 @@ class AuditSettings:
     window_s: float = 10.0
 
     def validate(self) -> "AuditSettings":
-        if self.every < 0 or not 0.0 < self.max_share <= 1.0 or not self.window_s > 0:
-            raise ConfigError(f"audit.every {self.every} must be >= 0 (0 = off) and audit.max_share "
-                              f"{self.max_share} in (0, 1]")
+        refuse_first([(self.every < 0, f"audit.every {self.every} must be >= 0 (0 = off)"),
+                      (not 0.0 < self.max_share <= 1.0, f"audit.max_share {self.max_share} must lie in (0, 1]"),
+                      (not self.window_s > 0, f"audit window {self.window_s} s must be > 0")])
         return self
 
 

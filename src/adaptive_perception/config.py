@@ -8,7 +8,7 @@ from pathlib import Path
 from adaptive_perception.audit import AuditSettings
 from adaptive_perception.evidence import EvidenceSettings
 from adaptive_perception.detector import DEFAULT_PROVIDERS, GRAPH_CACHE, TIERS, AcceleratorSettings
-from adaptive_perception.errors import ConfigError
+from adaptive_perception.errors import ConfigError, refuse_first
 from adaptive_perception.router import RouterSettings, check_mode, tiers_needed
 from adaptive_perception.telemetry import HealthSettings
 
@@ -112,11 +112,16 @@ class NodeConfig:
                               "policy ONNX file, or pick another routing_mode")
         files = {f"models.{tier}": value for tier, value in self.models.items()} | {"policy": self.policy}
         for name, value in files.items():
-            path = resolve_model(value)
             kind = "routing policy ONNX" if name == "policy" else "YOLOv8 detection ONNX"
+            try:
+                path = resolve_model(value)
+            except ConfigError as exc:  # an embedded name that names nothing: say which parameter holds it
+                raise ConfigError(f"{name}: {exc}") from exc
             if value.startswith(EMBEDDED_PREFIX) and not Path(path).is_file():
                 raise ConfigError(f"{name} = '{value}': the embedded file {path} is missing; names are "
                                   "embedded:nano|small|large|policy (or point the parameter at a " + kind + " file)")
+            if path and Path(path).is_dir():
+                raise ConfigError(f"{name} = '{value}' is a folder; point it at a {kind} file in it")
             if path and not Path(path).is_file():
                 raise ConfigError(f"{name} = '{value}' does not exist; point it at a {kind} file")
         if not 0.0 <= self.conf_threshold <= 1.0 or not 0.0 <= self.iou_threshold <= 1.0:
@@ -135,14 +140,16 @@ class NodeConfig:
         self.audit.validate()
         if self.drift_confirm < 1:
             raise ConfigError(f"drift.confirm_frames {self.drift_confirm} must be >= 1")
-        if self.evidence.pre_frames < 0 or self.evidence.post_frames < 1 or not self.evidence.budget_mb > 0:
-            raise ConfigError(f"evidence.pre_frames {self.evidence.pre_frames} must be >= 0, evidence.post_frames "
-                              f"{self.evidence.post_frames} >= 1 and evidence.budget_mb {self.evidence.budget_mb} > 0")
-        if self.accelerator.device_id < 0 or not self.accelerator.trt_cache_dir:
-            raise ConfigError(f"cuda.device_id {self.accelerator.device_id} must be >= 0 and tensorrt.engine_cache_dir "
-                              "non-empty (built TensorRT engines are kept there between runs)")
-        if self.mlflow_uri and (not self.mlflow_interval_s > 0 or not self.mlflow_experiment):
-            raise ConfigError(f"mlflow.interval_s {self.mlflow_interval_s} must be > 0 and mlflow.experiment non-empty")
+        refuse_first([
+            (self.evidence.pre_frames < 0, f"evidence.pre_frames {self.evidence.pre_frames} must be >= 0"),
+            (self.evidence.post_frames < 1, f"evidence.post_frames {self.evidence.post_frames} must be >= 1"),
+            (not self.evidence.budget_mb > 0, f"evidence.budget_mb {self.evidence.budget_mb} must be > 0"),
+            (self.accelerator.device_id < 0, f"cuda.device_id {self.accelerator.device_id} must be >= 0"),
+            (not self.accelerator.trt_cache_dir, "tensorrt.engine_cache_dir must not be empty (built TensorRT engines "
+                                                 "are kept there between runs)"),
+            (bool(self.mlflow_uri) and not self.mlflow_interval_s > 0,
+             f"mlflow.interval_s {self.mlflow_interval_s} must be > 0"),
+            (bool(self.mlflow_uri) and not self.mlflow_experiment, "mlflow.experiment must not be empty")])
         if not 0 <= self.metrics_port <= 65535:
             raise ConfigError(f"metrics.port {self.metrics_port} must be a TCP port (1-65535), or 0 to turn metrics off")
         return self

@@ -58,3 +58,10 @@ def read_json(path: str | Path, what: str, keys: tuple[str, ...] = ()) -> dict:
     if missing:
         raise AdaptivePerceptionError(f"{path} lacks {', '.join(missing)}; expected {what}")
     return value
+
+
+def refuse_first(checks: list[tuple[bool, str]]) -> None:
+    """ConfigError with the message of the first failing check: each names the one parameter that is wrong."""
+    for failed, message in checks:
+        if failed:
+            raise ConfigError(message)

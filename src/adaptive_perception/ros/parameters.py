@@ -206,8 +206,8 @@ def check_params_file(path: Path, ros_args: list[str]) -> None:
     if not any(name.rsplit("/", 1)[-1] in (node, "*", "**") for name in names):
         found = f"parameters for {', '.join(n or '/' for n in names)} only" if names else "no <node>: ros__parameters: entry"
         raise AdaptivePerceptionError(f"--params-file '{path}' holds {found}, none for {node}: the node would start on "
-                                      "its defaults; key them as config/perception.yaml does (/**/perception_node: "
-                                      "ros__parameters: ...)")
+                                      f"its defaults; key them by this node's name (/**/{node}: ros__parameters: ...), "
+                                      "or by /** for any node")
 
 
 def params_files(ros_args: list[str]) -> list[str]:
