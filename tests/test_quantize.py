@@ -59,6 +59,19 @@ def test_quantized_tiers_from_a_bag_are_8_bit_and_find_what_the_float_tiers_find
         assert np.abs(np.sort(found.scores)[-3:] - np.sort(reference.scores)[-3:]).max() < 0.1
 
 
+def test_two_tiers_that_find_nothing_are_not_reported_as_agreeing():
+    """The check read "detections agree (F1) 1.00" for two random-weight models that found nothing on any frame."""
+    from adaptive_perception.training.quantize import Quantized, table
+
+    def row(agreement: float, compared: int, checked: int) -> Quantized:
+        return Quantized("nano", Path("a.onnx"), Path("b.onnx"), 12.0, 3.5, 8.0, 4.0, agreement, compared, checked)
+
+    printed = table([row(float("nan"), 0, 10), row(0.9, 7, 10), row(float("nan"), 0, 0)]).splitlines()
+    assert printed[2].endswith("| - (neither found anything on the 10 check frames: nothing to compare) |")
+    assert printed[3].endswith("| 0.90 on the 7 of 10 check frames with detections |")
+    assert printed[4].endswith("| - (no frame left to check on) |")
+
+
 def test_quantize_says_what_is_wrong_with_its_inputs(tmp_path, capsys):
     empty = tmp_path / "empty"
     empty.mkdir()

@@ -42,7 +42,10 @@ class Quantized:
     out_mb: float
     source_ms: float
     out_ms: float
-    agreement: float  # mean F1 at IoU 0.5 of the 8-bit tier's published detections against the source's
+    agreement: float  # mean F1 at IoU 0.5 of the 8-bit tier's published detections against the source's, over
+    # the check frames where either found something (nan where neither did: two blind models agree vacuously)
+    compared: int  # check frames where either tier found something
+    checked: int  # check frames
 
 
 def decode_nodes(model, path: Path) -> list[str]:
@@ -157,9 +160,11 @@ def quantize_tiers(models: dict[str, str], frames: Sequence[np.ndarray], out_dir
                     detector.detect(frame)
                     samples.append(time.perf_counter() - start)
             times[name] = float(np.median(samples)) * 1e3 if samples else float("nan")
-        scores = [agreement(pair["out"].detect(frame), pair["source"].detect(frame)) for frame in check]
+        found = [(pair["out"].detect(frame), pair["source"].detect(frame)) for frame in check]
+        scores = [agreement(mine, theirs) for mine, theirs in found if len(mine) or len(theirs)]
         rows.append(Quantized(tier, source, out, source.stat().st_size / 1e6, out.stat().st_size / 1e6,
-                              times["source"], times["out"], float(np.mean(scores)) if scores else float("nan")))
+                              times["source"], times["out"], float(np.mean(scores)) if scores else float("nan"),
+                              len(scores), len(check)))
     return rows
 
 
@@ -177,7 +182,14 @@ def table(rows: Iterable[Quantized]) -> str:
     def shown(value: float, digits: int) -> str:  # nan where no frame was left to check on
         return "-" if np.isnan(value) else f"{value:.{digits}f}"
 
+    def agreed(r: Quantized) -> str:
+        if not r.checked:
+            return "- (no frame left to check on)"
+        if not r.compared:
+            return f"- (neither found anything on the {r.checked} check frames: nothing to compare)"
+        return f"{r.agreement:.2f} on the {r.compared} of {r.checked} check frames with detections"
+
     for r in rows:
         lines.append(f"| {r.tier} | {r.out} | {r.source_mb:.1f} -> {r.out_mb:.1f} | {shown(r.source_ms, 1)} -> "
-                     f"{shown(r.out_ms, 1)} | {shown(r.agreement, 2)} |")
+                     f"{shown(r.out_ms, 1)} | {agreed(r)} |")
     return "\n".join(lines)
