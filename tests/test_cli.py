@@ -368,6 +368,13 @@ def test_help_shows_each_default_and_keeps_paths_whole(capsys):
     assert "--split {val,test}    default: val" in text  # an option without text of its own
 
 
+def test_models_compare_refuses_an_onnx_candidate_before_exporting_anything(capsys):
+    """An exported ONNX (or any file) as a candidate ended in Ultralytics' traceback: compare exports .pt weights."""
+    assert main(["models", "compare", "--candidate", "a=src/adaptive_perception/models/nano.onnx@192x256"]) == 2
+    assert ("--candidate 'a=src/adaptive_perception/models/nano.onnx@192x256': 'src/adaptive_perception/models/"
+            "nano.onnx' is not an Ultralytics .pt checkpoint") in capsys.readouterr().err
+
+
 def test_replay_takes_its_bag_as_an_argument_or_as_bag_once(tmp_path, capsys):
     """`replay --bag X` ended in argparse's "unrecognized arguments" (the bag was positional only)."""
     missing = tmp_path / "nope"

@@ -29,6 +29,8 @@ def _identity_model(path, in_shape, out_shape, metadata=None, dtype=TensorProto.
 def test_missing_file(tmp_path):
     with pytest.raises(ModelFileError, match=r"nope\.onnx' : does not exist|nope\.onnx': does not exist"):
         DetectorTier(tmp_path / "nope.onnx")
+    with pytest.raises(ModelFileError, match=r"model file '.*': is a folder \(name the YOLOv8 detection ONNX file in it\)"):
+        DetectorTier(tmp_path)  # said "does not exist" of a folder that exists
 
 
 def test_not_onnx(tmp_path):

@@ -131,7 +131,8 @@ def test_bench_throughput_picks_the_90_percent_point_on_validation_and_projects_
     root = pipeline["root"]
     real = tmp_path / "real.json"  # a device where large costs 100x nano: the operating points must move
     real.write_text(json.dumps({"device": "hand-made", "tiers_ms": {"nano": 2.0, "small": 7.5, "large": 200.0}}))
-    run = _cli("bench", "throughput", "--policy", str(root / "policy.onnx"), "--benchmark", str(root / "ci"),
+    # --quick with a work folder named uses it (it was dropped without a word: no learned@90 row, no projection)
+    run = _cli("bench", "throughput", "--quick", "--policy", str(root / "policy.onnx"), "--benchmark", str(root / "ci"),
                "--work", str(root / "work"), "--real-latency", str(real), "--sequences", "1", "--frames", "15",
                "--modes", "learned,fixed:nano,fixed:large", "--report", str(tmp_path / "throughput.json"), timeout=900)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
@@ -178,6 +179,34 @@ def test_a_finished_stage_is_not_rerun(pipeline):
     again = _cli("train", "labels", "--preset", "small", "--benchmark", str(pipeline["root"] / "ci"),
                  "--work", str(pipeline["root"] / "work"), "--latency", LATENCY, timeout=300)
     assert again.returncode == 0 and "[labels] cached" in again.stdout
+
+
+def test_a_report_another_run_replaced_is_written_again_and_a_work_folder_keeps_its_benchmark(pipeline, tmp_path):
+    """`train evaluate` said "cached" for a routing report a checkout (or another run sharing the folder) had
+    replaced; profiling another benchmark into a work folder replaced its profile, and everything trained on it,
+    without a word; a `--preset small` run wrote over the committed report."""
+    from adaptive_perception.cli import _parser
+    from adaptive_perception.training.pipeline import settings_from
+
+    root = pipeline["root"]
+    evaluate = ["train", "evaluate", "--preset", "small", "--benchmark", str(root / "ci"), "--work", str(root / "work"),
+                "--reports", str(root / "reports"), "--latency", LATENCY]
+    assert "[evaluate] cached" in _cli(*evaluate, timeout=300).stdout
+    report = root / "reports" / "routing.md"
+    saved = report.read_text()
+    report.write_text("# the committed report of another run\n")
+    again = _cli(*evaluate, timeout=600)
+    assert again.returncode == 0 and f"[evaluate] wrote {root / 'reports' / 'routing.json'}" in again.stdout, again.stdout
+    assert report.read_text().splitlines()[0] == saved.splitlines()[0]  # this run's report again
+    (tmp_path / "other").mkdir()
+    other = _cli("train", "profile", "--preset", "small", "--benchmark", str(tmp_path / "other"),
+                 "--work", str(root / "work"), timeout=120)
+    assert other.returncode == 2 and f"--work {root / 'work'} holds the profile of '{(root / 'ci').resolve()}'" in \
+        other.stderr and "pass another --work, or --force to replace it" in other.stderr
+    args = _parser().parse_args(["train", "evaluate", "--preset", "small", "--work", str(tmp_path / "w")])
+    assert settings_from(args).reports == tmp_path / "w" / "reports"  # not the committed training/reports
+    args = _parser().parse_args(["train", "evaluate", "--work", str(tmp_path / "w")])
+    assert settings_from(args).reports == Path("training/reports")
 
 
 def test_truth_reference_runs_on_bags_without_labels(pipeline, tmp_path):
@@ -469,6 +498,12 @@ def test_operating_point_picks_the_weight_on_validation_for_the_given_device_and
     assert val_cost <= result["budget_ms"] + 1e-9  # fits the budget on validation, where it was chosen
     assert result["test"]["the chosen weight"]["weight"] == chosen and result["own_weight"] == policy.value_head.cost_weight
     assert _param_set_value(done.stdout) == pytest.approx(chosen, abs=1e-12)  # printed as the weight scored
+    # a budget under what the cheapest routing costs: refused with the share that fits, not weight 16384 printed
+    done = _cli("policy", "operating-point", str(path), "--work", str(work), "--latency", str(latency),
+                "--cost-share", "0.01", "--report", str(tmp_path / "none.json"))
+    assert done.returncode == 2 and "--cost-share 0.01: no cost weight keeps this policy's routing of the validation " \
+        "split within" in done.stderr and "give a --cost-share of at least" in done.stderr, done.stderr[-2000:]
+    assert not (tmp_path / "none.json").exists()
 
     done = _cli("policy", "operating-point", str(path), "--work", str(work), "--streaming",
                 "--report", str(tmp_path / "streaming.json"))

@@ -78,6 +78,14 @@ def choose(policy: Policy, work: Path, latency: Path | None = None, streaming: b
         chosen = math.ceil(round(calibrate_weight(lambda w: learned_chooser(policy, w), val, costs, budget) * 1e6, 3)) / 1e6
         grid = [_row(val_scorer, val, rollout(val, costs, learned_chooser(policy, w), False), w)
                 for w in sorted({own, chosen})]
+        cheapest = next(row for row in grid if row["weight"] == chosen)["cost_ms"]
+        if cheapest > budget + 1e-9:  # the search gave up at its largest weight: no weight fits
+            raise AdaptivePerceptionError(
+                f"--cost-share {cost_share:g}: no cost weight keeps this policy's routing of the validation split within "
+                f"{budget:.1f} ms a frame; at weight {chosen:g} it still costs {cheapest:.1f} ms "
+                f"({cheapest / float(costs.ms[-1]):.0%} of large's {float(costs.ms[-1]):.1f} ms; nano alone costs "
+                f"{float(costs.ms[0]):.1f} ms): give a --cost-share of at least "
+                f"{math.ceil(100 * cheapest / float(costs.ms[-1])) / 100:g}")
     val_large = _row(val_scorer, val, rollout(val, costs, _fixed(len(TIERS) - 1), streaming))
     rows = {"always-large": _row(test_scorer, test, rollout(test, costs, _fixed(len(TIERS) - 1), streaming))}
     for name, weight in (("the policy's own weight", own), ("the chosen weight", chosen)):

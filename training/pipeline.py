@@ -96,15 +96,20 @@ def _mtimes(paths: list[Path]) -> str:
 
 
 def _cached(settings: Settings, stage: str, params: dict, outputs: list[Path]) -> bool:
+    """The stage ran with these parameters and its outputs are there, and (where `_done` recorded them: files
+    outside the work folder, which another run or a checkout can replace) still the files it wrote."""
     stamp = settings.work / f"{stage}.done.json"
     if settings.force or not stamp.is_file() or not all(p.exists() for p in outputs):
         return False
-    return json.loads(stamp.read_text()).get("fingerprint") == _fingerprint(params)
+    record = json.loads(stamp.read_text())
+    return record.get("fingerprint") == _fingerprint(params) and record.get("outputs", _mtimes(outputs)) == _mtimes(outputs)
 
 
-def _done(settings: Settings, stage: str, params: dict) -> None:
-    (settings.work / f"{stage}.done.json").write_text(json.dumps({"fingerprint": _fingerprint(params),
-                                                                   "params": params}, default=str, indent=2))
+def _done(settings: Settings, stage: str, params: dict, outputs: list[Path] | None = None) -> None:
+    record = {"fingerprint": _fingerprint(params), "params": params}
+    if outputs is not None:
+        record["outputs"] = _mtimes(outputs)
+    (settings.work / f"{stage}.done.json").write_text(json.dumps(record, default=str, indent=2))
 
 
 # ---- stages ---------------------------------------------------------------------------------------------
@@ -141,6 +146,13 @@ def stage_profile(settings: Settings) -> None:
     if _cached(settings, "profile", params, outputs):
         print("[profile] cached: " + ", ".join(map(str, outputs)))
         return
+    stamp = settings.work / "profile.done.json"
+    before = json.loads(stamp.read_text()).get("params", {}) if stamp.is_file() and not settings.force else {}
+    if before.get("benchmark", params["benchmark"]) != params["benchmark"]:
+        raise AdaptivePerceptionError(
+            f"--work {settings.work} holds the profile of '{before['benchmark']}' (profile.done.json); profiling "
+            f"'{params['benchmark']}' there would replace it and what was trained on it: pass another --work, or "
+            "--force to replace it")
     _check_profile_inputs(settings)
     settings.work.mkdir(parents=True, exist_ok=True)
     with tracked(settings, "profile", params) as mlflow:
@@ -356,7 +368,8 @@ def stage_export(settings: Settings) -> None:
     params = {"lambda": lam, "seeds": settings.seeds, "networks": _mtimes(networks), "tiers": digests,
               "policy_out": str(settings.policy_out), "drift_reference": 4}
     outputs = [_policy_path(settings, kind, s) for kind in ("bc", "ppo") for s in range(settings.seeds)]
-    if _cached(settings, "export", params, outputs + ([settings.policy_out] if settings.policy_out else [])):
+    written = [settings.policy_out] if settings.policy_out else []  # outside the work folder: recorded as written
+    if _cached(settings, "export", params, outputs + written):
         print("[export] cached")
         return
     from adaptive_perception.training.drift_reference import drift_reference
@@ -380,7 +393,7 @@ def stage_export(settings: Settings) -> None:
             settings.policy_out.write_bytes(_policy_path(settings, "ppo", 0).read_bytes())
             print(f"[export] {settings.policy_out} <- BC + PPO seed 0")
     print(f"[export] ONNX policies agree with PyTorch within 1e-5: {settings.work / 'policies'}")
-    _done(settings, "export", params)
+    _done(settings, "export", params, outputs + written)
 
 
 def refresh_drift_reference(work: Path, policy_path: Path, out: Path, calibration_sequences: int = 0,
@@ -429,13 +442,14 @@ def stage_evaluate(settings: Settings) -> None:
     with tracked(settings, "evaluate", params) as mlflow:
         result = reporting.evaluate_all(settings, load_split, _load_costs(settings), _lambda(settings), _policy_path)
         paths = reporting.write(result, settings.reports)
+        print(f"[evaluate] wrote {', '.join(map(str, paths))}")
         for path in paths:
             mlflow.log_artifact(str(path))
         for setting, rows in result["settings"].items():
             for name, row in rows.items():
                 mlflow.log_metrics({re.sub(r"[^A-Za-z0-9_. -]", "_", f"{setting}.{name}.{k}"): float(v) for k, v in row.items()
                                     if isinstance(v, (int, float)) and np.isfinite(v)})
-    _done(settings, "evaluate", params)
+    _done(settings, "evaluate", params, outputs)
 
 
 def run(stage: str, settings: Settings) -> None:
@@ -467,6 +481,8 @@ def settings_from(args) -> Settings:
         "policy_inputs": args.policy_inputs, "critic_warmup": args.critic_warmup,
     }.items() if v is not None}
     changes["force"] = args.force
+    if args.preset == "small" and args.reports is None:  # a CI-scale run does not replace the committed report
+        changes["reports"] = Path(changes.get("work", base.work)) / "reports"
     if args.model:
         changes["models"] = tier_models(args.model, base.models)
     if args.lambdas:

@@ -14,6 +14,9 @@ from pathlib import Path
 from adaptive_perception.errors import AdaptivePerceptionError, read_json
 
 
+WORK_V3 = Path("build/train-v3")  # the embedded policy's training work folder (`train all --work build/train-v3`)
+
+
 def _number(kind: type, low: float, inclusive: bool, what: str):
     """An argparse type: a finite `kind` above `low` (or at it, if `inclusive`), refused with what it must be."""
     import math
@@ -310,7 +313,7 @@ def _parser() -> argparse.ArgumentParser:
                        "(default: this machine, measured while profiling)")
     train.add_argument("--work", type=Path, help="work folder for the stages' outputs (default build/train; "
                        "retrain: build/retrain)")
-    train.add_argument("--reports", type=Path, help="report folder (default training/reports)")
+    train.add_argument("--reports", type=Path, help="report folder (default training/reports; with --preset small, <work>/reports)")
     train.add_argument("--policy-out", type=Path, help="also copy the BC + PPO policy (seed 0) here")
     train.add_argument("--tracking-uri", help="MLflow tracking URI (default sqlite:///<work>/mlflow.db)")
     train.add_argument("--seeds", type=_count, help="training seeds (default 3)")
@@ -413,7 +416,7 @@ def _parser() -> argparse.ArgumentParser:
     throughput.add_argument("--benchmark", type=Path, default=BENCHMARKS["2.0.0"],
                             help="benchmark whose bags/test/ to read; where it has none, the frozen test sequences "
                                  "are rendered into bags under build/bench/test-bags")
-    throughput.add_argument("--work", type=Path, default=Path("build/train-v3"),
+    throughput.add_argument("--work", type=Path, default=WORK_V3,
                             help="training work folder: its validation profile picks the 90 %%-of-large operating "
                                  "point and feeds the projection (skipped, with a note, when missing)")
     throughput.add_argument("--real-latency", type=Path, default=Path("training/latency/cpu-2core-yolov8-640.json"),
@@ -427,7 +430,8 @@ def _parser() -> argparse.ArgumentParser:
     throughput.add_argument("--sequences", type=_count, help="test sequences (default all 14; --quick 2)")
     throughput.add_argument("--frames", type=_count, help="frames per sequence (default all 150; --quick 40)")
     throughput.add_argument("--quick", action="store_true",
-                            help="2 sequences of 40 frames, no training work folder (what CI runs)")
+                            help="2 sequences of 40 frames, no training work folder unless --work names one "
+                                 "(what CI runs)")
     throughput.add_argument("--report", type=Path, help="JSON to write (default: training/reports/throughput.json; "
                             f"with --quick {QUICK_REPORTS}/throughput.json)")
     cost = bench_sub.add_parser("cost", help="fleet cost per month from the measured device time per frame and "
@@ -578,6 +582,10 @@ def _models(args: argparse.Namespace) -> int:
                                               "nano=training/checkpoints/tiers-v2/base/last.pt@192x256")
             if not Path(weights).is_file():
                 raise AdaptivePerceptionError(f"--candidate {spec!r}: no weights file '{weights}'")
+            if Path(weights).suffix != ".pt":  # exported at the candidate's input here, so PyTorch weights
+                raise AdaptivePerceptionError(f"--candidate {spec!r}: '{weights}' is not an Ultralytics .pt checkpoint "
+                                              "(compare exports each candidate at its input size: give the training "
+                                              "weights, e.g. training/checkpoints/tiers-v2/base/last.pt)")
             candidates[name] = (Path(weights), (int(height), int(width)))
         result = tiers.compare_candidates(candidates, args.benchmark, args.report, args.split)
         for name, row in result["candidates"].items():
@@ -851,8 +859,10 @@ def main(argv: list[str] | None = None) -> int:
             from adaptive_perception.training.throughput import QUICK
             from adaptive_perception.training.throughput import run as run_throughput
 
-            run_throughput(args.policy, args.benchmark, None if args.quick else args.work,
-                           None if args.quick else args.real_latency, [m for m in args.modes.split(",") if m],
+            # --quick reads no work folder (CI has none) unless one is named
+            work = None if args.quick and args.work == WORK_V3 else args.work
+            run_throughput(args.policy, args.benchmark, work, None if work is None else args.real_latency,
+                           [m for m in args.modes.split(",") if m],
                            args.sequences or (QUICK["sequences"] if args.quick else None),
                            args.frames or (QUICK["frames"] if args.quick else None), Path("build/bench/test-bags"),
                            _bench_out(args, "training/reports/throughput.json"))

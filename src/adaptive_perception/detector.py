@@ -276,8 +276,11 @@ class DetectorTier:
         self.conf_threshold = float(conf_threshold)
         self.iou_threshold = float(iou_threshold)
         self.max_detections = int(max_detections)
+        if self.path.is_dir():
+            raise ModelFileError(self.path, "is a folder", "name the YOLOv8 detection ONNX file in it")
         if not self.path.is_file():
-            raise ModelFileError(self.path, "does not exist", "check the model path parameter")
+            raise ModelFileError(self.path, "does not exist", "check the path: models.<tier> for the node, --model "
+                                 "<tier>=PATH for the tools")
         options = ort.SessionOptions()
         if intra_op_threads > 0:
             options.intra_op_num_threads = intra_op_threads
