@@ -162,6 +162,8 @@ def test_cost_model_by_hand(tmp_path):
     assert list(out["projection"]) == ["always-large", "learned (accuracy point)"]  # no row for a missing point
     assert json.loads((tmp_path / "cost.json").read_text())["modes"]["learned"]["device_s_per_frame"] == \
         pytest.approx(0.01685, rel=1e-12)
+    assert (fleet_cost.dollars(983.28344), fleet_cost.dollars(-28705.4), fleet_cost.dollars(-0.3)) == \
+        ("$983", "-$28,705", "$0")  # printed "$-28,705"
     with pytest.raises(ConfigError, match="--robots 0"):
         fleet_cost.fleet(report, 0, 30, 1.0, 24)
     with pytest.raises(AdaptivePerceptionError, match="bench throughput"):

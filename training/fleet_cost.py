@@ -70,6 +70,11 @@ def fleet(throughput: dict, robots: int, fps: float, price: float, hours_per_day
                                         "map_share_of_large": throughput["comparisons"][point]["map_share_of_large"]}}
 
 
+def dollars(amount: float) -> str:
+    """$1,234 or -$1,234 (a negative saving: the mode costs more than always-large)."""
+    return f"{'-' if round(amount) < 0 else ''}${abs(amount):,.0f}"
+
+
 def table(report: dict) -> str:
     i = report["inputs"]
     lines = [f"{i['robots']} robots x {i['fps']:g} FPS x {i['hours_per_day']:g} h/day, ${i['price_per_device_hour_usd']:g} "
@@ -79,14 +84,14 @@ def table(report: dict) -> str:
     for title, rows in (("", report["modes"]), ("PROJECTION (real YOLOv8 costs) ", report["projection"])):
         for name, row in rows.items():
             lines.append(f"| {title}{name} | {row['device_s_per_frame'] * 1e3:.1f} | {row['devices_per_robot']:.2f} | "
-                         f"{row['device_hours_per_month']:,.0f} | ${row['cost_per_month_usd']:,.0f} | "
-                         f"{row['cost_reduction']:.0%} (${row['saving_per_month_usd']:,.0f}) |")
+                         f"{row['device_hours_per_month']:,.0f} | {dollars(row['cost_per_month_usd'])} | "
+                         f"{row['cost_reduction']:.0%} ({dollars(row['saving_per_month_usd'])}) |")
     ours, origin = report["ours_at_operating_point"], report["origin_claim"]
     price = ours["price_for_origin_saving"]
     lines += ["", f"Origin's claim at 1,000 robots x 30 FPS: {origin['cost_reduction']:.0%} lower cost, "
-                  f"${origin['saving_per_month_usd']:,.0f}/month saved. Ours at '{report['operating_point']}' "
+                  f"{dollars(origin['saving_per_month_usd'])}/month saved. Ours at '{report['operating_point']}' "
                   f"({ours['map_share_of_large']:.0%} of always-large's mAP50-95): {ours['cost_reduction']:.0%} lower, "
-                  f"${ours['saving_per_month_usd']:,.0f}/month at this price; "
+                  f"{dollars(ours['saving_per_month_usd'])}/month at this price; "
               + (f"the claimed $72,000 needs ${price:.4f} per device-hour." if price else "no saving.")]
     return "\n".join(lines)
 

@@ -15,7 +15,7 @@ Per variant, the mean over seeds of test mAP50-95, inference cost and recall@0.5
 published detections, as the demo counts; on all 14 test sequences and on the demo's), beside the heuristic (3, 8)
 and the embedded policy calibrated to the same budget.
 
-    python training/experiments/recall_labels.py [--work build/train-v3] [--seeds 3]   # ~5 min after `train labels`
+    python training/experiments/recall_labels.py [--work build/train-v3] [--seeds 3]   # ~2 min after `train labels`
 """
 from __future__ import annotations
 
