@@ -203,6 +203,22 @@ def test_a_report_another_run_replaced_is_written_again_and_a_work_folder_keeps_
                  "--work", str(root / "work"), timeout=120)
     assert other.returncode == 2 and f"--work {root / 'work'} holds the profile of '{(root / 'ci').resolve()}'" in \
         other.stderr and "pass another --work, or --force to replace it" in other.stderr
+    # a benchmark the work folder was not profiled from: refused before anything is measured
+    mixed = _cli("bench", "throughput", "--quick", "--policy", str(root / "policy.onnx"), "--benchmark",
+                 str(tmp_path / "other"), "--work", str(root / "work"), timeout=120)
+    assert mixed.returncode == 2 and f"--work {root / 'work'} was profiled from '{(root / 'ci').resolve()}', not " \
+        f"from --benchmark {tmp_path / 'other'}: its validation pick and projection would describe another scene " \
+        "set" in mixed.stderr, mixed.stderr[-2000:]
+    # a work folder profiled with other tiers than the policy's: operating-point says so (the weight fits those)
+    shutil.copytree(root / "work", tmp_path / "work", ignore=shutil.ignore_patterns("mlruns", "mlartifacts", "*.db"))
+    stamp = json.loads((tmp_path / "work" / "profile.done.json").read_text())
+    stamp["params"]["models"]["large"] = "embedded:small"
+    (tmp_path / "work" / "profile.done.json").write_text(json.dumps(stamp))
+    done = _cli("policy", "operating-point", str(root / "policy.onnx"), "--work", str(tmp_path / "work"),
+                "--latency", LATENCY, "--report", str(tmp_path / "point.json"))
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert f"warning: --work {tmp_path / 'work'}: policy '" in done.stderr and "was trained with a large tier of " \
+        "digest" in done.stderr and "train all --model large=...`" in done.stderr and "small tier" not in done.stderr
     args = _parser().parse_args(["train", "evaluate", "--preset", "small", "--work", str(tmp_path / "w")])
     assert settings_from(args).reports == tmp_path / "w" / "reports"  # not the committed training/reports
     args = _parser().parse_args(["train", "evaluate", "--work", str(tmp_path / "w")])

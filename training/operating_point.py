@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -54,7 +55,7 @@ def choose(policy: Policy, work: Path, latency: Path | None = None, streaming: b
     from adaptive_perception.training.evaluate import Scorer
     from adaptive_perception.training.labels import Costs
     from adaptive_perception.training.learn import calibrate_weight
-    from adaptive_perception.training.pipeline import Settings, _load_costs, load_split
+    from adaptive_perception.training.pipeline import Settings, _load_costs, load_split, work_mismatches
     from adaptive_perception.training.report import _fixed, learned_chooser
     from adaptive_perception.training.simulate import rollout
 
@@ -65,6 +66,8 @@ def choose(policy: Policy, work: Path, latency: Path | None = None, streaming: b
         raise AdaptivePerceptionError(f"--cost-share {cost_share}: give a share of always-large's cost in (0, 1], "
                                       "e.g. 0.4")
     settings = Settings(work=work)
+    for problem in work_mismatches(work, policy):  # profiled with other tiers: the weight would fit those
+        print(f"warning: {problem}", file=sys.stderr, flush=True)
     costs = Costs.load(latency) if latency else _load_costs(settings)
     val, test = load_split(settings, "val"), load_split(settings, "test")
     own = float(policy.value_head.cost_weight)

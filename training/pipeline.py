@@ -126,6 +126,29 @@ def _profile_cached(settings: Settings) -> bool:
     return _cached(settings, "profile", _profile_params(settings), [_profile_path(settings, s) for s in SPLITS])
 
 
+def work_mismatches(work: Path, policy, benchmark: Path | None = None) -> list[str]:
+    """Why the profiles in `work` do not describe `policy` (its tiers, by the digests the policy file records) or
+    `benchmark`: one line each; [] when they do, or when the work folder does not record what it profiled."""
+    from adaptive_perception.config import resolve_model
+    from adaptive_perception.detector import file_digest
+
+    stamp = Path(work) / "profile.done.json"
+    params = json.loads(stamp.read_text()).get("params", {}) if stamp.is_file() else {}
+    problems = []
+    if benchmark is not None and params.get("benchmark") not in (None, str(Path(benchmark).resolve())):
+        moved = "" if Path(params["benchmark"]).exists() else " (that folder is gone: moved?)"
+        problems.append(f"--work {work} was profiled from '{params['benchmark']}'{moved}, not from --benchmark "
+                        f"{benchmark}")
+    loaded = {}
+    for tier, spec in (params.get("models") or {}).items():
+        try:
+            path = resolve_model(spec)
+            loaded[tier] = (file_digest(path), path)
+        except (AdaptivePerceptionError, OSError):
+            continue  # a file no longer there: nothing to compare
+    return problems + [f"--work {work}: {line}" for line in policy.tier_mismatches(loaded)]
+
+
 def _check_profile_inputs(settings: Settings) -> None:
     """Refuse a benchmark the profile stage cannot read, before anything (an MLflow store included) is written."""
     for split in SPLITS:

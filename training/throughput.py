@@ -558,6 +558,16 @@ def run(policy_path: str, benchmark: Path, work: Path | None, real_latency: Path
               "(make them with `adaptive-perception train profile` and `train labels`; see training/README.md)",
               flush=True)
         work = None
+    if work is not None:
+        from adaptive_perception.policy import Policy
+        from adaptive_perception.training.pipeline import work_mismatches
+
+        problems = work_mismatches(work, Policy(resolve_model(policy_path)), benchmark)
+        if problems and problems[0].endswith(f"not from --benchmark {benchmark}") and "is gone" not in problems[0]:
+            raise AdaptivePerceptionError(f"{problems[0]}: its validation pick and projection would describe "
+                                          "another scene set; pass the work folder profiled from this benchmark")
+        for problem in problems:
+            print(f"[throughput] warning: {problem}", flush=True)
     if real_latency is not None and not real_latency.is_file():
         print(f"[throughput] {real_latency} is missing: no real-graph projection (make it with "
               "`adaptive-perception bench latency`)", flush=True)

@@ -343,7 +343,7 @@ class Policy:
         return [f"policy '{self.policy_id}' was trained with a {tier} tier of digest {expected[tier]}, but the loaded "
                 f"{tier} tier {path} has digest {digest}: the policy learned when that tier is good enough for other "
                 f"detectors; load the tiers it was trained with, or retrain it on these (`adaptive-perception train "
-                f"all --models ...`)"
+                f"all --model {tier}=...`)"
                 for tier, (digest, path) in loaded.items() if tier in expected and expected[tier] != digest]
 
     def _run(self, features: np.ndarray) -> np.ndarray:
