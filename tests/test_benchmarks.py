@@ -40,6 +40,18 @@ def quick_throughput(tmp_path_factory) -> dict:
     return {"root": root, "stdout": run.stdout, "report": json.loads((root / "throughput.json").read_text())}
 
 
+def test_a_share_of_large_that_cannot_be_scored_is_said_in_words(quick_throughput):
+    """A one-sequence, five-frame run printed "measured 8.38 at nan% of large's mAP50-95"."""
+    import copy
+
+    report = copy.deepcopy(quick_throughput["report"])
+    point = report["bars"]["operating_point"]
+    assert point and "map_share_of_large" in report["bars"]["speedup"]
+    report["bars"]["speedup"]["map_share_of_large"] = float("nan")
+    line = next(line for line in throughput.table(report).splitlines() if line.startswith("- speedup:"))
+    assert "nan" not in line and "(its share of large's mAP50-95 cannot be scored on these frames" in line, line
+
+
 def test_quick_throughput_runs_every_mode_over_the_rendered_test_bags(quick_throughput):
     report = quick_throughput["report"]
     assert report["frames"] == FRAMES and report["sequences"] == ["seq046-40", "seq047-40"]

@@ -544,7 +544,9 @@ def table(report: dict) -> str:
             continue
         value = bar["measured"]
         shown = f"{value:.2%}" if name == "router_overhead" else f"{value:.2f}"
-        extra = f" at {_pct(bar['map_share_of_large'])} of large's mAP50-95" if "map_share_of_large" in bar else ""
+        share = bar.get("map_share_of_large")
+        extra = ("" if share is None else f" at {_pct(share)} of large's mAP50-95" if np.isfinite(share) else
+                 " (its share of large's mAP50-95 cannot be scored on these frames: too few, or no objects)")
         if "all_features" in bar:
             extra = f" (every feature + policy, the image statistics after the tier included: {bar['all_features']:.2%})"
         lines.append(f"- {name}: {bar['need']}: measured {shown}{extra}: " + ("met" if bar["met"] else "NOT met"))
