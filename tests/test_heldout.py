@@ -44,3 +44,6 @@ def test_heldout_report_compares_the_policy_with_the_heuristic_at_its_cost(tmp_p
         result["sets"]["in_distribution"]["rows"]["always-large"]["map50_95"]
     markdown = report.with_suffix(".md").read_text()
     assert "| in_distribution | 30 |" in markdown and "| night | 30 |" in markdown
+    # the command that ran, options and all (it named the plain command whatever ran)
+    assert (f"Command: `adaptive-perception bench heldout --set in_distribution --set night --sequences 2 --frames 15 "
+            f"--resamples 20 --report {report}`.") in markdown

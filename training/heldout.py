@@ -67,10 +67,11 @@ def evaluate_set(split: Split, policy: Policy, costs: Costs, resamples: int) -> 
 
 
 def run(policy_path: str, latency: Path, sets: list[str], sequences: int, frames: int, version: str,
-        resamples: int, report_path: Path) -> dict:
+        resamples: int, report_path: Path, command: str = "adaptive-perception bench heldout") -> dict:
     policy = Policy(resolve_model(policy_path))
     costs = Costs.load(latency)
-    result = {"policy_id": policy.policy_id, "generator_version": version, "seed": SEED, "costs": costs.device,
+    result = {"command": command, "policy_id": policy.policy_id, "generator_version": version, "seed": SEED,
+              "costs": costs.device,
               "tier_cost_ms": dict(zip(TIERS, costs.ms.round(3).tolist())), "sets": {}}
     for name in sets:
         specs = set_specs(name, sequences, frames, version)
@@ -88,7 +89,8 @@ def run(policy_path: str, latency: Path, sets: list[str], sequences: int, frames
 
 def markdown(result: dict) -> str:
     lines = [f"Policy `{result['policy_id']}` on held-out scenes (generator {result['generator_version']}, seed "
-             f"{result['seed']}), per frame; costs: {result['costs']}. Command: `adaptive-perception bench heldout`.", "",
+             f"{result['seed']}), per frame; costs: {result['costs']}. Command: "
+             f"`{result.get('command', 'adaptive-perception bench heldout')}`.", "",
              "| set | frames | learned mAP50-95 | cost (ms) | mix nano / small / large | heuristic at that cost | "
              "learned - heuristic [95 % CI] | always-nano | always-large |", "|---|---|---|---|---|---|---|---|---|"]
     for name, s in result["sets"].items():

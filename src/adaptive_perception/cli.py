@@ -6,6 +6,7 @@ import argparse
 import copy
 import json
 import os
+import shlex
 import sys
 import textwrap
 from dataclasses import replace
@@ -832,7 +833,8 @@ def main(argv: list[str] | None = None) -> int:
                                               "give at least 2")
             run_heldout(args.policy, args.latency, args.sets or ["in_distribution", "night", "fog", "new_domain",
                                                                  "small_objects"],
-                        args.sequences, args.frames, args.generator_version, args.resamples, args.report)
+                        args.sequences, args.frames, args.generator_version, args.resamples, args.report,
+                        shlex.join(["adaptive-perception", *argv]))
             return 0
         if args.command == "bench" and args.bench_command == "soak":
             from adaptive_perception.training.soak import run_soak
