@@ -101,8 +101,8 @@ def _cached(settings: Settings, stage: str, params: dict, outputs: list[Path]) -
     stamp = settings.work / f"{stage}.done.json"
     if settings.force or not stamp.is_file() or not all(p.exists() for p in outputs):
         return False
-    record = json.loads(stamp.read_text())
-    return record.get("fingerprint") == _fingerprint(params) and record.get("outputs", _mtimes(outputs)) == _mtimes(outputs)
+    record, written = json.loads(stamp.read_text()), _mtimes(outputs)
+    return record.get("fingerprint") == _fingerprint(params) and record.get("outputs", written) == written
 
 
 def _done(settings: Settings, stage: str, params: dict, outputs: list[Path] | None = None) -> None:
@@ -126,27 +126,26 @@ def _profile_cached(settings: Settings) -> bool:
     return _cached(settings, "profile", _profile_params(settings), [_profile_path(settings, s) for s in SPLITS])
 
 
-def work_mismatches(work: Path, policy, benchmark: Path | None = None) -> list[str]:
-    """Why the profiles in `work` do not describe `policy` (its tiers, by the digests the policy file records) or
-    `benchmark`: one line each; [] when they do, or when the work folder does not record what it profiled."""
+def profiled_with(work: Path) -> dict:
+    """The parameters the work folder's profile stage recorded (benchmark, models, ...); {} when it recorded none."""
+    stamp = Path(work) / "profile.done.json"
+    return json.loads(stamp.read_text()).get("params", {}) if stamp.is_file() else {}
+
+
+def work_mismatches(work: Path, policy) -> list[str]:
+    """One line per tier the profiles in `work` ran that is not the file `policy` was trained with (by the digests
+    the policy file records); [] when they match, or when the work folder does not record its tiers."""
     from adaptive_perception.config import resolve_model
     from adaptive_perception.detector import file_digest
 
-    stamp = Path(work) / "profile.done.json"
-    params = json.loads(stamp.read_text()).get("params", {}) if stamp.is_file() else {}
-    problems = []
-    if benchmark is not None and params.get("benchmark") not in (None, str(Path(benchmark).resolve())):
-        moved = "" if Path(params["benchmark"]).exists() else " (that folder is gone: moved?)"
-        problems.append(f"--work {work} was profiled from '{params['benchmark']}'{moved}, not from --benchmark "
-                        f"{benchmark}")
     loaded = {}
-    for tier, spec in (params.get("models") or {}).items():
+    for tier, spec in (profiled_with(work).get("models") or {}).items():
         try:
             path = resolve_model(spec)
             loaded[tier] = (file_digest(path), path)
         except (AdaptivePerceptionError, OSError):
             continue  # a file no longer there: nothing to compare
-    return problems + [f"--work {work}: {line}" for line in policy.tier_mismatches(loaded)]
+    return [f"--work {work}: {line}" for line in policy.tier_mismatches(loaded)]
 
 
 def _check_profile_inputs(settings: Settings) -> None:
@@ -169,8 +168,7 @@ def stage_profile(settings: Settings) -> None:
     if _cached(settings, "profile", params, outputs):
         print("[profile] cached: " + ", ".join(map(str, outputs)))
         return
-    stamp = settings.work / "profile.done.json"
-    before = json.loads(stamp.read_text()).get("params", {}) if stamp.is_file() and not settings.force else {}
+    before = {} if settings.force else profiled_with(settings.work)
     if before.get("benchmark", params["benchmark"]) != params["benchmark"]:
         raise AdaptivePerceptionError(
             f"--work {settings.work} holds the profile of '{before['benchmark']}' (profile.done.json); profiling "

@@ -562,13 +562,18 @@ def run(policy_path: str, benchmark: Path, work: Path | None, real_latency: Path
         work = None
     if work is not None:
         from adaptive_perception.policy import Policy
-        from adaptive_perception.training.pipeline import work_mismatches
+        from adaptive_perception.training.pipeline import profiled_with, work_mismatches
 
-        problems = work_mismatches(work, Policy(resolve_model(policy_path)), benchmark)
-        if problems and problems[0].endswith(f"not from --benchmark {benchmark}") and "is gone" not in problems[0]:
-            raise AdaptivePerceptionError(f"{problems[0]}: its validation pick and projection would describe "
-                                          "another scene set; pass the work folder profiled from this benchmark")
-        for problem in problems:
+        recorded = profiled_with(work).get("benchmark")
+        if recorded is not None and recorded != str(Path(benchmark).resolve()):
+            mismatch = f"--work {work} was profiled from '{recorded}'"
+            if Path(recorded).exists():  # another scene set's splits
+                raise AdaptivePerceptionError(f"{mismatch}, not from --benchmark {benchmark}: its validation pick and "
+                                              "projection would describe another scene set; pass the work folder "
+                                              "profiled from this benchmark")
+            print(f"[throughput] warning: {mismatch} (that folder is gone: moved?), not from --benchmark {benchmark}",
+                  flush=True)
+        for problem in work_mismatches(work, Policy(resolve_model(policy_path))):
             print(f"[throughput] warning: {problem}", flush=True)
     if real_latency is not None and not real_latency.is_file():
         print(f"[throughput] {real_latency} is missing: no real-graph projection (make it with "

@@ -372,7 +372,7 @@ def _parser() -> argparse.ArgumentParser:
     drift.add_argument("--drift-sequences", type=_count, default=2, help="drift sequences per preset")
     drift.add_argument("--preset", action="append", choices=["night", "fog", "new_domain", "small_objects"],
                        help="only these presets (repeatable; default all four)")
-    drift.add_argument("--original-work", type=Path, default=Path("build/train-v3"),
+    drift.add_argument("--original-work", type=Path, default=WORK_V3,
                        help="the policy's training work folder (its profiles): retrain on each detected preset's "
                             "evidence and score before and after (skipped, said so, when missing)")
     drift.add_argument("--no-retrain", action="store_true", help="detection and false alarms only")
