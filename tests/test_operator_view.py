@@ -13,6 +13,7 @@ import cv2
 import numpy as np
 import onnxruntime as ort
 import pytest
+from rcl_interfaces.msg import Log
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CompressedImage, Image
 from vision_msgs.msg import Detection2DArray
@@ -413,18 +414,29 @@ def test_an_evidence_folder_that_cannot_be_written_is_said_at_configure_not_at_t
         graph.close()
 
 
-def test_a_silent_fallback_to_cpu_is_visible_at_configure_and_in_diagnostics(context, tier_models, tmp_path):
-    from adaptive_perception.detector import DEFAULT_PROVIDERS
+def test_a_silent_fallback_to_cpu_is_visible_at_configure_and_in_diagnostics(context, tier_models, tmp_path,
+                                                                            monkeypatch, capfd):
+    import adaptive_perception.detector as detector
 
-    graph = _graph(context, tier_models, providers=list(DEFAULT_PROVIDERS),
+    monkeypatch.setattr(detector, "_WARNED_UNAVAILABLE", set())  # what earlier tests in this process were told
+    capfd.readouterr()
+    graph = _graph(context, tier_models, providers=list(detector.DEFAULT_PROVIDERS),
                    **{"tensorrt.engine_cache_dir": str(tmp_path / "trt")})
     try:
         tier = {kv.key: kv.value for kv in graph.status("tier large").values}
         assert (tier["requested_provider"], tier["provider"]) == ("TensorrtExecutionProvider", "CPUExecutionProvider")
         assert wait_until(lambda: any("on CPUExecutionProvider (requested TensorrtExecutionProvider: not available "
                                       "here)" in log.msg for log in graph.logs), 5)
+        # the core's own warning reaches /rosout as the node's, at WARN (it was a bare line on stderr)
+        assert wait_until(lambda: any(
+            log.name == graph.name and log.level == Log.WARN and log.msg.startswith(
+                "detector: execution providers ['TensorrtExecutionProvider', 'CUDAExecutionProvider'] are not "
+                "available in this onnxruntime build") for log in graph.logs), 5)
     finally:
         graph.close()
+    # and only as the node's on stderr: not also bare (logging's last resort) or from the audit's process
+    said = [line for line in capfd.readouterr().err.splitlines() if "are not available in this onnxruntime" in line]
+    assert len(said) == 1 and "[WARN] " in said[0] and f"[{graph.name}]: detector: execution providers" in said[0], said
 
 
 def test_audits_are_sampled_and_a_changed_scene_is_drift_on_decisions_diagnostics_and_log(context, tier_models, tmp_path):

@@ -15,6 +15,7 @@ the process.
 """
 from __future__ import annotations
 
+import logging
 import multiprocessing
 import os
 import signal
@@ -211,6 +212,9 @@ def _serve_reference(conn, tier_args: tuple) -> None:
         os.nice(19)
     except (AttributeError, OSError):
         pass
+    # the node loaded this tier with the same file and providers and logged what loading it says (a provider
+    # falling back); here the same lines would come again, bare on the node's stderr
+    logging.getLogger("adaptive_perception").setLevel(logging.ERROR)
     try:
         from adaptive_perception.detector import DetectorTier
 

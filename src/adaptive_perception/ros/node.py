@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import gc
+import logging
 import math
 import signal
 import sys
@@ -48,11 +49,36 @@ NODE_NAME = "perception_node"
 _WORKER_POLL_S = 0.1
 
 
+class _RosLogBridge(logging.Handler):
+    """What the core modules log (Python `logging`, e.g. an execution provider falling back) goes to the node's
+    logger: /rosout and the console with the node's name and severity, not a bare line on stderr."""
+
+    def __init__(self, ros_logger) -> None:
+        super().__init__(logging.DEBUG)
+        self._ros = ros_logger
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            message = f"{record.name.removeprefix('adaptive_perception.')}: {record.getMessage()}"
+            if record.levelno >= logging.ERROR:
+                self._ros.error(message)
+            elif record.levelno >= logging.WARNING:
+                self._ros.warning(message)
+            elif record.levelno >= logging.INFO:
+                self._ros.info(message)
+            else:
+                self._ros.debug(message)
+        except Exception:  # a logging failure must never reach the frame that logged
+            self.handleError(record)
+
+
 class PerceptionNode(LifecycleNode):
     """Subscribes to camera images, runs the chosen detector tier, publishes detections and routing decisions."""
 
     def __init__(self, **kwargs: object) -> None:
         super().__init__(NODE_NAME, **kwargs)
+        self._log_bridge = _RosLogBridge(self.get_logger())
+        logging.getLogger("adaptive_perception").addHandler(self._log_bridge)
         for name, (default, descriptor) in PARAMETERS.items():
             self.declare_parameter(name, default, descriptor)
         self.config: NodeConfig | None = None
@@ -408,6 +434,7 @@ class PerceptionNode(LifecycleNode):
             # the node's /rosout writer goes with it, and a reliable writer destroyed before its readers acknowledged
             # drops what it holds: give what was just logged while closing time to reach them (seen once in CI)
             time.sleep(ROSOUT_LINGER_S)
+        logging.getLogger("adaptive_perception").removeHandler(self._log_bridge)
         super().destroy_node()
 
     def _stop_processing(self) -> None:
