@@ -8,7 +8,7 @@ import subprocess
 import pytest
 
 from adaptive_perception.scenes.sequence import Drift
-from adaptive_perception.training.heldout import SEED, set_specs
+from adaptive_perception.training.heldout import SEED, interval_if_enough, markdown, set_specs
 
 
 def test_each_set_is_new_scenes_of_its_own_kind():
@@ -21,13 +21,13 @@ def test_each_set_is_new_scenes_of_its_own_kind():
 def test_heldout_report_compares_the_policy_with_the_heuristic_at_its_cost(tmp_path):
     report = tmp_path / "heldout.json"
     run = subprocess.run(["adaptive-perception", "bench", "heldout", "--set", "in_distribution", "--set", "night",
-                          "--sequences", "2", "--frames", "15", "--resamples", "20", "--report", str(report)],
+                          "--sequences", "4", "--frames", "8", "--resamples", "20", "--report", str(report)],
                          capture_output=True, text=True, timeout=900)
     assert run.returncode == 0, run.stderr[-3000:]
     result = json.loads(report.read_text())
     assert list(result["sets"]) == ["in_distribution", "night"]
     for name, s in result["sets"].items():
-        assert s["frames"] == 30 and s["sequences"] == 2, name
+        assert s["frames"] == 32 and s["sequences"] == 4, name
         rows = s["rows"]
         learned, heuristic = rows["learned"], rows["heuristic at the learned cost"]
         if "interpolation" in heuristic:  # two rules time-shared to exactly the learned cost
@@ -43,7 +43,22 @@ def test_heldout_report_compares_the_policy_with_the_heuristic_at_its_cost(tmp_p
     assert result["sets"]["night"]["rows"]["always-large"]["map50_95"] != \
         result["sets"]["in_distribution"]["rows"]["always-large"]["map50_95"]
     markdown = report.with_suffix(".md").read_text()
-    assert "| in_distribution | 30 |" in markdown and "| night | 30 |" in markdown
+    assert "| in_distribution | 32 |" in markdown and "| night | 32 |" in markdown
     # the command that ran, options and all (it named the plain command whatever ran)
-    assert (f"Command: `adaptive-perception bench heldout --set in_distribution --set night --sequences 2 --frames 15 "
+    assert (f"Command: `adaptive-perception bench heldout --set in_distribution --set night --sequences 4 --frames 8 "
             f"--resamples 20 --report {report}`.") in markdown
+
+
+def test_too_few_sequences_give_no_interval_and_say_why():
+    paired = {"difference": 1.5, "difference_ci": [1.5, 1.5], "beats": True}  # what 1 sequence resamples into
+    assert interval_if_enough(paired, 4) == paired
+    for sequences in (1, 3):
+        kept = interval_if_enough(paired, sequences)
+        assert kept["difference"] == 1.5 and "difference_ci" not in kept and "beats" not in kept
+        assert kept["no_interval"].startswith(f"{sequences} sequence")
+        assert kept["no_interval"].endswith("needs at least 4 (--sequences)")
+    row = {"map50_95": 30.0, "mean_cost_ms": 20.0, "mix": {"nano": 0.5, "small": 0.25, "large": 0.25}}
+    result = {"policy_id": "p", "generator_version": "2.0.0", "seed": SEED, "costs": "c", "sets": {"fog": {
+        "frames": 20, "sequences": 1, "learned_minus_heuristic": interval_if_enough(paired, 1),
+        "rows": {"learned": row, "heuristic at the learned cost": row, "always-nano": row, "always-large": row}}}}
+    assert "| fog | 20 | 30.0 | 20.0 | 50 / 25 / 25 | 30.0 | +1.5 (no interval: too few sequences) |" in markdown(result)

@@ -29,6 +29,7 @@ from adaptive_perception.training.report import (
 from adaptive_perception.training.simulate import Split, rollout
 
 SEED = 626262  # no benchmark split, drift reference or drift report uses it
+MIN_SEQUENCES_FOR_INTERVAL = 4  # 4 sequences resample into 35 distinct splits
 
 
 def set_specs(name: str, sequences: int, frames: int, version: str) -> list[SequenceSpec]:
@@ -62,8 +63,20 @@ def evaluate_set(split: Split, policy: Policy, costs: Costs, resamples: int) -> 
             "heuristic at the learned cost": _heuristic_at(split, scorer, costs, learned["mean_cost_ms"], resamples),
             **{f"always-{t}": _row(scorer, split, costs, [rollout(split, costs, _fixed(i), False)], resamples)
                for i, t in enumerate(TIERS) if t != "small"}}
-    return {"frames": len(split.profile), "sequences": len(split.profile.sequences()), "rows": rows,
-            "learned_minus_heuristic": _paired(learned, rows["heuristic at the learned cost"])}
+    sequences = len(split.profile.sequences())
+    return {"frames": len(split.profile), "sequences": sequences, "rows": rows,
+            "learned_minus_heuristic": interval_if_enough(_paired(learned, rows["heuristic at the learned cost"]),
+                                                          sequences)}
+
+
+def interval_if_enough(paired: dict, sequences: int) -> dict:
+    """The paired difference, its bootstrap interval dropped (and why) when too few sequences resample into too few
+    distinct splits to bound anything (1 sequence: one split, a zero-width "interval"; 2: three)."""
+    if sequences >= MIN_SEQUENCES_FOR_INTERVAL:
+        return paired
+    return {"difference": paired["difference"],
+            "no_interval": f"{sequences} sequence{'s' * (sequences != 1)}: a bootstrap over sequences needs at least "
+                           f"{MIN_SEQUENCES_FOR_INTERVAL} (--sequences)"}
 
 
 def run(policy_path: str, latency: Path, sets: list[str], sequences: int, frames: int, version: str,
@@ -100,7 +113,8 @@ def markdown(result: dict) -> str:
         ci = d.get("difference_ci")
         lines.append(f"| {name} | {s['frames']} | {r['learned']['map50_95']:.1f} | {r['learned']['mean_cost_ms']:.1f} | "
                      f"{mix} | {r['heuristic at the learned cost']['map50_95']:.1f} | {d['difference']:+.1f}"
-                     + (f" [{ci[0]:+.1f}, {ci[1]:+.1f}]" if ci else "") + f" | {r['always-nano']['map50_95']:.1f} | "
+                     + (f" [{ci[0]:+.1f}, {ci[1]:+.1f}]" if ci else " (no interval: too few sequences)")
+                     + f" | {r['always-nano']['map50_95']:.1f} | "
                      f"{r['always-large']['map50_95']:.1f} |")
     return "\n".join(lines)
 
