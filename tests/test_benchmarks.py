@@ -232,6 +232,7 @@ def test_quick_latency_times_embedded_and_real_yolov8_graphs(tmp_path):
     costs = Costs.load(latency_out)  # what `train --latency` and the projection read
     assert costs.ms.tolist() == pytest.approx([round(models[f"{t}@320"]["mean_ms"], 3) for t in TIERS])
     assert "YOLOv8l | 320x320" in run.stdout
+    assert "| embedded nano | 192x256 |" in run.stdout  # height x width, as `models compare` and the README write it
 
 
 def test_mode_suffixes_set_the_tier_settings():

@@ -145,12 +145,12 @@ def latency_file(report: dict, size: int) -> dict:
 
 
 def table(report: dict) -> str:
-    lines = ["| model | input | provider | p50 (ms) | p95 (ms) | p99 (ms) |", "|---|---|---|---|---|---|"]
+    lines = ["| model | input (HxW) | provider | p50 (ms) | p95 (ms) | p99 (ms) |", "|---|---|---|---|---|---|"]
     for name, row in report["models"].items():
         tier, where = name.split("@")
         label = f"embedded {tier}" if where == "embedded" else f"YOLOv8{REAL_VARIANTS[tier]}"
         h, w = row["input_hw"]
-        lines.append(f"| {label} | {w}x{h} | {row['provider']} | {row['p50_ms']:.1f} | {row['p95_ms']:.1f} | "
+        lines.append(f"| {label} | {h}x{w} | {row['provider']} | {row['p50_ms']:.1f} | {row['p95_ms']:.1f} | "
                      f"{row['p99_ms']:.1f} |")
     lines += ["", "large / nano (p50): " + ", ".join(f"{k.split('@')[1]} {v:.1f}x" for k, v in report["ratios"].items()),
               "Peak resident memory, three tiers loaded (fresh process): " + ", ".join(
