@@ -123,6 +123,16 @@ def test_train_reads_the_embedded_tiers_world_by_default(tmp_path, monkeypatch, 
            "scenes generate --out build/benchmark-v2`" in capsys.readouterr().err
 
 
+def test_train_labels_without_a_profile_names_the_profile_command_of_this_benchmark(tmp_path, capsys):
+    """It named `train profile --work W` without the run's --benchmark (which profiles the default one), after it had
+    created the work folder's MLflow store and a failed run."""
+    work, benchmark = tmp_path / "work", tmp_path / "bench"
+    assert main(["train", "labels", "--benchmark", str(benchmark), "--work", str(work)]) == 2
+    assert (f"--work {work} holds no profile (profile_router.npz, profile_val.npz, profile_test.npz missing): run "
+            f"`adaptive-perception train profile --benchmark {benchmark} --work {work}` first") in capsys.readouterr().err
+    assert not (work / "mlflow.db").exists()
+
+
 @pytest.mark.parametrize("source, says", [("dataset", "holds no generated benchmark (frames.json missing)"),
                                           ("bags", "no bags under")])
 def test_train_all_refuses_a_missing_benchmark_before_it_writes_anything(tmp_path, capsys, source, says):

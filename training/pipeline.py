@@ -211,6 +211,12 @@ def stage_labels(settings: Settings) -> None:
     from adaptive_perception.training.profile import Profile
     from adaptive_perception.training.simulate import Split
 
+    missing = [_profile_path(settings, s).name for s in SPLITS if not _profile_path(settings, s).is_file()]
+    if missing:  # before the MLflow store and a failed run are written
+        raise AdaptivePerceptionError(
+            f"--work {settings.work} holds no profile ({', '.join(missing)} missing): run `adaptive-perception train "
+            f"profile --benchmark {settings.benchmark} --work {settings.work}` first (with the --source, --truth and "
+            "--model options of this run, if any), or `train all`")
     params = {"profiles": _mtimes([_profile_path(settings, s) for s in SPLITS]), "latency": str(settings.latency)}
     outputs = [settings.work / f"quality_{s}.npy" for s in SPLITS] + [settings.work / "costs.json"]
     if _cached(settings, "labels", params, outputs):
