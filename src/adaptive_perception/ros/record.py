@@ -20,11 +20,18 @@ from adaptive_perception.recording import SegmentedRecorder
 from adaptive_perception.ros import DEBUG_IMAGE_TOPICS
 
 IMAGE_TYPES = ("sensor_msgs/msg/Image", "sensor_msgs/msg/CompressedImage")
+MISSING_AFTER_S = 5.0  # discovery on a quiet localhost graph takes well under a second
 
 
 def default_topics(cameras: list[str], node_name: str) -> list[str]:
     """Camera frames, the node's outputs, its compressed debug image and /diagnostics."""
     return [*cameras, "/detections", "/routing", f"/{node_name.strip('/')}/{DEBUG_IMAGE_TOPICS[1]}", "/diagnostics"]
+
+
+def resolve_topics(topics: list[str]) -> list[str]:
+    """Topic names as the graph lists them: a relative name (`camera/image_raw`) resolves, as ROS resolves it for a
+    node in the root namespace, to `/camera/image_raw` (it was compared as written and never matched); each once."""
+    return list(dict.fromkeys(t if t.startswith("/") else f"/{t}" for t in topics))
 
 
 def message_class(msgtype: str):
@@ -37,9 +44,9 @@ class TopicRecorder:
     """Subscribes to each topic once its type is known on the graph; every message goes to the sinks."""
 
     def __init__(self, node: Node, topics: list[str], recorder: SegmentedRecorder | None = None, live=None) -> None:
-        self.node, self.topics, self.recorder, self.live = node, list(topics), recorder, live
+        self.node, self.topics, self.recorder, self.live = node, resolve_topics(topics), recorder, live
         self.types: dict[str, str] = {}
-        self.counts: dict[str, int] = {topic: 0 for topic in topics}
+        self.counts: dict[str, int] = {topic: 0 for topic in self.topics}
         self._stopped = False
         self._writing = threading.Lock()  # stop() returns with no message half-written
         self._timer = node.create_timer(0.5, self.discover)
@@ -116,10 +123,17 @@ def run_record(out: Path | None, topics: list[str], segment_mb: float, segment_s
         recording = TopicRecorder(node, topics, recorder, live)
         closed = 0
         started = time.monotonic()
+        said_missing = False
         try:
             while duration_s <= 0 or time.monotonic() - started < duration_s:
                 time.sleep(0.2)
                 closed = _print_closed(recorder, closed)
+                if not said_missing and time.monotonic() - started >= MISSING_AFTER_S:
+                    said_missing = True  # said once, early: not only in the summary at the end of a long recording
+                    missing = [t for t in recording.topics if t not in recording.types]
+                    if missing:
+                        print(f"not on the graph after {MISSING_AFTER_S:.0f} s: {missing}; recorded once they appear "
+                              "(`ros2 topic list` shows the names there)", file=sys.stderr, flush=True)
         except KeyboardInterrupt:
             pass
         finally:
@@ -128,7 +142,7 @@ def run_record(out: Path | None, topics: list[str], segment_mb: float, segment_s
         if sink is not None:
             sink.close()
     _print_closed(recorder, closed)  # the one open until now
-    missing = [t for t in topics if t not in recording.types]
+    missing = [t for t in recording.topics if t not in recording.types]
     print(f"recorded {counted(sum(recording.counts.values()), 'message')}: " +
           ", ".join(f"{t} {n}" for t, n in recording.counts.items()) +
           (f"; never seen on the graph: {missing}" if missing else ""), file=sys.stderr)
