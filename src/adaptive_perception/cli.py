@@ -830,7 +830,7 @@ def main(argv: list[str] | None = None) -> int:
 
             if args.sequences < 2:  # --frames is >= 1 by its type
                 raise AdaptivePerceptionError(f"--sequences {args.sequences}: the intervals resample sequences, so "
-                                              "give at least 2")
+                                              "give at least 2 (4 for its bootstrap intervals)")
             run_heldout(args.policy, args.latency, args.sets or ["in_distribution", "night", "fog", "new_domain",
                                                                  "small_objects"],
                         args.sequences, args.frames, args.generator_version, args.resamples, args.report,
