@@ -146,7 +146,7 @@ def test_record_stopped_by_sigterm_closes_its_open_segment(context, tmp_path):
             time.sleep(0.1)
         time.sleep(1.0)
         # no node runs here: its topics are named missing early (it was said only at the end of the recording)
-        assert wait_until(lambda: f"not on the graph after 5 s: ['/detections', '/routing', '/perception_node/"
+        assert wait_until(lambda: "not on the graph after 5 s: ['/detections', '/routing', '/perception_node/"
                           "debug_image/compressed', '/diagnostics']; recorded once they appear" in
                           (tmp_path / "record.log").read_text(), 15), (tmp_path / "record.log").read_text()
         record.send_signal(signal.SIGTERM)
