@@ -41,6 +41,20 @@ def test_unusable_numbers_are_refused_naming_the_option(argv, says, capsys):
     assert exited.value.code == 2 and says in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("argv, says", [
+    # --rate was ignored outside --mode recorded, without a word
+    (["replay", "bag", "--rate", "5"], "replay: --rate paces --mode recorded; --mode lockstep sends each frame after"),
+    (["replay", "bag", "--mode", "fast", "--rate", "0.5"], "--mode fast sends frames back to back"),
+    # refused after the whole replay, its summary lost
+    (["replay", "bag", "--json", "/no/such/folder/out.json"], "--json /no/such/folder/out.json: folder "
+                                                              "/no/such/folder does not exist"),
+])
+def test_replay_options_that_cannot_apply_are_refused_before_it_starts(argv, says, capsys):
+    with pytest.raises(SystemExit) as exited:
+        main(argv)
+    assert exited.value.code == 2 and says in capsys.readouterr().err
+
+
 def test_usable_numbers_pass(capsys):
     from adaptive_perception.cli import _parser
 

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import json
+import re
+import signal
 import subprocess
 import sys
 import threading
@@ -100,6 +102,37 @@ def test_replay_without_subscriber_explains_what_to_do(tmp_path):
         replay_bag(node, tmp_path / "bag", wait_for_subscriber_s=0.5)
 
 
+def test_ctrl_c_during_a_replay_keeps_its_summary(peer_model, tmp_path):
+    """Ctrl-C ended `replay` in a KeyboardInterrupt traceback, with no summary and no --json file."""
+    from vision_msgs.msg import Detection2DArray
+
+    write_image_bag(tmp_path / "bag", _frames(450), "/camera/image_raw")  # 15 s at 30 Hz
+    params = {"models.nano": str(peer_model), "models.small": "", "models.large": "", "routing_mode": "fixed:nano",
+              "image_topics": ["/camera/image_raw"], "providers": ["CPUExecutionProvider"], "warmup_runs": 0}
+    answers = []
+    with node_process(params, tmp_path / "node.log"), spun_node("ctrl_c_watch") as watch:
+        watch.create_subscription(Detection2DArray, "/detections", answers.append, 10)
+        replay = subprocess.Popen([sys.executable, "-m", "adaptive_perception.cli", "replay", str(tmp_path / "bag"),
+                                   "--mode", "recorded", "--json", str(tmp_path / "summary.json")],
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            deadline = time.monotonic() + 60
+            while len(answers) < 5 and time.monotonic() < deadline and replay.poll() is None:
+                time.sleep(0.05)
+            assert len(answers) >= 5, (tmp_path / "node.log").read_text()
+            replay.send_signal(signal.SIGINT)
+            out, err = replay.communicate(timeout=30)
+        finally:
+            if replay.poll() is None:
+                replay.kill()
+    assert replay.returncode == 130 and "Traceback" not in err, err
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["stopped_early"] == "interrupted (Ctrl-C)"
+    assert 5 <= summary["frames_published"] < 450 and summary["outputs_received"] >= 5
+    assert f"frames_published: {summary['frames_published']}" in out
+    assert f"stopped after {summary['frames_published']} frames published: interrupted (Ctrl-C)" in err
+
+
 def test_replay_cli_against_a_node_process(peer_model, tmp_path):
     write_image_bag(tmp_path / "bag", _frames(6), "/camera/image_raw")
     params = {"models.nano": str(peer_model), "models.small": "", "models.large": "", "routing_mode": "fixed:nano", "image_topics": ["/camera/image_raw"], "qos.reliability": "reliable",
@@ -122,8 +155,11 @@ def test_lockstep_refuses_a_bag_that_repeats_an_earlier_frames_stamp(context, pe
                             "image_topics": ["image"], "warmup_runs": 0, "providers": ["CPUExecutionProvider"]})
     try:
         assert graph.transition("configure") and graph.transition("activate")
-        with pytest.raises(BagError, match="frame 2 .* repeats header stamp 0.000000005 .* of an earlier frame.*--mode fast"):
-            replay_bag(graph.driver, tmp_path / "bag", remap={"/cam/image_raw": "image"})
+        # it stops there with the numbers of what went out before (it raised and the CLI printed no summary)
+        report = replay_bag(graph.driver, tmp_path / "bag", remap={"/cam/image_raw": "image"})
+        assert (report.frames_published, report.outputs_received, report.interrupted) == (2, 2, False)
+        assert re.search("frame 2 .* repeats header stamp 0.000000005 .* of an earlier frame.*--mode fast",
+                         report.stopped) and report.summary()["stopped_early"] == report.stopped
     finally:
         graph.close()
 

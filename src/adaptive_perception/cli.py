@@ -740,6 +740,12 @@ def main(argv: list[str] | None = None) -> int:
         args.bag = args.bag or args.bag_option
         if args.bag is None:
             parser.error("replay: which bag? adaptive-perception replay BAG (a rosbag2 folder or .mcap/.db3 file)")
+        if args.rate != 1.0 and args.mode != "recorded":
+            parser.error(f"replay: --rate paces --mode recorded; --mode {args.mode} sends "
+                         + ("each frame after the previous one's answer" if args.mode == "lockstep" else
+                            "frames back to back") + " (leave --rate out, or add --mode recorded)")
+        if args.json is not None and not args.json.parent.is_dir():  # refused now, not after the replay
+            parser.error(f"replay: --json {args.json}: folder {args.json.parent} does not exist")
     for option in ("report", "json"):  # refused now, not after the run whose results it would hold
         path = getattr(args, option, None)
         if isinstance(path, Path) and path.is_dir():
@@ -770,6 +776,10 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{key:>18}: {text}")
             if args.json:
                 args.json.write_text(json.dumps(summary, indent=2, allow_nan=False))
+            if report.stopped:
+                print(f"adaptive-perception replay: stopped after {report.frames_published} frames published: "
+                      f"{report.stopped}", file=sys.stderr)
+                return 130 if report.interrupted else 2
             if report.timeouts:
                 print(f"{report.timeouts} of {report.frames_published} frames got no answer within --timeout "
                       f"{args.timeout:g} s: the node's /diagnostics (its camera status counts bad frames by kind) or "
@@ -908,6 +918,9 @@ def main(argv: list[str] | None = None) -> int:
     except (AdaptivePerceptionError, OSError, RuntimeError) as exc:  # OSError: the path and what is wrong with it
         print(f"adaptive-perception {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C: what a command finished (a training stage, a closed segment) stays
+        print(f"adaptive-perception {args.command}: interrupted", file=sys.stderr)
+        return 130
     return 0
 
 

@@ -54,6 +54,8 @@ class ReplayReport:
     wall_s: float = 0.0  # first frame published to the last frame published or the last answer, whichever is later
     mode: ReplayMode = ReplayMode.LOCKSTEP
     skipped_topics: list[str] = field(default_factory=list)  # image topics of the bag left out by default
+    stopped: str = ""  # why the replay ended before the bag did (the numbers cover what was published until then)
+    interrupted: bool = False  # stopped by Ctrl-C
 
     def summary(self) -> dict[str, float | int | None]:
         """The replay's numbers; latencies are None when no answer came, `steady_fps` None outside lock-step."""
@@ -76,6 +78,7 @@ class ReplayReport:
             "steady_fps": (1e3 * (len(self.latencies_ms) - 1) / sum(self.latencies_ms[1:])
                            if lockstep and len(self.latencies_ms) > 1 else None),
             "wall_s": self.wall_s,
+            "stopped_early": self.stopped or None,
         }
 
 
@@ -166,46 +169,51 @@ def replay_bag(
         started = time.perf_counter()
         first_bag_ns = first.bag_time_ns
         newest: dict[str, tuple[int, int, str]] = {}  # per topic, the stamp of the frame published last
-        for index, frame in enumerate(itertools.chain([first], frames)):
-            key = (frame.stamp_sec, frame.stamp_nanosec, frame.frame_id)
-            if mode is ReplayMode.LOCKSTEP and key in sends:
-                if newest.get(frame.topic) == key:  # the same frame again (a recording of a resend): nothing new
-                    report.skipped_repeats += 1
-                    continue
-                raise BagError(f"bag '{bag}': frame {index} on '{frame.topic}' repeats header stamp {key[0]}.{key[1]:09d} "
-                               f"(frame_id '{key[2]}') of an earlier frame; lock-step pairs outputs with frames by "
-                               "stamp, so it needs unique stamps: use --mode fast or recorded for this bag")
-            if mode is ReplayMode.RECORDED:
-                delay = (frame.bag_time_ns - first_bag_ns) / 1e9 / rate - (time.perf_counter() - started)
-                if delay > 0:
-                    time.sleep(delay)
-            with cond:
-                sent_at[key] = last_event[0] = time.perf_counter()
-                sends[key] = sends.get(key, 0) + 1
-            first_on_topic = frame.topic not in newest
-            newest[frame.topic] = key
-            publishers[frame.topic].publish(frame.cdr)
-            if first_on_topic:  # every reliable reader has it: each has matched this publisher on its own side too
-                publishers[frame.topic].wait_for_all_acked(Duration(seconds=min(timeout_s, ACK_WAIT_S)))
-            report.frames_published += 1
-            if on_frame is not None:
-                on_frame(index)
-            if mode is ReplayMode.LOCKSTEP:
-                deadline = time.perf_counter() + timeout_s
-                while True:
-                    resend = report.outputs_received == 0  # the node's writer may not have matched this reader yet
-                    left = deadline - time.perf_counter()
-                    with cond:
-                        if cond.wait_for(lambda: answers.get(key, 0) > 0,
-                                         max(0.0, min(left, FIRST_OUTPUT_RESEND_S) if resend else left)):
-                            break
-                        if not resend or time.perf_counter() >= deadline:
-                            report.timeouts += 1
-                            timed_out.add(key)
-                            break
-                    publishers[frame.topic].publish(frame.cdr)
-                    report.resent += 1
-        if mode is not ReplayMode.LOCKSTEP:
+        try:
+            for index, frame in enumerate(itertools.chain([first], frames)):
+                key = (frame.stamp_sec, frame.stamp_nanosec, frame.frame_id)
+                if mode is ReplayMode.LOCKSTEP and key in sends:
+                    if newest.get(frame.topic) == key:  # the same frame again (a recording of a resend): nothing new
+                        report.skipped_repeats += 1
+                        continue
+                    report.stopped = (f"bag '{bag}': frame {index} on '{frame.topic}' repeats header stamp "
+                                      f"{key[0]}.{key[1]:09d} (frame_id '{key[2]}') of an earlier frame; lock-step "
+                                      "pairs outputs with frames by stamp, so it needs unique stamps: use --mode fast "
+                                      "or recorded for this bag")
+                    break
+                if mode is ReplayMode.RECORDED:
+                    delay = (frame.bag_time_ns - first_bag_ns) / 1e9 / rate - (time.perf_counter() - started)
+                    if delay > 0:
+                        time.sleep(delay)
+                with cond:
+                    sent_at[key] = last_event[0] = time.perf_counter()
+                    sends[key] = sends.get(key, 0) + 1
+                first_on_topic = frame.topic not in newest
+                newest[frame.topic] = key
+                publishers[frame.topic].publish(frame.cdr)
+                if first_on_topic:  # every reliable reader has it: each has matched this publisher on its own side too
+                    publishers[frame.topic].wait_for_all_acked(Duration(seconds=min(timeout_s, ACK_WAIT_S)))
+                report.frames_published += 1
+                if on_frame is not None:
+                    on_frame(index)
+                if mode is ReplayMode.LOCKSTEP:
+                    deadline = time.perf_counter() + timeout_s
+                    while True:
+                        resend = report.outputs_received == 0  # the node's writer may not have matched this reader yet
+                        left = deadline - time.perf_counter()
+                        with cond:
+                            if cond.wait_for(lambda: answers.get(key, 0) > 0,
+                                             max(0.0, min(left, FIRST_OUTPUT_RESEND_S) if resend else left)):
+                                break
+                            if not resend or time.perf_counter() >= deadline:
+                                report.timeouts += 1
+                                timed_out.add(key)
+                                break
+                        publishers[frame.topic].publish(frame.cdr)
+                        report.resent += 1
+        except KeyboardInterrupt:  # Ctrl-C: the report covers what went out until then
+            report.stopped, report.interrupted = "interrupted (Ctrl-C)", True
+        if mode is not ReplayMode.LOCKSTEP and not report.interrupted:
             # the node always processes a camera's newest frame (older ones it may drop on purpose): its answer is
             # the last to come; the wait for it is not counted in wall_s
             with cond:
