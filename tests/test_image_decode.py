@@ -151,3 +151,15 @@ def test_garbage_compressed_data_raises():
     assert raised.value.kind == "corrupt_compressed"
     with pytest.raises(ImageDecodeError, match="no data"):
         decode_compressed(b"", "png")
+
+
+def test_a_truncated_png_is_the_node_s_error_alone_not_also_opencv_s_line(capfd):
+    """OpenCV's own "[ WARN:0@37.6] global grfmt_png.cpp ... PNG input buffer is incomplete" reached the node's
+    log unformatted, beside the node's warning."""
+    ok, png = cv2.imencode(".png", np.random.default_rng(3).integers(0, 256, (64, 64, 3), np.uint8))
+    assert ok
+    capfd.readouterr()
+    with pytest.raises(ImageDecodeError, match="could not be decoded") as raised:
+        decode_compressed(png.tobytes()[: png.size // 2], "png")
+    assert raised.value.kind == "corrupt_compressed"
+    assert "PNG input buffer is incomplete" not in capfd.readouterr().err

@@ -6,6 +6,10 @@ import numpy as np
 
 from adaptive_perception.errors import ImageDecodeError
 
+# OpenCV's own warning for a damaged payload ("[ WARN:0@37.6] global grfmt_png.cpp:793 ... PNG input buffer is
+# incomplete") reached the node's log unformatted, beside the node's warning that names the camera and the problem
+cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
+
 # encoding -> (channels, numpy dtype, conversion to RGB or None when already RGB)
 _RAW_LAYOUTS: dict[str, tuple[int, str, int | None]] = {
     "rgb8": (3, "u1", None),
