@@ -375,6 +375,36 @@ def test_training_and_calibration_read_the_cameras_of_a_node_recording_not_its_d
     assert len(list(read_images(tmp_path / "only_debug", ["/perception_node/debug_image"]))) == 1  # named: read
 
 
+def test_training_and_calibration_leave_out_frames_the_node_cannot_decode_and_say_so(tmp_path, capsys):
+    """One frame in an encoding the node does not read ended `train profile --source bags` (and `models quantize
+    --bag`) with a decode error naming neither bag nor frame; the node skips such a frame and goes on."""
+    import dataclasses
+
+    from rosbags.rosbag2 import StoragePlugin, Writer
+
+    from adaptive_perception.bag import IMAGE_TYPE, TYPESTORE, image_message
+    from adaptive_perception.training.profile import bag_frames
+    from adaptive_perception.training.quantize import bag_frames as calibration_frames
+
+    frames = _frames(4)
+    with Writer(tmp_path / "bag", version=9, storage_plugin=StoragePlugin.MCAP) as writer:
+        conn = writer.add_connection("/cam", IMAGE_TYPE, typestore=TYPESTORE)
+        for i, (stamp, rgb) in enumerate(frames):
+            msg = image_message(rgb, stamp, "cam")
+            if i in (1, 2):
+                msg = dataclasses.replace(msg, encoding="weird42")
+            writer.write(conn, stamp, TYPESTORE.serialize_cdr(msg, IMAGE_TYPE))
+    profiled = list(bag_frames([tmp_path / "bag"], None, False))
+    assert [stamp for _, _, stamp, _ in profiled] == [frames[0][0], frames[3][0]]
+    np.testing.assert_array_equal(profiled[1][0], frames[3][1])
+    said = capsys.readouterr().out
+    assert f"bag '{tmp_path / 'bag'}', camera '/cam': 2 frames the node's decoder refuses left out, as the node skips " \
+           "them (first: message 1: image encoding 'weird42' is not supported" in said
+    assert len(calibration_frames(tmp_path / "bag", 100)) == 2
+    assert f"bag '{tmp_path / 'bag'}': 2 of the 4 frames drawn cannot be decoded and are left out (first: message 1:" \
+        in capsys.readouterr().out
+
+
 def test_replay_names_a_remap_of_a_topic_the_bag_lacks_and_a_type_the_node_does_not_read(tmp_path):
     write_image_bag(tmp_path / "bag", _frames(1), "/cam/image_raw")
     with spun_node("remap_replay") as node, \

@@ -22,9 +22,9 @@ from adaptive_perception.bag import bag_image_rgb, default_topics, image_topics,
 from adaptive_perception.config import NodeConfig, resolve_model
 from adaptive_perception.detector import TIERS, DetectorTier
 from adaptive_perception.drift import veil
-from adaptive_perception.errors import AdaptivePerceptionError
+from adaptive_perception.errors import AdaptivePerceptionError, ImageDecodeError
 from adaptive_perception.features import image_features
-from adaptive_perception.progress import progress
+from adaptive_perception.progress import counted, progress
 from adaptive_perception.scenes.sequence import Regime
 
 PROFILE_CONF = 0.01  # detections kept for mAP
@@ -153,7 +153,14 @@ def bag_frames(bags: list[Path], topic: str | None, need_sidecar: bool
                                               "(score tiers against the large tier) for recordings without labels")
             truth = json.loads(sidecar.read_text())["frames"]
         for camera in [topic] if topic else default_topics(bag, image_topics(bag)):
-            for image in read_images(bag, [camera]):
+            skipped, first_skipped = 0, ""
+            for index, image in enumerate(read_images(bag, [camera])):
+                try:
+                    rgb = bag_image_rgb(image)
+                except ImageDecodeError as exc:  # as the node does: the frame is skipped, the next one goes on
+                    skipped += 1
+                    first_skipped = first_skipped or f"message {index}: {exc}"
+                    continue
                 stamp = image.stamp_sec * 1_000_000_000 + image.stamp_nanosec
                 objects = None
                 if truth is not None:
@@ -161,7 +168,10 @@ def bag_frames(bags: list[Path], topic: str | None, need_sidecar: bool
                         raise AdaptivePerceptionError(f"bag '{bag}': no ground truth for the frame stamped {stamp} in "
                                                       f"{sidecar}")
                     objects = truth[str(stamp)]["objects"]
-                yield bag_image_rgb(image), sequence, stamp, objects
+                yield rgb, sequence, stamp, objects
+            if skipped:
+                print(f"bag '{bag}', camera '{camera}': {counted(skipped, 'frame')} the node's decoder refuses left "
+                      f"out, as the node skips them (first: {first_skipped})", flush=True)
             sequence += 1
 
 

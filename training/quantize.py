@@ -89,10 +89,24 @@ def bag_frames(bag: Path, count: int, topics: Sequence[str] | None = None) -> li
     """`count` RGB frames spread evenly over a bag's image messages (the node's decoder); two passes, so a long
     recording is never held in memory."""
     from adaptive_perception.bag import bag_image_rgb, read_images
+    from adaptive_perception.errors import ImageDecodeError
 
     total = sum(1 for _ in read_images(bag, topics))
     wanted = set(_spread(list(range(total)), count))
-    return [bag_image_rgb(image) for index, image in enumerate(read_images(bag, topics)) if index in wanted]
+    frames, refused = [], []
+    for index, image in enumerate(read_images(bag, topics)):
+        if index in wanted:
+            try:
+                frames.append(bag_image_rgb(image))
+            except ImageDecodeError as exc:  # the node skips such a frame; so does the calibration
+                refused.append(f"message {index}: {exc}")
+    if refused:
+        print(f"bag '{bag}': {len(refused)} of the {len(wanted)} frames drawn cannot be decoded and are left out "
+              f"(first: {refused[0]})", flush=True)
+    if not frames:
+        raise AdaptivePerceptionError(f"bag '{bag}': none of the {len(wanted)} frames drawn can be decoded; the "
+                                      "README's \"Topics and services\" lists the encodings the node reads")
+    return frames
 
 
 def _spread(items: list, count: int) -> list:
