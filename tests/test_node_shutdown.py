@@ -59,4 +59,4 @@ def test_a_signalled_node_finishes_its_run_and_says_so_on_rosout(context, tmp_pa
     assert len(finished) == 1, ([m.msg for m in heard], text[-3000:])  # logged while closing, delivered on /rosout
     assert finished[0] in text  # and on the console
     # a closing record of the session, MLflow or not (no frames were sent)
-    assert "shutting down; since configure '/image' 0 received, 0 processed, 0 dropped, 0 lost before the node" in text
+    assert "shutting down; since configure '/image' 0 received, 0 processed, 0 dropped, 0 failed, 0 lost before the node" in text

@@ -89,7 +89,8 @@ def test_frame_age_and_a_p95_past_the_frame_budget_warn(context, tier_models):
         graph.close()
 
 
-def test_malformed_frames_are_counted_by_kind_logged_by_camera_and_the_next_good_frame_runs(context, tier_models):
+def test_malformed_frames_are_counted_by_kind_logged_by_camera_and_the_next_good_frame_runs(context, tier_models,
+                                                                                           capfd):
     graph = _graph(context, tier_models, image_topics=["image", "image/compressed"])
     try:
         good = image_msg(_noise(1), sec=1)
@@ -131,6 +132,10 @@ def test_malformed_frames_are_counted_by_kind_logged_by_camera_and_the_next_good
         assert graph.state() == "active"
     finally:
         graph.close()
+    # the closing record adds up: received = processed + dropped + failed (it left the failed frames out)
+    assert ("shutting down; since configure '/image' 7 received, 1 processed, 0 dropped, 6 failed, 0 lost before the "
+            "node; '/image/compressed' 1 received, 0 processed, 0 dropped, 1 failed, 0 lost before the node"
+            ) in capfd.readouterr().err
 
 
 def test_a_failing_tier_is_an_error_naming_it_while_the_other_tiers_serve(context, tier_models, regime_policy):

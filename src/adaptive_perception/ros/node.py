@@ -421,7 +421,8 @@ class PerceptionNode(LifecycleNode):
             totals = {self._topic_name(c): self.telemetry.session_report(c) for c in self.telemetry.cameras}
             self.get_logger().info("shutting down; since configure " + "; ".join(
                 f"'{camera}' {r['frames_received']:.0f} received, {r['frames_processed']:.0f} processed, "
-                f"{r['frames_dropped']:.0f} dropped, {r['frames_lost_before_node']:.0f} lost before the node"
+                f"{r['frames_dropped']:.0f} dropped, {r['frames_failed']:.0f} failed, {r['frames_lost_before_node']:.0f} "
+                "lost before the node"
                 for camera, r in totals.items()))
         logged = self._end_run()
         if self.evidence is not None:  # never leave recorded evidence unclosed
