@@ -724,9 +724,11 @@ TRAIN_EXTRA_MODULES = frozenset({"torch", "torchvision", "ultralytics", "onnx", 
 
 
 def main(argv: list[str] | None = None) -> int:
+    from adaptive_perception.runlog import quiet_mlflow_setup
     from adaptive_perception.transport import apply_defaults
 
     apply_defaults()  # before any ROS context: camera frames through shared memory (config/fastdds.xml)
+    quiet_mlflow_setup()
     argv = list(sys.argv[1:] if argv is None else argv)
     ros_args: list[str] = []
     if "--ros-args" in argv:  # ROS arguments are not ours to parse

@@ -14,6 +14,15 @@ from typing import Mapping
 
 from adaptive_perception.errors import ConfigError
 
+
+def quiet_mlflow_setup() -> None:
+    """Before MLflow is imported: its INFO lines ("Creating initial MLflow database tables...", "Updating database
+    tables") interleaved with a command's own output whenever a store was new. Its warnings stay; an
+    MLFLOW_LOGGING_LEVEL already set wins."""
+    import os
+
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+
 _END = object()
 SNAPSHOT_KEYS = ("fps", "drop_share", "node_ms_p50", "node_ms_p95", "router_overhead_ms_p95", "frame_age_ms_p50",
                  "frames_received", "frames_processed", "frames_dropped", "frames_failed", "frames_lost_before_node")

@@ -37,7 +37,7 @@ from adaptive_perception.ros import DEBUG_IMAGE_TOPICS
 from adaptive_perception.metrics import PrometheusMetrics
 from adaptive_perception.policy import Policy
 from adaptive_perception.recording import ros_typestore
-from adaptive_perception.runlog import NodeRun, snapshot_metrics
+from adaptive_perception.runlog import NodeRun, quiet_mlflow_setup, snapshot_metrics
 from adaptive_perception.router import Router, RouterSettings, check_mode, tiers_needed
 from adaptive_perception.ros.parameters import PARAMETERS, check_params_file, params_files, unknown_parameters
 from adaptive_perception.ros.convert import (ReceivedImage, detections_cdr, image_to_rgb, parse_image,
@@ -888,6 +888,7 @@ def _interrupt(signum: int, frame: object) -> None:
 def main(argv: list[str] | None = None) -> int:
     """Run the node until interrupted; with parameter autostart:=true it configures and activates itself."""
     apply_transport_defaults()
+    quiet_mlflow_setup()
     argv = list(argv if argv is not None else sys.argv)
     ros_args = argv[argv.index("--ros-args") + 1:] if "--ros-args" in argv else []
     try:
