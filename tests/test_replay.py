@@ -49,6 +49,12 @@ def test_bag_errors_name_the_bag_and_the_fix(tmp_path):
     write_image_bag(tmp_path / "bag", _frames(1), "/cam/image_raw")
     with pytest.raises(BagError, match=r"no image topic \['/other'\].*'/cam/image_raw'"):
         list(read_images(tmp_path / "bag", ["/other"]))
+    # a `record` output: one bag per segment under it (said: the rosbags error naming a missing metadata file)
+    for segment in ("recording_0001", "recording_0002"):
+        write_image_bag(tmp_path / "rec" / segment, _frames(1), "/cam/image_raw")
+    with pytest.raises(BagError, match=r"rec' is a folder of rosbag2 recordings, not one; it holds 2 bags "
+                                       r"\(recording_0001, recording_0002; .*\): pass one of them, e.g. '.*recording_0001'"):
+        image_topics(tmp_path / "rec")
     mcap = next((tmp_path / "bag").glob("*.mcap"))
     mcap.write_bytes(mcap.read_bytes()[: mcap.stat().st_size // 2])  # a segment cut short
     with pytest.raises(BagError, match="cannot be read as a rosbag2.*damaged or was cut short"):

@@ -13,6 +13,7 @@ from rosbags.rosbag2 import StoragePlugin, Writer
 from rosbags.typesys import Stores, get_typestore
 
 from adaptive_perception.errors import BagError
+from adaptive_perception.progress import counted
 
 IMAGE_TYPE = "sensor_msgs/msg/Image"
 COMPRESSED_TYPE = "sensor_msgs/msg/CompressedImage"
@@ -109,10 +110,19 @@ def _open(path: str | Path) -> Iterator[AnyReader]:
         reader.open()
     except Exception as exc:  # rosbags raises several reader error types
         looks_like_a_bag = (bag / "metadata.yaml").exists() if bag.is_dir() else bag.suffix in (".mcap", ".db3")
-        fix = ("it looks like one, so it is damaged or was cut short (a segment whose writer was killed has no "
-               "index: the recorder loses at most that one); replay another segment" if looks_like_a_bag else
-               "pass the bag folder (with metadata.yaml) or its .mcap/.db3 file")
-        raise BagError(f"bag '{bag}' cannot be read as a rosbag2 recording ({exc}); {fix}") from exc
+        inside = sorted(p.parent.name for p in bag.glob("*/metadata.yaml")) if bag.is_dir() else []
+        if looks_like_a_bag:
+            fix = ("it looks like one, so it is damaged or was cut short (a segment whose writer was killed has no "
+                   "index: the recorder loses at most that one); replay another segment")
+        elif inside:  # a `record` output or an evidence folder: one bag per segment
+            fix = (f"it holds {counted(len(inside), 'bag')} ({', '.join(inside[:3])}{', ...' if len(inside) > 3 else ''}"
+                   f"; a `record` output or evidence folder keeps one per segment): pass one of them, e.g. "
+                   f"'{bag / inside[0]}'")
+        else:
+            fix = "pass the bag folder (with metadata.yaml) or its .mcap/.db3 file"
+        what = "is a folder of rosbag2 recordings, not one" if inside else \
+            f"cannot be read as a rosbag2 recording ({exc})"
+        raise BagError(f"bag '{bag}' {what}; {fix}") from exc
     try:
         yield reader
     finally:
