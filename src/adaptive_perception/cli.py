@@ -37,6 +37,7 @@ _positive = _number(float, 0.0, False, "a number > 0")
 _non_negative = _number(float, 0.0, True, "a number >= 0")
 _count = _number(int, 1, True, "a whole number >= 1")
 _count0 = _number(int, 0, True, "a whole number >= 0")
+_finite = _number(float, -float("inf"), False, "a finite number")
 
 
 def _port(text: str) -> int:
@@ -472,6 +473,14 @@ def _parser() -> argparse.ArgumentParser:
     record.add_argument("--live-port", type=_port, default=8765)
     record.add_argument("--live-host", default="127.0.0.1", help="0.0.0.0 to serve other machines")
 
+    routing = sub.add_parser("set-routing", help="switch a running node's routing mode and/or its cost weight between "
+                             "two frames (its ~/set_routing_mode service and routing.cost_weight; no `ros2` needed)")
+    routing.add_argument("mode", nargs="?", help="learned | heuristic | random | fixed:nano | fixed:small | fixed:large")
+    routing.add_argument("--cost-weight", type=_finite, help="routing.cost_weight: the learned mode's operating point "
+                         "(higher: cheaper; negative: the policy's own)")
+    routing.add_argument("--node", default="/perception_node", help="the node's name (as `ros2 node list` shows it)")
+    routing.add_argument("--timeout", type=_positive, default=10.0, help="seconds to wait for the node's services")
+
     health = sub.add_parser("health", help="exit 0 when the node's metrics say it is healthy (container healthcheck)")
     health.add_argument("--url", default="http://127.0.0.1:9464/metrics", help="the node's metrics endpoint")
 
@@ -809,6 +818,14 @@ def main(argv: list[str] | None = None) -> int:
                                    args.segment_frames, store=args.store, node=args.node)
                 return 0 if decision["promote"] else 3
             run(args.stage, settings_from(args))
+            return 0
+        if args.command == "set-routing":
+            from adaptive_perception.ros.session import set_routing
+
+            if args.mode is None and args.cost_weight is None:
+                raise AdaptivePerceptionError("set-routing: give a MODE, --cost-weight W, or both")
+            for line in set_routing(args.node, args.mode, args.cost_weight, args.timeout):
+                print(f"{args.node}: {line}")
             return 0
         if args.command == "health":
             from adaptive_perception.metrics import check_health

@@ -70,23 +70,54 @@ def node_process(parameters: Mapping[str, object], log_path: Path, params_file: 
                     process.wait()
 
 
-def load_policy(node_name: str, path: str, timeout_s: float = 30.0) -> str:
-    """Call `<node_name>/load_policy` with `path`; the new policy id, or RuntimeError with the node's answer."""
-    from adaptive_perception_msgs.srv import LoadPolicy
-
-    service = f"{node_name.rstrip('/')}/load_policy"
-    with spun_node("policy_client") as client_node:
-        client = client_node.create_client(LoadPolicy, service)
+def call_service(node_name: str, service_type, name: str, request, timeout_s: float):
+    """Call `<node_name>/<name>` from a helper node of its own; the response, or RuntimeError saying what failed."""
+    service = f"{node_name.rstrip('/')}/{name}"
+    with spun_node("adaptive_perception_client") as client_node:
+        client = client_node.create_client(service_type, service)
         if not client.wait_for_service(timeout_sec=timeout_s):
-            raise RuntimeError(f"no service {service} within {timeout_s:.0f} s: is the node running and active, "
-                               "under that name (--node)?")
-        future = client.call_async(LoadPolicy.Request(path=str(path)))
+            raise RuntimeError(f"no service {service} within {timeout_s:g} s: is the node running, under that name "
+                               "(--node; `-r __node:=NAME` renames it)?")
+        future = client.call_async(request)
         deadline = time.monotonic() + timeout_s
         while not future.done() and time.monotonic() < deadline:
             time.sleep(0.01)
         if not future.done():
-            raise RuntimeError(f"{service} did not answer within {timeout_s:.0f} s")
-        response = future.result()
+            raise RuntimeError(f"{service} did not answer within {timeout_s:g} s")
+        return future.result()
+
+
+def load_policy(node_name: str, path: str, timeout_s: float = 30.0) -> str:
+    """Call `<node_name>/load_policy` with `path`; the new policy id, or RuntimeError with the node's answer."""
+    from adaptive_perception_msgs.srv import LoadPolicy
+
+    response = call_service(node_name, LoadPolicy, "load_policy", LoadPolicy.Request(path=str(path)), timeout_s)
     if not response.success:
-        raise RuntimeError(f"{service} refused {path}: {response.message}")
+        raise RuntimeError(f"{node_name.rstrip('/')}/load_policy refused {path}: {response.message}")
     return response.message
+
+
+def set_routing(node_name: str, mode: str | None, cost_weight: float | None, timeout_s: float = 10.0) -> list[str]:
+    """Switch a running node's routing mode (`~/set_routing_mode`) and/or set its `routing.cost_weight` (a parameter,
+    through `set_parameters`), as `ros2 service call` / `ros2 param set` would; the node's answers, or RuntimeError
+    with its refusal."""
+    from adaptive_perception_msgs.srv import SetRoutingMode
+    from rcl_interfaces.msg import Parameter, ParameterType, ParameterValue
+    from rcl_interfaces.srv import SetParameters
+
+    said = []
+    if mode is not None:
+        response = call_service(node_name, SetRoutingMode, "set_routing_mode", SetRoutingMode.Request(mode=mode),
+                                timeout_s)
+        if not response.success:
+            raise RuntimeError(response.message)
+        said.append(response.message)
+    if cost_weight is not None:
+        value = ParameterValue(type=ParameterType.PARAMETER_DOUBLE, double_value=float(cost_weight))
+        response = call_service(node_name, SetParameters, "set_parameters", SetParameters.Request(
+            parameters=[Parameter(name="routing.cost_weight", value=value)]), timeout_s)
+        result = response.results[0]
+        if not result.successful:
+            raise RuntimeError(f"routing.cost_weight {cost_weight:g} refused: {result.reason}")
+        said.append(f"routing.cost_weight is now {cost_weight:g}")
+    return said

@@ -1,0 +1,54 @@
+"""`adaptive-perception set-routing`: a running node's routing mode and cost weight switched from the command line,
+through its services on a real rclpy graph (the venv has no `ros2` command)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from adaptive_perception.cli import main
+from rosgraph import Graph, image_msg
+
+
+@pytest.fixture
+def graph(context, tier_models):
+    graph = Graph(context, {**{f"models.{t}": str(p) for t, p in tier_models.items()}, "routing_mode": "fixed:small",
+                            "policy": "", "providers": ["CPUExecutionProvider"], "warmup_runs": 0})
+    assert graph.transition("configure") and graph.transition("activate")
+    graph.wait_for_image_subscriber()
+    yield graph
+    graph.close()
+
+
+def _routed_tier(graph: Graph, sec: int) -> str:
+    frame = np.random.default_rng(sec).integers(0, 256, (96, 128, 3), np.uint8)
+    assert graph.send_lockstep(image_msg(frame, sec=sec))
+    return next(d.tier_name for d in graph.routing if d.header.stamp.sec == sec)
+
+
+def test_set_routing_switches_the_running_node_and_reports_its_answer(graph, capsys):
+    node = f"/{graph.name}"
+    assert _routed_tier(graph, 1) == "small"
+    assert main(["set-routing", "fixed:large", "--node", node]) == 0
+    assert f"{node}: routing mode is now 'fixed:large'" in capsys.readouterr().out
+    assert _routed_tier(graph, 2) == "large"  # the next frame runs the large tier's model
+    assert main(["set-routing", "--cost-weight", "0.25", "--node", node]) == 0
+    assert f"{node}: routing.cost_weight is now 0.25" in capsys.readouterr().out
+    assert graph.node.get_parameter("routing.cost_weight").value == 0.25
+    # refusals: the node's reason, exit 2, the mode in force unchanged
+    assert main(["set-routing", "bogus", "--node", node]) == 2
+    assert "mode 'bogus' refused" in capsys.readouterr().err
+    assert _routed_tier(graph, 3) == "large"
+
+
+def test_set_routing_refuses_a_weight_that_is_not_a_finite_number(capsys):
+    with pytest.raises(SystemExit):
+        main(["set-routing", "--cost-weight", "nan"])
+    assert "argument --cost-weight: nan is not a finite number" in capsys.readouterr().err
+
+
+def test_set_routing_without_a_node_says_where_it_looked(capsys):
+    assert main(["set-routing", "fixed:nano", "--node", "/nobody_here", "--timeout", "0.5"]) == 2
+    assert ("no service /nobody_here/set_routing_mode within 0.5 s: is the node running, under that name (--node"
+            in capsys.readouterr().err)
+    assert main(["set-routing"]) == 2
+    assert "set-routing: give a MODE, --cost-weight W, or both" in capsys.readouterr().err
