@@ -55,6 +55,10 @@ def test_bag_errors_name_the_bag_and_the_fix(tmp_path):
     with pytest.raises(BagError, match=r"rec' is a folder of rosbag2 recordings, not one; it holds 2 bags "
                                        r"\(recording_0001, recording_0002; .*\): pass one of them, e.g. '.*recording_0001'"):
         image_topics(tmp_path / "rec")
+    write_image_bag(tmp_path / "evidence" / "camera" / "evidence_0001", _frames(1), "/camera")  # a level deeper
+    with pytest.raises(BagError, match=r"evidence' is a folder of rosbag2 recordings, not one; it holds 1 bag "
+                                       r"\(camera/evidence_0001; .*e.g. '.*evidence/camera/evidence_0001'"):
+        image_topics(tmp_path / "evidence")
     mcap = next((tmp_path / "bag").glob("*.mcap"))
     mcap.write_bytes(mcap.read_bytes()[: mcap.stat().st_size // 2])  # a segment cut short
     with pytest.raises(BagError, match="cannot be read as a rosbag2.*damaged or was cut short"):
@@ -193,6 +197,11 @@ class _Echo:
             wait = delay(index)
             if self._publisher is None or index < lose or wait is None:
                 return
+            # answer once this writer has matched the replay's reader (discovery runs on each side's schedule): an
+            # answer before that is lost, and `lose` is how a test asks for that, not the load of the host
+            deadline = time.monotonic() + 10
+            while self._publisher.get_subscription_count() == 0 and time.monotonic() < deadline:
+                time.sleep(0.01)
             if wait > 0:
                 threading.Timer(wait, self._publisher.publish, [Detection2DArray(header=image.header)]).start()
             else:
@@ -381,25 +390,50 @@ def test_training_and_calibration_read_the_cameras_of_a_node_recording_not_its_d
     assert len(list(read_images(tmp_path / "only_debug", ["/perception_node/debug_image"]))) == 1  # named: read
 
 
-def test_training_and_calibration_leave_out_frames_the_node_cannot_decode_and_say_so(tmp_path, capsys):
-    """One frame in an encoding the node does not read ended `train profile --source bags` (and `models quantize
-    --bag`) with a decode error naming neither bag nor frame; the node skips such a frame and goes on."""
+def _bag_with_bad_frames(path: Path, topic: str, frames: list[tuple[int, np.ndarray]], bad: tuple[int, ...]) -> None:
+    """An MCAP bag of rgb8 frames where the frames at the `bad` indices carry an encoding the node does not read."""
     import dataclasses
 
     from rosbags.rosbag2 import StoragePlugin, Writer
 
     from adaptive_perception.bag import IMAGE_TYPE, TYPESTORE, image_message
+
+    with Writer(path, version=9, storage_plugin=StoragePlugin.MCAP) as writer:
+        conn = writer.add_connection(topic, IMAGE_TYPE, typestore=TYPESTORE)
+        for i, (stamp, rgb) in enumerate(frames):
+            msg = image_message(rgb, stamp, "cam")
+            if i in bad:
+                msg = dataclasses.replace(msg, encoding="weird42")
+            writer.write(conn, stamp, TYPESTORE.serialize_cdr(msg, IMAGE_TYPE))
+
+
+def test_lockstep_leaves_out_a_frame_the_node_cannot_decode_instead_of_waiting_for_an_answer(context, peer_model,
+                                                                                             tmp_path):
+    """Each such frame cost the whole --timeout and was counted as one, as if a tier were slow."""
+    frames = _frames(5)
+    _bag_with_bad_frames(tmp_path / "bag", "/cam/image_raw", frames, bad=(0, 3))
+    graph = Graph(context, {"models.nano": str(peer_model), "models.small": "", "models.large": "",
+                            "routing_mode": "fixed:nano", "image_topics": ["image"], "warmup_runs": 0,
+                            "providers": ["CPUExecutionProvider"]})
+    try:
+        assert graph.transition("configure") and graph.transition("activate")
+        report = replay_bag(graph.driver, tmp_path / "bag", remap={"/cam/image_raw": "image"}, timeout_s=60)
+        assert (report.frames_published, report.outputs_received, report.undecodable, report.timeouts) == (3, 3, 2, 0)
+        assert {d.header.stamp.sec * 10**9 + d.header.stamp.nanosec for d in graph.detections} == \
+            {frames[i][0] for i in (1, 2, 4)}
+        assert graph.node.totals().failed == 0  # never sent
+    finally:
+        graph.close()
+
+
+def test_training_and_calibration_leave_out_frames_the_node_cannot_decode_and_say_so(tmp_path, capsys):
+    """One frame in an encoding the node does not read ended `train profile --source bags` (and `models quantize
+    --bag`) with a decode error naming neither bag nor frame; the node skips such a frame and goes on."""
     from adaptive_perception.training.profile import bag_frames
     from adaptive_perception.training.quantize import bag_frames as calibration_frames
 
     frames = _frames(4)
-    with Writer(tmp_path / "bag", version=9, storage_plugin=StoragePlugin.MCAP) as writer:
-        conn = writer.add_connection("/cam", IMAGE_TYPE, typestore=TYPESTORE)
-        for i, (stamp, rgb) in enumerate(frames):
-            msg = image_message(rgb, stamp, "cam")
-            if i in (1, 2):
-                msg = dataclasses.replace(msg, encoding="weird42")
-            writer.write(conn, stamp, TYPESTORE.serialize_cdr(msg, IMAGE_TYPE))
+    _bag_with_bad_frames(tmp_path / "bag", "/cam", frames, bad=(1, 2))
     profiled = list(bag_frames([tmp_path / "bag"], None, False))
     assert [stamp for _, _, stamp, _ in profiled] == [frames[0][0], frames[3][0]]
     np.testing.assert_array_equal(profiled[1][0], frames[3][1])

@@ -110,13 +110,15 @@ def _open(path: str | Path) -> Iterator[AnyReader]:
         reader.open()
     except Exception as exc:  # rosbags raises several reader error types
         looks_like_a_bag = (bag / "metadata.yaml").exists() if bag.is_dir() else bag.suffix in (".mcap", ".db3")
-        inside = sorted(p.parent.name for p in bag.glob("*/metadata.yaml")) if bag.is_dir() else []
+        # a `record` output holds one bag per segment; an evidence folder one per camera and segment, a level deeper
+        inside = sorted(str(p.parent.relative_to(bag)) for pattern in ("*/metadata.yaml", "*/*/metadata.yaml")
+                        for p in bag.glob(pattern)) if bag.is_dir() and not looks_like_a_bag else []
         if looks_like_a_bag:
             fix = ("it looks like one, so it is damaged or was cut short (a segment whose writer was killed has no "
                    "index: the recorder loses at most that one); replay another segment")
         elif inside:  # a `record` output or an evidence folder: one bag per segment
             fix = (f"it holds {counted(len(inside), 'bag')} ({', '.join(inside[:3])}{', ...' if len(inside) > 3 else ''}"
-                   f"; a `record` output or evidence folder keeps one per segment): pass one of them, e.g. "
+                   f"; `record` and the node's evidence capture keep one per segment): pass one of them, e.g. "
                    f"'{bag / inside[0]}'")
         else:
             fix = "pass the bag folder (with metadata.yaml) or its .mcap/.db3 file"

@@ -791,6 +791,10 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"adaptive-perception replay: stopped after {report.frames_published} frames published: "
                       f"{report.stopped}", file=sys.stderr)
                 return 130 if report.interrupted else 2
+            if report.undecodable:
+                print(f"{report.undecodable} frames of the bag are ones the node's decoder refuses: left out in "
+                      "lock-step, where no answer would come (--mode fast or recorded sends them to the node, which "
+                      "counts them by kind in /diagnostics)", file=sys.stderr)
             if report.timeouts:
                 print(f"{report.timeouts} of {report.frames_published} frames got no answer within --timeout "
                       f"{args.timeout:g} s: the node's /diagnostics (its camera status counts bad frames by kind) or "
@@ -820,12 +824,14 @@ def main(argv: list[str] | None = None) -> int:
             run(args.stage, settings_from(args))
             return 0
         if args.command == "set-routing":
-            from adaptive_perception.ros.session import set_routing
+            from adaptive_perception.ros.session import set_cost_weight, set_routing_mode
 
             if args.mode is None and args.cost_weight is None:
                 raise AdaptivePerceptionError("set-routing: give a MODE, --cost-weight W, or both")
-            for line in set_routing(args.node, args.mode, args.cost_weight, args.timeout):
-                print(f"{args.node}: {line}")
+            if args.mode is not None:  # each change is said as it is made: a later refusal leaves it in force
+                print(f"{args.node}: {set_routing_mode(args.node, args.mode, args.timeout)}", flush=True)
+            if args.cost_weight is not None:
+                print(f"{args.node}: {set_cost_weight(args.node, args.cost_weight, args.timeout)}", flush=True)
             return 0
         if args.command == "health":
             from adaptive_perception.metrics import check_health

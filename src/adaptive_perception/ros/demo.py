@@ -200,6 +200,10 @@ def _replay_mode(mode: str, bag: Path, frames: int, truth: dict[int, dict], out_
                     raise RuntimeError(f"perception_node exited with code {process.returncode}; see {log_path}:\n"
                                        f"{log_path.read_text()[-2000:]}") from None
                 raise
+        if report.interrupted:  # Ctrl-C ends the demo, not only this mode's replay
+            raise KeyboardInterrupt
+        if report.stopped:
+            raise RuntimeError(report.stopped)
         deadline = time.monotonic() + 2.0  # the last RoutingDecision travels just behind its detections
         while len(routing) < len(outputs) and time.monotonic() < deadline:
             time.sleep(0.02)

@@ -17,8 +17,8 @@ from rclpy.qos import QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CompressedImage, Image
 from vision_msgs.msg import Detection2DArray
 
-from adaptive_perception.bag import IMAGE_TYPE, camera_topics, image_topics, read_images
-from adaptive_perception.errors import AdaptivePerceptionError, BagError
+from adaptive_perception.bag import IMAGE_TYPE, BagImage, bag_image_rgb, camera_topics, image_topics, read_images
+from adaptive_perception.errors import AdaptivePerceptionError, BagError, ImageDecodeError
 
 # Lock-step resends the frame it waits on, until the node's first output arrives, this often. Discovery matches each
 # side's endpoints on its own schedule: the node's detections writer can publish the first output before it has
@@ -49,6 +49,7 @@ class ReplayReport:
     late: int = 0  # lock-step: answers that came after their frame's timeout (not in outputs or latencies)
     resent: int = 0  # lock-step: frames published again while the node had answered nothing yet
     skipped_repeats: int = 0  # lock-step: frames repeating the previous frame's stamp on their topic (not published)
+    undecodable: int = 0  # lock-step: frames the node's decoder refuses (not published: no answer would come)
     detections: int = 0
     latencies_ms: list[float] = field(default_factory=list)
     wall_s: float = 0.0  # first frame published to the last frame published or the last answer, whichever is later
@@ -69,6 +70,7 @@ class ReplayReport:
             "late": self.late,
             "resent": self.resent,
             "skipped_repeats": self.skipped_repeats,
+            "undecodable": self.undecodable,
             "detections": self.detections,
             "latency_p50_ms": float(np.percentile(lat, 50)) if lat.size else None,
             "latency_p95_ms": float(np.percentile(lat, 95)) if lat.size else None,
@@ -181,6 +183,9 @@ def replay_bag(
                                       "pairs outputs with frames by stamp, so it needs unique stamps: use --mode fast "
                                       "or recorded for this bag")
                     break
+                if mode is ReplayMode.LOCKSTEP and not _decodable(frame):
+                    report.undecodable += 1  # the node would skip it without an answer: lock-step would only wait
+                    continue
                 if mode is ReplayMode.RECORDED:
                     delay = (frame.bag_time_ns - first_bag_ns) / 1e9 / rate - (time.perf_counter() - started)
                     if delay > 0:
@@ -222,10 +227,20 @@ def replay_bag(
             report.wall_s = last_event[0] - started
     finally:
         node.destroy_subscription(subscription)
+        ack_wait = Duration(seconds=0.5 if report.interrupted else ACK_WAIT_S)  # Ctrl-C: the summary, promptly
         for publisher in publishers.values():
-            publisher.wait_for_all_acked(Duration(seconds=ACK_WAIT_S))  # nothing in flight is dropped with it
+            publisher.wait_for_all_acked(ack_wait)  # nothing in flight is dropped with it
             node.destroy_publisher(publisher)
     return report
+
+
+def _decodable(frame: BagImage) -> bool:
+    """Whether the node's decoder takes this frame (the same code: what it refuses, it skips without an answer)."""
+    try:
+        bag_image_rgb(frame)
+    except ImageDecodeError:
+        return False
+    return True
 
 
 def _other_types(infos, wanted: str) -> list[str]:

@@ -97,27 +97,25 @@ def load_policy(node_name: str, path: str, timeout_s: float = 30.0) -> str:
     return response.message
 
 
-def set_routing(node_name: str, mode: str | None, cost_weight: float | None, timeout_s: float = 10.0) -> list[str]:
-    """Switch a running node's routing mode (`~/set_routing_mode`) and/or set its `routing.cost_weight` (a parameter,
-    through `set_parameters`), as `ros2 service call` / `ros2 param set` would; the node's answers, or RuntimeError
-    with its refusal."""
+def set_routing_mode(node_name: str, mode: str, timeout_s: float = 10.0) -> str:
+    """Switch a running node's routing mode through `~/set_routing_mode` (as `ros2 service call` would); the node's
+    answer, or RuntimeError with its refusal."""
     from adaptive_perception_msgs.srv import SetRoutingMode
+
+    response = call_service(node_name, SetRoutingMode, "set_routing_mode", SetRoutingMode.Request(mode=mode), timeout_s)
+    if not response.success:
+        raise RuntimeError(response.message)
+    return response.message
+
+
+def set_cost_weight(node_name: str, cost_weight: float, timeout_s: float = 10.0) -> str:
+    """Set a running node's `routing.cost_weight` through `set_parameters` (as `ros2 param set` would)."""
     from rcl_interfaces.msg import Parameter, ParameterType, ParameterValue
     from rcl_interfaces.srv import SetParameters
 
-    said = []
-    if mode is not None:
-        response = call_service(node_name, SetRoutingMode, "set_routing_mode", SetRoutingMode.Request(mode=mode),
-                                timeout_s)
-        if not response.success:
-            raise RuntimeError(response.message)
-        said.append(response.message)
-    if cost_weight is not None:
-        value = ParameterValue(type=ParameterType.PARAMETER_DOUBLE, double_value=float(cost_weight))
-        response = call_service(node_name, SetParameters, "set_parameters", SetParameters.Request(
-            parameters=[Parameter(name="routing.cost_weight", value=value)]), timeout_s)
-        result = response.results[0]
-        if not result.successful:
-            raise RuntimeError(f"routing.cost_weight {cost_weight:g} refused: {result.reason}")
-        said.append(f"routing.cost_weight is now {cost_weight:g}")
-    return said
+    value = ParameterValue(type=ParameterType.PARAMETER_DOUBLE, double_value=float(cost_weight))
+    response = call_service(node_name, SetParameters, "set_parameters", SetParameters.Request(
+        parameters=[Parameter(name="routing.cost_weight", value=value)]), timeout_s)
+    if not response.results[0].successful:
+        raise RuntimeError(f"routing.cost_weight {cost_weight:g} refused: {response.results[0].reason}")
+    return f"routing.cost_weight is now {cost_weight:g}"
