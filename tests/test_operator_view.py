@@ -444,6 +444,34 @@ def test_a_silent_fallback_to_cpu_is_visible_at_configure_and_in_diagnostics(con
     assert len(said) == 1 and "[WARN] " in said[0] and f"[{graph.name}]: detector: execution providers" in said[0], said
 
 
+def test_the_log_bridge_speaks_once_through_the_newest_live_node(context, capfd):
+    """Every node added a handler of its own: with two in a process each core warning came twice, once under a node
+    that had nothing to do with it, and a node whose constructor failed left its handler behind."""
+    import logging
+
+    import rclpy.logging
+
+    from adaptive_perception.ros.node import _RosLogBridge
+
+    bridge, core = _RosLogBridge(), logging.getLogger("adaptive_perception.detector")
+    first, second = rclpy.logging.get_logger("bridge_first"), rclpy.logging.get_logger("bridge_second")
+    bridge.attach(first)
+    bridge.attach(second)
+    capfd.readouterr()
+    core.warning("said while both live")
+    bridge.detach(second)
+    core.warning("said after the second went")
+    bridge.detach(first)
+    assert bridge not in logging.getLogger("adaptive_perception").handlers
+    core.warning("said with none left")
+    lines = capfd.readouterr().err.splitlines()
+    assert [line.split("]: ")[0].rsplit("[", 1)[1] for line in lines if "said while both live" in line] == \
+        ["bridge_second"]
+    assert [line.split("]: ")[0].rsplit("[", 1)[1] for line in lines if "said after the second went" in line] == \
+        ["bridge_first"]
+    assert not any("said with none left" in line and "[bridge_" in line for line in lines)
+
+
 def test_audits_are_sampled_and_a_changed_scene_is_drift_on_decisions_diagnostics_and_log(context, tier_models, tmp_path):
     from policies import drifting_policy
 

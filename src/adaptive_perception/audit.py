@@ -15,7 +15,6 @@ the process.
 """
 from __future__ import annotations
 
-import logging
 import multiprocessing
 import os
 import signal
@@ -212,12 +211,12 @@ def _serve_reference(conn, tier_args: tuple) -> None:
         os.nice(19)
     except (AttributeError, OSError):
         pass
-    # the node loaded this tier with the same file and providers and logged what loading it says (a provider
-    # falling back); here the same lines would come again, bare on the node's stderr
-    logging.getLogger("adaptive_perception").setLevel(logging.ERROR)
     try:
-        from adaptive_perception.detector import DetectorTier
+        from adaptive_perception.detector import DetectorTier, fallback_already_said
 
+        # the node asked for the same providers and said which it lacks; the same line would come again from here,
+        # bare on its stderr. What only this process meets (a provider that cannot start here) is still said
+        fallback_already_said(tier_args[1])
         tier = DetectorTier(*tier_args)
     except Exception as exc:
         conn.send(("error", f"{type(exc).__name__}: {exc}"))

@@ -434,6 +434,15 @@ def provider_options(chosen: Sequence[str], model: Path, digest: str,
 _WARNED_UNAVAILABLE: set[tuple[tuple[str, ...], tuple[str, ...]]] = set()
 
 
+def fallback_already_said(requested: Sequence[str]) -> None:
+    """Mark the fallback from `requested` to what this onnxruntime build has as logged (the audit's process: the
+    node that started it has said it)."""
+    import onnxruntime as ort
+
+    available = ort.get_available_providers()
+    _WARNED_UNAVAILABLE.add((tuple(p for p in requested if p not in available), tuple(available)))
+
+
 def select_providers(requested: Sequence[str], available: Sequence[str]) -> list[str]:
     """Keep the requested execution providers this onnxruntime build has, in order; CPU always last. The fallback
     is logged once per process and combination (every tier and the audit worker ask alike; each tier's provider

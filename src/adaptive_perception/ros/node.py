@@ -50,26 +50,43 @@ _WORKER_POLL_S = 0.1
 
 
 class _RosLogBridge(logging.Handler):
-    """What the core modules log (Python `logging`, e.g. an execution provider falling back) goes to the node's
-    logger: /rosout and the console with the node's name and severity, not a bare line on stderr."""
+    """What the core modules log (Python `logging`, e.g. an execution provider falling back) goes to a node's logger:
+    /rosout and the console with the node's name and severity, not a bare line on stderr. One handler per process;
+    with several nodes in it (tests, a composed process), the newest one still alive says it, once."""
 
-    def __init__(self, ros_logger) -> None:
+    def __init__(self) -> None:
         super().__init__(logging.DEBUG)
-        self._ros = ros_logger
+        self.loggers: list = []  # the live nodes' rclpy loggers, oldest first
+
+    def attach(self, ros_logger) -> None:
+        self.loggers.append(ros_logger)
+        logging.getLogger("adaptive_perception").addHandler(self)  # a no-op when it is there already
+
+    def detach(self, ros_logger) -> None:
+        if ros_logger in self.loggers:
+            self.loggers.remove(ros_logger)
+        if not self.loggers:
+            logging.getLogger("adaptive_perception").removeHandler(self)
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
+            if not self.loggers:
+                return
+            ros = self.loggers[-1]
             message = f"{record.name.removeprefix('adaptive_perception.')}: {record.getMessage()}"
             if record.levelno >= logging.ERROR:
-                self._ros.error(message)
+                ros.error(message)
             elif record.levelno >= logging.WARNING:
-                self._ros.warning(message)
+                ros.warning(message)
             elif record.levelno >= logging.INFO:
-                self._ros.info(message)
+                ros.info(message)
             else:
-                self._ros.debug(message)
+                ros.debug(message)
         except Exception:  # a logging failure must never reach the frame that logged
             self.handleError(record)
+
+
+_LOG_BRIDGE = _RosLogBridge()
 
 
 class PerceptionNode(LifecycleNode):
@@ -77,8 +94,6 @@ class PerceptionNode(LifecycleNode):
 
     def __init__(self, **kwargs: object) -> None:
         super().__init__(NODE_NAME, **kwargs)
-        self._log_bridge = _RosLogBridge(self.get_logger())
-        logging.getLogger("adaptive_perception").addHandler(self._log_bridge)
         for name, (default, descriptor) in PARAMETERS.items():
             self.declare_parameter(name, default, descriptor)
         self.config: NodeConfig | None = None
@@ -122,6 +137,7 @@ class PerceptionNode(LifecycleNode):
                 "--params-file or -p overrides (names: README, Parameters; ros2 param list)")
         self._routing_services = [self.create_service(SetRoutingMode, "~/set_routing_mode", self._on_set_routing_mode),
                           self.create_service(LoadPolicy, "~/load_policy", self._on_load_policy)]
+        _LOG_BRIDGE.attach(self.get_logger())  # last: a constructor that failed leaves nothing attached
 
     # ---- lifecycle -------------------------------------------------------------------------
     def read_config(self, pending: dict[str, object] | None = None) -> NodeConfig:
@@ -417,6 +433,13 @@ class PerceptionNode(LifecycleNode):
             return topic
 
     def destroy_node(self) -> None:
+        try:
+            self._close()
+        finally:
+            _LOG_BRIDGE.detach(self.get_logger())
+            super().destroy_node()
+
+    def _close(self) -> None:
         if self.telemetry is not None and self.context.ok():  # a record of the session in the log, MLflow or not
             totals = {self._topic_name(c): self.telemetry.session_report(c) for c in self.telemetry.cameras}
             self.get_logger().info("shutting down; since configure " + "; ".join(
@@ -435,8 +458,6 @@ class PerceptionNode(LifecycleNode):
             # the node's /rosout writer goes with it, and a reliable writer destroyed before its readers acknowledged
             # drops what it holds: give what was just logged while closing time to reach them (seen once in CI)
             time.sleep(ROSOUT_LINGER_S)
-        logging.getLogger("adaptive_perception").removeHandler(self._log_bridge)
-        super().destroy_node()
 
     def _stop_processing(self) -> None:
         for sub in self._subscriptions:
