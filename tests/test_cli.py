@@ -142,9 +142,14 @@ def test_train_labels_without_a_profile_names_the_profile_command_of_this_benchm
     created the work folder's MLflow store and a failed run."""
     work, benchmark = tmp_path / "work", tmp_path / "bench"
     assert main(["train", "labels", "--benchmark", str(benchmark), "--work", str(work)]) == 2
-    assert (f"--work {work} holds no profile (profile_router.npz, profile_val.npz, profile_test.npz missing): run "
+    assert (f"--work {work} lacks the profile (profile_router.npz, profile_val.npz, profile_test.npz missing): run "
             f"`adaptive-perception train profile --benchmark {benchmark} --work {work}` first") in capsys.readouterr().err
     assert not (work / "mlflow.db").exists()
+    # the options that choose what is profiled come along
+    assert main(["train", "labels", "--benchmark", str(benchmark), "--work", str(work), "--source", "bags", "--truth",
+                 "reference", "--model", "large=/m/large.onnx"]) == 2
+    assert (f"`adaptive-perception train profile --benchmark {benchmark} --work {work} --source bags --truth reference "
+            "--model large=/m/large.onnx` first") in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("source, says", [("dataset", "holds no generated benchmark (frames.json missing)"),

@@ -8,7 +8,7 @@ import subprocess
 import pytest
 
 from adaptive_perception.scenes.sequence import Drift
-from adaptive_perception.training.heldout import SEED, interval_if_enough, markdown, set_specs
+from adaptive_perception.training.heldout import SEED, intervals_if_enough, markdown, set_specs
 
 
 def test_each_set_is_new_scenes_of_its_own_kind():
@@ -49,16 +49,21 @@ def test_heldout_report_compares_the_policy_with_the_heuristic_at_its_cost(tmp_p
             f"--resamples 20 --report {report}`.") in markdown
 
 
-def test_too_few_sequences_give_no_interval_and_say_why():
+def test_too_few_sequences_give_no_intervals_and_say_why():
+    row = {"map50_95": 30.0, "map50_95_ci": [30.0, 30.0], "map50_ci": [40.0, 40.0], "mean_cost_ms": 20.0,
+           "mix": {"nano": 0.5, "small": 0.25, "large": 0.25}}
+    rows = {name: dict(row) for name in ("learned", "heuristic at the learned cost", "always-nano", "always-large")}
     paired = {"difference": 1.5, "difference_ci": [1.5, 1.5], "beats": True}  # what 1 sequence resamples into
-    assert interval_if_enough(paired, 4) == paired
+    enough = {"frames": 80, "sequences": 4, "rows": rows, "learned_minus_heuristic": paired}
+    assert intervals_if_enough(enough) == enough
     for sequences in (1, 3):
-        kept = interval_if_enough(paired, sequences)
-        assert kept["difference"] == 1.5 and "difference_ci" not in kept and "beats" not in kept
-        assert kept["no_interval"].startswith(f"{sequences} sequence")
-        assert kept["no_interval"].endswith("needs at least 4 (--sequences)")
-    row = {"map50_95": 30.0, "mean_cost_ms": 20.0, "mix": {"nano": 0.5, "small": 0.25, "large": 0.25}}
-    result = {"policy_id": "p", "generator_version": "2.0.0", "seed": SEED, "costs": "c", "sets": {"fog": {
-        "frames": 20, "sequences": 1, "learned_minus_heuristic": interval_if_enough(paired, 1),
-        "rows": {"learned": row, "heuristic at the learned cost": row, "always-nano": row, "always-large": row}}}}
+        kept = intervals_if_enough({**enough, "sequences": sequences})
+        assert kept["learned_minus_heuristic"]["difference"] == 1.5
+        assert set(kept["learned_minus_heuristic"]) == {"difference", "no_interval"}
+        assert kept["learned_minus_heuristic"]["no_interval"].startswith(f"{sequences} sequence")
+        assert kept["learned_minus_heuristic"]["no_interval"].endswith("needs at least 4 (--sequences)")
+        assert all("map50_95_ci" not in r and "map50_ci" not in r and r["map50_95"] == 30.0
+                   for r in kept["rows"].values())
+    result = {"policy_id": "p", "generator_version": "2.0.0", "seed": SEED, "costs": "c",
+              "sets": {"fog": intervals_if_enough({**enough, "frames": 20, "sequences": 1})}}
     assert "| fog | 20 | 30.0 | 20.0 | 50 / 25 / 25 | 30.0 | +1.5 (no interval: too few sequences) |" in markdown(result)

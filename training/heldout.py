@@ -63,20 +63,25 @@ def evaluate_set(split: Split, policy: Policy, costs: Costs, resamples: int) -> 
             "heuristic at the learned cost": _heuristic_at(split, scorer, costs, learned["mean_cost_ms"], resamples),
             **{f"always-{t}": _row(scorer, split, costs, [rollout(split, costs, _fixed(i), False)], resamples)
                for i, t in enumerate(TIERS) if t != "small"}}
-    sequences = len(split.profile.sequences())
-    return {"frames": len(split.profile), "sequences": sequences, "rows": rows,
-            "learned_minus_heuristic": interval_if_enough(_paired(learned, rows["heuristic at the learned cost"]),
-                                                          sequences)}
+    return intervals_if_enough({"frames": len(split.profile), "sequences": len(split.profile.sequences()),
+                                "rows": rows,
+                                "learned_minus_heuristic": _paired(learned, rows["heuristic at the learned cost"])})
 
 
-def interval_if_enough(paired: dict, sequences: int) -> dict:
-    """The paired difference, its bootstrap interval dropped (and why) when too few sequences resample into too few
-    distinct splits to bound anything (1 sequence: one split, a zero-width "interval"; 2: three)."""
+def intervals_if_enough(result: dict) -> dict:
+    """A set's result, its bootstrap intervals (the paired difference's and every row's) dropped, and why, when too
+    few sequences resample into too few distinct splits to bound anything (1 sequence: one split, a zero-width
+    "interval"; 2: three)."""
+    sequences = result["sequences"]
     if sequences >= MIN_SEQUENCES_FOR_INTERVAL:
-        return paired
-    return {"difference": paired["difference"],
-            "no_interval": f"{sequences} sequence{'s' * (sequences != 1)}: a bootstrap over sequences needs at least "
-                           f"{MIN_SEQUENCES_FOR_INTERVAL} (--sequences)"}
+        return result
+    paired = result["learned_minus_heuristic"]
+    rows = {name: {k: v for k, v in row.items() if not k.endswith("_ci") and k != "_replicates"}
+            for name, row in result["rows"].items()}
+    return {**result, "rows": rows, "learned_minus_heuristic": {
+        "difference": paired["difference"],
+        "no_interval": f"{sequences} sequence{'s' * (sequences != 1)}: a bootstrap over sequences needs at least "
+                       f"{MIN_SEQUENCES_FOR_INTERVAL} (--sequences)"}}
 
 
 def run(policy_path: str, latency: Path, sets: list[str], sequences: int, frames: int, version: str,

@@ -213,10 +213,15 @@ def stage_labels(settings: Settings) -> None:
 
     missing = [_profile_path(settings, s).name for s in SPLITS if not _profile_path(settings, s).is_file()]
     if missing:  # before the MLflow store and a failed run are written
+        default = Settings()
+        options = [f"--benchmark {settings.benchmark}", f"--work {settings.work}"]
+        options += [f"--source {settings.source}"] if settings.source != default.source else []
+        options += [f"--truth {settings.truth}"] if settings.truth != default.truth else []
+        options += [f"--teacher {settings.teacher}"] if settings.teacher else []
+        options += [f"--model {t}={m}" for t, m in settings.models.items() if m != default.models[t]]
         raise AdaptivePerceptionError(
-            f"--work {settings.work} holds no profile ({', '.join(missing)} missing): run `adaptive-perception train "
-            f"profile --benchmark {settings.benchmark} --work {settings.work}` first (with the --source, --truth and "
-            "--model options of this run, if any), or `train all`")
+            f"--work {settings.work} lacks the profile ({', '.join(missing)} missing): run `adaptive-perception train "
+            f"profile {' '.join(options)}` first, or `train all`")
     params = {"profiles": _mtimes([_profile_path(settings, s) for s in SPLITS]), "latency": str(settings.latency)}
     outputs = [settings.work / f"quality_{s}.npy" for s in SPLITS] + [settings.work / "costs.json"]
     if _cached(settings, "labels", params, outputs):

@@ -103,7 +103,7 @@ def bag_frames(bag: Path, count: int, topics: Sequence[str] | None = None) -> li
     if refused:
         print(f"bag '{bag}': {len(refused)} of the {len(wanted)} frames drawn cannot be decoded and are left out "
               f"(first: {refused[0]})", flush=True)
-    if not frames:
+    if refused and not frames:
         raise AdaptivePerceptionError(f"bag '{bag}': none of the {len(wanted)} frames drawn can be decoded; the "
                                       "README's \"Topics and services\" lists the encodings the node reads")
     return frames

@@ -28,12 +28,6 @@ def default_topics(cameras: list[str], node_name: str) -> list[str]:
     return [*cameras, "/detections", "/routing", f"/{node_name.strip('/')}/{DEBUG_IMAGE_TOPICS[1]}", "/diagnostics"]
 
 
-def resolve_topics(topics: list[str]) -> list[str]:
-    """Topic names as the graph lists them: a relative name (`camera/image_raw`) resolves, as ROS resolves it for a
-    node in the root namespace, to `/camera/image_raw` (it was compared as written and never matched); each once."""
-    return list(dict.fromkeys(t if t.startswith("/") else f"/{t}" for t in topics))
-
-
 def message_class(msgtype: str):
     """The Python class of `pkg/msg/Type`."""
     package, _, name = msgtype.split("/")
@@ -44,7 +38,10 @@ class TopicRecorder:
     """Subscribes to each topic once its type is known on the graph; every message goes to the sinks."""
 
     def __init__(self, node: Node, topics: list[str], recorder: SegmentedRecorder | None = None, live=None) -> None:
-        self.node, self.topics, self.recorder, self.live = node, resolve_topics(topics), recorder, live
+        # names as the graph lists them: a relative `camera/image_raw` is `/camera/image_raw` (it was compared as
+        # written and never matched), resolved by ROS itself (`~/x` too); each once
+        self.node, self.recorder, self.live = node, recorder, live
+        self.topics = list(dict.fromkeys(node.resolve_topic_name(t) for t in topics))
         self.types: dict[str, str] = {}
         self.counts: dict[str, int] = {topic: 0 for topic in self.topics}
         self._stopped = False
