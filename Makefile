@@ -12,7 +12,7 @@ SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
 .PHONY: setup train-deps msgs test-msgs demo test clean
 
-setup: $(STAMPS)/venv $(STAMPS)/msgs
+setup: $(STAMPS)/venv $(STAMPS)/msgs $(STAMPS)/test-msgs
 
 $(STAMPS)/venv: ros2_ws/requirements-ros.txt setup.py
 	@mkdir -p $(STAMPS)
@@ -39,7 +39,8 @@ $(STAMPS)/msgs: $(STAMPS)/venv $(shell find ros2_ws/src/adaptive_perception_msgs
 		--build-base build/colcon/build --install-base build/colcon/install $(CMAKE_ARGS)
 	@touch $@
 
-# Test-only stand-in for vision_msgs, in its own prefix (never installed, never in ros2_ws/src).
+# The venv's stand-in for vision_msgs (no wheel exists; a robot's ROS install has the real package), in its own
+# prefix (never installed, never in ros2_ws/src): the node, replay, the demo and the tests need it.
 $(STAMPS)/test-msgs: $(STAMPS)/venv $(shell find tests/ros_interfaces -type f)
 	$(ENV) && $(INCLUDE_LINKS) && $(COLCON) --merge-install --base-paths tests/ros_interfaces \
 		--build-base build/test_interfaces/build --install-base build/test_interfaces/install $(CMAKE_ARGS)
@@ -60,12 +61,12 @@ $(STAMPS)/prometheus:
 
 msgs: $(STAMPS)/msgs
 test-msgs: $(STAMPS)/test-msgs
-train-deps: $(STAMPS)/train
+train-deps: setup $(STAMPS)/train
 
-demo: setup $(STAMPS)/test-msgs
+demo: setup
 	$(ENV) && adaptive-perception demo
 
-test: setup $(STAMPS)/test-msgs $(STAMPS)/train $(STAMPS)/prometheus
+test: setup $(STAMPS)/train $(STAMPS)/prometheus
 	$(ENV) && ROS_DOMAIN_ID=$(TEST_DOMAIN) python -m pytest -q -p no:cacheprovider tests $(PYTEST_ARGS)
 
 clean:

@@ -137,6 +137,26 @@ def test_train_reads_the_embedded_tiers_world_by_default(tmp_path, monkeypatch, 
            "scenes generate --out build/benchmark-v2`" in capsys.readouterr().err
 
 
+def test_the_parser_needs_no_ros_messages_and_knows_replays_modes():
+    """Building the parser imported the replay module and with it vision_msgs: where the stand-in was not built,
+    every command (`scenes`, `train`, `policy`) ended in a ModuleNotFoundError traceback."""
+    import os
+    import subprocess
+    import sys
+
+    from adaptive_perception.cli import REPLAY_MODES
+    from adaptive_perception.ros.replay import ReplayMode
+
+    assert sorted(REPLAY_MODES) == sorted(m.value for m in ReplayMode)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep)
+                                                      if "test_interfaces" not in p))
+    assert subprocess.run([sys.executable, "-c", "import vision_msgs"], env=env, capture_output=True).returncode != 0
+    for command in (["scenes", "generate", "--help"], ["train", "all", "--help"], ["replay", "--help"]):
+        run = subprocess.run([sys.executable, "-m", "adaptive_perception.cli", *command], env=env, capture_output=True,
+                             text=True, timeout=60)
+        assert run.returncode == 0 and run.stdout.startswith("usage: "), run.stderr[-2000:]
+
+
 def test_train_labels_without_a_profile_names_the_profile_command_of_this_benchmark(tmp_path, capsys):
     """It named `train profile --work W` without the run's --benchmark (which profiles the default one), after it had
     created the work folder's MLflow store and a failed run."""

@@ -38,6 +38,9 @@ _non_negative = _number(float, 0.0, True, "a number >= 0")
 _count = _number(int, 1, True, "a whole number >= 1")
 _count0 = _number(int, 0, True, "a whole number >= 0")
 _finite = _number(float, -float("inf"), False, "a finite number")
+# ros.replay.ReplayMode's values, written out: building the parser imported the ROS messages, and every command,
+# `scenes` and `train` included, failed where they were missing
+REPLAY_MODES = ["recorded", "fast", "lockstep"]
 
 
 def _port(text: str) -> int:
@@ -121,7 +124,7 @@ def _parser() -> argparse.ArgumentParser:
     replay.add_argument("bag", type=Path, nargs="?", help="rosbag2 folder or .mcap/.db3 file")
     replay.add_argument("--bag", type=Path, dest="bag_option", metavar="BAG",
                         help="the same, as an option (like `models quantize --bag`)")
-    replay.add_argument("--mode", choices=[m.value for m in _modes()], default="lockstep",
+    replay.add_argument("--mode", choices=REPLAY_MODES, default="lockstep",
                         help="lockstep (default: next frame after the previous output), recorded (bag timing "
                              "scaled by --rate) or fast (back to back; the node drops what it cannot keep up with)")
     replay.add_argument("--rate", type=_positive, default=1.0, help="speed factor for --mode recorded")
@@ -494,12 +497,6 @@ def _parser() -> argparse.ArgumentParser:
                            "learned mode at routing.cost_weight w (default: learned, learned at the per-frame "
                            "operating point, heuristic, fixed:nano, fixed:large)")
     return parser
-
-
-def _modes():
-    from adaptive_perception.ros.replay import ReplayMode
-
-    return list(ReplayMode)
 
 
 def _parse_remaps(items: list[str]) -> dict[str, str]:
