@@ -65,6 +65,24 @@ def test_bag_errors_name_the_bag_and_the_fix(tmp_path):
         image_topics(tmp_path / "bag")
 
 
+def test_a_folder_of_bags_stands_for_its_bags_where_training_reads_recordings(tmp_path):
+    """`train --source bags` refused a `record` output put among the split's bags (and `retrain --bags` an evidence
+    folder): each stands for the bags it holds, one per segment."""
+    from adaptive_perception.bag import expand_bags
+    from adaptive_perception.training.profile import bag_frames
+
+    for segment in ("recording_0002", "recording_0001"):
+        write_image_bag(tmp_path / "rec" / segment, _frames(2), "/cam")
+    write_image_bag(tmp_path / "evidence" / "cam" / "evidence_0001", _frames(1), "/cam")
+    write_image_bag(tmp_path / "plain", _frames(3), "/cam")
+    (tmp_path / "empty").mkdir()
+    assert expand_bags([tmp_path / "rec", tmp_path / "plain", tmp_path / "evidence", tmp_path / "empty"]) == [
+        tmp_path / "rec" / "recording_0001", tmp_path / "rec" / "recording_0002", tmp_path / "plain",
+        tmp_path / "evidence" / "cam" / "evidence_0001", tmp_path / "empty"]
+    frames = list(bag_frames(expand_bags([tmp_path / "rec"]), None, False))
+    assert [sequence for _, sequence, _, _ in frames] == [0, 0, 1, 1]  # one sequence per segment
+
+
 @pytest.mark.parametrize("storage", [Storage.MCAP, Storage.SQLITE3])
 def test_lockstep_replay_gets_one_output_per_frame(context, peer_model, tmp_path, storage):
     frames = _frames(12)

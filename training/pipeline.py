@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from adaptive_perception.bag import expand_bags
 from adaptive_perception.config import tier_models
 from adaptive_perception.detector import TIERS
 from adaptive_perception.errors import AdaptivePerceptionError
@@ -182,7 +183,7 @@ def stage_profile(settings: Settings) -> None:
                 records = dataset_records(settings.benchmark, split)
                 total, frames = len(records), benchmark_frames(settings.benchmark, split, records)
             elif settings.source == "bags":
-                bags = sorted(p for p in (settings.benchmark / "bags" / split).glob("*") if p.is_dir())
+                bags = expand_bags(sorted(p for p in (settings.benchmark / "bags" / split).glob("*") if p.is_dir()))
                 total, frames = None, bag_frames(bags, None, settings.truth == "sidecar")
             else:
                 raise AdaptivePerceptionError(f"--source {settings.source}: use dataset or bags")

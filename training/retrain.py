@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from adaptive_perception.bag import expand_bags
 from adaptive_perception.errors import AdaptivePerceptionError
 from adaptive_perception.policy import Policy
 from adaptive_perception.router import Router
@@ -145,7 +146,7 @@ def retrain(settings, bags: list[Path], original_work: Path, current: str | None
     from adaptive_perception.training.profile import bag_frames, profile
     from adaptive_perception.training.simulate import Split
 
-    bags = [Path(b) for b in bags]
+    bags = expand_bags([Path(b) for b in bags])  # an evidence folder stands for its segments
     missing = [str(b) for b in bags if not (b / "metadata.yaml").is_file()]
     if not bags:
         raise AdaptivePerceptionError("--bags: name the recordings to retrain on (rosbag2 folders, e.g. the node's "

@@ -76,6 +76,17 @@ def camera_counts(path: str | Path) -> dict[str, int]:
         return {t: counts[t] for t in default_topics(path, counts)}
 
 
+def expand_bags(paths: list[Path]) -> list[Path]:
+    """Each path as the recordings it stands for: a rosbag2 folder (metadata.yaml) or file is itself; a folder of them
+    (a `record` output, one bag per segment; the node's evidence, one per camera and segment, a level deeper) is its
+    bags in name order; anything else is kept, for the reader's error to name."""
+    out = []
+    for path in map(Path, paths):
+        nested = sorted({m.parent for pattern in ("*/metadata.yaml", "*/*/metadata.yaml") for m in path.glob(pattern)})
+        out += nested if path.is_dir() and not (path / "metadata.yaml").is_file() and nested else [path]
+    return out
+
+
 def image_count(path: str | Path) -> int:
     """Camera image messages in a bag, from its index."""
     return sum(camera_counts(path).values())
