@@ -52,6 +52,7 @@ def drifting_policy(path: Path, in_distribution: list[np.ndarray], window: int, 
     reference = build_reference(features, tiers, np.ones(4))
     reference.window, reference.cost_weight = window, cost_weight
     reference.thresholds = calibrate(reference, [(features, tiers, np.full(len(features), np.nan))])
+    reference.calibration_frames = len(features)  # thin: the node says so when it loads the policy
     head = None if cost_weight is None else ValueHead(np.array([0.1, 0.3, 1.0], np.float32), cost_weight, 0.1)
     outputs = np.array([1.0, 0.0, 0.0], np.float32) if head else np.log(np.array([0.98, 0.01, 0.01], np.float32))
     return write_policy(path, [(np.zeros((FEATURE_SIZE, 3), np.float32), outputs)], np.zeros(FEATURE_SIZE),

@@ -483,6 +483,10 @@ def test_audits_are_sampled_and_a_changed_scene_is_drift_on_decisions_diagnostic
         "audit.every": 5, "drift.confirm_frames": 3, "evidence.dir": str(evidence), "evidence.pre_frames": 4,
         "evidence.post_frames": 3})
     try:
+        # thresholds calibrated on 40 frames: said when the policy loads, with the command that fixes it
+        assert wait_until(lambda: any(log.level == Log.WARN and log.msg.startswith(
+            "policy 'watched': its drift thresholds were calibrated on 40 held-out frames, fewer than 3000") and
+            "--calibration-sequences 40" in log.msg for log in graph.logs), 5)
         audit = graph.node.drift.audit
         dark = np.zeros((96, 128, 3), np.uint8)  # after 20 frames the lights go out
         frames = in_distribution[:20] + [dark + (sec % 3) for sec in range(21, 41)]

@@ -122,4 +122,8 @@ def drift_reference(policy: Policy, training: Split, held_out: list[Split], cost
     reference.cost_weight, reference.hysteresis = Router("learned", policy, settings).operating_point()[1:]
     reference.quality_peak, reference.quality_peak_down = calibrate_quality(reference, [s[0] for s in streams])
     reference.thresholds = calibrate(reference, streams, audit_every=AUDIT_EVERY)
+    reference.calibration_frames = int(sum(len(stream[0]) for stream in streams))
+    thin = reference.thin_calibration()
+    if thin:
+        print(f"[export] warning: {thin}", flush=True)
     return reference

@@ -124,6 +124,7 @@ def render(result: dict) -> str:
                     for name, row in result["test"].items()]),
             "", f"chosen weight {weight_text(chosen)} (the policy's own: {weight_text(own)}); set it on a running node "
             "with", f"  ros2 param set /perception_node routing.cost_weight {weight_text(chosen)}",
+            f"  adaptive-perception set-routing --cost-weight {weight_text(chosen)}   # the same, without ros2",
             "or as routing.cost_weight in the node's parameter file."]
     measured = result["drift_reference_weight"]
     if measured is not None and not same_weight(chosen, measured):

@@ -687,7 +687,11 @@ def _policy(args: argparse.Namespace) -> int:
                    + ("the policy's own" if reference.cost_weight is None else weight_text(reference.cost_weight)
                       + ("" if policy.reference_weight_recorded else " (not recorded: an earlier layout, read as "
                                                                      "the policy's own)"))
-                   + f", hysteresis {reference.hysteresis:g}"))
+                   + f", hysteresis {reference.hysteresis:g}"
+                   + (f"; calibrated on {reference.calibration_frames} held-out frames" if reference.calibration_frames
+                      else "")))
+        if reference is not None and reference.thin_calibration():
+            print(f"warning: {reference.thin_calibration()}")
         if info.tier_digests:
             print("trained with tiers: " + ", ".join(f"{t} {d}" for t, d in info.tier_digests.items()))
         return 0

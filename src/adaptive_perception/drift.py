@@ -94,6 +94,9 @@ def projection(dims: int, seed: int = PROJECTION_SEED, count: int = PROJECTIONS)
     return (matrix / np.linalg.norm(matrix, axis=0)).astype(np.float64)
 
 
+MIN_CALIBRATION_FRAMES = 3000  # held-out frames below which a reference's thresholds are said to be thin
+
+
 @dataclass
 class DriftReference:
     """What in-distribution looked like at training time, and the calibrated thresholds."""
@@ -120,9 +123,22 @@ class DriftReference:
     hysteresis: float = 0.0
     window: int = WINDOW
     seed: int = PROJECTION_SEED
+    # held-out in-distribution frames the thresholds were calibrated on (0: not recorded, references before 2026-12-07)
+    calibration_frames: int = 0
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
+
+    def thin_calibration(self) -> str:
+        """Why the thresholds cannot be trusted to stay quiet on new in-distribution scenes, or "" when they can (or
+        the reference does not say what they read)."""
+        if not 0 < self.calibration_frames < MIN_CALIBRATION_FRAMES:
+            return ""
+        return (f"its drift thresholds were calibrated on {self.calibration_frames} held-out frames, fewer than "
+                f"{MIN_CALIBRATION_FRAMES} (20 scenes of 150 frames, what the scene benchmark's validation and test "
+                "splits hold): every scene moves the statistics, so new in-distribution scenes may cross them and "
+                "turn DRIFT. Recompute the reference on more scenes: adaptive-perception policy drift-reference "
+                "<policy file> --work <its train folder> --calibration-sequences 40")
 
     def layout(self) -> str:
         """Which statistics this reference carries, naming the earlier layouts the node still reads."""

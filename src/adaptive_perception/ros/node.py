@@ -868,12 +868,16 @@ class PerceptionNode(LifecycleNode):
         self.get_logger().info(text)
 
     def _check_policy_tiers(self, policy: Policy, detectors: dict[str, DetectorTier]) -> None:
-        """Warn, naming both files' digests, for every loaded tier the policy was not trained with."""
+        """Warn, naming both files' digests, for every loaded tier the policy was not trained with; and when its drift
+        thresholds were calibrated on too few scenes to stay quiet on new in-distribution ones."""
         if not policy.info.tier_digests:
             self.get_logger().info(f"policy '{policy.policy_id}' does not name the tier files it was trained with, "
                                    "so they cannot be checked")
         for warning in policy.tier_mismatches({t: (d.digest, str(d.path)) for t, d in detectors.items()}):
             self.get_logger().warning(warning)
+        thin = policy.drift_reference.thin_calibration() if policy.drift_reference is not None else ""
+        if thin:
+            self.get_logger().warning(f"policy '{policy.policy_id}': {thin}")
 
 
 IMAGE_TYPES = {False: "sensor_msgs/msg/Image", True: "sensor_msgs/msg/CompressedImage"}  # by `compressed`
