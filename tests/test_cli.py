@@ -298,7 +298,11 @@ def test_policy_inspect_says_how_the_policy_routes_and_what_it_monitors(tmp_path
     assert main(["policy", "inspect", str(drifting_policy(tmp_path / "weighted.onnx", frames, 10, cost_weight=0.5))]) == 0
     out = capsys.readouterr().out  # built without image quality and veil statistics, its weight recorded
     assert "; image quality none; veil none (the monitor runs without it); tier mix and audits measured at cost " \
-        "weight 0.5, hysteresis 0\n" in out
+        "weight 0.5, hysteresis 0; calibrated on 40 held-out frames\nwarning: its drift thresholds were calibrated on " \
+        "40 held-out frames, fewer than 3000" in out
+    # the embedded policy's reference predates the record: nothing said of it
+    assert main(["policy", "inspect", "embedded:policy"]) == 0
+    assert "calibrated on" not in capsys.readouterr().out
 
 
 def test_a_reader_that_leaves_early_gets_no_error_message():
