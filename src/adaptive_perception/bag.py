@@ -76,15 +76,18 @@ def camera_counts(path: str | Path) -> dict[str, int]:
         return {t: counts[t] for t in default_topics(path, counts)}
 
 
+def _bags_inside(folder: Path) -> list[Path]:
+    """The rosbag2 folders a folder that is not one holds, in name order: a `record` output, one bag per segment; the
+    node's evidence, one per camera and segment, a level deeper. [] for a bag itself, a file, or nothing of the kind."""
+    if not folder.is_dir() or (folder / "metadata.yaml").is_file():
+        return []
+    return sorted({m.parent for pattern in ("*/metadata.yaml", "*/*/metadata.yaml") for m in folder.glob(pattern)})
+
+
 def expand_bags(paths: list[Path]) -> list[Path]:
-    """Each path as the recordings it stands for: a rosbag2 folder (metadata.yaml) or file is itself; a folder of them
-    (a `record` output, one bag per segment; the node's evidence, one per camera and segment, a level deeper) is its
-    bags in name order; anything else is kept, for the reader's error to name."""
-    out = []
-    for path in map(Path, paths):
-        nested = sorted({m.parent for pattern in ("*/metadata.yaml", "*/*/metadata.yaml") for m in path.glob(pattern)})
-        out += nested if path.is_dir() and not (path / "metadata.yaml").is_file() and nested else [path]
-    return out
+    """Each path as the recordings it stands for: a folder of bags is its bags (`_bags_inside`); anything else is
+    kept, a bag as itself, the rest for the reader's error to name."""
+    return [bag for path in map(Path, paths) for bag in (_bags_inside(path) or [path])]
 
 
 def image_count(path: str | Path) -> int:
@@ -121,9 +124,7 @@ def _open(path: str | Path) -> Iterator[AnyReader]:
         reader.open()
     except Exception as exc:  # rosbags raises several reader error types
         looks_like_a_bag = (bag / "metadata.yaml").exists() if bag.is_dir() else bag.suffix in (".mcap", ".db3")
-        # a `record` output holds one bag per segment; an evidence folder one per camera and segment, a level deeper
-        inside = sorted(str(p.parent.relative_to(bag)) for pattern in ("*/metadata.yaml", "*/*/metadata.yaml")
-                        for p in bag.glob(pattern)) if bag.is_dir() and not looks_like_a_bag else []
+        inside = [str(p.relative_to(bag)) for p in _bags_inside(bag)]
         if looks_like_a_bag:
             fix = ("it looks like one, so it is damaged or was cut short (a segment whose writer was killed has no "
                    "index: the recorder loses at most that one); replay another segment")

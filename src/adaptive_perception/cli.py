@@ -690,8 +690,9 @@ def _policy(args: argparse.Namespace) -> int:
                    + f", hysteresis {reference.hysteresis:g}"
                    + (f"; calibrated on {reference.calibration_frames} held-out frames" if reference.calibration_frames
                       else "")))
-        if reference is not None and reference.thin_calibration():
-            print(f"warning: {reference.thin_calibration()}")
+        thin = reference.thin_calibration() if reference is not None else ""
+        if thin:
+            print(f"warning: {thin}")
         if info.tier_digests:
             print("trained with tiers: " + ", ".join(f"{t} {d}" for t, d in info.tier_digests.items()))
         return 0

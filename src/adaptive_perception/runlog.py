@@ -23,6 +23,7 @@ def quiet_mlflow_setup() -> None:
 
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
 
+
 _END = object()
 SNAPSHOT_KEYS = ("fps", "drop_share", "node_ms_p50", "node_ms_p95", "router_overhead_ms_p95", "frame_age_ms_p50",
                  "frames_received", "frames_processed", "frames_dropped", "frames_failed", "frames_lost_before_node")

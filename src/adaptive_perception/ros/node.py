@@ -205,7 +205,7 @@ class PerceptionNode(LifecycleNode):
             router = Router(config.routing_mode, policy, config.router)
             if policy is not None:
                 self.get_logger().info(f"policy '{policy.policy_id}' loaded from {policy.path}")
-                self._check_policy_tiers(policy, detectors)
+                self._check_policy_fits(policy, detectors)
         except Exception as exc:  # a failed configure must report, never raise
             self.get_logger().error(f"configure failed: {exc}")
             return TransitionCallbackReturn.FAILURE
@@ -791,7 +791,7 @@ class PerceptionNode(LifecycleNode):
         self._set_own(Parameter("policy", value=request.path.strip()))
         response.success, response.message = True, policy.policy_id
         self.get_logger().info(f"policy '{policy.policy_id}' loaded from {policy.path}")
-        self._check_policy_tiers(policy, self.detectors)
+        self._check_policy_fits(policy, self.detectors)
         return response
 
     def _set_own(self, parameter: Parameter) -> None:
@@ -867,7 +867,7 @@ class PerceptionNode(LifecycleNode):
             text = "drift monitor: the tier mix and audit agreement count again (routing as the drift reference measured it)"
         self.get_logger().info(text)
 
-    def _check_policy_tiers(self, policy: Policy, detectors: dict[str, DetectorTier]) -> None:
+    def _check_policy_fits(self, policy: Policy, detectors: dict[str, DetectorTier]) -> None:
         """Warn, naming both files' digests, for every loaded tier the policy was not trained with; and when its drift
         thresholds were calibrated on too few scenes to stay quiet on new in-distribution ones."""
         if not policy.info.tier_digests:
