@@ -96,8 +96,13 @@ def test_a_broken_first_policy_or_a_mistyped_store_writes_nothing(tmp_path, poli
 
 def test_promote_and_rollback_reach_the_running_node_between_frames_and_a_restart_keeps_them(
         context, tier_models, policies, regime_frames, tmp_path):
+    from adaptive_perception.detector import file_digest
+
     store = PolicyStore(tmp_path / "store")
     current = store.init(str(policies["nano"]))
+    digests = {t: file_digest(p) for t, p in tier_models.items()}
+    other_large = constant_policy(tmp_path / "other-large.onnx", (0.01, 0.01, 0.98), "to-large",
+                                  {**digests, "large": "0123456789abcdef"})
     parameters = {**{f"models.{t}": str(p) for t, p in tier_models.items()}, "policy": str(current),
                   "routing_mode": "learned", "providers": ["CPUExecutionProvider"], "image_topics": ["image"],
                   "warmup_runs": 0, "audit.every": 0}
@@ -119,16 +124,20 @@ def test_promote_and_rollback_reach_the_running_node_between_frames_and_a_restar
         thread.start()
         try:
             assert wait_until(lambda: len(sent) >= 5, 20)
-            cli = ["adaptive-perception", "policy", "promote", str(policies["large"]), "--store", str(store.folder),
+            # trained for another large tier: loaded all the same, and the node's warning reaches the promoter
+            cli = ["adaptive-perception", "policy", "promote", str(other_large), "--store", str(store.folder),
                    "--node", f"/{graph.name}"]
             run = subprocess.run(cli, capture_output=True, text=True, timeout=120)
             assert run.returncode == 0, run.stderr[-2000:]
             assert f"/{graph.name} runs policy 'to-large'" in run.stdout
+            warned = [line for line in run.stderr.splitlines() if line.startswith("warning: ")]
+            assert len(warned) == 1 and f"warning: /{graph.name} loaded it with a warning: " in warned[0]
+            assert "large tier" in warned[0] and "0123456789abcdef" in warned[0] and digests["large"] in warned[0]
             promoted_at = len(sent)
             assert wait_until(lambda: len(sent) >= promoted_at + 5, 20)
             run = subprocess.run(["adaptive-perception", "policy", "rollback", "--store", str(store.folder), "--node",
                                   f"/{graph.name}"], capture_output=True, text=True, timeout=120)
-            assert run.returncode == 0, run.stderr[-2000:]
+            assert run.returncode == 0 and "warning" not in run.stderr, run.stderr[-2000:]  # nano's: nothing to say
             rolled_at = len(sent)
             assert wait_until(lambda: len(sent) >= rolled_at + 5, 20)
         finally:

@@ -110,9 +110,13 @@ def test_loading_a_policy_trained_on_other_tiers_warns_naming_both_files(graph, 
     other = constant_policy(tmp_path / "other.onnx", (0.2, 0.3, 0.5), "other-tiers",
                             {**digests, "large": "0123456789abcdef"})
     capfd.readouterr()
-    assert graph.call(LoadPolicy, "load_policy", LoadPolicy.Request(path=str(matching))).success
+    response = graph.call(LoadPolicy, "load_policy", LoadPolicy.Request(path=str(matching)))
+    assert response.success and list(response.warnings) == []
     assert wait_until(lambda: "'matching' loaded" in capfd.readouterr().err, 5)
-    assert graph.call(LoadPolicy, "load_policy", LoadPolicy.Request(path=str(other))).success  # a warning, not a refusal
+    response = graph.call(LoadPolicy, "load_policy", LoadPolicy.Request(path=str(other)))
+    assert response.success  # a warning, not a refusal, and the caller gets it too
+    assert len(response.warnings) == 1 and "0123456789abcdef" in response.warnings[0]
+    assert "large tier" in response.warnings[0] and digests["large"] in response.warnings[0]
     logged = ""
 
     def warned() -> bool:

@@ -791,7 +791,7 @@ class PerceptionNode(LifecycleNode):
         self._set_own(Parameter("policy", value=request.path.strip()))
         response.success, response.message = True, policy.policy_id
         self.get_logger().info(f"policy '{policy.policy_id}' loaded from {policy.path}")
-        self._check_policy_fits(policy, self.detectors)
+        response.warnings = self._check_policy_fits(policy, self.detectors)  # the caller sees them too
         return response
 
     def _set_own(self, parameter: Parameter) -> None:
@@ -867,17 +867,18 @@ class PerceptionNode(LifecycleNode):
             text = "drift monitor: the tier mix and audit agreement count again (routing as the drift reference measured it)"
         self.get_logger().info(text)
 
-    def _check_policy_fits(self, policy: Policy, detectors: dict[str, DetectorTier]) -> None:
+    def _check_policy_fits(self, policy: Policy, detectors: dict[str, DetectorTier]) -> list[str]:
         """Warn, naming both files' digests, for every loaded tier the policy was not trained with; and when its drift
-        thresholds were calibrated on too few scenes to stay quiet on new in-distribution ones."""
+        thresholds were calibrated on too few scenes to stay quiet on new in-distribution ones. The warnings given."""
         if not policy.info.tier_digests:
             self.get_logger().info(f"policy '{policy.policy_id}' does not name the tier files it was trained with, "
                                    "so they cannot be checked")
-        for warning in policy.tier_mismatches({t: (d.digest, str(d.path)) for t, d in detectors.items()}):
-            self.get_logger().warning(warning)
+        warnings = policy.tier_mismatches({t: (d.digest, str(d.path)) for t, d in detectors.items()})
         thin = policy.drift_reference.thin_calibration() if policy.drift_reference is not None else ""
-        if thin:
-            self.get_logger().warning(f"policy '{policy.policy_id}': {thin}")
+        warnings += [f"policy '{policy.policy_id}': {thin}"] if thin else []
+        for warning in warnings:
+            self.get_logger().warning(warning)
+        return warnings
 
 
 IMAGE_TYPES = {False: "sensor_msgs/msg/Image", True: "sensor_msgs/msg/CompressedImage"}  # by `compressed`

@@ -88,12 +88,16 @@ def call_service(node_name: str, service_type, name: str, request, timeout_s: fl
 
 
 def load_policy(node_name: str, path: str, timeout_s: float = 30.0) -> str:
-    """Call `<node_name>/load_policy` with `path`; the new policy id, or RuntimeError with the node's answer."""
+    """Call `<node_name>/load_policy` with `path`; the new policy id, or RuntimeError with the node's answer. What
+    the node warned about on loading it (tiers the policy was not trained with, ...) goes to stderr, named as the
+    node's, as it went to the node's log."""
     from adaptive_perception_msgs.srv import LoadPolicy
 
     response = call_service(node_name, LoadPolicy, "load_policy", LoadPolicy.Request(path=str(path)), timeout_s)
     if not response.success:
         raise RuntimeError(f"{node_name.rstrip('/')}/load_policy refused {path}: {response.message}")
+    for warning in response.warnings:
+        print(f"warning: {node_name.rstrip('/')} loaded it with a warning: {warning}", file=sys.stderr, flush=True)
     return response.message
 
 
