@@ -452,8 +452,10 @@ def test_training_and_calibration_leave_out_frames_the_node_cannot_decode_and_sa
 
     frames = _frames(4)
     _bag_with_bad_frames(tmp_path / "bag", "/cam", frames, bad=(1, 2))
-    profiled = list(bag_frames([tmp_path / "bag"], None, False))
+    read = []
+    profiled = list(bag_frames([tmp_path / "bag"], None, False, read))
     assert [stamp for _, _, stamp, _ in profiled] == [frames[0][0], frames[3][0]]
+    assert read == [{"bag": str(tmp_path / "bag"), "camera": "/cam", "frames": 2, "undecodable": 2}]  # for MLflow
     np.testing.assert_array_equal(profiled[1][0], frames[3][1])
     said = capsys.readouterr().out
     assert f"bag '{tmp_path / 'bag'}', camera '/cam': 2 frames the node's decoder refuses left out, as the node skips " \

@@ -184,10 +184,14 @@ def stage_profile(settings: Settings) -> None:
                 total, frames = len(records), benchmark_frames(settings.benchmark, split, records)
             elif settings.source == "bags":
                 bags = expand_bags(sorted(p for p in (settings.benchmark / "bags" / split).glob("*") if p.is_dir()))
-                total, frames = None, bag_frames(bags, None, settings.truth == "sidecar")
+                read = []
+                total, frames = None, bag_frames(bags, None, settings.truth == "sidecar", read)
             else:
                 raise AdaptivePerceptionError(f"--source {settings.source}: use dataset or bags")
             result = profile(frames, total, settings.truth, settings.models, settings.teacher, desc=f"profile {split}")
+            if settings.source == "bags":  # the run names the recordings it read, and what it left out of them
+                mlflow.log_dict(read, f"bags_{split}.json")
+                mlflow.log_metric(f"{split}_undecodable_frames", sum(entry["undecodable"] for entry in read))
             result.save(_profile_path(settings, split))
             result.check_truth(f"split '{split}' ({_profile_path(settings, split)})")  # saved: the frames are kept
             mlflow.log_metrics({f"{split}_frames": len(result),

@@ -138,11 +138,12 @@ def benchmark_frames(benchmark: Path, split: str, records: list[dict]
         yield rgb, record["sequence"], record["stamp_ns"], record["objects"]
 
 
-def bag_frames(bags: list[Path], topic: str | None, need_sidecar: bool
+def bag_frames(bags: list[Path], topic: str | None, need_sidecar: bool, read: list[dict] | None = None
                ) -> Iterator[tuple[np.ndarray, int, int, list[dict] | None]]:
     """Every camera image of each bag through the node's decoder, with the sidecar truth: one sequence per bag and
     camera topic (`topic`, or every image topic but the node's debug images), so a previous frame is always the
-    same camera's."""
+    same camera's. `read`, when given, gets one entry per bag and camera read to its end: the frames used and the
+    frames left out (for the MLflow run that names what it trained on)."""
     sequence = 0
     for bag in bags:
         truth = None
@@ -153,7 +154,7 @@ def bag_frames(bags: list[Path], topic: str | None, need_sidecar: bool
                                               "(score tiers against the large tier) for recordings without labels")
             truth = json.loads(sidecar.read_text())["frames"]
         for camera in [topic] if topic else default_topics(bag, image_topics(bag)):
-            skipped, first_skipped = 0, ""
+            used, skipped, first_skipped = 0, 0, ""
             for index, image in enumerate(read_images(bag, [camera])):
                 try:
                     rgb = bag_image_rgb(image)
@@ -168,7 +169,10 @@ def bag_frames(bags: list[Path], topic: str | None, need_sidecar: bool
                         raise AdaptivePerceptionError(f"bag '{bag}': no ground truth for the frame stamped {stamp} in "
                                                       f"{sidecar}")
                     objects = truth[str(stamp)]["objects"]
+                used += 1
                 yield rgb, sequence, stamp, objects
+            if read is not None:
+                read.append({"bag": str(bag), "camera": camera, "frames": used, "undecodable": skipped})
             if skipped:
                 print(f"bag '{bag}', camera '{camera}': {counted(skipped, 'frame')} the node's decoder refuses left "
                       f"out, as the node skips them (first: {first_skipped})", flush=True)

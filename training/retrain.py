@@ -200,9 +200,13 @@ def retrain(settings, bags: list[Path], original_work: Path, current: str | None
     with pipeline.tracked(settings, "retrain", {"bags": [str(b) for b in bags], "original_work": str(original_work),
                                                 "current_policy": current_policy.policy_id,
                                                 "candidate": candidate or "trained here",
-                                                "segment_frames": segment_frames, "holdout_every": holdout_every}):
-        evidence = profile(bag_frames(bags, None, False), sum(counts), "reference", settings.models,
+                                                "segment_frames": segment_frames, "holdout_every": holdout_every}
+                          ) as mlflow:
+        read = []
+        evidence = profile(bag_frames(bags, None, False, read), sum(counts), "reference", settings.models,
                            settings.teacher, desc="profile evidence")
+        mlflow.log_dict(read, "bags_evidence.json")  # per bag and camera: frames used, frames left out
+        mlflow.log_metric("evidence_undecodable_frames", sum(entry["undecodable"] for entry in read))
         train_part, held_out = split_segments(segment(evidence, segment_frames), holdout_every)
         held_segments = len(np.unique(held_out.sequence))
         used = "to train on and to match the candidate's cost on" if candidate is None else \
