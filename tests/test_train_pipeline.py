@@ -249,12 +249,25 @@ def test_truth_reference_runs_on_bags_without_labels(pipeline, tmp_path):
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     report = json.loads((tmp_path / "reports" / "routing.json").read_text())
     assert report["truth"] == "reference (large tier)"
+    assert "| scene (detections of the truth's reference) | frames |" in (tmp_path / "reports" / "routing.md").read_text()
     profile = Profile.load(tmp_path / "work" / "profile_test.npz")
     first = bag_image_rgb(next(read_images(sorted((tmp_path / "unlabelled" / "bags" / "test").iterdir())[0])))
     published = DetectorTier(resolve_model("embedded:large")).detect(first)
     np.testing.assert_allclose(profile.frame_truth()[0][:, :4], published.boxes, atol=1e-3)
     assert profile.veil is not None and len(profile.veil) == len(profile)  # the drift monitor's haze veil, per frame
     assert profile.veil[0] == pytest.approx(veil(first))
+    # the MLflow run names the recordings each split read (one camera each here), and what it left out of them
+    import mlflow
+
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'work' / 'mlflow.db'}")
+    run = next(r for r in mlflow.search_runs(experiment_names=["adaptive_perception.routing"], output_format="list")
+               if r.info.run_name == "profile")
+    for split in ("router", "val", "test"):
+        bag = sorted((tmp_path / "unlabelled" / "bags" / split).iterdir())[0]
+        assert mlflow.artifacts.load_dict(f"{run.info.artifact_uri}/bags_{split}.json") == \
+            [{"bag": str(bag), "camera": "/camera/image_raw", "frames": len(list(read_images(bag))), "undecodable": 0}]
+        assert run.data.metrics[f"{split}_undecodable_frames"] == 0
+    assert run.data.metrics["test_frames"] == len(profile)
 
 
 def test_the_exported_policy_carries_a_calibrated_drift_reference(pipeline):
@@ -447,6 +460,7 @@ def test_retrain_refuses_a_candidate_that_buys_accuracy_with_cost(pipeline, tmp_
 def test_retrain_trains_a_candidate_on_the_evidence_and_logs_the_gate(pipeline, tmp_path):
     import mlflow
 
+    from adaptive_perception.bag import read_images
     from adaptive_perception.training.profile import Profile
 
     bags = _evidence(pipeline, tmp_path)
@@ -499,6 +513,10 @@ def test_retrain_trains_a_candidate_on_the_evidence_and_logs_the_gate(pipeline, 
     retrain = next(r for r in runs if r.info.run_name == "retrain")
     assert json.loads(retrain.data.params["bags"].replace("'", '"')) == bags
     assert retrain.data.metrics["promote"] == float(decision["promote"])
+    read = mlflow.artifacts.load_dict(f"{retrain.info.artifact_uri}/bags_evidence.json")
+    assert [(entry["bag"], entry["frames"], entry["undecodable"]) for entry in read] == \
+        [(bag, len(list(read_images(Path(bag)))), 0) for bag in bags]
+    assert retrain.data.metrics["evidence_undecodable_frames"] == 0
 
 
 def test_operating_point_picks_the_weight_on_validation_for_the_given_device_and_scores_it_on_test(pipeline, tmp_path):

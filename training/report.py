@@ -459,8 +459,10 @@ def markdown(result: dict) -> str:
     for name, bar in result["bars"].items():
         detail = ", ".join(f"{k} {show(v)}" for k, v in bar.items() if k != "met")
         lines.append(f"- {name.replace('_', ' ')}: **{'met' if bar['met'] else 'NOT met'}** ({detail})")
+    # under --truth reference a scene's objects are what the reference (the large tier or --teacher) found in it
+    counted = "objects" if not str(result["truth"]).startswith("reference") else "detections of the truth's reference"
     lines += ["", "## BC + PPO routing by scene complexity (seed 0, per frame)", "",
-              "| scene (objects) | frames | nano % | small % | large % |", "|---|---|---|---|---|"]
+              f"| scene ({counted}) | frames | nano % | small % | large % |", "|---|---|---|---|---|"]
     for regime, counts in result["routing_by_regime"].items():
         n = sum(counts.values())
         lines.append(f"| {regime} | {n} | " + " | ".join(f"{100 * counts[t] / max(n, 1):.0f}" for t in TIERS) + " |")
