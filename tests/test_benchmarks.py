@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import json
 import re
+import shutil
 import subprocess
 from dataclasses import replace
 from pathlib import Path
@@ -137,16 +138,21 @@ def test_the_per_frame_path_publishes_the_chosen_tiers_detections():
 def _mode_row(frame_ms: float, map50_95: float, frames: int = 200) -> dict:
     """A throughput report's mode row whose every frame took `frame_ms`."""
     return {"busy_s": frame_ms * frames / 1e3, "frames": frames, "fps": 1e3 / frame_ms, "map50_95": map50_95,
-            "samples": {"total_ms": [frame_ms] * frames}}
+            "samples": {"total_ms": [frame_ms] * frames, "session_ms": [frame_ms - 1.25] * frames}}
 
 
 def _throughput_report() -> dict:
     modes = {"learned": _mode_row(16.85, 32.0), "fixed:large": _mode_row(63.0, 50.0),
              "fixed:large+spin": _mode_row(65.0, 50.0)}
+    # the projection by hand: 1.25 ms outside inference in the learned mode's samples; always-large 248.75 + 1.25;
+    # the accuracy point 0.6 x 10 + 0.2 x 30 + 0.2 x 248.75 = 61.75 ms of inference, 63.0 a frame, 250 / 63 faster
+    accuracy = {"mix": {"nano": 0.6, "small": 0.2, "large": 0.2}, "inference_ms": 61.75, "frame_ms": 63.0,
+                "speedup": 250.0 / 63.0, "map50_95": 45.0, "map_share_of_large": 0.9}
     return {"run_id": "abc", "machine": {"cores": 2}, "bars": {"operating_point": "learned"},
             "comparisons": throughput.comparisons(modes), "modes": modes,
-            "projection": {"always_large": {"frame_ms": 250.0},
-                           "points": {"accuracy": {"frame_ms": 61.25}, "cost_bar": None}}}
+            "projection": {"tiers_ms": {"nano": 10.0, "small": 30.0, "large": 248.75}, "outside_inference_ms": 1.25,
+                           "always_large": {"frame_ms": 250.0, "map50_95": 50.0},
+                           "points": {"accuracy": accuracy, "cost_bar": None}}}
 
 
 def test_cost_model_by_hand(tmp_path):
@@ -167,10 +173,11 @@ def test_cost_model_by_hand(tmp_path):
     assert learned["devices_per_robot"] == pytest.approx(0.210625) and learned["one_device_keeps_up"]
     assert large["devices_per_robot"] == pytest.approx(0.7875) and large["one_device_keeps_up"]
     assert not fleet_cost.monthly(0.05, 1, 30.0, 1.0, 24)["one_device_keeps_up"]  # 1.5 devices per robot
-    # $72,000 / 1229.10430 saved device-hours
-    assert out["ours_at_operating_point"]["price_for_origin_saving"] == pytest.approx(58.579244, rel=1e-6)
+    # the claim is the origin's fleet's, whatever fleet was asked for: 1,000 x 30 FPS x 86,400 s x 30.4375 days =
+    # 78,894,000,000 frames a month; x (0.063 - 0.01685) s / 3600 = 1,011,371.75 device-hours saved; $72,000 / that
+    assert out["ours_at_operating_point"]["price_for_origin_saving"] == pytest.approx(0.07119005, rel=1e-6)
     projected = out["projection"]["learned (accuracy point)"]
-    assert projected["cost_reduction"] == pytest.approx(1 - 61.25 / 250.0)
+    assert projected["cost_reduction"] == pytest.approx(1 - 63.0 / 250.0)
     assert list(out["projection"]) == ["always-large", "learned (accuracy point)"]  # no row for a missing point
     assert json.loads((tmp_path / "cost.json").read_text())["modes"]["learned"]["device_s_per_frame"] == \
         pytest.approx(0.01685, rel=1e-12)
@@ -188,6 +195,15 @@ def test_cost_model_by_hand(tmp_path):
     (lambda r: [r["modes"].pop(k) for k in ("fixed:large", "fixed:large+spin")], "no fixed:large mode"),
     (lambda r: r["bars"].update(operating_point=None), "no learned mode to price"),
     (lambda r: r["modes"]["learned"].update(frames=0), "frames 0"),
+    # the projection's rows follow from its tier costs, its mixes and the run's samples (a buyer's edit priced a
+    # projected frame at 100 ms without a word)
+    (lambda r: r["projection"]["points"]["accuracy"].update(frame_ms=100.0), "projection.points.accuracy.frame_ms = 100.0"),
+    (lambda r: r["projection"]["points"]["accuracy"].update(speedup=3.5), "projection.points.accuracy.speedup = 3.5"),
+    (lambda r: r["projection"]["always_large"].update(frame_ms=400.0), "projection.always_large.frame_ms = 400.0"),
+    (lambda r: r["projection"]["points"]["accuracy"]["mix"].update(nano=0.7, small=0.1),
+     "projection.points.accuracy.inference_ms = 61.75 but"),
+    (lambda r: r["projection"]["tiers_ms"].update(large=100.0), "projection.always_large.frame_ms = 250.0 but"),
+    (lambda r: r["projection"].update(outside_inference_ms=0.5), "projection.outside_inference_ms = 0.5"),
 ])
 def test_the_cost_model_refuses_a_throughput_report_it_cannot_trust(tmp_path, edit, says):
     report = _throughput_report()
@@ -205,6 +221,19 @@ def test_cost_of_another_throughput_report_is_not_written_over_the_committed_one
                          capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr
     assert (tmp_path / "build/bench/cost.json").is_file() and not (tmp_path / "training").exists()
+    # the committed throughput report, priced for a buyer's own fleet: not written over the README's cost report
+    committed = tmp_path / "checkout" / "training" / "reports"
+    committed.mkdir(parents=True)
+    shutil.copy(Path("training/reports/throughput.json"), committed / "throughput.json")
+    (committed / "cost.json").write_text("the committed one")
+    run = subprocess.run(["adaptive-perception", "bench", "cost", "--robots", "250", "--fps", "15"],
+                         cwd=tmp_path / "checkout", capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert (committed / "cost.json").read_text() == "the committed one" and "wrote build/bench/cost.json" in run.stdout
+    assert json.loads((tmp_path / "checkout/build/bench/cost.json").read_text())["inputs"]["robots"] == 250
+    run = subprocess.run(["adaptive-perception", "bench", "cost"], cwd=tmp_path / "checkout", capture_output=True,
+                         text=True, timeout=120)
+    assert run.returncode == 0 and "wrote training/reports/cost.json" in run.stdout, run.stderr
 
 
 def test_quick_latency_times_embedded_and_real_yolov8_graphs(tmp_path):

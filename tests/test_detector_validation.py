@@ -7,8 +7,9 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
+from adaptive_perception.config import resolve_model
 from adaptive_perception.detector import DetectorTier, Detections, letterbox, nms, select_providers
-from adaptive_perception.errors import ModelFileError
+from adaptive_perception.errors import ConfigError, ModelFileError
 
 
 def _identity_model(path, in_shape, out_shape, metadata=None, dtype=TensorProto.FLOAT):
@@ -101,6 +102,21 @@ def test_unavailable_providers_fall_back_to_cpu_in_order_and_say_so_once(caplog,
         assert select_providers(["TensorrtExecutionProvider"], ["CPUExecutionProvider"]) == ["CPUExecutionProvider"]
     fallbacks = [r.getMessage() for r in caplog.records if "not available in this onnxruntime build" in r.getMessage()]
     assert len(fallbacks) == 2 and "['TensorrtExecutionProvider']" in fallbacks[0], fallbacks
+
+
+@pytest.mark.parametrize("name,guess", [("CUDA", "CUDAExecutionProvider"), ("cpu", "CPUExecutionProvider"),
+                                        ("TensorRT", "TensorrtExecutionProvider"),
+                                        ("CUDAExecutionProvder", "CUDAExecutionProvider"), ("Tegra", None)])
+def test_a_provider_name_onnxruntime_does_not_know_is_refused_not_taken_for_a_missing_gpu(name, guess):
+    """`--provider CUDA` fell back to the CPU with the warning a machine without a GPU gets: a typo read as no GPU."""
+    wanted = ["TensorrtExecutionProvider", name, "CPUExecutionProvider"]
+    with pytest.raises(ConfigError, match=f"execution provider '{name}' is not one onnxruntime knows") as refused:
+        select_providers(wanted, ["CPUExecutionProvider"])
+    said = str(refused.value)
+    assert (f"did you mean '{guess}'?" in said) if guess else ("did you mean" not in said)
+    assert "CUDAExecutionProvider, " in said and "--provider" in said
+    with pytest.raises(ConfigError, match=f"'{name}'"):  # the tiers refuse it before loading anything
+        DetectorTier(resolve_model("embedded:nano"), (name,))
 
 
 def test_letterbox_centres_and_records_the_mapping():

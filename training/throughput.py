@@ -379,6 +379,30 @@ def check_ratios(report: dict) -> None:
         if row["frames"] != len(samples) or not np.isclose(row["busy_s"], sum(samples) / 1e3, rtol=1e-4):
             raise AdaptivePerceptionError(f"{name}: frames {row['frames']} / busy_s {row['busy_s']} are not the count "
                                           "and the sum of this run's frame times")
+    if report.get("projection"):
+        _check_projection(report["projection"], report["modes"])
+
+
+def _check_projection(projection: dict, modes: dict) -> None:
+    """Fail unless the projection's frame times, speed-ups and shares follow from its tier costs, its routing mixes
+    and the work outside inference measured in this run (its accuracy comes from the simulator, not from samples)."""
+    point = modes["learned@90" if "learned@90" in modes else next(iter(modes))]  # the mode `run` measured it on
+    outside = float(np.mean(np.subtract(point["samples"]["total_ms"], point["samples"]["session_ms"])))
+    large = projection["always_large"]
+    checks = [("outside_inference_ms", projection["outside_inference_ms"], outside),
+              ("always_large.frame_ms", large["frame_ms"], projection["tiers_ms"]["large"] + outside)]
+    for rule, row in projection["points"].items():
+        if row is None:
+            continue
+        inference = sum(share * projection["tiers_ms"][tier] for tier, share in row["mix"].items())
+        checks += [(f"points.{rule}.inference_ms", row["inference_ms"], inference),
+                   (f"points.{rule}.frame_ms", row["frame_ms"], inference + outside),
+                   (f"points.{rule}.speedup", row["speedup"], large["frame_ms"] / row["frame_ms"]),
+                   (f"points.{rule}.map_share_of_large", row["map_share_of_large"], row["map50_95"] / large["map50_95"])]
+    for key, value, expected in checks:
+        if not np.isclose(value, expected, rtol=1e-4):
+            raise AdaptivePerceptionError(f"projection.{key} = {value} but its own costs, mix and this run's samples "
+                                          f"give {expected}")
 
 
 def operating_point(modes) -> str | None:

@@ -65,6 +65,7 @@ def generated_out(version: str, drift: str) -> Path:
 
 
 COMMITTED_THROUGHPUT = Path("training/reports/throughput.json")  # `bench throughput`'s report
+COST_SCENARIO = (1000, 30.0, 1.0, 24.0)  # `bench cost`'s defaults (robots, fps, price, hours a day): the origin's fleet
 QUICK_REPORTS = "build/bench/quick"  # a --quick run's reports: partial runs never replace the committed ones
 
 
@@ -443,13 +444,14 @@ def _parser() -> argparse.ArgumentParser:
                                 "routing mix (bench throughput's report)")
     cost.add_argument("--throughput", type=Path, default=COMMITTED_THROUGHPUT,
                       help="bench throughput's JSON (its measured seconds per frame per mode)")
-    cost.add_argument("--robots", type=_count, default=1000, help="robots in the fleet")
-    cost.add_argument("--fps", type=_positive, default=30.0, help="frames per second per robot")
-    cost.add_argument("--price", type=_positive, default=1.0,
+    cost.add_argument("--robots", type=_count, default=COST_SCENARIO[0], help="robots in the fleet")
+    cost.add_argument("--fps", type=_positive, default=COST_SCENARIO[1], help="frames per second per robot")
+    cost.add_argument("--price", type=_positive, default=COST_SCENARIO[2],
                       help="price per device-hour in dollars (an input, not a quote: pass your own)")
-    cost.add_argument("--hours-per-day", type=_positive, default=24.0, help="operating hours per robot per day")
+    cost.add_argument("--hours-per-day", type=_positive, default=COST_SCENARIO[3],
+                      help="operating hours per robot per day")
     cost.add_argument("--report", type=Path, help="JSON to write (default: training/reports/cost.json for the "
-                      "committed throughput report, else build/bench/cost.json)")
+                      "committed throughput report at the default fleet, else build/bench/cost.json)")
     soak = bench_sub.add_parser("soak", help="two cameras of raw 640x480 at 30 Hz through the node on the shipped "
                                              "defaults: memory, node-time drift, stalls, crashes")
     soak.add_argument("--minutes", type=_positive, default=30.0, help="run length (30 for the README's figures)")
@@ -909,7 +911,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "bench" and args.bench_command == "cost":
             from adaptive_perception.training.fleet_cost import run as run_cost
 
-            committed = args.throughput.resolve() == COMMITTED_THROUGHPUT.resolve()
+            # the committed report is the committed run's at the origin's scenario; any other goes under build/
+            committed = args.throughput.resolve() == COMMITTED_THROUGHPUT.resolve() and \
+                (args.robots, args.fps, args.price, args.hours_per_day) == COST_SCENARIO
             run_cost(args.throughput, args.robots, args.fps, args.price, args.hours_per_day,
                      args.report or Path("training/reports/cost.json" if committed else "build/bench/cost.json"))
             return 0

@@ -12,7 +12,7 @@ from typing import Sequence
 import cv2
 import numpy as np
 
-from adaptive_perception.errors import ModelFileError
+from adaptive_perception.errors import ConfigError, ModelFileError
 
 LOG = logging.getLogger(__name__)
 
@@ -443,10 +443,33 @@ def fallback_already_said(requested: Sequence[str]) -> None:
     _WARNED_UNAVAILABLE.add((tuple(p for p in requested if p not in available), tuple(available)))
 
 
-def select_providers(requested: Sequence[str], available: Sequence[str]) -> list[str]:
-    """Keep the requested execution providers this onnxruntime build has, in order; CPU always last. The fallback
-    is logged once per process and combination (every tier and the audit worker ask alike; each tier's provider
-    is reported on its own at configure and in diagnostics)."""
+def check_provider_names(requested: Sequence[str], known: Sequence[str]) -> None:
+    """Refuse a name no onnxruntime build knows ('CUDA', 'cpu'): it would fall back like a provider this build
+    lacks, and a typo would read as 'no GPU here'."""
+    import difflib
+
+    for name in requested:
+        if name in known:
+            continue
+        lower = {k.lower(): k for k in known}  # 'cuda' -> CUDAExecutionProvider, a misspelling -> the closest
+        key = next((k for k in (name.lower(), name.lower() + "executionprovider") if k in lower), None) or next(
+            iter(difflib.get_close_matches(name.lower(), list(lower), n=1, cutoff=0.6)), None)
+        raise ConfigError(f"execution provider '{name}' is not one onnxruntime knows"
+                          + (f": did you mean '{lower[key]}'?" if key else "")
+                          + f" (known: {', '.join(known)}; the node's providers parameter, the tools' --provider)")
+
+
+def select_providers(requested: Sequence[str], available: Sequence[str], known: Sequence[str] | None = None
+                     ) -> list[str]:
+    """Keep the requested execution providers this onnxruntime build has, in order; CPU always last. A name no
+    onnxruntime build knows (`known`, default all of onnxruntime's) is refused. The fallback is logged once per
+    process and combination (every tier and the audit worker ask alike; each tier's provider is reported on its
+    own at configure and in diagnostics)."""
+    if known is None:
+        import onnxruntime as ort
+
+        known = ort.get_all_providers()
+    check_provider_names(requested, known)
     unknown = [p for p in requested if p not in available]
     if unknown and (tuple(unknown), tuple(available)) not in _WARNED_UNAVAILABLE:
         _WARNED_UNAVAILABLE.add((tuple(unknown), tuple(available)))
