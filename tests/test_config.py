@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import ast
+import os
 import re
+import shutil
 import threading
 import time
 from pathlib import Path
@@ -46,6 +48,8 @@ def test_config_yaml_lists_every_declared_parameter_with_its_default():
     (dict(policy="/no/policy.onnx"), "policy = '/no/policy.onnx' does not exist; point it at a routing policy"),
     (dict(router=RouterSettings(random_mix=(1.0, -1.0, 1.0))), "routing.random_mix"),
     (dict(models={"nano": "/does/not/exist.onnx"}), "models.nano = '/does/not/exist.onnx' does not exist"),
+    (dict(models={"nano": "~/no-such-tier.onnx"}),
+     f"models.nano = '~/no-such-tier.onnx' (read as {os.path.expanduser('~')}/no-such-tier.onnx) does not exist"),
     (dict(models={"nano": "/tmp"}), "models.nano = '/tmp' is a folder; point it at a YOLOv8 detection ONNX file in it"),
     (dict(models={"nano": "embedded:nanno"}), "models.nano: 'embedded:nanno' names no file shipped with the package"),
     (dict(image_topics=()), "image_topics"),
@@ -55,8 +59,17 @@ def test_config_yaml_lists_every_declared_parameter_with_its_default():
 def test_bad_values_name_the_parameter(changes, needle, peer_model):
     base = dict(routing_mode="fixed:nano", models={"nano": str(peer_model), "small": "", "large": ""})
     base.update(changes)
-    with pytest.raises(ConfigError, match=needle.replace(".", r"\.").replace("(", r"\(")):
+    with pytest.raises(ConfigError, match=re.escape(needle)):
         NodeConfig(**base).validate()
+
+
+def test_a_model_path_under_the_home_folder_is_read_there(peer_model, tmp_path, monkeypatch):
+    """'~/models/n.onnx' in a params file (no shell to expand it) was refused as a file that does not exist."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    shutil.copy(peer_model, tmp_path / "tier.onnx")
+    config = NodeConfig(routing_mode="fixed:nano", models={"nano": "~/tier.onnx", "small": "", "large": ""})
+    config.validate()
+    assert config.model_paths()["nano"] == str(tmp_path / "tier.onnx")
 
 
 def test_a_bad_value_is_named_alone_not_beside_a_good_neighbour(peer_model):

@@ -37,7 +37,8 @@ def test_missing_file(tmp_path):
 def test_not_onnx(tmp_path):
     bad = tmp_path / "model.onnx"
     bad.write_text("hello")
-    with pytest.raises(ModelFileError, match="model.onnx': is not a loadable ONNX model"):
+    with pytest.raises(ModelFileError, match="model.onnx': is not a loadable ONNX model.*cut short or not ONNX: copy "
+                       "it again, or export it again"):
         DetectorTier(bad)
 
 
@@ -60,6 +61,43 @@ def test_fixed_batch_half_precision_and_end_to_end_exports_are_refused(tmp_path)
         DetectorTier(_identity_model(tmp_path / "fp16.onnx", [1, 3, 32, 32], [1, 8, 384], dtype=TensorProto.FLOAT16))
     with pytest.raises(ModelFileError, match="end-to-end export.*nms=False"):
         DetectorTier(_identity_model(tmp_path / "e2e.onnx", [1, 3, 30, 20], [1, 300, 6], {"end2end": "True"}))
+    # Ultralytics 8.4 writes end2end 'False' for nms=True and records the choice in its export arguments; said
+    # "names 2 classes but the head outputs 296"
+    with pytest.raises(ModelFileError, match="end-to-end export.*nms=False"):
+        DetectorTier(_identity_model(tmp_path / "nms.onnx", [1, 3, 30, 20], [1, 300, 6],
+                                     {"task": "detect", "names": "{0: 'a', 1: 'b'}", "end2end": "False",
+                                      "args": "{'batch': 1, 'nms': True, 'half': False}"}))
+    # and by the shape alone, without metadata: 300 boxes of 6 values
+    with pytest.raises(ModelFileError, match=r"end-to-end export.*\[1, 300, 6\].*nms=False"):
+        DetectorTier(_identity_model(tmp_path / "bare-nms.onnx", [1, 3, 30, 20], [1, 300, 6]))
+
+
+def test_a_transposed_head_is_refused_not_read_as_thousands_of_classes(tmp_path):
+    path = _identity_model(tmp_path / "t.onnx", [1, 3, 32, 32], [1, 384, 8], {"task": "detect"})
+    with pytest.raises(ModelFileError, match=r"t\.onnx.*\[1, 384, 8\]: more channels than anchors, a transposed head"):
+        DetectorTier(path)
+
+
+def test_a_head_without_metadata_loads_with_classes_by_index_and_says_so(tmp_path, caplog):
+    path = _identity_model(tmp_path / "bare.onnx", [1, 3, 32, 32], [1, 8, 384])
+    with caplog.at_level("WARNING", logger="adaptive_perception.detector"):
+        det = DetectorTier(path)
+    assert det.class_names == ("0", "1", "2", "3")
+    said = [r.getMessage() for r in caplog.records]
+    assert any(f"{path}: no Ultralytics metadata names its classes" in m and "4 classes, named by index" in m
+               for m in said), said
+
+
+def test_tiers_that_name_different_classes_are_named_with_their_lists(tier_models):
+    from adaptive_perception.detector import class_list_mismatch
+
+    names = {t: DetectorTier(p, name=t).class_names for t, p in tier_models.items()}
+    said = class_list_mismatch(names)
+    assert "nano 80 (nano-0, nano-1, nano-2, nano-3, ...); small 80 (small-0," in said
+    assert "large 80 (large-0, large-1, large-2, large-3, ...)" in said and "one class list" in said
+    embedded = {t: DetectorTier(resolve_model(f"embedded:{t}"), name=t).class_names for t in ("nano", "small", "large")}
+    assert class_list_mismatch(embedded) == ""
+    assert "nano 2 (a, b); small 3 (a, b, c)" in class_list_mismatch({"nano": ("a", "b"), "small": ("a", "b", "c")})
 
 
 def test_other_task_in_metadata(tmp_path):

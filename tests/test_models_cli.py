@@ -43,6 +43,15 @@ def test_export_of_an_onnx_file_says_it_is_a_tier_already(tmp_path):
     assert "point models.<tier> at it" in run.stderr
 
 
+def test_export_of_a_segmentation_or_pose_model_is_refused_before_writing_what_the_node_refuses(tmp_path):
+    for weights, task in (("yolov8n-seg.yaml", "segment"), ("yolov8n-pose.yaml", "pose")):
+        run = subprocess.run(["adaptive-perception", "models", "export", "--weights", weights, "--imgsz", "192",
+                              "--out", str(tmp_path / "m.onnx")], capture_output=True, text=True, timeout=300)
+        assert run.returncode == 2 and "Traceback" not in run.stderr, run.stderr[-2000:]
+        assert f"--weights '{weights}' is a {task} model; the node runs detection models only" in run.stderr
+        assert not (tmp_path / "m.onnx").exists()
+
+
 def test_train_tiers_offers_exactly_the_networks_the_trainer_knows(capsys):
     """The --network choices are spelled out in the CLI (building the parser must not import the trainer); a
     network added to or removed from `tiers.NETWORKS` without the CLI would be refused or crash there."""

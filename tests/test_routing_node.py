@@ -46,6 +46,10 @@ def test_learned_routing_publishes_one_decision_per_frame_with_timings(graph, re
         assert np.isnan(decision.drift_score) and decision.drift_state == decision.DRIFT_UNKNOWN  # no reference
     assert [dense.audited, sparse.audited] == [True, False]  # audit.every 30: the 1st, 31st, ... frame
     assert len(graph.routing) == len(graph.detections) == 2
+    # these tiers name their classes apart ("nano-0", ...): at configure the node said so, as a warning
+    assert wait_until(lambda: any("the tiers name different classes: nano 80 (nano-0" in log.msg for log in graph.logs), 5)
+    warned = next(log for log in graph.logs if "the tiers name different classes" in log.msg)
+    assert warned.level == 30 and "large 80 (large-0, large-1, large-2, large-3, ...)" in warned.msg  # WARN
 
 
 def test_a_corrupt_policy_is_refused_and_the_old_one_keeps_routing(graph, regime_frames, tmp_path):

@@ -97,4 +97,8 @@ def export_pretrained(weights: str, imgsz: int | tuple[int, int], out: str | Pat
                                 "downloading them; copy the .pt file here or run on a connected machine")
     if Path(weights).exists():
         weights = str(Path(weights).resolve())  # export_onnx works in a temporary directory
-    return export_onnx(YOLO(weights), imgsz, out)
+    model = YOLO(weights)
+    if model.task != "detect":  # the node would refuse the file it writes
+        raise AdaptivePerceptionError(f"--weights '{weights}' is a {model.task} model; the node runs detection models "
+                                      "only: export a detection model (yolov8n.yaml, yolov8s.pt, ...)")
+    return export_onnx(model, imgsz, out)

@@ -25,14 +25,14 @@ def usable_cores() -> int:
 
 def resolve_model(value: str) -> str:
     """A model or policy parameter's file path: `embedded:<name>` names a file shipped with the package
-    (embedded:nano|small|large for the tiers, embedded:policy for the routing policy)."""
+    (embedded:nano|small|large for the tiers, embedded:policy for the routing policy); a leading ~ is the home."""
     if value.startswith(EMBEDDED_PREFIX):
         path = EMBEDDED_DIR / f"{value[len(EMBEDDED_PREFIX):]}.onnx"
         if not path.is_file():
             known = ", ".join(EMBEDDED_PREFIX + p.stem for p in sorted(EMBEDDED_DIR.glob("*.onnx")))
             raise ConfigError(f"'{value}' names no file shipped with the package; embedded files: {known}")
         return str(path)
-    return value
+    return os.path.expanduser(value)  # '~/models/n.onnx' in a params file, where no shell expands it
 
 
 def tier_models(items: list[str], models: dict[str, str] | None = None) -> dict[str, str]:
@@ -123,7 +123,8 @@ class NodeConfig:
             if path and Path(path).is_dir():
                 raise ConfigError(f"{name} = '{value}' is a folder; point it at a {kind} file in it")
             if path and not Path(path).is_file():
-                raise ConfigError(f"{name} = '{value}' does not exist; point it at a {kind} file")
+                read_as = f" (read as {path})" if path != value else ""
+                raise ConfigError(f"{name} = '{value}'{read_as} does not exist; point it at a {kind} file")
         if not 0.0 <= self.conf_threshold <= 1.0 or not 0.0 <= self.iou_threshold <= 1.0:
             raise ConfigError("conf_threshold and iou_threshold must lie in [0, 1]")
         if self.qos_reliability not in RELIABILITIES:

@@ -129,6 +129,15 @@ def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return inter / np.maximum(area_a[:, None] + area_b[None, :] - inter, 1e-9)
 
 
+def _export_args(meta: dict[str, str]) -> dict:
+    """The export arguments Ultralytics records (`args`: nms=True lives there in newer versions); {} without."""
+    try:
+        args = ast.literal_eval(meta.get("args", "{}"))
+    except (ValueError, SyntaxError):
+        return {}
+    return args if isinstance(args, dict) else {}
+
+
 def _parse_metadata(path: Path, meta: dict[str, str], input_shape: Sequence[object]) -> tuple[tuple[int, int], int, tuple[str, ...]]:
     if meta.get("task", "detect") != "detect":
         raise ModelFileError(
@@ -154,6 +163,21 @@ def _parse_metadata(path: Path, meta: dict[str, str], input_shape: Sequence[obje
         raise ModelFileError(path, "input height/width are dynamic and metadata has no 'imgsz'",
                              "export with a fixed imgsz")
     return size, stride, names
+
+
+def class_list_mismatch(class_names: dict[str, Sequence[str]]) -> str:
+    """A warning when the tiers (tier -> class names) do not name the same classes in the same order, else "":
+    /detections would switch its vocabulary with the routed tier, and the audit, which matches large's output
+    with the routed one by class, would read disagreement where the names differ."""
+    if len({tuple(names) for names in class_names.values()}) <= 1:
+        return ""
+
+    def listed(names: Sequence[str]) -> str:
+        return f"{len(names)} ({', '.join(names[:4])}{', ...' if len(names) > 4 else ''})"
+
+    return ("the tiers name different classes: " + "; ".join(f"{t} {listed(n)}" for t, n in class_names.items())
+            + ". /detections switches its class names with the routed tier, and the audit's agreement (large against "
+            "the routed output, by class) falls where they differ: export the three tiers with one class list")
 
 
 def file_digest(path: str | os.PathLike[str]) -> str:
@@ -299,7 +323,9 @@ class DetectorTier:
             self.session = ort.InferenceSession(wrapped if self.in_graph else str(self.path), sess_options=options,
                                                 providers=configured)
         except Exception as exc:  # onnxruntime raises several private exception types
-            raise ModelFileError(self.path, f"is not a loadable ONNX model ({str(exc).splitlines()[0]})") from exc
+            raise ModelFileError(self.path, f"is not a loadable ONNX model ({str(exc).splitlines()[0]})",
+                                 "empty, cut short or not ONNX: copy it again, or export it again with "
+                                 "`adaptive-perception models export`") from exc
         self.providers = tuple(self.session.get_providers())
         if self.providers[0] != chosen[0]:
             LOG.warning("%s: %s could not start; running on %s", self.path, chosen[0], self.providers[0])
@@ -325,14 +351,25 @@ class DetectorTier:
                                  "export without half=True / int8")
         out_shape = outputs[0].shape
         meta = self.session.get_modelmeta().custom_metadata_map
-        if meta.get("end2end", "False") == "True" or meta.get("nms", "False") == "True":
-            raise ModelFileError(self.path, "is an end-to-end export with NMS inside ([1, N, 6] output)",
-                                 "export with nms=False; the runtime runs its own NMS")
+        end_to_end = "is an end-to-end export with NMS inside ([1, N, 6] output)"
+        if meta.get("end2end", "False") == "True" or meta.get("nms", "False") == "True" or _export_args(meta).get("nms"):
+            raise ModelFileError(self.path, end_to_end, "export with nms=False; the runtime runs its own NMS")
         size, stride, names = _parse_metadata(self.path, meta, shape)
         if len(out_shape) != 3 or not isinstance(out_shape[1], int) or out_shape[1] < 5:
             raise ModelFileError(self.path, f"output '{outputs[0].name}' has shape {out_shape}; a YOLOv8 detect "
                                  "head gives [1, 4 + classes, anchors]",
                                  "export a detection model (not segment/pose/end-to-end NMS)")
+        if isinstance(out_shape[2], int) and out_shape[2] < out_shape[1]:  # fewer anchors than channels: not this head
+            if out_shape[2] == 6:
+                raise ModelFileError(self.path, f"{end_to_end}: output '{outputs[0].name}' has shape {out_shape}",
+                                     "export with nms=False; the runtime runs its own NMS")
+            raise ModelFileError(self.path, f"output '{outputs[0].name}' has shape {out_shape}: more channels than "
+                                 "anchors, a transposed head ([1, anchors, 4 + classes]); a YOLOv8 detect head gives "
+                                 "[1, 4 + classes, anchors]", "export with Ultralytics' default output layout")
+        if not names:
+            LOG.warning("%s: no Ultralytics metadata names its classes (or its task): taken as a YOLOv8 detection "
+                        "head of %d classes, named by index; export it with Ultralytics to carry them",
+                        self.path, out_shape[1] - 4)
         num_classes = out_shape[1] - 4
         if names and len(names) != num_classes:
             raise ModelFileError(self.path, f"metadata names {len(names)} classes but the head outputs {num_classes}")

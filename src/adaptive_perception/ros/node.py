@@ -25,7 +25,7 @@ from sensor_msgs.msg import CompressedImage, Image
 from vision_msgs.msg import Detection2DArray
 
 from adaptive_perception.config import NodeConfig, resolve_model
-from adaptive_perception.detector import TIERS, AcceleratorSettings, Detections, DetectorTier
+from adaptive_perception.detector import TIERS, AcceleratorSettings, Detections, DetectorTier, class_list_mismatch
 from adaptive_perception.audit import AuditSettings, ReferenceProcess
 from adaptive_perception.drawing import draw_routed
 from adaptive_perception.drift import DRIFT, STATE_NAMES, UNKNOWN, DriftWatch, weight_text
@@ -201,6 +201,9 @@ class PerceptionNode(LifecycleNode):
                     + ("" if detector.providers[0] == detector.requested[0] else
                        f" (requested {detector.requested[0]}: not available here)")
                     + ("; uint8 input normalised in the graph" if detector.in_graph else "; float input from the host"))
+            mismatch = class_list_mismatch({tier: d.class_names for tier, d in detectors.items()})
+            if mismatch:
+                self.get_logger().warning(mismatch)
             policy = Policy(resolve_model(config.policy)) if config.policy else None
             router = Router(config.routing_mode, policy, config.router)
             if policy is not None:
