@@ -82,7 +82,10 @@ def test_quick_throughput_runs_every_mode_over_the_rendered_test_bags(quick_thro
         assert row["work_outside_inference"]["mean_ms"] == pytest.approx(
             np.mean(np.subtract(samples["total_ms"], samples["session_ms"])), rel=1e-3)
         assert row["work_outside_inference"]["mean_ms"] > row["node_overhead"]["mean_ms"] + 0.1
-    assert "Bars at the operating point 'learned'" in quick_throughput["stdout"]
+    # a quick run's verdicts are marked as such; the whole split's are not
+    assert "Bars at the operating point 'learned' (a short run, 80 frames a mode: indicative only; the bars are " \
+           "judged on the whole test split, 2100 frames):" in quick_throughput["stdout"]
+    assert "Bars at the operating point 'learned':" in throughput.table({**quick_throughput["report"], "frames": 2100})
 
 
 def test_quick_throughput_ratios_come_from_this_runs_samples(quick_throughput):
@@ -98,6 +101,21 @@ def test_quick_throughput_ratios_come_from_this_runs_samples(quick_throughput):
     tampered["modes"]["learned"]["samples"]["total_ms"][0] += 50.0
     with pytest.raises(AdaptivePerceptionError, match="learned"):
         throughput.check_ratios(tampered)
+
+
+def test_more_sequences_or_frames_than_the_split_holds_are_said_not_silently_fewer(tmp_path, capsys):
+    from adaptive_perception.bag import write_image_bag
+
+    frames = [(10**9 + i * 33_000_000, np.full((48, 64, 3), 40 * i, np.uint8)) for i in range(3)]
+    for name in ("seq046", "seq047"):
+        write_image_bag(tmp_path / "bags" / "test" / name, frames)
+        (tmp_path / "bags" / "test" / name / "ground_truth.json").write_text(
+            json.dumps({"frames": {str(stamp): {"objects": []} for stamp, _ in frames}}))
+    assert [len(s.cdr) for s in throughput.split_bags(tmp_path, 2, 3, tmp_path / "cache")] == [3, 3]
+    assert "asked for" not in capsys.readouterr().out
+    assert [len(s.cdr) for s in throughput.split_bags(tmp_path, 99, 500, tmp_path / "cache")] == [3, 3]
+    assert "asked for 99 sequences of 500 frames: the test split has 2 sequences of 3-3 frames; all of them are " \
+           "used" in capsys.readouterr().out
 
 
 def test_the_per_frame_path_publishes_the_chosen_tiers_detections():
@@ -262,6 +280,32 @@ def test_quick_latency_times_embedded_and_real_yolov8_graphs(tmp_path):
     assert costs.ms.tolist() == pytest.approx([round(models[f"{t}@320"]["mean_ms"], 3) for t in TIERS])
     assert "YOLOv8l | 320x320" in run.stdout
     assert "| embedded nano | 192x256 |" in run.stdout  # height x width, as `models compare` and the README write it
+
+
+def test_latency_of_ones_own_tier_files_makes_their_latency_file_without_the_training_extra(tmp_path):
+    """A robot's own tiers had no way to the `--latency` file `policy operating-point` reads but writing it by hand.
+    The files given in another order than their sizes: each tier's row must be the file named for it."""
+    files = {"nano": resolve_model("embedded:large"), "small": resolve_model("embedded:nano"),
+             "large": resolve_model("embedded:small")}
+    run = subprocess.run(["adaptive-perception", "bench", "latency", "--iterations", "5",
+                          *[f"--model={t}={p}" for t, p in files.items()]],
+                         cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    report = json.loads((tmp_path / "build/bench/latency-own.json").read_text())  # never the committed reports
+    models = report["models"]
+    assert {name: (row["input_hw"], row["file"]) for name, row in models.items()} == {
+        "nano@own": ([480, 640], files["nano"]), "small@own": ([192, 256], files["small"]),
+        "large@own": ([320, 416], files["large"])}
+    assert list(report["memory"]) == ["own"] and "YOLOv8" not in run.stdout  # no graphs built: no torch needed
+    costs = Costs.load(tmp_path / "build/bench/latency-tiers.json")
+    assert costs.ms.tolist() == pytest.approx([round(models[f"{t}@own"]["mean_ms"], 3) for t in TIERS])
+    assert f"| nano: {files['nano']} | 480x640 |" in run.stdout
+    partial = subprocess.run(["adaptive-perception", "bench", "latency", "--model", f"nano={files['nano']}"],
+                             cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert partial.returncode == 2 and "--model names nano: name all three tiers" in partial.stderr
+    folder = subprocess.run(["adaptive-perception", "bench", "latency", "--quick", "--latency-out", str(tmp_path)],
+                            capture_output=True, text=True, timeout=120)  # refused before the run, not after it
+    assert folder.returncode == 2 and f"--latency-out {tmp_path} is a folder" in folder.stderr
 
 
 def test_mode_suffixes_set_the_tier_settings():

@@ -7,7 +7,9 @@ settings (`spin_wait`). Models are timed in turn, each for all its calls back to
 spinning threads, interleaving calls of different sessions would time one session's threads against another's. Peak
 resident memory with all three tiers loaded (and each run once) is measured in a fresh process per tier set.
 Writes JSON and a latency file in `train --latency`'s format for the real graphs at 640 (the projection's
-costs, the input of `train --latency`).
+costs, the input of `train --latency`). With `--model` for all three tiers it times those files instead (no
+YOLOv8 graphs built, so no training extra needed), and the latency file is theirs: how a robot's own tiers get
+the `--latency` file that `policy operating-point` and `train` read.
 """
 from __future__ import annotations
 
@@ -102,15 +104,22 @@ def peak_memory(paths: dict[str, Path], providers: list[str]) -> dict[str, float
             "tiers_rss_mb": (data["peak_kb"] - data["before_kb"]) / 1024}
 
 
-def measure(providers: list[str], graphs_dir: Path, quick: bool, iterations: int | None = None) -> dict:
+def measure(providers: list[str], graphs_dir: Path, quick: bool, iterations: int | None = None,
+            own: dict[str, str] | None = None) -> dict:
+    """The embedded tiers and the YOLOv8 graphs; or, with `own` (tier -> file, all three), those files alone."""
     mode = QUICK if quick else FULL
     iterations = iterations or mode["iterations"]
-    embedded = {f"{t}@embedded": resolve_model(f"embedded:{t}") for t in TIERS}
-    real = real_graphs(graphs_dir, mode["sizes"])
-    timed = time_sessions({**embedded, **real}, providers, iterations, mode["warmup"])
-    memory = {"embedded": peak_memory({t: embedded[f"{t}@embedded"] for t in TIERS}, providers)}
-    largest = max(mode["sizes"])
-    memory[f"yolov8@{largest}"] = peak_memory({t: real[f"{t}@{largest}"] for t in TIERS}, providers)
+    if own:
+        models = {f"{t}@own": resolve_model(own[t]) for t in TIERS}
+        timed = time_sessions(models, providers, iterations, mode["warmup"])
+        memory = {"own": peak_memory({t: models[f"{t}@own"] for t in TIERS}, providers)}
+    else:
+        embedded = {f"{t}@embedded": resolve_model(f"embedded:{t}") for t in TIERS}
+        real = real_graphs(graphs_dir, mode["sizes"])
+        timed = time_sessions({**embedded, **real}, providers, iterations, mode["warmup"])
+        memory = {"embedded": peak_memory({t: embedded[f"{t}@embedded"] for t in TIERS}, providers)}
+        largest = max(mode["sizes"])
+        memory[f"yolov8@{largest}"] = peak_memory({t: real[f"{t}@{largest}"] for t in TIERS}, providers)
     report = {
         "what": "onnxruntime session.run latency per model (one 640x480 scene frame, letterboxed; with the node's "
                 "default preprocess_in_graph the run includes the uint8 to float conversion), models in turn with the "
@@ -132,9 +141,15 @@ def ratios(report: dict) -> dict[str, float]:
     return {f"large_over_nano_p50@{s}": models[f"large@{s}"]["p50_ms"] / models[f"nano@{s}"]["p50_ms"] for s in sets}
 
 
-def latency_file(report: dict, size: int) -> dict:
-    """The YOLOv8 graphs' mean session.run at `size` as a `train --latency` file."""
+def latency_file(report: dict, size: int | None) -> dict:
+    """The YOLOv8 graphs' mean session.run at `size` as a `train --latency` file; size None: the --model files'."""
     models = report["models"]
+    if size is None:
+        return {"device": f"onnxruntime {models['nano@own']['provider']}, {report['machine']['cores']} cores, batch 1: "
+                          f"the tier files given (bench latency, run {report['run_id']})",
+                "tiers_ms": {t: round(models[f"{t}@own"]["mean_ms"], 3) for t in TIERS},
+                "host_cores": report["machine"]["cores"], "files": {t: models[f"{t}@own"]["file"] for t in TIERS},
+                "note": "mean onnxruntime session.run of each tier file on this machine"}
     return {"device": f"onnxruntime {models[f'nano@{size}']['provider']}, {report['machine']['cores']} cores, "
                       f"batch 1: YOLOv8 n/s/l at {size}x{size}, random weights (bench latency, run {report['run_id']})",
             "tiers_ms": {t: round(models[f"{t}@{size}"]["mean_ms"], 3) for t in TIERS},
@@ -148,7 +163,7 @@ def table(report: dict) -> str:
     lines = ["| model | input (HxW) | provider | p50 (ms) | p95 (ms) | p99 (ms) |", "|---|---|---|---|---|---|"]
     for name, row in report["models"].items():
         tier, where = name.split("@")
-        label = f"embedded {tier}" if where == "embedded" else f"YOLOv8{REAL_VARIANTS[tier]}"
+        label = {"embedded": f"embedded {tier}", "own": f"{tier}: {row['file']}"}.get(where, f"YOLOv8{REAL_VARIANTS[tier]}")
         h, w = row["input_hw"]
         lines.append(f"| {label} | {h}x{w} | {row['provider']} | {row['p50_ms']:.1f} | {row['p95_ms']:.1f} | "
                      f"{row['p99_ms']:.1f} |")
@@ -159,17 +174,21 @@ def table(report: dict) -> str:
 
 
 def run(providers: list[str], graphs_dir: Path, quick: bool, report_path: Path, latency_out: Path | None,
-        iterations: int | None = None) -> dict:
+        iterations: int | None = None, own: dict[str, str] | None = None) -> dict:
     if iterations is not None and iterations < 5:
         raise ConfigError(f"--iterations {iterations}: use at least 5")
-    report = measure(providers, graphs_dir, quick, iterations)
+    if own and set(own) != set(TIERS):
+        raise ConfigError(f"--model names {', '.join(sorted(own))}: name all three tiers (--model nano=PATH --model "
+                          "small=PATH --model large=PATH), whose latencies together make a `--latency` file")
+    report = measure(providers, graphs_dir, quick, iterations, own)
     report_path.parent.mkdir(parents=True, exist_ok=True)
     report_path.write_text(json.dumps(report, indent=2) + "\n")
     print(table(report))
     print(f"wrote {report_path}")
     if latency_out is not None:
-        size = max(QUICK["sizes"] if quick else FULL["sizes"])
+        size = None if own else max(QUICK["sizes"] if quick else FULL["sizes"])
         latency_out.parent.mkdir(parents=True, exist_ok=True)
         latency_out.write_text(json.dumps(latency_file(report, size), indent=2) + "\n")
-        print(f"wrote {latency_out} (YOLOv8 n/s/l at {size}: input of `train --latency` and `bench throughput`)")
+        print(f"wrote {latency_out} (" + ("the three tier files" if own else f"YOLOv8 n/s/l at {size}")
+              + ": input of `train --latency`, `policy operating-point --latency` and `bench throughput`)")
     return report

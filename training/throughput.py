@@ -56,6 +56,7 @@ HOSTPRE = "+hostpre"  # a mode suffix: the host converts the frame to float (pre
 INT8 = "+int8"  # a mode suffix: the embedded tiers in 8 bits (`models quantize`); never the ratios' baseline
 INT8_CALIBRATION_FRAMES = 64
 QUICK = {"sequences": 2, "frames": 40}
+FULL_FRAMES = 14 * 150  # the frozen test split: the run the bars are judged on
 GENERATOR = "2.0.0"
 EMBEDDED_COSTS = Path(__file__).resolve().parent / "latency" / "cpu-2core-family2-wide.json"  # the policy's calibration
 WEIGHT_STEPS = 24  # operating-point grid: 0 and 23 geometric steps up to 2x the policy's weight
@@ -94,17 +95,21 @@ def split_bags(benchmark: Path, sequences: int | None, frames: int | None, cache
     if folder.is_dir() and any(folder.iterdir()):
         bags = sorted(p for p in folder.iterdir() if p.is_dir())[:sequences]
         print(f"[throughput] test bags from {folder} ({len(bags)} sequences)", flush=True)
-        return [_read_bag(b, frames) for b in bags]
-    from adaptive_perception.scenes.benchmark import PRESETS, sequence_bag
+        out = [_read_bag(b, frames) for b in bags]
+    else:
+        from adaptive_perception.scenes.benchmark import PRESETS, sequence_bag
 
-    specs = replace(PRESETS["benchmark"], version=GENERATOR).specs()["test"][:sequences]
-    out = []
-    for spec in specs:
-        spec = replace(spec, frames=frames or spec.frames)
-        bag = cache / f"seq{spec.index:03d}-{spec.frames}"
-        if not (bag / "ground_truth.json").is_file():
-            sequence_bag(spec, bag, f"rendering test sequence {spec.index} (generator {GENERATOR}) -> {bag}")
-        out.append(_read_bag(bag, None))
+        out = []
+        for spec in replace(PRESETS["benchmark"], version=GENERATOR).specs()["test"][:sequences]:
+            spec = replace(spec, frames=min(frames or spec.frames, spec.frames))  # a sequence's frames, no more
+            bag = cache / f"seq{spec.index:03d}-{spec.frames}"
+            if not (bag / "ground_truth.json").is_file():
+                sequence_bag(spec, bag, f"rendering test sequence {spec.index} (generator {GENERATOR}) -> {bag}")
+            out.append(_read_bag(bag, None))
+    shortest = min(len(s.cdr) for s in out) if out else 0
+    if (sequences or 0) > len(out) or (frames or 0) > shortest:  # said, not silently fewer
+        print(f"[throughput] asked for {sequences or 'all'} sequences of {frames or 'all'} frames: the test split has "
+              f"{len(out)} sequences of {shortest}-{max(len(s.cdr) for s in out)} frames; all of them are used", flush=True)
     return out
 
 
@@ -563,7 +568,10 @@ def table(report: dict) -> str:
     lines.append("")
     for name, bar in report["bars"].items():
         if name == "operating_point":
-            lines.append(f"Bars at the operating point '{bar}':" if bar else
+            short = report["frames"] < FULL_FRAMES
+            lines.append((f"Bars at the operating point '{bar}'" + (
+                f" (a short run, {report['frames']} frames a mode: indicative only; the bars are judged on the whole "
+                f"test split, {FULL_FRAMES} frames)" if short else "") + ":") if bar else
                          "No bars: they are about the learned router, and --modes holds no learned mode.")
             continue
         value = bar["measured"]

@@ -402,20 +402,26 @@ def _parser() -> argparse.ArgumentParser:
     heldout.add_argument("--resamples", type=_count, default=200, help="bootstrap resamples for the intervals")
     heldout.add_argument("--report", type=Path, default=Path("training/reports/heldout.json"))
     latency = bench_sub.add_parser("latency", help="onnxruntime p50/p95/p99 of the embedded tiers and of real YOLOv8 "
-                                   "n/s/l graphs at 320 and 640; peak memory with three tiers loaded")
+                                   "n/s/l graphs at 320 and 640 (built with the training extra: `make train-deps`), "
+                                   "or of your own three tier files (--model); peak memory with three tiers loaded")
     latency.add_argument("--provider", action="append", default=None, metavar="NAME",
                          help="execution provider in order of preference (repeatable; default CPUExecutionProvider; "
                               "e.g. --provider TensorrtExecutionProvider --provider CUDAExecutionProvider)")
     latency.add_argument("--iterations", type=_count, help="timed calls per model (default 40; --quick 8)")
     latency.add_argument("--quick", action="store_true", help="320 only and 8 calls per model (what CI runs, under a minute)")
+    latency.add_argument("--model", action="append", default=[], metavar="TIER=PATH",
+                         help="time these tier files instead of the embedded tiers and the YOLOv8 graphs (all three "
+                              "tiers; no training extra needed): their latency file is --latency-out's")
     latency.add_argument("--graphs", type=Path, default=Path("build/yolov8-random"),
-                         help="where the YOLOv8 graphs are built once and reused")
+                         help="where the YOLOv8 graphs are built once and reused (the training extra builds them: "
+                              "`make train-deps`)")
     latency.add_argument("--report", type=Path, help="JSON to write (default: training/reports/latency.json; with "
-                         f"--quick {QUICK_REPORTS}/latency.json)")
+                         f"--quick {QUICK_REPORTS}/latency.json; with --model build/bench/latency-own.json)")
     latency.add_argument("--latency-out", type=Path,
                          help="the YOLOv8 graphs' costs as a `train --latency` file (the largest size measured; default: "
                               "training/latency/cpu-2core-yolov8-640.json; with --quick, 320 only, "
-                              f"{QUICK_REPORTS}/cpu-2core-yolov8-320.json)")
+                              f"{QUICK_REPORTS}/cpu-2core-yolov8-320.json; with --model, those files' costs, "
+                              "build/bench/latency-tiers.json)")
     throughput = bench_sub.add_parser("throughput", help="frames per second through the whole per-frame path, "
                                       "learned routing against always-large and always-nano, in one run")
     throughput.add_argument("--policy", default="embedded:policy", help="policy ONNX file or embedded:policy")
@@ -761,11 +767,12 @@ def main(argv: list[str] | None = None) -> int:
                             "frames back to back") + " (leave --rate out, or add --mode recorded)")
         if args.json is not None and not args.json.parent.is_dir():  # refused now, not after the replay
             parser.error(f"replay: --json {args.json}: folder {args.json.parent} does not exist")
-    for option in ("report", "json"):  # refused now, not after the run whose results it would hold
+    for option in ("report", "json", "latency_out"):  # refused now, not after the run whose results it would hold
         path = getattr(args, option, None)
         if isinstance(path, Path) and path.is_dir():
-            print(f"adaptive-perception {args.command}: error: --{option} {path} is a folder; give the JSON file to "
-                  f"write, e.g. {path / 'report.json'}", file=sys.stderr)
+            print(f"adaptive-perception {args.command}: error: --{option.replace('_', '-')} {path} is a folder; give "
+                  f"the JSON file to write, e.g. {path / ('latency.json' if option == 'latency_out' else 'report.json')}",
+                  file=sys.stderr)
             return 2
     try:
         if args.command == "node":
@@ -891,10 +898,18 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "bench" and args.bench_command == "latency":
             from adaptive_perception.training.latency_bench import run as run_latency
 
-            latency_out = args.latency_out or Path(f"{QUICK_REPORTS}/cpu-2core-yolov8-320.json" if args.quick else
-                                                   "training/latency/cpu-2core-yolov8-640.json")
-            run_latency(args.provider or ["CPUExecutionProvider"], args.graphs, args.quick,
-                        _bench_out(args, "training/reports/latency.json"), latency_out, args.iterations)
+            from adaptive_perception.config import tier_models
+
+            own = tier_models(args.model) if args.model else None
+            if own:  # a robot's own tiers: never over the committed reports
+                latency_out = args.latency_out or Path("build/bench/latency-tiers.json")
+                report = args.report or Path("build/bench/latency-own.json")
+            else:
+                latency_out = args.latency_out or Path(f"{QUICK_REPORTS}/cpu-2core-yolov8-320.json" if args.quick
+                                                       else "training/latency/cpu-2core-yolov8-640.json")
+                report = _bench_out(args, "training/reports/latency.json")
+            run_latency(args.provider or ["CPUExecutionProvider"], args.graphs, args.quick, report, latency_out,
+                        args.iterations, own)
             return 0
         if args.command == "bench" and args.bench_command == "throughput":
             from adaptive_perception.training.throughput import QUICK
