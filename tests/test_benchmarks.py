@@ -199,6 +199,11 @@ def test_cost_model_by_hand(tmp_path):
     assert list(out["projection"]) == ["always-large", "learned (accuracy point)"]  # no row for a missing point
     assert json.loads((tmp_path / "cost.json").read_text())["modes"]["learned"]["device_s_per_frame"] == \
         pytest.approx(0.01685, rel=1e-12)
+    # every row beside its accuracy (learned keeps 32 of large's 50), the baseline marked
+    printed = fleet_cost.table(out)
+    assert "| learned | 64% | 16.9 | 0.21 | 449 | $359 | 73% ($983) |" in printed
+    assert "| fixed:large (the baseline) | 100% | 63.0 |" in printed and "| fixed:large+spin | 100% | 65.0 |" in printed
+    assert "| PROJECTION (real YOLOv8 costs) learned (accuracy point) | 90% | 63.0 |" in printed
     assert (fleet_cost.dollars(983.28344), fleet_cost.dollars(-28705.4), fleet_cost.dollars(-0.3)) == \
         ("$983", "-$28,705", "$0")  # printed "$-28,705"
     with pytest.raises(ConfigError, match="--robots 0"):
