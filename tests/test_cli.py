@@ -414,6 +414,11 @@ def test_help_shows_each_default_and_keeps_paths_whole(capsys):
 
     joined = " ".join(help_text("bench", "cost").split())
     assert "--robots ROBOTS robots in the fleet (default: 1000)" in joined
+    # a subcommand's own help opens with its line from the parent's list (it had none), and cost's gives its model
+    assert "[--report REPORT] fleet cost per month from the measured device time per frame" in joined
+    assert "cost per month = robots x fps x 3600 x hours per day x 365.25/12 x device-seconds per frame" in joined
+    assert "learned@90 is added: the learned router at the cheapest cost weight" in " ".join(
+        help_text("bench", "throughput").split())
     assert "--fps FPS frames per second per robot (default: 30.0)" in joined
     assert "(default: 0)" in " ".join(help_text("policy", "drift-reference").split())  # a 0 is a default too
     text = help_text("models", "compare")
