@@ -1,6 +1,7 @@
 """YOLOv8 graphs built and exported with Ultralytics (AGPL-3.0), offline: no hub, no downloads."""
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import tempfile
@@ -69,13 +70,18 @@ def export_onnx(model: object, imgsz: int | tuple[int, int], out: str | Path) ->
     out = Path(out).resolve()
     out.parent.mkdir(parents=True, exist_ok=True)
     size = list(imgsz) if isinstance(imgsz, (tuple, list)) else imgsz
+    from ultralytics.utils import LOGGER
+
     with tempfile.TemporaryDirectory() as tmp:
-        cwd = os.getcwd()
+        cwd, level = os.getcwd(), LOGGER.level
         os.chdir(tmp)  # a yaml-built model exports next to its yaml name, i.e. into the cwd
+        # Ultralytics' export report names the temporary folder and `yolo predict` lines: the caller says where it went
+        LOGGER.setLevel(logging.WARNING)
         try:
             exported = Path(model.export(format="onnx", imgsz=size, simplify=True, verbose=False)).resolve()
         finally:
             os.chdir(cwd)
+            LOGGER.setLevel(level)
         if out.is_dir():  # --out a folder: the file goes inside it under the exporter's name
             out = out / exported.name
         shutil.move(str(exported), out)
