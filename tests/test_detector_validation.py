@@ -100,6 +100,16 @@ def test_tiers_that_name_different_classes_are_named_with_their_lists(tier_model
     assert "nano 2 (a, b); small 3 (a, b, c)" in class_list_mismatch({"nano": ("a", "b"), "small": ("a", "b", "c")})
 
 
+def test_the_nodes_own_uint8_wrapper_is_named_as_such(tmp_path):
+    """A file from the graph cache was refused as "input has 640 channels; expected 3"."""
+    path = _identity_model(tmp_path / "wrapped.onnx", [1, 32, 32, 3], [1, 8, 384], dtype=TensorProto.UINT8)
+    with pytest.raises(ModelFileError, match=r"takes uint8 frames of shape \[1, 32, 32, 3\]: the node's own uint8 "
+                       r"wrapper.*\(point the parameter at the original ONNX file\)"):
+        DetectorTier(path, preprocess_in_graph=False)
+    with pytest.raises(ModelFileError, match="the node's own uint8 wrapper"):
+        DetectorTier(path)  # the default wraps float graphs only; this one it takes as given
+
+
 def test_other_task_in_metadata(tmp_path):
     path = _identity_model(tmp_path / "seg.onnx", [1, 3, 32, 32], [1, 12, 256], {"task": "segment"})
     with pytest.raises(ModelFileError, match="task 'segment'"):

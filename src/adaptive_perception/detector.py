@@ -341,6 +341,10 @@ class DetectorTier:
         if len(shape) != 4:
             raise ModelFileError(self.path, f"input '{inputs[0].name}' has rank {len(shape)} (shape {shape}); "
                                  "expected 4 (batch, 3, height, width)")
+        if not self.in_graph and inputs[0].type == "tensor(uint8)" and shape[-1] == 3:
+            raise ModelFileError(self.path, f"input '{inputs[0].name}' takes uint8 frames of shape {shape}: the node's "
+                                 "own uint8 wrapper of a tier (its graph_cache_dir), not a YOLOv8 export",
+                                 "point the parameter at the original ONNX file")
         if isinstance(shape[1], int) and shape[1] != 3:
             raise ModelFileError(self.path, f"input has {shape[1]} channels; expected 3 (RGB)")
         if isinstance(shape[0], int) and shape[0] != 1:
