@@ -500,17 +500,13 @@ def check_provider_names(requested: Sequence[str], known: Sequence[str]) -> None
                           + f" (known: {', '.join(known)}; the node's providers parameter, the tools' --provider)")
 
 
-def select_providers(requested: Sequence[str], available: Sequence[str], known: Sequence[str] | None = None
-                     ) -> list[str]:
+def select_providers(requested: Sequence[str], available: Sequence[str]) -> list[str]:
     """Keep the requested execution providers this onnxruntime build has, in order; CPU always last. A name no
-    onnxruntime build knows (`known`, default all of onnxruntime's) is refused. The fallback is logged once per
-    process and combination (every tier and the audit worker ask alike; each tier's provider is reported on its
-    own at configure and in diagnostics)."""
-    if known is None:
-        import onnxruntime as ort
+    onnxruntime build knows is refused. The fallback is logged once per process and combination (every tier and the
+    audit worker ask alike; each tier's provider is reported on its own at configure and in diagnostics)."""
+    import onnxruntime as ort
 
-        known = ort.get_all_providers()
-    check_provider_names(requested, known)
+    check_provider_names(requested, ort.get_all_providers())
     unknown = [p for p in requested if p not in available]
     if unknown and (tuple(unknown), tuple(available)) not in _WARNED_UNAVAILABLE:
         _WARNED_UNAVAILABLE.add((tuple(unknown), tuple(available)))
