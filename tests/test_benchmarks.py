@@ -83,9 +83,9 @@ def test_quick_throughput_runs_every_mode_over_the_rendered_test_bags(quick_thro
             np.mean(np.subtract(samples["total_ms"], samples["session_ms"])), rel=1e-3)
         assert row["work_outside_inference"]["mean_ms"] > row["node_overhead"]["mean_ms"] + 0.1
     # a quick run's verdicts are marked as such; the whole split's are not
-    assert "Bars at the operating point 'learned' (a short run, 80 frames a mode: indicative only; the bars are " \
-           "judged on the whole test split, 2100 frames):" in quick_throughput["stdout"]
-    assert "Bars at the operating point 'learned':" in throughput.table({**quick_throughput["report"], "frames": 2100})
+    assert "Bars at the operating point 'learned' (a run limited by --sequences / --frames, 80 frames a mode: " \
+           "indicative only; the bars are judged on the whole test split):" in quick_throughput["stdout"]
+    assert "Bars at the operating point 'learned':" in throughput.table({**quick_throughput["report"], "limited": False})
 
 
 def test_quick_throughput_ratios_come_from_this_runs_samples(quick_throughput):
@@ -116,6 +116,11 @@ def test_more_sequences_or_frames_than_the_split_holds_are_said_not_silently_few
     assert [len(s.cdr) for s in throughput.split_bags(tmp_path, 99, 500, tmp_path / "cache")] == [3, 3]
     assert "asked for 99 sequences of 500 frames: the test split has 2 sequences of 3-3 frames; all of them are " \
            "used" in capsys.readouterr().out
+    empty = tmp_path / "files-only"
+    (empty / "bags" / "test").mkdir(parents=True)
+    (empty / "bags" / "test" / "notes.txt").write_text("not a bag")  # failed in max() of nothing
+    with pytest.raises(AdaptivePerceptionError, match="holds no bag folders"):
+        throughput.split_bags(empty, None, None, tmp_path / "cache")
 
 
 def test_the_per_frame_path_publishes_the_chosen_tiers_detections():
@@ -227,6 +232,8 @@ def test_cost_model_by_hand(tmp_path):
      "projection.points.accuracy.inference_ms = 61.75 but"),
     (lambda r: r["projection"]["tiers_ms"].update(large=100.0), "projection.always_large.frame_ms = 250.0 but"),
     (lambda r: r["projection"].update(outside_inference_ms=0.5), "projection.outside_inference_ms = 0.5"),
+    (lambda r: r["projection"]["points"]["accuracy"].update(map_share_of_large=0.95),
+     "projection.points.accuracy.map_share_of_large = 0.95"),
 ])
 def test_the_cost_model_refuses_a_throughput_report_it_cannot_trust(tmp_path, edit, says):
     report = _throughput_report()
@@ -254,6 +261,10 @@ def test_cost_of_another_throughput_report_is_not_written_over_the_committed_one
     assert run.returncode == 0, run.stderr
     assert (committed / "cost.json").read_text() == "the committed one" and "wrote build/bench/cost.json" in run.stdout
     assert json.loads((tmp_path / "checkout/build/bench/cost.json").read_text())["inputs"]["robots"] == 250
+    run = subprocess.run(["adaptive-perception", "bench", "cost", "--price", "2"], cwd=tmp_path / "checkout",
+                         capture_output=True, text=True, timeout=120)  # another price alone: not the README's either
+    assert run.returncode == 0 and "wrote build/bench/cost.json" in run.stdout, run.stderr
+    assert (committed / "cost.json").read_text() == "the committed one"
     run = subprocess.run(["adaptive-perception", "bench", "cost"], cwd=tmp_path / "checkout", capture_output=True,
                          text=True, timeout=120)
     assert run.returncode == 0 and "wrote training/reports/cost.json" in run.stdout, run.stderr
@@ -304,12 +315,14 @@ def test_latency_of_ones_own_tier_files_makes_their_latency_file_without_the_tra
     assert list(report["memory"]) == ["own"] and "YOLOv8" not in run.stdout  # no graphs built: no torch needed
     costs = Costs.load(tmp_path / "build/bench/latency-tiers.json")
     assert costs.ms.tolist() == pytest.approx([round(models[f"{t}@own"]["mean_ms"], 3) for t in TIERS])
+    # timed as named: the large file (given as nano) is the slowest, the nano file (given as small) the fastest
+    assert costs.ms[0] > costs.ms[2] > costs.ms[1]
     assert f"| nano: {files['nano']} | 480x640 |" in run.stdout
     partial = subprocess.run(["adaptive-perception", "bench", "latency", "--model", f"nano={files['nano']}"],
                              cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert partial.returncode == 2 and "--model names nano: name all three tiers" in partial.stderr
     folder = subprocess.run(["adaptive-perception", "bench", "latency", "--quick", "--latency-out", str(tmp_path)],
-                            capture_output=True, text=True, timeout=120)  # refused before the run, not after it
+                            cwd=tmp_path, capture_output=True, text=True, timeout=120)  # refused before the run
     assert folder.returncode == 2 and f"--latency-out {tmp_path} is a folder" in folder.stderr
 
 

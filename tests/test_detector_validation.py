@@ -12,12 +12,28 @@ from adaptive_perception.detector import DetectorTier, Detections, letterbox, nm
 from adaptive_perception.errors import ConfigError, ModelFileError
 
 
-def _identity_model(path, in_shape, out_shape, metadata=None, dtype=TensorProto.FLOAT):
+def _constant_model(path, in_shape, out_shape, metadata=None):
+    """An ONNX graph whose output (of any shape) does not depend on its input: zeros of `out_shape`."""
+    inp = helper.make_tensor_value_info("images", TensorProto.FLOAT, in_shape)
+    out = helper.make_tensor_value_info("output0", TensorProto.FLOAT, out_shape)
+    shape = helper.make_tensor("shape", TensorProto.INT64, [len(out_shape)], out_shape)
+    node = helper.make_node("ConstantOfShape", ["shape"], ["output0"])
+    keep = helper.make_node("Shape", ["images"], ["unused"])  # the input stays in the graph
+    graph = helper.make_graph([node, keep], "g", [inp], [out], initializer=[shape])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    for key, value in (metadata or {}).items():
+        model.metadata_props.append(onnx.StringStringEntryProto(key=key, value=value))
+    onnx.save(model, path)
+    return path
+
+
+def _identity_model(path, in_shape, out_shape, metadata=None, dtype=TensorProto.FLOAT, input_name="images"):
     """A tiny ONNX graph with the given input/output shapes (a Reshape of the input)."""
-    inp = helper.make_tensor_value_info("images", dtype, in_shape)
+    inp = helper.make_tensor_value_info(input_name, dtype, in_shape)
     out = helper.make_tensor_value_info("output0", dtype, out_shape)
     shape = helper.make_tensor("shape", TensorProto.INT64, [len(out_shape)], [d if isinstance(d, int) else -1 for d in out_shape])
-    node = helper.make_node("Reshape", ["images", "shape"], ["output0"])
+    node = helper.make_node("Reshape", [input_name, "shape"], ["output0"])
     graph = helper.make_graph([node], "g", [inp], [out], initializer=[shape])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
@@ -73,9 +89,17 @@ def test_fixed_batch_half_precision_and_end_to_end_exports_are_refused(tmp_path)
 
 
 def test_a_transposed_head_is_refused_not_read_as_thousands_of_classes(tmp_path):
-    path = _identity_model(tmp_path / "t.onnx", [1, 3, 32, 32], [1, 384, 8], {"task": "detect"})
-    with pytest.raises(ModelFileError, match=r"t\.onnx.*\[1, 384, 8\]: more channels than anchors, a transposed head"):
+    # 64x64 at strides 8, 16, 32: 64 + 16 + 4 = 84 anchors, here where the 4 + 5 class channels belong
+    path = _constant_model(tmp_path / "t.onnx", [1, 3, 64, 64], [1, 84, 9], {"task": "detect"})
+    with pytest.raises(ModelFileError, match=r"t\.onnx.*\[1, 84, 9\]: 84 anchors, as a 64x64 input gives, where the "
+                       "classes belong: a transposed head"):
         DetectorTier(path)
+    # many classes at a small input: more channels than anchors, and the right way round (601 classes at 160x160:
+    # 400 + 100 + 25 = 525 anchors)
+    names = repr({i: f"c{i}" for i in range(601)})
+    wide = DetectorTier(_constant_model(tmp_path / "oiv7.onnx", [1, 3, 160, 160], [1, 605, 525],
+                                        {"task": "detect", "names": names}))
+    assert len(wide.class_names) == 601 and wide.info.num_anchors == 525
 
 
 def test_a_head_without_metadata_loads_with_classes_by_index_and_says_so(tmp_path, caplog):
@@ -102,7 +126,8 @@ def test_tiers_that_name_different_classes_are_named_with_their_lists(tier_model
 
 def test_the_nodes_own_uint8_wrapper_is_named_as_such(tmp_path):
     """A file from the graph cache was refused as "input has 640 channels; expected 3"."""
-    path = _identity_model(tmp_path / "wrapped.onnx", [1, 32, 32, 3], [1, 8, 384], dtype=TensorProto.UINT8)
+    path = _identity_model(tmp_path / "wrapped.onnx", [1, 32, 32, 3], [1, 8, 384], dtype=TensorProto.UINT8,
+                           input_name="adaptive_perception/image_uint8")
     with pytest.raises(ModelFileError, match=r"takes uint8 frames of shape \[1, 32, 32, 3\]: the node's own uint8 "
                        r"wrapper.*\(point the parameter at the original ONNX file\)"):
         DetectorTier(path, preprocess_in_graph=False)

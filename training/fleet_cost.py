@@ -24,7 +24,7 @@ from pathlib import Path
 from adaptive_perception.errors import AdaptivePerceptionError, ConfigError, read_json
 
 DAYS_PER_MONTH = 365.25 / 12
-ORIGIN = {"robots": 1000, "fps": 30, "cost_reduction": 0.42, "saving_per_month_usd": 72000.0,
+ORIGIN = {"robots": 1000, "fps": 30, "hours_per_day": 24, "cost_reduction": 0.42, "saving_per_month_usd": 72000.0,
           "throughput_x": 2.6, "latency_reduction": 0.58}
 
 
@@ -59,7 +59,7 @@ def fleet(throughput: dict, robots: int, fps: float, price: float, hours_per_day
                                                                   hours_per_day),
                                                         "map_share_of_large": point["map_share_of_large"]}
     # device-hours a month of the origin's fleet (1,000 robots, 30 FPS, 24 h) per device-second a frame
-    origin_hours = monthly(1.0, ORIGIN["robots"], ORIGIN["fps"], 1.0, 24)["device_hours_per_month"]
+    origin_hours = monthly(1.0, ORIGIN["robots"], ORIGIN["fps"], 1.0, ORIGIN["hours_per_day"])["device_hours_per_month"]
     for table, large in ((rows, rows[base]), (projected, projected.get("always-large"))):
         for row in table.values():
             saved_hours = large["device_hours_per_month"] - row["device_hours_per_month"]
@@ -78,7 +78,7 @@ def fleet(throughput: dict, robots: int, fps: float, price: float, hours_per_day
             "ours_at_operating_point": {"cost_reduction": rows[point]["cost_reduction"],
                                         "saving_per_month_usd": rows[point]["saving_per_month_usd"],
                                         "price_for_origin_saving": rows[point]["price_for_origin_saving"],
-                                        "map_share_of_large": throughput["comparisons"][point]["map_share_of_large"]}}
+                                        "map_share_of_large": rows[point]["map_share_of_large"]}}
 
 
 def dollars(amount: float) -> str:

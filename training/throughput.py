@@ -56,7 +56,6 @@ HOSTPRE = "+hostpre"  # a mode suffix: the host converts the frame to float (pre
 INT8 = "+int8"  # a mode suffix: the embedded tiers in 8 bits (`models quantize`); never the ratios' baseline
 INT8_CALIBRATION_FRAMES = 64
 QUICK = {"sequences": 2, "frames": 40}
-FULL_FRAMES = 14 * 150  # the frozen test split: the run the bars are judged on
 GENERATOR = "2.0.0"
 EMBEDDED_COSTS = Path(__file__).resolve().parent / "latency" / "cpu-2core-family2-wide.json"  # the policy's calibration
 WEIGHT_STEPS = 24  # operating-point grid: 0 and 23 geometric steps up to 2x the policy's weight
@@ -106,7 +105,11 @@ def split_bags(benchmark: Path, sequences: int | None, frames: int | None, cache
             if not (bag / "ground_truth.json").is_file():
                 sequence_bag(spec, bag, f"rendering test sequence {spec.index} (generator {GENERATOR}) -> {bag}")
             out.append(_read_bag(bag, None))
-    shortest = min(len(s.cdr) for s in out) if out else 0
+    if not out:
+        raise AdaptivePerceptionError(f"{folder} holds no bag folders; put the test split's bags there (`adaptive-"
+                                      "perception scenes generate --bags eval` or `--bags all` writes them), or leave it empty to "
+                                      "render the frozen test sequences")
+    shortest = min(len(s.cdr) for s in out)
     if (sequences or 0) > len(out) or (frames or 0) > shortest:  # said, not silently fewer
         print(f"[throughput] asked for {sequences or 'all'} sequences of {frames or 'all'} frames: the test split has "
               f"{len(out)} sequences of {shortest}-{max(len(s.cdr) for s in out)} frames; all of them are used", flush=True)
@@ -388,10 +391,15 @@ def check_ratios(report: dict) -> None:
         _check_projection(report["projection"], report["modes"])
 
 
+def projection_mode(names: list[str]) -> str:
+    """The mode whose work outside inference the projection adds to the real graphs' costs."""
+    return "learned@90" if "learned@90" in names else names[0]
+
+
 def _check_projection(projection: dict, modes: dict) -> None:
     """Fail unless the projection's frame times, speed-ups and shares follow from its tier costs, its routing mixes
     and the work outside inference measured in this run (its accuracy comes from the simulator, not from samples)."""
-    point = modes["learned@90" if "learned@90" in modes else next(iter(modes))]  # the mode `run` measured it on
+    point = modes[projection_mode(list(modes))]
     outside = float(np.mean(np.subtract(point["samples"]["total_ms"], point["samples"]["session_ms"])))
     large = projection["always_large"]
     checks = [("outside_inference_ms", projection["outside_inference_ms"], outside),
@@ -526,9 +534,9 @@ def measure(policy_path: str, benchmark: Path, work: Path | None, real_latency: 
         report["validation_pick"] = picked
     report["comparisons"] = comparisons(report["modes"])
     if work is not None and real_latency is not None:
-        point = report["modes"]["learned@90" if "learned@90" in plans else names[0]]
-        outside = point["work_outside_inference"]["mean_ms"]
+        outside = report["modes"][projection_mode(names)]["work_outside_inference"]["mean_ms"]
         report["projection"] = project(path, work, real_latency, outside)
+    report["limited"] = sequences is not None or frames is not None  # --quick among them: not the whole split
     report["bars"] = bars(report)
     return report
 
@@ -568,10 +576,9 @@ def table(report: dict) -> str:
     lines.append("")
     for name, bar in report["bars"].items():
         if name == "operating_point":
-            short = report["frames"] < FULL_FRAMES
             lines.append((f"Bars at the operating point '{bar}'" + (
-                f" (a short run, {report['frames']} frames a mode: indicative only; the bars are judged on the whole "
-                f"test split, {FULL_FRAMES} frames)" if short else "") + ":") if bar else
+                f" (a run limited by --sequences / --frames, {report['frames']} frames a mode: indicative only; the "
+                "bars are judged on the whole test split)" if report.get("limited") else "") + ":") if bar else
                          "No bars: they are about the learned router, and --modes holds no learned mode.")
             continue
         value = bar["measured"]

@@ -13,6 +13,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from adaptive_perception.errors import AdaptivePerceptionError, read_json
+from adaptive_perception.training import fleet_cost
 
 
 WORK_V3 = Path("build/train-v3")  # the embedded policy's training work folder (`train all --work build/train-v3`)
@@ -65,7 +66,9 @@ def generated_out(version: str, drift: str) -> Path:
 
 
 COMMITTED_THROUGHPUT = Path("training/reports/throughput.json")  # `bench throughput`'s report
-COST_SCENARIO = (1000, 30.0, 1.0, 24.0)  # `bench cost`'s defaults (robots, fps, price, hours a day): the origin's fleet
+# `bench cost`'s defaults (robots, fps, price per device-hour, hours a day): the origin's fleet at $1 an hour
+COST_SCENARIO = (fleet_cost.ORIGIN["robots"], float(fleet_cost.ORIGIN["fps"]), 1.0,
+                 float(fleet_cost.ORIGIN["hours_per_day"]))
 QUICK_REPORTS = "build/bench/quick"  # a --quick run's reports: partial runs never replace the committed ones
 
 
@@ -439,7 +442,7 @@ def _parser() -> argparse.ArgumentParser:
                                       "learned routing against always-large and always-nano, in one run")
     throughput.epilog = ("The whole run takes about 12 min on 2 cores (--quick under a minute). With --work, the mode "
                          "learned@90 is added: the learned router at the cheapest cost weight whose validation "
-                         "mAP50-95 keeps 90 %% of always-large's, picked before the run; the bars are read there.")
+                         "mAP50-95 keeps 90 % of always-large's, picked before the run; the bars are read there.")
     throughput.add_argument("--policy", default="embedded:policy", help="policy ONNX file or embedded:policy")
     throughput.add_argument("--benchmark", type=Path, default=BENCHMARKS["2.0.0"],
                             help="benchmark whose bags/test/ to read; where it has none, the frozen test sequences "

@@ -133,7 +133,7 @@ def _export_args(meta: dict[str, str]) -> dict:
     """The export arguments Ultralytics records (`args`: nms=True lives there in newer versions); {} without."""
     try:
         args = ast.literal_eval(meta.get("args", "{}"))
-    except (ValueError, SyntaxError):
+    except Exception:  # ValueError, SyntaxError, TypeError ({[1]: 2}), ...: not arguments this reader knows
         return {}
     return args if isinstance(args, dict) else {}
 
@@ -341,7 +341,7 @@ class DetectorTier:
         if len(shape) != 4:
             raise ModelFileError(self.path, f"input '{inputs[0].name}' has rank {len(shape)} (shape {shape}); "
                                  "expected 4 (batch, 3, height, width)")
-        if not self.in_graph and inputs[0].type == "tensor(uint8)" and shape[-1] == 3:
+        if not self.in_graph and inputs[0].name == UINT8_INPUT:
             raise ModelFileError(self.path, f"input '{inputs[0].name}' takes uint8 frames of shape {shape}: the node's "
                                  "own uint8 wrapper of a tier (its graph_cache_dir), not a YOLOv8 export",
                                  "point the parameter at the original ONNX file")
@@ -355,21 +355,26 @@ class DetectorTier:
                                  "export without half=True / int8")
         out_shape = outputs[0].shape
         meta = self.session.get_modelmeta().custom_metadata_map
-        end_to_end = "is an end-to-end export with NMS inside ([1, N, 6] output)"
+        def end_to_end(shown: str = "") -> ModelFileError:
+            return ModelFileError(self.path, f"is an end-to-end export with NMS inside ([1, N, 6] output){shown}",
+                                  "export with nms=False; the runtime runs its own NMS")
+
         if meta.get("end2end", "False") == "True" or meta.get("nms", "False") == "True" or _export_args(meta).get("nms"):
-            raise ModelFileError(self.path, end_to_end, "export with nms=False; the runtime runs its own NMS")
+            raise end_to_end()
         size, stride, names = _parse_metadata(self.path, meta, shape)
         if len(out_shape) != 3 or not isinstance(out_shape[1], int) or out_shape[1] < 5:
             raise ModelFileError(self.path, f"output '{outputs[0].name}' has shape {out_shape}; a YOLOv8 detect "
                                  "head gives [1, 4 + classes, anchors]",
                                  "export a detection model (not segment/pose/end-to-end NMS)")
-        if isinstance(out_shape[2], int) and out_shape[2] < out_shape[1]:  # fewer anchors than channels: not this head
-            if out_shape[2] == 6:
-                raise ModelFileError(self.path, f"{end_to_end}: output '{outputs[0].name}' has shape {out_shape}",
-                                     "export with nms=False; the runtime runs its own NMS")
-            raise ModelFileError(self.path, f"output '{outputs[0].name}' has shape {out_shape}: more channels than "
-                                 "anchors, a transposed head ([1, anchors, 4 + classes]); a YOLOv8 detect head gives "
-                                 "[1, 4 + classes, anchors]", "export with Ultralytics' default output layout")
+        if out_shape[2] == 6 and out_shape[1] > 6:  # boxes of (x0, y0, x1, y1, score, class), not 2 classes
+            raise end_to_end(f": output '{outputs[0].name}' has shape {out_shape}")
+        # a YOLOv8 head at strides 8, 16 and 32 has this many anchors; found in the channels' place, it is transposed
+        expected = sum(-(-size[0] // s) * -(-size[1] // s) for s in (8, 16, 32))
+        if out_shape[1] == expected and out_shape[2] != expected:
+            raise ModelFileError(self.path, f"output '{outputs[0].name}' has shape {out_shape}: {expected} anchors, "
+                                 f"as a {size[0]}x{size[1]} input gives, where the classes belong: a transposed head "
+                                 "([1, anchors, 4 + classes]); a YOLOv8 detect head gives [1, 4 + classes, anchors]",
+                                 "export with Ultralytics' default output layout")
         if not names:
             LOG.warning("%s: no Ultralytics metadata names its classes (or its task): taken as a YOLOv8 detection "
                         "head of %d classes, named by index; export it with Ultralytics to carry them",
