@@ -19,7 +19,10 @@ def _constant_model(path, in_shape, out_shape, metadata=None):
     shape = helper.make_tensor("shape", TensorProto.INT64, [len(out_shape)], out_shape)
     node = helper.make_node("ConstantOfShape", ["shape"], ["output0"])
     keep = helper.make_node("Shape", ["images"], ["unused"])  # the input stays in the graph
-    graph = helper.make_graph([node, keep], "g", [inp], [out], initializer=[shape])
+    return _save(path, helper.make_graph([node, keep], "g", [inp], [out], initializer=[shape]), metadata)
+
+
+def _save(path, graph, metadata):
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     for key, value in (metadata or {}).items():
@@ -34,13 +37,7 @@ def _identity_model(path, in_shape, out_shape, metadata=None, dtype=TensorProto.
     out = helper.make_tensor_value_info("output0", dtype, out_shape)
     shape = helper.make_tensor("shape", TensorProto.INT64, [len(out_shape)], [d if isinstance(d, int) else -1 for d in out_shape])
     node = helper.make_node("Reshape", [input_name, "shape"], ["output0"])
-    graph = helper.make_graph([node], "g", [inp], [out], initializer=[shape])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    for key, value in (metadata or {}).items():
-        model.metadata_props.append(onnx.StringStringEntryProto(key=key, value=value))
-    onnx.save(model, path)
-    return path
+    return _save(path, helper.make_graph([node], "g", [inp], [out], initializer=[shape]), metadata)
 
 
 def test_missing_file(tmp_path):
