@@ -119,6 +119,29 @@ def test_old_evidence_is_removed_first_to_stay_under_the_budget(tmp_path):
     assert len(evidence.segments) == 4
 
 
+def test_an_event_larger_than_the_budget_keeps_its_beginning_and_is_never_removed_while_written(tmp_path):
+    """At a small budget an event rolled into a second segment and the first, with the frames before the trigger,
+    was removed to make room for it; the node then named a segment that no longer held the event's start."""
+    def big(n: int) -> Image:  # 768 KiB: one fits in 1 MiB, two do not
+        return Image(header=Header(stamp=Time(sec=n, nanosec=0), frame_id="cam"), height=512, width=512,
+                     encoding="rgb8", is_bigendian=0, step=1536, data=np.full((512, 512, 3), n, np.uint8).ravel())
+
+    events = []
+    evidence = EvidenceCapture(EvidenceSettings(str(tmp_path), 1, 2, budget_mb=1.0), STORE, serialize,
+                               on_event=lambda camera, path, cut: events.append((camera, path.name, cut)))
+    evidence.frame(CAMERA, CAMERA, IMAGE, 1 * 10**9, big(1))  # before the trigger
+    evidence.trigger(CAMERA)
+    for n in (2, 3):
+        evidence.frame(CAMERA, CAMERA, IMAGE, n * 10**9, big(n))
+    for n in range(LINGER_FRAMES):
+        evidence.frame(CAMERA, CAMERA, IMAGE, 3 * 10**9 + n + 1, frame(0))
+    evidence.flush()
+    evidence.close()
+    assert sorted(p.name for p in (tmp_path / "cam_image_raw").iterdir()) == ["evidence_0001"]
+    assert [bytes(m.data)[0] for _, _, m in read(evidence.segments[0])] == [1]  # the event's start, kept
+    assert events == [(CAMERA, "evidence_0001", 2)] and evidence.cut_at_budget == 2 and evidence.written == 1
+
+
 def test_a_slow_writer_skips_and_counts_messages_instead_of_queueing_them(tmp_path):
     entered, gate = threading.Event(), threading.Event()
 
@@ -167,8 +190,9 @@ def test_kill_9_while_an_event_is_written_leaves_every_earlier_event_readable(tm
         evidence.trigger(CAMERA)
         for n in range(3, 6 + LINGER_FRAMES):
             send_frame(evidence, n)
-        evidence.flush()
-        evidence.trigger(CAMERA)  # the second event never ends: frames keep coming until the kill
+        evidence.close()
+        evidence = capture(sys.argv[1], pre=0, post=10**6)
+        evidence.trigger(CAMERA)  # the second event does not end before the kill: frames keep coming
         n = 100
         print("second event", flush=True)
         while True:
@@ -186,4 +210,28 @@ def test_kill_9_while_an_event_is_written_leaves_every_earlier_event_readable(tm
     assert writer.returncode == -9
     first = read(tmp_path / "cam_image_raw" / "evidence_0001")
     assert [t for _, t, _ in first] == [1, 2, 3, 4, 5]
-    assert (tmp_path / "cam_image_raw" / "evidence_0002").exists()  # the segment being written when killed
+    # the segment being written when killed: its MCAP, never closed (no metadata.yaml)
+    assert list((tmp_path / "cam_image_raw" / "evidence_0002").glob("*.mcap"))
+    assert not (tmp_path / "cam_image_raw" / "evidence_0002" / "metadata.yaml").exists()
+    # the next process names it (the node warns at configure), keeps it, and numbers on after it
+    again = capture(tmp_path, pre=0, post=1)
+    assert again.unclosed == [tmp_path / "cam_image_raw" / "evidence_0002"]
+    again.trigger(CAMERA)
+    for n in range(200, 202 + LINGER_FRAMES):
+        send_frame(again, n)
+    again.close()
+    assert again.segments == [tmp_path / "cam_image_raw" / "evidence_0003"]
+    assert (tmp_path / "cam_image_raw" / "evidence_0002").exists()
+
+
+def test_the_evidence_folder_may_start_at_the_home_folder(tmp_path, monkeypatch):
+    """'~/evidence' in a params file made a folder named '~' in the node's working directory."""
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    evidence = capture(Path("~/evidence"), pre=0, post=1)
+    evidence.trigger(CAMERA)
+    for n in range(1, 2 + LINGER_FRAMES):
+        send_frame(evidence, n)
+    evidence.close()
+    assert evidence.segments == [tmp_path / "home" / "evidence" / "cam_image_raw" / "evidence_0001"]
+    assert not (tmp_path / "~").exists()

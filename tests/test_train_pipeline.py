@@ -427,7 +427,10 @@ def test_retrain_refuses_a_candidate_that_buys_accuracy_with_cost(pipeline, tmp_
     large = constant_policy(tmp_path / "large.onnx", (0.01, 0.01, 0.98), "always-large")
     store = PolicyStore(tmp_path / "store")
     store.init(str(nano))
-    run = _cli("train", "retrain", "--bags", *_evidence(pipeline, tmp_path), "--original-work",
+    killed = tmp_path / "evidence" / "evidence_0009"  # a segment whose node was killed while writing it
+    killed.mkdir(parents=True)
+    (killed / "evidence_0009_0.mcap").write_bytes(b"\x89MCAP0\r\n")
+    run = _cli("train", "retrain", "--bags", *_evidence(pipeline, tmp_path), str(killed), "--original-work",
                str(pipeline["root"] / "work"), "--work", str(tmp_path / "work"), "--current", str(nano),
                "--candidate", str(large), "--segment-frames", "10", "--resamples", "20", "--store",
                str(store.folder), timeout=900)
@@ -441,6 +444,7 @@ def test_retrain_refuses_a_candidate_that_buys_accuracy_with_cost(pipeline, tmp_
     assert decision["candidate"]["mix_new"] == {"nano": 0.0, "small": 0.0, "large": 1.0}
     assert store.policy_id(store.current) == "always-nano" and not store.previous.exists()  # nothing promoted
     assert "KEEP the current policy" in run.stdout
+    assert f"[retrain] left out ['{killed}']: never closed (an MCAP without metadata.yaml" in run.stdout
     # without --latency the gate costs the tiers as the original training did (it averaged the profiles' own
     # latencies, calling them this machine's)
     original_costs = json.loads((pipeline["root"] / "work" / "costs.json").read_text())

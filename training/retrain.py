@@ -147,6 +147,12 @@ def retrain(settings, bags: list[Path], original_work: Path, current: str | None
     from adaptive_perception.training.simulate import Split
 
     bags = expand_bags([Path(b) for b in bags])  # an evidence folder stands for its segments
+    # a segment whose writer was killed (kill -9, power loss) has its MCAP but no metadata.yaml: left out, said
+    unclosed = [b for b in bags if b.is_dir() and not (b / "metadata.yaml").is_file() and any(b.glob("*.mcap"))]
+    if unclosed:
+        bags = [b for b in bags if b not in unclosed]
+        print(f"[retrain] left out {[str(b) for b in unclosed]}: never closed (an MCAP without metadata.yaml: its "
+              f"writer was killed while recording); {len(bags)} other recordings read", flush=True)
     missing = [str(b) for b in bags if not (b / "metadata.yaml").is_file()]
     if not bags:
         raise AdaptivePerceptionError("--bags: name the recordings to retrain on (rosbag2 folders, e.g. the node's "

@@ -6,9 +6,10 @@ event: the ring and the camera's next `post_frames` frames (with their outputs, 
 the next LINGER_FRAMES frames arrive: processing lags reception) go to a background thread that
 serializes them and writes them with a `recording.SegmentedRecorder` into the camera's folder under the
 evidence folder (`<folder>/<camera topic with / as _>/`), which keeps it under the disk budget (oldest evidence
-first, never the open segment). Every event is its own segment (`evidence_NNNN/`), closed when the event ends
-or at `close()`, so a process killed mid-event loses at most the segments being written and every earlier one
-stays readable with `rosbags`.
+first, never the event being written). Every event is its own segment (`evidence_NNNN/`), closed when the event
+ends or at `close()`, so a process killed mid-event loses at most the segments being written and every earlier one
+stays readable with `rosbags`. An event that would outgrow the budget on its own keeps its beginning (the frames
+before the trigger and the first after it) and leaves the rest out, counted (`cut_at_budget`).
 
 While a camera's event runs, another trigger for it is ignored (the evidence is already being kept); when the
 writer falls behind by more than `max_pending` messages, messages are skipped and counted, never queued
@@ -71,11 +72,15 @@ class EvidenceCapture:
     the node), called on the writer thread only."""
 
     def __init__(self, settings: EvidenceSettings, store, serialize: Callable[[object], bytes],
-                 max_pending: int = 4096, on_event: Callable[[str, Path], None] | None = None) -> None:
+                 max_pending: int = 4096, on_event: Callable[[str, Path, int], None] | None = None) -> None:
         if settings.pre_frames < 0 or settings.post_frames < 1:
             raise ValueError(f"evidence: pre_frames {settings.pre_frames} must be >= 0 and post_frames "
                              f"{settings.post_frames} >= 1")
-        _check_folder(Path(settings.folder))  # now, not at the first DRIFT, when the evidence is wanted
+        self.root = Path(settings.folder).expanduser()  # '~/evidence' in a params file, where no shell expands it
+        _check_folder(self.root)  # now, not at the first DRIFT, when the evidence is wanted
+        # segments an earlier process never closed (killed while writing): kept, named (`train retrain` skips them)
+        self.unclosed = sorted(p for p in self.root.glob("*/evidence_*") if p.is_dir()
+                               and not (p / "metadata.yaml").is_file())
         self.settings, self.serialize, self.on_event = settings, serialize, on_event
         self.store = store
         self.recorders: dict[str, SegmentedRecorder] = {}  # per camera, on the writer thread
@@ -84,7 +89,8 @@ class EvidenceCapture:
         self._lock = threading.Lock()
         self._order = 0
         self._queue: queue.Queue = queue.Queue(maxsize=max_pending)
-        self.events = self.written = self.skipped = self.failed = 0
+        self.events = self.written = self.skipped = self.failed = self.cut_at_budget = 0
+        self._cut_in_event: dict[str, int] = {}  # per camera, on the writer thread: messages the budget left out
         self.last_error = ""
         self._thread = threading.Thread(target=self._write_loop, name="evidence", daemon=True)
         self._thread.start()
@@ -165,7 +171,12 @@ class EvidenceCapture:
                     self._end(camera)
                 else:
                     stamp_ns, _, topic, msgtype, message, _ = entry
-                    self._recorder(camera).write(topic, msgtype, stamp_ns, self.serialize(message))
+                    recorder, cdr = self._recorder(camera), self.serialize(message)
+                    if recorder.open_bytes + len(cdr) > recorder.budget_bytes:  # one event never outgrows the budget
+                        self.cut_at_budget += 1
+                        self._cut_in_event[camera] = self._cut_in_event.get(camera, 0) + 1
+                        continue
+                    recorder.write(topic, msgtype, stamp_ns, cdr)
                     self.written += 1
             except Exception as exc:  # a full disk or a bad message costs evidence, never the node
                 self.failed += 1
@@ -175,14 +186,15 @@ class EvidenceCapture:
 
     def _recorder(self, camera: str) -> SegmentedRecorder:
         if camera not in self.recorders:
-            budget = max(1, int(self.settings.budget_mb * 2**20))  # an event over the budget rolls over
+            budget = max(1, int(self.settings.budget_mb * 2**20))  # `_write_loop` keeps an event within it
             self.recorders[camera] = SegmentedRecorder(
-                Path(self.settings.folder) / (camera.strip("/").replace("/", "_") or "camera"), self.store,
+                self.root / (camera.strip("/").replace("/", "_") or "camera"), self.store,
                 prefix="evidence", segment_bytes=budget, segment_s=1e9, budget_bytes=budget)
         return self.recorders[camera]
 
     def _end(self, camera: str) -> None:
         recorder = self.recorders.get(camera)
+        cut = self._cut_in_event.pop(camera, 0)
         if recorder is None:
             return
         before = len(recorder.closed_segments)
@@ -190,7 +202,7 @@ class EvidenceCapture:
         if len(recorder.closed_segments) > before:
             self.segments.append(recorder.closed_segments[-1])
             if self.on_event is not None:
-                self.on_event(camera, recorder.closed_segments[-1])
+                self.on_event(camera, recorder.closed_segments[-1], cut)
 
     def flush(self) -> None:
         """Wait until everything handed to the writer is on disk (the open event's segment stays open)."""

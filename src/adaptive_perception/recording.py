@@ -100,15 +100,21 @@ class SegmentedRecorder:
         self._writer, self._path = None, None
         self._enforce_budget()
 
+    @property
+    def open_bytes(self) -> int:
+        """Bytes written into the open segment (0 when none is open)."""
+        return self._bytes if self._writer is not None else 0
+
     def _enforce_budget(self) -> None:
-        """Remove the oldest closed segments while the folder's segments exceed the budget."""
+        """Remove the oldest closed segments while the folder's segments exceed the budget; never the newest, the
+        one just written (a segment can end a little over its size: the message that crossed it stays in it)."""
         def size(path: Path) -> int:
             return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
 
         segments = sorted((p for p in self.folder.iterdir() if self._segment_re.match(p.name) and p.is_dir()),
                           key=lambda p: int(self._segment_re.match(p.name).group(1)))
         total = sum(size(p) for p in segments)
-        for oldest in segments:
+        for oldest in segments[:-1]:
             if total <= self.budget_bytes or oldest == self._path:
                 break
             total -= size(oldest)

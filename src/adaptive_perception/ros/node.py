@@ -281,13 +281,23 @@ class PerceptionNode(LifecycleNode):
             self._evidence_off = f"{config.evidence.folder} cannot be used ({exc}); set evidence.dir to a writable folder"
             self.get_logger().error(f"evidence capture off: {self._evidence_off}")
             return
+        if self.evidence.unclosed:
+            self.get_logger().warning(
+                f"evidence: {len(self.evidence.unclosed)} segments an earlier run never closed (killed while writing: "
+                f"no metadata.yaml), kept as they are and left out by `train retrain`: "
+                f"{', '.join(map(str, self.evidence.unclosed))}")
         self._evidence_topics = {camera: self.resolve_topic_name(camera) for camera in config.image_topics}
         self._topic_types = {"detections": ("vision_msgs/msg/Detection2DArray", self.resolve_topic_name("detections")),
                              "routing": ("adaptive_perception_msgs/msg/RoutingDecision",
                                          self.resolve_topic_name("routing"))}
 
-    def _evidence_written(self, topic: str, segment: Path) -> None:
-        self.get_logger().info(f"drift evidence of camera '{topic}' written to {segment}")
+    def _evidence_written(self, topic: str, segment: Path, cut: int) -> None:
+        if cut:  # the event alone outgrew evidence.budget_mb: its beginning is kept, the rest left out
+            self.get_logger().warning(f"drift evidence of camera '{topic}' written to {segment}, cut at "
+                                      f"evidence.budget_mb {self.config.evidence.budget_mb:g}: {cut} later messages "
+                                      "left out (raise the budget to keep whole events)")
+        else:
+            self.get_logger().info(f"drift evidence of camera '{topic}' written to {segment}")
 
     def _start_metrics(self, config: NodeConfig) -> None:
         """Serve Prometheus metrics; a port that cannot be bound costs the metrics, never the perception."""
@@ -619,6 +629,7 @@ class PerceptionNode(LifecycleNode):
         return {"evidence": evidence.settings.folder, "evidence_events": evidence.events,
                 "evidence_segments": len(evidence.segments), "evidence_messages_written": evidence.written,
                 "evidence_messages_skipped": evidence.skipped, "evidence_messages_failed": evidence.failed,
+                "evidence_messages_cut_at_budget": evidence.cut_at_budget,
                 "evidence_last_error": evidence.last_error}
 
     def _work(self, slot: LatestFrameSlot[ReceivedImage]) -> None:
