@@ -8,6 +8,7 @@ import re
 import struct
 
 import numpy as np
+import pytest
 import websockets
 from rosbags.highlevel import AnyReader
 
@@ -120,8 +121,10 @@ def test_a_foxglove_client_receives_typed_detections_live(context, tier_models, 
     assert abs(first.bbox.size_x - sent[0].detections[0].bbox.size_x) < 1e-9
 
 
-def test_record_stopped_by_sigterm_closes_its_open_segment(context, tmp_path):
-    """SIGTERM (docker stop, systemd) killed `record` with its segment open: a 0-byte MCAP, no metadata."""
+@pytest.mark.parametrize("signum", ["SIGTERM", "SIGINT-ignored-at-start"])
+def test_record_stopped_by_sigterm_closes_its_open_segment(context, tmp_path, signum):
+    """SIGTERM (docker stop, systemd) killed `record` with its segment open: a 0-byte MCAP, no metadata. Started as
+    a shell's background job (`record ... &`, SIGINT ignored), `kill -INT` left it running."""
     import os
     import signal
     import subprocess
@@ -135,7 +138,9 @@ def test_record_stopped_by_sigterm_closes_its_open_segment(context, tmp_path):
     log = open(tmp_path / "record.log", "w")
     # a relative camera name, as ROS resolves it: it was compared as written and nothing was recorded
     record = subprocess.Popen([sys.executable, "-m", "adaptive_perception.cli", "record", "--out", str(out), "--camera",
-                               "sigterm_cam"], stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ))
+                               "sigterm_cam"], stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ),
+                              preexec_fn=(lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)) if "SIGINT" in signum
+                              else None)
     publisher_node = Node("sigterm_camera", context=context)
     publisher = publisher_node.create_publisher(Image, "/sigterm_cam", QoSProfile(depth=10,
                                                 reliability=ReliabilityPolicy.RELIABLE))
@@ -151,7 +156,7 @@ def test_record_stopped_by_sigterm_closes_its_open_segment(context, tmp_path):
                                             r"'/perception_node/debug_image/compressed', '/diagnostics'\]; recorded "
                                             "once they appear", (tmp_path / "record.log").read_text()), 15), \
             (tmp_path / "record.log").read_text()
-        record.send_signal(signal.SIGTERM)
+        record.send_signal(signal.SIGINT if "SIGINT" in signum else signal.SIGTERM)
         assert record.wait(30) == 0, (tmp_path / "record.log").read_text()
     finally:
         if record.poll() is None:

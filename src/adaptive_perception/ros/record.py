@@ -117,6 +117,9 @@ def run_record(out: Path | None, topics: list[str], segment_mb: float, segment_s
         # SIGTERM (docker stop, systemd) stops like Ctrl-C: the open segment is closed, not lost (set after rclpy's
         # own handlers, which would only shut the context down)
         signal.signal(signal.SIGTERM, _interrupt)
+        # and SIGINT: a shell's background job (`record ... &`) starts with it ignored, and Python then gives it no
+        # handler, so `kill -INT` did nothing
+        signal.signal(signal.SIGINT, _interrupt)
         recording = TopicRecorder(node, topics, recorder, live)
         closed = 0
         started = time.monotonic()
