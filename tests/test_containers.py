@@ -130,8 +130,8 @@ def test_the_healthcheck_is_not_fooled_by_another_exporter_or_a_bad_url(capsys):
     finally:
         server.shutdown()
         thread.join(5)
-    assert main(["health", "--url", "notaurl"]) == 1
-    assert "'notaurl' is not an http(s) URL" in capsys.readouterr().out
+    assert main(["health", "--url", "notaurl"]) == 2  # a usage error, not an unhealthy node (1)
+    assert "'notaurl' is not an http(s) URL" in capsys.readouterr().err
 
 
 # ROS packages the runtime imports -> their package.xml keys; Python modules -> rosdep keys

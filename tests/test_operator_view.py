@@ -228,8 +228,20 @@ def test_a_metrics_port_in_use_costs_the_metrics_not_the_perception(context, tie
             assert routing.level == WARN and "not served: 127.0.0.1:" in {kv.key: kv.value for kv in routing.values}["metrics"]
             assert f"; metrics not served: 127.0.0.1:{free_port}" in routing.message  # the level says why
             assert any("set metrics.port to a free port" in log.msg for log in graph.logs)
+            assert not any("set metrics.bind" in log.msg for log in graph.logs)
         finally:
             graph.close()
+    # an address that is not this machine's: the fix is metrics.bind's, not the port's (it named the port)
+    graph = _graph(context, tier_models, **{"metrics.port": free_port, "metrics.bind": "not an address"})
+    try:
+        assert graph.send_lockstep(image_msg(_noise(1), sec=1))
+        def own() -> list[str]:  # this node's lines, not the node before's (/rosout keeps a history)
+            return [log.msg for log in graph.logs if log.name == graph.name]
+
+        assert wait_until(lambda: any("set metrics.bind to an address of this machine" in m for m in own()), 5)
+        assert not any("set metrics.port" in m for m in own())
+    finally:
+        graph.close()
 
 
 def test_the_readme_topic_table_names_every_publisher_subscription_and_service_of_the_node(context, tier_models):

@@ -868,8 +868,11 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{args.node}: {set_cost_weight(args.node, args.cost_weight, args.timeout)}", flush=True)
             return 0
         if args.command == "health":
-            from adaptive_perception.metrics import check_health
+            from adaptive_perception.metrics import check_health, url_problem
 
+            if url_problem(args.url):  # a usage error (2), not an unhealthy node (1)
+                print(f"adaptive-perception health: error: {url_problem(args.url)}", file=sys.stderr)
+                return 2
             healthy, why = check_health(args.url)
             print(f"{'healthy' if healthy else 'unhealthy'}: {why}")
             return 0 if healthy else 1

@@ -143,6 +143,13 @@ class PrometheusMetrics:
             self._server = None
 
 
+def url_problem(url: str) -> str:
+    """Why `url` cannot be a metrics endpoint to ask ("" when it can be)."""
+    if not url.startswith(("http://", "https://")):
+        return f"--url {url!r} is not an http(s) URL; give the node's endpoint, e.g. http://127.0.0.1:9464/metrics"
+    return ""
+
+
 def check_health(url: str = "http://127.0.0.1:9464/metrics", timeout_s: float = 5.0,
                  stale_s: float = STATUS_STALE_S) -> tuple[bool, str]:
     """A container healthcheck from the node's metrics, judged on the node's current status, not on totals: healthy
@@ -154,12 +161,13 @@ def check_health(url: str = "http://127.0.0.1:9464/metrics", timeout_s: float = 
 
     from prometheus_client.parser import text_string_to_metric_families
 
-    if not url.startswith(("http://", "https://")):
-        return False, f"--url {url!r} is not an http(s) URL; give the node's endpoint, e.g. http://127.0.0.1:9464/metrics"
+    if url_problem(url):
+        return False, url_problem(url)
     try:
         text = urllib.request.urlopen(url, timeout=timeout_s).read().decode(errors="replace")
     except (OSError, ValueError) as exc:
-        return False, f"metrics endpoint {url} does not answer ({exc}); is perception_node running and configured?"
+        return False, (f"metrics endpoint {url} does not answer ({exc}); is perception_node running, configured and "
+                       "serving there (its log says 'metrics not served' when it cannot)?")
     try:
         families = list(text_string_to_metric_families(text))
     except ValueError:

@@ -1,10 +1,12 @@
 """The `perception_node` lifecycle node: thin glue between ROS topics and the core detector runtime."""
 from __future__ import annotations
 
+import errno
 import gc
 import logging
 import math
 import signal
+import socket
 import sys
 import threading
 import time
@@ -309,7 +311,11 @@ class PerceptionNode(LifecycleNode):
             metrics.serve(config.metrics_port, config.metrics_bind)
         except OSError as exc:
             self._metrics_state = f"not served: {config.metrics_bind}:{config.metrics_port}: {exc.strerror or exc}"
-            self.get_logger().error(f"metrics {self._metrics_state}; set metrics.port to a free port (0 = off)")
+            # an address this machine does not have (or no address at all) is metrics.bind's, anything else the port's
+            bad_address = isinstance(exc, socket.gaierror) or exc.errno == errno.EADDRNOTAVAIL
+            self.get_logger().error(f"metrics {self._metrics_state}; " + (
+                "set metrics.bind to an address of this machine (0.0.0.0: every interface, 127.0.0.1: this machine "
+                "only)" if bad_address else "set metrics.port to a free port (0 = off)"))
             return
         metrics.prepare({camera: self.resolve_topic_name(camera) for camera in config.image_topics},
                         tuple(self.detectors))
