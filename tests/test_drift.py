@@ -408,10 +408,15 @@ def test_a_frame_and_an_audit_in_flight_at_a_routing_change_are_left_out():
         # a new policy (here: a reference measured at the same routing) starts over without the old one's frames
         old = watch.routing_generation
         watch.set_reference(_reference(cost_weight=0.28, hysteresis=0.0))
+        assert watch.agreements["a"] == []  # the agreement shown is the new policy's (it showed the old one's)
         assert watch.set_routing("learned", 0.28, 0.0) == ""
         assert watch.frame("a", features, 2, rgb, box, old)[0]
-        finished(3)
+        finished(0)  # the old policy's frame's audit: neither counted nor shown
+        assert watch.agreements["a"] == []
         assert len(watch.monitors["a"]._tiers) == 0 and len(watch.monitors["a"]._audits) == 0
+        assert watch.frame("a", features, 1, rgb, box, watch.routing_generation)[0]
+        finished(1)  # the new policy's own audits are
+        assert watch.agreements["a"] == [1.0] and list(watch.monitors["a"]._audits) == [1.0]
     finally:
         release.set()
         watch.close()

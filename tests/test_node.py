@@ -202,6 +202,9 @@ def test_a_change_configure_would_refuse_is_refused_at_set(graph, tmp_path):
     """qos.reliability 'reliabel' was accepted at `ros2 param set` and failed the next configure."""
     refused = graph.node.set_parameters([rclpy.parameter.Parameter("qos.reliability", value="reliabel")])[0]
     assert not refused.successful and "qos.reliability 'reliabel' must be one of" in refused.reason
+    # and the node's log says so (only the caller was told)
+    assert wait_until(lambda: any("parameter change refused (qos.reliability = 'reliabel'): qos.reliability "
+                                  "'reliabel' must be one of" in log.msg and log.level == 30 for log in graph.logs), 5)
     missing = tmp_path / "missing.onnx"
     refused = graph.node.set_parameters([rclpy.parameter.Parameter("models.small", value=str(missing))])[0]
     assert not refused.successful and f"models.small = '{missing}' does not exist" in refused.reason

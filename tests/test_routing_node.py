@@ -132,6 +132,8 @@ def test_loading_a_policy_trained_on_other_tiers_warns_naming_both_files(graph, 
     warning = next(line for line in logged.splitlines() if "0123456789abcdef" in line)
     assert "WARN" in warning and "large tier" in warning and digests["large"] in warning
     assert str(tier_models["large"]) in warning and "nano tier" not in warning
+    # it carries no drift reference: said on loading as at configure (it was said only for cameras in warn or drift)
+    assert "policy 'other-tiers' carries no drift reference: drift monitoring is off" in logged
 
 
 def test_the_cost_weight_moves_a_value_policys_operating_point_on_a_running_node(graph, regime_frames, tmp_path):

@@ -483,6 +483,9 @@ class DriftWatch:
         previous policy's routing still in flight are left out of it)."""
         with self._lock:
             self.routing_generation += 1
+            self._policy_generation = self.routing_generation  # audits of frames routed before it: not this policy's
+            for recent in self.agreements.values():
+                recent.clear()  # the agreement reported is the new policy's routing against the reference tier
             self.reference = reference if reference is not None and reference.thresholds else None
             self.monitors = {camera: DriftMonitor(self.reference, self.confirm) if self.reference else None
                              for camera in self.agreements}
@@ -503,10 +506,12 @@ class DriftWatch:
 
     def _audited(self, key: tuple, score: float, _reference_detections) -> None:
         camera, generation = key
-        recent = self.agreements[camera]
-        recent.append(score)
-        del recent[:-AUDIT_WINDOW]
         with self._lock:
+            if generation < self._policy_generation:  # routed by the policy before the last load
+                return
+            recent = self.agreements[camera]
+            recent.append(score)
+            del recent[:-AUDIT_WINDOW]
             monitor = self.monitors.get(camera)
             if monitor is not None and generation == self.routing_generation:  # else: routed before a change
                 monitor.audit(score)

@@ -799,6 +799,9 @@ class PerceptionNode(LifecycleNode):
                 reference = self.drift.reference
                 why = (f"its drift monitor starts over, unknown until {reference.window} frames fill its window"
                        if reference is not None else "it carries no drift reference: drift monitoring is off")
+                if reference is None:  # said as at configure, whatever the cameras' states were
+                    self.get_logger().info(f"policy '{policy.policy_id}' carries no drift reference: drift monitoring "
+                                           "is off (re-export it with `adaptive-perception train export`)")
                 for camera, state in self._drift_states.items():  # the new policy's monitors start over
                     self._drift_states[camera] = UNKNOWN
                     if self.metrics is not None:
@@ -840,7 +843,7 @@ class PerceptionNode(LifecycleNode):
             except AdaptivePerceptionError:
                 pass  # already broken before this change: configure will say what is still wrong
             else:
-                return SetParametersResult(successful=False, reason=str(exc))
+                return self._refused(parameters, str(exc))
         for parameter in parameters:
             if parameter.name != "routing.cost_weight" and self.config is not None and not self._setting_own:
                 live = {"routing_mode": "; ~/set_routing_mode switches a running node",
@@ -850,8 +853,8 @@ class PerceptionNode(LifecycleNode):
             if parameter.name == "routing.cost_weight":
                 value = parameter.value
                 if not isinstance(value, float) or not math.isfinite(value):
-                    return SetParametersResult(successful=False, reason=f"routing.cost_weight {value!r} must be a "
-                                               "finite float (negative: the policy's own weight)")
+                    return self._refused(parameters, f"routing.cost_weight {value!r} must be a finite float (negative: "
+                                         "the policy's own weight)")
                 if self.router is not None:
                     self.router.set_cost_weight(value)
                     applies = ("the operating point moves from the next frame" if self.router.mode == "learned" else
@@ -860,6 +863,12 @@ class PerceptionNode(LifecycleNode):
                                            else "") + f": {applies}")
                     self._compare_drift_routing()
         return SetParametersResult(successful=True)
+
+    def _refused(self, parameters: list[Parameter], reason: str) -> SetParametersResult:
+        """A refused change, told to the caller and in the node's log (an operator watching the log saw nothing)."""
+        self.get_logger().warning("parameter change refused ("
+                                  + ", ".join(f"{p.name} = {p.value!r}" for p in parameters) + f"): {reason}")
+        return SetParametersResult(successful=False, reason=reason)
 
     def _compare_drift_routing(self) -> None:
         """Tell the drift monitors how frames are routed now, and say when the tier mix and audit agreement stop or
