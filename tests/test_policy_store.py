@@ -188,3 +188,11 @@ def test_promote_to_a_node_that_is_not_there_says_so_and_keeps_the_store_change(
     assert "the store changed" in run.stderr and "is policy 'to-large': a restarted node loads it" in run.stderr
     assert time.monotonic() - started < 30
     assert store.policy_id(store.current) == "to-large"  # a restarted node picks it up
+    # promoted again once the node is back: the store stays, the node is brought in line (it was refused as
+    # "already current", and the venv has no other way to load it into the node)
+    again = subprocess.run(["adaptive-perception", "policy", "promote", str(policies["large"]), "--store",
+                            str(store.folder), "--node", "/nobody_here", "--timeout", "3"], capture_output=True,
+                           text=True, timeout=120)
+    assert "policy 'to-large' is already current in" in again.stdout and "loading it into /nobody_here" in again.stdout
+    assert again.returncode == 4 and "no service /nobody_here/load_policy" in again.stderr
+    assert store.policy_id(store.previous) == "to-nano"  # unchanged: the rollback target stays

@@ -669,6 +669,8 @@ def _quantize(args: argparse.Namespace) -> int:
 
 
 def _policy_store(args: argparse.Namespace) -> int:
+    from adaptive_perception.config import resolve_model
+    from adaptive_perception.policy import Policy
     from adaptive_perception.policy_store import PolicyStore
 
     store = PolicyStore(args.store)
@@ -680,9 +682,16 @@ def _policy_store(args: argparse.Namespace) -> int:
         path = store.init(args.source)
         print(f"{path}: policy_id {store.policy_id(path)}; point the node's policy parameter here")
         return 0
-    path = store.promote(args.candidate) if args.policy_command == "promote" else store.rollback()
-    print(f"{args.policy_command}: {path} is now policy '{store.policy_id(path)}' (previous: "
-          f"'{store.policy_id(store.previous)}')")
+    if args.policy_command == "promote" and args.node and store.current.is_file() and \
+            store.policy_id(store.current) == Policy(resolve_model(args.candidate)).policy_id:
+        # the store holds it already (an earlier promotion whose node did not follow): the node is brought in line
+        path = store.current
+        print(f"promote: policy '{store.policy_id(path)}' is already current in {store.folder} (the store is "
+              f"unchanged); loading it into {args.node}")
+    else:
+        path = store.promote(args.candidate) if args.policy_command == "promote" else store.rollback()
+        print(f"{args.policy_command}: {path} is now policy '{store.policy_id(path)}' (previous: "
+              f"'{store.policy_id(store.previous)}')")
     if args.node:
         from adaptive_perception.ros.session import load_policy
 
