@@ -167,6 +167,10 @@ def test_the_foxglove_layout_reads_only_topics_and_fields_the_node_publishes():
     assert panels == set(layout["configById"])  # every configured panel is placed, and only those
 
 
-def test_record_without_a_destination_says_what_to_give():
+def test_record_without_a_destination_says_what_to_give(tmp_path):
     run = subprocess.run(["adaptive-perception", "record"], capture_output=True, text=True, timeout=120)
     assert run.returncode == 2 and "give --out DIR (MCAP segments) and/or --live" in run.stderr
+    (tmp_path / "a-file").write_text("")  # was a bare "[Errno 17] File exists"
+    run = subprocess.run(["adaptive-perception", "record", "--out", str(tmp_path / "a-file")], capture_output=True,
+                         text=True, timeout=120)
+    assert run.returncode == 2 and f"--out {tmp_path / 'a-file'} is a file; give the folder" in run.stderr

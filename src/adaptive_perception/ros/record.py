@@ -106,6 +106,8 @@ def run_record(out: Path | None, topics: list[str], segment_mb: float, segment_s
 
     if out is None and live_port is None:
         raise ConfigError("nothing to do: give --out DIR (MCAP segments) and/or --live (Foxglove server)")
+    if out is not None and out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out} is a file; give the folder the segments go in (created when missing)")
     store = ros_typestore()
     recorder = SegmentedRecorder(out, store, "recording", int(segment_mb * 2**20), segment_s,
                                  int(budget_mb * 2**20)) if out is not None else None
