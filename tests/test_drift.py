@@ -410,9 +410,13 @@ def test_a_frame_and_an_audit_in_flight_at_a_routing_change_are_left_out():
         watch.set_reference(_reference(cost_weight=0.28, hysteresis=0.0))
         assert watch.agreements["a"] == []  # the agreement shown is the new policy's (it showed the old one's)
         assert watch.set_routing("learned", 0.28, 0.0) == ""
+        done = watch.audit.audited
         assert watch.frame("a", features, 2, rgb, box, old)[0]
+        deadline = time.monotonic() + 10
+        while watch.audit.audited == done and time.monotonic() < deadline:  # its result has been handed back
+            time.sleep(0.01)
         finished(0)  # the old policy's frame's audit: neither counted nor shown
-        assert watch.agreements["a"] == []
+        assert watch.audit.audited == done + 1 and watch.agreements["a"] == []
         assert len(watch.monitors["a"]._tiers) == 0 and len(watch.monitors["a"]._audits) == 0
         assert watch.frame("a", features, 1, rgb, box, watch.routing_generation)[0]
         finished(1)  # the new policy's own audits are

@@ -126,20 +126,36 @@ def test_an_event_larger_than_the_budget_keeps_its_beginning_and_is_never_remove
         return Image(header=Header(stamp=Time(sec=n, nanosec=0), frame_id="cam"), height=512, width=512,
                      encoding="rgb8", is_bigendian=0, step=1536, data=np.full((512, 512, 3), n, np.uint8).ravel())
 
+    def output(n: int) -> None:  # a small message that would still fit after a cut
+        evidence.output(CAMERA, "/routing", STRING, n * 10**9, String(data=f"routed {n}"))
+
     events = []
     evidence = EvidenceCapture(EvidenceSettings(str(tmp_path), 1, 2, budget_mb=1.0), STORE, serialize,
-                               on_event=lambda camera, path, cut: events.append((camera, path.name, cut)))
+                               on_event=lambda camera, path, cut: events.append((camera, path and path.name, cut)))
     evidence.frame(CAMERA, CAMERA, IMAGE, 1 * 10**9, big(1))  # before the trigger
+    output(1)
     evidence.trigger(CAMERA)
     for n in (2, 3):
         evidence.frame(CAMERA, CAMERA, IMAGE, n * 10**9, big(n))
+        output(n)  # cut with its frame: an output without its frame, or a frame gap, is no evidence
     for n in range(LINGER_FRAMES):
         evidence.frame(CAMERA, CAMERA, IMAGE, 3 * 10**9 + n + 1, frame(0))
     evidence.flush()
-    evidence.close()
     assert sorted(p.name for p in (tmp_path / "cam_image_raw").iterdir()) == ["evidence_0001"]
-    assert [bytes(m.data)[0] for _, _, m in read(evidence.segments[0])] == [1]  # the event's start, kept
-    assert events == [(CAMERA, "evidence_0001", 2)] and evidence.cut_at_budget == 2 and evidence.written == 1
+    kept = read(evidence.segments[0])
+    assert [(topic, t) for topic, t, _ in kept] == [(CAMERA, 1), ("/routing", 1)]  # the event's start, kept
+    assert events == [(CAMERA, "evidence_0001", 4)] and evidence.cut_at_budget == 4 and evidence.written == 2
+    # an event whose very first message is over the budget: nothing written, and said all the same
+    huge = Image(header=Header(stamp=Time(sec=20, nanosec=0), frame_id="cam"), height=600, width=600,
+                 encoding="rgb8", is_bigendian=0, step=1800, data=np.zeros(600 * 600 * 3, np.uint8))
+    evidence.frame(CAMERA, CAMERA, IMAGE, 20 * 10**9, huge)  # the frame before the trigger opens the event
+    evidence.trigger(CAMERA)
+    for n in (21, 22):
+        evidence.frame(CAMERA, CAMERA, IMAGE, n * 10**9, frame(n))
+    for n in range(LINGER_FRAMES):
+        evidence.frame(CAMERA, CAMERA, IMAGE, 22 * 10**9 + n + 1, frame(0))
+    evidence.close()
+    assert events[1:] == [(CAMERA, None, 3)] and len(evidence.segments) == 1
 
 
 def test_a_slow_writer_skips_and_counts_messages_instead_of_queueing_them(tmp_path):

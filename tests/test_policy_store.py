@@ -194,5 +194,15 @@ def test_promote_to_a_node_that_is_not_there_says_so_and_keeps_the_store_change(
                             str(store.folder), "--node", "/nobody_here", "--timeout", "3"], capture_output=True,
                            text=True, timeout=120)
     assert "policy 'to-large' is already current in" in again.stdout and "loading it into /nobody_here" in again.stdout
-    assert again.returncode == 4 and "no service /nobody_here/load_policy" in again.stderr
+    assert again.returncode == 2 and "the store is unchanged and the running node did not load" in again.stderr
+    assert "no service /nobody_here/load_policy" in again.stderr and "the store changed" not in again.stderr
     assert store.policy_id(store.previous) == "to-nano"  # unchanged: the rollback target stays
+    assert [h["action"] for h in store.history()] == ["init", "promote"]
+    # without a node, or another file that only carries the same id: refused as before, nothing changed
+    for candidate, node in ((policies["large"], ""), (constant_policy(tmp_path / "same-id.onnx", (0.2, 0.2, 0.6),
+                                                                      "to-large"), "/nobody_here")):
+        refused = subprocess.run(["adaptive-perception", "policy", "promote", str(candidate), "--store",
+                                  str(store.folder), "--node", node, "--timeout", "3"], capture_output=True, text=True,
+                                 timeout=120)
+        assert refused.returncode == 2 and "policy 'to-large' is already current" in refused.stderr, refused.stderr
+        assert "loading it into" not in refused.stdout

@@ -85,6 +85,22 @@ def test_the_budget_removes_the_oldest_segments_and_a_restart_continues_the_numb
     assert again.closed_segments == [tmp_path / "recording_0007"]
 
 
+def test_the_segment_just_written_is_never_the_one_the_budget_removes(tmp_path):
+    """A segment a little over the budget (the message that crossed its size stays in it; MCAP's own records) was
+    removed the moment it closed: the recording just made was gone."""
+    one_frame = len(_image(0))
+    recorder = SegmentedRecorder(tmp_path, STORE, segment_bytes=10 * one_frame, budget_bytes=10 * one_frame)
+    for i in range(11):  # the 11th frame closes a segment of 10 frames, over the budget on disk with its records
+        recorder.write("/cam/image_raw", IMAGE, 10**9 + i, _image(10**9 + i))
+    assert recorder.closed_segments == [tmp_path / "recording_0001"] and recorder.removed_segments == []
+    assert len(_read(tmp_path / "recording_0001")) == 10
+    for i in range(11, 20):
+        recorder.write("/cam/image_raw", IMAGE, 10**9 + i, _image(10**9 + i))
+    recorder.close()  # now the older one goes, the newest stays
+    assert recorder.removed_segments == [tmp_path / "recording_0001"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["recording_0002"]
+
+
 def test_folders_that_are_not_this_recorders_segments_are_neither_numbered_nor_removed(tmp_path):
     one_frame = len(_image(0))
     for name in ("calib_2024", "run_0007", "recording_12", "evidence_0009", "recording_0003.bak"):

@@ -670,6 +670,7 @@ def _quantize(args: argparse.Namespace) -> int:
 
 def _policy_store(args: argparse.Namespace) -> int:
     from adaptive_perception.config import resolve_model
+    from adaptive_perception.detector import file_digest
     from adaptive_perception.policy import Policy
     from adaptive_perception.policy_store import PolicyStore
 
@@ -682,9 +683,11 @@ def _policy_store(args: argparse.Namespace) -> int:
         path = store.init(args.source)
         print(f"{path}: policy_id {store.policy_id(path)}; point the node's policy parameter here")
         return 0
-    if args.policy_command == "promote" and args.node and store.current.is_file() and \
-            store.policy_id(store.current) == Policy(resolve_model(args.candidate)).policy_id:
-        # the store holds it already (an earlier promotion whose node did not follow): the node is brought in line
+    candidate = Path(resolve_model(args.candidate)) if args.policy_command == "promote" else None
+    unchanged = candidate is not None and bool(args.node) and store.current.is_file() and candidate.is_file() and \
+        file_digest(candidate) == file_digest(store.current)  # the same file, not only the same id
+    if unchanged:  # the store holds it already (an earlier promotion whose node did not follow): the node follows now
+        Policy(str(candidate))
         path = store.current
         print(f"promote: policy '{store.policy_id(path)}' is already current in {store.folder} (the store is "
               f"unchanged); loading it into {args.node}")
@@ -698,6 +701,10 @@ def _policy_store(args: argparse.Namespace) -> int:
         try:
             print(f"{args.node} runs policy '{load_policy(args.node, str(path.resolve()), args.timeout)}'")
         except RuntimeError as exc:  # the store changed; only the running node did not follow (exit 4, not 2)
+            if unchanged:  # nothing changed at all (2)
+                print(f"adaptive-perception policy promote: the store is unchanged and the running node did not "
+                      f"load {path}: {exc}", file=sys.stderr)
+                return 2
             print(f"adaptive-perception policy {args.policy_command}: the store changed ({path} is policy "
                   f"'{store.policy_id(path)}': a restarted node loads it) but the running node did not: {exc}",
                   file=sys.stderr)

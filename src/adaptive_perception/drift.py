@@ -474,7 +474,7 @@ class DriftWatch:
         self._reason = ""
         # counts the changes of `routing_difference` and of reference; frames and audits carry theirs. The lock
         # makes an audit's check and append one step against a change (executor thread) and its reset.
-        self.routing_generation = 0
+        self.routing_generation = self._policy_generation = 0
         self._lock = threading.Lock()
         self.set_reference(reference)
 

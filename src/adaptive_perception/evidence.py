@@ -53,6 +53,11 @@ def _check_folder(folder: Path) -> None:
 LINGER_FRAMES = 10  # after the last recorded frame, outputs for it are still taken for this many more frames
 
 
+def _margin(budget_bytes: int) -> int:
+    """Bytes of an evidence budget kept for what is not message data: MCAP's records and indexes, metadata.yaml."""
+    return max(64 << 10, budget_bytes // 50)
+
+
 @dataclass
 class _Camera:
     ring: deque  # (stamp_ns, order, topic, msgtype, message, is_frame)
@@ -72,7 +77,7 @@ class EvidenceCapture:
     the node), called on the writer thread only."""
 
     def __init__(self, settings: EvidenceSettings, store, serialize: Callable[[object], bytes],
-                 max_pending: int = 4096, on_event: Callable[[str, Path, int], None] | None = None) -> None:
+                 max_pending: int = 4096, on_event: Callable[[str, Path | None, int], None] | None = None) -> None:
         if settings.pre_frames < 0 or settings.post_frames < 1:
             raise ValueError(f"evidence: pre_frames {settings.pre_frames} must be >= 0 and post_frames "
                              f"{settings.post_frames} >= 1")
@@ -80,7 +85,7 @@ class EvidenceCapture:
         _check_folder(self.root)  # now, not at the first DRIFT, when the evidence is wanted
         # segments an earlier process never closed (killed while writing): kept, named (`train retrain` skips them)
         self.unclosed = sorted(p for p in self.root.glob("*/evidence_*") if p.is_dir()
-                               and not (p / "metadata.yaml").is_file())
+                               and not (p / "metadata.yaml").is_file() and any(p.glob("*.mcap")))
         self.settings, self.serialize, self.on_event = settings, serialize, on_event
         self.store = store
         self.recorders: dict[str, SegmentedRecorder] = {}  # per camera, on the writer thread
@@ -124,8 +129,8 @@ class EvidenceCapture:
                     self._put(("write", camera, entry))
                 elif is_frame:
                     state.linger_left -= 1
-                    if state.linger_left == 0:
-                        self._put(("end", camera, None))
+                    if state.linger_left == 0:  # never dropped (the segment would stay open): waits for a slot
+                        self._queue.put(("end", camera, None))
             state.ring.append(entry)
             state.frames += is_frame
             # pre_frames frames at most, and outputs (two per frame on each of two topic sets) bounded with them
@@ -171,10 +176,14 @@ class EvidenceCapture:
                     self._end(camera)
                 else:
                     stamp_ns, _, topic, msgtype, message, _ = entry
-                    recorder, cdr = self._recorder(camera), self.serialize(message)
-                    if recorder.open_bytes + len(cdr) > recorder.budget_bytes:  # one event never outgrows the budget
-                        self.cut_at_budget += 1
-                        self._cut_in_event[camera] = self._cut_in_event.get(camera, 0) + 1
+                    recorder = self._recorder(camera)
+                    if camera in self._cut_in_event:  # the event reached the budget: its rest is left out, whole
+                        self._cut(camera)
+                        continue
+                    cdr = self.serialize(message)
+                    # one event never outgrows the budget (a margin for MCAP's own records and metadata.yaml)
+                    if recorder.open_bytes + len(cdr) > recorder.budget_bytes - _margin(recorder.budget_bytes):
+                        self._cut(camera)
                         continue
                     recorder.write(topic, msgtype, stamp_ns, cdr)
                     self.written += 1
@@ -183,6 +192,10 @@ class EvidenceCapture:
                 self.last_error = f"{type(exc).__name__}: {exc}"
             finally:
                 self._queue.task_done()
+
+    def _cut(self, camera: str) -> None:
+        self.cut_at_budget += 1
+        self._cut_in_event[camera] = self._cut_in_event.get(camera, 0) + 1
 
     def _recorder(self, camera: str) -> SegmentedRecorder:
         if camera not in self.recorders:
@@ -195,14 +208,15 @@ class EvidenceCapture:
     def _end(self, camera: str) -> None:
         recorder = self.recorders.get(camera)
         cut = self._cut_in_event.pop(camera, 0)
-        if recorder is None:
-            return
-        before = len(recorder.closed_segments)
-        recorder.close()
-        if len(recorder.closed_segments) > before:
+        before = len(recorder.closed_segments) if recorder is not None else 0
+        if recorder is not None:
+            recorder.close()
+        if recorder is not None and len(recorder.closed_segments) > before:
             self.segments.append(recorder.closed_segments[-1])
             if self.on_event is not None:
                 self.on_event(camera, recorder.closed_segments[-1], cut)
+        elif cut and self.on_event is not None:  # nothing of the event fitted in the budget: said all the same
+            self.on_event(camera, None, cut)
 
     def flush(self) -> None:
         """Wait until everything handed to the writer is on disk (the open event's segment stays open)."""

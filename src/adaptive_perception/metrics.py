@@ -145,7 +145,7 @@ class PrometheusMetrics:
 
 def url_problem(url: str) -> str:
     """Why `url` cannot be a metrics endpoint to ask ("" when it can be)."""
-    if not url.startswith(("http://", "https://")):
+    if not url.lower().startswith(("http://", "https://")):
         return f"--url {url!r} is not an http(s) URL; give the node's endpoint, e.g. http://127.0.0.1:9464/metrics"
     return ""
 

@@ -293,8 +293,12 @@ class PerceptionNode(LifecycleNode):
                              "routing": ("adaptive_perception_msgs/msg/RoutingDecision",
                                          self.resolve_topic_name("routing"))}
 
-    def _evidence_written(self, topic: str, segment: Path, cut: int) -> None:
-        if cut:  # the event alone outgrew evidence.budget_mb: its beginning is kept, the rest left out
+    def _evidence_written(self, topic: str, segment: Path | None, cut: int) -> None:
+        if segment is None:
+            self.get_logger().warning(f"drift evidence of camera '{topic}' not written: its first message alone is "
+                                      f"over evidence.budget_mb {self.config.evidence.budget_mb:g} ({cut} messages "
+                                      "left out; raise the budget)")
+        elif cut:  # the event alone outgrew evidence.budget_mb: its beginning is kept, the rest left out
             self.get_logger().warning(f"drift evidence of camera '{topic}' written to {segment}, cut at "
                                       f"evidence.budget_mb {self.config.evidence.budget_mb:g}: {cut} later messages "
                                       "left out (raise the budget to keep whole events)")
@@ -312,7 +316,7 @@ class PerceptionNode(LifecycleNode):
         except OSError as exc:
             self._metrics_state = f"not served: {config.metrics_bind}:{config.metrics_port}: {exc.strerror or exc}"
             # an address this machine does not have (or no address at all) is metrics.bind's, anything else the port's
-            bad_address = isinstance(exc, socket.gaierror) or exc.errno == errno.EADDRNOTAVAIL
+            bad_address = isinstance(exc, socket.gaierror) or exc.errno in (errno.EADDRNOTAVAIL, errno.EAFNOSUPPORT)
             self.get_logger().error(f"metrics {self._metrics_state}; " + (
                 "set metrics.bind to an address of this machine (0.0.0.0: every interface, 127.0.0.1: this machine "
                 "only)" if bad_address else "set metrics.port to a free port (0 = off)"))
@@ -632,7 +636,7 @@ class PerceptionNode(LifecycleNode):
         evidence = self.evidence
         if evidence is None:
             return {"evidence": f"off: {self._evidence_off}" if self._evidence_off else "off"}
-        return {"evidence": evidence.settings.folder, "evidence_events": evidence.events,
+        return {"evidence": str(evidence.root), "evidence_events": evidence.events,
                 "evidence_segments": len(evidence.segments), "evidence_messages_written": evidence.written,
                 "evidence_messages_skipped": evidence.skipped, "evidence_messages_failed": evidence.failed,
                 "evidence_messages_cut_at_budget": evidence.cut_at_budget,
@@ -799,7 +803,7 @@ class PerceptionNode(LifecycleNode):
                 reference = self.drift.reference
                 why = (f"its drift monitor starts over, unknown until {reference.window} frames fill its window"
                        if reference is not None else "it carries no drift reference: drift monitoring is off")
-                if reference is None:  # said as at configure, whatever the cameras' states were
+                if policy.drift_reference is None:  # said as at configure, whatever the cameras' states were
                     self.get_logger().info(f"policy '{policy.policy_id}' carries no drift reference: drift monitoring "
                                            "is off (re-export it with `adaptive-perception train export`)")
                 for camera, state in self._drift_states.items():  # the new policy's monitors start over

@@ -85,6 +85,9 @@ class TopicRecorder:
 
 
 def _interrupt(signum, _frame) -> None:
+    # once: a second Ctrl-C or kill while the open segment is being closed must not cut that short
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     raise KeyboardInterrupt(f"signal {signum}")
 
 
