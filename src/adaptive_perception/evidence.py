@@ -206,17 +206,15 @@ class EvidenceCapture:
         return self.recorders[camera]
 
     def _end(self, camera: str) -> None:
-        recorder = self.recorders.get(camera)
-        cut = self._cut_in_event.pop(camera, 0)
-        before = len(recorder.closed_segments) if recorder is not None else 0
+        recorder, cut, closed = self.recorders.get(camera), self._cut_in_event.pop(camera, 0), None
         if recorder is not None:
+            before = len(recorder.closed_segments)
             recorder.close()
-        if recorder is not None and len(recorder.closed_segments) > before:
-            self.segments.append(recorder.closed_segments[-1])
-            if self.on_event is not None:
-                self.on_event(camera, recorder.closed_segments[-1], cut)
-        elif cut and self.on_event is not None:  # nothing of the event fitted in the budget: said all the same
-            self.on_event(camera, None, cut)
+            if len(recorder.closed_segments) > before:
+                closed = recorder.closed_segments[-1]
+                self.segments.append(closed)
+        if self.on_event is not None and (closed is not None or cut):  # nothing fitted in the budget: said too
+            self.on_event(camera, closed, cut)
 
     def flush(self) -> None:
         """Wait until everything handed to the writer is on disk (the open event's segment stays open)."""
