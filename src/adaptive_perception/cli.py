@@ -671,7 +671,6 @@ def _quantize(args: argparse.Namespace) -> int:
 def _policy_store(args: argparse.Namespace) -> int:
     from adaptive_perception.config import resolve_model
     from adaptive_perception.detector import file_digest
-    from adaptive_perception.policy import Policy
     from adaptive_perception.policy_store import PolicyStore
 
     store = PolicyStore(args.store)
@@ -687,7 +686,6 @@ def _policy_store(args: argparse.Namespace) -> int:
     unchanged = candidate is not None and bool(args.node) and store.current.is_file() and candidate.is_file() and \
         file_digest(candidate) == file_digest(store.current)  # the same file, not only the same id
     if unchanged:  # the store holds it already (an earlier promotion whose node did not follow): the node follows now
-        Policy(str(candidate))
         path = store.current
         print(f"promote: policy '{store.policy_id(path)}' is already current in {store.folder} (the store is "
               f"unchanged); loading it into {args.node}")
