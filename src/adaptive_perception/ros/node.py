@@ -285,8 +285,8 @@ class PerceptionNode(LifecycleNode):
             return
         if self.evidence.unclosed:
             self.get_logger().warning(
-                f"evidence: {len(self.evidence.unclosed)} segments an earlier run never closed (killed while writing: "
-                f"no metadata.yaml), kept as they are and left out by `train retrain`: "
+                "evidence: segments an earlier run never closed (killed while writing: no metadata.yaml), left as "
+                "they are until the budget removes them as the oldest, and left out by `train retrain`: "
                 f"{', '.join(map(str, self.evidence.unclosed))}")
         self._evidence_topics = {camera: self.resolve_topic_name(camera) for camera in config.image_topics}
         self._topic_types = {"detections": ("vision_msgs/msg/Detection2DArray", self.resolve_topic_name("detections")),
