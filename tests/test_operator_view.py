@@ -431,6 +431,22 @@ def test_an_evidence_folder_that_cannot_be_written_is_said_at_configure_not_at_t
         graph.close()
 
 
+def test_evidence_an_earlier_run_never_closed_is_named_at_configure_and_kept(context, tier_models, tmp_path):
+    """A node killed while writing an event left a segment without metadata.yaml; the next run said nothing, and
+    `train retrain --bags <dir>/<camera>/evidence_*` then refused the whole set."""
+    killed = tmp_path / "evidence" / "image" / "evidence_0003"
+    killed.mkdir(parents=True)
+    (killed / "evidence_0003_0.mcap").write_bytes(b"\x89MCAP0\r\n")
+    graph = _graph(context, tier_models, **{"evidence.dir": str(tmp_path / "evidence")})
+    try:
+        assert wait_until(lambda: any("segments an earlier run never closed" in log.msg and str(killed) in log.msg
+                                      and log.level == Log.WARN for log in graph.logs), 5)
+        routing = {kv.key: kv.value for kv in graph.status("routing").values}
+        assert routing["evidence"] == str(tmp_path / "evidence") and killed.exists()
+    finally:
+        graph.close()
+
+
 def test_a_silent_fallback_to_cpu_is_visible_at_configure_and_in_diagnostics(context, tier_models, tmp_path,
                                                                             monkeypatch, capfd):
     import adaptive_perception.detector as detector
