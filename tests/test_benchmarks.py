@@ -404,6 +404,13 @@ def test_throughput_without_a_learned_mode_writes_its_report_without_bars(tmp_pa
     assert list(report["modes"]) == ["heuristic", "fixed:large"] and report["bars"] == {"operating_point": None}
     assert "No bars: they are about the learned router" in run.stdout
     throughput.check_ratios(report)
+    assert "--real-latency" not in run.stdout
+    # --quick reads no work folder: a --real-latency named there is said to go unread (it was ignored silently)
+    run = _cli("bench", "throughput", "--quick", "--modes", "heuristic,fixed:large", "--benchmark",
+               str(tmp_path / "none"), "--sequences", "1", "--frames", "3", "--real-latency", str(tmp_path / "mine.json"),
+               "--report", str(tmp_path / "q.json"))
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
+    assert f"--real-latency {tmp_path / 'mine.json'} is not read: the projection needs the work folder" in run.stdout
 
 
 def test_an_unknown_throughput_mode_is_named_as_unknown():

@@ -66,6 +66,7 @@ def generated_out(version: str, drift: str) -> Path:
 
 
 COMMITTED_THROUGHPUT = Path("training/reports/throughput.json")  # `bench throughput`'s report
+REAL_LATENCY = Path("training/latency/cpu-2core-yolov8-640.json")  # the YOLOv8 graphs' costs the projection reads
 # `bench cost`'s defaults (robots, fps, price per device-hour, hours a day): the origin's fleet at $1 an hour
 COST_SCENARIO = (fleet_cost.ORIGIN["robots"], float(fleet_cost.ORIGIN["fps"]), 1.0,
                  float(fleet_cost.ORIGIN["hours_per_day"]))
@@ -450,7 +451,7 @@ def _parser() -> argparse.ArgumentParser:
     throughput.add_argument("--work", type=Path, default=WORK_V3,
                             help="training work folder: its validation profile picks the 90 %%-of-large operating "
                                  "point and feeds the projection (skipped, with a note, when missing)")
-    throughput.add_argument("--real-latency", type=Path, default=Path("training/latency/cpu-2core-yolov8-640.json"),
+    throughput.add_argument("--real-latency", type=Path, default=REAL_LATENCY,
                             help="YOLOv8 n/s/l costs from `bench latency`, for the real-graph projection")
     throughput.add_argument("--modes", default="learned,heuristic,fixed:nano,fixed:large",
                             help="comma-separated routing modes (fixed:large is required: the ratios are against it); "
@@ -957,6 +958,9 @@ def main(argv: list[str] | None = None) -> int:
 
             # --quick reads no work folder (CI has none) unless one is named
             work = None if args.quick and args.work == WORK_V3 else args.work
+            if work is None and args.real_latency != REAL_LATENCY:  # named, but not read: said
+                print(f"[throughput] --real-latency {args.real_latency} is not read: the projection needs the work "
+                      "folder's profiles, and --quick reads none unless --work names one", flush=True)
             run_throughput(args.policy, args.benchmark, work, None if work is None else args.real_latency,
                            [m for m in args.modes.split(",") if m],
                            args.sequences or (QUICK["sequences"] if args.quick else None),
