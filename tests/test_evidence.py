@@ -238,6 +238,11 @@ def test_kill_9_while_an_event_is_written_leaves_every_earlier_event_readable(tm
     again.close()
     assert again.segments == [tmp_path / "cam_image_raw" / "evidence_0003"]
     assert (tmp_path / "cam_image_raw" / "evidence_0002").exists()
+    # the evidence folder as `train retrain --bags` reads it: the closed segments, and the one never closed apart
+    from adaptive_perception.bag import expand_bags, unclosed_inside
+
+    assert expand_bags([tmp_path]) == [tmp_path / "cam_image_raw" / f"evidence_000{n}" for n in (1, 3)]
+    assert unclosed_inside(tmp_path) == [tmp_path / "cam_image_raw" / "evidence_0002"]
 
 
 def test_the_evidence_folder_may_start_at_the_home_folder(tmp_path, monkeypatch):

@@ -455,6 +455,11 @@ def test_retrain_refuses_a_candidate_that_buys_accuracy_with_cost(pipeline, tmp_
                  str(pipeline["root"] / "work"), "--work", str(tmp_path / "wrong"), "--current", str(large),
                  "--candidate", str(nano), "--store", str(store.folder), timeout=300)
     assert wrong.returncode == 2 and "is policy 'always-large' but --store" in wrong.stderr
+    # the folder form too: a never-closed segment inside the named folder is said to be left out
+    assert f"[retrain] left out ['{killed}']: never closed" in _cli(
+        "train", "retrain", "--bags", str(tmp_path / "evidence"), "--original-work", str(pipeline["root"] / "work"),
+        "--work", str(tmp_path / "wrong"), "--current", str(large), "--candidate", str(nano), "--store",
+        str(store.folder), timeout=300).stdout
     assert "deploys 'always-nano'" in wrong.stderr and not (tmp_path / "wrong" / "mlflow.db").exists()
     sidecar = _cli("train", "retrain", "--bags", *_evidence(pipeline, tmp_path / "third"), "--truth", "sidecar",
                    timeout=300)

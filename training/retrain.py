@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from adaptive_perception.bag import expand_bags
+from adaptive_perception.bag import expand_bags, unclosed_inside
 from adaptive_perception.errors import AdaptivePerceptionError
 from adaptive_perception.policy import Policy
 from adaptive_perception.router import Router
@@ -146,9 +146,12 @@ def retrain(settings, bags: list[Path], original_work: Path, current: str | None
     from adaptive_perception.training.profile import bag_frames, profile
     from adaptive_perception.training.simulate import Split
 
-    bags = expand_bags([Path(b) for b in bags])  # an evidence folder stands for its segments
-    # a segment whose writer was killed (kill -9, power loss) has its MCAP but no metadata.yaml: left out, said
+    given = [Path(b) for b in bags]
+    bags = expand_bags(given)  # an evidence folder stands for its segments
+    # a segment whose writer was killed (kill -9, power loss) has its MCAP but no metadata.yaml: left out, said,
+    # whether named or inside a named folder
     unclosed = [b for b in bags if b.is_dir() and not (b / "metadata.yaml").is_file() and any(b.glob("*.mcap"))]
+    unclosed += [b for folder in given for b in unclosed_inside(folder)]
     if unclosed:
         bags = [b for b in bags if b not in unclosed]
         print(f"[retrain] left out {[str(b) for b in unclosed]}: never closed (an MCAP without metadata.yaml: its "

@@ -84,6 +84,15 @@ def _bags_inside(folder: Path) -> list[Path]:
     return sorted({m.parent for pattern in ("*/metadata.yaml", "*/*/metadata.yaml") for m in folder.glob(pattern)})
 
 
+def unclosed_inside(folder: Path) -> list[Path]:
+    """Segments in a folder of bags (as `_bags_inside` reads one) whose writer never closed them (killed while
+    recording): an MCAP without metadata.yaml, which `expand_bags` does not count as a bag."""
+    if not folder.is_dir() or (folder / "metadata.yaml").is_file():
+        return []
+    return sorted({m.parent for pattern in ("*/*.mcap", "*/*/*.mcap") for m in folder.glob(pattern)
+                   if not (m.parent / "metadata.yaml").is_file()})
+
+
 def expand_bags(paths: list[Path]) -> list[Path]:
     """Each path as the recordings it stands for: a folder of bags is its bags (`_bags_inside`); anything else is
     kept, a bag as itself, the rest for the reader's error to name."""
