@@ -44,20 +44,18 @@ def fleet(throughput: dict, robots: int, fps: float, price: float, hours_per_day
                           "least 1 robot, fps > 0, a price > 0 and 0 < hours per day <= 24")
     modes = throughput["modes"]
     base = baseline(modes)
-    # each row with its accuracy: a cheap mode is only a saving at the accuracy it keeps
-    rows = {name: {**monthly(row["busy_s"] / row["frames"], robots, fps, price, hours_per_day),
-                   "map_share_of_large": throughput["comparisons"][name]["map_share_of_large"]}
+    def priced(device_s: float, share: float) -> dict:  # a cheap mode is only a saving at the accuracy it keeps
+        return {**monthly(device_s, robots, fps, price, hours_per_day), "map_share_of_large": share}
+
+    rows = {name: priced(row["busy_s"] / row["frames"], throughput["comparisons"][name]["map_share_of_large"])
             for name, row in modes.items()}
     projection = throughput.get("projection")
     projected = {}
     if projection:
-        projected["always-large"] = {**monthly(projection["always_large"]["frame_ms"] / 1e3, robots, fps, price,
-                                               hours_per_day), "map_share_of_large": 1.0}
+        projected["always-large"] = priced(projection["always_large"]["frame_ms"] / 1e3, 1.0)
         for rule, point in projection["points"].items():
             if point is not None:
-                projected[f"learned ({rule} point)"] = {**monthly(point["frame_ms"] / 1e3, robots, fps, price,
-                                                                  hours_per_day),
-                                                        "map_share_of_large": point["map_share_of_large"]}
+                projected[f"learned ({rule} point)"] = priced(point["frame_ms"] / 1e3, point["map_share_of_large"])
     # device-hours a month of the origin's fleet (1,000 robots, 30 FPS, 24 h) per device-second a frame
     origin_hours = monthly(1.0, ORIGIN["robots"], ORIGIN["fps"], 1.0, ORIGIN["hours_per_day"])["device_hours_per_month"]
     for table, large in ((rows, rows[base]), (projected, projected.get("always-large"))):

@@ -88,6 +88,13 @@ def tracked(settings: Settings, stage: str, params: dict):
         print(f"[{stage}] logged to MLflow run {run.info.run_id} ({settings.uri()})")
 
 
+def log_bags_read(mlflow, read: list[dict], name: str) -> None:
+    """Name in the run the recordings a profile read (`profile.bag_frames`' entries: per bag and camera, the frames
+    used and those left out as undecodable): artifact bags_<name>.json, metric <name>_undecodable_frames."""
+    mlflow.log_dict(read, f"bags_{name}.json")
+    mlflow.log_metric(f"{name}_undecodable_frames", sum(entry["undecodable"] for entry in read))
+
+
 def _fingerprint(params: dict) -> str:
     return hashlib.sha256(json.dumps(params, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
@@ -190,8 +197,7 @@ def stage_profile(settings: Settings) -> None:
                 raise AdaptivePerceptionError(f"--source {settings.source}: use dataset or bags")
             result = profile(frames, total, settings.truth, settings.models, settings.teacher, desc=f"profile {split}")
             if settings.source == "bags":  # the run names the recordings it read, and what it left out of them
-                mlflow.log_dict(read, f"bags_{split}.json")
-                mlflow.log_metric(f"{split}_undecodable_frames", sum(entry["undecodable"] for entry in read))
+                log_bags_read(mlflow, read, split)
             result.save(_profile_path(settings, split))
             result.check_truth(f"split '{split}' ({_profile_path(settings, split)})")  # saved: the frames are kept
             mlflow.log_metrics({f"{split}_frames": len(result),

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from adaptive_perception.bag import expand_bags, unclosed_inside
+from adaptive_perception.bag import expand_bags, never_closed, unclosed_inside
 from adaptive_perception.errors import AdaptivePerceptionError
 from adaptive_perception.policy import Policy
 from adaptive_perception.router import Router
@@ -150,8 +150,7 @@ def retrain(settings, bags: list[Path], original_work: Path, current: str | None
     bags = expand_bags(given)  # an evidence folder stands for its segments
     # a segment whose writer was killed (kill -9, power loss) has its MCAP but no metadata.yaml: left out, said,
     # whether named or inside a named folder
-    unclosed = [b for b in bags if b.is_dir() and not (b / "metadata.yaml").is_file() and any(b.glob("*.mcap"))]
-    unclosed += [b for folder in given for b in unclosed_inside(folder)]
+    unclosed = [b for b in bags if never_closed(b)] + [b for folder in given for b in unclosed_inside(folder)]
     if unclosed:
         bags = [b for b in bags if b not in unclosed]
         print(f"[retrain] left out {[str(b) for b in unclosed]}: never closed (an MCAP without metadata.yaml: its "
@@ -214,8 +213,7 @@ def retrain(settings, bags: list[Path], original_work: Path, current: str | None
         read = []
         evidence = profile(bag_frames(bags, None, False, read), sum(counts), "reference", settings.models,
                            settings.teacher, desc="profile evidence")
-        mlflow.log_dict(read, "bags_evidence.json")  # per bag and camera: frames used, frames left out
-        mlflow.log_metric("evidence_undecodable_frames", sum(entry["undecodable"] for entry in read))
+        pipeline.log_bags_read(mlflow, read, "evidence")
         train_part, held_out = split_segments(segment(evidence, segment_frames), holdout_every)
         held_segments = len(np.unique(held_out.sequence))
         used = "to train on and to match the candidate's cost on" if candidate is None else \

@@ -84,13 +84,18 @@ def _bags_inside(folder: Path) -> list[Path]:
     return sorted({m.parent for pattern in ("*/metadata.yaml", "*/*/metadata.yaml") for m in folder.glob(pattern)})
 
 
+def never_closed(path: Path) -> bool:
+    """A segment whose writer never closed it (killed while recording): an MCAP without metadata.yaml, which no
+    reader opens and `expand_bags` does not count as a bag."""
+    return path.is_dir() and not (path / "metadata.yaml").is_file() and any(path.glob("*.mcap"))
+
+
 def unclosed_inside(folder: Path) -> list[Path]:
-    """Segments in a folder of bags (as `_bags_inside` reads one) whose writer never closed them (killed while
-    recording): an MCAP without metadata.yaml, which `expand_bags` does not count as a bag."""
+    """The never-closed segments in a folder of bags, where `_bags_inside` finds the closed ones."""
     if not folder.is_dir() or (folder / "metadata.yaml").is_file():
         return []
     return sorted({m.parent for pattern in ("*/*.mcap", "*/*/*.mcap") for m in folder.glob(pattern)
-                   if not (m.parent / "metadata.yaml").is_file()})
+                   if never_closed(m.parent)})
 
 
 def expand_bags(paths: list[Path]) -> list[Path]:

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from adaptive_perception.bag import unclosed_inside
 from adaptive_perception.recording import SegmentedRecorder
 
 @dataclass(frozen=True)
@@ -84,8 +85,7 @@ class EvidenceCapture:
         self.root = Path(settings.folder).expanduser()  # '~/evidence' in a params file, where no shell expands it
         _check_folder(self.root)  # now, not at the first DRIFT, when the evidence is wanted
         # segments an earlier process never closed (killed while writing): kept, named (`train retrain` skips them)
-        self.unclosed = sorted(p for p in self.root.glob("*/evidence_*") if p.is_dir()
-                               and not (p / "metadata.yaml").is_file() and any(p.glob("*.mcap")))
+        self.unclosed = unclosed_inside(self.root)
         self.settings, self.serialize, self.on_event = settings, serialize, on_event
         self.store = store
         self.recorders: dict[str, SegmentedRecorder] = {}  # per camera, on the writer thread
