@@ -50,6 +50,20 @@ def test_dockerfiles_are_multi_stage_non_root_and_copy_only_what_exists(dockerfi
     assert "training/checkpoints" in ignored and ".venv" in ignored and "build" in ignored
 
 
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
+def test_the_healthcheck_exits_only_0_or_1(dockerfile):
+    """Docker reserves a healthcheck's exit 2, which `health` gives for a malformed URL: the HEALTHCHECK maps every
+    failure to 1. Its own shell line runs here with the workspace's setup and `health` stood in by exits."""
+    line = re.search(r'^\s+CMD \["/bin/bash", "-c", "(.+)"\]$', dockerfile.read_text(), re.M).group(1)
+    assert "source /ws/install/setup.bash && python3 -m adaptive_perception.cli health" in line
+    for health_exit, expected in ((0, 0), (1, 1), (2, 1), (3, 1)):
+        script = line.replace("source /ws/install/setup.bash", "true") \
+            .replace("python3 -m adaptive_perception.cli health", f"(exit {health_exit})")
+        assert subprocess.run(["bash", "-c", script]).returncode == expected, (health_exit, script)
+    broken_setup = line.replace("source /ws/install/setup.bash", "(exit 2)")
+    assert subprocess.run(["bash", "-c", broken_setup]).returncode == 1
+
+
 def test_compose_validates_and_points_at_files_that_exist():
     compose_file = ROOT / "docker" / "compose.yaml"
     text = compose_file.read_text()
