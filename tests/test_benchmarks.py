@@ -111,11 +111,16 @@ def test_more_sequences_or_frames_than_the_split_holds_are_said_not_silently_few
         write_image_bag(tmp_path / "bags" / "test" / name, frames)
         (tmp_path / "bags" / "test" / name / "ground_truth.json").write_text(
             json.dumps({"frames": {str(stamp): {"objects": []} for stamp, _ in frames}}))
-    assert [len(s.cdr) for s in throughput.split_bags(tmp_path, 2, 3, tmp_path / "cache")] == [3, 3]
+    def lengths(sequences, frames):
+        data, whole = throughput.split_bags(tmp_path, sequences, frames, tmp_path / "cache")
+        return [len(s.cdr) for s in data], whole
+    # asking for exactly what the split holds is the whole split (its verdicts are not marked indicative)
+    assert lengths(2, 3) == ([3, 3], True)
     assert "asked for" not in capsys.readouterr().out
-    assert [len(s.cdr) for s in throughput.split_bags(tmp_path, 99, 500, tmp_path / "cache")] == [3, 3]
+    assert lengths(99, 500) == ([3, 3], True)
     assert "asked for 99 sequences of 500 frames: the test split has 2 sequences of 3-3 frames; all of them are " \
            "used" in capsys.readouterr().out
+    assert lengths(1, None) == ([3], False) and lengths(None, 2) == ([2, 2], False)
     empty = tmp_path / "files-only"
     (empty / "bags" / "test").mkdir(parents=True)
     (empty / "bags" / "test" / "notes.txt").write_text("not a bag")  # failed in max() of nothing
@@ -124,7 +129,8 @@ def test_more_sequences_or_frames_than_the_split_holds_are_said_not_silently_few
 
 
 def test_the_per_frame_path_publishes_the_chosen_tiers_detections():
-    bags = throughput.split_bags(Path("no-benchmark"), 1, throughput.QUICK["frames"], Path("build/bench/test-bags"))
+    bags, whole = throughput.split_bags(Path("no-benchmark"), 1, throughput.QUICK["frames"], Path("build/bench/test-bags"))
+    assert not whole  # rendered: 1 of the frozen test sequences, cut short
     sequence = throughput.Sequence(bags[0].name, bags[0].cdr[:3], bags[0].records[:3])
     from adaptive_perception.bag import BagImage, bag_image_rgb
 

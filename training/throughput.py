@@ -67,6 +67,7 @@ class Sequence:
     name: str
     cdr: list[bytes]
     records: list[dict]  # ground truth per frame (the bag's ground_truth.json)
+    whole: bool = True  # every frame of the sequence (not cut by --frames)
 
 
 def _read_bag(bag: Path, frames: int | None) -> Sequence:
@@ -84,27 +85,30 @@ def _read_bag(bag: Path, frames: int | None) -> Sequence:
         records.append(truth[str(stamp)])
         if frames is not None and len(cdr) == frames:
             break
-    return Sequence(bag.name, cdr, records)
+    return Sequence(bag.name, cdr, records, whole=len(cdr) == len(truth))
 
 
-def split_bags(benchmark: Path, sequences: int | None, frames: int | None, cache: Path) -> list[Sequence]:
+def split_bags(benchmark: Path, sequences: int | None, frames: int | None,
+               cache: Path) -> tuple[list[Sequence], bool]:
     """The benchmark's test bags (`<benchmark>/bags/test/`), or, where none were generated, the same frozen test
-    sequences rendered into bags under `cache` exactly as `scenes generate` writes them."""
+    sequences rendered into bags under `cache` exactly as `scenes generate` writes them; and whether they are the
+    whole split (no sequence or frame left out by `sequences` / `frames`)."""
     folder = benchmark / "bags" / "test"
     if folder.is_dir() and any(folder.iterdir()):
-        bags = sorted(p for p in folder.iterdir() if p.is_dir())[:sequences]
+        every = sorted(p for p in folder.iterdir() if p.is_dir())
+        bags = every[:sequences]
         print(f"[throughput] test bags from {folder} ({len(bags)} sequences)", flush=True)
         out = [_read_bag(b, frames) for b in bags]
     else:
         from adaptive_perception.scenes.benchmark import PRESETS, sequence_bag
 
-        out = []
-        for spec in replace(PRESETS["benchmark"], version=GENERATOR).specs()["test"][:sequences]:
-            spec = replace(spec, frames=min(frames or spec.frames, spec.frames))  # a sequence's frames, no more
-            bag = cache / f"seq{spec.index:03d}-{spec.frames}"
+        out, every = [], replace(PRESETS["benchmark"], version=GENERATOR).specs()["test"]
+        for spec in every[:sequences]:
+            cut = replace(spec, frames=min(frames or spec.frames, spec.frames))  # a sequence's frames, no more
+            bag = cache / f"seq{cut.index:03d}-{cut.frames}"
             if not (bag / "ground_truth.json").is_file():
-                sequence_bag(spec, bag, f"rendering test sequence {spec.index} (generator {GENERATOR}) -> {bag}")
-            out.append(_read_bag(bag, None))
+                sequence_bag(cut, bag, f"rendering test sequence {cut.index} (generator {GENERATOR}) -> {bag}")
+            out.append(replace(_read_bag(bag, None), whole=cut.frames == spec.frames))
     if not out:
         raise AdaptivePerceptionError(f"{folder} holds no bag folders; put the test split's bags there (`adaptive-"
                                       "perception scenes generate --bags eval` or `--bags all` writes them), or leave it empty to "
@@ -113,7 +117,7 @@ def split_bags(benchmark: Path, sequences: int | None, frames: int | None, cache
     if (sequences or 0) > len(out) or (frames or 0) > shortest:  # said, not silently fewer
         print(f"[throughput] asked for {sequences or 'all'} sequences of {frames or 'all'} frames: the test split has "
               f"{len(out)} sequences of {shortest}-{max(len(s.cdr) for s in out)} frames; all of them are used", flush=True)
-    return out
+    return out, len(out) == len(every) and all(s.whole for s in out)
 
 
 # ---- the per-frame path -------------------------------------------------------------------------------
@@ -490,7 +494,7 @@ def measure(policy_path: str, benchmark: Path, work: Path | None, real_latency: 
                   "mAP50-95 on validation", flush=True)
     # before the bags: a missing calibration split is refused before anything is rendered or timed
     eight_bit = int8_tiers(benchmark, cache) if any(tiers[2] for _, _, tiers in plans.values()) else {}
-    data = split_bags(benchmark, sequences, frames, cache)
+    data, whole_split = split_bags(benchmark, sequences, frames, cache)
     config = NodeConfig()  # the node's thresholds; tier settings per mode (the node's defaults unless a suffix says)
     detectors = {}
     for spin, in_graph, int8 in sorted({settings for _, _, settings in plans.values()}):
@@ -536,7 +540,7 @@ def measure(policy_path: str, benchmark: Path, work: Path | None, real_latency: 
     if work is not None and real_latency is not None:
         outside = report["modes"][projection_mode(names)]["work_outside_inference"]["mean_ms"]
         report["projection"] = project(path, work, real_latency, outside)
-    report["limited"] = sequences is not None or frames is not None  # --quick among them: not the whole split
+    report["limited"] = not whole_split  # --sequences / --frames (--quick among them) left part of the split out
     report["bars"] = bars(report)
     return report
 

@@ -84,7 +84,7 @@ def main() -> None:
     policy = Policy(resolve_model("embedded:policy"))
     if policy.policy_id != committed["policy_id"]:
         raise SystemExit(f"the embedded policy is {policy.policy_id}, throughput.json's {committed['policy_id']}")
-    data = split_bags(args.benchmark, args.sequences, None, ROOT / "build/bench/test-bags")
+    data, _ = split_bags(args.benchmark, args.sequences, None, ROOT / "build/bench/test-bags")
     streams = [data[0::2], data[1::2]]
     detectors = {1: tiers(0), 2: tiers(1)}  # workers -> tier sessions
     warm = [[Sequence(data[0].name, data[0].cdr[:3], data[0].records[:3])]]
