@@ -4,7 +4,10 @@ from __future__ import annotations
 import itertools
 import json
 import shutil
+import subprocess
+import sys
 from dataclasses import replace
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -219,3 +222,20 @@ def test_the_pinned_opencv_renders_the_frozen_benchmark():
         frame = next(f for f in render_sequence(specs[sequence]) if f.index == index)
         pixels = benchmark._as_camera_jpeg(frame.rgb)[1]
         assert benchmark._thumb_digest(pixels) == digest, (sequence, index)
+
+
+def test_the_sample_photographs_load_silently_with_the_pixels_opencv_reads():
+    """Rendering printed libpng's "iCCP: ... invalid rendering intent" on page.png into `make demo`'s output (OpenCV's
+    decoder); the frozen benchmark needs the very pixels OpenCV's imread gave, photograph by photograph."""
+    import importlib.util
+
+    from adaptive_perception.scenes.render import CLUTTER_PHOTOS, GROUND_TEXTURES, photo
+
+    names = [*GROUND_TEXTURES["train"], *GROUND_TEXTURES["new_domain"], *CLUTTER_PHOTOS]
+    script = f"from adaptive_perception.scenes.render import photo\nfor name in {names!r}:\n    photo(name)\n"
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert (run.returncode, run.stdout, run.stderr) == (0, "", "")
+    data = Path(list(importlib.util.find_spec("skimage").submodule_search_locations)[0]) / "data"
+    for name in names:
+        reference = cv2.cvtColor(cv2.imread(str(data / name), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+        assert photo(name).dtype == np.uint8 and np.array_equal(photo(name), reference), name

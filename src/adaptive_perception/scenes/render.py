@@ -28,11 +28,13 @@ def photo(name: str) -> np.ndarray:
     if spec is None or not spec.submodule_search_locations:
         raise AdaptivePerceptionError("the scene generator needs scikit-image's bundled sample photographs: "
                                       "pip install 'adaptive_perception[scenes]'")
+    from PIL import Image  # scikit-image's own dependency; OpenCV's libpng printed a warning on page.png's profile
+
     path = Path(list(spec.submodule_search_locations)[0]) / "data" / name
-    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if image is None:
+    if not path.is_file():
         raise AdaptivePerceptionError(f"sample photograph '{path}' is missing from the scikit-image install")
-    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+    with Image.open(path) as image:
+        return np.asarray(image.convert("RGB"))
 
 
 @dataclass(frozen=True)
