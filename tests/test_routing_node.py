@@ -151,6 +151,15 @@ def test_the_cost_weight_moves_a_value_policys_operating_point_on_a_running_node
                                   "moves from the next frame" for log in graph.logs), 5)
     refused = graph.node.set_parameters([Parameter("routing.cost_weight", value=float("inf"))])[0]
     assert not refused.successful and "routing.cost_weight" in refused.reason
+    # a refused batch applies nothing and says nothing of its other members ("conf_threshold ... applies at the
+    # next configure" would be false)
+    batch = graph.node.set_parameters_atomically([Parameter("conf_threshold", value=0.4),
+                                                   Parameter("routing.cost_weight", value=float("nan"))])
+    assert not batch.successful and "routing.cost_weight nan must be a number" in batch.reason
+    assert graph.node.get_parameter("conf_threshold").value == 0.25
+    assert wait_until(lambda: any(log.msg.startswith("parameter change refused (conf_threshold = 0.4, "
+                                                     "routing.cost_weight = nan)") for log in graph.logs), 5)
+    assert not any("conf_threshold = 0.4 is set" in log.msg for log in graph.logs)
     assert _route(graph, regime_frames["dense"], 50).tier_name == "small"
     # set while another mode routes: said to apply in the learned mode, not "from the next frame"
     assert graph.call(SetRoutingMode, "set_routing_mode", SetRoutingMode.Request(mode="fixed:large")).success

@@ -854,11 +854,8 @@ class PerceptionNode(LifecycleNode):
                         "policy": "; ~/load_policy swaps a running node's policy"}.get(parameter.name, "")
                 self.get_logger().warning(f"parameter {parameter.name} = {parameter.value!r} is set but applies at the "
                                           f"next configure (lifecycle cleanup, then configure){live}")
-            if parameter.name == "routing.cost_weight":
+            if parameter.name == "routing.cost_weight":  # a finite float: read_config checked it above
                 value = parameter.value
-                if not isinstance(value, float) or not math.isfinite(value):
-                    return self._refused(parameters, f"routing.cost_weight {value!r} must be a finite float (negative: "
-                                         "the policy's own weight)")
                 if self.router is not None:
                     self.router.set_cost_weight(value)
                     applies = ("the operating point moves from the next frame" if self.router.mode == "learned" else
