@@ -55,14 +55,18 @@ class Graph:
 
     _count = itertools.count()
 
-    def __init__(self, context: rclpy.context.Context, parameters: dict[str, object], camera: str = "image") -> None:
-        """`camera`: where the node's `image` topic is remapped to (the driver publishes there)."""
+    def __init__(self, context: rclpy.context.Context, parameters: dict[str, object], camera: str = "image",
+                 namespace: str = "") -> None:
+        """`camera`: where the node's `image` topic is remapped to (the driver publishes there); `namespace`: the
+        node's and the driver's (`/robot1`; the root by default)."""
         self.name = f"{NODE_NAME}_{next(Graph._count)}"
         remap = ["-r", f"image:={camera}"] if camera != "image" else []
+        remap += ["-r", f"__ns:={namespace}"] if namespace else []
         self.node = PerceptionNode(
             context=context, cli_args=["--ros-args", "-r", f"__node:={self.name}", *remap],
             parameter_overrides=[Parameter(k, value=v) for k, v in {"metrics.port": 0, **parameters}.items()])
-        self.driver = Node("test_driver", context=context)
+        self.driver = Node("test_driver", context=context, namespace=namespace or None)
+        self.fqn = f"{namespace}/{self.name}"  # the node's name as the graph lists it
         self.detections: list[Detection2DArray] = []
         self.routing: list[RoutingDecision] = []
         self.logs: list[Log] = []
@@ -76,8 +80,8 @@ class Graph:
         self.driver.create_subscription(DiagnosticArray, "/diagnostics", self.diagnostics.append, reliable)
         self.image_pub = self.driver.create_publisher(Image, camera, reliable)
         self.compressed_pub = self.driver.create_publisher(CompressedImage, "image/compressed", reliable)
-        self._change = self.driver.create_client(ChangeState, f"/{self.name}/change_state")
-        self._get = self.driver.create_client(GetState, f"/{self.name}/get_state")
+        self._change = self.driver.create_client(ChangeState, f"{self.fqn}/change_state")
+        self._get = self.driver.create_client(GetState, f"{self.fqn}/get_state")
         # one thread, as the node's own main spins: rclpy's MultiThreadedExecutor busy-loops (ros2/rclpy#1547),
         # taking the CPU the tiers need, so the node fell behind its own job times on a loaded 2-core machine
         self.executor = SingleThreadedExecutor(context=context)
@@ -100,7 +104,7 @@ class Graph:
 
     def call(self, service_type, name: str, request):
         """Call one of the node's own services (~/name) and return the response."""
-        client = self.driver.create_client(service_type, f"/{self.name}/{name}")
+        client = self.driver.create_client(service_type, f"{self.fqn}/{name}")
         try:
             assert client.wait_for_service(timeout_sec=10), f"service {name} not offered"
             future = client.call_async(request)
@@ -128,7 +132,7 @@ class Graph:
         def find():
             for array in reversed(list(self.diagnostics)):
                 for status in array.status:
-                    if status.name == f"/{self.name}: {suffix}" and predicate({kv.key: kv.value for kv in status.values}):
+                    if status.name == f"{self.fqn}: {suffix}" and predicate({kv.key: kv.value for kv in status.values}):
                         return status
             return None
 

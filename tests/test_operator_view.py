@@ -303,6 +303,44 @@ def test_the_debug_image_is_drawn_only_while_someone_subscribes(context, tier_mo
         graph.close()
 
 
+def test_each_camera_has_its_own_debug_image_and_the_combined_one_shows_them_in_turn(context, tier_models):
+    """With several cameras the one debug image flipped between them frame by frame (Foxglove's Image panel and
+    RViz showed both cameras alternating): each camera's newest frame now also goes to its own topics."""
+    graph = _graph(context, tier_models, routing_mode="fixed:nano", image_topics=["front/image_raw", "rear/image_raw"])
+    try:
+        reliable = QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE)
+        got = {"front": [], "rear": [], "combined": [], "front_jpeg": []}
+        for cam in ("front", "rear"):
+            graph.driver.create_subscription(Image, f"/{graph.name}/{cam}/image_raw/debug_image", got[cam].append,
+                                             reliable)
+        graph.driver.create_subscription(CompressedImage, f"/{graph.name}/front/image_raw/debug_image/compressed",
+                                         got["front_jpeg"].append, reliable)
+        graph.driver.create_subscription(Image, f"/{graph.name}/debug_image", got["combined"].append, reliable)
+        publishers = {cam: graph.driver.create_publisher(Image, f"{cam}/image_raw", reliable) for cam in ("front", "rear")}
+        watched = [*graph.node._debug_pubs[:1], *(p for c in ("front", "rear") for p in
+                                                   graph.node._camera_pubs[f"{c}/image_raw"][2:3]),
+                   graph.node._camera_pubs["front/image_raw"][3]]
+        assert wait_until(lambda: all(p.get_subscription_count() for p in [*publishers.values(), *watched]), 10)
+        for sec in range(1, 4):
+            for cam, shade in (("front", 90), ("rear", 170)):
+                publishers[cam].publish(image_msg(np.full((120, 160, 3), shade, np.uint8), sec=sec, frame_id=cam))
+                # one frame at a time: the renderer keeps only each camera's newest frame
+                assert wait_until(lambda: len(got[cam]) == sec, 5), (cam, sec, {k: len(v) for k, v in got.items()})
+        assert [(m.header.frame_id, m.header.stamp.sec) for m in got["front"]] == [("front", s) for s in (1, 2, 3)]
+        assert [(m.header.frame_id, m.header.stamp.sec) for m in got["rear"]] == [("rear", s) for s in (1, 2, 3)]
+        assert [m.header.frame_id for m in got["front_jpeg"]] == ["front"] * 3
+        # the picture is the camera's own frame (what the boxes and banner leave of it), never the other camera's
+        for cam, shade, other in (("front", 90, 170), ("rear", 170, 90)):
+            grey = (np.frombuffer(bytes(got[cam][-1].data), np.uint8).reshape(120, 160, 3) == shade).all(axis=2)
+            alien = (np.frombuffer(bytes(got[cam][-1].data), np.uint8).reshape(120, 160, 3) == other).all(axis=2)
+            assert grey.mean() > 0.01 and not alien.any(), cam
+        assert wait_until(lambda: len(got["combined"]) == 6, 5)
+        assert [m.header.frame_id for m in got["combined"]] == ["front", "rear"] * 3
+        assert graph.node.debug_rendered == 6  # drawn once a frame for all the topics that show it
+    finally:
+        graph.close()
+
+
 @pytest.mark.parametrize("workers", [1, 0])  # one worker; the default: one per camera, at most one per core
 def test_two_cameras_at_different_rates_get_their_own_topics_and_neither_starves(context, tier_models, workers):
     graph = _graph(context, tier_models, routing_mode="fixed:nano", image_topics=["front/image_raw", "rear/image_raw"],

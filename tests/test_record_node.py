@@ -70,6 +70,56 @@ def test_the_recording_holds_every_message_type_with_typed_fields(context, tier_
     assert any(s.name.endswith("camera /image") for d in messages["/diagnostics"] for s in d.status)
 
 
+def test_the_default_topics_follow_the_nodes_namespace_and_its_cameras(context, tier_models, tmp_path):
+    """A node in /robot1 publishes /robot1/detections, which the defaults missed ("never seen on the graph"); with
+    several cameras they took the combined debug image (the cameras in turn) and no camera's own outputs."""
+    from rclpy.qos import QoSProfile, ReliabilityPolicy
+    from sensor_msgs.msg import Image
+
+    cameras = ["/cam_a/image_raw", "/cam_b/image_raw"]
+    graph = Graph(context, {**{f"models.{t}": str(p) for t, p in tier_models.items()}, "routing_mode": "fixed:small",
+                            "policy": "", "providers": ["CPUExecutionProvider"], "warmup_runs": 0,
+                            "image_topics": cameras}, namespace="/robot1")
+    assert graph.transition("configure") and graph.transition("activate")
+    topics = default_topics(cameras, graph.fqn)
+    node = f"/robot1/{graph.name}"
+    assert topics == [*cameras, "/robot1/detections", "/robot1/routing",
+                      *(f"{node}{c}/{leaf}" for c in cameras for leaf in ("detections", "routing",
+                                                                          "debug_image/compressed")),
+                      "/diagnostics"]
+    recorder = SegmentedRecorder(tmp_path / "rec", STORE, segment_s=600)
+    recording = TopicRecorder(graph.driver, topics, recorder)
+    reliable = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
+    publishers = {c: graph.driver.create_publisher(Image, c, reliable) for c in cameras}
+    try:
+        assert wait_until(lambda: recording.discover() or len(recording.types) == len(topics), 10), \
+            set(topics) - set(recording.types)
+        debug = [graph.node._camera_pubs[c][3] for c in cameras]
+        assert wait_until(lambda: all(p.get_subscription_count() for p in [*publishers.values(), *debug]), 10)
+        for sec in (1, 2):
+            for index, camera in enumerate(cameras):
+                publishers[camera].publish(image_msg(np.full((48, 64, 3), 60 + index, np.uint8), sec=sec,
+                                                     frame_id=camera.split("/")[1]))
+                assert wait_until(lambda: recording.counts[f"{node}{camera}/debug_image/compressed"] == sec, 10)
+        assert wait_until(lambda: recording.counts["/robot1/routing"] == 4, 10)
+    finally:
+        recording.stop()
+        recorder.close()
+        graph.close()
+    with AnyReader(recorder.closed_segments) as reader:
+        frames = {}
+        for connection, _, raw in reader.messages():
+            if connection.topic != "/diagnostics":
+                frames.setdefault(connection.topic, []).append(
+                    reader.deserialize(raw, connection.msgtype).header.frame_id)
+    assert frames["/robot1/detections"].count("cam_a") == frames["/robot1/detections"].count("cam_b") == 2
+    for camera in cameras:
+        own = camera.split("/")[1]
+        for leaf in ("detections", "routing", "debug_image/compressed"):
+            assert frames[f"{node}{camera}/{leaf}"] == [own, own], (camera, leaf)
+        assert frames[camera] == [own, own]
+
+
 async def _receive_detections(port: int, count: int, timeout: float) -> list[tuple[int, bytes]]:
     """A Foxglove WebSocket client: subscribe to /detections once advertised, return (log time, payload)s."""
     got: list[tuple[int, bytes]] = []

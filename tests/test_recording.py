@@ -181,6 +181,13 @@ def test_the_foxglove_layout_reads_only_topics_and_fields_the_node_publishes():
     assert layout["configById"]["DiagnosticSummary!all"]["topicToRender"] in published
     panels = set(re.findall(r'"([A-Za-z]+![a-z]+)"', json.dumps(layout["layout"])))
     assert panels == set(layout["configById"])  # every configured panel is placed, and only those
+    # frame age (hours to years on a replayed bag: its stamps are the recording's) has a plot of its own: on one
+    # axis with node time it flattened the per-tier lines
+    for name, panel in layout["configById"].items():
+        fields = {path["value"].rsplit(".", 1)[1] for path in panel.get("paths", [])}
+        assert not (name.startswith("Plot!") and {"frame_age_ms", "total_ms"} <= fields), name
+    assert any(path["value"] == "/routing.frame_age_ms" for name, panel in layout["configById"].items()
+               if name.startswith("Plot!") for path in panel["paths"])
 
 
 def test_record_without_a_destination_says_what_to_give(tmp_path):

@@ -496,9 +496,13 @@ def _parser() -> argparse.ArgumentParser:
     record.add_argument("--out", type=Path, help="folder of MCAP segments (recording_0001/, ...)")
     record.add_argument("--camera", action="append", default=None,
                         help="camera topic to record (repeatable; default /image)")
-    record.add_argument("--node", default="perception_node", help="node name, for its debug image topic")
+    record.add_argument("--node", default="perception_node",
+                        help="the node's name with its namespace (/robot1/perception_node): where its outputs and debug "
+                             "images are published")
     record.add_argument("--topics", nargs="+", help="record exactly these topics instead of the defaults (cameras, "
-                                                    "/detections, /routing, <node>/debug_image/compressed, /diagnostics)")
+                                                    "<namespace>/detections, <namespace>/routing, "
+                                                    "<node>/debug_image/compressed (several cameras: each camera's "
+                                                    "own outputs and debug image), /diagnostics)")
     record.add_argument("--segment-mb", type=_positive, default=1024.0, help="close a segment at this size")
     record.add_argument("--segment-s", type=_positive, default=300.0, help="close a segment after this many seconds")
     record.add_argument("--budget-mb", type=_positive, default=20480.0,

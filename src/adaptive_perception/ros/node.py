@@ -119,7 +119,8 @@ class PerceptionNode(LifecycleNode):
         self._subscriptions: list[object] = []
         self._det_pub = None
         self._routing_pub = None
-        self._camera_pubs: dict[str, tuple[object, object]] = {}  # camera -> (detections, routing), several cameras
+        # several cameras: camera -> (detections, routing, debug image, compressed debug image) of its own
+        self._camera_pubs: dict[str, tuple[object, ...]] = {}
         self._debug_pubs: tuple[object, object] | None = None  # (Image, CompressedImage)
         self._debug_slot: LatestFrameSlot | None = None
         self._renderer: threading.Thread | None = None
@@ -244,7 +245,10 @@ class PerceptionNode(LifecycleNode):
         if len(config.image_topics) > 1:
             self._camera_pubs = {camera: (
                 self.create_lifecycle_publisher(Detection2DArray, f"{camera_namespace(self, camera)}/detections", 10),
-                self.create_lifecycle_publisher(RoutingDecision, f"{camera_namespace(self, camera)}/routing", 10))
+                self.create_lifecycle_publisher(RoutingDecision, f"{camera_namespace(self, camera)}/routing", 10),
+                self.create_lifecycle_publisher(Image, f"{camera_namespace(self, camera)}/{DEBUG_IMAGE_TOPICS[0]}", 1),
+                self.create_lifecycle_publisher(CompressedImage,
+                                                f"{camera_namespace(self, camera)}/{DEBUG_IMAGE_TOPICS[1]}", 1))
                 for camera in config.image_topics}
         self._debug_pubs = (self.create_lifecycle_publisher(Image, f"~/{DEBUG_IMAGE_TOPICS[0]}", 1),
                             self.create_lifecycle_publisher(CompressedImage, f"~/{DEBUG_IMAGE_TOPICS[1]}", 1))
@@ -719,9 +723,10 @@ class PerceptionNode(LifecycleNode):
                 self.metrics.audited(camera)
             if math.isfinite(drift_score):
                 self.metrics.drift_scored(camera, drift_score)
-        debug_slot, debug_pubs = self._debug_slot, self._debug_pubs
+        debug_slot, debug_pubs = self._debug_slot, [*self._debug_pubs, *(camera_pubs or ())[2:]]
         if debug_slot is not None and any(pub.get_subscription_count() for pub in debug_pubs):
-            debug_slot.put("debug", (rgb, detections, decision.tier_name, out.total_ms, header))
+            # the newest frame of each camera (one camera's frames never displace another's)
+            debug_slot.put(camera, (rgb, detections, decision.tier_name, out.total_ms, header))
 
     def _drift_changed(self, camera: str, state: int, score: float) -> None:
         previous = self._drift_states.get(camera, 0)
@@ -744,19 +749,28 @@ class PerceptionNode(LifecycleNode):
 
     def _render(self, slot: LatestFrameSlot) -> None:
         """Draw and publish the newest routed frame for the debug image subscribers, off the processing path."""
-        for _, (rgb, detections, tier, total_ms, header) in slot.items(_WORKER_POLL_S):
+        for camera, (rgb, detections, tier, total_ms, header) in slot.items(_WORKER_POLL_S):
             try:
-                self._publish_debug(rgb, detections, tier, total_ms, header)
+                self._publish_debug(camera, rgb, detections, tier, total_ms, header)
             except Exception as exc:  # drawing must never take the node down
                 self.get_logger().warning(f"debug image not published: {exc}", throttle_duration_sec=5.0)
 
-    def _publish_debug(self, rgb, detections: Detections, tier: str, total_ms: float, header) -> None:
-        raw, compressed = self._debug_pubs
+    def _publish_debug(self, camera: str, rgb, detections: Detections, tier: str, total_ms: float, header) -> None:
+        """Drawn once for the combined topics (every camera's frames in turn) and the camera's own (several)."""
+        pubs = [*self._debug_pubs, *self._camera_pubs.get(camera, ())[2:]]
+        raws, compressed = [p for p in pubs[::2] if p.get_subscription_count()], \
+            [p for p in pubs[1::2] if p.get_subscription_count()]
+        if not raws and not compressed:
+            return
         picture = draw_routed(rgb, detections, tier, f"{total_ms:.1f} ms")
-        if raw.get_subscription_count():
-            raw.publish(rgb_to_msg(picture, header))
-        if compressed.get_subscription_count():
-            compressed.publish(rgb_to_compressed(picture, header))
+        if raws:
+            message = rgb_to_msg(picture, header)
+            for pub in raws:
+                pub.publish(message)
+        if compressed:
+            message = rgb_to_compressed(picture, header)
+            for pub in compressed:
+                pub.publish(message)
         self.debug_rendered += 1
 
     # ---- services --------------------------------------------------------------------------

@@ -24,8 +24,18 @@ MISSING_AFTER_S = 5.0  # discovery on a quiet localhost graph takes well under a
 
 
 def default_topics(cameras: list[str], node_name: str) -> list[str]:
-    """Camera frames, the node's outputs, its compressed debug image and /diagnostics."""
-    return [*cameras, "/detections", "/routing", f"/{node_name.strip('/')}/{DEBUG_IMAGE_TOPICS[1]}", "/diagnostics"]
+    """Camera frames, the node's outputs (in its namespace: `/robot1/perception_node` publishes `/robot1/detections`),
+    its compressed debug image and /diagnostics; with several cameras, each camera's own detections, routing and
+    debug image instead of the combined debug image (which shows the cameras in turn)."""
+    node = "/" + node_name.strip("/")
+    namespace = node.rsplit("/", 1)[0]  # "" at the root
+    topics = [*cameras, f"{namespace}/detections", f"{namespace}/routing"]
+    if len(cameras) > 1:
+        topics += [f"{node}/{camera.strip('/')}/{leaf}" for camera in cameras
+                   for leaf in ("detections", "routing", DEBUG_IMAGE_TOPICS[1])]
+    else:
+        topics.append(f"{node}/{DEBUG_IMAGE_TOPICS[1]}")
+    return [*topics, "/diagnostics"]
 
 
 def message_class(msgtype: str):
@@ -117,7 +127,6 @@ def run_record(out: Path | None, topics: list[str], segment_mb: float, segment_s
     live = LiveServer(store, live_host, live_port) if live_port is not None else None
     where = [f"MCAP segments in {out}"] if out else []
     where += [f"Foxglove live on ws://{live_host}:{live.port}"] if live else []
-    print(f"recording {topics}: {', '.join(where)}; Ctrl-C stops", file=sys.stderr, flush=True)
     with spun_node("adaptive_perception_recorder") as node:
         # SIGTERM (docker stop, systemd) stops like Ctrl-C: the open segment is closed, not lost (set after rclpy's
         # own handlers, which would only shut the context down)
@@ -126,6 +135,7 @@ def run_record(out: Path | None, topics: list[str], segment_mb: float, segment_s
         # handler, so `kill -INT` did nothing
         signal.signal(signal.SIGINT, _interrupt)
         recording = TopicRecorder(node, topics, recorder, live)
+        print(f"recording {recording.topics}: {', '.join(where)}; Ctrl-C stops", file=sys.stderr, flush=True)
         closed = 0
         started = time.monotonic()
         said_missing = False
@@ -148,7 +158,7 @@ def run_record(out: Path | None, topics: list[str], segment_mb: float, segment_s
             sink.close()
     _print_closed(recorder, closed)  # the one open until now
     missing = [t for t in recording.topics if t not in recording.types]
-    print(f"recorded {counted(sum(recording.counts.values()), 'message')}: " +
+    print(f"{'recorded' if recorder is not None else 'served'} {counted(sum(recording.counts.values()), 'message')}: " +
           ", ".join(f"{t} {n}" for t, n in recording.counts.items()) +
           (f"; never seen on the graph: {missing}" if missing else ""), file=sys.stderr)
     return 0
