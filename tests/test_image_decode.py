@@ -163,3 +163,56 @@ def test_a_truncated_png_is_the_node_s_error_alone_not_also_opencv_s_line(capfd)
         decode_compressed(png.tobytes()[: png.size // 2], "png")
     assert raised.value.kind == "corrupt_compressed"
     assert "PNG input buffer is incomplete" not in capfd.readouterr().err
+    gif = cv2.imencode(".gif", np.random.default_rng(3).integers(0, 256, (64, 64, 3), np.uint8))[1]
+    with pytest.raises(ImageDecodeError, match="could not be decoded"):  # "[ERROR:0@0.03] ... can't read header"
+        decode_compressed(gif.tobytes()[: gif.size // 2], "gif")
+    assert "loadsave" not in capfd.readouterr().err
+
+
+@pytest.mark.parametrize("ext, params", [(".png", []), (".jpg", []), (".jpg", [cv2.IMWRITE_JPEG_PROGRESSIVE, 1])])
+def test_a_compressed_frame_is_sized_from_its_header(ext, params):
+    from adaptive_perception.image import compressed_size
+
+    pixels = np.random.default_rng(0).integers(0, 255, (23, 37, 3), np.uint8)
+    data = cv2.imencode(ext, pixels, params)[1].ravel()
+    assert compressed_size(data) == (37, 23)
+    assert compressed_size(data[:3]) is None and compressed_size(cv2.imencode(".bmp", pixels)[1].ravel()) is None
+
+
+def _png_of_zeros(width: int, height: int) -> bytes:
+    """A valid grey PNG of zeros, written row by row: a few hundred kilobytes that unpack into width x height."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+    packer, row, parts = zlib.compressobj(9), bytes(width + 1), []
+    for _ in range(height):
+        parts.append(packer.compress(row))
+    parts.append(packer.flush())
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0))
+            + chunk(b"IDAT", b"".join(parts)) + chunk(b"IEND", b""))
+
+
+def test_a_compressed_bomb_is_refused_before_it_is_decoded():
+    """249 KB of PNG unpacked into 1.5 GB in the node before its size was checked (a robot's memory gone on one
+    frame); within 16384 px a side it was decoded whole. Refused from its header now, in a fresh process whose
+    peak memory shows nothing was unpacked."""
+    import subprocess
+    import sys
+
+    bomb = _png_of_zeros(9000, 8000)  # 72 M pixels: 216 MB as BGR, 432 MB with the RGB copy
+    assert len(bomb) < 200_000
+    script = ("import resource, sys\nfrom adaptive_perception.image import decode_compressed\n"
+              "from adaptive_perception.errors import ImageDecodeError\ndata = sys.stdin.buffer.read()\n"
+              "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+              "try:\n    decode_compressed(data, 'png')\nexcept ImageDecodeError as exc:\n    print(exc.kind, exc)\n"
+              "print('grew', (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) // 1024, 'MB')\n")
+    run = subprocess.run([sys.executable, "-c", script], input=bomb, capture_output=True, timeout=120)
+    out = run.stdout.decode()
+    assert run.returncode == 0, run.stderr.decode()
+    assert out.startswith("bad_size 'png' compressed image size 9000x8000 is over 64 M pixels, refused before "
+                          "decoding"), out
+    assert int(out.split("grew ")[1].split()[0]) < 50, out
+    # a frame under the limit still decodes
+    assert decode_compressed(_png_of_zeros(640, 480), "png").shape == (480, 640, 3)

@@ -6,9 +6,10 @@ import numpy as np
 
 from adaptive_perception.errors import ImageDecodeError
 
-# OpenCV's own warning for a damaged payload ("[ WARN:0@37.6] global grfmt_png.cpp:793 ... PNG input buffer is
-# incomplete") reached the node's log unformatted, beside the node's warning that names the camera and the problem
-cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
+# OpenCV's own lines for a damaged payload ("[ WARN:0@37.6] global grfmt_png.cpp:793 ... PNG input buffer is
+# incomplete", "[ERROR:0@0.03] global loadsave.cpp ... can't read header") reached the node's log unformatted, beside
+# the node's warning that names the camera and the problem (its failures are raised, not only logged)
+cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
 
 # encoding -> (channels, numpy dtype, conversion to RGB or None when already RGB)
 _RAW_LAYOUTS: dict[str, tuple[int, str, int | None]] = {
@@ -38,6 +39,7 @@ _RAW_LAYOUTS: dict[str, tuple[int, str, int | None]] = {
 SUPPORTED_ENCODINGS: tuple[str, ...] = tuple(_RAW_LAYOUTS)
 MAX_SIDE = 16384  # pixels; larger frames are a publisher bug, not a camera
 MAX_ASPECT = 64  # longer side / shorter side; beyond it a letterboxed frame has no rows left at the tiers' sizes
+MAX_COMPRESSED_PIXELS = 64_000_000  # above 8K UHD (33 M); decoded, 192 MB of BGR
 
 
 def check_size(width: int, height: int, what: str = "image") -> None:
@@ -109,11 +111,49 @@ def decode_raw(
     return cv2.cvtColor(np.ascontiguousarray(pixels), conversion)
 
 
+def compressed_size(buffer: np.ndarray) -> tuple[int, int] | None:
+    """(width, height) from a PNG's IHDR or a JPEG's frame header, without decoding; None for other formats or a
+    header too damaged to read (the decoder then says what is wrong)."""
+    head = buffer[:32].tobytes()
+    if head.startswith(b"\x89PNG\r\n\x1a\n") and head[12:16] == b"IHDR" and len(head) >= 24:
+        return int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")
+    if not head.startswith(b"\xff\xd8"):
+        return None
+    data, at = buffer, 2
+    while at + 4 <= data.size:  # marker segments up to the frame header (SOF0-15 but DHT, JPG and DAC)
+        if data[at] != 0xFF:
+            return None
+        marker = int(data[at + 1])
+        if marker == 0xFF:  # fill byte
+            at += 1
+            continue
+        if marker == 0x01 or 0xD0 <= marker <= 0xD8:  # no length field
+            at += 2
+            continue
+        length = int(data[at + 2]) << 8 | int(data[at + 3])
+        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
+            if at + 9 > data.size:
+                return None
+            return int(data[at + 7]) << 8 | int(data[at + 8]), int(data[at + 5]) << 8 | int(data[at + 6])
+        if marker == 0xDA or length < 2:  # scan data before any frame header: not a JPEG to trust
+            return None
+        at += 2 + length
+    return None
+
+
 def decode_compressed(data: bytes | bytearray | memoryview | np.ndarray, format: str = "") -> np.ndarray:
-    """Return the pixels of a sensor_msgs/CompressedImage payload (jpeg, png, ...) as HxWx3 uint8 RGB."""
+    """Return the pixels of a sensor_msgs/CompressedImage payload (jpeg, png, ...) as HxWx3 uint8 RGB. A PNG or
+    JPEG is sized from its header first: a few hundred kilobytes of PNG can unpack into gigabytes."""
     buffer = np.frombuffer(data, dtype=np.uint8) if not isinstance(data, np.ndarray) else data.view(np.uint8).ravel()
     if buffer.size == 0:
         raise ImageDecodeError(f"compressed image (format '{format}') has no data", "truncated")
+    size = compressed_size(buffer)
+    if size is not None:
+        check_size(*size, f"'{format}' compressed image")
+        if size[0] * size[1] > MAX_COMPRESSED_PIXELS:
+            raise ImageDecodeError(f"'{format}' compressed image size {size[0]}x{size[1]} is over "
+                                   f"{MAX_COMPRESSED_PIXELS / 1e6:g} M pixels, refused before decoding; check the "
+                                   "publisher's resolution", "bad_size")
     decoded = cv2.imdecode(buffer, cv2.IMREAD_COLOR)
     if decoded is None:
         raise ImageDecodeError(
