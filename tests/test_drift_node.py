@@ -121,3 +121,36 @@ def test_a_frame_inside_its_tier_at_a_routing_change_joins_no_window_in_a_runnin
         assert third.mode == "learned" and list(monitor._tiers) == [third.tier]
     finally:
         graph.close()
+
+
+def test_evidence_the_disk_refuses_is_an_error_in_the_log_and_a_warning_on_diagnostics(context, tier_models, tmp_path):
+    """Evidence lost to a full disk was only counted (`evidence_messages_failed`): no line in the log, the routing
+    status OK, and the event gone. Here the camera's evidence folder cannot be made (a file holds its name): the
+    event's end is logged as an error and the routing status warns until an event of the camera writes."""
+    from diagnostic_msgs.msg import DiagnosticStatus
+
+    from adaptive_perception.evidence import LINGER_FRAMES
+
+    evidence = tmp_path / "evidence"
+    evidence.mkdir()
+    (evidence / "image").write_text("in the way")
+    graph = Graph(context, {**{f"models.{t}": str(p) for t, p in tier_models.items()}, "routing_mode": "fixed:nano",
+                            "policy": "", "providers": ["CPUExecutionProvider"], "warmup_runs": 0,
+                            "evidence.dir": str(evidence), "evidence.pre_frames": 1, "evidence.post_frames": 2})
+    try:
+        assert graph.transition("configure") and graph.transition("activate")
+        graph.wait_for_image_subscriber()
+        frame = np.full((48, 64, 3), 90, np.uint8)
+        assert graph.send_lockstep(image_msg(frame, sec=1))
+        assert graph.node.evidence.trigger("/image")  # what a DRIFT does (the drift tests turn one for real)
+        for sec in range(2, 4 + LINGER_FRAMES):
+            assert graph.send_lockstep(image_msg(frame, sec=sec))
+        # the frame before the trigger and the 2 after it, each with its detections and routing decision
+        said = "drift evidence of camera '/image': 9 messages could not be written (FileExistsError"
+        assert wait_until(lambda: any(log.msg.startswith(said) for log in graph.logs), 10), \
+            [log.msg for log in graph.logs[-5:]]
+        status = graph.status("routing", lambda v: v["evidence_messages_failed"] == "9", timeout=5)
+        assert status.level == DiagnosticStatus.WARN
+        assert "drift evidence not written: 9 messages of the latest event of camera '/image'" in status.message
+    finally:
+        graph.close()

@@ -131,7 +131,7 @@ def test_an_event_larger_than_the_budget_keeps_its_beginning_and_is_never_remove
 
     events = []
     evidence = EvidenceCapture(EvidenceSettings(str(tmp_path), 1, 2, budget_mb=1.0), STORE, serialize,
-                               on_event=lambda camera, path, cut: events.append((camera, path and path.name, cut)))
+                               on_event=lambda camera, path, cut, failed: events.append((camera, path and path.name, cut)))
     evidence.frame(CAMERA, CAMERA, IMAGE, 1 * 10**9, big(1))  # before the trigger
     output(1)
     evidence.trigger(CAMERA)
@@ -256,3 +256,28 @@ def test_the_evidence_folder_may_start_at_the_home_folder(tmp_path, monkeypatch)
     evidence.close()
     assert evidence.segments == [tmp_path / "home" / "evidence" / "cam_image_raw" / "evidence_0001"]
     assert not (tmp_path / "~").exists()
+
+
+def test_an_event_that_could_not_be_written_is_reported_and_the_next_one_starts_clean(tmp_path):
+    """Evidence lost to the disk was only counted: the node logged nothing and /diagnostics stayed OK. The event's
+    end now reports how many of its messages failed, and they stay counted until an event of the camera writes."""
+    events = []
+    evidence = EvidenceCapture(EvidenceSettings(str(tmp_path), 1, 2), STORE, serialize,
+                               on_event=lambda camera, path, cut, failed: events.append((path and path.name, failed)))
+    (tmp_path / "cam_image_raw").write_text("in the way")  # the camera's folder cannot be made: every write fails
+    send_frame(evidence, 1)
+    evidence.trigger(CAMERA)
+    for n in range(2, 4 + LINGER_FRAMES):
+        send_frame(evidence, n)
+    evidence.flush()
+    assert events == [(None, 3)] and evidence.failed_in_event == {CAMERA: 3} and evidence.failed == 3
+    assert "cam_image_raw" in evidence.last_error
+    (tmp_path / "cam_image_raw").unlink()
+    evidence.trigger(CAMERA)
+    send_frame(evidence, 50)
+    evidence.flush()
+    assert evidence.failed_in_event == {CAMERA: 0}  # the new event writes
+    for n in range(51, 53 + LINGER_FRAMES):
+        send_frame(evidence, n)
+    evidence.close()
+    assert events == [(None, 3), ("evidence_0001", 0)]

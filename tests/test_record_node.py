@@ -220,3 +220,57 @@ def test_record_stopped_by_sigterm_closes_its_open_segment(context, tmp_path, si
                    if c.topic == "/sigterm_cam"]
     assert seconds == [1, 2, 3, 4, 5]
     assert f"closed {segments[0]}" in (tmp_path / "record.log").read_text(), "the segment closed at the stop is named"
+
+
+def test_record_on_a_disk_that_refuses_writes_says_so_goes_on_and_exits_1(context, tmp_path):
+    """On a full disk the first failed write killed record's executor thread: nothing more was recorded, the process
+    ran on, and its summary said nothing of the loss (exit 0). The file size limit stands in for the disk (writes
+    past it fail, as a full disk's do)."""
+    import os
+    import resource
+    import signal
+    import subprocess
+    import sys
+
+    from rclpy.node import Node
+    from rclpy.qos import QoSProfile, ReliabilityPolicy
+    from sensor_msgs.msg import Image
+
+    def limit_file_size():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (3 << 20, 3 << 20))
+    out, log_path = tmp_path / "rec", tmp_path / "record.log"
+    with open(log_path, "w") as log:
+        record = subprocess.Popen([sys.executable, "-m", "adaptive_perception.cli", "record", "--out", str(out),
+                                   "--camera", "disk_cam"], stdout=log, stderr=subprocess.STDOUT,
+                                  env=dict(os.environ), preexec_fn=limit_file_size)
+    publisher_node = Node("disk_camera", context=context)
+    publisher = publisher_node.create_publisher(Image, "/disk_cam", QoSProfile(depth=50,
+                                                reliability=ReliabilityPolicy.RELIABLE))
+    try:
+        assert wait_until(lambda: publisher.get_subscription_count() > 0, 30), log_path.read_text()
+        time.sleep(1.0)
+        sec = 0
+        while "NOT RECORDED" not in log_path.read_text() and sec < 60:
+            sec += 1
+            publisher.publish(image_msg(np.full((480, 640, 3), sec, np.uint8), sec=sec))
+            time.sleep(0.1)
+        assert "NOT RECORDED: 1 messages so far could not be written (OSError" in log_path.read_text(), \
+            log_path.read_text()
+        time.sleep(1.5)  # past the recorder's pause after a failure
+        for late in (1001, 1002):  # small frames, after the failure: recorded into a new segment
+            publisher.publish(image_msg(np.full((8, 8, 3), 7, np.uint8), sec=late))
+            time.sleep(0.3)
+        time.sleep(0.5)
+        record.send_signal(signal.SIGINT)
+        assert record.wait(30) == 1, log_path.read_text()
+    finally:
+        if record.poll() is None:
+            record.kill()
+        publisher_node.destroy_node()
+    text = log_path.read_text()
+    assert re.search(r"NOT RECORDED: \d+ messages could not be written \(last: OSError.*\); segments left unclosed by "
+                     r"the failures: \['.*recording_0001'\]", text), text
+    last = sorted(p for p in out.iterdir())[-1]
+    with AnyReader([last], default_typestore=STORE) as reader:
+        assert [reader.deserialize(raw, c.msgtype).header.stamp.sec for c, _, raw in reader.messages()] == [1001, 1002]

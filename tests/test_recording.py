@@ -4,6 +4,7 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
+import textwrap
 import time
 from pathlib import Path
 
@@ -197,3 +198,51 @@ def test_record_without_a_destination_says_what_to_give(tmp_path):
     run = subprocess.run(["adaptive-perception", "record", "--out", str(tmp_path / "a-file")], capture_output=True,
                          text=True, timeout=120)
     assert run.returncode == 2 and f"--out {tmp_path / 'a-file'} is a file; give the folder" in run.stderr
+
+
+def test_a_disk_that_refuses_writes_costs_the_broken_segment_and_recording_goes_on(tmp_path):
+    """A full disk killed `record`'s executor thread on the first failed write and nothing more was ever recorded
+    (the process ran on). The file size limit stands in for the disk here: writes past it fail with EFBIG, as a full
+    disk's fail with ENOSPC. The broken segment is given up, messages are refused for RETRY_S (not tried one new
+    folder each), then a new segment takes them."""
+    script = textwrap.dedent(f"""
+        import resource, signal, time
+        from pathlib import Path
+        from adaptive_perception.recording import RETRY_S, SegmentedRecorder, ros_typestore
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails instead of killing the process
+        resource.setrlimit(resource.RLIMIT_FSIZE, (3 << 20, 3 << 20))
+        store = ros_typestore()
+        Image = store.types["sensor_msgs/msg/Image"]
+        def cdr(n, size):
+            msg = Image(header=store.types["std_msgs/msg/Header"](stamp=store.types["builtin_interfaces/msg/Time"](
+                sec=n, nanosec=0), frame_id="cam"), height=1, width=size, encoding="mono8", is_bigendian=0,
+                step=size, data=__import__("numpy").random.default_rng(n).integers(0, 255, size, "uint8"))
+            return bytes(store.serialize_cdr(msg, "sensor_msgs/msg/Image"))
+        recorder = SegmentedRecorder(Path({str(tmp_path / "rec")!r}), store, segment_s=600)
+        failures, n = [], 0
+        while not failures:  # 600 KB frames until the file limit refuses one
+            n += 1
+            try:
+                recorder.write("/cam", "sensor_msgs/msg/Image", n * 10**9, cdr(n, 600_000))
+            except OSError as exc:
+                failures.append(str(exc))
+        try:  # at once: refused without touching the disk
+            recorder.write("/cam", "sensor_msgs/msg/Image", (n + 1) * 10**9, cdr(n + 1, 100))
+        except OSError as exc:
+            failures.append(str(exc))
+        time.sleep(RETRY_S)
+        for m in range(n + 2, n + 5):
+            recorder.write("/cam", "sensor_msgs/msg/Image", m * 10**9, cdr(m, 100))
+        recorder.close()
+        print(n, len(failures), [p.name for p in recorder.broken_segments], [p.name for p in recorder.closed_segments])
+        print(failures[0][:60]); print(failures[1])
+    """)
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    counts, first, second = run.stdout.strip().splitlines()
+    n, failures, broken, closed = counts.split(" ", 3)
+    assert int(n) >= 3 and failures == "2"  # at least a few frames went in before the limit
+    assert (broken, closed) == ("['recording_0001']", "['recording_0002']")
+    assert "File too large" in first and second.startswith("not written: writing failed under")
+    assert sorted(p.name for p in (tmp_path / "rec").iterdir()) == ["recording_0001", "recording_0002"]
+    assert [t // 10**9 for _, t, _ in _read(tmp_path / "rec" / "recording_0002")] == [int(n) + 2, int(n) + 3, int(n) + 4]

@@ -78,7 +78,8 @@ class EvidenceCapture:
     the node), called on the writer thread only."""
 
     def __init__(self, settings: EvidenceSettings, store, serialize: Callable[[object], bytes],
-                 max_pending: int = 4096, on_event: Callable[[str, Path | None, int], None] | None = None) -> None:
+                 max_pending: int = 4096,
+                 on_event: Callable[[str, Path | None, int, int], None] | None = None) -> None:
         if settings.pre_frames < 0 or settings.post_frames < 1:
             raise ValueError(f"evidence: pre_frames {settings.pre_frames} must be >= 0 and post_frames "
                              f"{settings.post_frames} >= 1")
@@ -96,6 +97,9 @@ class EvidenceCapture:
         self._queue: queue.Queue = queue.Queue(maxsize=max_pending)
         self.events = self.written = self.skipped = self.failed = self.cut_at_budget = 0
         self._cut_in_event: dict[str, int] = {}  # per camera, on the writer thread: messages the budget left out
+        # per camera: messages of its latest event (running or ended) that could not be written (a full disk)
+        self.failed_in_event: dict[str, int] = {}
+        self._ended: set[str] = set()  # cameras whose latest event has ended (the next write starts a new one)
         self.last_error = ""
         self._thread = threading.Thread(target=self._write_loop, name="evidence", daemon=True)
         self._thread.start()
@@ -175,6 +179,9 @@ class EvidenceCapture:
                 if action == "end":
                     self._end(camera)
                 else:
+                    if camera in self._ended or camera not in self.failed_in_event:  # a new event's first message
+                        self._ended.discard(camera)
+                        self.failed_in_event[camera] = 0
                     stamp_ns, _, topic, msgtype, message, _ = entry
                     recorder = self._recorder(camera)
                     if camera in self._cut_in_event:  # the event reached the budget: its rest is left out, whole
@@ -190,6 +197,7 @@ class EvidenceCapture:
             except Exception as exc:  # a full disk or a bad message costs evidence, never the node
                 self.failed += 1
                 self.last_error = f"{type(exc).__name__}: {exc}"
+                self.failed_in_event[camera] = self.failed_in_event.get(camera, 0) + 1
             finally:
                 self._queue.task_done()
 
@@ -207,14 +215,21 @@ class EvidenceCapture:
 
     def _end(self, camera: str) -> None:
         recorder, cut, closed = self.recorders.get(camera), self._cut_in_event.pop(camera, 0), None
+        self._ended.add(camera)
         if recorder is not None:
             before = len(recorder.closed_segments)
-            recorder.close()
+            try:
+                recorder.close()
+            except Exception as exc:  # its writer is let go (`SegmentedRecorder`): the next event starts anew
+                self.failed += 1
+                self.last_error = f"{type(exc).__name__}: {exc}"
+                self.failed_in_event[camera] = self.failed_in_event.get(camera, 0) + 1
             if len(recorder.closed_segments) > before:
                 closed = recorder.closed_segments[-1]
                 self.segments.append(closed)
-        if self.on_event is not None and (closed is not None or cut):  # nothing fitted in the budget: said too
-            self.on_event(camera, closed, cut)
+        failed = self.failed_in_event.get(camera, 0)
+        if self.on_event is not None and (closed is not None or cut or failed):  # nothing written: said too
+            self.on_event(camera, closed, cut, failed)
 
     def flush(self) -> None:
         """Wait until everything handed to the writer is on disk (the open event's segment stays open)."""

@@ -8,9 +8,11 @@ closed one stays readable.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
+import time
 from pathlib import Path
 
 from rosbags.rosbag2 import StoragePlugin, Writer
@@ -41,6 +43,9 @@ def message_definition(store, msgtype: str) -> str:
     return store.generate_msgdef(msgtype, ros_version=2)[0]
 
 
+RETRY_S = 1.0  # after a failed write, messages are refused this long before the disk is tried again
+
+
 class SegmentedRecorder:
     """Writes (topic, type, time, CDR bytes) into rolling rosbag2 MCAP segments under `folder`."""
 
@@ -52,6 +57,9 @@ class SegmentedRecorder:
                               "segment (record: --segment-mb, --segment-s, --budget-mb)")
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
+        if not os.access(self.folder, os.W_OK):  # a read-only mount or folder: now, not at the first message
+            raise ConfigError(f"{self.folder} is not writable (permissions or a read-only file system): give a folder "
+                              "this user can write")
         self.store, self.prefix = store, prefix
         # only this recorder's own segment folders are numbered and removed; anything else in `folder` is left alone
         self._segment_re = re.compile(rf"^{re.escape(prefix)}_(\d{{4,}})$")
@@ -65,21 +73,34 @@ class SegmentedRecorder:
         self._first_ns: int | None = None
         self.closed_segments: list[Path] = []
         self.removed_segments: list[Path] = []
+        self.broken_segments: list[Path] = []  # a write or close failed (a full disk): left as a kill -9 leaves them
         self.messages = 0
+        self._failed_at: float | None = None  # monotonic time of the last failure
 
     def write(self, topic: str, msgtype: str, stamp_ns: int, cdr: bytes) -> None:
-        if self._writer is not None and (self._bytes >= self.segment_bytes or
-                                         stamp_ns - self._first_ns >= self.segment_s * 1e9):
-            self._close_segment()
-        if self._writer is None:
-            self._open_segment(stamp_ns)
-        key = (topic, msgtype)
-        if key not in self._connections:
-            if msgtype not in self.store.fielddefs:
-                raise ConfigError(f"topic {topic}: message type {msgtype} has no definition here; source the "
-                                  "workspace that provides it (AMENT_PREFIX_PATH) before recording")
-            self._connections[key] = self._writer.add_connection(topic, msgtype, typestore=self.store)
-        self._writer.write(self._connections[key], stamp_ns, bytes(cdr))
+        """Write one message. Raises when the disk refuses it (OSError): the segment it broke is given up (later
+        messages go to a new one), and for RETRY_S after a failure messages are refused at once, not tried one
+        folder each."""
+        if msgtype not in self.store.fielddefs:
+            raise ConfigError(f"topic {topic}: message type {msgtype} has no definition here; source the "
+                              "workspace that provides it (AMENT_PREFIX_PATH) before recording")
+        if self._failed_at is not None and time.monotonic() - self._failed_at < RETRY_S:
+            raise OSError(f"not written: writing failed under {self.folder} less than {RETRY_S:g} s ago")
+        try:
+            if self._writer is not None and (self._bytes >= self.segment_bytes or
+                                             stamp_ns - self._first_ns >= self.segment_s * 1e9):
+                self._close_segment()
+            if self._writer is None:
+                self._open_segment(stamp_ns)
+            key = (topic, msgtype)
+            if key not in self._connections:
+                self._connections[key] = self._writer.add_connection(topic, msgtype, typestore=self.store)
+            self._writer.write(self._connections[key], stamp_ns, bytes(cdr))
+        except Exception:  # OSError from a full disk; rosbags' writer can fail otherwise once its file is broken
+            self._failed_at = time.monotonic()
+            self._give_up_segment()
+            raise
+        self._failed_at = None
         self._bytes += len(cdr)
         self.messages += 1
 
@@ -91,14 +112,27 @@ class SegmentedRecorder:
         self._path = self.folder / f"{self.prefix}_{self._next:04d}"
         self._next += 1
         self._writer = Writer(self._path, version=9, storage_plugin=StoragePlugin.MCAP)
-        self._writer.open()
         self._connections, self._bytes, self._first_ns = {}, 0, stamp_ns
+        self._writer.open()
 
     def _close_segment(self) -> None:
-        self._writer.close()
+        try:
+            self._writer.close()
+        except Exception:
+            self._give_up_segment()
+            raise
         self.closed_segments.append(self._path)
         self._writer, self._path = None, None
         self._enforce_budget()
+
+    def _give_up_segment(self) -> None:
+        """The open segment failed: let go of its writer (its file stays, unclosed) so the next write starts anew."""
+        if self._path is not None:
+            self.broken_segments.append(self._path)
+        writer, self._writer, self._path = self._writer, None, None
+        if writer is not None:
+            with contextlib.suppress(Exception):  # closing a writer whose disk is full fails again
+                writer.close()
 
     @property
     def open_bytes(self) -> int:

@@ -297,8 +297,15 @@ class PerceptionNode(LifecycleNode):
                              "routing": ("adaptive_perception_msgs/msg/RoutingDecision",
                                          self.resolve_topic_name("routing"))}
 
-    def _evidence_written(self, topic: str, segment: Path | None, cut: int) -> None:
-        if segment is None:
+    def _evidence_written(self, topic: str, segment: Path | None, cut: int, failed: int) -> None:
+        if failed:  # a full disk (or an unwritable folder since configure): the operator must hear of it
+            evidence = self.evidence
+            self.get_logger().error(
+                f"drift evidence of camera '{topic}': {failed} messages could not be written "
+                f"({evidence.last_error if evidence is not None else ''}); "
+                + (f"the rest is in {segment}" if segment is not None else "no segment of this event was closed "
+                   "(retraining leaves an unclosed one out)") + f"; free space under {self.config.evidence.folder}")
+        elif segment is None:
             self.get_logger().warning(f"drift evidence of camera '{topic}' not written: its first message alone is "
                                       f"over evidence.budget_mb {self.config.evidence.budget_mb:g} ({cut} messages "
                                       "left out; raise the budget)")
@@ -620,6 +627,12 @@ class PerceptionNode(LifecycleNode):
             failing.append(self.run.error)
         if self._evidence_off:
             failing.append(f"evidence capture off: {self._evidence_off}")
+        evidence = self.evidence
+        lost = {c: n for c, n in dict(evidence.failed_in_event).items() if n} if evidence is not None else {}
+        if lost:  # until an event of that camera writes whole again
+            failing.append("drift evidence not written: " + ", ".join(
+                f"{n} messages of the latest event of camera '{self.resolve_topic_name(c)}'" for c, n in lost.items())
+                + f" ({evidence.last_error})")
         array.status.append(_status(f"{node}: routing", node, {
             "level": WARN if failing or not self.active else OK,
             "message": ("" if self.active else "inactive (lifecycle activate to process frames): ") + f"{router.mode}"

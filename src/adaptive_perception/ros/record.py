@@ -21,6 +21,7 @@ from adaptive_perception.ros import DEBUG_IMAGE_TOPICS
 
 IMAGE_TYPES = ("sensor_msgs/msg/Image", "sensor_msgs/msg/CompressedImage")
 MISSING_AFTER_S = 5.0  # discovery on a quiet localhost graph takes well under a second
+SAY_FAILURES_EVERY_S = 5.0
 
 
 def default_topics(cameras: list[str], node_name: str) -> list[str]:
@@ -54,6 +55,8 @@ class TopicRecorder:
         self.topics = list(dict.fromkeys(node.resolve_topic_name(t) for t in topics))
         self.types: dict[str, str] = {}
         self.counts: dict[str, int] = {topic: 0 for topic in self.topics}
+        self.failed, self.last_error = 0, ""  # messages the recorder could not write (a full disk), the latest why
+        self._said_failure_at: float | None = None
         self._stopped = False
         self._writing = threading.Lock()  # stop() returns with no message half-written
         self._timer = node.create_timer(0.5, self.discover)
@@ -79,11 +82,26 @@ class TopicRecorder:
             if self._stopped:
                 return
             stamp = self.node.get_clock().now().nanoseconds
+            written = True
             if self.recorder is not None:
-                self.recorder.write(topic, msgtype, stamp, raw)
+                try:
+                    self.recorder.write(topic, msgtype, stamp, raw)
+                except Exception as exc:  # a full disk: counted and said, and the recording goes on when it can
+                    self._write_failed(exc)
+                    written = False
             if self.live is not None:
                 self.live.log(topic, msgtype, raw, stamp)
-            self.counts[topic] += 1
+            self.counts[topic] += written
+
+    def _write_failed(self, exc: Exception) -> None:
+        self.failed += 1
+        self.last_error = f"{type(exc).__name__}: {exc}"
+        now = time.monotonic()
+        if self._said_failure_at is None or now - self._said_failure_at >= SAY_FAILURES_EVERY_S:
+            self._said_failure_at = now
+            print(f"NOT RECORDED: {self.failed} messages so far could not be written ({self.last_error}); recording "
+                  "goes on when the disk takes them again (free space, or lower --budget-mb)", file=sys.stderr,
+                  flush=True)
 
     def stop(self) -> None:
         """Stop recording: later messages are left out (the sinks stay open: close them once the executor has
@@ -161,4 +179,10 @@ def run_record(out: Path | None, topics: list[str], segment_mb: float, segment_s
     print(f"{'recorded' if recorder is not None else 'served'} {counted(sum(recording.counts.values()), 'message')}: " +
           ", ".join(f"{t} {n}" for t, n in recording.counts.items()) +
           (f"; never seen on the graph: {missing}" if missing else ""), file=sys.stderr)
+    if recording.failed:
+        broken = recorder.broken_segments if recorder is not None else []
+        print(f"NOT RECORDED: {recording.failed} messages could not be written (last: {recording.last_error})"
+              + (f"; segments left unclosed by the failures: {[str(p) for p in broken]}" if broken else ""),
+              file=sys.stderr)
+        return 1
     return 0
