@@ -257,3 +257,15 @@ def test_requested_gpu_providers_fall_back_to_cpu_visibly(peer_model, tmp_path, 
     assert detector.requested[0] == "TensorrtExecutionProvider"
     assert "TensorrtExecutionProvider" in caplog.text and "not available" in caplog.text
     assert not (tmp_path / "trt").exists()  # no engine cache for a provider that is not used
+
+
+def test_a_model_whose_metadata_is_not_valid_text_is_named(tmp_path, peer_model):
+    """A byte damaged in a tier's metadata failed configure with a bare "'utf-8' codec can't decode byte 0xb5",
+    naming neither the file nor the parameter."""
+    model = onnx.load(str(peer_model))
+    model.metadata_props.add(key="note", value="ZZZZ")
+    path = tmp_path / "damaged.onnx"
+    onnx.save(model, str(path))
+    path.write_bytes(path.read_bytes().replace(b"ZZZZ", b"Z\xb5ZZ"))
+    with pytest.raises(ModelFileError, match=f"model file '{path}': its metadata is not valid text .*copy or export it"):
+        DetectorTier(path, ("CPUExecutionProvider",))

@@ -309,6 +309,7 @@ def _edit_metadata(path: Path, key: str, value: str | None) -> Path:
     ("std", "std > 0"),
     ("mean", "shapes (5,)"),
     ("id", "policy_id is empty"),
+    ("bad_text", "its metadata is not valid text"),  # was a bare UnicodeDecodeError (a traceback in the CLI)
 ])
 def test_bad_policy_files_are_refused_naming_the_file_and_the_problem(damage, needle, tmp_path, peer_model):
     path = constant_policy(tmp_path / "policy.onnx", (0.2, 0.3, 0.5))
@@ -330,6 +331,9 @@ def test_bad_policy_files_are_refused_naming_the_file_and_the_problem(damage, ne
         _edit_metadata(path, "feature_mean", json.dumps([0.0] * 5))
     elif damage == "id":
         _edit_metadata(path, "policy_id", " ")
+    elif damage == "bad_text":  # one byte of a metadata value damaged, the graph intact
+        _edit_metadata(path, "policy_id", "ZZZZ")
+        path.write_bytes(path.read_bytes().replace(b"ZZZZ", b"Z\xb5ZZ"))
     with pytest.raises(PolicyFileError) as error:
         Policy(path)
     assert str(path) in str(error.value) and needle in str(error.value)

@@ -354,7 +354,11 @@ class DetectorTier:
             raise ModelFileError(self.path, f"input type is {inputs[0].type}; the runtime sends float32",
                                  "export without half=True / int8")
         out_shape = outputs[0].shape
-        meta = self.session.get_modelmeta().custom_metadata_map
+        try:
+            meta = self.session.get_modelmeta().custom_metadata_map
+        except UnicodeDecodeError as exc:  # a damaged file whose graph still loads
+            raise ModelFileError(self.path, f"its metadata is not valid text ({exc})",
+                                 "the file is damaged: copy or export it again") from None
         def end_to_end(shown: str = "") -> ModelFileError:
             return ModelFileError(self.path, f"is an end-to-end export with NMS inside ([1, N, 6] output){shown}",
                                   "export with nms=False; the runtime runs its own NMS")

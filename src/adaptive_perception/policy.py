@@ -182,8 +182,12 @@ class Policy:
         except Exception as exc:
             raise PolicyFileError(path, f"onnxruntime cannot load it ({str(exc).splitlines()[0][:200]})",
                                   "is it a complete ONNX file?") from None
-        meta = {k[len(META_PREFIX):]: v for k, v in self._session.get_modelmeta().custom_metadata_map.items()
-                if k.startswith(META_PREFIX)}
+        try:
+            stored = self._session.get_modelmeta().custom_metadata_map
+        except UnicodeDecodeError as exc:  # a damaged file whose graph still loads
+            raise PolicyFileError(path, f"its metadata is not valid text ({exc})",
+                                  "the file is damaged: copy it again or re-export it") from None
+        meta = {k[len(META_PREFIX):]: v for k, v in stored.items() if k.startswith(META_PREFIX)}
         missing = [k for k in REQUIRED_KEYS if k not in meta]
         if missing:
             raise PolicyFileError(path, f"metadata lacks {[META_PREFIX + k for k in missing]}",
