@@ -198,11 +198,19 @@ def test_promote_to_a_node_that_is_not_there_says_so_and_keeps_the_store_change(
     assert "no service /nobody_here/load_policy" in again.stderr and "the store changed" not in again.stderr
     assert store.policy_id(store.previous) == "to-nano"  # unchanged: the rollback target stays
     assert [h["action"] for h in store.history()] == ["init", "promote"]
-    # without a node, or another file that only carries the same id: refused as before, nothing changed
-    for candidate, node in ((policies["large"], ""), (constant_policy(tmp_path / "same-id.onnx", (0.2, 0.2, 0.6),
-                                                                      "to-large"), "/nobody_here")):
-        refused = subprocess.run(["adaptive-perception", "policy", "promote", str(candidate), "--store",
-                                  str(store.folder), "--node", node, "--timeout", "3"], capture_output=True, text=True,
-                                 timeout=120)
-        assert refused.returncode == 2 and "policy 'to-large' is already current" in refused.stderr, refused.stderr
-        assert "loading it into" not in refused.stdout
+    # the same file without a node: refused as before, nothing changed
+    refused = subprocess.run(["adaptive-perception", "policy", "promote", str(policies["large"]), "--store",
+                              str(store.folder), "--node", "", "--timeout", "3"], capture_output=True, text=True,
+                             timeout=120)
+    assert refused.returncode == 2 and "policy 'to-large' is already current in" in refused.stderr, refused.stderr
+    assert "(the same file)" in refused.stderr and "loading it into" not in refused.stdout
+    # another file with the same id (a recomputed drift reference keeps the id) is promoted: it was refused as
+    # "already current", so a restarted node kept the old file; the file it replaced is the rollback target
+    same_id = constant_policy(tmp_path / "same-id.onnx", (0.2, 0.2, 0.6), "to-large")
+    old_bytes = store.current.read_bytes()
+    moved = subprocess.run(["adaptive-perception", "policy", "promote", str(same_id), "--store", str(store.folder),
+                            "--node", "", "--timeout", "3"], capture_output=True, text=True, timeout=120)
+    assert moved.returncode == 0, moved.stderr
+    assert store.current.read_bytes() == same_id.read_bytes() and store.previous.read_bytes() == old_bytes
+    last = store.history()[-1]
+    assert (last["policy_id"], last["replaced"]) == ("to-large", "to-large") and last["digest"] != last["replaced_digest"]

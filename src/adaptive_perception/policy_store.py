@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 from adaptive_perception.config import resolve_model
+from adaptive_perception.detector import file_digest
 from adaptive_perception.errors import ConfigError
 from adaptive_perception.policy import Policy
 
@@ -61,13 +62,16 @@ class PolicyStore:
         candidate = Path(resolve_model(str(candidate)))
         new_id = Policy(str(candidate)).policy_id  # validated before anything moves
         old_id = self.policy_id(self.current)
-        if new_id == old_id:  # a second promotion would make previous the same policy: no way back
-            raise ConfigError(f"policy '{new_id}' is already current in {self.folder}; nothing was changed (the "
-                              "previous policy stays the rollback target)")
+        new_digest, old_digest = file_digest(candidate), file_digest(self.current)
+        if new_digest == old_digest:  # a second promotion would make previous the same file: no way back
+            raise ConfigError(f"policy '{new_id}' is already current in {self.folder} (the same file); nothing was "
+                              "changed (the previous policy stays the rollback target)")
+        # the same id in another file (a drift reference recomputed with `policy drift-reference --out`) is promoted:
+        # the file it replaces is the rollback target; the digests tell them apart in the history
         self._install(self.current, self.previous)
         self._install(candidate, self.current)
         self._log({"action": "promote", "policy_id": new_id, "replaced": old_id, "source": str(candidate.resolve()),
-                   "decision": decision or {}})
+                   "digest": new_digest, "replaced_digest": old_digest, "decision": decision or {}})
         return self.current
 
     def rollback(self) -> Path:
