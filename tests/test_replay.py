@@ -408,8 +408,10 @@ def test_training_and_calibration_read_the_cameras_of_a_node_recording_not_its_d
     assert len(list(read_images(tmp_path / "only_debug", ["/perception_node/debug_image"]))) == 1  # named: read
 
 
-def _bag_with_bad_frames(path: Path, topic: str, frames: list[tuple[int, np.ndarray]], bad: tuple[int, ...]) -> None:
-    """An MCAP bag of rgb8 frames where the frames at the `bad` indices carry an encoding the node does not read."""
+def _bag_with_bad_frames(path: Path, topic: str, frames: list[tuple[int, np.ndarray]], bad: tuple[int, ...],
+                         cut: tuple[int, ...] = ()) -> None:
+    """An MCAP bag of rgb8 frames where the frames at the `bad` indices carry an encoding the node does not read,
+    and those at `cut` are messages cut to 30 bytes (no Image can be read from them)."""
     import dataclasses
 
     from rosbags.rosbag2 import StoragePlugin, Writer
@@ -422,14 +424,16 @@ def _bag_with_bad_frames(path: Path, topic: str, frames: list[tuple[int, np.ndar
             msg = image_message(rgb, stamp, "cam")
             if i in bad:
                 msg = dataclasses.replace(msg, encoding="weird42")
-            writer.write(conn, stamp, TYPESTORE.serialize_cdr(msg, IMAGE_TYPE))
+            cdr = TYPESTORE.serialize_cdr(msg, IMAGE_TYPE)
+            writer.write(conn, stamp, cdr[:30] if i in cut else cdr)
 
 
 def test_lockstep_leaves_out_a_frame_the_node_cannot_decode_instead_of_waiting_for_an_answer(context, peer_model,
                                                                                              tmp_path):
-    """Each such frame cost the whole --timeout and was counted as one, as if a tier were slow."""
+    """Each such frame cost the whole --timeout and was counted as one, as if a tier were slow; a malformed message
+    (cut short) ended the replay with a rosbags traceback."""
     frames = _frames(5)
-    _bag_with_bad_frames(tmp_path / "bag", "/cam/image_raw", frames, bad=(0, 3))
+    _bag_with_bad_frames(tmp_path / "bag", "/cam/image_raw", frames, bad=(0,), cut=(3,))
     graph = Graph(context, {"models.nano": str(peer_model), "models.small": "", "models.large": "",
                             "routing_mode": "fixed:nano", "image_topics": ["image"], "warmup_runs": 0,
                             "providers": ["CPUExecutionProvider"]})
@@ -446,12 +450,13 @@ def test_lockstep_leaves_out_a_frame_the_node_cannot_decode_instead_of_waiting_f
 
 def test_training_and_calibration_leave_out_frames_the_node_cannot_decode_and_say_so(tmp_path, capsys):
     """One frame in an encoding the node does not read ended `train profile --source bags` (and `models quantize
-    --bag`) with a decode error naming neither bag nor frame; the node skips such a frame and goes on."""
+    --bag`) with a decode error naming neither bag nor frame; the node skips such a frame and goes on. A malformed
+    message (cut short) ended them with a rosbags traceback."""
     from adaptive_perception.training.profile import bag_frames
     from adaptive_perception.training.quantize import bag_frames as calibration_frames
 
     frames = _frames(4)
-    _bag_with_bad_frames(tmp_path / "bag", "/cam", frames, bad=(1, 2))
+    _bag_with_bad_frames(tmp_path / "bag", "/cam", frames, bad=(1,), cut=(2,))
     read = []
     profiled = list(bag_frames([tmp_path / "bag"], None, False, read))
     assert [stamp for _, _, stamp, _ in profiled] == [frames[0][0], frames[3][0]]

@@ -12,7 +12,7 @@ from rosbags.highlevel import AnyReader
 from rosbags.rosbag2 import StoragePlugin, Writer
 from rosbags.typesys import Stores, get_typestore
 
-from adaptive_perception.errors import BagError
+from adaptive_perception.errors import BagError, ImageDecodeError
 from adaptive_perception.progress import counted
 
 IMAGE_TYPE = "sensor_msgs/msg/Image"
@@ -123,7 +123,13 @@ def read_images(path: str | Path, topics: Sequence[str] | None = None) -> Iterat
             raise BagError(f"bag '{path}' has no image topic {sorted(missing)}; its image topics are {sorted(available)}")
         connections = [c for c in reader.connections if c.topic in wanted and c.msgtype in IMAGE_TYPES]
         for conn, timestamp, raw in reader.messages(connections=connections):
-            header = reader.deserialize(raw, conn.msgtype).header
+            try:
+                header = reader.deserialize(raw, conn.msgtype).header
+            except Exception:  # a malformed message (`record` keeps the bytes a publisher sent): yielded as recorded,
+                # stamped with the bag's time; the decoder refuses it (`bag_image_rgb`), as the node would
+                yield BagImage(conn.topic, conn.msgtype, timestamp, bytes(raw), timestamp // 1_000_000_000,
+                               timestamp % 1_000_000_000, "")
+                continue
             yield BagImage(conn.topic, conn.msgtype, timestamp, bytes(raw),
                            header.stamp.sec, header.stamp.nanosec, header.frame_id)
 
@@ -141,7 +147,7 @@ def _open(path: str | Path) -> Iterator[AnyReader]:
         inside = [str(p.relative_to(bag)) for p in _bags_inside(bag)]
         if looks_like_a_bag:
             fix = ("it looks like one, so it is damaged or was cut short (a segment whose writer was killed has no "
-                   "index: the recorder loses at most that one); replay another segment")
+                   "index: the recorder loses at most that one); use another segment")
         elif inside:  # a `record` output or an evidence folder: one bag per segment
             fix = (f"it holds {counted(len(inside), 'bag')} ({', '.join(inside[:3])}{', ...' if len(inside) > 3 else ''}"
                    f"; `record` and the node's evidence capture keep one per segment): pass one of them, e.g. "
@@ -195,7 +201,11 @@ def bag_image_rgb(image: BagImage) -> np.ndarray:
     """The HxWx3 uint8 RGB pixels of a recorded Image or CompressedImage (the node's decoder)."""
     from adaptive_perception.image import decode_compressed, decode_raw
 
-    msg = TYPESTORE.deserialize_cdr(image.cdr, image.msgtype)
+    try:
+        msg = TYPESTORE.deserialize_cdr(image.cdr, image.msgtype)
+    except Exception as exc:  # what the node counts as `truncated`: a message that ends early
+        raise ImageDecodeError(f"recorded {image.msgtype} message of {len(image.cdr)} bytes cannot be read "
+                               f"({type(exc).__name__}: {exc})", "truncated") from None
     if image.msgtype == COMPRESSED_TYPE:
         return decode_compressed(msg.data, msg.format)
     return decode_raw(msg.data, msg.width, msg.height, msg.encoding, msg.step, bool(msg.is_bigendian))
