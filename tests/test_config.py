@@ -16,6 +16,7 @@ from adaptive_perception.config import NodeConfig
 from adaptive_perception.errors import ConfigError
 from adaptive_perception.frames import LatestFrameSlot
 from adaptive_perception.router import RouterSettings, weighted_mode
+from adaptive_perception.telemetry import HealthSettings
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -55,6 +56,14 @@ def test_config_yaml_lists_every_declared_parameter_with_its_default():
     (dict(image_topics=()), "image_topics"),
     (dict(qos_reliability="sometimes"), "qos.reliability 'sometimes'"),
     (dict(conf_threshold=1.5), "conf_threshold"),
+    # accepted, then a configure that failed naming nothing (a timer of 1e300 s), a live change the next configure
+    # refused, scores that overflowed into NaN, or a window whose figures were never trimmed
+    (dict(mlflow_uri="sqlite:///x.db", mlflow_interval_s=1e300), "mlflow.interval_s 1e+300 must be > 0 and at most a day"),
+    (dict(providers=("FooExecutionProvider",)), "execution provider 'FooExecutionProvider' is not one onnxruntime knows"),
+    (dict(providers=("",)), "execution provider '' is not one onnxruntime knows"),
+    (dict(router=RouterSettings(cost_weight=1e308)), "routing.cost_weight 1e+308 must be a number up to 1e+06"),
+    (dict(health=HealthSettings(window_s=float("inf"))), "diagnostics.window_s inf must be at most an hour"),
+    (dict(health=HealthSettings(frame_budget_ms=float("inf"))), "diagnostics.frame_budget_ms inf must be at most an hour"),
 ])
 def test_bad_values_name_the_parameter(changes, needle, peer_model):
     base = dict(routing_mode="fixed:nano", models={"nano": str(peer_model), "small": "", "large": ""})

@@ -208,6 +208,9 @@ def test_a_change_configure_would_refuse_is_refused_at_set(graph, tmp_path):
     missing = tmp_path / "missing.onnx"
     refused = graph.node.set_parameters([rclpy.parameter.Parameter("models.small", value=str(missing))])[0]
     assert not refused.successful and f"models.small = '{missing}' does not exist" in refused.reason
+    # an execution provider onnxruntime does not know was accepted here and failed the next configure
+    refused = graph.node.set_parameters([rclpy.parameter.Parameter("providers", value=["FooExecutionProvider"])])[0]
+    assert not refused.successful and "execution provider 'FooExecutionProvider' is not one onnxruntime" in refused.reason
     assert graph.node.get_parameter("qos.reliability").value == "best_effort"
     assert graph.node.set_parameters([rclpy.parameter.Parameter("qos.reliability", value="reliable")])[0].successful
     assert graph.transition("configure")

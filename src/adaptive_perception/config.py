@@ -137,6 +137,11 @@ class NodeConfig:
                               "or the cores shared out among several workers)")
         if self.qos_depth < 1 or self.max_detections < 1:
             raise ConfigError("qos.depth and max_detections must be >= 1")
+        import onnxruntime as ort
+
+        from adaptive_perception.detector import check_provider_names
+
+        check_provider_names(self.providers, ort.get_all_providers())  # now, not at the next configure
         self.health.validate()
         self.audit.validate()
         if self.drift_confirm < 1:
@@ -148,8 +153,8 @@ class NodeConfig:
             (self.accelerator.device_id < 0, f"cuda.device_id {self.accelerator.device_id} must be >= 0"),
             (not self.accelerator.trt_cache_dir, "tensorrt.engine_cache_dir must not be empty (built TensorRT engines "
                                                  "are kept there between runs)"),
-            (bool(self.mlflow_uri) and not self.mlflow_interval_s > 0,
-             f"mlflow.interval_s {self.mlflow_interval_s} must be > 0"),
+            (bool(self.mlflow_uri) and not 0 < self.mlflow_interval_s <= 86400,
+             f"mlflow.interval_s {self.mlflow_interval_s} must be > 0 and at most a day (86400)"),
             (bool(self.mlflow_uri) and not self.mlflow_experiment, "mlflow.experiment must not be empty")])
         if not 0 <= self.metrics_port <= 65535:
             raise ConfigError(f"metrics.port {self.metrics_port} must be a TCP port (1-65535), or 0 to turn metrics off")

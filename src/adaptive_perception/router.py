@@ -33,6 +33,7 @@ def check_mode(mode: str) -> str:
     return mode
 
 
+MAX_COST_WEIGHT = 1e6  # far past always-nano for any tier costs; 1e308 overflowed the scores into NaN
 LEARNED_AT = "learned:"  # learned:<w>, in the demo's and the benchmarks' mode lists: learned at routing.cost_weight w
 
 
@@ -83,8 +84,9 @@ class RouterSettings:
             raise ConfigError(f"routing.random_seed {self.random_seed} must be >= 0")
         if not 0.0 <= self.hysteresis < 1.0:
             raise ConfigError(f"routing.hysteresis {self.hysteresis} must lie in [0, 1)")
-        if not np.isfinite(self.cost_weight):
-            raise ConfigError(f"routing.cost_weight {self.cost_weight} must be a number (negative: the policy's own)")
+        if not np.isfinite(self.cost_weight) or self.cost_weight > MAX_COST_WEIGHT:
+            raise ConfigError(f"routing.cost_weight {self.cost_weight} must be a number up to {MAX_COST_WEIGHT:g} "
+                              "(negative: the policy's own)")
         return self
 
 

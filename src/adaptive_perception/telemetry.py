@@ -36,6 +36,12 @@ class HealthSettings:
                               f"diagnostics.max_drop_share {self.max_drop_share} in [0, 1]")
         if not self.stall_s > 0 or not self.window_s > 0:
             raise ConfigError(f"diagnostics.stall_s {self.stall_s} and diagnostics.window_s {self.window_s} must be > 0")
+        # finite and at most an hour: the window keeps every frame's figures it covers, and a stall never seen or a
+        # budget never exceeded is no setting
+        for name, value in (("frame_budget_ms", self.frame_budget_ms), ("stall_s", self.stall_s),
+                            ("window_s", self.window_s)):
+            if not value <= (3.6e6 if name == "frame_budget_ms" else 3600.0):
+                raise ConfigError(f"diagnostics.{name} {value} must be at most an hour")
         return self
 
 

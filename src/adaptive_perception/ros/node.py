@@ -186,6 +186,13 @@ class PerceptionNode(LifecycleNode):
 
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
         try:
+            return self._configure()
+        except Exception as exc:  # past the checks (a timer, a run, a folder): named here, then on_error releases
+            self.get_logger().error(f"configure failed: {type(exc).__name__}: {exc}")
+            raise
+
+    def _configure(self) -> TransitionCallbackReturn:
+        try:
             config = self.read_config()
             self._check_cameras(config.image_topics)
             detectors = {}

@@ -43,8 +43,8 @@ PARAMETERS: dict[str, tuple[object, ParameterDescriptor]] = {
         "(0 = off; below 1).", floating_point_range=[FloatingPointRange(from_value=0.0, to_value=1.0)])),
     "routing.cost_weight": (_DEFAULTS.router.cost_weight, _describe(
         "Learned mode with a tier_values policy: how much a tier's cost weighs against its predicted value (higher = "
-        "cheaper routing); negative = the weight the policy was calibrated with. Takes effect from the next frame "
-        "when set on a running node.")),
+        "cheaper routing; at most 1e6); negative = the weight the policy was calibrated with. Takes effect from the "
+        "next frame when set on a running node.")),
     **{f"models.{tier}": (_DEFAULTS.models[tier], _describe(
         f"The {tier} tier's YOLOv8 detection ONNX: embedded:<tier> (shipped with the package), a file path, "
         "or empty = not loaded.")) for tier in TIERS},
@@ -104,9 +104,10 @@ PARAMETERS: dict[str, tuple[object, ParameterDescriptor]] = {
         "/diagnostics: a camera is WARN while more than this share of its frames is dropped or lost.",
         floating_point_range=[FloatingPointRange(from_value=0.0, to_value=1.0)])),
     "diagnostics.stall_s": (_DEFAULTS.health.stall_s, _describe(
-        "/diagnostics: a camera is ERROR when its frames arrive but none was processed for this many seconds.")),
+        "/diagnostics: a camera is ERROR when its frames arrive but none was processed for this many seconds (at "
+        "most 3600).")),
     "diagnostics.window_s": (_DEFAULTS.health.window_s, _describe(
-        "Seconds of recent frames behind the rates, shares and percentiles on /diagnostics.")),
+        "Seconds of recent frames behind the rates, shares and percentiles on /diagnostics (at most 3600).")),
     "metrics.port": (_DEFAULTS.metrics_port, _describe(
         "Prometheus exporter port (http://<metrics.bind>:<port>/metrics); 0 = off.",
         integer_range=[IntegerRange(from_value=0, to_value=65535, step=1)])),
@@ -117,7 +118,7 @@ PARAMETERS: dict[str, tuple[object, ParameterDescriptor]] = {
         "summary), from a background thread: e.g. sqlite:///runs/mlflow.db or http://mlflow:5000; empty = off. "
         "Needs the mlflow extra (mlflow-skinny).")),
     "mlflow.experiment": (_DEFAULTS.mlflow_experiment, _describe("MLflow experiment of the node's runs.")),
-    "mlflow.interval_s": (_DEFAULTS.mlflow_interval_s, _describe("Seconds between two MLflow snapshots.")),
+    "mlflow.interval_s": (_DEFAULTS.mlflow_interval_s, _describe("Seconds between two MLflow snapshots (at most 86400).")),
     "audit.every": (_DEFAULTS.audit.every, _describe(
         "Audit one routed frame in this many per camera: the reference tier (large) also runs on it in a background "
         "process, and its agreement with the routed output (F1 at IoU 0.5) feeds the drift monitor; 0 = off.",
