@@ -34,6 +34,9 @@ from adaptive_perception.cli import main
     # an unknown world failed only after the policy and the tiers were loaded
     (["bench", "heldout", "--generator-version", "3.0.0"], "argument --generator-version: invalid choice: '3.0.0'"),
     (["bench", "drift", "--generator-version", "2.0"], "argument --generator-version: invalid choice: '2.0'"),
+    # topic names ROS refuses: a traceback once the replay had started; record's error named no option
+    (["replay", "bag", "--output-topic", "bad topic!"], "argument --output-topic: 'bad topic!' is not a ROS topic name"),
+    (["record", "--out", "x", "--camera", "bad topic!"], "argument --camera: 'bad topic!' is not a ROS topic name"),
 ])
 def test_unusable_numbers_are_refused_naming_the_option(argv, says, capsys):
     with pytest.raises(SystemExit) as exited:
@@ -53,6 +56,11 @@ def test_replay_options_that_cannot_apply_are_refused_before_it_starts(argv, say
     with pytest.raises(SystemExit) as exited:
         main(argv)
     assert exited.value.code == 2 and says in capsys.readouterr().err
+
+
+def test_a_remap_to_a_name_ros_refuses_is_an_error_line(capsys):
+    assert main(["replay", "no-such-bag", "--remap", "/camera/image_raw:=bad topic!"]) == 2
+    assert "--remap '/camera/image_raw:=bad topic!': 'bad topic!' is not a ROS topic name" in capsys.readouterr().err
 
 
 def test_usable_numbers_pass(capsys):

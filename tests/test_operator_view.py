@@ -103,7 +103,7 @@ def test_malformed_frames_are_counted_by_kind_logged_by_camera_and_the_next_good
 
         bad = [variant(2, data=good.data[:1000]), variant(3, step=10),
                variant(4, width=100000, height=1, step=300000, data=bytes(300000)), variant(5, width=0),
-               variant(6, encoding="32FC7"), variant(7, data=good.data[:500])]
+               variant(6, encoding="32FC7\n[FATAL] tier large crashed\x1b[2J"), variant(7, data=good.data[:500])]
         for count, msg in enumerate(bad, start=1):
             graph.image_pub.publish(msg)
             assert wait_until(lambda: graph.node.totals().failed == count, 5), f"frame {count} not counted"
@@ -127,6 +127,9 @@ def test_malformed_frames_are_counted_by_kind_logged_by_camera_and_the_next_good
         # frame) is only counted
         assert sorted(kinds) == ["bad_size", "bad_step", "corrupt_compressed", "truncated", "unknown_encoding"]
         assert all("camera '/image" in text for text in skipped)
+        # a publisher's encoding string is shown with its control characters escaped: it printed a fake log line
+        odd = next(text for text in skipped if "unknown_encoding" in text)
+        assert "32FC7\\n[FATAL] tier large crashed\\x1b[2J" in odd and "\n" not in odd and "\x1b" not in odd
         absurd = next(text for text in skipped if "100000x1" in text)
         assert "larger than 16384 pixels" in absurd and "cv2" not in absurd and "Assertion" not in absurd
         assert graph.state() == "active"

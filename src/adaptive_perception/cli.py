@@ -51,6 +51,17 @@ def _port(text: str) -> int:
     return port
 
 
+def _topic(text: str) -> str:
+    """A ROS topic name (ROS's own rules, checked before anything starts: it was a traceback mid-run)."""
+    from rclpy.validate_topic_name import validate_topic_name
+
+    try:
+        validate_topic_name(text)
+    except Exception as exc:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a ROS topic name ({str(exc).splitlines()[0]})") from None
+    return text
+
+
 GENERATORS = ("1.0.0", "2.0.0")  # scenes generator versions: the keys of scenes.sequence.WORLDS (kept light to import)
 # where each version's benchmark goes by default, and its frozen manifest; 2.0.0 is the embedded tiers' world
 BENCHMARKS = {"1.0.0": Path("build/benchmark"), "2.0.0": Path("build/benchmark-v2")}
@@ -149,7 +160,7 @@ def _parser() -> argparse.ArgumentParser:
     replay.add_argument("--topic", action="append", dest="topics", help="image topic to replay (repeatable; default all but the node's debug images)")
     replay.add_argument("--remap", action="append", default=[], metavar="BAG_TOPIC:=TOPIC",
                         help="publish a bag topic under another name (repeatable)")
-    replay.add_argument("--output-topic", default="detections", help="Detection2DArray topic to wait for")
+    replay.add_argument("--output-topic", type=_topic, default="detections", help="Detection2DArray topic to wait for")
     replay.add_argument("--timeout", type=_positive, default=10.0, help="seconds to wait for each output in lock-step; in the other modes, for the newest frame's after the last")
     replay.add_argument("--subscribers", type=_count, default=1,
                         help="start once each image topic has this many subscribers (default 1, the node; 2 with a "
@@ -494,12 +505,12 @@ def _parser() -> argparse.ArgumentParser:
     record = sub.add_parser("record", help="the node's topics to segmented MCAP files (Foxglove, rosbags) and/or a "
                                            "live Foxglove WebSocket server")
     record.add_argument("--out", type=Path, help="folder of MCAP segments (recording_0001/, ...)")
-    record.add_argument("--camera", action="append", default=None,
+    record.add_argument("--camera", action="append", default=None, type=_topic,
                         help="camera topic to record (repeatable; default /image)")
     record.add_argument("--node", default="perception_node",
                         help="the node's name with its namespace (/robot1/perception_node): where its outputs and debug "
                              "images are published")
-    record.add_argument("--topics", nargs="+", help="record exactly these topics instead of the defaults (cameras, "
+    record.add_argument("--topics", nargs="+", type=_topic, help="record exactly these topics instead of the defaults (cameras, "
                                                     "<namespace>/detections, <namespace>/routing, "
                                                     "<node>/debug_image/compressed (several cameras: each camera's "
                                                     "own outputs and debug image), /diagnostics)")
@@ -541,6 +552,11 @@ def _parse_remaps(items: list[str]) -> dict[str, str]:
         if ":=" not in item:
             raise AdaptivePerceptionError(f"--remap '{item}' must look like BAG_TOPIC:=TOPIC")
         source, target = item.split(":=", 1)
+        for name in (source, target):
+            try:
+                _topic(name)
+            except argparse.ArgumentTypeError as exc:
+                raise AdaptivePerceptionError(f"--remap '{item}': {exc}") from None
         remaps[source] = target
     return remaps
 

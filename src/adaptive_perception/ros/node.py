@@ -680,8 +680,11 @@ class PerceptionNode(LifecycleNode):
         suppressed = self._error_log.admit(camera, f"{kind}:{getattr(exc, 'tier', '')}")
         if suppressed is not None:
             more = f" ({suppressed} more like it since the last report)" if suppressed else ""
+            # what a publisher wrote (an encoding string, a format) with its control characters escaped: a newline
+            # and a terminal escape in an encoding field printed a fake FATAL line into the log
+            said = "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in str(exc))
             self.get_logger().warning(f"frame from camera '{self.resolve_topic_name(camera)}' skipped "
-                                      f"({kind}): {exc}{more}")
+                                      f"({kind}): {said}{more}")
 
     def _process(self, camera: str, msg: ReceivedImage) -> None:
         assert self.config is not None and self.router is not None
