@@ -515,3 +515,19 @@ def test_replay_waits_for_the_subscribers_asked_for_so_a_late_recorder_gets_ever
         thread.join()
     assert (report.frames_published, report.outputs_received, echo.received) == (5, 5, 5)
     assert sorted(seen) == [t % 10**9 for t, _ in _frames(5)], "the late reader got every frame"
+
+
+def test_training_on_a_bag_without_camera_frames_names_the_bag(tmp_path):
+    """It said only "the profile source yielded no frames", naming no bag."""
+    from rosbags.rosbag2 import StoragePlugin, Writer
+
+    from adaptive_perception.bag import TYPESTORE
+    from adaptive_perception.errors import BagError
+    from adaptive_perception.training.profile import bag_frames
+
+    String = TYPESTORE.types["std_msgs/msg/String"]
+    with Writer(tmp_path / "bag", version=9, storage_plugin=StoragePlugin.MCAP) as writer:
+        conn = writer.add_connection("/chatter", "std_msgs/msg/String", typestore=TYPESTORE)
+        writer.write(conn, 10**9, TYPESTORE.serialize_cdr(String(data="hello"), "std_msgs/msg/String"))
+    with pytest.raises(BagError, match=f"bag '{tmp_path / 'bag'}' has no sensor_msgs/Image or CompressedImage topic"):
+        list(bag_frames([tmp_path / "bag"], None, False))

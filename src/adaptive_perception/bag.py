@@ -59,6 +59,9 @@ def camera_topics(topics: Iterable[str]) -> tuple[list[str], list[str]]:
 def default_topics(path: str | Path, available: Iterable[str]) -> list[str]:
     """The camera topics among a bag's image topics `available`; a BagError when it holds only debug images."""
     cameras, skipped = camera_topics(available)
+    if not cameras and not skipped:  # training said only "the profile source yielded no frames"
+        raise BagError(f"bag '{path}' has no sensor_msgs/Image or CompressedImage topic: record the camera's topic "
+                       "(`adaptive-perception record --camera TOPIC`)")
     if not cameras and skipped:
         raise BagError(f"bag '{path}' holds only the node's debug images {skipped}, no camera frames; record the "
                        "camera's topic (`adaptive-perception record --camera TOPIC`), or name a debug topic to read it")
