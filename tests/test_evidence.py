@@ -270,14 +270,15 @@ def test_an_event_that_could_not_be_written_is_reported_and_the_next_one_starts_
     for n in range(2, 4 + LINGER_FRAMES):
         send_frame(evidence, n)
     evidence.flush()
-    assert events == [(None, 3)] and evidence.failed_in_event == {CAMERA: 3} and evidence.failed == 3
+    assert events == [(None, 3)] and evidence.event_failures() == {CAMERA: 3} and evidence.failed == 3
     assert "cam_image_raw" in evidence.last_error
     (tmp_path / "cam_image_raw").unlink()
     evidence.trigger(CAMERA)
     send_frame(evidence, 50)
     evidence.flush()
-    assert evidence.failed_in_event == {CAMERA: 0}  # the new event writes
+    assert evidence.written == 2 and evidence.event_failures() == {CAMERA: 3}  # until this event is written whole
     for n in range(51, 53 + LINGER_FRAMES):
         send_frame(evidence, n)
+    evidence.flush()
+    assert events == [(None, 3), ("evidence_0001", 0)] and evidence.event_failures() == {}
     evidence.close()
-    assert events == [(None, 3), ("evidence_0001", 0)]

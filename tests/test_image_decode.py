@@ -216,3 +216,18 @@ def test_a_compressed_bomb_is_refused_before_it_is_decoded():
     assert int(out.split("grew ")[1].split()[0]) < 50, out
     # a frame under the limit still decodes
     assert decode_compressed(_png_of_zeros(640, 480), "png").shape == (480, 640, 3)
+
+
+def test_the_jpeg_header_search_stops_within_its_bounds():
+    """A crafted run of 4 MB of fill bytes or empty segments held a worker for over a second in the marker loop;
+    the search reads at most JPEG_HEADER_SCAN bytes, past which the frame is sized after decoding."""
+    from adaptive_perception.image import JPEG_HEADER_SCAN, compressed_size
+
+    jpeg = cv2.imencode(".jpg", np.zeros((23, 37, 3), np.uint8))[1].tobytes()
+    app = b"\xff\xe1\xff\xff" + bytes(0xFFFF - 2)  # one maximal APP1 segment (EXIF-sized)
+    near = jpeg[:2] + app * (JPEG_HEADER_SCAN // len(app) - 1) + jpeg[2:]
+    far = jpeg[:2] + app * (JPEG_HEADER_SCAN // len(app) + 1) + jpeg[2:]
+    assert compressed_size(np.frombuffer(near, np.uint8)) == (37, 23)
+    assert compressed_size(np.frombuffer(far, np.uint8)) is None
+    for crafted in (b"\xff\xd8" + b"\xff" * 4_000_000, b"\xff\xd8" + b"\xff\xe0\x00\x02" * 1_000_000):
+        assert compressed_size(np.frombuffer(crafted, np.uint8)) is None

@@ -141,6 +141,28 @@ def test_a_bad_model_path_is_refused_at_set_and_configure_keeps_the_good_one(gra
     assert graph.node.detectors["nano"].path == peer_model
 
 
+def test_a_bad_cost_weight_is_refused_while_a_moved_model_file_has_broken_the_parameters(context, peer_model, tmp_path):
+    """With the parameters already broken (a tier's file moved after configure), changes are taken as they come;
+    a cost weight the router refuses then raised inside rclpy's parameter callback and killed the executor."""
+    import shutil
+
+    model = tmp_path / "nano.onnx"
+    shutil.copy(peer_model, model)
+    graph = Graph(context, {"models.nano": str(model), "models.small": "", "models.large": "",
+                            "routing_mode": "fixed:nano", "policy": "", "providers": ["CPUExecutionProvider"],
+                            "warmup_runs": 0})
+    try:
+        assert graph.transition("configure")
+        model.unlink()  # the parameters now name a file that does not exist
+        for bad in (float("inf"), 1e7):
+            refused = graph.node.set_parameters([rclpy.parameter.Parameter("routing.cost_weight", value=bad)])[0]
+            assert not refused.successful and "must be a number up to 1e+06" in refused.reason
+        assert graph.node.set_parameters([rclpy.parameter.Parameter("routing.cost_weight", value=0.5)])[0].successful
+        assert graph.state() == "inactive"  # the executor still answers
+    finally:
+        graph.close()
+
+
 def test_not_an_onnx_file_fails_configure_naming_the_file(graph, tmp_path):
     bogus = tmp_path / "weights.onnx"
     bogus.write_bytes(b"this is not a protobuf")

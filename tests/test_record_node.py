@@ -87,6 +87,9 @@ def test_the_default_topics_follow_the_nodes_namespace_and_its_cameras(context, 
                       *(f"{node}{c}/{leaf}" for c in cameras for leaf in ("detections", "routing",
                                                                           "debug_image/compressed")),
                       "/diagnostics"]
+    # without --camera: the node's default camera, `image`, in its namespace (it was /image)
+    assert default_topics(None, "/robot1/perception_node")[:3] == ["/robot1/image", "/robot1/detections",
+                                                                   "/robot1/routing"]
     recorder = SegmentedRecorder(tmp_path / "rec", STORE, segment_s=600)
     recording = TopicRecorder(graph.driver, topics, recorder)
     reliable = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
@@ -269,8 +272,9 @@ def test_record_on_a_disk_that_refuses_writes_says_so_goes_on_and_exits_1(contex
             record.kill()
         publisher_node.destroy_node()
     text = log_path.read_text()
-    assert re.search(r"NOT RECORDED: \d+ messages could not be written \(last: OSError.*\); segments left unclosed by "
-                     r"the failures: \['.*recording_0001'\]", text), text
+    assert re.search(r"NOT RECORDED: \d+ messages could not be written and \d+ written before a failure are in "
+                     r"segments it left unclosed \(no index: .*\): \['.*recording_0001'.*\] \(last error: OSError",
+                     text), text
     last = sorted(p for p in out.iterdir())[-1]
     with AnyReader([last], default_typestore=STORE) as reader:
         assert [reader.deserialize(raw, c.msgtype).header.stamp.sec for c, _, raw in reader.messages()] == [1001, 1002]

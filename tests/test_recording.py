@@ -234,14 +234,16 @@ def test_a_disk_that_refuses_writes_costs_the_broken_segment_and_recording_goes_
         for m in range(n + 2, n + 5):
             recorder.write("/cam", "sensor_msgs/msg/Image", m * 10**9, cdr(m, 100))
         recorder.close()
-        print(n, len(failures), [p.name for p in recorder.broken_segments], [p.name for p in recorder.closed_segments])
+        print(n, len(failures), recorder.lost, [p.name for p in recorder.broken_segments],
+              [p.name for p in recorder.closed_segments])
         print(failures[0][:60]); print(failures[1])
     """)
     run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr
     counts, first, second = run.stdout.strip().splitlines()
-    n, failures, broken, closed = counts.split(" ", 3)
+    n, failures, lost, broken, closed = counts.split(" ", 4)
     assert int(n) >= 3 and failures == "2"  # at least a few frames went in before the limit
+    assert int(lost) == int(n) - 1  # taken into the broken segment before the failing one: lost with it
     assert (broken, closed) == ("['recording_0001']", "['recording_0002']")
     assert "File too large" in first and second.startswith("not written: writing failed under")
     assert sorted(p.name for p in (tmp_path / "rec").iterdir()) == ["recording_0001", "recording_0002"]

@@ -506,7 +506,7 @@ def _parser() -> argparse.ArgumentParser:
                                            "live Foxglove WebSocket server")
     record.add_argument("--out", type=Path, help="folder of MCAP segments (recording_0001/, ...)")
     record.add_argument("--camera", action="append", default=None, type=_topic,
-                        help="camera topic to record (repeatable; default /image)")
+                        help="camera topic to record (repeatable; default the node's `image` in its namespace: /image)")
     record.add_argument("--node", default="perception_node",
                         help="the node's name with its namespace (/robot1/perception_node): where its outputs and debug "
                              "images are published")
@@ -914,7 +914,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "record":
             from adaptive_perception.ros.record import default_topics, run_record
 
-            topics = args.topics or default_topics(args.camera or ["/image"], args.node)
+            topics = args.topics or default_topics(args.camera, args.node)
             return run_record(args.out, topics, args.segment_mb, args.segment_s, args.budget_mb, args.duration,
                               args.live_port if args.live else None, args.live_host)
         if args.command == "bench" and args.bench_command == "drift":

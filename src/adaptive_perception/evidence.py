@@ -9,7 +9,9 @@ evidence folder (`<folder>/<camera topic with / as _>/`), which keeps it under t
 first, never the event being written). Every event is its own segment (`evidence_NNNN/`), closed when the event
 ends or at `close()`, so a process killed mid-event loses at most the segments being written and every earlier one
 stays readable with `rosbags`. An event that would outgrow the budget on its own keeps its beginning (the frames
-before the trigger and the first after it) and leaves the rest out, counted (`cut_at_budget`).
+before the trigger and the first after it) and leaves the rest out, counted (`cut_at_budget`). A write the disk
+refuses (full) costs the event's open segment, left unclosed as a kill leaves it; the event's later messages go to a
+new segment once the disk takes them, and the event's end reports how many it lost (`event_failures`).
 
 While a camera's event runs, another trigger for it is ignored (the evidence is already being kept); when the
 writer falls behind by more than `max_pending` messages, messages are skipped and counted, never queued
@@ -97,9 +99,10 @@ class EvidenceCapture:
         self._queue: queue.Queue = queue.Queue(maxsize=max_pending)
         self.events = self.written = self.skipped = self.failed = self.cut_at_budget = 0
         self._cut_in_event: dict[str, int] = {}  # per camera, on the writer thread: messages the budget left out
-        # per camera: messages of its latest event (running or ended) that could not be written (a full disk)
+        # per camera, on the writer thread: messages its latest ended event could not write (a full disk), and
+        # those its running event could not write so far
         self.failed_in_event: dict[str, int] = {}
-        self._ended: set[str] = set()  # cameras whose latest event has ended (the next write starts a new one)
+        self._failing: dict[str, int] = {}
         self.last_error = ""
         self._thread = threading.Thread(target=self._write_loop, name="evidence", daemon=True)
         self._thread.start()
@@ -179,9 +182,6 @@ class EvidenceCapture:
                 if action == "end":
                     self._end(camera)
                 else:
-                    if camera in self._ended or camera not in self.failed_in_event:  # a new event's first message
-                        self._ended.discard(camera)
-                        self.failed_in_event[camera] = 0
                     stamp_ns, _, topic, msgtype, message, _ = entry
                     recorder = self._recorder(camera)
                     if camera in self._cut_in_event:  # the event reached the budget: its rest is left out, whole
@@ -197,7 +197,7 @@ class EvidenceCapture:
             except Exception as exc:  # a full disk or a bad message costs evidence, never the node
                 self.failed += 1
                 self.last_error = f"{type(exc).__name__}: {exc}"
-                self.failed_in_event[camera] = self.failed_in_event.get(camera, 0) + 1
+                self._failing[camera] = self._failing.get(camera, 0) + 1
             finally:
                 self._queue.task_done()
 
@@ -215,7 +215,6 @@ class EvidenceCapture:
 
     def _end(self, camera: str) -> None:
         recorder, cut, closed = self.recorders.get(camera), self._cut_in_event.pop(camera, 0), None
-        self._ended.add(camera)
         if recorder is not None:
             before = len(recorder.closed_segments)
             try:
@@ -223,13 +222,19 @@ class EvidenceCapture:
             except Exception as exc:  # its writer is let go (`SegmentedRecorder`): the next event starts anew
                 self.failed += 1
                 self.last_error = f"{type(exc).__name__}: {exc}"
-                self.failed_in_event[camera] = self.failed_in_event.get(camera, 0) + 1
+                self._failing[camera] = self._failing.get(camera, 0) + 1
             if len(recorder.closed_segments) > before:
                 closed = recorder.closed_segments[-1]
                 self.segments.append(closed)
-        failed = self.failed_in_event.get(camera, 0)
+        failed = self.failed_in_event[camera] = self._failing.pop(camera, 0)
         if self.on_event is not None and (closed is not None or cut or failed):  # nothing written: said too
             self.on_event(camera, closed, cut, failed)
+
+    def event_failures(self) -> dict[str, int]:
+        """Per camera with a loss: the messages its running event could not write so far, else those its latest
+        ended event could not write (so a loss is reported until an event of that camera is written whole)."""
+        failing, ended = dict(self._failing), dict(self.failed_in_event)
+        return {camera: n for camera in {*failing, *ended} if (n := failing.get(camera) or ended.get(camera, 0))}
 
     def flush(self) -> None:
         """Wait until everything handed to the writer is on disk (the open event's segment stays open)."""

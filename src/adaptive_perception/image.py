@@ -40,6 +40,7 @@ SUPPORTED_ENCODINGS: tuple[str, ...] = tuple(_RAW_LAYOUTS)
 MAX_SIDE = 16384  # pixels; larger frames are a publisher bug, not a camera
 MAX_ASPECT = 64  # longer side / shorter side; beyond it a letterboxed frame has no rows left at the tiers' sizes
 MAX_COMPRESSED_PIXELS = 64_000_000  # above 8K UHD (33 M); decoded, 192 MB of BGR
+JPEG_HEADER_SCAN = 1 << 17  # bytes of a JPEG searched for its frame header (EXIF and ICC segments come before it)
 
 
 def check_size(width: int, height: int, what: str = "image") -> None:
@@ -119,22 +120,24 @@ def compressed_size(buffer: np.ndarray) -> tuple[int, int] | None:
         return int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")
     if not head.startswith(b"\xff\xd8"):
         return None
-    data, at = buffer, 2
-    while at + 4 <= data.size:  # marker segments up to the frame header (SOF0-15 but DHT, JPG and DAC)
-        if data[at] != 0xFF:
+    # marker segments up to the frame header (SOF0-15 but DHT, JPG and DAC), within the first JPEG_HEADER_SCAN
+    # bytes and markers: a crafted run of fill bytes or empty segments must not hold a worker for a second
+    data, at = buffer[:JPEG_HEADER_SCAN].tobytes(), 2
+    for _ in range(JPEG_HEADER_SCAN // 4):
+        if at + 4 > len(data) or data[at] != 0xFF:
             return None
-        marker = int(data[at + 1])
+        marker = data[at + 1]
         if marker == 0xFF:  # fill byte
             at += 1
             continue
         if marker == 0x01 or 0xD0 <= marker <= 0xD8:  # no length field
             at += 2
             continue
-        length = int(data[at + 2]) << 8 | int(data[at + 3])
+        length = data[at + 2] << 8 | data[at + 3]
         if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
-            if at + 9 > data.size:
+            if at + 9 > len(data):
                 return None
-            return int(data[at + 7]) << 8 | int(data[at + 8]), int(data[at + 5]) << 8 | int(data[at + 6])
+            return data[at + 7] << 8 | data[at + 8], data[at + 5] << 8 | data[at + 6]
         if marker == 0xDA or length < 2:  # scan data before any frame header: not a JPEG to trust
             return None
         at += 2 + length

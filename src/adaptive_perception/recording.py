@@ -74,7 +74,9 @@ class SegmentedRecorder:
         self.closed_segments: list[Path] = []
         self.removed_segments: list[Path] = []
         self.broken_segments: list[Path] = []  # a write or close failed (a full disk): left as a kill -9 leaves them
-        self.messages = 0
+        self.messages = 0  # taken into segments (those of a broken segment included: see `lost`)
+        self.lost = 0  # messages taken into segments that broke before they closed: not readable with rosbags
+        self._segment_messages = 0
         self._failed_at: float | None = None  # monotonic time of the last failure
 
     def write(self, topic: str, msgtype: str, stamp_ns: int, cdr: bytes) -> None:
@@ -103,6 +105,7 @@ class SegmentedRecorder:
         self._failed_at = None
         self._bytes += len(cdr)
         self.messages += 1
+        self._segment_messages += 1
 
     def close(self) -> None:
         if self._writer is not None:
@@ -112,7 +115,7 @@ class SegmentedRecorder:
         self._path = self.folder / f"{self.prefix}_{self._next:04d}"
         self._next += 1
         self._writer = Writer(self._path, version=9, storage_plugin=StoragePlugin.MCAP)
-        self._connections, self._bytes, self._first_ns = {}, 0, stamp_ns
+        self._connections, self._bytes, self._first_ns, self._segment_messages = {}, 0, stamp_ns, 0
         self._writer.open()
 
     def _close_segment(self) -> None:
@@ -126,13 +129,15 @@ class SegmentedRecorder:
         self._enforce_budget()
 
     def _give_up_segment(self) -> None:
-        """The open segment failed: let go of its writer (its file stays, unclosed) so the next write starts anew."""
+        """The open segment failed: let go of its writer (its file stays, unclosed, as a kill leaves one: closing it
+        would write an index over a half-written chunk) so the next write starts anew; its messages count as lost."""
         if self._path is not None:
             self.broken_segments.append(self._path)
-        writer, self._writer, self._path = self._writer, None, None
+            self.lost += self._segment_messages
+        writer, self._writer, self._path, self._segment_messages = self._writer, None, None, 0
         if writer is not None:
-            with contextlib.suppress(Exception):  # closing a writer whose disk is full fails again
-                writer.close()
+            with contextlib.suppress(Exception):
+                writer.abort()
 
     @property
     def open_bytes(self) -> int:

@@ -635,7 +635,7 @@ class PerceptionNode(LifecycleNode):
         if self._evidence_off:
             failing.append(f"evidence capture off: {self._evidence_off}")
         evidence = self.evidence
-        lost = {c: n for c, n in dict(evidence.failed_in_event).items() if n} if evidence is not None else {}
+        lost = evidence.event_failures() if evidence is not None else {}
         if lost:  # until an event of that camera writes whole again
             failing.append("drift evidence not written: " + ", ".join(
                 f"{n} messages of the latest event of camera '{self.resolve_topic_name(c)}'" for c, n in lost.items())
@@ -885,13 +885,19 @@ class PerceptionNode(LifecycleNode):
                 pass  # already broken before this change: configure will say what is still wrong
             else:
                 return self._refused(parameters, str(exc))
+        for parameter in parameters:  # checked above unless the parameters were already broken (a moved model file):
+            if parameter.name == "routing.cost_weight":  # a weight the router refuses would raise in this callback
+                try:
+                    RouterSettings(cost_weight=parameter.value).validate()
+                except ConfigError as exc:
+                    return self._refused(parameters, str(exc))
         for parameter in parameters:
             if parameter.name != "routing.cost_weight" and self.config is not None and not self._setting_own:
                 live = {"routing_mode": "; ~/set_routing_mode switches a running node",
                         "policy": "; ~/load_policy swaps a running node's policy"}.get(parameter.name, "")
                 self.get_logger().warning(f"parameter {parameter.name} = {parameter.value!r} is set but applies at the "
                                           f"next configure (lifecycle cleanup, then configure){live}")
-            if parameter.name == "routing.cost_weight":  # a finite float: read_config checked it above
+            if parameter.name == "routing.cost_weight":
                 value = parameter.value
                 if self.router is not None:
                     self.router.set_cost_weight(value)

@@ -99,7 +99,7 @@ PARAMETERS: dict[str, tuple[object, ParameterDescriptor]] = {
         "camera's catch-up burst after a stall (10: a third of a second at 30 Hz; with 2, only 3-5 of a burst of 12 "
         "frames reached the node).", integer_range=[IntegerRange(from_value=1, to_value=100, step=1)])),
     "diagnostics.frame_budget_ms": (_DEFAULTS.health.frame_budget_ms, _describe(
-        "/diagnostics: a camera is WARN while its node-time p95 over diagnostics.window_s exceeds this (33.3 = 30 Hz).")),
+        "/diagnostics: a camera is WARN while its node-time p95 over diagnostics.window_s exceeds this (33.3 = 30 Hz; at most 3600000).")),
     "diagnostics.max_drop_share": (_DEFAULTS.health.max_drop_share, _describe(
         "/diagnostics: a camera is WARN while more than this share of its frames is dropped or lost.",
         floating_point_range=[FloatingPointRange(from_value=0.0, to_value=1.0)])),

@@ -24,12 +24,13 @@ MISSING_AFTER_S = 5.0  # discovery on a quiet localhost graph takes well under a
 SAY_FAILURES_EVERY_S = 5.0
 
 
-def default_topics(cameras: list[str], node_name: str) -> list[str]:
+def default_topics(cameras: list[str] | None, node_name: str) -> list[str]:
     """Camera frames, the node's outputs (in its namespace: `/robot1/perception_node` publishes `/robot1/detections`),
     its compressed debug image and /diagnostics; with several cameras, each camera's own detections, routing and
     debug image instead of the combined debug image (which shows the cameras in turn)."""
     node = "/" + node_name.strip("/")
     namespace = node.rsplit("/", 1)[0]  # "" at the root
+    cameras = cameras or [f"{namespace}/image"]  # the node's default camera, `image`, in its namespace
     topics = [*cameras, f"{namespace}/detections", f"{namespace}/routing"]
     if len(cameras) > 1:
         topics += [f"{node}/{camera.strip('/')}/{leaf}" for camera in cameras
@@ -56,6 +57,7 @@ class TopicRecorder:
         self.types: dict[str, str] = {}
         self.counts: dict[str, int] = {topic: 0 for topic in self.topics}
         self.failed, self.last_error = 0, ""  # messages the recorder could not write (a full disk), the latest why
+        self.close_error = ""  # the recorder's final close failed (the last segment then counts as lost)
         self._said_failure_at: float | None = None
         self._stopped = False
         self._writing = threading.Lock()  # stop() returns with no message half-written
@@ -99,9 +101,10 @@ class TopicRecorder:
         now = time.monotonic()
         if self._said_failure_at is None or now - self._said_failure_at >= SAY_FAILURES_EVERY_S:
             self._said_failure_at = now
-            print(f"NOT RECORDED: {self.failed} messages so far could not be written ({self.last_error}); recording "
-                  "goes on when the disk takes them again (free space, or lower --budget-mb)", file=sys.stderr,
-                  flush=True)
+            fix = ("recording goes on when the disk takes them again (free space, or lower --budget-mb)"
+                   if isinstance(exc, OSError) else "this topic's messages cannot be recorded here")
+            print(f"NOT RECORDED: {self.failed} messages so far could not be written ({self.last_error}); {fix}",
+                  file=sys.stderr, flush=True)
 
     def stop(self) -> None:
         """Stop recording: later messages are left out (the sinks stay open: close them once the executor has
@@ -173,16 +176,21 @@ def run_record(out: Path | None, topics: list[str], segment_mb: float, segment_s
             recording.stop()
     for sink in (recorder, live):
         if sink is not None:
-            sink.close()
+            try:
+                sink.close()
+            except Exception as exc:  # the last segment's index on a full disk: counted below, never a traceback
+                recording.close_error = f"closing {type(sink).__name__}: {type(exc).__name__}: {exc}"
     _print_closed(recorder, closed)  # the one open until now
     missing = [t for t in recording.topics if t not in recording.types]
     print(f"{'recorded' if recorder is not None else 'served'} {counted(sum(recording.counts.values()), 'message')}: " +
           ", ".join(f"{t} {n}" for t, n in recording.counts.items()) +
           (f"; never seen on the graph: {missing}" if missing else ""), file=sys.stderr)
-    if recording.failed:
+    lost = recorder.lost if recorder is not None else 0
+    if recording.failed or lost or recording.close_error:
         broken = recorder.broken_segments if recorder is not None else []
-        print(f"NOT RECORDED: {recording.failed} messages could not be written (last: {recording.last_error})"
-              + (f"; segments left unclosed by the failures: {[str(p) for p in broken]}" if broken else ""),
-              file=sys.stderr)
+        print(f"NOT RECORDED: {recording.failed} messages could not be written"
+              + (f" and {lost} written before a failure are in segments it left unclosed (no index: rosbags and "
+                 f"ros2 bag do not open them): {[str(p) for p in broken]}" if lost or broken else "")
+              + f" (last error: {recording.close_error or recording.last_error})", file=sys.stderr)
         return 1
     return 0
