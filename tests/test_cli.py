@@ -58,6 +58,13 @@ def test_replay_options_that_cannot_apply_are_refused_before_it_starts(argv, say
     assert exited.value.code == 2 and says in capsys.readouterr().err
 
 
+def test_an_option_before_the_command_is_named(capsys):
+    """`adaptive-perception --bogus` said only that the command was required."""
+    with pytest.raises(SystemExit) as exited:
+        main(["--bogus", "replay"])
+    assert exited.value.code == 2 and "unrecognized option --bogus: the command comes first" in capsys.readouterr().err
+
+
 def test_a_remap_to_a_name_ros_refuses_is_an_error_line(capsys):
     assert main(["replay", "no-such-bag", "--remap", "/camera/image_raw:=bad topic!"]) == 2
     assert "--remap '/camera/image_raw:=bad topic!': 'bad topic!' is not a ROS topic name" in capsys.readouterr().err

@@ -812,6 +812,9 @@ def main(argv: list[str] | None = None) -> int:
         ros_args = argv[argv.index("--ros-args") + 1:]
         argv = argv[:argv.index("--ros-args")]
     parser = _parser()
+    if argv and argv[0].startswith("-") and argv[0] not in ("-h", "--help"):  # argparse named only the command
+        parser.error(f"unrecognized option {argv[0]}: the command comes first (adaptive-perception COMMAND "
+                     "[options]; --help lists the commands)")
     args = parser.parse_args(argv)
     if args.command == "replay":
         if args.bag is not None and args.bag_option is not None:
