@@ -282,3 +282,39 @@ def test_an_event_that_could_not_be_written_is_reported_and_the_next_one_starts_
     evidence.flush()
     assert events == [(None, 3), ("evidence_0001", 0)] and evidence.event_failures() == {}
     evidence.close()
+
+
+def test_messages_in_a_segment_the_disk_broke_count_as_lost_with_it(tmp_path):
+    """Only the writes the disk refused were counted; those already in the segment the failure left unclosed (no
+    index: unreadable) were not. The file size limit stands in for a full disk (writes past it fail)."""
+    script = textwrap.dedent(f"""
+        import resource, signal
+        import numpy as np
+        from pathlib import Path
+        from rosbags.typesys import Stores, get_typestore
+        from adaptive_perception.evidence import LINGER_FRAMES, EvidenceCapture, EvidenceSettings
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, 1 << 20))
+        store = get_typestore(Stores.ROS2_JAZZY)
+        Image, Header, Time = (store.types[t] for t in ("sensor_msgs/msg/Image", "std_msgs/msg/Header",
+                                                        "builtin_interfaces/msg/Time"))
+        def frame(n):
+            data = np.random.default_rng(n).integers(0, 255, 300_000, np.uint8)
+            return Image(header=Header(stamp=Time(sec=n, nanosec=0), frame_id="cam"), height=1, width=300_000,
+                         encoding="mono8", is_bigendian=0, step=300_000, data=data)
+        events = []
+        evidence = EvidenceCapture(EvidenceSettings({str(tmp_path)!r}, 0, 8, budget_mb=100.0), store,
+                                   lambda m: bytes(store.serialize_cdr(m, "sensor_msgs/msg/Image")),
+                                   on_event=lambda camera, path, cut, failed: events.append((path, failed)))
+        evidence.trigger("/cam")
+        for n in range(1, 9 + LINGER_FRAMES):
+            evidence.frame("/cam", "/cam", "sensor_msgs/msg/Image", n * 10**9, frame(n))
+            evidence.flush()
+        evidence.close()
+        print(events, evidence.failed, evidence.written)
+    """)
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    events, failed, written = run.stdout.strip().rsplit(" ", 2)
+    # the 8 frames of the event: some went into the segment before the limit broke it, the rest were refused
+    assert events == "[(None, 8)]" and failed == "8" and int(written) >= 2, run.stdout

@@ -103,6 +103,7 @@ class EvidenceCapture:
         # those its running event could not write so far
         self.failed_in_event: dict[str, int] = {}
         self._failing: dict[str, int] = {}
+        self._lost_seen: dict[str, int] = {}  # per camera: its recorder's `lost` already counted as failed
         self.last_error = ""
         self._thread = threading.Thread(target=self._write_loop, name="evidence", daemon=True)
         self._thread.start()
@@ -195,11 +196,20 @@ class EvidenceCapture:
                     recorder.write(topic, msgtype, stamp_ns, cdr)
                     self.written += 1
             except Exception as exc:  # a full disk or a bad message costs evidence, never the node
-                self.failed += 1
-                self.last_error = f"{type(exc).__name__}: {exc}"
-                self._failing[camera] = self._failing.get(camera, 0) + 1
+                self._failed(camera, exc)
             finally:
                 self._queue.task_done()
+
+    def _failed(self, camera: str, exc: Exception, refused: int = 1) -> None:
+        """`refused` messages not written (0: a segment's close failed), and those already in the segment the
+        failure left unclosed (lost with it)."""
+        recorder = self.recorders.get(camera)
+        lost = recorder.lost - self._lost_seen.get(camera, 0) if recorder is not None else 0
+        if recorder is not None:
+            self._lost_seen[camera] = recorder.lost
+        self.failed += refused + lost
+        self.last_error = f"{type(exc).__name__}: {exc}"
+        self._failing[camera] = self._failing.get(camera, 0) + refused + lost
 
     def _cut(self, camera: str) -> None:
         self.cut_at_budget += 1
@@ -220,9 +230,7 @@ class EvidenceCapture:
             try:
                 recorder.close()
             except Exception as exc:  # its writer is let go (`SegmentedRecorder`): the next event starts anew
-                self.failed += 1
-                self.last_error = f"{type(exc).__name__}: {exc}"
-                self._failing[camera] = self._failing.get(camera, 0) + 1
+                self._failed(camera, exc, refused=0)
             if len(recorder.closed_segments) > before:
                 closed = recorder.closed_segments[-1]
                 self.segments.append(closed)
