@@ -18,7 +18,7 @@ from adaptive_perception.bag import Storage, image_topics, read_images, write_im
 from adaptive_perception.errors import BagError
 from adaptive_perception.ros.replay import ReplayMode, ReplayReport, replay_bag
 from adaptive_perception.ros.session import node_process, spun_node
-from rosgraph import Graph
+from rosgraph import Graph, wait_until
 
 
 def _frames(count: int) -> list[tuple[int, np.ndarray]]:
@@ -444,6 +444,14 @@ def test_lockstep_leaves_out_a_frame_the_node_cannot_decode_instead_of_waiting_f
         assert {d.header.stamp.sec * 10**9 + d.header.stamp.nanosec for d in graph.detections} == \
             {frames[i][0] for i in (1, 2, 4)}
         assert graph.node.totals().failed == 0  # never sent
+        # fast mode sends them (the node counts them); a malformed last frame left replay waiting out --timeout
+        # for the answer of a frame the node never answers
+        _bag_with_bad_frames(tmp_path / "fast", "/cam/image_raw", frames, bad=(), cut=(4,))
+        started = time.monotonic()
+        report = replay_bag(graph.driver, tmp_path / "fast", ReplayMode.FAST, remap={"/cam/image_raw": "image"},
+                            timeout_s=30)
+        assert time.monotonic() - started < 15 and report.frames_published == 5
+        assert wait_until(lambda: graph.node.totals().failed == 1, 5)  # the malformed one, counted as truncated
     finally:
         graph.close()
 

@@ -42,6 +42,7 @@ class BagImage:
     stamp_sec: int
     stamp_nanosec: int
     frame_id: str
+    malformed: bool = False  # no Image could be read from it (stamped with the bag's time); the decoder refuses it
 
 
 def image_topics(path: str | Path) -> dict[str, str]:
@@ -131,7 +132,7 @@ def read_images(path: str | Path, topics: Sequence[str] | None = None) -> Iterat
             except Exception:  # a malformed message (`record` keeps the bytes a publisher sent): yielded as recorded,
                 # stamped with the bag's time; the decoder refuses it (`bag_image_rgb`), as the node would
                 yield BagImage(conn.topic, conn.msgtype, timestamp, bytes(raw), timestamp // 1_000_000_000,
-                               timestamp % 1_000_000_000, "")
+                               timestamp % 1_000_000_000, "", malformed=True)
                 continue
             yield BagImage(conn.topic, conn.msgtype, timestamp, bytes(raw),
                            header.stamp.sec, header.stamp.nanosec, header.frame_id)

@@ -194,7 +194,8 @@ def replay_bag(
                     sent_at[key] = last_event[0] = time.perf_counter()
                     sends[key] = sends.get(key, 0) + 1
                 first_on_topic = frame.topic not in newest
-                newest[frame.topic] = key
+                if not frame.malformed:  # the node answers no malformed message: the end waits for a real frame's
+                    newest[frame.topic] = key
                 publishers[frame.topic].publish(frame.cdr)
                 if first_on_topic:  # every reliable reader has it: each has matched this publisher on its own side too
                     publishers[frame.topic].wait_for_all_acked(Duration(seconds=min(timeout_s, ACK_WAIT_S)))
