@@ -81,13 +81,15 @@ class LatestFrameSlot(Generic[T]):
     def closed(self) -> bool:
         return self._closed
 
-    def close(self) -> None:
-        """Wake every waiter and discard pending frames."""
+    def close(self) -> list[Hashable]:
+        """Wake every waiter and discard pending frames; returns the cameras whose frame was discarded."""
         with self._cond:
             self._closed = True
+            discarded = list(self._pending)
             self._pending.clear()
             self._order.clear()
             self._cond.notify_all()
+            return discarded
 
 
 @dataclass
@@ -113,6 +115,11 @@ class CameraCounters:
         if sequence is not None and self._last_sequence is not None and sequence > self._last_sequence:
             self.lost_before_node += sequence - self._last_sequence - 1
         self._last_sequence = sequence
+
+    def restart_sequence(self) -> None:
+        """The next frame starts a new count: frames published while the node did not subscribe (inactive) were
+        never on their way to it, so the gap before it is no loss."""
+        self._last_sequence = None
 
     def as_dict(self) -> dict[str, int]:
         return {"received": self.received, "lost_before_node": self.lost_before_node, "dropped": self.dropped,

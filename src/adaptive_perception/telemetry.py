@@ -106,6 +106,7 @@ class Telemetry:
             self.active, self.active_since = active, self._clock()
             for stats in self.cameras.values():
                 stats.first_arrival = None  # a stall counts from the first frame since
+                stats.counters.restart_sequence()  # and losses: frames sent while inactive were never sent to it
 
     def _stats(self, camera: str, now: float) -> CameraStats:
         stats = self.cameras[camera]

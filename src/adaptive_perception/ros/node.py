@@ -505,8 +505,10 @@ class PerceptionNode(LifecycleNode):
             self.destroy_subscription(sub)
         self._subscriptions = []
         for slot, threads in ((self._slot, self._workers), (self._debug_slot, [self._renderer])):
-            if slot is not None:
-                slot.close()
+            discarded = slot.close() if slot is not None else []
+            if slot is self._slot and self.telemetry is not None:
+                for camera in discarded:  # frames still waiting for a worker: dropped (the counts add up)
+                    self.telemetry.dropped(camera)
             for thread in threads:
                 if thread is not None:
                     thread.join()
