@@ -184,3 +184,25 @@ def test_a_reference_process_that_cannot_load_its_tier_says_why(tmp_path):
 
     with pytest.raises(RuntimeError, match="failed to load: .*missing.onnx"):
         ReferenceProcess(str(tmp_path / "missing.onnx"), ("CPUExecutionProvider",), 0.25, 0.45, 100, 1, "large")
+
+
+def test_an_interrupt_while_the_reference_process_starts_takes_the_child_with_it(peer_model):
+    """Ctrl-C or SIGTERM during a configure, while the audit's child started, left it loading a tier nobody would
+    ask (and, cut mid-start, printing spawn's EOFError traceback into the node's log)."""
+    import subprocess
+    import sys
+
+    script = (
+        "import multiprocessing, signal, sys\n"
+        "from adaptive_perception.audit import ReferenceProcess\n"
+        "def interrupt(*_):\n    raise KeyboardInterrupt\n"
+        "signal.signal(signal.SIGALRM, interrupt)\n"
+        "signal.setitimer(signal.ITIMER_REAL, 0.3)  # the child takes seconds to load its tier\n"
+        "try:\n"
+        f"    ReferenceProcess({str(peer_model)!r}, ('CPUExecutionProvider',))\n"
+        "    print('started')\n"
+        "except KeyboardInterrupt:\n"
+        "    print('interrupted', [p.name for p in multiprocessing.active_children()])\n")
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert run.stdout.strip() == "interrupted []", run.stdout + run.stderr
+    assert "Traceback" not in run.stderr, run.stderr

@@ -171,9 +171,18 @@ class ReferenceProcess:
         self._lock = threading.Lock()
         self._process = context.Process(target=_serve_reference, args=(child, tier_args), name="audit-reference",
                                         daemon=True)
-        self._process.start()
-        child.close()
-        if not self._conn.poll(start_timeout_s):
+        try:
+            self._process.start()
+            child.close()
+            started = self._conn.poll(start_timeout_s)
+        except BaseException:  # Ctrl-C or SIGTERM while it starts (a configure cut short): the child goes at once,
+            # before the closed pipe leaves it printing an EOFError traceback or loading a tier nobody will ask
+            if self._process.pid is not None:
+                self._process.kill()
+                self._process.join(timeout=5)
+            self._conn.close()
+            raise
+        if not started:
             self.close()
             raise RuntimeError(f"the audit's reference process did not start within {start_timeout_s:.0f} s")
         kind, value = self._conn.recv()
