@@ -308,6 +308,13 @@ def test_a_running_node_refuses_an_unknown_mode_and_says_when_a_parameter_applie
     assert wait_until(lambda: any("parameter conf_threshold = 0.9 is set but applies at the next configure" in log.msg
                                   for log in graph.logs), 5), [log.msg for log in graph.logs]
     assert graph.node.detectors["nano"].conf_threshold == 0.25  # the running tier keeps its value, as said
+    # set in a loop (a script), it is said once every 5 s, not once a call (670 lines a minute)
+    for value in (0.8, 0.7, 0.6):
+        assert graph.node.set_parameters([rclpy.parameter.Parameter("conf_threshold", value=value)])[0].successful
+    assert graph.node.set_parameters([rclpy.parameter.Parameter("iou_threshold", value=0.5)])[0].successful
+    assert wait_until(lambda: any("parameter iou_threshold = 0.5 is set" in log.msg for log in graph.logs), 5)
+    said = [log.msg for log in graph.logs if "parameter conf_threshold" in log.msg and "is set" in log.msg]
+    assert len(said) == 1 and "conf_threshold = 0.9 is set" in said[0], said
     assert graph.transition("deactivate")
     assert wait_until(lambda: graph.status("routing").message.startswith("inactive (lifecycle activate to process "
                                                                          "frames): fixed:nano"), 5)

@@ -130,6 +130,7 @@ class PerceptionNode(LifecycleNode):
         self._wrong_types_said: set[tuple] = set()  # (topic, publishers) already logged by `_wrong_type_publishers`
         self.active = False  # subscribed and processing (lifecycle state active)
         self._setting_own = False  # the node sets routing_mode / policy itself after a live switch
+        self._param_log = ErrorLog()  # "applies at the next configure": once per parameter every 5 s
         self.add_on_set_parameters_callback(self._on_set_parameters)
         # ROS keeps a params-file or -p value whose name the node never declares, and says nothing: a misspelt key
         # leaves its parameter at the default
@@ -895,10 +896,13 @@ class PerceptionNode(LifecycleNode):
                     return self._refused(parameters, str(exc))
         for parameter in parameters:
             if parameter.name != "routing.cost_weight" and self.config is not None and not self._setting_own:
-                live = {"routing_mode": "; ~/set_routing_mode switches a running node",
-                        "policy": "; ~/load_policy swaps a running node's policy"}.get(parameter.name, "")
-                self.get_logger().warning(f"parameter {parameter.name} = {parameter.value!r} is set but applies at the "
-                                          f"next configure (lifecycle cleanup, then configure){live}")
+                suppressed = self._param_log.admit("parameter", parameter.name)  # a script's loop: a line per call
+                if suppressed is not None:
+                    live = {"routing_mode": "; ~/set_routing_mode switches a running node",
+                            "policy": "; ~/load_policy swaps a running node's policy"}.get(parameter.name, "")
+                    more = f" ({suppressed} earlier changes of it not logged)" if suppressed else ""
+                    self.get_logger().warning(f"parameter {parameter.name} = {parameter.value!r} is set but applies at "
+                                              f"the next configure (lifecycle cleanup, then configure){live}{more}")
             if parameter.name == "routing.cost_weight":
                 value = parameter.value
                 if self.router is not None:
