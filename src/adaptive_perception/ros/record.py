@@ -17,6 +17,7 @@ from rclpy.qos import QoSProfile, ReliabilityPolicy
 from adaptive_perception.errors import ConfigError
 from adaptive_perception.progress import counted
 from adaptive_perception.recording import SegmentedRecorder
+from adaptive_perception.telemetry import ErrorLog
 from adaptive_perception.ros import DEBUG_IMAGE_TOPICS
 
 IMAGE_TYPES = ("sensor_msgs/msg/Image", "sensor_msgs/msg/CompressedImage")
@@ -58,7 +59,7 @@ class TopicRecorder:
         self.counts: dict[str, int] = {topic: 0 for topic in self.topics}
         self.failed, self.last_error = 0, ""  # messages the recorder could not write (a full disk), the latest why
         self.close_error = ""  # the recorder's final close failed (the last segment then counts as lost)
-        self._said_failure_at: float | None = None
+        self._failure_log = ErrorLog(SAY_FAILURES_EVERY_S)  # said at once, then at most every 5 s
         self._stopped = False
         self._writing = threading.Lock()  # stop() returns with no message half-written
         self._timer = node.create_timer(0.5, self.discover)
@@ -98,9 +99,7 @@ class TopicRecorder:
     def _write_failed(self, exc: Exception) -> None:
         self.failed += 1
         self.last_error = f"{type(exc).__name__}: {exc}"
-        now = time.monotonic()
-        if self._said_failure_at is None or now - self._said_failure_at >= SAY_FAILURES_EVERY_S:
-            self._said_failure_at = now
+        if self._failure_log.admit("record", "write") is not None:
             fix = ("recording goes on when the disk takes them again (free space, or lower --budget-mb)"
                    if isinstance(exc, OSError) else "this topic's messages cannot be recorded here")
             print(f"NOT RECORDED: {self.failed} messages so far could not be written ({self.last_error}); {fix}",
