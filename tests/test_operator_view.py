@@ -380,6 +380,33 @@ def test_every_frame_is_accounted_for_across_deactivation(context, tier_models):
         graph.close()
 
 
+def test_a_cleanup_logs_the_session_totals_it_ends_and_the_next_configure_counts_anew(context, tier_models):
+    """A cleanup dropped the session's counts unlogged: the shutdown line covered only the last session."""
+    graph = _graph(context, tier_models, routing_mode="fixed:nano")
+    try:
+        graph.wait_for_image_subscriber()
+        for sec in range(3):
+            assert graph.send_lockstep(image_msg(_noise(sec), sec=sec))
+        graph.image_pub.publish(image_msg(_noise(9)[:, :, :2].copy(), sec=9))  # 2 channels as rgb8: failed
+        assert wait_until(lambda: graph.node.counters["image"].failed == 1, 10)
+
+        def closing_lines() -> list[str]:
+            return [log.msg for log in graph.logs if log.name == graph.node.get_logger().name
+                    and "; since configure " in log.msg]
+
+        for session, (received, processed, failed) in enumerate([(4, 3, 1), (1, 1, 0)]):
+            assert graph.transition("deactivate") and graph.transition("cleanup")
+            assert wait_until(lambda: len(closing_lines()) == session + 1, 10), closing_lines()
+            assert closing_lines()[-1] == (
+                f"cleaning up; since configure '/image' {received} received, {processed} processed, 0 dropped, "
+                f"{failed} failed, 0 lost before the node")
+            assert graph.transition("configure") and graph.transition("activate")
+            graph.wait_for_image_subscriber()
+            assert graph.send_lockstep(image_msg(_noise(7), sec=20))
+    finally:
+        graph.close()
+
+
 @pytest.mark.parametrize("workers", [1, 0])  # one worker; the default: one per camera, at most one per core
 def test_two_cameras_at_different_rates_get_their_own_topics_and_neither_starves(context, tier_models, workers):
     graph = _graph(context, tier_models, routing_mode="fixed:nano", image_topics=["front/image_raw", "rear/image_raw"],

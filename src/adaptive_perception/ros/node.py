@@ -453,18 +453,18 @@ class PerceptionNode(LifecycleNode):
             self.metrics.active.set(1.0 if active else 0.0)
 
     def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
-        self._release()
+        self._release("cleaning up")
         return TransitionCallbackReturn.SUCCESS
 
     def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
         self._stop_processing()
-        self._release()
+        self._release("shutting down")
         return TransitionCallbackReturn.SUCCESS
 
     def on_error(self, state: LifecycleState) -> TransitionCallbackReturn:
         self.get_logger().error(f"error while in state '{state.label}': releasing everything")
         self._stop_processing()
-        self._release()
+        self._release("releasing after an error")
         return TransitionCallbackReturn.SUCCESS
 
     def _topic_name(self, topic: str) -> str:
@@ -481,14 +481,18 @@ class PerceptionNode(LifecycleNode):
             _LOG_BRIDGE.detach(self.get_logger())
             super().destroy_node()
 
-    def _close(self) -> None:
-        if self.telemetry is not None and self.context.ok():  # a record of the session in the log, MLflow or not
+    def _log_totals(self, doing: str) -> None:
+        """A record of the session (since configure) in the log, MLflow or not, before its telemetry goes."""
+        if self.telemetry is not None and self.context.ok():
             totals = {self._topic_name(c): self.telemetry.session_report(c) for c in self.telemetry.cameras}
-            self.get_logger().info("shutting down; since configure " + "; ".join(
+            self.get_logger().info(f"{doing}; since configure " + "; ".join(
                 f"'{camera}' {r['frames_received']:.0f} received, {r['frames_processed']:.0f} processed, "
                 f"{r['frames_dropped']:.0f} dropped, {r['frames_failed']:.0f} failed, {r['frames_lost_before_node']:.0f} "
                 "lost before the node"
                 for camera, r in totals.items()))
+
+    def _close(self) -> None:
+        self._log_totals("shutting down")
         logged = self._end_run()
         if self.evidence is not None:  # never leave recorded evidence unclosed
             self.evidence.close()
@@ -515,7 +519,8 @@ class PerceptionNode(LifecycleNode):
                     thread.join()
         self._slot, self._workers, self._debug_slot, self._renderer = None, [], None, None
 
-    def _release(self) -> None:
+    def _release(self, doing: str) -> None:
+        self._log_totals(doing)  # the session's totals go with its telemetry: a later configure starts anew
         extra = [pub for pair in [*self._camera_pubs.values(), self._debug_pubs or ()] for pub in pair]
         for pub in (self._det_pub, self._routing_pub, *extra):
             if pub is not None:
