@@ -452,6 +452,13 @@ def test_lockstep_leaves_out_a_frame_the_node_cannot_decode_instead_of_waiting_f
                             timeout_s=30)
         assert time.monotonic() - started < 15 and report.frames_published == 5
         assert wait_until(lambda: graph.node.totals().failed == 1, 5)  # the malformed one, counted as truncated
+        # and so did a last frame that reads but does not decode (an encoding the node refuses)
+        _bag_with_bad_frames(tmp_path / "fast_odd", "/cam/image_raw", frames, bad=(4,))
+        started = time.monotonic()
+        report = replay_bag(graph.driver, tmp_path / "fast_odd", ReplayMode.FAST, remap={"/cam/image_raw": "image"},
+                            timeout_s=30)
+        assert time.monotonic() - started < 15 and report.frames_published == 5
+        assert wait_until(lambda: graph.node.totals().failed == 2, 5)
     finally:
         graph.close()
 

@@ -170,12 +170,12 @@ def replay_bag(
         _wait_for_publisher(node, subscription, wait_for_subscriber_s)
         started = time.perf_counter()
         first_bag_ns = first.bag_time_ns
-        newest: dict[str, tuple[int, int, str]] = {}  # per topic, the stamp of the frame published last
+        newest: dict[str, tuple[tuple[int, int, str], BagImage]] = {}  # per topic, the frame published last
         try:
             for index, frame in enumerate(itertools.chain([first], frames)):
                 key = (frame.stamp_sec, frame.stamp_nanosec, frame.frame_id)
                 if mode is ReplayMode.LOCKSTEP and key in sends:
-                    if newest.get(frame.topic) == key:  # the same frame again (a recording of a resend): nothing new
+                    if newest.get(frame.topic, (None,))[0] == key:  # the same frame again (a recording of a resend): nothing new
                         report.skipped_repeats += 1
                         continue
                     report.stopped = (f"bag '{bag}': frame {index} on '{frame.topic}' repeats header stamp "
@@ -195,7 +195,7 @@ def replay_bag(
                     sends[key] = sends.get(key, 0) + 1
                 first_on_topic = frame.topic not in newest
                 if not frame.malformed:  # the node answers no malformed message: the end waits for a real frame's
-                    newest[frame.topic] = key
+                    newest[frame.topic] = key, frame
                 publishers[frame.topic].publish(frame.cdr)
                 if first_on_topic:  # every reliable reader has it: each has matched this publisher on its own side too
                     publishers[frame.topic].wait_for_all_acked(Duration(seconds=min(timeout_s, ACK_WAIT_S)))
@@ -221,9 +221,11 @@ def replay_bag(
             report.stopped, report.interrupted = "interrupted (Ctrl-C)", True
         if mode is not ReplayMode.LOCKSTEP and not report.interrupted:
             # the node always processes a camera's newest frame (older ones it may drop on purpose): its answer is
-            # the last to come; the wait for it is not counted in wall_s
+            # the last to come; the wait for it is not counted in wall_s. A last frame the node cannot decode gets no
+            # answer (and may have displaced the one before): nothing to wait for on that topic (decoded once here)
+            last = [k for k, frame in newest.values() if _decodable(frame)]
             with cond:
-                cond.wait_for(lambda: all(answers.get(k, 0) > 0 for k in newest.values()), timeout_s)
+                cond.wait_for(lambda: all(answers.get(k, 0) > 0 for k in last), timeout_s)
         with cond:
             report.wall_s = last_event[0] - started
     finally:
