@@ -128,6 +128,19 @@ def test_more_sequences_or_frames_than_the_split_holds_are_said_not_silently_few
         throughput.split_bags(empty, None, None, tmp_path / "cache")
 
 
+def test_a_test_bag_frame_without_ground_truth_is_named_not_a_key_error(tmp_path):
+    from adaptive_perception.bag import write_image_bag
+
+    frames = [(10**9 + i * 33_000_000, np.full((48, 64, 3), 40 * i, np.uint8)) for i in range(3)]
+    bag = tmp_path / "bags" / "test" / "seq046"
+    write_image_bag(bag, frames)
+    (bag / "ground_truth.json").write_text(json.dumps({"frames": {str(s): {"objects": []} for s, _ in frames[:2]}}))
+    with pytest.raises(AdaptivePerceptionError, match=rf"seq046: frame 2 on '/camera/image_raw' \(stamp {frames[2][0]}\) is "
+                                                      r"not in its ground_truth.json; .* generate them again"):
+        throughput.split_bags(tmp_path, None, None, tmp_path / "cache")
+    assert len(throughput.split_bags(tmp_path, None, 2, tmp_path / "cache")[0][0].cdr) == 2  # the frames before
+
+
 def test_the_per_frame_path_publishes_the_chosen_tiers_detections():
     bags, whole = throughput.split_bags(Path("no-benchmark"), 1, throughput.QUICK["frames"], Path("build/bench/test-bags"))
     assert not whole  # rendered: 1 of the frozen test sequences, cut short

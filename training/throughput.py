@@ -79,8 +79,14 @@ def _read_bag(bag: Path, frames: int | None) -> Sequence:
                                       "bags (`adaptive-perception scenes generate`), which carry it")
     truth = json.loads(truth_path.read_text())["frames"]
     cdr, records = [], []
-    for image in read_images(bag):
+    for index, image in enumerate(read_images(bag)):
         stamp = image.stamp_sec * 1_000_000_000 + image.stamp_nanosec
+        if image.malformed or str(stamp) not in truth:
+            raise AdaptivePerceptionError(
+                f"{bag}: frame {index} on '{image.topic}' " + ("is a malformed message (no Image can be read from it)"
+                                                             if image.malformed else f"(stamp {stamp}) is not in its "
+                                                             "ground_truth.json") + "; bench throughput reads the "
+                "benchmark's test bags as `adaptive-perception scenes generate` wrote them: generate them again")
         cdr.append(image.cdr)
         records.append(truth[str(stamp)])
         if frames is not None and len(cdr) == frames:
