@@ -83,6 +83,13 @@ def test_a_report_path_that_is_a_folder_is_refused_before_the_run(tmp_path, caps
     assert main(["bench", "cost", "--report", str(tmp_path)]) == 2
     assert f"--report {tmp_path} is a folder; give the JSON file to write" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []
+    # a folder nobody can write (/proc: not even root) was found only when the results were written, after the run
+    assert main(["bench", "cost", "--report", "/proc/cost.json"]) == 2
+    assert "--report /proc/cost.json cannot be written (" in capsys.readouterr().err
+    assert main(["replay", str(tmp_path / "no-bag-needed"), "--json", "/proc/replay.json"]) == 2
+    assert "--json /proc/replay.json cannot be written (" in capsys.readouterr().err
+    assert main(["bench", "cost", "--report", str(tmp_path / "cost.json")]) == 0  # a writable one: written
+    assert json.loads((tmp_path / "cost.json").read_text()) and [p.name for p in tmp_path.iterdir()] == ["cost.json"]
 
 
 def test_a_path_of_the_wrong_kind_is_an_error_line_not_a_traceback(tmp_path, capsys):

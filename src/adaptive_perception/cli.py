@@ -546,6 +546,23 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _unwritable(path: Path) -> str | None:
+    """Why `path` could not be written, probed by writing beside it (root passes every permission check, a read-only
+    mount none); None when it can, or when its folder does not exist yet (the commands that write it make it)."""
+    import tempfile
+
+    if path.exists() and not os.access(path, os.W_OK):
+        return "the file is read-only"
+    if not path.parent.is_dir():
+        return None
+    try:
+        with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", suffix=".probe"):
+            pass
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    return None
+
+
 def _parse_remaps(items: list[str]) -> dict[str, str]:
     remaps = {}
     for item in items:
@@ -830,10 +847,17 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"replay: --json {args.json}: folder {args.json.parent} does not exist")
     for option in ("report", "json", "latency_out"):  # refused now, not after the run whose results it would hold
         path = getattr(args, option, None)
-        if isinstance(path, Path) and path.is_dir():
-            print(f"adaptive-perception {args.command}: error: --{option.replace('_', '-')} {path} is a folder; give "
+        if not isinstance(path, Path):
+            continue
+        flag = f"--{option.replace('_', '-')} {path}"
+        if path.is_dir():
+            print(f"adaptive-perception {args.command}: error: {flag} is a folder; give "
                   f"the JSON file to write, e.g. {path / ('latency.json' if option == 'latency_out' else 'report.json')}",
                   file=sys.stderr)
+            return 2
+        if (problem := _unwritable(path)) is not None:
+            print(f"adaptive-perception {args.command}: error: {flag} cannot be written ({problem}); give a path in a "
+                  "folder you can write", file=sys.stderr)
             return 2
     try:
         if args.command == "node":
