@@ -261,9 +261,10 @@ def test_the_readme_topic_table_names_every_publisher_subscription_and_service_o
         own_services = {s for s in services if not s.endswith("parameters") and "parameter" not in s
                         and s not in ("get_available_states", "get_available_transitions", "get_transition_graph",
                                       "get_type_description")}
-        assert publishers == {"/detections", "/routing", "/diagnostics", f"/{name}/debug_image",
+        assert publishers == {"/detections", "/routing", "/detections_marker", "/diagnostics", f"/{name}/debug_image",
                               f"/{name}/debug_image/compressed"}
-        assert {"detections", "routing", "/diagnostics", "~/debug_image", "~/debug_image/compressed"} <= listed
+        assert {"detections", "routing", "detections_marker", "/diagnostics", "~/debug_image",
+                "~/debug_image/compressed"} <= listed
         assert subscriptions == {"/image"} and "image" in listed
         assert own_services == {"change_state", "get_state", "set_routing_mode", "load_policy"}
         assert {f"~/{s}" for s in own_services} <= listed

@@ -59,6 +59,7 @@ def test_the_recording_holds_every_message_type_with_typed_fields(context, tier_
     assert types == {"/image": "sensor_msgs/msg/Image", "/detections": "vision_msgs/msg/Detection2DArray",
                      "/routing": "adaptive_perception_msgs/msg/RoutingDecision",
                      f"/{graph.name}/debug_image/compressed": "sensor_msgs/msg/CompressedImage",
+                     "/detections_marker": "visualization_msgs/msg/ImageMarker",
                      "/diagnostics": "diagnostic_msgs/msg/DiagnosticArray"}
     assert [m.header.stamp.sec for m in messages["/image"]] == [1, 2, 3]
     assert [m.tier_name for m in messages["/routing"]] == ["small"] * 3
@@ -68,6 +69,20 @@ def test_the_recording_holds_every_message_type_with_typed_fields(context, tier_
     assert np.array_equal(np.frombuffer(bytes(messages["/image"][0].data), np.uint8), regime_frames["dense"].reshape(-1))
     assert [m.format for m in messages[f"/{graph.name}/debug_image/compressed"]] == ["jpeg"] * 3
     assert any(s.name.endswith("camera /image") for d in messages["/diagnostics"] for s in d.status)
+    # the boxes again as Foxglove's overlay on /image: each box's four edges, in the colour of the tier that ran
+    # (small's orange: 255, 190, 0), stamped as its frame
+    assert [m.header.stamp.sec for m in messages["/detections_marker"]] == [1, 2, 3]
+    for detections, marker in zip(messages["/detections"], messages["/detections_marker"]):
+        assert marker.type == 2 and (marker.outline_color.r, marker.outline_color.g, marker.outline_color.b) == \
+            pytest.approx((1.0, 190 / 255, 0.0))
+        edges = np.array([(p.x, p.y) for p in marker.points]).reshape(-1, 8, 2)
+        boxes = [(b.center.position.x - b.size_x / 2, b.center.position.y - b.size_y / 2,
+                  b.center.position.x + b.size_x / 2, b.center.position.y + b.size_y / 2)
+                 for b in (d.bbox for d in detections.detections)]
+        assert len(boxes) > 0 and len(edges) == len(boxes)
+        for (x1, y1, x2, y2), box in zip(boxes, edges):
+            np.testing.assert_allclose(box, [(x1, y1), (x2, y1), (x2, y1), (x2, y2), (x2, y2), (x1, y2), (x1, y2),
+                                             (x1, y1)], atol=1e-3)
 
 
 def test_the_default_topics_follow_the_nodes_namespace_and_its_cameras(context, tier_models, tmp_path):
@@ -84,7 +99,7 @@ def test_the_default_topics_follow_the_nodes_namespace_and_its_cameras(context, 
     topics = default_topics(cameras, graph.fqn)
     node = f"/robot1/{graph.name}"
     assert topics == [*cameras, "/robot1/detections", "/robot1/routing",
-                      *(f"{node}{c}/{leaf}" for c in cameras for leaf in ("detections", "routing",
+                      *(f"{node}{c}/{leaf}" for c in cameras for leaf in ("detections", "routing", "detections_marker",
                                                                           "debug_image/compressed")),
                       "/diagnostics"]
     # without --camera: the node's default camera, `image`, in its namespace (it was /image)
@@ -118,7 +133,7 @@ def test_the_default_topics_follow_the_nodes_namespace_and_its_cameras(context, 
     assert frames["/robot1/detections"].count("cam_a") == frames["/robot1/detections"].count("cam_b") == 2
     for camera in cameras:
         own = camera.split("/")[1]
-        for leaf in ("detections", "routing", "debug_image/compressed"):
+        for leaf in ("detections", "routing", "detections_marker", "debug_image/compressed"):
             assert frames[f"{node}{camera}/{leaf}"] == [own, own], (camera, leaf)
         assert frames[camera] == [own, own]
 

@@ -7,8 +7,10 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 from sensor_msgs.msg import CompressedImage, Image
-from std_msgs.msg import Header
+from geometry_msgs.msg import Point
+from std_msgs.msg import ColorRGBA, Header
 from vision_msgs.msg import Detection2DArray
+from visualization_msgs.msg import ImageMarker
 
 from adaptive_perception.detector import Detections
 from adaptive_perception.errors import ImageDecodeError
@@ -122,6 +124,23 @@ def rgb_to_compressed(rgb: np.ndarray, header: Header, quality: int = 85) -> Com
     msg = CompressedImage(header=header, format="jpeg")
     msg.data = jpeg.tobytes()
     return msg
+
+
+MARKER_LINE_PX = 2.0  # outline thickness of the overlay's boxes, in image pixels
+
+
+def detections_marker(detections: Detections, tier: str, header: Header) -> ImageMarker:
+    """The boxes as one `visualization_msgs/ImageMarker` (LINE_LIST: four edges, eight points per box) in the colour
+    of the tier that ran, stamped as the frame: Foxglove's Image panel overlays it on the camera topic. An empty
+    list clears the previous frame's boxes. ImageMarker has no text: class and score are in the debug image."""
+    from adaptive_perception.drawing import tier_colour
+
+    red, green, blue = (c / 255.0 for c in tier_colour(tier))
+    marker = ImageMarker(header=header, ns="detections", type=ImageMarker.LINE_LIST, action=ImageMarker.ADD,
+                         scale=MARKER_LINE_PX, outline_color=ColorRGBA(r=red, g=green, b=blue, a=1.0))
+    corners = detections.boxes[:, [0, 1, 2, 1, 2, 1, 2, 3, 2, 3, 0, 3, 0, 3, 0, 1]].reshape(-1, 2).tolist()
+    marker.points = [Point(x=float(x), y=float(y)) for x, y in corners]
+    return marker
 
 
 def msg_to_detections(msg: Detection2DArray) -> Detections:

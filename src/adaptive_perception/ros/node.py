@@ -25,6 +25,7 @@ from rclpy.serialization import serialize_message
 from rclpy.signals import SignalHandlerOptions
 from sensor_msgs.msg import CompressedImage, Image
 from vision_msgs.msg import Detection2DArray
+from visualization_msgs.msg import ImageMarker
 
 from adaptive_perception.config import NodeConfig, resolve_model
 from adaptive_perception.detector import TIERS, AcceleratorSettings, Detections, DetectorTier, class_list_mismatch
@@ -35,15 +36,15 @@ from adaptive_perception.evidence import EvidenceCapture, EvidenceSettings
 from adaptive_perception.errors import AdaptivePerceptionError, ConfigError, ImageDecodeError, TierFailure
 from adaptive_perception.features import RoutingContext, next_context
 from adaptive_perception.frames import CameraCounters, LatestFrameSlot
-from adaptive_perception.ros import DEBUG_IMAGE_TOPICS
+from adaptive_perception.ros import DEBUG_IMAGE_TOPICS, MARKER_TOPIC
 from adaptive_perception.metrics import PrometheusMetrics
 from adaptive_perception.policy import Policy
 from adaptive_perception.recording import ros_typestore
 from adaptive_perception.runlog import NodeRun, quiet_mlflow_setup, snapshot_metrics
 from adaptive_perception.router import Router, RouterSettings, check_mode, tiers_needed
 from adaptive_perception.ros.parameters import PARAMETERS, check_params_file, params_files, unknown_parameters
-from adaptive_perception.ros.convert import (ReceivedImage, detections_cdr, image_to_rgb, parse_image,
-                                             rgb_to_compressed, rgb_to_msg)
+from adaptive_perception.ros.convert import (ReceivedImage, detections_cdr, detections_marker, image_to_rgb,
+                                             parse_image, rgb_to_compressed, rgb_to_msg)
 from adaptive_perception.telemetry import ERROR, OK, TIER_FAILURE, WARN, ErrorLog, HealthSettings, Telemetry, key_values
 from adaptive_perception.transport import apply_defaults as apply_transport_defaults
 
@@ -118,8 +119,10 @@ class PerceptionNode(LifecycleNode):
         self._workers: list[threading.Thread] = []
         self._subscriptions: list[object] = []
         self._det_pub = None
+        self._marker_pub = None  # the boxes as an ImageMarker, for Foxglove's Image panel (only when subscribed)
         self._routing_pub = None
         # several cameras: camera -> (detections, routing, debug image, compressed debug image) of its own
+        # per camera when there are several: detections, routing, debug image (Image, CompressedImage), marker
         self._camera_pubs: dict[str, tuple[object, ...]] = {}
         self._debug_pubs: tuple[object, object] | None = None  # (Image, CompressedImage)
         self._debug_slot: LatestFrameSlot | None = None
@@ -250,13 +253,15 @@ class PerceptionNode(LifecycleNode):
         self._contexts = {}
         self._det_pub = self.create_lifecycle_publisher(Detection2DArray, "detections", 10)
         self._routing_pub = self.create_lifecycle_publisher(RoutingDecision, "routing", 10)
+        self._marker_pub = self.create_lifecycle_publisher(ImageMarker, MARKER_TOPIC, 10)
         if len(config.image_topics) > 1:
             self._camera_pubs = {camera: (
                 self.create_lifecycle_publisher(Detection2DArray, f"{camera_namespace(self, camera)}/detections", 10),
                 self.create_lifecycle_publisher(RoutingDecision, f"{camera_namespace(self, camera)}/routing", 10),
                 self.create_lifecycle_publisher(Image, f"{camera_namespace(self, camera)}/{DEBUG_IMAGE_TOPICS[0]}", 1),
                 self.create_lifecycle_publisher(CompressedImage,
-                                                f"{camera_namespace(self, camera)}/{DEBUG_IMAGE_TOPICS[1]}", 1))
+                                                f"{camera_namespace(self, camera)}/{DEBUG_IMAGE_TOPICS[1]}", 1),
+                self.create_lifecycle_publisher(ImageMarker, f"{camera_namespace(self, camera)}/{MARKER_TOPIC}", 10))
                 for camera in config.image_topics}
         self._debug_pubs = (self.create_lifecycle_publisher(Image, f"~/{DEBUG_IMAGE_TOPICS[0]}", 1),
                             self.create_lifecycle_publisher(CompressedImage, f"~/{DEBUG_IMAGE_TOPICS[1]}", 1))
@@ -522,14 +527,14 @@ class PerceptionNode(LifecycleNode):
     def _release(self, doing: str) -> None:
         self._log_totals(doing)  # the session's totals go with its telemetry: a later configure starts anew
         extra = [pub for pair in [*self._camera_pubs.values(), self._debug_pubs or ()] for pub in pair]
-        for pub in (self._det_pub, self._routing_pub, *extra):
+        for pub in (self._det_pub, self._routing_pub, self._marker_pub, *extra):
             if pub is not None:
                 self.destroy_lifecycle_publisher(pub)
         self._camera_pubs, self._debug_pubs = {}, None
         if self._diag_timer is not None:
             self.destroy_timer(self._diag_timer)
             self.destroy_publisher(self._diag_pub)
-        self._det_pub = self._routing_pub = self._diag_pub = self._diag_timer = None
+        self._det_pub = self._routing_pub = self._marker_pub = self._diag_pub = self._diag_timer = None
         self._end_run()
         if self.drift is not None:
             self.drift.close()
@@ -749,12 +754,17 @@ class PerceptionNode(LifecycleNode):
         self._routing_pub.publish(out)
         if camera_pubs is not None:
             camera_pubs[1].publish(out)
+        markers = [pub for pub in (self._marker_pub, *(camera_pubs or ())[4:]) if pub.get_subscription_count()]
+        if markers:  # built only for a viewer
+            marker = detections_marker(detections, decision.tier_name, header)
+            for pub in markers:
+                pub.publish(marker)
         if self.metrics is not None:
             if audited:
                 self.metrics.audited(camera)
             if math.isfinite(drift_score):
                 self.metrics.drift_scored(camera, drift_score)
-        debug_slot, debug_pubs = self._debug_slot, [*self._debug_pubs, *(camera_pubs or ())[2:]]
+        debug_slot, debug_pubs = self._debug_slot, [*self._debug_pubs, *(camera_pubs or ())[2:4]]
         if debug_slot is not None and any(pub.get_subscription_count() for pub in debug_pubs):
             # the newest frame of each camera (one camera's frames never displace another's)
             debug_slot.put(camera, (rgb, detections, decision.tier_name, out.total_ms, header))
@@ -788,7 +798,7 @@ class PerceptionNode(LifecycleNode):
 
     def _publish_debug(self, camera: str, rgb, detections: Detections, tier: str, total_ms: float, header) -> None:
         """Drawn once for the combined topics (every camera's frames in turn) and the camera's own (several)."""
-        pubs = [*self._debug_pubs, *self._camera_pubs.get(camera, ())[2:]]
+        pubs = [*self._debug_pubs, *self._camera_pubs.get(camera, ())[2:4]]
         raws, compressed = [p for p in pubs[::2] if p.get_subscription_count()], \
             [p for p in pubs[1::2] if p.get_subscription_count()]
         if not raws and not compressed:

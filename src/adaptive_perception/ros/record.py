@@ -18,7 +18,7 @@ from adaptive_perception.errors import ConfigError
 from adaptive_perception.progress import counted
 from adaptive_perception.recording import SegmentedRecorder
 from adaptive_perception.telemetry import ErrorLog
-from adaptive_perception.ros import DEBUG_IMAGE_TOPICS
+from adaptive_perception.ros import DEBUG_IMAGE_TOPICS, MARKER_TOPIC
 
 IMAGE_TYPES = ("sensor_msgs/msg/Image", "sensor_msgs/msg/CompressedImage")
 MISSING_AFTER_S = 5.0  # discovery on a quiet localhost graph takes well under a second
@@ -27,17 +27,18 @@ SAY_FAILURES_EVERY_S = 5.0
 
 def default_topics(cameras: list[str] | None, node_name: str) -> list[str]:
     """Camera frames, the node's outputs (in its namespace: `/robot1/perception_node` publishes `/robot1/detections`),
-    its compressed debug image and /diagnostics; with several cameras, each camera's own detections, routing and
-    debug image instead of the combined debug image (which shows the cameras in turn)."""
+    its boxes as an ImageMarker (Foxglove overlays them on the camera), its compressed debug image and /diagnostics;
+    with several cameras, each camera's own detections, routing, marker and debug image instead of the combined
+    marker and debug image (which show the cameras in turn)."""
     node = "/" + node_name.strip("/")
     namespace = node.rsplit("/", 1)[0]  # "" at the root
     cameras = cameras or [f"{namespace}/image"]  # the node's default camera, `image`, in its namespace
     topics = [*cameras, f"{namespace}/detections", f"{namespace}/routing"]
     if len(cameras) > 1:
         topics += [f"{node}/{camera.strip('/')}/{leaf}" for camera in cameras
-                   for leaf in ("detections", "routing", DEBUG_IMAGE_TOPICS[1])]
+                   for leaf in ("detections", "routing", MARKER_TOPIC, DEBUG_IMAGE_TOPICS[1])]
     else:
-        topics.append(f"{node}/{DEBUG_IMAGE_TOPICS[1]}")
+        topics += [f"{namespace}/{MARKER_TOPIC}", f"{node}/{DEBUG_IMAGE_TOPICS[1]}"]
     return [*topics, "/diagnostics"]
 
 
