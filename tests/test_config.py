@@ -93,13 +93,38 @@ def test_a_bad_value_is_named_alone_not_beside_a_good_neighbour(peer_model):
             (dict(accelerator=AcceleratorSettings(trt_cache_dir="")), "tensorrt.engine_cache_dir must not be empty",
              "cuda.device_id"),
             (dict(accelerator=AcceleratorSettings(device_id=-1)), "cuda.device_id -1 must be >= 0", "tensorrt"),
-            (dict(audit=AuditSettings(max_share=0.0)), "audit.max_share 0.0 must lie in (0, 1]", "audit.every"),
+            (dict(audit=AuditSettings(max_share=0.0)), "audit.max_share 0.0 must lie in [0.001, 1]", "audit.every"),
             (dict(evidence=EvidenceSettings(budget_mb=0.0)), "evidence.budget_mb 0.0 must be > 0", "pre_frames"),
             (dict(mlflow_uri="sqlite:///x.db", mlflow_experiment=""), "mlflow.experiment must not be empty",
              "interval_s")]:
         with pytest.raises(ConfigError) as refused:
             NodeConfig(**base, **changes).validate()
         assert said in str(refused.value) and unsaid not in str(refused.value), str(refused.value)
+
+
+def test_every_value_a_declared_range_allows_is_one_the_node_accepts(context, peer_model):
+    """`ros2 param describe` (and a parameter GUI) offered audit.max_share 0 and routing.hysteresis 1, inside their
+    declared ranges, which the node then refused; the mlflow.interval_s limit held only with MLflow on."""
+    from rclpy.parameter import Parameter
+
+    from adaptive_perception.ros.node import PARAMETERS, PerceptionNode
+
+    fixed = {"routing_mode": "fixed:nano", "models.nano": str(peer_model), "models.small": "", "models.large": "",
+             "policy": "", "metrics.port": 0}
+    node = PerceptionNode(context=context, cli_args=["--ros-args", "-r", "__node:=range_check"],
+                          parameter_overrides=[Parameter(k, value=v) for k, v in fixed.items()])
+    try:
+        checked = 0
+        for name, (default, descriptor) in PARAMETERS.items():
+            for bounds in [*descriptor.floating_point_range, *descriptor.integer_range]:
+                for value in (bounds.from_value, bounds.to_value):
+                    node.read_config({name: type(default)(value)})  # raises ConfigError naming it if refused
+                    checked += 1
+        assert checked >= 20
+        with pytest.raises(ConfigError, match="mlflow.interval_s 100000.0 must be > 0 and at most a day"):
+            node.read_config({"mlflow.interval_s": 100000.0})  # MLflow off (no tracking URI): still refused
+    finally:
+        node.destroy_node()
 
 
 def test_good_config_validates(peer_model):

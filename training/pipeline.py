@@ -448,15 +448,15 @@ def refresh_drift_reference(work: Path, policy_path: Path, out: Path, calibratio
     policy routes at `cost_weight` (negative: its own) and `hysteresis`, as the node will run it."""
     from adaptive_perception.drift import METADATA_KEY
     from adaptive_perception.policy import META_PREFIX, Policy
-    from adaptive_perception.router import RouterSettings
+    from adaptive_perception.router import MAX_HYSTERESIS, RouterSettings
     from adaptive_perception.training.drift_reference import calibration_streams, drift_reference
     from adaptive_perception.training.policy_export import rewrite_metadata
 
     settings = Settings(work=work)
     policy = Policy(policy_path)
-    if not math.isfinite(cost_weight) or not 0.0 <= hysteresis < 1.0:
+    if not math.isfinite(cost_weight) or not 0.0 <= hysteresis <= MAX_HYSTERESIS:
         raise AdaptivePerceptionError(f"--cost-weight {cost_weight} / --hysteresis {hysteresis}: give a finite weight "
-                                      "(negative: the policy's own) and a hysteresis in [0, 1)")
+                                      f"(negative: the policy's own) and a hysteresis in [0, {MAX_HYSTERESIS}]")
     if cost_weight >= 0 and policy.value_head is None:
         raise AdaptivePerceptionError(f"--cost-weight {cost_weight}: policy '{policy.policy_id}' ({policy_path}) "
                                       "outputs tier logits and has no cost weight; leave --cost-weight out")

@@ -30,6 +30,7 @@ from adaptive_perception.detector import Detections, box_iou
 from adaptive_perception.errors import refuse_first
 
 AGREEMENT_IOU = 0.5
+MIN_SHARE = 0.001  # the smallest audit.max_share: at 79 ms a reference frame, about one audit every 79 s
 
 
 def agreement(routed: Detections, reference: Detections, iou: float = AGREEMENT_IOU) -> float:
@@ -62,7 +63,8 @@ class AuditSettings:
 
     def validate(self) -> "AuditSettings":
         refuse_first([(self.every < 0, f"audit.every {self.every} must be >= 0 (0 = off)"),
-                      (not 0.0 < self.max_share <= 1.0, f"audit.max_share {self.max_share} must lie in (0, 1]"),
+                      (not MIN_SHARE <= self.max_share <= 1.0,
+                       f"audit.max_share {self.max_share} must lie in [{MIN_SHARE}, 1]"),
                       (not self.window_s > 0, f"audit window {self.window_s} s must be > 0")])
         return self
 

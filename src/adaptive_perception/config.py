@@ -153,7 +153,7 @@ class NodeConfig:
             (self.accelerator.device_id < 0, f"cuda.device_id {self.accelerator.device_id} must be >= 0"),
             (not self.accelerator.trt_cache_dir, "tensorrt.engine_cache_dir must not be empty (built TensorRT engines "
                                                  "are kept there between runs)"),
-            (bool(self.mlflow_uri) and not 0 < self.mlflow_interval_s <= 86400,
+            (not 0 < self.mlflow_interval_s <= 86400,
              f"mlflow.interval_s {self.mlflow_interval_s} must be > 0 and at most a day (86400)"),
             (bool(self.mlflow_uri) and not self.mlflow_experiment, "mlflow.experiment must not be empty")])
         if not 0 <= self.metrics_port <= 65535:

@@ -34,6 +34,7 @@ def check_mode(mode: str) -> str:
 
 
 MAX_COST_WEIGHT = 1e6  # far past always-nano for any tier costs; 1e308 overflowed the scores into NaN
+MAX_HYSTERESIS = 0.99  # a probability margin; at 1 no tier could ever win over the previous one
 LEARNED_AT = "learned:"  # learned:<w>, in the demo's and the benchmarks' mode lists: learned at routing.cost_weight w
 
 
@@ -82,8 +83,8 @@ class RouterSettings:
                               "weights for nano, small, large with a positive sum, e.g. [0.5, 0.3, 0.2]")
         if not 0 <= self.random_seed < 2**63:
             raise ConfigError(f"routing.random_seed {self.random_seed} must be >= 0")
-        if not 0.0 <= self.hysteresis < 1.0:
-            raise ConfigError(f"routing.hysteresis {self.hysteresis} must lie in [0, 1)")
+        if not 0.0 <= self.hysteresis <= MAX_HYSTERESIS:
+            raise ConfigError(f"routing.hysteresis {self.hysteresis} must lie in [0, {MAX_HYSTERESIS}]")
         if not np.isfinite(self.cost_weight) or self.cost_weight > MAX_COST_WEIGHT:
             raise ConfigError(f"routing.cost_weight {self.cost_weight} must be a number up to {MAX_COST_WEIGHT:g} "
                               "(negative: the policy's own)")

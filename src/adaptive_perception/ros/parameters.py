@@ -21,8 +21,8 @@ PARAMETERS: dict[str, tuple[object, ParameterDescriptor]] = {
     "image_topics": (list(_DEFAULTS.image_topics), _describe(
         "Camera topics to subscribe to; a name ending in 'compressed' (after remapping) is read as "
         "sensor_msgs/CompressedImage, any other as sensor_msgs/Image. Outputs of all cameras share the output topics "
-        "(header identifies the camera); with several cameras each also gets ~/<camera topic>/detections and "
-        "~/<camera topic>/routing. The workers (`workers`) serve the cameras round-robin, each keeping only its newest "
+        "(header identifies the camera); with several cameras each also gets ~/<camera topic>/detections, "
+        "~/<camera topic>/routing, ~/<camera topic>/detections_marker and ~/<camera topic>/debug_image[/compressed]. The workers (`workers`) serve the cameras round-robin, each keeping only its newest "
         "frame.")),
     "routing_mode": (_DEFAULTS.routing_mode, _describe(
         "How each frame picks a tier: learned (the policy) | heuristic (previous frame's detection count) | random "
@@ -40,7 +40,7 @@ PARAMETERS: dict[str, tuple[object, ParameterDescriptor]] = {
         integer_range=[IntegerRange(from_value=0, to_value=2**63 - 1, step=1)])),
     "routing.hysteresis": (_DEFAULTS.router.hysteresis, _describe(
         "Learned mode: stay on the previous tier unless the best tier's probability beats it by more than this "
-        "(0 = off; below 1).", floating_point_range=[FloatingPointRange(from_value=0.0, to_value=1.0)])),
+        "(0 = off; at most 0.99).", floating_point_range=[FloatingPointRange(from_value=0.0, to_value=0.99)])),
     "routing.cost_weight": (_DEFAULTS.router.cost_weight, _describe(
         "Learned mode with a tier_values policy: how much a tier's cost weighs against its predicted value (higher = "
         "cheaper routing; at most 1e6); negative = the weight the policy was calibrated with. Takes effect from the "
@@ -125,7 +125,7 @@ PARAMETERS: dict[str, tuple[object, ParameterDescriptor]] = {
         integer_range=[IntegerRange(from_value=0, to_value=100000, step=1)])),
     "audit.max_share": (_DEFAULTS.audit.max_share, _describe(
         "Most of the wall time the audit worker may spend on the reference tier; a due audit beyond it is skipped "
-        "and counted (above 0).", floating_point_range=[FloatingPointRange(from_value=0.0, to_value=1.0)])),
+        "and counted (at least 0.001).", floating_point_range=[FloatingPointRange(from_value=0.001, to_value=1.0)])),
     "drift.confirm_frames": (_DEFAULTS.drift_confirm, _describe(
         "Frames the drift score must stay above 1 before the state is DRIFT (WARN at once), and below 0.8 before "
         "it returns to OK.", integer_range=[IntegerRange(from_value=1, to_value=10000, step=1)])),
