@@ -396,8 +396,12 @@ def test_context_dataset_holds_every_frame_under_each_tiers_previous_output():
 
 
 @pytest.mark.parametrize("warmup", [0, 256])
-def test_ppo_critic_warmup_leaves_the_bc_actor_alone(warmup):
+def test_ppo_critic_warmup_leaves_the_bc_actor_alone(warmup, tmp_path, monkeypatch):
+    import tempfile
+
     from adaptive_perception.training.learn import Network, train_bc, train_ppo
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # where stable-baselines3 puts a logger's folder
 
     split = Split.build(_profile(60, sequences=2))
     costs = Costs("test", np.array([10.0, 40.0, 100.0]))
@@ -412,6 +416,7 @@ def test_ppo_critic_warmup_leaves_the_bc_actor_alone(warmup):
     # all 256 steps in warm-up: the actor is BC's exactly; without warm-up PPO's 256 steps move it
     assert unchanged == (warmup == 256)
     assert isinstance(ppo, Network)
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith("SB3-")]  # each learn() left one in /tmp (280 here)
 
 
 def test_a_stage_run_keeps_a_parameter_too_long_for_mlflow_whole_in_its_params_json(tmp_path):

@@ -303,13 +303,15 @@ def train_ppo(split: Split, costs: Costs, lam: float, bc: Network, seed: int, st
     import torch
     from stable_baselines3 import PPO
     from stable_baselines3.common.callbacks import BaseCallback
-    
+    from stable_baselines3.common.logger import Logger
+
     if bc.head is not None:
         lam = bc.head.cost_weight
     env = make_env(split, costs, lam, bc, switch_penalty, inputs)
     model = PPO("MlpPolicy", env, seed=seed, n_steps=1024, batch_size=256, n_epochs=4, learning_rate=1e-4,
                 clip_range=0.1, gamma=0.99, ent_coef=0.0, verbose=0, device="cpu",
                 policy_kwargs={"net_arch": {"pi": list(HIDDEN), "vf": list(HIDDEN)}, "activation_fn": torch.nn.ReLU})
+    model.set_logger(Logger(None, []))  # nothing written: without one, every learn() left an empty SB3-<time> in /tmp
     actor = _linears(model.policy.mlp_extractor.policy_net) + [model.policy.action_net]
     _load_layers(actor, _as_logits(bc))
 
