@@ -301,9 +301,17 @@ def _edit_metadata(path: Path, key: str, value: str | None) -> Path:
 
 @pytest.mark.parametrize("damage,needle", [
     ("missing", "does not exist"),
-    ("garbage", "onnxruntime cannot load it"),
-    ("truncated", "onnxruntime cannot load it"),
-    ("detector", "metadata lacks"),
+    ("garbage", "is not an ONNX model"),
+    ("truncated", "is not an ONNX model"),
+    ("detector", "uses operators ["),  # a YOLO graph: Resize, Split, ... (before its missing metadata)
+    # a crafted graph ran inside the node's executor at load: a Loop of 10^15 turns hung it, deaf to SIGTERM, and
+    # ConstantOfShape asked for 6 GB
+    ("alloc", "uses operators ['ConstantOfShape']"),
+    ("long_id", "policy_id (300 characters) must be printable and at most 128 characters"),  # 4 MB went into every
+    ("escape_id", "policy_id (12 characters) must be printable"),  # metrics scrape, decision and log line
+    # a drift window of -1 passed the checks and raised inside load_policy's callback: the node died
+    ("drift_window", "is not usable: window -1 must be a whole number in [1, 9000]"),
+    ("drift_nan", "is not usable: mean must be a list of finite numbers"),
     ("version", "was trained on features 'grad32-log1p+ctx4/1'"),
     ("tiers", "routes to tiers ['large', 'small', 'nano']"),
     ("std", "std > 0"),
@@ -321,6 +329,30 @@ def test_bad_policy_files_are_refused_naming_the_file_and_the_problem(damage, ne
         path.write_bytes(path.read_bytes()[:200])
     elif damage == "detector":
         path = peer_model
+    elif damage == "alloc":
+        import onnx
+        from onnx import helper, numpy_helper
+
+        model = onnx.load(path)
+        model.graph.initializer.append(numpy_helper.from_array(np.array([1_500_000_000], np.int64), "big_shape"))
+        model.graph.node.append(helper.make_node("ConstantOfShape", ["big_shape"], ["big"]))
+        onnx.save(model, path)
+    elif damage == "long_id":
+        _edit_metadata(path, "policy_id", "x" * 300)
+    elif damage == "escape_id":
+        _edit_metadata(path, "policy_id", "ok\x1b[2J\nFATAL")
+    elif damage in ("drift_window", "drift_nan"):
+        from adaptive_perception.drift import BINS, PROJECTIONS, DriftReference
+
+        reference = DriftReference(mean=[0.0] * 4, std=[1.0] * 4, edges=[list(map(float, range(1, BINS)))] * PROJECTIONS,
+                                   tier_mix=[0.5, 0.3, 0.2], agreement=0.8, thresholds={"feature_psi": 1.0},
+                                   window=10)
+        assert DriftReference.from_json(reference.to_json()).window == 10  # as written, it is read
+        if damage == "drift_window":
+            reference.window = -1
+        else:
+            reference.mean[2] = float("nan")
+        _edit_metadata(path, "drift", reference.to_json())
     elif damage == "version":
         _edit_metadata(path, "feature_version", "grad32-log1p+ctx4/1")
     elif damage == "tiers":

@@ -60,6 +60,20 @@ def test_a_corrupt_policy_is_refused_and_the_old_one_keeps_routing(graph, regime
     after = [_route(graph, regime_frames[k], sec) for k, sec in (("dense", 10), ("sparse", 11))]
     assert [(d.tier_name, d.policy_id) for d in after] == [("large", "dense-to-large"), ("nano", "dense-to-large")]
     assert graph.node.get_parameter("policy").value != str(corrupt)
+    # a policy whose drift reference passed the checks and then raised inside this callback took the node down
+    import json
+
+    import onnx
+
+    crafted = two_frame_policy(tmp_path / "crafted.onnx", regime_frames, "crafted")
+    model = onnx.load(crafted)
+    model.metadata_props.add(key="adaptive_perception.drift", value=json.dumps(
+        {"mean": [0.0], "std": [1.0], "edges": [list(range(1, 10))] * 8, "tier_mix": [0.5, 0.3, 0.2],
+         "agreement": 0.8, "thresholds": {"feature_psi": 1.0}, "window": -1}))
+    onnx.save(model, crafted)
+    response = graph.call(LoadPolicy, "load_policy", LoadPolicy.Request(path=str(crafted)))
+    assert not response.success and "window -1 must be a whole number" in response.message
+    assert _route(graph, regime_frames["dense"], 12).policy_id == "dense-to-large"  # alive, the old policy routing
 
 
 def test_load_policy_swaps_between_frames(graph, regime_frames, tmp_path):

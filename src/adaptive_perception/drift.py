@@ -47,11 +47,12 @@ from functools import cached_property
 import numpy as np
 
 from adaptive_perception.errors import ConfigError
-from adaptive_perception.features import GRID, reduce_frame
+from adaptive_perception.features import GRID, IMAGE_FEATURES, reduce_frame
 
 PROJECTIONS = 8
 BINS = 10
 WINDOW = 150  # frames: 5 s at 30 Hz
+MAX_WINDOW = 9000  # the longest window a reference may ask for: 5 minutes at 30 Hz
 AUDIT_WINDOW = 10
 MARGIN = 1.25
 PROJECTION_SEED = 20261128
@@ -160,7 +161,44 @@ class DriftReference:
                 len(reference.quality_peak) not in (0, len(reference.quality_mean)) or \
                 len(reference.quality_peak_down) not in (0, len(reference.quality_peak)):
             raise ConfigError(f"the policy's drift reference ({METADATA_KEY}) has inconsistent sizes")
+        problem = reference._bad_value()
+        if problem:
+            raise ConfigError(f"the policy's drift reference ({METADATA_KEY}) is not usable: {problem}; export the "
+                              "policy again, or recompute its reference with `adaptive-perception policy "
+                              "drift-reference`")
         return reference
+
+    def _bad_value(self) -> str:
+        """What of a reference read from a file the monitor could not run on ("" when nothing): a window of -1
+        raised inside the node's service callback and took the node down, a window of 0 failed every frame."""
+        def numbers(values, name: str, low: float = -math.inf) -> str:
+            if not isinstance(values, list) or not all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                                       and math.isfinite(v) and v >= low for v in values):
+                return f"{name} must be a list of finite numbers" + (f" >= {low:g}" if low > -math.inf else "")
+            return ""
+
+        def whole(value, name: str, low: int, high: int) -> str:
+            ok = isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
+            return "" if ok else f"{name} {value!r} must be a whole number in [{low}, {high}]"
+
+        checks = [
+            "" if 1 <= len(self.mean) <= IMAGE_FEATURES else f"mean has {len(self.mean)} values, at most "
+                                                               f"{IMAGE_FEATURES}",
+            numbers(self.mean, "mean"), numbers(self.std, "std", 0.0),
+            *(numbers(row, "edges") or ("" if len(row) == BINS - 1 and row == sorted(row) else
+                                        f"edges must be {BINS - 1} ascending values a projection")
+              for row in (self.edges if isinstance(self.edges, list) else [None])),
+            numbers(self.tier_mix, "tier_mix", 0.0) or ("" if len(self.tier_mix) == 3 else "tier_mix must hold 3 shares"),
+            numbers([self.agreement, self.agreement_std, self.veil_mean], "agreement, agreement_std, veil_mean"),
+            numbers([self.veil_std, self.hysteresis], "veil_std, hysteresis", 0.0),
+            "" if isinstance(self.thresholds, dict) and not numbers(list(self.thresholds.values()), "", 1e-12)
+            else "thresholds must map each statistic to a finite number > 0",
+            numbers(self.quality_mean, "quality_mean"), numbers(self.quality_std, "quality_std", 1e-12),
+            numbers(self.quality_peak, "quality_peak"), numbers(self.quality_peak_down, "quality_peak_down"),
+            "" if self.cost_weight is None else numbers([self.cost_weight], "cost_weight", 0.0),
+            whole(self.window, "window", 1, MAX_WINDOW), whole(self.seed, "seed", 0, 2**32 - 1),
+            whole(self.calibration_frames, "calibration_frames", 0, 10**9)]
+        return "; ".join(problem for problem in checks if problem)
 
     @cached_property
     def _projector(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -48,6 +48,19 @@ from adaptive_perception.features import FEATURE_SIZE, FEATURE_VERSION, IMAGE_FE
 META_PREFIX = "adaptive_perception."
 POLICY_KIND = "routing_policy"
 REQUIRED_KEYS = ("kind", "policy_id", "feature_version", "tiers", "feature_mean", "feature_std")
+# What a policy graph may hold: dense layers, activations and the arithmetic and reshaping around them (and the
+# convolutions of a small image encoder). Control flow (Loop ran 10^15 iterations inside the node's executor at
+# load, deaf to SIGTERM) and operators that size their output from a tensor's values (ConstantOfShape asked for 6 GB)
+# are refused; a routing policy has no use for them.
+POLICY_OPERATORS = frozenset({
+    "Gemm", "MatMul", "Add", "Sub", "Mul", "Div", "Neg", "Abs", "Exp", "Log", "Sqrt", "Pow", "Reciprocal", "Erf",
+    "Max", "Min", "Sum", "Mean", "Clip", "Relu", "LeakyRelu", "PRelu", "Elu", "Selu", "Celu", "Gelu", "Sigmoid",
+    "HardSigmoid", "HardSwish", "Tanh", "Softplus", "Softsign", "Softmax", "LogSoftmax", "Identity", "Dropout",
+    "Constant", "Cast", "Flatten", "Reshape", "Transpose", "Squeeze", "Unsqueeze", "Concat", "Slice", "Gather",
+    "BatchNormalization", "LayerNormalization", "ReduceMean", "ReduceSum", "ReduceMax", "Conv", "MaxPool",
+    "AveragePool", "GlobalAveragePool"})
+MAX_POLICY_BYTES = 64 * 1024 * 1024  # the shipped policy is 0.6 MB; a routing policy's overhead budget is 0.5 ms
+MAX_POLICY_ID = 128  # characters: the id goes into every RoutingDecision, metrics label and log line
 
 
 class PolicyFileError(AdaptivePerceptionError):
@@ -151,6 +164,34 @@ def _read_inputs(model) -> tuple[np.ndarray, bytes | None]:
     return read, model.SerializeToString()
 
 
+def _policy_graph(path: str | Path):
+    """The policy file's ONNX model, read without running anything; PolicyFileError where its size, external data
+    or operators are not what a routing policy holds."""
+    import onnx
+
+    size = Path(path).stat().st_size
+    if size > MAX_POLICY_BYTES:
+        raise PolicyFileError(path, f"is {size / 2**20:.0f} MB, more than a routing policy's {MAX_POLICY_BYTES >> 20} "
+                              "MB", "give a policy ONNX written by `adaptive-perception train export`")
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:
+        raise PolicyFileError(path, f"is not an ONNX model ({str(exc).splitlines()[0][:200] if str(exc) else exc!r})",
+                              "is it a complete ONNX file?") from None
+    external = [t.name for t in model.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL]
+    if external:
+        raise PolicyFileError(path, f"keeps tensors {external[:3]} in external files", "a routing policy is one "
+                              "self-contained file: export it again")
+    unknown = sorted({f"{n.domain + '.' if n.domain not in ('', 'ai.onnx') else ''}{n.op_type}"
+                      for n in model.graph.node if n.domain not in ("", "ai.onnx") or n.op_type not in POLICY_OPERATORS})
+    if unknown:
+        raise PolicyFileError(path, f"uses operators {unknown[:8]}, which a routing policy has no use for (it may hold "
+                              "dense layers, activations, convolutions and the arithmetic around them)",
+                              "a detector or another model is not a routing policy; export policies with "
+                              "`adaptive-perception train export`")
+    return model
+
+
 def _softmax(scores: list[float]) -> np.ndarray:
     """float32 softmax of a few scores, on Python floats (see `Policy.scores`)."""
     top = max(scores)
@@ -164,7 +205,6 @@ class Policy:
     inputs the policy reads (`inputs_read`)."""
 
     def __init__(self, path: str | Path) -> None:
-        import onnx
         import onnxruntime as ort
 
         self.path = str(path)
@@ -172,6 +212,7 @@ class Policy:
             raise PolicyFileError(path, "is a directory, not a file" if Path(path).is_dir() else "does not exist",
                                   "give a policy ONNX written by `adaptive-perception train export` (or train all), "
                                   "or embedded:policy")
+        model = _policy_graph(path)  # checked before onnxruntime runs any of it
         options = ort.SessionOptions()
         options.intra_op_num_threads = 1  # a tiny MLP: threads only add latency
         options.inter_op_num_threads = 1
@@ -216,6 +257,9 @@ class Policy:
             raise PolicyFileError(path, "feature_mean/feature_std must be finite with std > 0")
         if not meta["policy_id"].strip():
             raise PolicyFileError(path, "policy_id is empty")
+        if len(meta["policy_id"]) > MAX_POLICY_ID or not meta["policy_id"].isprintable():
+            raise PolicyFileError(path, f"policy_id ({len(meta['policy_id'])} characters) must be printable and at "
+                                  f"most {MAX_POLICY_ID} characters", "export it again with a short policy id")
         inputs, outputs = self._session.get_inputs(), self._session.get_outputs()
         if len(inputs) != 1 or len(outputs) != 1:
             raise PolicyFileError(path, f"has {len(inputs)} inputs and {len(outputs)} outputs, expected 1 and 1")
@@ -251,7 +295,6 @@ class Policy:
             raise PolicyFileError(path, f"output is {probe.shape} (finite: {bool(np.isfinite(probe).all())}) "
                                   f"for a zero input, expected {len(TIERS)} finite logits")
         self.inputs_read = np.arange(FEATURE_SIZE)
-        model = onnx.load(self.path)
         layers = dense_layers(model)  # of the whole file: `_read_inputs` then cuts the model's first layer in place
         read, reduced = _read_inputs(model)
         if reduced is not None:

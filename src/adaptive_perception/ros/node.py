@@ -31,7 +31,7 @@ from adaptive_perception.config import NodeConfig, resolve_model
 from adaptive_perception.detector import TIERS, AcceleratorSettings, Detections, DetectorTier, class_list_mismatch
 from adaptive_perception.audit import AuditSettings, ReferenceProcess
 from adaptive_perception.drawing import draw_routed
-from adaptive_perception.drift import DRIFT, STATE_NAMES, UNKNOWN, DriftWatch, weight_text
+from adaptive_perception.drift import DRIFT, STATE_NAMES, UNKNOWN, DriftMonitor, DriftWatch, weight_text
 from adaptive_perception.evidence import EvidenceCapture, EvidenceSettings
 from adaptive_perception.errors import AdaptivePerceptionError, ConfigError, ImageDecodeError, TierFailure
 from adaptive_perception.features import RoutingContext, next_context
@@ -844,6 +844,8 @@ class PerceptionNode(LifecycleNode):
             if not request.path.strip():
                 raise AdaptivePerceptionError("no path given: name a policy ONNX file or embedded:policy")
             policy = Policy(resolve_model(request.path.strip()))
+            if policy.drift_reference is not None and policy.drift_reference.thresholds:
+                DriftMonitor(policy.drift_reference)  # what the swap builds per camera: refused here, before it
         except Exception as exc:  # PolicyFileError, or anything else a hostile file provokes
             response.success, response.message = False, f"{exc}; the running policy stays"
             self.get_logger().error(response.message)
