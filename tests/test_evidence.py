@@ -258,6 +258,19 @@ def test_the_evidence_folder_may_start_at_the_home_folder(tmp_path, monkeypatch)
     assert not (tmp_path / "~").exists()
 
 
+def test_the_folder_check_never_writes_through_a_link_planted_in_the_folder(tmp_path):
+    """The check wrote `.write_probe_<pid>` with a predictable name: a link planted there emptied its target."""
+    import os
+
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep me")
+    (tmp_path / "evidence").mkdir()
+    (tmp_path / "evidence" / f".write_probe_{os.getpid()}").symlink_to(victim)
+    EvidenceCapture(EvidenceSettings(str(tmp_path / "evidence"), 1, 2), STORE, serialize).close()
+    assert victim.read_text() == "keep me"
+    assert [p.name for p in (tmp_path / "evidence").iterdir()] == [f".write_probe_{os.getpid()}"]  # nothing left
+
+
 def test_an_event_that_could_not_be_written_is_reported_and_the_next_one_starts_clean(tmp_path):
     """Evidence lost to the disk was only counted: the node logged nothing and /diagnostics stayed OK. The event's
     end now reports how many of its messages failed, and they stay counted until an event of the camera writes."""

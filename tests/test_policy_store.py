@@ -34,6 +34,43 @@ def test_the_history_names_each_source_by_its_absolute_path(tmp_path, policies, 
     assert PolicyStore(tmp_path / "other").history()[0]["source"] == "embedded:policy"
 
 
+def test_promotions_at_once_take_turns_and_no_planted_link_is_written_through(tmp_path):
+    """Two promotions at once lost one (both 'replaced' the same policy, previous.onnx not the one replaced) or
+    failed on each other's temporary file; a link planted at the temporary file's fixed name overwrote its target."""
+    candidates = [constant_policy(tmp_path / f"p{i}.onnx", (0.5, 0.3, 0.2), f"p{i}") for i in range(8)]
+    store = PolicyStore(tmp_path / "store")
+    store.init(str(candidates[0]))
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep me")
+    for name in (".current.onnx.tmp", ".previous.onnx.tmp", ".swap.onnx"):
+        (store.folder / name).symlink_to(victim)
+    errors = []
+
+    def promote(mine):
+        try:
+            for path in mine:
+                store.promote(path)
+        except Exception as exc:  # noqa: BLE001 (reported below)
+            errors.append(exc)
+
+    for round_ in range(3):
+        threads = [threading.Thread(target=promote, args=(candidates[1 + i:8:2] if round_ % 2 else
+                                                          candidates[2 - i:8:2],)) for i in range(2)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    store.rollback()
+    assert errors == []
+    promotions = [h for h in store.history() if h["action"] == "promote"]
+    assert len(promotions) == 21  # 3 rounds of 7
+    for before, after in zip(promotions, promotions[1:]):  # a chain: each promotion replaced the one before it
+        assert after["replaced"] == before["policy_id"], (before, after)
+    last = promotions[-1]
+    assert (store.policy_id(store.current), store.policy_id(store.previous)) == (last["replaced"], last["policy_id"])
+    assert victim.read_text() == "keep me"
+
+
 def test_promote_keeps_the_previous_policy_and_rollback_swaps_them(tmp_path, policies):
     store = PolicyStore(tmp_path / "store")
     with pytest.raises(ConfigError, match="store-init"):
@@ -61,7 +98,8 @@ def test_promote_keeps_the_previous_policy_and_rollback_swaps_them(tmp_path, pol
         ("init", "to-nano", None), ("promote", "to-small", "to-nano"), ("rollback", "to-nano", "to-small"),
         ("rollback", "to-small", "to-nano")]
     assert history[1]["decision"] == {"promote": True, "difference": 1.5}
-    assert sorted(p.name for p in store.folder.iterdir()) == ["current.onnx", "history.jsonl", "previous.onnx"]
+    # no temporary file left behind; `.lock` is the store's lock
+    assert sorted(p.name for p in store.folder.iterdir()) == [".lock", "current.onnx", "history.jsonl", "previous.onnx"]
     store.current.unlink()  # a store that lost its current policy says so (was a bare FileNotFoundError)
     with pytest.raises(ConfigError, match="no current.onnx there; restore it"):
         store.rollback()

@@ -547,17 +547,16 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _unwritable(path: Path) -> str | None:
-    """Why `path` could not be written, probed by writing beside it (root passes every permission check, a read-only
-    mount none); None when it can, or when its folder does not exist yet (the commands that write it make it)."""
-    import tempfile
+    """Why `path` could not be written, probed by writing beside it; None when it can, or when its folder does not
+    exist yet (the commands that write it make it)."""
+    from adaptive_perception.errors import write_probe
 
     if path.exists() and not os.access(path, os.W_OK):
         return "the file is read-only"
     if not path.parent.is_dir():
         return None
     try:
-        with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", suffix=".probe"):
-            pass
+        write_probe(path.parent, path.name)
     except OSError as exc:
         return exc.strerror or str(exc)
     return None

@@ -65,3 +65,13 @@ def refuse_first(checks: list[tuple[bool, str]]) -> None:
     for failed, message in checks:
         if failed:
             raise ConfigError(message)
+
+
+def write_probe(folder: str | Path, name: str = "write") -> None:
+    """Write a file in `folder` and remove it again (OSError if that fails): root passes every permission check and
+    a read-only mount none. The file is created exclusively under a fresh name, so a name planted in the folder (a
+    symbolic link to another file) is never written through."""
+    import tempfile
+
+    with tempfile.NamedTemporaryFile(dir=folder, prefix=f".{name}.", suffix=".probe"):
+        pass

@@ -19,7 +19,6 @@ without bound.
 """
 from __future__ import annotations
 
-import os
 import queue
 import threading
 from collections import deque
@@ -28,6 +27,7 @@ from pathlib import Path
 from typing import Callable
 
 from adaptive_perception.bag import unclosed_inside
+from adaptive_perception.errors import write_probe
 from adaptive_perception.recording import SegmentedRecorder
 
 @dataclass(frozen=True)
@@ -46,9 +46,7 @@ def _check_folder(folder: Path) -> None:
     """Create the evidence folder and write a probe file in it; OSError in plain words when either fails."""
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        probe = folder / f".write_probe_{os.getpid()}"
-        probe.write_bytes(b"")
-        probe.unlink()
+        write_probe(folder, "evidence")
     except OSError as exc:
         raise OSError(f"cannot write there: {exc.strerror or exc}") from exc
 

@@ -4,22 +4,28 @@ A store is a folder: `current.onnx` (the policy a node runs: point the node's `p
 `previous.onnx` (the one before the last promotion, for rollback) and `history.jsonl` (one JSON line per
 promotion or rollback: time, what moved, policy ids, and the gate's decision with its numbers). Every change
 validates the file first (a `Policy` loads it) and replaces `current.onnx` by an atomic rename, so a node
-restarting at any moment loads either the old policy or the new one, never half a file.
+restarting at any moment loads either the old policy or the new one, never half a file. Changes hold the store's
+lock (`.lock`, an flock), so two promotions at once (a retraining's and an operator's) take turns; temporary files
+get fresh names and no file of the store is written through a symbolic link.
 """
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
+import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 from adaptive_perception.config import resolve_model
 from adaptive_perception.detector import file_digest
 from adaptive_perception.errors import ConfigError
 from adaptive_perception.policy import Policy
 
-CURRENT, PREVIOUS, HISTORY = "current.onnx", "previous.onnx", "history.jsonl"
+CURRENT, PREVIOUS, HISTORY, LOCK = "current.onnx", "previous.onnx", "history.jsonl", ".lock"
 
 
 class PolicyStore:
@@ -40,6 +46,10 @@ class PolicyStore:
     def init(self, policy: str | None = None) -> Path:
         """Start the store from `policy` (a file or embedded:policy; default embedded:policy) unless it already holds
         a current policy: then nothing changes, and a `policy` other than the current one is refused."""
+        with self._locked():
+            return self._init(policy)
+
+    def _init(self, policy: str | None) -> Path:
         if self.current.is_file():
             if policy is not None and Policy(resolve_model(policy)).policy_id != self.policy_id(self.current):
                 raise ConfigError(f"policy store {self.folder} already holds policy '{self.policy_id(self.current)}'; "
@@ -56,6 +66,10 @@ class PolicyStore:
 
     def promote(self, candidate: str | Path, decision: dict | None = None) -> Path:
         """Make `candidate` current; the current policy becomes previous. Returns the current path."""
+        with self._locked():
+            return self._promote(candidate, decision)
+
+    def _promote(self, candidate: str | Path, decision: dict | None) -> Path:
         if not self.current.is_file():
             raise ConfigError(f"policy store {self.folder} holds no {CURRENT}; start it with `adaptive-perception "
                               "policy store-init --store DIR` first")
@@ -76,6 +90,10 @@ class PolicyStore:
 
     def rollback(self) -> Path:
         """Swap current and previous (a second rollback undoes the first). Returns the current path."""
+        with self._locked():
+            return self._rollback()
+
+    def _rollback(self) -> Path:
         if not self.current.is_file():
             raise ConfigError(f"--store {self.folder}: no {CURRENT} there" + (
                 "; it is not a policy store (start one with `adaptive-perception policy store-init --store DIR`)"
@@ -85,8 +103,7 @@ class PolicyStore:
             raise ConfigError(f"policy store {self.folder} has no {PREVIOUS}: nothing was promoted, nothing to roll "
                               "back to")
         old_id, new_id = self.policy_id(self.current), self.policy_id(self.previous)
-        swap = self.folder / ".swap.onnx"
-        shutil.copyfile(self.current, swap)
+        swap = self._copy(self.current, self.previous)  # the current policy, under a fresh temporary name
         self._install(self.previous, self.current)
         os.replace(swap, self.previous)
         self._log({"action": "rollback", "policy_id": new_id, "replaced": old_id})
@@ -100,17 +117,45 @@ class PolicyStore:
                               "with `adaptive-perception policy store-init --store DIR`")
         return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
 
-    def _install(self, source: Path, target: Path) -> None:
-        """Copy `source` over `target` atomically (a temporary file in the same folder, then a rename)."""
+    @contextmanager
+    def _locked(self) -> Iterator[None]:
+        """The store's lock, held while one change runs (another process's change waits for it). A folder that does
+        not exist yet has nothing to lock: a promotion or rollback refuses it, an init makes it once its policy is
+        validated."""
         if self.folder.exists() and not self.folder.is_dir():
             raise ConfigError(f"--store {self.folder} is a file; give a folder for the policy store")
+        if not self.folder.is_dir():
+            yield
+            return
+        descriptor = os.open(self.folder / LOCK, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(descriptor)  # releases the lock
+
+    def _copy(self, source: Path, target: Path) -> Path:
+        """`source` copied and synced to a new temporary file beside `target` (created exclusively: a name
+        planted in the folder, a symbolic link to another file, is never written through)."""
         self.folder.mkdir(parents=True, exist_ok=True)
-        temporary = target.with_name(f".{target.name}.tmp")
-        shutil.copyfile(source, temporary)
-        with open(temporary, "rb+") as handle:
-            os.fsync(handle.fileno())
-        os.replace(temporary, target)
+        descriptor, name = tempfile.mkstemp(dir=self.folder, prefix=f".{target.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(descriptor, "wb") as handle, open(source, "rb") as original:
+                shutil.copyfileobj(original, handle)
+                handle.flush()
+                os.fsync(handle.fileno())
+        except BaseException:
+            Path(name).unlink(missing_ok=True)
+            raise
+        return Path(name)
+
+    def _install(self, source: Path, target: Path) -> None:
+        """Copy `source` over `target` atomically (a temporary file in the same folder, then a rename: a link at
+        `target` is replaced, not followed)."""
+        os.replace(self._copy(source, target), target)
 
     def _log(self, entry: dict) -> None:
-        with open(self.folder / HISTORY, "a") as handle:
-            handle.write(json.dumps({"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **entry}) + "\n")
+        line = json.dumps({"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **entry}) + "\n"
+        descriptor = os.open(self.folder / HISTORY, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+        with os.fdopen(descriptor, "a") as handle:
+            handle.write(line)
