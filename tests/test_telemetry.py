@@ -240,3 +240,21 @@ def test_a_quiet_camera_with_an_incompatible_publisher_says_so_instead_of_asking
         "accept, so their frames never arrive (match qos.reliability to the camera's)")
     assert telemetry.camera_report("b")["message"] == ("no frame in 4.0 s since activation: is anything publishing "
                                                        "on this topic (ros2 topic info)?")
+
+
+def test_an_mlflow_password_stays_out_of_the_log_the_error_and_the_runs_parameters(monkeypatch):
+    """`mlflow.tracking_uri:=http://bot:S3cret@host/` was logged whole to /rosout, kept in the run's parameters and
+    repeated in the error /diagnostics shows."""
+    from adaptive_perception.runlog import NodeRun, redact_uri
+
+    assert redact_uri("http://fleetbot:S3cretT0ken@mlflow.local:5000/api") == "http://fleetbot:***@mlflow.local:5000/api"
+    assert redact_uri("sqlite:///build/mlflow.db") == "sqlite:///build/mlflow.db"  # nothing to hide: unchanged
+    assert redact_uri("http://only-user@host/") == "http://only-user@host/"
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "2")
+    uri = "http://fleetbot:S3cretT0ken@127.0.0.1:9/"  # nothing listens on port 9
+    run = NodeRun(uri, "exp", "run", {"mlflow.tracking_uri": uri, "conf_threshold": 0.25})
+    assert run.wait_started(60) and run.error
+    assert "S3cretT0ken" not in run.error and "fleetbot:***@127.0.0.1:9" in run.error
+    assert run._params == {"mlflow.tracking_uri": "http://fleetbot:***@127.0.0.1:9/", "conf_threshold": "0.25"}
+    run.close({})

@@ -42,6 +42,32 @@ def snapshot_metrics(camera_reports: Mapping[str, Mapping[str, object]], tiers: 
     return out
 
 
+def redact_uri(uri: str) -> str:
+    """`uri` with the password of its user info replaced by *** (`http://bot:s3cret@host/` -> `http://bot:***@host/`):
+    what the node logs, puts in /diagnostics and records in the run's parameters."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    try:
+        parts = urlsplit(uri)
+    except ValueError:
+        return uri
+    if parts.password is None:
+        return uri
+    host = parts.netloc.rsplit("@", 1)[1]
+    return urlunsplit(parts._replace(netloc=f"{parts.username}:***@{host}"))
+
+
+def _redacted(text: str, uri: str) -> str:
+    """`text` (an error naming `uri`, perhaps in a library's own words) with `uri`'s password taken out."""
+    from urllib.parse import urlsplit
+
+    try:
+        secret = urlsplit(uri).password
+    except ValueError:
+        secret = None
+    return text.replace(secret, "***") if secret else text
+
+
 class NodeRun:
     """An MLflow run fed from a queue; `error` holds why the store could not be written, if it could not."""
 
@@ -50,13 +76,13 @@ class NodeRun:
         try:
             from mlflow.tracking import MlflowClient  # noqa: F401  (fail here, on the caller's thread, if missing)
         except ImportError as exc:
-            raise ConfigError(f"mlflow.tracking_uri '{tracking_uri}' is set but MLflow is not installed ({exc}); "
+            raise ConfigError(f"mlflow.tracking_uri '{redact_uri(tracking_uri)}' is set but MLflow is not installed ({exc}); "
                               "pip install 'adaptive_perception[mlflow]' (mlflow-skinny) or leave it empty") from None
         self.tracking_uri, self.experiment, self.run_name = tracking_uri, experiment, run_name
         self.run_id: str | None = None
         self.error: str | None = None
         self.dropped = 0  # snapshots not logged because the queue was full (the store is too slow)
-        self._params = {k: str(v)[:6000] for k, v in params.items()}
+        self._params = {k: _redacted(str(v), tracking_uri)[:6000] for k, v in params.items()}
         self._tags = dict(tags or {})
         self._queue: queue.Queue = queue.Queue(maxsize=max_pending)
         self._started = threading.Event()
@@ -97,7 +123,8 @@ class NodeRun:
             for start in range(0, len(params), 100):
                 client.log_batch(self.run_id, params=params[start:start + 100])
         except Exception as exc:  # unreachable store, bad URI, missing driver: report, never raise
-            self.error = f"MLflow run not started at '{self.tracking_uri}': {type(exc).__name__}: {exc}"
+            self.error = _redacted(f"MLflow run not started at '{self.tracking_uri}': {type(exc).__name__}: {exc}",
+                                   self.tracking_uri)
             self._started.set()
             while self._queue.get() is not _END:  # drain so close() returns
                 pass
@@ -114,8 +141,8 @@ class NodeRun:
                 for start in range(0, len(batch), 1000):
                     client.log_batch(self.run_id, metrics=batch[start:start + 1000])
             except Exception as exc:
-                self.error = f"MLflow run {self.run_id}: {type(exc).__name__}: {exc}"
+                self.error = _redacted(f"MLflow run {self.run_id}: {type(exc).__name__}: {exc}", self.tracking_uri)
         try:
             client.set_terminated(self.run_id, "FINISHED")
         except Exception as exc:
-            self.error = f"MLflow run {self.run_id} not ended: {type(exc).__name__}: {exc}"
+            self.error = _redacted(f"MLflow run {self.run_id} not ended: {type(exc).__name__}: {exc}", self.tracking_uri)

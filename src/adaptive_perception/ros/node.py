@@ -40,7 +40,7 @@ from adaptive_perception.ros import DEBUG_IMAGE_TOPICS, MARKER_TOPIC
 from adaptive_perception.metrics import PrometheusMetrics
 from adaptive_perception.policy import Policy
 from adaptive_perception.recording import ros_typestore
-from adaptive_perception.runlog import NodeRun, quiet_mlflow_setup, snapshot_metrics
+from adaptive_perception.runlog import NodeRun, quiet_mlflow_setup, redact_uri, snapshot_metrics
 from adaptive_perception.router import Router, RouterSettings, check_mode, tiers_needed
 from adaptive_perception.ros.parameters import PARAMETERS, check_params_file, params_files, unknown_parameters
 from adaptive_perception.ros.convert import (ReceivedImage, detections_cdr, detections_marker, image_to_rgb,
@@ -365,7 +365,7 @@ class PerceptionNode(LifecycleNode):
             self.get_logger().error(f"{exc}; running without an MLflow run")
             return
         self._run_timer = self.create_timer(config.mlflow_interval_s, self._log_run)
-        self.get_logger().info(f"MLflow run of this session starting in {config.mlflow_uri}, experiment "
+        self.get_logger().info(f"MLflow run of this session starting in {redact_uri(config.mlflow_uri)}, experiment "
                                f"{config.mlflow_experiment} (a failure is logged when it happens)")
 
     def _snapshot(self) -> dict[str, float]:
