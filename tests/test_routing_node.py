@@ -94,6 +94,13 @@ def test_set_routing_mode_switches_live_and_refuses_unknown_modes(graph, regime_
     assert list(decision.probabilities) == [0.0, 1.0, 0.0]
     refused = graph.call(SetRoutingMode, "set_routing_mode", SetRoutingMode.Request(mode="fastest"))
     assert not refused.success and "fastest" in refused.message and "fixed:large" in refused.message
+    # a 2 MB request came back twice in the answer and went into the log whole: said by its length, cut short
+    huge = graph.call(SetRoutingMode, "set_routing_mode", SetRoutingMode.Request(mode="\x1b[2J" + "x" * 2_000_000))
+    assert not huge.success and len(huge.message) < 400 and "2000004 characters are no routing mode" in huge.message
+    assert "\\x1b[2J" in huge.message and "\x1b" not in huge.message
+    path = graph.call(LoadPolicy, "load_policy", LoadPolicy.Request(path="/" + "p" * 1_000_000))
+    assert not path.success and len(path.message) < 400 and "a path of 1000001 characters" in path.message
+    assert not any(len(log.msg) > 2500 for log in graph.logs)
     assert _route(graph, regime_frames["dense"], 31).mode == "fixed:small"
     # a small noise frame in which small finds nothing: the context the heuristic reads next says 0 objects
     empty = np.random.default_rng(3).integers(0, 256, (96, 128, 3), dtype=np.uint8)

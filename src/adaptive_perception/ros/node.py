@@ -695,7 +695,7 @@ class PerceptionNode(LifecycleNode):
             more = f" ({suppressed} more like it since the last report)" if suppressed else ""
             # what a publisher wrote (an encoding string, a format) with its control characters escaped: a newline
             # and a terminal escape in an encoding field printed a fake FATAL line into the log
-            said = "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in str(exc))
+            said = _shown(str(exc), 1000)
             self.get_logger().warning(f"frame from camera '{self.resolve_topic_name(camera)}' skipped "
                                       f"({kind}): {said}{more}")
 
@@ -818,6 +818,8 @@ class PerceptionNode(LifecycleNode):
     def _on_set_routing_mode(self, request: SetRoutingMode.Request, response: SetRoutingMode.Response):
         """Validate, then switch between two frames; refused modes leave the running one in force."""
         try:
+            if len(request.mode) > MAX_MODE_CHARS:  # refused before anything echoes it (20 MB came back twice)
+                raise AdaptivePerceptionError(f"{len(request.mode)} characters are no routing mode")
             mode = check_mode(request.mode.strip())
             loaded = self.detectors if self.router is not None else [  # unconfigured: what configure will load
                 t for t in TIERS if self.get_parameter(f"models.{t}").value]
@@ -831,7 +833,7 @@ class PerceptionNode(LifecycleNode):
                 self._compare_drift_routing()
             self._set_own(Parameter("routing_mode", value=mode))  # the next configure keeps it
         except AdaptivePerceptionError as exc:
-            response.success, response.message = False, f"mode '{request.mode}' refused: {exc}"
+            response.success, response.message = False, f"mode '{_shown(request.mode)}' refused: {_shown(str(exc))}"
             self.get_logger().warning(response.message)
             return response
         response.success, response.message = True, f"routing mode is now '{mode}'"
@@ -843,11 +845,14 @@ class PerceptionNode(LifecycleNode):
         try:
             if not request.path.strip():
                 raise AdaptivePerceptionError("no path given: name a policy ONNX file or embedded:policy")
+            if len(request.path) > MAX_PATH_CHARS:
+                raise AdaptivePerceptionError(f"a path of {len(request.path)} characters, longer than any file's "
+                                              f"({MAX_PATH_CHARS}), was given: name a policy ONNX file")
             policy = Policy(resolve_model(request.path.strip()))
             if policy.drift_reference is not None and policy.drift_reference.thresholds:
                 DriftMonitor(policy.drift_reference)  # what the swap builds per camera: refused here, before it
         except Exception as exc:  # PolicyFileError, or anything else a hostile file provokes
-            response.success, response.message = False, f"{exc}; the running policy stays"
+            response.success, response.message = False, f"{_shown(str(exc), 2000)}; the running policy stays"
             self.get_logger().error(response.message)
             return response
         if self.router is not None:
@@ -1001,6 +1006,18 @@ def _status(name: str, hardware_id: str, report: dict[str, object]) -> Diagnosti
 
 SPIN_WAKE_S = 0.2  # the longest a signal waits for the main thread while nothing else wakes the executor
 ROSOUT_LINGER_S = 0.3  # after logging while closing, before the node's /rosout writer is destroyed
+
+
+MAX_MODE_CHARS = 64  # a set_routing_mode request longer than this is no mode (the longest, fixed:small, has 11)
+MAX_PATH_CHARS = 4096  # PATH_MAX: a load_policy path longer than this names no file
+
+
+def _shown(text: str, limit: int = 200) -> str:
+    """What a publisher or a caller sent, fit for one log line: control characters escaped (a newline and a terminal
+    escape in an encoding field printed a fake FATAL line), cut at `limit` characters with the length said."""
+    if len(text) > limit:
+        text = f"{text[:limit]}... ({len(text)} characters)"
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in text)
 
 
 def _interrupt(signum: int, frame: object) -> None:
