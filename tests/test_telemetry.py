@@ -258,3 +258,37 @@ def test_an_mlflow_password_stays_out_of_the_log_the_error_and_the_runs_paramete
     assert "S3cretT0ken" not in run.error and "fleetbot:***@127.0.0.1:9" in run.error
     assert run._params == {"mlflow.tracking_uri": "http://fleetbot:***@127.0.0.1:9/", "conf_threshold": "0.25"}
     run.close({})
+
+
+def test_the_metrics_endpoint_closes_idle_connections_and_caps_how_many_it_serves(free_port, monkeypatch):
+    """700 half-sent requests were held open for minutes, a thread each (24 -> 701 threads in the node)."""
+    import socket
+    import threading
+    import time
+    import urllib.request
+
+    from adaptive_perception import metrics as metrics_module
+
+    monkeypatch.setattr(metrics_module, "MAX_CONNECTIONS", 3)
+    monkeypatch.setattr(metrics_module._QuietHandler, "timeout", 1.0)
+    metrics = PrometheusMetrics()
+    metrics.serve(free_port)
+    try:
+        before = threading.active_count()
+        idle = [socket.create_connection(("127.0.0.1", free_port)) for _ in range(3)]
+        for connection in idle:
+            connection.sendall(b"GET /metr")  # never finished
+        time.sleep(0.3)
+        assert threading.active_count() == before + 3
+        extra = socket.create_connection(("127.0.0.1", free_port))
+        extra.settimeout(2.0)
+        assert extra.recv(100) == b""  # over the cap: closed at once, not queued
+        for connection in idle:  # each closed by the server once idle for the handler's timeout
+            connection.settimeout(5.0)
+            started = time.monotonic()
+            assert connection.recv(100) == b"" and time.monotonic() - started < 4.0
+        text = urllib.request.urlopen(f"http://127.0.0.1:{free_port}/metrics", timeout=5).read().decode()
+        assert "adaptive_perception_status_timestamp_seconds" in text
+        assert threading.active_count() <= before + 1
+    finally:
+        metrics.close()

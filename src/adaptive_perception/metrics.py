@@ -25,14 +25,50 @@ Names and labels (all prefixed `adaptive_perception_`):
 from __future__ import annotations
 
 import math
+import socket
+import threading
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+from socketserver import ThreadingMixIn
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, make_wsgi_app
 
 PREFIX = "adaptive_perception"
 STATUS_STALE_S = 10.0  # `check_health`: a status older than this means the node stopped updating it
 _NODE_BUCKETS = (0.005, 0.01, 0.02, 0.0333, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5)
 _OVERHEAD_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025)
 _AGE_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+# The endpoint's limits: a connection that sends no complete request within IDLE_S is closed, and at most
+# MAX_CONNECTIONS are served at once (more are closed at once). prometheus_client's own server kept 700 half-sent
+# requests open for minutes, a thread each.
+IDLE_S = 10.0
+MAX_CONNECTIONS = 32
+
+
+class _QuietHandler(WSGIRequestHandler):
+    timeout = IDLE_S  # socketserver: the connection's socket timeout
+
+    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 (the base class's name)
+        pass  # a request is no log line
+
+
+class _MetricsServer(ThreadingMixIn, WSGIServer):
+    daemon_threads = True
+
+    def __init__(self, *args, **kwargs) -> None:
+        self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
+        super().__init__(*args, **kwargs)
+
+    def process_request(self, request, client_address) -> None:
+        if not self._slots.acquire(blocking=False):
+            self.shutdown_request(request)  # over the limit: closed, never queued
+            return
+        super().process_request(request, client_address)
+
+    def process_request_thread(self, request, client_address) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
 
 
 class PrometheusMetrics:
@@ -134,7 +170,11 @@ class PrometheusMetrics:
     # ---- HTTP -----------------------------------------------------------------------------------
     def serve(self, port: int, bind: str = "127.0.0.1") -> None:
         """Serve the metrics over HTTP on bind:port (any path; Prometheus scrapes /metrics)."""
-        self._server, _ = start_http_server(port, addr=bind, registry=self.registry)
+        class Server(_MetricsServer):  # an IPv6 bind (metrics.bind '::') needs its own address family
+            address_family = socket.getaddrinfo(bind, port, type=socket.SOCK_STREAM)[0][0]
+
+        self._server = make_server(bind, port, make_wsgi_app(self.registry), Server, handler_class=_QuietHandler)
+        threading.Thread(target=self._server.serve_forever, name="metrics-http", daemon=True).start()
 
     def close(self) -> None:
         if self._server is not None:
