@@ -78,6 +78,20 @@ def test_compose_validates_and_points_at_files_that_exist():
     assert spec["services"]["foxglove"]["profiles"] == ["foxglove"]
 
 
+def test_the_foxglove_services_camera_topic_is_passed_as_a_value_never_run_as_shell(tmp_path):
+    """`bash -c "... --camera ${CAMERA_TOPIC}"` pasted the setting into the shell command: a topic with `;` ran."""
+    spec = yaml.safe_load((ROOT / "docker" / "compose.yaml").read_text())["services"]["foxglove"]
+    script = spec["entrypoint"][2].replace("$$", "$")  # compose's escape, as the container's bash gets it
+    assert "${CAMERA_TOPIC" not in spec["entrypoint"][2]  # nothing compose pastes in
+    script = script.replace("source /ws/install/setup.bash", "true").replace(
+        "exec python3 -m adaptive_perception.cli record --live --camera", "printf '%s\\n'")
+    hostile = f"/cam; touch {tmp_path / 'ran'}"
+    out = subprocess.run(["bash", "-c", script], env={"CAMERA_TOPIC": hostile, "PATH": "/usr/bin:/bin"},
+                         capture_output=True, text=True)
+    assert out.stdout == hostile + "\n" and not (tmp_path / "ran").exists()
+    assert spec["environment"]["CAMERA_TOPIC"] == "${CAMERA_TOPIC:-/camera/image_raw}"
+
+
 def test_the_compose_prometheus_config_passes_promtool(tmp_path):
     promtool = shutil.which("promtool")
     assert promtool, "promtool is missing: `make setup` installs Debian's prometheus package"
