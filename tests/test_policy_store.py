@@ -71,6 +71,32 @@ def test_promotions_at_once_take_turns_and_no_planted_link_is_written_through(tm
     assert victim.read_text() == "keep me"
 
 
+def test_a_store_left_with_a_policy_this_version_cannot_load_moves_forward_and_never_back(tmp_path, policies):
+    """After an upgrade that changed the features, a store whose current.onnx was of the old features refused
+    every promotion (the current file was validated as if it were the candidate): the store had to be started anew."""
+    import onnx
+
+    store = PolicyStore(tmp_path / "store")
+    store.init(str(policies["nano"]))
+    model = onnx.load(store.current)  # as the version before the feature change wrote it
+    next(p for p in model.metadata_props if p.key == "adaptive_perception.feature_version").value = \
+        "edge-colour-stats+ctx4/1"
+    onnx.save(model, store.current)
+    assert store.policy_id(store.current) == "to-nano (not loadable by this version)"
+    store.promote(policies["small"])
+    assert (store.policy_id(store.current), store.policy_id(store.previous)) == \
+        ("to-small", "to-nano (not loadable by this version)")
+    assert store.history()[-1]["replaced"] == "to-nano (not loadable by this version)"
+    with pytest.raises(ConfigError, match="previous.onnx cannot be rolled back to: .*was trained on features"):
+        store.rollback()  # a node could not load it: nothing moves
+    assert store.policy_id(store.current) == "to-small"
+    store.promote(policies["large"])
+    store.rollback()  # between two loadable ones, as ever; the entry names both files by digest
+    last = store.history()[-1]
+    assert (last["action"], last["policy_id"], last["replaced"]) == ("rollback", "to-small", "to-large")
+    assert len(last["digest"]) == len(last["replaced_digest"]) == 16 and last["digest"] != last["replaced_digest"]
+
+
 def test_promote_keeps_the_previous_policy_and_rollback_swaps_them(tmp_path, policies):
     store = PolicyStore(tmp_path / "store")
     with pytest.raises(ConfigError, match="store-init"):

@@ -221,7 +221,8 @@ def test_record_stopped_by_sigterm_closes_its_open_segment(context, tmp_path, si
         time.sleep(1.0)
         # no node runs here: its topics are named missing early (it was said only at the end of the recording)
         assert wait_until(lambda: re.search(r"not on the graph after 5 s: \[.*'/detections', '/routing', "
-                                            r"'/perception_node/debug_image/compressed', '/diagnostics'\]; recorded "
+                                            r"'/detections_marker', '/perception_node/debug_image/compressed', "
+                                            r"'/diagnostics'\]; recorded "
                                             "once they appear", (tmp_path / "record.log").read_text()), 15), \
             (tmp_path / "record.log").read_text()
         record.send_signal(signal.SIGINT if "SIGINT" in signum else signal.SIGTERM)

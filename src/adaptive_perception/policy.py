@@ -238,7 +238,8 @@ class Policy:
             raise PolicyFileError(path, f"metadata kind is '{meta['kind']}', not '{POLICY_KIND}'")
         if meta["feature_version"] != FEATURE_VERSION:
             raise PolicyFileError(path, f"was trained on features '{meta['feature_version']}' but this node computes "
-                                  f"'{FEATURE_VERSION}'", "retrain or re-export the policy for this version")
+                                  f"'{FEATURE_VERSION}'", "retrain the policy with this version: the features' meaning changed, so no "
+                                  "re-export can carry it over")
         try:
             tier_digests = json.loads(meta.get("tier_digests", "{}"))
             if not isinstance(tier_digests, dict) or not all(isinstance(v, str) for v in tier_digests.values()):

@@ -23,9 +23,20 @@ from typing import Iterator
 from adaptive_perception.config import resolve_model
 from adaptive_perception.detector import file_digest
 from adaptive_perception.errors import ConfigError
-from adaptive_perception.policy import Policy
+from adaptive_perception.policy import Policy, PolicyFileError
 
 CURRENT, PREVIOUS, HISTORY, LOCK = "current.onnx", "previous.onnx", "history.jsonl", ".lock"
+
+
+def _stored_id(path: Path) -> str:
+    """The policy id a policy file's metadata holds, read without validating the file ('?' when none can be read)."""
+    import onnx
+
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception:  # noqa: BLE001 (a damaged file: no id to read)
+        return "?"
+    return next((p.value for p in model.metadata_props if p.key == "adaptive_perception.policy_id"), "?")
 
 
 class PolicyStore:
@@ -41,7 +52,14 @@ class PolicyStore:
         return self.folder / PREVIOUS
 
     def policy_id(self, path: Path) -> str | None:
-        return Policy(str(path)).policy_id if path.is_file() else None
+        """The id of the store's file at `path` (None: no file); a file this version cannot load (a policy of older
+        features, kept from before an upgrade) is named by the id its metadata holds, marked so."""
+        if not path.is_file():
+            return None
+        try:
+            return Policy(str(path)).policy_id
+        except PolicyFileError:
+            return f"{_stored_id(path)} (not loadable by this version)"
 
     def init(self, policy: str | None = None) -> Path:
         """Start the store from `policy` (a file or embedded:policy; default embedded:policy) unless it already holds
@@ -102,11 +120,17 @@ class PolicyStore:
         if not self.previous.is_file():
             raise ConfigError(f"policy store {self.folder} has no {PREVIOUS}: nothing was promoted, nothing to roll "
                               "back to")
-        old_id, new_id = self.policy_id(self.current), self.policy_id(self.previous)
+        try:
+            new_id = Policy(str(self.previous)).policy_id  # what a node would load: checked before anything moves
+        except PolicyFileError as exc:
+            raise ConfigError(f"policy store {self.folder}: {PREVIOUS} cannot be rolled back to: {exc}") from None
+        old_id, old_digest, new_digest = self.policy_id(self.current), file_digest(self.current), \
+            file_digest(self.previous)
         swap = self._copy(self.current, self.previous)  # the current policy, under a fresh temporary name
         self._install(self.previous, self.current)
         os.replace(swap, self.previous)
-        self._log({"action": "rollback", "policy_id": new_id, "replaced": old_id})
+        self._log({"action": "rollback", "policy_id": new_id, "replaced": old_id, "digest": new_digest,
+                   "replaced_digest": old_digest})
         return self.current
 
     def history(self) -> list[dict]:

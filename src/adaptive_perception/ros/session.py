@@ -83,7 +83,9 @@ def call_service(node_name: str, service_type, name: str, request, timeout_s: fl
         while not future.done() and time.monotonic() < deadline:
             time.sleep(0.01)
         if not future.done():
-            raise RuntimeError(f"{service} did not answer within {timeout_s:g} s")
+            raise RuntimeError(f"{service} did not answer within {timeout_s:g} s (a node built from another version "
+                               "of adaptive_perception_msgs gets a request it cannot read and answers nothing: its "
+                               "log says whether it acted; see README, Upgrading)")
         return future.result()
 
 
