@@ -25,10 +25,11 @@ Names and labels (all prefixed `adaptive_perception_`):
 from __future__ import annotations
 
 import math
+import ipaddress
 import socket
 import threading
-from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 from socketserver import ThreadingMixIn
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, make_wsgi_app
 
@@ -37,38 +38,85 @@ STATUS_STALE_S = 10.0  # `check_health`: a status older than this means the node
 _NODE_BUCKETS = (0.005, 0.01, 0.02, 0.0333, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5)
 _OVERHEAD_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025)
 _AGE_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
-# The endpoint's limits: a connection that sends no complete request within IDLE_S is closed, and at most
-# MAX_CONNECTIONS are served at once (more are closed at once). prometheus_client's own server kept 700 half-sent
-# requests open for minutes, a thread each.
-IDLE_S = 10.0
+# The endpoint's limits: a connection is closed DEADLINE_S after it was accepted, whatever it sent (a byte every
+# few seconds kept one open without end), and at most MAX_CONNECTIONS from other machines and LOCAL_CONNECTIONS from
+# this one are served at once (more are closed at once): a scrape from this machine (the container's healthcheck)
+# is never crowded out by connections from elsewhere. prometheus_client's own server kept 700 half-sent requests
+# open for minutes, a thread each.
+DEADLINE_S = 10.0
 MAX_CONNECTIONS = 32
+LOCAL_CONNECTIONS = 8
 
 
 class _QuietHandler(WSGIRequestHandler):
-    timeout = IDLE_S  # socketserver: the connection's socket timeout
+    def setup(self) -> None:
+        super().setup()
+        self._deadline = threading.Timer(DEADLINE_S, self._expire)
+        self._deadline.daemon = True
+        self._deadline.start()
+
+    def _expire(self) -> None:
+        try:
+            self.connection.shutdown(socket.SHUT_RDWR)  # a read or write still waiting returns at once
+        except OSError:
+            pass  # already closed
+
+    def finish(self) -> None:
+        self._deadline.cancel()
+        super().finish()
 
     def log_message(self, format: str, *args: object) -> None:  # noqa: A002 (the base class's name)
         pass  # a request is no log line
+
+
+def _is_local(host: str) -> bool:
+    try:
+        address = ipaddress.ip_address(host.split("%")[0])
+    except ValueError:
+        return False
+    mapped = getattr(address, "ipv4_mapped", None)
+    return (mapped or address).is_loopback
 
 
 class _MetricsServer(ThreadingMixIn, WSGIServer):
     daemon_threads = True
 
     def __init__(self, *args, **kwargs) -> None:
-        self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
+        self._slots = {True: threading.BoundedSemaphore(LOCAL_CONNECTIONS),
+                       False: threading.BoundedSemaphore(MAX_CONNECTIONS)}
+        self.serving = 0  # connections being served now
+        self._count = threading.Lock()
         super().__init__(*args, **kwargs)
 
     def process_request(self, request, client_address) -> None:
-        if not self._slots.acquire(blocking=False):
+        slots = self._slots[_is_local(client_address[0])]
+        if not slots.acquire(blocking=False):
             self.shutdown_request(request)  # over the limit: closed, never queued
             return
-        super().process_request(request, client_address)
+        with self._count:
+            self.serving += 1
+        try:
+            super().process_request(request, client_address)
+        except BaseException:  # the thread did not start: its slot is free again
+            self._release(slots)
+            raise
 
     def process_request_thread(self, request, client_address) -> None:
         try:
             super().process_request_thread(request, client_address)
         finally:
-            self._slots.release()
+            self._release(self._slots[_is_local(client_address[0])])
+
+    def _release(self, slots: threading.BoundedSemaphore) -> None:
+        with self._count:
+            self.serving -= 1
+        slots.release()
+
+    def handle_error(self, request, client_address) -> None:
+        import sys
+
+        if not isinstance(sys.exc_info()[1], OSError):  # a client that timed out or went away: nothing to report
+            super().handle_error(request, client_address)  # (socketserver printed a traceback for each)
 
 
 class PrometheusMetrics:
