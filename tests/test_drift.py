@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import re
 
 import numpy as np
 import pytest
@@ -85,6 +86,25 @@ def test_a_reference_without_thresholds_or_with_broken_json_is_refused():
         DriftMonitor(_reference(thresholds={}))
     with pytest.raises(ConfigError, match="not readable"):
         DriftReference.from_json("{broken")
+    # what a file can hold and the monitor cannot run on: refused with the field, never a TypeError or a frame
+    # that fails (`max()` of no statistic), a score stuck at inf (a peak of 0) or a window of -1 (the node died)
+    import json
+
+    good = json.loads(_reference(quality_mean=[0.0] * len(QUALITY_FEATURES), quality_std=[1.0] * len(QUALITY_FEATURES),
+                                 quality_peak=[1.5] * len(QUALITY_FEATURES)).to_json())
+    assert DriftReference.from_json(json.dumps(good)).quality_peak == [1.5] * len(QUALITY_FEATURES)
+    for change, needle in ((dict(thresholds={"bogus": 1.0}), "thresholds must map feature_psi"),
+                           (dict(thresholds={"mix_tvd": 1.0}), "thresholds must map feature_psi"),
+                           (dict(quality_peak=[0.0] * len(QUALITY_FEATURES)), "quality_peak must be a list of finite "
+                                                                              "numbers >= 1"),
+                           (dict(mean=5), "mean must be a list of finite numbers"),
+                           (dict(quality_mean=None), "quality_mean must be a list"),
+                           (dict(window=0), "window 0 must be a whole number in [1, 9000]"),
+                           (dict(window=True), "window True must be a whole number"),
+                           (dict(std=[1.0, float("inf"), 1.0, 1.0]), "std must be a list of finite numbers >= 0"),
+                           (dict(edges=[[9.0, *range(2, 10)]] * PROJECTIONS), "edges must be 9 ascending values")):
+        with pytest.raises(ConfigError, match=re.escape(needle)):
+            DriftReference.from_json(json.dumps({**good, **change}))
 
 
 def test_the_agreement_threshold_never_falls_below_three_standard_errors_of_the_audit_mean():

@@ -307,6 +307,11 @@ def _edit_metadata(path: Path, key: str, value: str | None) -> Path:
     # a crafted graph ran inside the node's executor at load: a Loop of 10^15 turns hung it, deaf to SIGTERM, and
     # ConstantOfShape asked for 6 GB
     ("alloc", "uses operators ['ConstantOfShape']"),
+    # and within the allowed operators: a 100 KB file whose product is [10000, 10000] (866 MB), a sparse tensor of
+    # a few KB expanded at load, 8,000 operators (17 s to load, 1.5 s a frame)
+    ("product", "'big' (MatMul) holds 100,000,000 elements for one frame, more than a routing policy's"),
+    ("sparse", "holds sparse tensors"),
+    ("chain", "has 1001 operators, more than a routing policy's 1000"),
     ("long_id", "policy_id (300 characters) must be printable and at most 128 characters"),  # 4 MB went into every
     ("escape_id", "policy_id (12 characters) must be printable"),  # metrics scrape, decision and log line
     # a drift window of -1 passed the checks and raised inside load_policy's callback: the node died
@@ -336,6 +341,26 @@ def test_bad_policy_files_are_refused_naming_the_file_and_the_problem(damage, ne
         model = onnx.load(path)
         model.graph.initializer.append(numpy_helper.from_array(np.array([1_500_000_000], np.int64), "big_shape"))
         model.graph.node.append(helper.make_node("ConstantOfShape", ["big_shape"], ["big"]))
+        onnx.save(model, path)
+    elif damage in ("product", "sparse", "chain"):
+        import onnx
+        from onnx import helper, numpy_helper
+
+        model = onnx.load(path)
+        graph = model.graph
+        if damage == "product":
+            graph.initializer.extend([numpy_helper.from_array(np.ones((10000, 1), np.float32), "column"),
+                                      numpy_helper.from_array(np.ones((1, 10000), np.float32), "row")])
+            graph.node.append(helper.make_node("MatMul", ["column", "row"], ["big"]))
+        elif damage == "sparse":
+            values = numpy_helper.from_array(np.ones(1, np.float32), "v")
+            indices = numpy_helper.from_array(np.zeros((1, 2), np.int64), "i")
+            graph.sparse_initializer.append(helper.make_sparse_tensor(values, indices, [10000, 10000]))
+            graph.sparse_initializer[0].values.name = "huge"
+        else:
+            for index in range(1000):
+                graph.node.append(helper.make_node("Identity", [graph.output[0].name if index == 0 else f"c{index - 1}"],
+                                                   [f"c{index}"]))
         onnx.save(model, path)
     elif damage == "long_id":
         _edit_metadata(path, "policy_id", "x" * 300)

@@ -53,6 +53,7 @@ PROJECTIONS = 8
 BINS = 10
 WINDOW = 150  # frames: 5 s at 30 Hz
 MAX_WINDOW = 9000  # the longest window a reference may ask for: 5 minutes at 30 Hz
+STATISTICS = frozenset({"feature_psi", "mix_tvd", "agreement_drop", "image_quality", "veil"})  # what a window measures
 AUDIT_WINDOW = 10
 MARGIN = 1.25
 PROJECTION_SEED = 20261128
@@ -155,17 +156,17 @@ class DriftReference:
             reference = DriftReference(**data)
         except (ValueError, TypeError) as exc:
             raise ConfigError(f"the policy's drift reference ({METADATA_KEY}) is not readable: {exc}") from None
+        problem = reference._bad_value()  # the types first: a number where a list belongs has no length
+        if problem:
+            raise ConfigError(f"the policy's drift reference ({METADATA_KEY}) is not usable: {problem}; export the "
+                              "policy again, or recompute its reference with `adaptive-perception policy "
+                              "drift-reference`")
         if len(reference.mean) != len(reference.std) or len(reference.edges) != PROJECTIONS or \
                 len(reference.quality_mean) not in (0, len(QUALITY_FEATURES)) or \
                 len(reference.quality_std) != len(reference.quality_mean) or \
                 len(reference.quality_peak) not in (0, len(reference.quality_mean)) or \
                 len(reference.quality_peak_down) not in (0, len(reference.quality_peak)):
             raise ConfigError(f"the policy's drift reference ({METADATA_KEY}) has inconsistent sizes")
-        problem = reference._bad_value()
-        if problem:
-            raise ConfigError(f"the policy's drift reference ({METADATA_KEY}) is not usable: {problem}; export the "
-                              "policy again, or recompute its reference with `adaptive-perception policy "
-                              "drift-reference`")
         return reference
 
     def _bad_value(self) -> str:
@@ -182,9 +183,9 @@ class DriftReference:
             return "" if ok else f"{name} {value!r} must be a whole number in [{low}, {high}]"
 
         checks = [
-            "" if 1 <= len(self.mean) <= IMAGE_FEATURES else f"mean has {len(self.mean)} values, at most "
-                                                               f"{IMAGE_FEATURES}",
-            numbers(self.mean, "mean"), numbers(self.std, "std", 0.0),
+            numbers(self.mean, "mean") or ("" if 1 <= len(self.mean) <= IMAGE_FEATURES else
+                                           f"mean has {len(self.mean)} values, at most {IMAGE_FEATURES}"),
+            numbers(self.std, "std", 0.0),
             *(numbers(row, "edges") or ("" if len(row) == BINS - 1 and row == sorted(row) else
                                         f"edges must be {BINS - 1} ascending values a projection")
               for row in (self.edges if isinstance(self.edges, list) else [None])),
@@ -192,9 +193,11 @@ class DriftReference:
             numbers([self.agreement, self.agreement_std, self.veil_mean], "agreement, agreement_std, veil_mean"),
             numbers([self.veil_std, self.hysteresis], "veil_std, hysteresis", 0.0),
             "" if isinstance(self.thresholds, dict) and not numbers(list(self.thresholds.values()), "", 1e-12)
-            else "thresholds must map each statistic to a finite number > 0",
+            and (not self.thresholds or ("feature_psi" in self.thresholds and set(self.thresholds) <= STATISTICS))
+            else f"thresholds must map feature_psi and others of {sorted(STATISTICS)} to finite numbers > 0",
             numbers(self.quality_mean, "quality_mean"), numbers(self.quality_std, "quality_std", 1e-12),
-            numbers(self.quality_peak, "quality_peak"), numbers(self.quality_peak_down, "quality_peak_down"),
+            # held-out peaks are floored at one window std (`calibrate_quality`): below, the score runs away
+            numbers(self.quality_peak, "quality_peak", 1.0), numbers(self.quality_peak_down, "quality_peak_down", 1.0),
             "" if self.cost_weight is None else numbers([self.cost_weight], "cost_weight", 0.0),
             whole(self.window, "window", 1, MAX_WINDOW), whole(self.seed, "seed", 0, 2**32 - 1),
             whole(self.calibration_frames, "calibration_frames", 0, 10**9)]

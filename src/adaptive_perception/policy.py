@@ -57,9 +57,11 @@ POLICY_OPERATORS = frozenset({
     "Max", "Min", "Sum", "Mean", "Clip", "Relu", "LeakyRelu", "PRelu", "Elu", "Selu", "Celu", "Gelu", "Sigmoid",
     "HardSigmoid", "HardSwish", "Tanh", "Softplus", "Softsign", "Softmax", "LogSoftmax", "Identity", "Dropout",
     "Constant", "Cast", "Flatten", "Reshape", "Transpose", "Squeeze", "Unsqueeze", "Concat", "Slice", "Gather",
-    "BatchNormalization", "LayerNormalization", "ReduceMean", "ReduceSum", "ReduceMax", "Conv", "MaxPool",
-    "AveragePool", "GlobalAveragePool"})
+    "BatchNormalization", "LayerNormalization", "ReduceMean", "ReduceSum", "ReduceMax", "ReduceL2", "Conv", "MaxPool",
+    "AveragePool", "GlobalAveragePool", "Shape", "Size", "Expand", "Where", "Split", "Equal", "Greater", "Less", "Not"})
 MAX_POLICY_BYTES = 64 * 1024 * 1024  # the shipped policy is 0.6 MB; a routing policy's overhead budget is 0.5 ms
+MAX_POLICY_NODES = 1000  # the shipped policy has 5; 8,000 MatMuls took 17 s to load and 1.5 s a frame
+MAX_TENSOR_ELEMENTS = 16 * 1024 * 1024  # per tensor, batch 1: a [10000, 10000] product took 866 MB
 MAX_POLICY_ID = 128  # characters: the id goes into every RoutingDecision, metrics label and log line
 
 
@@ -178,10 +180,18 @@ def _policy_graph(path: str | Path):
     except Exception as exc:
         raise PolicyFileError(path, f"is not an ONNX model ({str(exc).splitlines()[0][:200] if str(exc) else exc!r})",
                               "is it a complete ONNX file?") from None
-    external = [t.name for t in model.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL]
+    graph = model.graph
+    external = [t.name for t in graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL]
     if external:
         raise PolicyFileError(path, f"keeps tensors {external[:3]} in external files", "a routing policy is one "
                               "self-contained file: export it again")
+    sparse = [a.name for n in graph.node for a in n.attribute if a.name.startswith("sparse_value")]
+    if len(graph.sparse_initializer) or sparse:  # a few KB that onnxruntime expands into a dense tensor of any size
+        raise PolicyFileError(path, "holds sparse tensors, which a routing policy has no use for",
+                              "export policies with `adaptive-perception train export`")
+    if len(graph.node) > MAX_POLICY_NODES:
+        raise PolicyFileError(path, f"has {len(graph.node)} operators, more than a routing policy's {MAX_POLICY_NODES}",
+                              "export policies with `adaptive-perception train export`")
     unknown = sorted({f"{n.domain + '.' if n.domain not in ('', 'ai.onnx') else ''}{n.op_type}"
                       for n in model.graph.node if n.domain not in ("", "ai.onnx") or n.op_type not in POLICY_OPERATORS})
     if unknown:
@@ -189,7 +199,49 @@ def _policy_graph(path: str | Path):
                               "dense layers, activations, convolutions and the arithmetic around them)",
                               "a detector or another model is not a routing policy; export policies with "
                               "`adaptive-perception train export`")
+    problem = _unbounded_tensor(model)
+    if problem:
+        raise PolicyFileError(path, problem, "a routing policy's tensors are small: export policies with "
+                              "`adaptive-perception train export`")
     return model
+
+
+def _unbounded_tensor(model) -> str:
+    """Why some tensor of the graph could be too large to compute ("" when none): with the inputs' open dimensions
+    set to 1 (one frame), ONNX's shape inference and its data propagation must determine every operator's output
+    shape, and none may hold more than MAX_TENSOR_ELEMENTS elements."""
+    import onnx
+
+    one_frame = onnx.ModelProto()
+    one_frame.CopyFrom(model)
+    for value in one_frame.graph.input:
+        for dim in value.type.tensor_type.shape.dim:
+            if not dim.HasField("dim_value"):
+                dim.dim_value = 1
+    try:
+        inferred = onnx.shape_inference.infer_shapes(one_frame, strict_mode=True, data_prop=True)
+    except Exception as exc:  # noqa: BLE001 (inference refused the graph: its shapes cannot be known)
+        return f"its tensor shapes cannot be inferred ({str(exc).splitlines()[0][:200]})"
+    shapes = {v.name: v.type.tensor_type for v in [*inferred.graph.value_info, *inferred.graph.output]}
+    for node in model.graph.node:
+        for name in node.output:
+            tensor = shapes.get(name)
+            if name and (tensor is None or not tensor.HasField("shape")):
+                return f"the shape of '{name}' ({node.op_type}) cannot be inferred, so its size cannot be bounded"
+            if not name:
+                continue
+            elements = 1
+            for dim in tensor.shape.dim:
+                if dim.HasField("dim_value"):
+                    elements *= max(dim.dim_value, 1)
+                else:
+                    return (f"the shape of '{name}' ({node.op_type}) depends on the data "
+                            f"('{dim.dim_param or '?'}'), so its size cannot be bounded (a PyTorch export: flatten "
+                            "with torch.flatten(x, 1), not x.view(x.size(0), -1))")
+            if elements > MAX_TENSOR_ELEMENTS:
+                return (f"'{name}' ({node.op_type}) holds {elements:,} elements for one frame, more than a routing "
+                        f"policy's {MAX_TENSOR_ELEMENTS:,}")
+    return ""
 
 
 def _softmax(scores: list[float]) -> np.ndarray:
@@ -219,7 +271,9 @@ class Policy:
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         options.log_severity_level = 3
         try:
-            self._session = ort.InferenceSession(self.path, options, providers=["CPUExecutionProvider"])
+            # the bytes checked above, not the file again (it could have been swapped since)
+            self._session = ort.InferenceSession(model.SerializeToString(), options,
+                                                 providers=["CPUExecutionProvider"])
         except Exception as exc:
             raise PolicyFileError(path, f"onnxruntime cannot load it ({str(exc).splitlines()[0][:200]})",
                                   "is it a complete ONNX file?") from None
