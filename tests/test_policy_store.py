@@ -69,6 +69,13 @@ def test_promotions_at_once_take_turns_and_no_planted_link_is_written_through(tm
     last = promotions[-1]
     assert (store.policy_id(store.current), store.policy_id(store.previous)) == (last["replaced"], last["policy_id"])
     assert victim.read_text() == "keep me"
+    # readable as any file the process writes (mkstemp's 0600 kept a node of another user from the policy)
+    import os
+
+    umask = os.umask(0o022)
+    os.umask(umask)
+    assert umask != 0o077 and (store.current.stat().st_mode & 0o777, store.previous.stat().st_mode & 0o777) == \
+        (0o666 & ~umask, 0o666 & ~umask)
 
 
 def test_a_store_left_with_a_policy_this_version_cannot_load_moves_forward_and_never_back(tmp_path, policies):

@@ -259,6 +259,12 @@ def test_an_mlflow_password_stays_out_of_the_log_the_error_and_the_runs_paramete
     assert "S3cretT0ken" not in run.error and "fleetbot:***@127.0.0.1:9" in run.error
     assert run._params == {"mlflow.tracking_uri": "http://fleetbot:***@127.0.0.1:9/", "conf_threshold": "0.25"}
     run.close({})
+    # a password that is also a short number elsewhere leaves the other parameters alone (0.25 read 0.***)
+    run = NodeRun("http://bot:25@127.0.0.1:9/", "exp", "run", {"mlflow.tracking_uri": "http://bot:25@127.0.0.1:9/",
+                                                                "conf_threshold": 0.25})
+    assert run.wait_started(60) and "bot:***@127.0.0.1:9" in run.error and ":25@" not in run.error
+    assert run._params == {"mlflow.tracking_uri": "http://bot:***@127.0.0.1:9/", "conf_threshold": "0.25"}
+    run.close({})
 
 
 def test_the_metrics_endpoint_closes_slow_connections_and_caps_how_many_it_serves(free_port, monkeypatch, capfd):

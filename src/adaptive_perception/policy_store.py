@@ -28,6 +28,13 @@ from adaptive_perception.policy import Policy, PolicyFileError
 CURRENT, PREVIOUS, HISTORY, LOCK = "current.onnx", "previous.onnx", "history.jsonl", ".lock"
 
 
+def _umask() -> int:
+    """The process's umask (read by setting it and setting it back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def _stored_id(path: Path) -> str:
     """The policy id a policy file's metadata holds, read without validating the file ('?' when none can be read)."""
     import onnx
@@ -64,6 +71,9 @@ class PolicyStore:
     def init(self, policy: str | None = None) -> Path:
         """Start the store from `policy` (a file or embedded:policy; default embedded:policy) unless it already holds
         a current policy: then nothing changes, and a `policy` other than the current one is refused."""
+        if not self.folder.exists():  # made once the policy is known good, then locked like any change
+            Policy(resolve_model(policy or "embedded:policy"))
+            self.folder.mkdir(parents=True, exist_ok=True)
         with self._locked():
             return self._init(policy)
 
@@ -127,8 +137,12 @@ class PolicyStore:
         old_id, old_digest, new_digest = self.policy_id(self.current), file_digest(self.current), \
             file_digest(self.previous)
         swap = self._copy(self.current, self.previous)  # the current policy, under a fresh temporary name
-        self._install(self.previous, self.current)
-        os.replace(swap, self.previous)
+        try:
+            self._install(self.previous, self.current)
+            os.replace(swap, self.previous)
+        except BaseException:
+            swap.unlink(missing_ok=True)
+            raise
         self._log({"action": "rollback", "policy_id": new_id, "replaced": old_id, "digest": new_digest,
                    "replaced_digest": old_digest})
         return self.current
@@ -164,6 +178,8 @@ class PolicyStore:
         self.folder.mkdir(parents=True, exist_ok=True)
         descriptor, name = tempfile.mkstemp(dir=self.folder, prefix=f".{target.name}.", suffix=".tmp")
         try:
+            os.fchmod(descriptor, 0o666 & ~_umask())  # as any file the process writes (mkstemp makes it 0600: a
+            # node running as another user could no longer read a promoted policy)
             with os.fdopen(descriptor, "wb") as handle, open(source, "rb") as original:
                 shutil.copyfileobj(original, handle)
                 handle.flush()

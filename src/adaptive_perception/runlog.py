@@ -58,14 +58,20 @@ def redact_uri(uri: str) -> str:
 
 
 def _redacted(text: str, uri: str) -> str:
-    """`text` (an error naming `uri`, perhaps in a library's own words) with `uri`'s password taken out."""
-    from urllib.parse import urlsplit
+    """`text` (an error naming `uri`, perhaps in a library's own words) with `uri`'s user info `user:password@`,
+    as written or percent-decoded, shown as `user:***@` (a bare password could be any short string: "25")."""
+    from urllib.parse import unquote, urlsplit
 
     try:
-        secret = urlsplit(uri).password
+        parts = urlsplit(uri)
     except ValueError:
-        secret = None
-    return text.replace(secret, "***") if secret else text
+        return text
+    if parts.password is None:
+        return text
+    userinfo = parts.netloc.rsplit("@", 1)[0]
+    for written in {userinfo, unquote(userinfo)}:
+        text = text.replace(f"{written}@", f"{parts.username}:***@")
+    return text
 
 
 class NodeRun:
@@ -82,7 +88,8 @@ class NodeRun:
         self.run_id: str | None = None
         self.error: str | None = None
         self.dropped = 0  # snapshots not logged because the queue was full (the store is too slow)
-        self._params = {k: _redacted(str(v), tracking_uri)[:6000] for k, v in params.items()}
+        self._params = {k: (redact_uri(str(v)) if k == "mlflow.tracking_uri" else str(v))[:6000]
+                        for k, v in params.items()}
         self._tags = dict(tags or {})
         self._queue: queue.Queue = queue.Queue(maxsize=max_pending)
         self._started = threading.Event()
