@@ -63,3 +63,32 @@ def test_one_box_by_hand():
     assert back.names() == ["car"] and back.boxes.tolist() == [[10.0, 20.0, 30.0, 60.0]]
     empty = deserialize_message(detections_cdr(Detections.empty(("car",)), 5, 0, "cam"), Detection2DArray)
     assert empty.detections == [] and empty.header.stamp.sec == 5
+
+
+@pytest.mark.parametrize("frame_id", ["", "a", "ab", "abc", "cam_front", "kamera_vorne_ü"])
+def test_the_marker_is_the_image_marker_rclpy_writes_with_four_edges_per_box_in_the_tiers_colour(frame_id):
+    from geometry_msgs.msg import Point
+    from std_msgs.msg import ColorRGBA
+    from visualization_msgs.msg import ImageMarker
+
+    from adaptive_perception.ros.convert import marker_cdr
+
+    rng = np.random.default_rng(7 + len(frame_id))
+    colours = {"nano": (60, 200, 75), "small": (255, 190, 0), "large": (230, 40, 60)}  # the debug image's
+    for count, tier in ((0, "nano"), (1, "small"), (3, "large"), (5, "nano")):
+        boxes = rng.uniform(0, 600, (count, 4)).astype(np.float32)
+        boxes[:, 2:] += boxes[:, :2]
+        detections = Detections(boxes, np.full(count, 0.5, np.float32), np.zeros(count, np.int64), ("p",))
+        header = Header(frame_id=frame_id)
+        header.stamp.sec, header.stamp.nanosec = 1_700_000_123, 456_789 + count
+        red, green, blue = (c / 255 for c in colours[tier])
+        expected = ImageMarker(header=header, ns="detections", type=ImageMarker.LINE_LIST, action=ImageMarker.ADD,
+                               scale=2.0, outline_color=ColorRGBA(r=red, g=green, b=blue, a=1.0))
+        for x1, y1, x2, y2 in boxes.tolist():  # top, right, bottom, left
+            for x, y in ((x1, y1), (x2, y1), (x2, y1), (x2, y2), (x2, y2), (x1, y2), (x1, y2), (x1, y1)):
+                expected.points.append(Point(x=x, y=y))
+        cdr = marker_cdr(detections, tier, header.stamp.sec, header.stamp.nanosec, frame_id)
+        written = serialize_message(expected)
+        expected = deserialize_message(written, ImageMarker)  # the colour as float32, as it travels
+        assert deserialize_message(cdr, ImageMarker) == expected, (count, tier)
+        assert len(cdr) == len(written)  # no field missing or padded differently

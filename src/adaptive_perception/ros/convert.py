@@ -7,10 +7,8 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 from sensor_msgs.msg import CompressedImage, Image
-from geometry_msgs.msg import Point
-from std_msgs.msg import ColorRGBA, Header
+from std_msgs.msg import Header
 from vision_msgs.msg import Detection2DArray
-from visualization_msgs.msg import ImageMarker
 
 from adaptive_perception.detector import Detections
 from adaptive_perception.errors import ImageDecodeError
@@ -126,23 +124,6 @@ def rgb_to_compressed(rgb: np.ndarray, header: Header, quality: int = 85) -> Com
     return msg
 
 
-MARKER_LINE_PX = 2.0  # outline thickness of the overlay's boxes, in image pixels
-
-
-def detections_marker(detections: Detections, tier: str, header: Header) -> ImageMarker:
-    """The boxes as one `visualization_msgs/ImageMarker` (LINE_LIST: four edges, eight points per box) in the colour
-    of the tier that ran, stamped as the frame: Foxglove's Image panel overlays it on the camera topic. An empty
-    list clears the previous frame's boxes. ImageMarker has no text: class and score are in the debug image."""
-    from adaptive_perception.drawing import tier_colour
-
-    red, green, blue = (c / 255.0 for c in tier_colour(tier))
-    marker = ImageMarker(header=header, ns="detections", type=ImageMarker.LINE_LIST, action=ImageMarker.ADD,
-                         scale=MARKER_LINE_PX, outline_color=ColorRGBA(r=red, g=green, b=blue, a=1.0))
-    corners = detections.boxes[:, [0, 1, 2, 1, 2, 1, 2, 3, 2, 3, 0, 3, 0, 3, 0, 1]].reshape(-1, 2).tolist()
-    marker.points = [Point(x=float(x), y=float(y)) for x, y in corners]
-    return marker
-
-
 def msg_to_detections(msg: Detection2DArray) -> Detections:
     """The boxes (xyxy source pixels), scores and class names of a Detection2DArray."""
     names = [d.results[0].hypothesis.class_id if d.results else "" for d in msg.detections]
@@ -201,4 +182,44 @@ def detections_cdr(detections: Detections, sec: int, nanosec: int, frame_id: str
         parts += (struct.pack("<d", score), _POSE_TAIL,
                   struct.pack("<5d", (x1 + x2) / 2.0, (y1 + y2) / 2.0, 0.0, x2 - x1, y2 - y1), _EMPTY_ID)
         pos += 8 + len(_POSE_TAIL) + 40 + len(_EMPTY_ID)
+    return b"".join(parts)
+
+
+MARKER_LINE_PX = 2.0  # outline thickness of the overlay's boxes, in image pixels
+_LINE_LIST, _ADD = 2, 0  # visualization_msgs/ImageMarker's type and action
+
+
+def marker_cdr(detections: Detections, tier: str, sec: int, nanosec: int, frame_id: str) -> bytes:
+    """The boxes as one serialized `visualization_msgs/ImageMarker` (little-endian plain CDR, as rclpy writes it):
+    a LINE_LIST, each box's four edges as eight points (top, right, bottom, left), in the colour of the tier that
+    ran, `MARKER_LINE_PX` wide, under the frame's header, so Foxglove's Image panel overlays it on the camera topic.
+    An empty list clears the previous frame's boxes; ImageMarker has no text (class and score are in the debug
+    image). Written directly, as the detections are: the Python message cost 1.7 ms a frame at 100 boxes."""
+    from adaptive_perception.drawing import tier_colour
+
+    parts = [b"\0\1\0\0"]
+    pos = 0
+
+    def put(data: bytes, alignment: int) -> None:
+        nonlocal pos
+        pad = -pos % alignment
+        parts.append(bytes(pad) + data)
+        pos += pad + len(data)
+
+    put(struct.pack("<iI", sec, nanosec), 4)
+    put(_cdr_string(frame_id), 4)
+    put(_cdr_string("detections"), 4)  # ns
+    put(struct.pack("<3i", 0, _LINE_LIST, _ADD), 4)  # id, type, action
+    put(bytes(24), 8)  # position
+    colour = struct.pack("<4f", *(c / 255.0 for c in tier_colour(tier)), 1.0)
+    put(struct.pack("<f", MARKER_LINE_PX) + colour, 4)  # scale, outline_color
+    put(b"\0", 1)  # filled
+    put(bytes(16) + bytes(8), 4)  # fill_color, lifetime
+    corners = detections.boxes[:, [0, 1, 2, 1, 2, 1, 2, 3, 2, 3, 0, 3, 0, 3, 0, 1]].reshape(-1, 2).astype(np.float64)
+    put(struct.pack("<I", len(corners)), 4)
+    if len(corners):
+        points = np.zeros((len(corners), 3), "<f8")
+        points[:, :2] = corners
+        put(points.tobytes(), 8)
+    put(struct.pack("<I", 0), 4)  # outline_colors: none (outline_color serves every edge)
     return b"".join(parts)

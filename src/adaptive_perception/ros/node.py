@@ -43,8 +43,8 @@ from adaptive_perception.recording import ros_typestore
 from adaptive_perception.runlog import NodeRun, quiet_mlflow_setup, redact_uri, snapshot_metrics
 from adaptive_perception.router import Router, RouterSettings, check_mode, tiers_needed
 from adaptive_perception.ros.parameters import PARAMETERS, check_params_file, params_files, unknown_parameters
-from adaptive_perception.ros.convert import (ReceivedImage, detections_cdr, detections_marker, image_to_rgb,
-                                             parse_image, rgb_to_compressed, rgb_to_msg)
+from adaptive_perception.ros.convert import (ReceivedImage, detections_cdr, image_to_rgb, marker_cdr, parse_image,
+                                             rgb_to_compressed, rgb_to_msg)
 from adaptive_perception.telemetry import ERROR, OK, TIER_FAILURE, WARN, ErrorLog, HealthSettings, Telemetry, key_values
 from adaptive_perception.transport import apply_defaults as apply_transport_defaults
 
@@ -756,7 +756,7 @@ class PerceptionNode(LifecycleNode):
             camera_pubs[1].publish(out)
         markers = [pub for pub in (self._marker_pub, *(camera_pubs or ())[4:]) if pub.get_subscription_count()]
         if markers:  # built only for a viewer
-            marker = detections_marker(detections, decision.tier_name, header)
+            marker = marker_cdr(detections, decision.tier_name, msg.sec, msg.nanosec, msg.frame_id)
             for pub in markers:
                 pub.publish(marker)
         if self.metrics is not None:
