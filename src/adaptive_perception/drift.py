@@ -189,7 +189,8 @@ class DriftReference:
             *(numbers(row, "edges") or ("" if len(row) == BINS - 1 and row == sorted(row) else
                                         f"edges must be {BINS - 1} ascending values a projection")
               for row in (self.edges if isinstance(self.edges, list) else [None])),
-            numbers(self.tier_mix, "tier_mix", 0.0) or ("" if len(self.tier_mix) == 3 else "tier_mix must hold 3 shares"),
+            numbers(self.tier_mix, "tier_mix", 0.0) or ("" if len(self.tier_mix) == 3 else
+                                                        "tier_mix must hold 3 shares"),
             numbers([self.agreement, self.agreement_std, self.veil_mean], "agreement, agreement_std, veil_mean"),
             numbers([self.veil_std, self.hysteresis], "veil_std, hysteresis", 0.0),
             "" if isinstance(self.thresholds, dict) and not numbers(list(self.thresholds.values()), "", 1e-12)

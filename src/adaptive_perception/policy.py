@@ -167,8 +167,8 @@ def _read_inputs(model) -> tuple[np.ndarray, bytes | None]:
 
 
 def _policy_graph(path: str | Path):
-    """The policy file's ONNX model, read without running anything; PolicyFileError where its size, external data
-    or operators are not what a routing policy holds."""
+    """The policy file's ONNX model, read without running anything; PolicyFileError where its size, external or
+    sparse tensors, operators or tensor shapes are not what a routing policy holds."""
     import onnx
 
     size = Path(path).stat().st_size
@@ -193,7 +193,7 @@ def _policy_graph(path: str | Path):
         raise PolicyFileError(path, f"has {len(graph.node)} operators, more than a routing policy's {MAX_POLICY_NODES}",
                               "export policies with `adaptive-perception train export`")
     unknown = sorted({f"{n.domain + '.' if n.domain not in ('', 'ai.onnx') else ''}{n.op_type}"
-                      for n in model.graph.node if n.domain not in ("", "ai.onnx") or n.op_type not in POLICY_OPERATORS})
+                      for n in graph.node if n.domain not in ("", "ai.onnx") or n.op_type not in POLICY_OPERATORS})
     if unknown:
         raise PolicyFileError(path, f"uses operators {unknown[:8]}, which a routing policy has no use for (it may hold "
                               "dense layers, activations, convolutions and the arithmetic around them)",
@@ -292,8 +292,8 @@ class Policy:
             raise PolicyFileError(path, f"metadata kind is '{meta['kind']}', not '{POLICY_KIND}'")
         if meta["feature_version"] != FEATURE_VERSION:
             raise PolicyFileError(path, f"was trained on features '{meta['feature_version']}' but this node computes "
-                                  f"'{FEATURE_VERSION}'", "retrain the policy with this version: the features' meaning changed, so no "
-                                  "re-export can carry it over")
+                                  f"'{FEATURE_VERSION}'", "retrain the policy with this version: the features' "
+                                  "meaning changed, so no re-export can carry it over")
         try:
             tier_digests = json.loads(meta.get("tier_digests", "{}"))
             if not isinstance(tier_digests, dict) or not all(isinstance(v, str) for v in tier_digests.values()):

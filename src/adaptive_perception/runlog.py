@@ -82,7 +82,8 @@ class NodeRun:
         try:
             from mlflow.tracking import MlflowClient  # noqa: F401  (fail here, on the caller's thread, if missing)
         except ImportError as exc:
-            raise ConfigError(f"mlflow.tracking_uri '{redact_uri(tracking_uri)}' is set but MLflow is not installed ({exc}); "
+            raise ConfigError(f"mlflow.tracking_uri '{redact_uri(tracking_uri)}' is set but MLflow is not installed "
+                              f"({exc}); "
                               "pip install 'adaptive_perception[mlflow]' (mlflow-skinny) or leave it empty") from None
         self.tracking_uri, self.experiment, self.run_name = tracking_uri, experiment, run_name
         self.run_id: str | None = None
@@ -152,4 +153,5 @@ class NodeRun:
         try:
             client.set_terminated(self.run_id, "FINISHED")
         except Exception as exc:
-            self.error = _redacted(f"MLflow run {self.run_id} not ended: {type(exc).__name__}: {exc}", self.tracking_uri)
+            self.error = _redacted(f"MLflow run {self.run_id} not ended: {type(exc).__name__}: {exc}",
+                                   self.tracking_uri)

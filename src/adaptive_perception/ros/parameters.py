@@ -22,7 +22,8 @@ PARAMETERS: dict[str, tuple[object, ParameterDescriptor]] = {
         "Camera topics to subscribe to; a name ending in 'compressed' (after remapping) is read as "
         "sensor_msgs/CompressedImage, any other as sensor_msgs/Image. Outputs of all cameras share the output topics "
         "(header identifies the camera); with several cameras each also gets ~/<camera topic>/detections, "
-        "~/<camera topic>/routing, ~/<camera topic>/detections_marker and ~/<camera topic>/debug_image[/compressed]. The workers (`workers`) serve the cameras round-robin, each keeping only its newest "
+        "~/<camera topic>/routing, ~/<camera topic>/detections_marker and ~/<camera topic>/debug_image[/compressed]. "
+        "The workers (`workers`) serve the cameras round-robin, each keeping only its newest "
         "frame.")),
     "routing_mode": (_DEFAULTS.routing_mode, _describe(
         "How each frame picks a tier: learned (the policy) | heuristic (previous frame's detection count) | random "

@@ -175,7 +175,8 @@ def replay_bag(
             for index, frame in enumerate(itertools.chain([first], frames)):
                 key = (frame.stamp_sec, frame.stamp_nanosec, frame.frame_id)
                 if mode is ReplayMode.LOCKSTEP and key in sends:
-                    if newest.get(frame.topic, (None,))[0] == key:  # the same frame again (a recording of a resend): nothing new
+                    if newest.get(frame.topic, (None,))[0] == key:  # the same frame again (a recording of a
+                        # resend): nothing new
                         report.skipped_repeats += 1
                         continue
                     report.stopped = (f"bag '{bag}': frame {index} on '{frame.topic}' repeats header stamp "
