@@ -45,16 +45,7 @@ def snapshot_metrics(camera_reports: Mapping[str, Mapping[str, object]], tiers: 
 def redact_uri(uri: str) -> str:
     """`uri` with the password of its user info replaced by *** (`http://bot:s3cret@host/` -> `http://bot:***@host/`):
     what the node logs, puts in /diagnostics and records in the run's parameters."""
-    from urllib.parse import urlsplit, urlunsplit
-
-    try:
-        parts = urlsplit(uri)
-    except ValueError:
-        return uri
-    if parts.password is None:
-        return uri
-    host = parts.netloc.rsplit("@", 1)[1]
-    return urlunsplit(parts._replace(netloc=f"{parts.username}:***@{host}"))
+    return _redacted(uri, uri)
 
 
 def _redacted(text: str, uri: str) -> str:
