@@ -24,8 +24,8 @@ Names and labels (all prefixed `adaptive_perception_`):
 """
 from __future__ import annotations
 
-import math
 import ipaddress
+import math
 import socket
 import threading
 from socketserver import ThreadingMixIn

@@ -23,7 +23,7 @@ from typing import Iterator
 from adaptive_perception.config import resolve_model
 from adaptive_perception.detector import file_digest
 from adaptive_perception.errors import ConfigError
-from adaptive_perception.policy import Policy, PolicyFileError
+from adaptive_perception.policy import META_PREFIX, Policy, PolicyFileError
 
 CURRENT, PREVIOUS, HISTORY, LOCK = "current.onnx", "previous.onnx", "history.jsonl", ".lock"
 
@@ -43,7 +43,7 @@ def _stored_id(path: Path) -> str:
         model = onnx.load(str(path), load_external_data=False)
     except Exception:  # noqa: BLE001 (a damaged file: no id to read)
         return "?"
-    return next((p.value for p in model.metadata_props if p.key == "adaptive_perception.policy_id"), "?")
+    return next((p.value for p in model.metadata_props if p.key == f"{META_PREFIX}policy_id"), "?")
 
 
 class PolicyStore:

@@ -121,8 +121,7 @@ class PerceptionNode(LifecycleNode):
         self._det_pub = None
         self._marker_pub = None  # the boxes as an ImageMarker, for Foxglove's Image panel (only when subscribed)
         self._routing_pub = None
-        # several cameras: camera -> (detections, routing, debug image, compressed debug image) of its own
-        # per camera when there are several: detections, routing, debug image (Image, CompressedImage), marker
+        # several cameras: camera -> (detections, routing, debug image, compressed debug image, marker) of its own
         self._camera_pubs: dict[str, tuple[object, ...]] = {}
         self._debug_pubs: tuple[object, object] | None = None  # (Image, CompressedImage)
         self._debug_slot: LatestFrameSlot | None = None

@@ -7,9 +7,11 @@ from pathlib import Path
 
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
 
+from adaptive_perception.audit import MIN_SHARE
 from adaptive_perception.config import MAX_WORKERS, NodeConfig
 from adaptive_perception.detector import TIERS
 from adaptive_perception.errors import AdaptivePerceptionError
+from adaptive_perception.router import MAX_HYSTERESIS
 
 
 def _describe(text: str, **ranges: object) -> ParameterDescriptor:
@@ -41,7 +43,8 @@ PARAMETERS: dict[str, tuple[object, ParameterDescriptor]] = {
         integer_range=[IntegerRange(from_value=0, to_value=2**63 - 1, step=1)])),
     "routing.hysteresis": (_DEFAULTS.router.hysteresis, _describe(
         "Learned mode: stay on the previous tier unless the best tier's probability beats it by more than this "
-        "(0 = off; at most 0.99).", floating_point_range=[FloatingPointRange(from_value=0.0, to_value=0.99)])),
+        f"(0 = off; at most {MAX_HYSTERESIS}).",
+        floating_point_range=[FloatingPointRange(from_value=0.0, to_value=MAX_HYSTERESIS)])),
     "routing.cost_weight": (_DEFAULTS.router.cost_weight, _describe(
         "Learned mode with a tier_values policy: how much a tier's cost weighs against its predicted value (higher = "
         "cheaper routing; at most 1e6); negative = the weight the policy was calibrated with. Takes effect from the "
@@ -126,7 +129,8 @@ PARAMETERS: dict[str, tuple[object, ParameterDescriptor]] = {
         integer_range=[IntegerRange(from_value=0, to_value=100000, step=1)])),
     "audit.max_share": (_DEFAULTS.audit.max_share, _describe(
         "Most of the wall time the audit worker may spend on the reference tier; a due audit beyond it is skipped "
-        "and counted (at least 0.001).", floating_point_range=[FloatingPointRange(from_value=0.001, to_value=1.0)])),
+        f"and counted (at least {MIN_SHARE}).", floating_point_range=[FloatingPointRange(from_value=MIN_SHARE,
+                                                                                           to_value=1.0)])),
     "drift.confirm_frames": (_DEFAULTS.drift_confirm, _describe(
         "Frames the drift score must stay above 1 before the state is DRIFT (WARN at once), and below 0.8 before "
         "it returns to OK.", integer_range=[IntegerRange(from_value=1, to_value=10000, step=1)])),
