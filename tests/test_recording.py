@@ -14,6 +14,7 @@ from rosbags.highlevel import AnyReader
 
 from adaptive_perception.errors import ConfigError
 from adaptive_perception.recording import SegmentedRecorder, message_definition, ros_typestore
+from adaptive_perception.ros import MARKER_TOPIC
 
 STORE = ros_typestore()
 ROUTING = "adaptive_perception_msgs/msg/RoutingDecision"
@@ -180,6 +181,11 @@ def test_the_foxglove_layout_reads_only_topics_and_fields_the_node_publishes():
     assert sorted(filters) == ["large", "nano", "small"]
     assert layout["configById"]["Image!debug"]["imageMode"]["imageTopic"] in published
     assert layout["configById"]["DiagnosticSummary!all"]["topicToRender"] in published
+    # the boxes over the camera itself: the launch file's default camera topic, the marker turned on over it
+    camera = layout["configById"]["Image!camera"]["imageMode"]
+    launch = (Path(__file__).resolve().parents[1] / "launch" / "perception.launch.py").read_text()
+    assert f'"image", default_value="{camera["imageTopic"]}"' in launch
+    assert camera["annotations"] == {f"/{MARKER_TOPIC}": {"visible": True}}
     panels = set(re.findall(r'"([A-Za-z]+![a-z]+)"', json.dumps(layout["layout"])))
     assert panels == set(layout["configById"])  # every configured panel is placed, and only those
     # frame age (hours to years on a replayed bag: its stamps are the recording's) has a plot of its own: on one
@@ -189,6 +195,32 @@ def test_the_foxglove_layout_reads_only_topics_and_fields_the_node_publishes():
         assert not (name.startswith("Plot!") and {"frame_age_ms", "total_ms"} <= fields), name
     assert any(path["value"] == "/routing.frame_age_ms" for name, panel in layout["configById"].items()
                if name.startswith("Plot!") for path in panel["paths"])
+
+
+def test_the_foxglove_layout_uses_only_keys_foxglove_knows():
+    """Every key of every panel's configuration is one Foxglove's own layout schema has (foxglove-sdk's
+    `foxglove.layouts`, generated from the app's panel schemas): a misspelt key is silently ignored by the app
+    (a plot's `title` was, where the panel's title is `foxglovePanelTitle`)."""
+    import json
+
+    import foxglove.layouts as fl  # the foxglove extra, which the bootstrap installs
+    layout = json.loads((Path(__file__).resolve().parents[1] / "config" / "foxglove" / "perception.json").read_text())
+    schemas = {"Image": fl.ImageConfig(), "Plot": fl.PlotConfig(), "StateTransitions": fl.StateTransitionsConfig(),
+               "DiagnosticSummary": fl.DiagnosticsSummaryConfig(), "RawMessages": fl.RawMessagesConfig()}
+
+    def keys(model) -> set[str]:
+        return set(model._to_dict())
+
+    for name, config in layout["configById"].items():
+        assert set(config) - {"foxglovePanelTitle"} <= keys(schemas[name.split("!")[0]]), name
+        for path in config.get("paths", []):
+            assert set(path) <= keys(fl.PlotSeries(value="")), (name, path)
+        if "imageMode" in config:
+            assert set(config["imageMode"]) <= keys(fl.ImageModeConfig()), name
+            for settings in config["imageMode"].get("annotations", {}).values():
+                assert set(settings) <= keys(fl.ImageAnnotationSettings()), name
+    titled = [config["foxglovePanelTitle"] for name, config in layout["configById"].items() if name.startswith("Plot!")]
+    assert len(titled) == 3 and all(titled)
 
 
 def test_record_without_a_destination_says_what_to_give(tmp_path):
