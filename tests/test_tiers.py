@@ -136,3 +136,22 @@ def test_map50_by_object_size_scores_each_band_on_its_own_objects():
     bands = size_band_map50(gt, found + [false_positive])
     assert bands == pytest.approx({"side_lt_32": 0.0, "side_32_64": 100.0, "side_64_128": 0.0, "side_ge_128": 50.0})
     assert size_band_map50(gt, []) == {band: 0.0 for band in bands}
+
+
+def test_ultralytics_settings_live_in_the_users_cache_not_a_shared_tmp_folder(tmp_path, monkeypatch):
+    import os
+
+    from adaptive_perception.training.yolo import _offline_ultralytics
+
+    monkeypatch.delenv("YOLO_CONFIG_DIR", raising=False)
+    monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    _offline_ultralytics()
+    assert os.environ["YOLO_CONFIG_DIR"] == str(tmp_path / "home" / ".cache" / "adaptive_perception" / "ultralytics")
+    monkeypatch.delenv("YOLO_CONFIG_DIR")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    _offline_ultralytics()
+    assert os.environ["YOLO_CONFIG_DIR"] == str(tmp_path / "xdg" / "adaptive_perception" / "ultralytics")
+    monkeypatch.setenv("YOLO_CONFIG_DIR", str(tmp_path / "own"))  # the user's own choice is kept
+    _offline_ultralytics()
+    assert os.environ["YOLO_CONFIG_DIR"] == str(tmp_path / "own")

@@ -17,8 +17,9 @@ VARIANTS = ("n", "s", "m", "l", "x")
 def _offline_ultralytics() -> None:
     os.environ.setdefault("YOLO_OFFLINE", "true")
     os.environ.setdefault("YOLO_AUTOINSTALL", "false")
-    if "YOLO_CONFIG_DIR" not in os.environ:
-        os.environ["YOLO_CONFIG_DIR"] = str(Path(tempfile.gettempdir()) / "adaptive_perception_yolo")
+    if "YOLO_CONFIG_DIR" not in os.environ:  # the user's own cache: a fixed folder in /tmp is anyone's to plant
+        cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+        os.environ["YOLO_CONFIG_DIR"] = str(cache / "adaptive_perception" / "ultralytics")
 
 
 def export_random_yolov8(out: str | Path, variant: str = "n", imgsz: int = 320, seed: int = 0,
