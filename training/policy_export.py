@@ -93,3 +93,37 @@ def rewrite_metadata(path: str | Path, out: str | Path, updates: dict[str, str])
     onnx.save(model, str(out))
     Policy(out)
     return out
+
+
+def wrap_model(model: str | Path, out: str | Path, policy_id: str, normalisation: str | Path | None = None,
+               description: str = "") -> Path:
+    """A model of your own (one float32 input [N or 1, 1028], one float32 output [N or 1, 3]: a score per tier,
+    before any softmax) written to `out` as a routing policy: the metadata keys added, the graph unchanged, the
+    result loaded as the node would before it replaces `out`. `normalisation`: a policy file whose feature mean and
+    std the model was trained behind (the runtime feeds (x - mean) / std); None: the model takes the features as
+    they are (mean 0, std 1)."""
+    import os
+    import shutil
+    import tempfile
+
+    from adaptive_perception.policy import Policy, PolicyFileError, policy_graph
+
+    policy_graph(model)  # what the node checks before anything runs, named after the model given
+    if normalisation is None:
+        mean, std = [0.0] * FEATURE_SIZE, [1.0] * FEATURE_SIZE
+    else:
+        source = Policy(normalisation)
+        mean, std = [float(v) for v in source.feature_mean], [float(v) for v in source.feature_std]
+    updates = {"kind": POLICY_KIND, "policy_id": policy_id, "feature_version": FEATURE_VERSION,
+               "tiers": json.dumps(TIERS), "feature_mean": json.dumps(mean), "feature_std": json.dumps(std),
+               "description": description or f"wrapped from {Path(model).name} by `adaptive-perception policy wrap`"}
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    folder = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))  # `out` appears only once it loads
+    try:
+        os.replace(rewrite_metadata(model, folder / out.name, updates), out)
+    except PolicyFileError as exc:  # named after the model given, not the temporary file
+        raise PolicyFileError(model, exc.problem, exc.fix) from None
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    return out

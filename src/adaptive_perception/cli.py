@@ -267,6 +267,14 @@ def _parser() -> argparse.ArgumentParser:
     policy_sub = policy.add_subparsers(dest="policy_command", required=True)
     inspect = policy_sub.add_parser("inspect", help="validate a policy ONNX and print its metadata")
     inspect.add_argument("path", help="policy ONNX file or embedded:policy")
+    wrap = policy_sub.add_parser("wrap", help="make a model of your own (float32 [N, 1028] features -> float32 "
+                                 "[N, 3] per-tier scores, before any softmax) a routing policy: adds the metadata")
+    wrap.add_argument("model", help="your ONNX model")
+    wrap.add_argument("--out", type=Path, required=True, help="the policy file to write")
+    wrap.add_argument("--id", dest="policy_id", required=True, help="its policy id (published in every decision)")
+    wrap.add_argument("--normalisation", metavar="POLICY", help="a policy file (or embedded:policy) whose feature "
+                      "mean and std your model was trained behind; default: none, the features as they are")
+    wrap.add_argument("--description", default="", help="free text: how it was made")
     store_help = "policy store folder (the node's `policy` parameter points at <store>/current.onnx)"
     store_init = policy_sub.add_parser("store-init", help="start a policy store from a policy (default: the "
                                        "embedded one) unless it holds one already")
@@ -780,6 +788,14 @@ def _policy(args: argparse.Namespace) -> int:
         return 0
     if args.policy_command in ("store-init", "promote", "rollback", "history"):
         return _policy_store(args)
+    if args.policy_command == "wrap":
+        from adaptive_perception.training.policy_export import wrap_model
+
+        out = wrap_model(args.model, args.out, args.policy_id,
+                         resolve_model(args.normalisation) if args.normalisation else None, args.description)
+        print(f"wrote {out}: policy '{args.policy_id}' (check it with `adaptive-perception policy inspect {out}`; it "
+              "has no drift reference: `policy drift-reference` adds one from `train profile` output)")
+        return 0
     if args.policy_command == "operating-point":
         from adaptive_perception.policy import Policy
         from adaptive_perception.training.operating_point import choose, render, write

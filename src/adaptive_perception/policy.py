@@ -48,27 +48,36 @@ from adaptive_perception.features import FEATURE_SIZE, FEATURE_VERSION, IMAGE_FE
 META_PREFIX = "adaptive_perception."
 POLICY_KIND = "routing_policy"
 REQUIRED_KEYS = ("kind", "policy_id", "feature_version", "tiers", "feature_mean", "feature_std")
-# What a policy graph may hold: dense layers, activations and the arithmetic and reshaping around them (and the
-# convolutions of a small image encoder). Control flow (Loop ran 10^15 iterations inside the node's executor at
-# load, deaf to SIGTERM) and operators that size their output from a tensor's values (ConstantOfShape asked for 6 GB)
-# are refused; a routing policy has no use for them.
+# What a policy graph may hold: dense layers, activations and the arithmetic, comparisons, reductions and reshaping
+# around them (and the convolutions of a small image encoder); every tensor's size is then bounded by shape inference
+# (`_one_frame_problem`). Control flow (Loop ran 10^15 iterations inside the node's executor at load, deaf to SIGTERM)
+# and operators that size their output from a tensor's values (ConstantOfShape asked for 6 GB) are refused.
 POLICY_OPERATORS = frozenset({
-    "Gemm", "MatMul", "Add", "Sub", "Mul", "Div", "Neg", "Abs", "Exp", "Log", "Sqrt", "Pow", "Reciprocal", "Erf",
-    "Max", "Min", "Sum", "Mean", "Clip", "Relu", "LeakyRelu", "PRelu", "Elu", "Selu", "Celu", "Gelu", "Sigmoid",
-    "HardSigmoid", "HardSwish", "Tanh", "Softplus", "Softsign", "Softmax", "LogSoftmax", "Identity", "Dropout",
-    "Constant", "Cast", "Flatten", "Reshape", "Transpose", "Squeeze", "Unsqueeze", "Concat", "Slice", "Gather",
-    "BatchNormalization", "LayerNormalization", "ReduceMean", "ReduceSum", "ReduceMax", "ReduceL2", "Conv", "MaxPool",
-    "AveragePool", "GlobalAveragePool", "Shape", "Size", "Expand", "Where", "Split", "Equal", "Greater", "Less", "Not"})
+    "Gemm", "MatMul", "Einsum", "Add", "Sub", "Mul", "Div", "Neg", "Abs", "Sign", "Exp", "Log", "Sqrt", "Pow",
+    "Reciprocal", "Erf", "Round", "Floor", "Ceil", "Max", "Min", "Sum", "Mean", "Clip", "Relu", "LeakyRelu", "PRelu",
+    "ThresholdedRelu", "Elu", "Selu", "Celu", "Gelu", "Mish", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh",
+    "Softplus", "Softsign", "Softmax", "LogSoftmax", "Identity", "Dropout", "Constant", "Cast", "CastLike",
+    "Flatten", "Reshape", "Transpose", "Squeeze", "Unsqueeze", "Concat", "Slice", "Gather", "GatherElements",
+    "GatherND", "Split", "Expand", "Where", "Shape", "Size", "BatchNormalization", "LayerNormalization",
+    "ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin", "ReduceProd", "ReduceL1", "ReduceL2", "ReduceSumSquare",
+    "ReduceLogSumExp", "Conv", "MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool", "Equal", "Greater",
+    "GreaterOrEqual", "Less", "LessOrEqual", "Not", "And", "Or", "Xor"})
 MAX_POLICY_BYTES = 64 * 1024 * 1024  # the shipped policy is 0.6 MB; a routing policy's overhead budget is 0.5 ms
 MAX_POLICY_NODES = 1000  # the shipped policy has 5; 8,000 MatMuls took 17 s to load and 1.5 s a frame
 MAX_TENSOR_ELEMENTS = 16 * 1024 * 1024  # per tensor, batch 1: a [10000, 10000] product took 866 MB
 MAX_POLICY_ID = 128  # characters: the id goes into every RoutingDecision, metrics label and log line
+CONTRACT = (f"a routing policy has one float32 input [N or 1, {FEATURE_SIZE}] (the routing features) and one float32 "
+            f"output [N or 1, {len(TIERS)}] (a score per tier, before any softmax)")
+FLATTEN_HINT = ("a PyTorch export: flatten with torch.flatten(x, 1), not x.view(x.size(0), -1), and export at opset 14 "
+                "or later, where ONNX infers a Reshape's output from its shape input")
+WRAP_HINT = "`adaptive-perception policy wrap MODEL.onnx --out POLICY.onnx --id NAME` adds it to a model of your own"
 
 
 class PolicyFileError(AdaptivePerceptionError):
     """A policy file is missing, unreadable or not a routing policy for these features and tiers."""
 
     def __init__(self, path: object, problem: str, fix: str = "") -> None:
+        self.problem, self.fix = problem, fix
         message = f"policy file '{path}': {problem}"
         super().__init__(message + (f" ({fix})" if fix else ""))
 
@@ -166,7 +175,7 @@ def _read_inputs(model) -> tuple[np.ndarray, bytes | None]:
     return read, model.SerializeToString()
 
 
-def _policy_graph(path: str | Path):
+def policy_graph(path: str | Path):
     """The policy file's ONNX model, read without running anything; PolicyFileError where its size, external or
     sparse tensors, operators or tensor shapes are not what a routing policy holds."""
     import onnx
@@ -195,21 +204,70 @@ def _policy_graph(path: str | Path):
     unknown = sorted({f"{n.domain + '.' if n.domain not in ('', 'ai.onnx') else ''}{n.op_type}"
                       for n in graph.node if n.domain not in ("", "ai.onnx") or n.op_type not in POLICY_OPERATORS})
     if unknown:
-        raise PolicyFileError(path, f"uses operators {unknown[:8]}, which a routing policy has no use for (it may hold "
-                              "dense layers, activations, convolutions and the arithmetic around them)",
-                              "a detector or another model is not a routing policy; export policies with "
-                              "`adaptive-perception train export`")
-    problem = _unbounded_tensor(model)
+        raise PolicyFileError(path, f"uses operators {unknown[:8]}, outside what a routing policy may hold (dense "
+                              "layers, activations, convolutions and the arithmetic, comparisons, reductions and "
+                              "reshaping around them; no control flow, no operator that sizes its output from data, "
+                              "no operator of another domain such as scikit-learn's ai.onnx.ml)",
+                              "express that part with the operators adaptive_perception.policy.POLICY_OPERATORS "
+                              "lists, or train the policy with `adaptive-perception train`")
+    _check_interface(path, graph)
+    problem, fix = _one_frame_problem(model)
     if problem:
-        raise PolicyFileError(path, problem, "a routing policy's tensors are small: export policies with "
-                              "`adaptive-perception train export`")
+        raise PolicyFileError(path, problem, fix)
     return model
 
 
-def _unbounded_tensor(model) -> str:
-    """Why some tensor of the graph could be too large to compute ("" when none): with the inputs' open dimensions
-    set to 1 (one frame), ONNX's shape inference and its data propagation must determine every operator's output
-    shape, and none may hold more than MAX_TENSOR_ELEMENTS elements."""
+def _shape_text(value) -> tuple[str, list[int | None] | None]:
+    """('float32 [N, 1028]'-like text, the dims (None where open) or None where no shape is declared) of a graph
+    input or output."""
+    import onnx
+
+    if not value.type.HasField("tensor_type"):
+        return f"a {value.type.WhichOneof('value') or 'value of no type'}, not a tensor", None
+    tensor = value.type.tensor_type
+    kind = {onnx.TensorProto.FLOAT: "float32", onnx.TensorProto.DOUBLE: "float64"}.get(
+        tensor.elem_type, onnx.TensorProto.DataType.Name(tensor.elem_type).lower())
+    if not tensor.HasField("shape"):
+        return f"{kind} of no declared shape", None
+    dims = [d.dim_value if d.HasField("dim_value") else None for d in tensor.shape.dim]
+    return f"{kind} [{', '.join('N' if d is None else str(d) for d in dims)}]", dims
+
+
+def _check_interface(path: object, graph) -> None:
+    """PolicyFileError unless the graph declares the contract's input and output (`CONTRACT`): one float32 input of
+    shape [N or 1, 1028], one float32 output of rank 2 with 3 columns where its shape is declared."""
+    import onnx
+
+    constants = {tensor.name for tensor in graph.initializer}
+    inputs = [value for value in graph.input if value.name not in constants]
+    if len(inputs) != 1 or len(graph.output) != 1:
+        raise PolicyFileError(path, f"has {len(inputs)} inputs and {len(graph.output)} outputs, expected 1 and 1",
+                              f"{CONTRACT}: export the model on the features alone and return only the per-tier "
+                              "scores (no label, probabilities or extra outputs)")
+    for role, value, width in (("input", inputs[0], FEATURE_SIZE), ("output", graph.output[0], len(TIERS))):
+        text, dims = _shape_text(value)
+        declared = value.type.HasField("tensor_type")
+        problem = ""
+        if not declared or value.type.tensor_type.elem_type != onnx.TensorProto.FLOAT:
+            problem = f"its {role} '{value.name}' is {text}, not float32"
+        elif dims is None:
+            if role == "input":
+                problem = f"its input '{value.name}' declares no shape"
+        elif len(dims) != 2 or dims[1] not in (width, None) or (role == "input" and dims[1] is None):
+            problem = f"its {role} '{value.name}' is {text}, expected [N or 1, {width}]"
+        elif dims[0] not in (1, None):
+            raise PolicyFileError(path, f"its {role} '{value.name}' is {text}: a batch fixed at {dims[0]}, where the "
+                                  "node runs one frame at a time", "export with a batch-1 dummy input, or with a "
+                                  f"dynamic batch (torch: dynamic_axes={{'{value.name}': {{0: 'batch'}}}})")
+        if problem:
+            raise PolicyFileError(path, problem, CONTRACT)
+
+
+def _one_frame_problem(model) -> tuple[str, str]:
+    """(why some tensor of the graph could be too large to compute, or the output is not one frame's 3 scores, and
+    its fix), ("", "") when neither: with the inputs' open dimensions set to 1 (one frame), ONNX's shape inference
+    and its data propagation must determine every operator's output shape, none may hold more than
+    MAX_TENSOR_ELEMENTS elements, and the output's must be [1, 3]."""
     import onnx
 
     one_frame = onnx.ModelProto()
@@ -221,13 +279,14 @@ def _unbounded_tensor(model) -> str:
     try:
         inferred = onnx.shape_inference.infer_shapes(one_frame, strict_mode=True, data_prop=True)
     except Exception as exc:  # noqa: BLE001 (inference refused the graph: its shapes cannot be known)
-        return f"its tensor shapes cannot be inferred ({str(exc).splitlines()[0][:200]})"
+        return f"its tensor shapes cannot be inferred ({str(exc).splitlines()[0][:200]})", FLATTEN_HINT
     shapes = {v.name: v.type.tensor_type for v in [*inferred.graph.value_info, *inferred.graph.output]}
     for node in model.graph.node:
         for name in node.output:
             tensor = shapes.get(name)
             if name and (tensor is None or not tensor.HasField("shape")):
-                return f"the shape of '{name}' ({node.op_type}) cannot be inferred, so its size cannot be bounded"
+                return (f"the shape of '{name}' ({node.op_type}) cannot be inferred for one frame, so its size cannot "
+                        "be bounded", FLATTEN_HINT)
             if not name:
                 continue
             elements = 1
@@ -235,13 +294,24 @@ def _unbounded_tensor(model) -> str:
                 if dim.HasField("dim_value"):
                     elements *= max(dim.dim_value, 1)
                 else:
-                    return (f"the shape of '{name}' ({node.op_type}) depends on the data "
-                            f"('{dim.dim_param or '?'}'), so its size cannot be bounded (a PyTorch export: flatten "
-                            "with torch.flatten(x, 1), not x.view(x.size(0), -1))")
+                    return (f"the shape of '{name}' ({node.op_type}) depends on the data ('{dim.dim_param or '?'}'), "
+                            "so its size cannot be bounded", FLATTEN_HINT)
             if elements > MAX_TENSOR_ELEMENTS:
                 return (f"'{name}' ({node.op_type}) holds {elements:,} elements for one frame, more than a routing "
-                        f"policy's {MAX_TENSOR_ELEMENTS:,}")
-    return ""
+                        f"policy's {MAX_TENSOR_ELEMENTS:,}", "a routing policy's tensors are small: train it with "
+                        "`adaptive-perception train`, or shrink the layers")
+    output = model.graph.output[0].name
+    dims = [d.dim_value for d in shapes[output].shape.dim] if output in shapes else None
+    if dims != [1, len(TIERS)]:
+        return (f"its output '{output}' is {dims} for one frame, expected [1, {len(TIERS)}]", CONTRACT)
+    return "", ""
+
+
+def _same_scores(got: np.ndarray, expected: np.ndarray) -> bool:
+    """Whether another way of running the policy gives its scores, to float32 rounding at their magnitude (a
+    confident network's logits of 100 or more differ by 1e-5 in their summation order alone)."""
+    scale = max(1.0, float(np.abs(expected).max()))
+    return bool(np.allclose(got, expected, rtol=1e-5, atol=1e-5 * scale))
 
 
 def _softmax(scores: list[float]) -> np.ndarray:
@@ -264,7 +334,7 @@ class Policy:
             raise PolicyFileError(path, "is a directory, not a file" if Path(path).is_dir() else "does not exist",
                                   "give a policy ONNX written by `adaptive-perception train export` (or train all), "
                                   "or embedded:policy")
-        model = _policy_graph(path)  # checked before onnxruntime runs any of it
+        model = policy_graph(path)  # checked before onnxruntime runs any of it
         options = ort.SessionOptions()
         options.intra_op_num_threads = 1  # a tiny MLP: threads only add latency
         options.inter_op_num_threads = 1
@@ -285,9 +355,11 @@ class Policy:
         meta = {k[len(META_PREFIX):]: v for k, v in stored.items() if k.startswith(META_PREFIX)}
         missing = [k for k in REQUIRED_KEYS if k not in meta]
         if missing:
-            raise PolicyFileError(path, f"metadata lacks {[META_PREFIX + k for k in missing]}",
-                                  "a detector or a plain ONNX MLP is not a routing policy; export policies with "
-                                  "the project's policy writer")
+            bare = sorted(k for k in stored if k in REQUIRED_KEYS)
+            raise PolicyFileError(path, f"metadata lacks {[META_PREFIX + k for k in missing]}"
+                                  + (f" (it has {bare} without the prefix '{META_PREFIX}')" if bare else ""),
+                                  "a model is a routing policy once its metadata says what it was trained on: "
+                                  + WRAP_HINT)
         if meta["kind"] != POLICY_KIND:
             raise PolicyFileError(path, f"metadata kind is '{meta['kind']}', not '{POLICY_KIND}'")
         if meta["feature_version"] != FEATURE_VERSION:
@@ -308,20 +380,17 @@ class Policy:
         if mean.shape != (FEATURE_SIZE,) or std.shape != (FEATURE_SIZE,):
             raise PolicyFileError(path, f"feature_mean/feature_std have shapes {mean.shape}/{std.shape}, "
                                   f"expected ({FEATURE_SIZE},)")
-        if not (np.isfinite(mean).all() and np.isfinite(std).all() and (std > 0).all()):
-            raise PolicyFileError(path, "feature_mean/feature_std must be finite with std > 0")
+        bad = np.flatnonzero(~(np.isfinite(mean) & np.isfinite(std) & (std > 0)))
+        if bad.size:
+            raise PolicyFileError(path, f"feature_mean/feature_std must be finite with std > 0 (not at feature "
+                                  f"{int(bad[0])}, {bad.size} in all)", "a feature that did not vary in training "
+                                  "takes std 1, as `adaptive-perception train` writes it")
         if not meta["policy_id"].strip():
             raise PolicyFileError(path, "policy_id is empty")
         if len(meta["policy_id"]) > MAX_POLICY_ID or not meta["policy_id"].isprintable():
             raise PolicyFileError(path, f"policy_id ({len(meta['policy_id'])} characters) must be printable and at "
                                   f"most {MAX_POLICY_ID} characters", "export it again with a short policy id")
-        inputs, outputs = self._session.get_inputs(), self._session.get_outputs()
-        if len(inputs) != 1 or len(outputs) != 1:
-            raise PolicyFileError(path, f"has {len(inputs)} inputs and {len(outputs)} outputs, expected 1 and 1")
-        shape = inputs[0].shape
-        if len(shape) != 2 or shape[1] != FEATURE_SIZE or inputs[0].type != "tensor(float)":
-            raise PolicyFileError(path, f"input '{inputs[0].name}' is {inputs[0].type} {shape}, "
-                                  f"expected float32 [N, {FEATURE_SIZE}]")
+        inputs = self._session.get_inputs()  # one float32 [N or 1, 1028] (`_check_interface`)
         self.value_head = self._value_head(path, meta)
         self.drift_reference = None  # what the drift monitor compares with; policies exported before it have none
         self.reference_weight_recorded = False  # whether the reference names the weight its tier mix was measured at
@@ -338,6 +407,7 @@ class Policy:
                 # written before references named their weight: measured at the policy's own
                 self.drift_reference.cost_weight = self.value_head.cost_weight
         self._input = inputs[0].name
+        self.feature_mean, self.feature_std = mean, std  # what the input is normalised with: (x - mean) / std
         self._scale = (1.0 / std).astype(np.float32)
         self._offset = (-mean / std).astype(np.float32)
         self._read: np.ndarray | slice | None = None  # the inputs fed to the session; None: all of them
@@ -345,10 +415,19 @@ class Policy:
         self._dense: list[tuple[np.ndarray, np.ndarray, bool]] | None = None  # numpy's layers once `_use_dense` checked them
         self._lock = threading.Lock()  # the bound buffers serve one frame at a time
         self.info = PolicyInfo(self.path, meta["policy_id"], tiers, meta.get("description", ""), tier_digests)
-        probe = self._run(np.zeros(FEATURE_SIZE, np.float32))  # also catches a wrong output shape now, not per frame
-        if probe.shape != (len(TIERS),) or not np.isfinite(probe).all():
-            raise PolicyFileError(path, f"output is {probe.shape} (finite: {bool(np.isfinite(probe).all())}) "
-                                  f"for a zero input, expected {len(TIERS)} finite logits")
+        try:  # a zero input and 4 random ones
+            outputs = np.vstack([self._run(np.zeros(FEATURE_SIZE, np.float32)), self._check_logits()])
+        except Exception as exc:  # noqa: BLE001 (onnxruntime's own error, now rather than on a frame)
+            raise PolicyFileError(path, f"onnxruntime cannot run it on one frame ({str(exc).splitlines()[0][:200]})",
+                                  CONTRACT) from None
+        if outputs.shape[1:] != (len(TIERS),) or not np.isfinite(outputs).all():
+            raise PolicyFileError(path, f"output is {outputs.shape[1:]} (finite: {bool(np.isfinite(outputs).all())}) "
+                                  f"for a frame, expected {len(TIERS)} finite scores", CONTRACT)
+        if self.value_head is None and (outputs >= 0).all() and np.ptp(outputs, axis=0).max() > 1e-3 \
+                and np.allclose(outputs.sum(axis=1), 1.0, rtol=0.0, atol=1e-4):  # (a constant output is any scores)
+            raise PolicyFileError(path, "its outputs are probabilities (non-negative, summing to 1 on every input "
+                                  "tried), which the router's own softmax would flatten", "export the scores before "
+                                  "the final Softmax (or their LogSoftmax)")
         self.inputs_read = np.arange(FEATURE_SIZE)
         layers = dense_layers(model)  # of the whole file: `_read_inputs` then cuts the model's first layer in place
         read, reduced = _read_inputs(model)
@@ -368,7 +447,7 @@ class Policy:
             layers = [(np.ascontiguousarray(weights[self.inputs_read]), bias, relu), *layers[1:]]
         self._dense = layers
         try:
-            same = np.allclose(self._check_logits(), expected, rtol=1e-5, atol=1e-5)
+            same = _same_scores(self._check_logits(), expected)
         except ValueError:  # layers that do not chain
             same = False
         if not same:
@@ -383,7 +462,7 @@ class Policy:
         contiguous = bool(np.all(np.diff(read) == 1))
         self._session, self._read = session, slice(int(read[0]), int(read[-1]) + 1) if contiguous else read
         self._scale, self._offset = scale[read], offset[read]
-        if not np.allclose(self._check_logits(), full, rtol=1e-5, atol=1e-5):
+        if not _same_scores(self._check_logits(), full):
             self._session, self._read, self._scale, self._offset = full_session, None, scale, offset
             return
         self.inputs_read = read
@@ -399,7 +478,11 @@ class Policy:
         binding.bind_ortvalue_input(self._input, values[0])
         binding.bind_ortvalue_output(self._session.get_outputs()[0].name, values[1])
         self._bound = (binding, x[0], y[0], values)
-        if not np.array_equal(self._check_logits(), unbound):
+        try:
+            same = np.array_equal(self._check_logits(), unbound)
+        except Exception:  # noqa: BLE001 (onnxruntime refused the bound buffers: the unbound calls stay)
+            same = False
+        if not same:
             self._bound = None
 
     def _check_logits(self) -> np.ndarray:
