@@ -352,3 +352,35 @@ def test_a_publisher_of_the_wrong_type_on_the_camera_topic_is_named(context, pee
         camera.destroy_node()
         rclpy.shutdown(context=camera_context)
         g.close()
+
+
+def test_with_use_sim_time_the_node_follows_clock_across_a_deactivate_and_keeps_its_heartbeat(context, peer_model):
+    """A bag played with --clock: the node's time is the bag's, through a reconfigure, and /diagnostics (what
+    `health` judges by wall time) go on while the bag is paused. The node's camera list was named like rclpy's own
+    list of subscriptions and replaced it: /clock was never read, and a deactivate destroyed its subscription."""
+    from rosgraph_msgs.msg import Clock
+
+    g = Graph(context, {"models.nano": str(peer_model), "models.small": "", "models.large": "",
+                        "routing_mode": "fixed:nano", "providers": ["CPUExecutionProvider"], "warmup_runs": 1,
+                        "use_sim_time": True})
+    try:
+        clock = g.driver.create_publisher(Clock, "/clock", 10)
+
+        def at(sec: int) -> bool:  # publish the bag's clock until the node's time is there
+            clock.publish(Clock(clock=rclpy.time.Time(seconds=sec).to_msg()))
+            return g.node.get_clock().now().nanoseconds == sec * 10**9
+
+        assert g.transition("configure") and g.transition("activate")
+        assert wait_until(lambda: at(1000), 10), f"node time {g.node.get_clock().now()} never followed /clock"
+        g.wait_for_image_subscriber()
+        assert g.send_lockstep(image_msg(_noise(1), sec=999, nanosec=750_000_000))
+        assert g.routing[-1].frame_age_ms == pytest.approx(250.0, abs=1e-6)  # against the bag's time
+        assert g.transition("deactivate") and g.transition("activate")
+        assert wait_until(lambda: at(2000), 10), "after a deactivate the node's time stopped following /clock"
+        g.wait_for_image_subscriber()
+        assert g.send_lockstep(image_msg(_noise(2), sec=1999))
+        assert g.routing[-1].frame_age_ms == pytest.approx(1000.0, abs=1e-6)
+        paused = len(g.diagnostics)  # the bag paused: no /clock from here on
+        assert wait_until(lambda: len(g.diagnostics) >= paused + 2, 4), "no /diagnostics while the clock stood"
+    finally:
+        g.close()

@@ -17,6 +17,7 @@ from adaptive_perception_msgs.msg import RoutingDecision
 from adaptive_perception_msgs.srv import LoadPolicy, SetRoutingMode
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rcl_interfaces.msg import SetParametersResult
+from rclpy.clock import Clock, ClockType
 from rclpy.parameter import Parameter
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.event_handler import SubscriptionEventCallbacks
@@ -117,7 +118,9 @@ class PerceptionNode(LifecycleNode):
         self._error_log = ErrorLog()
         self._slot: LatestFrameSlot[ReceivedImage] | None = None
         self._workers: list[threading.Thread] = []
-        self._subscriptions: list[object] = []
+        # the camera subscriptions (not `_subscriptions`: that is rclpy's own list of every subscription, the clock's
+        # for use_sim_time included; replacing it left /clock unread and a deactivate destroyed it)
+        self._camera_subscriptions: list[object] = []
         self._det_pub = None
         self._marker_pub = None  # the boxes as an ImageMarker, for Foxglove's Image panel (only when subscribed)
         self._routing_pub = None
@@ -266,7 +269,10 @@ class PerceptionNode(LifecycleNode):
                             self.create_lifecycle_publisher(CompressedImage, f"~/{DEBUG_IMAGE_TOPICS[1]}", 1))
         self.debug_rendered = 0
         self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
-        self._diag_timer = self.create_timer(1.0, self._publish_diagnostics)
+        # on the steady clock: with use_sim_time a paused or stopped bag stops ROS time, and the heartbeat that
+        # `health` judges by wall time must go on
+        self._diag_timer = self.create_timer(1.0, self._publish_diagnostics,
+                                             clock=Clock(clock_type=ClockType.STEADY_TIME))
         # What is loaded now (tiers, policy, libraries) stays until cleanup: frozen, the collector's full passes
         # skip it. Unfrozen, each full pass walked ~78,000 objects for ~24 ms on the 2-core machine, a pause
         # inside whichever frame was being processed (frozen: ~17,000, no full pass in 600 frames).
@@ -363,7 +369,8 @@ class PerceptionNode(LifecycleNode):
         except AdaptivePerceptionError as exc:
             self.get_logger().error(f"{exc}; running without an MLflow run")
             return
-        self._run_timer = self.create_timer(config.mlflow_interval_s, self._log_run)
+        self._run_timer = self.create_timer(config.mlflow_interval_s, self._log_run,
+                                            clock=Clock(clock_type=ClockType.STEADY_TIME))
         self.get_logger().info(f"MLflow run of this session starting in {redact_uri(config.mlflow_uri)}, experiment "
                                f"{config.mlflow_experiment} (a failure is logged when it happens)")
 
@@ -420,7 +427,7 @@ class PerceptionNode(LifecycleNode):
                 events = SubscriptionEventCallbacks(
                     incompatible_qos=lambda event, camera=topic: self._on_incompatible_qos(camera, event))
                 # serialized bytes: `parse_image` reads the header and views the pixels, nothing is copied
-                self._subscriptions.append(self.create_subscription(
+                self._camera_subscriptions.append(self.create_subscription(
                     CompressedImage if compressed else Image, topic, lambda cdr, info, camera=topic, compressed=compressed: self._on_image(
                         camera, cdr, compressed, info), qos, event_callbacks=events, raw=True))
         except Exception as exc:  # e.g. an invalid topic name: report, never raise out of a callback
@@ -510,9 +517,9 @@ class PerceptionNode(LifecycleNode):
             time.sleep(ROSOUT_LINGER_S)
 
     def _stop_processing(self) -> None:
-        for sub in self._subscriptions:
+        for sub in self._camera_subscriptions:
             self.destroy_subscription(sub)
-        self._subscriptions = []
+        self._camera_subscriptions = []
         for slot, threads in ((self._slot, self._workers), (self._debug_slot, [self._renderer])):
             discarded = slot.close() if slot is not None else []
             if slot is self._slot and self.telemetry is not None:
