@@ -45,8 +45,14 @@ def send_output(evidence: EvidenceCapture, n: int) -> None:
 
 
 def read(segment: Path) -> list[tuple[str, int, object]]:
+    """(topic, the frame number the message carries: an image's stamp, an output's text, message) in bag order,
+    whose log times (when each message arrived) grow."""
     with AnyReader([segment], default_typestore=STORE) as reader:
-        return [(c.topic, t // 10**9, reader.deserialize(raw, c.msgtype)) for c, t, raw in reader.messages()]
+        rows = [(c.topic, t, reader.deserialize(raw, c.msgtype)) for c, t, raw in reader.messages()]
+    times = [t for _, t, _ in rows]
+    assert times == sorted(set(times)) and all(t > 0 for t in times)
+    return [(topic, m.header.stamp.sec if hasattr(m, "header") else int(m.data.split()[-1]), m)
+            for topic, _, m in rows]
 
 
 def test_an_event_keeps_the_frames_before_and_after_the_trigger_with_their_late_outputs(tmp_path):
@@ -331,3 +337,35 @@ def test_messages_in_a_segment_the_disk_broke_count_as_lost_with_it(tmp_path):
     events, failed, written = run.stdout.strip().rsplit(" ", 2)
     # the 8 frames of the event: some went into the segment before the limit broke it, the rest were refused
     assert events == "[(None, 8)]" and failed == "8" and int(written) >= 2, run.stdout
+
+
+def test_an_event_is_written_in_arrival_order_whatever_the_stamps_say(tmp_path):
+    """Evidence was ordered, timed and paired by header stamps: zero or repeated stamps let outputs of frames that
+    were not in the event in, a looped bag came out scrambled, a frame a year ahead stretched the bag over a year,
+    and one negative stamp broke the segment (the event lost, the bag unreadable). Here: keys are arrival counts,
+    log times the arrival clock (set back once), the stamps every kind of wrong."""
+    def odd(pixel: int, sec: int) -> Image:
+        return Image(header=Header(stamp=Time(sec=sec, nanosec=0), frame_id="cam"), height=4, width=6,
+                     encoding="rgb8", is_bigendian=0, step=18, data=np.full(72, pixel, np.uint8))
+
+    ticks = iter([10**9 * t for t in (5, 6, 4, 7, *range(8, 60))])  # the wall clock set back at the third message
+    evidence = EvidenceCapture(EvidenceSettings(str(tmp_path), 3, 3), STORE, serialize, clock=lambda: next(ticks))
+    year = 365 * 86400
+    plan = [("f", 1, 0), ("o", 1), ("f", 2, 0), ("o", 2), ("f", 3, -5), ("f", 4, year), ("o", 3), "trigger",
+            ("f", 5, 3), ("o", 4), ("f", 6, 3), ("o", 5), ("f", 7, 2), ("o", 6), ("f", 8, 1), ("o", 7), ("o", 8)]
+    for step in plan:
+        if step == "trigger":
+            assert evidence.trigger(CAMERA)
+        elif step[0] == "f":
+            evidence.frame(CAMERA, CAMERA, IMAGE, step[1], odd(10 + step[1], step[2]))
+        else:
+            evidence.output(CAMERA, "/routing", STRING, step[1], String(data=f"out {step[1]}"))
+    for n in range(9, 9 + LINGER_FRAMES):
+        evidence.frame(CAMERA, CAMERA, IMAGE, n, odd(0, 0))
+    evidence.close()
+    assert evidence.segments == [tmp_path / "cam_image_raw" / "evidence_0001"] and evidence.failed == 0
+    written = [bytes(m.data)[0] - 10 if topic == CAMERA else f"o{key}" for topic, key, m in read(evidence.segments[0])]
+    # frame 1 left the ring, and its output with it; output 8's frame came after the event
+    assert written == [2, "o2", 3, 4, "o3", 5, "o4", 6, "o5", 7, "o6", "o7"]
+    with AnyReader([evidence.segments[0]], default_typestore=STORE) as reader:
+        assert reader.duration < 60 * 10**9  # the arrival clock's span, not the stamps' year

@@ -1,7 +1,11 @@
 """Evidence capture: the camera frames around a drift event, and the node's outputs, as rosbag2 MCAP (ROS-free).
 
 Per camera, a ring holds the last `pre_frames` received frames and the outputs published for them (references
-to the message objects: nothing is copied or serialized on the processing path). `trigger(camera)` starts an
+to the message objects: nothing is copied or serialized on the processing path). A frame is identified by a key
+that grows with every frame received (the node's arrival count), and its outputs name that key: never by header
+stamps, which cameras send as zero, repeated, backwards or from another clock. Messages are written in the order
+they arrived, each with the wall-clock time it arrived as its log time (never decreasing within a capture), so an
+evidence bag replays as the node saw it whatever the stamps inside the messages say. `trigger(camera)` starts an
 event: the ring and the camera's next `post_frames` frames (with their outputs, which are still taken while
 the next LINGER_FRAMES frames arrive: processing lags reception) go to a background thread that
 serializes them and writes them with a `recording.SegmentedRecorder` into the camera's folder under the
@@ -21,6 +25,7 @@ from __future__ import annotations
 
 import queue
 import threading
+import time
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
@@ -61,11 +66,11 @@ def _margin(budget_bytes: int) -> int:
 
 @dataclass
 class _Camera:
-    ring: deque  # (stamp_ns, order, topic, msgtype, message, is_frame)
+    ring: deque  # (log time ns, frame key, topic, msgtype, message, is_frame), in arrival order
     frames: int = 0  # frames in the ring
     post_left: int = 0  # frames still to record in the running event
     linger_left: int = 0  # frames to wait for the last frames' outputs; an event runs while either is > 0
-    end_stamp: int = 0  # the last recorded frame's stamp
+    end_key: int = 0  # the last recorded frame's key
 
     @property
     def running(self) -> bool:
@@ -79,7 +84,8 @@ class EvidenceCapture:
 
     def __init__(self, settings: EvidenceSettings, store, serialize: Callable[[object], bytes],
                  max_pending: int = 4096,
-                 on_event: Callable[[str, Path | None, int, int], None] | None = None) -> None:
+                 on_event: Callable[[str, Path | None, int, int], None] | None = None,
+                 clock: Callable[[], int] = time.time_ns) -> None:
         if settings.pre_frames < 0 or settings.post_frames < 1:
             raise ValueError(f"evidence: pre_frames {settings.pre_frames} must be >= 0 and post_frames "
                              f"{settings.post_frames} >= 1")
@@ -93,7 +99,8 @@ class EvidenceCapture:
         self.segments: list[Path] = []  # every closed evidence segment, in order
         self._cameras: dict[str, _Camera] = {}
         self._lock = threading.Lock()
-        self._order = 0
+        self._clock = clock  # the log time of a message: when it arrived (ns)
+        self._last_ns = 0  # the latest log time given: a clock set back never reorders the bag
         self._queue: queue.Queue = queue.Queue(maxsize=max_pending)
         self.events = self.written = self.skipped = self.failed = self.cut_at_budget = 0
         self._cut_in_event: dict[str, int] = {}  # per camera, on the writer thread: messages the budget left out
@@ -111,27 +118,29 @@ class EvidenceCapture:
             self._cameras[camera] = _Camera(deque())
         return self._cameras[camera]
 
-    def frame(self, camera: str, topic: str, msgtype: str, stamp_ns: int, message: object) -> None:
-        self._add(camera, topic, msgtype, stamp_ns, message, True)
+    def frame(self, camera: str, topic: str, msgtype: str, key: int, message: object) -> None:
+        """A frame received; `key` grows with every frame of the camera (the node's arrival count)."""
+        self._add(camera, topic, msgtype, key, message, True)
 
-    def output(self, camera: str, topic: str, msgtype: str, stamp_ns: int, message: object) -> None:
-        self._add(camera, topic, msgtype, stamp_ns, message, False)
+    def output(self, camera: str, topic: str, msgtype: str, key: int, message: object) -> None:
+        """An output published for the frame of that `key`."""
+        self._add(camera, topic, msgtype, key, message, False)
 
-    def _add(self, camera: str, topic: str, msgtype: str, stamp_ns: int, message: object, is_frame: bool) -> None:
+    def _add(self, camera: str, topic: str, msgtype: str, key: int, message: object, is_frame: bool) -> None:
         with self._lock:
             state = self._camera(camera)
-            self._order += 1
-            entry = (stamp_ns, self._order, topic, msgtype, message, is_frame)
+            self._last_ns = max(self._last_ns + 1, self._clock())
+            entry = (self._last_ns, key, topic, msgtype, message, is_frame)
             if state.post_left > 0:
                 self._put(("write", camera, entry))
                 if is_frame:
                     state.post_left -= 1
-                    state.end_stamp = stamp_ns
+                    state.end_key = key
                     if state.post_left == 0:
                         state.linger_left = LINGER_FRAMES
                 return
             if state.linger_left > 0:  # the event's frames are recorded; their outputs may still come
-                if not is_frame and stamp_ns <= state.end_stamp:
+                if not is_frame and key <= state.end_key:
                     self._put(("write", camera, entry))
                 elif is_frame:
                     state.linger_left -= 1
@@ -151,10 +160,9 @@ class EvidenceCapture:
             if state.running:
                 return False
             self.events += 1
-            frame_stamps = [e[0] for e in state.ring if e[5]]
-            oldest = min(frame_stamps, default=None)
-            for entry in sorted(state.ring, key=lambda e: (e[0], e[1])):
-                if oldest is not None and entry[0] >= oldest:  # outputs of frames that left the ring stay out
+            oldest = min((e[1] for e in state.ring if e[5]), default=None)
+            for entry in state.ring:
+                if oldest is not None and entry[1] >= oldest:  # outputs of frames that left the ring stay out
                     self._put(("write", camera, entry))
             state.ring.clear()
             state.frames = 0
@@ -181,7 +189,7 @@ class EvidenceCapture:
                 if action == "end":
                     self._end(camera)
                 else:
-                    stamp_ns, _, topic, msgtype, message, _ = entry
+                    log_ns, _, topic, msgtype, message, _ = entry
                     recorder = self._recorder(camera)
                     if camera in self._cut_in_event:  # the event reached the budget: its rest is left out, whole
                         self._cut(camera)
@@ -191,7 +199,7 @@ class EvidenceCapture:
                     if recorder.open_bytes + len(cdr) > recorder.budget_bytes - _margin(recorder.budget_bytes):
                         self._cut(camera)
                         continue
-                    recorder.write(topic, msgtype, stamp_ns, cdr)
+                    recorder.write(topic, msgtype, log_ns, cdr)
                     self.written += 1
             except Exception as exc:  # a full disk or a bad message costs evidence, never the node
                 self._failed(camera, exc)

@@ -34,6 +34,7 @@ class ReceivedImage:
     is_bigendian: bool = False
     step: int = 0
     format: str = ""  # CompressedImage only
+    arrival: int = 0  # the node's count of frames received when this one came: identifies it (evidence pairs by it)
 
     @property
     def header(self) -> Header:
@@ -88,18 +89,19 @@ class _CdrReader:
         return bytes(self.octets()).rstrip(b"\0").decode("utf-8", "replace")
 
 
-def parse_image(cdr: bytes, compressed: bool) -> ReceivedImage:
-    """A serialized sensor_msgs/Image (or CompressedImage) as a `ReceivedImage`; ImageDecodeError (truncated)
-    where the bytes end early."""
+def parse_image(cdr: bytes, compressed: bool, arrival: int = 0) -> ReceivedImage:
+    """A serialized sensor_msgs/Image (or CompressedImage) as a `ReceivedImage` (the `arrival`-th frame received);
+    ImageDecodeError (truncated) where the bytes end early."""
     reader = _CdrReader(bytes(cdr))
     sec, nanosec, frame_id = reader.int32(), reader.uint32(), reader.string()
     if compressed:
         image_format = reader.string()
-        return ReceivedImage(reader.cdr, True, sec, nanosec, frame_id, reader.octets(), format=image_format)
+        return ReceivedImage(reader.cdr, True, sec, nanosec, frame_id, reader.octets(), format=image_format,
+                             arrival=arrival)
     height, width, encoding = reader.uint32(), reader.uint32(), reader.string()
     is_bigendian, step = bool(reader.uint8()), reader.uint32()
     return ReceivedImage(reader.cdr, False, sec, nanosec, frame_id, reader.octets(), height, width, encoding,
-                         is_bigendian, step)
+                         is_bigendian, step, arrival=arrival)
 
 
 def image_to_rgb(msg: Image | CompressedImage | ReceivedImage) -> np.ndarray:

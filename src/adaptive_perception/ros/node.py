@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import errno
 import gc
+import itertools
 import logging
 import math
 import signal
@@ -121,6 +122,7 @@ class PerceptionNode(LifecycleNode):
         # the camera subscriptions (not `_subscriptions`: that is rclpy's own list of every subscription, the clock's
         # for use_sim_time included; replacing it left /clock unread and a deactivate destroyed it)
         self._camera_subscriptions: list[object] = []
+        self._arrivals = itertools.count(1)  # numbers the frames as they arrive (`ReceivedImage.arrival`)
         self._det_pub = None
         self._marker_pub = None  # the boxes as an ImageMarker, for Foxglove's Image panel (only when subscribed)
         self._routing_pub = None
@@ -573,14 +575,14 @@ class PerceptionNode(LifecycleNode):
     def _on_image(self, camera: str, cdr: bytes, compressed: bool, info: dict) -> None:
         self.telemetry.arrived(camera, info.get("publication_sequence_number"))
         try:
-            msg = parse_image(cdr, compressed)
+            msg = parse_image(cdr, compressed, next(self._arrivals))
         except ImageDecodeError as exc:  # counted and logged like a frame that does not decode
             self._skipped(camera, exc)
             return
         evidence = self.evidence  # read once: cleanup may clear it from another thread
         if evidence is not None:
             topic = self._evidence_topics[camera]  # its folder is named after the topic after remapping
-            evidence.frame(topic, topic, IMAGE_TYPES[compressed], msg.stamp_ns, msg)
+            evidence.frame(topic, topic, IMAGE_TYPES[compressed], msg.arrival, msg)
         if self._slot is not None and self._slot.put(camera, msg):
             self.telemetry.dropped(camera)
 
@@ -731,7 +733,7 @@ class PerceptionNode(LifecycleNode):
         evidence = self.evidence  # the evidence ring sees each output before anyone can answer it
         if evidence is not None:
             evidence.output(self._evidence_topics[camera], self._topic_types["detections"][1],
-                            self._topic_types["detections"][0], stamp, detections_msg)
+                            self._topic_types["detections"][0], msg.arrival, detections_msg)
         self._det_pub.publish(detections_msg)
         camera_pubs = self._camera_pubs.get(camera)
         if camera_pubs is not None:
@@ -755,7 +757,7 @@ class PerceptionNode(LifecycleNode):
         out.frame_age_ms = (self.get_clock().now().nanoseconds - stamp) / 1e6
         if evidence is not None:  # a drift event below records this frame's outputs with it
             evidence.output(self._evidence_topics[camera], self._topic_types["routing"][1],
-                            self._topic_types["routing"][0], stamp, out)
+                            self._topic_types["routing"][0], msg.arrival, out)
         self._drift_changed(camera, drift_state, drift_score)
         self._routing_pub.publish(out)
         if camera_pubs is not None:
