@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import gc
+import math
 import threading
 
 import cv2
@@ -375,6 +376,9 @@ def test_with_use_sim_time_the_node_follows_clock_across_a_deactivate_and_keeps_
         g.wait_for_image_subscriber()
         assert g.send_lockstep(image_msg(_noise(1), sec=999, nanosec=750_000_000))
         assert g.routing[-1].frame_age_ms == pytest.approx(250.0, abs=1e-6)  # against the bag's time
+        # no stamp, or one ahead of the node's clock: no age (was 1e6 s, and -1000 ms)
+        for sec, seed in ((0, 3), (1001, 4)):
+            assert g.send_lockstep(image_msg(_noise(seed), sec=sec)) and math.isnan(g.routing[-1].frame_age_ms)
         assert g.transition("deactivate") and g.transition("activate")
         assert wait_until(lambda: at(2000), 10), "after a deactivate the node's time stopped following /clock"
         g.wait_for_image_subscriber()

@@ -50,6 +50,28 @@ def test_camera_report_counts_shares_percentiles_and_warns_past_the_frame_budget
     assert telemetry.camera_report("b")["level"] == OK and telemetry.camera_report("b")["message"] == "no frames yet"
 
 
+def test_frames_without_a_usable_stamp_have_no_age_and_are_named() -> None:
+    """A driver that sends stamp 0 made every age 57 years (a p95 of 1.8e12 ms), a camera clock an hour ahead made
+    it -3,600,000 ms on /diagnostics while Prometheus left it out."""
+    from adaptive_perception.telemetry import frame_age_ms
+
+    now = 1_700_000_000 * 10**9
+    assert frame_age_ms(now - 40_500_000, now) == pytest.approx(40.5)
+    assert frame_age_ms(now, now) == 0.0
+    assert math.isnan(frame_age_ms(0, now)) and math.isnan(frame_age_ms(now + 3_600 * 10**9, now))
+    assert math.isnan(frame_age_ms(-5 * 10**9, now))
+    clock = Clock()
+    telemetry = Telemetry(["a"], TIERS, HealthSettings(window_s=10.0), clock=clock)
+    for age in (40.0, 60.0, math.nan, 20.0, math.nan):
+        telemetry.arrived("a", None)
+        telemetry.processed("a", "nano", 5.0, 0.1, age)
+    clock.t = 1.0
+    report = telemetry.camera_report("a")
+    assert report["frame_age_ms_p50"] == pytest.approx(40.0) and report["frame_age_ms_p95"] == pytest.approx(58.0)
+    assert report["frames_age_unknown"] == 2 and report["level"] == WARN
+    assert report["message"].startswith("2 recent frames carry a header stamp of 0 or one ahead of this node's clock")
+
+
 def test_the_session_report_keeps_what_the_window_forgets() -> None:
     """The MLflow run's final summary: totals, tier shares, drop share and mean rate over the whole session."""
     clock = Clock()

@@ -45,6 +45,13 @@ class HealthSettings:
         return self
 
 
+def frame_age_ms(stamp_ns: int, now_ns: int) -> float:
+    """Milliseconds from a frame's header stamp to `now_ns` on the node's clock; NaN where the frame carries no
+    stamp (0) or one ahead of that clock (a camera clock out of sync, or a bag's stamps against its /clock): no
+    age to report, where the difference read as 57 years or a negative age."""
+    return (now_ns - stamp_ns) / 1e6 if 0 < stamp_ns <= now_ns else math.nan
+
+
 def percentile(values: list[float], q: float) -> float:
     """The q-th percentile (linear interpolation), NaN for no values."""
     return float(np.percentile(values, q)) if values else math.nan
@@ -206,8 +213,9 @@ class Telemetry:
                 "node_ms_p50": percentile([p.node_ms for p in recent], 50),
                 "node_ms_p95": percentile([p.node_ms for p in recent], 95),
                 "router_overhead_ms_p95": percentile([p.overhead_ms for p in recent], 95),
-                "frame_age_ms_p50": percentile([p.frame_age_ms for p in recent], 50),
-                "frame_age_ms_p95": percentile([p.frame_age_ms for p in recent], 95),
+                "frame_age_ms_p50": percentile(ages := [p.frame_age_ms for p in recent if p.frame_age_ms >= 0], 50),
+                "frame_age_ms_p95": percentile(ages, 95),
+                "frames_age_unknown": len(recent) - len(ages),
             }
             for tier in self.tiers:
                 times = [p.node_ms for p in recent if p.tier == tier]
@@ -252,6 +260,10 @@ class Telemetry:
             if s.losses:
                 warnings.append(f"{sum(n for _, n in s.losses)} frames lost before the node: check the camera driver's "
                                 "DDS profile (README, Transport)")
+            if report["frames_age_unknown"]:
+                warnings.append(f"{report['frames_age_unknown']} recent frames carry a header stamp of 0 or one ahead "
+                                "of this node's clock, so their age is unknown: stamp frames at capture, on a clock in "
+                                "sync with this machine's (with use_sim_time: is /clock published?)")
             bad = sorted({k for k in recent_failures if not k.startswith(TIER_FAILURE)})
             if bad:
                 warnings.append(f"bad frames ({', '.join(bad)})")

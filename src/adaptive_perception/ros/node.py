@@ -47,7 +47,8 @@ from adaptive_perception.router import Router, RouterSettings, check_mode, tiers
 from adaptive_perception.ros.parameters import PARAMETERS, check_params_file, params_files, unknown_parameters
 from adaptive_perception.ros.convert import (ReceivedImage, detections_cdr, image_to_rgb, marker_cdr, parse_image,
                                              rgb_to_compressed, rgb_to_msg)
-from adaptive_perception.telemetry import ERROR, OK, TIER_FAILURE, WARN, ErrorLog, HealthSettings, Telemetry, key_values
+from adaptive_perception.telemetry import (ERROR, OK, TIER_FAILURE, WARN, ErrorLog, HealthSettings, Telemetry,
+                                           frame_age_ms, key_values)
 from adaptive_perception.transport import apply_defaults as apply_transport_defaults
 
 NODE_NAME = "perception_node"
@@ -729,7 +730,7 @@ class PerceptionNode(LifecycleNode):
         # node time a consumer waits for: message in to detections out
         self.telemetry.processed(camera, decision.tier_name, (time.perf_counter() - started) * 1e3,
                                  routed.feature_ms + routed.policy_ms,
-                                 (self.get_clock().now().nanoseconds - stamp) / 1e6)
+                                 frame_age_ms(stamp, self.get_clock().now().nanoseconds))
         evidence = self.evidence  # the evidence ring sees each output before anyone can answer it
         if evidence is not None:
             evidence.output(self._evidence_topics[camera], self._topic_types["detections"][1],
@@ -754,7 +755,7 @@ class PerceptionNode(LifecycleNode):
         out.policy_ms = routed.policy_ms
         out.inference_ms = (inferred - inference_start) * 1e3
         out.total_ms = (done - started) * 1e3
-        out.frame_age_ms = (self.get_clock().now().nanoseconds - stamp) / 1e6
+        out.frame_age_ms = frame_age_ms(stamp, self.get_clock().now().nanoseconds)
         if evidence is not None:  # a drift event below records this frame's outputs with it
             evidence.output(self._evidence_topics[camera], self._topic_types["routing"][1],
                             self._topic_types["routing"][0], msg.arrival, out)
