@@ -47,6 +47,7 @@ def test_unusable_numbers_are_refused_naming_the_option(argv, says, capsys):
 @pytest.mark.parametrize("argv, says", [
     # --rate was ignored outside --mode recorded, without a word
     (["replay", "bag", "--rate", "5"], "replay: --rate paces --mode recorded; --mode lockstep sends each frame after"),
+    (["replay", "bag", "--mode", "fast", "--max-gap", "3"], "replay: --max-gap caps the waits of --mode recorded; --mode fast waits for none"),
     (["replay", "bag", "--mode", "fast", "--rate", "0.5"], "--mode fast sends frames back to back"),
     # refused after the whole replay, its summary lost
     (["replay", "bag", "--json", "/no/such/folder/out.json"], "--json /no/such/folder/out.json: folder "

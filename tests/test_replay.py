@@ -312,6 +312,40 @@ def test_lockstep_skips_a_frame_that_repeats_the_previous_one_as_a_recording_of_
     assert (report.frames_published, report.outputs_received, report.skipped_repeats, echo.received) == (3, 3, 1, 3)
 
 
+def test_lockstep_stops_at_a_different_frame_under_the_previous_frames_stamp(tmp_path):
+    """Only a recording of a resend repeats a frame: a camera that stamps every frame 0 (or two frames alike) sent
+    1 of 30 frames and exited 0."""
+    _stamped_bag(tmp_path / "bag", [0, 0, 0], distinct=True)
+    report, echo = _echo_replay(tmp_path, {"lose": 0}, timeout_s=10.0)
+    assert (report.frames_published, report.skipped_repeats, echo.received) == (1, 0, 1)
+    assert re.search("frame 1 .* repeats header stamp 0.000000000 .* of an earlier frame", report.stopped)
+
+
+def test_recorded_replay_waits_each_gap_over_rate_and_no_jump_of_the_bags_clock(tmp_path):
+    """A frame logged a day ahead hung the replay for a day (at --rate 0.1 from a log time of 0: an OverflowError
+    traceback). The reader orders the bag by log time; gaps at --rate 2.5: 100 s -> 40 s, cut; 0.4 s -> 0.16;
+    0.5 s -> 0.2; 0.8 s -> 0.32."""
+    log = [0, 100_000_000_000, 100_400_000_000, 100_900_000_000, 101_700_000_000]
+    _stamped_bag(tmp_path / "bag", [1, 2, 3, 4, 5], log_ns=log)
+    sent: list[float] = []
+
+    def too_long(*_):
+        raise TimeoutError("the replay waited out the bag's jump")
+
+    previous = signal.signal(signal.SIGALRM, too_long)
+    signal.alarm(60)
+    try:
+        report, echo = _echo_replay(tmp_path, {"lose": 0}, mode=ReplayMode.RECORDED, rate=2.5, timeout_s=5.0,
+                                    on_frame=lambda i: sent.append(time.perf_counter()))
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+    assert (report.frames_published, report.gaps_cut, report.summary()["gaps_cut"], echo.received) == (5, 1, 1, 5)
+    offsets = [t - sent[0] for t in sent]
+    for offset, due in zip(offsets, [0.0, 0.0, 0.16, 0.36, 0.68]):
+        assert due - 0.005 <= offset <= due + 1.0, offsets
+
+
 def test_fast_replay_counts_what_the_node_left_unanswered_and_no_idle_wait_in_its_rate(tmp_path):
     write_image_bag(tmp_path / "bag", _frames(6), "/cam/image_raw")
     began = time.monotonic()
@@ -342,17 +376,19 @@ def test_no_answer_at_all_gives_a_strict_json_summary():
     assert json.loads(json.dumps(summary, allow_nan=False))["steady_fps"] is None
 
 
-def _stamped_bag(path: Path, stamps: list[int]) -> None:
-    """One frame per header stamp on /cam/image_raw, recorded 1 ms apart whatever the stamps."""
+def _stamped_bag(path: Path, stamps: list[int], log_ns: list[int] | None = None, distinct: bool = False) -> None:
+    """One frame per header stamp on /cam/image_raw, recorded 1 ms apart whatever the stamps (or at `log_ns`);
+    the same picture in each, or with `distinct` a picture of its own."""
     from rosbags.rosbag2 import StoragePlugin, Writer
 
     from adaptive_perception.bag import IMAGE_TYPE, TYPESTORE, image_message
 
-    rgb = _frames(1)[0][1]
+    pictures = [rgb for _, rgb in _frames(len(stamps) if distinct else 1)]
     with Writer(path, version=9, storage_plugin=StoragePlugin.MCAP) as writer:
         conn = writer.add_connection("/cam/image_raw", IMAGE_TYPE, typestore=TYPESTORE)
         for i, stamp in enumerate(stamps):
-            writer.write(conn, 10**9 + i * 10**6, TYPESTORE.serialize_cdr(image_message(rgb, stamp, "cam"), IMAGE_TYPE))
+            message = image_message(pictures[i % len(pictures)], stamp, "cam")
+            writer.write(conn, log_ns[i] if log_ns else 10**9 + i * 10**6, TYPESTORE.serialize_cdr(message, IMAGE_TYPE))
 
 
 def _two_topic_bag(path: Path, topics: list[str], count: int) -> None:

@@ -29,6 +29,7 @@ DETECTIONS_TYPE = "vision_msgs/msg/Detection2DArray"
 # sees the reader (measured: a recorder 1.9 s after the node). Replay waits up to this long for every reliable reader
 # to acknowledge a topic's first frame, and before it removes a publisher; best-effort readers acknowledge nothing.
 ACK_WAIT_S = 5.0
+MAX_GAP_S = 10.0  # recorded: the longest wait between two frames (after --rate); a longer jump is not waited out
 
 
 class ReplayMode(Enum):
@@ -48,7 +49,8 @@ class ReplayReport:
     timeouts: int = 0  # lock-step: frames whose answer did not come within the timeout
     late: int = 0  # lock-step: answers that came after their frame's timeout (not in outputs or latencies)
     resent: int = 0  # lock-step: frames published again while the node had answered nothing yet
-    skipped_repeats: int = 0  # lock-step: frames repeating the previous frame's stamp on their topic (not published)
+    skipped_repeats: int = 0  # lock-step: the previous frame on its topic again, stamp and bytes (not published)
+    gaps_cut: int = 0  # recorded: jumps in the bag's clock longer than max_gap_s, not waited out
     undecodable: int = 0  # lock-step: frames the node's decoder refuses (not published: no answer would come)
     detections: int = 0
     latencies_ms: list[float] = field(default_factory=list)
@@ -70,6 +72,7 @@ class ReplayReport:
             "late": self.late,
             "resent": self.resent,
             "skipped_repeats": self.skipped_repeats,
+            "gaps_cut": self.gaps_cut,
             "undecodable": self.undecodable,
             "detections": self.detections,
             "latency_p50_ms": float(np.percentile(lat, 50)) if lat.size else None,
@@ -97,6 +100,7 @@ def replay_bag(
     on_output: Callable[[Detection2DArray], None] | None = None,
     on_frame: Callable[[int], None] | None = None,
     subscribers: int = 1,
+    max_gap_s: float = MAX_GAP_S,
 ) -> ReplayReport:
     """Replay image topics of `bag` through `node`'s publishers; the caller spins `node` in another thread.
 
@@ -104,10 +108,12 @@ def replay_bag(
     image topic but the node's own debug images (`bag.DEBUG_IMAGE_TOPICS`: a recording of a node holds them, and
     replaying them back means nothing). `on_output` sees each published frame's first answer. Frames go out once
     each image topic has `subscribers` matched readers: a reader that matches a publisher later (discovery runs on
-    each process's own schedule) never gets the frames published before.
+    each process's own schedule) never gets the frames published before. In `recorded`, each frame waits its gap
+    in the bag's log times after the one before, divided by `rate`: a gap longer than `max_gap_s` (a frame logged a
+    day ahead, a log time of 0) is not waited out, and a gap backwards (a looped recording) is none.
     """
-    if rate <= 0:
-        raise AdaptivePerceptionError(f"replay rate {rate} must be > 0")
+    if rate <= 0 or not max_gap_s > 0:
+        raise AdaptivePerceptionError(f"replay rate {rate} and max gap {max_gap_s} s must be > 0")
     remap = dict(remap or {})
     available = image_topics(bag)
     report = ReplayReport(mode=mode)
@@ -169,14 +175,15 @@ def replay_bag(
         _wait_for_subscribers(node, publishers, available, wait_for_subscriber_s, subscribers)
         _wait_for_publisher(node, subscription, wait_for_subscriber_s)
         started = time.perf_counter()
-        first_bag_ns = first.bag_time_ns
+        previous_bag_ns, due_s = first.bag_time_ns, 0.0  # recorded: when each frame is due after the start
         newest: dict[str, tuple[tuple[int, int, str], BagImage]] = {}  # per topic, the frame published last
         try:
             for index, frame in enumerate(itertools.chain([first], frames)):
                 key = (frame.stamp_sec, frame.stamp_nanosec, frame.frame_id)
                 if mode is ReplayMode.LOCKSTEP and key in sends:
-                    if newest.get(frame.topic, (None,))[0] == key:  # the same frame again (a recording of a
-                        # resend): nothing new
+                    last = newest.get(frame.topic)
+                    if last is not None and last[0] == key and last[1].cdr == frame.cdr:  # the same frame again (a
+                        # recording of a resend): nothing new
                         report.skipped_repeats += 1
                         continue
                     report.stopped = (f"bag '{bag}': frame {index} on '{frame.topic}' repeats header stamp "
@@ -188,7 +195,13 @@ def replay_bag(
                     report.undecodable += 1  # the node would skip it without an answer: lock-step would only wait
                     continue
                 if mode is ReplayMode.RECORDED:
-                    delay = (frame.bag_time_ns - first_bag_ns) / 1e9 / rate - (time.perf_counter() - started)
+                    gap_s = (frame.bag_time_ns - previous_bag_ns) / 1e9 / rate
+                    previous_bag_ns = frame.bag_time_ns
+                    if gap_s > max_gap_s:  # a jump in the bag's clock: not waited out
+                        report.gaps_cut += 1
+                    else:
+                        due_s += max(gap_s, 0.0)
+                    delay = due_s - (time.perf_counter() - started)
                     if delay > 0:
                         time.sleep(delay)
                 with cond:
