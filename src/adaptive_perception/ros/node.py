@@ -325,7 +325,8 @@ class PerceptionNode(LifecycleNode):
                 f"drift evidence of camera '{topic}': {failed} messages could not be written "
                 f"({evidence.last_error if evidence is not None else ''}); "
                 + (f"the rest is in {segment}" if segment is not None else "no segment of this event was closed "
-                   "(retraining leaves an unclosed one out)") + f"; check free space and permissions under {self.config.evidence.folder}")
+                   "(retraining leaves an unclosed one out)")
+                + f"; check free space and permissions under {self.config.evidence.folder}")
         elif segment is None:
             self.get_logger().warning(f"drift evidence of camera '{topic}' not written: its first message alone is "
                                       f"over evidence.budget_mb {self.config.evidence.budget_mb:g} ({cut} messages "
