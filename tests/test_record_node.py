@@ -189,33 +189,42 @@ def test_a_foxglove_client_receives_typed_detections_live(context, tier_models, 
     assert abs(first.bbox.size_x - sent[0].detections[0].bbox.size_x) < 1e-9
 
 
-@pytest.mark.parametrize("signum", ["SIGTERM", "SIGINT-ignored-at-start"])
+@pytest.mark.parametrize("signum", ["SIGTERM", "SIGINT-ignored-at-start", "SIGTERM-sim-time"])
 def test_record_stopped_by_sigterm_closes_its_open_segment(context, tmp_path, signum):
     """SIGTERM (docker stop, systemd) killed `record` with its segment open: a 0-byte MCAP, no metadata. Started as
-    a shell's background job (`record ... &`, SIGINT ignored), `kill -INT` left it running."""
+    a shell's background job (`record ... &`, SIGINT ignored), `kill -INT` left it running. With --use-sim-time the
+    log times are /clock's (it could not run on a bag's clock at all)."""
     import os
     import signal
     import subprocess
     import sys
 
+    import rclpy
     from rclpy.node import Node
     from rclpy.qos import QoSProfile, ReliabilityPolicy
+    from rosgraph_msgs.msg import Clock
     from sensor_msgs.msg import Image
 
     out = tmp_path / "rec"
     log = open(tmp_path / "record.log", "w")
     # a relative camera name, as ROS resolves it: it was compared as written and nothing was recorded
+    sim = ["--use-sim-time"] if "sim-time" in signum else []
     record = subprocess.Popen([sys.executable, "-m", "adaptive_perception.cli", "record", "--out", str(out), "--camera",
-                               "sigterm_cam"], stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ),
+                               "sigterm_cam", *sim], stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ),
                               preexec_fn=(lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)) if "SIGINT" in signum
                               else None)
     publisher_node = Node("sigterm_camera", context=context)
     publisher = publisher_node.create_publisher(Image, "/sigterm_cam", QoSProfile(depth=10,
                                                 reliability=ReliabilityPolicy.RELIABLE))
+    clock = publisher_node.create_publisher(Clock, "/clock", 10)
     try:
         assert wait_until(lambda: publisher.get_subscription_count() > 0, 30), (tmp_path / "record.log").read_text()
+        if sim:
+            assert wait_until(lambda: clock.get_subscription_count() > 0, 30)
         time.sleep(1.0)
         for sec in range(1, 6):
+            clock.publish(Clock(clock=rclpy.time.Time(seconds=5000 + sec).to_msg()))  # the bag's time
+            time.sleep(0.1)
             publisher.publish(image_msg(np.full((24, 32, 3), sec, np.uint8), sec=sec))
             time.sleep(0.1)
         time.sleep(1.0)
@@ -235,9 +244,13 @@ def test_record_stopped_by_sigterm_closes_its_open_segment(context, tmp_path, si
     segments = sorted(p.parent for p in out.rglob("metadata.yaml"))
     assert segments, (tmp_path / "record.log").read_text()
     with AnyReader(segments, default_typestore=STORE) as reader:
-        seconds = [reader.deserialize(raw, c.msgtype).header.stamp.sec for c, _, raw in reader.messages()
-                   if c.topic == "/sigterm_cam"]
-    assert seconds == [1, 2, 3, 4, 5]
+        seconds, logged = zip(*[(reader.deserialize(raw, c.msgtype).header.stamp.sec, t)
+                                for c, t, raw in reader.messages() if c.topic == "/sigterm_cam"])
+    assert seconds == (1, 2, 3, 4, 5)
+    if sim:
+        assert [t / 1e9 for t in logged] == [5001.0, 5002.0, 5003.0, 5004.0, 5005.0]
+    else:
+        assert all(abs(t / 1e9 - time.time()) < 300 for t in logged)
     assert f"closed {segments[0]}" in (tmp_path / "record.log").read_text(), "the segment closed at the stop is named"
 
 

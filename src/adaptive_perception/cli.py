@@ -530,6 +530,8 @@ def _parser() -> argparse.ArgumentParser:
     record.add_argument("--budget-mb", type=_positive, default=20480.0,
                         help="remove the oldest segments beyond this total (raw 640x480 at 30 Hz is about 27 MB/s)")
     record.add_argument("--duration", type=_non_negative, default=0.0, help="seconds to record; 0 = until Ctrl-C")
+    record.add_argument("--use-sim-time", action="store_true", help="log times from /clock (a bag played with "
+                        "--clock), as the node's with use_sim_time; default: this machine's clock")
     record.add_argument("--live", action="store_true", help="also serve the topics live to Foxglove (foxglove-sdk)")
     record.add_argument("--live-port", type=_port, default=8765)
     record.add_argument("--live-host", default="127.0.0.1", help="0.0.0.0 to serve other machines")
@@ -963,7 +965,7 @@ def main(argv: list[str] | None = None) -> int:
 
             topics = args.topics or default_topics(args.camera, args.node)
             return run_record(args.out, topics, args.segment_mb, args.segment_s, args.budget_mb, args.duration,
-                              args.live_port if args.live else None, args.live_host)
+                              args.live_port if args.live else None, args.live_host, args.use_sim_time)
         if args.command == "bench" and args.bench_command == "drift":
             from adaptive_perception.scenes.sequence import Drift
             from adaptive_perception.training.drift_report import run_report

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 from rclpy.node import Node
+from rclpy.clock import Clock, ClockType
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 
 from adaptive_perception.errors import ConfigError
@@ -63,7 +64,8 @@ class TopicRecorder:
         self._failure_log = ErrorLog(SAY_FAILURES_EVERY_S)  # said at once, then at most every 5 s
         self._stopped = False
         self._writing = threading.Lock()  # stop() returns with no message half-written
-        self._timer = node.create_timer(0.5, self.discover)
+        # on the steady clock: on /clock's time (use_sim_time) no topic was found before the bag played
+        self._timer = node.create_timer(0.5, self.discover, clock=Clock(clock_type=ClockType.STEADY_TIME))
         self.discover()
 
     def discover(self) -> None:
@@ -132,8 +134,9 @@ def _print_closed(recorder: SegmentedRecorder | None, printed: int) -> int:
 
 
 def run_record(out: Path | None, topics: list[str], segment_mb: float, segment_s: float, budget_mb: float,
-               duration_s: float, live_port: int | None, live_host: str) -> int:
-    """Record until Ctrl-C (or `duration_s` > 0); prints one line per closed segment."""
+               duration_s: float, live_port: int | None, live_host: str, use_sim_time: bool = False) -> int:
+    """Record until Ctrl-C (or `duration_s` > 0); prints one line per closed segment. Log times are the
+    recorder's clock when a message arrives: /clock's time with `use_sim_time` (a bag played with --clock)."""
     from adaptive_perception.live import LiveServer
     from adaptive_perception.recording import ros_typestore
     from adaptive_perception.ros.session import spun_node
@@ -148,7 +151,7 @@ def run_record(out: Path | None, topics: list[str], segment_mb: float, segment_s
     live = LiveServer(store, live_host, live_port) if live_port is not None else None
     where = [f"MCAP segments in {out}"] if out else []
     where += [f"Foxglove live on ws://{live_host}:{live.port}"] if live else []
-    with spun_node("adaptive_perception_recorder") as node:
+    with spun_node("adaptive_perception_recorder", use_sim_time) as node:
         # SIGTERM (docker stop, systemd) stops like Ctrl-C: the open segment is closed, not lost (set after rclpy's
         # own handlers, which would only shut the context down)
         signal.signal(signal.SIGTERM, _interrupt)

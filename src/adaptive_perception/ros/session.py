@@ -17,11 +17,15 @@ from rclpy.node import Node
 
 
 @contextmanager
-def spun_node(name: str) -> Iterator[Node]:
-    """A plain rclpy node spinning in a background thread, in a context of its own."""
+def spun_node(name: str, use_sim_time: bool = False) -> Iterator[Node]:
+    """A plain rclpy node spinning in a background thread, in a context of its own (on /clock's time with
+    `use_sim_time`)."""
+    from rclpy.parameter import Parameter
+
     context = rclpy.context.Context()
     rclpy.init(args=[], context=context)
-    node = Node(name, context=context)
+    node = Node(name, context=context,
+                parameter_overrides=[Parameter("use_sim_time", value=True)] if use_sim_time else [])
     executor = SingleThreadedExecutor(context=context)
     executor.add_node(node)
     thread = threading.Thread(target=executor.spin, daemon=True)
