@@ -217,7 +217,8 @@ def test_a_report_another_run_replaced_is_written_again_and_a_work_folder_keeps_
     # a work folder profiled with other tiers than the policy's: operating-point says so (the weight fits those)
     shutil.copytree(root / "work", tmp_path / "work", ignore=shutil.ignore_patterns("mlruns", "mlartifacts", "*.db"))
     stamp = json.loads((tmp_path / "work" / "profile.done.json").read_text())
-    stamp["params"]["models"]["large"] = "embedded:small"
+    stamp["params"]["models"]["large"] = "embedded:small"  # the profile stage records the tiers' content too
+    stamp["params"]["digests"]["large"] = stamp["params"]["digests"]["small"]
     (tmp_path / "work" / "profile.done.json").write_text(json.dumps(stamp))
     done = _cli("policy", "operating-point", str(root / "policy.onnx"), "--work", str(tmp_path / "work"),
                 "--latency", LATENCY, "--report", str(tmp_path / "point.json"))
@@ -596,3 +597,28 @@ def _param_set_value(stdout: str) -> float:
     value = yaml.safe_load(line.split("routing.cost_weight", 1)[1].strip())
     assert isinstance(value, float), line
     return value
+
+
+def test_a_tier_file_replaced_at_the_same_path_is_profiled_again(tmp_path):
+    """The profile stage was cached by the tiers' paths: a tier file replaced in place (`models quantize --out`
+    into the same folder) reused the old profile and costs, and the policy trained on them was stamped with the new
+    file's digest, so the node's mismatch check passed."""
+    from adaptive_perception.config import resolve_model
+    from adaptive_perception.detector import file_digest
+    from adaptive_perception.training.pipeline import SPLITS, Settings, _done, _profile_cached, _profile_params, \
+        _profile_path
+
+    large = tmp_path / "large.onnx"
+    shutil.copy(resolve_model("embedded:large"), large)
+    settings = Settings(benchmark=tmp_path, work=tmp_path / "work", models={"nano": "embedded:nano",
+                                                                            "small": "embedded:small",
+                                                                            "large": str(large)})
+    settings.work.mkdir()
+    outputs = [_profile_path(settings, split) for split in SPLITS]
+    for path in outputs:
+        path.write_bytes(b"profile")
+    _done(settings, "profile", _profile_params(settings), outputs)
+    assert _profile_cached(settings)
+    shutil.copy(resolve_model("embedded:small"), large)  # other weights, the same path
+    assert not _profile_cached(settings)
+    assert _profile_params(settings)["digests"]["large"] == file_digest(resolve_model("embedded:small"))

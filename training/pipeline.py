@@ -125,9 +125,21 @@ def _profile_path(settings: Settings, split: str) -> Path:
     return settings.work / f"profile_{split}.npz"
 
 
+def _tier_digests(models: dict) -> dict:
+    """{tier: `detector.file_digest` of its file}: what the tiers are, whatever path they were given at."""
+    from adaptive_perception.config import resolve_model
+    from adaptive_perception.detector import file_digest
+
+    return {tier: file_digest(resolve_model(spec)) for tier, spec in models.items()}
+
+
 def _profile_params(settings: Settings) -> dict:
+    # the tiers' (and the teacher's) content, not only their paths: a tier file replaced at the same path reused the
+    # old profile, and the policy trained on it was stamped with the new file's digest
+    teacher = _tier_digests({"teacher": settings.teacher})["teacher"] if settings.teacher else None
     return {"benchmark": str(settings.benchmark.resolve()), "source": settings.source, "truth": settings.truth,
-            "teacher": settings.teacher, "models": settings.models, "format": 2}  # 2: with each frame's veil
+            "teacher": settings.teacher, "models": settings.models, "digests": _tier_digests(settings.models),
+            "teacher_digest": teacher, "format": 2}  # 2: with each frame's veil
 
 
 def _profile_cached(settings: Settings) -> bool:
@@ -142,15 +154,16 @@ def profiled_with(work: Path) -> dict:
 
 def work_mismatches(work: Path, policy) -> list[str]:
     """One line per tier the profiles in `work` ran that is not the file `policy` was trained with (by the digests
-    the policy file records); [] when they match, or when the work folder does not record its tiers."""
+    the policy file records); [] when they match, or when the work folder does not record its tiers. The digests
+    the profile stage recorded when it ran, or for a work folder profiled before it recorded them, its files' now."""
     from adaptive_perception.config import resolve_model
     from adaptive_perception.detector import file_digest
 
-    loaded = {}
-    for tier, spec in (profiled_with(work).get("models") or {}).items():
+    params, loaded = profiled_with(work), {}
+    for tier, spec in (params.get("models") or {}).items():
+        recorded = (params.get("digests") or {}).get(tier)
         try:
-            path = resolve_model(spec)
-            loaded[tier] = (file_digest(path), path)
+            loaded[tier] = (recorded, spec) if recorded else (file_digest(resolve_model(spec)), resolve_model(spec))
         except (AdaptivePerceptionError, OSError):
             continue  # a file no longer there: nothing to compare
     return [f"--work {work}: {line}" for line in policy.tier_mismatches(loaded)]
@@ -401,12 +414,11 @@ def _policy_path(settings: Settings, kind: str, seed: int) -> Path:
 
 
 def stage_export(settings: Settings) -> None:
-    from adaptive_perception.config import resolve_model
-    from adaptive_perception.detector import file_digest
     from adaptive_perception.training.learn import Network, export
 
     lam = _lambda(settings)
-    digests = {tier: file_digest(resolve_model(spec)) for tier, spec in settings.models.items()}
+    # the tiers the profiles ran (recorded by the profile stage, which re-runs when a tier's content changes)
+    digests = profiled_with(settings.work).get("digests") or _tier_digests(settings.models)
     networks = [settings.work / kind / f"seed{s}.npz" for kind in ("bc", "ppo") for s in range(settings.seeds)]
     params = {"lambda": lam, "seeds": settings.seeds, "networks": _mtimes(networks), "tiers": digests,
               "policy_out": str(settings.policy_out), "drift_reference": 4}
