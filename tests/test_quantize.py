@@ -99,3 +99,48 @@ def test_a_graph_that_is_not_an_ultralytics_export_is_refused_naming_it(tmp_path
     with pytest.raises(AdaptivePerceptionError, match="renamed.onnx' does not name its nodes as an Ultralytics"):
         quantize_model(source, tmp_path / "out.onnx", [regime_frames["dense"]])
     assert not (tmp_path / "out.onnx").exists()
+
+
+def test_quantize_never_writes_over_its_source_an_existing_tier_or_a_quantized_one(camera_bag, tmp_path, capsys):
+    """`--out` the sources' own folder replaced the float tier with the 8-bit one (and compared the file with
+    itself: F1 1.00); an existing <tier>.onnx was replaced without a word (the README's two examples wrote the same
+    folder); an 8-bit tier given as a source kept onnxruntime's quantizer busy for ever; `--out x.onnx` made a
+    folder of that name. Each is refused before a frame is read, naming the fix."""
+    import shutil
+
+    own = tmp_path / "models"
+    own.mkdir()
+    shutil.copy(resolve_model("embedded:nano"), own / "nano.onnx")
+    before = (own / "nano.onnx").read_bytes()
+    bag = ["--bag", str(camera_bag), "--frames", "4"]
+    assert main(["models", "quantize", "--model", f"nano={own / 'nano.onnx'}", *bag, "--out", str(own)]) == 2
+    assert f"--out {own} would write the 8-bit nano over its source '{own / 'nano.onnx'}'" in capsys.readouterr().err
+    assert main(["models", "quantize", "--model", f"nano={own / 'nano.onnx'}", *bag, "--out", str(own),
+                 "--replace"]) == 2
+    assert (own / "nano.onnx").read_bytes() == before
+    out = tmp_path / "int8"
+    assert main(["models", "quantize", "--model", "nano=embedded:nano", *bag, "--out", str(out)]) == 0
+    written = (out / "nano.onnx").stat().st_mtime_ns
+    assert main(["models", "quantize", "--model", "nano=embedded:nano", *bag, "--out", str(out)]) == 2
+    assert f"--out {out} already holds nano.onnx; give another folder, or --replace" in capsys.readouterr().err
+    assert (out / "nano.onnx").stat().st_mtime_ns == written
+    assert main(["models", "quantize", "--model", f"nano={out / 'nano.onnx'}", *bag, "--out", str(tmp_path / "q")]) == 2
+    assert f"'{out / 'nano.onnx'}' is already an 8-bit tier (int8 QDQ" in capsys.readouterr().err
+    assert main(["models", "quantize", "--model", "nano=embedded:nano", *bag, "--out", str(tmp_path / "n.onnx")]) == 2
+    assert "give the folder the tiers go in (<tier>.onnx each), not a file" in capsys.readouterr().err
+    assert not (tmp_path / "q").exists() and not (tmp_path / "n.onnx").exists()
+    assert main(["models", "quantize", "--model", "nano=embedded:nano", *bag, "--out", str(out), "--replace"]) == 0
+    assert (out / "nano.onnx").stat().st_mtime_ns != written
+
+
+def test_quantize_calibrates_on_a_folder_of_recordings_as_training_reads_them(camera_bag, tmp_path, capsys):
+    """`record`'s output folder (recording_0001, ...), which `train --source bags` takes, was refused."""
+    import shutil
+
+    folder = tmp_path / "rec"
+    for name in ("recording_0001", "recording_0002"):
+        shutil.copytree(camera_bag, folder / name)
+    assert main(["models", "quantize", "--model", "nano=embedded:nano", "--bag", str(folder), "--frames", "80",
+                 "--out", str(tmp_path / "int8")]) == 0
+    # 120 frames in the two recordings: 60 to calibrate on (fewer than asked, and said), 10 to check on
+    assert f"60 calibration frames (of --frames 80: {folder} holds 120), 10 check frames" in capsys.readouterr().out

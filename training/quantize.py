@@ -86,15 +86,23 @@ def image_folder_frames(folder: Path, count: int, what: str = "--images",
 
 
 def bag_frames(bag: Path, count: int, topics: Sequence[str] | None = None) -> list[np.ndarray]:
-    """`count` RGB frames spread evenly over a bag's image messages (the node's decoder); two passes, so a long
-    recording is never held in memory."""
-    from adaptive_perception.bag import bag_image_rgb, read_images
+    """`count` RGB frames spread evenly over the image messages of a bag, or of the bags in a folder (`record`'s
+    segments, as training reads them), with the node's decoder; two passes, so a long recording is never held in
+    memory."""
+    import itertools
+
+    from adaptive_perception.bag import bag_image_rgb, expand_bags, read_images
     from adaptive_perception.errors import ImageDecodeError
 
-    total = sum(1 for _ in read_images(bag, topics))
+    bags = expand_bags([bag])
+
+    def images():
+        return itertools.chain.from_iterable(read_images(path, topics) for path in bags)
+
+    total = sum(1 for _ in images())
     wanted = set(_spread(list(range(total)), count))
     frames, refused = [], []
-    for index, image in enumerate(read_images(bag, topics)):
+    for index, image in enumerate(images()):
         if index in wanted:
             try:
                 frames.append(bag_image_rgb(image))
@@ -154,14 +162,52 @@ def quantize_model(source: Path, out: Path, frames: Sequence[np.ndarray]) -> Pat
     return out
 
 
-def quantize_tiers(models: dict[str, str], frames: Sequence[np.ndarray], out_dir: Path,
-                   check: Sequence[np.ndarray] = (), repeats: int = 5) -> list[Quantized]:
-    """Each tier of `models` (tier -> ONNX path or embedded:<tier>) to `out_dir/<tier>.onnx`, then each pair timed
-    in turn on the `check` frames with the node's settings and their detections compared there."""
-    rows = []
+def check_jobs(models: dict[str, str], out_dir: Path, replace: bool = False) -> dict[str, tuple[Path, Path]]:
+    """{tier: (its float source, the 8-bit file to write)}, checked before any frame is read: `out_dir` a folder
+    this process can write (or can make), no source already 8-bit, no output over its own source, and no existing
+    output replaced unless `replace`."""
+    import onnx
+
+    from adaptive_perception.errors import write_probe
+
+    out_dir = Path(out_dir)
+    existing = next(p for p in (out_dir, *out_dir.absolute().parents) if p.exists())  # made later, where missing
+    if out_dir.suffix == ".onnx" or not existing.is_dir():
+        raise AdaptivePerceptionError(f"--out {out_dir}: give the folder the tiers go in (<tier>.onnx each), not a "
+                                      "file")
+    try:
+        write_probe(existing, "quantize")
+    except OSError as exc:
+        raise AdaptivePerceptionError(f"--out {out_dir}: cannot write there ({exc.strerror or exc}); give a folder "
+                                      "you can write") from None
+    jobs = {}
     for tier, spec in models.items():
-        source = Path(resolve_model(spec))
-        out = quantize_model(source, Path(out_dir) / f"{tier}.onnx", frames)
+        source, out = Path(resolve_model(spec)), out_dir / f"{tier}.onnx"
+        try:
+            metadata = {p.key: p.value for p in onnx.load(str(source), load_external_data=False).metadata_props}
+        except Exception as exc:  # noqa: BLE001 (onnx's own parse error: named below with the file)
+            raise AdaptivePerceptionError(f"--model {tier}={spec}: '{source}' is not an ONNX model ({exc})") from None
+        if QUANTIZED_KEY in metadata:  # onnxruntime's quantizer loops for ever on a QDQ graph
+            raise AdaptivePerceptionError(f"--model {tier}={spec}: '{source}' is already an 8-bit tier "
+                                          f"({metadata[QUANTIZED_KEY]}); quantize its float source")
+        if out.exists() and out.resolve() == source.resolve():
+            raise AdaptivePerceptionError(f"--out {out_dir} would write the 8-bit {tier} over its source '{source}'; "
+                                          "give another --out folder")
+        if out.exists() and not replace:
+            raise AdaptivePerceptionError(f"--out {out_dir} already holds {out.name}; give another folder, or "
+                                          "--replace to write over it (a node or policy that names it then gets other "
+                                          "weights)")
+        jobs[tier] = (source, out)
+    return jobs
+
+
+def quantize_tiers(jobs: dict[str, tuple[Path, Path]], frames: Sequence[np.ndarray],
+                   check: Sequence[np.ndarray] = (), repeats: int = 5) -> list[Quantized]:
+    """Each tier of `jobs` (`check_jobs`) quantized from its source to its output, then each pair timed in turn on
+    the `check` frames with the node's settings and their detections compared there."""
+    rows = []
+    for tier, (source, out) in jobs.items():
+        out = quantize_model(source, out, frames)
         print(f"[quantize] {tier}: {source} -> {out}; timing both on {len(check)} frames", flush=True)
         times = {}
         pair = {"source": DetectorTier(source, name=tier), "out": DetectorTier(out, name=f"{tier} int8")}

@@ -260,7 +260,8 @@ def _parser() -> argparse.ArgumentParser:
                                                     "build/benchmark-v2/images/train for the embedded tiers")
     quantize.add_argument("--topic", action="append", help="with --bag: only this image topic (repeatable)")
     quantize.add_argument("--frames", type=_count, default=64, help="calibration frames (10 others check the result)")
-    quantize.add_argument("--out", type=Path, required=True, help="folder for <tier>.onnx")
+    quantize.add_argument("--out", type=Path, required=True, help="folder for <tier>.onnx (never the sources' own)")
+    quantize.add_argument("--replace", action="store_true", help="write over <tier>.onnx files --out already holds")
     pilot = models_sub.add_parser("pilot", help="early checkpoint at the three tier sizes on the validation split")
     pilot.add_argument("--weights", type=Path, default=Path("build/tiers/base/weights/last.pt"))
     pilot.add_argument("--benchmark", type=Path, default=Path("build/benchmark"))
@@ -704,13 +705,16 @@ def _quantize(args: argparse.Namespace) -> int:
     models = tier_models(args.model) or {t: f"embedded:{t}" for t in TIERS}
     if args.topic and not args.bag:
         raise AdaptivePerceptionError("--topic picks a bag's image topic; give --bag too")
+    jobs = quantize.check_jobs(models, args.out, args.replace)  # before any frame is read
     wanted = 2 * args.frames
     frames = (quantize.bag_frames(args.bag, wanted, args.topic) if args.bag
               else quantize.image_folder_frames(args.images, wanted))
     calibration, check = quantize.split_frames(frames, args.frames)
-    print(f"[quantize] {len(calibration)} calibration frames, {len(check)} check frames from "
+    short = f" (of --frames {args.frames}: {args.bag or args.images} holds {len(frames)})" \
+        if len(calibration) < args.frames else ""
+    print(f"[quantize] {len(calibration)} calibration frames{short}, {len(check)} check frames from "
           f"{args.bag or args.images}", flush=True)
-    rows = quantize.quantize_tiers(models, calibration, args.out, check)
+    rows = quantize.quantize_tiers(jobs, calibration, check)
     print(quantize.table(rows))
     flags = " ".join(f"--model {r.tier}={r.out}" for r in rows)
     print(f"next: retrain the router for these tiers' costs (`adaptive-perception train all {flags} ...`), then run "
