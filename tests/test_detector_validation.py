@@ -121,6 +121,26 @@ def test_tiers_that_name_different_classes_are_named_with_their_lists(tier_model
     assert "nano 2 (a, b); small 3 (a, b, c)" in class_list_mismatch({"nano": ("a", "b"), "small": ("a", "b", "c")})
 
 
+def test_tiers_in_each_others_slots_and_8_bit_tiers_are_named(tmp_path):
+    """A 640x480 model as nano and a 256x192 one as large loaded without a word (the large tier is the audit's
+    reference); an 8-bit tier was not told from a float one anywhere the node reports."""
+    import onnx
+
+    from adaptive_perception.detector import QUANTIZED_KEY, tier_order_mismatch
+
+    assert tier_order_mismatch({"nano": (192, 256), "small": (320, 416), "large": (480, 640)}) == ""
+    assert tier_order_mismatch({"nano": (640, 640), "small": (640, 640), "large": (640, 640)}) == ""  # real n/s/l
+    said = tier_order_mismatch({"nano": (480, 640), "small": (320, 416), "large": (192, 256)})
+    assert said.startswith("the tiers' inputs are not ordered nano <= small <= large (nano 480x640, small 320x416, "
+                           "large 192x256 as height x width)") and "models.large" in said
+    assert tier_order_mismatch({"nano": (192, 256), "small": (480, 640), "large": (320, 416)}) != ""
+    model = onnx.load(resolve_model("embedded:nano"))
+    model.metadata_props.add(key=QUANTIZED_KEY, value="int8 QDQ")
+    onnx.save(model, str(tmp_path / "nano.onnx"))
+    assert DetectorTier(tmp_path / "nano.onnx").info.precision == "int8"
+    assert DetectorTier(resolve_model("embedded:nano")).info.precision == "float"
+
+
 def test_the_nodes_own_uint8_wrapper_is_named_as_such(tmp_path):
     """A file from the graph cache was refused as "input has 640 channels; expected 3"."""
     path = _identity_model(tmp_path / "wrapped.onnx", [1, 32, 32, 3], [1, 8, 384], dtype=TensorProto.UINT8,

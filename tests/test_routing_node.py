@@ -6,6 +6,7 @@ import pytest
 import rclpy
 
 from adaptive_perception_msgs.srv import LoadPolicy, SetRoutingMode
+from diagnostic_msgs.msg import DiagnosticStatus
 from policies import constant_policy, two_frame_policy, value_policy
 from rosgraph import Graph, image_msg, wait_until
 
@@ -155,6 +156,16 @@ def test_loading_a_policy_trained_on_other_tiers_warns_naming_both_files(graph, 
     assert str(tier_models["large"]) in warning and "nano tier" not in warning
     # it carries no drift reference: said on loading as at configure (it was said only for cameras in warn or drift)
     assert "policy 'other-tiers' carries no drift reference: drift monitoring is off" in logged
+    # and on /diagnostics, where an operator looks (it was only in the log): the routing status warns, naming the tier
+    assert wait_until(lambda: "other large tier" in graph.status("routing").message, 5)
+    routing = graph.status("routing")
+    assert routing.level == DiagnosticStatus.WARN
+    assert routing.message.split("policy 'other-tiers' was trained with other ")[1].startswith("large tier files")
+    large = {kv.key: kv.value for kv in graph.status("tier large").values}
+    assert (large["digest"], large["precision"]) == (digests["large"], "float")
+    response = graph.call(LoadPolicy, "load_policy", LoadPolicy.Request(path=str(matching)))
+    assert response.success and graph.status("routing", lambda v: v["policy_id"] == "matching", timeout=5)
+    assert "trained with other" not in graph.status("routing", lambda v: v["policy_id"] == "matching").message
 
 
 def test_the_cost_weight_moves_a_value_policys_operating_point_on_a_running_node(graph, regime_frames, tmp_path):

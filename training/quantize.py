@@ -24,11 +24,10 @@ import numpy as np
 
 from adaptive_perception.audit import agreement
 from adaptive_perception.config import resolve_model
-from adaptive_perception.detector import DetectorTier
+from adaptive_perception.detector import QUANTIZED_KEY, DetectorTier
 from adaptive_perception.errors import AdaptivePerceptionError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
-QUANTIZED_KEY = "adaptive_perception.quantized"  # metadata entry of a quantized tier: what was done, from which file
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,7 @@ from adaptive_perception.errors import ConfigError, ModelFileError
 LOG = logging.getLogger(__name__)
 
 TIERS: tuple[str, ...] = ("nano", "small", "large")
+QUANTIZED_KEY = "adaptive_perception.quantized"  # metadata entry of a tier `models quantize` wrote: what, from which file
 DEFAULT_PROVIDERS: tuple[str, ...] = (
     "TensorrtExecutionProvider",
     "CUDAExecutionProvider",
@@ -73,6 +74,7 @@ class ModelInfo:
     stride: int
     class_names: tuple[str, ...]
     num_anchors: int
+    precision: str = "float"  # "int8" for a tier `models quantize` wrote (its QUANTIZED_KEY metadata entry)
 
 
 def letterbox(image: np.ndarray, size: tuple[int, int]) -> tuple[np.ndarray, Letterbox]:
@@ -178,6 +180,17 @@ def class_list_mismatch(class_names: dict[str, Sequence[str]]) -> str:
     return ("the tiers name different classes: " + "; ".join(f"{t} {listed(n)}" for t, n in class_names.items())
             + ". /detections switches its class names with the routed tier, and the audit's agreement (large against "
             "the routed output, by class) falls where they differ: export the three tiers with one class list")
+
+
+def tier_order_mismatch(input_sizes: dict[str, tuple[int, int]]) -> str:
+    """A warning when the tiers' inputs (tier -> (height, width)) shrink from nano to small to large, else "": a
+    model in the wrong slot (the large tier is the audit's reference, and a policy's costs assume the order)."""
+    areas = [input_sizes[t][0] * input_sizes[t][1] for t in TIERS if t in input_sizes]
+    if all(a <= b for a, b in zip(areas, areas[1:])):
+        return ""
+    return ("the tiers' inputs are not ordered nano <= small <= large (" + ", ".join(
+        f"{t} {h}x{w}" for t, (h, w) in input_sizes.items()) + " as height x width): is a model in another tier's "
+        "slot? The large tier is the audit's reference; check models.nano, models.small and models.large")
 
 
 def file_digest(path: str | os.PathLike[str]) -> str:
@@ -389,7 +402,8 @@ class DetectorTier:
         if not names:
             names = tuple(str(i) for i in range(num_classes))
         anchors = out_shape[2] if isinstance(out_shape[2], int) else -1
-        return ModelInfo(str(self.path), inputs[0].name, size, stride, names, anchors)
+        return ModelInfo(str(self.path), inputs[0].name, size, stride, names, anchors,
+                         "int8" if QUANTIZED_KEY in meta else "float")
 
     @property
     def class_names(self) -> tuple[str, ...]:

@@ -30,7 +30,8 @@ from vision_msgs.msg import Detection2DArray
 from visualization_msgs.msg import ImageMarker
 
 from adaptive_perception.config import NodeConfig, resolve_model
-from adaptive_perception.detector import TIERS, AcceleratorSettings, Detections, DetectorTier, class_list_mismatch
+from adaptive_perception.detector import (TIERS, AcceleratorSettings, Detections, DetectorTier, class_list_mismatch,
+                                          tier_order_mismatch)
 from adaptive_perception.audit import AuditSettings, ReferenceProcess
 from adaptive_perception.drawing import draw_routed
 from adaptive_perception.drift import DRIFT, STATE_NAMES, UNKNOWN, DriftMonitor, DriftWatch, weight_text
@@ -113,6 +114,8 @@ class PerceptionNode(LifecycleNode):
         self.drift: DriftWatch | None = None
         self.evidence: EvidenceCapture | None = None
         self._evidence_off = ""  # why evidence capture asked for is off
+        self._tier_warnings: list[str] = []  # what configure found wrong with the tiers together (class lists, order)
+        self._policy_mismatches: list[str] = []  # tiers whose loaded file is not the one the policy was trained with
         self._drift_states: dict[str, int] = {}
         self._drift_routing_off = ""  # why the drift monitors leave out the tier mix and audit agreement
         self._run_timer = None
@@ -201,6 +204,7 @@ class PerceptionNode(LifecycleNode):
             raise
 
     def _configure(self) -> TransitionCallbackReturn:
+        self._policy_mismatches = []
         try:
             config = self.read_config()
             self._check_cameras(config.image_topics)
@@ -215,14 +219,17 @@ class PerceptionNode(LifecycleNode):
                 detectors[tier] = detector
                 self.get_logger().info(
                     f"tier {tier}: {path} ({detector.info.input_size[1]}x{detector.info.input_size[0]}, "
-                    f"{len(detector.class_names)} classes) loaded and warm in "
+                    f"{len(detector.class_names)} classes, {detector.info.precision}, digest {detector.digest}) "
+                    "loaded and warm in "
                     f"{(time.perf_counter() - started) * 1e3:.0f} ms on {detector.providers[0]}"
                     + ("" if detector.providers[0] == detector.requested[0] else
                        f" (requested {detector.requested[0]}: not available here)")
                     + ("; uint8 input normalised in the graph" if detector.in_graph else "; float input from the host"))
-            mismatch = class_list_mismatch({tier: d.class_names for tier, d in detectors.items()})
-            if mismatch:
-                self.get_logger().warning(mismatch)
+            tier_warnings = [w for w in (class_list_mismatch({t: d.class_names for t, d in detectors.items()}),
+                                         tier_order_mismatch({t: d.info.input_size for t, d in detectors.items()}))
+                             if w]
+            for warning in tier_warnings:
+                self.get_logger().warning(warning)
             policy = Policy(resolve_model(config.policy)) if config.policy else None
             router = Router(config.routing_mode, policy, config.router)
             if policy is not None:
@@ -232,6 +239,7 @@ class PerceptionNode(LifecycleNode):
             self.get_logger().error(f"configure failed: {exc}")
             return TransitionCallbackReturn.FAILURE
         self.config, self.detectors, self.router = config, detectors, router
+        self._tier_warnings = tier_warnings  # on /diagnostics (routing) until the next configure
         self._start_metrics(config)
         self.telemetry = Telemetry(config.image_topics, tuple(detectors), config.health, sink=self.metrics)
         self._set_active(False)  # configured: subscribed only once active
@@ -650,9 +658,16 @@ class PerceptionNode(LifecycleNode):
             array.status.append(_status(f"{node}: camera {self.resolve_topic_name(camera)}", node, report))
         for tier, detector in self.detectors.items():
             report = telemetry.tier_report(tier) | {"provider": detector.providers[0],
-                                                    "requested_provider": detector.requested[0], "model": str(detector.path)}
+                                                    "requested_provider": detector.requested[0], "model": str(detector.path),
+                                                    "precision": detector.info.precision, "digest": detector.digest}
             array.status.append(_status(f"{node}: tier {tier}", node, report))
         failing = [f"metrics {self._metrics_state}"] if self._metrics_state.startswith("not served") else []
+        failing += self._tier_warnings
+        mismatched = self._policy_mismatches if router.mode == "learned" else []
+        if mismatched:  # the log names both digests of each; the operator view must show it too
+            failing.append(f"policy '{router.policy_id}' was trained with other {', '.join(mismatched)} tier files than "
+                           "those loaded (the log names both digests): its choices fit those; load its tiers or "
+                           "retrain it on these (`adaptive-perception train all --model TIER=FILE ...`)")
         if self.run is not None and self.run.error:
             failing.append(self.run.error)
         if self._evidence_off:
@@ -985,6 +1000,8 @@ class PerceptionNode(LifecycleNode):
             self.get_logger().info(f"policy '{policy.policy_id}' does not name the tier files it was trained with, "
                                    "so they cannot be checked")
         warnings = policy.tier_mismatches({t: (d.digest, str(d.path)) for t, d in detectors.items()})
+        self._policy_mismatches = [t for t, d in detectors.items()
+                                   if policy.info.tier_digests.get(t, d.digest) != d.digest]
         thin = policy.drift_reference.thin_calibration() if policy.drift_reference is not None else ""
         warnings += [f"policy '{policy.policy_id}': {thin}"] if thin else []
         for warning in warnings:
