@@ -337,6 +337,16 @@ def test_latency_of_ones_own_tier_files_makes_their_latency_file_without_the_tra
     # timed as named: the large file (given as nano) is the slowest, the nano file (given as small) the fastest
     assert costs.ms[0] > costs.ms[2] > costs.ms[1]
     assert f"| nano: {files['nano']} | 480x640 |" in run.stdout
+    # the files' digests travel with the timings: the embedded policy was trained with other files in each slot
+    from adaptive_perception.detector import file_digest
+    from adaptive_perception.policy import Policy
+
+    assert costs.digests == {t: file_digest(p) for t, p in files.items()}
+    policy = Policy(resolve_model("embedded:policy"))
+    said = costs.mismatches(policy)
+    assert len(said) == 3 and said[0] == f"nano (timed {file_digest(files['nano'])}, policy trained with " \
+        f"{policy.info.tier_digests['nano']})"
+    assert Costs("d", costs.ms, {t: file_digest(resolve_model(f"embedded:{t}")) for t in TIERS}).mismatches(policy) == []
     partial = subprocess.run(["adaptive-perception", "bench", "latency", "--model", f"nano={files['nano']}"],
                              cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert partial.returncode == 2 and "--model names nano: name all three tiers" in partial.stderr

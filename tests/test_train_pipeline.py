@@ -622,3 +622,22 @@ def test_a_tier_file_replaced_at_the_same_path_is_profiled_again(tmp_path):
     shutil.copy(resolve_model("embedded:small"), large)  # other weights, the same path
     assert not _profile_cached(settings)
     assert _profile_params(settings)["digests"]["large"] == file_digest(resolve_model("embedded:small"))
+
+
+def test_a_latency_file_of_other_tier_files_is_named_when_labels_price_the_tiers(tmp_path, capsys):
+    """`train --latency` took a file timed on the float tiers for a work folder profiled with 8-bit ones."""
+    from adaptive_perception.training.pipeline import Settings, _costs
+
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "profile.done.json").write_text(json.dumps({"params": {"digests": {"nano": "aaaa", "small": "bbbb",
+                                                                               "large": "cccc"}}}))
+    latency = tmp_path / "latency.json"
+    latency.write_text(json.dumps({"device": "robot", "tiers_ms": {"nano": 5.0, "small": 9.0, "large": 20.0},
+                                   "digests": {"nano": "aaaa", "small": "bbbb", "large": "dddd"}}))
+    costs = _costs(Settings(work=work, latency=latency))
+    assert costs.ms.tolist() == [5.0, 9.0, 20.0]
+    assert f"warning: --latency {latency} timed other large tier files than the profiles ran" in capsys.readouterr().err
+    latency.write_text(json.dumps({"device": "robot", "tiers_ms": {"nano": 5.0, "small": 9.0, "large": 20.0}}))
+    _costs(Settings(work=work, latency=latency))  # a hand-written file names no files: nothing to compare
+    assert capsys.readouterr().err == ""

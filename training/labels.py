@@ -104,6 +104,13 @@ class Costs:
 
     device: str
     ms: np.ndarray  # (3,)
+    digests: dict | None = None  # {tier: file digest} of the files timed, where the latency file records them
+
+    def mismatches(self, policy) -> list[str]:
+        """One line per tier timed on another file than `policy` was trained with (by both files' digests)."""
+        expected = policy.info.tier_digests
+        return [f"{tier} (timed {digest}, policy trained with {expected[tier]})"
+                for tier, digest in (self.digests or {}).items() if tier in expected and expected[tier] != digest]
 
     @staticmethod
     def measured(profiles: list[Profile]) -> "Costs":
@@ -129,7 +136,8 @@ class Costs:
                                           f"each of {', '.join(TIERS)}; {example}") from None
         if not (np.isfinite(ms).all() and (ms > 0).all()):
             raise AdaptivePerceptionError(f"latency file '{path}': tier latencies must be positive, got {ms.tolist()}")
-        return Costs(device, ms)
+        digests = data.get("digests")
+        return Costs(device, ms, {str(k): str(v) for k, v in digests.items()} if isinstance(digests, dict) else None)
 
     def save(self, path: Path) -> Path:
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -143,12 +143,16 @@ def ratios(report: dict) -> dict[str, float]:
 
 def latency_file(report: dict, size: int | None) -> dict:
     """The YOLOv8 graphs' mean session.run at `size` as a `train --latency` file; size None: the --model files'."""
+    from adaptive_perception.detector import file_digest
+
     models = report["models"]
     if size is None:
         return {"device": f"onnxruntime {models['nano@own']['provider']}, {report['machine']['cores']} cores, batch 1: "
                           f"the tier files given (bench latency, run {report['run_id']})",
                 "tiers_ms": {t: round(models[f"{t}@own"]["mean_ms"], 3) for t in TIERS},
                 "host_cores": report["machine"]["cores"], "files": {t: models[f"{t}@own"]["file"] for t in TIERS},
+                # what the files were, whatever their paths become: `policy operating-point` and `train` compare them
+                "digests": {t: file_digest(models[f"{t}@own"]["file"]) for t in TIERS},
                 "note": "mean onnxruntime session.run of each tier file on this machine"}
     return {"device": f"onnxruntime {models[f'nano@{size}']['provider']}, {report['machine']['cores']} cores, "
                       f"batch 1: YOLOv8 n/s/l at {size}x{size}, random weights (bench latency, run {report['run_id']})",

@@ -69,6 +69,10 @@ def choose(policy: Policy, work: Path, latency: Path | None = None, streaming: b
     for problem in work_mismatches(work, policy):  # profiled with other tiers: the weight would fit those
         print(f"warning: {problem}", file=sys.stderr, flush=True)
     costs = Costs.load(latency) if latency else _load_costs(settings)
+    timed_other = costs.mismatches(policy)
+    if timed_other:  # a latency file of other tiers: the weight would fit their timings
+        print(f"warning: --latency {latency} timed other tier files than policy '{policy.policy_id}' was trained with: "
+              f"{', '.join(timed_other)}; time its tiers (`bench latency --model ...`)", file=sys.stderr, flush=True)
     val, test = load_split(settings, "val"), load_split(settings, "test")
     own = float(policy.value_head.cost_weight)
     val_scorer, test_scorer = Scorer(val), Scorer(test)

@@ -10,6 +10,7 @@ import hashlib
 import json
 import math
 import re
+import sys
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -226,7 +227,13 @@ def _costs(settings: Settings):
     from adaptive_perception.training.profile import Profile
 
     if settings.latency is not None:
-        return Costs.load(settings.latency)
+        costs = Costs.load(settings.latency)
+        profiled = profiled_with(settings.work).get("digests") or {}
+        other = [t for t, d in (costs.digests or {}).items() if t in profiled and profiled[t] != d]
+        if other:  # the labels would price these tiers at another file's latency
+            print(f"warning: --latency {settings.latency} timed other {', '.join(other)} tier files than the profiles "
+                  "ran; time these tiers (`bench latency --model ...`)", file=sys.stderr, flush=True)
+        return costs
     return Costs.measured([Profile.load(_profile_path(settings, s)) for s in SPLITS])
 
 
