@@ -109,7 +109,8 @@ def drift_reference(policy: Policy, training: Split, held_out: list[Split], cost
     longest = max(len(split.profile) for split in held_out)
     if longest < WINDOW:
         print(f"[export] no drift reference: the held-out splits have at most {longest} frames, fewer than one "
-              f"drift window ({WINDOW})")
+              f"drift window ({WINDOW}): the policy runs with the drift monitor off; record val/test bags of at least "
+              f"{WINDOW} frames per camera and export again")
         return None
     features, tiers, agreements, veils = routed_stream(policy, training, costs, settings)
     streams = [routed_stream(policy, split, costs, settings) for split in held_out]

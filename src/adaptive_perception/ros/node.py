@@ -34,7 +34,7 @@ from adaptive_perception.detector import (TIERS, AcceleratorSettings, Detections
                                           tier_order_mismatch)
 from adaptive_perception.audit import AuditSettings, ReferenceProcess
 from adaptive_perception.drawing import draw_routed
-from adaptive_perception.drift import DRIFT, STATE_NAMES, UNKNOWN, DriftMonitor, DriftWatch, weight_text
+from adaptive_perception.drift import DRIFT, STATE_NAMES, UNKNOWN, WINDOW, DriftMonitor, DriftWatch, weight_text
 from adaptive_perception.evidence import EvidenceCapture, EvidenceSettings
 from adaptive_perception.errors import AdaptivePerceptionError, ConfigError, ImageDecodeError, TierFailure
 from adaptive_perception.features import RoutingContext, next_context
@@ -261,8 +261,7 @@ class PerceptionNode(LifecycleNode):
         self._compare_drift_routing()
         self._start_evidence(config)
         if policy is not None and policy.drift_reference is None:
-            self.get_logger().info(f"policy '{policy.policy_id}' carries no drift reference: drift monitoring is off "
-                                   "(re-export it with `adaptive-perception train export`)")
+            self.get_logger().info(_no_reference(policy))
         self._contexts = {}
         self._det_pub = self.create_lifecycle_publisher(Detection2DArray, "detections", 10)
         self._routing_pub = self.create_lifecycle_publisher(RoutingDecision, "routing", 10)
@@ -891,8 +890,7 @@ class PerceptionNode(LifecycleNode):
                 why = (f"its drift monitor starts over, unknown until {reference.window} frames fill its window"
                        if reference is not None else "it carries no drift reference: drift monitoring is off")
                 if policy.drift_reference is None:  # said as at configure, whatever the cameras' states were
-                    self.get_logger().info(f"policy '{policy.policy_id}' carries no drift reference: drift monitoring "
-                                           "is off (re-export it with `adaptive-perception train export`)")
+                    self.get_logger().info(_no_reference(policy))
                 for camera, state in self._drift_states.items():  # the new policy's monitors start over
                     self._drift_states[camera] = UNKNOWN
                     if self.metrics is not None:
@@ -1010,6 +1008,12 @@ class PerceptionNode(LifecycleNode):
 
 
 IMAGE_TYPES = {False: "sensor_msgs/msg/Image", True: "sensor_msgs/msg/CompressedImage"}  # by `compressed`
+
+
+def _no_reference(policy: Policy) -> str:
+    return (f"policy '{policy.policy_id}' carries no drift reference: drift monitoring is off (re-export it with "
+            f"`adaptive-perception train export` from held-out recordings of at least one drift window, {WINDOW} "
+            "frames, each)")
 
 
 def _serialize(message: object) -> bytes:
