@@ -125,8 +125,11 @@ def test_a_frame_inside_its_tier_at_a_routing_change_joins_no_window_in_a_runnin
 
 def test_evidence_the_disk_refuses_is_an_error_in_the_log_and_a_warning_on_diagnostics(context, tier_models, tmp_path):
     """Evidence lost to a full disk was only counted (`evidence_messages_failed`): no line in the log, the routing
-    status OK, and the event gone. Here the camera's evidence folder cannot be made (a file holds its name): the
-    event's end is logged as an error and the routing status warns until an event of the camera writes."""
+    status OK, and the event gone. Here the camera's evidence folder goes after configure (a file takes its name):
+    the event's end is logged as an error and the routing status warns until an event of the camera writes. A
+    camera folder that cannot be made at configure turns evidence off there, said."""
+    import shutil
+
     from diagnostic_msgs.msg import DiagnosticStatus
 
     from adaptive_perception.evidence import LINGER_FRAMES
@@ -138,7 +141,14 @@ def test_evidence_the_disk_refuses_is_an_error_in_the_log_and_a_warning_on_diagn
                             "policy": "", "providers": ["CPUExecutionProvider"], "warmup_runs": 0,
                             "evidence.dir": str(evidence), "evidence.pre_frames": 1, "evidence.post_frames": 2})
     try:
+        assert graph.transition("configure") and graph.node.evidence is None
+        assert wait_until(lambda: any(log.msg.startswith(f"evidence capture off: {evidence} cannot be used")
+                                      and "image" in log.msg for log in graph.logs), 10)
+        assert graph.transition("cleanup")
+        (evidence / "image").unlink()
         assert graph.transition("configure") and graph.transition("activate")
+        shutil.rmtree(evidence / "image")  # the camera's folder goes, a file in its place: every write fails
+        (evidence / "image").write_text("in the way")
         graph.wait_for_image_subscriber()
         frame = np.full((48, 64, 3), 90, np.uint8)
         assert graph.send_lockstep(image_msg(frame, sec=1))
@@ -146,7 +156,7 @@ def test_evidence_the_disk_refuses_is_an_error_in_the_log_and_a_warning_on_diagn
         for sec in range(2, 4 + LINGER_FRAMES):
             assert graph.send_lockstep(image_msg(frame, sec=sec))
         # the frame before the trigger and the 2 after it, each with its detections and routing decision
-        said = "drift evidence of camera '/image': 9 messages could not be written (FileExistsError"
+        said = "drift evidence of camera '/image': 9 messages could not be written ("
         assert wait_until(lambda: any(log.msg.startswith(said) for log in graph.logs), 10), \
             [log.msg for log in graph.logs[-5:]]
         status = graph.status("routing", lambda v: v["evidence_messages_failed"] == "9", timeout=5)

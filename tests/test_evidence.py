@@ -369,3 +369,27 @@ def test_an_event_is_written_in_arrival_order_whatever_the_stamps_say(tmp_path):
     assert written == [2, "o2", 3, 4, "o3", 5, "o4", 6, "o5", 7, "o6", "o7"]
     with AnyReader([evidence.segments[0]], default_typestore=STORE) as reader:
         assert reader.duration < 60 * 10**9  # the arrival clock's span, not the stamps' year
+
+
+def test_a_second_node_on_the_same_evidence_folder_and_camera_is_refused_and_leaves_the_first_alone(tmp_path):
+    """Two nodes given one evidence.dir and one camera topic: the second's budget removed the first's open segment
+    (the event lost), their numbering collided, and a node starting beside a writing one called its open segment
+    "killed while writing". Folders are now held by the recorder writing them."""
+    from adaptive_perception.errors import ConfigError
+
+    first = EvidenceCapture(EvidenceSettings(str(tmp_path), 1, 5), STORE, serialize, cameras=[CAMERA])
+    send_frame(first, 1)
+    first.trigger(CAMERA)
+    send_frame(first, 2)
+    first.flush()  # an event being written: its segment open
+    with pytest.raises(ConfigError, match="cam_image_raw is being recorded into by another running recorder"):
+        EvidenceCapture(EvidenceSettings(str(tmp_path), 1, 5), STORE, serialize, cameras=[CAMERA])
+    beside = EvidenceCapture(EvidenceSettings(str(tmp_path), 1, 5), STORE, serialize, cameras=["/rear"])
+    assert beside.unclosed == []  # the first's open segment is not a killed one
+    beside.close()
+    for n in range(3, 7 + LINGER_FRAMES):
+        send_frame(first, n)
+    first.close()
+    assert [key for _, key, _ in read(first.segments[0])] == [1, 2, 3, 4, 5, 6]
+    again = EvidenceCapture(EvidenceSettings(str(tmp_path), 1, 5), STORE, serialize, cameras=[CAMERA])
+    again.close()  # closed, the folder is free for the next configure

@@ -81,9 +81,15 @@ def test_the_budget_removes_the_oldest_segments_and_a_restart_continues_the_numb
     left = sorted(p.name for p in tmp_path.iterdir())
     assert left == ["recording_0005", "recording_0006"] and len(recorder.removed_segments) == 4
     assert [m.header.stamp.nanosec for _, _, m in _read(tmp_path / "recording_0006")][0] == 50
+    # a second recorder on the folder while the first holds it (two nodes on one evidence folder and camera numbered
+    # over each other's segments and removed the other's open one under the budget): refused
+    with pytest.raises(ConfigError, match=f"{tmp_path} is being recorded into by another running recorder"):
+        SegmentedRecorder(tmp_path, STORE, segment_bytes=10 * one_frame, budget_bytes=25 * one_frame)
+    recorder.release()
     again = SegmentedRecorder(tmp_path, STORE, segment_bytes=10 * one_frame, budget_bytes=25 * one_frame)
     again.write("/cam/image_raw", IMAGE, 5, _image(5))
     again.close()
+    again.release()
     assert again.closed_segments == [tmp_path / "recording_0007"]
 
 

@@ -29,11 +29,11 @@ import time
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 from adaptive_perception.bag import unclosed_inside
 from adaptive_perception.errors import write_probe
-from adaptive_perception.recording import SegmentedRecorder
+from adaptive_perception.recording import SegmentedRecorder, in_use
 
 @dataclass(frozen=True)
 class EvidenceSettings:
@@ -85,14 +85,18 @@ class EvidenceCapture:
     def __init__(self, settings: EvidenceSettings, store, serialize: Callable[[object], bytes],
                  max_pending: int = 4096,
                  on_event: Callable[[str, Path | None, int, int], None] | None = None,
-                 clock: Callable[[], int] = time.time_ns) -> None:
+                 clock: Callable[[], int] = time.time_ns, cameras: Sequence[str] = ()) -> None:
+        """`cameras`: the camera topics whose folders are taken now (each recorder locks its folder, so one that
+        another node or `record` writes is refused here, not at the first drift event); others at their first
+        event."""
         if settings.pre_frames < 0 or settings.post_frames < 1:
             raise ValueError(f"evidence: pre_frames {settings.pre_frames} must be >= 0 and post_frames "
                              f"{settings.post_frames} >= 1")
         self.root = Path(settings.folder).expanduser()  # '~/evidence' in a params file, where no shell expands it
         _check_folder(self.root)  # now, not at the first DRIFT, when the evidence is wanted
-        # segments an earlier process never closed (killed while writing): kept, named (`train retrain` skips them)
-        self.unclosed = unclosed_inside(self.root)
+        # segments an earlier process never closed (killed while writing): kept, named (`train retrain` skips them);
+        # not those another running node or `record` is writing now
+        self.unclosed = [path for path in unclosed_inside(self.root) if not in_use(path.parent)]
         self.settings, self.serialize, self.on_event = settings, serialize, on_event
         self.store = store
         self.recorders: dict[str, SegmentedRecorder] = {}  # per camera, on the writer thread
@@ -110,6 +114,12 @@ class EvidenceCapture:
         self._failing: dict[str, int] = {}
         self._lost_seen: dict[str, int] = {}  # per camera: its recorder's `lost` already counted as failed
         self.last_error = ""
+        try:
+            for camera in cameras:
+                self._recorder(camera)
+        except Exception:
+            self._release()
+            raise
         self._thread = threading.Thread(target=self._write_loop, name="evidence", daemon=True)
         self._thread.start()
 
@@ -263,3 +273,8 @@ class EvidenceCapture:
                     self._queue.put(("end", camera, None))
         self._queue.put(None)
         self._thread.join(timeout=60)
+        self._release()
+
+    def _release(self) -> None:
+        for recorder in self.recorders.values():  # their folders, for the next configure or another recorder
+            recorder.release()

@@ -4,11 +4,14 @@ Each segment is a complete rosbag2 folder (`<prefix>_<NNNN>/`, MCAP storage, mes
 Foxglove shows typed fields and `rosbags` reads it back). A segment closes when it holds `segment_bytes`
 of messages or spans `segment_s` seconds; the oldest closed segments are removed while the recording is over
 `budget_bytes` (never the open one). A process killed mid-write loses at most the open segment; every
-closed one stays readable.
+closed one stays readable. One recorder writes a folder at a time: it holds an exclusive lock on the folder while it
+lives, so a second process (two nodes given one evidence folder and camera, two `record --out` of one folder) is
+refused rather than numbering over its segments and removing its open one under the budget.
 """
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import re
 import shutil
@@ -46,6 +49,35 @@ def message_definition(store, msgtype: str) -> str:
 RETRY_S = 1.0  # after a failed write, messages are refused this long before the disk is tried again
 
 
+def _lock_folder(folder: Path) -> int:
+    """An exclusive lock on `folder` (a descriptor of it, flock'd; closing it lets go); ConfigError when another
+    recorder holds it."""
+    descriptor = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(descriptor)
+        raise ConfigError(f"{folder} is being recorded into by another running recorder (a node's evidence or "
+                          "`record`): give each its own folder (each node its own evidence.dir or camera, each "
+                          "`record` its own --out)") from None
+    return descriptor
+
+
+def in_use(folder: Path) -> bool:
+    """Whether a recorder (of any process, this one's included) holds `folder`'s lock now."""
+    try:
+        descriptor = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(descriptor)
+    return False
+
+
 class SegmentedRecorder:
     """Writes (topic, type, time, CDR bytes) into rolling rosbag2 MCAP segments under `folder`."""
 
@@ -60,6 +92,7 @@ class SegmentedRecorder:
         if not os.access(self.folder, os.W_OK):  # a read-only mount or folder: now, not at the first message
             raise ConfigError(f"{self.folder} is not writable (permissions or a read-only file system): give a folder "
                               "this user can write")
+        self._lock = _lock_folder(self.folder)  # before it numbers or removes anything there
         self.store, self.prefix = store, prefix
         # only this recorder's own segment folders are numbered and removed; anything else in `folder` is left alone
         self._segment_re = re.compile(rf"^{re.escape(prefix)}_(\d{{4,}})$")
@@ -110,6 +143,12 @@ class SegmentedRecorder:
     def close(self) -> None:
         if self._writer is not None:
             self._close_segment()
+
+    def release(self) -> None:
+        """Let another recorder have the folder (after `close`; the process's exit does it too)."""
+        if self._lock is not None:
+            os.close(self._lock)
+            self._lock = None
 
     def _open_segment(self, stamp_ns: int) -> None:
         self._path = self.folder / f"{self.prefix}_{self._next:04d}"

@@ -310,7 +310,8 @@ class PerceptionNode(LifecycleNode):
             return
         try:
             self.evidence = EvidenceCapture(config.evidence, ros_typestore(), _serialize,
-                                            on_event=self._evidence_written)
+                                            on_event=self._evidence_written,
+                                            cameras=[self.resolve_topic_name(c) for c in config.image_topics])
         except Exception as exc:  # evidence is optional: perception goes on without it
             self._evidence_off = f"{config.evidence.folder} cannot be used ({exc}); set evidence.dir to a writable folder"
             self.get_logger().error(f"evidence capture off: {self._evidence_off}")

@@ -183,6 +183,8 @@ def run_record(out: Path | None, topics: list[str], segment_mb: float, segment_s
                 sink.close()
             except Exception as exc:  # the last segment's index on a full disk: counted below, never a traceback
                 recording.close_error = f"closing {type(sink).__name__}: {type(exc).__name__}: {exc}"
+    if recorder is not None:
+        recorder.release()
     _print_closed(recorder, closed)  # the one open until now
     missing = [t for t in recording.topics if t not in recording.types]
     print(f"{'recorded' if recorder is not None else 'served'} {counted(sum(recording.counts.values()), 'message')}: " +
