@@ -285,3 +285,27 @@ def test_promote_to_a_node_that_is_not_there_says_so_and_keeps_the_store_change(
     assert store.current.read_bytes() == same_id.read_bytes() and store.previous.read_bytes() == old_bytes
     last = store.history()[-1]
     assert (last["policy_id"], last["replaced"]) == ("to-large", "to-large") and last["digest"] != last["replaced_digest"]
+
+
+def test_the_node_is_loaded_before_another_promotion_can_change_the_store(tmp_path, policies):
+    """`policy promote --node` let go of the store before loading the node: a second promotion landing in between
+    had the node load the other policy while the first command printed success."""
+    from adaptive_perception.detector import file_digest
+
+    store = PolicyStore(tmp_path / "store")
+    store.init(str(policies["nano"]))
+    other = threading.Thread(target=lambda: PolicyStore(tmp_path / "store").promote(policies["large"]))
+    seen = []
+
+    def load(path):  # what the CLI does here: the node loads the store's current file
+        other.start()
+        time.sleep(0.5)
+        seen.append((other.is_alive(), file_digest(path)))  # the other promotion waits for the lock
+
+    store.promote(policies["small"], then=load)
+    other.join(10)
+    assert seen == [(True, file_digest(policies["small"]))]
+    assert file_digest(store.current) == file_digest(policies["large"])  # and then lands
+    held = []
+    store.hold(lambda path: held.append(file_digest(path)))
+    assert held == [file_digest(policies["large"])]

@@ -739,20 +739,34 @@ def _policy_store(args: argparse.Namespace) -> int:
     candidate = Path(resolve_model(args.candidate)) if args.policy_command == "promote" else None
     unchanged = candidate is not None and bool(args.node) and store.current.is_file() and candidate.is_file() and \
         file_digest(candidate) == file_digest(store.current)  # the same file, not only the same id
-    if unchanged:  # the store holds it already (an earlier promotion whose node did not follow): the node follows now
-        path = store.current
-        print(f"promote: policy '{store.policy_id(path)}' is already current in {store.folder} (the store is "
-              f"unchanged); loading it into {args.node}")
-    else:
-        path = store.promote(args.candidate) if args.policy_command == "promote" else store.rollback()
-        print(f"{args.policy_command}: {path} is now policy '{store.policy_id(path)}' (previous: "
-              f"'{store.policy_id(store.previous)}')")
-    if args.node:
-        from adaptive_perception.ros.session import load_policy
+    loaded: dict[str, object] = {}
 
-        try:
-            print(f"{args.node} runs policy '{load_policy(args.node, str(path.resolve()), args.timeout)}'")
-        except RuntimeError as exc:  # the store changed; only the running node did not follow (exit 4, not 2)
+    def load(path: Path) -> None:  # with the store's lock held: another promotion cannot change the file first
+        if unchanged:  # the store holds it already (an earlier promotion whose node did not follow): it follows now
+            print(f"promote: policy '{store.policy_id(path)}' is already current in {store.folder} (the store is "
+                  f"unchanged); loading it into {args.node}")
+        else:
+            print(f"{args.policy_command}: {path} is now policy '{store.policy_id(path)}' (previous: "
+                  f"'{store.policy_id(store.previous)}')")
+        if args.node:
+            from adaptive_perception.ros.session import load_policy
+
+            try:
+                loaded["id"] = load_policy(args.node, str(path.resolve()), args.timeout)
+            except RuntimeError as exc:
+                loaded["error"] = exc
+
+    if unchanged:
+        store.hold(load)
+        path = store.current
+    else:
+        path = store.promote(args.candidate, then=load) if args.policy_command == "promote" else \
+            store.rollback(then=load)
+    if args.node:
+        if "id" in loaded:
+            print(f"{args.node} runs policy '{loaded['id']}'")
+        else:  # the store changed; only the running node did not follow (exit 4, not 2)
+            exc = loaded["error"]
             if unchanged:  # nothing changed at all (2)
                 print(f"adaptive-perception policy promote: the store is unchanged and the running node did not "
                       f"load {path}: {exc}", file=sys.stderr)

@@ -18,7 +18,7 @@ import tempfile
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 from adaptive_perception.config import resolve_model
 from adaptive_perception.detector import file_digest
@@ -92,10 +92,20 @@ class PolicyStore:
                    "source": policy if policy.startswith("embedded:") else str(source.resolve())})
         return self.current
 
-    def promote(self, candidate: str | Path, decision: dict | None = None) -> Path:
-        """Make `candidate` current; the current policy becomes previous. Returns the current path."""
+    def promote(self, candidate: str | Path, decision: dict | None = None,
+                then: Callable[[Path], None] | None = None) -> Path:
+        """Make `candidate` current; the current policy becomes previous. Returns the current path. `then(path)` runs
+        before the store's lock is let go (loading the node: another promotion cannot change the file first)."""
         with self._locked():
-            return self._promote(candidate, decision)
+            path = self._promote(candidate, decision)
+            if then is not None:
+                then(path)
+            return path
+
+    def hold(self, then: Callable[[Path], None]) -> None:
+        """`then(current path)` with the store's lock held: no change lands while it runs."""
+        with self._locked():
+            then(self.current)
 
     def _promote(self, candidate: str | Path, decision: dict | None) -> Path:
         if not self.current.is_file():
@@ -116,10 +126,14 @@ class PolicyStore:
                    "digest": new_digest, "replaced_digest": old_digest, "decision": decision or {}})
         return self.current
 
-    def rollback(self) -> Path:
-        """Swap current and previous (a second rollback undoes the first). Returns the current path."""
+    def rollback(self, then: Callable[[Path], None] | None = None) -> Path:
+        """Swap current and previous (a second rollback undoes the first). Returns the current path; `then` as for
+        `promote`."""
         with self._locked():
-            return self._rollback()
+            path = self._rollback()
+            if then is not None:
+                then(path)
+            return path
 
     def _rollback(self) -> Path:
         if not self.current.is_file():
