@@ -247,6 +247,24 @@ def test_a_metrics_port_in_use_costs_the_metrics_not_the_perception(context, tie
         graph.close()
 
 
+def test_another_node_of_the_same_name_on_the_graph_is_named_until_it_goes(context, tier_models):
+    """Two nodes both named /perception_node: set-routing reached either at random and nothing said so."""
+    from rclpy.node import Node
+
+    graph = _graph(context, tier_models)
+    try:
+        said = f"1 other node(s) on the ROS graph are also named /{graph.name}"
+        assert said not in graph.status("routing").message
+        twin = Node(graph.name, context=context)  # the same name in the same (root) namespace
+        assert wait_until(lambda: said in graph.status("routing").message, 10)
+        assert graph.status("routing").level == WARN
+        assert wait_until(lambda: any(log.msg.startswith(said) and log.level == 40 for log in graph.logs), 5)
+        twin.destroy_node()
+        assert wait_until(lambda: said not in graph.status("routing").message, 10)
+    finally:
+        graph.close()
+
+
 def test_the_readme_topic_table_names_every_publisher_subscription_and_service_of_the_node(context, tier_models):
     from test_config import _readme_table
 

@@ -116,6 +116,7 @@ class PerceptionNode(LifecycleNode):
         self._evidence_off = ""  # why evidence capture asked for is off
         self._tier_warnings: list[str] = []  # what configure found wrong with the tiers together (class lists, order)
         self._policy_mismatches: list[str] = []  # tiers whose loaded file is not the one the policy was trained with
+        self._twin_said = False  # another node with this name was seen (and logged) on the last diagnostics tick
         self._drift_states: dict[str, int] = {}
         self._drift_routing_off = ""  # why the drift monitors leave out the tier mix and audit agreement
         self._run_timer = None
@@ -663,6 +664,9 @@ class PerceptionNode(LifecycleNode):
             array.status.append(_status(f"{node}: tier {tier}", node, report))
         failing = [f"metrics {self._metrics_state}"] if self._metrics_state.startswith("not served") else []
         failing += self._tier_warnings
+        twins = self._same_name_nodes()
+        if twins:
+            failing.append(twins)
         mismatched = self._policy_mismatches if router.mode == "learned" else []
         if mismatched:  # the log names both digests of each; the operator view must show it too
             failing.append(f"policy '{router.policy_id}' was trained with other {', '.join(mismatched)} tier files than "
@@ -693,6 +697,20 @@ class PerceptionNode(LifecycleNode):
         self._diag_pub.publish(array)
         if self.metrics is not None:
             self.metrics.status(levels, time.time())
+
+    def _same_name_nodes(self) -> str:
+        """A warning while another node on the graph has this node's name and namespace, else "" (logged once per
+        episode): its services and parameters answer to either, so `set-routing` and `policy promote --node` reach
+        one of them at random."""
+        me = (self.get_name(), self.get_namespace())
+        count = sum(1 for entry in self.get_node_names_and_namespaces() if entry == me)
+        said = (f"{count - 1} other node(s) on the ROS graph are also named {self.get_fully_qualified_name()}: its "
+                "services and parameters answer to either, so set-routing and policy promote reach one at random; "
+                "give each node its own namespace (launch namespace:=...) or name") if count > 1 else ""
+        if said and not self._twin_said:
+            self.get_logger().error(said)
+        self._twin_said = bool(said)
+        return said
 
     def _evidence_report(self) -> dict[str, object]:
         evidence = self.evidence
