@@ -289,6 +289,24 @@ def test_an_mlflow_password_stays_out_of_the_log_the_error_and_the_runs_paramete
     run.close({})
 
 
+def test_two_nodes_starting_on_one_new_mlflow_store_each_get_their_run(tmp_path):
+    """Two node processes started at once on a new shared store: MLflow's setup of the database (or of the
+    experiment) failed part-way in one of them, which then ran its whole session without a run."""
+    import subprocess
+    import sys
+
+    script = ("import sys; from adaptive_perception.runlog import NodeRun; "
+              "run = NodeRun(sys.argv[1], 'perception_node', sys.argv[2], {'camera': sys.argv[2]}); "
+              "run.wait_started(120); print(run.error or 'run ' + run.run_id); run.close({'frames': 1.0})")
+    for store in range(3):
+        (tmp_path / f"store{store}").mkdir()
+        uri = f"sqlite:///{tmp_path / f'store{store}' / 'mlflow.db'}"
+        nodes = [subprocess.Popen([sys.executable, "-c", script, uri, name], stdout=subprocess.PIPE, text=True)
+                 for name in ("front", "rear")]
+        said = [node.communicate(timeout=180)[0].strip() for node in nodes]
+        assert all(line.startswith("run ") for line in said) and said[0] != said[1], said
+
+
 def test_the_metrics_endpoint_closes_slow_connections_and_caps_how_many_it_serves(free_port, monkeypatch, capfd):
     """700 half-sent requests were held open for minutes, a thread each (24 -> 701 threads in the node); a byte every
     few seconds kept a connection open without end."""

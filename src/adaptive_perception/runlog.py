@@ -6,11 +6,15 @@ delays a frame. Needs only the light client: `pip install adaptive_perception[ml
 SQLAlchemy and Alembic for a local sqlite:/// store)."""
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import math
+import os
 import queue
 import threading
 import time
-from typing import Mapping
+from pathlib import Path
+from typing import Iterator, Mapping
 
 from adaptive_perception.errors import ConfigError
 
@@ -65,6 +69,30 @@ def _redacted(text: str, uri: str) -> str:
     return text
 
 
+START_ATTEMPTS = 3  # tries at creating the run, 1 and 2 s apart
+
+
+@contextlib.contextmanager
+def _creating(uri: str) -> Iterator[None]:
+    """For an SQLite store, an exclusive lock beside its database while a client sets it up and creates the run:
+    two nodes starting at once on a new store ran MLflow's table migrations together, which left it broken for
+    both (`table _alembic_tmp_latest_metrics already exists`) and each without a run. Other stores: nothing."""
+    if not uri.startswith("sqlite:///") or uri == "sqlite:///:memory:":
+        yield
+        return
+    database = Path(uri[len("sqlite:///"):])
+    try:
+        descriptor = os.open(f"{database}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError:  # a folder that is not there: MLflow's own error says so
+        yield
+        return
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(descriptor)
+
+
 class NodeRun:
     """An MLflow run fed from a queue; `error` holds why the store could not be written, if it could not."""
 
@@ -113,17 +141,27 @@ class NodeRun:
         from mlflow.entities import Metric, Param
         from mlflow.tracking import MlflowClient
 
-        try:
-            client = MlflowClient(self.tracking_uri)
-            found = client.get_experiment_by_name(self.experiment)
-            experiment_id = found.experiment_id if found else client.create_experiment(self.experiment)
-            self.run_id = client.create_run(experiment_id, run_name=self.run_name, tags=self._tags).info.run_id
-            params = [Param(k, v) for k, v in self._params.items()]
-            for start in range(0, len(params), 100):
-                client.log_batch(self.run_id, params=params[start:start + 100])
-        except Exception as exc:  # unreachable store, bad URI, missing driver: report, never raise
-            self.error = _redacted(f"MLflow run not started at '{self.tracking_uri}': {type(exc).__name__}: {exc}",
-                                   self.tracking_uri)
+        failure = None
+        for attempt in range(START_ATTEMPTS):
+            time.sleep(attempt)  # a store that is not there yet (a server starting): the next try may find it
+            try:
+                with _creating(self.tracking_uri):
+                    client = MlflowClient(self.tracking_uri)
+                    if self.run_id is None:
+                        found = client.get_experiment_by_name(self.experiment)
+                        experiment_id = found.experiment_id if found else client.create_experiment(self.experiment)
+                        self.run_id = client.create_run(experiment_id, run_name=self.run_name,
+                                                        tags=self._tags).info.run_id
+                params = [Param(k, v) for k, v in self._params.items()]
+                for start in range(0, len(params), 100):
+                    client.log_batch(self.run_id, params=params[start:start + 100])
+                failure = None
+                break
+            except Exception as exc:  # unreachable store, bad URI, missing driver: report, never raise
+                failure = exc
+        if failure is not None:
+            self.error = _redacted(f"MLflow run not started at '{self.tracking_uri}': {type(failure).__name__}: "
+                                   f"{failure}", self.tracking_uri)
             self._started.set()
             while self._queue.get() is not _END:  # drain so close() returns
                 pass
