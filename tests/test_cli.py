@@ -254,8 +254,14 @@ def test_a_garbage_results_csv_is_named(tmp_path, capsys):
     ("other_node:\n  ros__parameters:\n    routing_mode: fixed:nano\n", [], "holds parameters for /other_node only"),
     ("just text\n", [], "holds no <node>: ros__parameters: entry"),
     ("/**/perception_node:\n  ros__parameters: {}\n", ["-r", "__node:=front"],
-     "holds parameters for /**/perception_node only, none for front: the node would start on its defaults; key them by "
+     "holds parameters for /**/perception_node only, none for /front: the node would start on its defaults; key them by "
      "this node's name (/**/front: ros__parameters: ...), or by /** for any node"),
+    # keyed for a node of the same name in another namespace (or, unqualified, in the root): ROS leaves them out
+    ("/rear/perception_node:\n  ros__parameters: {}\n", ["-r", "__ns:=/front"],
+     "holds parameters for /rear/perception_node only, none for /front/perception_node"),
+    ("perception_node:\n  ros__parameters: {}\n", ["-r", "__ns:=/front"],
+     "holds parameters for /perception_node only, none for /front/perception_node"),
+    ("/ns:\n  perception_node:\n    ros__parameters: {}\n", [], "holds parameters for /ns/perception_node only"),
 ])
 def test_a_params_file_with_nothing_for_this_node_is_refused(tmp_path, capsys, content, remap, says):
     """ROS started the node on its defaults, silently, with a params file keyed for another node."""
@@ -273,7 +279,7 @@ def test_perception_node_itself_refuses_a_params_file_for_another_node(tmp_path,
     params = tmp_path / "params.yaml"
     params.write_text("perception:\n  ros__parameters:\n    routing_mode: fixed:nano\n")
     assert node_main(["perception_node", "--ros-args", "-r", "__node:=perception_node", "--params-file", str(params)]) == 2
-    assert f"--params-file '{params}' holds parameters for /perception only, none for perception_node" in \
+    assert f"--params-file '{params}' holds parameters for /perception only, none for /perception_node" in \
         capsys.readouterr().err
     assert node_main(["perception_node", "--ros-args", "--params-file", str(tmp_path / "missing.yaml")]) == 2
     assert f"--params-file '{tmp_path / 'missing.yaml'}' cannot be read: No such file or directory" in capsys.readouterr().err
@@ -281,9 +287,12 @@ def test_perception_node_itself_refuses_a_params_file_for_another_node(tmp_path,
 
 @pytest.mark.parametrize("content, remap", [
     (None, []),  # the shipped config/perception.yaml
-    ("/ns:\n  perception_node:\n    ros__parameters:\n      routing_mode: fixed:nano\n", []),
+    ("/ns:\n  perception_node:\n    ros__parameters:\n      routing_mode: fixed:nano\n", ["-r", "__ns:=/ns"]),
     ("/**:\n  ros__parameters:\n    routing_mode: fixed:nano\n", []),
     ("front:\n  ros__parameters:\n    routing_mode: fixed:nano\n", ["-r", "__node:=front"]),
+    ("/*/perception_node:\n  ros__parameters: {}\n", ["-r", "__ns:=/front"]),
+    ("/**/perception_node:\n  ros__parameters: {}\n", ["-r", "__ns:=/robot/front"]),
+    (None, ["-r", "__ns:=/robot/front"]),  # the shipped file, in any namespace
 ])
 def test_params_files_for_this_node_pass_the_check(tmp_path, content, remap):
     from adaptive_perception.ros.parameters import check_params_file

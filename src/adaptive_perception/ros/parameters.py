@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import re
 from pathlib import Path
 
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
@@ -196,10 +197,13 @@ def check_params_file(path: Path, ros_args: list[str]) -> None:
         raise AdaptivePerceptionError(f"--params-file '{path}' cannot be read: {exc.strerror}") from None
     except yaml.YAMLError as exc:
         raise AdaptivePerceptionError(f"--params-file '{path}' is not YAML: {exc}") from None
-    node = "perception_node"
-    for i, arg in enumerate(ros_args[:-1]):  # -r __node:=NAME renames the node
+    node, namespace = "perception_node", "/"
+    for i, arg in enumerate(ros_args[:-1]):  # -r __node:=NAME renames the node, -r __ns:=/NS places it
         if arg in ("-r", "--remap") and ros_args[i + 1].startswith("__node:="):
             node = ros_args[i + 1].split(":=", 1)[1]
+        if arg in ("-r", "--remap") and ros_args[i + 1].startswith("__ns:="):
+            namespace = "/" + ros_args[i + 1].split(":=", 1)[1].strip("/")
+    full = f"{namespace.rstrip('/')}/{node}"
     names: list[str] = []
 
     def walk(entry: object, prefix: str) -> None:
@@ -209,11 +213,21 @@ def check_params_file(path: Path, ros_args: list[str]) -> None:
             else:
                 walk(value, f"{prefix}/{str(key).strip('/')}")
     walk(data, "")
-    if not any(name.rsplit("/", 1)[-1] in (node, "*", "**") for name in names):
+    if not any(_names_node(name, full) for name in names):
         found = f"parameters for {', '.join(n or '/' for n in names)} only" if names else "no <node>: ros__parameters: entry"
-        raise AdaptivePerceptionError(f"--params-file '{path}' holds {found}, none for {node}: the node would start on "
+        raise AdaptivePerceptionError(f"--params-file '{path}' holds {found}, none for {full}: the node would start on "
                                       f"its defaults; key them by this node's name (/**/{node}: ros__parameters: ...), "
                                       "or by /** for any node")
+
+
+def _names_node(key: str, full: str) -> bool:
+    """Whether a params file's node key (`/front/perception_node`, `/**/perception_node`, `/*/x`, `/**`) names the
+    node of fully qualified name `full`, as ROS matches them: a key without a leading slash is from the root, `*`
+    is one name, `**` any number of them."""
+    pattern = ""
+    for token in key.strip("/").split("/"):
+        pattern += "(/[^/]+)*" if token == "**" else "/[^/]+" if token == "*" else "/" + re.escape(token)
+    return re.fullmatch(pattern, full) is not None
 
 
 def params_files(ros_args: list[str]) -> list[str]:
