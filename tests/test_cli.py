@@ -59,6 +59,14 @@ def test_replay_options_that_cannot_apply_are_refused_before_it_starts(argv, say
     assert exited.value.code == 2 and says in capsys.readouterr().err
 
 
+def test_record_of_two_nodes_is_refused_naming_how(tmp_path, capsys):
+    """Two --node: the last was taken and the first node's topics silently left out."""
+    assert main(["record", "--out", str(tmp_path / "o"), "--node", "/front/perception_node", "--node",
+                 "/rear/perception_node"]) == 2
+    assert "--node given 2 times: record follows one node's topics; for several nodes list them all with --topics" in \
+        capsys.readouterr().err and not (tmp_path / "o").exists()
+
+
 def test_an_option_before_the_command_is_named(capsys):
     """`adaptive-perception --bogus` said only that the command was required."""
     with pytest.raises(SystemExit) as exited:

@@ -519,9 +519,9 @@ def _parser() -> argparse.ArgumentParser:
     record.add_argument("--out", type=Path, help="folder of MCAP segments (recording_0001/, ...)")
     record.add_argument("--camera", action="append", default=None, type=_topic,
                         help="camera topic to record (repeatable; default the node's `image` in its namespace: /image)")
-    record.add_argument("--node", default="perception_node",
-                        help="the node's name with its namespace (/robot1/perception_node): where its outputs and debug "
-                             "images are published")
+    record.add_argument("--node", action="append", metavar="NODE",
+                        help="the node's name with its namespace (default perception_node; /robot1/perception_node): "
+                             "where its outputs and debug images are published")
     record.add_argument("--topics", nargs="+", type=_topic, help="record exactly these topics instead of the defaults (cameras, "
                                                     "<namespace>/detections, <namespace>/routing, "
                                                     "<node>/debug_image/compressed (several cameras: each camera's "
@@ -981,7 +981,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "record":
             from adaptive_perception.ros.record import default_topics, run_record
 
-            topics = args.topics or default_topics(args.camera, args.node)
+            if len(args.node or []) > 1:
+                raise AdaptivePerceptionError(f"--node given {len(args.node)} times: record follows one node's "
+                                              "topics; for several nodes list them all with --topics (or run one "
+                                              "record per node, each with its own --out)")
+            topics = args.topics or default_topics(args.camera, (args.node or ["perception_node"])[0])
             return run_record(args.out, topics, args.segment_mb, args.segment_s, args.budget_mb, args.duration,
                               args.live_port if args.live else None, args.live_host, args.use_sim_time)
         if args.command == "bench" and args.bench_command == "drift":
