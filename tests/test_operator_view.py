@@ -499,6 +499,12 @@ def test_each_node_session_is_an_mlflow_run_with_parameters_snapshots_and_a_summ
             assert graph.send_lockstep(image_msg(_noise(sec), sec=sec))
         _mode(graph, "fixed:nano")
         assert graph.send_lockstep(image_msg(_noise(4), sec=4))
+        # a policy loaded during the session: the run's tag names it (it kept the one at configure)
+        from adaptive_perception_msgs.srv import LoadPolicy
+        from policies import constant_policy
+
+        loaded = constant_policy(tmp_path / "swapped.onnx", (0.2, 0.3, 0.5), "swapped-in")
+        assert graph.call(LoadPolicy, "load_policy", LoadPolicy.Request(path=str(loaded))).success
         run_id = graph.node.run.run_id
         client = MlflowClient(uri)
         assert wait_until(lambda: any(m.value == 4 for m in client.get_metric_history(run_id, "robot_cam7.frames_processed")),
@@ -511,7 +517,7 @@ def test_each_node_session_is_an_mlflow_run_with_parameters_snapshots_and_a_summ
     run = client.get_run(run_id)
     assert run.info.status == "FINISHED" and run.info.experiment_id == client.get_experiment_by_name("robot-7").experiment_id
     assert run.data.params["routing_mode"] == "fixed:small" and run.data.params["models.large"] == str(tier_models["large"])
-    assert run.data.tags["node"] == f"/{graph.name}"
+    assert run.data.tags["node"] == f"/{graph.name}" and run.data.tags["policy_id"] == "swapped-in"
     final = {k: v for k, v in run.data.metrics.items() if k.startswith("final.")}
     assert final["final.robot_cam7.frames_processed"] == 4 and final["final.robot_cam7.frames_received"] == 4
     assert final["final.robot_cam7.small_share"] == 0.75 and final["final.robot_cam7.nano_share"] == 0.25

@@ -116,6 +116,13 @@ class NodeRun:
         self._thread = threading.Thread(target=self._run, name="mlflow-run", daemon=True)
         self._thread.start()
 
+    def tag(self, key: str, value: str) -> None:
+        """Set a tag of the run (the policy now routing); never blocks, like `log`."""
+        try:
+            self._queue.put_nowait(("tag", key, str(value)))
+        except queue.Full:
+            self.dropped += 1
+
     def log(self, step: int, metrics: Mapping[str, float]) -> None:
         """Queue one snapshot; never blocks (a full queue counts the snapshot as dropped)."""
         try:
@@ -171,6 +178,12 @@ class NodeRun:
             item = self._queue.get()
             if item is _END:
                 break
+            if item[0] == "tag":
+                try:
+                    client.set_tag(self.run_id, item[1], item[2])
+                except Exception as exc:
+                    self.error = _redacted(f"MLflow run {self.run_id}: {type(exc).__name__}: {exc}", self.tracking_uri)
+                continue
             step, stamp, metrics = item
             final = step == "final"
             batch = [Metric(f"final.{k}" if final else k, v, stamp, 0 if final else step) for k, v in metrics.items()]

@@ -902,6 +902,8 @@ class PerceptionNode(LifecycleNode):
             self.router.set_policy(policy)
             if self.metrics is not None:
                 self.metrics.policy_changed(self.router.policy_id, self.router.mode)
+            if self.run is not None:  # the run's tag names the policy routing now, not the one at configure
+                self.run.tag("policy_id", policy.policy_id)
             if self.drift is not None:
                 self.drift.set_reference(policy.drift_reference)
                 self._compare_drift_routing()
