@@ -297,15 +297,19 @@ def test_the_node_is_loaded_before_another_promotion_can_change_the_store(tmp_pa
     other = threading.Thread(target=lambda: PolicyStore(tmp_path / "store").promote(policies["large"]))
     seen = []
 
-    def load(path):  # what the CLI does here: the node loads the store's current file
+    def load(path, changed):  # what the CLI does here: the node loads the store's current file
         other.start()
         time.sleep(0.5)
-        seen.append((other.is_alive(), file_digest(path)))  # the other promotion waits for the lock
+        seen.append((other.is_alive(), file_digest(path), changed))  # the other promotion waits for the lock
 
     store.promote(policies["small"], then=load)
     other.join(10)
-    assert seen == [(True, file_digest(policies["small"]))]
+    assert seen == [(True, file_digest(policies["small"]), True)]
     assert file_digest(store.current) == file_digest(policies["large"])  # and then lands
-    held = []
-    store.hold(lambda path: held.append(file_digest(path)))
-    assert held == [file_digest(policies["large"])]
+    # the current file again (a node that did not follow): no change, decided under the lock, and the node loads it
+    kept = []
+    assert store.promote(policies["large"], then=lambda path, changed: kept.append((file_digest(path), changed)),
+                         keep_current=True) == store.current
+    assert kept == [(file_digest(policies["large"]), False)] and store.history()[-1]["policy_id"] == "to-large"
+    with pytest.raises(ConfigError, match="is already current"):  # without a node to follow: refused, as before
+        store.promote(policies["large"])

@@ -723,8 +723,6 @@ def _quantize(args: argparse.Namespace) -> int:
 
 
 def _policy_store(args: argparse.Namespace) -> int:
-    from adaptive_perception.config import resolve_model
-    from adaptive_perception.detector import file_digest
     from adaptive_perception.policy_store import PolicyStore
 
     store = PolicyStore(args.store)
@@ -736,13 +734,11 @@ def _policy_store(args: argparse.Namespace) -> int:
         path = store.init(args.source)
         print(f"{path}: policy_id {store.policy_id(path)}; point the node's policy parameter here")
         return 0
-    candidate = Path(resolve_model(args.candidate)) if args.policy_command == "promote" else None
-    unchanged = candidate is not None and bool(args.node) and store.current.is_file() and candidate.is_file() and \
-        file_digest(candidate) == file_digest(store.current)  # the same file, not only the same id
     loaded: dict[str, object] = {}
 
-    def load(path: Path) -> None:  # with the store's lock held: another promotion cannot change the file first
-        if unchanged:  # the store holds it already (an earlier promotion whose node did not follow): it follows now
+    def load(path: Path, changed: bool) -> None:  # with the store's lock held: no other change lands first
+        loaded["changed"] = changed
+        if not changed:  # the store holds it already (an earlier promotion whose node did not follow): it follows now
             print(f"promote: policy '{store.policy_id(path)}' is already current in {store.folder} (the store is "
                   f"unchanged); loading it into {args.node}")
         else:
@@ -756,12 +752,10 @@ def _policy_store(args: argparse.Namespace) -> int:
             except RuntimeError as exc:
                 loaded["error"] = exc
 
-    if unchanged:
-        store.hold(load)
-        path = store.current
-    else:
-        path = store.promote(args.candidate, then=load) if args.policy_command == "promote" else \
-            store.rollback(then=load)
+    # the same file as the current one is no change: with --node, the node follows; without, refused
+    path = store.promote(args.candidate, then=load, keep_current=bool(args.node)) \
+        if args.policy_command == "promote" else store.rollback(then=load)
+    unchanged = not loaded["changed"]
     if args.node:
         if "id" in loaded:
             print(f"{args.node} runs policy '{loaded['id']}'")

@@ -93,19 +93,20 @@ class PolicyStore:
         return self.current
 
     def promote(self, candidate: str | Path, decision: dict | None = None,
-                then: Callable[[Path], None] | None = None) -> Path:
-        """Make `candidate` current; the current policy becomes previous. Returns the current path. `then(path)` runs
-        before the store's lock is let go (loading the node: another promotion cannot change the file first)."""
+                then: Callable[[Path, bool], None] | None = None, keep_current: bool = False) -> Path:
+        """Make `candidate` current; the current policy becomes previous. Returns the current path. `then(path,
+        changed)` runs before the store's lock is let go (loading the node: another promotion cannot change the file
+        first). With `keep_current`, a candidate that is the current file already changes nothing (then(path,
+        False)) instead of being refused."""
         with self._locked():
-            path = self._promote(candidate, decision)
+            if keep_current and self.current.is_file() and \
+                    file_digest(resolve_model(str(candidate))) == file_digest(self.current):
+                path, changed = self.current, False
+            else:
+                path, changed = self._promote(candidate, decision), True
             if then is not None:
-                then(path)
+                then(path, changed)
             return path
-
-    def hold(self, then: Callable[[Path], None]) -> None:
-        """`then(current path)` with the store's lock held: no change lands while it runs."""
-        with self._locked():
-            then(self.current)
 
     def _promote(self, candidate: str | Path, decision: dict | None) -> Path:
         if not self.current.is_file():
@@ -126,13 +127,13 @@ class PolicyStore:
                    "digest": new_digest, "replaced_digest": old_digest, "decision": decision or {}})
         return self.current
 
-    def rollback(self, then: Callable[[Path], None] | None = None) -> Path:
+    def rollback(self, then: Callable[[Path, bool], None] | None = None) -> Path:
         """Swap current and previous (a second rollback undoes the first). Returns the current path; `then` as for
         `promote`."""
         with self._locked():
             path = self._rollback()
             if then is not None:
-                then(path)
+                then(path, True)
             return path
 
     def _rollback(self) -> Path:
