@@ -58,6 +58,9 @@ def test_frames_without_a_usable_stamp_have_no_age_and_are_named() -> None:
     now = 1_700_000_000 * 10**9
     assert frame_age_ms(now - 40_500_000, now) == pytest.approx(40.5)
     assert frame_age_ms(now, now) == 0.0
+    # a bag's /clock ticks at 40 Hz behind the frames it plays: a stamp up to 100 ms ahead is age 0, not unknown
+    assert frame_age_ms(now + 25_000_000, now) == 0.0 and frame_age_ms(now + 100_000_000, now) == 0.0
+    assert math.isnan(frame_age_ms(now + 100_000_001, now))
     assert math.isnan(frame_age_ms(0, now)) and math.isnan(frame_age_ms(now + 3_600 * 10**9, now))
     assert math.isnan(frame_age_ms(-5 * 10**9, now))
     clock = Clock()

@@ -85,7 +85,7 @@ class EvidenceCapture:
     def __init__(self, settings: EvidenceSettings, store, serialize: Callable[[object], bytes],
                  max_pending: int = 4096,
                  on_event: Callable[[str, Path | None, int, int], None] | None = None,
-                 clock: Callable[[], int] = time.time_ns, cameras: Sequence[str] = ()) -> None:
+                 clock: Callable[[], int] | None = None, cameras: Sequence[str] = ()) -> None:
         """`cameras`: the camera topics whose folders are taken now (each recorder locks its folder, so one that
         another node or `record` writes is refused here, not at the first drift event); others at their first
         event."""
@@ -103,7 +103,10 @@ class EvidenceCapture:
         self.segments: list[Path] = []  # every closed evidence segment, in order
         self._cameras: dict[str, _Camera] = {}
         self._lock = threading.Lock()
-        self._clock = clock  # the log time of a message: when it arrived (ns)
+        # the log time of a message: when it arrived (ns), the wall clock at start plus the monotonic clock since, so a
+        # clock set by NTP during an event neither stretches the bag nor squeezes it
+        wall, steady = time.time_ns(), time.monotonic_ns()
+        self._clock = clock or (lambda: wall + time.monotonic_ns() - steady)
         self._last_ns = 0  # the latest log time given: a clock set back never reorders the bag
         self._queue: queue.Queue = queue.Queue(maxsize=max_pending)
         self.events = self.written = self.skipped = self.failed = self.cut_at_budget = 0

@@ -45,11 +45,17 @@ class HealthSettings:
         return self
 
 
+AHEAD_SLACK_NS = 100_000_000  # a stamp this far ahead is the node's clock lagging (a bag's /clock at 40 Hz): age 0
+
+
 def frame_age_ms(stamp_ns: int, now_ns: int) -> float:
     """Milliseconds from a frame's header stamp to `now_ns` on the node's clock; NaN where the frame carries no
-    stamp (0) or one ahead of that clock (a camera clock out of sync, or a bag's stamps against its /clock): no
-    age to report, where the difference read as 57 years or a negative age."""
-    return (now_ns - stamp_ns) / 1e6 if 0 < stamp_ns <= now_ns else math.nan
+    stamp (0) or one more than 100 ms ahead of that clock (a camera clock out of sync): no age to report, where the
+    difference read as 57 years or a negative age. A stamp up to 100 ms ahead (with use_sim_time, /clock ticks at
+    40 Hz behind the frames) is age 0."""
+    if stamp_ns <= 0 or stamp_ns > now_ns + AHEAD_SLACK_NS:
+        return math.nan
+    return max(now_ns - stamp_ns, 0) / 1e6
 
 
 def percentile(values: list[float], q: float) -> float:

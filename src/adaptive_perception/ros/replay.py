@@ -175,7 +175,8 @@ def replay_bag(
         _wait_for_subscribers(node, publishers, available, wait_for_subscriber_s, subscribers)
         _wait_for_publisher(node, subscription, wait_for_subscriber_s)
         started = time.perf_counter()
-        previous_bag_ns, due_s = first.bag_time_ns, 0.0  # recorded: when each frame is due after the start
+        # recorded: when each frame is due after the first, which went out and was acknowledged at `paced_from`
+        previous_bag_ns, due_s, paced_from = first.bag_time_ns, 0.0, None
         newest: dict[str, tuple[tuple[int, int, str], BagImage]] = {}  # per topic, the frame published last
         try:
             for index, frame in enumerate(itertools.chain([first], frames)):
@@ -201,7 +202,7 @@ def replay_bag(
                         report.gaps_cut += 1
                     else:
                         due_s += max(gap_s, 0.0)
-                    delay = due_s - (time.perf_counter() - started)
+                    delay = due_s - (time.perf_counter() - paced_from) if paced_from is not None else 0.0
                     if delay > 0:
                         time.sleep(delay)
                 with cond:
@@ -213,6 +214,8 @@ def replay_bag(
                 publishers[frame.topic].publish(frame.cdr)
                 if first_on_topic:  # every reliable reader has it: each has matched this publisher on its own side too
                     publishers[frame.topic].wait_for_all_acked(Duration(seconds=min(timeout_s, ACK_WAIT_S)))
+                if paced_from is None:
+                    paced_from = time.perf_counter()
                 report.frames_published += 1
                 if on_frame is not None:
                     on_frame(index)
