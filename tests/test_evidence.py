@@ -393,3 +393,24 @@ def test_a_second_node_on_the_same_evidence_folder_and_camera_is_refused_and_lea
     assert [key for _, key, _ in read(first.segments[0])] == [1, 2, 3, 4, 5, 6]
     again = EvidenceCapture(EvidenceSettings(str(tmp_path), 1, 5), STORE, serialize, cameras=[CAMERA])
     again.close()  # closed, the folder is free for the next configure
+
+
+def test_a_wall_clock_step_during_an_event_leaves_its_log_times_alone(tmp_path, monkeypatch):
+    """Log times read the wall clock per message: an NTP step during an event (a robot without a real-time clock,
+    just after boot) stretched the bag by the step, or squeezed the rest 1 ns apart."""
+    from adaptive_perception import evidence as evidence_module
+
+    evidence = capture(tmp_path, pre=1, post=3)
+    started = time.time_ns()
+    send_frame(evidence, 1)
+    evidence.trigger(CAMERA)
+    send_frame(evidence, 2)
+    monkeypatch.setattr(evidence_module.time, "time_ns", lambda: started + 86_400 * 10**9)  # a day forward
+    time.sleep(0.05)
+    for n in range(3, 5 + LINGER_FRAMES):
+        send_frame(evidence, n)
+    evidence.close()
+    with AnyReader(evidence.segments, default_typestore=STORE) as reader:
+        times = [t for _, t, _ in reader.messages()]
+    assert len(times) == 4 and times == sorted(times)
+    assert times[-1] - times[0] >= 50_000_000 and times[-1] - started < 60 * 10**9  # the 50 ms that passed, no day
