@@ -414,3 +414,21 @@ def test_a_wall_clock_step_during_an_event_leaves_its_log_times_alone(tmp_path, 
         times = [t for _, t, _ in reader.messages()]
     assert len(times) == 4 and times == sorted(times)
     assert times[-1] - times[0] >= 50_000_000 and times[-1] - started < 60 * 10**9  # the 50 ms that passed, no day
+
+
+def test_a_late_output_of_a_frame_before_the_event_stays_out_of_it(tmp_path):
+    """While an event recorded, outputs of frames that had left the ring before the trigger were written into it."""
+    evidence = capture(tmp_path, pre=1, post=2)
+    for n in (1, 2):
+        send_frame(evidence, n)  # the ring keeps frame 2 only
+    evidence.trigger(CAMERA)
+    send_output(evidence, 1)  # processing lags: frame 1's output arrives now
+    send_output(evidence, 2)
+    send_frame(evidence, 3)
+    send_output(evidence, 3)
+    send_frame(evidence, 4)
+    for n in range(5, 5 + LINGER_FRAMES):
+        send_frame(evidence, n)
+    evidence.close()
+    assert [(topic, key) for topic, key, _ in read(evidence.segments[0])] == [
+        (CAMERA, 2), ("/routing", 2), (CAMERA, 3), ("/routing", 3), (CAMERA, 4)]

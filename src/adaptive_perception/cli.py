@@ -157,7 +157,7 @@ def _parser() -> argparse.ArgumentParser:
                         help="lockstep (default: next frame after the previous output), recorded (bag timing "
                              "scaled by --rate) or fast (back to back; the node drops what it cannot keep up with)")
     replay.add_argument("--rate", type=_positive, default=1.0, help="speed factor for --mode recorded")
-    replay.add_argument("--max-gap", type=_positive, default=10.0, metavar="S",
+    replay.add_argument("--max-gap", type=_positive, metavar="S",
                         help="--mode recorded: a jump in the bag's log times longer than S seconds (after --rate) is "
                         "not waited out (default 10; counted as gaps_cut)")
     replay.add_argument("--topic", action="append", dest="topics", help="image topic to replay (repeatable; default all but the node's debug images)")
@@ -875,7 +875,7 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"replay: --rate paces --mode recorded; --mode {args.mode} sends "
                          + ("each frame after the previous one's answer" if args.mode == "lockstep" else
                             "frames back to back") + " (leave --rate out, or add --mode recorded)")
-        if args.max_gap != 10.0 and args.mode != "recorded":
+        if args.max_gap is not None and args.mode != "recorded":
             parser.error(f"replay: --max-gap caps the waits of --mode recorded; --mode {args.mode} waits for none")
         if args.json is not None and not args.json.parent.is_dir():  # refused now, not after the replay
             parser.error(f"replay: --json {args.json}: folder {args.json.parent} does not exist")
@@ -902,13 +902,14 @@ def main(argv: list[str] | None = None) -> int:
                 extra += ["-p", "autostart:=true"]
             return node_main(["perception_node", "--ros-args", *extra, *ros_args])
         if args.command == "replay":
-            from adaptive_perception.ros.replay import ReplayMode, replay_bag
+            from adaptive_perception.ros.replay import MAX_GAP_S, ReplayMode, replay_bag
             from adaptive_perception.ros.session import spun_node
 
             with spun_node("adaptive_perception_replay") as node:
                 report = replay_bag(node, args.bag, ReplayMode(args.mode), args.rate, args.topics,
                                     _parse_remaps(args.remap), args.output_topic, args.timeout,
-                                    subscribers=args.subscribers, max_gap_s=args.max_gap)
+                                    subscribers=args.subscribers,
+                                    max_gap_s=MAX_GAP_S if args.max_gap is None else args.max_gap)
             summary = report.summary()
             if report.skipped_topics:
                 print(f"left out the node's debug images {report.skipped_topics} (name one with --topic to replay it)")

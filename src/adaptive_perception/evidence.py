@@ -71,6 +71,7 @@ class _Camera:
     post_left: int = 0  # frames still to record in the running event
     linger_left: int = 0  # frames to wait for the last frames' outputs; an event runs while either is > 0
     end_key: int = 0  # the last recorded frame's key
+    start_key: int | None = None  # the running event's first frame's key (None until it has one)
 
     @property
     def running(self) -> bool:
@@ -145,6 +146,10 @@ class EvidenceCapture:
             self._last_ns = max(self._last_ns + 1, self._clock())
             entry = (self._last_ns, key, topic, msgtype, message, is_frame)
             if state.post_left > 0:
+                if is_frame and state.start_key is None:
+                    state.start_key = key
+                if not is_frame and (state.start_key is None or key < state.start_key):
+                    return  # a late output of a frame that is not in the event
                 self._put(("write", camera, entry))
                 if is_frame:
                     state.post_left -= 1
@@ -180,6 +185,7 @@ class EvidenceCapture:
             state.ring.clear()
             state.frames = 0
             state.post_left = self.settings.post_frames
+            state.start_key = oldest
             return True
 
     def capturing(self, camera: str) -> bool:

@@ -55,8 +55,10 @@ def _lock_folder(folder: Path) -> int:
     descriptor = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
     try:
         fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
+    except OSError as exc:
         os.close(descriptor)
+        if not isinstance(exc, BlockingIOError):
+            raise
         raise ConfigError(f"{folder} is being recorded into by another running recorder (a node's evidence or "
                           "`record`): give each its own folder (each node its own evidence.dir or camera, each "
                           "`record` its own --out)") from None
@@ -97,7 +99,11 @@ class SegmentedRecorder:
         # only this recorder's own segment folders are numbered and removed; anything else in `folder` is left alone
         self._segment_re = re.compile(rf"^{re.escape(prefix)}_(\d{{4,}})$")
         self.segment_bytes, self.segment_s, self.budget_bytes = segment_bytes, segment_s, budget_bytes
-        existing = [int(m.group(1)) for p in self.folder.iterdir() if (m := self._segment_re.match(p.name))]
+        try:
+            existing = [int(m.group(1)) for p in self.folder.iterdir() if (m := self._segment_re.match(p.name))]
+        except OSError:
+            self.release()  # never a folder held by a recorder that was not made
+            raise
         self._next = max(existing, default=0) + 1  # a restart continues the numbering, never overwrites
         self._writer: Writer | None = None
         self._path: Path | None = None

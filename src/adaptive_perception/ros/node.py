@@ -314,7 +314,8 @@ class PerceptionNode(LifecycleNode):
                                             on_event=self._evidence_written,
                                             cameras=[self.resolve_topic_name(c) for c in config.image_topics])
         except Exception as exc:  # evidence is optional: perception goes on without it
-            self._evidence_off = f"{config.evidence.folder} cannot be used ({exc}); set evidence.dir to a writable folder"
+            self._evidence_off = f"{config.evidence.folder} cannot be used ({exc})" + (
+                "" if isinstance(exc, ConfigError) else "; set evidence.dir to a writable folder")
             self.get_logger().error(f"evidence capture off: {self._evidence_off}")
             return
         if self.evidence.unclosed:
@@ -1032,9 +1033,9 @@ IMAGE_TYPES = {False: "sensor_msgs/msg/Image", True: "sensor_msgs/msg/Compressed
 
 
 def _no_reference(policy: Policy) -> str:
-    return (f"policy '{policy.policy_id}' carries no drift reference: drift monitoring is off (re-export it with "
-            f"`adaptive-perception train export` from held-out recordings of at least one drift window, {WINDOW} "
-            "frames, each)")
+    return (f"policy '{policy.policy_id}' carries no drift reference: drift monitoring is off (`adaptive-perception "
+            "policy drift-reference` adds one from `train profile` output of held-out recordings of at least one "
+            f"drift window, {WINDOW} frames, each)")
 
 
 def _serialize(message: object) -> bytes:
