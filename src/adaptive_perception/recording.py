@@ -53,16 +53,19 @@ def _lock_folder(folder: Path) -> int:
     """An exclusive lock on `folder` (a descriptor of it, flock'd; closing it lets go); ConfigError when another
     recorder holds it."""
     descriptor = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError as exc:
-        os.close(descriptor)
-        if not isinstance(exc, BlockingIOError):
+    for attempt in range(5):  # another process's `in_use` holds it for an instant while it looks
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return descriptor
+        except BlockingIOError:
+            if attempt < 4:
+                time.sleep(0.02)
+        except OSError:
+            os.close(descriptor)
             raise
-        raise ConfigError(f"{folder} is being recorded into by another running recorder (a node's evidence or "
-                          "`record`): give each its own folder (each node its own evidence.dir or camera, each "
-                          "`record` its own --out)") from None
-    return descriptor
+    os.close(descriptor)
+    raise ConfigError(f"{folder} is being recorded into by another running recorder (a node's evidence or `record`): "
+                      "give each its own folder (each node its own evidence.dir or camera, each `record` its own --out)")
 
 
 def in_use(folder: Path) -> bool:
