@@ -282,7 +282,8 @@ class EvidenceCapture:
                     self._queue.put(("end", camera, None))
         self._queue.put(None)
         self._thread.join(timeout=60)
-        self._release()
+        if not self._thread.is_alive():  # a writer stuck on a hung disk keeps its folders: nobody else writes there
+            self._release()
 
     def _release(self) -> None:
         for recorder in self.recorders.values():  # their folders, for the next configure or another recorder
