@@ -28,14 +28,22 @@ def spun_node(name: str, use_sim_time: bool = False) -> Iterator[Node]:
                 parameter_overrides=[Parameter("use_sim_time", value=True)] if use_sim_time else [])
     executor = SingleThreadedExecutor(context=context)
     executor.add_node(node)
-    thread = threading.Thread(target=executor.spin, daemon=True)
+    stop = threading.Event()
+
+    def spin() -> None:
+        while not stop.is_set() and context.ok():
+            executor.spin_once(timeout_sec=0.1)
+
+    thread = threading.Thread(target=spin, daemon=True)
     thread.start()
     try:
         yield node
     finally:
-        # the spin thread ends before its node and context do: it would otherwise die building a wait set on them
+        # the spin thread ends before anything it uses is destroyed: shutting the executor down under a running spin
+        # destroyed its guard condition mid-task (InvalidHandle, a traceback after a Ctrl-C'd replay's summary)
+        stop.set()
+        thread.join(timeout=5)
         executor.shutdown(timeout_sec=2)
-        thread.join(timeout=2)
         node.destroy_node()
         rclpy.shutdown(context=context)
 
