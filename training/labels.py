@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from adaptive_perception.detector import TIERS, box_iou
+from adaptive_perception.detector import TIERS, box_iou, other_files
 from adaptive_perception.errors import AdaptivePerceptionError
 from adaptive_perception.progress import progress
 from adaptive_perception.training.profile import PUBLISH_CONF, Profile
@@ -108,9 +108,9 @@ class Costs:
 
     def mismatches(self, policy) -> list[str]:
         """One line per tier timed on another file than `policy` was trained with (by both files' digests)."""
-        expected = policy.info.tier_digests
-        return [f"{tier} (timed {digest}, policy trained with {expected[tier]})"
-                for tier, digest in (self.digests or {}).items() if tier in expected and expected[tier] != digest]
+        expected, timed = policy.info.tier_digests, self.digests or {}
+        return [f"{tier} (timed {timed[tier]}, policy trained with {expected[tier]})"
+                for tier in other_files(expected, timed)]
 
     @staticmethod
     def measured(profiles: list[Profile]) -> "Costs":

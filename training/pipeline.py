@@ -19,7 +19,7 @@ import numpy as np
 
 from adaptive_perception.bag import expand_bags
 from adaptive_perception.config import tier_models
-from adaptive_perception.detector import TIERS
+from adaptive_perception.detector import TIERS, other_files
 from adaptive_perception.errors import AdaptivePerceptionError
 
 # the router trains on the benchmark's router split: sequences the detector tiers never saw (their own training
@@ -229,7 +229,7 @@ def _costs(settings: Settings):
     if settings.latency is not None:
         costs = Costs.load(settings.latency)
         profiled = profiled_with(settings.work).get("digests") or {}
-        other = [t for t, d in (costs.digests or {}).items() if t in profiled and profiled[t] != d]
+        other = other_files(profiled, costs.digests or {})
         if other:  # the labels would price these tiers at another file's latency
             print(f"warning: --latency {settings.latency} timed other {', '.join(other)} tier files than the profiles "
                   "ran; time these tiers (`bench latency --model ...`)", file=sys.stderr, flush=True)

@@ -193,6 +193,12 @@ def tier_order_mismatch(input_sizes: dict[str, tuple[int, int]]) -> str:
         "slot? The large tier is the audit's reference; check models.nano, models.small and models.large")
 
 
+def other_files(expected: dict[str, str], actual: dict[str, str]) -> list[str]:
+    """The tiers whose file digest in `actual` is not the one `expected` names ({tier: `file_digest`} each; a tier
+    either leaves out has nothing to compare)."""
+    return [tier for tier, digest in actual.items() if tier in expected and expected[tier] != digest]
+
+
 def file_digest(path: str | os.PathLike[str]) -> str:
     """The first 16 hex digits of a file's SHA-256: how a policy names the tier files it was trained with."""
     digest = hashlib.sha256()

@@ -41,7 +41,7 @@ from pathlib import Path
 
 import numpy as np
 
-from adaptive_perception.detector import TIERS
+from adaptive_perception.detector import TIERS, other_files
 from adaptive_perception.errors import AdaptivePerceptionError
 from adaptive_perception.features import FEATURE_SIZE, FEATURE_VERSION, IMAGE_FEATURES
 
@@ -526,10 +526,10 @@ class Policy:
         """One warning per loaded tier ({tier: (digest, path)}) that is not the file this policy was trained with."""
         expected = self.info.tier_digests
         return [f"policy '{self.policy_id}' was trained with a {tier} tier of digest {expected[tier]}, but the loaded "
-                f"{tier} tier {path} has digest {digest}: the policy learned when that tier is good enough for other "
-                f"detectors; load the tiers it was trained with, or retrain it on these (`adaptive-perception train "
-                f"all --model {tier}=...`)"
-                for tier, (digest, path) in loaded.items() if tier in expected and expected[tier] != digest]
+                f"{tier} tier {loaded[tier][1]} has digest {loaded[tier][0]}: the policy learned when that tier is good "
+                f"enough for other detectors; load the tiers it was trained with, or retrain it on these "
+                f"(`adaptive-perception train all --model {tier}=...`)"
+                for tier in other_files(expected, {t: digest for t, (digest, _) in loaded.items()})]
 
     def _run(self, features: np.ndarray) -> np.ndarray:
         """The outputs for one frame's 1028 features."""

@@ -31,7 +31,7 @@ from visualization_msgs.msg import ImageMarker
 
 from adaptive_perception.config import NodeConfig, resolve_model
 from adaptive_perception.detector import (TIERS, AcceleratorSettings, Detections, DetectorTier, class_list_mismatch,
-                                          tier_order_mismatch)
+                                          other_files, tier_order_mismatch)
 from adaptive_perception.audit import AuditSettings, ReferenceProcess
 from adaptive_perception.drawing import draw_routed
 from adaptive_perception.drift import DRIFT, STATE_NAMES, UNKNOWN, WINDOW, DriftMonitor, DriftWatch, weight_text
@@ -1020,8 +1020,7 @@ class PerceptionNode(LifecycleNode):
             self.get_logger().info(f"policy '{policy.policy_id}' does not name the tier files it was trained with, "
                                    "so they cannot be checked")
         warnings = policy.tier_mismatches({t: (d.digest, str(d.path)) for t, d in detectors.items()})
-        self._policy_mismatches = [t for t, d in detectors.items()
-                                   if policy.info.tier_digests.get(t, d.digest) != d.digest]
+        self._policy_mismatches = other_files(policy.info.tier_digests, {t: d.digest for t, d in detectors.items()})
         thin = policy.drift_reference.thin_calibration() if policy.drift_reference is not None else ""
         warnings += [f"policy '{policy.policy_id}': {thin}"] if thin else []
         for warning in warnings:
