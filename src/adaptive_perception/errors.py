@@ -1,7 +1,11 @@
 """Exceptions raised for bad user input; each message names the input and the fix."""
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import os
 from pathlib import Path
+from typing import Iterator
 
 
 class AdaptivePerceptionError(Exception):
@@ -75,3 +79,15 @@ def write_probe(folder: str | Path, name: str = "write") -> None:
 
     with tempfile.NamedTemporaryFile(dir=folder, prefix=f".{name}.", suffix=".probe"):
         pass
+
+
+@contextlib.contextmanager
+def file_lock(path: str | Path) -> Iterator[None]:
+    """An exclusive lock on the file `path` (created where missing, never through a link planted there) held while
+    the block runs; another process's block on the same file waits for it."""
+    descriptor = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(descriptor)  # releases the lock

@@ -10,7 +10,6 @@ get fresh names and no file of the store is written through a symbolic link.
 """
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import shutil
@@ -22,7 +21,7 @@ from typing import Callable, Iterator
 
 from adaptive_perception.config import resolve_model
 from adaptive_perception.detector import file_digest
-from adaptive_perception.errors import ConfigError
+from adaptive_perception.errors import ConfigError, file_lock
 from adaptive_perception.policy import META_PREFIX, Policy, PolicyFileError
 
 CURRENT, PREVIOUS, HISTORY, LOCK = "current.onnx", "previous.onnx", "history.jsonl", ".lock"
@@ -180,12 +179,8 @@ class PolicyStore:
         if not self.folder.is_dir():
             yield
             return
-        descriptor = os.open(self.folder / LOCK, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
-        try:
-            fcntl.flock(descriptor, fcntl.LOCK_EX)
+        with file_lock(self.folder / LOCK):
             yield
-        finally:
-            os.close(descriptor)  # releases the lock
 
     def _copy(self, source: Path, target: Path) -> Path:
         """`source` copied and synced to a new temporary file beside `target` (created exclusively: a name

@@ -7,16 +7,14 @@ SQLAlchemy and Alembic for a local sqlite:/// store)."""
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import math
-import os
 import queue
 import threading
 import time
 from pathlib import Path
 from typing import Iterator, Mapping
 
-from adaptive_perception.errors import ConfigError
+from adaptive_perception.errors import ConfigError, file_lock
 
 
 def quiet_mlflow_setup() -> None:
@@ -81,16 +79,11 @@ def _creating(uri: str) -> Iterator[None]:
         yield
         return
     database = Path(uri[len("sqlite:///"):])
-    try:
-        descriptor = os.open(f"{database}.lock", os.O_RDWR | os.O_CREAT, 0o644)
-    except OSError:  # a folder that is not there: MLflow's own error says so
+    if not database.parent.is_dir():  # a folder that is not there: MLflow's own error says so
         yield
         return
-    try:
-        fcntl.flock(descriptor, fcntl.LOCK_EX)
+    with file_lock(f"{database}.lock"):
         yield
-    finally:
-        os.close(descriptor)
 
 
 class NodeRun:
