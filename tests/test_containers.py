@@ -117,7 +117,9 @@ def test_the_healthcheck_reads_a_real_node(context, tier_models, capsys):
 
     def health() -> str:
         assert main(["health", "--url", url]) in (0, 1)
-        return capsys.readouterr().out.strip()
+        out = capsys.readouterr().out.strip()
+        assert out.split(": ")[1] == f"node {graph.fqn}", out  # which node answers
+        return out.replace(f": node {graph.fqn}", "")
     graph = Graph(context, {**{f"models.{t}": str(p) for t, p in tier_models.items()}, "routing_mode": "fixed:nano",
                             "policy": "", "providers": ["CPUExecutionProvider"], "warmup_runs": 0, "metrics.port": port,
                             "diagnostics.stall_s": 30.0})
@@ -136,7 +138,7 @@ def test_the_healthcheck_reads_a_real_node(context, tier_models, capsys):
         graph.node._diag_timer.cancel()  # a stuck executor publishes no status
         time.sleep(2.5)
         healthy, why = check_health(url, stale_s=2.0)
-        assert not healthy and why.startswith("the node's status is") and why.endswith("old (updated every second): is it stuck?")
+        assert not healthy and why.startswith(f"node {graph.fqn}: the node's status is") and why.endswith("old (updated every second): is it stuck?")
         graph.node._diag_timer.reset()
         assert graph.transition("deactivate")
         assert health().startswith("unhealthy: the node is not active")

@@ -16,6 +16,7 @@ Names and labels (all prefixed `adaptive_perception_`):
 | `drift_state`, `drift_score` | gauge | camera (state 0 unknown, 1 ok, 2 warn, 3 drift) |
 | `audits_total` | counter | camera (frames handed to the audit worker) |
 | `policy_info` | info | policy_id, mode |
+| `node_info` | info | node (the node's fully qualified name: which node serves this endpoint) |
 | `active` | gauge | - (1 while the node is lifecycle-active: subscribed and processing) |
 | `camera_level` | gauge | camera (its /diagnostics level: 0 OK, 1 WARN, 2 ERROR) |
 | `status_timestamp_seconds` | gauge | - (Unix time of the latest /diagnostics update, 1 Hz: a stuck node stops it) |
@@ -28,6 +29,7 @@ import ipaddress
 import math
 import socket
 import threading
+import time
 from socketserver import ThreadingMixIn
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
@@ -122,9 +124,10 @@ class _MetricsServer(ThreadingMixIn, WSGIServer):
 class PrometheusMetrics:
     """Counters and histograms fed by `Telemetry`; `serve` exposes them over HTTP."""
 
-    def __init__(self) -> None:
+    def __init__(self, node: str = "") -> None:
         self.registry = CollectorRegistry()
         r = self.registry
+        Info(f"{PREFIX}_node", "The node serving these metrics", registry=r).info({"node": node})
         self.received = Counter(f"{PREFIX}_frames_received", "Frames delivered to the node", ["camera"], registry=r)
         self.lost = Counter(f"{PREFIX}_frames_lost_before_node", "Frames published but never delivered",
                             ["camera"], registry=r)
@@ -244,7 +247,6 @@ def check_health(url: str = "http://127.0.0.1:9464/metrics", timeout_s: float = 
     when the endpoint answers, the node is active, its 1 Hz status is fresh (a stuck executor stops it) and no camera
     is at ERROR (a tier failing on recent frames, or frames arriving unprocessed); a camera at WARN is named but
     healthy (a camera that stopped publishing is not the node's fault). Returns (healthy, one line saying why)."""
-    import time
     import urllib.request
 
     from prometheus_client.parser import text_string_to_metric_families
@@ -265,9 +267,12 @@ def check_health(url: str = "http://127.0.0.1:9464/metrics", timeout_s: float = 
                        "(metrics.bind:metrics.port/metrics)")
     received = processed = active = status_time = 0.0
     levels: dict[str, float] = {}
+    node = ""
     for family in families:
         for sample in family.samples:
-            if sample.name == f"{PREFIX}_frames_received_total":
+            if sample.name == f"{PREFIX}_node_info":
+                node = sample.labels.get("node", "")
+            elif sample.name == f"{PREFIX}_frames_received_total":
                 received += sample.value
             elif sample.name == f"{PREFIX}_frames_processed_total":
                 processed += sample.value
@@ -277,6 +282,12 @@ def check_health(url: str = "http://127.0.0.1:9464/metrics", timeout_s: float = 
                 status_time = sample.value
             elif sample.name == f"{PREFIX}_camera_level":
                 levels[sample.labels["camera"]] = sample.value
+    healthy, why = _judged(received, processed, active, status_time, levels, stale_s)
+    return healthy, f"node {node}: {why}" if node else why
+
+
+def _judged(received: float, processed: float, active: float, status_time: float, levels: dict[str, float],
+            stale_s: float) -> tuple[bool, str]:
     if not active:
         return False, "the node is not active (configured but not processing: lifecycle activate, or autostart:=true)"
     age = time.time() - status_time

@@ -353,7 +353,7 @@ class PerceptionNode(LifecycleNode):
         self.metrics, self._metrics_state = None, "off (metrics.port 0)"
         if not config.metrics_port:
             return
-        metrics = PrometheusMetrics()
+        metrics = PrometheusMetrics(self.get_fully_qualified_name())
         try:
             metrics.serve(config.metrics_port, config.metrics_bind)
         except OSError as exc:
