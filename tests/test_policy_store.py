@@ -299,8 +299,8 @@ def test_the_node_is_loaded_before_another_promotion_can_change_the_store(tmp_pa
 
     def load(path, changed):  # what the CLI does here: the node loads the store's current file
         other.start()
-        time.sleep(0.5)
-        seen.append((other.is_alive(), file_digest(path), changed))  # the other promotion waits for the lock
+        other.join(3)  # without the lock it lands in milliseconds; with it, it waits until this load returns
+        seen.append((other.is_alive(), file_digest(path), changed))
 
     store.promote(policies["small"], then=load)
     other.join(10)
