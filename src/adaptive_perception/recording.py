@@ -49,21 +49,28 @@ def message_definition(store, msgtype: str) -> str:
 RETRY_S = 1.0  # after a failed write, messages are refused this long before the disk is tried again
 
 
-def _lock_folder(folder: Path) -> int:
-    """An exclusive lock on `folder` (a descriptor of it, flock'd; closing it lets go); ConfigError when another
-    recorder holds it."""
+def _try_lock(folder: Path) -> int | None:
+    """A descriptor of `folder` holding its exclusive lock (closing it lets go), or None when another holds it."""
     descriptor = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return descriptor
+    except BlockingIOError:
+        os.close(descriptor)
+        return None
+    except OSError:
+        os.close(descriptor)
+        raise
+
+
+def _lock_folder(folder: Path) -> int:
+    """An exclusive lock on `folder` (see `_try_lock`); ConfigError when another recorder holds it."""
     for attempt in range(5):  # another process's `in_use` holds it for an instant while it looks
-        try:
-            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        if attempt:
+            time.sleep(0.02)
+        descriptor = _try_lock(folder)
+        if descriptor is not None:
             return descriptor
-        except BlockingIOError:
-            if attempt < 4:
-                time.sleep(0.02)
-        except OSError:
-            os.close(descriptor)
-            raise
-    os.close(descriptor)
     raise ConfigError(f"{folder} is being recorded into by another running recorder (a node's evidence or `record`): "
                       "give each its own folder (each node its own evidence.dir or camera, each `record` its own --out)")
 
@@ -71,15 +78,12 @@ def _lock_folder(folder: Path) -> int:
 def in_use(folder: Path) -> bool:
     """Whether a recorder (of any process, this one's included) holds `folder`'s lock now."""
     try:
-        descriptor = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+        descriptor = _try_lock(folder)
     except OSError:
         return False
-    try:
-        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
+    if descriptor is None:
         return True
-    finally:
-        os.close(descriptor)
+    os.close(descriptor)
     return False
 
 
