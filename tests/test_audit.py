@@ -151,6 +151,48 @@ def test_a_failing_reference_is_counted_and_the_worker_keeps_going():
         AuditSettings(max_share=0.0).validate()
 
 
+def _wait(condition, timeout_s: float = 5.0) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return condition()
+
+
+def test_a_failing_result_handler_loses_its_result_not_the_worker():
+    """A handler that raised killed the worker thread: later offers were accepted and never audited."""
+    handled = []
+
+    def handler(key, score, reference):
+        if key == 1:
+            raise KeyError("camera 'cam1'")
+        handled.append((key, score))
+
+    with AuditWorker(lambda rgb: _dets(), handler, AuditSettings(every=1, max_share=1.0)) as worker:
+        assert worker.offer(1, np.zeros((4, 4, 3), np.uint8), _dets())
+        assert _wait(lambda: worker.failed == 1 and worker.idle)
+        assert worker.last_error == "KeyError: \"camera 'cam1'\""
+        assert worker.offer(2, np.zeros((4, 4, 3), np.uint8), _dets())
+        assert _wait(lambda: handled == [(2, 1.0)]) and worker.audited == 2 and worker.failed == 1
+    assert not worker._thread.is_alive()
+    assert not worker.offer(3, np.zeros((4, 4, 3), np.uint8), _dets())  # closed: refused, not swallowed
+    assert worker.skipped_busy == 0 and worker.skipped_share == 0
+
+
+def test_the_worker_audits_the_frame_it_was_offered_though_the_caller_reuses_its_buffer():
+    """The worker kept the caller's array: a buffer refilled with the next frame was audited in its place."""
+    results = []
+
+    def reference(rgb):  # what the reference tier finds: a box where the frame is bright
+        time.sleep(0.2)  # the caller refills its buffer meanwhile
+        return _dets((0, 0, 10, 10, 0)) if rgb[0, 0, 0] else _dets()
+
+    with AuditWorker(reference, lambda key, score, ref: results.append(score), AuditSettings(every=1)) as worker:
+        buffer = np.full((4, 4, 3), 255, np.uint8)
+        assert worker.offer("f1", buffer, _dets((0, 0, 10, 10, 0)))  # routed found the box of the bright frame
+        buffer[:] = 0
+        assert _wait(lambda: results == [1.0]), results  # 0.0 when the dark refill was audited
+
+
 def test_the_reference_process_answers_like_the_tier_in_process_at_the_lowest_priority(tier_models):
     from adaptive_perception.audit import ReferenceProcess
 

@@ -199,7 +199,7 @@ def test_a_camera_that_loses_contrast_is_drift_through_the_quality_statistic_alo
     assert quality_shift(reference, window) == pytest.approx(0.329)
     assert DriftReference.from_json(reference.to_json()).quality_peak == [2.0] * len(QUALITY_FEATURES)
     monitor = DriftMonitor(reference, confirm=3)
-    frame = np.zeros(1028)
+    frame = _counted(np.zeros(1028))
     frame[list(QUALITY_FEATURES.values())] = 0.2
     states = [monitor.update(frame, 0)[0] for _ in range(10)]
     assert states[-1] == OK and monitor.statistics["image_quality"] == pytest.approx(0.0, abs=1e-12)
@@ -209,6 +209,13 @@ def test_a_camera_that_loses_contrast_is_drift_through_the_quality_statistic_alo
     states = [monitor.update(frame, 0)[0] for _ in range(6)]
     assert states == [OK, OK, WARN, WARN, DRIFT, DRIFT]
     assert monitor.score == pytest.approx(6 * 0.376)
+
+
+def _counted(features: np.ndarray) -> np.ndarray:
+    """Synthetic features with one joint-histogram count set, as every real frame's are (the monitor refuses image
+    statistics that are all zero: features taken before `Routed.complete`)."""
+    features[1000] = 1.0
+    return features
 
 
 def _stripes(colours: list[tuple[int, int, int]]) -> np.ndarray:
@@ -259,7 +266,7 @@ def test_the_veil_reference_calibration_and_monitor():
     reference.thresholds = {"feature_psi": 100.0, "mix_tvd": 1.0, "agreement_drop": 1.0, "veil": 2.5}
     assert DriftReference.from_json(reference.to_json()).veil_std == pytest.approx(0.0816497)
     monitor = DriftMonitor(reference, confirm=2)
-    frame = np.zeros(1028)
+    frame = _counted(np.zeros(1028))
     # veils 0.2, 0.3: window mean 0.25 -> 0.612 stds, 0.245 of the threshold; then 0.5 twice: 0.4 -> 2.449 stds
     # (0.980, OK), 0.5 -> 3.674 stds (1.470, WARN), then DRIFT on the second frame above 1
     states = [monitor.update(frame, 0, v)[0] for v in (0.2, 0.3, 0.5, 0.5, 0.5)]
@@ -281,7 +288,7 @@ def test_the_node_side_takes_each_frames_veil_from_its_pixels():
     watch = DriftWatch(["camera"], reference, confirm=2)
     clear = _stripes([(3 * k + 10, 3 * k + 20, 3 * k + 30) for k in range(32)])  # veil 13 / 120 = 0.108
     hazed = np.round(clear * 0.4 + np.array([200, 205, 210]) * 0.6).astype(np.uint8)  # 125 / 174 = 0.718
-    frame = np.zeros(1028)
+    frame = _counted(np.zeros(1028))
     states = [watch.frame("camera", frame, 0, rgb, None)[1] for rgb in (clear, clear, hazed, hazed)]
     # windows: 0.108 (-1.12 stds), then (0.108 + 0.718) / 2 = 0.413 (2.61 stds, 1.04 of the threshold: WARN),
     # then 0.718 (6.35 stds): DRIFT
@@ -377,7 +384,7 @@ def test_the_watch_compares_the_routing_with_each_references_own():
                      for w in (0.28, 0.5))
     watch = DriftWatch(["a", "b"], at_028)
     assert watch.set_routing("learned", 0.5, 0.0) == "the cost weight is 0.5"
-    watch.monitors["a"].update(np.zeros(1028), 0)
+    watch.monitors["a"].update(_counted(np.zeros(1028)), 0)
     assert watch.monitors["a"].routing_off == "the cost weight is 0.5"
     watch.set_reference(at_05)  # a policy whose reference was measured at 0.5: its monitors compare the mix
     assert all(m._routing_next == "" for m in watch.monitors.values())
@@ -401,7 +408,7 @@ def test_a_frame_and_an_audit_in_flight_at_a_routing_change_are_left_out():
 
     watch = DriftWatch(["a"], _reference(cost_weight=0.28, hysteresis=0.0), reference_tier,
                        AuditSettings(every=1, max_share=1.0))
-    monitor, rgb, features = watch.monitors["a"], np.zeros((8, 8, 3), np.uint8), np.zeros(1028)
+    monitor, rgb, features = watch.monitors["a"], np.zeros((8, 8, 3), np.uint8), _counted(np.zeros(1028))
 
     def finished(count: int) -> None:
         deadline = time.monotonic() + 10
@@ -444,3 +451,29 @@ def test_a_frame_and_an_audit_in_flight_at_a_routing_change_are_left_out():
     finally:
         release.set()
         watch.close()
+
+
+def test_what_the_monitor_cannot_use_is_refused_by_name():
+    """Features read before `Routed.complete` (image statistics all zero) drove a stream to a false DRIFT; NaN
+    statistics dropped out of the score; confirm 0 turned DRIFT on the first frame above 1; a camera the watch was
+    not given killed the audit worker for every camera."""
+    reference = _reference(thresholds={"feature_psi": 1.0, "mix_tvd": 1.0, "agreement_drop": 1.0})
+    monitor = DriftMonitor(reference)
+    with pytest.raises(ValueError, match=r"image statistics are all zero: call `Routed.complete\(rgb\)` first"):
+        monitor.update(np.zeros(1028), 0)
+    nan = _counted(np.zeros(1028))
+    nan[7] = np.nan
+    with pytest.raises(ValueError, match="with 1 non-finite values"):
+        monitor.update(nan, 0)
+    with pytest.raises(ValueError, match=r"features of shape \(1027,\)"):
+        monitor.update(np.ones(1027), 0)
+    assert monitor.frames == 0  # none of them entered the window
+    for confirm in (0, -5, 1.5, True):
+        with pytest.raises(ConfigError, match="drift confirm"):
+            DriftMonitor(reference, confirm=confirm)
+    with pytest.raises(ConfigError, match=r"drift release 1.5 must lie in \[0, 1\]"):
+        DriftMonitor(reference, release=1.5)
+    with DriftWatch(["cam0"], reference, lambda rgb: None) as watch:
+        with pytest.raises(KeyError, match=r"camera 'cam1' is not one of this DriftWatch's cameras \['cam0'\]"):
+            watch.frame("cam1", _counted(np.zeros(1028)), 0, np.zeros((4, 4, 3), np.uint8), None)
+    assert not watch.audit._thread.is_alive()

@@ -87,7 +87,8 @@ class AuditWorker:
         self.audited = 0
         self.skipped_busy = 0  # due, but the worker was still auditing an earlier frame
         self.skipped_share = 0  # due, but the audit's share of the wall time was used up
-        self.failed = 0
+        self.failed = 0  # the reference tier or the result's handler raised
+        self.last_error = ""  # the latest such exception, as text
         self._thread = threading.Thread(target=self._loop, name="audit", daemon=True)
         self._thread.start()
 
@@ -116,25 +117,35 @@ class AuditWorker:
             return not self._running and self._pending is None
 
     def offer(self, key: Hashable, rgb: np.ndarray, routed: Detections) -> bool:
-        """Hand a due frame to the worker; False (and counted) when it is busy or over its share (the node's workers
-        may offer frames of different cameras at once)."""
+        """Hand a due frame to the worker (a copy of `rgb`: the caller may reuse its buffer); False (and counted) when
+        it is busy or over its share, and after `close` (the node's workers may offer frames of different cameras at
+        once)."""
         over_share = self.busy_share() > self.settings.max_share
         with self._cond:
+            if self._closed:
+                return False
             if over_share:
                 self.skipped_share += 1
                 return False
             if self._running or self._pending is not None:
                 self.skipped_busy += 1
                 return False
-            self._pending = (key, rgb, routed)
+            self._pending = (key, rgb.copy(), routed)
             self._cond.notify()
         return True
 
     def close(self) -> None:
+        """Stop the worker (an audit running finishes first); later offers are refused."""
         with self._cond:
             self._closed = True
             self._cond.notify_all()
         self._thread.join(timeout=30)
+
+    def __enter__(self) -> "AuditWorker":
+        return self
+
+    def __exit__(self, *_exc) -> None:
+        self.close()
 
     def _loop(self) -> None:
         while True:
@@ -148,16 +159,22 @@ class AuditWorker:
             try:
                 reference = self._reference(rgb)
                 score = agreement(routed, reference)
-            except Exception:  # the audit never takes the node down; a failure is counted
-                self.failed += 1
-                reference, score = None, None
+            except Exception as exc:  # the audit never takes the node down; a failure is counted
+                self._failed(exc)
+                continue
             finally:
                 with self._cond:
                     self._busy.append((started, self._clock()))
                     self._running = False
-            if reference is not None:
-                self.audited += 1
+            self.audited += 1
+            try:
                 self._on_result(key, score, reference)
+            except Exception as exc:  # a failing handler loses this result, never the worker (nor later audits)
+                self._failed(exc)
+
+    def _failed(self, exc: Exception) -> None:
+        self.failed += 1
+        self.last_error = f"{type(exc).__name__}: {exc}"
 
 
 class ReferenceProcess:

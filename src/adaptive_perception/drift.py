@@ -31,8 +31,8 @@ Each statistic is divided by its threshold; the drift score is the largest ratio
 value each statistic took over held-out in-distribution streams (`calibrate`) times a margin (the agreement
 drop's never below three standard errors of a mean of `AUDIT_WINDOW` audits), so the
 false-alarm rate on such data is stated, not guessed: zero over the calibration frames, by construction,
-and measured on other held-out frames in the drift report. State: OK; WARN while the score is above 1;
-DRIFT after the score stayed above 1 for `confirm` consecutive frames; back to OK only after it stayed
+and measured on other held-out frames in the drift report. State: OK; WARN from a score above 1 until one
+below `release`; DRIFT after the score stayed above 1 for `confirm` consecutive frames; back to OK only after it stayed
 below `release` (< 1) for `confirm` frames (hysteresis).
 """
 from __future__ import annotations
@@ -47,7 +47,7 @@ from functools import cached_property
 import numpy as np
 
 from adaptive_perception.errors import ConfigError
-from adaptive_perception.features import GRID, IMAGE_FEATURES, reduce_frame
+from adaptive_perception.features import FEATURE_SIZE, GRID, IMAGE_FEATURES, reduce_frame
 
 PROJECTIONS = 8
 BINS = 10
@@ -408,6 +408,10 @@ class DriftMonitor:
         if not reference.thresholds:
             raise ConfigError("the drift reference has no calibrated thresholds; re-export the policy with "
                               "`adaptive-perception train export`")
+        if isinstance(confirm, bool) or not isinstance(confirm, int) or confirm < 1:
+            raise ConfigError(f"drift confirm {confirm!r} must be a whole number of frames >= 1")
+        if not 0 <= release <= 1:
+            raise ConfigError(f"drift release {release!r} must lie in [0, 1] (a share of the threshold)")
         self.reference, self.confirm, self.release = reference, confirm, release
         self._edges = np.asarray(reference.edges, np.float64)
         # the window's decile bins per frame and their counts, kept as frames enter and leave
@@ -447,9 +451,17 @@ class DriftMonitor:
         """Add a frame (its routing features, tier and `veil`); returns (state, score). UNKNOWN until the window
         is full; the veil statistic counts once the window holds a veil for every frame. `tier` None: the frame
         was routed before the latest routing change, so its tier joins no window (the mix waits for a full one)."""
+        features = np.asarray(features)
+        if features.shape not in ((FEATURE_SIZE,), (IMAGE_FEATURES,)) or not np.isfinite(features).all():
+            raise ValueError(f"drift monitor: features of shape {features.shape} with "
+                             f"{features.size - np.isfinite(features).sum()} non-finite values; it takes a frame's "
+                             f"{FEATURE_SIZE} routing features (`Routed.features`) or their {IMAGE_FEATURES} image "
+                             "statistics, all finite")
+        if not features[:IMAGE_FEATURES].any():  # every image has histogram counts
+            raise ValueError("drift monitor: the features' image statistics are all zero: call `Routed.complete(rgb)` "
+                             "first (a policy that reads only the context leaves them out of the decision)")
         self._apply_routing()
         self.frames += 1
-        features = np.asarray(features)
         bins = decile_bins(self._edges, self.reference.project(features[None])[0])
         rows = np.arange(PROJECTIONS)
         if len(self._bins) == self.reference.window:
@@ -567,6 +579,8 @@ class DriftWatch:
         """(audited, state, score) for one routed frame; `audited` = handed to the audit worker. `generation`: the
         `routing_generation` read before the frame was routed (None: now); a frame routed before the latest
         routing change adds no tier to the window, and its audit, if any, is not counted."""
+        if camera not in self.agreements:
+            raise KeyError(f"camera {camera!r} is not one of this DriftWatch's cameras {sorted(self.agreements)}")
         generation = self.routing_generation if generation is None else generation
         audited = bool(self.audit is not None and self.audit.due(camera)
                        and self.audit.offer((camera, generation), rgb, detections))
@@ -580,3 +594,9 @@ class DriftWatch:
             self.audit.close()
         if hasattr(self._reference_tier, "close"):  # a ReferenceProcess: its child goes too
             self._reference_tier.close()
+
+    def __enter__(self) -> "DriftWatch":
+        return self
+
+    def __exit__(self, *_exc) -> None:
+        self.close()
