@@ -289,3 +289,23 @@ def test_a_model_whose_metadata_is_not_valid_text_is_named(tmp_path, peer_model)
     path.write_bytes(path.read_bytes().replace(b"ZZZZ", b"Z\xb5ZZ"))
     with pytest.raises(ModelFileError, match=f"model file '{path}': its metadata is not valid text .*copy or export it"):
         DetectorTier(path, ("CPUExecutionProvider",))
+
+
+def test_the_core_used_as_a_library_takes_what_the_node_takes_and_names_what_it_cannot():
+    """Without ROS: `embedded:` names failed in the constructors (with a hint naming the name that failed), one
+    provider given as a string was read letter by letter, max_detections -1 dropped the last box, and an empty or a
+    1x5000 frame ended in ZeroDivisionError or a cv2 error."""
+    tier = DetectorTier("embedded:nano", providers="CPUExecutionProvider")
+    assert str(tier.path) == resolve_model("embedded:nano") and tier.name == "nano"
+    assert tier.requested == ("CPUExecutionProvider",)
+    with pytest.raises(ConfigError, match="'embedded:huge' names no file shipped with the package"):
+        DetectorTier("embedded:huge")
+    for count in (0, -1):
+        with pytest.raises(ValueError, match=f"max_detections {count} must be >= 1"):
+            DetectorTier("embedded:nano", max_detections=count)
+    with pytest.raises(ValueError, match=r"image size 0x0 is empty"):
+        tier.detect(np.zeros((0, 0, 3), np.uint8))
+    with pytest.raises(ValueError, match=r"image size 5000x1 has an aspect ratio beyond 64:1"):
+        tier.detect(np.zeros((1, 5000, 3), np.uint8))
+    with pytest.raises(ValueError, match=r"HxWx3 uint8 RGB image \(a numpy array\), got list"):
+        tier.detect([[[0, 0, 0]]])

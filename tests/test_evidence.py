@@ -432,3 +432,18 @@ def test_a_late_output_of_a_frame_before_the_event_stays_out_of_it(tmp_path):
     evidence.close()
     assert [(topic, key) for topic, key, _ in read(evidence.segments[0])] == [
         (CAMERA, 2), ("/routing", 2), (CAMERA, 3), ("/routing", 3), (CAMERA, 4)]
+
+
+def test_a_capture_without_a_folder_or_budget_is_refused_and_closes_as_a_context(tmp_path, monkeypatch):
+    """Default settings (capture off, no folder) wrote into the working directory; a budget of 0 or less left one
+    byte, so every message was cut."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ValueError, match=r"no folder given \(EvidenceSettings.folder, the node's evidence.dir\)"):
+        EvidenceCapture(EvidenceSettings(), STORE, serialize, cameras=["/front/image"])
+    for budget in (0.0, -1.0):
+        with pytest.raises(ValueError, match=f"budget_mb {budget} > 0"):
+            EvidenceCapture(EvidenceSettings(str(tmp_path / "ev"), 1, 2, budget_mb=budget), STORE, serialize)
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # nothing written, here or in a folder of its own
+    with capture(tmp_path / "ev", 1, 2) as evidence:
+        assert evidence._thread.is_alive()
+    assert not evidence._thread.is_alive()

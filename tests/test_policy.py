@@ -250,8 +250,15 @@ def test_a_policy_names_the_tier_files_it_was_trained_with(tmp_path, tier_models
     # the small tier swapped for the large file: one warning naming the tier, both digests and the file
     loaded["small"] = (digests["large"], str(tier_models["large"]))
     [warning] = policy.tier_mismatches(loaded)
-    assert "small tier" in warning and digests["small"] in warning and digests["large"] in warning
-    assert str(tier_models["large"]) in warning and "trained-here" in warning
+    assert f"the small tier {tier_models['large']} has digest {digests['large']}, trained with {digests['small']}" \
+        in warning and "trained-here" in warning and "nano tier" not in warning and "large tier" not in warning
+    assert warning.endswith("(`adaptive-perception train all --model small=...`)")
+    # and the nano tier too: still one warning, naming both tiers and both --model options
+    loaded["nano"] = (digests["small"], str(tier_models["small"]))
+    [warning] = policy.tier_mismatches(loaded)
+    assert f"the nano tier {tier_models['small']} has digest {digests['small']}, trained with {digests['nano']}; " \
+        f"the small tier {tier_models['large']}" in warning
+    assert warning.endswith("(`adaptive-perception train all --model nano=... --model small=...`)")
     # a policy that names no tiers cannot be checked, and says so by naming none
     assert Policy(constant_policy(tmp_path / "old.onnx", (0.2, 0.3, 0.5))).tier_mismatches(loaded) == []
     bad = _edit_metadata(tmp_path / "p.onnx", "tier_digests", "[1, 2]")
@@ -513,3 +520,25 @@ def test_regime_scores_by_hand_and_the_softmax_fit_separates_separable_regimes()
     x = np.eye(3)[y] * 3 + rng.normal(0, 0.3, (len(y), 3))
     w, b = fit_softmax(x, y, l2=1e-3, steps=300)
     assert (np.argmax(x @ w + b, axis=1) == y).all()
+
+
+def test_what_the_router_cannot_route_by_is_refused_not_sent_to_nano(tmp_path):
+    """Non-finite inputs gave NaN probabilities, whose argmax routed to nano without a word; a context out of range
+    fed the policy values it never saw; a path where a Policy belongs failed on an attribute deep inside."""
+    policy = Policy("embedded:policy")  # the node's parameter value works in the library too
+    assert policy.path == resolve_model("embedded:policy")
+    router = Router("learned", policy)
+    with pytest.raises(ValueError, match=r"gave probabilities \[nan, nan, nan\] for this frame \(1028 non-finite"):
+        router.decide(np.full(FEATURE_SIZE, np.inf, np.float32), RoutingContext())
+    for bad in ({"prev_tier": 5}, {"prev_tier": -2}, {"prev_count": -1}, {"prev_mean_score": float("nan")},
+                {"prev_median_size": float("inf")}):
+        with pytest.raises(ValueError, match="routing context"):
+            RoutingContext(**bad)
+    with pytest.raises(TypeError, match=r"the router takes a loaded Policy, not str 'p.onnx'"):
+        Router("learned", "p.onnx")
+    with pytest.raises(ConfigError, match="routing mode 'learned' needs a policy"):
+        router.set_policy(None)
+    assert router.policy is policy  # left as it was
+    (tmp_path / "empty.onnx").write_bytes(b"")
+    with pytest.raises(PolicyFileError, match=r"is empty \(0 bytes\)"):
+        Policy(tmp_path / "empty.onnx")

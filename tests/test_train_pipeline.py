@@ -223,8 +223,9 @@ def test_a_report_another_run_replaced_is_written_again_and_a_work_folder_keeps_
     done = _cli("policy", "operating-point", str(root / "policy.onnx"), "--work", str(tmp_path / "work"),
                 "--latency", LATENCY, "--report", str(tmp_path / "point.json"))
     assert done.returncode == 0, done.stderr[-2000:]
-    assert f"warning: --work {tmp_path / 'work'}: policy '" in done.stderr and "was trained with a large tier of " \
-        "digest" in done.stderr and "train all --model large=...`" in done.stderr and "small tier" not in done.stderr
+    assert f"warning: --work {tmp_path / 'work'}: policy '" in done.stderr and "was trained with other tier files " \
+        "than the loaded ones (the large tier embedded:small has digest" in done.stderr and \
+        "train all --model large=...`" in done.stderr and "small tier" not in done.stderr
     args = _parser().parse_args(["train", "evaluate", "--preset", "small", "--work", str(tmp_path / "w")])
     assert settings_from(args).reports == tmp_path / "w" / "reports"  # not the committed training/reports
     args = _parser().parse_args(["train", "evaluate", "--work", str(tmp_path / "w")])

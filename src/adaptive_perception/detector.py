@@ -13,6 +13,7 @@ import cv2
 import numpy as np
 
 from adaptive_perception.errors import ConfigError, ModelFileError
+from adaptive_perception.image import check_size
 
 LOG = logging.getLogger(__name__)
 
@@ -314,6 +315,13 @@ class DetectorTier:
 
         if not 0.0 <= conf_threshold <= 1.0 or not 0.0 <= iou_threshold <= 1.0:
             raise ValueError(f"conf_threshold {conf_threshold} and iou_threshold {iou_threshold} must lie in [0, 1]")
+        if max_detections < 1:
+            raise ValueError(f"max_detections {max_detections} must be >= 1")
+        if isinstance(providers, str):  # one name, not its letters
+            providers = (providers,)
+        if isinstance(path, str) and path.startswith("embedded:"):  # the names the node's parameters take
+            from adaptive_perception.config import resolve_model
+            path = resolve_model(path)
         self.path = Path(path)
         self.name = name or self.path.stem
         self.conf_threshold = float(conf_threshold)
@@ -418,8 +426,12 @@ class DetectorTier:
     def preprocess(self, image_rgb: np.ndarray) -> tuple[np.ndarray, Letterbox]:
         """HxWx3 uint8 RGB -> the session's input, and the letterbox applied: the letterboxed (1, H, W, 3) uint8
         frame where the graph normalises it (`in_graph`), else (1, 3, H, W) float32 in [0, 1]."""
-        if image_rgb.ndim != 3 or image_rgb.shape[2] != 3 or image_rgb.dtype != np.uint8:
-            raise ValueError(f"expected an HxWx3 uint8 RGB image, got shape {image_rgb.shape} {image_rgb.dtype}")
+        if not isinstance(image_rgb, np.ndarray) or image_rgb.ndim != 3 or image_rgb.shape[2] != 3 \
+                or image_rgb.dtype != np.uint8:
+            got = f"shape {image_rgb.shape} {image_rgb.dtype}" if isinstance(image_rgb, np.ndarray) else \
+                type(image_rgb).__name__
+            raise ValueError(f"expected an HxWx3 uint8 RGB image (a numpy array), got {got}")
+        check_size(image_rgb.shape[1], image_rgb.shape[0])
         padded, box = letterbox(image_rgb, self.info.input_size)
         if self.in_graph:
             return np.ascontiguousarray(padded[None]), box

@@ -90,9 +90,12 @@ class EvidenceCapture:
         """`cameras`: the camera topics whose folders are taken now (each recorder locks its folder, so one that
         another node or `record` writes is refused here, not at the first drift event); others at their first
         event."""
-        if settings.pre_frames < 0 or settings.post_frames < 1:
-            raise ValueError(f"evidence: pre_frames {settings.pre_frames} must be >= 0 and post_frames "
-                             f"{settings.post_frames} >= 1")
+        if not settings.enabled:
+            raise ValueError("evidence: no folder given (EvidenceSettings.folder, the node's evidence.dir); capture "
+                             "is off without one")
+        if settings.pre_frames < 0 or settings.post_frames < 1 or not settings.budget_mb > 0:
+            raise ValueError(f"evidence: pre_frames {settings.pre_frames} must be >= 0, post_frames "
+                             f"{settings.post_frames} >= 1 and budget_mb {settings.budget_mb} > 0")
         self.root = Path(settings.folder).expanduser()  # '~/evidence' in a params file, where no shell expands it
         _check_folder(self.root)  # now, not at the first DRIFT, when the evidence is wanted
         # segments an earlier process never closed (killed while writing): kept, named (`train retrain` skips them);
@@ -284,6 +287,12 @@ class EvidenceCapture:
         self._thread.join(timeout=60)
         if not self._thread.is_alive():  # a writer stuck on a hung disk keeps its folders: nobody else writes there
             self._release()
+
+    def __enter__(self) -> "EvidenceCapture":
+        return self
+
+    def __exit__(self, *_exc) -> None:
+        self.close()
 
     def _release(self) -> None:
         for recorder in self.recorders.values():  # their folders, for the next configure or another recorder

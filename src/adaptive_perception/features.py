@@ -50,6 +50,13 @@ class RoutingContext:
     prev_tier: int = -1  # tier index that ran on it; -1 before the first frame
     prev_median_size: float = 0.0  # median sqrt(box area / frame area) of its detections (0 when none)
 
+    def __post_init__(self) -> None:
+        if not -1 <= self.prev_tier < 3 or self.prev_count < 0 or not (
+                math.isfinite(self.prev_mean_score) and math.isfinite(self.prev_median_size)):
+            raise ValueError(f"routing context {self}: prev_tier must be -1 (no previous frame) or a tier index 0-2, "
+                             "prev_count >= 0, the mean score and median size finite (`next_context` builds it from "
+                             "a routed frame's output)")
+
     def vector(self) -> np.ndarray:
         """The 4 context features: log1p(count), mean score, (tier + 1) / 3, median relative box size."""
         return np.array([math.log1p(max(self.prev_count, 0)), self.prev_mean_score, (self.prev_tier + 1) / 3.0,

@@ -181,6 +181,9 @@ def policy_graph(path: str | Path):
     import onnx
 
     size = Path(path).stat().st_size
+    if not size:
+        raise PolicyFileError(path, "is empty (0 bytes)", "was it cut short while copying? give a policy ONNX "
+                              "written by `adaptive-perception train export`")
     if size > MAX_POLICY_BYTES:
         raise PolicyFileError(path, f"is {size / 2**20:.0f} MB, more than a routing policy's {MAX_POLICY_BYTES >> 20} "
                               "MB", "give a policy ONNX written by `adaptive-perception train export`")
@@ -329,6 +332,9 @@ class Policy:
     def __init__(self, path: str | Path) -> None:
         import onnxruntime as ort
 
+        if isinstance(path, str) and path.startswith("embedded:"):  # the names the node's parameters take
+            from adaptive_perception.config import resolve_model
+            path = resolve_model(path)
         self.path = str(path)
         if not Path(path).is_file():
             raise PolicyFileError(path, "is a directory, not a file" if Path(path).is_dir() else "does not exist",
@@ -523,13 +529,18 @@ class Policy:
         return self.info.policy_id
 
     def tier_mismatches(self, loaded: dict[str, tuple[str, str]]) -> list[str]:
-        """One warning per loaded tier ({tier: (digest, path)}) that is not the file this policy was trained with."""
+        """One warning naming every loaded tier ({tier: (digest, path)}) that is not the file this policy was trained
+        with (none when all are)."""
         expected = self.info.tier_digests
-        return [f"policy '{self.policy_id}' was trained with a {tier} tier of digest {expected[tier]}, but the loaded "
-                f"{tier} tier {loaded[tier][1]} has digest {loaded[tier][0]}: the policy learned when that tier is good "
-                f"enough for other detectors; load the tiers it was trained with, or retrain it on these "
-                f"(`adaptive-perception train all --model {tier}=...`)"
-                for tier in other_files(expected, {t: digest for t, (digest, _) in loaded.items()})]
+        tiers = other_files(expected, {t: digest for t, (digest, _) in loaded.items()})
+        if not tiers:
+            return []
+        files = "; ".join(f"the {tier} tier {loaded[tier][1]} has digest {loaded[tier][0]}, trained with "
+                          f"{expected[tier]}" for tier in tiers)
+        models = " ".join(f"--model {tier}=..." for tier in tiers)
+        return [f"policy '{self.policy_id}' was trained with other tier files than the loaded ones ({files}): it "
+                f"learned when each tier is good enough for other detectors; load the tiers it was trained with, or "
+                f"retrain it on these (`adaptive-perception train all {models}`)"]
 
     def _run(self, features: np.ndarray) -> np.ndarray:
         """The outputs for one frame's 1028 features."""

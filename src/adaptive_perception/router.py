@@ -167,6 +167,9 @@ class Router:
 
     @staticmethod
     def _checked(mode: str, policy: Policy | None) -> tuple[str, Policy | None]:
+        if policy is not None and not isinstance(policy, Policy):
+            raise TypeError(f"the router takes a loaded Policy, not {type(policy).__name__} {policy!r}: "
+                            "Router(mode, Policy(path))")
         if mode == "learned" and policy is None:
             raise ConfigError("routing mode 'learned' needs a policy; set the `policy` parameter (default "
                               "embedded:policy) or load one with the load_policy service")
@@ -180,7 +183,7 @@ class Router:
         self.settings = replace(self.settings, cost_weight=float(weight)).validate()
 
     def set_policy(self, policy: Policy) -> None:
-        self._state = (self.mode, policy)
+        self._state = self._checked(self.mode, policy)
 
     def operating_point(self) -> tuple[str, float | None, float]:
         """(mode, the cost weight in force for a tier_values policy (None for a logits policy or none), hysteresis):
@@ -224,6 +227,9 @@ class Router:
             assert policy is not None
             weight = self.settings.cost_weight
             probabilities = policy.probabilities(features, None if weight < 0 else weight)
+            if not np.isfinite(probabilities).all():  # argmax would pick nano, silently
+                raise ValueError(f"policy '{policy.policy_id}' gave probabilities {probabilities.tolist()} for this "
+                                 f"frame ({int((~np.isfinite(features)).sum())} non-finite inputs): nothing to route by")
             tier = int(np.argmax(probabilities))
             previous = context.prev_tier
             if 0 <= previous < len(TIERS) and probabilities[tier] - probabilities[previous] <= self.settings.hysteresis:
