@@ -182,7 +182,9 @@ class ReferenceProcess:
 
     `tier_args` are `DetectorTier`'s arguments (picklable). The child is spawned (a fresh interpreter: no forked
     DDS or onnxruntime state), loads the tier and answers frames over a pipe; a call blocks (without the GIL)
-    until the answer comes. A failure in the child comes back as its exception text; a dead child raises."""
+    until the answer comes. A failure in the child comes back as its exception text; a dead child raises. Being
+    spawned, the child imports the caller's main module again: a script that creates one needs the usual
+    `if __name__ == "__main__":` guard."""
 
     def __init__(self, *tier_args, start_timeout_s: float = 120.0) -> None:
         context = multiprocessing.get_context("spawn")

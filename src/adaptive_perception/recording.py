@@ -131,7 +131,8 @@ class SegmentedRecorder:
         folder each."""
         if msgtype not in self.store.fielddefs:
             raise ConfigError(f"topic {topic}: message type {msgtype} has no definition here; source the "
-                              "workspace that provides it (AMENT_PREFIX_PATH) before recording")
+                              "workspace that provides it (AMENT_PREFIX_PATH) before recording, or, without ROS, "
+                              "give its package's prefix: recording.ros_typestore(prefixes=[...])")
         if self._failed_at is not None and time.monotonic() - self._failed_at < RETRY_S:
             raise OSError(f"not written: writing failed under {self.folder} less than {RETRY_S:g} s ago")
         try:
