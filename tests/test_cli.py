@@ -13,6 +13,8 @@ from adaptive_perception.cli import main
 @pytest.mark.parametrize("argv, says", [
     # nan waited for ever in lock-step; 0 counted every frame as a timeout
     (["replay", "bag", "--timeout", "nan"], "argument --timeout: nan is not a number > 0"),
+    (["train", "profile", "--tracking-uri", "file:/tmp/runs"], "argument --tracking-uri: 'file:/tmp/runs' is a folder; "
+     "MLflow 3 keeps runs in a database or on a server: give sqlite:///PATH/mlflow.db"),
     (["replay", "bag", "--mode", "recorded", "--rate", "0"], "argument --rate: 0 is not a number > 0"),
     # 0 ended in an IndexError, nan in a ValueError, -1 ran for -60 seconds and wrote a report
     (["bench", "soak", "--minutes", "-1"], "argument --minutes: -1 is not a number > 0"),
@@ -213,6 +215,38 @@ def test_train_all_refuses_a_missing_benchmark_before_it_writes_anything(tmp_pat
     assert main(argv) == 2
     assert says in capsys.readouterr().err
     assert not work.exists()
+
+
+def test_train_from_bags_reads_bag_files_and_refuses_an_empty_split_or_mixed_sizes_before_profiling(tmp_path, capsys):
+    """A split holding .mcap files was "no bags under" it (files were skipped); an empty val split said only "the
+    profile source yielded no frames" after the router split was profiled (now the bag is named before), and frames of another size were refused
+    only when the profile reached them, naming neither bag nor topic."""
+    import numpy as np
+
+    from adaptive_perception.bag import write_image_bag
+
+    def frames(height: int, width: int):
+        return [(10**9 + i * 33_333_333, np.full((height, width, 3), 30 * i, np.uint8)) for i in range(3)]
+
+    bench, work = tmp_path / "bench", tmp_path / "work"
+    write_image_bag(tmp_path / "r", frames(240, 320), "/cam/image_raw")
+    (bench / "bags" / "router").mkdir(parents=True)
+    router = next((tmp_path / "r").glob("*.mcap")).rename(bench / "bags" / "router" / "drive.mcap")
+    write_image_bag(bench / "bags" / "val" / "empty", [], "/cam/image_raw")
+    write_image_bag(bench / "bags" / "test" / "t", frames(240, 320), "/cam/image_raw")
+    argv = ["train", "all", "--preset", "small", "--source", "bags", "--truth", "reference", "--benchmark", str(bench),
+            "--work", str(work)]
+    assert main(argv) == 2
+    assert (f"bag '{bench / 'bags' / 'val' / 'empty'}' holds no camera pictures: /cam/image_raw (no messages)"
+            in capsys.readouterr().err)
+    (bench / "bags" / "val" / "empty").rename(tmp_path / "empty")
+    write_image_bag(bench / "bags" / "val" / "hd", frames(720, 1280), "/front/image_raw")
+    assert main(argv) == 2
+    assert (f"and these recordings hold several: bag '{router}' /cam/image_raw: 320x240; bag "
+            f"'{bench / 'bags' / 'val' / 'hd'}' /front/image_raw: 1280x720; bag '{bench / 'bags' / 'test' / 't'}' "
+            "/cam/image_raw: 320x240: profile each resolution from a benchmark folder of its own"
+            in capsys.readouterr().err)
+    assert not work.exists()  # nothing profiled, no MLflow store
 
 
 def test_the_generator_choices_are_the_generators_worlds():

@@ -409,14 +409,14 @@ def test_replay_leaves_the_nodes_debug_images_out_unless_named(tmp_path):
     try:
         with spun_node("debug_replay") as node:
             report = replay_bag(node, tmp_path / "bag", timeout_s=10.0)
-            assert report.skipped_topics == ["/perception_node/debug_image"]
+            assert report.skipped_topics == {"/perception_node/debug_image": "the node's debug images"}
             assert (report.frames_published, report.outputs_received, echo.received) == (3, 3, 3)
             with pytest.raises(Exception, match="nobody subscribes to '/perception_node/debug_image'"):
                 replay_bag(node, tmp_path / "bag", topics=["/perception_node/debug_image"], wait_for_subscriber_s=0.5)
     finally:
         echo.close()
     _two_topic_bag(tmp_path / "only_debug", ["/perception_node/debug_image"], 1)
-    with spun_node("debug_replay") as node, pytest.raises(BagError, match="only the node's debug images.*--topic"):
+    with spun_node("debug_replay") as node, pytest.raises(BagError, match=r"no camera pictures: /perception_node/debug_image \(the node's debug images\).*--topic"):
         replay_bag(node, tmp_path / "only_debug")
 
 
@@ -438,10 +438,97 @@ def test_training_and_calibration_read_the_cameras_of_a_node_recording_not_its_d
     assert [s for _, s, _, _ in bag_frames([tmp_path / "bag"], "/cam_b", False)] == [0, 0, 0]  # a named topic only
     _two_topic_bag(tmp_path / "only_debug", ["/perception_node/debug_image"], 1)
     for read in (image_count, lambda bag: next(read_images(bag)), lambda bag: next(bag_frames([bag], None, False))):
-        with pytest.raises(BagError, match=r"only the node's debug images \['/perception_node/debug_image'\], no "
-                                           r"camera frames; record the camera's topic"):
+        with pytest.raises(BagError, match=r"holds no camera pictures: /perception_node/debug_image \(the node's debug "
+                                           r"images\); record the camera's topic"):
             read(tmp_path / "only_debug")
     assert len(list(read_images(tmp_path / "only_debug", ["/perception_node/debug_image"]))) == 1  # named: read
+
+
+def test_a_replay_that_published_nothing_fails_and_took_no_time(tmp_path, capsys):
+    """A bag whose every frame the node's decoder refuses (a 32FC1 stream remapped to the camera) exited 0 with
+    wall_s -60979."""
+    from adaptive_perception.cli import main
+
+    _bag_with_bad_frames(tmp_path / "bag", "/cam/image_raw", _frames(2), bad=(0, 1))
+    echo = _Echo(lose=0)
+    try:
+        assert main(["replay", str(tmp_path / "bag"), "--remap", "/cam/image_raw:=/image", "--timeout", "5"]) == 1
+    finally:
+        echo.close()
+    out, err = capsys.readouterr()
+    assert "frames_published: 0" in out and "wall_s: 0.00" in out and echo.received == 0
+    assert "no frame published: every frame on the topics replayed is one the node's decoder refuses" in err
+
+
+def _camera_rig_bag(path: Path, count: int) -> None:
+    """What a depth camera's driver and image_transport record: colour raw and its compressed copy, depth raw (16UC1)
+    and compressedDepth, and an infrared topic declared but never published (sqlite3, as `ros2 bag record` writes)."""
+    import cv2
+    from rosbags.rosbag2 import StoragePlugin, Writer
+    from rosbags.typesys.stores.ros2_jazzy import sensor_msgs__msg__CompressedImage as CompressedImage
+
+    from adaptive_perception.bag import COMPRESSED_TYPE, IMAGE_TYPE, TYPESTORE, image_message
+
+    with Writer(path, version=9, storage_plugin=StoragePlugin.SQLITE3) as writer:
+        topics = {"/cam/color/image_raw": IMAGE_TYPE, "/cam/color/image_raw/compressed": COMPRESSED_TYPE,
+                  "/cam/depth/image_rect_raw": IMAGE_TYPE, "/cam/depth/image_rect_raw/compressedDepth": COMPRESSED_TYPE,
+                  "/cam/infra1/image_rect_raw": IMAGE_TYPE}
+        connections = {t: writer.add_connection(t, kind, typestore=TYPESTORE) for t, kind in topics.items()}
+        for stamp, rgb in _frames(count):
+            colour = image_message(rgb, stamp, "cam")
+            depth = image_message(rgb, stamp, "cam")
+            depth.encoding, depth.step = "16UC1", rgb.shape[1] * 2
+            depth.data = np.ascontiguousarray(rgb[:, :, :2]).reshape(-1)  # 2 bytes a pixel
+            jpeg = CompressedImage(header=colour.header, format="rgb8; jpeg compressed bgr8",
+                                   data=np.frombuffer(cv2.imencode(".jpg", rgb[:, :, ::-1])[1].tobytes(), np.uint8))
+            packed = CompressedImage(header=colour.header, format="16UC1; compressedDepth png", data=jpeg.data)
+            for topic, message in (("/cam/color/image_raw", colour), ("/cam/color/image_raw/compressed", jpeg),
+                                   ("/cam/depth/image_rect_raw", depth),
+                                   ("/cam/depth/image_rect_raw/compressedDepth", packed)):
+                writer.write(connections[topic], stamp, TYPESTORE.serialize_cdr(message, topics[topic]))
+
+
+def test_depth_streams_compressed_copies_and_silent_topics_are_not_cameras(tmp_path, capsys):
+    """A colour-and-depth recording was read as two cameras (training, retraining and 8-bit calibration took the
+    depth images for pictures, and the compressed copy of the colour camera for a third one), and replay waited
+    15 s for a subscriber on the depth topic, then on an infrared topic that never published."""
+    from adaptive_perception.bag import camera_counts, camera_topics, image_topics
+    from adaptive_perception.training.profile import bag_frames
+    from adaptive_perception.training.quantize import bag_frames as calibration_frames
+
+    _camera_rig_bag(tmp_path / "rig", 3)
+    left_out = {"/cam/color/image_raw/compressed": "the compressed copy of /cam/color/image_raw",
+                "/cam/depth/image_rect_raw": "depth (16UC1)",
+                "/cam/depth/image_rect_raw/compressedDepth": "depth (16UC1; compressedDepth png)",
+                "/cam/infra1/image_rect_raw": "no messages"}
+    assert camera_topics(tmp_path / "rig", image_topics(tmp_path / "rig")) == (["/cam/color/image_raw"], left_out)
+    assert camera_counts(tmp_path / "rig") == {"/cam/color/image_raw": 3}
+    frames = list(bag_frames([tmp_path / "rig"], None, False))
+    assert [sequence for _, sequence, _, _ in frames] == [0, 0, 0]
+    np.testing.assert_array_equal(frames[2][0], _frames(3)[2][1])  # the colour camera's own pixels
+    assert capsys.readouterr().out.startswith(f"bag '{tmp_path / 'rig'}': reading /cam/color/image_raw; left out "
+                                              "/cam/color/image_raw/compressed (the compressed copy of")
+    assert len(calibration_frames(tmp_path / "rig", 100)) == 3
+    assert "calibrating on its cameras; left out /cam/color/image_raw/compressed" in capsys.readouterr().out
+    # a bag of a newer rosbag2 is named as such, not as damaged
+    import re
+
+    metadata = tmp_path / "rig" / "metadata.yaml"
+    metadata.write_text(re.sub(r"version: \d+", "version: 99", metadata.read_text(), count=1))
+    with pytest.raises(BagError, match="Rosbag2 version 99 not supported.*written by a newer rosbag2 than this reader"):
+        image_topics(tmp_path / "rig")
+    metadata.write_text(re.sub(r"version: 99", "version: 9", metadata.read_text(), count=1))
+    # named, a depth topic is still read (the user asked for it)
+    assert len(list(bag_frames([tmp_path / "rig"], "/cam/depth/image_rect_raw", False))) == 3
+    echo = _Echo(lose=0)
+    try:
+        with spun_node("rig_replay") as node:
+            report = replay_bag(node, tmp_path / "rig", timeout_s=10.0, remap={"/cam/color/image_raw": "/image"},
+                                wait_for_subscriber_s=5.0)
+        assert report.skipped_topics == left_out
+        assert (report.frames_published, report.outputs_received, echo.received) == (3, 3, 3)
+    finally:
+        echo.close()
 
 
 def _bag_with_bad_frames(path: Path, topic: str, frames: list[tuple[int, np.ndarray]], bad: tuple[int, ...],

@@ -463,6 +463,20 @@ def test_retrain_refuses_a_candidate_that_buys_accuracy_with_cost(pipeline, tmp_
         "--work", str(tmp_path / "wrong"), "--current", str(large), "--candidate", str(nano), "--store",
         str(store.folder), timeout=300).stdout
     assert "deploys 'always-nano'" in wrong.stderr and not (tmp_path / "wrong" / "mlflow.db").exists()
+    # evidence of another resolution: refused before it is profiled (it was, and then refused); an .mcap file is a
+    # recording (it was refused as "not a rosbag2 folder")
+    from adaptive_perception.bag import write_image_bag
+
+    frames = [(10**9 + i * 33_333_333, np.full((240, 320, 3), 40 * i, np.uint8)) for i in range(40)]
+    write_image_bag(tmp_path / "small_frames", frames, "/cam/image_raw")
+    bare = next((tmp_path / "small_frames").glob("*.mcap")).rename(tmp_path / "small_frames.mcap")
+    sized = _cli("train", "retrain", "--bags", str(bare), "--original-work", str(pipeline["root"] / "work"), "--work",
+                 str(tmp_path / "sized"), "--current", str(nano), "--candidate", str(large), "--segment-frames", "10",
+                 "--store", str(store.folder), timeout=300)
+    assert sized.returncode == 2 and (f"the current policy was trained on 640x480 frames (--original-work "
+                                      f"{pipeline['root'] / 'work'}), and the evidence holds bag '{bare}' "
+                                      "/cam/image_raw: 320x240: one router") in sized.stderr, sized.stderr[-2000:]
+    assert not (tmp_path / "sized" / "mlflow.db").exists()
     sidecar = _cli("train", "retrain", "--bags", *_evidence(pipeline, tmp_path / "third"), "--truth", "sidecar",
                    timeout=300)
     assert sidecar.returncode == 2 and "evidence bags carry no labels" in sidecar.stderr

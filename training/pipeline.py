@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from adaptive_perception.bag import expand_bags
+from adaptive_perception.bag import expand_bags, recordings_in
 from adaptive_perception.config import tier_models
 from adaptive_perception.detector import TIERS, other_files
 from adaptive_perception.errors import AdaptivePerceptionError
@@ -177,10 +177,23 @@ def _check_profile_inputs(settings: Settings) -> None:
             raise AdaptivePerceptionError(f"'{settings.benchmark}' holds no generated benchmark (frames.json missing); "
                                           f"run `adaptive-perception scenes generate --out {settings.benchmark}`, or "
                                           "use --source bags for recordings")
-        if settings.source == "bags" and not any(p.is_dir() for p in (settings.benchmark / "bags" / split).glob("*")):
+        if settings.source == "bags" and not recordings_in(settings.benchmark / "bags" / split):
             raise AdaptivePerceptionError(f"no bags under {settings.benchmark / 'bags' / split}; put each split's "
                                           "recordings in <benchmark>/bags/{router,val,test}/ (scenes generate --bags all "
                                           "writes them)")
+    if settings.source == "bags":  # every split's recordings, before the first is profiled (minutes each)
+        from adaptive_perception.training.profile import frame_sizes, one_resolution
+
+        sizes = []
+        for split in SPLITS:
+            bags = expand_bags(recordings_in(settings.benchmark / "bags" / split))
+            found = frame_sizes(bags)  # a bag without camera topics is refused here, by name
+            if not found:
+                raise AdaptivePerceptionError(f"the {split} split's recordings {[str(b) for b in bags]} hold no frame "
+                                              "the node's decoder takes (the README's \"Topics and services\" lists "
+                                              "the encodings it reads)")
+            sizes += found
+        one_resolution(sizes, "profile each resolution from a benchmark folder of its own")
 
 
 def stage_profile(settings: Settings) -> None:
@@ -204,7 +217,7 @@ def stage_profile(settings: Settings) -> None:
                 records = dataset_records(settings.benchmark, split)
                 total, frames = len(records), benchmark_frames(settings.benchmark, split, records)
             elif settings.source == "bags":
-                bags = expand_bags(sorted(p for p in (settings.benchmark / "bags" / split).glob("*") if p.is_dir()))
+                bags = expand_bags(recordings_in(settings.benchmark / "bags" / split))
                 read = []
                 total, frames = None, bag_frames(bags, None, settings.truth == "sidecar", read)
             else:

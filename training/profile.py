@@ -18,7 +18,7 @@ from typing import Iterator
 import cv2
 import numpy as np
 
-from adaptive_perception.bag import bag_image_rgb, default_topics, image_topics, read_images
+from adaptive_perception.bag import bag_image_rgb, camera_topics, image_topics, read_images, said_left_out
 from adaptive_perception.config import NodeConfig, resolve_model
 from adaptive_perception.detector import TIERS, DetectorTier
 from adaptive_perception.drift import veil
@@ -138,12 +138,48 @@ def benchmark_frames(benchmark: Path, split: str, records: list[dict]
         yield rgb, record["sequence"], record["stamp_ns"], record["objects"]
 
 
+def _cameras(bag: Path, topic: str | None, say: bool = False) -> list[str]:
+    """The camera topics of a bag that training reads: `topic`, or every camera (`bag.camera_topics`)."""
+    if topic:
+        return [topic]
+    cameras, left_out = camera_topics(bag, image_topics(bag))
+    if left_out and say:  # said, so a depth or copied stream that should have been read is noticed
+        print(f"bag '{bag}': reading {', '.join(cameras)}; left out {said_left_out(left_out)}")
+    return cameras
+
+
+def frame_sizes(bags: list[Path], topic: str | None = None) -> list[tuple[Path, str, tuple[int, int]]]:
+    """(bag, camera, (height, width) of its first frame the node's decoder takes) for each bag and camera training
+    reads (a camera without such a frame is left out)."""
+    sizes = []
+    for bag in bags:
+        for camera in _cameras(bag, topic):
+            for image in read_images(bag, [camera]):
+                try:
+                    sizes.append((bag, camera, bag_image_rgb(image).shape[:2]))
+                    break
+                except ImageDecodeError:
+                    continue
+    return sizes
+
+
+def one_resolution(sizes: list[tuple[Path, str, tuple[int, int]]], fix: str) -> None:
+    """Refuse recordings (`frame_sizes`) of several frame sizes, naming each, with `fix`."""
+    if len({size for *_, size in sizes}) > 1:
+        raise AdaptivePerceptionError(
+            "one router is trained at one camera resolution (its context measures box sizes against the frame), and "
+            "these recordings hold several: " + "; ".join(f"bag '{b}' {c}: {w}x{h}" for b, c, (h, w) in sizes) +
+            f": {fix}")
+
+
 def bag_frames(bags: list[Path], topic: str | None, need_sidecar: bool, read: list[dict] | None = None
                ) -> Iterator[tuple[np.ndarray, int, int, list[dict] | None]]:
     """Every camera image of each bag through the node's decoder, with the sidecar truth: one sequence per bag and
     camera topic (`topic`, or every image topic but the node's debug images), so a previous frame is always the
     same camera's. `read`, when given, gets one entry per bag and camera read to its end: the frames used and the
     frames left out (for the MLflow run that names what it trained on)."""
+    one_resolution(frame_sizes(bags, topic), "profile each resolution in a --work of its own (or name one camera "
+                   "with its topic)")  # checked before the first frame is profiled, not after minutes of them
     sequence = 0
     for bag in bags:
         truth = None
@@ -153,7 +189,7 @@ def bag_frames(bags: list[Path], topic: str | None, need_sidecar: bool, read: li
                 raise AdaptivePerceptionError(f"bag '{bag}' has no ground_truth.json sidecar; use --truth reference "
                                               "(score tiers against the large tier) for recordings without labels")
             truth = json.loads(sidecar.read_text())["frames"]
-        for camera in [topic] if topic else default_topics(bag, image_topics(bag)):
+        for camera in _cameras(bag, topic, say=True):
             used, skipped, first_skipped = 0, 0, ""
             for index, image in enumerate(read_images(bag, [camera])):
                 try:
@@ -232,7 +268,7 @@ def profile(frames: Iterator[tuple[np.ndarray, int, int, list[dict] | None]], to
         truth += [[index, *o["box"], o["class_id"], float(o["ignore"])] for o in objects]
         regimes.append(list(Regime).index(Regime.of(sum(1 for o in objects if not o["ignore"]))))
     if not features:
-        raise AdaptivePerceptionError("the profile source yielded no frames")
+        raise AdaptivePerceptionError(f"{desc}: the source yielded no frame the node's decoder takes")
     return Profile(
         features=np.stack(features).astype(np.float32), latency_ms=np.asarray(latency, np.float32),
         sequence=np.asarray(sequences, np.int64), stamp_ns=np.asarray(stamps, np.int64),

@@ -90,10 +90,14 @@ def bag_frames(bag: Path, count: int, topics: Sequence[str] | None = None) -> li
     memory."""
     import itertools
 
-    from adaptive_perception.bag import bag_image_rgb, expand_bags, read_images
+    from adaptive_perception.bag import bag_image_rgb, camera_topics, expand_bags, image_topics, read_images, said_left_out
     from adaptive_perception.errors import ImageDecodeError
 
     bags = expand_bags([bag])
+    if not topics:  # said once, so a depth stream or a copy that should have been read is noticed
+        left_out = {topic: why for path in bags for topic, why in camera_topics(path, image_topics(path))[1].items()}
+        if left_out:
+            print(f"bag '{bag}': calibrating on its cameras; left out {said_left_out(left_out)}", flush=True)
 
     def images():
         return itertools.chain.from_iterable(read_images(path, topics) for path in bags)

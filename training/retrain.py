@@ -24,11 +24,11 @@ from pathlib import Path
 
 import numpy as np
 
-from adaptive_perception.bag import expand_bags, never_closed, unclosed_inside
+from adaptive_perception.bag import BAG_FILES, expand_bags, never_closed, unclosed_inside
 from adaptive_perception.errors import AdaptivePerceptionError
 from adaptive_perception.policy import Policy
 from adaptive_perception.router import Router
-from adaptive_perception.training.profile import Profile
+from adaptive_perception.training.profile import Profile, frame_sizes
 
 SEGMENT_FRAMES = 30  # 1 s at 30 Hz: the gate's resampling unit
 HOLDOUT_EVERY = 3  # every third segment of the recording (numbered on across its bags) is held out for the gate
@@ -155,13 +155,14 @@ def retrain(settings, bags: list[Path], original_work: Path, current: str | None
         bags = [b for b in bags if b not in unclosed]
         print(f"[retrain] left out {[str(b) for b in unclosed]}: never closed (an MCAP without metadata.yaml: its "
               f"writer was killed while recording); {len(bags)} other recordings read", flush=True)
-    missing = [str(b) for b in bags if not (b / "metadata.yaml").is_file()]
+    missing = [str(b) for b in bags if not ((b / "metadata.yaml").is_file() or (b.is_file() and b.suffix in BAG_FILES))]
     if not bags:
         raise AdaptivePerceptionError("--bags: name the recordings to retrain on (rosbag2 folders, e.g. the node's "
                                       "evidence segments <evidence.dir>/<camera>/evidence_*)")
     if missing:
-        raise AdaptivePerceptionError(f"--bags: {missing} are not rosbag2 folders (metadata.yaml); pass the evidence "
-                                      "segments, e.g. <evidence.dir>/<camera>/evidence_*")
+        raise AdaptivePerceptionError(f"--bags: {missing} are not rosbag2 recordings (a folder with metadata.yaml, or "
+                                      "its .mcap / .db3 file); pass the evidence segments, e.g. "
+                                      "<evidence.dir>/<camera>/evidence_*")
     originals = {split: pipeline._profile_path(replace(settings, work=original_work), split) for split in pipeline.SPLITS}
     absent = [str(p) for p in originals.values() if not p.is_file()]
     if absent:
@@ -196,6 +197,17 @@ def retrain(settings, bags: list[Path], original_work: Path, current: str | None
             f"--bags hold {sum(counts)} frames ({', '.join(map(str, counts))} per bag and camera): {segments} "
             f"segments of {segment_frames} frames, and the gate needs at least {2 * holdout_every} (record longer, or "
             "lower --segment-frames)")
+    trained_at = tuple(Profile.load(originals[pipeline.TRAIN_SPLIT]).meta.get("frame_hw") or ())
+    other = [(b, c, size) for b, c, size in frame_sizes(bags) if trained_at and tuple(size) != trained_at]
+    if other:  # before the evidence is profiled (minutes), not after
+        raise AdaptivePerceptionError(
+            f"the current policy was trained on {trained_at[1]}x{trained_at[0]} frames (--original-work "
+            f"{original_work}), and the evidence holds " + "; ".join(f"bag '{b}' {c}: {w}x{h}" for b, c, (h, w) in
+                                                                    other[:3]) +
+            ("; ..." if len(other) > 3 else "") + ": one router is trained at one camera resolution (its context "
+            "measures box sizes against the frame); retrain on original data at the camera's resolution: profile "
+            "recordings of this camera into a work folder of their own (`adaptive-perception train all --source bags "
+            "--truth reference --benchmark DIR --work DIR`) and pass it as --original-work")
     if settings.latency is None and (original_work / "costs.json").is_file():
         settings = replace(settings, latency=original_work / "costs.json")  # the costs the original was trained at
     settings = replace(settings, data=f"{original_work}'s router split + evidence bags {[str(b) for b in bags]} "

@@ -51,33 +51,84 @@ def image_topics(path: str | Path) -> dict[str, str]:
         return {c.topic: c.msgtype for c in reader.connections if c.msgtype in IMAGE_TYPES}
 
 
-def camera_topics(topics: Iterable[str]) -> tuple[list[str], list[str]]:
-    """(the camera topics among image `topics`, the node's debug image topics left out), each sorted."""
-    skipped = sorted(t for t in topics if t.rstrip("/").endswith(DEBUG_IMAGE_TOPICS))
-    return sorted(t for t in topics if t not in skipped), skipped
+# Encodings of depth and other measurement images (REP 118 and cv_bridge's single-channel types): not camera
+# pictures, though a 16-bit one decodes like mono16. A depth camera's compressed topic says "compressedDepth".
+DEPTH_ENCODINGS = ("16UC1", "16SC1", "32FC1", "32SC1", "64FC1")
+
+
+def left_out_topics(path: str | Path, available: Iterable[str] | None = None) -> dict[str, str]:
+    """The image topics of a bag (among `available`, default all) that are not camera pictures, each with the reason:
+    the node's debug images, depth images (by their first message's encoding or format), a camera's compressed copy
+    beside its raw topic (image_transport records both), and topics with no message."""
+    with _open(path) as reader:
+        connections = [c for c in reader.connections if c.msgtype in IMAGE_TYPES]
+        topics = {c.topic for c in connections} if available is None else set(available)
+        counts: dict[str, int] = {}
+        for c in connections:
+            counts[c.topic] = counts.get(c.topic, 0) + c.msgcount
+        reasons = {}
+        for topic in sorted(topics):
+            base = topic.rstrip("/")
+            if base.endswith(DEBUG_IMAGE_TOPICS):
+                reasons[topic] = "the node's debug images"
+            elif base.endswith("/compressed") and base[:-len("/compressed")] in topics:
+                reasons[topic] = f"the compressed copy of {base[:-len('/compressed')]}"
+            elif not counts.get(topic):
+                reasons[topic] = "no messages"
+        for c in connections:
+            if c.topic not in topics or c.topic in reasons:
+                continue
+            try:
+                message = reader.deserialize(next(raw for _, _, raw in reader.messages(connections=[c])), c.msgtype)
+            except Exception:  # none, or a malformed first message: the decoder says what is wrong with it
+                continue
+            kind = getattr(message, "encoding", None) or getattr(message, "format", "")
+            if kind in DEPTH_ENCODINGS or "compresseddepth" in kind.lower():
+                reasons[c.topic] = f"depth ({kind})"
+        return reasons
+
+
+def camera_topics(path: str | Path, available: Iterable[str]) -> tuple[list[str], dict[str, str]]:
+    """(the camera topics among a bag's image topics `available`, sorted; the others with why they are left out),
+    BagError when none is left."""
+    available = sorted(available)
+    if not available:  # training said only "the profile source yielded no frames"
+        raise BagError(f"bag '{path}' has no sensor_msgs/Image or CompressedImage topic: record the camera's topic "
+                       "(`adaptive-perception record --camera TOPIC`)")
+    left_out = left_out_topics(path, available)
+    cameras = [t for t in available if t not in left_out]
+    if not cameras:
+        raise BagError(f"bag '{path}' holds no camera pictures: {said_left_out(left_out)}; record the camera's topic "
+                       "(`adaptive-perception record --camera TOPIC`), or name one to read it anyway (replay --topic)")
+    return cameras, left_out
+
+
+def said_left_out(left_out: dict[str, str]) -> str:
+    """'/a (why), /b (why)': the topics `camera_topics` left out, for a message."""
+    return ", ".join(f"{topic} ({why})" for topic, why in sorted(left_out.items()))
 
 
 def default_topics(path: str | Path, available: Iterable[str]) -> list[str]:
-    """The camera topics among a bag's image topics `available`; a BagError when it holds only debug images."""
-    cameras, skipped = camera_topics(available)
-    if not cameras and not skipped:  # training said only "the profile source yielded no frames"
-        raise BagError(f"bag '{path}' has no sensor_msgs/Image or CompressedImage topic: record the camera's topic "
-                       "(`adaptive-perception record --camera TOPIC`)")
-    if not cameras and skipped:
-        raise BagError(f"bag '{path}' holds only the node's debug images {skipped}, no camera frames; record the "
-                       "camera's topic (`adaptive-perception record --camera TOPIC`), or name a debug topic to read it")
-    return cameras
+    """The camera topics among a bag's image topics `available` (`camera_topics`)."""
+    return camera_topics(path, available)[0]
 
 
 def camera_counts(path: str | Path) -> dict[str, int]:
-    """Image messages per camera topic of a bag (every image topic but the node's debug images), from its index: no
-    message is read."""
+    """Image messages per camera topic of a bag (`camera_topics`), from its index."""
     with _open(path) as reader:
         counts: dict[str, int] = {}
         for c in reader.connections:
             if c.msgtype in IMAGE_TYPES:
                 counts[c.topic] = counts.get(c.topic, 0) + c.msgcount
-        return {t: counts[t] for t in default_topics(path, counts)}
+    return {t: counts[t] for t in default_topics(path, counts)}
+
+
+BAG_FILES = (".mcap", ".db3")  # a recording's storage file, which the reader takes without its folder
+
+
+def recordings_in(folder: Path) -> list[Path]:
+    """What a folder of recordings holds, in name order: its folders (bags, or folders of them) and bag files."""
+    return sorted(p for p in folder.glob("*") if p.is_dir() or (p.is_file() and p.suffix in BAG_FILES))
 
 
 def _bags_inside(folder: Path) -> list[Path]:
@@ -149,7 +200,9 @@ def _open(path: str | Path) -> Iterator[AnyReader]:
     except Exception as exc:  # rosbags raises several reader error types
         looks_like_a_bag = (bag / "metadata.yaml").exists() if bag.is_dir() else bag.suffix in (".mcap", ".db3")
         inside = [str(p.relative_to(bag)) for p in _bags_inside(bag)]
-        if looks_like_a_bag:
+        if looks_like_a_bag and "version" in str(exc).lower():
+            fix = "it was written by a newer rosbag2 than this reader takes; convert it with that ROS version's tools"
+        elif looks_like_a_bag:
             fix = ("it looks like one, so it is damaged or was cut short (a segment whose writer was killed has no "
                    "index: the recorder loses at most that one); use another segment")
         elif inside:  # a `record` output or an evidence folder: one bag per segment

@@ -51,6 +51,16 @@ def _port(text: str) -> int:
     return port
 
 
+def _tracking_uri(text: str) -> str:
+    """An MLflow store MLflow 3 opens: a database or a server, not a plain folder (its file store is refused there with
+    a traceback)."""
+    scheme = text.partition("://")[0].lower() if "://" in text else ""
+    if text and text != "databricks" and (not scheme or scheme == "file"):
+        raise argparse.ArgumentTypeError(f"'{text}' is a folder; MLflow 3 keeps runs in a database or on a server: "
+                                         "give sqlite:///PATH/mlflow.db or http(s)://HOST:PORT")
+    return text
+
+
 def _topic(text: str) -> str:
     """A ROS topic name (ROS's own rules, checked before anything starts: it was a traceback mid-run)."""
     from rclpy.validate_topic_name import validate_topic_name
@@ -361,7 +371,8 @@ def _parser() -> argparse.ArgumentParser:
                        "retrain: build/retrain)")
     train.add_argument("--reports", type=Path, help="report folder (default training/reports; with --preset small, <work>/reports)")
     train.add_argument("--policy-out", type=Path, help="also copy the BC + PPO policy (seed 0) here")
-    train.add_argument("--tracking-uri", help="MLflow tracking URI (default sqlite:///<work>/mlflow.db)")
+    train.add_argument("--tracking-uri", type=_tracking_uri,
+                       help="MLflow tracking URI: sqlite:///PATH or http(s)://HOST (default sqlite:///<work>/mlflow.db)")
     train.add_argument("--seeds", type=_count, help="training seeds (default 3)")
     train.add_argument("--lambda", dest="lam", type=_non_negative, help="operating point; default: chosen on validation")
     train.add_argument("--lambdas", type=_non_negative, nargs="+",
@@ -902,6 +913,7 @@ def main(argv: list[str] | None = None) -> int:
                 extra += ["-p", "autostart:=true"]
             return node_main(["perception_node", "--ros-args", *extra, *ros_args])
         if args.command == "replay":
+            from adaptive_perception.bag import said_left_out
             from adaptive_perception.ros.replay import MAX_GAP_S, ReplayMode, replay_bag
             from adaptive_perception.ros.session import spun_node
 
@@ -912,7 +924,8 @@ def main(argv: list[str] | None = None) -> int:
                                     max_gap_s=MAX_GAP_S if args.max_gap is None else args.max_gap)
             summary = report.summary()
             if report.skipped_topics:
-                print(f"left out the node's debug images {report.skipped_topics} (name one with --topic to replay it)")
+                print(f"left out {said_left_out(report.skipped_topics)}: not camera pictures (name one with --topic to "
+                      "replay it)")
             for key, value in summary.items():
                 text = "-" if value is None else f"{value:.2f}" if isinstance(value, float) else str(value)
                 print(f"{key:>18}: {text}")
@@ -926,6 +939,11 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{report.undecodable} frames of the bag are ones the node's decoder refuses: left out in "
                       "lock-step, where no answer would come (--mode fast or recorded sends them to the node, which "
                       "counts them by kind in /diagnostics)", file=sys.stderr)
+            if not report.frames_published:
+                print("adaptive-perception replay: no frame published: every frame on the topics replayed is one the "
+                      "node's decoder refuses (the README's \"Topics and services\" lists the encodings it reads)",
+                      file=sys.stderr)
+                return 1
             if report.timeouts:
                 print(f"{report.timeouts} of {report.frames_published} frames got no answer within --timeout "
                       f"{args.timeout:g} s: the node's /diagnostics (its camera status counts bad frames by kind) or "

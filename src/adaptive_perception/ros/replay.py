@@ -56,7 +56,7 @@ class ReplayReport:
     latencies_ms: list[float] = field(default_factory=list)
     wall_s: float = 0.0  # first frame published to the last frame published or the last answer, whichever is later
     mode: ReplayMode = ReplayMode.LOCKSTEP
-    skipped_topics: list[str] = field(default_factory=list)  # image topics of the bag left out by default
+    skipped_topics: dict[str, str] = field(default_factory=dict)  # image topics of the bag left out by default: why
     stopped: str = ""  # why the replay ended before the bag did (the numbers cover what was published until then)
     interrupted: bool = False  # stopped by Ctrl-C
 
@@ -120,10 +120,7 @@ def replay_bag(
     if topics:
         chosen = list(topics)
     else:
-        chosen, report.skipped_topics = camera_topics(available)
-        if not chosen and report.skipped_topics:
-            raise BagError(f"bag '{bag}' holds only the node's debug images {report.skipped_topics}; name one with "
-                           "--topic to replay it")
+        chosen, report.skipped_topics = camera_topics(bag, available)
     unknown = sorted(set(remap) - set(available))
     if unknown:
         raise BagError(f"--remap names {unknown}, which bag '{bag}' has no image topic of; its image topics are "
@@ -244,7 +241,7 @@ def replay_bag(
             with cond:
                 cond.wait_for(lambda: all(answers.get(k, 0) > 0 for k in last), timeout_s)
         with cond:
-            report.wall_s = last_event[0] - started
+            report.wall_s = max(last_event[0] - started, 0.0)  # nothing published: no time
     finally:
         node.destroy_subscription(subscription)
         ack_wait = Duration(seconds=0.5 if report.interrupted else ACK_WAIT_S)  # Ctrl-C: the summary, promptly
