@@ -669,3 +669,34 @@ def test_training_on_a_bag_without_camera_frames_names_the_bag(tmp_path):
         writer.write(conn, 10**9, TYPESTORE.serialize_cdr(String(data="hello"), "std_msgs/msg/String"))
     with pytest.raises(BagError, match=f"bag '{tmp_path / 'bag'}' has no sensor_msgs/Image or CompressedImage topic"):
         list(bag_frames([tmp_path / "bag"], None, False))
+
+
+def test_a_complete_mcap_without_metadata_is_a_recording_and_one_file_of_a_split_one_is_refused(tmp_path):
+    """An MCAP the mcap tool or a Foxglove export wrote (no metadata.yaml) was called a killed recording and left out
+    of retraining; one file of a recording split in two was read alone, half the frames, without a word."""
+    import shutil
+
+    import yaml
+
+    from adaptive_perception.bag import expand_bags, image_count, never_closed, read_images
+
+    write_image_bag(tmp_path / "export", _frames(3), "/cam")
+    (tmp_path / "export" / "metadata.yaml").unlink()
+    assert not never_closed(tmp_path / "export")
+    [mcap] = expand_bags([tmp_path / "export"])
+    assert mcap.suffix == ".mcap" and image_count(mcap) == 3
+    killed = tmp_path / "killed"
+    killed.mkdir()
+    data = mcap.read_bytes()
+    (killed / "killed_0.mcap").write_bytes(data[: len(data) // 2])  # cut where the writer was killed: no footer
+    assert never_closed(killed) and expand_bags([killed]) == [killed]
+    # a recording of two files: each file alone is refused, naming the folder
+    write_image_bag(tmp_path / "split", _frames(4), "/cam")
+    [first] = (tmp_path / "split").glob("*.mcap")
+    shutil.copyfile(first, tmp_path / "split" / "second.mcap")
+    metadata = yaml.safe_load((tmp_path / "split" / "metadata.yaml").read_text())
+    metadata["rosbag2_bagfile_information"]["relative_file_paths"].append("second.mcap")
+    (tmp_path / "split" / "metadata.yaml").write_text(yaml.safe_dump(metadata))
+    with pytest.raises(BagError, match=f"is one of the 2 files of the recording '{tmp_path / 'split'}'.*pass the "
+                                       "folder"):
+        next(read_images(first))

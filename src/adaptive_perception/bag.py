@@ -139,10 +139,27 @@ def _bags_inside(folder: Path) -> list[Path]:
     return sorted({m.parent for pattern in ("*/metadata.yaml", "*/*/metadata.yaml") for m in folder.glob(pattern)})
 
 
+MCAP_MAGIC = b"\x89MCAP0\r\n"  # an MCAP file begins and, once its writer closed it, ends with this
+
+
+def _complete_mcap(path: Path) -> bool:
+    """Whether an MCAP file was closed by its writer (its footer's magic at the end)."""
+    try:
+        with open(path, "rb") as handle:
+            if handle.seek(0, 2) <= 2 * len(MCAP_MAGIC):  # the opening magic alone, or less: cut at its start
+                return False
+            handle.seek(-len(MCAP_MAGIC), 2)
+            return handle.read() == MCAP_MAGIC
+    except OSError:
+        return False
+
+
 def never_closed(path: Path) -> bool:
-    """A segment whose writer never closed it (killed while recording): an MCAP without metadata.yaml, which no
-    reader opens and `expand_bags` does not count as a bag."""
-    return path.is_dir() and not (path / "metadata.yaml").is_file() and any(path.glob("*.mcap"))
+    """A segment whose writer never closed it (killed while recording): a folder without metadata.yaml whose MCAP
+    lacks its footer, which no reader opens and `expand_bags` does not count as a bag. (A complete MCAP without
+    metadata.yaml, as the mcap tool or a Foxglove export writes, is a recording: `expand_bags` reads its file.)"""
+    return path.is_dir() and not (path / "metadata.yaml").is_file() and \
+        any(not _complete_mcap(mcap) for mcap in path.glob("*.mcap"))
 
 
 def unclosed_inside(folder: Path) -> list[Path]:
@@ -156,7 +173,14 @@ def unclosed_inside(folder: Path) -> list[Path]:
 def expand_bags(paths: list[Path]) -> list[Path]:
     """Each path as the recordings it stands for: a folder of bags is its bags (`_bags_inside`); anything else is
     kept, a bag as itself, the rest for the reader's error to name."""
-    return [bag for path in map(Path, paths) for bag in (_bags_inside(path) or [path])]
+    return [bag for path in map(Path, paths) for bag in (_bags_inside(path) or _bare_mcaps(path) or [path])]
+
+
+def _bare_mcaps(folder: Path) -> list[Path]:
+    """The complete MCAP files of a folder without metadata.yaml (none when any of its MCAPs was never closed)."""
+    if not folder.is_dir() or (folder / "metadata.yaml").is_file() or never_closed(folder):
+        return []
+    return sorted(folder.glob("*.mcap"))
 
 
 def image_count(path: str | Path) -> int:
@@ -194,6 +218,10 @@ def _open(path: str | Path) -> Iterator[AnyReader]:
     bag = Path(path)
     if not bag.exists():
         raise BagError(f"bag '{bag}' does not exist")
+    split = _split_files(bag)
+    if len(split) > 1:  # the reader would read this one file and say nothing of the rest
+        raise BagError(f"bag '{bag}' is one of the {len(split)} files of the recording '{bag.parent}' (its "
+                       "metadata.yaml lists them all): pass the folder to read the whole recording")
     try:
         reader = AnyReader([bag], default_typestore=TYPESTORE)
         reader.open()
@@ -218,6 +246,20 @@ def _open(path: str | Path) -> Iterator[AnyReader]:
         yield reader
     finally:
         reader.close()
+
+
+def _split_files(bag: Path) -> list[str]:
+    """The files of the recording a bag file belongs to, where its folder's metadata.yaml names it; [] otherwise."""
+    metadata = bag.parent / "metadata.yaml"
+    if not bag.is_file() or not metadata.is_file():
+        return []
+    import yaml
+
+    try:
+        files = yaml.safe_load(metadata.read_text())["rosbag2_bagfile_information"]["relative_file_paths"]
+    except Exception:  # not rosbag2's metadata: nothing to say
+        return []
+    return [str(f) for f in files] if bag.name in map(str, files) else []
 
 
 def image_message(rgb: np.ndarray, stamp_ns: int, frame_id: str, encoding: str = "rgb8") -> object:
