@@ -54,6 +54,12 @@ def test_unusable_numbers_are_refused_naming_the_option(argv, says, capsys):
     # refused after the whole replay, its summary lost
     (["replay", "bag", "--json", "/no/such/folder/out.json"], "--json /no/such/folder/out.json: folder "
                                                               "/no/such/folder does not exist"),
+    # a typo of a mode waited for the node's services (10 s without a node), then for its refusal
+    (["set-routing", "fixed:huge"], "argument mode: routing mode 'fixed:huge' is unknown; use one of learned"),
+    (["bench", "overhead", "--iterations", "1"], "argument --iterations: 1 is not a whole number >= 100"),
+    # everything after --ros-args was dropped without a word (a report for 1,000 robots, not 5)
+    (["bench", "cost", "--ros-args", "--robots", "5"], "--ros-args: only `node` takes ROS arguments"),
+    (["replay", "bag", "--ros-args", "-p", "use_sim_time:=true"], "--ros-args: only `node` takes ROS arguments"),
 ])
 def test_replay_options_that_cannot_apply_are_refused_before_it_starts(argv, says, capsys):
     with pytest.raises(SystemExit) as exited:
@@ -92,13 +98,22 @@ def test_usable_numbers_pass(capsys):
 def test_a_report_path_that_is_a_folder_is_refused_before_the_run(tmp_path, capsys):
     """`--report DIR` raised IsADirectoryError after the whole run, losing its results."""
     assert main(["bench", "cost", "--report", str(tmp_path)]) == 2
-    assert f"--report {tmp_path} is a folder; give the JSON file to write" in capsys.readouterr().err
+    assert f"--report {tmp_path} is a folder; give the file to write, e.g. {tmp_path / 'report.json'}" in \
+        capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []
     # a folder nobody can write (/proc: not even root) was found only when the results were written, after the run
     assert main(["bench", "cost", "--report", "/proc/cost.json"]) == 2
     assert "--report /proc/cost.json cannot be written (" in capsys.readouterr().err
     assert main(["replay", str(tmp_path / "no-bag-needed"), "--json", "/proc/replay.json"]) == 2
     assert "--json /proc/replay.json cannot be written (" in capsys.readouterr().err
+    # a folder that does not exist under one nobody can write, for the policy a whole training run makes: it was
+    # found after every stage had run
+    assert main(["train", "all", "--preset", "small", "--work", str(tmp_path / "w"), "--policy-out",
+                 "/proc/nope/policy.onnx"]) == 2
+    assert "--policy-out /proc/nope/policy.onnx cannot be written (" in capsys.readouterr().err
+    assert main(["models", "evaluate", "--card", str(tmp_path)]) == 2
+    assert f"--card {tmp_path} is a folder; give the file to write, e.g. {tmp_path / 'MODEL_CARD.md'}" in \
+        capsys.readouterr().err
     assert main(["bench", "cost", "--report", str(tmp_path / "cost.json")]) == 0  # a writable one: written
     assert json.loads((tmp_path / "cost.json").read_text()) and [p.name for p in tmp_path.iterdir()] == ["cost.json"]
 
@@ -247,6 +262,13 @@ def test_train_from_bags_reads_bag_files_and_refuses_an_empty_split_or_mixed_siz
             "/cam/image_raw: 320x240: profile each resolution from a benchmark folder of its own"
             in capsys.readouterr().err)
     assert not work.exists()  # nothing profiled, no MLflow store
+
+
+def test_a_benchmark_index_cut_short_is_named_not_a_traceback(tmp_path, capsys):
+    (tmp_path / "bench").mkdir()
+    (tmp_path / "bench" / "frames.json").write_text('{"router": [')
+    assert main(["train", "profile", "--benchmark", str(tmp_path / "bench"), "--work", str(tmp_path / "w")]) == 2
+    assert (f"{tmp_path / 'bench' / 'frames.json'} is not valid JSON" in capsys.readouterr().err)
 
 
 def test_the_generator_choices_are_the_generators_worlds():

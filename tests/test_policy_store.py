@@ -313,3 +313,16 @@ def test_the_node_is_loaded_before_another_promotion_can_change_the_store(tmp_pa
     assert kept == [(file_digest(policies["large"]), False)] and store.history()[-1]["policy_id"] == "to-large"
     with pytest.raises(ConfigError, match="is already current"):  # without a node to follow: refused, as before
         store.promote(policies["large"])
+
+
+def test_a_history_line_cut_short_is_named_not_a_traceback(tmp_path, policies, capsys):
+    from adaptive_perception.cli import main
+
+    store = PolicyStore(tmp_path / "store")
+    store.init(str(policies["nano"]))
+    with open(store.folder / "history.jsonl", "a") as history:
+        history.write('{"action": "promote", "policy_id": "to-la\n')  # a full disk stopped the write here
+    with pytest.raises(ConfigError, match=r"history.jsonl line 2 is not a JSON record \(Unterminated string"):
+        store.history()
+    assert main(["policy", "history", "--store", str(store.folder)]) == 2
+    assert "line 2 is not a JSON record" in capsys.readouterr().err

@@ -1,6 +1,7 @@
 """Segmented MCAP recording without ROS: rollover by time and size, the disk budget, schemas, kill -9."""
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -236,6 +237,16 @@ def test_record_without_a_destination_says_what_to_give(tmp_path):
     run = subprocess.run(["adaptive-perception", "record", "--out", str(tmp_path / "a-file")], capture_output=True,
                          text=True, timeout=120)
     assert run.returncode == 2 and f"--out {tmp_path / 'a-file'} is a file; give the folder" in run.stderr
+
+
+def test_a_recording_of_nothing_fails(tmp_path):
+    """No camera or node on the graph: `record` exited 0 with an empty --out, which a script took for a recording."""
+    env = {**os.environ, "ROS_DOMAIN_ID": str(int(os.environ.get("ROS_DOMAIN_ID", "0")) % 100 + 130)}  # nobody here
+    run = subprocess.run(["adaptive-perception", "record", "--out", str(tmp_path / "rec"), "--camera", "/no_cam",
+                          "--duration", "2"], capture_output=True, text=True, timeout=120, env=env)
+    assert run.returncode == 1, run.stderr
+    assert "recorded 0 messages" in run.stderr and "NOTHING RECORDED: no message came on any of the topics" in run.stderr
+    assert "; stops after 2 s or at Ctrl-C" in run.stderr  # it said "Ctrl-C stops" with a --duration too
 
 
 def test_a_disk_that_refuses_writes_costs_the_broken_segment_and_recording_goes_on(tmp_path):

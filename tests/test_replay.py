@@ -130,8 +130,10 @@ def test_replay_without_subscriber_explains_what_to_do(tmp_path):
         replay_bag(node, tmp_path / "bag", wait_for_subscriber_s=0.5)
 
 
-def test_ctrl_c_during_a_replay_keeps_its_summary(peer_model, tmp_path):
-    """Ctrl-C ended `replay` in a KeyboardInterrupt traceback, with no summary and no --json file."""
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_ctrl_c_during_a_replay_keeps_its_summary(peer_model, tmp_path, signum):
+    """Ctrl-C ended `replay` in a KeyboardInterrupt traceback, with no summary and no --json file; SIGTERM (`timeout`,
+    docker stop) killed it outright (exit 143), the summary lost."""
     from vision_msgs.msg import Detection2DArray
 
     write_image_bag(tmp_path / "bag", _frames(450), "/camera/image_raw")  # 15 s at 30 Hz
@@ -148,17 +150,17 @@ def test_ctrl_c_during_a_replay_keeps_its_summary(peer_model, tmp_path):
             while len(answers) < 5 and time.monotonic() < deadline and replay.poll() is None:
                 time.sleep(0.05)
             assert len(answers) >= 5, (tmp_path / "node.log").read_text()
-            replay.send_signal(signal.SIGINT)
+            replay.send_signal(signum)
             out, err = replay.communicate(timeout=30)
         finally:
             if replay.poll() is None:
                 replay.kill()
     assert replay.returncode == 130 and "Traceback" not in err, err
     summary = json.loads((tmp_path / "summary.json").read_text())
-    assert summary["stopped_early"] == "interrupted (Ctrl-C)"
+    assert summary["stopped_early"] == "interrupted (Ctrl-C or SIGTERM)"
     assert 5 <= summary["frames_published"] < 450 and summary["outputs_received"] >= 5
     assert f"frames_published: {summary['frames_published']}" in out
-    assert f"stopped after {summary['frames_published']} frames published: interrupted (Ctrl-C)" in err
+    assert f"stopped after {summary['frames_published']} frames published: interrupted (Ctrl-C or SIGTERM)" in err
 
 
 def test_replay_cli_against_a_node_process(peer_model, tmp_path):
@@ -228,7 +230,9 @@ class _Echo:
         node.create_subscription(CompressedImage if compressed else Image, topic, answer, 10)
 
     def close(self) -> None:
-        self._session.__exit__(None, None, None)
+        if self._session is not None:
+            self._session.__exit__(None, None, None)
+            self._session = None
 
 
 def _echo_replay(tmp_path: Path, echo: dict, **replay) -> tuple[ReplayReport, _Echo]:
@@ -359,6 +363,25 @@ def test_fast_replay_counts_what_the_node_left_unanswered_and_no_idle_wait_in_it
     # the wait is not in the rate: 6 frames go out back to back and 3 answers follow within a second
     assert report.wall_s < 2.0 and summary["fps"] > 1.5, summary
     assert summary["steady_fps"] is None and summary["timeouts"] == 0
+
+
+def test_lockstep_stops_when_nobody_reads_the_camera_topic_any_more(tmp_path):
+    """A node killed mid-replay left lock-step waiting out --timeout for every frame left (25 minutes for a 150-frame
+    bag at the default), then blaming a slow tier."""
+    write_image_bag(tmp_path / "bag", _frames(8), "/cam/image_raw")
+    echo = _Echo(lose=0, delay=lambda i: None if i >= 2 else 0.0)  # answers frames 0 and 1, then is gone
+
+    def leave(index: int) -> None:
+        if index == 2:
+            echo.close()  # its subscription goes with it
+    try:
+        with spun_node("echo_replay") as node:
+            report = replay_bag(node, tmp_path / "bag", remap={"/cam/image_raw": "image"}, timeout_s=1.0,
+                                on_frame=leave)
+    finally:
+        echo.close()
+    assert (report.frames_published, report.outputs_received, report.timeouts) == (3, 2, 1)
+    assert report.stopped.startswith("nobody reads '/image' any more (after frame 2's --timeout)"), report.stopped
 
 
 def test_a_lockstep_answer_after_its_timeout_is_late_not_an_output(tmp_path):

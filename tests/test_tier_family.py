@@ -202,3 +202,15 @@ def test_compare_scores_each_candidate_at_its_own_size_on_the_chosen_split(tmp_p
         assert [math.isnan(c["map50_by_size"][band]) for c in (large, nano)] == [not present] * 2, (band, sides)
     assert large["map50_by_size"]["side_64_128"] > 50, large
     assert "mAP50 by object side: lt_32" in run.stdout
+
+
+def test_tier_training_turns_ultralytics_mlflow_callback_off(tmp_path, monkeypatch):
+    """`models train-tiers` (the base recipe) left mlflow.db and mlruns/ in the working directory: only the family's
+    networks turned Ultralytics' MLflow callback off."""
+    monkeypatch.setenv("YOLO_CONFIG_DIR", str(tmp_path / "ultralytics"))
+    from adaptive_perception.training.tiers import _ultralytics_trainer
+    from ultralytics.utils import SETTINGS
+
+    SETTINGS.update({"mlflow": True})
+    _ultralytics_trainer()
+    assert SETTINGS["mlflow"] is False

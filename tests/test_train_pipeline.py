@@ -467,7 +467,7 @@ def test_retrain_refuses_a_candidate_that_buys_accuracy_with_cost(pipeline, tmp_
     # recording (it was refused as "not a rosbag2 folder")
     from adaptive_perception.bag import write_image_bag
 
-    frames = [(10**9 + i * 33_333_333, np.full((240, 320, 3), 40 * i, np.uint8)) for i in range(40)]
+    frames = [(10**9 + i * 33_333_333, np.full((240, 320, 3), 6 * i, np.uint8)) for i in range(40)]
     write_image_bag(tmp_path / "small_frames", frames, "/cam/image_raw")
     bare = next((tmp_path / "small_frames").glob("*.mcap")).rename(tmp_path / "small_frames.mcap")
     sized = _cli("train", "retrain", "--bags", str(bare), "--original-work", str(pipeline["root"] / "work"), "--work",

@@ -22,7 +22,7 @@ from adaptive_perception.bag import bag_image_rgb, camera_topics, image_topics, 
 from adaptive_perception.config import NodeConfig, resolve_model
 from adaptive_perception.detector import TIERS, DetectorTier
 from adaptive_perception.drift import veil
-from adaptive_perception.errors import AdaptivePerceptionError, ImageDecodeError
+from adaptive_perception.errors import AdaptivePerceptionError, ImageDecodeError, read_json
 from adaptive_perception.features import image_features
 from adaptive_perception.progress import counted, progress
 from adaptive_perception.scenes.sequence import Regime
@@ -113,7 +113,8 @@ def dataset_records(benchmark: Path, split: str) -> list[dict]:
     if not frames_path.is_file():
         raise AdaptivePerceptionError(f"'{benchmark}' holds no generated benchmark (frames.json missing); run "
                                       f"`adaptive-perception scenes generate --out {benchmark}`")
-    splits = json.loads(frames_path.read_text())
+    splits = read_json(frames_path, "the benchmark's frame index, written by `adaptive-perception scenes generate` "
+                       "(regenerate it)")
     if split not in splits:
         raise AdaptivePerceptionError(f"'{benchmark}' has no {split} split (generated before it existed); regenerate it "
                                       f"with `adaptive-perception scenes generate --out {benchmark}` (the other splits "

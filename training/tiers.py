@@ -156,19 +156,25 @@ def start_checkpoint(network: Network, keep: Path | None) -> Path:
                                   f"final.pt) beside it" + (f" (none in '{folder}')" if folder is not None else ""))
 
 
+def _ultralytics_trainer() -> None:
+    """Ultralytics set up to train here: offline, every core, and no MLflow callback."""
+    _offline_ultralytics()
+    import ultralytics.utils.torch_utils as torch_utils
+    from ultralytics.utils import SETTINGS
+
+    torch_utils.NUM_THREADS = os.cpu_count() or 1  # Ultralytics leaves one core idle; on 2 cores that halves speed
+    SETTINGS.update({"mlflow": False})  # its callback wrote mlflow.db and mlruns/ into the working directory
+
+
 def train_network(network: Network, benchmark_dir: Path, out_dir: Path, epochs: int = 80, batch: int = 16,
                   seed: int = 0, keep: Path | None = None) -> Path:
     """Train (or resume) one network of the family; returns best.pt.
 
     Resumes from `out_dir/<name>/run/weights/last.pt`, else from `keep/last.pt` (a committed checkpoint),
     else starts fresh. After every epoch last.pt and results.csv are copied to `keep`."""
-    _offline_ultralytics()
-    import ultralytics.utils.torch_utils as torch_utils
+    _ultralytics_trainer()
     from ultralytics import YOLO
-    from ultralytics.utils import SETTINGS
 
-    torch_utils.NUM_THREADS = os.cpu_count() or 1  # Ultralytics leaves one core idle; on 2 cores that halves speed
-    SETTINGS.update({"mlflow": False})  # its callback would write mlflow.db into the working directory
     home = Path(out_dir) / network.name
     data_yaml = home / "crops" / "data.yaml"
     if not data_yaml.exists():
@@ -215,11 +221,8 @@ def train_network(network: Network, benchmark_dir: Path, out_dir: Path, epochs: 
 def train(data_yaml: Path, out_dir: Path, epochs: int = 20, batch: int = 16, seed: int = 0,
           imgsz: int = TRAIN_IMGSZ, fraction: float = 1.0) -> Path:
     """Train (or resume) the tier network with Ultralytics' default recipe; returns best.pt."""
-    _offline_ultralytics()
-    import ultralytics.utils.torch_utils as torch_utils
+    _ultralytics_trainer()
     from ultralytics import YOLO
-
-    torch_utils.NUM_THREADS = os.cpu_count() or 1  # Ultralytics leaves one core idle; on 2 cores that halves speed
 
     run = Path(out_dir) / "base"
     last = run / "weights" / "last.pt"

@@ -7,6 +7,7 @@ import copy
 import json
 import os
 import shlex
+import signal
 import sys
 import textwrap
 from dataclasses import replace
@@ -49,6 +50,16 @@ def _port(text: str) -> int:
     if port > 65535:
         raise argparse.ArgumentTypeError(f"{text} is not a TCP port (1-65535)")
     return port
+
+
+def _routing_mode(text: str) -> str:
+    """A routing mode the node knows (checked here: a typo waited for the node's services, then for its refusal)."""
+    from adaptive_perception.router import check_mode
+
+    try:
+        return check_mode(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _tracking_uri(text: str) -> str:
@@ -408,7 +419,8 @@ def _parser() -> argparse.ArgumentParser:
     bench_sub = bench.add_subparsers(dest="bench_command", required=True)
     overhead = bench_sub.add_parser("overhead", help="router overhead: feature extraction + policy, p50/p95")
     overhead.add_argument("--policy", default="embedded:policy", help="policy ONNX file or embedded:policy")
-    overhead.add_argument("--iterations", type=_count, default=2000, help="timed calls per resolution")
+    overhead.add_argument("--iterations", type=_number(int, 100, True, "a whole number >= 100 (p95 needs them)"),
+                          default=2000, help="timed calls per resolution (at least 100)")
     overhead.add_argument("--report", type=Path, default=Path("training/reports/overhead.json"),
                           help="JSON to write (default: the committed report the README quotes)")
     transport = bench_sub.add_parser("transport", help="frames delivered across processes at 30 Hz, Fast DDS "
@@ -550,7 +562,8 @@ def _parser() -> argparse.ArgumentParser:
 
     routing = sub.add_parser("set-routing", help="switch a running node's routing mode and/or its cost weight between "
                              "two frames (its ~/set_routing_mode service and routing.cost_weight; no `ros2` needed)")
-    routing.add_argument("mode", nargs="?", help="learned | heuristic | random | fixed:nano | fixed:small | fixed:large")
+    routing.add_argument("mode", nargs="?", type=_routing_mode,
+                         help="learned | heuristic | random | fixed:nano | fixed:small | fixed:large")
     routing.add_argument("--cost-weight", type=_finite, help="routing.cost_weight: the learned mode's operating point "
                          "(higher: cheaper; negative: the policy's own)")
     routing.add_argument("--node", default="/perception_node", help="the node's name (as `ros2 node list` shows it)")
@@ -572,16 +585,19 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _unwritable(path: Path) -> str | None:
-    """Why `path` could not be written, probed by writing beside it; None when it can, or when its folder does not
-    exist yet (the commands that write it make it)."""
+    """Why `path` could not be written, probed by writing beside it, or in the nearest folder above it that exists
+    (the commands that write it make the folders missing); None when it can."""
     from adaptive_perception.errors import write_probe
 
     if path.exists() and not os.access(path, os.W_OK):
         return "the file is read-only"
-    if not path.parent.is_dir():
-        return None
+    folder = path.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():
+        return f"{folder} is a file, not a folder"
     try:
-        write_probe(path.parent, path.name)
+        write_probe(folder, path.name)
     except OSError as exc:
         return exc.strerror or str(exc)
     return None
@@ -829,9 +845,10 @@ def _policy(args: argparse.Namespace) -> int:
         from adaptive_perception.training.operating_point import choose, render, write
 
         result = choose(Policy(resolve_model(args.policy)), args.work, args.latency, args.streaming, args.cost_share)
+        if args.report:  # before anything is printed: a reader of stdout that left loses no file
+            write(result, args.report)
         print(render(result))
         if args.report:
-            write(result, args.report)
             print(f"wrote {args.report}")
         return 0
     if args.policy_command == "drift-reference":
@@ -860,6 +877,10 @@ TRAIN_EXTRA_MODULES = frozenset({"torch", "torchvision", "ultralytics", "onnx", 
                                  "gymnasium", "mlflow", "matplotlib", "sklearn"})
 
 
+def _terminated(*_signal) -> None:
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
     from adaptive_perception.runlog import quiet_mlflow_setup
     from adaptive_perception.transport import apply_defaults
@@ -867,15 +888,23 @@ def main(argv: list[str] | None = None) -> int:
     apply_defaults()  # before any ROS context: camera frames through shared memory (config/fastdds.xml)
     quiet_mlflow_setup()
     argv = list(sys.argv[1:] if argv is None else argv)
-    ros_args: list[str] = []
+    ros_args: list[str] | None = None
     if "--ros-args" in argv:  # ROS arguments are not ours to parse
         ros_args = argv[argv.index("--ros-args") + 1:]
         argv = argv[:argv.index("--ros-args")]
     parser = _parser()
+    if ros_args is not None and (not argv or argv[0] != "node"):  # they were dropped without a word
+        parser.error("--ros-args: only `node` takes ROS arguments (the other commands have options of their own: "
+                     "--help lists them)")
     if argv and argv[0].startswith("-") and argv[0] not in ("-h", "--help"):  # argparse named only the command
         parser.error(f"unrecognized option {argv[0]}: the command comes first (adaptive-perception COMMAND "
                      "[options]; --help lists the commands)")
     args = parser.parse_args(argv)
+    import threading
+
+    if args.command != "node" and threading.current_thread() is threading.main_thread():  # SIGTERM (`timeout`, docker stop, CI) stops a command as Ctrl-C does: its summary,
+        # what it finished, exit 130 (it was killed outright, exit 143, a replay's summary and JSON lost)
+        signal.signal(signal.SIGTERM, _terminated)
     if args.command == "replay":
         if args.bag is not None and args.bag_option is not None:
             parser.error(f"replay: give the bag once, as BAG or --bag (got {args.bag} and {args.bag_option})")
@@ -890,15 +919,16 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"replay: --max-gap caps the waits of --mode recorded; --mode {args.mode} waits for none")
         if args.json is not None and not args.json.parent.is_dir():  # refused now, not after the replay
             parser.error(f"replay: --json {args.json}: folder {args.json.parent} does not exist")
-    for option in ("report", "json", "latency_out"):  # refused now, not after the run whose results it would hold
+    # refused now, not after the run whose results it would hold: each option with the file it names
+    for option, example in (("report", "report.json"), ("json", "report.json"), ("latency_out", "latency.json"),
+                            ("policy_out", "policy.onnx"), ("card", "MODEL_CARD.md")):
         path = getattr(args, option, None)
         if not isinstance(path, Path):
             continue
         flag = f"--{option.replace('_', '-')} {path}"
         if path.is_dir():
-            print(f"adaptive-perception {args.command}: error: {flag} is a folder; give "
-                  f"the JSON file to write, e.g. {path / ('latency.json' if option == 'latency_out' else 'report.json')}",
-                  file=sys.stderr)
+            print(f"adaptive-perception {args.command}: error: {flag} is a folder; give the file to write, e.g. "
+                  f"{path / example}", file=sys.stderr)
             return 2
         if (problem := _unwritable(path)) is not None:
             print(f"adaptive-perception {args.command}: error: {flag} cannot be written ({problem}); give a path in a "
@@ -911,7 +941,7 @@ def main(argv: list[str] | None = None) -> int:
             extra = ["--params-file", str(args.params_file)] if args.params_file else []
             if args.autostart:
                 extra += ["-p", "autostart:=true"]
-            return node_main(["perception_node", "--ros-args", *extra, *ros_args])
+            return node_main(["perception_node", "--ros-args", *extra, *(ros_args or [])])
         if args.command == "replay":
             from adaptive_perception.bag import said_left_out
             from adaptive_perception.ros.replay import MAX_GAP_S, ReplayMode, replay_bag
@@ -923,14 +953,14 @@ def main(argv: list[str] | None = None) -> int:
                                     subscribers=args.subscribers,
                                     max_gap_s=MAX_GAP_S if args.max_gap is None else args.max_gap)
             summary = report.summary()
+            if args.json:  # before anything is printed: a reader of stdout that left loses no file
+                args.json.write_text(json.dumps(summary, indent=2, allow_nan=False))
             if report.skipped_topics:
                 print(f"left out {said_left_out(report.skipped_topics)}: not camera pictures (name one with --topic to "
                       "replay it)")
             for key, value in summary.items():
                 text = "-" if value is None else f"{value:.2f}" if isinstance(value, float) else str(value)
                 print(f"{key:>18}: {text}")
-            if args.json:
-                args.json.write_text(json.dumps(summary, indent=2, allow_nan=False))
             if report.stopped:
                 print(f"adaptive-perception replay: stopped after {report.frames_published} frames published: "
                       f"{report.stopped}", file=sys.stderr)

@@ -167,7 +167,16 @@ class PolicyStore:
         if not path.is_file() and not self.current.is_file():
             raise ConfigError(f"--store {self.folder}: no policy store there (no {CURRENT}, no {HISTORY}); start one "
                               "with `adaptive-perception policy store-init --store DIR`")
-        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
+        entries = []
+        for number, line in enumerate(path.read_text().splitlines() if path.is_file() else [], 1):
+            if not line.strip():
+                continue
+            try:
+                entries.append(json.loads(line))
+            except json.JSONDecodeError as exc:  # a line cut short (a full disk, a hand edit): said, not a traceback
+                raise ConfigError(f"{path} line {number} is not a JSON record ({exc.msg}): repair or remove that line "
+                                  f"(the store's {CURRENT} and {PREVIOUS} are as they were)") from None
+        return entries
 
     @contextmanager
     def _locked(self) -> Iterator[None]:

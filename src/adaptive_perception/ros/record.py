@@ -159,7 +159,8 @@ def run_record(out: Path | None, topics: list[str], segment_mb: float, segment_s
         # handler, so `kill -INT` did nothing
         signal.signal(signal.SIGINT, _interrupt)
         recording = TopicRecorder(node, topics, recorder, live)
-        print(f"recording {recording.topics}: {', '.join(where)}; Ctrl-C stops", file=sys.stderr, flush=True)
+        stops = f"stops after {duration_s:g} s or at Ctrl-C" if duration_s else "Ctrl-C stops"
+        print(f"recording {recording.topics}: {', '.join(where)}; {stops}", file=sys.stderr, flush=True)
         closed = 0
         started = time.monotonic()
         said_missing = False
@@ -197,5 +198,9 @@ def run_record(out: Path | None, topics: list[str], segment_mb: float, segment_s
               + (f" and {lost} written before a failure are in segments it left unclosed (no index: rosbags and "
                  f"ros2 bag do not open them): {[str(p) for p in broken]}" if lost or broken else "")
               + f" (last error: {recording.close_error or recording.last_error})", file=sys.stderr)
+        return 1
+    if recorder is not None and not sum(recording.counts.values()):  # a script must not take this for a recording
+        print("NOTHING RECORDED: no message came on any of the topics (is the camera / node running, on this "
+              "ROS_DOMAIN_ID? `ros2 topic list` shows what is published)", file=sys.stderr)
         return 1
     return 0

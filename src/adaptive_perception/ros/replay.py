@@ -231,8 +231,13 @@ def replay_bag(
                                 break
                         publishers[frame.topic].publish(frame.cdr)
                         report.resent += 1
+                    if key in timed_out and not publishers[frame.topic].get_subscription_count():
+                        report.stopped = (f"nobody reads '{publishers[frame.topic].topic_name}' any more (after frame {index}'s --timeout): "
+                                          "the node exited, was deactivated or lost its camera subscription; each "
+                                          "frame left would only wait out its --timeout")
+                        break
         except KeyboardInterrupt:  # Ctrl-C: the report covers what went out until then
-            report.stopped, report.interrupted = "interrupted (Ctrl-C)", True
+            report.stopped, report.interrupted = "interrupted (Ctrl-C or SIGTERM)", True
         if mode is not ReplayMode.LOCKSTEP and not report.interrupted:
             # the node always processes a camera's newest frame (older ones it may drop on purpose): its answer is
             # the last to come; the wait for it is not counted in wall_s. A last frame the node cannot decode gets no
