@@ -57,6 +57,8 @@ def test_unusable_numbers_are_refused_naming_the_option(argv, says, capsys):
     # a typo of a mode waited for the node's services (10 s without a node), then for its refusal
     (["set-routing", "fixed:huge"], "argument mode: routing mode 'fixed:huge' is unknown; use one of learned"),
     (["bench", "overhead", "--iterations", "1"], "argument --iterations: 1 is not a whole number >= 100"),
+    # retraining's options on another stage were ignored
+    (["train", "all", "--bags", "ev", "--store", "s"], "train all: --bags, --store belong to `train retrain`"),
     # everything after --ros-args was dropped without a word (a report for 1,000 robots, not 5)
     (["bench", "cost", "--ros-args", "--robots", "5"], "--ros-args: only `node` takes ROS arguments"),
     (["replay", "bag", "--ros-args", "-p", "use_sim_time:=true"], "--ros-args: only `node` takes ROS arguments"),
@@ -111,6 +113,8 @@ def test_a_report_path_that_is_a_folder_is_refused_before_the_run(tmp_path, caps
     assert main(["train", "all", "--preset", "small", "--work", str(tmp_path / "w"), "--policy-out",
                  "/proc/nope/policy.onnx"]) == 2
     assert "--policy-out /proc/nope/policy.onnx cannot be written (" in capsys.readouterr().err
+    assert main(["bench", "throughput", "--quick", "--benchmark", str(tmp_path / "typo")]) == 2  # rendered others
+    assert f"--benchmark {tmp_path / 'typo'} does not exist" in capsys.readouterr().err
     assert main(["models", "evaluate", "--card", str(tmp_path)]) == 2
     assert f"--card {tmp_path} is a folder; give the file to write, e.g. {tmp_path / 'MODEL_CARD.md'}" in \
         capsys.readouterr().err
@@ -269,6 +273,14 @@ def test_a_benchmark_index_cut_short_is_named_not_a_traceback(tmp_path, capsys):
     (tmp_path / "bench" / "frames.json").write_text('{"router": [')
     assert main(["train", "profile", "--benchmark", str(tmp_path / "bench"), "--work", str(tmp_path / "w")]) == 2
     assert (f"{tmp_path / 'bench' / 'frames.json'} is not valid JSON" in capsys.readouterr().err)
+
+
+def test_an_export_size_of_three_values_or_under_the_stride_is_refused(tmp_path, capsys):
+    """`--imgsz 1 2 3` dropped the third value and exported 32x32, without a word."""
+    (tmp_path / "w.pt").write_bytes(b"")
+    assert main(["models", "export", "--weights", str(tmp_path / "w.pt"), "--imgsz", "1", "2", "3", "--out",
+                 str(tmp_path / "w.onnx")]) == 2 and not (tmp_path / "w.onnx").exists()
+    assert "--imgsz 1 2 3: give S or H W, each at least 32" in capsys.readouterr().err
 
 
 def test_the_generator_choices_are_the_generators_worlds():

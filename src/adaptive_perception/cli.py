@@ -659,7 +659,10 @@ def _models(args: argparse.Namespace) -> int:
     if args.models_command == "export":
         from adaptive_perception.training.yolo import export_pretrained
 
-        imgsz = args.imgsz[0] if len(args.imgsz) == 1 else tuple(args.imgsz[:2])
+        if len(args.imgsz) > 2 or min(args.imgsz) < 32:  # a third value was dropped, 1x2 became 32x32: both silently
+            raise AdaptivePerceptionError(f"--imgsz {' '.join(map(str, args.imgsz))}: give S or H W, each at least 32 "
+                                          "(YOLOv8's stride; e.g. --imgsz 640 or --imgsz 480 640)")
+        imgsz = args.imgsz[0] if len(args.imgsz) == 1 else tuple(args.imgsz)
         print(f"wrote {export_pretrained(args.weights, imgsz, args.out)}")
         return 0
     if args.models_command == "quantize":
@@ -877,6 +880,10 @@ TRAIN_EXTRA_MODULES = frozenset({"torch", "torchvision", "ultralytics", "onnx", 
                                  "gymnasium", "mlflow", "matplotlib", "sklearn"})
 
 
+RETRAIN_ONLY = frozenset({"--bags", "--original-work", "--current", "--candidate", "--segment-frames", "--store",
+                          "--node"})  # `train`'s retrain group
+
+
 def _terminated(*_signal) -> None:
     raise KeyboardInterrupt
 
@@ -919,6 +926,10 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"replay: --max-gap caps the waits of --mode recorded; --mode {args.mode} waits for none")
         if args.json is not None and not args.json.parent.is_dir():  # refused now, not after the replay
             parser.error(f"replay: --json {args.json}: folder {args.json.parent} does not exist")
+    if args.command == "train" and args.stage != "retrain":  # they were ignored without a word
+        given = sorted({token.split("=")[0] for token in argv} & RETRAIN_ONLY)
+        if given:
+            parser.error(f"train {args.stage}: {', '.join(given)} belong to `train retrain` (retraining from evidence)")
     # refused now, not after the run whose results it would hold: each option with the file it names
     for option, example in (("report", "report.json"), ("json", "report.json"), ("latency_out", "latency.json"),
                             ("policy_out", "policy.onnx"), ("card", "MODEL_CARD.md")):
@@ -1090,6 +1101,9 @@ def main(argv: list[str] | None = None) -> int:
             from adaptive_perception.training.throughput import QUICK
             from adaptive_perception.training.throughput import run as run_throughput
 
+            if args.benchmark != BENCHMARKS["2.0.0"] and not args.benchmark.is_dir():  # it rendered the frozen ones
+                raise AdaptivePerceptionError(f"--benchmark {args.benchmark} does not exist; leave it out to render the "
+                                              "frozen test sequences (or name a benchmark folder)")
             # --quick reads no work folder (CI has none) unless one is named
             work = None if args.quick and args.work == WORK_V3 else args.work
             if work is None and args.real_latency != REAL_LATENCY:  # named, but not read: said
