@@ -59,6 +59,7 @@ def test_unusable_numbers_are_refused_naming_the_option(argv, says, capsys):
     (["bench", "overhead", "--iterations", "1"], "argument --iterations: 1 is not a whole number >= 100"),
     # retraining's options on another stage were ignored
     (["train", "all", "--bags", "ev", "--store", "s"], "train all: --bags, --store belong to `train retrain`"),
+    (["train", "profile", "--cand", "x.onnx"], "train profile: --candidate belongs to `train retrain`"),  # abbreviated
     # everything after --ros-args was dropped without a word (a report for 1,000 robots, not 5)
     (["bench", "cost", "--ros-args", "--robots", "5"], "--ros-args: only `node` takes ROS arguments"),
     (["replay", "bag", "--ros-args", "-p", "use_sim_time:=true"], "--ros-args: only `node` takes ROS arguments"),
@@ -281,6 +282,21 @@ def test_an_export_size_of_three_values_or_under_the_stride_is_refused(tmp_path,
     assert main(["models", "export", "--weights", str(tmp_path / "w.pt"), "--imgsz", "1", "2", "3", "--out",
                  str(tmp_path / "w.onnx")]) == 2 and not (tmp_path / "w.onnx").exists()
     assert "--imgsz 1 2 3: give S or H W, each at least 32" in capsys.readouterr().err
+
+
+def test_the_callers_sigterm_handler_is_back_after_a_command(tmp_path):
+    """main() left its SIGTERM handler installed: a program (or pytest) calling it lost its own."""
+    import signal
+
+    def own(*_):
+        pass
+
+    previous = signal.signal(signal.SIGTERM, own)
+    try:
+        assert main(["bench", "cost", "--report", str(tmp_path / "cost.json")]) == 0
+        assert signal.getsignal(signal.SIGTERM) is own
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def test_the_generator_choices_are_the_generators_worlds():

@@ -471,8 +471,10 @@ def test_what_the_monitor_cannot_use_is_refused_by_name():
     for confirm in (0, -5, 1.5, True):
         with pytest.raises(ConfigError, match="drift confirm"):
             DriftMonitor(reference, confirm=confirm)
-    with pytest.raises(ConfigError, match=r"drift release 1.5 must lie in \[0, 1\]"):
-        DriftMonitor(reference, release=1.5)
+    for release in (1.5, 0.0):
+        with pytest.raises(ConfigError, match=rf"drift release {release} must lie in \(0, 1\]"):
+            DriftMonitor(reference, release=release)
+    assert DriftMonitor(reference, confirm=np.int64(3)).confirm == 3  # a numpy count is a count
     with DriftWatch(["cam0"], reference, lambda rgb: None) as watch:
         with pytest.raises(KeyError, match=r"camera 'cam1' is not one of this DriftWatch's cameras \['cam0'\]"):
             watch.frame("cam1", _counted(np.zeros(1028)), 0, np.zeros((4, 4, 3), np.uint8), None)

@@ -541,6 +541,31 @@ def test_depth_streams_compressed_copies_and_silent_topics_are_not_cameras(tmp_p
     with pytest.raises(BagError, match="Rosbag2 version 99 not supported.*written by a newer rosbag2 than this reader"):
         image_topics(tmp_path / "rig")
     metadata.write_text(re.sub(r"version: 99", "version: 9", metadata.read_text(), count=1))
+    # a 16-bit thermal camera is a camera; a depth stream through the plain compressed transport is depth; a
+    # compressed topic whose raw topic holds nothing is the camera (it was refused as a copy of an empty topic)
+    import cv2
+    from rosbags.rosbag2 import StoragePlugin, Writer
+    from rosbags.typesys.stores.ros2_jazzy import sensor_msgs__msg__CompressedImage as CompressedImage
+
+    from adaptive_perception.bag import COMPRESSED_TYPE, IMAGE_TYPE, TYPESTORE, image_message
+
+    with Writer(tmp_path / "more", version=9, storage_plugin=StoragePlugin.MCAP) as writer:
+        kinds = {"/thermal/image_raw": IMAGE_TYPE, "/cam/depth/compressed": COMPRESSED_TYPE,
+                 "/front/image_raw": IMAGE_TYPE, "/front/image_raw/compressed": COMPRESSED_TYPE}
+        connections = {t: writer.add_connection(t, kind, typestore=TYPESTORE) for t, kind in kinds.items()}
+        for stamp, rgb in _frames(2):
+            thermal = image_message(rgb, stamp, "cam")
+            thermal.encoding, thermal.step = "16UC1", rgb.shape[1] * 2
+            thermal.data = np.ascontiguousarray(rgb[:, :, :2]).reshape(-1)
+            png = np.frombuffer(cv2.imencode(".png", rgb[:, :, 0])[1].tobytes(), np.uint8)
+            writer.write(connections["/thermal/image_raw"], stamp, TYPESTORE.serialize_cdr(thermal, IMAGE_TYPE))
+            for topic, kind in (("/cam/depth/compressed", "16UC1; png compressed"),
+                                ("/front/image_raw/compressed", "png")):
+                writer.write(connections[topic], stamp, TYPESTORE.serialize_cdr(
+                    CompressedImage(header=thermal.header, format=kind, data=png), COMPRESSED_TYPE))
+    assert camera_topics(tmp_path / "more", image_topics(tmp_path / "more")) == (
+        ["/front/image_raw/compressed", "/thermal/image_raw"],
+        {"/cam/depth/compressed": "depth (16UC1; png compressed)", "/front/image_raw": "no messages"})
     # named, a depth topic is still read (the user asked for it)
     assert len(list(bag_frames([tmp_path / "rig"], "/cam/depth/image_rect_raw", False))) == 3
     echo = _Echo(lose=0)
@@ -701,7 +726,7 @@ def test_a_complete_mcap_without_metadata_is_a_recording_and_one_file_of_a_split
 
     import yaml
 
-    from adaptive_perception.bag import expand_bags, image_count, never_closed, read_images
+    from adaptive_perception.bag import expand_bags, image_count, never_closed, read_images, unclosed_inside
 
     write_image_bag(tmp_path / "export", _frames(3), "/cam")
     (tmp_path / "export" / "metadata.yaml").unlink()
@@ -713,6 +738,13 @@ def test_a_complete_mcap_without_metadata_is_a_recording_and_one_file_of_a_split
     data = mcap.read_bytes()
     (killed / "killed_0.mcap").write_bytes(data[: len(data) // 2])  # cut where the writer was killed: no footer
     assert never_closed(killed) and expand_bags([killed]) == [killed]
+    # a folder of exports with one cut short: the complete ones are read, the folder named as holding an unclosed one
+    shutil.copyfile(mcap, killed / "whole.mcap")
+    assert expand_bags([killed]) == [killed / "whole.mcap"] and unclosed_inside(killed) == [killed]
+    # a `record` output whose second segment lost its metadata.yaml (its MCAP complete): read, not dropped unsaid
+    write_image_bag(tmp_path / "out" / "seg0", _frames(2), "/cam")
+    shutil.copytree(tmp_path / "export", tmp_path / "out" / "seg1")
+    assert expand_bags([tmp_path / "out"]) == [tmp_path / "out" / "seg0", tmp_path / "out" / "seg1" / mcap.name]
     # a recording of two files: each file alone is refused, naming the folder
     write_image_bag(tmp_path / "split", _frames(4), "/cam")
     [first] = (tmp_path / "split").glob("*.mcap")

@@ -205,12 +205,27 @@ def test_compare_scores_each_candidate_at_its_own_size_on_the_chosen_split(tmp_p
 
 
 def test_tier_training_turns_ultralytics_mlflow_callback_off(tmp_path, monkeypatch):
-    """`models train-tiers` (the base recipe) left mlflow.db and mlruns/ in the working directory: only the family's
-    networks turned Ultralytics' MLflow callback off."""
-    monkeypatch.setenv("YOLO_CONFIG_DIR", str(tmp_path / "ultralytics"))
-    from adaptive_perception.training.tiers import _ultralytics_trainer
+    """`models train-tiers` (the base recipe, `tiers.train`) left mlflow.db and mlruns/ in the working directory: only
+    the family's networks (`train_network`) turned Ultralytics' MLflow callback off. Both set Ultralytics up through
+    `_ultralytics_trainer` before anything else, and it turns the callback off."""
+    from adaptive_perception.training import tiers
     from ultralytics.utils import SETTINGS
 
-    SETTINGS.update({"mlflow": True})
-    _ultralytics_trainer()
-    assert SETTINGS["mlflow"] is False
+    class SetUp(Exception):
+        pass
+
+    def set_up():
+        raise SetUp
+    monkeypatch.setattr(tiers, "_ultralytics_trainer", set_up)
+    with pytest.raises(SetUp):
+        tiers.train(tmp_path / "data.yaml", tmp_path)
+    with pytest.raises(SetUp):
+        tiers.train_network(tiers.NETWORKS["base"], tmp_path, tmp_path)
+    monkeypatch.undo()
+    before = SETTINGS["mlflow"]
+    try:
+        SETTINGS.update({"mlflow": True})
+        tiers._ultralytics_trainer()
+        assert SETTINGS["mlflow"] is False
+    finally:
+        SETTINGS.update({"mlflow": before})

@@ -446,7 +446,7 @@ def test_retrain_refuses_a_candidate_that_buys_accuracy_with_cost(pipeline, tmp_
     assert decision["candidate"]["mix_new"] == {"nano": 0.0, "small": 0.0, "large": 1.0}
     assert store.policy_id(store.current) == "always-nano" and not store.previous.exists()  # nothing promoted
     assert "KEEP the current policy" in run.stdout
-    assert f"[retrain] left out ['{killed}']: never closed (an MCAP without metadata.yaml" in run.stdout
+    assert f"[retrain] left out ['{killed}']: never closed (an MCAP without its footer or metadata.yaml" in run.stdout
     # without --latency the gate costs the tiers as the original training did (it averaged the profiles' own
     # latencies, calling them this machine's)
     original_costs = json.loads((pipeline["root"] / "work" / "costs.json").read_text())
@@ -471,7 +471,7 @@ def test_retrain_refuses_a_candidate_that_buys_accuracy_with_cost(pipeline, tmp_
     write_image_bag(tmp_path / "small_frames", frames, "/cam/image_raw")
     bare = next((tmp_path / "small_frames").glob("*.mcap")).rename(tmp_path / "small_frames.mcap")
     sized = _cli("train", "retrain", "--bags", str(bare), "--original-work", str(pipeline["root"] / "work"), "--work",
-                 str(tmp_path / "sized"), "--current", str(nano), "--candidate", str(large), "--segment-frames", "10",
+                 str(tmp_path / "sized"), "--current", str(nano), "--candidate", str(large), "--segment-frames", "5",
                  "--store", str(store.folder), timeout=300)
     assert sized.returncode == 2 and (f"the current policy was trained on 640x480 frames (--original-work "
                                       f"{pipeline['root'] / 'work'}), and the evidence holds bag '{bare}' "

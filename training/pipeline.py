@@ -182,7 +182,7 @@ def _check_profile_inputs(settings: Settings) -> None:
                                           "recordings in <benchmark>/bags/{router,val,test}/ (scenes generate --bags all "
                                           "writes them)")
     if settings.source == "bags":  # every split's recordings, before the first is profiled (minutes each)
-        from adaptive_perception.training.profile import frame_sizes, one_resolution
+        from adaptive_perception.training.profile import frame_sizes
 
         sizes = []
         for split in SPLITS:
@@ -193,7 +193,11 @@ def _check_profile_inputs(settings: Settings) -> None:
                                               "the node's decoder takes (the README's \"Topics and services\" lists "
                                               "the encodings it reads)")
             sizes += found
-        one_resolution(sizes, "profile each resolution from a benchmark folder of its own")
+        if len({size for *_, size in sizes}) > 1:
+            raise AdaptivePerceptionError(
+                "one router is trained at one camera resolution (its context measures box sizes against the frame), "
+                "and these recordings hold several: " + "; ".join(f"bag '{b}' {c}: {w}x{h}" for b, c, (h, w) in sizes)
+                + ": profile each resolution from a benchmark folder of its own")
 
 
 def stage_profile(settings: Settings) -> None:

@@ -59,6 +59,12 @@ class Profile:
         return path
 
     @staticmethod
+    def meta_of(path: Path) -> dict:
+        """A saved profile's meta (frame size, models, truth) without loading its arrays."""
+        with np.load(path) as data:
+            return json.loads(str(data["meta"]))
+
+    @staticmethod
     def load(path: Path) -> "Profile":
         if not Path(path).is_file():
             raise AdaptivePerceptionError(f"profile '{path}' does not exist; run `adaptive-perception train profile "
@@ -164,23 +170,12 @@ def frame_sizes(bags: list[Path], topic: str | None = None) -> list[tuple[Path, 
     return sizes
 
 
-def one_resolution(sizes: list[tuple[Path, str, tuple[int, int]]], fix: str) -> None:
-    """Refuse recordings (`frame_sizes`) of several frame sizes, naming each, with `fix`."""
-    if len({size for *_, size in sizes}) > 1:
-        raise AdaptivePerceptionError(
-            "one router is trained at one camera resolution (its context measures box sizes against the frame), and "
-            "these recordings hold several: " + "; ".join(f"bag '{b}' {c}: {w}x{h}" for b, c, (h, w) in sizes) +
-            f": {fix}")
-
-
 def bag_frames(bags: list[Path], topic: str | None, need_sidecar: bool, read: list[dict] | None = None
                ) -> Iterator[tuple[np.ndarray, int, int, list[dict] | None]]:
     """Every camera image of each bag through the node's decoder, with the sidecar truth: one sequence per bag and
-    camera topic (`topic`, or every image topic but the node's debug images), so a previous frame is always the
+    camera topic (`topic`, or its cameras: `bag.camera_topics`), so a previous frame is always the
     same camera's. `read`, when given, gets one entry per bag and camera read to its end: the frames used and the
     frames left out (for the MLflow run that names what it trained on)."""
-    one_resolution(frame_sizes(bags, topic), "profile each resolution in a --work of its own (or name one camera "
-                   "with its topic)")  # checked before the first frame is profiled, not after minutes of them
     sequence = 0
     for bag in bags:
         truth = None

@@ -150,11 +150,12 @@ def retrain(settings, bags: list[Path], original_work: Path, current: str | None
     bags = expand_bags(given)  # an evidence folder stands for its segments
     # a segment whose writer was killed (kill -9, power loss) has its MCAP but no metadata.yaml: left out, said,
     # whether named or inside a named folder
-    unclosed = [b for b in bags if never_closed(b)] + [b for folder in given for b in unclosed_inside(folder)]
+    unclosed = list(dict.fromkeys([b for b in bags if never_closed(b)] +
+                                  [b for folder in given for b in unclosed_inside(folder)]))
     if unclosed:
         bags = [b for b in bags if b not in unclosed]
-        print(f"[retrain] left out {[str(b) for b in unclosed]}: never closed (an MCAP without metadata.yaml: its "
-              f"writer was killed while recording); {len(bags)} other recordings read", flush=True)
+        print(f"[retrain] left out {[str(b) for b in unclosed]}: never closed (an MCAP without its footer or "
+              f"metadata.yaml: its writer was killed while recording); {len(bags)} other recordings read", flush=True)
     missing = [str(b) for b in bags if not ((b / "metadata.yaml").is_file() or (b.is_file() and b.suffix in BAG_FILES))]
     if not bags:
         raise AdaptivePerceptionError("--bags: name the recordings to retrain on (rosbag2 folders, e.g. the node's "
@@ -197,7 +198,7 @@ def retrain(settings, bags: list[Path], original_work: Path, current: str | None
             f"--bags hold {sum(counts)} frames ({', '.join(map(str, counts))} per bag and camera): {segments} "
             f"segments of {segment_frames} frames, and the gate needs at least {2 * holdout_every} (record longer, or "
             "lower --segment-frames)")
-    trained_at = tuple(Profile.load(originals[pipeline.TRAIN_SPLIT]).meta.get("frame_hw") or ())
+    trained_at = tuple(Profile.meta_of(originals[pipeline.TRAIN_SPLIT]).get("frame_hw") or ())
     other = [(b, c, size) for b, c, size in frame_sizes(bags) if trained_at and tuple(size) != trained_at]
     if other:  # before the evidence is profiled (minutes), not after
         raise AdaptivePerceptionError(

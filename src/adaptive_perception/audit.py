@@ -121,16 +121,18 @@ class AuditWorker:
         it is busy or over its share, and after `close` (the node's workers may offer frames of different cameras at
         once)."""
         over_share = self.busy_share() > self.settings.max_share
+        # copied outside the lock (other cameras' offers wait on it), unless the worker is plainly busy
+        frame = None if over_share or self._running or self._pending is not None else rgb.copy()
         with self._cond:
             if self._closed:
                 return False
             if over_share:
                 self.skipped_share += 1
                 return False
-            if self._running or self._pending is not None:
+            if self._running or self._pending is not None or frame is None:
                 self.skipped_busy += 1
                 return False
-            self._pending = (key, rgb.copy(), routed)
+            self._pending = (key, frame, routed)
             self._cond.notify()
         return True
 

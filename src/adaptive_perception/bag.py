@@ -1,10 +1,11 @@
 """Read and write rosbag2 image recordings (MCAP or sqlite3) with `rosbags`; no ROS installation needed."""
 from __future__ import annotations
 
+import re
 from contextlib import contextmanager
 from dataclasses import dataclass
 from enum import Enum
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Iterable, Iterator, Sequence
 
 import numpy as np
@@ -58,8 +59,9 @@ DEPTH_ENCODINGS = ("16UC1", "16SC1", "32FC1", "32SC1", "64FC1")
 
 def left_out_topics(path: str | Path, available: Iterable[str] | None = None) -> dict[str, str]:
     """The image topics of a bag (among `available`, default all) that are not camera pictures, each with the reason:
-    the node's debug images, depth images (by their first message's encoding or format), a camera's compressed copy
-    beside its raw topic (image_transport records both), and topics with no message."""
+    the node's debug images, topics with no message, depth images (a `compressedDepth` format, or a depth encoding
+    (DEPTH_ENCODINGS) on a topic whose name says depth: a 16-bit thermal camera is a camera), and a camera's compressed
+    copy beside its raw topic (image_transport records both)."""
     with _open(path) as reader:
         connections = [c for c in reader.connections if c.msgtype in IMAGE_TYPES]
         topics = {c.topic for c in connections} if available is None else set(available)
@@ -68,24 +70,37 @@ def left_out_topics(path: str | Path, available: Iterable[str] | None = None) ->
             counts[c.topic] = counts.get(c.topic, 0) + c.msgcount
         reasons = {}
         for topic in sorted(topics):
-            base = topic.rstrip("/")
-            if base.endswith(DEBUG_IMAGE_TOPICS):
+            if topic.rstrip("/").endswith(DEBUG_IMAGE_TOPICS):
                 reasons[topic] = "the node's debug images"
-            elif base.endswith("/compressed") and base[:-len("/compressed")] in topics:
-                reasons[topic] = f"the compressed copy of {base[:-len('/compressed')]}"
             elif not counts.get(topic):
                 reasons[topic] = "no messages"
         for c in connections:
             if c.topic not in topics or c.topic in reasons:
                 continue
-            try:
-                message = reader.deserialize(next(raw for _, _, raw in reader.messages(connections=[c])), c.msgtype)
-            except Exception:  # none, or a malformed first message: the decoder says what is wrong with it
-                continue
-            kind = getattr(message, "encoding", None) or getattr(message, "format", "")
-            if kind in DEPTH_ENCODINGS or "compresseddepth" in kind.lower():
+            kind = _first_kind(reader, c)
+            if "compresseddepth" in kind.lower() or (kind.split(";")[0].strip() in DEPTH_ENCODINGS
+                                                     and "depth" in c.topic.lower()):
                 reasons[c.topic] = f"depth ({kind})"
+        for topic in sorted(topics):  # a copy only of a raw topic that is itself read
+            raw = topic.rstrip("/")[:-len("/compressed")]
+            if topic not in reasons and topic.rstrip("/").endswith("/compressed") and raw in topics \
+                    and raw not in reasons:
+                reasons[topic] = f"the compressed copy of {raw}"
         return reasons
+
+
+def _first_kind(reader: AnyReader, connection, tries: int = 5) -> str:
+    """The encoding (Image) or format (CompressedImage) of the first of a topic's first `tries` messages that can be
+    read; "" when none can (the decoder then says what is wrong with them)."""
+    for number, (_, _, raw) in enumerate(reader.messages(connections=[connection])):
+        if number >= tries:
+            break
+        try:
+            message = reader.deserialize(raw, connection.msgtype)
+        except Exception:  # a malformed message: the next may be whole
+            continue
+        return getattr(message, "encoding", None) or getattr(message, "format", "") or ""
+    return ""
 
 
 def camera_topics(path: str | Path, available: Iterable[str]) -> tuple[list[str], dict[str, str]]:
@@ -99,7 +114,8 @@ def camera_topics(path: str | Path, available: Iterable[str]) -> tuple[list[str]
     cameras = [t for t in available if t not in left_out]
     if not cameras:
         raise BagError(f"bag '{path}' holds no camera pictures: {said_left_out(left_out)}; record the camera's topic "
-                       "(`adaptive-perception record --camera TOPIC`), or name one to read it anyway (replay --topic)")
+                       "(`adaptive-perception record --camera TOPIC`); replay and models quantize read one anyway when "
+                       "--topic names it")
     return cameras, left_out
 
 
@@ -132,11 +148,14 @@ def recordings_in(folder: Path) -> list[Path]:
 
 
 def _bags_inside(folder: Path) -> list[Path]:
-    """The rosbag2 folders a folder that is not one holds, in name order: a `record` output, one bag per segment; the
-    node's evidence, one per camera and segment, a level deeper. [] for a bag itself, a file, or nothing of the kind."""
+    """The recordings a folder that is not one holds, in name order: a `record` output, one bag per segment; the
+    node's evidence, one per camera and segment, a level deeper; the complete MCAP files of such folders without
+    metadata.yaml. [] for a bag itself, a file, or nothing of the kind."""
     if not folder.is_dir() or (folder / "metadata.yaml").is_file():
         return []
-    return sorted({m.parent for pattern in ("*/metadata.yaml", "*/*/metadata.yaml") for m in folder.glob(pattern)})
+    bags = {m.parent for pattern in ("*/metadata.yaml", "*/*/metadata.yaml") for m in folder.glob(pattern)}
+    bags |= {mcap for pattern in ("*/", "*/*/") for sub in folder.glob(pattern) for mcap in _bare_mcaps(sub)}
+    return sorted(bags)
 
 
 MCAP_MAGIC = b"\x89MCAP0\r\n"  # an MCAP file begins and, once its writer closed it, ends with this
@@ -154,33 +173,32 @@ def _complete_mcap(path: Path) -> bool:
         return False
 
 
+def _bare_mcaps(folder: Path) -> list[Path]:
+    """The complete MCAP files of a folder without metadata.yaml (the mcap tool's, a Foxglove export): recordings."""
+    if not folder.is_dir() or (folder / "metadata.yaml").is_file():
+        return []
+    return sorted(mcap for mcap in folder.glob("*.mcap") if _complete_mcap(mcap))
+
+
 def never_closed(path: Path) -> bool:
-    """A segment whose writer never closed it (killed while recording): a folder without metadata.yaml whose MCAP
-    lacks its footer, which no reader opens and `expand_bags` does not count as a bag. (A complete MCAP without
-    metadata.yaml, as the mcap tool or a Foxglove export writes, is a recording: `expand_bags` reads its file.)"""
+    """A folder without metadata.yaml holding an MCAP that lacks its footer: a segment whose writer was killed while
+    recording, which no reader opens and `expand_bags` leaves out (the folder's complete MCAP files are read)."""
     return path.is_dir() and not (path / "metadata.yaml").is_file() and \
         any(not _complete_mcap(mcap) for mcap in path.glob("*.mcap"))
 
 
 def unclosed_inside(folder: Path) -> list[Path]:
-    """The never-closed segments in a folder of bags, where `_bags_inside` finds the closed ones."""
+    """The never-closed segments in a folder of bags (and the folder itself), where `_bags_inside` finds the rest."""
     if not folder.is_dir() or (folder / "metadata.yaml").is_file():
         return []
-    return sorted({m.parent for pattern in ("*/*.mcap", "*/*/*.mcap") for m in folder.glob(pattern)
-                   if never_closed(m.parent)})
+    candidates = {folder} | {sub for pattern in ("*/", "*/*/") for sub in folder.glob(pattern)}
+    return sorted(path for path in candidates if never_closed(path))
 
 
 def expand_bags(paths: list[Path]) -> list[Path]:
-    """Each path as the recordings it stands for: a folder of bags is its bags (`_bags_inside`); anything else is
-    kept, a bag as itself, the rest for the reader's error to name."""
-    return [bag for path in map(Path, paths) for bag in (_bags_inside(path) or _bare_mcaps(path) or [path])]
-
-
-def _bare_mcaps(folder: Path) -> list[Path]:
-    """The complete MCAP files of a folder without metadata.yaml (none when any of its MCAPs was never closed)."""
-    if not folder.is_dir() or (folder / "metadata.yaml").is_file() or never_closed(folder):
-        return []
-    return sorted(folder.glob("*.mcap"))
+    """Each path as the recordings it stands for: a folder of recordings is its bags and complete MCAP files
+    (`_bags_inside`, `_bare_mcaps`); anything else is kept, a bag as itself, the rest for the reader's error to name."""
+    return [bag for path in map(Path, paths) for bag in (_bags_inside(path) + _bare_mcaps(path) or [path])]
 
 
 def image_count(path: str | Path) -> int:
@@ -228,7 +246,7 @@ def _open(path: str | Path) -> Iterator[AnyReader]:
     except Exception as exc:  # rosbags raises several reader error types
         looks_like_a_bag = (bag / "metadata.yaml").exists() if bag.is_dir() else bag.suffix in (".mcap", ".db3")
         inside = [str(p.relative_to(bag)) for p in _bags_inside(bag)]
-        if looks_like_a_bag and "version" in str(exc).lower():
+        if looks_like_a_bag and re.search(r"version \d+ not supported", str(exc), re.IGNORECASE):
             fix = "it was written by a newer rosbag2 than this reader takes; convert it with that ROS version's tools"
         elif looks_like_a_bag:
             fix = ("it looks like one, so it is damaged or was cut short (a segment whose writer was killed has no "
@@ -259,7 +277,8 @@ def _split_files(bag: Path) -> list[str]:
         files = yaml.safe_load(metadata.read_text())["rosbag2_bagfile_information"]["relative_file_paths"]
     except Exception:  # not rosbag2's metadata: nothing to say
         return []
-    return [str(f) for f in files] if bag.name in map(str, files) else []
+    names = [PurePath(str(f)).name for f in files]  # older metadata gives them with the folder's name in front
+    return names if bag.name in names else []
 
 
 def image_message(rgb: np.ndarray, stamp_ns: int, frame_id: str, encoding: str = "rgb8") -> object:

@@ -10,6 +10,7 @@ import shlex
 import signal
 import sys
 import textwrap
+import threading
 from dataclasses import replace
 from pathlib import Path
 
@@ -181,7 +182,9 @@ def _parser() -> argparse.ArgumentParser:
     replay.add_argument("--max-gap", type=_positive, metavar="S",
                         help="--mode recorded: a jump in the bag's log times longer than S seconds (after --rate) is "
                         "not waited out (default 10; counted as gaps_cut)")
-    replay.add_argument("--topic", action="append", dest="topics", help="image topic to replay (repeatable; default all but the node's debug images)")
+    replay.add_argument("--topic", action="append", dest="topics",
+                        help="image topic to replay (repeatable; default: the camera topics, not debug images, depth, "
+                             "compressed copies or silent topics)")
     replay.add_argument("--remap", action="append", default=[], metavar="BAG_TOPIC:=TOPIC",
                         help="publish a bag topic under another name (repeatable)")
     replay.add_argument("--output-topic", type=_topic, default="detections", help="Detection2DArray topic to wait for")
@@ -402,14 +405,14 @@ def _parser() -> argparse.ArgumentParser:
     retrain = train.add_argument_group("retrain")
     retrain.add_argument("--bags", type=Path, nargs="+", help="evidence bags (rosbag2 folders) without labels: truth "
                          "from the large tier")
-    retrain.add_argument("--original-work", type=Path, default=Path("build/train"),
+    retrain.add_argument("--original-work", type=Path, default=RETRAIN_ONLY["original_work"],
                          help="work folder of the original training (default build/train): its profiles are the "
                               "original data, its costs.json the tier costs unless --latency is given")
     retrain.add_argument("--current", help="the policy the node runs now (default: --store's current.onnx, else "
                          "embedded:policy; with --store, it must be the store's)")
     retrain.add_argument("--candidate", help="gate this policy file instead of training one (a tier_values policy "
                                              "is gated at the cost weight that matches the current policy's cost)")
-    retrain.add_argument("--segment-frames", type=_count, default=30, help="frames per time segment (the gate's unit)")
+    retrain.add_argument("--segment-frames", type=_count, default=RETRAIN_ONLY["segment_frames"], help="frames per time segment (the gate's unit)")
     retrain.add_argument("--store", type=Path, help="policy store to promote into when the gate says so")
     retrain.add_argument("--node", default="", help="running node to load a promoted policy into, e.g. /perception_node "
                          "(default: none; the store changes and a restarted node loads it)")
@@ -880,8 +883,9 @@ TRAIN_EXTRA_MODULES = frozenset({"torch", "torchvision", "ultralytics", "onnx", 
                                  "gymnasium", "mlflow", "matplotlib", "sklearn"})
 
 
-RETRAIN_ONLY = frozenset({"--bags", "--original-work", "--current", "--candidate", "--segment-frames", "--store",
-                          "--node"})  # `train`'s retrain group
+# `train`'s retrain group: each option's destination and default (given with another stage: refused)
+RETRAIN_ONLY = {"bags": None, "original_work": Path("build/train"), "current": None, "candidate": None,
+                "segment_frames": 30, "store": None, "node": ""}
 
 
 def _terminated(*_signal) -> None:
@@ -889,6 +893,19 @@ def _terminated(*_signal) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """SIGTERM (`timeout`, docker stop, CI) stops a command as Ctrl-C does: its summary, what it finished, exit 130
+    (it was killed outright, exit 143, a replay's summary and JSON lost); `node` and `record` set their own. The
+    caller's handler is back when the command returns."""
+    if threading.current_thread() is not threading.main_thread():  # only the main thread may set handlers
+        return _main(argv)
+    previous = signal.signal(signal.SIGTERM, _terminated)
+    try:
+        return _main(argv)
+    finally:
+        signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
+
+
+def _main(argv: list[str] | None) -> int:
     from adaptive_perception.runlog import quiet_mlflow_setup
     from adaptive_perception.transport import apply_defaults
 
@@ -907,11 +924,6 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognized option {argv[0]}: the command comes first (adaptive-perception COMMAND "
                      "[options]; --help lists the commands)")
     args = parser.parse_args(argv)
-    import threading
-
-    if args.command != "node" and threading.current_thread() is threading.main_thread():  # SIGTERM (`timeout`, docker stop, CI) stops a command as Ctrl-C does: its summary,
-        # what it finished, exit 130 (it was killed outright, exit 143, a replay's summary and JSON lost)
-        signal.signal(signal.SIGTERM, _terminated)
     if args.command == "replay":
         if args.bag is not None and args.bag_option is not None:
             parser.error(f"replay: give the bag once, as BAG or --bag (got {args.bag} and {args.bag_option})")
@@ -927,9 +939,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.json is not None and not args.json.parent.is_dir():  # refused now, not after the replay
             parser.error(f"replay: --json {args.json}: folder {args.json.parent} does not exist")
     if args.command == "train" and args.stage != "retrain":  # they were ignored without a word
-        given = sorted({token.split("=")[0] for token in argv} & RETRAIN_ONLY)
+        given = [f"--{dest.replace('_', '-')}" for dest, default in RETRAIN_ONLY.items() if getattr(args, dest) != default]
         if given:
-            parser.error(f"train {args.stage}: {', '.join(given)} belong to `train retrain` (retraining from evidence)")
+            parser.error(f"train {args.stage}: {', '.join(given)} belong{'s' if len(given) == 1 else ''} to `train "
+                         "retrain` (retraining from evidence)")
     # refused now, not after the run whose results it would hold: each option with the file it names
     for option, example in (("report", "report.json"), ("json", "report.json"), ("latency_out", "latency.json"),
                             ("policy_out", "policy.onnx"), ("card", "MODEL_CARD.md")):

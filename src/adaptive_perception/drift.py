@@ -38,6 +38,7 @@ below `release` (< 1) for `confirm` frames (hysteresis).
 from __future__ import annotations
 
 import json
+import numbers
 import math
 import threading
 from collections import deque
@@ -408,10 +409,11 @@ class DriftMonitor:
         if not reference.thresholds:
             raise ConfigError("the drift reference has no calibrated thresholds; re-export the policy with "
                               "`adaptive-perception train export`")
-        if isinstance(confirm, bool) or not isinstance(confirm, int) or confirm < 1:
+        if isinstance(confirm, bool) or not isinstance(confirm, numbers.Integral) or confirm < 1:
             raise ConfigError(f"drift confirm {confirm!r} must be a whole number of frames >= 1")
-        if not 0 <= release <= 1:
-            raise ConfigError(f"drift release {release!r} must lie in [0, 1] (a share of the threshold)")
+        if not 0 < release <= 1:
+            raise ConfigError(f"drift release {release!r} must lie in (0, 1] (a share of the threshold; at 0 DRIFT "
+                              "would never clear)")
         self.reference, self.confirm, self.release = reference, confirm, release
         self._edges = np.asarray(reference.edges, np.float64)
         # the window's decile bins per frame and their counts, kept as frames enter and leave
