@@ -600,8 +600,9 @@ def _near_note(report: dict) -> str:
     return f"""
 **Known limitation: near objects.** On objects at least 128 px a side (over a quarter of the frame's height: near the
 camera) the large tier scores {near["large"]:.1f} mAP50 against nano's {near["nano"]:.1f} and small's
-{near["small"]:.1f}. It finds such objects but names most of them wrongly: the tiers are one small network at three
-input sizes, and at the finest a near object is larger than what it learned to see as one shape. Routing a
+{near["small"]:.1f}. It finds such objects but names most of them wrongly: the large tier sees the frame at the finest
+input size (a network 1.5x wider than nano's and small's, fine-tuned at that scale), where a near object is larger
+than what it learned to see as one shape. Routing a
 near-object scene to large loses it.
 """
 
