@@ -114,8 +114,6 @@ def test_a_report_path_that_is_a_folder_is_refused_before_the_run(tmp_path, caps
     assert main(["train", "all", "--preset", "small", "--work", str(tmp_path / "w"), "--policy-out",
                  "/proc/nope/policy.onnx"]) == 2
     assert "--policy-out /proc/nope/policy.onnx cannot be written (" in capsys.readouterr().err
-    assert main(["bench", "throughput", "--quick", "--benchmark", str(tmp_path / "typo")]) == 2  # rendered others
-    assert f"--benchmark {tmp_path / 'typo'} does not exist" in capsys.readouterr().err
     assert main(["models", "evaluate", "--card", str(tmp_path)]) == 2
     assert f"--card {tmp_path} is a folder; give the file to write, e.g. {tmp_path / 'MODEL_CARD.md'}" in \
         capsys.readouterr().err

@@ -34,9 +34,10 @@ def test_set_routing_switches_the_running_node_and_reports_its_answer(graph, cap
     assert main(["set-routing", "--cost-weight", "0.25", "--node", node]) == 0
     assert f"{node}: routing.cost_weight is now 0.25" in capsys.readouterr().out
     assert graph.node.get_parameter("routing.cost_weight").value == 0.25
-    # refusals: the node's reason, exit 2, the mode in force unchanged
-    assert main(["set-routing", "bogus", "--node", node]) == 2
-    assert "mode 'bogus' refused" in capsys.readouterr().err
+    # refusals: the node's reason, exit 2, the mode in force unchanged (a mode no node knows is argparse's to refuse)
+    assert main(["set-routing", "learned", "--node", node]) == 2  # this node has no policy
+    err = capsys.readouterr().err
+    assert "mode 'learned' refused" in err and "needs a policy" in err, err
     assert _routed_tier(graph, 3) == "large"
 
 

@@ -1114,9 +1114,6 @@ def _main(argv: list[str] | None) -> int:
             from adaptive_perception.training.throughput import QUICK
             from adaptive_perception.training.throughput import run as run_throughput
 
-            if args.benchmark != BENCHMARKS["2.0.0"] and not args.benchmark.is_dir():  # it rendered the frozen ones
-                raise AdaptivePerceptionError(f"--benchmark {args.benchmark} does not exist; leave it out to render the "
-                                              "frozen test sequences (or name a benchmark folder)")
             # --quick reads no work folder (CI has none) unless one is named
             work = None if args.quick and args.work == WORK_V3 else args.work
             if work is None and args.real_latency != REAL_LATENCY:  # named, but not read: said
