@@ -94,13 +94,14 @@ def bag_frames(bag: Path, count: int, topics: Sequence[str] | None = None) -> li
     from adaptive_perception.errors import ImageDecodeError
 
     bags = expand_bags([bag])
-    if not topics:  # said once, so a depth stream or a copy that should have been read is noticed
-        left_out = {topic: why for path in bags for topic, why in camera_topics(path, image_topics(path))[1].items()}
-        if left_out:
-            print(f"bag '{bag}': calibrating on its cameras; left out {said_left_out(left_out)}", flush=True)
+    # each bag's topics chosen once (both passes read them): the named ones, else its cameras
+    chosen = {path: camera_topics(path, image_topics(path)) if not topics else (list(topics), {}) for path in bags}
+    left_out = {topic: why for _, skipped in chosen.values() for topic, why in skipped.items()}
+    if left_out:  # said once, so a depth stream or a copy that should have been read is noticed
+        print(f"bag '{bag}': calibrating on its cameras; left out {said_left_out(left_out)}", flush=True)
 
     def images():
-        return itertools.chain.from_iterable(read_images(path, topics) for path in bags)
+        return itertools.chain.from_iterable(read_images(path, chosen[path][0]) for path in bags)
 
     total = sum(1 for _ in images())
     wanted = set(_spread(list(range(total)), count))

@@ -65,9 +65,7 @@ def left_out_topics(path: str | Path, available: Iterable[str] | None = None) ->
     with _open(path) as reader:
         connections = [c for c in reader.connections if c.msgtype in IMAGE_TYPES]
         topics = {c.topic for c in connections} if available is None else set(available)
-        counts: dict[str, int] = {}
-        for c in connections:
-            counts[c.topic] = counts.get(c.topic, 0) + c.msgcount
+        counts = _image_counts(reader)
         reasons = {}
         for topic in sorted(topics):
             if topic.rstrip("/").endswith(DEBUG_IMAGE_TOPICS):
@@ -132,11 +130,17 @@ def default_topics(path: str | Path, available: Iterable[str]) -> list[str]:
 def camera_counts(path: str | Path) -> dict[str, int]:
     """Image messages per camera topic of a bag (`camera_topics`), from its index."""
     with _open(path) as reader:
-        counts: dict[str, int] = {}
-        for c in reader.connections:
-            if c.msgtype in IMAGE_TYPES:
-                counts[c.topic] = counts.get(c.topic, 0) + c.msgcount
+        counts = _image_counts(reader)
     return {t: counts[t] for t in default_topics(path, counts)}
+
+
+def _image_counts(reader: AnyReader) -> dict[str, int]:
+    """Image messages per image topic of an open bag, from its index (a topic may have several connections)."""
+    counts: dict[str, int] = {}
+    for c in reader.connections:
+        if c.msgtype in IMAGE_TYPES:
+            counts[c.topic] = counts.get(c.topic, 0) + c.msgcount
+    return counts
 
 
 BAG_FILES = (".mcap", ".db3")  # a recording's storage file, which the reader takes without its folder
