@@ -567,3 +567,20 @@ def test_replay_takes_its_bag_as_an_argument_or_as_bag_once(tmp_path, capsys):
     with pytest.raises(SystemExit) as exited:
         main(["replay", "a", "--bag", "b"])
     assert exited.value.code == 2 and "give the bag once, as BAG or --bag (got a and b)" in capsys.readouterr().err
+
+
+def test_version_is_the_installed_package_and_the_ros_package(capsys):
+    """`--version` (it was refused as an option before the command) prints the version setup.py installs, which
+    package.xml must repeat for colcon and rosdep: one number for one release."""
+    import re
+    import xml.etree.ElementTree as ET
+
+    with pytest.raises(SystemExit) as done:
+        main(["--version"])
+    assert done.value.code == 0
+    printed = capsys.readouterr().out.strip()
+    root = Path(__file__).resolve().parents[1]
+    ros_version = ET.parse(root / "package.xml").getroot().findtext("version")
+    setup_version = re.search(r'version="([^"]+)"', (root / "setup.py").read_text()).group(1)
+    assert printed == f"adaptive-perception {setup_version}"
+    assert ros_version == setup_version

@@ -161,8 +161,19 @@ class _Parser(argparse.ArgumentParser):
         self.register("action", "parsers", _Subcommands)
 
 
+def _version() -> str:
+    """The installed package's version (setup.py's, which package.xml repeats for colcon)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("adaptive_perception")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown (not installed: pip install -e .)"
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="adaptive-perception", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"adaptive-perception {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     node = sub.add_parser("node", help="run perception_node (lifecycle node)")
@@ -920,7 +931,7 @@ def _main(argv: list[str] | None) -> int:
     if ros_args is not None and (not argv or argv[0] != "node"):  # they were dropped without a word
         parser.error("--ros-args: only `node` takes ROS arguments (the other commands have options of their own: "
                      "--help lists them)")
-    if argv and argv[0].startswith("-") and argv[0] not in ("-h", "--help"):  # argparse named only the command
+    if argv and argv[0].startswith("-") and argv[0] not in ("-h", "--help", "--version"):  # argparse named only the command
         parser.error(f"unrecognized option {argv[0]}: the command comes first (adaptive-perception COMMAND "
                      "[options]; --help lists the commands)")
     args = parser.parse_args(argv)
