@@ -155,3 +155,33 @@ def test_ultralytics_settings_live_in_the_users_cache_not_a_shared_tmp_folder(tm
     monkeypatch.setenv("YOLO_CONFIG_DIR", str(tmp_path / "own"))  # the user's own choice is kept
     _offline_ultralytics()
     assert os.environ["YOLO_CONFIG_DIR"] == str(tmp_path / "own")
+
+
+def test_ultralytics_writes_one_plain_line_per_progress_bar_into_a_log(capsys):
+    """Tier training runs for hours into a log file: Ultralytics' bars redrew there every 0.1 s with a carriage
+    return and an escape code, and its log lines carried colour codes. Redirected (pytest captures stdout), a bar
+    writes one line when it closes and log lines are plain."""
+    import io
+    import logging
+
+    from adaptive_perception.training.yolo import _offline_ultralytics
+
+    _offline_ultralytics()
+    from ultralytics.utils import LOGGER, colorstr
+    from ultralytics.utils.tqdm import TQDM
+
+    capsys.readouterr()
+    for _ in TQDM(range(200), desc="epoch 1/15", mininterval=0.0):
+        pass
+    out = capsys.readouterr().out
+    assert "\x1b" not in out and "\r" not in out
+    lines = out.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("epoch 1/15: 100%") and "200/200" in lines[0]
+    log = io.StringIO()  # Ultralytics' own handler holds the stdout of its import; the filter acts before any handler
+    handler = logging.StreamHandler(log)
+    LOGGER.addHandler(handler)
+    try:
+        LOGGER.warning(f"{colorstr('train:')} 120 crops")
+    finally:
+        LOGGER.removeHandler(handler)
+    assert log.getvalue().endswith(" train: 120 crops\n") and "\x1b" not in log.getvalue()

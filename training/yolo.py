@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 
@@ -20,6 +22,38 @@ def _offline_ultralytics() -> None:
     if "YOLO_CONFIG_DIR" not in os.environ:  # the user's own cache: a fixed folder in /tmp is anyone's to plant
         cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
         os.environ["YOLO_CONFIG_DIR"] = str(cache / "adaptive_perception" / "ultralytics")
+    _plain_when_redirected()
+
+
+ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+
+class _PlainText(logging.Filter):
+    """Ultralytics colours its log lines whatever the stream; a log file or CI keeps the escape codes as noise."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not sys.stdout.isatty():
+            record.msg, record.args = ANSI.sub("", record.getMessage()), ()
+        return True
+
+
+def _plain_when_redirected() -> None:
+    """Ultralytics' output where stdout is not a terminal: one line per progress bar when it closes (an epoch's
+    training, its validation) and no colour codes. Its bars redrew every 0.1 s with a carriage return there, megabytes
+    of log for one tier's training, which it only spares GitHub Actions."""
+    import ultralytics.utils
+    import ultralytics.utils.tqdm as bars
+
+    logger = logging.getLogger(ultralytics.utils.LOGGING_NAME)
+    if not any(isinstance(f, _PlainText) for f in logger.filters):
+        logger.addFilter(_PlainText())
+    if not getattr(bars.is_noninteractive_console, "redirected_too", False):
+        console = bars.is_noninteractive_console
+
+        def noninteractive() -> bool:
+            return console() or not sys.stdout.isatty()
+        noninteractive.redirected_too = True
+        bars.is_noninteractive_console = noninteractive
 
 
 def export_random_yolov8(out: str | Path, variant: str = "n", imgsz: int = 320, seed: int = 0,
