@@ -50,6 +50,40 @@ def test_dockerfiles_are_multi_stage_non_root_and_copy_only_what_exists(dockerfi
     assert "training/checkpoints" in ignored and ".venv" in ignored and "build" in ignored
 
 
+def test_the_ros_archive_key_is_trusted_only_when_it_is_that_key_alone(tmp_path):
+    """The x86 image trusted whatever the key download returned. Its check, run here as the Dockerfile writes it,
+    on real GnuPG keys: the right key passes; another key, or the right one with another beside it, fails the build."""
+    text = DOCKERFILES[0].read_text()
+    check = re.search(r"&& \{ (test .+) \\\n\s+(\|\| \{ echo .+; exit 1; \}); \} \\\n", text)
+    assert check, "the key check is gone from Dockerfile.x86_cuda"
+    expected = re.search(r"^ARG ROS_KEY_FINGERPRINT=([0-9A-F]{40})$", text, re.M).group(1)
+    home = tmp_path / "gnupg"
+    home.mkdir(mode=0o700)
+
+    def gpg(*args: str) -> str:
+        return subprocess.run(["gpg", "--homedir", str(home), "--batch", "--pinentry-mode", "loopback", "--passphrase",
+                               "", *args], check=True, capture_output=True, text=True).stdout
+
+    fingerprints = []
+    for name in ("ros", "intruder"):
+        gpg("--quick-gen-key", f"{name} <{name}@example.org>", "ed25519", "sign", "never")
+        listing = gpg("--with-colons", "--fingerprint", f"{name}@example.org")
+        fingerprints.append(re.search(r"^fpr:+([0-9A-F]{40}):", listing, re.M).group(1))
+    (tmp_path / "one.key").write_text(gpg("--armor", "--export", "ros@example.org"))
+    (tmp_path / "two.key").write_text(gpg("--armor", "--export", "ros@example.org", "intruder@example.org"))
+
+    def build_step(key: str, fingerprint: str) -> subprocess.CompletedProcess:
+        command = f"{check.group(1)} {check.group(2)}".replace("/tmp/ros.key", str(tmp_path / key))
+        return subprocess.run(["bash", "-o", "pipefail", "-c", command], capture_output=True, text=True,
+                              env={"PATH": "/usr/bin:/bin", "GNUPGHOME": str(home), "ROS_KEY_FINGERPRINT": fingerprint})
+
+    assert build_step("one.key", fingerprints[0]).returncode == 0
+    refused = build_step("one.key", expected)  # a key that is not ROS's
+    assert refused.returncode == 1 and f"not ROS's archive key {expected} alone" in refused.stderr
+    assert build_step("two.key", fingerprints[0]).returncode == 1  # ROS's key with another beside it
+    assert build_step("one.key", fingerprints[1]).returncode == 1
+
+
 @pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
 def test_the_healthcheck_exits_only_0_or_1(dockerfile):
     """Docker reserves a healthcheck's exit 2, which `health` gives for a malformed URL: the HEALTHCHECK maps every
