@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import gc
 import math
+import socket
 import threading
 
 import cv2
@@ -11,6 +12,7 @@ import pytest
 import rclpy
 
 from adaptive_perception.detector import DetectorTier
+from conftest import unused_port
 from rosgraph import Graph, image_msg, wait_until
 
 
@@ -205,12 +207,24 @@ def test_a_remapped_compressed_topic_is_subscribed_as_compressed(context, peer_m
         node.destroy_node()
 
 
-def test_an_invalid_topic_name_fails_activate_with_the_reason(graph):
-    graph.node.set_parameters([rclpy.parameter.Parameter("image_topics", value=["bad topic name!"])])
-    assert graph.transition("configure")
-    assert not graph.transition("activate")
-    assert wait_until(lambda: any("activate failed" in log.msg and "bad topic name!" in log.msg for log in graph.logs), 5), [l.msg for l in graph.logs]
-    assert graph.state() == "inactive"
+def test_an_invalid_topic_name_is_refused_at_set_and_fails_configure_with_the_reason(graph, context, peer_model):
+    """A camera topic ROS refuses passed configure unless metrics were on, where resolving it raised: an ERROR
+    transition with the metrics port left bound, so the next configure ran without metrics. Now `ros2 param set`
+    refuses it, and configure (from a parameter file) fails with the reason, the port free."""
+    refused = graph.node.set_parameters([rclpy.parameter.Parameter("image_topics", value=["bad topic name!"])])[0]
+    assert not refused.successful and "image_topics: 'bad topic name!' is not a ROS topic name" in refused.reason
+    port = unused_port()
+    bad = Graph(context, {"models.nano": str(peer_model), "models.small": "", "models.large": "",
+                          "routing_mode": "fixed:nano", "image_topics": ["bad topic name!"], "warmup_runs": 0,
+                          "metrics.port": port})
+    try:
+        assert not bad.transition("configure") and bad.state() == "unconfigured"
+        assert wait_until(lambda: any("configure failed: image_topics: 'bad topic name!' is not a ROS topic name"
+                                      in log.msg for log in bad.logs), 5), [log.msg for log in bad.logs]
+        with socket.socket() as sock:  # nothing holds the metrics port
+            sock.bind(("127.0.0.1", port))
+    finally:
+        bad.close()
 
 
 def test_declared_ranges_refuse_what_configure_would_refuse(graph):

@@ -292,14 +292,16 @@ class PerceptionNode(LifecycleNode):
         return TransitionCallbackReturn.SUCCESS
 
     def _check_cameras(self, topics: tuple[str, ...]) -> None:
-        """Refuse a camera listed twice (after remapping: `image` and `/image` are one topic): its frames would be
-        processed and published twice, its counters split. Names that do not resolve are left to activate."""
+        """Refuse a name ROS refuses (configure went on to raise where the metrics resolved it: an ERROR transition
+        with the metrics port left bound) and a camera listed twice (after remapping: `image` and `/image` are one
+        topic): its frames would be processed and published twice, its counters split."""
         resolved = []
         for topic in topics:
             try:
                 resolved.append(self.resolve_topic_name(topic))
-            except Exception:  # an invalid name: activate reports it
-                pass
+            except Exception as exc:
+                raise ConfigError(f"image_topics: '{topic}' is not a ROS topic name ({str(exc).splitlines()[0]})") \
+                    from None
         repeated = sorted({name for name in resolved if resolved.count(name) > 1})
         if repeated:
             raise ConfigError(f"image_topics {list(topics)} name {', '.join(repeated)} more than once (after "
