@@ -185,6 +185,57 @@ def test_a_slow_writer_skips_and_counts_messages_instead_of_queueing_them(tmp_pa
     assert [t for _, t, _ in read(evidence.segments[0])] == [1, 2, 3, 4, 5, 6]
 
 
+def test_a_hung_writer_never_blocks_the_processing_path_and_the_event_ends_once_it_catches_up(tmp_path):
+    """The event's end waited for a slot in a full queue, inside the capture's lock, on the node's processing thread:
+    a disk that hung froze frame processing (and the shutdown that waited the same way)."""
+    entered, gate = threading.Event(), threading.Event()
+
+    def hung(message) -> bytes:
+        entered.set()
+        gate.wait(30)
+        return serialize(message)
+
+    evidence = EvidenceCapture(EvidenceSettings(str(tmp_path), 0, 2), STORE, hung, max_pending=3)
+    evidence.trigger(CAMERA)
+    send_frame(evidence, 1)  # the writer takes it and hangs
+    assert entered.wait(5)
+    send_frame(evidence, 2)  # the event's last frame
+    send_output(evidence, 1)
+    send_output(evidence, 2)  # the queue is full (frame 2 and both outputs)
+
+    def linger() -> None:  # the frames after the event: the last one ends it
+        for n in range(3, 3 + LINGER_FRAMES):
+            send_frame(evidence, n)
+    sender = threading.Thread(target=linger)
+    sender.start()
+    sender.join(5)
+    assert not sender.is_alive(), "a frame waited for the hung writer"
+    assert evidence.capturing(CAMERA) and not evidence.trigger(CAMERA)  # ended, its end not yet handed over
+    gate.set()
+    evidence.flush()
+    assert evidence.segments == []  # the end goes with the camera's next message
+    send_frame(evidence, 3 + LINGER_FRAMES)
+    evidence.flush()
+    assert not evidence.capturing(CAMERA) and evidence.segments == [tmp_path / "cam_image_raw" / "evidence_0001"]
+    assert [(topic, n) for topic, n, _ in read(evidence.segments[0])] == [
+        (CAMERA, 1), (CAMERA, 2), ("/routing", 1), ("/routing", 2)]
+    evidence.close()
+
+
+def test_closing_over_a_hung_writer_returns_within_its_timeout(tmp_path):
+    gate = threading.Event()
+    evidence = EvidenceCapture(EvidenceSettings(str(tmp_path), 0, 50), STORE,
+                               lambda message: gate.wait(30) and serialize(message), max_pending=2)
+    evidence.trigger(CAMERA)
+    for n in range(1, 6):
+        send_frame(evidence, n)
+    started = time.monotonic()
+    evidence.close(timeout_s=1.0)
+    assert time.monotonic() - started < 3.0
+    assert evidence._thread.is_alive()  # still stuck: it keeps its folder
+    gate.set()
+
+
 def test_a_message_that_cannot_be_written_costs_only_itself(tmp_path):
     evidence = capture(tmp_path, pre=0, post=3)
     evidence.trigger(CAMERA)

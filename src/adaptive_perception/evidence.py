@@ -72,10 +72,11 @@ class _Camera:
     linger_left: int = 0  # frames to wait for the last frames' outputs; an event runs while either is > 0
     end_key: int = 0  # the last recorded frame's key
     start_key: int | None = None  # the running event's first frame's key (None until it has one)
+    end_pending: bool = False  # the event's end waits for a slot in the writer's queue
 
     @property
     def running(self) -> bool:
-        return self.post_left > 0 or self.linger_left > 0
+        return self.post_left > 0 or self.linger_left > 0 or self.end_pending
 
 
 class EvidenceCapture:
@@ -146,6 +147,7 @@ class EvidenceCapture:
     def _add(self, camera: str, topic: str, msgtype: str, key: int, message: object, is_frame: bool) -> None:
         with self._lock:
             state = self._camera(camera)
+            self._send_end(camera, state)
             self._last_ns = max(self._last_ns + 1, self._clock())
             entry = (self._last_ns, key, topic, msgtype, message, is_frame)
             if state.post_left > 0:
@@ -165,8 +167,9 @@ class EvidenceCapture:
                     self._put(("write", camera, entry))
                 elif is_frame:
                     state.linger_left -= 1
-                    if state.linger_left == 0:  # never dropped (the segment would stay open): waits for a slot
-                        self._queue.put(("end", camera, None))
+                    if state.linger_left == 0:  # never dropped (the segment would stay open): sent once there is a slot
+                        state.end_pending = True
+                        self._send_end(camera, state)
             state.ring.append(entry)
             state.frames += is_frame
             # pre_frames frames at most, and outputs (two per frame on each of two topic sets) bounded with them
@@ -178,6 +181,7 @@ class EvidenceCapture:
         """Start an event for `camera`; False when one is already running for it."""
         with self._lock:
             state = self._camera(camera)
+            self._send_end(camera, state)
             if state.running:
                 return False
             self.events += 1
@@ -194,6 +198,17 @@ class EvidenceCapture:
     def capturing(self, camera: str) -> bool:
         with self._lock:
             return camera in self._cameras and self._cameras[camera].running
+
+    def _send_end(self, camera: str, state: _Camera) -> None:
+        """The event's end, if it waits, into the writer's queue when there is a slot: never waited for here, on the
+        node's processing path (a writer stuck on a hung disk froze frame processing with a full queue). Tried again
+        with the camera's next message; its next event starts only after the end is sent."""
+        if state.end_pending:
+            try:
+                self._queue.put_nowait(("end", camera, None))
+                state.end_pending = False
+            except queue.Full:
+                pass
 
     def _put(self, item) -> None:
         try:
@@ -276,16 +291,23 @@ class EvidenceCapture:
         """Wait until everything handed to the writer is on disk (the open event's segment stays open)."""
         self._queue.join()
 
-    def close(self) -> None:
-        """Write what is pending, close the open segments, stop the writer."""
-        with self._lock:
-            for camera, state in self._cameras.items():
-                if state.running:
-                    state.post_left = state.linger_left = 0
-                    self._queue.put(("end", camera, None))
-        self._queue.put(None)
-        self._thread.join(timeout=60)
-        if not self._thread.is_alive():  # a writer stuck on a hung disk keeps its folders: nobody else writes there
+    def close(self, timeout_s: float = 60.0) -> None:
+        """Write what is pending, close the open segments, stop the writer; a writer stuck on a hung disk is given
+        `timeout_s` in all (shutdown waited for it for ever) and keeps its folders: nobody else writes there."""
+        deadline = time.monotonic() + timeout_s
+        with self._lock:  # no new write for a running event after this (its post and linger frames are zeroed)
+            ending = [camera for camera, state in self._cameras.items() if state.running]
+            for camera in ending:
+                state = self._cameras[camera]
+                state.post_left = state.linger_left = 0
+                state.end_pending = False
+        try:  # outside the lock: the processing path goes on while the writer catches up
+            for item in [("end", camera, None) for camera in ending] + [None]:
+                self._queue.put(item, timeout=max(0.0, deadline - time.monotonic()))
+        except queue.Full:
+            pass
+        self._thread.join(timeout=max(0.0, deadline - time.monotonic()))
+        if not self._thread.is_alive():
             self._release()
 
     def __enter__(self) -> "EvidenceCapture":
