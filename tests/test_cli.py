@@ -394,6 +394,30 @@ def test_params_files_for_this_node_pass_the_check(tmp_path, content, remap):
     check_params_file(params, remap)
 
 
+def test_a_params_file_value_of_the_wrong_type_is_named_with_the_file(tmp_path, capsys):
+    """ROS refused `conf_threshold: 1` (an integer for a double) naming neither the file nor what to write, after the
+    process had started; each such value is now named with its file before anything starts, nested keys too."""
+    from adaptive_perception.ros.node import main as node_main
+
+    params = tmp_path / "robot.yaml"
+    params.write_text("/**/perception_node:\n  ros__parameters:\n    conf_threshold: 1\n    warmup_runs: 2\n"
+                      "    audit:\n      every: 30.0\n    routing:\n      random_mix: [1, 1.0, 1.0]\n"
+                      "    image_topics: [/front/image_raw]\n    policy: embedded:policy\n")
+    assert main(["node", "--params-file", str(params)]) == 2
+    assert (f"--params-file '{params}': conf_threshold: 1 is not a number with a decimal point (e.g. 0.25); "
+            "audit.every: 30.0 is not a whole number (e.g. 30); routing.random_mix: [1, 1.0, 1.0] is not a list of "
+            "numbers with a decimal point (e.g. [1.0, 1.0, 1.0]); ROS converts no type") in capsys.readouterr().err
+    other = tmp_path / "other.yaml"  # another node's wrong types are not this node's business
+    other.write_text("perception_node:\n  ros__parameters:\n    image_topics: [image]\n"
+                     "recorder:\n  ros__parameters:\n    conf_threshold: 1\n")
+    from adaptive_perception.ros.parameters import check_params_file
+    check_params_file(other, [])
+    params.write_text("perception_node:\n  ros__parameters:\n    image_topics: image\n    models:\n      nano: 5\n")
+    assert node_main(["perception_node", "--ros-args", "--params-file", str(params)]) == 2
+    assert (f"--params-file '{params}': image_topics: \"image\" is not a list of strings (e.g. [\"image\"]); "
+            "models.nano: 5 is not a string (e.g. \"embedded:nano\")") in capsys.readouterr().err
+
+
 def test_policy_inspect_says_how_the_policy_routes_and_what_it_monitors(tmp_path, capsys):
     """inspect printed the id and the description only: not the cost weight a value policy runs at, nor whether
     the drift monitor will run with it."""

@@ -182,6 +182,23 @@ def parse_override(item: str) -> tuple[str, object]:
     return name, value
 
 
+def _kind(default: object) -> str:
+    """What a params file must write for a parameter of `default`'s type."""
+    if isinstance(default, list):
+        return "a list of " + {int: "whole numbers", float: "numbers with a decimal point", str: "strings"}[
+            type(default[0])]
+    return {bool: "true or false", int: "a whole number", float: "a number with a decimal point", str: "a string"}[
+        type(default)]
+
+
+def _fits(value: object, default: object) -> bool:
+    """Whether ROS takes `value` from a params file for a parameter of `default`'s type: it converts nothing (1 for
+    a double, 1.0 for an integer, 123 for a string are each refused), and a list's items all have its items' type."""
+    if isinstance(default, list):
+        return isinstance(value, list) and all(type(v) is type(default[0]) for v in value)
+    return type(value) is type(default)
+
+
 def _as_float(value: object) -> object:
     return float(value) if type(value) is int else value  # True stays a bool
 
@@ -204,20 +221,39 @@ def check_params_file(path: Path, ros_args: list[str]) -> None:
         if arg in ("-r", "--remap") and ros_args[i + 1].startswith("__ns:="):
             namespace = "/" + ros_args[i + 1].split(":=", 1)[1].strip("/")
     full = f"{namespace.rstrip('/')}/{node}"
-    names: list[str] = []
+    given: dict[str, object] = {}  # node key -> its ros__parameters
 
     def walk(entry: object, prefix: str) -> None:
         for key, value in (entry.items() if isinstance(entry, dict) else ()):
             if key == "ros__parameters":
-                names.append(prefix)
+                given[prefix] = value
             else:
                 walk(value, f"{prefix}/{str(key).strip('/')}")
     walk(data, "")
+    names = list(given)
     if not any(_names_node(name, full) for name in names):
         found = f"parameters for {', '.join(n or '/' for n in names)} only" if names else "no <node>: ros__parameters: entry"
         raise AdaptivePerceptionError(f"--params-file '{path}' holds {found}, none for {full}: the node would start on "
                                       f"its defaults; key them by this node's name (/**/{node}: ros__parameters: ...), "
                                       "or by /** for any node")
+    wrong = []  # ROS refused them naming neither the file nor the type to write
+    for name in (n for n in names if _names_node(n, full)):
+        for parameter, value in _flat(given[name]).items():
+            if parameter in PARAMETERS and not _fits(value, default := PARAMETERS[parameter][0]):
+                wrong.append(f"{parameter}: {json.dumps(value)} is not {_kind(default)} (e.g. "
+                             f"{json.dumps(default)})")
+    if wrong:
+        raise AdaptivePerceptionError(f"--params-file '{path}': {'; '.join(wrong)}; ROS converts no type")
+
+
+def _flat(entry: object, prefix: str = "") -> dict[str, object]:
+    """A params file's nested ros__parameters as dotted names (`audit: {every: 30}` is audit.every)."""
+    if not isinstance(entry, dict):
+        return {prefix: entry} if prefix else {}
+    flat: dict[str, object] = {}
+    for key, value in entry.items():
+        flat.update(_flat(value, f"{prefix}.{key}" if prefix else str(key)))
+    return flat
 
 
 def _names_node(key: str, full: str) -> bool:
