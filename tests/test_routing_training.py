@@ -436,3 +436,43 @@ def test_a_stage_run_keeps_a_parameter_too_long_for_mlflow_whole_in_its_params_j
     assert len(logged["bags"]) <= 500
     path = client.download_artifacts(run_id, "params.json", str(tmp_path))
     assert _json.loads(open(path).read())["bags"] == str(bags)
+
+
+def test_benchmark_frames_reach_training_through_the_nodes_decoder(tmp_path):
+    """Training read the benchmark's JPEGs with its own reader, where the node decodes CompressedImage payloads:
+    one decoder for both (RGB out), and a broken file named with the command that mends it."""
+    import cv2
+
+    from adaptive_perception.training.profile import dataset_images
+
+    (tmp_path / "images" / "val").mkdir(parents=True)
+    rgb = np.zeros((48, 64, 3), np.uint8)
+    rgb[:, :32] = (230, 20, 20)  # red on the left, blue on the right
+    rgb[:, 32:] = (20, 20, 230)
+    cv2.imwrite(str(tmp_path / "images" / "val" / "a.jpg"), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+    (tmp_path / "images" / "val" / "b.jpg").write_bytes(b"\xff\xd8\xff\xe0 cut short")
+    frames = dataset_images(tmp_path, "val", [{"file": "a.jpg"}, {"file": "b.jpg"}])
+    record, pixels = next(frames)
+    assert record == {"file": "a.jpg"} and pixels.shape == (48, 64, 3)
+    assert pixels[24, 8, 0] > 200 and pixels[24, 8, 2] < 50 and pixels[24, 56, 2] > 200 and pixels[24, 56, 0] < 50
+    with pytest.raises(AdaptivePerceptionError, match=r"cannot read image b.jpg of .*could not be decoded.*; regenerate "
+                                                       r"it with `adaptive-perception scenes generate --out "):
+        next(frames)
+
+
+def test_training_keeps_the_boxes_the_node_publishes_at_its_threshold_exactly():
+    """The node publishes a box whose score is over conf_threshold; training counted one at it too (>=), so a
+    profile's context and labels could hold a box the node never shows."""
+    from adaptive_perception.detector import DetectorTier
+    from adaptive_perception.training.profile import PUBLISH_CONF
+
+    at, over = np.float32(PUBLISH_CONF), np.nextafter(np.float32(PUBLISH_CONF), np.float32(1))
+    nano = DetectorTier("embedded:nano", conf_threshold=PUBLISH_CONF)
+    raw = np.zeros((4 + len(nano.class_names), 2), np.float32)
+    raw[:4] = [[10, 30], [10, 30], [4, 4], [4, 4]]
+    raw[4, :] = [at, over]
+    _, scores, _ = nano.candidates(raw)
+    assert scores.tolist() == [over]
+    profile = Profile(**{**_profile(3).__dict__, "detections": np.array(
+        [[0, 0, 8, 8, 12, 12, at, 0], [0, 0, 28, 28, 32, 32, over, 0]], np.float32)})
+    assert [rows[:, 4].tolist() for rows in profile.tier_detections(0, PUBLISH_CONF)] == [[over], [], []]

@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-import cv2
 import numpy as np
 
 from adaptive_perception.bag import bag_image_rgb, camera_topics, image_topics, read_images, said_left_out
@@ -24,6 +23,7 @@ from adaptive_perception.detector import TIERS, DetectorTier
 from adaptive_perception.drift import veil
 from adaptive_perception.errors import AdaptivePerceptionError, ImageDecodeError, read_json
 from adaptive_perception.features import image_features
+from adaptive_perception.image import decode_compressed
 from adaptive_perception.progress import counted, progress
 from adaptive_perception.scenes.sequence import Regime
 
@@ -80,8 +80,9 @@ class Profile:
                        veil=data["veil"] if "veil" in data.files else None)
 
     def tier_detections(self, tier: int, min_score: float = 0.0) -> list[np.ndarray]:
-        """Per frame, that tier's (K, 6) boxes x0 y0 x1 y1 score class with score >= min_score."""
-        rows = self.detections[(self.detections[:, 1] == tier) & (self.detections[:, 6] >= min_score)]
+        """Per frame, that tier's (K, 6) boxes x0 y0 x1 y1 score class with score > min_score (as the node publishes
+        those over its conf_threshold)."""
+        rows = self.detections[(self.detections[:, 1] == tier) & (self.detections[:, 6] > min_score)]
         return _split_by_frame(rows[:, [0, 2, 3, 4, 5, 6, 7]], len(self))
 
     def frame_truth(self) -> list[np.ndarray]:
@@ -130,12 +131,16 @@ def dataset_records(benchmark: Path, split: str) -> list[dict]:
 
 
 def dataset_images(benchmark: Path, split: str, records: list[dict]) -> Iterator[tuple[dict, np.ndarray]]:
-    """Each record with its image's RGB pixels (the benchmark's decoded JPEG)."""
+    """Each record with its image's RGB pixels, decoded by the node's own decoder (the benchmark's JPEG as a
+    CompressedImage's payload)."""
     for record in records:
-        bgr = cv2.imread(str(Path(benchmark) / "images" / split / record["file"]), cv2.IMREAD_COLOR)
-        if bgr is None:
-            raise AdaptivePerceptionError(f"cannot read image {record['file']} of {benchmark}; regenerate it")
-        yield record, cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+        path = Path(benchmark) / "images" / split / record["file"]
+        try:
+            rgb = decode_compressed(path.read_bytes(), "jpeg")
+        except (OSError, ImageDecodeError) as exc:
+            raise AdaptivePerceptionError(f"cannot read image {record['file']} of {benchmark} ({exc}); regenerate it "
+                                          f"with `adaptive-perception scenes generate --out {benchmark}`") from None
+        yield record, rgb
 
 
 def benchmark_frames(benchmark: Path, split: str, records: list[dict]
