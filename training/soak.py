@@ -1,7 +1,7 @@
 """`adaptive-perception bench soak`: does the node hold for a long run? Two cameras of raw 640x480 at 30 Hz.
 
 Real processes on localhost, on the shipped defaults (config/perception.yaml: learned routing, embedded tiers
-and policy, best-effort depth-2 subscriptions, the shipped Fast DDS profile): a camera process publishes a
+and policy, best-effort depth-10 subscriptions, the shipped Fast DDS profile): a camera process publishes a
 rendered 30-frame sequence in a loop on two topics, perception_node routes them, and this process listens to
 `/routing` and `/diagnostics` and samples the node's resident memory every 5 s. Figures (a run of D minutes,
 window W = D / 6: 5 minutes of a 30-minute run):
