@@ -42,7 +42,7 @@ def test_the_recording_holds_every_message_type_with_typed_fields(context, tier_
             time.sleep(0.3)  # the debug image is drawn in a thread of its own: one per frame at this pace
         assert wait_until(lambda: recording.discover() or recording.counts["/routing"] == 3, 10)
         assert wait_until(lambda: recording.counts["/diagnostics"] >= 1 and
-                          recording.counts[f"/{graph.name}/debug_image/compressed"] == 3, 10)
+                          recording.counts["/debug_image/compressed"] == 3, 10)
         recording.stop()  # its subscriptions stay until the node goes; what they still deliver is left out
         assert graph.send_lockstep(image_msg(regime_frames["dense"], sec=4))
         time.sleep(0.5)
@@ -58,7 +58,7 @@ def test_the_recording_holds_every_message_type_with_typed_fields(context, tier_
             messages.setdefault(connection.topic, []).append(reader.deserialize(raw, connection.msgtype))
     assert types == {"/image": "sensor_msgs/msg/Image", "/detections": "vision_msgs/msg/Detection2DArray",
                      "/routing": "adaptive_perception_msgs/msg/RoutingDecision",
-                     f"/{graph.name}/debug_image/compressed": "sensor_msgs/msg/CompressedImage",
+                     "/debug_image/compressed": "sensor_msgs/msg/CompressedImage",
                      "/detections_marker": "visualization_msgs/msg/ImageMarker",
                      "/diagnostics": "diagnostic_msgs/msg/DiagnosticArray"}
     assert [m.header.stamp.sec for m in messages["/image"]] == [1, 2, 3]
@@ -67,7 +67,7 @@ def test_the_recording_holds_every_message_type_with_typed_fields(context, tier_
     names = {r.hypothesis.class_id.split("-")[0] for d in messages["/detections"] for det in d.detections for r in det.results}
     assert names == {"small"}  # typed all the way down: the class names of the small tier's file
     assert np.array_equal(np.frombuffer(bytes(messages["/image"][0].data), np.uint8), regime_frames["dense"].reshape(-1))
-    assert [m.format for m in messages[f"/{graph.name}/debug_image/compressed"]] == ["jpeg"] * 3
+    assert [m.format for m in messages["/debug_image/compressed"]] == ["jpeg"] * 3
     assert any(s.name.endswith("camera /image") for d in messages["/diagnostics"] for s in d.status)
     # the boxes again as Foxglove's overlay on /image: each box's four edges, in the colour of the tier that ran
     # (small's orange: 255, 190, 0), stamped as its frame
@@ -230,7 +230,7 @@ def test_record_stopped_by_sigterm_closes_its_open_segment(context, tmp_path, si
         time.sleep(1.0)
         # no node runs here: its topics are named missing early (it was said only at the end of the recording)
         assert wait_until(lambda: re.search(r"not on the graph after 5 s: \[.*'/detections', '/routing', "
-                                            r"'/detections_marker', '/perception_node/debug_image/compressed', "
+                                            r"'/detections_marker', '/debug_image/compressed', "
                                             r"'/diagnostics'\]; recorded "
                                             "once they appear", (tmp_path / "record.log").read_text()), 15), \
             (tmp_path / "record.log").read_text()

@@ -177,7 +177,7 @@ def test_the_foxglove_layout_reads_only_topics_and_fields_the_node_publishes():
     import re
 
     layout = json.loads((Path(__file__).resolve().parents[1] / "config" / "foxglove" / "perception.json").read_text())
-    published = {"/routing": ROUTING, "/perception_node/debug_image/compressed": "sensor_msgs/msg/CompressedImage",
+    published = {"/routing": ROUTING, "/debug_image/compressed": "sensor_msgs/msg/CompressedImage",
                  "/diagnostics": "diagnostic_msgs/msg/DiagnosticArray"}
     text = json.dumps(layout["configById"])
     paths = re.findall(r'"(/[a-z_/]+)(?:\{[^}]*\})?\.([a-z_]+)"', text.replace('\\"', "'"))

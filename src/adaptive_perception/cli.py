@@ -561,7 +561,7 @@ def _parser() -> argparse.ArgumentParser:
                              "where its outputs and debug images are published")
     record.add_argument("--topics", nargs="+", type=_topic, help="record exactly these topics instead of the defaults (cameras, "
                                                     "<namespace>/detections, <namespace>/routing, "
-                                                    "<node>/debug_image/compressed (several cameras: each camera's "
+                                                    "<namespace>/debug_image/compressed (several cameras: each camera's "
                                                     "own outputs and debug image), /diagnostics)")
     record.add_argument("--segment-mb", type=_positive, default=1024.0, help="close a segment at this size")
     record.add_argument("--segment-s", type=_positive, default=300.0, help="close a segment after this many seconds")

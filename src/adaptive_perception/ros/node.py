@@ -276,8 +276,9 @@ class PerceptionNode(LifecycleNode):
                                                 f"{camera_namespace(self, camera)}/{DEBUG_IMAGE_TOPICS[1]}", 1),
                 self.create_lifecycle_publisher(ImageMarker, f"{camera_namespace(self, camera)}/{MARKER_TOPIC}", 10))
                 for camera in config.image_topics}
-        self._debug_pubs = (self.create_lifecycle_publisher(Image, f"~/{DEBUG_IMAGE_TOPICS[0]}", 1),
-                            self.create_lifecycle_publisher(CompressedImage, f"~/{DEBUG_IMAGE_TOPICS[1]}", 1))
+        # beside `detections` (DESIGN's topic table): remappable, in the node's namespace
+        self._debug_pubs = (self.create_lifecycle_publisher(Image, DEBUG_IMAGE_TOPICS[0], 1),
+                            self.create_lifecycle_publisher(CompressedImage, DEBUG_IMAGE_TOPICS[1], 1))
         self.debug_rendered = 0
         self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
         # on the steady clock: with use_sim_time a paused or stopped bag stops ROS time, and the heartbeat that

@@ -28,7 +28,8 @@ SAY_FAILURES_EVERY_S = 5.0
 
 def default_topics(cameras: list[str] | None, node_name: str) -> list[str]:
     """Camera frames, the node's outputs (in its namespace: `/robot1/perception_node` publishes `/robot1/detections`),
-    its boxes as an ImageMarker (Foxglove overlays them on the camera), its compressed debug image and /diagnostics;
+    its boxes as an ImageMarker (Foxglove overlays them on the camera), its compressed debug image (beside them) and
+    /diagnostics;
     with several cameras, each camera's own detections, routing, marker and debug image instead of the combined
     marker and debug image (which show the cameras in turn)."""
     node = "/" + node_name.strip("/")
@@ -39,7 +40,7 @@ def default_topics(cameras: list[str] | None, node_name: str) -> list[str]:
         topics += [f"{node}/{camera.strip('/')}/{leaf}" for camera in cameras
                    for leaf in ("detections", "routing", MARKER_TOPIC, DEBUG_IMAGE_TOPICS[1])]
     else:
-        topics += [f"{namespace}/{MARKER_TOPIC}", f"{node}/{DEBUG_IMAGE_TOPICS[1]}"]
+        topics += [f"{namespace}/{MARKER_TOPIC}", f"{namespace}/{DEBUG_IMAGE_TOPICS[1]}"]
     return [*topics, "/diagnostics"]
 
 
