@@ -41,6 +41,10 @@ def test_the_shipped_policy_turns_drift_at_night_in_a_running_node_and_records_t
         assert RoutingDecision.DRIFT_DRIFT not in states[:150]  # no false alarm on the in-distribution scene
         assert states.index(RoutingDecision.DRIFT_DRIFT) == expected
         assert [d.tier for d in decisions] == offline["tiers"]  # the same routing, frame by frame
+        # and the same score, which the audits' agreement feeds: a node scoring its reference against itself (or
+        # against a stale output) would show the night's change in the states later, or not at all
+        np.testing.assert_allclose([d.drift_score for d in decisions], offline["scores"], rtol=1e-5, atol=1e-6,
+                                   equal_nan=True)
         # a new policy's monitor starts over: the camera leaves DRIFT at once (it stayed there, and its alert
         # fired, until frames came again)
         assert graph.node._drift_states == {"image": RoutingDecision.DRIFT_DRIFT}

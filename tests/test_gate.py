@@ -54,3 +54,17 @@ def test_a_candidate_that_forgets_the_original_world_is_refused():
 def test_unpaired_replicates_are_refused():
     with pytest.raises(ValueError, match="same number"):
         decide(row(31.0, [31.0, 31.0]), CURRENT_NEW, CURRENT_ORIGINAL, CURRENT_ORIGINAL)
+
+
+def test_each_limit_is_inclusive_where_the_gate_says_at_most_and_exclusive_for_the_interval():
+    # 10.5 against 10.0 ms is exactly 5 % dearer and 40.0 - 39.0 exactly 1.0 point lost: both "at most", so allowed;
+    # paired differences 0.5, 1.0, 1.5, 2.0: interval [0.5375, 1.9625], clear of 0
+    candidate = row(31.0, [30.5, 30.0, 32.5, 32.5], cost_ms=10.5)
+    decision = decide(candidate, CURRENT_NEW, row(39.0, [39.0] * 4), CURRENT_ORIGINAL)
+    assert decision["promote"], decision["reasons"]
+    assert decision["new_data"]["cost_ratio"] == 1.05 and decision["original"]["loss"] == 1.0
+    # paired differences 0, 0, 1, 1: the interval's low end is 0 itself, which it must exclude
+    tied = decide(row(30.6, [30.0, 29.0, 32.0, 31.5]), CURRENT_NEW, row(40.0, [40.0] * 4), CURRENT_ORIGINAL)
+    assert tied["new_data"]["difference_ci"] == [0.0, 1.0]
+    assert not tied["promote"] and tied["checks"]["better_on_new_data"] is False
+    assert "interval [+0.00, +1.00] does not exclude 0" in tied["reasons"][0]

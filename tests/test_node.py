@@ -100,7 +100,8 @@ def test_the_launch_files_activate_filter_matches_a_configure_and_not_a_deactiva
 
     events: list[TransitionEvent] = []
     graph.driver.create_subscription(TransitionEvent, f"/{graph.name}/transition_event", events.append, 10)
-    wait_until(lambda: False, 0.5)  # let the subscription match before the transitions
+    # the subscription matched before the transitions
+    assert wait_until(lambda: graph.node.count_subscribers(f"/{graph.name}/transition_event") > 0, 5)
     assert graph.transition("configure") and graph.transition("activate") and graph.transition("deactivate")
     assert wait_until(lambda: len(events) == 6, 5), [(e.start_state.label, e.goal_state.label) for e in events]
     pairs = [(e.start_state.label, e.goal_state.label) for e in events]

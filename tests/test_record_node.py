@@ -171,7 +171,8 @@ def test_a_foxglove_client_receives_typed_detections_live(context, tier_models, 
         assert wait_until(lambda: recording.discover() or len(recording.types) == 2, 10)
         loop = asyncio.new_event_loop()
         client = loop.run_in_executor(None, lambda: asyncio.run(_receive_detections(live.port, 2, 30)))
-        time.sleep(1.0)  # the client connects and subscribes
+        # the client connects and subscribes (a fixed second's wait, under load, sent the frames before it had)
+        assert wait_until(lambda: "/detections" in live._channels and live._channels["/detections"].has_sinks(), 30)
         for sec in (5, 6):
             assert graph.send_lockstep(image_msg(regime_frames["dense"], sec=sec))
         received = loop.run_until_complete(client)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from adaptive_perception.cli import main
-from rosgraph import Graph, image_msg
+from rosgraph import Graph, image_msg, wait_until
 
 
 @pytest.fixture
@@ -19,18 +19,25 @@ def graph(context, tier_models):
     graph.close()
 
 
-def _routed_tier(graph: Graph, sec: int) -> str:
-    frame = np.random.default_rng(sec).integers(0, 256, (96, 128, 3), np.uint8)
+def _routed_tier(graph: Graph, frame: np.ndarray, sec: int) -> str:
+    """The tier that ran on the frame, read off its detections (each tier's file names its classes "<tier>-<id>"),
+    checked against the one its RoutingDecision names (the router's choice, which alone proved nothing)."""
     assert graph.send_lockstep(image_msg(frame, sec=sec))
-    return next(d.tier_name for d in graph.routing if d.header.stamp.sec == sec)
+    assert wait_until(lambda: any(d.header.stamp.sec == sec for d in graph.detections), 5)
+    detections = next(d for d in graph.detections if d.header.stamp.sec == sec)
+    ran = {r.hypothesis.class_id.split("-")[0] for det in detections.detections for r in det.results}
+    decided = next(d.tier_name for d in graph.routing if d.header.stamp.sec == sec)
+    assert ran == {decided}, (ran, decided)
+    return decided
 
 
-def test_set_routing_switches_the_running_node_and_reports_its_answer(graph, capsys):
+def test_set_routing_switches_the_running_node_and_reports_its_answer(graph, capsys, regime_frames):
     node = f"/{graph.name}"
-    assert _routed_tier(graph, 1) == "small"
+    dense = regime_frames["dense"]  # every tier finds boxes on it
+    assert _routed_tier(graph, dense, 1) == "small"
     assert main(["set-routing", "fixed:large", "--node", node]) == 0
     assert f"{node}: routing mode is now 'fixed:large'" in capsys.readouterr().out
-    assert _routed_tier(graph, 2) == "large"  # the next frame runs the large tier's model
+    assert _routed_tier(graph, dense, 2) == "large"  # the next frame runs the large tier's model
     assert main(["set-routing", "--cost-weight", "0.25", "--node", node]) == 0
     assert f"{node}: routing.cost_weight is now 0.25" in capsys.readouterr().out
     assert graph.node.get_parameter("routing.cost_weight").value == 0.25
@@ -38,7 +45,7 @@ def test_set_routing_switches_the_running_node_and_reports_its_answer(graph, cap
     assert main(["set-routing", "learned", "--node", node]) == 2  # this node has no policy
     err = capsys.readouterr().err
     assert "mode 'learned' refused" in err and "needs a policy" in err, err
-    assert _routed_tier(graph, 3) == "large"
+    assert _routed_tier(graph, dense, 3) == "large"
 
 
 def test_set_routing_refuses_a_weight_that_is_not_a_finite_number(capsys):
