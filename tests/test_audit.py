@@ -253,3 +253,29 @@ def test_an_interrupt_while_the_reference_process_starts_takes_the_child_with_it
     run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert run.stdout.strip() == "interrupted []", run.stdout + run.stderr
     assert "Traceback" not in run.stderr, run.stderr
+
+
+def test_agreement_matches_at_iou_exactly_half():
+    assert agreement(_dets((0, 0, 40, 40, 0)), _dets((0, 0, 40, 80, 0))) == 1.0  # IoU 1600 / 3200
+
+
+def test_a_share_exactly_at_the_bound_is_still_allowed():
+    now = [0.0]
+
+    def two_seconds(rgb):
+        now[0] += 2.0
+        return _dets()
+
+    worker = AuditWorker(two_seconds, lambda *a: None, AuditSettings(every=1, max_share=0.2, window_s=10),
+                         clock=lambda: now[0])
+    frame = np.zeros((8, 8, 3), np.uint8)
+    try:
+        assert worker.offer("a", frame, _dets())
+        deadline = time.monotonic() + 10
+        while worker.audited < 1 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        now[0] = 10.0  # 2 s of the last 10: 0.2, not more than 0.2
+        assert worker.busy_share() == 0.2
+        assert worker.offer("b", frame, _dets()) and worker.skipped_share == 0
+    finally:
+        worker.close()

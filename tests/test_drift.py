@@ -479,3 +479,15 @@ def test_what_the_monitor_cannot_use_is_refused_by_name():
         with pytest.raises(KeyError, match=r"camera 'cam1' is not one of this DriftWatch's cameras \['cam0'\]"):
             watch.frame("cam1", _counted(np.zeros(1028)), 0, np.zeros((4, 4, 3), np.uint8), None)
     assert not watch.audit._thread.is_alive()
+
+
+def test_a_score_of_exactly_one_is_not_above_the_threshold():
+    monitor = DriftMonitor(_reference(), confirm=1)
+    assert monitor.advance(1.0)[0] == OK
+
+
+def test_the_veil_is_one_sided_darker_is_not_haze():
+    from adaptive_perception.drift import window_statistics
+    reference = _reference(veil_mean=0.3, veil_std=0.05)
+    values = window_statistics(reference, None, None, None, veils=np.full(10, 0.2), psi=0.0)
+    assert values["veil"] == pytest.approx(-2.0)  # (0.2 - 0.3) / 0.05: darker is not haze

@@ -78,3 +78,14 @@ def test_context_follows_the_previous_routed_output():
     vector = routing_features(np.zeros((8, 8, 3), np.uint8), first)[IMAGE_FEATURES:]
     np.testing.assert_allclose(vector, [np.log1p(3), 0.6, 1.0, 0.1414214], rtol=1e-6)
     assert RoutingContext().vector().tolist() == [0.0, 0.0, 0.0, 0.0]
+
+
+def test_the_top_saturation_quantile_is_the_1021st_smallest_cell():
+    """A feature layout that moved (the quantiles read from another cell) would feed every shipped policy and drift
+    reference shifted inputs under the same feature version: known values pin it."""
+    from adaptive_perception.features import image_features
+    frame = np.full((64, 64, 3), 128, np.uint8)
+    frame[:4, :4] = (255, 0, 0)  # 2 x 2 of the 32 x 32 cells pure red (saturation 1), the other 1020 grey (0)
+    features = image_features(frame)
+    # saturation quantiles are features 256..383, the (8k + 4)-th smallest cell: k = 127 is the 1021st (index 1020)
+    assert features[383] == pytest.approx(1.0) and features[382] == 0.0

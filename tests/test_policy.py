@@ -542,3 +542,15 @@ def test_what_the_router_cannot_route_by_is_refused_not_sent_to_nano(tmp_path):
     (tmp_path / "empty.onnx").write_bytes(b"")
     with pytest.raises(PolicyFileError, match=r"is empty \(0 bytes\)"):
         Policy(tmp_path / "empty.onnx")
+
+
+def test_a_tie_with_the_previous_tier_keeps_it(tmp_path):
+    policy = Policy(constant_policy(tmp_path / "tie.onnx", (0.4, 0.4, 0.2)))
+    x = np.zeros(FEATURE_SIZE, np.float32)
+    # argmax picks nano (first of the tie); the margin over small is 0, not more than the hysteresis 0: stay on small
+    assert Router("learned", policy).decide(x, RoutingContext(prev_count=1, prev_tier=1)).tier_name == "small"
+
+
+def test_an_explicit_cost_weight_of_zero_is_the_operating_point(tmp_path):
+    policy = Policy(value_policy(tmp_path / "v.onnx", (0.0, 0.5, 0.8), (0.2, 0.5, 1.0), cost_weight=1.0))
+    assert Router("learned", policy, RouterSettings(cost_weight=0.0)).operating_point() == ("learned", 0.0, 0.0)

@@ -3,6 +3,7 @@ the PPO environment and the bootstrap's re-accumulation of COCOeval."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from fractions import Fraction
 
 import numpy as np
@@ -476,3 +477,68 @@ def test_training_keeps_the_boxes_the_node_publishes_at_its_threshold_exactly():
     profile = Profile(**{**_profile(3).__dict__, "detections": np.array(
         [[0, 0, 8, 8, 12, 12, at, 0], [0, 0, 28, 28, 32, 32, over, 0]], np.float32)})
     assert [rows[:, 4].tolist() for rows in profile.tier_detections(0, PUBLISH_CONF)] == [[over], [], []]
+
+
+def test_a_tier_faster_than_a_frame_period_waits_for_the_next_frame_to_arrive():
+    clock = WorkerClock(3)
+    assert clock.run(Fraction(1, 100)) == (0, 0, Fraction(1, 100))
+    # frame 1 arrives at 1/30 s: the worker, free since 10 ms, starts it then
+    assert clock.run(Fraction(1, 100)) == (1, Fraction(1, 30), Fraction(1, 30) + Fraction(1, 100))
+    trace = rollout(Split.build(_profile(12)), Costs("t", np.array([10.0, 40.0, 100.0])), lambda *_: 0, True)
+    assert trace.shown[:, 0].tolist() == [-1] + list(range(11))  # frame f shows f-1's output, never a later frame's
+
+
+def test_an_output_six_or_more_frames_old_reads_the_last_stored_staleness():
+    split = Split.build(_profile(12, step=1.0))
+    stream = Stream(split, np.arange(12), Costs("t", np.array([10.0, 40.0, 100.0])), True)
+    # frame 0's large box on frame 6's truth: shifted 6 px, IoU 34*40 / (3200 - 1360) = 0.739: a hit at
+    # 0.50..0.70 (5 of 10): 0.5 - 0.3 * 0.5 = 0.35; 5 px (k = 5) would be IoU 0.778, 6 of 10: 0.48
+    assert stream.shown_quality(6, 0, 2) == pytest.approx(0.35)
+    assert stream.shown_quality(11, 0, 2) == pytest.approx(0.35)  # 11 frames stale: treated as MAX_STALE = 6
+
+
+def test_a_routing_that_never_changes_tier_has_no_switches():
+    split = Split.build(_profile(12))
+    costs = Costs("t", np.array([10.0, 40.0, 100.0]))
+    assert rollout(split, costs, lambda *_: 1, False).switches == 0
+    assert rollout(split, costs, lambda frame, *_: frame % 2, False).switches == 11
+
+
+def test_an_iou_of_exactly_half_is_a_hit_at_050_as_in_cocoeval():
+    truth = np.array([[0.0, 0.0, 40.0, 80.0, 1, 0]])
+    # 40x40 inside 40x80: IoU 1600 / 3200 = 0.5 exactly: a TP at 0.50 only: 0.1 - 0.3 * 0.9
+    assert frame_value(np.array([[0.0, 0.0, 40.0, 40.0, 0.9, 1]]), truth) == pytest.approx(-0.17)
+
+
+def test_ignore_regions_are_not_objects_in_the_quality_unit():
+    base = _profile(3)
+    ignore = np.array([[f, 100.0, 80.0, 140.0, 95.0, 1, 1] for f in range(3)], np.float32)
+    truth = np.concatenate([base.truth, ignore])
+    profile = replace(base, truth=truth[np.argsort(truth[:, 0], kind="stable")])
+    split = Split.build(profile)
+    # one valid object per frame: large's exact box on its own frame is worth 1.0 (one object)
+    assert split.quality[:, 2, 0].tolist() == pytest.approx([1.0, 1.0, 1.0])
+
+
+def test_the_reports_paired_interval_touching_zero_does_not_beat():
+    from adaptive_perception.training.report import _paired
+    better = {"map50_95": 1.0, "_replicates": np.array([0.0, 0.0, 1.0, 2.0])}
+    worse = {"map50_95": 0.0, "_replicates": np.zeros(4)}
+    out = _paired(better, worse)
+    assert out["difference_ci"][0] == 0.0 and out["beats"] is False
+
+
+def test_the_first_decision_of_an_episode_is_no_switch():
+    from adaptive_perception.training.learn import Network, make_env
+    split = Split.build(_profile(12, sequences=2))
+    costs = Costs("test", np.array([10.0, 40.0, 100.0]))
+    network = Network([(np.zeros((1028, 3), np.float32), np.zeros(3, np.float32))], np.zeros(1028, np.float32),
+                      np.ones(1028, np.float32))
+    env = make_env(split, costs, 0.0, network, switch_penalty=1.0)
+    env.reset(seed=3)
+    _, reward, *_ = env.step(0)  # nano publishes at 10 ms: frame 0 showed nothing (0), no cost weight, no switch
+    assert reward == 0.0
+    # frame 1 on small (33.3-73.3 ms): frames 1 and 2 show frame 0's nano box, still on the truth (1.0 each),
+    # and the switch from nano costs 1: 2.0 - 1.0
+    _, reward, *_ = env.step(1)
+    assert reward == pytest.approx(1.0)

@@ -347,3 +347,15 @@ def test_the_metrics_endpoint_closes_slow_connections_and_caps_how_many_it_serve
     finally:
         metrics.close()
     assert "Traceback" not in capfd.readouterr().err  # a timed-out client is no error report
+
+
+def test_lost_frames_are_counted_each_and_an_age_of_zero_is_an_age():
+    metrics = PrometheusMetrics()
+    metrics.prepare({"cam": "/cam"}, ("nano", "small", "large"))
+    telemetry = Telemetry(["cam"], ("nano", "small", "large"), sink=metrics)
+    for sequence in (1, 2, 6):  # 3, 4 and 5 never arrived
+        telemetry.arrived("cam", sequence)
+    telemetry.processed("cam", "small", 30.0, 0.4, 0.0)
+    value = metrics.registry.get_sample_value
+    assert value("adaptive_perception_frames_lost_before_node_total", {"camera": "/cam"}) == 3
+    assert value("adaptive_perception_frame_age_seconds_count", {"camera": "/cam"}) == 1

@@ -67,3 +67,8 @@ def test_a_catch_up_burst_is_counted_not_lost(tmp_path):
     assert detail["node_received"] == burst and detail["node_lost_before_node"] == 0, detail
     assert detail["node_processed"] == detail["delivered"] >= 1
     assert detail["node_processed"] + detail["node_dropped"] == burst, detail
+
+
+def test_a_profile_named_by_the_fastdds_variable_is_the_users_choice():
+    mine = {"RMW_IMPLEMENTATION": "rmw_fastrtps_cpp", "FASTDDS_DEFAULT_PROFILES_FILE": "/etc/my_profile.xml"}
+    assert apply_defaults(mine) is None and "FASTRTPS_DEFAULT_PROFILES_FILE" not in mine
