@@ -905,15 +905,18 @@ def _terminated(*_signal) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """SIGTERM (`timeout`, docker stop, CI) stops a command as Ctrl-C does: its summary, what it finished, exit 130
-    (it was killed outright, exit 143, a replay's summary and JSON lost); `node` and `record` set their own. The
-    caller's handler is back when the command returns."""
+    (it was killed outright, exit 143, a replay's summary and JSON lost); `node` and `record` set their own. SIGINT
+    too, explicitly: a command started as a script's background job (`replay ... &`) inherits SIGINT ignored, and
+    `kill -INT` did nothing (a replay ran to the end of its bag). The caller's handlers are back when it returns."""
     if threading.current_thread() is not threading.main_thread():  # only the main thread may set handlers
         return _main(argv)
-    previous = signal.signal(signal.SIGTERM, _terminated)
+    previous = {signum: signal.signal(signum, handler) for signum, handler in
+                ((signal.SIGTERM, _terminated), (signal.SIGINT, signal.default_int_handler))}
     try:
         return _main(argv)
     finally:
-        signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
 
 
 def _main(argv: list[str] | None) -> int:

@@ -243,8 +243,11 @@ def replay_bag(
             # the last to come; the wait for it is not counted in wall_s. A last frame the node cannot decode gets no
             # answer (and may have displaced the one before): nothing to wait for on that topic (decoded once here)
             last = [k for k, frame in newest.values() if _decodable(frame)]
-            with cond:
-                cond.wait_for(lambda: all(answers.get(k, 0) > 0 for k in last), timeout_s)
+            try:
+                with cond:
+                    cond.wait_for(lambda: all(answers.get(k, 0) > 0 for k in last), timeout_s)
+            except KeyboardInterrupt:  # while the last answers were awaited: the report is whole but for them
+                report.stopped, report.interrupted = "interrupted (Ctrl-C or SIGTERM)", True
         with cond:
             report.wall_s = max(last_event[0] - started, 0.0)  # nothing published: no time
     finally:

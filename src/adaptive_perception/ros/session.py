@@ -22,8 +22,13 @@ def spun_node(name: str, use_sim_time: bool = False) -> Iterator[Node]:
     `use_sim_time`)."""
     from rclpy.parameter import Parameter
 
+    from rclpy.signals import SignalHandlerOptions
+
     context = rclpy.context.Context()
-    rclpy.init(args=[], context=context)
+    # no rclpy signal handlers: the commands take Ctrl-C and SIGTERM themselves (KeyboardInterrupt: a replay's
+    # summary, a closed segment), with the context still valid for what they do while stopping (rclpy's shut it
+    # down first, as in the node's main)
+    rclpy.init(args=[], context=context, signal_handler_options=SignalHandlerOptions.NO)
     node = Node(name, context=context,
                 parameter_overrides=[Parameter("use_sim_time", value=True)] if use_sim_time else [])
     executor = SingleThreadedExecutor(context=context)
