@@ -43,7 +43,6 @@ def quick_throughput(tmp_path_factory) -> dict:
 
 def test_a_share_of_large_that_cannot_be_scored_is_said_in_words(quick_throughput):
     """A one-sequence, five-frame run printed "measured 8.38 at nan% of large's mAP50-95"."""
-    import copy
 
     report = copy.deepcopy(quick_throughput["report"])
     point = report["bars"]["operating_point"]
@@ -339,7 +338,6 @@ def test_latency_of_ones_own_tier_files_makes_their_latency_file_without_the_tra
     assert f"| nano: {files['nano']} | 480x640 |" in run.stdout
     # the files' digests travel with the timings: the embedded policy was trained with other files in each slot
     from adaptive_perception.detector import file_digest
-    from adaptive_perception.policy import Policy
 
     assert costs.digests == {t: file_digest(p) for t, p in files.items()}
     policy = Policy(resolve_model("embedded:policy"))
@@ -460,3 +458,39 @@ def test_overhead_is_read_against_nanos_session_run_at_the_p95():
     assert share > routing["p50_ms"] / report["tier_inference_640x480"]["nano"]["p50_ms"]
     assert share * report["tier_session_640x480"]["nano"]["p50_ms"] == pytest.approx(routing["p95_ms"])
     assert "of nano's session.run p50 (bar 3 %: " in overhead.table(report)
+
+
+def test_one_device_keeps_up_at_exactly_one_device_per_robot():
+    """2 FPS x 0.5 device-s a frame = 1.0 device per robot: documented as keeping up (<= 1)."""
+
+    row = fleet_cost.monthly(0.5, 1, 2.0, 1.0, 24)
+    assert row["devices_per_robot"] == 1.0 and row["one_device_keeps_up"] is True
+
+
+def _mode(total_ms: list[float], map50_95: float) -> dict:
+    return {"fps": len(total_ms) / (sum(total_ms) / 1e3), "map50_95": map50_95, "samples": {"total_ms": total_ms}}
+
+
+def test_ratios_against_always_large_by_hand():
+    """large: nine frames of 40 ms and one of 140: 500 ms for 10 frames = 20 FPS, mean 50 ms, p95 at rank 8.55
+    -> 40 + 0.55 x 100 = 95 ms. learned: ten frames of 20 ms = 50 FPS. Speed-up 50 / 20 = 2.5; mean latency
+    1 - 20/50 = 0.6 lower; p95 1 - 20/95 = 15/19 lower; mAP share 45 / 50 = 0.9."""
+
+    modes = {"learned": _mode([20.0] * 10, 45.0), "fixed:large": _mode([40.0] * 9 + [140.0], 50.0)}
+    out = throughput.comparisons(modes)["learned"]
+    assert out["speedup_vs_large"] == pytest.approx(2.5)
+    assert out["latency_reduction_mean"] == pytest.approx(0.6)
+    assert out["latency_reduction_p95"] == pytest.approx(15 / 19)
+    assert out["map_share_of_large"] == pytest.approx(0.9)
+
+
+def test_the_share_of_frames_over_the_30_fps_budget(monkeypatch):
+    """Frames of 10, 40, 20, 34, 50 ms against 1000/30 = 33.3 ms: 40, 34 and 50 are over -> 3/5 = 0.6."""
+    from adaptive_perception.training import throughput, tiers
+
+    monkeypatch.setattr(tiers, "_coco_eval", lambda *_: (0.0, 0.0))
+    total = [10.0, 40.0, 20.0, 34.0, 50.0]
+    run = throughput.ModeRun("fixed:nano", total_ms=total, detections_ms=[t - 1.0 for t in total],
+                             routing_ms=[0.1] * 5, session_ms=[t - 2.0 for t in total], tiers=[0] * 5)
+    row = throughput.summarise(run, {}, 5)
+    assert row["over_frame_budget_share"] == pytest.approx(0.6)

@@ -288,3 +288,12 @@ def test_learned_at_a_weight_names_the_learned_mode_and_its_weight():
             weighted_mode(bad)
     with pytest.raises(ConfigError, match="routing mode 'fixed:huge' is unknown"):
         weighted_mode("fixed:huge")
+
+
+def test_config_refuses_an_iou_threshold_past_1_and_a_qos_depth_of_0(peer_model):
+    base = dict(routing_mode="fixed:nano", models={"nano": str(peer_model), "small": "", "large": ""})
+    with pytest.raises(ConfigError, match=r"conf_threshold and iou_threshold must lie in \[0, 1\]"):
+        NodeConfig(**base, iou_threshold=1.5).validate()
+    with pytest.raises(ConfigError, match="qos.depth and max_detections must be >= 1"):
+        NodeConfig(**base, qos_depth=0).validate()
+    NodeConfig(**base, iou_threshold=1.0, qos_depth=1).validate()  # the bounds themselves pass

@@ -92,3 +92,13 @@ def test_the_marker_is_the_image_marker_rclpy_writes_with_four_edges_per_box_in_
         expected = deserialize_message(written, ImageMarker)  # the colour as float32, as it travels
         assert deserialize_message(cdr, ImageMarker) == expected, (count, tier)
         assert len(cdr) == len(written)  # no field missing or padded differently
+
+
+def test_a_detection_without_a_hypothesis_reads_back_with_score_0():
+    """centre (5, 5), size 2 x 4 -> box (4, 3, 6, 7); no result: class '' and score 0."""
+
+    det = Detection2D()
+    det.bbox.center.position.x, det.bbox.center.position.y = 5.0, 5.0
+    det.bbox.size_x, det.bbox.size_y = 2.0, 4.0
+    back = msg_to_detections(Detection2DArray(detections=[det]))
+    assert back.boxes.tolist() == [[4.0, 3.0, 6.0, 7.0]] and back.scores.tolist() == [0.0] and back.names() == [""]

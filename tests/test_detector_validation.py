@@ -124,7 +124,6 @@ def test_tiers_that_name_different_classes_are_named_with_their_lists(tier_model
 def test_tiers_in_each_others_slots_and_8_bit_tiers_are_named(tmp_path):
     """A 640x480 model as nano and a 256x192 one as large loaded without a word (the large tier is the audit's
     reference); an 8-bit tier was not told from a float one anywhere the node reports."""
-    import onnx
 
     from adaptive_perception.detector import QUANTIZED_KEY, tier_order_mismatch
 
@@ -309,3 +308,20 @@ def test_the_core_used_as_a_library_takes_what_the_node_takes_and_names_what_it_
         tier.detect(np.zeros((1, 5000, 3), np.uint8))
     with pytest.raises(ValueError, match=r"HxWx3 uint8 RGB image \(a numpy array\), got list"):
         tier.detect([[[0, 0, 0]]])
+
+
+def test_max_detections_keeps_exactly_that_many_highest_scoring_boxes(peer_model, scene_rgb):
+    everything = DetectorTier(peer_model, max_detections=300).detect(scene_rgb)
+    assert len(everything) > 3  # precondition: the scene gives more than the caps below
+    for cap in (1, 3):
+        capped = DetectorTier(peer_model, max_detections=cap).detect(scene_rgb)
+        assert len(capped) == cap
+        np.testing.assert_array_equal(capped.scores, everything.scores[:cap])  # NMS order: highest score first
+
+
+def test_nms_at_iou_threshold_0_keeps_boxes_that_do_not_overlap_at_all():
+    """Three disjoint boxes (IoU 0 with each other) and one inside the first (IoU 81/100 with it): at threshold
+    0 the disjoint ones stay (IoU 0 is not above 0), the overlapping one goes."""
+
+    boxes = np.array([[0, 0, 10, 10], [20, 20, 30, 30], [40, 40, 50, 50], [1, 1, 10, 10]], np.float32)
+    assert nms(boxes, np.array([0.9, 0.8, 0.7, 0.6], np.float32), 0.0).tolist() == [0, 1, 2]

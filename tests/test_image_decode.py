@@ -231,3 +231,11 @@ def test_the_jpeg_header_search_stops_within_its_bounds():
     assert compressed_size(np.frombuffer(far, np.uint8)) is None
     for crafted in (b"\xff\xd8" + b"\xff" * 4_000_000, b"\xff\xd8" + b"\xff\xe0\x00\x02" * 1_000_000):
         assert compressed_size(np.frombuffer(crafted, np.uint8)) is None
+
+
+def test_the_last_row_may_omit_its_padding():
+    """2x2 rgb8, step 8 (6 bytes of pixels + 2 padding): 8 + 6 = 14 bytes, the last row without its padding."""
+
+    data = bytes([1, 2, 3, 4, 5, 6, 0xEE, 0xEE, 7, 8, 9, 10, 11, 12])
+    out = decode_raw(data, 2, 2, "rgb8", 8)
+    assert out.tolist() == [[[1, 2, 3], [4, 5, 6]], [[7, 8, 9], [10, 11, 12]]]

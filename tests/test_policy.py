@@ -554,3 +554,72 @@ def test_a_tie_with_the_previous_tier_keeps_it(tmp_path):
 def test_an_explicit_cost_weight_of_zero_is_the_operating_point(tmp_path):
     policy = Policy(value_policy(tmp_path / "v.onnx", (0.0, 0.5, 0.8), (0.2, 0.5, 1.0), cost_weight=1.0))
     assert Router("learned", policy, RouterSettings(cost_weight=0.0)).operating_point() == ("learned", 0.0, 0.0)
+
+
+def test_equal_heuristic_thresholds_are_a_two_tier_rule():
+    """[5, 5]: below 5 nano, from 5 large (no small band); 0 <= low <= high allows it (report's grid uses them)."""
+
+    settings = RouterSettings(heuristic_thresholds=(5, 5)).validate()
+    router = Router("heuristic", None, settings)
+    x = np.zeros(FEATURE_SIZE, np.float32)
+    tiers = [router.decide(x, RoutingContext(prev_count=n, prev_tier=0)).tier_name for n in (0, 4, 5, 9)]
+    assert tiers == ["nano", "nano", "large", "large"]
+
+
+def test_a_tier_of_weight_zero_in_the_random_mix_is_never_drawn():
+    """random_mix [1, 1, 0]: half nano, half small, never large; its probabilities are [0.5, 0.5, 0]."""
+
+    router = Router("random", None, RouterSettings(random_mix=(1.0, 1.0, 0.0), random_seed=4))
+    x, context = np.zeros(FEATURE_SIZE, np.float32), RoutingContext()
+    draws = [router.decide(x, context).tier for _ in range(600)]
+    assert 2 not in draws and set(draws) == {0, 1}
+    assert router.decide(x, context).probabilities.tolist() == [0.5, 0.5, 0.0]
+
+
+def test_a_model_whose_metadata_kind_is_not_a_policy_is_refused(tmp_path):
+
+
+    path = _edit_metadata(constant_policy(tmp_path / "p.onnx", (0.2, 0.3, 0.5)), "kind", "detector")
+    with pytest.raises(PolicyFileError, match="metadata kind is 'detector'"):
+        Policy(path)
+
+
+def test_a_non_finite_feature_mean_is_refused_at_load(tmp_path):
+    """mean[7] = NaN: every frame's normalised input would be NaN; refused naming feature 7, 1 bad in all."""
+
+    mean = [0.0] * FEATURE_SIZE
+    mean[7] = float("nan")
+    path = _edit_metadata(constant_policy(tmp_path / "p.onnx", (0.2, 0.3, 0.5)), "feature_mean", json.dumps(mean))
+    with pytest.raises(PolicyFileError, match=r"must be finite with std > 0 \(not at feature 7, 1 in all\)"):
+        Policy(path)
+
+
+def test_a_negative_tier_cost_is_refused(tmp_path):
+
+
+    path = _edit_metadata(value_policy(tmp_path / "v.onnx", (0.0, 0.5, 0.8), (0.2, 0.5, 1.0), 1.0), "tier_cost",
+                          "[-1, 0.5, 1]")
+    with pytest.raises(PolicyFileError, match=r"tier_cost \[-1.0, 0.5, 1.0\] must be 3 non-negative numbers"):
+        Policy(path)
+
+
+def test_a_policy_calibrated_to_weight_zero_loads_and_routes_by_value_alone(tmp_path):
+    """calibrate_weight returns 0 when weight 0 fits the budget: such a file must load. Values (0, 0.5, 0.8) at
+    weight 0: argmax is large (index 2)."""
+
+    policy = Policy(value_policy(tmp_path / "v0.onnx", (0.0, 0.5, 0.8), (0.2, 0.5, 1.0), 0.0))
+    assert policy.value_head.cost_weight == 0.0
+    assert Router("learned", policy).decide(np.zeros(FEATURE_SIZE, np.float32), RoutingContext()).tier_name == "large"
+
+
+def _edit_metadata(path: Path, key: str, value: str) -> Path:
+    import onnx
+
+    model = onnx.load(path)
+    entries = {e.key: e.value for e in model.metadata_props}
+    entries[f"adaptive_perception.{key}"] = value
+    del model.metadata_props[:]
+    for k, v in entries.items():
+        model.metadata_props.add(key=k, value=v)
+    onnx.save(model, path)
+    return path

@@ -297,3 +297,15 @@ def test_a_disk_that_refuses_writes_costs_the_broken_segment_and_recording_goes_
     assert "File too large" in first and second.startswith("not written: writing failed under")
     assert sorted(p.name for p in (tmp_path / "rec").iterdir()) == ["recording_0001", "recording_0002"]
     assert [t // 10**9 for _, t, _ in _read(tmp_path / "rec" / "recording_0002")] == [int(n) + 2, int(n) + 3, int(n) + 4]
+
+
+def test_a_message_exactly_segment_s_after_the_first_opens_the_next_segment(tmp_path):
+    """segment_s 1: frames at +0, +0.5, +1.0, +1.5 s: the segment spans [0, 1) s, so 2 + 2."""
+
+    recorder = SegmentedRecorder(tmp_path, STORE, segment_s=1.0)
+    for k in range(4):
+        stamp = 10**9 + k * 500_000_000
+        recorder.write("/cam/image_raw", IMAGE, stamp, _image(stamp))
+    recorder.close()
+    recorder.release()
+    assert [len(_read(p)) for p in recorder.closed_segments] == [2, 2]

@@ -569,7 +569,6 @@ def test_depth_streams_compressed_copies_and_silent_topics_are_not_cameras(tmp_p
     assert len(calibration_frames(tmp_path / "rig", 100)) == 3
     assert "calibrating on its cameras; left out /cam/color/image_raw/compressed" in capsys.readouterr().out
     # a bag of a newer rosbag2 is named as such, not as damaged
-    import re
 
     metadata = tmp_path / "rig" / "metadata.yaml"
     metadata.write_text(re.sub(r"version: \d+", "version: 99", metadata.read_text(), count=1))
@@ -743,7 +742,6 @@ def test_training_on_a_bag_without_camera_frames_names_the_bag(tmp_path):
     from rosbags.rosbag2 import StoragePlugin, Writer
 
     from adaptive_perception.bag import TYPESTORE
-    from adaptive_perception.errors import BagError
     from adaptive_perception.training.profile import bag_frames
 
     String = TYPESTORE.types["std_msgs/msg/String"]
@@ -790,3 +788,17 @@ def test_a_complete_mcap_without_metadata_is_a_recording_and_one_file_of_a_split
     with pytest.raises(BagError, match=f"is one of the 2 files of the recording '{tmp_path / 'split'}'.*pass the "
                                        "folder"):
         next(read_images(first))
+
+
+def test_recorded_pacing_keeps_to_the_bags_clock_without_accumulating(tmp_path):
+    """Five frames logged 0.5 s apart at --rate 1: due at 0, 0.5, 1.0, 1.5, 2.0 s after the first. A pacing that
+    restarts from each publish waits 0.5, 1.0, 1.5, 2.0 s (due cumulative) -> 0, 0.5, 1.5, 3.0, 5.0."""
+
+    _stamped_bag(tmp_path / "bag", [1, 2, 3, 4, 5], log_ns=[10**9 + k * 500_000_000 for k in range(5)])
+    sent: list[float] = []
+    report, echo = _echo_replay(tmp_path, {"lose": 0}, mode=ReplayMode.RECORDED, rate=1.0, timeout_s=5.0,
+                                on_frame=lambda i: sent.append(time.perf_counter()))
+    assert report.frames_published == 5 and report.gaps_cut == 0
+    offsets = [t - sent[0] for t in sent]
+    for offset, due in zip(offsets, [0.0, 0.5, 1.0, 1.5, 2.0]):
+        assert due - 0.005 <= offset <= due + 0.6, offsets

@@ -218,3 +218,30 @@ def test_services_name_what_is_wrong_before_anything_changes(graph, tier_models)
     assert not refused.success and "tiers ['small'] are not loaded" in refused.message
     assert graph.call(SetRoutingMode, "set_routing_mode", SetRoutingMode.Request(mode="fixed:nano")).success
     assert graph.transition("configure")
+
+
+def test_a_running_node_refuses_a_mode_whose_tier_it_has_not_loaded(context, tier_models, regime_frames):
+    """nano and small loaded, large empty: fixed:large is refused on the active node and nano keeps running;
+    fixed:small is taken and small runs (class names "<tier>-<id>" tell which tier ran)."""
+
+    g = Graph(context, {"models.nano": str(tier_models["nano"]), "models.small": str(tier_models["small"]),
+                        "models.large": "", "policy": "", "routing_mode": "fixed:nano",
+                        "providers": ["CPUExecutionProvider"], "image_topics": ["image"], "warmup_runs": 0})
+    try:
+        assert g.transition("configure") and g.transition("activate")
+        g.wait_for_image_subscriber()
+
+        def ran(sec: int) -> set[str]:
+            assert g.send_lockstep(image_msg(regime_frames["dense"], sec=sec))
+            assert wait_until(lambda: any(d.header.stamp.sec == sec for d in g.detections), 5)
+            found = next(d for d in g.detections if d.header.stamp.sec == sec)
+            return {r.hypothesis.class_id.split("-")[0] for det in found.detections for r in det.results}
+
+        refused = g.call(SetRoutingMode, "set_routing_mode", SetRoutingMode.Request(mode="fixed:large"))
+        assert not refused.success and "tiers ['large'] are not loaded" in refused.message
+        assert g.node.get_parameter("routing_mode").value == "fixed:nano"
+        assert ran(1) == {"nano"}
+        assert g.call(SetRoutingMode, "set_routing_mode", SetRoutingMode.Request(mode="fixed:small")).success
+        assert ran(2) == {"small"}
+    finally:
+        g.close()

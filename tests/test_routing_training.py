@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import replace
+from types import SimpleNamespace
 from fractions import Fraction
 
 import numpy as np
@@ -97,8 +98,6 @@ def test_the_random_baseline_holds_the_mix_exactly_by_largest_remainder():
 
 
 def test_evidence_is_cut_into_segments_per_bag_and_every_third_segment_of_the_recording_is_held_out():
-    from dataclasses import replace
-
     from adaptive_perception.training.retrain import segment, split_segments
 
     # two bags of 35 and 40 frames, 10-frame segments: bag 0 -> segments 0-3 (the last 5 frames long), bag 1 -> 4-7
@@ -310,7 +309,6 @@ def test_the_report_calibrates_each_learned_policy_per_frame_and_keeps_its_own_w
     """Per frame the bars are stated at a cost bar: every learned row runs at the weight whose validation routing
     costs at most the bar (the same constant-value policy as above, written as ONNX and run by the Router);
     streaming, the node's default, the file's own weight."""
-    from types import SimpleNamespace
 
     from adaptive_perception.policy import Policy
     from adaptive_perception.training.learn import Network, calibrate_cost_weight
@@ -542,3 +540,90 @@ def test_the_first_decision_of_an_episode_is_no_switch():
     # and the switch from nano costs 1: 2.0 - 1.0
     _, reward, *_ = env.step(1)
     assert reward == pytest.approx(1.0)
+
+
+def test_the_heuristic_grid_spans_thresholds_up_to_15_and_31():
+    """low 0..15, high from low to 31 in steps of 2: for low = 2k and 2k+1 the count is 16 - k, so
+    2 x (16 + 15 + ... + 9) = 200 rules, plus always-nano (1000, 1000)."""
+    from adaptive_perception.training.report import HEURISTIC_GRID
+
+    assert len(HEURISTIC_GRID) == 201 and HEURISTIC_GRID[-1] == (1000, 1000)
+    assert {(0, 0), (8, 14), (15, 15), (15, 31), (14, 30)} <= set(HEURISTIC_GRID)
+    assert max(low for low, _ in HEURISTIC_GRID[:-1]) == 15 and max(high for _, high in HEURISTIC_GRID[:-1]) == 31
+
+
+def test_the_tuned_heuristic_is_the_best_validation_rule_within_5_percent_of_the_cost(monkeypatch):
+    """At 10 ms: rule (1, 2) costs 10.2 (2 % off), val 0.5; rule (2, 3) costs 9.8 (2 % off), val 0.7; rule (3, 4)
+    costs 12 (20 % off), val 0.9. Within 5 %: (1, 2) and (2, 3), the better on validation is (2, 3)."""
+    from adaptive_perception.training import report
+
+    table = {(1, 2): (10.2, 0.5), (2, 3): (9.8, 0.7), (3, 4): (12.0, 0.9)}
+    val, test = SimpleNamespace(profile=[0] * 4, name="val"), SimpleNamespace(profile=[0] * 10, name="test")
+
+    def rollout(split, costs, rule, streaming):
+        cost, quality = table[rule]
+        return SimpleNamespace(quality=np.full(len(split.profile), quality), busy_ms=cost * len(split.profile))
+
+    monkeypatch.setattr(report, "HEURISTIC_GRID", list(table))
+    monkeypatch.setattr(report, "heuristic_chooser", tuple)
+    monkeypatch.setattr(report, "rollout", rollout)
+    assert report._tune_heuristic(val, test, None, False, 10.0) == [(2, 3)]
+
+
+def test_bracketing_takes_the_best_rule_on_each_side_not_the_nearest():
+    """At 10 ms: below (8.0, 0.6, (1, 1)), (9.5, 0.5, (2, 2)); above (10.5, 0.55, (3, 3)), (14, 0.8, (4, 4)):
+    the best below is (1, 1), the best above (4, 4), cheaper first."""
+    from adaptive_perception.training.report import bracketing_rules
+
+    candidates = [(8.0, 0.6, (1, 1)), (9.5, 0.5, (2, 2)), (10.5, 0.55, (3, 3)), (14.0, 0.8, (4, 4))]
+    assert bracketing_rules(candidates, 10.0) == [(1, 1), (4, 4)]
+
+
+def _row(map50_95: float) -> dict:
+    return {"map50_95": map50_95, "map50": 50.0, "mean_cost_ms": 12.0, "p95_latency_ms": 20.0, "p99_latency_ms": 25.0,
+            "mix": {"nano": 0.5, "small": 0.25, "large": 0.25}, "gap_recovered": 0.75, "switches_per_100_frames": 4.0}
+
+
+def test_the_markdown_table_has_one_separator_cell_per_column_in_the_documented_order():
+    from adaptive_perception.training.report import markdown
+
+    rows = {"always-nano": _row(31.0), "BC only": {**_row(32.0), "cost_weights": [None]},
+            "BC + PPO": {**_row(33.0), "cost_weights": [None]},
+            "heuristic (tuned, matched cost)": {**_row(30.0), "thresholds": [3, 8]}}
+    result = {"test_frames": 10, "test_sequences": 2, "truth": "generated", "device": "cpu",
+              "tier_cost_ms": {"nano": 1.0, "small": 2.0, "large": 3.0}, "lambda": 0.5, "seeds": 1,
+              "settings": {"per_frame": rows, "streaming": rows}, "bars": {}, "routing_by_regime": {},
+              "classifier": {"bc_accuracy": 0.5, "majority_class_accuracy": 0.4, "prior_matched_random_accuracy": 0.3}}
+    lines = markdown(result).splitlines()
+    header = ("| row | mAP50-95 | mAP50 | mean cost (ms) | p95 (ms) | p99 (ms) | router overhead (ms) | "
+              "mix nano / small / large | gap recovered | switches / 100 frames | KL from BC |")
+    at = lines.index(header)
+    assert lines[at + 1] == "|---" * 11 + "|"  # 10 columns and the row name
+    assert lines[at + 2] == "| always-nano | 31.0 | 50.0 | 12.0 | 20.0 | 25.0 | - | 50% / 25% / 25% | 75% | 4.0 | - |"
+
+
+def test_streaming_choice_is_the_best_validation_map_among_own_and_grid(monkeypatch):
+    """Own weight 0.3 first, then GRID's 8: 9 candidates; mAP peaks at 0.75 (40.0)."""
+    from adaptive_perception.training import operating_point, report, simulate
+
+    scores = {0.3: 31.0, 0.1: 25.0, 0.2: 28.0, 0.35: 33.0, 0.5: 36.0, 0.75: 40.0, 1.0: 38.0, 1.5: 30.0, 2.5: 20.0}
+    monkeypatch.setattr(report, "learned_chooser", lambda policy, weight: weight)
+    monkeypatch.setattr(simulate, "rollout", lambda split, costs, weight, streaming: SimpleNamespace(
+        weight=weight, busy_ms=10.0 * len(split.profile), mix=lambda: np.array([1.0, 0.0, 0.0])))
+    scorer = SimpleNamespace(score=lambda trace: {"map50_95": scores[trace.weight]})
+    policy = SimpleNamespace(value_head=SimpleNamespace(cost_weight=0.3))
+    chosen, grid = operating_point.streaming_choice(policy, SimpleNamespace(profile=[0] * 5), scorer, None, show=False)
+    assert chosen == 0.75
+    assert [row["weight"] for row in grid] == [0.3, 0.1, 0.2, 0.35, 0.5, 0.75, 1.0, 1.5, 2.5]
+
+
+@pytest.mark.parametrize("share", [1.5, 0.0])
+def test_a_cost_share_outside_0_to_1_is_refused_before_anything_is_read(tmp_path, share):
+    from policies import value_policy
+
+    from adaptive_perception.policy import Policy
+    from adaptive_perception.training.operating_point import choose
+
+    policy = Policy(value_policy(tmp_path / "v.onnx", (0.0, 0.5, 0.8), (0.2, 0.5, 1.0), 1.0))
+    with pytest.raises(AdaptivePerceptionError, match=rf"--cost-share {share}: give a share of always-large's cost"):
+        choose(policy, tmp_path / "no-work", cost_share=share)

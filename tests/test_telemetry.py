@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+from types import SimpleNamespace
 import urllib.request
 
 import pytest
@@ -315,7 +316,6 @@ def test_the_metrics_endpoint_closes_slow_connections_and_caps_how_many_it_serve
     few seconds kept a connection open without end."""
     import socket
     import time
-    import urllib.request
 
     from adaptive_perception import metrics as metrics_module
 
@@ -359,3 +359,32 @@ def test_lost_frames_are_counted_each_and_an_age_of_zero_is_an_age():
     value = metrics.registry.get_sample_value
     assert value("adaptive_perception_frames_lost_before_node_total", {"camera": "/cam"}) == 3
     assert value("adaptive_perception_frame_age_seconds_count", {"camera": "/cam"}) == 1
+
+
+def test_a_p95_exactly_at_the_frame_budget_is_not_past_it():
+    clock = SimpleNamespace(t=0.0)
+    telemetry = Telemetry(["a"], ("nano", "small", "large"), HealthSettings(frame_budget_ms=33.3),
+                          clock=lambda: clock.t)
+    for i in range(5):
+        clock.t = 0.1 * i
+        telemetry.arrived("a", i + 1)
+        telemetry.processed("a", "nano", 33.3, 0.1, 10.0)  # every frame 33.3 ms: p95 33.3, the budget itself
+    clock.t = 0.5
+    report = telemetry.camera_report("a")
+    assert report["level"] == OK and report["message"] == "frames processed"
+
+
+def test_the_tiers_p95_are_the_95th_percentile():
+    """nano node times 10, 20, ..., 100 ms: p95 at rank 0.95 x 9 = 8.55 -> 90 + 0.55 x 10 = 95.5; p50 55."""
+
+    clock = SimpleNamespace(t=0.0)
+    telemetry = Telemetry(["a"], ("nano", "small", "large"), clock=lambda: clock.t)
+    for i, ms in enumerate(range(10, 101, 10)):
+        clock.t = 0.05 * i
+        telemetry.arrived("a", i + 1)
+        telemetry.processed("a", "nano", float(ms), 0.1, 10.0)
+    clock.t = 0.6
+    tier = telemetry.tier_report("nano")
+    assert tier["node_ms_p50"] == pytest.approx(55.0) and tier["node_ms_p95"] == pytest.approx(95.5)
+    camera = telemetry.camera_report("a")
+    assert camera["nano_ms_p95"] == pytest.approx(95.5) and camera["nano_ms_p50"] == pytest.approx(55.0)
