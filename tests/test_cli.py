@@ -412,10 +412,19 @@ def test_a_params_file_value_of_the_wrong_type_is_named_with_the_file(tmp_path, 
                      "recorder:\n  ros__parameters:\n    conf_threshold: 1\n")
     from adaptive_perception.ros.parameters import check_params_file
     check_params_file(other, [])
-    params.write_text("perception_node:\n  ros__parameters:\n    image_topics: image\n    models:\n      nano: 5\n")
+    params.write_text("perception_node:\n  ros__parameters:\n    image_topics: image\n    models:\n      nano: 5\n"
+                      "    providers: []\n")
     assert node_main(["perception_node", "--ros-args", "--params-file", str(params)]) == 2
     assert (f"--params-file '{params}': image_topics: \"image\" is not a list of strings (e.g. [\"image\"]); "
-            "models.nano: 5 is not a string (e.g. \"embedded:nano\")") in capsys.readouterr().err
+            "models.nano: 5 is not a string (e.g. \"embedded:nano\"); providers: [] is empty, which ROS leaves unset "
+            "(e.g. [\"TensorrtExecutionProvider\"") in capsys.readouterr().err
+    # what ROS's own reader takes, typed as it types them (YAML 1.1 would call 4e3 a string, ~ a null, 2024-06-01 a
+    # date, 1_000 a number): passed
+    params.write_text("perception_node:\n  ros__parameters:\n    evidence:\n      budget_mb: 4e3\n"
+                      "    routing:\n      cost_weight: 1.0e6\n    mlflow:\n      experiment: 2024-06-01\n"
+                      "      tracking_uri: ~\n    policy: 1_000\n    conf_threshold: .5\n    warmup_runs: 0x2\n"
+                      "    autostart: yes\n    evidence.dir: '12'\n")
+    check_params_file(params, [])
 
 
 def test_policy_inspect_says_how_the_policy_routes_and_what_it_monitors(tmp_path, capsys):

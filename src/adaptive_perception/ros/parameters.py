@@ -209,7 +209,7 @@ def check_params_file(path: Path, ros_args: list[str]) -> None:
     import yaml
 
     try:
-        data = yaml.safe_load(Path(path).read_text())
+        data = _ros_yaml(yaml.compose(Path(path).read_text()))
     except OSError as exc:
         raise AdaptivePerceptionError(f"--params-file '{path}' cannot be read: {exc.strerror}") from None
     except yaml.YAMLError as exc:
@@ -239,11 +239,54 @@ def check_params_file(path: Path, ros_args: list[str]) -> None:
     wrong = []  # ROS refused them naming neither the file nor the type to write
     for name in (n for n in names if _names_node(n, full)):
         for parameter, value in _flat(given[name]).items():
-            if parameter in PARAMETERS and not _fits(value, default := PARAMETERS[parameter][0]):
+            if parameter not in PARAMETERS:
+                continue
+            default = PARAMETERS[parameter][0]
+            if value == []:  # ROS cannot type an empty list: the parameter stays unset and the node cannot start
+                wrong.append(f"{parameter}: [] is empty, which ROS leaves unset (e.g. {json.dumps(default)})")
+            elif not _fits(value, default):
                 wrong.append(f"{parameter}: {json.dumps(value)} is not {_kind(default)} (e.g. "
                              f"{json.dumps(default)})")
     if wrong:
         raise AdaptivePerceptionError(f"--params-file '{path}': {'; '.join(wrong)}; ROS converts no type")
+
+
+ROS_TRUE = {"Y", "y", "yes", "Yes", "YES", "true", "True", "TRUE", "on", "On", "ON"}
+ROS_FALSE = {"N", "n", "no", "No", "NO", "false", "False", "FALSE", "off", "Off", "OFF"}
+_C_INTEGER = re.compile(r"[+-]?(0[xX][0-9a-fA-F]+|0[0-7]*|[1-9][0-9]*)")
+
+
+def _ros_scalar(text: str, quoted: bool) -> object:
+    """A params file's scalar as ROS's YAML reader types it (not as YAML 1.1 does: `4e3` is a double, `1_000`, `~`
+    and `2024-01-01` are strings): quoted, a string; else a bool word, a C integer (0x10, 010 octal), a C double
+    (4e3, 1.0e6, inf, .nan), or a string."""
+    if quoted:
+        return text
+    if text in ROS_TRUE or text in ROS_FALSE:
+        return text in ROS_TRUE
+    if _C_INTEGER.fullmatch(text):
+        body = text.lstrip("+-")
+        base = 16 if body[:2] in ("0x", "0X") else 8 if len(body) > 1 and body[0] == "0" else 10
+        return int(text, base)
+    if "_" not in text:
+        try:
+            return float(text.replace(".inf", "inf").replace(".Inf", "inf").replace(".nan", "nan").replace(".NaN", "nan"))
+        except ValueError:
+            pass
+    return text
+
+
+def _ros_yaml(node) -> object:
+    """A composed YAML node as plain values, its scalars typed as ROS types them."""
+    import yaml
+
+    if node is None:
+        return None
+    if isinstance(node, yaml.ScalarNode):
+        return _ros_scalar(node.value, node.style in ("'", '"'))
+    if isinstance(node, yaml.SequenceNode):
+        return [_ros_yaml(item) for item in node.value]
+    return {str(key.value): _ros_yaml(value) for key, value in node.value}
 
 
 def _flat(entry: object, prefix: str = "") -> dict[str, object]:
