@@ -1,7 +1,7 @@
 """Stage 1, profile: every frame through the node's decode and feature code and all three tiers.
 
 Per frame it stores the 1024 image features, the frame's haze veil (`drift.veil`), each tier's detections
-(score >= PROFILE_CONF, enough for COCO mAP; the node publishes those >= its conf_threshold) and each tier's
+(score over PROFILE_CONF, enough for COCO mAP; the node publishes those over its conf_threshold) and each tier's
 measured latency (with the node's thresholds: preprocess, inference, decode and NMS of what it publishes), plus
 the ground truth: `sidecar` (the benchmark's records or a bag's ground_truth.json), or `reference`
 (the large tier's or a teacher ONNX's published detections, for recordings without labels).

@@ -20,8 +20,8 @@ IMAGE_TYPE = "sensor_msgs/msg/Image"
 COMPRESSED_TYPE = "sensor_msgs/msg/CompressedImage"
 IMAGE_TYPES = (IMAGE_TYPE, COMPRESSED_TYPE)
 TYPESTORE = get_typestore(Stores.ROS2_JAZZY)
-# The node's debug image topics, under its private namespace (raw, compressed): drawings of its output, not camera
-# frames. A recording of a node holds them; replay, training and calibration leave them out unless named.
+# The node's debug image topics (raw, compressed; beside its detections, and per camera under its private namespace):
+# drawings of its output, not camera frames. A recording of a node holds them; replay, training and calibration leave them out unless named.
 DEBUG_IMAGE_TOPICS = ("debug_image", "debug_image/compressed")
 
 

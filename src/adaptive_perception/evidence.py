@@ -114,6 +114,7 @@ class EvidenceCapture:
         self._clock = clock or (lambda: wall + time.monotonic_ns() - steady)
         self._last_ns = 0  # the latest log time given: a clock set back never reorders the bag
         self._queue: queue.Queue = queue.Queue(maxsize=max_pending)
+        self._ends_waiting = False  # an event's end found the queue full (`_send_end`)
         self.events = self.written = self.skipped = self.failed = self.cut_at_budget = 0
         self._cut_in_event: dict[str, int] = {}  # per camera, on the writer thread: messages the budget left out
         # per camera, on the writer thread: messages its latest ended event could not write (a full disk), and
@@ -147,7 +148,7 @@ class EvidenceCapture:
     def _add(self, camera: str, topic: str, msgtype: str, key: int, message: object, is_frame: bool) -> None:
         with self._lock:
             state = self._camera(camera)
-            self._send_end(camera, state)
+            self._send_ends()
             self._last_ns = max(self._last_ns + 1, self._clock())
             entry = (self._last_ns, key, topic, msgtype, message, is_frame)
             if state.post_left > 0:
@@ -181,7 +182,7 @@ class EvidenceCapture:
         """Start an event for `camera`; False when one is already running for it."""
         with self._lock:
             state = self._camera(camera)
-            self._send_end(camera, state)
+            self._send_ends()
             if state.running:
                 return False
             self.events += 1
@@ -202,13 +203,19 @@ class EvidenceCapture:
     def _send_end(self, camera: str, state: _Camera) -> None:
         """The event's end, if it waits, into the writer's queue when there is a slot: never waited for here, on the
         node's processing path (a writer stuck on a hung disk froze frame processing with a full queue). Tried again
-        with the camera's next message; its next event starts only after the end is sent."""
+        with every camera's next message and by the writer once it has caught up (`_send_ends`); the camera's next
+        event starts only after its end is sent."""
         if state.end_pending:
             try:
                 self._queue.put_nowait(("end", camera, None))
                 state.end_pending = False
             except queue.Full:
-                pass
+                self._ends_waiting = True
+
+    def _send_ends(self) -> None:
+        """Every camera's waiting end (under the lock): a camera silent after its event still has its segment closed."""
+        for camera, state in self._cameras.items():
+            self._send_end(camera, state)
 
     def _put(self, item) -> None:
         try:
@@ -241,6 +248,10 @@ class EvidenceCapture:
             except Exception as exc:  # a full disk or a bad message costs evidence, never the node
                 self._failed(camera, exc)
             finally:
+                if item is not None and self._ends_waiting and self._queue.empty():  # caught up: an end that
+                    with self._lock:  # waited for a slot gets one
+                        self._ends_waiting = False
+                        self._send_ends()
                 self._queue.task_done()
 
     def _failed(self, camera: str, exc: Exception, refused: int = 1) -> None:

@@ -242,8 +242,8 @@ def replay_bag(
             # the node always processes a camera's newest frame (older ones it may drop on purpose): its answer is
             # the last to come; the wait for it is not counted in wall_s. A last frame the node cannot decode gets no
             # answer (and may have displaced the one before): nothing to wait for on that topic (decoded once here)
-            last = [k for k, frame in newest.values() if _decodable(frame)]
             try:
+                last = [k for k, frame in newest.values() if _decodable(frame)]
                 with cond:
                     cond.wait_for(lambda: all(answers.get(k, 0) > 0 for k in last), timeout_s)
             except KeyboardInterrupt:  # while the last answers were awaited: the report is whole but for them

@@ -25,9 +25,8 @@ def spun_node(name: str, use_sim_time: bool = False) -> Iterator[Node]:
     from rclpy.signals import SignalHandlerOptions
 
     context = rclpy.context.Context()
-    # no rclpy signal handlers: the commands take Ctrl-C and SIGTERM themselves (KeyboardInterrupt: a replay's
-    # summary, a closed segment), with the context still valid for what they do while stopping (rclpy's shut it
-    # down first, as in the node's main)
+    # no rclpy signal handlers (rclpy's default for a context of its own, said here): the commands take Ctrl-C and
+    # SIGTERM themselves (KeyboardInterrupt: a replay's summary, a closed segment)
     rclpy.init(args=[], context=context, signal_handler_options=SignalHandlerOptions.NO)
     node = Node(name, context=context,
                 parameter_overrides=[Parameter("use_sim_time", value=True)] if use_sim_time else [])
