@@ -610,16 +610,3 @@ def test_a_policy_calibrated_to_weight_zero_loads_and_routes_by_value_alone(tmp_
     policy = Policy(value_policy(tmp_path / "v0.onnx", (0.0, 0.5, 0.8), (0.2, 0.5, 1.0), 0.0))
     assert policy.value_head.cost_weight == 0.0
     assert Router("learned", policy).decide(np.zeros(FEATURE_SIZE, np.float32), RoutingContext()).tier_name == "large"
-
-
-def _edit_metadata(path: Path, key: str, value: str) -> Path:
-    import onnx
-
-    model = onnx.load(path)
-    entries = {e.key: e.value for e in model.metadata_props}
-    entries[f"adaptive_perception.{key}"] = value
-    del model.metadata_props[:]
-    for k, v in entries.items():
-        model.metadata_props.add(key=k, value=v)
-    onnx.save(model, path)
-    return path
