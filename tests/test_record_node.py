@@ -39,7 +39,9 @@ def test_the_recording_holds_every_message_type_with_typed_fields(context, tier_
         assert wait_until(lambda: graph.node._debug_pubs[1].get_subscription_count() > 0, 10)
         for sec in (1, 2, 3):
             assert graph.send_lockstep(image_msg(regime_frames["dense"], sec=sec))
-            time.sleep(0.3)  # the debug image is drawn in a thread of its own: one per frame at this pace
+            # the debug image is drawn in a thread of its own (only the newest frame): each drawn before the next
+            assert wait_until(lambda: recording.discover() or
+                              recording.counts["/debug_image/compressed"] == sec, 10), recording.counts
         assert wait_until(lambda: recording.discover() or recording.counts["/routing"] == 3, 10)
         assert wait_until(lambda: recording.counts["/diagnostics"] >= 1 and
                           recording.counts["/debug_image/compressed"] == 3, 10)
