@@ -1,4 +1,4 @@
-"""Edge cases of the drift report's per-stream figures, the held-out report, which recordings retraining reads, the
+"""Edge cases of the drift report's figures and bars, the held-out report, which recordings retraining reads, the
 debug image's banner, the policy store's history, the per-camera frame counters, ROS's typing of params-file values
 and node-key wildcards, and the CLI's bounds: each at a value a mutation audit found no test holding (expected
 values worked out by hand beside them)."""
@@ -28,6 +28,26 @@ def test_drift_exactly_at_the_change_is_no_false_alarm_and_delay_0():
 def test_warn_on_the_change_frame_is_not_before_the_change():
     s = summarise_stream([OK, WARN, OK, WARN, DRIFT], [0.1] * 5, [{}] * 5, 3, T)
     assert s["warn_frames_before_change"] == 1
+
+
+def test_the_bars_hold_at_exactly_3000_frames_and_150_frames_of_delay_and_alarms_count_per_1000():
+    from adaptive_perception.training.drift_report import totals
+
+    def row(frames: int, alarms: int, delay: int | None) -> dict:
+        return {"in_distribution_frames": frames, "false_alarms": alarms, "detection_delay_frames": delay}
+
+    # 1,500 + 1,500 = 3,000 in-distribution frames, none alarmed: the bar holds at exactly 3,000; 150 frames of
+    # delay is within 150, 151 is not, and an undetected preset is not
+    held = totals({"night": row(1500, 0, 150), "fog": row(1500, 0, 0), "new_domain": row(0, 0, 151),
+                   "small_objects": row(0, 0, None)})
+    assert held["false_alarms_per_1000"] == 0.0
+    assert held["bars"] == {"no_false_alarm": True, "in_distribution_frames": 3000, "detected_within_150": {
+        "night": True, "fog": True, "new_domain": False, "small_objects": False}}
+    # 2,999 frames are too few to hold it; 2 alarms in 500 frames are 4 per 1,000
+    assert totals({"night": row(2999, 0, 10)})["bars"]["no_false_alarm"] is False
+    alarmed = totals({"night": row(300, 2, 10), "fog": row(200, 0, 10)})
+    assert alarmed["false_alarms_per_1000"] == 4.0 and alarmed["bars"]["no_false_alarm"] is False
+    assert totals({})["false_alarms_per_1000"] is None
 
 
 def test_too_few_sequences_drop_the_bootstrap_replicates():

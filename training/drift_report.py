@@ -178,15 +178,7 @@ def run_report(report_path: Path, policy_spec: str = "embedded:policy", in_seque
             result["presets"][preset.value]["retraining"] = retrain_on_evidence(
                 evidence_frames(stream, change + delay), preset, policy_spec, original_work, work / preset.value,
                 eval_sequences, frames, version)
-    rows = result["presets"].values()
-    in_frames = sum(r["in_distribution_frames"] for r in rows)
-    alarms = sum(r["false_alarms"] for r in rows)
-    result["false_alarms_per_1000"] = 1000.0 * alarms / in_frames if in_frames else None
-    result["bars"] = {"no_false_alarm": alarms == 0 and in_frames >= FALSE_ALARM_FRAMES_BAR,
-                      "in_distribution_frames": in_frames,
-                      "detected_within_150": {k: r["detection_delay_frames"] is not None and
-                                              r["detection_delay_frames"] <= DELAY_BAR
-                                              for k, r in result["presets"].items()}}
+    result.update(totals(result["presets"]))
     report_path.parent.mkdir(parents=True, exist_ok=True)
     report_path.write_text(json.dumps(result, indent=1))
     report_path.with_suffix(".md").write_text(markdown(result))
@@ -194,6 +186,18 @@ def run_report(report_path: Path, policy_spec: str = "embedded:policy", in_seque
     print(markdown(result))
     print(f"wrote {report_path}, {report_path.with_suffix('.md')} and {report_path.with_suffix('.png')}")
     return result
+
+
+def totals(presets: dict[str, dict]) -> dict:
+    """Over every preset's stream (`summarise_stream` rows): false alarms per 1,000 in-distribution frames and the
+    issue's bars (no false alarm over at least 3,000 such frames; each preset detected within 150 frames)."""
+    in_frames = sum(r["in_distribution_frames"] for r in presets.values())
+    alarms = sum(r["false_alarms"] for r in presets.values())
+    return {"false_alarms_per_1000": 1000.0 * alarms / in_frames if in_frames else None,
+            "bars": {"no_false_alarm": alarms == 0 and in_frames >= FALSE_ALARM_FRAMES_BAR,
+                     "in_distribution_frames": in_frames,
+                     "detected_within_150": {k: r["detection_delay_frames"] is not None and
+                                             r["detection_delay_frames"] <= DELAY_BAR for k, r in presets.items()}}}
 
 
 def markdown(result: dict) -> str:
