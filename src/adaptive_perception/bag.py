@@ -21,7 +21,8 @@ COMPRESSED_TYPE = "sensor_msgs/msg/CompressedImage"
 IMAGE_TYPES = (IMAGE_TYPE, COMPRESSED_TYPE)
 TYPESTORE = get_typestore(Stores.ROS2_JAZZY)
 # The node's debug image topics (raw, compressed; beside its detections, and per camera under its private namespace):
-# drawings of its output, not camera frames. A recording of a node holds them; replay, training and calibration leave them out unless named.
+# drawings of its output, not camera frames. A recording of a node holds them; replay, training and calibration
+# leave them out unless named.
 DEBUG_IMAGE_TOPICS = ("debug_image", "debug_image/compressed")
 
 

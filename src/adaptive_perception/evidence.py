@@ -213,7 +213,11 @@ class EvidenceCapture:
                 self._ends_waiting = True
 
     def _send_ends(self) -> None:
-        """Every camera's waiting end (under the lock): a camera silent after its event still has its segment closed."""
+        """Every camera's waiting end (under the lock): a camera silent after its event still has its segment closed.
+        One flag read when none waits (every message on the processing path calls it)."""
+        if not self._ends_waiting:
+            return
+        self._ends_waiting = False  # set again by `_send_end` for an end the queue still has no slot for
         for camera, state in self._cameras.items():
             self._send_end(camera, state)
 
@@ -250,7 +254,6 @@ class EvidenceCapture:
             finally:
                 if item is not None and self._ends_waiting and self._queue.empty():  # caught up: an end that
                     with self._lock:  # waited for a slot gets one
-                        self._ends_waiting = False
                         self._send_ends()
                 self._queue.task_done()
 
